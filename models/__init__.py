@@ -1,0 +1,1 @@
+"""Reference implementations of the homework's models: plain PyTorch, no web code."""

@@ -1,0 +1,282 @@
+"""Convolutions of the homework's part 1.1: output-size arithmetic and the conv references.
+
+Output size (seed 1.1(a)-(b)), per spatial dimension, with effective kernel
+``K_eff = D(K - 1) + 1``::
+
+    out = floor((in + 2P - D(K - 1) - 1) / S) + 1                 # convolution
+    out = (in - 1) S - 2P + D(K - 1) + output_padding + 1          # transposed convolution
+
+The layer is the cross-correlation of seed 1.1(c)(i), ``y[f, i] = sum_c sum_m W[f, c, m]
+x[c, S i + D m] + b[f]`` (0-based; the seed writes the same thing 1-based as ``2i - 1 + m``).
+Inputs are unbatched, as in the seed: ``x`` is ``(C, L)`` or ``(C, H, W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models.errors import InvalidConfig, ShapeMismatch
+
+Padding = tuple[int, ...] | str
+
+
+@dataclass(frozen=True)
+class DimStep:
+    """The worked computation of one spatial dimension's output size."""
+
+    dimension: int
+    formula: str
+    substitution: str
+    result: int
+    effective_kernel: int
+    padded_input: int
+
+
+def _per_dim(value: Any, dims: int, name: str, minimum: int, where: str) -> tuple[int, ...]:
+    """An int or a list with one int per dimension, as a tuple of ``dims`` ints."""
+    values = [value] * dims if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(values, list | tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise InvalidConfig(f"{name} must be an integer or a list of integers", where)
+    if len(values) != dims:
+        raise InvalidConfig(
+            f"{name} has {len(values)} entries but there are {dims} spatial dimensions", where
+        )
+    for d, v in enumerate(values):
+        if v < minimum:
+            raise InvalidConfig(f"{name} must be at least {minimum}, got {v} in dimension {d}", where)
+    return tuple(values)
+
+
+def parse_padding(value: Any, dims: int, where: str = "padding") -> Padding:
+    """``"valid"``, ``"same"``, an int, or one int per dimension."""
+    if isinstance(value, str):
+        if value not in ("valid", "same"):
+            raise InvalidConfig(f"padding must be 'valid', 'same' or integers, got {value!r}", where)
+        return value
+    return _per_dim(value, dims, "padding", 0, where)
+
+
+def explicit_padding(padding: Padding, kernel: Sequence[int], dilation: Sequence[int]) -> tuple[
+    tuple[int, int], ...
+]:
+    """(left, right) padding per dimension; ``same`` puts the odd element on the right, as torch."""
+    if padding == "valid":
+        return tuple((0, 0) for _ in kernel)
+    if padding == "same":
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    assert isinstance(padding, tuple)
+    return tuple((p, p) for p in padding)
+
+
+def conv_output_size(
+    input_size: Sequence[int],
+    kernel_size: Any,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    *,
+    transposed: bool = False,
+    output_padding: Any = 0,
+) -> list[DimStep]:
+    """Output size of a (transposed) convolution, with the worked steps per dimension.
+
+    Args:
+        input_size: the spatial sizes (1 to 3 of them).
+        kernel_size, stride, padding, dilation, output_padding: an int for every dimension or
+            a list with one per dimension; ``padding`` may also be ``"valid"`` or ``"same"``.
+        transposed: compute a transposed convolution's output size.
+
+    Returns:
+        One ``DimStep`` per dimension.
+
+    Raises:
+        InvalidConfig: a value out of range; ShapeMismatch: the output would be empty.
+
+    Example:
+        >>> [s.result for s in conv_output_size([21, 12], [4, 5], stride=4)]
+        [5, 2]
+    """
+    if not isinstance(input_size, list | tuple) or not 1 <= len(input_size) <= 3:
+        raise InvalidConfig("input_size must list 1 to 3 spatial sizes", "input_size")
+    dims = len(input_size)
+    sizes = _per_dim(list(input_size), dims, "input_size", 1, "input_size")
+    kernel = _per_dim(kernel_size, dims, "kernel_size", 1, "kernel_size")
+    strides = _per_dim(stride, dims, "stride", 1, "stride")
+    dilations = _per_dim(dilation, dims, "dilation", 1, "dilation")
+    pad = parse_padding(padding, dims)
+    out_pad = _per_dim(output_padding, dims, "output_padding", 0, "output_padding")
+    if not transposed and any(out_pad):
+        raise InvalidConfig("output_padding applies to transposed convolutions only", "output_padding")
+    if pad == "same" and (transposed or any(s != 1 for s in strides)):
+        raise InvalidConfig("padding 'same' needs stride 1 and no transposition", "padding")
+    steps = []
+    for d in range(dims):
+        n, k, s, dil, op = sizes[d], kernel[d], strides[d], dilations[d], out_pad[d]
+        k_eff = dil * (k - 1) + 1
+        if transposed:
+            steps.append(_transposed_step(d, n, k, s, pad, dil, op, k_eff))
+        else:
+            steps.append(_conv_step(d, n, k, s, pad, dil, k_eff))
+    return steps
+
+
+def _conv_step(d: int, n: int, k: int, s: int, pad: Padding, dil: int, k_eff: int) -> DimStep:
+    if pad == "same":
+        total = dil * (k - 1)
+        return DimStep(
+            d,
+            "out = in (padding 'same' with stride 1 pads D(K - 1) in total)",
+            f"pads {total // 2} before and {total - total // 2} after; out = {n}",
+            n,
+            k_eff,
+            n + total,
+        )
+    p = 0 if pad == "valid" else pad[d]  # type: ignore[index]
+    padded = n + 2 * p
+    if k_eff > padded:
+        raise ShapeMismatch(
+            f"effective kernel {k_eff} (= {dil}*({k} - 1) + 1) is larger than the padded "
+            f"input {padded} (= {n} + 2*{p}) in dimension {d}, so the output would be empty",
+            "kernel_size",
+        )
+    numerator = n + 2 * p - dil * (k - 1) - 1
+    result = numerator // s + 1
+    return DimStep(
+        d,
+        "out = floor((in + 2P - D(K - 1) - 1) / S) + 1",
+        f"floor(({n} + 2*{p} - {dil}*({k} - 1) - 1) / {s}) + 1 = floor({numerator}/{s}) + 1"
+        f" = floor({_decimal(numerator / s)}) + 1 = {result}",
+        result,
+        k_eff,
+        padded,
+    )
+
+
+def _transposed_step(
+    d: int, n: int, k: int, s: int, pad: Padding, dil: int, op: int, k_eff: int
+) -> DimStep:
+    p = 0 if pad == "valid" else pad[d]  # type: ignore[index]
+    if op >= max(s, dil):
+        raise InvalidConfig(
+            f"output_padding {op} must be smaller than the stride or the dilation in dimension {d}",
+            "output_padding",
+        )
+    result = (n - 1) * s - 2 * p + dil * (k - 1) + op + 1
+    if result < 1:
+        raise ShapeMismatch(
+            f"padding 2*{p} removes more than the transposed convolution produces "
+            f"({result + 2 * p}) in dimension {d}, so the output would be empty",
+            "padding",
+        )
+    return DimStep(
+        d,
+        "out = (in - 1) S - 2P + D(K - 1) + output_padding + 1",
+        f"({n} - 1)*{s} - 2*{p} + {dil}*({k} - 1) + {op} + 1 = {result}",
+        result,
+        k_eff,
+        n,
+    )
+
+
+def _decimal(x: float) -> str:
+    return f"{x:.4f}".rstrip("0").rstrip(".")
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    """Configuration of a conv layer: per-dimension stride and dilation, and padding."""
+
+    dims: int
+    stride: tuple[int, ...]
+    padding: Padding
+    dilation: tuple[int, ...]
+
+
+def parse_conv_config(config: Mapping[str, Any], dims: int) -> ConvConfig:
+    """Validate ``{"stride", "padding", "dilation"}`` for a ``dims``-dimensional conv."""
+    unknown = set(config) - {"stride", "padding", "dilation"}
+    if unknown:
+        raise InvalidConfig(
+            f"unknown config key(s) {sorted(unknown)}; a conv takes stride, padding, dilation",
+            f"config.{sorted(unknown)[0]}",
+        )
+    stride = _per_dim(config.get("stride", 1), dims, "stride", 1, "config.stride")
+    dilation = _per_dim(config.get("dilation", 1), dims, "dilation", 1, "config.dilation")
+    padding = parse_padding(config.get("padding", 0), dims, "config.padding")
+    if padding == "same" and any(s != 1 for s in stride):
+        raise InvalidConfig("padding 'same' needs stride 1", "config.padding")
+    return ConvConfig(dims, stride, padding, dilation)
+
+
+def conv_output_shapes(
+    config: ConvConfig, shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """Check that weight, bias and x fit together and give y's shape, allocating nothing."""
+    dims = config.dims
+    weight, x = shapes["weight"], shapes["x"]
+    if len(weight) != dims + 2:
+        raise ShapeMismatch(
+            f"weight must have rank {dims + 2} ([F, C, {', '.join(_kernel_symbols(dims))}]), "
+            f"got shape {list(weight)}",
+            "params.weight",
+        )
+    if len(x) != dims + 1:
+        raise ShapeMismatch(
+            f"x must have rank {dims + 1} (unbatched, channels first), got shape {list(x)}",
+            "inputs.x",
+        )
+    filters, channels, kernel = weight[0], weight[1], weight[2:]
+    if x[0] != channels:
+        raise ShapeMismatch(
+            f"x has {x[0]} channels but weight expects {channels} (weight shape {list(weight)})",
+            "inputs.x",
+        )
+    bias = shapes.get("bias")
+    if bias is not None and bias != (filters,):
+        raise ShapeMismatch(
+            f"bias must have shape [{filters}] (one per filter), got {list(bias)}", "params.bias"
+        )
+    try:
+        steps = conv_output_size(
+            list(x[1:]), list(kernel), list(config.stride), _padding_arg(config), list(config.dilation)
+        )
+    except ShapeMismatch as error:
+        raise ShapeMismatch(error.message, "params.weight") from None
+    return {"y": (filters, *(s.result for s in steps))}
+
+
+def _padding_arg(config: ConvConfig) -> Any:
+    return config.padding if isinstance(config.padding, str) else list(config.padding)
+
+
+def _kernel_symbols(dims: int) -> list[str]:
+    return ["K"] if dims == 1 else ["KH", "KW"]
+
+
+def conv_forward(config: ConvConfig, args: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """y = conv(x, weight) + bias, unbatched."""
+    weight, x, bias = args["weight"], args["x"], args.get("bias")
+    conv = F.conv1d if config.dims == 1 else F.conv2d
+    pads = explicit_padding(config.padding, weight.shape[2:], config.dilation)
+    if any(left != right for left, right in pads):
+        # F.conv*d accepts only symmetric padding; 'same' with an even effective kernel is not.
+        flat = [p for pair in reversed(pads) for p in pair]
+        x = F.pad(x, flat)
+        pads = tuple((0, 0) for _ in pads)
+    y = conv(
+        x,
+        weight,
+        bias,
+        stride=config.stride,
+        padding=tuple(left for left, _ in pads),
+        dilation=config.dilation,
+    )  # (F, *spatial_out)
+    return {"y": y}

@@ -1,0 +1,164 @@
+"""One catalogue of the reference models: names, arguments, outputs, config, and how to run them.
+
+Adding a model is one module in ``models/`` plus one ``ReferenceModel`` entry here; the HTTP
+routes are generic over this catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from models import conv
+from models.errors import ShapeMismatch, UnknownName
+
+Shapes = Mapping[str, tuple[int, ...]]
+Tensors = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """A parameter, input or output of a model, with its shape in symbols."""
+
+    name: str
+    shape: tuple[str, ...]
+    description: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """A configuration key of a model."""
+
+    name: str
+    description: str
+    default: Any
+    json_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """A reference model and the functions that compute with it.
+
+    Attributes:
+        parse_config: validates the request's ``config`` mapping into the model's own config
+            object, raising ``InvalidConfig`` with the offending key.
+        output_shapes: from the config and the *declared* argument shapes, checks that they fit
+            together and returns every output's shape, before anything is allocated.
+        forward: computes every output from the config and the arguments (params and inputs
+            by name; optional ones may be absent).
+        closed_form_jacobian: d(output)/d(argument) without autograd, or ``None`` to fall back.
+        backward_extras: extra answers of ``backward`` (e.g. ``state_grads`` of the RNNs).
+        state_jacobians: the one-step state Jacobians of a recurrent model.
+    """
+
+    name: str
+    summary: str
+    params: tuple[ArgSpec, ...]
+    inputs: tuple[ArgSpec, ...]
+    outputs: tuple[ArgSpec, ...]
+    config: tuple[ConfigSpec, ...]
+    parse_config: Callable[[Mapping[str, Any]], Any]
+    output_shapes: Callable[[Any, Shapes], dict[str, tuple[int, ...]]]
+    forward: Callable[[Any, Tensors], dict[str, torch.Tensor]]
+    closed_form_jacobian: Callable[[Any, Tensors, str, str], torch.Tensor | None] | None = None
+    backward_extras: Callable[[Any, Tensors, Tensors], dict[str, torch.Tensor]] | None = None
+    state_jacobians: Callable[[Any, Tensors], dict[str, Any]] | None = None
+    examples: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def arguments(self) -> tuple[ArgSpec, ...]:
+        return self.params + self.inputs
+
+    def argument(self, name: str) -> ArgSpec:
+        for spec in self.arguments:
+            if spec.name == name:
+                return spec
+        known = ", ".join(s.name for s in self.arguments)
+        raise UnknownName(
+            f"{self.name} has no parameter or input {name!r}; it has {known}", "wrt"
+        )
+
+    def output(self, name: str) -> ArgSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        known = ", ".join(s.name for s in self.outputs)
+        raise UnknownName(f"{self.name} has no output {name!r}; it has {known}", "of")
+
+    def check_names(self, params: Shapes, inputs: Shapes) -> None:
+        """Every given argument is known and in its section; every required one is given."""
+        for section, given, specs in (
+            ("params", params, self.params),
+            ("inputs", inputs, self.inputs),
+        ):
+            names = {s.name for s in specs}
+            for name in given:
+                if name not in names:
+                    other = "inputs" if section == "params" else "params"
+                    hint = (
+                        f"; {name!r} belongs in {other}"
+                        if any(s.name == name for s in self.arguments)
+                        else f"; {self.name} takes {section} {sorted(names)}"
+                    )
+                    raise UnknownName(f"unknown {section[:-1]} {name!r}{hint}", f"{section}.{name}")
+            for spec in specs:
+                if not spec.optional and spec.name not in given:
+                    raise ShapeMismatch(
+                        f"{section[:-1]} {spec.name!r} {list(spec.shape)} is required",
+                        f"{section}.{spec.name}",
+                    )
+
+
+def _conv_model(dims: int) -> ReferenceModel:
+    kernel = ("K",) if dims == 1 else ("KH", "KW")
+    spatial = ("L",) if dims == 1 else ("H", "W")
+    spatial_out = ("L_out",) if dims == 1 else ("H_out", "W_out")
+    int_or_list: dict[str, Any] = {
+        "anyOf": [
+            {"type": "integer", "minimum": 1},
+            {"type": "array", "items": {"type": "integer", "minimum": 1}},
+        ]
+    }
+    return ReferenceModel(
+        name=f"conv{dims}d",
+        summary=(
+            f"{dims}-D convolution (cross-correlation) of one unbatched input, "
+            "as in the seed's 1.1(c)"
+        ),
+        params=(
+            ArgSpec("weight", ("F", "C", *kernel), "the filters"),
+            ArgSpec("bias", ("F",), "one bias per filter (zeros when absent)", optional=True),
+        ),
+        inputs=(ArgSpec("x", ("C", *spatial), "the input, channels first, unbatched"),),
+        outputs=(ArgSpec("y", ("F", *spatial_out), "the output, one channel per filter"),),
+        config=(
+            ConfigSpec("stride", "step of the kernel, an int or one per dimension", 1, int_or_list),
+            ConfigSpec(
+                "padding",
+                "zeros added on both sides: an int, one per dimension, 'valid' or 'same'",
+                0,
+                {"anyOf": [*int_or_list["anyOf"], {"enum": ["valid", "same"]}]},
+            ),
+            ConfigSpec("dilation", "spacing of the kernel's taps", 1, int_or_list),
+        ),
+        parse_config=lambda config: conv.parse_conv_config(config, dims),
+        output_shapes=conv.conv_output_shapes,
+        forward=conv.conv_forward,
+    )
+
+
+MODELS: dict[str, ReferenceModel] = {m.name: m for m in (_conv_model(1), _conv_model(2))}
+
+
+def get_model(name: str) -> ReferenceModel:
+    """The model called ``name``, or ``UnknownName`` listing the models there are."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownName(
+            f"there is no model {name!r}; the models are {', '.join(sorted(MODELS))}", "model"
+        ) from None

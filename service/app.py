@@ -1,0 +1,95 @@
+"""The application factory and the module-level ``app`` that uvicorn serves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service import __version__
+from service.problems import install_problem_handlers, problem_schemas
+from service.routes import health, models, shapes
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger("tensorgrade")
+
+DESCRIPTION = """\
+Reference computations and answer checking for a homework on convolutional and recurrent
+networks: convolution output shapes with worked steps, forward and backward passes and
+Jacobians of reference models, on CPU or GPU, in float64 by default.
+
+Errors are RFC 9457 problem details (`application/problem+json`).
+"""
+
+
+def torch_threads(settings: Settings) -> int:
+    """Intra-op threads per worker: the setting, else cores divided among the workers."""
+    if settings.torch_threads:
+        return settings.torch_threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, (os.cpu_count() or 1) // settings.workers)
+
+
+def warm_up() -> None:
+    """One small computation so the first request does not pay for lazy initialisation."""
+    weight = torch.ones(1, 1, 3, dtype=torch.float64)
+    torch.nn.functional.conv1d(torch.ones(1, 5, dtype=torch.float64), weight)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service with the given settings (read from the environment when omitted)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(torch_threads(settings))
+
+        async def warm() -> None:
+            await asyncio.to_thread(warm_up)
+            app.state.ready.set()
+
+        task = asyncio.create_task(warm())
+        yield
+        task.cancel()
+
+    app = FastAPI(
+        title="tensorgrade",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.ready = threading.Event()
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(shapes.router)
+    app.include_router(models.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                problem_schemas()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()

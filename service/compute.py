@@ -1,0 +1,126 @@
+"""From a decoded request to the arguments of a reference model: the one path every model
+request takes (decode with budgets -> names and shapes checked -> tensors on the device)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models.errors import ShapeMismatch, UnknownName
+from models.registry import ReferenceModel, get_model
+from service.devices import resolve_device, resolve_dtype
+from service.problems import Problem
+from service.schemas import ModelRequest
+from service.settings import Settings
+from service.tensors import Budget, decode, encode, to_torch
+
+
+@dataclass
+class Prepared:
+    """A model request ready to compute."""
+
+    model: ReferenceModel
+    config: Any
+    args: dict[str, torch.Tensor]
+    output_shapes: dict[str, tuple[int, ...]]
+    device: torch.device
+    dtype: torch.dtype
+    budget: Budget
+
+    def tensor(self, value: Any, where: str) -> torch.Tensor:
+        """Decode one more tensor of the request (e.g. a gradient) on the same budget."""
+        return to_torch(decode(value, where, self.budget), self.device, self.dtype)
+
+
+def lookup(name: str) -> ReferenceModel:
+    """The model of a path, or 404."""
+    try:
+        return get_model(name)
+    except UnknownName as error:
+        raise Problem(404, error.message, kind="unknown-model", title="No such model") from None
+
+
+def new_budget(settings: Settings) -> Budget:
+    return Budget(
+        settings.max_tensor_elements, settings.max_request_elements, settings.max_rank
+    )
+
+
+def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepared:
+    """Decode and check a model request; raises problems or ``ModelError`` with the reason."""
+    model = lookup(model_name)
+    config = model.parse_config(request.config)
+    device = resolve_device(request.device)
+    dtype = resolve_dtype(request.dtype)
+    budget = new_budget(settings)
+    arrays = {
+        section: {
+            name: decode(value, f"{section}.{name}", budget)
+            for name, value in getattr(request, section).items()
+        }
+        for section in ("params", "inputs")
+    }
+    shapes = {s: {n: tuple(a.shape) for n, a in d.items()} for s, d in arrays.items()}
+    model.check_names(shapes["params"], shapes["inputs"])
+    output_shapes = model.output_shapes(config, {**shapes["params"], **shapes["inputs"]})
+    args = {
+        name: to_torch(array, device, dtype)
+        for section in arrays.values()
+        for name, array in section.items()
+    }
+    return Prepared(model, config, args, output_shapes, device, dtype, budget)
+
+
+def decode_grad_outputs(prepared: Prepared, values: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The upstream gradients of a backward request, each the shape of its output."""
+    if not values:
+        raise ShapeMismatch(
+            "grad_outputs must give dl/d(output) for at least one output", "grad_outputs"
+        )
+    grads = {}
+    for name, value in values.items():
+        if name not in prepared.output_shapes:
+            known = ", ".join(prepared.output_shapes)
+            raise UnknownName(
+                f"{prepared.model.name} has no output {name!r}; it has {known}",
+                f"grad_outputs.{name}",
+            )
+        grad = prepared.tensor(value, f"grad_outputs.{name}")
+        expected = prepared.output_shapes[name]
+        if tuple(grad.shape) != expected:
+            raise ShapeMismatch(
+                f"grad_outputs.{name} has shape {list(grad.shape)} but output {name} has "
+                f"shape {list(expected)}",
+                f"grad_outputs.{name}",
+            )
+        grads[name] = grad
+    return grads
+
+
+def check_jacobian_budget(prepared: Prepared, of: str, wrt: str, settings: Settings) -> None:
+    """Refuse a Jacobian whose entry count is over budget, before computing anything."""
+    prepared.model.output(of)
+    prepared.model.argument(wrt)
+    if wrt not in prepared.args:
+        raise ShapeMismatch(
+            f"{wrt!r} is optional and was not given; give it to differentiate against it", "wrt"
+        )
+    out_shape = prepared.output_shapes[of]
+    wrt_shape = tuple(prepared.args[wrt].shape)
+    entries = math.prod(out_shape) * math.prod(wrt_shape)
+    if entries > settings.max_jacobian_elements:
+        raise Problem(
+            413,
+            f"d{of}/d{wrt} would have {entries:,} entries (shape {[*out_shape, *wrt_shape]}); "
+            f"the limit is {settings.max_jacobian_elements:,}",
+            kind="budget-exceeded",
+            title="Over the element budget",
+        )
+
+
+def encode_all(tensors: Mapping[str, torch.Tensor], encoding: Any) -> dict[str, Any]:
+    return {name: encode(t, encoding) for name, t in tensors.items()}

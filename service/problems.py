@@ -1,0 +1,200 @@
+"""RFC 9457 problem details: the one error type of the service and its handlers.
+
+Every error leaves the service through ``install_problem_handlers``: domain errors raised by
+``models/`` and ``service/``, FastAPI's validation errors, Starlette's HTTP errors, and
+anything unexpected (a 500 that is logged, never a traceback sent to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from models.errors import ModelError, UnknownName
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://tensorgrade.dev/problems/"
+
+logger = logging.getLogger("tensorgrade")
+
+
+class FieldProblem(BaseModel):
+    """One field-level problem: where it is and what is wrong."""
+
+    loc: list[str | int] = Field(description="Path to the offending value, from the body root.")
+    msg: str = Field(description="What is wrong and what to change.")
+    type: str = Field(description="A short machine-readable code.")
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem detail."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A URI naming the kind of problem.")
+    title: str = Field(description="A short summary of the kind of problem.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What went wrong in this request, and what to change.")
+    errors: list[FieldProblem] | None = Field(
+        None, description="Field-level problems, for validation errors."
+    )
+
+
+class Problem(Exception):
+    """An error answered as a problem detail with the given status."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        kind: str | None = None,
+        title: str | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.kind = kind or _slug(HTTPStatus(status).phrase)
+        self.title = title or HTTPStatus(status).phrase
+        self.errors = list(errors) if errors is not None else None
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": TYPE_BASE + self.kind,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return body
+
+
+def _slug(phrase: str) -> str:
+    return phrase.lower().replace(" ", "-").replace("'", "")
+
+
+def problem_response(problem: Problem) -> Response:
+    """Render a problem as an ``application/problem+json`` response."""
+    return Response(
+        content=orjson.dumps(problem.body()),
+        status_code=problem.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=problem.headers,
+    )
+
+
+def from_model_error(error: ModelError) -> Problem:
+    """A domain error of ``models/`` as a problem: 404 for unknown models, 422 otherwise."""
+    loc: list[str | int] = ["body", *error.where.split(".")] if error.where else ["body"]
+    kind = "unknown-name" if isinstance(error, UnknownName) else "invalid-request"
+    return Problem(
+        422,
+        error.message,
+        kind=kind,
+        title="The request cannot be computed",
+        errors=[{"loc": loc, "msg": error.message, "type": type(error).__name__}],
+    )
+
+
+def _validation_problem(exc: RequestValidationError) -> Problem:
+    errors = []
+    for err in exc.errors():
+        loc = [part for part in err.get("loc", ()) if isinstance(part, str | int)]
+        msg = str(err.get("msg", "invalid value"))
+        ctx = err.get("ctx") or {}
+        if err.get("type") == "json_invalid" and "error" in ctx:
+            msg = f"the body is not valid JSON: {ctx['error']}"
+        errors.append({"loc": loc, "msg": msg, "type": str(err.get("type", "invalid"))})
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"]) or "the body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return Problem(
+        422,
+        f"{where}: {first['msg']}{more}",
+        kind="validation-error",
+        title="The request is not valid",
+        errors=errors,
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Route every error of the app through problem details."""
+
+    async def on_problem(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)
+        return problem_response(exc)
+
+    async def on_model_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ModelError)
+        return problem_response(from_model_error(exc))
+
+    async def on_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return problem_response(_validation_problem(exc))
+
+    async def on_http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = "There is no such path; see /docs for the operations of this service."
+        elif exc.status_code == 405:
+            detail = "This path does not accept that method; see /docs."
+        return problem_response(Problem(exc.status_code, detail, headers=exc.headers))
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            Problem(500, "The service failed to answer this request; it has been logged.")
+        )
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(ModelError, on_model_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+_DESCRIPTIONS = {
+    400: "The body could not be read.",
+    401: "No API key, or an unknown one.",
+    403: "The key's role may not call this operation.",
+    404: "No such model, assignment or problem.",
+    413: "The request declares more elements than the configured budget allows.",
+    422: "The request is well-formed JSON but not valid: the detail says what to change.",
+    429: "Too many requests for this key; retry after the time in Retry-After.",
+    503: "The service cannot compute this now (not ready, busy, or out of device memory).",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries declaring problem details for the given statuses."""
+    return {
+        status: {
+            "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}},
+        }
+        for status in statuses
+    }
+
+
+PROBLEM_SCHEMA_REF = "#/components/schemas/ProblemDetails"
+
+
+def problem_schemas() -> dict[str, Any]:
+    """The OpenAPI component schemas that ``problem_responses`` refers to."""
+    schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    return {"ProblemDetails": schema, **defs}

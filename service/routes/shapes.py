@@ -1,0 +1,82 @@
+"""Convolution output shapes with worked steps (seed 1.1(a)-(b))."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, Field
+
+from models.conv import conv_output_size
+from models.errors import ModelError
+from service.examples import CONV_SHAPE_EXAMPLES
+from service.problems import problem_responses
+from service.schemas import StrictBody
+
+router = APIRouter(prefix="/v1/shapes", tags=["shapes"])
+
+IntOrList = int | list[int]
+
+
+class ConvShapeRequest(StrictBody):
+    input_size: list[int] = Field(description="Spatial sizes only, 1 to 3 of them.")
+    kernel_size: IntOrList = Field(description="An int for every dimension, or one per dimension.")
+    stride: IntOrList = 1
+    padding: IntOrList | Literal["valid", "same"] = 0
+    dilation: IntOrList = 1
+    in_channels: int | None = Field(None, ge=1, description="Checked, not needed for the size.")
+    out_channels: int | None = Field(None, ge=1, description="Prepended to `output_shape`.")
+    transposed: bool = False
+    output_padding: IntOrList = Field(0, description="Transposed convolutions only.")
+
+
+class Step(BaseModel):
+    dimension: int
+    formula: str
+    substitution: str
+    result: int
+    effective_kernel: int = Field(description="D(K - 1) + 1")
+    padded_input: int = Field(description="in + 2P (convolution) or in (transposed)")
+
+
+class ConvShapeResponse(BaseModel):
+    output_size: list[int]
+    output_shape: list[int] = Field(description="[out_channels, *output_size] when given.")
+    steps: list[Step]
+
+
+def conv_shape(body: ConvShapeRequest) -> ConvShapeResponse:
+    """The output size and its worked steps; raises ``ModelError`` with where it went wrong."""
+    steps = conv_output_size(
+        body.input_size,
+        body.kernel_size,
+        body.stride,
+        body.padding,
+        body.dilation,
+        transposed=body.transposed,
+        output_padding=body.output_padding,
+    )
+    size = [s.result for s in steps]
+    shape = [body.out_channels, *size] if body.out_channels is not None else size
+    return ConvShapeResponse(
+        output_size=size,
+        output_shape=shape,
+        steps=[Step(**vars(s)) for s in steps],
+    )
+
+
+@router.post(
+    "/conv",
+    summary="Output size of a (transposed) convolution, with the worked steps",
+    responses=problem_responses(422),
+)
+def shapes_conv(
+    body: Annotated[ConvShapeRequest, Body(openapi_examples=CONV_SHAPE_EXAMPLES)],
+) -> ConvShapeResponse:
+    """Output size per spatial dimension, shown the way the seed's solution 1.1(a) works it."""
+    try:
+        return conv_shape(body)
+    except ModelError as error:
+        # The shape fields sit at the top of this body, not under `config`.
+        error.where = error.where.removeprefix("config.")
+        raise

@@ -1,0 +1,105 @@
+"""Request and response bodies shared by the routes (the wire contract of API.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.devices import DeviceName, DtypeName
+from service.tensors import TensorIn
+
+ResponseEncoding = Literal["json", "b64"]
+
+
+class StrictBody(BaseModel):
+    """A request body that refuses unknown fields, so a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComputeOptions(StrictBody):
+    device: DeviceName = Field("auto", description="`auto` is the GPU when there is one.")
+    dtype: DtypeName = Field("float64", description="Precision of the computation.")
+    encoding: ResponseEncoding = Field(
+        "json", description="Tensors of the answer as nested lists (`json`) or base64 (`b64`)."
+    )
+
+
+class ModelRequest(ComputeOptions):
+    """The arguments of a reference model: its config, params and inputs."""
+
+    config: dict[str, Any] = Field(default_factory=dict, description="The model's config.")
+    params: dict[str, TensorIn] = Field(default_factory=dict, description="Parameters by name.")
+    inputs: dict[str, TensorIn] = Field(default_factory=dict, description="Inputs by name.")
+
+
+class BackwardRequest(ModelRequest):
+    grad_outputs: dict[str, TensorIn] = Field(
+        description="Upstream gradient dl/d(output) for one or more outputs, each of its shape."
+    )
+
+
+class JacobianRequest(ModelRequest):
+    of: str = Field(description="The output to differentiate.")
+    wrt: str = Field(description="The parameter or input to differentiate against.")
+
+
+class TensorOut(BaseModel):
+    """A tensor of an answer."""
+
+    shape: list[int]
+    datatype: Literal["FP64", "FP32"]
+    data: Any = Field(None, description="Nested list of numbers (absent with `b64`).")
+    b64: str | None = Field(None, description="Base64 of little-endian row-major bytes.")
+    nonfinite: int | None = Field(
+        None,
+        description=(
+            "Present when some entries are not finite; in `data` they are the strings "
+            '"NaN", "Infinity" or "-Infinity".'
+        ),
+    )
+
+
+class ForwardResponse(BaseModel):
+    outputs: dict[str, TensorOut]
+
+
+class BackwardResponse(BaseModel):
+    outputs: dict[str, TensorOut]
+    grads: dict[str, TensorOut] = Field(description="dl/d(argument) for every given argument.")
+
+
+class JacobianResponse(BaseModel):
+    jacobian: TensorOut = Field(description="Shaped output shape + argument shape.")
+    of: str
+    wrt: str
+    method: Literal["closed-form", "autograd"]
+
+
+class ArgInfo(BaseModel):
+    name: str
+    shape: list[str]
+    description: str
+    optional: bool
+
+
+class ConfigInfo(BaseModel):
+    name: str
+    description: str
+    default: Any
+    json_schema: dict[str, Any]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    summary: str
+    params: list[ArgInfo]
+    inputs: list[ArgInfo]
+    outputs: list[ArgInfo]
+    config: list[ConfigInfo]
+    operations: list[str]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]

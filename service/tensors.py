@@ -1,0 +1,334 @@
+"""The tensor wire format (API.md "Tensors"): JSON <-> numpy/torch, with budgets.
+
+Three request forms are accepted:
+
+1. a rectangular nested list of numbers (a bare number is a 0-d tensor);
+2. ``{"shape": [...], "data": [...flat, row-major...], "datatype": "FP64" | "FP32"}``;
+3. ``{"shape": [...], "datatype": "FP64" | "FP32", "b64": "<little-endian row-major bytes>"}``.
+
+Budgets are checked from the *declared* shape (the nested list's extent along its first
+elements, or the ``shape`` field) before any array is allocated, so a request declaring a
+billion elements costs nothing but the check.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydantic import WithJsonSchema
+
+from service.problems import Problem
+
+Datatype = Literal["FP64", "FP32"]
+Encoding = Literal["json", "b64", "safetensors"]
+
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
+TORCH_DATATYPES: dict[torch.dtype, Datatype] = {torch.float64: "FP64", torch.float32: "FP32"}
+
+_NESTED_LIST_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
+}
+TENSOR_JSON_SCHEMA: dict[str, Any] = {
+    "title": "Tensor",
+    "description": (
+        "A tensor: a rectangular nested list of numbers (a bare number is 0-d), "
+        '{"shape", "data"} with flat row-major data, or {"shape", "datatype", "b64"} with '
+        "base64 of little-endian row-major bytes."
+    ),
+    "anyOf": [
+        {"type": "number"},
+        _NESTED_LIST_SCHEMA,
+        {
+            "type": "object",
+            "properties": {
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "data": {"type": "array", "items": {"type": "number"}},
+                "datatype": {"enum": ["FP64", "FP32"]},
+            },
+            "required": ["shape", "data"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "datatype": {"enum": ["FP64", "FP32"]},
+                "b64": {"type": "string"},
+            },
+            "required": ["shape", "b64"],
+            "additionalProperties": False,
+        },
+    ],
+}
+
+TensorIn = Annotated[Any, WithJsonSchema(TENSOR_JSON_SCHEMA)]
+"""A tensor field of a request body: validated by ``decode``, documented as the three forms."""
+
+
+@dataclass
+class Budget:
+    """Element budgets of one request, charged tensor by tensor before allocation."""
+
+    max_tensor: int
+    max_request: int
+    max_rank: int
+    used: int = field(default=0)
+
+    def charge(self, shape: Sequence[int], where: str) -> None:
+        numel = math.prod(shape)
+        if numel > self.max_tensor:
+            raise Problem(
+                413,
+                f"{where} declares {numel:,} elements (shape {list(shape)}); "
+                f"the limit per tensor is {self.max_tensor:,}.",
+                kind="budget-exceeded",
+                title="Over the element budget",
+            )
+        if self.used + numel > self.max_request:
+            raise Problem(
+                413,
+                f"the tensors of this request declare {self.used + numel:,} elements "
+                f"(reached at {where}); the limit per request is {self.max_request:,}.",
+                kind="budget-exceeded",
+                title="Over the element budget",
+            )
+        self.used += numel
+
+
+def _invalid(where: str, message: str) -> Problem:
+    loc: list[str | int] = ["body", *where.split(".")]
+    return Problem(
+        422,
+        f"{where}: {message}",
+        kind="invalid-tensor",
+        title="A tensor is not valid",
+        errors=[{"loc": loc, "msg": message, "type": "invalid_tensor"}],
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_shape(shape: Any, where: str, max_rank: int) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) for n in shape
+    ):
+        raise _invalid(where, "`shape` must be a list of non-negative integers")
+    if len(shape) > max_rank:
+        raise _invalid(where, f"rank {len(shape)} is higher than the limit {max_rank}")
+    if any(n < 0 for n in shape):
+        raise _invalid(where, f"`shape` {shape} has a negative size")
+    return tuple(shape)
+
+
+def _nested_extent(value: list[Any], where: str, max_rank: int) -> tuple[int, ...]:
+    """The shape a nested list declares along its first elements (cheap, allocates nothing)."""
+    shape: list[int] = []
+    node: Any = value
+    while isinstance(node, list):
+        shape.append(len(node))
+        if len(shape) > max_rank:
+            raise _invalid(where, f"nesting is deeper than the rank limit {max_rank}")
+        if not node:
+            break
+        node = node[0]
+    return tuple(shape)
+
+
+def _locate_defect(value: Any, shape: tuple[int, ...], where: str) -> Problem:
+    """Find the first place where a nested list is ragged or holds a non-number."""
+    stack: list[tuple[Any, tuple[int, ...]]] = [(value, ())]
+    while stack:
+        node, index = stack.pop()
+        depth = len(index)
+        place = where + "".join(f"[{i}]" for i in index)
+        if depth == len(shape):
+            if isinstance(node, list):
+                return _invalid(where, f"{place} is a list where a number was expected (ragged)")
+            if not _is_number(node):
+                return _invalid(where, f"{place} is {_kind(node)} {node!r:.40}, not a number")
+            if isinstance(node, int) and abs(node) > 2**53:
+                return _invalid(where, f"{place} is an integer too large to represent exactly")
+            continue
+        if not isinstance(node, list):
+            return _invalid(
+                where, f"{place} is a number where a list of {shape[depth]} was expected (ragged)"
+            )
+        if len(node) != shape[depth]:
+            return _invalid(
+                where,
+                f"ragged list: {place} has {len(node)} entries but {shape[depth]} were "
+                "expected from the first row at that depth",
+            )
+        stack.extend((child, (*index, i)) for i, child in reversed(list(enumerate(node))))
+    return _invalid(where, "not a rectangular list of numbers")
+
+
+def _check_finite(array: npt.NDArray[Any], where: str) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = np.argwhere(~np.isfinite(array))[0]
+        value = array[tuple(bad)]
+        raise _invalid(
+            where,
+            f"element {list(int(i) for i in bad)} is {value!r}; only finite numbers are accepted",
+        )
+
+
+def decode(value: Any, where: str, budget: Budget) -> npt.NDArray[Any]:
+    """Decode one wire tensor into a numpy array, checking its budget before allocating.
+
+    Args:
+        value: the JSON value of the tensor (any of the three request forms).
+        where: the field path used in error messages, e.g. ``"params.weight"``.
+        budget: the request's budget, charged with this tensor's declared size.
+
+    Returns:
+        A float64 (or, for ``"datatype": "FP32"``, float32) array of the declared shape.
+
+    Example:
+        >>> decode({"shape": [2], "data": [1, 2]}, "x", Budget(10, 10, 4)).tolist()
+        [1.0, 2.0]
+    """
+    if isinstance(value, dict):
+        return _decode_object(value, where, budget)
+    if _is_number(value):
+        if isinstance(value, int) and abs(value) > 2**53:
+            raise _invalid(where, "an integer too large to represent exactly")
+        budget.charge((), where)
+        array = np.asarray(float(value), dtype=np.float64)
+        _check_finite(array, where)
+        return array
+    if not isinstance(value, list):
+        raise _invalid(
+            where, f"expected a nested list of numbers or a tensor object, got {_kind(value)}"
+        )
+    shape = _nested_extent(value, where, budget.max_rank)
+    budget.charge(shape, where)
+    if math.prod(shape) == 0:
+        raise _invalid(where, f"the tensor is empty (shape {list(shape)})")
+    try:
+        array = np.asarray(value)
+    except (ValueError, OverflowError):
+        raise _locate_defect(value, shape, where) from None
+    if array.shape != shape or array.dtype.kind not in "iuf":
+        raise _locate_defect(value, shape, where)
+    if array.dtype.kind != "f" and np.abs(array).max() > 2**53:
+        raise _locate_defect(value, shape, where)
+    array = array.astype(np.float64, copy=False)
+    _check_finite(array, where)
+    return array
+
+
+def _kind(value: Any) -> str:
+    return {str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDArray[Any]:
+    unknown = set(value) - {"shape", "data", "datatype", "b64"}
+    if unknown:
+        raise _invalid(where, f"unknown field(s) {sorted(unknown)} in a tensor object")
+    if "shape" not in value:
+        raise _invalid(where, "a tensor object needs `shape`")
+    shape = _check_shape(value["shape"], where, budget.max_rank)
+    datatype = value.get("datatype", "FP64")
+    if datatype not in NUMPY_DTYPES:
+        raise _invalid(where, f"`datatype` must be FP64 or FP32, got {datatype!r:.20}")
+    dtype = NUMPY_DTYPES[datatype]
+    numel = math.prod(shape)
+    budget.charge(shape, where)
+    if numel == 0:
+        raise _invalid(where, f"the tensor is empty (shape {list(shape)})")
+    if ("data" in value) == ("b64" in value):
+        raise _invalid(where, "a tensor object needs exactly one of `data` or `b64`")
+    if "data" in value:
+        data = value["data"]
+        if not isinstance(data, list):
+            raise _invalid(where, "`data` must be a flat list of numbers")
+        if len(data) != numel:
+            raise _invalid(
+                where, f"`data` has {len(data)} numbers but shape {list(shape)} needs {numel}"
+            )
+        flat = decode(data, where + ".data", Budget(numel, numel, 1))
+        array = flat.astype(dtype, copy=False).reshape(shape)
+    else:
+        encoded = value["b64"]
+        if not isinstance(encoded, str):
+            raise _invalid(where, "`b64` must be a base64 string")
+        expected_bytes = numel * dtype.itemsize
+        if len(encoded) != 4 * math.ceil(expected_bytes / 3):
+            decoded_guess = len(encoded) * 3 // 4
+            raise _invalid(
+                where,
+                f"`b64` holds about {decoded_guess} bytes but shape {list(shape)} of {datatype} "
+                f"needs {expected_bytes}",
+            )
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise _invalid(where, "`b64` is not valid base64") from None
+        if len(raw) != expected_bytes:
+            raise _invalid(
+                where,
+                f"`b64` holds {len(raw)} bytes but shape {list(shape)} of {datatype} "
+                f"needs {expected_bytes}",
+            )
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    _check_finite(array, where)
+    return array
+
+
+def to_torch(array: npt.NDArray[Any], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A numpy array as a tensor on ``device`` in ``dtype`` (no copy where none is needed)."""
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array).to(device=device, dtype=dtype)
+
+
+def encode(tensor: torch.Tensor, encoding: Encoding = "json") -> dict[str, Any]:
+    """A tensor in the response form: ``{"shape", "datatype", "data" | "b64"}``.
+
+    Non-finite values (an exploding recurrence) are never hidden: the tensor carries
+    ``"nonfinite": <count>`` and, in the JSON form, each such entry is the string ``"NaN"``,
+    ``"Infinity"`` or ``"-Infinity"``.
+    """
+    tensor = tensor.detach()
+    datatype = TORCH_DATATYPES.get(tensor.dtype, "FP64")
+    array = tensor.to(device="cpu", dtype=torch.float32 if datatype == "FP32" else torch.float64)
+    numpy_array = array.contiguous().numpy()
+    out: dict[str, Any] = {"shape": list(numpy_array.shape), "datatype": datatype}
+    finite = np.isfinite(numpy_array)
+    nonfinite = int(numpy_array.size - np.count_nonzero(finite))
+    if encoding == "b64":
+        out["b64"] = base64.b64encode(numpy_array.astype(NUMPY_DTYPES[datatype]).tobytes()).decode()
+    elif nonfinite:
+        out["data"] = _with_nonfinite_strings(numpy_array)
+    else:
+        out["data"] = numpy_array
+    if nonfinite:
+        out["nonfinite"] = nonfinite
+    return out
+
+
+def _with_nonfinite_strings(array: npt.NDArray[Any]) -> Any:
+    def name(x: float) -> float | str:
+        if math.isnan(x):
+            return "NaN"
+        if math.isinf(x):
+            return "Infinity" if x > 0 else "-Infinity"
+        return x
+
+    return np.vectorize(name, otypes=[object])(array).tolist() if array.ndim else name(
+        float(array)
+    )
