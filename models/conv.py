@@ -50,7 +50,9 @@ def _per_dim(value: Any, dims: int, name: str, minimum: int, where: str) -> tupl
         )
     for d, v in enumerate(values):
         if v < minimum:
-            raise InvalidConfig(f"{name} must be at least {minimum}, got {v} in dimension {d}", where)
+            raise InvalidConfig(
+                f"{name} must be at least {minimum}, got {v} in dimension {d}", where
+            )
     return tuple(values)
 
 
@@ -58,14 +60,16 @@ def parse_padding(value: Any, dims: int, where: str = "padding") -> Padding:
     """``"valid"``, ``"same"``, an int, or one int per dimension."""
     if isinstance(value, str):
         if value not in ("valid", "same"):
-            raise InvalidConfig(f"padding must be 'valid', 'same' or integers, got {value!r}", where)
+            raise InvalidConfig(
+                f"padding must be 'valid', 'same' or integers, got {value!r}", where
+            )
         return value
     return _per_dim(value, dims, "padding", 0, where)
 
 
-def explicit_padding(padding: Padding, kernel: Sequence[int], dilation: Sequence[int]) -> tuple[
-    tuple[int, int], ...
-]:
+def explicit_padding(
+    padding: Padding, kernel: Sequence[int], dilation: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
     """(left, right) padding per dimension; ``same`` puts the odd element on the right, as torch."""
     if padding == "valid":
         return tuple((0, 0) for _ in kernel)
@@ -114,22 +118,28 @@ def conv_output_size(
     pad = parse_padding(padding, dims)
     out_pad = _per_dim(output_padding, dims, "output_padding", 0, "output_padding")
     if not transposed and any(out_pad):
-        raise InvalidConfig("output_padding applies to transposed convolutions only", "output_padding")
+        raise InvalidConfig(
+            "output_padding applies to transposed convolutions only", "output_padding"
+        )
     if pad == "same" and (transposed or any(s != 1 for s in strides)):
         raise InvalidConfig("padding 'same' needs stride 1 and no transposition", "padding")
+    # None stands for 'same', whose padding depends on the kernel of each dimension.
+    pads: list[int | None] = (
+        list(pad) if not isinstance(pad, str) else [None if pad == "same" else 0] * dims
+    )
     steps = []
     for d in range(dims):
-        n, k, s, dil, op = sizes[d], kernel[d], strides[d], dilations[d], out_pad[d]
+        n, k, s, p, dil, op = sizes[d], kernel[d], strides[d], pads[d], dilations[d], out_pad[d]
         k_eff = dil * (k - 1) + 1
         if transposed:
-            steps.append(_transposed_step(d, n, k, s, pad, dil, op, k_eff))
+            steps.append(_transposed_step(d, n, k, s, p or 0, dil, op, k_eff))
         else:
-            steps.append(_conv_step(d, n, k, s, pad, dil, k_eff))
+            steps.append(_conv_step(d, n, k, s, p, dil, k_eff))
     return steps
 
 
-def _conv_step(d: int, n: int, k: int, s: int, pad: Padding, dil: int, k_eff: int) -> DimStep:
-    if pad == "same":
+def _conv_step(d: int, n: int, k: int, s: int, p: int | None, dil: int, k_eff: int) -> DimStep:
+    if p is None:
         total = dil * (k - 1)
         return DimStep(
             d,
@@ -139,7 +149,6 @@ def _conv_step(d: int, n: int, k: int, s: int, pad: Padding, dil: int, k_eff: in
             k_eff,
             n + total,
         )
-    p = 0 if pad == "valid" else pad[d]  # type: ignore[index]
     padded = n + 2 * p
     if k_eff > padded:
         raise ShapeMismatch(
@@ -161,9 +170,8 @@ def _conv_step(d: int, n: int, k: int, s: int, pad: Padding, dil: int, k_eff: in
 
 
 def _transposed_step(
-    d: int, n: int, k: int, s: int, pad: Padding, dil: int, op: int, k_eff: int
+    d: int, n: int, k: int, s: int, p: int, dil: int, op: int, k_eff: int
 ) -> DimStep:
-    p = 0 if pad == "valid" else pad[d]  # type: ignore[index]
     if op >= max(s, dil):
         raise InvalidConfig(
             f"output_padding {op} must be smaller than the stride or the dilation in dimension {d}",
@@ -246,7 +254,11 @@ def conv_output_shapes(
         )
     try:
         steps = conv_output_size(
-            list(x[1:]), list(kernel), list(config.stride), _padding_arg(config), list(config.dilation)
+            list(x[1:]),
+            list(kernel),
+            list(config.stride),
+            _padding_arg(config),
+            list(config.dilation),
         )
     except ShapeMismatch as error:
         raise ShapeMismatch(error.message, "params.weight") from None

@@ -78,9 +78,7 @@ class ReferenceModel:
             if spec.name == name:
                 return spec
         known = ", ".join(s.name for s in self.arguments)
-        raise UnknownName(
-            f"{self.name} has no parameter or input {name!r}; it has {known}", "wrt"
-        )
+        raise UnknownName(f"{self.name} has no parameter or input {name!r}; it has {known}", "wrt")
 
     def output(self, name: str) -> ArgSpec:
         for spec in self.outputs:

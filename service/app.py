@@ -82,9 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 description=app.description,
                 routes=app.routes,
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                problem_schemas()
-            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(problem_schemas())
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -45,9 +45,7 @@ def lookup(name: str) -> ReferenceModel:
 
 
 def new_budget(settings: Settings) -> Budget:
-    return Budget(
-        settings.max_tensor_elements, settings.max_request_elements, settings.max_rank
-    )
+    return Budget(settings.max_tensor_elements, settings.max_request_elements, settings.max_rank)
 
 
 def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepared:

@@ -13,9 +13,10 @@ ResponseEncoding = Literal["json", "b64"]
 
 
 class StrictBody(BaseModel):
-    """A request body that refuses unknown fields, so a typo is an error, not a silent default."""
+    """A request body that refuses unknown fields and coerces nothing (``"3"`` is not 3), so a
+    typo is an error, not a silent default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ComputeOptions(StrictBody):

@@ -122,5 +122,10 @@ def jacobian(
         prepared.model, prepared.config, prepared.args, body.of, body.wrt
     )
     return TensorJSONResponse(
-        {"jacobian": encode(result, body.encoding), "of": body.of, "wrt": body.wrt, "method": method}
+        {
+            "jacobian": encode(result, body.encoding),
+            "of": body.of,
+            "wrt": body.wrt,
+            "method": method,
+        }
     )

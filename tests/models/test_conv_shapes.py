@@ -1,0 +1,183 @@
+"""Output-size arithmetic: the seed's worked answers, then PyTorch's own shapes as the oracle."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.conv import conv_output_size
+from models.errors import InvalidConfig, ModelError, ShapeMismatch
+
+
+def sizes(*args: object, **kwargs: object) -> list[int]:
+    return [s.result for s in conv_output_size(*args, **kwargs)]  # type: ignore[arg-type]
+
+
+def test_seed_1_1a_is_5_by_2() -> None:
+    steps = conv_output_size([21, 12], [4, 5], stride=4, padding=0)
+    assert [s.result for s in steps] == [5, 2]
+    # The worked steps show the seed's substitution: floor(4.25) + 1 and floor(1.75) + 1.
+    assert "floor(4.25) + 1 = 5" in steps[0].substitution
+    assert "floor(1.75) + 1 = 2" in steps[1].substitution
+    assert steps[0].formula == "out = floor((in + 2P - D(K - 1) - 1) / S) + 1"
+
+
+@pytest.mark.parametrize(
+    ("h", "k", "p", "s", "d"),
+    [(32, 3, 1, 1, 1), (32, 3, 1, 1, 2), (28, 5, 2, 2, 3), (7, 3, 0, 2, 1), (100, 7, 3, 3, 4)],
+)
+def test_seed_1_1b_dilated_formula(h: int, k: int, p: int, s: int, d: int) -> None:
+    # Seed 1.1(b): H_out = floor((H + 2P - D(K - 1) - 1) / S) + 1, written out independently.
+    expected = (h + 2 * p - d * (k - 1) - 1) // s + 1
+    assert sizes([h, h], k, s, p, d) == [expected, expected]
+    effective = d * (k - 1) + 1
+    assert conv_output_size([h], k, s, p, d)[0].effective_kernel == effective
+
+
+def test_seed_1_1c_length_7_kernel_3_stride_2_is_3() -> None:
+    assert sizes([7], 3, 2) == [3]
+
+
+def torch_conv_size(
+    dims: int,
+    size: list[int],
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    transposed: bool,
+    output_padding: list[int],
+) -> list[int]:
+    """PyTorch's own output shape, computed on meta tensors (no memory, no arithmetic)."""
+    x = torch.empty(1, 1, *size, device="meta")
+    if transposed:
+        w = torch.empty(1, 1, *kernel, device="meta")
+        fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
+        y = fn(
+            x, w, stride=stride, padding=padding, dilation=dilation, output_padding=output_padding
+        )
+    else:
+        w = torch.empty(1, 1, *kernel, device="meta")
+        fn = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+        y = fn(x, w, stride=stride, padding=padding, dilation=dilation)
+    return list(y.shape[2:])
+
+
+def test_sizes_agree_with_pytorch_on_random_configurations() -> None:
+    rng = random.Random(1234)
+    checked = refused = 0
+    for _ in range(400):
+        dims = rng.randint(1, 3)
+        transposed = rng.random() < 0.3
+        size = [rng.randint(1, 30) for _ in range(dims)]
+        kernel = [rng.randint(1, 7) for _ in range(dims)]
+        stride = [rng.randint(1, 4) for _ in range(dims)]
+        padding = [rng.randint(0, 3) for _ in range(dims)]
+        dilation = [rng.randint(1, 3) for _ in range(dims)]
+        output_padding = (
+            [rng.randint(0, max(s, d) - 1) for s, d in zip(stride, dilation, strict=True)]
+            if transposed
+            else [0] * dims
+        )
+        args = (dims, size, kernel, stride, padding, dilation, transposed, output_padding)
+        try:
+            expected = torch_conv_size(*args)
+        except RuntimeError:
+            expected = None
+        if expected is not None and min(expected) < 1:
+            expected = None
+        if expected is None:
+            with pytest.raises(ModelError):
+                conv_output_size(
+                    size,
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    transposed=transposed,
+                    output_padding=output_padding,
+                )
+            refused += 1
+        else:
+            got = sizes(
+                size,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                transposed=transposed,
+                output_padding=output_padding,
+            )
+            assert got == expected, args
+            checked += 1
+    assert checked > 250 and refused > 20  # both branches were really exercised
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("size", [[5], [9, 4], [6, 7, 8]])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_same_padding_keeps_the_size_like_pytorch(size: list[int], dilation: int) -> None:
+    dims = len(size)
+    x = torch.empty(1, 1, *size, device="meta")
+    w = torch.empty(1, 1, *([4] * dims), device="meta")
+    fn = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    expected = list(fn(x, w, padding="same", dilation=dilation).shape[2:])
+    assert sizes(size, 4, 1, "same", dilation) == expected == size
+
+
+def test_valid_padding_is_zero() -> None:
+    assert sizes([10], 3, 1, "valid") == sizes([10], 3, 1, 0) == [8]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        (
+            {"input_size": [5], "kernel_size": 5, "dilation": 2, "padding": 1},
+            ShapeMismatch,
+            "effective kernel 9",
+        ),
+        ({"input_size": [5], "kernel_size": 0}, InvalidConfig, "kernel_size must be at least 1"),
+        ({"input_size": [5], "kernel_size": 3, "stride": 0}, InvalidConfig, "stride"),
+        ({"input_size": [5], "kernel_size": 3, "stride": -1}, InvalidConfig, "stride"),
+        ({"input_size": [5], "kernel_size": 3, "dilation": 0}, InvalidConfig, "dilation"),
+        ({"input_size": [5], "kernel_size": 3, "padding": -1}, InvalidConfig, "padding"),
+        ({"input_size": [5, 5], "kernel_size": [3]}, InvalidConfig, "2 spatial dimensions"),
+        ({"input_size": [], "kernel_size": 3}, InvalidConfig, "1 to 3"),
+        ({"input_size": [1, 2, 3, 4], "kernel_size": 3}, InvalidConfig, "1 to 3"),
+        ({"input_size": [0], "kernel_size": 1}, InvalidConfig, "input_size"),
+        (
+            {"input_size": [8], "kernel_size": 3, "stride": 2, "padding": "same"},
+            InvalidConfig,
+            "stride 1",
+        ),
+        ({"input_size": [8], "kernel_size": 3, "padding": "full"}, InvalidConfig, "'valid'"),
+        ({"input_size": [8], "kernel_size": 3, "output_padding": 1}, InvalidConfig, "transposed"),
+        (
+            {
+                "input_size": [8],
+                "kernel_size": 3,
+                "stride": 2,
+                "output_padding": 2,
+                "transposed": True,
+            },
+            InvalidConfig,
+            "smaller than the stride",
+        ),
+        (
+            {"input_size": [1], "kernel_size": 1, "padding": 3, "transposed": True},
+            ShapeMismatch,
+            "empty",
+        ),
+    ],
+)
+def test_invalid_configurations_say_why(
+    kwargs: dict[str, object], error: type[Exception], words: str
+) -> None:
+    size = kwargs.pop("input_size")
+    kernel = kwargs.pop("kernel_size")
+    with pytest.raises(error, match=words):
+        conv_output_size(size, kernel, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,280 @@
+"""The generic model routes on the conv references: forward, backward, jacobian, errors."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service.examples import SEED_W_1x5x3, SEED_X_5x7
+
+SEED = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
+
+
+def as_array(tensor: dict[str, Any]) -> np.ndarray:
+    if "b64" in tensor:
+        dtype = "<f8" if tensor["datatype"] == "FP64" else "<f4"
+        return np.frombuffer(base64.b64decode(tensor["b64"]), dtype=dtype).reshape(tensor["shape"])
+    return np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
+
+
+def seed_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.array(
+        [[sum(w[0, c, m] * x[c, 2 * i + m] for c in range(5) for m in range(3)) for i in range(3)]]
+    )
+
+
+def test_list_models_gives_symbolic_shapes(client: TestClient) -> None:
+    models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    assert {"conv1d", "conv2d"} <= set(models)
+    weight = next(p for p in models["conv1d"]["params"] if p["name"] == "weight")
+    assert weight["shape"] == ["F", "C", "K"]
+    assert models["conv2d"]["outputs"][0]["shape"] == ["F", "H_out", "W_out"]
+
+
+def test_forward_of_the_seed_conv(client: TestClient) -> None:
+    response = client.post("/v1/models/conv1d/forward", json=SEED)
+    assert response.status_code == 200
+    y = response.json()["outputs"]["y"]
+    assert y["shape"] == [1, 3] and y["datatype"] == "FP64"
+    np.testing.assert_allclose(
+        as_array(y), seed_reference(np.array(SEED_X_5x7), np.array(SEED_W_1x5x3))
+    )
+
+
+@pytest.mark.parametrize(("wrt", "shape"), [("weight", [1, 3, 1, 5, 3]), ("x", [1, 3, 5, 7])])
+def test_jacobian_shapes_of_the_seed(client: TestClient, wrt: str, shape: list[int]) -> None:
+    response = client.post("/v1/models/conv1d/jacobian", json={**SEED, "of": "y", "wrt": wrt})
+    assert response.status_code == 200
+    assert response.json()["jacobian"]["shape"] == shape
+
+
+def test_backward_gives_every_param_and_input(client: TestClient) -> None:
+    upstream = [[1.0, -2.0, 3.0]]
+    body = {**SEED, "params": {**SEED["params"], "bias": [0.5]}, "grad_outputs": {"y": upstream}}
+    answer = client.post("/v1/models/conv1d/backward", json=body).json()
+    assert set(answer["grads"]) == {"weight", "bias", "x"}
+    assert as_array(answer["grads"]["bias"]).tolist() == [2.0]
+    x = np.array(SEED_X_5x7, dtype=np.float64)
+    expected = np.array(
+        [
+            [
+                [sum(upstream[0][i] * x[c, 2 * i + m] for i in range(3)) for m in range(3)]
+                for c in range(5)
+            ]
+        ]
+    )
+    np.testing.assert_allclose(as_array(answer["grads"]["weight"]), expected)
+
+
+def test_b64_in_and_out_and_float32(client: TestClient) -> None:
+    x = np.asarray(SEED_X_5x7, dtype="<f4")
+    body = {
+        **SEED,
+        "inputs": {
+            "x": {
+                "shape": [5, 7],
+                "datatype": "FP32",
+                "b64": base64.b64encode(x.tobytes()).decode(),
+            }
+        },
+        "encoding": "b64",
+        "dtype": "float32",
+    }
+    y = client.post("/v1/models/conv1d/forward", json=body).json()["outputs"]["y"]
+    assert y["datatype"] == "FP32" and "b64" in y
+    np.testing.assert_allclose(as_array(y), seed_reference(x, np.array(SEED_W_1x5x3)), rtol=1e-6)
+
+
+def test_cpu_device_is_honoured(client: TestClient) -> None:
+    assert (
+        client.post("/v1/models/conv1d/forward", json={**SEED, "device": "cpu"}).status_code == 200
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine with no GPU")
+def test_cuda_without_a_gpu_is_refused_not_faked(client: TestClient) -> None:
+    response = client.post("/v1/models/conv1d/forward", json={**SEED, "device": "cuda"})
+    assert response.status_code == 422
+    assert "no CUDA device" in response.json()["detail"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_answer(client: TestClient) -> None:
+    cpu = client.post("/v1/models/conv1d/jacobian", json={**SEED, "of": "y", "wrt": "x"}).json()
+    gpu = client.post(
+        "/v1/models/conv1d/jacobian", json={**SEED, "of": "y", "wrt": "x", "device": "cuda"}
+    ).json()
+    np.testing.assert_allclose(as_array(gpu["jacobian"]), as_array(cpu["jacobian"]), rtol=1e-12)
+
+
+def with_(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return {**base, **changes}
+
+
+BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
+    ("unknown model", "conv3d/forward", SEED, 404, "there is no model 'conv3d'"),
+    (
+        "channels",
+        "conv1d/forward",
+        with_(SEED, inputs={"x": [[1.0] * 7] * 4}),
+        422,
+        "x has 4 channels but weight expects 5",
+    ),
+    (
+        "kernel too big",
+        "conv1d/forward",
+        with_(SEED, inputs={"x": [[1.0, 2.0]] * 5}),
+        422,
+        "effective kernel 3",
+    ),
+    (
+        "weight rank",
+        "conv1d/forward",
+        with_(SEED, params={"weight": [[1.0, 2.0]]}),
+        422,
+        "weight must have rank 3",
+    ),
+    (
+        "x rank",
+        "conv2d/forward",
+        with_(SEED, params={"weight": [[[[1.0]]]]}),
+        422,
+        "x must have rank 3",
+    ),
+    (
+        "bias",
+        "conv1d/forward",
+        with_(SEED, params={"weight": SEED_W_1x5x3, "bias": [1.0, 2.0]}),
+        422,
+        "bias must have shape [1]",
+    ),
+    ("missing weight", "conv1d/forward", with_(SEED, params={}), 422, "'weight'"),
+    (
+        "param in inputs",
+        "conv1d/forward",
+        with_(SEED, inputs={"x": SEED_X_5x7, "weight": SEED_W_1x5x3}),
+        422,
+        "belongs in params",
+    ),
+    (
+        "unknown input",
+        "conv1d/forward",
+        with_(SEED, inputs={"x": SEED_X_5x7, "z": [1.0]}),
+        422,
+        "unknown input 'z'",
+    ),
+    ("zero stride", "conv1d/forward", with_(SEED, config={"stride": 0}), 422, "at least 1"),
+    (
+        "negative dilation",
+        "conv1d/forward",
+        with_(SEED, config={"dilation": -1}),
+        422,
+        "at least 1",
+    ),
+    ("negative padding", "conv1d/forward", with_(SEED, config={"padding": -2}), 422, "at least 0"),
+    (
+        "unknown config",
+        "conv1d/forward",
+        with_(SEED, config={"groups": 2}),
+        422,
+        "unknown config key",
+    ),
+    ("empty tensor", "conv1d/forward", with_(SEED, inputs={"x": []}), 422, "empty"),
+    (
+        "ragged",
+        "conv1d/forward",
+        with_(SEED, inputs={"x": [[1.0] * 7] * 4 + [[1.0]]}),
+        422,
+        "inputs.x[4] has 1 entries",
+    ),
+    ("string", "conv1d/forward", with_(SEED, inputs={"x": [["a"] * 7] * 5}), 422, "a string"),
+    (
+        "over budget",
+        "conv1d/forward",
+        with_(SEED, inputs={"x": {"shape": [5, 10**8], "b64": ""}}),
+        413,
+        "limit per tensor",
+    ),
+    ("bad device", "conv1d/forward", with_(SEED, device="tpu"), 422, "device"),
+    ("bad dtype", "conv1d/forward", with_(SEED, dtype="float16"), 422, "dtype"),
+    ("unknown of", "conv1d/jacobian", with_(SEED, of="z", wrt="x"), 422, "no output 'z'"),
+    (
+        "unknown wrt",
+        "conv1d/jacobian",
+        with_(SEED, of="y", wrt="w"),
+        422,
+        "no parameter or input 'w'",
+    ),
+    (
+        "absent optional wrt",
+        "conv1d/jacobian",
+        with_(SEED, of="y", wrt="bias"),
+        422,
+        "optional and was not given",
+    ),
+    (
+        "jacobian budget",
+        "conv1d/jacobian",
+        with_(
+            SEED,
+            of="y",
+            wrt="x",
+            params={"weight": {"shape": [64, 50, 3], "data": [0.0] * 9600}},
+            inputs={"x": {"shape": [50, 2000], "data": [0.0] * 100000}},
+        ),
+        413,
+        "the limit is 16,000,000",
+    ),
+    (
+        "grad shape",
+        "conv1d/backward",
+        with_(SEED, grad_outputs={"y": [[1.0, 2.0]]}),
+        422,
+        "grad_outputs.y has shape [1, 2] but output y has shape [1, 3]",
+    ),
+    (
+        "grad unknown",
+        "conv1d/backward",
+        with_(SEED, grad_outputs={"z": [1.0]}),
+        422,
+        "no output 'z'",
+    ),
+    ("grad empty", "conv1d/backward", with_(SEED, grad_outputs={}), 422, "at least one"),
+    ("grad missing", "conv1d/backward", SEED, 422, "grad_outputs"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "path", "body", "status", "words"), BAD, ids=[case[0] for case in BAD]
+)
+def test_bad_requests_are_problems_that_say_why(
+    client: TestClient, case: str, path: str, body: dict[str, Any], status: int, words: str
+) -> None:
+    response = client.post(f"/v1/models/{path}", json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status and problem["title"] and problem["type"]
+    assert words in problem["detail"], problem["detail"]
+
+
+def test_jacobian_over_budget_is_refused_before_computing(client: TestClient) -> None:
+    # 805M entries: conv2d, 3x64x64 input, 16 filters of 3x3, padding 1 (all declared, b64).
+    x = np.zeros((3, 64, 64), dtype="<f8")
+    w = np.zeros((16, 3, 3, 3), dtype="<f8")
+    body = {
+        "config": {"padding": 1},
+        "params": {"weight": {"shape": [16, 3, 3, 3], "b64": base64.b64encode(w).decode()}},
+        "inputs": {"x": {"shape": [3, 64, 64], "b64": base64.b64encode(x).decode()}},
+        "of": "y",
+        "wrt": "x",
+    }
+    response = client.post("/v1/models/conv2d/jacobian", json=body)
+    assert response.status_code == 413
+    assert "805,306,368 entries" in response.json()["detail"]

@@ -1,0 +1,129 @@
+"""The tensor wire format: the three request forms, the response forms, and what is refused."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from service.problems import Problem
+from service.tensors import Budget, decode, encode
+
+
+def budget() -> Budget:
+    return Budget(max_tensor=100, max_request=150, max_rank=4)
+
+
+def b64(values: list[float], dtype: str = "<f8") -> str:
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [[1, 2], [3, 4]],
+        {"shape": [2, 2], "data": [1, 2, 3, 4]},
+        {"shape": [2, 2], "data": [1.0, 2.0, 3.0, 4.0], "datatype": "FP64"},
+        {"shape": [2, 2], "datatype": "FP64", "b64": b64([1, 2, 3, 4])},
+    ],
+)
+def test_the_three_forms_decode_to_the_same_array(value: Any) -> None:
+    array = decode(value, "x", budget())
+    assert array.dtype == np.float64
+    np.testing.assert_array_equal(array, [[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_fp32_forms_keep_their_precision() -> None:
+    array = decode({"shape": [3], "datatype": "FP32", "b64": b64([1, 2, 3], "<f4")}, "x", budget())
+    assert array.dtype == np.float32
+    np.testing.assert_array_equal(array, [1, 2, 3])
+
+
+def test_a_bare_number_is_a_0d_tensor() -> None:
+    assert decode(2.5, "x", budget()).shape == ()
+
+
+def test_response_forms_round_trip() -> None:
+    tensor = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    as_json = encode(tensor)
+    assert as_json["shape"] == [2, 3] and as_json["datatype"] == "FP64"
+    np.testing.assert_array_equal(as_json["data"], tensor.numpy())
+    as_b64 = encode(tensor, "b64")
+    assert "data" not in as_b64
+    np.testing.assert_array_equal(decode(as_b64, "x", budget()), tensor.numpy())
+
+
+def test_non_finite_results_are_explicit_strings_not_nulls() -> None:
+    out = encode(torch.tensor([1.0, float("nan"), float("inf"), -float("inf")]))
+    assert out["nonfinite"] == 3
+    assert out["data"] == [1.0, "NaN", "Infinity", "-Infinity"]
+
+
+def refused(value: Any, b: Budget | None = None) -> Problem:
+    with pytest.raises(Problem) as caught:
+        decode(value, "params.weight", b or budget())
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("value", "status", "words"),
+    [
+        ([[1, 2], [3]], 422, "params.weight[1] has 1 entries but 2"),
+        ([[1, 2], [3, [4]]], 422, "params.weight[1][1] is a list"),
+        ([[1, 2], 3], 422, "params.weight[1] is a number where a list"),
+        ([1, "2"], 422, "params.weight[1] is a string"),
+        ([1, None], 422, "params.weight[1] is null"),
+        ([True, 1], 422, "params.weight[0] is a boolean"),
+        ([1, float("nan")], 422, "element [1] is nan"),
+        ([1, float("inf")], 422, "element [1] is inf"),
+        ([1, 10**400], 422, "too large"),
+        ("abc", 422, "got a string"),
+        (None, 422, "got null"),
+        ([], 422, "empty"),
+        ([[]], 422, "empty"),
+        ([[[[[1]]]]], 422, "rank limit 4"),
+        (
+            {"shape": [2, 2], "data": [1, 2, 3]},
+            422,
+            "`data` has 3 numbers but shape [2, 2] needs 4",
+        ),
+        ({"shape": [2], "data": [1, "x"]}, 422, "is a string"),
+        ({"shape": [2], "data": [1, float("nan")]}, 422, "only finite"),
+        ({"shape": [2, 2], "b64": b64([1, 2, 3])}, 422, "needs 32"),
+        ({"shape": [1], "b64": "!!!!!!!!!!!="}, 422, "not valid base64"),
+        ({"shape": [1], "b64": b64([float("nan")])}, 422, "only finite"),
+        ({"shape": [2], "data": [1, 2], "b64": b64([1, 2])}, 422, "exactly one of"),
+        ({"shape": [2]}, 422, "exactly one of"),
+        ({"data": [1, 2]}, 422, "needs `shape`"),
+        ({"shape": [2], "data": [1, 2], "dtype": "x"}, 422, "unknown field"),
+        ({"shape": [2], "data": [1, 2], "datatype": "INT8"}, 422, "FP64 or FP32"),
+        ({"shape": [-1], "data": []}, 422, "negative"),
+        ({"shape": [0], "data": []}, 422, "empty"),
+        ({"shape": "2", "data": [1, 2]}, 422, "list of non-negative integers"),
+        ({"shape": [True], "data": [1]}, 422, "list of non-negative integers"),
+        ({"shape": [1, 1, 1, 1, 1], "data": [1]}, 422, "rank 5"),
+        ([list(range(11))] * 11, 413, "121 elements"),
+        ({"shape": [10**9, 10**9], "b64": ""}, 413, "limit per tensor is 100"),
+    ],
+)
+def test_bad_tensors_are_refused_with_where_and_why(value: Any, status: int, words: str) -> None:
+    problem = refused(value)
+    assert problem.status == status
+    assert words in problem.detail
+    assert problem.detail.startswith("params.weight")
+
+
+def test_the_request_budget_adds_up_tensors() -> None:
+    b = budget()
+    decode([0.0] * 100, "params.a", b)
+    problem = refused([0.0] * 60, b)
+    assert problem.status == 413 and "160 elements" in problem.detail
+
+
+def test_declared_budget_is_checked_before_decoding_the_payload() -> None:
+    # A huge declared shape with a tiny (and invalid) payload is refused for its size.
+    problem = refused({"shape": [10**6], "data": [1]})
+    assert problem.status == 413
