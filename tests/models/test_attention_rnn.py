@@ -78,9 +78,9 @@ def central_difference(
     return torch.stack(columns, dim=-1).reshape(*fn(x).shape, *x.shape)
 
 
-def run_loop(args: dict[str, torch.Tensor], k: Window, **kw: torch.Tensor) -> tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor
-]:
+def run_loop(
+    args: dict[str, torch.Tensor], k: Window, **kw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     merged = {**args, **kw}
     return loop_attention_rnn(merged["Q"], merged["K"], merged["V"], merged["x"], k)
 
@@ -155,7 +155,9 @@ def test_backward_and_state_grads_match_autograd_through_the_loop(k: Window) -> 
     expected = loss_grads(args, k, {"h": direct})
     for name in args:
         torch.testing.assert_close(grads[name], expected[name], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(extras["state_grads"], expected["state_grads"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        extras["state_grads"], expected["state_grads"], rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("k", [2, "inf"])
@@ -200,7 +202,9 @@ def test_jacobian_da_dx_matches_central_differences() -> None:
     torch.testing.assert_close(result, numeric, rtol=1e-6, atol=1e-8)
 
 
-def one_step(args: dict[str, torch.Tensor], k: Window, t: int, h_prev: torch.Tensor) -> torch.Tensor:
+def one_step(
+    args: dict[str, torch.Tensor], k: Window, t: int, h_prev: torch.Tensor
+) -> torch.Tensor:
     """h[t] as a function of h[t-1] alone (every other state and argument fixed)."""
     h, _, _ = run_loop(args, k)
     n = args["x"].shape[1]
@@ -238,7 +242,9 @@ def test_step_jacobians_are_seed_1_2_2e_and_agree_with_autograd_and_differences(
         h_prev = h[t - 2] if t >= 2 else torch.zeros(3, dtype=F64)
         auto = torch.autograd.functional.jacobian(lambda v, t=t: one_step(args, k, t, v), h_prev)
         numeric = central_difference(lambda v, t=t: one_step(args, k, t, v), h_prev)
-        torch.testing.assert_close(jacobians[t - 1], seed_1_2_2e(args, k, t), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            jacobians[t - 1], seed_1_2_2e(args, k, t), rtol=1e-12, atol=1e-12
+        )
         torch.testing.assert_close(jacobians[t - 1], auto, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(jacobians[t - 1], numeric, rtol=1e-6, atol=1e-8)
 
@@ -267,8 +273,11 @@ def test_verdict_near_one_when_all_attention_goes_to_h_t_minus_1_through_a_rotat
     """w_1 = h^T Q_1^T K_1 h large against w_0 = 0: a_1 ~ 1, h[t] ~ V_1 h[t-1], V_1 a rotation."""
     n, theta = 2, 0.3
     rotation = torch.tensor(
-        [[torch.cos(torch.tensor(theta)), -torch.sin(torch.tensor(theta))],
-         [torch.sin(torch.tensor(theta)), torch.cos(torch.tensor(theta))]], dtype=F64
+        [
+            [torch.cos(torch.tensor(theta)), -torch.sin(torch.tensor(theta))],
+            [torch.sin(torch.tensor(theta)), torch.cos(torch.tensor(theta))],
+        ],
+        dtype=F64,
     )
     zero, eye = torch.zeros(n, n, dtype=F64), torch.eye(n, dtype=F64)
     args = {

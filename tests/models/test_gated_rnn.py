@@ -128,7 +128,9 @@ def test_backward_and_state_grads_match_autograd_through_the_loop(seed: int) -> 
     expected = loss_grads(args, direct)
     for name in args:
         torch.testing.assert_close(grads[name], expected[name], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(extras["state_grads"], expected["state_grads"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        extras["state_grads"], expected["state_grads"], rtol=1e-10, atol=1e-12
+    )
 
 
 def test_state_grads_match_central_differences_on_state_offsets() -> None:
@@ -147,7 +149,10 @@ def test_state_grads_match_central_differences_on_state_offsets() -> None:
 def test_state_grads_include_the_paths_through_the_gates() -> None:
     args = random_case(8)
     gen = torch.Generator().manual_seed(9)
-    grad_h, grad_c = torch.randn(5, 3, generator=gen, dtype=F64), torch.randn(5, 3, generator=gen, dtype=F64)
+    grad_h, grad_c = (
+        torch.randn(5, 3, generator=gen, dtype=F64),
+        torch.randn(5, 3, generator=gen, dtype=F64),
+    )
     state_grads = gated_rnn.state_grads(CONFIG, args, {"h": grad_h, "c": grad_c})["state_grads"]
 
     def loss(offsets: torch.Tensor) -> torch.Tensor:
@@ -173,9 +178,12 @@ def seed_1_2_1d(args: dict[str, torch.Tensor], t: int) -> torch.Tensor:
     h_prev = args["h0"] if t == 1 else h[t - 2]
     z = args["W_c"] @ args["x"][t - 1] + args["W_h"] @ h_prev
     sig = torch.sigmoid(z)
-    return torch.diag(c[t - 1]) + torch.diag(h_prev - args["W_x"] @ args["x"][t - 1]) @ torch.diag(
-        sig * (1 - sig)
-    ) @ args["W_h"]
+    return (
+        torch.diag(c[t - 1])
+        + torch.diag(h_prev - args["W_x"] @ args["x"][t - 1])
+        @ torch.diag(sig * (1 - sig))
+        @ args["W_h"]
+    )
 
 
 def one_step(args: dict[str, torch.Tensor], t: int, h_prev: torch.Tensor) -> torch.Tensor:
@@ -279,7 +287,9 @@ def test_verdict_vanishing_with_small_W_h_and_saturated_closed_gates() -> None:
 
 def test_verdict_exploding_with_large_W_h_and_the_indirect_path_dominant() -> None:
     """c = 1/2 (sigma' = 1/4), h[t-1] - W_x x[t] = 2: dh[t]/dh[t-1] = I/2 + W_h/2 = 2.5 I."""
-    answer = gated_rnn.state_jacobians(CONFIG, held_gate_case(0.0, 4 * torch.eye(3, dtype=F64), 2.0))
+    answer = gated_rnn.state_jacobians(
+        CONFIG, held_gate_case(0.0, 4 * torch.eye(3, dtype=F64), 2.0)
+    )
     torch.testing.assert_close(
         answer["jacobians"], 2.5 * torch.eye(3, dtype=F64).expand(12, 3, 3), rtol=1e-12, atol=1e-12
     )

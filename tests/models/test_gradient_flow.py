@@ -52,8 +52,15 @@ def test_one_step_uses_that_step_for_the_growth_factor() -> None:
 
 @pytest.mark.parametrize(
     ("growth", "expected"),
-    [(0.5, "vanishing"), (0.899, "vanishing"), (0.9, "neither"), (1.0, "neither"),
-     (1.1, "neither"), (1.101, "exploding"), (7.0, "exploding")],
+    [
+        (0.5, "vanishing"),
+        (0.899, "vanishing"),
+        (0.9, "neither"),
+        (1.0, "neither"),
+        (1.1, "neither"),
+        (1.101, "exploding"),
+        (7.0, "exploding"),
+    ],
 )
 def test_verdict_bands(growth: float, expected: str) -> None:
     assert gradient_flow.verdict(growth) == expected

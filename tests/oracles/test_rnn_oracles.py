@@ -54,7 +54,9 @@ def attention_case(k: int | str) -> tuple[str, dict[str, Any], dict[str, torch.T
 
 CASES = [gated_case(), attention_case(1), attention_case(2), attention_case("inf")]
 PAIRS = [
-    pytest.param(case, of.name, wrt.name, id=f"{case[0]}{case[1].get('k', '')}-d{of.name}/d{wrt.name}")
+    pytest.param(
+        case, of.name, wrt.name, id=f"{case[0]}{case[1].get('k', '')}-d{of.name}/d{wrt.name}"
+    )
     for case in CASES
     for of in get_model(case[0]).outputs
     for wrt in get_model(case[0]).arguments
