@@ -180,7 +180,7 @@ def step_jacobians(
     W_x: torch.Tensor,
     x: torch.Tensor,
     h0: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
+) -> tuple[torch.Tensor, dict[str, float]]:
     """dh[t]/dh[t-1] for t = 1..T in closed form (seed 1.2.1(d)), and the terms behind it.
 
     Returns:
