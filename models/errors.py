@@ -30,3 +30,7 @@ class ShapeMismatch(ModelError):
 
 class UnknownName(ModelError):
     """A model, argument or output name that does not exist."""
+
+
+class LimitExceeded(ModelError):
+    """A size (sequence length, hidden size, window k) over the configured limit."""

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from models import conv
+from models import attention_rnn, conv, gated_rnn
 from models.errors import ShapeMismatch, UnknownName
+from models.limits import Limits
 
 Shapes = Mapping[str, tuple[int, ...]]
 Tensors = Mapping[str, torch.Tensor]
@@ -53,6 +54,10 @@ class ReferenceModel:
         closed_form_jacobian: d(output)/d(argument) without autograd, or ``None`` to fall back.
         backward_extras: extra answers of ``backward`` (e.g. ``state_grads`` of the RNNs).
         state_jacobians: the one-step state Jacobians of a recurrent model.
+        check_config_limits: refuses a config over the service's ``Limits`` (e.g. a window
+            ``k``) right after ``parse_config``, before any tensor is decoded.
+        check_shape_limits: refuses declared shapes over the ``Limits`` (sequence length,
+            hidden size) before ``output_shapes`` and before anything reaches the device.
     """
 
     name: str
@@ -68,6 +73,8 @@ class ReferenceModel:
     backward_extras: Callable[[Any, Tensors, Tensors], dict[str, torch.Tensor]] | None = None
     state_jacobians: Callable[[Any, Tensors], dict[str, Any]] | None = None
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    check_config_limits: Callable[[Any, Limits], None] | None = None
+    check_shape_limits: Callable[[Any, Shapes, Limits], None] | None = None
 
     @property
     def arguments(self) -> tuple[ArgSpec, ...]:
@@ -149,7 +156,81 @@ def _conv_model(dims: int) -> ReferenceModel:
     )
 
 
-MODELS: dict[str, ReferenceModel] = {m.name: m for m in (_conv_model(1), _conv_model(2))}
+def _gated_rnn_model() -> ReferenceModel:
+    return ReferenceModel(
+        name="gated_rnn",
+        summary=(
+            "The gated RNN of the seed's 1.2.1, equations (1)-(2): "
+            "c[t] = sigmoid(W_c x[t] + W_h h[t-1]), h[t] = c[t] * h[t-1] + (1 - c[t]) * W_x x[t]"
+        ),
+        params=(
+            ArgSpec("W_c", ("m", "n"), "projects x[t] into the gate's pre-activation"),
+            ArgSpec("W_h", ("m", "m"), "projects h[t-1] into the gate's pre-activation"),
+            ArgSpec("W_x", ("m", "n"), "projects x[t] into the candidate state"),
+        ),
+        inputs=(
+            ArgSpec("x", ("T", "n"), "the sequence, row t-1 is x[t]"),
+            ArgSpec("h0", ("m",), "the state h[0] before the first step (zeros)", optional=True),
+        ),
+        outputs=(
+            ArgSpec("h", ("T", "m"), "the states, row t-1 is h[t]"),
+            ArgSpec("c", ("T", "m"), "the gates, row t-1 is c[t]"),
+        ),
+        config=(),
+        parse_config=gated_rnn.parse_config,
+        output_shapes=gated_rnn.output_shapes,
+        forward=gated_rnn.forward,
+        backward_extras=gated_rnn.state_grads,
+        state_jacobians=gated_rnn.state_jacobians,
+        check_shape_limits=gated_rnn.check_shape_limits,
+    )
+
+
+def _attention_rnn_model() -> ReferenceModel:
+    projection = (
+        "index 0 projects x[t], index i projects h[t-i]; with k = inf, [2, n, n] and "
+        "index 1 is shared by every past state"
+    )
+    weights = "[T, k+1]; with k = inf [T, T+1], row t-1 holding step t's t+1 entries then zeros"
+    return ReferenceModel(
+        name="attention_rnn",
+        summary=(
+            "AttentionRNN(k) and AttentionRNN(inf) of the seed's 1.2.2, equations (3)-(8): "
+            "softmax attention over x[t] and the past states h[t-1], ..., h[t-k]"
+        ),
+        params=(
+            ArgSpec("Q", ("k+1", "n", "n"), f"the query projections: {projection}"),
+            ArgSpec("K", ("k+1", "n", "n"), f"the key projections: {projection}"),
+            ArgSpec("V", ("k+1", "n", "n"), f"the value projections: {projection}"),
+        ),
+        inputs=(ArgSpec("x", ("T", "n"), "the sequence, row t-1 is x[t]; h[t] = 0 for t < 1"),),
+        outputs=(
+            ArgSpec("h", ("T", "n"), "the states, row t-1 is h[t]"),
+            ArgSpec("a", ("T", "k+1"), f"the attention weights a[t], {weights}"),
+            ArgSpec("w", ("T", "k+1"), f"the scores w[t] = q_i[t]^T k_i[t], {weights}"),
+        ),
+        config=(
+            ConfigSpec(
+                "k",
+                'how many past states each step attends over, or "inf" for all of them '
+                "(with weight sharing)",
+                2,
+                {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "inf"}]},
+            ),
+        ),
+        parse_config=attention_rnn.parse_config,
+        output_shapes=attention_rnn.output_shapes,
+        forward=attention_rnn.forward,
+        backward_extras=attention_rnn.state_grads,
+        state_jacobians=attention_rnn.state_jacobians,
+        check_config_limits=attention_rnn.check_config_limits,
+        check_shape_limits=attention_rnn.check_shape_limits,
+    )
+
+
+MODELS: dict[str, ReferenceModel] = {
+    m.name: m for m in (_conv_model(1), _conv_model(2), _gated_rnn_model(), _attention_rnn_model())
+}
 
 
 def get_model(name: str) -> ReferenceModel:

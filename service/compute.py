@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from models.errors import ShapeMismatch, UnknownName
+from models.limits import Limits
 from models.registry import ReferenceModel, get_model
 from service.devices import resolve_device, resolve_dtype
 from service.problems import Problem
@@ -48,10 +49,18 @@ def new_budget(settings: Settings) -> Budget:
     return Budget(settings.max_tensor_elements, settings.max_request_elements, settings.max_rank)
 
 
+def model_limits(settings: Settings) -> Limits:
+    """The sizes a request may ask of a model, from the settings."""
+    return Limits(settings.max_sequence_length, settings.max_hidden_size, settings.max_k)
+
+
 def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepared:
     """Decode and check a model request; raises problems or ``ModelError`` with the reason."""
     model = lookup(model_name)
     config = model.parse_config(request.config)
+    limits = model_limits(settings)
+    if model.check_config_limits is not None:
+        model.check_config_limits(config, limits)
     device = resolve_device(request.device)
     dtype = resolve_dtype(request.dtype)
     budget = new_budget(settings)
@@ -64,6 +73,8 @@ def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepa
     }
     shapes = {s: {n: tuple(a.shape) for n, a in d.items()} for s, d in arrays.items()}
     model.check_names(shapes["params"], shapes["inputs"])
+    if model.check_shape_limits is not None:
+        model.check_shape_limits(config, {**shapes["params"], **shapes["inputs"]}, limits)
     output_shapes = model.output_shapes(config, {**shapes["params"], **shapes["inputs"]})
     args = {
         name: to_torch(array, device, dtype)
@@ -114,6 +125,20 @@ def check_jacobian_budget(prepared: Prepared, of: str, wrt: str, settings: Setti
         raise Problem(
             413,
             f"d{of}/d{wrt} would have {entries:,} entries (shape {[*out_shape, *wrt_shape]}); "
+            f"the limit is {settings.max_jacobian_elements:,}",
+            kind="budget-exceeded",
+            title="Over the element budget",
+        )
+
+
+def check_state_jacobian_budget(prepared: Prepared, settings: Settings) -> None:
+    """Refuse state Jacobians ``[T, m, m]`` whose entry count is over the Jacobian budget."""
+    seq_len, m = prepared.output_shapes["h"]
+    entries = seq_len * m * m
+    if entries > settings.max_jacobian_elements:
+        raise Problem(
+            413,
+            f"the state Jacobians would have {entries:,} entries (shape {[seq_len, m, m]}); "
             f"the limit is {settings.max_jacobian_elements:,}",
             kind="budget-exceeded",
             title="Over the element budget",

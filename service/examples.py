@@ -47,10 +47,53 @@ _SEED_CONV1D = {
     "inputs": {"x": SEED_X_5x7},
 }
 
+# Seed 1.2.1: a small gated RNN, m = 2 hidden units, n = 3 inputs, T = 4 steps.
+_GATED_RNN = {
+    "params": {
+        "W_c": [[0.5, -0.3, 0.2], [0.1, 0.4, -0.6]],
+        "W_h": [[0.8, -0.2], [0.3, 0.7]],
+        "W_x": [[1.0, 0.5, -0.5], [-0.4, 0.9, 0.3]],
+    },
+    "inputs": {
+        "x": [[1.0, 0.0, -1.0], [0.5, 1.0, 0.0], [-0.5, 0.5, 1.0], [0.0, -1.0, 0.5]],
+    },
+}
+
+# Seed 1.2.2: AttentionRNN(2) on n = 2, T = 4; Q, K, V hold (Q_0, Q_1, Q_2) etc., index 0
+# for x[t] and index i for h[t-i].
+_QKV_3x2x2: dict[str, list[list[list[float]]]] = {
+    "Q": [[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.2], [-0.1, 0.6]], [[0.3, -0.4], [0.2, 0.1]]],
+    "K": [[[0.9, 0.1], [0.0, 0.8]], [[0.4, 0.0], [0.3, 0.5]], [[-0.2, 0.6], [0.1, 0.4]]],
+    "V": [[[1.0, 0.2], [-0.3, 0.9]], [[0.7, -0.1], [0.2, 0.6]], [[0.5, 0.3], [-0.2, 0.4]]],
+}
+_X_4x2 = [[1.0, -0.5], [0.3, 0.8], [-0.6, 0.2], [0.4, 0.4]]
+_ATTENTION_RNN_2 = {"config": {"k": 2}, "params": _QKV_3x2x2, "inputs": {"x": _X_4x2}}
+
+# Seed 1.2.2(d): AttentionRNN(inf), index 1 (Q_h, K_h, V_h) shared by every past state.
+_ATTENTION_RNN_INF = {
+    "config": {"k": "inf"},
+    "params": {name: value[:2] for name, value in _QKV_3x2x2.items()},
+    "inputs": {"x": _X_4x2},
+}
+
+_DL_DH_4x2 = [[0.1, -0.2], [0.0, 0.3], [-0.1, 0.1], [1.0, 0.5]]
+
 FORWARD_EXAMPLES: dict[str, dict[str, Any]] = {
     "seed-1.1c-i": {
         "summary": "Seed 1.1(c)(i): conv1d, 5 channels, length 7, kernel 3, stride 2 -> y [1, 3]",
         "value": _SEED_CONV1D,
+    },
+    "gated-rnn": {
+        "summary": "Seed 1.2.1 (POST to gated_rnn): m = 2, n = 3, T = 4 -> h, c [4, 2]",
+        "value": _GATED_RNN,
+    },
+    "attention-rnn-2": {
+        "summary": "Seed 1.2.2 (POST to attention_rnn): AttentionRNN(2), n = 2, T = 4 -> a [4, 3]",
+        "value": _ATTENTION_RNN_2,
+    },
+    "attention-rnn-inf": {
+        "summary": "Seed 1.2.2(d) (POST to attention_rnn): AttentionRNN(inf) -> a, w [4, 5]",
+        "value": _ATTENTION_RNN_INF,
     },
 }
 
@@ -58,6 +101,14 @@ BACKWARD_EXAMPLES: dict[str, dict[str, Any]] = {
     "seed-1.1c-iv": {
         "summary": "Seed 1.1(c)(iv): dl/dW = sum_i dl/dy[i] x[c, 2i-1+m]",
         "value": {**_SEED_CONV1D, "grad_outputs": {"y": [[1, -2, 3]]}},
+    },
+    "gated-rnn": {
+        "summary": "Seed 1.2.1(c) (POST to gated_rnn): dl/dW_x and state_grads from dl/dh",
+        "value": {**_GATED_RNN, "grad_outputs": {"h": _DL_DH_4x2}},
+    },
+    "attention-rnn-2": {
+        "summary": "Seed 1.2.2(f) (POST to attention_rnn): AttentionRNN(2), state_grads from dl/dh",
+        "value": {**_ATTENTION_RNN_2, "grad_outputs": {"h": _DL_DH_4x2}},
     },
 }
 
@@ -69,5 +120,28 @@ JACOBIAN_EXAMPLES: dict[str, dict[str, Any]] = {
     "seed-1.1c-iii": {
         "summary": "Seed 1.1(c)(iii): dy/dx, shape [1, 3, 5, 7]",
         "value": {**_SEED_CONV1D, "of": "y", "wrt": "x"},
+    },
+    "gated-rnn": {
+        "summary": "Seed 1.2.1 (POST to gated_rnn): dh/dW_x, shape [T, m, m, n] = [4, 2, 2, 3]",
+        "value": {**_GATED_RNN, "of": "h", "wrt": "W_x"},
+    },
+    "attention-rnn-2": {
+        "summary": "Seed 1.2.2 (POST to attention_rnn): da/dx for AttentionRNN(2), [4, 3, 4, 2]",
+        "value": {**_ATTENTION_RNN_2, "of": "a", "wrt": "x"},
+    },
+}
+
+STATE_JACOBIAN_EXAMPLES: dict[str, dict[str, Any]] = {
+    "gated-rnn": {
+        "summary": "Seed 1.2.1(d) (POST to gated_rnn): dh[t]/dh[t-1] and the verdict",
+        "value": _GATED_RNN,
+    },
+    "attention-rnn-2": {
+        "summary": "Seed 1.2.2(e) (POST to attention_rnn): dh[t]/dh[t-1] of AttentionRNN(2)",
+        "value": _ATTENTION_RNN_2,
+    },
+    "attention-rnn-inf": {
+        "summary": "Seed 1.2.2(d)-(e) (POST to attention_rnn): AttentionRNN(inf)",
+        "value": _ATTENTION_RNN_INF,
     },
 }

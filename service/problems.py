@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from models.errors import ModelError, UnknownName
+from models.errors import LimitExceeded, ModelError, UnknownName
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://tensorgrade.dev/problems/"
@@ -97,14 +97,18 @@ def problem_response(problem: Problem) -> Response:
 
 
 def from_model_error(error: ModelError) -> Problem:
-    """A domain error of ``models/`` as a problem: 404 for unknown models, 422 otherwise."""
+    """A domain error of ``models/`` as a problem: 413 for a size over a configured limit
+    (as for the element budgets), 422 otherwise."""
     loc: list[str | int] = ["body", *error.where.split(".")] if error.where else ["body"]
     kind = "unknown-name" if isinstance(error, UnknownName) else "invalid-request"
+    status, title = 422, "The request cannot be computed"
+    if isinstance(error, LimitExceeded):
+        status, kind, title = 413, "budget-exceeded", "Over a configured limit"
     return Problem(
-        422,
+        status,
         error.message,
         kind=kind,
-        title="The request cannot be computed",
+        title=title,
         errors=[{"loc": loc, "msg": error.message, "type": type(error).__name__}],
     )
 

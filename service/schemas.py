@@ -69,6 +69,13 @@ class ForwardResponse(BaseModel):
 class BackwardResponse(BaseModel):
     outputs: dict[str, TensorOut]
     grads: dict[str, TensorOut] = Field(description="dl/d(argument) for every given argument.")
+    state_grads: TensorOut | None = Field(
+        None,
+        description=(
+            "Recurrent models only: `[T, m]`, row t-1 the total dl/dh[t] through time "
+            "(the seed's 1.2.2(f)): its direct part plus every later step that depends on h[t]."
+        ),
+    )
 
 
 class JacobianResponse(BaseModel):
@@ -76,6 +83,35 @@ class JacobianResponse(BaseModel):
     of: str
     wrt: str
     method: Literal["closed-form", "autograd"]
+
+
+class StateJacobiansResponse(BaseModel):
+    """The one-step state Jacobians of a recurrent model and how gradients fare through time."""
+
+    jacobians: TensorOut = Field(
+        description="`[T, m, m]`: entry t-1 is dh[t]/dh[t-1] with every other argument fixed."
+    )
+    spectral_norms: TensorOut = Field(description="`[T]`: ||dh[t]/dh[t-1]||_2 at entry t-1.")
+    min_singular_values: TensorOut = Field(
+        description="`[T]`: the smallest singular value of dh[t]/dh[t-1]."
+    )
+    product_norms: TensorOut = Field(
+        description=(
+            "`[T]`: ||dh[t]/dh[1]||_2 for the product dh[t]/dh[t-1] ... dh[2]/dh[1] "
+            "(1 at entry 0); may overflow to Infinity, see `log_product_norms`."
+        )
+    )
+    log_product_norms: TensorOut = Field(description="`[T]`: the natural log of `product_norms`.")
+    growth_factor: float = Field(
+        description="Per-step growth ||dh[T]/dh[1]||_2 ** (1 / (T - 1)) (the one step when T = 1)."
+    )
+    verdict: Literal["vanishing", "exploding", "neither"]
+    reason: str = Field(description="One sentence of why, in the seed's terms.")
+    terms: dict[str, float] = Field(
+        description="The parts of the one-step Jacobian behind the reason, averaged over time."
+    )
+    vanishing_below: float = Field(description="Growth factors below this are `vanishing`.")
+    exploding_above: float = Field(description="Growth factors above this are `exploding`.")
 
 
 class ArgInfo(BaseModel):

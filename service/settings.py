@@ -35,6 +35,15 @@ class Settings(BaseSettings):
         description="Most entries of a Jacobian (output size times input size).",
     )
     max_rank: int = Field(8, ge=1, le=32, description="Highest tensor rank accepted.")
+    max_sequence_length: int = Field(
+        1024, ge=1, description="Most time steps T of a recurrent model's input sequence."
+    )
+    max_hidden_size: int = Field(
+        1024,
+        ge=1,
+        description="Largest hidden state of a recurrent model (m, or n for AttentionRNN).",
+    )
+    max_k: int = Field(256, ge=1, description="Largest window k of AttentionRNN(k).")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
 

@@ -63,6 +63,9 @@ async def info(settings: SettingsDep) -> Info:
             "max_request_elements": settings.max_request_elements,
             "max_jacobian_elements": settings.max_jacobian_elements,
             "max_rank": settings.max_rank,
+            "max_sequence_length": settings.max_sequence_length,
+            "max_hidden_size": settings.max_hidden_size,
+            "max_k": settings.max_k,
         },
         auth="open",
     )

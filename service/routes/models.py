@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import torch
 from fastapi import APIRouter, Body
 from starlette.responses import Response
 
@@ -11,13 +12,20 @@ from models import autodiff
 from models.registry import MODELS, ReferenceModel
 from service.compute import (
     check_jacobian_budget,
+    check_state_jacobian_budget,
     decode_grad_outputs,
     encode_all,
+    lookup,
     prepare,
 )
 from service.deps import SettingsDep
-from service.examples import BACKWARD_EXAMPLES, FORWARD_EXAMPLES, JACOBIAN_EXAMPLES
-from service.problems import problem_responses
+from service.examples import (
+    BACKWARD_EXAMPLES,
+    FORWARD_EXAMPLES,
+    JACOBIAN_EXAMPLES,
+    STATE_JACOBIAN_EXAMPLES,
+)
+from service.problems import Problem, problem_responses
 from service.responses import TensorJSONResponse
 from service.schemas import (
     ArgInfo,
@@ -30,6 +38,7 @@ from service.schemas import (
     ModelInfo,
     ModelList,
     ModelRequest,
+    StateJacobiansResponse,
 )
 from service.tensors import encode
 
@@ -127,5 +136,39 @@ def jacobian(
             "of": body.of,
             "wrt": body.wrt,
             "method": method,
+        }
+    )
+
+
+@router.post(
+    "/{model}/state-jacobians",
+    summary="One-step state Jacobians dh[t]/dh[t-1] of a recurrent model, and a verdict",
+    response_model=StateJacobiansResponse,
+    responses=COMPUTE_ERRORS,
+)
+def state_jacobians(
+    model: str,
+    body: Annotated[ModelRequest, Body(openapi_examples=STATE_JACOBIAN_EXAMPLES)],
+    settings: SettingsDep,
+) -> Response:
+    """dh[t]/dh[t-1] in closed form per step, their singular values, the norms of
+    dh[t]/dh[1] through time, and whether gradients vanish or explode, with the reason."""
+    reference = lookup(model)
+    if reference.state_jacobians is None:
+        recurrent = ", ".join(n for n, m in MODELS.items() if m.state_jacobians is not None)
+        raise Problem(
+            404,
+            f"{model} has no recurrent state, so it has no state Jacobians; "
+            f"state-jacobians exists for {recurrent}",
+            kind="unsupported-operation",
+            title="No such operation for this model",
+        )
+    prepared = prepare(model, body, settings)
+    check_state_jacobian_budget(prepared, settings)
+    answer = reference.state_jacobians(prepared.config, prepared.args)
+    return TensorJSONResponse(
+        {
+            name: encode(value, body.encoding) if isinstance(value, torch.Tensor) else value
+            for name, value in answer.items()
         }
     )

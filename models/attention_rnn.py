@@ -1,0 +1,334 @@
+"""AttentionRNN(k) and AttentionRNN(inf) of the homework's part 1.2.2, equations (3)-(8).
+
+AttentionRNN(k), the seed's part (c), attends over x[t] and the last k states::
+
+    q_i[t] = Q_i s_i[t],  k_i[t] = K_i s_i[t],  v_i[t] = V_i s_i[t]     (3)-(5)
+             with s_0[t] = x[t] and s_i[t] = h[t-i] for i = 1..k
+    w_i[t] = q_i[t]^T k_i[t]                                              (6)
+    a[t]   = softmax([w_0[t], ..., w_k[t]])                               (7)
+    h[t]   = sum_i a_i[t] v_i[t]                                          (8)
+
+with ``h[t] = 0`` for ``t < 1``: such a zero state still takes part in the softmax, with score
+0 and value 0, exactly as the equations say. AttentionRNN(inf), the seed's part (d), attends
+over x[t] and every past state h[t-1], ..., h[0] (= 0), with weight sharing: index 0 of
+``Q``, ``K``, ``V`` projects x[t], and index 1 (the seed's Q_h, K_h, V_h) every past state.
+
+The one-step state Jacobian is the seed's 1.2.2(e), which holds for every k and for inf
+because h[t-1] enters only through index 1::
+
+    dh[t]/dh[t-1] = a_1[t] (v_1[t] - h[t]) h[t-1]^T (Q_1^T K_1 + K_1^T Q_1) + a_1[t] V_1
+
+Time is 1-based in the seed and 0-based here: row ``t-1`` of ``h``, ``a`` and ``w`` is step t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from models import gradient_flow
+from models.errors import InvalidConfig, LimitExceeded, ShapeMismatch
+from models.limits import Limits
+
+Shapes = Mapping[str, tuple[int, ...]]
+Window = int | Literal["inf"]
+# The softmax is saturated at a step when one weight takes (nearly) all of it.
+SATURATED_SOFTMAX = 0.99
+
+
+@dataclass(frozen=True)
+class AttentionRNNConfig:
+    """``k``: how many past states each step attends over, or ``"inf"`` for all of them."""
+
+    k: Window = 2
+
+
+def parse_config(config: Mapping[str, Any]) -> AttentionRNNConfig:
+    """Validate ``{"k": int >= 1 | "inf"}``; ``k`` defaults to the seed's 2."""
+    unknown = set(config) - {"k"}
+    if unknown:
+        raise InvalidConfig(
+            f"unknown config key(s) {sorted(unknown)}; attention_rnn takes only k",
+            f"config.{sorted(unknown)[0]}",
+        )
+    k = config.get("k", 2)
+    if k == "inf":
+        return AttentionRNNConfig("inf")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise InvalidConfig(f'k must be an integer >= 1 or "inf", got {k!r:.40}', "config.k")
+    return AttentionRNNConfig(k)
+
+
+def check_config_limits(config: AttentionRNNConfig, limits: Limits) -> None:
+    """Refuse a window k over the limit, before any tensor is decoded."""
+    if config.k != "inf" and config.k > limits.max_k:
+        raise LimitExceeded(f"k = {config.k} is over the limit max_k = {limits.max_k}", "config.k")
+
+
+def projections(config: AttentionRNNConfig) -> int:
+    """How many (Q_i, K_i, V_i) there are: k + 1, or 2 with weight sharing (inf)."""
+    return 2 if config.k == "inf" else config.k + 1
+
+
+def output_shapes(config: AttentionRNNConfig, shapes: Shapes) -> dict[str, tuple[int, ...]]:
+    """Check that Q, K, V and x fit together and k; answer the shapes of h, a and w.
+
+    Returns:
+        ``h: (T, n)``, and ``a``, ``w``: ``(T, k + 1)``, or ``(T, T + 1)`` for inf.
+    """
+    x = shapes["x"]
+    if len(x) != 2:
+        raise ShapeMismatch(
+            f"x must be [T, n] (one row per time step), got shape {list(x)}", "inputs.x"
+        )
+    seq_len, n = x
+    count = projections(config)
+    expected = (count, n, n)
+    for name in ("Q", "K", "V"):
+        shape = shapes[name]
+        if shape != expected:
+            which = (
+                "[2, n, n] with k = inf (index 0 for x[t], index 1 shared by every past state)"
+                if config.k == "inf"
+                else f"[k+1, n, n] with k = {config.k}"
+            )
+            hint = ""
+            if len(shape) == 3 and shape[1:] == (n, n) and config.k != "inf" and shape[0] >= 2:
+                hint = f"; for this {name}, set config.k to {shape[0] - 1}"
+            raise ShapeMismatch(
+                f"{name} must be {which}, so {list(expected)} for x of shape {list(x)}; "
+                f"got {list(shape)}{hint}",
+                f"params.{name}",
+            )
+    width = seq_len + 1 if config.k == "inf" else config.k + 1
+    return {"h": (seq_len, n), "a": (seq_len, width), "w": (seq_len, width)}
+
+
+def check_shape_limits(config: AttentionRNNConfig, shapes: Shapes, limits: Limits) -> None:
+    """Refuse a sequence or a state size over the configured limits."""
+    x = shapes.get("x", ())
+    if len(x) != 2:
+        return  # output_shapes says what is wrong with x
+    if x[0] > limits.max_sequence_length:
+        raise LimitExceeded(
+            f"x has {x[0]} time steps; the limit max_sequence_length is "
+            f"{limits.max_sequence_length}",
+            "inputs.x",
+        )
+    if x[1] > limits.max_hidden_size:
+        raise LimitExceeded(
+            f"x declares state size n = {x[1]}; the limit max_hidden_size is "
+            f"{limits.max_hidden_size}",
+            "inputs.x",
+        )
+
+
+def attention_rnn(
+    Q: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    x: torch.Tensor,
+    k: Window,
+    state_offsets: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run equations (3)-(8) over the sequence.
+
+    Args:
+        Q, K, V: ``[k+1, n, n]`` (``[2, n, n]`` for ``k = "inf"``).
+        x: ``[T, n]``, row ``t-1`` is x[t].
+        k: the window, or ``"inf"``.
+        state_offsets: ``[T, n]`` added to each h[t] as it is produced (``None``: none).
+            Zero offsets leave the model unchanged; the gradient against them is the total
+            dl/dh[t] through time, which is how ``state_grads`` is computed.
+
+    Returns:
+        ``(h [T, n], a, w)`` with ``a`` and ``w`` ``[T, k+1]``, or ``[T, T+1]`` for inf
+        (row t-1 holds step t's t+1 entries, then zeros).
+
+    Example:
+        >>> one = torch.ones(3, 1, 1, dtype=torch.float64)
+        >>> h, a, w = attention_rnn(one, one, one, torch.ones(2, 1, dtype=torch.float64), 2)
+        >>> w.round(decimals=4).tolist()  # w_0 = x^T x; zero states h[0], h[-1] score 0
+        [[1.0, 0.0, 0.0], [1.0, 0.3319, 0.0]]
+    """
+    if k == "inf":
+        return _attention_rnn_inf(Q, K, V, x, state_offsets)
+    return _attention_rnn_k(Q, K, V, x, k, state_offsets)
+
+
+def _zeros(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    # A plain factory (not like.new_zeros) so that torch.func transforms see a constant.
+    return torch.zeros(shape, dtype=like.dtype, device=like.device)
+
+
+def _attention_rnn_k(
+    Q: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    x: torch.Tensor,
+    k: int,
+    state_offsets: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    seq_len, n = x.shape
+    q0, k0, v0 = x @ Q[0].T, x @ K[0].T, x @ V[0].T  # (T, n) each  eq (3)-(5), i = 0
+    w0 = (q0 * k0).sum(-1)  # (T,)  eq (6), i = 0
+    hs: list[torch.Tensor] = []
+    a_rows, w_rows = [], []
+    for t in range(1, seq_len + 1):
+        lags = min(k, t - 1)  # h[t-i] for i > t-1 is a zero state: score 0, value 0
+        past = torch.stack(hs[::-1][:lags]) if lags else _zeros(x, 0, n)  # (lags, n)
+        q = torch.einsum("lij,lj->li", Q[1 : lags + 1], past)  # (lags, n)  eq (3)
+        kk = torch.einsum("lij,lj->li", K[1 : lags + 1], past)  # (lags, n)  eq (4)
+        v = torch.einsum("lij,lj->li", V[1 : lags + 1], past)  # (lags, n)  eq (5)
+        w_t = torch.cat([w0[t - 1 : t], (q * kk).sum(-1), _zeros(x, k - lags)])  # (k+1,)  (6)
+        a_t = torch.softmax(w_t, dim=0)  # (k+1,)  eq (7)
+        h_t = a_t[0] * v0[t - 1] + a_t[1 : lags + 1] @ v  # (n,)  eq (8)
+        if state_offsets is not None:
+            h_t = h_t + state_offsets[t - 1]
+        hs.append(h_t)
+        a_rows.append(a_t)
+        w_rows.append(w_t)
+    return torch.stack(hs), torch.stack(a_rows), torch.stack(w_rows)  # (T,n), (T,k+1) x2
+
+
+def _attention_rnn_inf(
+    Q: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    x: torch.Tensor,
+    state_offsets: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    seq_len, n = x.shape
+    q0, k0, v0 = x @ Q[0].T, x @ K[0].T, x @ V[0].T  # (T, n) each  eq (3'')-(5''), i = 0
+    w0 = (q0 * k0).sum(-1)  # (T,)  eq (6''), i = 0
+    # With weight sharing a past state's score and value do not depend on t: computed once.
+    scores: list[torch.Tensor] = []  # (Q_h h[s])^T (K_h h[s]) for s = 1, 2, ...
+    values: list[torch.Tensor] = []  # V_h h[s]
+    hs, a_rows, w_rows = [], [], []
+    for t in range(1, seq_len + 1):
+        past_w = torch.stack(scores[::-1]) if scores else _zeros(x, 0)  # (t-1,)  h[t-1]..h[1]
+        past_v = torch.stack(values[::-1]) if values else _zeros(x, 0, n)  # (t-1, n)
+        w_t = torch.cat([w0[t - 1 : t], past_w, _zeros(x, 1)])  # (t+1,)  h[0] = 0 scores 0
+        a_t = torch.softmax(w_t, dim=0)  # (t+1,)  eq (7'')
+        h_t = a_t[0] * v0[t - 1] + a_t[1:t] @ past_v  # (n,)  eq (8''); h[0] has value 0
+        if state_offsets is not None:
+            h_t = h_t + state_offsets[t - 1]
+        scores.append((Q[1] @ h_t) @ (K[1] @ h_t))  # ()  eq (6'') for h_t as a past state
+        values.append(V[1] @ h_t)  # (n,)  eq (5'')
+        hs.append(h_t)
+        a_rows.append(torch.cat([a_t, _zeros(x, seq_len - t)]))  # (T+1,)
+        w_rows.append(torch.cat([w_t, _zeros(x, seq_len - t)]))  # (T+1,)
+    return torch.stack(hs), torch.stack(a_rows), torch.stack(w_rows)  # (T,n), (T,T+1) x2
+
+
+def forward(
+    config: AttentionRNNConfig, args: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Every output of the registry's ``attention_rnn``: ``h``, ``a`` and ``w``."""
+    h, a, w = attention_rnn(args["Q"], args["K"], args["V"], args["x"], config.k)
+    return {"h": h, "a": a, "w": w}
+
+
+def state_grads(
+    config: AttentionRNNConfig,
+    args: Mapping[str, torch.Tensor],
+    grad_outputs: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """``state_grads [T, n]``: the total dl/dh[t] through time (the seed's 1.2.2(f)).
+
+    Row t-1 sums the direct part and every later step that attends to h[t]: t+1 .. t+k for
+    AttentionRNN(k), the whole future for inf; and the paths through ``a`` and ``w`` when
+    ``grad_outputs`` names them.
+    """
+    x = args["x"].detach()
+    offsets = torch.zeros_like(x).requires_grad_(True)  # (T, n)
+    with torch.enable_grad():
+        h, a, w = attention_rnn(
+            args["Q"].detach(), args["K"].detach(), args["V"].detach(), x, config.k, offsets
+        )
+        outputs = {"h": h, "a": a, "w": w}
+        names = list(grad_outputs)
+        (grad,) = torch.autograd.grad(
+            [outputs[n] for n in names], [offsets], [grad_outputs[n] for n in names]
+        )
+    return {"state_grads": grad.detach()}
+
+
+def step_jacobians(
+    Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, x: torch.Tensor, k: Window
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """dh[t]/dh[t-1] for t = 1..T in closed form (seed 1.2.2(e)), and the terms behind it.
+
+    h[t-1] is held as a free variable with every other argument fixed; at t = 1 it is the
+    zero state h[0], whose score and value are then 0, leaving ``a_1[1] V_1``.
+
+    Returns:
+        ``(jacobians [T, n, n], terms)``: entry t-1 is dh[t]/dh[t-1]; ``terms`` holds the
+        parts of the formula, averaged over time, for the verdict's explanation.
+    """
+    with torch.no_grad():
+        h, a, _ = attention_rnn(Q, K, V, x, k)  # (T, n), (T, width)
+        h_prev = torch.cat([_zeros(x, 1, x.shape[1]), h[:-1]])  # (T, n)  h[t-1]
+        a1 = a[:, 1]  # (T,)  the weight on h[t-1], index 1 in both layouts
+        v1 = h_prev @ V[1].T  # (T, n)  v_1[t] = V_1 h[t-1]
+        m1 = Q[1].T @ K[1] + K[1].T @ Q[1]  # (n, n)  d(h^T Q_1^T K_1 h)/dh = h^T m1
+        score_row = h_prev @ m1  # (T, n)  h[t-1]^T (Q_1^T K_1 + K_1^T Q_1)
+        score_path = a1[:, None, None] * (v1 - h)[:, :, None] * score_row[:, None, :]  # (T,n,n)
+        value_path = a1[:, None, None] * V[1]  # (T, n, n)  a_1[t] V_1
+        jacobians = score_path + value_path  # (T, n, n)
+        row_max = a.max(dim=1).values  # (T,)  inf's zero padding never exceeds a weight
+        terms = {
+            "mean_attention_on_previous": a1.mean().item(),
+            "V_1_spectral_norm": torch.linalg.matrix_norm(V[1], ord=2).item(),
+            "value_path_norm": torch.linalg.matrix_norm(value_path, ord=2).mean().item(),
+            "score_path_norm": torch.linalg.matrix_norm(score_path, ord=2).mean().item(),
+            "saturated_fraction": (row_max >= SATURATED_SOFTMAX).double().mean().item(),
+        }
+    return jacobians, terms
+
+
+def explain(k: Window, verdict: str, growth: float, terms: Mapping[str, float]) -> str:
+    """One sentence of why, in the seed's 1.2.2(e) terms: the attention a_1[t] on h[t-1],
+    the value matrix V_1, the score path and the softmax's saturation."""
+    dominant = (
+        "the value path dominates"
+        if terms["value_path_norm"] >= terms["score_path_norm"]
+        else "the score path dominates"
+    )
+    if k == "inf":
+        skip = (
+            "; the shared index 1 also attends to every older state directly, paths that skip "
+            "this chain and that backward's state_grads include"
+        )
+    elif k == 2:
+        skip = (
+            "; index 2 attends to h[t-2] directly, a path that skips this chain and that "
+            "backward's state_grads include"
+        )
+    elif k > 2:
+        skip = (
+            f"; indices 2..{k} attend to h[t-2], ..., h[t-{k}] directly, paths that skip this "
+            "chain and that backward's state_grads include"
+        )
+    else:
+        skip = ""
+    return (
+        f"{gradient_flow.lead(verdict, growth)}: the value path a_1[t] V_1 has spectral norm "
+        f"{terms['value_path_norm']:.3g} on average (a_1[t], the attention on h[t-1], averages "
+        f"{terms['mean_attention_on_previous']:.3g}; ||V_1||_2 = "
+        f"{terms['V_1_spectral_norm']:.3g}) and the score path a_1[t] (v_1[t] - h[t]) "
+        f"h[t-1]^T (Q_1^T K_1 + K_1^T Q_1) has {terms['score_path_norm']:.3g} (the softmax is "
+        f"saturated, one weight >= {SATURATED_SOFTMAX}, at {terms['saturated_fraction']:.0%} "
+        f"of the steps, where this path is near 0), so {dominant}{skip}."
+    )
+
+
+def state_jacobians(config: AttentionRNNConfig, args: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The one-step Jacobians and what they say about vanishing or exploding gradients."""
+    jacobians, terms = step_jacobians(args["Q"], args["K"], args["V"], args["x"], config.k)
+    flow = gradient_flow.analyse(jacobians)
+    reason = explain(config.k, flow.verdict, flow.growth_factor, terms)
+    return flow.answer(jacobians, reason, terms)

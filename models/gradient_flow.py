@@ -1,0 +1,159 @@
+"""Vanishing or exploding gradients, read from the one-step state Jacobians.
+
+The seed's 1.2.1(d): the gradient reaching h[1] from the loss at h[t] goes through::
+
+    dh[t]/dh[1] = dh[t]/dh[t-1] dh[t-1]/dh[t-2] ... dh[2]/dh[1]
+
+a product of one-step Jacobians that shrinks or grows exponentially with t. This module
+measures, per step, the spectral norm and the smallest singular value of dh[t]/dh[t-1], the
+spectral norm of the products, and the per-step growth factor
+``rho = ||dh[T]/dh[1]||_2 ** (1 / (T - 1))``; the verdict is *vanishing* when
+``rho < VANISHING_BELOW``, *exploding* when ``rho > EXPLODING_ABOVE``, else *neither*.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from models.errors import ModelError
+
+VANISHING_BELOW = 0.9
+EXPLODING_ABOVE = 1.1
+# sigma'(z) < 0.01 when |z| > 4.6: the sigmoid is flat there and passes almost no gradient.
+SATURATED_SIGMA_PRIME = 0.01
+
+_LOG_FLOAT_MAX = 709.0
+
+Verdict = Literal["vanishing", "exploding", "neither"]
+
+
+@dataclass(frozen=True)
+class GradientFlow:
+    """What the one-step Jacobians say about gradients through time.
+
+    Attributes:
+        spectral_norms: ``[T]``, ||dh[t]/dh[t-1]||_2 at entry t-1.
+        min_singular_values: ``[T]``, the smallest singular value of dh[t]/dh[t-1].
+        log_product_norms: ``[T]``, log ||dh[t]/dh[1]||_2 (0 at entry 0: the identity);
+            ``-inf`` once the product is exactly zero.
+        growth_factor: rho, the geometric mean growth per step.
+        verdict: ``vanishing``, ``exploding`` or ``neither``.
+    """
+
+    spectral_norms: torch.Tensor
+    min_singular_values: torch.Tensor
+    log_product_norms: torch.Tensor
+    growth_factor: float
+    verdict: Verdict
+
+    def answer(
+        self, jacobians: torch.Tensor, reason: str, terms: Mapping[str, float]
+    ) -> dict[str, Any]:
+        """The state-jacobians answer: tensors, the verdict, its reason and its terms."""
+        return {
+            "jacobians": jacobians,
+            "spectral_norms": self.spectral_norms,
+            "min_singular_values": self.min_singular_values,
+            "product_norms": self.log_product_norms.exp(),
+            "log_product_norms": self.log_product_norms,
+            "growth_factor": self.growth_factor,
+            "verdict": self.verdict,
+            "reason": reason,
+            "terms": dict(terms),
+            "vanishing_below": VANISHING_BELOW,
+            "exploding_above": EXPLODING_ABOVE,
+        }
+
+
+def log_product_norms(jacobians: torch.Tensor) -> torch.Tensor:
+    """log ||dh[t]/dh[1]||_2 for t = 1..T, where dh[t]/dh[1] = J[t] ... J[2] (J[t] is entry
+    t-1 of ``jacobians``, [T, m, m]) and dh[1]/dh[1] is the identity.
+
+    The running product is rescaled to unit Frobenius norm at every step and its log scale
+    kept aside, so products over long sequences neither overflow nor underflow.
+    """
+    seq_len, m, _ = jacobians.shape
+    current = torch.eye(m, dtype=jacobians.dtype, device=jacobians.device)  # (m, m)
+    log_scale = jacobians.new_zeros(())  # ()
+    normalised, log_scales = [current], [log_scale]
+    for t in range(1, seq_len):
+        current = jacobians[t] @ current  # (m, m)
+        size = torch.linalg.matrix_norm(current)  # ()  Frobenius
+        current = current / torch.where(size > 0, size, 1.0)
+        log_scale = log_scale + size.log()  # -inf once the product is exactly zero
+        normalised.append(current)
+        log_scales.append(log_scale)
+    spectral: torch.Tensor = torch.linalg.matrix_norm(torch.stack(normalised), ord=2)  # (T,)
+    return torch.stack(log_scales) + spectral.log()  # (T,)
+
+
+def analyse(jacobians: torch.Tensor) -> GradientFlow:
+    """Singular values per step, product norms through time, growth factor and verdict.
+
+    Args:
+        jacobians: ``[T, m, m]``, entry t-1 the one-step Jacobian dh[t]/dh[t-1].
+
+    Returns:
+        The ``GradientFlow`` of the sequence.
+
+    Raises:
+        ModelError: the Jacobians overflow the dtype (entries that are not finite).
+
+    Example:
+        >>> flow = analyse(0.5 * torch.eye(2, dtype=torch.float64).expand(4, 2, 2))
+        >>> round(flow.growth_factor, 6), flow.verdict
+        (0.5, 'vanishing')
+    """
+    if not bool(torch.isfinite(jacobians).all()):
+        raise ModelError(
+            "the one-step Jacobians overflow the dtype (some entries are not finite); "
+            "scale the weights or inputs down, or use float64",
+            "params",
+        )
+    singular = torch.linalg.svdvals(jacobians)  # (T, m), descending
+    log_norms = log_product_norms(jacobians)  # (T,)
+    seq_len = jacobians.shape[0]
+    if seq_len == 1:
+        growth = float(singular[0, 0])  # no product yet: the one step is all there is
+    else:
+        # Finite Jacobians bound the exponent near log(float max); min() keeps exp() finite.
+        growth = math.exp(min(float(log_norms[-1]) / (seq_len - 1), _LOG_FLOAT_MAX))
+    return GradientFlow(
+        spectral_norms=singular[:, 0],
+        min_singular_values=singular[:, -1],
+        log_product_norms=log_norms,
+        growth_factor=growth,
+        verdict=verdict(growth),
+    )
+
+
+def verdict(growth: float) -> Verdict:
+    """``vanishing`` below ``VANISHING_BELOW``, ``exploding`` above ``EXPLODING_ABOVE``."""
+    if growth < VANISHING_BELOW:
+        return "vanishing"
+    if growth > EXPLODING_ABOVE:
+        return "exploding"
+    return "neither"
+
+
+def lead(kind: str, growth: float) -> str:
+    """The first half of the verdict's sentence: what the products do per step."""
+    if kind == "vanishing":
+        return (
+            f"Vanishing: ||dh[t]/dh[1]||_2 shrinks by a factor of about {growth:.3g} per step "
+            f"(below {VANISHING_BELOW})"
+        )
+    if kind == "exploding":
+        return (
+            f"Exploding: ||dh[t]/dh[1]||_2 grows by a factor of about {growth:.3g} per step "
+            f"(above {EXPLODING_ABOVE})"
+        )
+    return (
+        f"Neither vanishing nor exploding: ||dh[t]/dh[1]||_2 changes by a factor of about "
+        f"{growth:.3g} per step (within [{VANISHING_BELOW}, {EXPLODING_ABOVE}])"
+    )

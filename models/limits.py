@@ -1,0 +1,20 @@
+"""Sizes a request may ask of a model, set by the service's configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds on the sizes a request may declare, checked before anything is computed.
+
+    Attributes:
+        max_sequence_length: most time steps T of a recurrent model's input.
+        max_hidden_size: largest hidden state (m for the gated RNN, n for AttentionRNN).
+        max_k: largest window k of AttentionRNN(k).
+    """
+
+    max_sequence_length: int
+    max_hidden_size: int
+    max_k: int

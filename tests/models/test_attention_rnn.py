@@ -1,0 +1,302 @@
+"""AttentionRNN(k) and AttentionRNN(inf) (seed 1.2.2) against a plain-loop float64
+re-implementation, and the seed's closed forms 1.2.2(e) and 1.2.2(f)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from models import attention_rnn, autodiff
+from models.attention_rnn import Window
+from models.registry import get_model
+
+F64 = torch.float64
+MODEL = get_model("attention_rnn")
+WINDOWS: list[Window] = [1, 2, 3, 7, "inf"]  # k = 7 > T: more zero states than states
+
+
+def loop_attention_rnn(
+    Q: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    x: torch.Tensor,
+    k: Window,
+    offsets: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Equations (3)-(8) one index at a time, zero states h[t] = 0 (t < 1) projected like any
+    other state; for inf, indices i >= 1 all use the shared Q[1], K[1], V[1]."""
+    seq_len, n = x.shape
+    width = seq_len + 1 if k == "inf" else k + 1
+    states: dict[int, torch.Tensor] = {}
+    hs, a_rows, w_rows = [], [], []
+    for t in range(1, seq_len + 1):
+        count = t + 1 if k == "inf" else k + 1
+        scores, values = [], []
+        for i in range(count):
+            source = x[t - 1] if i == 0 else states.get(t - i, torch.zeros(n, dtype=x.dtype))
+            p = i if k != "inf" else min(i, 1)
+            q, key, v = Q[p] @ source, K[p] @ source, V[p] @ source
+            scores.append(sum(q[j] * key[j] for j in range(n)))
+            values.append(v)
+        top = max(float(torch.as_tensor(s).detach()) for s in scores)
+        exps = [torch.exp(s - top) for s in scores]
+        total = sum(exps)
+        weights = [e / total for e in exps]
+        h = sum(a * v for a, v in zip(weights, values, strict=True))
+        assert isinstance(h, torch.Tensor)
+        if offsets is not None:
+            h = h + offsets[t - 1]
+        states[t] = h
+        hs.append(h)
+        pad = [torch.zeros((), dtype=x.dtype)] * (width - count)
+        a_rows.append(torch.stack(weights + pad))
+        w_rows.append(torch.stack([torch.as_tensor(s, dtype=x.dtype) for s in scores] + pad))
+    return torch.stack(hs), torch.stack(a_rows), torch.stack(w_rows)
+
+
+def random_case(seed: int, k: Window, seq_len: int = 5, n: int = 3) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    count = 2 if k == "inf" else k + 1
+    return {
+        name: 0.7 * torch.randn(count, n, n, generator=gen, dtype=F64) for name in ("Q", "K", "V")
+    } | {"x": torch.randn(seq_len, n, generator=gen, dtype=F64)}
+
+
+def central_difference(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """d fn(x)/dx by central differences, shaped fn(x).shape + x.shape."""
+    flat = x.detach().clone().reshape(-1)
+    columns = []
+    for i in range(flat.numel()):
+        step = torch.zeros_like(flat)
+        step[i] = eps
+        plus, minus = fn((flat + step).reshape(x.shape)), fn((flat - step).reshape(x.shape))
+        columns.append(((plus - minus) / (2 * eps)).reshape(-1))
+    return torch.stack(columns, dim=-1).reshape(*fn(x).shape, *x.shape)
+
+
+def run_loop(
+    args: dict[str, torch.Tensor], k: Window, **kw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    merged = {**args, **kw}
+    return loop_attention_rnn(merged["Q"], merged["K"], merged["V"], merged["x"], k)
+
+
+@pytest.mark.parametrize("k", WINDOWS)
+def test_forward_matches_the_plain_loop(k: Window) -> None:
+    args = random_case(0, k)
+    config = attention_rnn.parse_config({"k": k})
+    out = MODEL.forward(config, args)
+    h, a, w = run_loop(args, k)
+    for name, expected in (("h", h), ("a", a), ("w", w)):
+        torch.testing.assert_close(out[name], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_a_has_k_plus_1_entries_summing_to_one(k: int) -> None:
+    args = random_case(1, k, seq_len=3)
+    out = MODEL.forward(attention_rnn.parse_config({"k": k}), args)
+    assert out["a"].shape == (3, k + 1)  # seed 1.2.2(b): a[t] in R^{k+1}
+    torch.testing.assert_close(out["a"].sum(dim=1), torch.ones(3, dtype=F64))
+    assert bool((out["a"] > 0).all())
+    # zero states score 0: at t = 1 every past index points at a zero state
+    assert out["w"][0, 1:].eq(0).all()
+
+
+def test_inf_layout_holds_t_plus_1_entries_then_zeros() -> None:
+    args = random_case(2, "inf", seq_len=4)
+    out = MODEL.forward(attention_rnn.parse_config({"k": "inf"}), args)
+    assert out["a"].shape == out["w"].shape == (4, 5)
+    for t in range(1, 5):
+        row = out["a"][t - 1]
+        assert float(row[: t + 1].sum()) == pytest.approx(1.0)
+        assert bool((row[: t + 1] > 0).all()) and row[t + 1 :].eq(0).all()
+        assert float(out["w"][t - 1, t]) == 0.0  # h[0] = 0 takes part with score 0
+
+
+def test_inf_shares_index_1_across_every_past_state() -> None:
+    """Changing Q[1] changes the scores of every past state; with k = inf there is no Q[2]."""
+    args = random_case(3, "inf", seq_len=4)
+    config = attention_rnn.parse_config({"k": "inf"})
+    base = MODEL.forward(config, args)["w"]
+    bump = torch.tensor([0.0, 1.0], dtype=F64)[:, None, None]
+    bumped = MODEL.forward(config, {**args, "Q": args["Q"] + bump})["w"]
+    h = MODEL.forward(config, args)["h"]
+    for t in range(3, 5):
+        for i in range(1, t):
+            assert not torch.isclose(bumped[t - 1, i], base[t - 1, i])
+            expected = (args["Q"][1] @ h[t - i - 1]) @ (args["K"][1] @ h[t - i - 1])
+            torch.testing.assert_close(base[t - 1, i], expected)
+
+
+def loss_grads(
+    args: dict[str, torch.Tensor], k: Window, grads_of: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    leaves = {name: v.clone().requires_grad_(True) for name, v in args.items()}
+    offsets = torch.zeros_like(args["x"], requires_grad=True)
+    h, a, w = loop_attention_rnn(leaves["Q"], leaves["K"], leaves["V"], leaves["x"], k, offsets)
+    outputs = {"h": h, "a": a, "w": w}
+    loss = sum((outputs[name] * g).sum() for name, g in grads_of.items())
+    assert isinstance(loss, torch.Tensor)
+    names = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[name] for name in names] + [offsets])
+    return {**dict(zip(names, grads[:-1], strict=True)), "state_grads": grads[-1]}
+
+
+@pytest.mark.parametrize("k", WINDOWS)
+def test_backward_and_state_grads_match_autograd_through_the_loop(k: Window) -> None:
+    args = random_case(4, k)
+    config = attention_rnn.parse_config({"k": k})
+    direct = torch.randn(5, 3, generator=torch.Generator().manual_seed(5), dtype=F64)
+    _, grads, extras = autodiff.backward(MODEL, config, args, {"h": direct})
+    expected = loss_grads(args, k, {"h": direct})
+    for name in args:
+        torch.testing.assert_close(grads[name], expected[name], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        extras["state_grads"], expected["state_grads"], rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("k", [2, "inf"])
+def test_state_grads_match_central_differences_including_paths_through_a_and_w(k: Window) -> None:
+    args = random_case(6, k, seq_len=4)
+    config = attention_rnn.parse_config({"k": k})
+    shapes = MODEL.output_shapes(config, {name: tuple(v.shape) for name, v in args.items()})
+    gen = torch.Generator().manual_seed(7)
+    grads_of = {name: torch.randn(*shapes[name], generator=gen, dtype=F64) for name in "haw"}
+    state_grads = attention_rnn.state_grads(config, args, grads_of)["state_grads"]
+
+    def loss(offsets: torch.Tensor) -> torch.Tensor:
+        h, a, w = loop_attention_rnn(args["Q"], args["K"], args["V"], args["x"], k, offsets)
+        outputs = {"h": h, "a": a, "w": w}
+        return sum((outputs[name] * g).sum() for name, g in grads_of.items())  # type: ignore[return-value]
+
+    numeric = central_difference(loss, torch.zeros_like(args["x"]))
+    torch.testing.assert_close(state_grads, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("k", [2, "inf"])
+def test_backward_grads_match_central_differences(k: Window) -> None:
+    args = random_case(8, k, seq_len=3, n=2)
+    config = attention_rnn.parse_config({"k": k})
+    direct = torch.randn(3, 2, generator=torch.Generator().manual_seed(9), dtype=F64)
+    _, grads, _ = autodiff.backward(MODEL, config, args, {"h": direct})
+    for name in args:
+
+        def loss(value: torch.Tensor, name: str = name) -> torch.Tensor:
+            return (run_loop(args, k, **{name: value})[0] * direct).sum()
+
+        numeric = central_difference(loss, args[name])
+        torch.testing.assert_close(grads[name], numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_jacobian_da_dx_matches_central_differences() -> None:
+    args = random_case(10, 2, seq_len=3, n=2)
+    config = attention_rnn.parse_config({"k": 2})
+    result, method = autodiff.jacobian(MODEL, config, args, "a", "x")
+    assert result.shape == (3, 3, 3, 2) and method == "autograd"
+    numeric = central_difference(lambda v: run_loop(args, 2, x=v)[1], args["x"])
+    torch.testing.assert_close(result, numeric, rtol=1e-6, atol=1e-8)
+
+
+def one_step(
+    args: dict[str, torch.Tensor], k: Window, t: int, h_prev: torch.Tensor
+) -> torch.Tensor:
+    """h[t] as a function of h[t-1] alone (every other state and argument fixed)."""
+    h, _, _ = run_loop(args, k)
+    n = args["x"].shape[1]
+    states = {s: h[s - 1] for s in range(1, t - 1)} | {t - 1: h_prev}
+    count = t + 1 if k == "inf" else k + 1
+    scores, values = [], []
+    for i in range(count):
+        source = args["x"][t - 1] if i == 0 else states.get(t - i, torch.zeros(n, dtype=F64))
+        p = i if k != "inf" else min(i, 1)
+        q, key = args["Q"][p] @ source, args["K"][p] @ source
+        scores.append(q @ key)
+        values.append(args["V"][p] @ source)
+    weights = torch.softmax(torch.stack(scores), dim=0)
+    return weights @ torch.stack(values)
+
+
+def seed_1_2_2e(args: dict[str, torch.Tensor], k: Window, t: int, lag: int = 1) -> torch.Tensor:
+    """a_i (v_i - h[t]) h[t-i]^T (Q_i^T K_i + K_i^T Q_i) + a_i V_i with i = lag, as the seed
+    writes it for i = 1 (with the shared index 1 for inf)."""
+    h, a, _ = run_loop(args, k)
+    n = args["x"].shape[1]
+    p = lag if k != "inf" else 1
+    h_old = h[t - lag - 1] if t - lag >= 1 else torch.zeros(n, dtype=F64)
+    Qi, Ki, Vi = args["Q"][p], args["K"][p], args["V"][p]
+    a_i = a[t - 1, lag]
+    return a_i * torch.outer(Vi @ h_old - h[t - 1], h_old @ (Qi.T @ Ki + Ki.T @ Qi)) + a_i * Vi
+
+
+@pytest.mark.parametrize("k", WINDOWS)
+def test_step_jacobians_are_seed_1_2_2e_and_agree_with_autograd_and_differences(k: Window) -> None:
+    args = random_case(11, k, seq_len=4)
+    jacobians, _ = attention_rnn.step_jacobians(args["Q"], args["K"], args["V"], args["x"], k)
+    h, _, _ = run_loop(args, k)
+    for t in range(1, 5):
+        h_prev = h[t - 2] if t >= 2 else torch.zeros(3, dtype=F64)
+        auto = torch.autograd.functional.jacobian(lambda v, t=t: one_step(args, k, t, v), h_prev)
+        numeric = central_difference(lambda v, t=t: one_step(args, k, t, v), h_prev)
+        torch.testing.assert_close(
+            jacobians[t - 1], seed_1_2_2e(args, k, t), rtol=1e-12, atol=1e-12
+        )
+        torch.testing.assert_close(jacobians[t - 1], auto, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(jacobians[t - 1], numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("k", WINDOWS)
+def test_seed_1_2_2f_recursion_reproduces_state_grads(k: Window) -> None:
+    """dl/dh[T] = its direct part + sum_{t=T+1}^{min(T+k, T_end)} dl/dh[t] dh[t]/dh[T], the
+    partials dh[t]/dh[T] (lag t - T) from 1.2.2(e)'s closed form and zero beyond T+k."""
+    seq_len = 6
+    args = random_case(12, k, seq_len=seq_len)
+    config = attention_rnn.parse_config({"k": k})
+    direct = torch.randn(seq_len, 3, generator=torch.Generator().manual_seed(13), dtype=F64)
+    state_grads = attention_rnn.state_grads(config, args, {"h": direct})["state_grads"]
+    reach = seq_len if k == "inf" else k
+    total: dict[int, torch.Tensor] = {}
+    for big_t in range(seq_len, 0, -1):
+        grad = direct[big_t - 1].clone()
+        for t in range(big_t + 1, min(big_t + reach, seq_len) + 1):
+            grad = grad + total[t] @ seed_1_2_2e(args, k, t, lag=t - big_t)
+        total[big_t] = grad
+    expected = torch.stack([total[t] for t in range(1, seq_len + 1)])
+    torch.testing.assert_close(state_grads, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_verdict_near_one_when_all_attention_goes_to_h_t_minus_1_through_a_rotation() -> None:
+    """w_1 = h^T Q_1^T K_1 h large against w_0 = 0: a_1 ~ 1, h[t] ~ V_1 h[t-1], V_1 a rotation."""
+    n, theta = 2, 0.3
+    rotation = torch.tensor(
+        [
+            [torch.cos(torch.tensor(theta)), -torch.sin(torch.tensor(theta))],
+            [torch.sin(torch.tensor(theta)), torch.cos(torch.tensor(theta))],
+        ],
+        dtype=F64,
+    )
+    zero, eye = torch.zeros(n, n, dtype=F64), torch.eye(n, dtype=F64)
+    args = {
+        "Q": torch.stack([zero, 20 * eye]),
+        "K": torch.stack([zero, 20 * eye]),
+        "V": torch.stack([eye, rotation]),
+        "x": torch.cat([torch.tensor([[1.0, 0.0]], dtype=F64), torch.zeros(7, n, dtype=F64)]),
+    }
+    answer = attention_rnn.state_jacobians(attention_rnn.parse_config({"k": 1}), args)
+    assert answer["verdict"] == "neither"
+    assert answer["growth_factor"] == pytest.approx(1.0, abs=1e-2)
+    assert answer["terms"]["saturated_fraction"] > 0.8
+    assert "value path dominates" in answer["reason"]
+
+
+def test_verdict_vanishing_with_small_values() -> None:
+    args = random_case(14, 2, seq_len=6)
+    args["V"] = 0.05 * args["V"]
+    answer = attention_rnn.state_jacobians(attention_rnn.parse_config({"k": 2}), args)
+    assert answer["verdict"] == "vanishing"
+    assert answer["growth_factor"] < 0.1
+    assert "index 2 attends to h[t-2]" in answer["reason"]
