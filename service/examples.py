@@ -80,7 +80,7 @@ _DL_DH_4x2 = [[0.1, -0.2], [0.0, 0.3], [-0.1, 0.1], [1.0, 0.5]]
 
 FORWARD_EXAMPLES: dict[str, dict[str, Any]] = {
     "seed-1.1c-i": {
-        "summary": "Seed 1.1(c)(i): conv1d, 5 channels, length 7, kernel 3, stride 2 -> y [1, 3]",
+        "summary": "Seed 1.1(c)(i) (POST to conv1d): C = 5, L = 7, K = 3, stride 2 -> y [1, 3]",
         "value": _SEED_CONV1D,
     },
     "gated-rnn": {
@@ -99,7 +99,7 @@ FORWARD_EXAMPLES: dict[str, dict[str, Any]] = {
 
 BACKWARD_EXAMPLES: dict[str, dict[str, Any]] = {
     "seed-1.1c-iv": {
-        "summary": "Seed 1.1(c)(iv): dl/dW = sum_i dl/dy[i] x[c, 2i-1+m]",
+        "summary": "Seed 1.1(c)(iv) (POST to conv1d): dl/dW = sum_i dl/dy[i] x[c, 2i-1+m]",
         "value": {**_SEED_CONV1D, "grad_outputs": {"y": [[1, -2, 3]]}},
     },
     "gated-rnn": {
@@ -114,11 +114,11 @@ BACKWARD_EXAMPLES: dict[str, dict[str, Any]] = {
 
 JACOBIAN_EXAMPLES: dict[str, dict[str, Any]] = {
     "seed-1.1c-ii": {
-        "summary": "Seed 1.1(c)(ii): dy/dW, shape [1, 3, 1, 5, 3]",
+        "summary": "Seed 1.1(c)(ii) (POST to conv1d): dy/dW, shape [1, 3, 1, 5, 3]",
         "value": {**_SEED_CONV1D, "of": "y", "wrt": "weight"},
     },
     "seed-1.1c-iii": {
-        "summary": "Seed 1.1(c)(iii): dy/dx, shape [1, 3, 5, 7]",
+        "summary": "Seed 1.1(c)(iii) (POST to conv1d): dy/dx, shape [1, 3, 5, 7]",
         "value": {**_SEED_CONV1D, "of": "y", "wrt": "x"},
     },
     "gated-rnn": {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -87,6 +89,10 @@ def test_openapi_examples_answer_200(client: TestClient) -> None:
             continue
         examples = post["requestBody"]["content"]["application/json"].get("examples", {})
         for name, example in examples.items():
-            url = path.replace("{model}", "conv1d")
+            # Model examples name the model their body is for: "(POST to conv1d)".
+            model = re.search(r"POST to (\w+)", example["summary"])
+            if "{model}" in path:
+                assert model, (path, name)
+            url = path.replace("{model}", model.group(1) if model else "")
             response = client.post(url, json=example["value"])
             assert response.status_code == 200, (path, name, response.text)
