@@ -23,7 +23,7 @@ from service.settings import Settings
 
 router = APIRouter()
 
-Loss = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Loss = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
 Fraction = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1)]
 
 
