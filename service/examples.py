@@ -131,6 +131,16 @@ TEMPORAL_ORDER_EXAMPLES: dict[str, dict[str, Any]] = {
         "summary": "An LSTM with gradient clipping (seed 1.3, problem 3's improvement)",
         "value": {"cell": "lstm", "clip_grad_norm": 1.0, "epochs": 8, "seed": 1},
     },
+    "half-lengths": {
+        "summary": "Sequences of 50-55, t1 in [5, 10], t2 in [25, 30]: learnt in about 5 epochs",
+        "value": {
+            "length_range": [50, 55],
+            "t1_range": [5, 10],
+            "t2_range": [25, 30],
+            "epochs": 6,
+            "train_batches": 100,
+        },
+    },
     "paper-lengths": {
         "summary": "The paper's lengths: 100-110, t1 in [10, 20], t2 in [50, 60] (slow to learn)",
         "value": {
