@@ -11,6 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from service import devices
 from service.app import create_app
 from service.routes.diagnostics import experiment_slots
 from service.settings import Settings
@@ -129,8 +130,8 @@ def test_invalid_runs_are_422(capped: TestClient, change: dict[str, Any], loc: l
     assert problem["errors"][0]["loc"] == loc
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_a_gpu_is_refused(capped: TestClient) -> None:
+def test_cuda_without_a_gpu_is_refused(capped: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
     problem = _problem(capped.post(PATH, json=TINY | {"device": "cuda"}))
     assert problem["errors"][0]["loc"] == ["body", "device"]
 
