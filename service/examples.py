@@ -145,3 +145,86 @@ STATE_JACOBIAN_EXAMPLES: dict[str, dict[str, Any]] = {
         "value": _ATTENTION_RNN_INF,
     },
 }
+
+# Seed 1.3: a 4-class curve (Q, R, S, U) that starts at log 4 ~ 1.386 and whose last batches
+# spike to 3-4 at a few epochs, as in the homework's plot.
+SEED_BATCH_LOSSES = [
+    [1.39, 1.38, 1.40, 1.37, 1.39],
+    [1.30, 1.25, 1.22, 1.20, 1.18],
+    [1.05, 0.98, 0.95, 0.90, 0.93],
+    [0.80, 0.76, 0.72, 0.70, 3.40],
+    [0.62, 0.60, 0.58, 0.55, 0.57],
+    [0.50, 0.47, 0.45, 0.44, 0.46],
+    [0.40, 0.38, 0.37, 0.35, 3.95],
+    [0.33, 0.31, 0.30, 0.29, 0.30],
+    [0.28, 0.27, 0.26, 0.25, 0.27],
+    [0.25, 0.24, 0.23, 0.22, 2.90],
+]
+SEED_BATCH_ACCURACIES = [
+    [0.25, 0.22, 0.28, 0.25, 0.25],
+    [0.41, 0.44, 0.47, 0.50, 0.50],
+    [0.56, 0.59, 0.62, 0.62, 0.59],
+    [0.69, 0.72, 0.75, 0.75, 0.31],
+    [0.78, 0.78, 0.81, 0.81, 0.81],
+    [0.84, 0.84, 0.88, 0.88, 0.84],
+    [0.88, 0.88, 0.91, 0.91, 0.28],
+    [0.91, 0.94, 0.94, 0.94, 0.94],
+    [0.94, 0.94, 0.94, 0.97, 0.94],
+    [0.94, 0.97, 0.97, 0.97, 0.41],
+]
+
+LOSS_CURVE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "seed-1.3": {
+        "summary": "Seed 1.3: 4 classes, last-batch spikes of 3-4 above log 4 ~ 1.386",
+        "value": {"batch_losses": SEED_BATCH_LOSSES, "num_classes": 4},
+    },
+    "seed-1.3-with-accuracy": {
+        "summary": "Seed 1.3 with the batch accuracies (plots both panels with ?format=png)",
+        "value": {
+            "batch_losses": SEED_BATCH_LOSSES,
+            "batch_accuracies": SEED_BATCH_ACCURACIES,
+            "num_classes": 4,
+        },
+    },
+    "api-minimal": {
+        "summary": "Two epochs of three batches; the last batch of epoch 1 spikes",
+        "value": {
+            "batch_losses": [[1.41, 1.38, 1.35], [1.1, 0.9, 3.4]],
+            "batch_accuracies": None,
+            "num_classes": 4,
+        },
+    },
+}
+
+TEMPORAL_ORDER_EXAMPLES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "summary": "Seed 1.3's task, short sequences: the seed's gated RNN learns it in seconds",
+        "value": {"seed": 0},
+    },
+    "lstm-clipped": {
+        "summary": "An LSTM with gradient clipping (seed 1.3, problem 3's improvement)",
+        "value": {"cell": "lstm", "clip_grad_norm": 1.0, "epochs": 8, "seed": 1},
+    },
+    "half-lengths": {
+        "summary": "Sequences of 50-55, t1 in [5, 10], t2 in [25, 30]: learnt in about 5 epochs",
+        "value": {
+            "length_range": [50, 55],
+            "t1_range": [5, 10],
+            "t2_range": [25, 30],
+            "epochs": 6,
+            "train_batches": 100,
+        },
+    },
+    "paper-lengths": {
+        "summary": "The paper's lengths: 100-110, t1 in [10, 20], t2 in [50, 60] (slow to learn)",
+        "value": {
+            "cell": "lstm",
+            "length_range": [100, 110],
+            "t1_range": [10, 20],
+            "t2_range": [50, 60],
+            "epochs": 3,
+            "train_batches": 20,
+            "clip_grad_norm": 1.0,
+        },
+    },
+}

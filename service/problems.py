@@ -99,7 +99,8 @@ def problem_response(problem: Problem) -> Response:
 def from_model_error(error: ModelError) -> Problem:
     """A domain error of ``models/`` as a problem: 413 for a size over a configured limit
     (as for the element budgets), 422 otherwise."""
-    loc: list[str | int] = ["body", *error.where.split(".")] if error.where else ["body"]
+    parts = error.where.split(".") if error.where else []
+    loc: list[str | int] = ["body", *(int(p) if p.isdigit() else p for p in parts)]
     kind = "unknown-name" if isinstance(error, UnknownName) else "invalid-request"
     status, title = 422, "The request cannot be computed"
     if isinstance(error, LimitExceeded):

@@ -44,7 +44,40 @@ class Settings(BaseSettings):
         description="Largest hidden state of a recurrent model (m, or n for AttentionRNN).",
     )
     max_k: int = Field(256, ge=1, description="Largest window k of AttentionRNN(k).")
+    loss_curve_max_values: int = Field(
+        1_000_000, ge=1, description="Most batch losses one loss-curve diagnosis may hold."
+    )
+    experiment_max_epochs: int = Field(30, ge=1, description="Most epochs of one experiment.")
+    experiment_max_batches: int = Field(
+        100, ge=1, description="Most training batches per epoch, and test batches, of one run."
+    )
+    experiment_max_batch_size: int = Field(256, ge=1, description="Largest experiment batch.")
+    experiment_max_length: int = Field(
+        128, ge=4, description="Longest sequence of an experiment (the paper's task needs 110)."
+    )
+    experiment_max_hidden_size: int = Field(
+        128, ge=1, description="Largest hidden state of an experiment's model."
+    )
+    experiment_max_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Wall time of one experiment; training stops there and the answer says so.",
+    )
+    experiment_concurrency: int = Field(
+        1, ge=1, description="Experiments one worker runs at once; more are answered 503."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    def limits(self) -> dict[str, int | float]:
+        """Every budget and cap a request is checked against, by setting name."""
+        return {
+            name: value
+            for name, value in self.model_dump().items()
+            if name.startswith(LIMIT_PREFIXES) and isinstance(value, int | float)
+        }
+
+
+LIMIT_PREFIXES = ("max_", "experiment_", "loss_curve_")
 
 
 @lru_cache(maxsize=1)

@@ -58,14 +58,6 @@ async def info(settings: SettingsDep) -> Info:
         devices=devices,
         default_device="cuda" if len(devices) > 1 else "cpu",
         torch_threads=torch.get_num_threads(),
-        limits={
-            "max_tensor_elements": settings.max_tensor_elements,
-            "max_request_elements": settings.max_request_elements,
-            "max_jacobian_elements": settings.max_jacobian_elements,
-            "max_rank": settings.max_rank,
-            "max_sequence_length": settings.max_sequence_length,
-            "max_hidden_size": settings.max_hidden_size,
-            "max_k": settings.max_k,
-        },
+        limits=settings.limits(),
         auth="open",
     )

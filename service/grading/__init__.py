@@ -1,0 +1,1 @@
+"""Grading logic: comparing and diagnosing answers, with no HTTP in it."""

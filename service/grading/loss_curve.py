@@ -1,0 +1,341 @@
+"""Diagnosing a loss curve the way the seed's part 1.3 does.
+
+The homework's curve of a 4-class sequence classifier had spikes: its ``train()`` returned
+the *last* batch's ``loss.item()`` instead of the mean over the epoch's batches (problem 1),
+and some spikes rose above the initial loss log 4 because cross-entropy costs -log p of the
+true class, which a confident wrong prediction makes larger than chance does (problem 2).
+
+Given every batch's loss of every epoch, this module computes both curves (epoch means and
+last batches), finds the spikes of the last-batch curve, and explains them in those terms.
+Pure Python: no HTTP and no torch.
+
+Example:
+    >>> d = diagnose([[1.41, 1.38, 1.35], [1.1, 0.9, 3.4]], 4)
+    >>> d.spikes, [round(m, 3) for m in d.epoch_mean], d.looks_like_last_batch_reporting
+    ([1], [1.38, 1.8], True)
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from models.errors import ModelError
+
+# A last batch is an outlier of its epoch when it sits more than OUTLIER_SIGMAS standard
+# deviations of the epoch's other batches above their mean, and by more than
+# OUTLIER_MARGIN * log C: the margin keeps an epoch of nearly equal batches from being flagged
+# for a difference nobody would see on the plot. log C, the loss at chance, sets the scale.
+OUTLIER_SIGMAS = 3.0
+OUTLIER_MARGIN = 0.25
+# A reported value is above the initial loss when it exceeds it by more than this times log C,
+# so that the noise of an untrained model's batches around log C is not called a spike.
+ABOVE_INITIAL_MARGIN = 0.1
+# An epoch whose median batch loss exceeds both neighbouring epochs' medians by more than this
+# times log C is a jump of the training itself, not of the reporting. The median, because one
+# outlying batch moves the mean (that is last-batch reporting's symptom, not instability).
+JUMP_MARGIN = 0.25
+# How far the first epoch's mean loss may sit from log C (at least 0.15 nats, or this fraction
+# of log C for many classes) and its accuracy from 1/C, and still read as "at chance".
+INITIAL_LOSS_TOLERANCE = 0.1
+INITIAL_LOSS_TOLERANCE_MIN = 0.15
+INITIAL_ACCURACY_TOLERANCE = 0.12
+
+
+class CurveError(ModelError):
+    """A curve that cannot be analysed (empty epochs, negative losses, mismatched series)."""
+
+
+@dataclass(frozen=True)
+class Spike:
+    """An epoch whose reported (last-batch) value stands out, and why.
+
+    Attributes:
+        epoch: 0-based index of the epoch (row of ``batch_losses``).
+        last_batch: the reported value, the epoch's last batch loss.
+        epoch_mean: the mean over the epoch's batches.
+        others_mean: the mean of the epoch's other batches (``None`` with a single batch).
+        others_sd: their standard deviation (``None`` with fewer than two other batches).
+        reasons: ``last_batch_outlier`` (far above the epoch's other batches),
+            ``above_initial_loss`` (above log C and the first epoch's mean), or
+            ``mean_jump`` (the epoch's median batch loss itself jumps above its neighbours').
+        true_class_probability: exp(-last_batch), the geometric mean over the last batch of
+            the probability the model gave the true class.
+    """
+
+    epoch: int
+    last_batch: float
+    epoch_mean: float
+    others_mean: float | None
+    others_sd: float | None
+    reasons: tuple[str, ...]
+    true_class_probability: float
+
+
+@dataclass(frozen=True)
+class CurveDiagnosis:
+    """What ``diagnose`` finds; see its docstring."""
+
+    num_classes: int
+    epoch_mean: list[float]
+    last_batch: list[float]
+    spikes: list[int]
+    spike_details: list[Spike]
+    unstable_epochs: list[int]
+    expected_initial_loss: float
+    chance_accuracy: float
+    initial_loss: float
+    looks_like_last_batch_reporting: bool | None
+    accuracy_epoch_mean: list[float] | None
+    accuracy_last_batch: list[float] | None
+    findings: list[str]
+
+
+def _check(
+    batch_losses: Sequence[Sequence[float]],
+    batch_accuracies: Sequence[Sequence[float]] | None,
+    num_classes: int,
+) -> None:
+    if num_classes < 2:
+        raise CurveError(
+            f"num_classes must be at least 2 (a classifier chooses among classes), got "
+            f"{num_classes}",
+            "num_classes",
+        )
+    if not batch_losses:
+        raise CurveError(
+            "batch_losses has no epochs; give one list of batch losses per epoch", "batch_losses"
+        )
+    for e, losses in enumerate(batch_losses):
+        if not losses:
+            raise CurveError(
+                f"epoch {e} has no batch losses; give at least one per epoch",
+                f"batch_losses.{e}",
+            )
+        for b, loss in enumerate(losses):
+            if not math.isfinite(loss) or loss < 0:
+                raise CurveError(
+                    f"batch {b} of epoch {e} has loss {loss!r}: a cross-entropy loss is a "
+                    "finite number >= 0",
+                    f"batch_losses.{e}.{b}",
+                )
+    if batch_accuracies is None:
+        return
+    if len(batch_accuracies) != len(batch_losses):
+        raise CurveError(
+            f"batch_accuracies has {len(batch_accuracies)} epochs but batch_losses has "
+            f"{len(batch_losses)}; give one accuracy per batch loss",
+            "batch_accuracies",
+        )
+    for e, (accs, losses) in enumerate(zip(batch_accuracies, batch_losses, strict=True)):
+        if len(accs) != len(losses):
+            raise CurveError(
+                f"epoch {e} has {len(accs)} batch accuracies but {len(losses)} batch losses; "
+                "give one accuracy per batch loss",
+                f"batch_accuracies.{e}",
+            )
+        for b, acc in enumerate(accs):
+            if not 0 <= acc <= 1:
+                raise CurveError(
+                    f"batch {b} of epoch {e} has accuracy {acc!r}: give fractions in [0, 1] "
+                    "(0.25, not 25)",
+                    f"batch_accuracies.{e}.{b}",
+                )
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _spike(
+    epoch: int,
+    losses: Sequence[float],
+    means: Sequence[float],
+    medians: Sequence[float],
+    initial: float,
+    log_c: float,
+) -> Spike | None:
+    last = losses[-1]
+    others = losses[:-1]
+    others_mean = _mean(others) if others else None
+    others_sd = statistics.pstdev(others) if len(others) >= 2 else None
+    reasons = []
+    if others_mean is not None:
+        threshold = max(OUTLIER_SIGMAS * (others_sd or 0.0), OUTLIER_MARGIN * log_c)
+        if last - others_mean > threshold:
+            reasons.append("last_batch_outlier")
+    if epoch > 0 and last > initial + ABOVE_INITIAL_MARGIN * log_c:
+        reasons.append("above_initial_loss")
+    neighbours = [medians[i] for i in (epoch - 1, epoch + 1) if 0 <= i < len(medians)]
+    if epoch > 0 and medians[epoch] - max(neighbours) > JUMP_MARGIN * log_c:
+        reasons.append("mean_jump")
+    if not reasons:
+        return None
+    return Spike(epoch, last, means[epoch], others_mean, others_sd, tuple(reasons), math.exp(-last))
+
+
+def _epochs(indices: Sequence[int]) -> str:
+    return ("epoch " if len(indices) == 1 else "epochs ") + ", ".join(map(str, indices))
+
+
+def _log_c(num_classes: int) -> str:
+    return f"log {num_classes} = {math.log(num_classes):.3f}"
+
+
+def _initial_findings(
+    means: Sequence[float], acc_means: Sequence[float] | None, num_classes: int
+) -> list[str]:
+    log_c = math.log(num_classes)
+    findings = [
+        f"Before training, a model at chance gives each of the C = {num_classes} classes "
+        f"probability 1/C = {1 / num_classes:.3g}, so its cross-entropy is -log(1/C) = "
+        f"{_log_c(num_classes)} and its accuracy 1/C = {100 / num_classes:.3g}%."
+    ]
+    tolerance = max(INITIAL_LOSS_TOLERANCE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
+    first = means[0]
+    if abs(first - log_c) <= tolerance:
+        findings.append(
+            f"Epoch 0's mean loss {first:.3f} is close to {_log_c(num_classes)}: the curve "
+            "starts at chance, as an untrained model should."
+        )
+    elif first > log_c:
+        findings.append(
+            f"Epoch 0's mean loss {first:.3f} is well above {_log_c(num_classes)}: an untrained "
+            "model should sit near chance. Look for large initial logits (weights initialised "
+            "too large), a loss summed instead of averaged over the batch, or a number of "
+            "classes other than num_classes."
+        )
+    else:
+        findings.append(
+            f"Epoch 0's mean loss {first:.3f} is well below {_log_c(num_classes)}: this first "
+            "row is already after some training (or the classes are far from balanced), so it "
+            "is not the model at chance."
+        )
+    if acc_means is not None:
+        chance = 1 / num_classes
+        verdict = (
+            "near chance"
+            if abs(acc_means[0] - chance) <= INITIAL_ACCURACY_TOLERANCE
+            else "far from chance"
+        )
+        findings.append(
+            f"Epoch 0's accuracy {100 * acc_means[0]:.3g}% is {verdict} "
+            f"(1/C = {100 * chance:.3g}%)."
+        )
+    return findings
+
+
+def _spike_findings(details: Sequence[Spike], num_classes: int, single_batches: bool) -> list[str]:
+    findings = []
+    outliers = [s for s in details if "last_batch_outlier" in s.reasons]
+    if outliers:
+        worst = max(outliers, key=lambda s: s.last_batch - (s.others_mean or 0.0))
+        findings.append(
+            f"At {_epochs([s.epoch for s in outliers])} the last batch's loss sits far above "
+            f"the epoch's other batches (epoch {worst.epoch}: last batch "
+            f"{worst.last_batch:.3f}, the others {worst.others_mean:.3f} on average, epoch mean "
+            f"{worst.epoch_mean:.3f}). This is last-batch reporting: a train() or test() that "
+            "returns loss.item() of the last batch plots one batch, whose difficulty and class "
+            "mix change from epoch to epoch, not the epoch (seed 1.3, problem 1). Accumulate "
+            "loss.item() over every batch and report the mean, the epoch_mean curve here "
+            "(problem 3)."
+        )
+    above = [s for s in details if "above_initial_loss" in s.reasons]
+    if above:
+        worst = max(above, key=lambda s: s.last_batch)
+        findings.append(
+            f"At {_epochs([s.epoch for s in above])} the reported loss rises above the initial "
+            f"loss {_log_c(num_classes)} (epoch {worst.epoch}: {worst.last_batch:.3f}). "
+            "Cross-entropy costs -log p of the true class: guessing at chance costs log C, but "
+            f"a confident wrong prediction costs more; {worst.last_batch:.3f} means the model "
+            f"gave the true class a probability of exp(-{worst.last_batch:.3f}) = "
+            f"{worst.true_class_probability:.3g} on (geometric) average over that batch, worse "
+            f"than the 1/{num_classes} of guessing (seed 1.3, problem 2)."
+        )
+    jumps = [s for s in details if "mean_jump" in s.reasons]
+    if jumps:
+        findings.append(
+            f"At {_epochs([s.epoch for s in jumps])} the typical (median) batch loss itself "
+            "jumps above the epochs beside it: that is the training, not the way it is "
+            "reported. Clip the "
+            "gradient norm, lower the learning rate (or decay it) or use larger batches "
+            "(seed 1.3, problem 3)."
+        )
+    if not details:
+        findings.append(
+            "No spikes: every epoch's last batch stays close to its epoch mean, and no "
+            "reported value rises above the initial loss."
+        )
+    if single_batches:
+        findings.append(
+            "Every epoch has a single loss, so last-batch reporting cannot be told apart from "
+            "the epoch mean here: send every batch's loss of each epoch."
+        )
+    return findings
+
+
+def diagnose(
+    batch_losses: Sequence[Sequence[float]],
+    num_classes: int,
+    batch_accuracies: Sequence[Sequence[float]] | None = None,
+) -> CurveDiagnosis:
+    """Both curves of a training run, its spikes and what explains them.
+
+    Args:
+        batch_losses: one list per epoch (epoch 0 first, ideally the untrained model) of
+            every batch's mean cross-entropy, in the order the batches ran.
+        num_classes: C, the number of classes.
+        batch_accuracies: optional, the same shape as ``batch_losses``, fractions in [0, 1].
+
+    Returns:
+        The epoch means and last-batch values; the spikes of the last-batch curve (epochs,
+        0-based) with their reasons; the epochs whose mean itself jumps or exceeds the initial
+        loss (``unstable_epochs``); log C and 1/C; whether the last-batch curve looks like
+        last-batch reporting (``None`` when every epoch has a single batch, which cannot
+        tell); and findings in words.
+
+    Raises:
+        CurveError: with the offending field, for an empty curve or epoch, a loss that is not
+            a finite number >= 0, an accuracy outside [0, 1], mismatched series, or C < 2.
+    """
+    _check(batch_losses, batch_accuracies, num_classes)
+    log_c = math.log(num_classes)
+    means = [_mean(losses) for losses in batch_losses]
+    medians = [statistics.median(losses) for losses in batch_losses]
+    lasts = [losses[-1] for losses in batch_losses]
+    initial = max(log_c, means[0])
+    details = [
+        spike
+        for e, losses in enumerate(batch_losses)
+        if (spike := _spike(e, losses, means, medians, initial, log_c)) is not None
+    ]
+    unstable = [
+        s.epoch
+        for s in details
+        if "mean_jump" in s.reasons or medians[s.epoch] > initial + ABOVE_INITIAL_MARGIN * log_c
+    ]
+    single_batches = all(len(losses) == 1 for losses in batch_losses)
+    looks_like = None if single_batches else any("last_batch_outlier" in s.reasons for s in details)
+    acc_means = acc_lasts = None
+    if batch_accuracies is not None:
+        acc_means = [_mean(accs) for accs in batch_accuracies]
+        acc_lasts = [accs[-1] for accs in batch_accuracies]
+    findings = _initial_findings(means, acc_means, num_classes)
+    findings += _spike_findings(details, num_classes, single_batches)
+    return CurveDiagnosis(
+        num_classes=num_classes,
+        epoch_mean=means,
+        last_batch=lasts,
+        spikes=[s.epoch for s in details],
+        spike_details=details,
+        unstable_epochs=unstable,
+        expected_initial_loss=log_c,
+        chance_accuracy=1 / num_classes,
+        initial_loss=means[0],
+        looks_like_last_batch_reporting=looks_like,
+        accuracy_epoch_mean=acc_means,
+        accuracy_last_batch=acc_lasts,
+        findings=findings,
+    )

@@ -1,0 +1,168 @@
+"""POST /v1/diagnostics/loss-curve: the diagnosis as JSON, the plots, and bad curves as 4xx."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from matplotlib.image import imread
+
+from service.app import create_app
+from service.examples import SEED_BATCH_ACCURACIES, SEED_BATCH_LOSSES
+from service.settings import Settings
+
+PATH = "/v1/diagnostics/loss-curve"
+API_EXAMPLE = {"batch_losses": [[1.41, 1.38, 1.35], [1.1, 0.9, 3.4]], "num_classes": 4}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture(scope="module")
+def small_budget() -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(loss_curve_max_values=10))) as test_client:
+        yield test_client
+
+
+def test_api_example(client: TestClient) -> None:
+    response = client.post(PATH, json=API_EXAMPLE | {"batch_accuracies": None})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["epoch_mean"] == pytest.approx([(1.41 + 1.38 + 1.35) / 3, (1.1 + 0.9 + 3.4) / 3])
+    assert body["last_batch"] == [1.35, 3.4]
+    assert body["spikes"] == [1]
+    assert body["expected_initial_loss"] == pytest.approx(math.log(4))
+    assert body["expected_initial_loss"] == pytest.approx(1.386, abs=5e-4)
+    assert body["chance_accuracy"] == 0.25
+    assert body["looks_like_last_batch_reporting"] is True
+    assert body["spike_details"][0]["true_class_probability"] == pytest.approx(math.exp(-3.4))
+    assert any("last-batch reporting" in f for f in body["findings"])
+
+
+def test_png_plot(client: TestClient) -> None:
+    body = {
+        "batch_losses": SEED_BATCH_LOSSES,
+        "batch_accuracies": SEED_BATCH_ACCURACIES,
+        "num_classes": 4,
+    }
+    response = client.post(PATH, params={"format": "png"}, json=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert response.content.startswith(PNG_MAGIC)
+    image = imread(io.BytesIO(response.content), format="png")
+    height, width = image.shape[:2]
+    assert width > height > 100  # two panels side by side
+
+
+def _svg_texts(content: bytes) -> list[str]:
+    """Labels and legend entries of a matplotlib SVG (it writes each text as a comment)."""
+    root = ET.fromstring(content)
+    assert root.tag == SVG + "svg"
+    return [text.strip() for text in re.findall(r"<!--(.*?)-->", content.decode())]
+
+
+def test_svg_plot_has_labelled_axes_and_legend(client: TestClient) -> None:
+    response = client.post(PATH, params={"format": "svg"}, json=API_EXAMPLE)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("image/svg+xml")
+    texts = _svg_texts(response.content)
+    for label in (
+        "epoch",
+        "cross-entropy loss (nats)",
+        "epoch mean (all batches)",
+        "last batch of the epoch",
+        "chance: log 4 = 1.386",
+        "spike",
+    ):
+        assert label in texts
+    assert "accuracy" not in texts  # no accuracy panel without accuracies
+
+
+def test_svg_with_accuracies_has_the_accuracy_panel(client: TestClient) -> None:
+    body = API_EXAMPLE | {"batch_accuracies": [[0.2, 0.3, 0.25], [0.5, 0.6, 0.1]]}
+    texts = _svg_texts(client.post(PATH, params={"format": "svg"}, json=body).content)
+    assert "accuracy" in texts and "chance: 1/4 = 0.25" in texts
+
+
+def _problem(response: Any, status: int = 422) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["detail"]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"batch_losses": [], "num_classes": 4}, ["body", "batch_losses"]),
+        ({"batch_losses": [[1.0], []], "num_classes": 4}, ["body", "batch_losses", 1]),
+        ({"batch_losses": [[1.0, "1.2"]], "num_classes": 4}, ["body", "batch_losses", 0, 1]),
+        ({"batch_losses": [[1.0, None]], "num_classes": 4}, ["body", "batch_losses", 0, 1]),
+        ({"batch_losses": [[1.0, True]], "num_classes": 4}, ["body", "batch_losses", 0, 1]),
+        ({"batch_losses": [1.0, [2.0]], "num_classes": 4}, ["body", "batch_losses", 0]),
+        ({"batch_losses": [[[1.0]]], "num_classes": 4}, ["body", "batch_losses", 0, 0]),
+        ({"batch_losses": [[1.0]], "num_classes": 1}, ["body", "num_classes"]),
+        ({"batch_losses": [[1.0]], "num_classes": 0}, ["body", "num_classes"]),
+        ({"batch_losses": [[1.0]], "num_classes": 2.5}, ["body", "num_classes"]),
+        ({"batch_losses": [[1.0]]}, ["body", "num_classes"]),
+        ({"batch_losses": [[1.0]], "num_classes": 4, "classes": 4}, ["body", "classes"]),
+        ({"batch_losses": [[-1.0]], "num_classes": 4}, ["body", "batch_losses", 0, 0]),
+        (
+            {"batch_losses": [[1.0], [1.0]], "batch_accuracies": [[0.5]], "num_classes": 4},
+            ["body", "batch_accuracies"],
+        ),
+        (
+            {"batch_losses": [[1.0]], "batch_accuracies": [[25]], "num_classes": 4},
+            ["body", "batch_accuracies", 0, 0],
+        ),
+    ],
+)
+def test_bad_curves_are_422(client: TestClient, body: dict[str, Any], loc: list[Any]) -> None:
+    problem = _problem(client.post(PATH, json=body))
+    assert problem["errors"][0]["loc"] == loc
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_422(client: TestClient, literal: str) -> None:
+    content = f'{{"batch_losses": [[1.0, {literal}]], "num_classes": 4}}'
+    response = client.post(PATH, content=content, headers={"content-type": "application/json"})
+    problem = _problem(response)
+    assert problem["errors"][0]["loc"] == ["body", "batch_losses", 0, 1]
+    assert "finite" in problem["errors"][0]["msg"]
+
+
+def test_unknown_format_is_422(client: TestClient) -> None:
+    _problem(client.post(PATH, params={"format": "jpeg"}, json=API_EXAMPLE))
+
+
+def test_not_json_is_4xx(client: TestClient) -> None:
+    response = client.post(
+        PATH, content=b"{batch_losses", headers={"content-type": "application/json"}
+    )
+    _problem(response)
+
+
+def test_over_the_value_budget_is_413(small_budget: TestClient) -> None:
+    body = {"batch_losses": [[1.0] * 6, [1.0] * 5], "num_classes": 4}
+    problem = _problem(small_budget.post(PATH, json=body), 413)
+    assert "11" in problem["detail"] and "10" in problem["detail"]
+    assert small_budget.post(PATH, json=API_EXAMPLE).status_code == 200
+
+
+def test_openapi_declares_problems_plots_and_seed_examples(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"][PATH]["post"]
+    responses = operation["responses"]
+    for status in ("413", "422"):
+        assert "application/problem+json" in responses[status]["content"]
+    assert {"application/json", "image/png", "image/svg+xml"} <= set(responses["200"]["content"])
+    examples = operation["requestBody"]["content"]["application/json"]["examples"]
+    assert "seed-1.3" in examples
+    # The seed example is a valid request that shows the seed's spikes.
+    diagnosis = client.post(PATH, json=examples["seed-1.3"]["value"]).json()
+    assert diagnosis["spikes"] == [3, 6, 9]

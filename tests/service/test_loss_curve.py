@@ -1,0 +1,157 @@
+"""Loss-curve diagnosis (seed 1.3) on synthetic curves whose spikes are known by construction."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from service.examples import SEED_BATCH_ACCURACIES, SEED_BATCH_LOSSES
+from service.grading.loss_curve import CurveError, diagnose
+
+LOG4 = math.log(4)
+
+
+def smooth_curve(epochs: int, batches: int, seed: int) -> list[list[float]]:
+    """A decaying loss from log 4 with +-2% batch noise: no spikes by construction."""
+    rng = random.Random(seed)
+    levels = [0.15 + (LOG4 - 0.15) * math.exp(-e / 3) for e in range(epochs)]
+    return [[level * (1 + rng.uniform(-0.02, 0.02)) for _ in range(batches)] for level in levels]
+
+
+def test_epoch_means_and_last_batches() -> None:
+    curve = smooth_curve(8, 6, seed=0)
+    d = diagnose(curve, 4)
+    assert d.epoch_mean == pytest.approx([statistics.fmean(e) for e in curve], rel=1e-15)
+    assert d.epoch_mean == pytest.approx(np.mean(np.array(curve), axis=1).tolist(), rel=1e-15)
+    assert d.last_batch == [e[-1] for e in curve]
+    assert d.initial_loss == d.epoch_mean[0]
+
+
+@pytest.mark.parametrize("num_classes", [2, 4, 10, 1000])
+def test_chance_level_is_log_c_and_one_over_c(num_classes: int) -> None:
+    d = diagnose([[1.0]], num_classes)
+    # Oracle: cross-entropy of a model whose logits are all equal (uniform prediction).
+    uniform = F.cross_entropy(torch.zeros(1, num_classes, dtype=torch.float64), torch.tensor([0]))
+    assert d.expected_initial_loss == pytest.approx(float(uniform), rel=1e-12)
+    assert d.expected_initial_loss == pytest.approx(-math.log(1 / num_classes), rel=1e-12)
+    assert d.chance_accuracy == 1 / num_classes
+
+
+def test_smooth_curve_has_no_spikes() -> None:
+    d = diagnose(smooth_curve(10, 8, seed=1), 4)
+    assert d.spikes == [] and d.unstable_epochs == []
+    assert d.looks_like_last_batch_reporting is False
+    assert any(f.startswith("No spikes") for f in d.findings)
+    assert any("close to log 4" in f for f in d.findings)
+
+
+def test_last_batch_spikes_are_found_and_explained() -> None:
+    curve = smooth_curve(10, 8, seed=2)
+    for e, value in ((3, 3.4), (7, 0.9)):
+        curve[e][-1] = value
+    d = diagnose(curve, 4)
+    assert d.spikes == [3, 7]
+    assert d.looks_like_last_batch_reporting is True
+    assert d.unstable_epochs == []
+    by_epoch = {s.epoch: s for s in d.spike_details}
+    assert by_epoch[3].reasons == ("last_batch_outlier", "above_initial_loss")
+    assert by_epoch[7].reasons == ("last_batch_outlier",)  # 0.9: far above its epoch, below log 4
+    assert by_epoch[3].others_mean == pytest.approx(statistics.fmean(curve[3][:-1]))
+    assert by_epoch[3].others_sd == pytest.approx(statistics.pstdev(curve[3][:-1]))
+    text = " ".join(d.findings)
+    assert "last-batch reporting" in text and "epochs 3, 7" in text
+    assert "exp(-3.400)" in text and "-log p of the true class" in text
+
+
+def test_a_spike_inside_the_epoch_is_not_a_reporting_spike() -> None:
+    """Only the last batch is reported: an outlier earlier in the epoch moves the mean only."""
+    curve = smooth_curve(6, 8, seed=3)
+    curve[2][3] = 3.0
+    d = diagnose(curve, 4)
+    assert d.spikes == []
+    assert d.looks_like_last_batch_reporting is False
+    assert d.epoch_mean[2] > d.last_batch[2]
+
+
+def test_true_class_probability_of_a_confident_mistake() -> None:
+    """Seed 1.3 problem 2: p(true) = 0.05 costs -log 0.05 ~ 3.0, p = 0.01 costs ~ 4.6."""
+    for p_true in (0.05, 0.01):
+        # A batch where the model gives the true class p_true and the rest to a wrong class.
+        probs = torch.tensor([[p_true, 1 - p_true - 2e-9, 1e-9, 1e-9]] * 32, dtype=torch.float64)
+        loss = float(F.nll_loss(probs.log(), torch.zeros(32, dtype=torch.long)))
+        curve = [[1.38, 1.39, 1.40], [0.5, 0.45, loss]]
+        spike = diagnose(curve, 4).spike_details[0]
+        assert spike.true_class_probability == pytest.approx(p_true, rel=1e-6)
+        assert "above_initial_loss" in spike.reasons
+
+
+def test_single_value_epochs_flag_values_above_the_initial_loss() -> None:
+    d = diagnose([[1.39], [1.1], [2.6], [0.7], [0.6]], 4)
+    assert d.spikes == [2]
+    assert d.spike_details[0].reasons == ("above_initial_loss", "mean_jump")
+    assert d.looks_like_last_batch_reporting is None
+    assert any("cannot be told apart" in f for f in d.findings)
+
+
+def test_a_jump_of_the_whole_epoch_is_instability() -> None:
+    curve = smooth_curve(8, 6, seed=4)
+    curve[5] = [v + 1.0 for v in curve[5]]
+    d = diagnose(curve, 4)
+    assert d.unstable_epochs == [5]
+    assert "mean_jump" in d.spike_details[0].reasons
+    assert "last_batch_outlier" not in d.spike_details[0].reasons
+    assert any("Clip the gradient norm" in f for f in d.findings)
+
+
+def test_small_noise_on_a_flat_epoch_is_not_a_spike() -> None:
+    """3 sigma of near-equal batches is tiny: the margin of 0.25 log C keeps it unflagged."""
+    curve = [[1.386, 1.387, 1.385, 1.386], [0.50, 0.50, 0.50, 0.60]]
+    assert diagnose(curve, 4).spikes == []
+
+
+def test_seed_example_curve() -> None:
+    d = diagnose(SEED_BATCH_LOSSES, 4, SEED_BATCH_ACCURACIES)
+    assert d.spikes == [3, 6, 9]
+    assert d.looks_like_last_batch_reporting is True
+    assert d.accuracy_epoch_mean == pytest.approx(
+        [statistics.fmean(a) for a in SEED_BATCH_ACCURACIES]
+    )
+    assert d.accuracy_last_batch == [a[-1] for a in SEED_BATCH_ACCURACIES]
+    assert any("accuracy 25% is near chance" in f for f in d.findings)
+
+
+@pytest.mark.parametrize(("first", "words"), [(2.5, "well above log 4"), (0.6, "well below log 4")])
+def test_first_epoch_far_from_chance_is_explained(first: float, words: str) -> None:
+    d = diagnose([[first, first], [0.5, 0.5]], 4)
+    assert any(words in f for f in d.findings)
+
+
+@pytest.mark.parametrize(
+    ("losses", "accuracies", "classes", "where"),
+    [
+        ([], None, 4, "batch_losses"),
+        ([[1.0], []], None, 4, "batch_losses.1"),
+        ([[1.0, math.nan]], None, 4, "batch_losses.0.1"),
+        ([[1.0, math.inf]], None, 4, "batch_losses.0.1"),
+        ([[1.0, -0.1]], None, 4, "batch_losses.0.1"),
+        ([[1.0]], None, 1, "num_classes"),
+        ([[1.0], [1.0]], [[0.5]], 4, "batch_accuracies"),
+        ([[1.0, 1.0]], [[0.5]], 4, "batch_accuracies.0"),
+        ([[1.0]], [[25.0]], 4, "batch_accuracies.0.0"),
+    ],
+)
+def test_bad_curves_raise_curve_errors(
+    losses: list[list[float]],
+    accuracies: list[list[float]] | None,
+    classes: int,
+    where: str,
+) -> None:
+    with pytest.raises(CurveError) as error:
+        diagnose(losses, classes, accuracies)
+    assert error.value.where == where
