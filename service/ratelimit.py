@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import Depends, Request
 from limits import RateLimitItem, parse_many
-from limits.errors import StorageError
+from limits.errors import ConfigurationError, StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -30,9 +30,14 @@ class CheckLimiter:
 
     def __init__(self, limits: str, storage_uri: str) -> None:
         self.items: list[RateLimitItem] = parse_many(limits) if limits else []
-        self._limiter = MovingWindowRateLimiter(
-            storage_from_string(storage_uri, wrap_exceptions=True)
-        )
+        try:
+            storage = storage_from_string(storage_uri, wrap_exceptions=True)
+        except ConfigurationError as error:
+            # The URI may hold a password: name its scheme only.
+            scheme = storage_uri.split("://", 1)[0]
+            reason = str(error).replace(storage_uri, f"{scheme}://...")
+            raise ValueError(f"TENSORGRADE_RATE_LIMIT_STORAGE: {reason}") from None
+        self._limiter = MovingWindowRateLimiter(storage)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CheckLimiter:

@@ -41,6 +41,33 @@ REQUIRED_BY_OP: dict[str, tuple[str, ...]] = {
 """The keys each op of ``expected`` needs. ``choice`` is checked by the grader itself (the
 option's id must match); every other op is the spec of ``POST /v1/check``."""
 
+_MODEL_KEYS = ("op", "model", "config", "params", "inputs", "device", "dtype", "select")
+ALLOWED_BY_OP: dict[str, frozenset[str]] = {
+    "conv_shape": frozenset(
+        {
+            "op",
+            "input_size",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "in_channels",
+            "out_channels",
+            "transposed",
+            "output_padding",
+        }
+    ),
+    "forward": frozenset(_MODEL_KEYS),
+    "backward": frozenset({*_MODEL_KEYS, "grad_outputs"}),
+    "jacobian": frozenset({*_MODEL_KEYS, "of", "wrt"}),
+    "state_jacobians": frozenset(_MODEL_KEYS),
+    "value": frozenset({"op", "value"}),
+    "formula": frozenset({"op", "reference", "variables"}),
+    "choice": frozenset({"op", "correct"}),
+}
+"""Every key an op of ``expected`` takes: the fields of the endpoint it stands for (e.g. the
+body of ``/v1/shapes/conv`` for ``conv_shape``), so a misspelt key is an error, not ignored."""
+
 OPS_BY_KIND: dict[str, frozenset[str]] = {
     "shape": frozenset({"conv_shape", "value"}),
     "tensor": frozenset({"forward", "backward", "jacobian", "state_jacobians", "value"}),
@@ -185,6 +212,10 @@ class ProblemSpec(FileModel):
         missing = [key for key in REQUIRED_BY_OP[op] if key not in self.expected]
         if missing:
             raise ValueError(f"expected (op {op}) needs {', '.join(missing)}")
+        unknown = sorted(set(self.expected) - ALLOWED_BY_OP[op])
+        if unknown:
+            takes = ", ".join(sorted(ALLOWED_BY_OP[op]))
+            raise ValueError(f"expected.{unknown[0]} is not a key of op {op}; it takes {takes}")
         if op not in OPS_BY_KIND[self.answer_kind]:
             allowed = ", ".join(sorted(OPS_BY_KIND[self.answer_kind]))
             raise ValueError(f"answer_kind {self.answer_kind} takes expected.op {allowed}")
@@ -249,19 +280,21 @@ class AssignmentSpec(FileModel):
         problems = [{**inherited, **p} if isinstance(p, dict) else p for p in data["problems"]]
         return {**data, "problems": problems}
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> Self:
-        seen: set[str] = set()
-        for problem in self.problems:
-            if problem.id in seen:
-                raise ValueError(f"two problems have the id {problem.id!r}")
-            seen.add(problem.id)
+    @field_validator("problems")
+    @classmethod
+    def _check_problems(cls, problems: list[ProblemSpec]) -> list[ProblemSpec]:
+        first: dict[str, int] = {}
         groups: dict[str, list[ProblemSpec]] = {}
-        for problem in self.problems:
+        for index, problem in enumerate(problems):
+            if problem.id in first:
+                raise ValueError(
+                    f"problems[{index}] has the id {problem.id!r} of problems[{first[problem.id]}]"
+                )
+            first[problem.id] = index
             groups.setdefault(problem.variant_key, []).append(problem)
         for key, group in groups.items():
             _check_shared_variant(key, group)
-        return self
+        return problems
 
     @property
     def total_points(self) -> float:

@@ -134,8 +134,9 @@ def test_open_mode_is_announced_at_start_up(caplog: pytest.LogCaptureFixture) ->
 
 
 def test_no_warning_with_keys_and_a_secret(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="tensorgrade"), TestClient(
-        create_app(keyed_settings())
+    with (
+        caplog.at_level(logging.WARNING, logger="tensorgrade"),
+        TestClient(create_app(keyed_settings())),
     ):
         pass
     assert "runs open" not in caplog.text and "change at restart" not in caplog.text
