@@ -26,7 +26,7 @@ BUILTIN_FOLDER = "assignments"
 """The folder of the built-in assignments inside the ``service`` package (package data)."""
 
 PROBE_STUDENT = "__probe__"
-"""The student whose variant is drawn at load, so a spec that cannot be resolved fails then."""
+"""The student whose variant ``validate_spec`` checks at load."""
 
 SpecValidator = Callable[[Mapping[str, Any]], None]
 """Checks one resolved ``expected`` spec (raising ``ValueError`` with the reason)."""
@@ -95,7 +95,8 @@ def parse_assignment(text: str, file: str) -> AssignmentSpec:
 
 
 def _files(folder: Traversable) -> list[Traversable]:
-    return sorted((f for f in folder.iterdir() if f.name.endswith(".toml")), key=lambda f: f.name)
+    found = (f for f in folder.iterdir() if f.name.endswith(".toml") and f.is_file())
+    return sorted(found, key=lambda f: f.name)
 
 
 @dataclass(frozen=True)
@@ -166,18 +167,24 @@ def load_catalogue(
                     "id",
                     f"assignment {assignment.id!r} is also defined in {origin[assignment.id]}",
                 )
-            for index, problem in enumerate(assignment.problems):
-                variant = make_variant(secret, assignment.id, problem, PROBE_STUDENT)
-                if validate_spec is not None:
-                    try:
-                        validate_spec(variant.expected)
-                    except ValueError as error:
-                        raise AssignmentFileError(
-                            file, f"problems[{index}] ({problem.id}).expected", str(error)
-                        ) from None
+            if validate_spec is not None:
+                _validate_specs(assignment, file, secret, validate_spec)
             assignments[assignment.id] = assignment
             origin[assignment.id] = file
     return Catalogue(assignments, secret)
+
+
+def _validate_specs(
+    assignment: AssignmentSpec, file: str, secret: bytes, validate_spec: SpecValidator
+) -> None:
+    for index, problem in enumerate(assignment.problems):
+        variant = make_variant(secret, assignment.id, problem, PROBE_STUDENT)
+        try:
+            validate_spec(variant.expected)
+        except ValueError as error:
+            raise AssignmentFileError(
+                file, f"problems[{index}] ({problem.id}).expected", str(error)
+            ) from None
 
 
 def catalogue_from_settings(
