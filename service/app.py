@@ -15,8 +15,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service import __version__
+from service.auth import INSTRUCTORS, STUDENTS, KeyRing, startup_warnings
+from service.grading.catalogue import catalogue_from_settings
 from service.problems import install_problem_handlers, problem_schemas
-from service.routes import diagnostics, health, models, shapes
+from service.ratelimit import CheckLimiter
+from service.routes import assignments, diagnostics, health, models, shapes
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger("tensorgrade")
@@ -52,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(torch_threads(settings))
+        for message in startup_warnings(settings):
+            logger.warning(message)
 
         async def warm() -> None:
             await asyncio.to_thread(warm_up)
@@ -69,11 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = threading.Event()
+    app.state.keyring = KeyRing.from_settings(settings)
+    app.state.check_limiter = CheckLimiter.from_settings(settings)
+    app.state.catalogue = catalogue_from_settings(settings)
     install_problem_handlers(app)
     app.include_router(health.router)
-    app.include_router(shapes.router)
-    app.include_router(models.router)
-    app.include_router(diagnostics.router)
+    app.include_router(shapes.router, **INSTRUCTORS)
+    app.include_router(models.router, **INSTRUCTORS)
+    app.include_router(diagnostics.router, **INSTRUCTORS)
+    app.include_router(assignments.router, **STUDENTS)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

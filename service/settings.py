@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -67,14 +71,75 @@ class Settings(BaseSettings):
         1, ge=1, description="Experiments one worker runs at once; more are answered 503."
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    instructor_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated API keys that may call everything (none: open mode).",
+    )
+    student_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated API keys that may only read variants and check answers.",
+    )
+    variant_secret: SecretStr | None = Field(
+        None,
+        description="The secret per-student variants are derived from (required with keys).",
+    )
+    assignments_dir: Path | None = Field(
+        None, description="A folder of assignment files (*.toml) loaded beside the built-in ones."
+    )
+    builtin_assignments: bool = Field(True, description="Serve the built-in assignment cnn-rnn.")
+    check_rate_limit: str = Field(
+        "30/minute;300/hour",
+        description=(
+            "Checks per key on the assignment check endpoints, in the `limits` notation "
+            "(`30/minute;300/hour`); empty for none. Instructor keys are not limited."
+        ),
+    )
+    rate_limit_storage: SecretStr = Field(
+        SecretStr("memory://"),
+        description="Where rate-limit counters live: `memory://` (per process) or `redis://...`.",
+    )
 
-    def limits(self) -> dict[str, int | float]:
+    @field_validator("check_rate_limit")
+    @classmethod
+    def _parse_rate_limit(cls, value: str) -> str:
+        if value.strip():
+            parse_many(value)  # raises ValueError naming the string
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Self:
+        instructors, students = self.api_keys("instructor"), self.api_keys("student")
+        for name, keys in (("instructor_keys", instructors), ("student_keys", students)):
+            if any(len(key) < MIN_SECRET_LENGTH for key in keys):
+                raise ValueError(
+                    f"every key of {name} needs at least {MIN_SECRET_LENGTH} characters"
+                )
+        if set(instructors) & set(students):
+            raise ValueError("a key is both an instructor key and a student key")
+        secret = self.variant_secret.get_secret_value() if self.variant_secret else None
+        if secret is not None and len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"variant_secret needs at least {MIN_SECRET_LENGTH} characters")
+        if secret is None and (instructors or students):
+            raise ValueError(
+                "variant_secret is required when API keys are configured, so that every replica "
+                "and every restart gives a student the same variant"
+            )
+        return self
+
+    def api_keys(self, role: Literal["instructor", "student"]) -> list[str]:
+        """The configured keys of a role (comma-separated in the setting)."""
+        field = self.instructor_keys if role == "instructor" else self.student_keys
+        return [key.strip() for key in field.get_secret_value().split(",") if key.strip()]
+
+    def limits(self) -> dict[str, int | float | str]:
         """Every budget and cap a request is checked against, by setting name."""
-        return {
+        limits: dict[str, int | float | str] = {
             name: value
             for name, value in self.model_dump().items()
             if name.startswith(LIMIT_PREFIXES) and isinstance(value, int | float)
         }
+        limits["check_rate_limit"] = self.check_rate_limit or "none"
+        return limits
 
 
 LIMIT_PREFIXES = ("max_", "experiment_", "loss_curve_")

@@ -327,7 +327,8 @@ def encode(tensor: torch.Tensor, encoding: Encoding = "json") -> dict[str, Any]:
     elif nonfinite:
         out["data"] = _with_nonfinite_strings(numpy_array)
     else:
-        out["data"] = numpy_array
+        # orjson writes numpy arrays of rank >= 1 only: a 0-d tensor is a bare number.
+        out["data"] = numpy_array if numpy_array.ndim else numpy_array.item()
     if nonfinite:
         out["nonfinite"] = nonfinite
     return out

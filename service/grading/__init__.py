@@ -1,1 +1,2 @@
-"""Grading logic: comparing and diagnosing answers, with no HTTP in it."""
+"""Grading logic with no HTTP in it: comparing and diagnosing answers, problem sets as data
+files, per-student variants, whole-submission grading and its exports."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from fastapi import APIRouter, Request
@@ -27,7 +27,9 @@ class Info(BaseModel):
     default_device: str = Field(description="What `device: auto` means here.")
     torch_threads: int
     limits: dict[str, Any] = Field(description="Every budget a request is checked against.")
-    auth: str = Field(description="`open` when no API key is configured.")
+    auth: Literal["open", "keys"] = Field(
+        description="`open` when no API key is configured (every caller acts as an instructor)."
+    )
 
 
 @router.get("/healthz", summary="Liveness: 200 while the process serves")
@@ -49,7 +51,7 @@ async def readyz(request: Request) -> Status:
 
 
 @router.get("/v1/info", summary="Version, devices and limits of this server")
-async def info(settings: SettingsDep) -> Info:
+async def info(request: Request, settings: SettingsDep) -> Info:
     """Version, torch version, devices, limits and auth mode."""
     devices = available_devices()
     return Info(
@@ -59,5 +61,5 @@ async def info(settings: SettingsDep) -> Info:
         default_device="cuda" if len(devices) > 1 else "cpu",
         torch_threads=torch.get_num_threads(),
         limits=settings.limits(),
-        auth="open",
+        auth="open" if request.app.state.keyring.open else "keys",
     )

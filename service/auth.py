@@ -1,0 +1,154 @@
+"""Who is calling: API keys and their roles (API.md "Roles").
+
+Keys travel in the ``X-API-Key`` header. With no key configured the service runs open and
+every caller acts as an instructor. Otherwise an instructor key may call everything, a
+student key only reads problem variants and checks answers (``/v1/assignments/...``), and a
+missing or unknown key gets 401.
+
+A router gets its rule where it is included (``app.include_router(router, **INSTRUCTORS)``),
+not route by route, so a route added to a router inherits the router's rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from service.problems import Problem, problem_responses
+from service.settings import Settings
+
+Role = Literal["instructor", "student"]
+
+API_KEY_HEADER = "X-API-Key"
+
+api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="APIKey",
+    description="An instructor or student key (see /v1/info: `auth` is `open` without keys).",
+    auto_error=False,
+)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class KeyRing:
+    """The configured keys by role, compared in constant time.
+
+    Keys are kept as SHA-256 digests and every digest is compared on every lookup, so the time
+    a lookup takes says neither how long the key is nor which key (if any) matched.
+    """
+
+    def __init__(self, instructor_keys: list[str], student_keys: list[str]) -> None:
+        self._digests: list[tuple[bytes, Role]] = [
+            (_digest(key), "instructor") for key in instructor_keys
+        ] + [(_digest(key), "student") for key in student_keys]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        return cls(settings.api_keys("instructor"), settings.api_keys("student"))
+
+    @property
+    def open(self) -> bool:
+        """No key is configured: every caller acts as an instructor."""
+        return not self._digests
+
+    def role_of(self, key: str) -> Role | None:
+        """The role of ``key``, or ``None`` when it is not a configured key."""
+        given = _digest(key)
+        role: Role | None = None
+        for digest, candidate in self._digests:
+            if hmac.compare_digest(given, digest):
+                role = candidate
+        return role
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The caller of a request.
+
+    Attributes:
+        role: what the caller may do.
+        keyed: whether the role comes from a key (``False`` in open mode).
+        identity: a stable name for per-caller limits that reveals nothing of the key: a
+            prefix of the key's SHA-256, or the client's address in open mode.
+    """
+
+    role: Role
+    keyed: bool
+    identity: str
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(
+        401,
+        detail,
+        kind="unauthorized",
+        title="API key required",
+        headers={"WWW-Authenticate": f'APIKey header="{API_KEY_HEADER}"'},
+    )
+
+
+def caller(request: Request, key: Annotated[str | None, Security(api_key_header)] = None) -> Caller:
+    """The caller of this request, or 401 when keys are configured and the key is missing or
+    unknown."""
+    keyring: KeyRing = request.app.state.keyring
+    if keyring.open:
+        host = request.client.host if request.client else "unknown"
+        return Caller("instructor", keyed=False, identity=f"address:{host}")
+    if not key:
+        raise _unauthorized(f"this operation needs an API key in the {API_KEY_HEADER} header")
+    role = keyring.role_of(key)
+    if role is None:
+        raise _unauthorized(f"the key in {API_KEY_HEADER} is not a key of this server")
+    return Caller(role, keyed=True, identity="key:" + _digest(key).hex()[:32])
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+
+
+def require_instructor(who: CallerDep) -> None:
+    """403 unless the caller is an instructor (or the service runs open)."""
+    if who.role != "instructor":
+        raise Problem(
+            403,
+            "a student key may not call this operation: students read problem variants and "
+            "check their answers under /v1/assignments",
+            kind="forbidden",
+            title="Not allowed for this key",
+        )
+
+
+INSTRUCTORS: dict[str, Any] = {
+    "dependencies": [Depends(require_instructor)],
+    "responses": problem_responses(401, 403),
+}
+"""Router rule: instructor keys only (reference endpoints, ``/v1/check``, ...)."""
+
+STUDENTS: dict[str, Any] = {
+    "dependencies": [Depends(caller)],
+    "responses": problem_responses(401),
+}
+"""Router rule: any valid key (reading problem variants, checking answers)."""
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """What an operator must know at start-up: open mode, variants that change at restart."""
+    messages = []
+    if not settings.api_keys("instructor") and not settings.api_keys("student"):
+        messages.append(
+            "no API key is configured (TENSORGRADE_INSTRUCTOR_KEYS, TENSORGRADE_STUDENT_KEYS): "
+            "the service runs open and every caller may read every reference answer"
+        )
+    if settings.variant_secret is None:
+        messages.append(
+            "TENSORGRADE_VARIANT_SECRET is not set: student variants come from a random secret "
+            "and will change at restart (and differ between replicas)"
+        )
+    return messages

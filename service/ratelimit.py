@@ -1,0 +1,91 @@
+"""Per-key rate limits on the student-facing check endpoints (the ``limits`` library).
+
+Counters live in ``TENSORGRADE_RATE_LIMIT_STORAGE``: ``memory://`` (the default) keeps them
+in the process, so with several workers or replicas each counts on its own and a key gets the
+limit once per process; ``redis://host:6379/0`` (``pip install 'tensorgrade[redis]'``) shares
+them between every process that points at the same Redis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from fastapi import Depends, Request
+from limits import RateLimitItem, parse_many
+from limits.errors import ConfigurationError, StorageError
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from service.auth import CallerDep
+from service.problems import Problem, problem_responses
+from service.settings import Settings
+
+NAMESPACE = "tensorgrade-check"
+
+
+class CheckLimiter:
+    """The limits of one app, over a moving window (no burst at a window's edge)."""
+
+    def __init__(self, limits: str, storage_uri: str) -> None:
+        self.items: list[RateLimitItem] = parse_many(limits) if limits else []
+        try:
+            storage = storage_from_string(storage_uri, wrap_exceptions=True)
+        except ConfigurationError as error:
+            # The URI may hold a password: name its scheme only.
+            scheme = storage_uri.split("://", 1)[0]
+            reason = str(error).replace(storage_uri, f"{scheme}://...")
+            raise ValueError(f"TENSORGRADE_RATE_LIMIT_STORAGE: {reason}") from None
+        self._limiter = MovingWindowRateLimiter(storage)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CheckLimiter:
+        return cls(settings.check_rate_limit, settings.rate_limit_storage.get_secret_value())
+
+    def hit(self, identity: str) -> int | None:
+        """Count one check by ``identity``: ``None`` when allowed, else the seconds to wait.
+
+        A check refused by one limit is not counted by that limit, nor by those after it.
+        """
+        for item in self.items:
+            if not self._limiter.hit(item, NAMESPACE, identity):
+                reset = self._limiter.get_window_stats(item, NAMESPACE, identity).reset_time
+                return max(1, math.ceil(reset - time.time()))
+        return None
+
+    def describe(self) -> str:
+        return "; ".join(str(item) for item in self.items) or "none"
+
+
+def check_rate_limit(request: Request, who: CallerDep) -> None:
+    """429 with ``Retry-After`` once the caller is over a limit. Instructor keys are not
+    limited; student keys are limited per key, callers of an open service per address."""
+    if who.role == "instructor" and who.keyed:
+        return
+    limiter: CheckLimiter = request.app.state.check_limiter
+    try:
+        wait = limiter.hit(who.identity)
+    except StorageError as error:
+        raise Problem(
+            503,
+            f"the rate-limit store cannot be reached ({type(error.storage_error).__name__}); "
+            "retry shortly",
+            headers={"Retry-After": "5"},
+        ) from None
+    if wait is not None:
+        raise Problem(
+            429,
+            f"too many checks with this key (the limits are {limiter.describe()}); "
+            f"retry in {wait} s",
+            kind="rate-limited",
+            title="Too many requests",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+RATE_LIMITED: dict[str, Any] = {
+    "dependencies": [Depends(check_rate_limit)],
+    "responses": problem_responses(429, 503),
+}
+"""Route rule of the check endpoints: ``@router.post(path, **RATE_LIMITED)``."""

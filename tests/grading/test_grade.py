@@ -1,0 +1,170 @@
+"""Grading a whole submission around a checking engine. The engine here is a test double
+that compares exactly; what is under test is the orchestration: variants, missing and
+malformed answers, partial scores, feedback levels and what reaches the student."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from models.errors import UnknownName
+from service.grading.catalogue import Catalogue, parse_assignment
+from service.grading.grade import (
+    MalformedAnswer,
+    grade_problem,
+    grade_submission,
+    student_report,
+)
+from service.grading.schema import Tolerance
+from service.problems import Problem
+from tests.grading.sample import SAMPLE
+
+SECRET = b"a-secret-of-thirty-two-bytes-...."
+
+
+def catalogue() -> Catalogue:
+    return Catalogue({"sample": parse_assignment(SAMPLE, "sample.toml")}, SECRET)
+
+
+class ExactCheck:
+    """Compares an answer with ``expected["value"]`` exactly; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Mapping[str, Any], Any, Tolerance]] = []
+
+    def __call__(
+        self, expected: Mapping[str, Any], answer: Any, tolerance: Tolerance
+    ) -> Mapping[str, Any]:
+        self.calls.append((expected, answer, tolerance))
+        if isinstance(answer, str):
+            raise MalformedAnswer("the answer is text, not numbers")
+        if answer == [[1], [1, 2]]:
+            raise Problem(422, "answer: the nested lists are ragged")
+        correct = answer == expected["value"]
+        return {
+            "correct": correct,
+            "score": 1.0 if correct else 0.0,
+            "report": {
+                "expected_shape": [2, 3],
+                "given_shape": [2, 3],
+                "mismatched": 0 if correct else 6,
+                "max_abs_error": 0.0 if correct else 3.25,
+                "worst_index": [1, 2],
+                "note": "expected 3.25 at [1, 2]",
+            },
+            "diagnosis": [] if correct else ["every entry is off by the same factor"],
+        }
+
+
+def key_of(problem: str, student: str = "alice") -> Any:
+    return catalogue().variant("sample", problem, student).expected["value"]
+
+
+def test_the_keys_answered_score_full_marks() -> None:
+    check = ExactCheck()
+    answers = {"p1": key_of("p1"), "p2": "b", "p3": key_of("p3")}
+    grade = grade_submission(catalogue(), "sample", "alice", answers, check)
+    assert [r.status for r in grade.results] == ["correct"] * 3
+    assert grade.score == grade.max_score == 4.5
+    # the engine saw alice's resolved reference and each problem's tolerance
+    expected, answer, _ = check.calls[0]
+    assert expected == {"op": "value", "value": key_of("p1")} and answer == key_of("p1")
+    assert check.calls[1][2] == Tolerance(rtol=0, atol=0.01)
+
+
+def test_another_students_key_is_wrong_for_alice() -> None:
+    grade = grade_submission(
+        catalogue(), "sample", "alice", {"p1": key_of("p1", "bob")}, ExactCheck()
+    )
+    assert grade.results[0].status == "incorrect" and grade.results[0].score == 0
+
+
+def test_a_missing_answer_scores_zero_with_no_answer() -> None:
+    grade = grade_submission(catalogue(), "sample", "alice", {"p2": "b", "p3": None}, ExactCheck())
+    p1, p2, p3 = grade.results
+    assert (p1.status, p1.score, p1.feedback) == ("missing", 0, {"verdict": "no answer"})
+    assert p3.status == "missing" and p2.status == "correct"
+    assert grade.score == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [("two", "the answer is text, not numbers"), ([[1], [1, 2]], "the nested lists are ragged")],
+)
+def test_a_malformed_answer_says_why_and_the_rest_is_graded(answer: Any, reason: str) -> None:
+    answers = {"p1": answer, "p2": "b", "p3": key_of("p3")}
+    grade = grade_submission(catalogue(), "sample", "alice", answers, ExactCheck())
+    p1 = grade.results[0]
+    assert p1.status == "malformed" and p1.score == 0
+    assert reason in p1.feedback["reason"]
+    assert grade.score == 2.5
+
+
+def test_a_server_error_of_the_engine_is_not_blamed_on_the_student() -> None:
+    def broken(expected: Mapping[str, Any], answer: Any, tolerance: Tolerance) -> Mapping[str, Any]:
+        raise Problem(503, "out of device memory")
+
+    variant = catalogue().variant("sample", "p1", "alice")
+    with pytest.raises(Problem):
+        grade_problem(variant, [[0]], broken)
+
+
+@pytest.mark.parametrize(
+    ("score", "status", "points"),
+    [(0.5, "partial", 1.0), (7.0, "partial", 2.0), (-1, "incorrect", 0)],
+)
+def test_partial_scores_are_clamped_to_the_points(score: float, status: str, points: float) -> None:
+    def partial(
+        expected: Mapping[str, Any], answer: Any, tolerance: Tolerance
+    ) -> Mapping[str, Any]:
+        return {"correct": False, "score": score}
+
+    result = grade_problem(catalogue().variant("sample", "p1", "alice"), [[0]], partial)
+    assert (result.status, result.score, result.max_score) == (status, points, 2)
+
+
+def test_choices_are_ids_whatever_their_case() -> None:
+    variant = catalogue().variant("sample", "p2", "alice")
+    assert grade_problem(variant, " B ", ExactCheck()).status == "correct"
+    assert grade_problem(variant, "a", ExactCheck()).status == "incorrect"
+    unknown = grade_problem(variant, "c", ExactCheck())
+    assert unknown.status == "malformed" and unknown.feedback["reason"].endswith("a, b")
+    assert grade_problem(variant, 2, ExactCheck()).status == "malformed"
+
+
+def test_feedback_follows_each_problems_level() -> None:
+    wrong = {"p1": [[9, 9, 9], [9, 9, 9]], "p2": "a", "p3": [[0]]}
+    p1, p2, p3 = grade_submission(catalogue(), "sample", "alice", wrong, ExactCheck()).results
+    assert p2.feedback == {"verdict": "incorrect"}  # level verdict
+    assert set(p1.feedback) == {"verdict", "report"}  # level report: no diagnosis
+    assert set(p3.feedback) == {"verdict", "report", "diagnosis"}
+    assert p3.feedback["diagnosis"] == ["every entry is off by the same factor"]
+
+
+def test_what_reaches_the_student_holds_no_value_of_the_key() -> None:
+    wrong = {"p1": [[9, 9, 9], [9, 9, 9]], "p3": [[0]]}
+    for result in grade_submission(catalogue(), "sample", "alice", wrong, ExactCheck()).results:
+        report = result.feedback.get("report", {})
+        assert "max_abs_error" not in report and "note" not in report
+        assert "expected_shape" not in report
+        assert "3.25" not in str(result.feedback)
+    assert student_report({"given_shape": [2, 3], "mismatched": 6, "worst_index": [1, 2]}) == {
+        "given_shape": [2, 3],
+        "mismatched": 6,
+        "worst_index": [1, 2],
+    }
+    assert student_report({"inner": {"error": 0.5, "count": 2}, "values": [0.5, 1]}) == {
+        "inner": {"count": 2}
+    }
+
+
+def test_answers_to_unknown_problems_are_listed_not_graded() -> None:
+    grade = grade_submission(catalogue(), "sample", "alice", {"p9": 1, "p2": "b"}, ExactCheck())
+    assert grade.ignored == ["p9"] and [r.problem for r in grade.results] == ["p1", "p2", "p3"]
+
+
+def test_an_unknown_assignment_is_an_unknown_name() -> None:
+    with pytest.raises(UnknownName, match="the assignments are sample"):
+        grade_submission(catalogue(), "nope", "alice", {}, ExactCheck())

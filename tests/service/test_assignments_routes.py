@@ -1,0 +1,201 @@
+"""GET /v1/assignments and a student's variant of a problem: stable per student across app
+instances that share the secret, different between students, never the key."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.keys import SECRET, STUDENT, key, keyed_settings
+
+API_IDS = {
+    "1.1a",
+    "1.1b",
+    "1.1c-i",
+    "1.1c-ii",
+    "1.1c-iii",
+    "1.1c-iv",
+    "1.2.1b",
+    "1.2.1c",
+    "1.2.1d-jacobian",
+    "1.2.1d-vanishing",
+    "1.2.2b",
+    "1.2.2c",
+    "1.2.2d",
+    "1.2.2e",
+    "1.2.2f",
+    "1.3-4-loss",
+    "1.3-4-accuracy",
+}
+
+
+@pytest.fixture(scope="module")
+def first() -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(variant_secret=SECRET))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def second() -> Iterator[TestClient]:
+    """Another instance with the same secret: a second replica, or the first after a restart."""
+    with TestClient(create_app(Settings(variant_secret=SECRET))) as client:
+        yield client
+
+
+def problem_ids(client: TestClient) -> list[str]:
+    listing = client.get("/v1/assignments").json()["assignments"]
+    return [p["id"] for p in next(a for a in listing if a["id"] == "cnn-rnn")["problems"]]
+
+
+def variant(client: TestClient, problem: str, student: str) -> dict[str, Any]:
+    response = client.get(
+        f"/v1/assignments/cnn-rnn/problems/{problem}", params={"student_id": student}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def given_values(body: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {n: np.asarray(t["data"], dtype=np.float64) for n, t in body["given"].items()}
+
+
+def test_the_listing_has_every_problem_of_the_homework(first: TestClient) -> None:
+    listing = first.get("/v1/assignments").json()["assignments"]
+    cnn_rnn = next(a for a in listing if a["id"] == "cnn-rnn")
+    assert set(problem_ids(first)) == API_IDS
+    assert cnn_rnn["total_points"] == sum(p["points"] for p in cnn_rnn["problems"])
+    kinds = {p["id"]: p["answer_kind"] for p in cnn_rnn["problems"]}
+    assert kinds["1.1a"] == "shape" and kinds["1.1b"] == "formula"
+    assert kinds["1.2.1d-vanishing"] == "choice" and kinds["1.3-4-loss"] == "number"
+    assert set(cnn_rnn["problems"][0]) == {"id", "title", "points", "answer_kind"}
+
+
+def test_a_variant_has_the_statement_and_the_given_tensors(first: TestClient) -> None:
+    body = variant(first, "1.1c-iv", "alice")
+    assert body["student_id"] == "alice" and body["answer_kind"] == "tensor"
+    assert "stride 2" in variant(first, "1.1c-i", "alice")["statement"]
+    given = given_values(body)
+    assert {n: list(a.shape) for n, a in given.items()} == {
+        "x": [5, 7],
+        "W": [1, 5, 3],
+        "dl_dy": [1, 3],
+    }
+    assert body["given"]["x"]["datatype"] == "FP64"
+    # integer-valued, in the file's ranges, so the convolution can be done by hand
+    for name, bound in (("x", 3), ("W", 2), ("dl_dy", 3)):
+        assert np.array_equal(given[name], np.round(given[name]))
+        assert np.abs(given[name]).max() <= bound
+    assert body["given_descriptions"]["x"].startswith("the input")
+
+
+def test_a_variant_never_holds_the_key(first: TestClient) -> None:
+    for problem in problem_ids(first):
+        body = variant(first, problem, "alice")
+        assert not {"expected", "answer", "key", "reference", "correct"} & set(body)
+        assert "expected" not in str(body).lower()
+    choice = variant(first, "1.2.1d-vanishing", "alice")
+    assert {c["id"] for c in choice["choices"]} == {"yes", "no", "vanishing-only", "exploding-only"}
+
+
+def test_the_seeds_own_numbers_in_1_1a(first: TestClient) -> None:
+    body = variant(first, "1.1a", "alice")
+    assert body["given"] == {}
+    times = "\N{MULTIPLICATION SIGN}"
+    assert f"21 {times} 12" in body["statement"] and f"4 {times} 5" in body["statement"]
+    assert "stride 4" in body["statement"]
+
+
+def test_same_student_same_variant_across_instances(first: TestClient, second: TestClient) -> None:
+    for problem in problem_ids(first):
+        assert variant(first, problem, "alice") == variant(second, problem, "alice"), problem
+
+
+def test_the_parts_of_1_1c_share_x_and_w(first: TestClient) -> None:
+    parts = [given_values(variant(first, p, "alice")) for p in ("1.1c-i", "1.1c-ii", "1.1c-iv")]
+    for part in parts[1:]:
+        np.testing.assert_array_equal(part["x"], parts[0]["x"])
+        np.testing.assert_array_equal(part["W"], parts[0]["W"])
+
+
+def drawn(body: dict[str, Any]) -> bool:
+    """Whether a problem draws enough numbers that two students colliding is out of question."""
+    return sum(math.prod(t["shape"]) for t in body["given"].values()) >= 10
+
+
+def test_different_students_get_different_numbers(first: TestClient) -> None:
+    compared = 0
+    for problem in problem_ids(first):
+        alice, bob = variant(first, problem, "alice"), variant(first, problem, "bob")
+        if drawn(alice):
+            compared += 1
+            assert alice["given"] != bob["given"], problem
+    assert compared >= 10
+
+
+def test_student_ids_are_exact(first: TestClient) -> None:
+    assert variant(first, "1.1c-i", "Alice")["given"] != variant(first, "1.1c-i", "alice")["given"]
+
+
+def test_another_secret_gives_other_numbers(first: TestClient) -> None:
+    with TestClient(create_app(Settings(variant_secret=SECRET[::-1]))) as other:
+        assert (
+            variant(other, "1.1c-i", "alice")["given"] != variant(first, "1.1c-i", "alice")["given"]
+        )
+
+
+def test_without_a_secret_variants_change_at_restart() -> None:
+    apps = [create_app(Settings()) for _ in range(2)]
+    bodies = [variant(TestClient(app), "1.2.2c", "alice") for app in apps]
+    assert bodies[0]["given"] != bodies[1]["given"]
+
+
+def test_a_student_key_reads_variants(first: TestClient) -> None:
+    with TestClient(create_app(keyed_settings())) as keyed:
+        response = keyed.get(
+            "/v1/assignments/cnn-rnn/problems/1.1c-i",
+            params={"student_id": "alice"},
+            headers=key(STUDENT),
+        )
+        assert response.status_code == 200
+        # the same secret as `first`: keys do not change the numbers
+        assert response.json()["given"] == variant(first, "1.1c-i", "alice")["given"]
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "names"),
+    [
+        ("/v1/assignments/nope/problems/1.1a", "unknown-assignment", "cnn-rnn"),
+        ("/v1/assignments/cnn-rnn/problems/9.9", "unknown-problem", "1.1c-iv"),
+    ],
+)
+def test_unknown_assignment_or_problem_is_404(
+    first: TestClient, path: str, kind: str, names: str
+) -> None:
+    response = first.get(path, params={"student_id": "alice"})
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"].endswith(kind) and names in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"student_id": ""}, {"student_id": "a\tb"}, {"student_id": "x" * 201}]
+)
+def test_a_missing_or_bad_student_id_is_422(first: TestClient, params: dict[str, str]) -> None:
+    response = first.get("/v1/assignments/cnn-rnn/problems/1.1a", params=params)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["query", "student_id"]
+
+
+def test_a_number_is_given_as_a_0d_tensor(first: TestClient) -> None:
+    m = variant(first, "1.2.1b", "alice")["given"]["m"]
+    assert m["shape"] == [] and isinstance(m["data"], float)
+    assert m["data"].is_integer() and 2 <= m["data"] <= 9

@@ -1,0 +1,199 @@
+"""Roles (API.md "Roles"): 401 without or with an unknown key, 403 for a student outside
+/v1/assignments, open mode announced, keys never printed. Every route of the app is walked,
+so a route added later is held to the same rule."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from starlette.routing import Route
+
+from service.app import create_app
+from service.auth import KeyRing
+from service.settings import Settings
+from tests.keys import INSTRUCTOR, OTHER_STUDENT, SECRET, STUDENT, UNKNOWN, key, keyed_settings
+
+PUBLIC = {
+    "/healthz",
+    "/readyz",
+    "/v1/info",
+    "/metrics",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/openapi.json",
+}
+"""Health, information and docs: open to every caller, with or without a key."""
+
+STUDENT_PREFIX = "/v1/assignments"
+"""What a student key may call: reading problem variants and checking answers."""
+
+PATH_VALUES = {"model": "conv1d", "assignment": "cnn-rnn", "problem": "1.1a"}
+
+
+@pytest.fixture(scope="module")
+def keyed() -> Iterator[TestClient]:
+    with TestClient(create_app(keyed_settings())) as client:
+        yield client
+
+
+def operations(client: TestClient) -> list[tuple[str, str]]:
+    """(method, concrete path) of every operation of the app: those of the OpenAPI schema and
+    the plain routes beside them (the docs)."""
+    templates = {
+        (method.upper(), path)
+        for path, methods in client.get("/openapi.json").json()["paths"].items()
+        for method in methods
+    }
+    for route in client.app.routes:  # type: ignore[attr-defined]
+        if isinstance(route, Route):
+            templates |= {(m, route.path) for m in route.methods or () if m != "HEAD"}
+    return sorted(
+        (method, re.sub(r"\{(\w+)[^}]*\}", lambda m: PATH_VALUES.get(m[1], "x"), path))
+        for method, path in templates
+    )
+
+
+def call(client: TestClient, method: str, path: str, headers: dict[str, str]) -> int:
+    body: dict[str, Any] | None = {} if method in ("POST", "PUT", "PATCH") else None
+    response = client.request(
+        method, path, params={"student_id": "alice"}, json=body, headers=headers
+    )
+    return response.status_code
+
+
+def test_the_walk_covers_every_area(keyed: TestClient) -> None:
+    paths = {path for _, path in operations(keyed)}
+    assert {"/v1/models", "/v1/shapes/conv", "/v1/assignments", "/healthz"} <= paths
+    assert "/v1/assignments/cnn-rnn/problems/1.1a" in paths
+
+
+def test_every_route_without_a_key_or_with_an_unknown_one(keyed: TestClient) -> None:
+    for method, path in operations(keyed):
+        for headers in ({}, key(UNKNOWN)):
+            status = call(keyed, method, path, headers)
+            if path in PUBLIC:
+                assert status != 401, (method, path)
+            else:
+                assert status == 401, (method, path, headers)
+
+
+def test_every_route_with_a_student_key(keyed: TestClient) -> None:
+    for method, path in operations(keyed):
+        for student in (STUDENT, OTHER_STUDENT):
+            status = call(keyed, method, path, key(student))
+            if path in PUBLIC or path.startswith(STUDENT_PREFIX):
+                assert status not in (401, 403), (method, path, status)
+            else:
+                assert status == 403, (method, path, status)
+
+
+def test_every_route_with_an_instructor_key(keyed: TestClient) -> None:
+    for method, path in operations(keyed):
+        assert call(keyed, method, path, key(INSTRUCTOR)) not in (401, 403), (method, path)
+
+
+def test_refusals_are_problem_details_that_say_what_to_do(keyed: TestClient) -> None:
+    missing = keyed.get("/v1/models")
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert "X-API-Key" in missing.json()["detail"]
+    assert missing.headers["www-authenticate"] == 'APIKey header="X-API-Key"'
+    unknown = keyed.get("/v1/models", headers=key(UNKNOWN)).json()
+    assert unknown["status"] == 401 and "not a key of this server" in unknown["detail"]
+    forbidden = keyed.post("/v1/shapes/conv", json={}, headers=key(STUDENT)).json()
+    assert forbidden["status"] == 403 and "/v1/assignments" in forbidden["detail"]
+
+
+def test_a_missing_key_is_401_before_the_body_is_looked_at(keyed: TestClient) -> None:
+    assert keyed.post("/v1/shapes/conv", content=b"not json").status_code == 401
+    assert keyed.get("/v1/assignments/cnn-rnn/problems/1.1a").status_code == 401
+
+
+def test_open_mode_lets_every_caller_in(client: TestClient) -> None:
+    assert client.get("/v1/models").status_code == 200
+    assert client.get("/v1/models", headers=key(UNKNOWN)).status_code == 200
+    assert client.get("/v1/info").json()["auth"] == "open"
+
+
+def test_info_says_keys_when_keys_are_configured(keyed: TestClient) -> None:
+    assert keyed.get("/v1/info").json()["auth"] == "keys"
+
+
+def test_open_mode_is_announced_at_start_up(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="tensorgrade"), TestClient(create_app(Settings())):
+        pass
+    text = caplog.text
+    assert "runs open" in text and "TENSORGRADE_INSTRUCTOR_KEYS" in text
+    assert "will change at restart" in text
+
+
+def test_no_warning_with_keys_and_a_secret(caplog: pytest.LogCaptureFixture) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="tensorgrade"),
+        TestClient(create_app(keyed_settings())),
+    ):
+        pass
+    assert "runs open" not in caplog.text and "change at restart" not in caplog.text
+
+
+def test_swagger_authorize_button_is_declared(keyed: TestClient) -> None:
+    schema = keyed.get("/openapi.json").json()
+    scheme = schema["components"]["securitySchemes"]["APIKey"]
+    assert scheme == scheme | {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            if path in PUBLIC:
+                assert "security" not in operation, (method, path)
+                continue
+            assert operation["security"] == [{"APIKey": []}], (method, path)
+            assert "401" in operation["responses"], (method, path)
+            if not path.startswith(STUDENT_PREFIX):
+                assert "403" in operation["responses"], (method, path)
+
+
+def test_keys_come_from_the_environment_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENSORGRADE_INSTRUCTOR_KEYS", f" {INSTRUCTOR} ,{UNKNOWN},")
+    monkeypatch.setenv("TENSORGRADE_STUDENT_KEYS", STUDENT)
+    monkeypatch.setenv("TENSORGRADE_VARIANT_SECRET", SECRET)
+    settings = Settings()
+    assert settings.api_keys("instructor") == [INSTRUCTOR, UNKNOWN]
+    assert settings.api_keys("student") == [STUDENT]
+
+
+def test_keys_and_the_secret_never_print() -> None:
+    settings = keyed_settings()
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        for secret in (INSTRUCTOR, STUDENT, OTHER_STUDENT, SECRET):
+            assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"variant_secret": None}, "variant_secret is required"),
+        ({"student_keys": "short"}, "at least 16 characters"),
+        ({"variant_secret": "short"}, "at least 16 characters"),
+        ({"student_keys": INSTRUCTOR}, "both an instructor key and a student key"),
+        ({"check_rate_limit": "often"}, "rate limit"),
+    ],
+)
+def test_wrong_key_settings_stop_start_up(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        keyed_settings(**overrides)
+
+
+def test_keyring_roles() -> None:
+    ring = KeyRing([INSTRUCTOR], [STUDENT, OTHER_STUDENT])
+    assert not ring.open
+    assert ring.role_of(INSTRUCTOR) == "instructor"
+    assert ring.role_of(OTHER_STUDENT) == "student"
+    assert ring.role_of(UNKNOWN) is None
+    assert ring.role_of(INSTRUCTOR[:-1]) is None
+    assert ring.role_of("") is None
+    assert KeyRing([], []).open
