@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for one answer"
     )
+    client.add_argument(
+        "--retries", type=int, default=4, help="retries on connection failures and 429/503"
+    )
     client.add_argument("--json", action="store_true", help="print the service's JSON answer")
 
     shape = commands.add_parser(
@@ -139,7 +142,7 @@ def _client(args: argparse.Namespace) -> Any:
     from service.client import Client
 
     timeout = httpx.Timeout(connect=5.0, read=args.timeout, write=60.0, pool=args.timeout)
-    return Client(args.url, args.api_key, timeout=timeout)
+    return Client(args.url, args.api_key, timeout=timeout, retries=args.retries)
 
 
 def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
