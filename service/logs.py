@@ -79,9 +79,10 @@ def log_config(level: str) -> dict[str, Any]:
 def ensure_logging(level: str) -> None:
     """Log the service's records as JSON on stderr unless logging was configured already.
 
-    Covers a plain ``uvicorn service.app:app``, which configures only uvicorn's loggers; an
-    application that configured logging itself (a handler on the root logger or ours) is left
-    alone.
+    Covers a plain ``uvicorn service.app:app``, which configures only uvicorn's loggers (the
+    access lines, at INFO, would otherwise be dropped); an application that configured logging
+    itself (a handler on the root logger or ours) is left alone. Records still propagate, so a
+    handler added to the root logger later sees them too.
     """
     logger = logging.getLogger("tensorgrade")
     if logger.handlers or logging.getLogger().handlers:
@@ -89,5 +90,5 @@ def ensure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
-    logger.setLevel(level.upper())
-    logger.propagate = False
+    if logger.level == logging.NOTSET:
+        logger.setLevel(level.upper())
