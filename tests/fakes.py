@@ -73,7 +73,9 @@ class FakeGrading:
             return JSONResponse(
                 {
                     "student_id": student,
-                    "problems": {pid: {"score": s, "points": p} for pid, (s, p, _) in scores.items()},
+                    "problems": {
+                        pid: {"score": s, "points": p} for pid, (s, p, _) in scores.items()
+                    },
                     "total": sum(s for s, _, _ in scores.values()),
                 }
             )

@@ -35,7 +35,9 @@ def fake() -> Iterator[tuple[FakeGrading, str]]:
         yield fake, url
 
 
-def test_shape_prints_the_seeds_worked_steps(real_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shape_prints_the_seeds_worked_steps(
+    real_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["shape", "--url", real_url, "--input-size", "21", "12", "--kernel-size", "4", "5"]
     assert main([*argv, "--stride", "4", "--out-channels", "8"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -53,7 +55,9 @@ def test_shape_json_and_padding_words(real_url: str, capsys: pytest.CaptureFixtu
     assert "--padding takes ints" in capsys.readouterr().err
 
 
-def test_shape_reports_the_services_problem(real_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shape_reports_the_services_problem(
+    real_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["shape", "--url", real_url, "--input-size", "5", "--kernel-size", "5"]
     assert main([*argv, "--dilation", "2", "--padding", "1"]) == 2
     err = capsys.readouterr().err
@@ -170,7 +174,11 @@ def test_grade_a_class_folder_concurrently_then_resume_after_failures(
     rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
     assert list(rows) == ["ada", "ben", "cy", "dee", "eve"]
     assert (rows["ada"]["score"], rows["ada"]["max_score"]) == ("3.0", "3.0")
-    assert (rows["ben"]["1.1a"], rows["ben"]["1.1c-i"], rows["ben"]["score"]) == ("0.0", "1.0", "1.0")
+    assert (rows["ben"]["1.1a"], rows["ben"]["1.1c-i"], rows["ben"]["score"]) == (
+        "0.0",
+        "1.0",
+        "1.0",
+    )
     assert rows["cy"]["score"] == "2.0" and rows["eve"]["score"] == "0.0"
     assert rows["dee"]["score"] == "0.0" and "unknown problem" in rows["dee"]["note"]
     assert json.loads((out / "dee.json").read_text())["tensorgrade_problem"]["status"] == 422
@@ -184,7 +192,9 @@ def test_grade_a_class_csv(
     table = tmp_path / "class.csv"
     table.write_text('student_id,1.1a,1.1c-i\nada,"[5, 2]",3\nben,"[5, 2]",\n')
     out = tmp_path / "grades"
-    assert main(["grade", "--url", url, "--assignment", "cnn-rnn", str(table), "--out", str(out)]) == 0
+    assert (
+        main(["grade", "--url", url, "--assignment", "cnn-rnn", str(table), "--out", str(out)]) == 0
+    )
     assert sorted(b["student_id"] for b in service.bodies) == ["ada", "ben"]
     assert {b["student_id"]: b["answers"] for b in service.bodies} == {
         "ada": {"1.1a": [5, 2], "1.1c-i": 3},

@@ -233,7 +233,7 @@ def test_the_images_cmd_serves_with_two_workers_and_passes_its_healthcheck(tmp_p
         up = subprocess.run(healthcheck, env=env, cwd=home, capture_output=True, timeout=60)
         assert up.returncode == 0, up.stderr
 
-        status, body = get(f"{base}/v1/info")
+        _, body = get(f"{base}/v1/info")
         assert json.loads(body)["version"] == "0.1.0"  # the installed package, not the checkout
         before = healthz_count(get(f"{base}/metrics")[1].decode())  # the health check's
         for i in range(20):  # a new connection each: the two workers share them

@@ -141,7 +141,9 @@ def test_swagger_ui_renders_every_operation_with_its_examples(
     assert_assets_are_served_locally(server, f"{server}/docs", served.assets)
 
     # Deep link: the conv-shape operation opens, with its request examples.
-    page = render(chromium, f"{server}/docs#/shapes/shapes_conv_v1_shapes_conv_post", tmp_path / "p")
+    page = render(
+        chromium, f"{server}/docs#/shapes/shapes_conv_v1_shapes_conv_post", tmp_path / "p"
+    )
     assert_assets_are_served_locally(server, f"{server}/docs", page.assets)
     rendered = {(a["data-path"]) for a in page.with_class("opblock-summary-path")}
     assert rendered == set(schema["paths"])  # Swagger UI 4 renders none of an OpenAPI 3.1

@@ -133,7 +133,12 @@ def test_wire_round_trip_of_every_form() -> None:
     assert base64.b64decode(wire["b64"]) == a.astype("<f4").tobytes()
     np.testing.assert_array_equal(from_wire(wire), a)
     assert to_wire(np.int64(3)) == 3 and to_wire([np.ones(2)]) == [[1.0, 1.0]]
-    json_form = {"shape": [3], "datatype": "FP64", "data": ["NaN", 1.5, "-Infinity"], "nonfinite": 2}
+    json_form = {
+        "shape": [3],
+        "datatype": "FP64",
+        "data": ["NaN", 1.5, "-Infinity"],
+        "nonfinite": 2,
+    }
     decoded = from_wire(json_form)
     assert np.isnan(decoded[0]) and decoded[1] == 1.5 and decoded[2] == -np.inf
 
@@ -222,17 +227,17 @@ def test_waits_are_capped_and_retries_run_out_on_the_last_answer() -> None:
                                   "detail": "slow down"}),
     )  # fmt: skip
     sleep, waits = recording()
-    with Client("http://x", transport=transport, sleep=sleep, retries=1, max_wait=10) as tg:
-        with pytest.raises(ProblemError) as error:
-            tg.info()
+    client = Client("http://x", transport=transport, sleep=sleep, retries=1, max_wait=10)
+    with client as tg, pytest.raises(ProblemError) as error:
+        tg.info()
     assert waits == [10] and error.value.status == 429 and error.value.detail == "slow down"
 
 
 def test_read_timeouts_and_other_statuses_are_not_retried() -> None:
     transport, seen = scripted(httpx.ReadTimeout("slow"))
-    with Client("http://x", transport=transport, sleep=recording()[0]) as tg:
-        with pytest.raises(httpx.ReadTimeout):
-            tg.health()
+    client = Client("http://x", transport=transport, sleep=recording()[0])
+    with client as tg, pytest.raises(httpx.ReadTimeout):
+        tg.health()
     assert len(seen) == 1
     transport, seen = scripted(httpx.Response(502, text="<html>bad gateway</html>"))
     with Client("http://x", transport=transport) as tg, pytest.raises(ProblemError) as error:
@@ -245,19 +250,24 @@ def test_read_timeouts_and_other_statuses_are_not_retried() -> None:
 
 def test_check_check_batch_and_grade_follow_the_contract() -> None:
     fake = FakeGrading()
-    with TestClient(fake.app) as app_client:
-        with Client("http://testserver", transport=InProcess(app_client)) as tg:
-            expected = {"op": "value", "value": [5, 2]}
-            assert tg.check(expected, np.array([5, 2]))["correct"] is True
-            assert fake.bodies[-1] == {"expected": expected, "answer": [5, 2]}
-            results = tg.check_batch(
-                [{"expected": expected, "answer": [5, 2]}, {"expected": expected, "answer": [10, 4]}]
-            )
-            assert [r["correct"] for r in results] == [True, False]
-            native = tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2], "1.1c-i": 4})
-            assert native["total"] == 2.0
-            gradescope = tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2]}, gradescope=True)
-            assert gradescope["score"] == 2.0 and len(gradescope["tests"]) == 2
-            with pytest.raises(ProblemError) as error:
-                tg.grade("nope", "s1", {})
-            assert error.value.status == 404
+    with (
+        TestClient(fake.app) as app_client,
+        Client("http://testserver", transport=InProcess(app_client)) as tg,
+    ):
+        expected = {"op": "value", "value": [5, 2]}
+        assert tg.check(expected, np.array([5, 2]))["correct"] is True
+        assert fake.bodies[-1] == {"expected": expected, "answer": [5, 2]}
+        results = tg.check_batch(
+            [
+                {"expected": expected, "answer": [5, 2]},
+                {"expected": expected, "answer": [10, 4]},
+            ]
+        )
+        assert [r["correct"] for r in results] == [True, False]
+        native = tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2], "1.1c-i": 4})
+        assert native["total"] == 2.0
+        gradescope = tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2]}, gradescope=True)
+        assert gradescope["score"] == 2.0 and len(gradescope["tests"]) == 2
+        with pytest.raises(ProblemError) as error:
+            tg.grade("nope", "s1", {})
+        assert error.value.status == 404

@@ -20,7 +20,11 @@ from service.logs import ACCESS_LOGGER, JsonFormatter, log_config
 from service.problems import Problem
 from service.settings import Settings
 
-SEED_BODY = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
+SEED_BODY = {
+    "config": {"stride": 2},
+    "params": {"weight": SEED_W_1x5x3},
+    "inputs": {"x": SEED_X_5x7},
+}
 
 
 def sample(name: str, **labels: str) -> float:
@@ -109,7 +113,9 @@ def test_requests_are_counted_by_route_template_and_status(tc: TestClient) -> No
 
 
 def test_unmatched_paths_share_one_label(tc: TestClient) -> None:
-    before = sample("tensorgrade_http_requests_total", method="GET", route="unmatched", status="404")
+    before = sample(
+        "tensorgrade_http_requests_total", method="GET", route="unmatched", status="404"
+    )
     for i in range(3):
         tc.get(f"/random/{i}")
     after = sample("tensorgrade_http_requests_total", method="GET", route="unmatched", status="404")
