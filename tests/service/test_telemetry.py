@@ -7,6 +7,7 @@ import logging
 import logging.config
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -16,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
-from service.logs import ACCESS_LOGGER, JsonFormatter, log_config
+from service.logs import ACCESS_LOGGER, JsonFormatter, ensure_logging, log_config
+from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from service.problems import Problem
 from service.settings import Settings
 
@@ -202,3 +204,38 @@ def test_log_config_makes_uvicorn_and_the_service_log_json() -> None:
             logger.handlers.clear()
             logger.propagate = True
             logger.setLevel(logging.NOTSET)
+
+
+def test_serve_empties_the_multiprocess_directory_of_an_earlier_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "metrics"
+    monkeypatch.setenv(MULTIPROC_ENV, str(directory))
+    prepare_multiprocess_dir()
+    assert directory.is_dir()
+    (directory / "counter_123.db").write_bytes(b"stale")
+    (directory / "keep.txt").write_text("not ours")
+    prepare_multiprocess_dir()
+    assert [p.name for p in directory.iterdir()] == ["keep.txt"]
+
+
+def test_service_logs_json_under_a_bare_uvicorn_and_leaves_configured_logging_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root, ours = logging.getLogger(), logging.getLogger("tensorgrade")
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(ours, "handlers", [])
+    level = ours.level
+    ours.setLevel(logging.NOTSET)
+    try:
+        ensure_logging("info")
+        (handler,) = ours.handlers
+        assert isinstance(handler.formatter, JsonFormatter) and ours.level == logging.INFO
+        ensure_logging("info")
+        assert ours.handlers == [handler]  # once only
+        monkeypatch.setattr(ours, "handlers", [])
+        monkeypatch.setattr(root, "handlers", [logging.NullHandler()])
+        ensure_logging("info")
+        assert ours.handlers == []  # the application configured logging: not ours to change
+    finally:
+        ours.setLevel(level)
