@@ -165,7 +165,7 @@ def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
                 print(f"  (request id {error.request_id})", file=sys.stderr)
         except httpx.HTTPError as error:
             print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
-        except (SubmissionError, GradingStopped) as error:
+        except (SubmissionError, GradingStopped, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -280,15 +280,20 @@ def _grade_class(args: argparse.Namespace) -> int:
     from service import gradebook
 
     submissions = gradebook.read_class(args.submission)
+    interrupted = False
+    report = gradebook.ClassReport()
     with _client(args) as client:
         try:
             report = gradebook.grade_class(
                 client, args.assignment, submissions, args.out, jobs=args.jobs
             )
         except KeyboardInterrupt:
-            print("interrupted: run the same command again to resume", file=sys.stderr)
-            return 130
+            interrupted = True
+    # Written even after an interrupt: the gradebook of whoever is graded so far.
     path = gradebook.write_gradebook(args.out, [s.student_id for s in submissions])
+    if interrupted:
+        print(f"interrupted; gradebook so far: {path}. Run the same command to resume.")
+        return 130
     print(
         f"{len(report.graded)} graded, {len(report.resumed)} already graded, "
         f"{len(report.failed)} failed; results in {args.out}, gradebook {path}"

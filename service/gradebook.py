@@ -176,6 +176,7 @@ def load_result(out: Path, student_id: str) -> dict[str, Any] | None:
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write atomically: a reader (or a resumed run) sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(partial, path)

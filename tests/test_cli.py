@@ -11,12 +11,14 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service import gradebook
 from service.app import create_app
 from service.cli import main
+from service.client import BaseClient
 from service.settings import Settings
 from tests.fakes import FakeGrading
 from tests.servers import uvicorn_thread
@@ -249,3 +251,40 @@ def test_progress_bar_on_a_terminal() -> None:
     frames = stream.getvalue().split("\r")
     assert frames[-1].startswith("[" + "#" * 22 + "." * 8 + "] 3/4, 1 failed ben")
     assert stream.getvalue().endswith("\n")
+
+
+def test_an_interrupted_class_run_keeps_its_results_and_resumes(
+    fake: tuple[FakeGrading, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service, url = fake
+    write_class(tmp_path / "subs", CLASS)
+    out = tmp_path / "grades"
+    grade = BaseClient.grade
+
+    def interrupted_at_cy(
+        self: BaseClient[Any], assignment: str, student: str, *a: Any, **k: Any
+    ) -> Any:
+        if student == "cy":
+            raise KeyboardInterrupt  # Ctrl-C while cy's request is in flight
+        return grade(self, assignment, student, *a, **k)
+
+    monkeypatch.setattr(BaseClient, "grade", interrupted_at_cy)
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs")]
+    argv += ["--out", str(out), "--jobs", "1"]
+    assert main(argv) == 130
+    assert "Run the same command to resume" in capsys.readouterr().out
+    assert (out / "ada.json").exists() and (out / "ben.json").exists()
+    assert not (out / "cy.json").exists()
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["ada"]["score"] == "3.0" and rows["cy"]["note"] == "not graded yet"
+
+    monkeypatch.setattr(BaseClient, "grade", grade)
+    service.graded.clear()
+    assert main(argv) == 0
+    assert "cy" in service.graded and not {"ada", "ben"} & set(service.graded)
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["cy"]["score"] == "2.0" and rows["eve"]["score"] == "0.0"
+    capsys.readouterr()
