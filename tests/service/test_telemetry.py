@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
@@ -239,3 +240,13 @@ def test_service_logs_json_under_a_bare_uvicorn_and_leaves_configured_logging_al
         assert ours.handlers == []  # the application configured logging: not ours to change
     finally:
         ours.setLevel(level)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_compute_is_timed_under_its_device(tc: TestClient) -> None:
+    labels = {"model": "conv1d", "operation": "backward", "device": "cuda"}
+    before = sample("tensorgrade_compute_duration_seconds_count", **labels)
+    body = {**SEED_BODY, "grad_outputs": {"y": [[1, -2, 3]]}, "device": "cuda"}
+    assert tc.post("/v1/models/conv1d/backward", json=body).status_code == 200
+    assert sample("tensorgrade_compute_duration_seconds_count", **labels) == before + 1
