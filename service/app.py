@@ -13,14 +13,17 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from service import __version__
 from service.auth import INSTRUCTORS, STUDENTS, KeyRing, startup_warnings
 from service.grading.catalogue import catalogue_from_settings
+from service.logs import ensure_logging
 from service.problems import install_problem_handlers, problem_schemas
 from service.ratelimit import CheckLimiter
-from service.routes import assignments, diagnostics, health, models, shapes
+from service.routes import assignments, diagnostics, health, metrics, models, shapes
 from service.settings import Settings, get_settings
+from service.telemetry import Telemetry
 
 logger = logging.getLogger("tensorgrade")
 
@@ -31,6 +34,14 @@ Jacobians of reference models, on CPU or GPU, in float64 by default.
 
 Errors are RFC 9457 problem details (`application/problem+json`).
 """
+
+
+SWAGGER_UI_PARAMETERS: dict[str, Any] = {
+    # An API key entered with "Authorize" survives a reload of the page.
+    "persistAuthorization": True,
+    # No badge fetched from the public validator: the page makes no request off this server.
+    "validatorUrl": None,
+}
 
 
 def torch_threads(settings: Settings) -> int:
@@ -66,11 +77,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         task.cancel()
 
-    app = FastAPI(
+    ensure_logging(settings.log_level)
+    # /docs and /redoc with Swagger UI and ReDoc served from the installed package, not a CDN:
+    # the course's network often has no internet.
+    app = FastAPIOffline(
         title="tensorgrade",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
     )
     app.state.settings = settings
     app.state.ready = threading.Event()
@@ -83,6 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router, **INSTRUCTORS)
     app.include_router(diagnostics.router, **INSTRUCTORS)
     app.include_router(assignments.router, **STUDENTS)
+    app.include_router(metrics.router)
+    # Added last, so it is the outermost middleware and sees every answer (see telemetry.py).
+    app.add_middleware(Telemetry)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

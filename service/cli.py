@@ -1,34 +1,310 @@
-"""The ``tensorgrade`` command."""
+"""The ``tensorgrade`` command: run the service, or call one from a terminal or a grading script.
+
+    tensorgrade serve                                   # the HTTP service
+    tensorgrade shape --input-size 21 12 --kernel-size 4 5 --stride 4
+    tensorgrade check check.json                        # one check, or {"checks": [...]}
+    tensorgrade grade --assignment cnn-rnn --student-id s1 answers.json --gradescope results.json
+    tensorgrade grade --assignment cnn-rnn submissions/ --out grades/   # a whole class
+
+Client commands find the service at ``--url`` (default ``$TENSORGRADE_URL``, else
+http://127.0.0.1:8000) with the key ``--api-key`` (default ``$TENSORGRADE_API_KEY``).
+Exit status: 0 success (and, for ``check``, every answer correct), 1 a wrong answer or students
+left ungraded, 2 a usage error or a refusal by the service.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-
-import uvicorn
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from service.settings import get_settings
 
+URL_ENV = "TENSORGRADE_URL"
+API_KEY_ENV = "TENSORGRADE_API_KEY"
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``tensorgrade``."""
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tensorgrade``; returns the exit status."""
+    args = parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.run
+    return command(args)
+
+
+def parser() -> argparse.ArgumentParser:
     settings = get_settings()
-    parser = argparse.ArgumentParser(prog="tensorgrade", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    root = argparse.ArgumentParser(
+        prog="tensorgrade", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = root.add_subparsers(dest="command", required=True)
+
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default=settings.host, help="default: %(default)s")
     serve.add_argument("--port", type=int, default=settings.port, help="default: %(default)s")
     serve.add_argument("--workers", type=int, default=settings.workers, help="default: %(default)s")
-    args = parser.parse_args(argv)
-    if args.command == "serve":
-        uvicorn.run(
-            "service.app:app",
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=settings.log_level,
+    serve.set_defaults(run=run_serve)
+
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 if the local service answers /healthz (container probe)"
+    )
+    health.add_argument("--url", default=f"http://127.0.0.1:{settings.port}/healthz")
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(run=run_healthcheck)
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument(
+        "--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8000"), help="the service"
+    )
+    client.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help="X-API-Key")
+    client.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for one answer"
+    )
+    client.add_argument(
+        "--retries", type=int, default=4, help="retries on connection failures and 429/503"
+    )
+    client.add_argument("--json", action="store_true", help="print the service's JSON answer")
+
+    shape = commands.add_parser(
+        "shape", parents=[client], help="output size of a convolution, with the worked steps"
+    )
+    shape.add_argument("--input-size", type=int, nargs="+", required=True, metavar="N")
+    shape.add_argument("--kernel-size", type=int, nargs="+", required=True, metavar="K")
+    shape.add_argument("--stride", type=int, nargs="+", default=[1], metavar="S")
+    shape.add_argument("--padding", nargs="+", default=["0"], metavar="P", help="ints, valid, same")
+    shape.add_argument("--dilation", type=int, nargs="+", default=[1], metavar="D")
+    shape.add_argument("--in-channels", type=int)
+    shape.add_argument("--out-channels", type=int)
+    shape.add_argument("--transposed", action="store_true")
+    shape.add_argument("--output-padding", type=int, nargs="+", default=[0], metavar="OP")
+    shape.set_defaults(run=run_shape)
+
+    check = commands.add_parser(
+        "check", parents=[client], help="check answers: a JSON file of one check or {checks: [...]}"
+    )
+    check.add_argument("file", type=Path, help="the check(s), as POST /v1/check takes them")
+    check.set_defaults(run=run_check)
+
+    grade = commands.add_parser(
+        "grade",
+        parents=[client],
+        help="grade a submission file, or a class (folder of .json files, or a .csv)",
+    )
+    grade.add_argument("submission", type=Path, help="a .json submission, a folder, or a .csv")
+    grade.add_argument("--assignment", required=True, help="e.g. cnn-rnn")
+    grade.add_argument("--student-id", help="the student of a single submission file")
+    grade.add_argument("--gradescope", type=Path, metavar="RESULTS_JSON", help="write it there")
+    grade.add_argument("--out", type=Path, default=Path("grades"), help="class results folder")
+    grade.add_argument("--jobs", type=int, default=4, help="class submissions graded at once")
+    grade.set_defaults(run=run_grade)
+    return root
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.logs import log_config
+    from service.metrics import prepare_multiprocess_dir
+
+    settings = get_settings()
+    prepare_multiprocess_dir()
+    uvicorn.run(
+        "service.app:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        log_config=log_config(settings.log_level),
+        access_log=False,  # the service logs each request itself, as JSON with its id
+    )
+    return 0
+
+
+def run_healthcheck(args: argparse.Namespace) -> int:
+    """urllib only: the probe runs every few seconds and must stay light (no torch, no httpx)."""
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout) as response:
+            status = int(response.status)
+    except (urllib.error.URLError, OSError) as error:
+        print(f"unhealthy: {args.url}: {error}", file=sys.stderr)
+        return 1
+    return 0 if status == 200 else 1
+
+
+def _client(args: argparse.Namespace) -> Any:
+    import httpx
+
+    from service.client import Client
+
+    timeout = httpx.Timeout(connect=5.0, read=args.timeout, write=60.0, pool=args.timeout)
+    return Client(args.url, args.api_key, timeout=timeout, retries=args.retries)
+
+
+def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the service's refusals and unreachable servers into a message and exit status 2."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        import httpx
+
+        from service.client import ProblemError
+        from service.gradebook import GradingStopped, SubmissionError
+
+        try:
+            return run(args)
+        except ProblemError as error:
+            print(f"error: {error}", file=sys.stderr)
+            for field in error.errors or []:
+                where = ".".join(str(p) for p in field.get("loc", []))
+                print(f"  {where}: {field.get('msg')}", file=sys.stderr)
+            if error.request_id:
+                print(f"  (request id {error.request_id})", file=sys.stderr)
+        except httpx.HTTPError as error:
+            print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
+        except (SubmissionError, GradingStopped, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    return wrapped
+
+
+def _one_or_many(values: Sequence[int]) -> int | list[int]:
+    return values[0] if len(values) == 1 else list(values)
+
+
+@_calling
+def run_shape(args: argparse.Namespace) -> int:
+    padding: Any = args.padding[0] if args.padding[0] in ("valid", "same") else None
+    if padding is None:
+        try:
+            padding = _one_or_many([int(p) for p in args.padding])
+        except ValueError:
+            print("error: --padding takes ints, `valid` or `same`", file=sys.stderr)
+            return 2
+    with _client(args) as client:
+        answer = client.conv_shape(
+            args.input_size,
+            _one_or_many(args.kernel_size),
+            stride=_one_or_many(args.stride),
+            padding=padding,
+            dilation=_one_or_many(args.dilation),
+            in_channels=args.in_channels,
+            out_channels=args.out_channels,
+            transposed=args.transposed,
+            output_padding=_one_or_many(args.output_padding),
         )
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(f"output size {answer['output_size']}, output shape {answer['output_shape']}")
+    for step in answer["steps"]:
+        print(f"dimension {step['dimension']}: {step['formula']}")
+        print(f"  {step['substitution']}")
+    return 0
+
+
+@_calling
+def run_check(args: argparse.Namespace) -> int:
+    body = _read_json(args.file)
+    with _client(args) as client:
+        if "checks" in body:
+            results = client.check_batch(body["checks"])
+            answer: Any = {"results": results}
+        else:
+            results = [
+                client.check(body["expected"], body["answer"], tolerance=body.get("tolerance"))
+            ]
+            answer = results[0]
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        for number, result in enumerate(results, start=1):
+            verdict = "correct" if result.get("correct") else "WRONG"
+            print(f"check {number}: {verdict} (score {result.get('score')})")
+            for finding in result.get("diagnosis") or []:
+                print(f"  - {finding}")
+    return 0 if all(r.get("correct") for r in results) else 1
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    from service.gradebook import SubmissionError
+
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SubmissionError(f"{path}: cannot read JSON: {error}") from None
+    if not isinstance(data, dict) or not ("checks" in data or {"expected", "answer"} <= set(data)):
+        raise SubmissionError(f'{path}: a check is {{"expected", "answer"}} or {{"checks": [...]}}')
+    return data
+
+
+@_calling
+def run_grade(args: argparse.Namespace) -> int:
+    from service import gradebook
+
+    if args.submission.is_dir() or args.submission.suffix.lower() == ".csv":
+        return _grade_class(args)
+    submission = gradebook.read_submission(args.submission, args.student_id)
+    with _client(args) as client:
+        result = client.grade(
+            args.assignment, submission.student_id, submission.answers, gradescope=True
+        )
+    if args.gradescope:
+        gradebook.write_json(args.gradescope, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_summary(args.assignment, submission.student_id, result)
+    return 0
+
+
+def print_summary(assignment: str, student_id: str, result: dict[str, Any]) -> None:
+    """A Gradescope result as a few lines: the total, then each problem's score."""
+    from service.gradebook import problem_key
+
+    tests = result.get("tests") or []
+    total = sum(t.get("max_score", 0) for t in tests)
+    print(f"{assignment}, student {student_id}: {result.get('score')} / {total}")
+    for test in tests:
+        output = (test.get("output") or "").strip().splitlines()
+        note = f"  {output[0]}" if output else ""
+        print(f"  {problem_key(test):<16} {test.get('score')} / {test.get('max_score')}{note}")
+
+
+def _grade_class(args: argparse.Namespace) -> int:
+    from service import gradebook
+
+    submissions = gradebook.read_class(args.submission)
+    interrupted = False
+    report = gradebook.ClassReport()
+    with _client(args) as client:
+        try:
+            report = gradebook.grade_class(
+                client, args.assignment, submissions, args.out, jobs=args.jobs
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+    # Written even after an interrupt: the gradebook of whoever is graded so far.
+    path = gradebook.write_gradebook(args.out, [s.student_id for s in submissions])
+    if interrupted:
+        print(f"interrupted; gradebook so far: {path}. Run the same command to resume.")
+        return 130
+    print(
+        f"{len(report.graded)} graded, {len(report.resumed)} already graded, "
+        f"{len(report.failed)} failed; results in {args.out}, gradebook {path}"
+    )
+    for student, reason in sorted(report.failed.items()):
+        print(f"  not graded: {student}: {reason}", file=sys.stderr)
+    if report.failed:
+        print("run the same command again to grade the rest", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

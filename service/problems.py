@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from models.errors import LimitExceeded, ModelError, UnknownName
+from service.requestid import HEADER as REQUEST_ID_HEADER
+from service.requestid import current_request_id
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://tensorgrade.dev/problems/"
@@ -46,6 +48,9 @@ class ProblemDetails(BaseModel):
     detail: str = Field(description="What went wrong in this request, and what to change.")
     errors: list[FieldProblem] | None = Field(
         None, description="Field-level problems, for validation errors."
+    )
+    request_id: str | None = Field(
+        None, description="The request's `X-Request-ID`: quote it when reporting a problem."
     )
 
 
@@ -87,12 +92,19 @@ def _slug(phrase: str) -> str:
 
 
 def problem_response(problem: Problem) -> Response:
-    """Render a problem as an ``application/problem+json`` response."""
+    """Render a problem as an ``application/problem+json`` response, with the request's id."""
+    body = problem.body()
+    headers = problem.headers
+    request_id = current_request_id()
+    if request_id is not None:
+        body["request_id"] = request_id
+        # Set here too, not only by the telemetry middleware: a 500 is answered outside it.
+        headers = {**headers, REQUEST_ID_HEADER: request_id}
     return Response(
-        content=orjson.dumps(problem.body()),
+        content=orjson.dumps(body),
         status_code=problem.status,
         media_type=PROBLEM_MEDIA_TYPE,
-        headers=problem.headers,
+        headers=headers,
     )
 
 

@@ -25,6 +25,7 @@ from service.examples import (
     JACOBIAN_EXAMPLES,
     STATE_JACOBIAN_EXAMPLES,
 )
+from service.metrics import compute_timer
 from service.problems import Problem, problem_responses
 from service.responses import TensorJSONResponse
 from service.schemas import (
@@ -84,7 +85,8 @@ def forward(
 ) -> Response:
     """Every output of the model on the given params and inputs."""
     prepared = prepare(model, body, settings)
-    outputs = prepared.model.forward(prepared.config, prepared.args)
+    with compute_timer(prepared.model.name, "forward", prepared.device):
+        outputs = prepared.model.forward(prepared.config, prepared.args)
     return TensorJSONResponse({"outputs": encode_all(outputs, body.encoding)})
 
 
@@ -102,9 +104,10 @@ def backward(
     """dl/d(every param and input) given dl/d(outputs) in `grad_outputs`."""
     prepared = prepare(model, body, settings)
     grad_outputs = decode_grad_outputs(prepared, body.grad_outputs)
-    outputs, grads, extras = autodiff.backward(
-        prepared.model, prepared.config, prepared.args, grad_outputs
-    )
+    with compute_timer(prepared.model.name, "backward", prepared.device):
+        outputs, grads, extras = autodiff.backward(
+            prepared.model, prepared.config, prepared.args, grad_outputs
+        )
     answer = {
         "outputs": encode_all(outputs, body.encoding),
         "grads": encode_all(grads, body.encoding),
@@ -127,9 +130,10 @@ def jacobian(
     """d(of)/d(wrt), shaped as the output's shape followed by the argument's shape."""
     prepared = prepare(model, body, settings)
     check_jacobian_budget(prepared, body.of, body.wrt, settings)
-    result, method = autodiff.jacobian(
-        prepared.model, prepared.config, prepared.args, body.of, body.wrt
-    )
+    with compute_timer(prepared.model.name, "jacobian", prepared.device):
+        result, method = autodiff.jacobian(
+            prepared.model, prepared.config, prepared.args, body.of, body.wrt
+        )
     return TensorJSONResponse(
         {
             "jacobian": encode(result, body.encoding),
@@ -165,7 +169,8 @@ def state_jacobians(
         )
     prepared = prepare(model, body, settings)
     check_state_jacobian_budget(prepared, settings)
-    answer = reference.state_jacobians(prepared.config, prepared.args)
+    with compute_timer(reference.name, "state-jacobians", prepared.device):
+        answer = reference.state_jacobians(prepared.config, prepared.args)
     return TensorJSONResponse(
         {
             name: encode(value, body.encoding) if isinstance(value, torch.Tensor) else value

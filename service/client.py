@@ -1,0 +1,493 @@
+"""A small typed client of the tensorgrade API for grading scripts.
+
+    from service.client import Client
+
+    with Client("http://tensorgrade.course.example", api_key="...") as tg:
+        tg.conv_shape([21, 12], [4, 5], stride=4)["output_size"]        # [5, 2]
+        y = tg.forward("conv1d", {"weight": w}, {"x": x}, config={"stride": 2})["y"]
+        dy_dw = tg.jacobian("conv1d", {"weight": w}, {"x": x}, of="y", wrt="weight",
+                            config={"stride": 2})                        # shape (1, 3, 1, 5, 3)
+
+Tensors go in as numpy arrays, torch tensors, nested lists or numbers; large ones travel as
+base64 of their bytes (exact, and no text to parse). Tensors come back as numpy arrays
+(``Client``) or torch tensors (``TorchClient``), always exact: answers are asked for in base64.
+Every error of the service is raised as ``ProblemError`` with its status, title, detail and
+field-level errors. Connection failures and 429/503 answers are retried, honouring
+``Retry-After``; every operation of the API is a pure computation, so a retry is safe.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from service import __version__
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=60.0, pool=30.0)
+"""Connecting fails fast (a retry follows); reading waits for a large Jacobian."""
+
+B64_THRESHOLD = 1024
+"""Tensors with more elements than this are sent as base64 rather than nested lists."""
+
+RETRIED_STATUSES = frozenset({429, 503})
+
+# Failures before the server has seen or answered the request: a connection refused while a
+# pod restarts, a connection closed under a draining server. A read timeout is not retried:
+# the server may still be computing, and a retry would double its load.
+RETRIED_ERRORS: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
+
+_WIRE_DATATYPES = {np.dtype("float32"): ("FP32", "<f4"), np.dtype("float64"): ("FP64", "<f8")}
+
+Array = npt.NDArray[Any]
+T = TypeVar("T")
+
+
+class ProblemError(Exception):
+    """An RFC 9457 problem detail answered by the service (or a non-JSON error, likewise).
+
+    Attributes:
+        status: the HTTP status.
+        title: the kind of problem, in words.
+        detail: what went wrong in this request and what to change.
+        errors: field-level problems (``loc``, ``msg``, ``type``), or None.
+        type: the URI naming the kind of problem.
+        request_id: the id to quote when reporting the problem.
+        body: the whole problem detail as received.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        type: str = "about:blank",
+        request_id: str | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {title}: {detail}")
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = errors
+        self.type = type
+        self.request_id = request_id
+        self.body = dict(body or {})
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ProblemError:
+        """The problem an error response describes, whatever its media type."""
+        request_id = response.headers.get("x-request-id")
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or "detail" not in body:
+            # Not from the service itself (a proxy's HTML page, say): keep what can be read.
+            return cls(
+                response.status_code,
+                response.reason_phrase or "Error",
+                response.text[:500] or "(no body)",
+                request_id=request_id,
+            )
+        return cls(
+            int(body.get("status", response.status_code)),
+            str(body.get("title", response.reason_phrase)),
+            str(body["detail"]),
+            errors=body.get("errors"),
+            type=str(body.get("type", "about:blank")),
+            request_id=body.get("request_id", request_id),
+            body=body,
+        )
+
+
+def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
+    """A request value with every numpy array and torch tensor inside in the wire form.
+
+    Args:
+        value: a tensor, or a mapping or sequence holding tensors (other values pass through).
+        b64_threshold: tensors with more elements than this are sent as base64.
+
+    Returns:
+        JSON-ready data: small tensors as nested lists, large ones as
+        ``{"shape", "datatype", "b64"}``.
+    """
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor; no torch import
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray | np.generic):
+        array = np.asarray(value)
+        if array.size <= b64_threshold or array.dtype.kind not in "iuf":
+            return array.tolist()
+        datatype, layout = _WIRE_DATATYPES.get(array.dtype, ("FP64", "<f8"))
+        raw = base64.b64encode(np.ascontiguousarray(array, dtype=layout).tobytes()).decode()
+        return {"shape": list(array.shape), "datatype": datatype, "b64": raw}
+    if isinstance(value, Mapping):
+        return {key: to_wire(item, b64_threshold) for key, item in value.items()}
+    if isinstance(value, list | tuple) and any(_holds_tensor(item) for item in value):
+        return [to_wire(item, b64_threshold) for item in value]
+    return value
+
+
+def _holds_tensor(value: Any) -> bool:
+    return isinstance(value, np.ndarray | Mapping | list | tuple) or hasattr(value, "detach")
+
+
+def from_wire(tensor: Mapping[str, Any]) -> Array:
+    """A tensor of an answer (``{"shape", "datatype", "data" | "b64"}``) as a numpy array.
+
+    Non-finite entries, which the JSON form writes as ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"``, come back as the floats they are.
+    """
+    dtype = np.dtype("<f4") if tensor.get("datatype") == "FP32" else np.dtype("<f8")
+    shape = tuple(tensor["shape"])
+    if "b64" in tensor:
+        raw = base64.b64decode(tensor["b64"])
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    data = tensor["data"]
+    if tensor.get("nonfinite"):
+        return np.array(data, dtype=object).astype(dtype).reshape(shape)
+    return np.asarray(data, dtype=dtype).reshape(shape)
+
+
+@dataclass
+class Backward(Generic[T]):
+    """The answer of a backward pass.
+
+    Attributes:
+        outputs: every output of the model, by name.
+        grads: dl/d(argument) for every param and input given, by name.
+        extras: any further tensors of the answer (``state_grads`` for the RNNs), by name.
+    """
+
+    outputs: dict[str, T]
+    grads: dict[str, T]
+    extras: dict[str, T] = field(default_factory=dict)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds the server asked to wait (``Retry-After`` in seconds or as a date), or None."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class BaseClient(Generic[T]):
+    """The client, generic over the type tensors come back as (see ``Client``)."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        retries: int = 4,
+        backoff: float = 0.5,
+        max_wait: float = 60.0,
+        b64_threshold: int = B64_THRESHOLD,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """A client of the service at ``base_url``.
+
+        Args:
+            base_url: where the service answers, e.g. ``http://127.0.0.1:8000``.
+            api_key: sent as ``X-API-Key``; None for a server that runs open.
+            timeout: seconds, or an ``httpx.Timeout`` for connect/read/write/pool apart.
+            retries: how many times a request is retried after a connection failure or a
+                429/503 answer (0: never).
+            backoff: first wait in seconds when the server gave no ``Retry-After``; doubles on
+                each retry.
+            max_wait: the longest single wait, whatever ``Retry-After`` says.
+            b64_threshold: tensors with more elements are sent as base64.
+            transport: an httpx transport to send requests through instead of the network.
+            sleep: how to wait between retries (tests pass a recorder).
+        """
+        headers = {"User-Agent": f"tensorgrade-client/{__version__}"}
+        if api_key:
+            headers["X-API-Key"] = api_key
+        self.http = httpx.Client(
+            base_url=base_url, headers=headers, timeout=timeout, transport=transport
+        )
+        self.retries = retries
+        self.backoff = backoff
+        self.max_wait = max_wait
+        self.b64_threshold = b64_threshold
+        self._sleep = sleep
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.http.close()
+
+    def tensor(self, wire: Mapping[str, Any]) -> T:
+        """A tensor of an answer as this client's tensor type."""
+        raise NotImplementedError
+
+    # -- the operations ------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz``: ``{"status": "ok"}`` while the server serves."""
+        return self._call("GET", "/healthz")
+
+    def info(self) -> dict[str, Any]:
+        """``GET /v1/info``: version, torch version, devices, limits and auth mode."""
+        return self._call("GET", "/v1/info")
+
+    def conv_shape(
+        self,
+        input_size: Sequence[int],
+        kernel_size: int | Sequence[int],
+        *,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | Literal["valid", "same"] = 0,
+        dilation: int | Sequence[int] = 1,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+        transposed: bool = False,
+        output_padding: int | Sequence[int] = 0,
+    ) -> dict[str, Any]:
+        """``POST /v1/shapes/conv``: a convolution's output size with the worked steps.
+
+        Returns:
+            ``{"output_size", "output_shape", "steps"}``.
+        """
+        body: dict[str, Any] = {
+            "input_size": list(input_size),
+            "kernel_size": _ints(kernel_size),
+            "stride": _ints(stride),
+            "padding": padding if isinstance(padding, str) else _ints(padding),
+            "dilation": _ints(dilation),
+            "transposed": transposed,
+            "output_padding": _ints(output_padding),
+        }
+        if in_channels is not None:
+            body["in_channels"] = in_channels
+        if out_channels is not None:
+            body["out_channels"] = out_channels
+        return self._call("POST", "/v1/shapes/conv", body)
+
+    def forward(
+        self,
+        model: str,
+        params: Mapping[str, Any],
+        inputs: Mapping[str, Any],
+        *,
+        config: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        dtype: str = "float64",
+    ) -> dict[str, T]:
+        """``POST /v1/models/{model}/forward``: every output of the model, by name."""
+        body = self._model_body(params, inputs, config, device, dtype)
+        answer = self._call("POST", f"/v1/models/{model}/forward", body)
+        return {name: self.tensor(t) for name, t in answer["outputs"].items()}
+
+    def backward(
+        self,
+        model: str,
+        params: Mapping[str, Any],
+        inputs: Mapping[str, Any],
+        grad_outputs: Mapping[str, Any],
+        *,
+        config: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        dtype: str = "float64",
+    ) -> Backward[T]:
+        """``POST /v1/models/{model}/backward``: gradients given dl/d(outputs).
+
+        Args:
+            grad_outputs: dl/d(output) for one or more outputs, each of its output's shape.
+        """
+        body = self._model_body(params, inputs, config, device, dtype)
+        body["grad_outputs"] = to_wire(grad_outputs, self.b64_threshold)
+        answer = self._call("POST", f"/v1/models/{model}/backward", body)
+        return Backward(
+            outputs={n: self.tensor(t) for n, t in answer.pop("outputs").items()},
+            grads={n: self.tensor(t) for n, t in answer.pop("grads").items()},
+            extras={n: self.tensor(t) for n, t in answer.items() if _is_wire_tensor(t)},
+        )
+
+    def jacobian(
+        self,
+        model: str,
+        params: Mapping[str, Any],
+        inputs: Mapping[str, Any],
+        *,
+        of: str,
+        wrt: str,
+        config: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        dtype: str = "float64",
+    ) -> T:
+        """``POST /v1/models/{model}/jacobian``: d(of)/d(wrt), shaped of's shape + wrt's."""
+        body = self._model_body(params, inputs, config, device, dtype)
+        body |= {"of": of, "wrt": wrt}
+        answer = self._call("POST", f"/v1/models/{model}/jacobian", body)
+        return self.tensor(answer["jacobian"])
+
+    def check(
+        self,
+        expected: Mapping[str, Any],
+        answer: Any,
+        *,
+        tolerance: Mapping[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v1/check``: is ``answer`` the reference ``expected`` describes?
+
+        Returns:
+            ``{"correct", "score", "report", "diagnosis"}``.
+        """
+        return self._call("POST", "/v1/check", self._check_body(expected, answer, tolerance))
+
+    def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``POST /v1/check/batch``: several checks (each ``{"expected", "answer",
+        "tolerance"?}``), answered in order."""
+        body = {"checks": [to_wire(c, self.b64_threshold) for c in checks]}
+        results: list[dict[str, Any]] = self._call("POST", "/v1/check/batch", body)["results"]
+        return results
+
+    def grade(
+        self,
+        assignment: str,
+        student_id: str,
+        answers: Mapping[str, Any],
+        *,
+        gradescope: bool = False,
+    ) -> dict[str, Any]:
+        """``POST /v1/assignments/{assignment}/grade``: a student's whole submission.
+
+        Args:
+            answers: the answer to each problem, by problem id (``"1.1a"``...).
+            gradescope: answer a Gradescope ``results.json`` instead of the service's form.
+        """
+        body = {"student_id": student_id, "answers": to_wire(answers, self.b64_threshold)}
+        params = {"format": "gradescope"} if gradescope else None
+        return self._call("POST", f"/v1/assignments/{assignment}/grade", body, params)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _model_body(
+        self,
+        params: Mapping[str, Any],
+        inputs: Mapping[str, Any],
+        config: Mapping[str, Any] | None,
+        device: str,
+        dtype: str,
+    ) -> dict[str, Any]:
+        return {
+            "config": dict(config or {}),
+            "params": to_wire(params, self.b64_threshold),
+            "inputs": to_wire(inputs, self.b64_threshold),
+            "device": device,
+            "dtype": dtype,
+            "encoding": "b64",
+        }
+
+    def _check_body(
+        self, expected: Mapping[str, Any], answer: Any, tolerance: Mapping[str, float] | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "expected": to_wire(expected, self.b64_threshold),
+            "answer": to_wire(answer, self.b64_threshold),
+        }
+        if tolerance is not None:
+            body["tolerance"] = dict(tolerance)
+        return body
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        response = self._send(method, path, body, params)
+        if response.status_code >= 400:
+            raise ProblemError.from_response(response)
+        answer: dict[str, Any] = orjson.loads(response.content)
+        return answer
+
+    def _send(
+        self, method: str, path: str, body: Any, params: Mapping[str, str] | None
+    ) -> httpx.Response:
+        headers = {"X-Request-ID": uuid.uuid4().hex}  # the same id on every retry of this call
+        content = None
+        if body is not None:
+            content = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        attempt = 0
+        while True:
+            try:
+                response = self.http.request(
+                    method, path, content=content, params=params, headers=headers
+                )
+            except RETRIED_ERRORS:
+                if attempt >= self.retries:
+                    raise
+                wait = self.backoff * 2**attempt
+            else:
+                if response.status_code not in RETRIED_STATUSES or attempt >= self.retries:
+                    return response
+                asked = retry_after(response)
+                wait = asked if asked is not None else self.backoff * 2**attempt
+            attempt += 1
+            self._sleep(min(wait, self.max_wait))
+
+
+class Client(BaseClient[Array]):
+    """The client; tensors come back as numpy arrays."""
+
+    def tensor(self, wire: Mapping[str, Any]) -> Array:
+        return from_wire(wire)
+
+
+class TorchClient(BaseClient["torch.Tensor"]):
+    """The client; tensors come back as torch tensors (on the CPU)."""
+
+    def tensor(self, wire: Mapping[str, Any]) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(from_wire(wire))
+
+
+def _ints(value: int | Sequence[int]) -> int | list[int]:
+    return value if isinstance(value, int) else list(value)
+
+
+def _is_wire_tensor(value: Any) -> bool:
+    return isinstance(value, Mapping) and "shape" in value and ("data" in value or "b64" in value)

@@ -1,0 +1,337 @@
+"""Grading submissions with the service: one student's, or a whole class's, resumably.
+
+A class is a folder of ``<student id>.json`` files or one CSV file (a ``student_id`` column and
+one column per problem id). Each student's result is written as soon as it is known, as a
+Gradescope ``results.json`` named ``<student id>.json`` in the output folder, so an interrupted
+run resumes where it stopped: students with a result file are not graded again. The CSV
+gradebook is written from those files at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from service.client import BaseClient, ProblemError
+
+# A student id names a file: letters, digits and a few marks, no path separators.
+STUDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+GRADEBOOK = "gradebook.csv"
+
+# Answers the submission itself is at fault for: the result says why and is final. Any other
+# problem (a wrong key, an unknown assignment) is the same for every student: grading stops.
+SUBMISSION_FAULTS = frozenset({400, 413, 422})
+
+
+class SubmissionError(Exception):
+    """A submission file that cannot be read; the message says which and why."""
+
+
+class GradingStopped(Exception):
+    """The service refused in a way that would fail every student (key, assignment...)."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One student's answers, by problem id."""
+
+    student_id: str
+    answers: dict[str, Any]
+
+
+@dataclass
+class ClassReport:
+    """What a class run did.
+
+    Attributes:
+        graded: students graded by this run.
+        resumed: students skipped because an earlier run had graded them.
+        failed: students left ungraded (server or network failure), with the reason; a
+            later run grades them.
+    """
+
+    graded: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _check_id(student_id: str, where: str) -> str:
+    if not STUDENT_ID.fullmatch(student_id):
+        raise SubmissionError(
+            f"{where}: student id {student_id!r} must be letters, digits and . _ @ + - "
+            "(it names the result file)"
+        )
+    return student_id
+
+
+def read_submission(path: Path, student_id: str | None = None) -> Submission:
+    """One submission from a JSON file.
+
+    Args:
+        path: ``{"student_id": ..., "answers": {...}}``, or the answers object alone.
+        student_id: the student, when the file does not say (or to override it).
+
+    Returns:
+        The submission.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SubmissionError(f"{path}: cannot read a JSON submission: {error}") from None
+    if not isinstance(data, dict):
+        raise SubmissionError(f"{path}: a submission is a JSON object of answers by problem id")
+    if "answers" in data:
+        answers, student = data["answers"], student_id or data.get("student_id")
+    else:
+        answers, student = data, student_id
+    if not isinstance(answers, dict):
+        raise SubmissionError(f"{path}: `answers` must be an object of answers by problem id")
+    if not isinstance(student, str) or not student:
+        raise SubmissionError(f"{path}: no student id: give --student-id or a `student_id` field")
+    return Submission(_check_id(student, str(path)), answers)
+
+
+def read_class(path: Path) -> list[Submission]:
+    """Every submission of a class: a folder of ``<student id>.json`` files or a CSV file."""
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        if not files:
+            raise SubmissionError(f"{path}: no .json submissions in this folder")
+        submissions = [read_submission(f, _folder_id(f)) for f in files]
+    elif path.suffix.lower() == ".csv":
+        submissions = _read_csv(path)
+    else:
+        raise SubmissionError(f"{path}: a class is a folder of .json files or a .csv file")
+    seen: set[str] = set()
+    for submission in submissions:
+        if submission.student_id in seen:
+            raise SubmissionError(f"{path}: student {submission.student_id!r} appears twice")
+        seen.add(submission.student_id)
+    return submissions
+
+
+def _folder_id(path: Path) -> str | None:
+    """The id a file in a class folder is for: its ``student_id`` field, else its name."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return path.stem  # read_submission reports the file properly
+    if isinstance(data, dict) and "answers" in data and isinstance(data.get("student_id"), str):
+        return str(data["student_id"])
+    return path.stem
+
+
+def _read_csv(path: Path) -> list[Submission]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise SubmissionError(f"{path}: cannot read the CSV: {error}") from None
+    if not rows or "student_id" not in rows[0]:
+        raise SubmissionError(f"{path}: the CSV needs a header with a `student_id` column")
+    submissions = []
+    for line, row in enumerate(rows, start=2):
+        student = _check_id((row.pop("student_id") or "").strip(), f"{path}:{line}")
+        answers = {
+            problem: _cell(cell)
+            for problem, cell in row.items()
+            if problem and cell and cell.strip()
+        }
+        submissions.append(Submission(student, answers))
+    return submissions
+
+
+def _cell(cell: str) -> Any:
+    """A CSV cell's answer: JSON when it parses (``[5, 2]``, ``0.25``), else the text itself
+    (a formula such as ``floor((H - K)/S) + 1``)."""
+    try:
+        return json.loads(cell)
+    except json.JSONDecodeError:
+        return cell.strip()
+
+
+def result_file(out: Path, student_id: str) -> Path:
+    return out / f"{student_id}.json"
+
+
+def load_result(out: Path, student_id: str) -> dict[str, Any] | None:
+    """A student's result from an earlier run, or None (none, or cut short mid-write)."""
+    try:
+        result = json.loads(result_file(out, student_id).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write atomically: a reader (or a resumed run) sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def problem_result(error: ProblemError) -> dict[str, Any]:
+    """A Gradescope result for a submission the service refused (e.g. a malformed answer)."""
+    return {
+        "score": 0.0,
+        "output": f"Not graded: {error.detail}",
+        "tests": [],
+        "tensorgrade_problem": error.body or {"status": error.status, "detail": error.detail},
+    }
+
+
+class Progress:
+    """A progress bar on a terminal; one line per student elsewhere (a CI log, a file)."""
+
+    def __init__(self, total: int, done: int = 0, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.done = done
+        self.failed = 0
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        if self.tty:
+            self._draw("")
+
+    def advance(self, student_id: str, ok: bool) -> None:
+        self.done += 1
+        self.failed += not ok
+        if self.tty:
+            self._draw(student_id)
+        else:
+            state = "graded" if ok else "FAILED"
+            print(f"[{self.done}/{self.total}] {state} {student_id}", file=self.stream)
+
+    def _draw(self, student_id: str) -> None:
+        width = 30
+        filled = width * self.done // max(self.total, 1)
+        failed = f", {self.failed} failed" if self.failed else ""
+        bar = "#" * filled + "." * (width - filled)
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total}{failed} {student_id:<20.20}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def grade_class(
+    client: BaseClient[Any],
+    assignment: str,
+    submissions: Sequence[Submission],
+    out: Path,
+    *,
+    jobs: int = 4,
+    progress: Callable[[int, int], Progress] | None = None,
+) -> ClassReport:
+    """Grade every submission not graded yet, ``jobs`` at a time, writing each result.
+
+    Args:
+        client: the service's client (shared by the threads: httpx clients are thread-safe).
+        assignment: the assignment id, e.g. ``cnn-rnn``.
+        submissions: the class.
+        out: the folder of result files (created if missing).
+        jobs: requests in flight at once.
+        progress: makes the progress display from (total, already done).
+
+    Returns:
+        Who was graded, resumed and left ungraded.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    report = ClassReport()
+    todo = []
+    for submission in submissions:
+        if load_result(out, submission.student_id) is None:
+            todo.append(submission)
+        else:
+            report.resumed.append(submission.student_id)
+    bar = (progress or Progress)(len(submissions), len(report.resumed))
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures: dict[Future[dict[str, Any]], Submission] = {
+        pool.submit(client.grade, assignment, s.student_id, s.answers, gradescope=True): s
+        for s in todo
+    }
+    try:
+        for future in as_completed(futures):
+            student = futures[future].student_id
+            result = _outcome(future, student, report)
+            if result is not None:
+                write_json(result_file(out, student), result)
+                report.graded.append(student)
+            bar.advance(student, result is not None)
+    finally:
+        # On an interrupt or a stop, requests not yet sent are dropped; results already
+        # written stay, and the next run starts from them.
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return report
+
+
+def _outcome(
+    future: Future[dict[str, Any]], student: str, report: ClassReport
+) -> dict[str, Any] | None:
+    try:
+        return future.result()
+    except ProblemError as error:
+        if error.status in SUBMISSION_FAULTS:
+            return problem_result(error)
+        if error.status != 429 and error.status < 500:
+            raise GradingStopped(str(error)) from error
+        report.failed[student] = str(error)  # busy or failing: a later run retries
+    except httpx.HTTPError as error:
+        report.failed[student] = f"{type(error).__name__}: {error}"
+    return None
+
+
+def problem_key(test: Mapping[str, Any]) -> str:
+    """The gradebook column of a Gradescope test: its number (the problem id), else its name."""
+    return str(test.get("number") or test.get("name") or "?")
+
+
+def write_gradebook(out: Path, student_ids: Iterable[str]) -> Path:
+    """The CSV gradebook of the given students, from their result files.
+
+    Columns: ``student_id``, ``score``, ``max_score``, one per problem (in the order they
+    first appear), and ``note`` (why a submission was not graded). A student without a result
+    file has an empty row, so nobody silently disappears from the gradebook.
+    """
+    rows: list[dict[str, Any]] = []
+    problems: dict[str, None] = {}
+    for student in student_ids:
+        result = load_result(out, student)
+        row: dict[str, Any] = {"student_id": student}
+        if result is None:
+            row["note"] = "not graded yet"
+        else:
+            tests = result.get("tests") or []
+            row["score"] = result.get("score", sum(t.get("score", 0) for t in tests))
+            row["max_score"] = sum(t.get("max_score", 0) for t in tests)
+            for test in tests:
+                key = problem_key(test)
+                problems.setdefault(key)
+                row[key] = test.get("score")
+            if "tensorgrade_problem" in result:
+                row["note"] = result.get("output", "")
+        rows.append(row)
+    path = out / GRADEBOOK
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=["student_id", "score", "max_score", *problems, "note"]
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+    return path

@@ -1,0 +1,94 @@
+"""Structured logs: one JSON object per line on stderr.
+
+``tensorgrade serve`` hands ``log_config(level)`` to uvicorn, so uvicorn's own messages and the
+service's share the format. Requests are logged once each by the telemetry middleware on the
+``tensorgrade.access`` logger (uvicorn's access log is switched off: it would log every request
+a second time, in another format). What a line holds is chosen, never dumped: no headers (API
+keys travel in one), no bodies (they hold tensors and students' answers).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from service.requestid import current_request_id
+
+ACCESS_LOGGER = "tensorgrade.access"
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",  # uvicorn's colourised duplicate of the message
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line: time, level, logger, message, request id, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = current_request_id()
+        if request_id is not None:
+            line["request_id"] = request_id
+        line.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for uvicorn and the service, JSON on stderr.
+
+    Args:
+        level: the lowest level logged (``info``, ``warning``...).
+
+    Returns:
+        The configuration, for ``uvicorn.run(log_config=...)``.
+    """
+    upper = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": upper, "propagate": False},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "tensorgrade": {"handlers": ["stderr"], "level": upper, "propagate": False},
+        },
+    }
+
+
+def ensure_logging(level: str) -> None:
+    """Log the service's records as JSON on stderr unless logging was configured already.
+
+    Covers a plain ``uvicorn service.app:app``, which configures only uvicorn's loggers (the
+    access lines, at INFO, would otherwise be dropped); an application that configured logging
+    itself (a handler on the root logger or ours) is left alone. Records still propagate, so a
+    handler added to the root logger later sees them too.
+    """
+    logger = logging.getLogger("tensorgrade")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(level.upper())

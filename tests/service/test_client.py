@@ -1,0 +1,273 @@
+"""The Python client: against the app in-process, over real HTTP, and against scripted answers.
+
+`/v1/check`, `/v1/check/batch` and `/v1/assignments/{a}/grade` are exercised against a test
+double of their contract (tests/fakes.py); the other operations against the real app.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.client import Client, ProblemError, TorchClient, from_wire, to_wire
+from service.examples import SEED_W_1x5x3, SEED_X_5x7
+from service.settings import Settings
+from tests.fakes import FakeGrading
+from tests.helpers import finite_difference_jacobian
+from tests.servers import InProcess, uvicorn_thread
+
+X = np.array(SEED_X_5x7, dtype=np.float64)  # (C=5, L=7)
+W = np.array(SEED_W_1x5x3, dtype=np.float64)  # (F=1, C=5, K=3)
+
+
+def seed_conv(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The seed's 1.1(c)(i), 0-based: y[f, i] = sum_c sum_m W[f, c, m] x[c, 2i + m]."""
+    out = np.zeros((w.shape[0], (x.shape[1] - w.shape[2]) // 2 + 1))
+    for f in range(w.shape[0]):
+        for i in range(out.shape[1]):
+            out[f, i] = sum(
+                w[f, c, m] * x[c, 2 * i + m] for c in range(x.shape[0]) for m in range(w.shape[2])
+            )
+    return out
+
+
+@pytest.fixture
+def tg(client: TestClient) -> Iterator[Client]:
+    with Client("http://testserver", transport=InProcess(client)) as tg:
+        yield tg
+
+
+def test_health_and_info(tg: Client) -> None:
+    assert tg.health() == {"status": "ok"}
+    assert tg.info()["torch_version"] == torch.__version__
+
+
+def test_conv_shape_is_the_seeds_1_1a(tg: Client) -> None:
+    answer = tg.conv_shape([21, 12], [4, 5], stride=4, out_channels=8)
+    # The seed's closed form: floor((21 - 4 + 0)/4) + 1 = 5, floor((12 - 5 + 0)/4) + 1 = 2.
+    assert answer["output_size"] == [(21 - 4) // 4 + 1, (12 - 5) // 4 + 1] == [5, 2]
+    assert answer["output_shape"] == [8, 5, 2]
+    assert [s["dimension"] for s in answer["steps"]] == [0, 1]
+
+
+def test_forward_matches_the_seed_and_torch(tg: Client) -> None:
+    y = tg.forward("conv1d", {"weight": W}, {"x": X}, config={"stride": 2})["y"]
+    reference = torch.nn.functional.conv1d(
+        torch.from_numpy(X)[None], torch.from_numpy(W), stride=2
+    )[0].numpy()
+    assert isinstance(y, np.ndarray) and y.dtype == np.float64 and y.shape == (1, 3)
+    np.testing.assert_allclose(y, reference, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(y, seed_conv(W, X), rtol=0, atol=1e-12)
+
+
+def test_backward_matches_autograd_and_the_seeds_closed_form(tg: Client) -> None:
+    g = np.array([[1.0, -2.0, 3.0]])
+    answer = tg.backward("conv1d", {"weight": W}, {"x": X}, {"y": g}, config={"stride": 2})
+    w = torch.from_numpy(W).requires_grad_()
+    x = torch.from_numpy(X).requires_grad_()
+    torch.nn.functional.conv1d(x[None], w, stride=2)[0].backward(torch.from_numpy(g))
+    assert w.grad is not None and x.grad is not None
+    np.testing.assert_allclose(answer.grads["weight"], w.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(answer.grads["x"], x.grad.numpy(), atol=1e-12)
+    # Seed 1.1(c)(iv): dl/dW[c, m] = sum_i dl/dy[i] x[c, 2i + m].
+    closed = np.array([[[sum(g[0, i] * X[c, 2 * i + m] for i in range(3)) for m in range(3)]
+                        for c in range(5)]])  # fmt: skip
+    np.testing.assert_allclose(answer.grads["weight"], closed, atol=1e-12)
+    np.testing.assert_allclose(answer.outputs["y"], seed_conv(W, X), atol=1e-12)
+
+
+def test_jacobian_matches_finite_differences_and_the_seed(tg: Client) -> None:
+    jac = tg.jacobian("conv1d", {"weight": W}, {"x": X}, of="y", wrt="weight", config={"stride": 2})
+    assert jac.shape == (1, 3, 1, 5, 3)  # the seed's 1.1(c)(ii)
+    x = torch.from_numpy(X)
+    numeric = finite_difference_jacobian(
+        lambda w: torch.nn.functional.conv1d(x[None], w, stride=2)[0], torch.from_numpy(W)
+    )
+    np.testing.assert_allclose(jac, numeric.numpy(), atol=1e-6)
+    for i in range(3):  # dy[i]/dW[c, m] = x[c, 2i + m]
+        np.testing.assert_array_equal(jac[0, i, 0], X[:, 2 * i : 2 * i + 3])
+
+
+def test_large_tensors_travel_as_base64_and_come_back_exact(client: TestClient) -> None:
+    transport = InProcess(client)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 401))  # 2005 elements: over the threshold
+    with Client("http://testserver", transport=transport, b64_threshold=1000) as tg:
+        y = tg.forward("conv1d", {"weight": W}, {"x": x}, config={"stride": 2})["y"]
+    sent = orjson.loads(transport.requests[-1].content)
+    assert set(sent["inputs"]["x"]) == {"shape", "datatype", "b64"}
+    assert isinstance(sent["params"]["weight"], list)  # 15 elements: a nested list
+    assert sent["encoding"] == "b64"
+    reference = torch.nn.functional.conv1d(torch.from_numpy(x)[None], torch.from_numpy(W), stride=2)
+    np.testing.assert_allclose(y, reference[0].numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, seed_conv(W, x), rtol=1e-12, atol=1e-12)
+
+
+def test_torch_tensors_in_and_out(client: TestClient) -> None:
+    with TorchClient("http://testserver", transport=InProcess(client), b64_threshold=4) as tg:
+        y = tg.forward(
+            "conv1d",
+            {"weight": torch.tensor(W, dtype=torch.float32)},
+            {"x": torch.tensor(X, requires_grad=True)},
+            config={"stride": 2},
+            dtype="float32",
+        )["y"]
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32
+    torch.testing.assert_close(y, torch.from_numpy(seed_conv(W, X)).float())
+
+
+def test_wire_round_trip_of_every_form() -> None:
+    a = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+    wire = to_wire(a, b64_threshold=0)
+    assert wire["datatype"] == "FP32" and wire["shape"] == [2, 3]
+    assert base64.b64decode(wire["b64"]) == a.astype("<f4").tobytes()
+    np.testing.assert_array_equal(from_wire(wire), a)
+    assert to_wire(np.int64(3)) == 3 and to_wire([np.ones(2)]) == [[1.0, 1.0]]
+    json_form = {
+        "shape": [3],
+        "datatype": "FP64",
+        "data": ["NaN", 1.5, "-Infinity"],
+        "nonfinite": 2,
+    }
+    decoded = from_wire(json_form)
+    assert np.isnan(decoded[0]) and decoded[1] == 1.5 and decoded[2] == -np.inf
+
+
+def test_problems_are_raised_typed(tg: Client) -> None:
+    with pytest.raises(ProblemError) as missing:
+        tg.forward("lstm9", {}, {"x": [1.0]})
+    assert missing.value.status == 404 and missing.value.title == "No such model"
+    with pytest.raises(ProblemError) as invalid:
+        tg.forward("conv1d", {"weight": [[[1.0, 2.0]]]}, {"x": [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]})
+    problem = invalid.value
+    assert problem.status == 422 and problem.errors and problem.detail
+    assert problem.request_id and problem.body["request_id"] == problem.request_id
+
+
+def test_client_over_real_http_with_an_api_key() -> None:
+    with uvicorn_thread(create_app(Settings())) as url, Client(url, api_key="k-123") as tg:
+        assert tg.conv_shape([7], 3, stride=2, in_channels=5, out_channels=1)["output_shape"] == [
+            1,
+            (7 - 3) // 2 + 1,
+        ]
+        assert tg.http.headers["X-API-Key"] == "k-123"
+
+
+# -- retries, against scripted answers --------------------------------------------------------
+
+
+def scripted(*answers: httpx.Response | Exception) -> tuple[httpx.MockTransport, list[str]]:
+    """A transport answering in turn; records each request's X-Request-ID."""
+    queue = list(answers)
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["x-request-id"])
+        answer = queue.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return httpx.MockTransport(handle), seen
+
+
+def recording() -> tuple[Callable[[float], None], list[float]]:
+    waits: list[float] = []
+    return waits.append, waits
+
+
+def test_429_and_503_are_retried_honouring_retry_after() -> None:
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    transport, seen = scripted(
+        httpx.Response(429, headers={"Retry-After": "2"}),
+        httpx.Response(503, headers={"Retry-After": later}),
+        httpx.Response(503),
+        httpx.Response(200, json={"status": "ok"}),
+    )
+    sleep, waits = recording()
+    with Client("http://x", transport=transport, sleep=sleep, backoff=0.25) as tg:
+        assert tg.health() == {"status": "ok"}
+    assert waits[0] == 2.0
+    assert 25 < waits[1] <= 30  # the date, as seconds from now
+    assert waits[2] == 0.25 * 2**2  # no Retry-After: the backoff of the third retry
+    assert len(set(seen)) == 1  # one request id for every try of one call
+
+
+def test_connection_errors_are_retried_with_backoff_then_raised() -> None:
+    refused = httpx.ConnectError("connection refused")
+    transport, _ = scripted(refused, refused, httpx.Response(200, json={"status": "ok"}))
+    sleep, waits = recording()
+    with Client("http://x", transport=transport, sleep=sleep, backoff=0.5) as tg:
+        assert tg.health() == {"status": "ok"}
+    assert waits == [0.5, 1.0]
+
+    transport, seen = scripted(refused, refused, refused)
+    with (
+        Client("http://x", transport=transport, sleep=sleep, retries=2) as tg,
+        pytest.raises(httpx.ConnectError),
+    ):
+        tg.health()
+    assert len(seen) == 3
+
+
+def test_waits_are_capped_and_retries_run_out_on_the_last_answer() -> None:
+    transport, _ = scripted(
+        httpx.Response(429, headers={"Retry-After": "3600"}),
+        httpx.Response(429, json={"type": "t", "title": "Too Many Requests", "status": 429,
+                                  "detail": "slow down"}),
+    )  # fmt: skip
+    sleep, waits = recording()
+    client = Client("http://x", transport=transport, sleep=sleep, retries=1, max_wait=10)
+    with client as tg, pytest.raises(ProblemError) as error:
+        tg.info()
+    assert waits == [10] and error.value.status == 429 and error.value.detail == "slow down"
+
+
+def test_read_timeouts_and_other_statuses_are_not_retried() -> None:
+    transport, seen = scripted(httpx.ReadTimeout("slow"))
+    client = Client("http://x", transport=transport, sleep=recording()[0])
+    with client as tg, pytest.raises(httpx.ReadTimeout):
+        tg.health()
+    assert len(seen) == 1
+    transport, seen = scripted(httpx.Response(502, text="<html>bad gateway</html>"))
+    with Client("http://x", transport=transport) as tg, pytest.raises(ProblemError) as error:
+        tg.health()
+    assert len(seen) == 1 and error.value.status == 502 and "bad gateway" in error.value.detail
+
+
+# -- the routes that land with the checking and assignment features (a test double here) ------
+
+
+def test_check_check_batch_and_grade_follow_the_contract() -> None:
+    fake = FakeGrading()
+    with (
+        TestClient(fake.app) as app_client,
+        Client("http://testserver", transport=InProcess(app_client)) as tg,
+    ):
+        expected = {"op": "value", "value": [5, 2]}
+        assert tg.check(expected, np.array([5, 2]))["correct"] is True
+        assert fake.bodies[-1] == {"expected": expected, "answer": [5, 2]}
+        results = tg.check_batch(
+            [
+                {"expected": expected, "answer": [5, 2]},
+                {"expected": expected, "answer": [10, 4]},
+            ]
+        )
+        assert [r["correct"] for r in results] == [True, False]
+        native = tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2], "1.1c-i": 4})
+        assert native["total"] == 2.0
+        gradescope = tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2]}, gradescope=True)
+        assert gradescope["score"] == 2.0 and len(gradescope["tests"]) == 2
+        with pytest.raises(ProblemError) as error:
+            tg.grade("nope", "s1", {})
+        assert error.value.status == 404

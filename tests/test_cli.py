@@ -1,0 +1,290 @@
+"""The ``tensorgrade`` command's client side: shape, check, grade (one student or a class).
+
+``shape`` runs against the real app over real HTTP; ``check`` and ``grade`` against a test double
+of the checking and assignment routes (tests/fakes.py), which land with those features.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service import gradebook
+from service.app import create_app
+from service.cli import main
+from service.client import BaseClient
+from service.settings import Settings
+from tests.fakes import FakeGrading
+from tests.servers import uvicorn_thread
+
+
+@pytest.fixture(scope="module")
+def real_url() -> Iterator[str]:
+    with uvicorn_thread(create_app(Settings())) as url:
+        yield url
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeGrading, str]]:
+    fake = FakeGrading()
+    with uvicorn_thread(fake.app) as url:
+        yield fake, url
+
+
+def test_shape_prints_the_seeds_worked_steps(
+    real_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["shape", "--url", real_url, "--input-size", "21", "12", "--kernel-size", "4", "5"]
+    assert main([*argv, "--stride", "4", "--out-channels", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "output size [5, 2], output shape [8, 5, 2]"
+    assert out[1] == "dimension 0: out = floor((in + 2P - D(K - 1) - 1) / S) + 1"
+    assert out[2].strip().startswith("floor((21 + 2*0 - 1*(4 - 1) - 1) / 4) + 1")
+    assert out[2].endswith("= 5") and out[4].endswith("= 2")
+
+
+def test_shape_json_and_padding_words(real_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["shape", "--url", real_url, "--input-size", "32", "--kernel-size", "3"]
+    assert main([*argv, "--padding", "same", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["output_size"] == [32]
+    assert main([*argv, "--padding", "lots"]) == 2
+    assert "--padding takes ints" in capsys.readouterr().err
+
+
+def test_shape_reports_the_services_problem(
+    real_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["shape", "--url", real_url, "--input-size", "5", "--kernel-size", "5"]
+    assert main([*argv, "--dilation", "2", "--padding", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 422") and "effective kernel 9" in err and "request id" in err
+
+
+def test_unreachable_service_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = ["shape", "--url", url, "--retries", "0", "--input-size", "5", "--kernel-size", "3"]
+    assert main(argv) == 2
+    assert f"cannot reach {url}" in capsys.readouterr().err
+
+
+def test_healthcheck_exit_status(real_url: str) -> None:
+    assert main(["healthcheck", "--url", f"{real_url}/healthz"]) == 0
+    assert main(["healthcheck", "--url", f"{real_url}/nothing"]) == 1
+
+
+def test_check_one_and_many(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, url = fake
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"expected": {"op": "value", "value": [5, 2]}, "answer": [5, 2]}))
+    assert main(["check", "--url", url, str(one)]) == 0
+    assert capsys.readouterr().out == "check 1: correct (score 1.0)\n"
+    many = tmp_path / "many.json"
+    expected = {"op": "value", "value": 3}
+    checks = [{"expected": expected, "answer": 3}, {"expected": expected, "answer": 6}]
+    many.write_text(json.dumps({"checks": checks}))
+    assert main(["check", "--url", url, str(many)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "check 1: correct (score 1.0)",
+        "check 2: WRONG (score 0.0)",
+        "  - off by a constant factor",
+    ]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"answer": 1}')
+    assert main(["check", "--url", url, str(bad)]) == 2
+    assert "a check is" in capsys.readouterr().err
+
+
+def test_grade_one_submission_prints_a_summary_and_writes_gradescope_results(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    submission = tmp_path / "answers.json"
+    submission.write_text(json.dumps({"1.1a": [5, 2], "1.1c-i": 4}))
+    results = tmp_path / "results" / "results.json"
+    results.parent.mkdir()
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(submission)]
+    assert main([*argv, "--student-id", "s1", "--gradescope", str(results)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "cnn-rnn, student s1: 2.0 / 3.0"
+    assert out[1].split() == ["1.1a", "2.0", "/", "2.0", "correct"]
+    written = json.loads(results.read_text())
+    assert written["score"] == 2.0 and [t["number"] for t in written["tests"]] == ["1.1a", "1.1c-i"]
+    assert service.bodies[-1] == {"student_id": "s1", "answers": {"1.1a": [5, 2], "1.1c-i": 4}}
+
+    assert main(argv) == 2  # no student id anywhere
+    assert "no student id" in capsys.readouterr().err
+    submission.write_text(json.dumps({"student_id": "s2", "answers": {"1.1a": [5, 2]}}))
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == 2.0
+    assert service.graded == ["s1", "s2"]
+
+
+def write_class(folder: Path, students: dict[str, dict[str, object]]) -> None:
+    folder.mkdir()
+    for student, answers in students.items():
+        (folder / f"{student}.json").write_text(json.dumps(answers))
+
+
+CLASS = {
+    "ada": {"1.1a": [5, 2], "1.1c-i": 3},
+    "ben": {"1.1a": [2, 5], "1.1c-i": 3},
+    "cy": {"1.1a": [5, 2]},
+    "dee": {"1.1z": 1},  # the service refuses it: a result that says why
+    "eve": {"1.1a": [4, 2], "1.1c-i": 4},
+}
+
+
+def read_gradebook(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_grade_a_class_folder_concurrently_then_resume_after_failures(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    write_class(tmp_path / "subs", CLASS)
+    out = tmp_path / "grades"
+    service.fail_with = {"ben": 503, "eve": 500}  # the service fails these two, for now
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs")]
+    argv += ["--out", str(out), "--jobs", "3", "--timeout", "10"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "3 graded, 0 already graded, 2 failed" in captured.out
+    assert "not graded: ben" in captured.err and "not graded: eve" in captured.err
+    assert "[5/5]" in captured.err  # the progress, one line per student off a terminal
+    assert sorted(p.name for p in out.glob("*.json")) == ["ada.json", "cy.json", "dee.json"]
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["ben"]["note"] == "not graded yet" and rows["ben"]["score"] == ""
+
+    service.fail_with = {}
+    service.graded.clear()
+    assert main(argv) == 0
+    assert sorted(service.graded) == ["ben", "eve"]  # only those not graded before
+    assert "2 graded, 3 already graded, 0 failed" in capsys.readouterr().out
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert list(rows) == ["ada", "ben", "cy", "dee", "eve"]
+    assert (rows["ada"]["score"], rows["ada"]["max_score"]) == ("3.0", "3.0")
+    assert (rows["ben"]["1.1a"], rows["ben"]["1.1c-i"], rows["ben"]["score"]) == (
+        "0.0",
+        "1.0",
+        "1.0",
+    )
+    assert rows["cy"]["score"] == "2.0" and rows["eve"]["score"] == "0.0"
+    assert rows["dee"]["score"] == "0.0" and "unknown problem" in rows["dee"]["note"]
+    assert json.loads((out / "dee.json").read_text())["tensorgrade_problem"]["status"] == 422
+    assert not list(out.glob("*.partial"))
+
+
+def test_grade_a_class_csv(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    table = tmp_path / "class.csv"
+    table.write_text('student_id,1.1a,1.1c-i\nada,"[5, 2]",3\nben,"[5, 2]",\n')
+    out = tmp_path / "grades"
+    assert (
+        main(["grade", "--url", url, "--assignment", "cnn-rnn", str(table), "--out", str(out)]) == 0
+    )
+    assert sorted(b["student_id"] for b in service.bodies) == ["ada", "ben"]
+    assert {b["student_id"]: b["answers"] for b in service.bodies} == {
+        "ada": {"1.1a": [5, 2], "1.1c-i": 3},
+        "ben": {"1.1a": [5, 2]},  # an empty cell is no answer
+    }
+    rows = read_gradebook(out / gradebook.GRADEBOOK)
+    assert [(r["student_id"], r["score"]) for r in rows] == [("ada", "3.0"), ("ben", "2.0")]
+    capsys.readouterr()
+
+
+def test_a_refusal_that_would_fail_everyone_stops_the_run(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    service.fail_with = {"ada": 403}
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs")]
+    assert main([*argv, "--out", str(tmp_path / "grades")]) == 2
+    assert "403" in capsys.readouterr().err
+    assert not (tmp_path / "grades" / "ada.json").exists()
+
+
+def test_class_inputs_are_checked(tmp_path: Path) -> None:
+    write_class(tmp_path / "subs", {"ok": {}})
+    (tmp_path / "subs" / "bad name.json").write_text("{}")
+    with pytest.raises(gradebook.SubmissionError, match="bad name"):
+        gradebook.read_class(tmp_path / "subs")
+    table = tmp_path / "dup.csv"
+    table.write_text("student_id,1.1a\nada,1\nada,2\n")
+    with pytest.raises(gradebook.SubmissionError, match="appears twice"):
+        gradebook.read_class(table)
+    nohead = tmp_path / "nohead.csv"
+    nohead.write_text("name,1.1a\nada,1\n")
+    with pytest.raises(gradebook.SubmissionError, match="student_id"):
+        gradebook.read_class(nohead)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(gradebook.SubmissionError, match="cannot read"):
+        gradebook.read_submission(broken, "ada")
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    bar = gradebook.Progress(4, done=1, stream=stream)
+    bar.advance("ada", ok=True)
+    bar.advance("ben", ok=False)
+    bar.close()
+    frames = stream.getvalue().split("\r")
+    assert frames[-1].startswith("[" + "#" * 22 + "." * 8 + "] 3/4, 1 failed ben")
+    assert stream.getvalue().endswith("\n")
+
+
+def test_an_interrupted_class_run_keeps_its_results_and_resumes(
+    fake: tuple[FakeGrading, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service, url = fake
+    write_class(tmp_path / "subs", CLASS)
+    out = tmp_path / "grades"
+    grade = BaseClient.grade
+
+    def interrupted_at_cy(
+        self: BaseClient[Any], assignment: str, student: str, *a: Any, **k: Any
+    ) -> Any:
+        if student == "cy":
+            raise KeyboardInterrupt  # Ctrl-C while cy's request is in flight
+        return grade(self, assignment, student, *a, **k)
+
+    monkeypatch.setattr(BaseClient, "grade", interrupted_at_cy)
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs")]
+    argv += ["--out", str(out), "--jobs", "1"]
+    assert main(argv) == 130
+    assert "Run the same command to resume" in capsys.readouterr().out
+    assert (out / "ada.json").exists() and (out / "ben.json").exists()
+    assert not (out / "cy.json").exists()
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["ada"]["score"] == "3.0" and rows["cy"]["note"] == "not graded yet"
+
+    monkeypatch.setattr(BaseClient, "grade", grade)
+    service.graded.clear()
+    assert main(argv) == 0
+    assert "cy" in service.graded and not {"ada", "ben"} & set(service.graded)
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["cy"]["score"] == "2.0" and rows["eve"]["score"] == "0.0"
+    capsys.readouterr()
