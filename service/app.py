@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.problems import install_problem_handlers, problem_schemas
-from service.routes import health, models, shapes
+from service.routes import check, health, models, shapes
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger("tensorgrade")
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(shapes.router)
     app.include_router(models.router)
+    app.include_router(check.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
         description="Most entries of a Jacobian (output size times input size).",
     )
     max_rank: int = Field(8, ge=1, le=32, description="Highest tensor rank accepted.")
+    max_batch_checks: int = Field(
+        5000, ge=1, description="Most checks one POST /v1/check/batch may hold."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
 

@@ -63,6 +63,7 @@ async def info(settings: SettingsDep) -> Info:
             "max_request_elements": settings.max_request_elements,
             "max_jacobian_elements": settings.max_jacobian_elements,
             "max_rank": settings.max_rank,
+            "max_batch_checks": settings.max_batch_checks,
         },
         auth="open",
     )
