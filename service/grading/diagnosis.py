@@ -274,8 +274,10 @@ class ConstantFactor(Mistake):
                 f" ({size} is the size of {axes[0]}: a sum or a mean over it, or a term "
                 "counted that many times?)"
             )
-        elif abs(factor) in (2, Fraction(1, 2)):
-            text += " (a term counted twice, or a 1/2 that belongs elsewhere?)"
+        elif abs(factor) == 2:
+            text += " (a term counted twice?)"
+        elif abs(factor) == Fraction(1, 2):
+            text += " (a mean where a sum belongs, or a factor 1/2 too many?)"
         return text + "."
 
 
@@ -291,32 +293,42 @@ class AxesPermuted(Mistake):
         rank = tensor.dim()
         if rank < 2 or len(shape) != rank or sorted(shape) != sorted(tensor.shape):
             return
-        orders: Iterator[tuple[int, ...]] = (
-            itertools.permutations(range(rank))
+        orders = (
+            list(itertools.permutations(range(rank)))
             if rank <= MAX_PERMUTED_RANK
-            else (_swap(rank, a, b) for a, b in itertools.combinations(range(rank), 2))
+            else [_swap(rank, a, b) for a, b in itertools.combinations(range(rank), 2)]
         )
+        halves = self._halves(key)
+        # Size-1 axes let several orders give the same numbers: the simplest explanation first
+        # (halves swapped, then two axes swapped); later equal candidates are skipped.
+        orders.sort(key=lambda o: (o != halves, sum(a != b for a, b in enumerate(o)) != 2))
         for order in orders:
             moved = [a for a in order if tensor.shape[a] != 1]
             if tuple(tensor.shape[a] for a in order) != shape or moved == sorted(moved):
                 continue  # another shape, or only axes of size 1 moved (a reshape, not this)
-            yield self._candidate(key, order)
+            yield self._candidate(key, order, order == halves)
 
-    def _candidate(self, key: TensorKey, order: tuple[int, ...]) -> Candidate:
+    @staticmethod
+    def _halves(key: TensorKey) -> tuple[int, ...] | None:
+        """The order that swaps a Jacobian's output axes and argument axes."""
+        source = key.source
+        if source is None or source.op != "jacobian":
+            return None
+        split, rank = len(source.prepared.output_shapes[source.of]), key.tensor.dim()
+        return (*range(split, rank), *range(split))
+
+    def _candidate(self, key: TensorKey, order: tuple[int, ...], halves: bool) -> Candidate:
         permuted = key.tensor.permute(order).contiguous()
         source = key.source
-        if source is not None and source.op == "jacobian":
-            split = len(source.prepared.output_shapes[source.of])
-            rank = key.tensor.dim()
-            if order == (*range(split, rank), *range(split)):
-                return Candidate(
-                    permuted,
-                    f"The two halves of the Jacobian's shape are swapped: you laid it out as the "
-                    f"shape of {source.wrt} followed by the shape of {source.of}; "
-                    f"d{source.of}/d{source.wrt} is the shape of {source.of} followed by the "
-                    f"shape of {source.wrt}, {list(key.tensor.shape)}.",
-                    "jacobian_halves_swapped",
-                )
+        if halves and source is not None:
+            return Candidate(
+                permuted,
+                f"The two halves of the Jacobian's shape are swapped: you laid it out as the "
+                f"shape of {source.wrt} followed by the shape of {source.of}; "
+                f"d{source.of}/d{source.wrt} is the shape of {source.of} followed by the "
+                f"shape of {source.wrt}, {list(key.tensor.shape)}.",
+                "jacobian_halves_swapped",
+            )
         swapped = [a for a, b in enumerate(order) if a != b]
         if len(swapped) == 2:
             a, b = swapped
@@ -449,8 +461,8 @@ class OffByOne(Mistake):
                     yield Candidate(
                         tensor,
                         f"Your answer is the reference computed with {spec.name} read one "
-                        f"position {where} along {symbol} ({symbol} {'+' if delta > 0 else '-'} "
-                        f"1 where {symbol} belongs): {self.hint}.",
+                        f"position {where} along {symbol} (its index off by {delta:+d}): "
+                        f"{self.hint}.",
                     )
 
 
