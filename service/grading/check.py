@@ -13,6 +13,7 @@ gets an ``error`` in its place and the others are judged.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,8 +58,10 @@ def relocate(error: Problem | ModelError, prefix: str) -> Problem:
     ``checks.3.expected``, or nothing), so the client sees where in its request the fault is."""
     if isinstance(error, ModelError):
         where = ".".join(part for part in (prefix, error.where) if part)
-        error.where = where
-        problem = from_model_error(error)
+        # A copy: the same error may answer every check of a group, each at its own place.
+        located = copy.copy(error)
+        located.where = where
+        problem = from_model_error(located)
         if where:
             problem.detail = f"{where}: {error.message}"
     elif prefix:

@@ -11,13 +11,11 @@ model written from the seed, whatever the service's own recurrent models are::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import pytest
 import torch
 
-from models import registry
 from models.errors import InvalidConfig, ShapeMismatch
 from models.registry import ArgSpec, ReferenceModel
 
@@ -123,10 +121,3 @@ def example_args(seed: int = 0, seq_len: int = 5, m: int = 3, n: int = 2) -> dic
         "params": {"W_c": draw(m, n), "W_h": draw(m, m), "W_x": draw(m, n)},
         "inputs": {"x": draw(seq_len, n), "h0": draw(m)},
     }
-
-
-@pytest.fixture
-def gated_rnn(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Register the test model for one test; yields its name."""
-    monkeypatch.setitem(registry.MODELS, NAME, TEST_GATED_RNN)
-    yield NAME

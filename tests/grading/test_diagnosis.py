@@ -326,7 +326,7 @@ def rnn_expected(model: str, op: str, **extra: Any) -> dict[str, Any]:
 
 
 def test_rnn_answers_by_the_seeds_formulas_are_correct(rnn: str) -> None:
-    h, c, _ = rnn_states()
+    h, _, _ = rnn_states()
     assert judge(rnn_expected(rnn, "forward", select="h"), h.tolist())["correct"]
     jacobians = judge(rnn_expected(rnn, "state_jacobians"), rnn_step_jacobians().tolist())
     assert jacobians["correct"] and jacobians["diagnosis"] == []

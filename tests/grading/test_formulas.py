@@ -14,8 +14,8 @@ from service.grading.formulas import (
     FormulaKey,
     formula_key,
     parse,
-    sample_points,
     parse_ranges,
+    sample_points,
 )
 
 SEED_1_1B = "floor((H + 2*P - D*(K-1) - 1)/S) + 1"
