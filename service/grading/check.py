@@ -64,6 +64,8 @@ def relocate(error: Problem | ModelError, prefix: str) -> Problem:
         problem = from_model_error(located)
         if where:
             problem.detail = f"{where}: {error.message}"
+        if error.where == "answer":
+            problem.kind, problem.title = "invalid-answer", "The answer cannot be judged"
     elif prefix:
         path = ".".join(str(p) for p in error.errors[0]["loc"][1:]) if error.errors else ""
         detail = (

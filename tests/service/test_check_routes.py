@@ -147,7 +147,7 @@ def test_a_formula_syntax_error_gives_the_column(client: TestClient) -> None:
 def test_hostile_formulas_are_refused_with_a_4xx(client: TestClient, answer: str) -> None:
     response = post(client, FORMULA_1_1B, answer)
     assert response.status_code == 422
-    assert response.json()["type"].endswith("invalid-request")
+    assert response.json()["type"].endswith("invalid-answer")
 
 
 @pytest.mark.parametrize(
