@@ -26,7 +26,7 @@ from models.errors import ModelError
 from service.compute import new_budget
 from service.grading import rnn_mistakes  # noqa: F401  (registers the recurrent mistakes)
 from service.grading.compare import Judged, Tolerance, as_scalar_if_one, judge, shape_mismatch
-from service.grading.diagnosis import Diagnosis, diagnose
+from service.grading.diagnosis import MAX_DIAGNOSED_ELEMENTS, Diagnosis, diagnose
 from service.grading.errors import InvalidAnswer
 from service.grading.formulas import FormulaKey, formula_key
 from service.grading.keys import TensorKey, model_key, value_key
@@ -147,6 +147,7 @@ class Engine:
         self.budget: Budget = new_budget(settings)
         self.results: list[Result | None] = []
         self.keys = 0
+        self.key_elements = 0
 
     def _prefix(self, index: int) -> str:
         return f"checks.{index}." if self.batch else ""
@@ -172,6 +173,7 @@ class Engine:
     def _run_group(self, slots: list[Slot]) -> None:
         try:
             key = compute_key(slots[0].check, self.settings)
+            self._charge(key)
         except (Problem, ModelError) as error:
             for slot in slots:
                 self._fail(slot, error, "expected")
@@ -183,6 +185,22 @@ class Engine:
             self._judge_each(slots, lambda slot: self._judge_shape(key, slot))
         else:
             self._judge_each(slots, lambda slot: self._judge_formula(key, slot))
+
+    def _charge(self, key: Key) -> None:
+        """Bound the keys of one batch together, as one Jacobian is bounded: many distinct
+        large keys in one request would otherwise multiply the work without limit."""
+        if not isinstance(key, TensorKey):
+            return
+        self.key_elements += key.tensor.numel()
+        limit = self.settings.max_jacobian_elements
+        if self.key_elements > limit:
+            raise Problem(
+                413,
+                f"the keys of this batch hold more than {limit:,} elements in all "
+                "(TENSORGRADE_MAX_JACOBIAN_ELEMENTS); split the batch",
+                kind="budget-exceeded",
+                title="Over the element budget",
+            )
 
     def _judge_each(self, slots: list[Slot], judge_one: Callable[[Slot], Result]) -> None:
         for slot in slots:
@@ -266,7 +284,13 @@ class Engine:
                 verdicts = [shape_mismatch(key.tensor, shape, key.label) for _ in members]
             wrong = [n for n, verdict in enumerate(verdicts) if not verdict.correct]
             found: list[list[Diagnosis]] = [[] for _ in members]
-            if wrong:
+            if wrong and key.tensor.numel() > MAX_DIAGNOSED_ELEMENTS:
+                for n in wrong:
+                    verdicts[n].report["diagnosis_skipped"] = (
+                        f"the key has {key.tensor.numel():,} elements; mistakes are diagnosed "
+                        f"for keys of at most {MAX_DIAGNOSED_ELEMENTS:,}"
+                    )
+            elif wrong:
                 for n, diagnoses in zip(
                     wrong, diagnose(key, answers[wrong], tolerance), strict=True
                 ):

@@ -34,6 +34,8 @@ POSITION_AXES = frozenset({"L", "H", "W", "T"})
 """Symbols of the axes that index positions or time (where an off-by-one index shifts)."""
 
 MAX_PERMUTED_RANK = 6
+MAX_DIAGNOSED_ELEMENTS = 1_000_000
+"""Keys larger than this are judged but not diagnosed: each candidate is a key-sized tensor."""
 
 
 @dataclass(frozen=True)

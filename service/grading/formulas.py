@@ -21,9 +21,8 @@ and its constraints hold.
 
 Example:
     >>> ref = parse("floor((H + 2*P - D*(K - 1) - 1)/S) + 1", ["H", "K", "P", "S", "D"])
-    >>> ref({"H": Fraction(21), "K": Fraction(4), "P": Fraction(0), "S": Fraction(4),
-    ...      "D": Fraction(1)})
-    Fraction(5, 1)
+    >>> ref({"H": 21, "K": 4, "P": 0, "S": 4, "D": 1})
+    5
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from typing import Any
 
 from service.grading.errors import FormulaError
 
-Number = Fraction | float
+Number = int | Fraction | float
 Point = Mapping[str, Number]
 Evaluator = Callable[[Point], Any]
 
@@ -108,6 +107,8 @@ class Formula:
     text: str
     names: frozenset[str]
     evaluate: Evaluator = field(repr=False, compare=False)
+    canonical: str = field(default="", repr=False, compare=False)
+    """The parsed tree as text: the same for ``H+1`` and ``(H) + 1``."""
 
     def __call__(self, point: Point) -> Any:
         """The value at ``point``; raises ``Undefined`` where there is none."""
@@ -294,15 +295,26 @@ def parse(
     cleaned, shift = _clean(text, where)
     tree = _syntax(cleaned, shift, where)
     names = _check_tree(tree, variables, where, shift, allow_compare)
-    return Formula(text, names, _compile(tree.body, where, shift))
+    return Formula(text, names, _compile(tree.body, where, shift), ast.dump(tree.body))
+
+
+def _exact(value: int | Fraction) -> int | Fraction:
+    """An integral fraction as an int: integer arithmetic is many times faster."""
+    return value.numerator if isinstance(value, Fraction) and value.denominator == 1 else value
+
+
+def _bits(value: int | Fraction) -> int:
+    if isinstance(value, int):
+        return value.bit_length()
+    return max(value.numerator.bit_length(), value.denominator.bit_length())
 
 
 def _bounded(value: Any, where: str) -> Any:
-    if isinstance(value, Fraction):
-        if max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_BITS:
+    if isinstance(value, int | Fraction):
+        if _bits(value) > MAX_BITS:
             raise _refuse(f"an intermediate value has more than {MAX_BITS} bits", where)
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
+        return _exact(value)
+    if not math.isfinite(value):
         raise Undefined("the value overflows")
     return value
 
@@ -314,15 +326,14 @@ def _power(base: Any, exponent: Any, where: str, column: int) -> Any:
             where,
             column,
         )
-    if isinstance(exponent, Fraction) and exponent.denominator == 1:
+    if isinstance(exponent, int):
         if base == 0 and exponent < 0:
             raise Undefined("0 to a negative power")
-        if isinstance(base, Fraction):
-            bits = max(base.numerator.bit_length(), base.denominator.bit_length())
-            if bits * abs(exponent.numerator) > MAX_BITS:
+        if isinstance(base, int | Fraction):
+            if _bits(base) * abs(exponent) > MAX_BITS:
                 raise _refuse(f"a power has more than {MAX_BITS} bits", where, column)
-            return base**exponent.numerator
-        return _bounded(float(base) ** int(exponent), where)
+            return _bounded(Fraction(base) ** exponent, where)
+        return _bounded(float(base) ** exponent, where)
     if base < 0:
         raise Undefined("a fractional power of a negative number")
     if base == 0 and exponent < 0:
@@ -333,32 +344,37 @@ def _power(base: Any, exponent: Any, where: str, column: int) -> Any:
 def _divide(left: Any, right: Any, op: str) -> Any:
     if right == 0:
         raise Undefined("division by zero")
+    exact = isinstance(left, int | Fraction) and isinstance(right, int | Fraction)
     if op == "/":
-        return left / right
+        return Fraction(left) / right if exact else left / right
     if op == "//":
-        return _integer(math.floor(left / right))
+        both_int = isinstance(left, int) and isinstance(right, int)
+        return left // right if both_int else _floor(left / right)
     return left % right
+
+
+def _floor(value: int | Fraction | float) -> int:
+    return math.floor(value)
+
+
+def _ceil(value: int | Fraction | float) -> int:
+    return math.ceil(value)
 
 
 def _sqrt(value: Any) -> Any:
     if value < 0:
         raise Undefined("sqrt of a negative number")
-    if isinstance(value, Fraction):
-        num, den = math.isqrt(value.numerator), math.isqrt(value.denominator)
-        if num * num == value.numerator and den * den == value.denominator:
-            return Fraction(num, den)
+    if isinstance(value, int | Fraction):
+        fraction = Fraction(value)
+        num, den = math.isqrt(fraction.numerator), math.isqrt(fraction.denominator)
+        if num * num == fraction.numerator and den * den == fraction.denominator:
+            return _exact(Fraction(num, den))
     return math.sqrt(value)
 
 
-def _integer(value: Any) -> Fraction:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise Undefined("the value overflows")
-    return Fraction(value)
-
-
 _CALLS: dict[str, Callable[..., Any]] = {
-    "floor": lambda v: _integer(math.floor(v)),
-    "ceil": lambda v: _integer(math.ceil(v)),
+    "floor": _floor,
+    "ceil": _ceil,
     "abs": abs,
     "sqrt": _sqrt,
     "min": min,
@@ -370,9 +386,7 @@ def _compile(node: ast.AST, where: str, shift: int) -> Evaluator:
     """The checked tree as nested closures (the tree holds nothing but allowed nodes)."""
     column = _column(node, shift)
     if isinstance(node, ast.Constant):
-        constant = (
-            Fraction(node.value) if isinstance(node.value, int) else Fraction(repr(node.value))
-        )
+        constant = node.value if isinstance(node.value, int) else _exact(Fraction(repr(node.value)))
         return lambda _: constant
     if isinstance(node, ast.Name):
         name = node.id
@@ -413,7 +427,7 @@ def _compile_compare(node: ast.Compare, where: str, shift: int) -> Evaluator:
 
 def _show(value: Any) -> int | float | str:
     """A value for a report: an int when integral, else a float."""
-    if isinstance(value, Fraction) and value.denominator == 1:
+    if isinstance(value, int | Fraction) and _exact(value) == int(value):
         return int(value)
     if isinstance(value, Fraction | float):
         return float(value)
@@ -422,8 +436,8 @@ def _show(value: Any) -> int | float | str:
 
 def same_value(a: Any, b: Any) -> bool:
     """Exact equality for rationals; otherwise agreement to ``FLOAT_RTOL``."""
-    if isinstance(a, Fraction) and isinstance(b, Fraction):
-        return a == b
+    if isinstance(a, int | Fraction) and isinstance(b, int | Fraction):
+        return bool(a == b)
     try:
         return math.isclose(float(a), float(b), rel_tol=FLOAT_RTOL, abs_tol=1e-12)
     except OverflowError:
@@ -478,9 +492,7 @@ def parse_ranges(variables: Mapping[str, Sequence[Any]], where: str) -> dict[str
     return ranges
 
 
-def sample_points(
-    ranges: Mapping[str, Range], limit: int = MAX_POINTS
-) -> list[dict[str, Fraction]]:
+def sample_points(ranges: Mapping[str, Range], limit: int = MAX_POINTS) -> list[dict[str, Number]]:
     """Deterministic points of the ranges: the whole grid when it has at most ``limit``
     points; otherwise the corners, each variable at and next to its edges, then random."""
     names = sorted(ranges)
@@ -488,7 +500,10 @@ def sample_points(
         grids = [
             [ranges[n].lo + i for i in range(int(ranges[n].hi - ranges[n].lo) + 1)] for n in names
         ]
-        return [dict(zip(names, values, strict=True)) for values in itertools.product(*grids)]
+        return [
+            {n: _exact(v) for n, v in zip(names, values, strict=True)}
+            for values in itertools.product(*grids)
+        ]
     rng = random.Random(zlib.crc32(repr(sorted(ranges.items())).encode()))
     points: list[dict[str, Fraction]] = []
     if 2 ** len(names) <= limit // 4:
@@ -513,7 +528,7 @@ def sample_points(
         if key not in seen:
             seen.add(key)
             unique.append(point)
-    return unique[:limit]
+    return [{n: _exact(v) for n, v in point.items()} for point in unique[:limit]]
 
 
 @dataclass(frozen=True)
@@ -570,17 +585,21 @@ class FormulaKey:
 
     reference: Formula
     ranges: dict[str, Range]
-    points: list[dict[str, Fraction]]
+    points: list[dict[str, Number]]
     values: list[Any]
     constraints: tuple[str, ...]
     name: str | None = None
     _cache: dict[str, tuple[int, list[Disagreement]]] = field(default_factory=dict)
 
     def compare(self, answer: str, where: str = "answer") -> tuple[int, list[Disagreement]]:
-        """How many valid points agree, and where they do not (simplest points first)."""
-        if answer in self._cache:
-            return self._cache[answer]
+        """How many valid points agree, and where they do not (simplest points first).
+
+        Answers that parse to the same tree (a class writes the same formula many ways of
+        spacing) are evaluated once.
+        """
         formula = parse(answer, self.ranges, where)
+        if formula.canonical in self._cache:
+            return self._cache[formula.canonical]
         agree, disagree = 0, []
         for point, expected in zip(self.points, self.values, strict=True):
             try:
@@ -595,7 +614,7 @@ class FormulaKey:
         disagree.sort(key=lambda d: (sum(abs(float(v)) for v in d.point.values()), str(d.point)))
         result = (agree, disagree[:3])
         if len(self._cache) < 4096:
-            self._cache[answer] = result
+            self._cache[formula.canonical] = result
         return result
 
 

@@ -129,3 +129,23 @@ def test_many_answers_against_one_key_are_judged_together() -> None:
     assert keys == 1
     assert [r["correct"] for r in results] == [i % 3 != 0 and i != 7 for i in range(300)]
     assert [d["code"] for d in results[7]["diagnosis"]] == ["sign_flipped"]
+
+
+def test_the_keys_of_one_batch_share_an_element_budget() -> None:
+    small = Settings(max_jacobian_elements=100)
+    batch = [
+        request({"op": "value", "value": [1.0] * 60}, [1.0] * 60),
+        request({"op": "value", "value": [1.0] * 60}, [1.0] * 60),
+        request({"op": "value", "value": [2.0] * 60}, [2.0] * 60),
+    ]
+    results, keys = check_many(batch, small)
+    assert results[0]["correct"] and results[1]["correct"] and keys == 1
+    assert results[2]["error"]["status"] == 413
+    assert "split the batch" in results[2]["error"]["detail"]
+
+
+def test_keys_too_large_to_diagnose_are_still_judged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "MAX_DIAGNOSED_ELEMENTS", 10)
+    result = check_one(request(JACOBIAN_W, (-RIGHT).tolist()), SETTINGS)
+    assert result["correct"] is False and result["diagnosis"] == []
+    assert "at most 10" in result["report"]["diagnosis_skipped"]

@@ -247,3 +247,10 @@ def test_named_and_reference_are_exclusive() -> None:
         "gated_rnn_gate_size",
         "attention_weights_size",
     }
+
+
+def test_answers_are_parsed_before_a_verdict_is_reused() -> None:
+    key = formula_key("H*10", None, {"H": [1, 9]}, [])
+    assert key.compare("H*10") == key.compare("(H) * 10") == (9, [])
+    with pytest.raises(FormulaError, match="syntax"):
+        key.compare("H*1 0")
