@@ -3,7 +3,8 @@
 Checks are grouped by their ``expected`` (its canonical JSON, keys sorted), and each key is
 computed once per group. Within a group, tensor answers that share a shape and a tolerance
 are stacked and judged together (``compare.judge``), and the wrong ones are diagnosed
-together (``diagnosis.diagnose``); formula answers that are the same string are judged once.
+together (``diagnosis.diagnose``); formula answers that parse to the same tree are evaluated
+once.
 A class of 1,000 answers to one question is therefore one reference computation and a few
 tensor operations, plus the decoding of each answer.
 
@@ -25,7 +26,13 @@ import torch
 from models.errors import ModelError
 from service.compute import new_budget
 from service.grading import rnn_mistakes  # noqa: F401  (registers the recurrent mistakes)
-from service.grading.compare import Judged, Tolerance, as_scalar_if_one, judge, shape_mismatch
+from service.grading.compare import (
+    Tolerance,
+    as_scalar_if_one,
+    judge,
+    key_scale,
+    shape_mismatch,
+)
 from service.grading.diagnosis import MAX_DIAGNOSED_ELEMENTS, Diagnosis, diagnose
 from service.grading.errors import InvalidAnswer
 from service.grading.formulas import FormulaKey, formula_key
@@ -131,7 +138,7 @@ def _result(
 
 @dataclass
 class Slot:
-    """One check of a group: where it goes in the results and its decoded answer."""
+    """One check of a group: where its result goes and where its fields are in the request."""
 
     index: int
     check: CheckRequest
@@ -275,7 +282,7 @@ class Engine:
             answers = torch.from_numpy(
                 np.stack([array for _, array, _ in members]).astype(np.float64, copy=False)
             )
-            echo = tolerance.echo(float(key.tensor.abs().max()) if key.tensor.numel() else 0.0)
+            echo = tolerance.echo(key_scale(key.tensor))
             if shape == key_shape:
                 verdicts = judge(
                     key.tensor, answers, tolerance, partial, key.label, [s for _, _, s in members]
@@ -296,11 +303,9 @@ class Engine:
                 ):
                     found[n] = diagnoses
             for (slot, _, _), verdict, diagnoses in zip(members, verdicts, found, strict=True):
-                self.results[slot.index] = self._tensor_result(verdict, diagnoses, echo)
-
-    @staticmethod
-    def _tensor_result(verdict: Judged, diagnoses: list[Diagnosis], echo: Any) -> Result:
-        return _result(verdict.correct, verdict.score, verdict.report, diagnoses, echo)
+                self.results[slot.index] = _result(
+                    verdict.correct, verdict.score, verdict.report, diagnoses, echo
+                )
 
 
 def check_one(check: CheckRequest, settings: Settings) -> Result:
