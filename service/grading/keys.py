@@ -197,6 +197,8 @@ def _label(expected: ModelExpected, name: str) -> str:
         return f"dl/d{name}" if name != "state_grads" else "state_grads (dl/dh[t] through time)"
     if isinstance(expected, ForwardExpected):
         return f"output {name}"
+    if name == "jacobians":
+        return "jacobians (dh[t]/dh[t-1] for every t)"
     return name
 
 
