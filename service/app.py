@@ -21,7 +21,7 @@ from service.grading.catalogue import catalogue_from_settings
 from service.logs import ensure_logging
 from service.problems import install_problem_handlers, problem_schemas
 from service.ratelimit import CheckLimiter
-from service.routes import assignments, diagnostics, health, metrics, models, shapes
+from service.routes import assignments, check, diagnostics, health, metrics, models, shapes
 from service.settings import Settings, get_settings
 from service.telemetry import Telemetry
 
@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(shapes.router, **INSTRUCTORS)
     app.include_router(models.router, **INSTRUCTORS)
+    app.include_router(check.router, **INSTRUCTORS)
     app.include_router(diagnostics.router, **INSTRUCTORS)
     app.include_router(assignments.router, **STUDENTS)
     app.include_router(metrics.router)

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     experiment_concurrency: int = Field(
         1, ge=1, description="Experiments one worker runs at once; more are answered 503."
     )
+    max_batch_checks: int = Field(
+        5000, ge=1, description="Most checks one POST /v1/check/batch may hold."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     instructor_keys: SecretStr = Field(
         SecretStr(""),

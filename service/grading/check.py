@@ -1,0 +1,320 @@
+"""The checking engine: one path for ``/v1/check`` and ``/v1/check/batch``.
+
+Checks are grouped by their ``expected`` (its canonical JSON, keys sorted), and each key is
+computed once per group. Within a group, tensor answers that share a shape and a tolerance
+are stacked and judged together (``compare.judge``), and the wrong ones are diagnosed
+together (``diagnosis.diagnose``); formula answers that parse to the same tree are evaluated
+once.
+A class of 1,000 answers to one question is therefore one reference computation and a few
+tensor operations, plus the decoding of each answer.
+
+A single check raises its error (a 4xx problem); in a batch, a check that cannot be judged
+gets an ``error`` in its place and the others are judged.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+
+from models.errors import ModelError
+from service.compute import new_budget
+from service.grading import rnn_mistakes  # noqa: F401  (registers the recurrent mistakes)
+from service.grading.compare import (
+    Tolerance,
+    as_scalar_if_one,
+    judge,
+    key_scale,
+    shape_mismatch,
+)
+from service.grading.diagnosis import MAX_DIAGNOSED_ELEMENTS, Diagnosis, diagnose
+from service.grading.errors import InvalidAnswer
+from service.grading.formulas import FormulaKey, formula_key
+from service.grading.keys import TensorKey, model_key, value_key
+from service.grading.schemas import (
+    CheckRequest,
+    ConvShapeExpected,
+    FormulaExpected,
+    ValueExpected,
+)
+from service.grading.shapes import ShapeKey, judge_shape, parse_shape_answer, shape_key
+from service.problems import Problem, from_model_error
+from service.settings import Settings
+from service.tensors import Budget, decode
+
+Key = TensorKey | ShapeKey | FormulaKey
+Result = dict[str, Any]
+
+
+class CheckFailed(Exception):
+    """A check that could not be judged: its problem, located in the request."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.detail)
+        self.problem = problem
+
+
+def relocate(error: Problem | ModelError, prefix: str) -> Problem:
+    """The error as a problem whose field paths start at ``prefix`` (``expected``,
+    ``checks.3.expected``, or nothing), so the client sees where in its request the fault is."""
+    if isinstance(error, ModelError):
+        where = ".".join(part for part in (prefix, error.where) if part)
+        # A copy: the same error may answer every check of a group, each at its own place.
+        located = copy.copy(error)
+        located.where = where
+        problem = from_model_error(located)
+        if where:
+            problem.detail = f"{where}: {error.message}"
+        if error.where == "answer":
+            problem.kind, problem.title = "invalid-answer", "The answer cannot be judged"
+    elif prefix:
+        path = ".".join(str(p) for p in error.errors[0]["loc"][1:]) if error.errors else ""
+        detail = (
+            f"{prefix}.{error.detail}"
+            if path and error.detail.startswith(path)
+            else f"{prefix}: {error.detail}"
+        )
+        problem = Problem(
+            error.status,
+            detail,
+            kind=error.kind,
+            title=error.title,
+            errors=[{**e, "loc": ["body", *prefix.split("."), *e["loc"][1:]]} for e in error.errors]
+            if error.errors is not None
+            else None,
+            headers=error.headers,
+        )
+    else:
+        problem = error
+    if problem.errors is not None:
+        problem.errors = [
+            {**e, "loc": [int(p) if isinstance(p, str) and p.isdigit() else p for p in e["loc"]]}
+            for e in problem.errors
+        ]
+    return problem
+
+
+def canonical(check: CheckRequest) -> bytes:
+    """The identity of a check's key: its ``expected`` as JSON with sorted keys."""
+    return orjson.dumps(check.expected.model_dump(), option=orjson.OPT_SORT_KEYS)
+
+
+def compute_key(check: CheckRequest, settings: Settings) -> Key:
+    """The key of a check's ``expected``; raises ``ModelError`` or ``Problem``."""
+    expected = check.expected
+    if isinstance(expected, ConvShapeExpected):
+        return shape_key(expected)
+    if isinstance(expected, FormulaExpected):
+        return formula_key(
+            expected.reference, expected.named, expected.variables, expected.constraints
+        )
+    if isinstance(expected, ValueExpected):
+        return value_key(expected, settings)
+    return model_key(expected, settings)
+
+
+def tolerance_of(check: CheckRequest) -> Tolerance:
+    given = check.tolerance
+    return Tolerance(given.rtol, given.atol, given.floor)
+
+
+def _result(
+    correct: bool, score: float, report: dict[str, Any], diagnosis: list[Diagnosis], echo: Any
+) -> Result:
+    return {
+        "correct": correct,
+        "score": score,
+        "report": report,
+        "diagnosis": [{"code": d.code, "message": d.message} for d in diagnosis],
+        "tolerance": echo,
+    }
+
+
+@dataclass
+class Slot:
+    """One check of a group: where its result goes and where its fields are in the request."""
+
+    index: int
+    check: CheckRequest
+    prefix: str
+
+
+class Engine:
+    """Judges a list of checks in order, computing each distinct key once."""
+
+    def __init__(self, settings: Settings, *, batch: bool) -> None:
+        self.settings = settings
+        self.batch = batch
+        self.budget: Budget = new_budget(settings)
+        self.results: list[Result | None] = []
+        self.keys = 0
+        self.key_elements = 0
+
+    def _prefix(self, index: int) -> str:
+        return f"checks.{index}." if self.batch else ""
+
+    def _fail(self, slot: Slot, error: Problem | ModelError, field: str) -> None:
+        problem = relocate(error, f"{slot.prefix}{field}".rstrip("."))
+        if not self.batch:
+            raise CheckFailed(problem)
+        self.results[slot.index] = {"error": problem.body()}
+
+    def run(self, checks: Sequence[CheckRequest]) -> list[Result]:
+        """A result per check, in order (an ``{"error": ...}`` for a batch's invalid ones)."""
+        self.results = [None] * len(checks)
+        groups: dict[bytes, list[Slot]] = {}
+        for index, check in enumerate(checks):
+            slot = Slot(index, check, self._prefix(index))
+            groups.setdefault(canonical(check), []).append(slot)
+        for slots in groups.values():
+            self._run_group(slots)
+        assert all(result is not None for result in self.results)
+        return [result for result in self.results if result is not None]
+
+    def _run_group(self, slots: list[Slot]) -> None:
+        try:
+            key = compute_key(slots[0].check, self.settings)
+            self._charge(key)
+        except (Problem, ModelError) as error:
+            for slot in slots:
+                self._fail(slot, error, "expected")
+            return
+        self.keys += 1
+        if isinstance(key, TensorKey):
+            self._judge_tensors(key, slots)
+        elif isinstance(key, ShapeKey):
+            self._judge_each(slots, lambda slot: self._judge_shape(key, slot))
+        else:
+            self._judge_each(slots, lambda slot: self._judge_formula(key, slot))
+
+    def _charge(self, key: Key) -> None:
+        """Bound the keys of one batch together, as one Jacobian is bounded: many distinct
+        large keys in one request would otherwise multiply the work without limit."""
+        if not isinstance(key, TensorKey):
+            return
+        self.key_elements += key.tensor.numel()
+        limit = self.settings.max_jacobian_elements
+        if self.key_elements > limit:
+            raise Problem(
+                413,
+                f"the keys of this batch hold more than {limit:,} elements in all "
+                "(TENSORGRADE_MAX_JACOBIAN_ELEMENTS); split the batch",
+                kind="budget-exceeded",
+                title="Over the element budget",
+            )
+
+    def _judge_each(self, slots: list[Slot], judge_one: Callable[[Slot], Result]) -> None:
+        for slot in slots:
+            try:
+                self.results[slot.index] = judge_one(slot)
+            except (Problem, ModelError) as error:
+                self._fail(slot, error, "")
+
+    def _judge_shape(self, key: ShapeKey, slot: Slot) -> Result:
+        given = parse_shape_answer(slot.check.answer, "answer")
+        correct, score, report, found = judge_shape(key, given, slot.check.partial_credit)
+        return _result(correct, score, report, found, tolerance_of(slot.check).echo(None))
+
+    def _judge_formula(self, key: FormulaKey, slot: Slot) -> Result:
+        answer = slot.check.answer
+        if not isinstance(answer, str):
+            raise InvalidAnswer(
+                "a formula answer is an expression string, e.g. 'floor(H/2)'", "answer"
+            )
+        agree, disagree = key.compare(answer, "answer")
+        checked = len(key.points)
+        correct = agree == checked
+        report: dict[str, Any] = {
+            "kind": "formula",
+            "reference": key.reference.text,
+            "named": key.name,
+            "points_checked": checked,
+            "points_disagreeing": checked - agree,
+            "constraints": list(key.constraints),
+        }
+        if correct:
+            report["message"] = f"the formula agrees with the reference at all {checked} points"
+        else:
+            first = disagree[0]
+            report["counterexample"] = {
+                "point": first.point,
+                "expected": first.expected,
+                "given": first.given,
+                "reason": first.reason,
+            }
+            given = "undefined" if first.given is None else first.given
+            point = ", ".join(f"{n}={v}" for n, v in first.point.items())
+            report["message"] = (
+                f"the formula disagrees with the reference at {checked - agree} of {checked} "
+                f"points; at {point} the reference is {first.expected} and the answer "
+                f"{given}" + (f" ({first.reason})" if first.given is None else "")
+            )
+        partial = slot.check.partial_credit
+        score = 1.0 if correct else (agree / checked if partial != "none" else 0.0)
+        return _result(correct, score, report, [], tolerance_of(slot.check).echo(None))
+
+    def _decode(self, key: TensorKey, slot: Slot) -> tuple[np.ndarray, bool] | None:
+        try:
+            array = decode(slot.check.answer, "answer", self.budget)
+        except Problem as error:
+            self._fail(slot, error, "")
+            return None
+        return as_scalar_if_one(tuple(key.tensor.shape), array)
+
+    def _judge_tensors(self, key: TensorKey, slots: list[Slot]) -> None:
+        """Stack the answers of one shape and tolerance; judge and diagnose each stack."""
+        stacks: dict[tuple[Any, ...], list[tuple[Slot, np.ndarray, bool]]] = {}
+        for slot in slots:
+            decoded = self._decode(key, slot)
+            if decoded is None:
+                continue
+            array, scalar = decoded
+            group = (tuple(array.shape), tolerance_of(slot.check), slot.check.partial_credit)
+            stacks.setdefault(group, []).append((slot, array, scalar))
+        key_shape = tuple(key.tensor.shape)
+        for (shape, tolerance, partial), members in stacks.items():
+            answers = torch.from_numpy(
+                np.stack([array for _, array, _ in members]).astype(np.float64, copy=False)
+            )
+            echo = tolerance.echo(key_scale(key.tensor))
+            if shape == key_shape:
+                verdicts = judge(
+                    key.tensor, answers, tolerance, partial, key.label, [s for _, _, s in members]
+                )
+            else:
+                verdicts = [shape_mismatch(key.tensor, shape, key.label) for _ in members]
+            wrong = [n for n, verdict in enumerate(verdicts) if not verdict.correct]
+            found: list[list[Diagnosis]] = [[] for _ in members]
+            if wrong and key.tensor.numel() > MAX_DIAGNOSED_ELEMENTS:
+                for n in wrong:
+                    verdicts[n].report["diagnosis_skipped"] = (
+                        f"the key has {key.tensor.numel():,} elements; mistakes are diagnosed "
+                        f"for keys of at most {MAX_DIAGNOSED_ELEMENTS:,}"
+                    )
+            elif wrong:
+                for n, diagnoses in zip(
+                    wrong, diagnose(key, answers[wrong], tolerance), strict=True
+                ):
+                    found[n] = diagnoses
+            for (slot, _, _), verdict, diagnoses in zip(members, verdicts, found, strict=True):
+                self.results[slot.index] = _result(
+                    verdict.correct, verdict.score, verdict.report, diagnoses, echo
+                )
+
+
+def check_one(check: CheckRequest, settings: Settings) -> Result:
+    """Judge one check; raises ``CheckFailed`` with the problem when it cannot be judged."""
+    return Engine(settings, batch=False).run([check])[0]
+
+
+def check_many(checks: Sequence[CheckRequest], settings: Settings) -> tuple[list[Result], int]:
+    """Judge checks in order; returns the results and how many distinct keys were computed."""
+    engine = Engine(settings, batch=True)
+    results = engine.run(checks)
+    return results, engine.keys

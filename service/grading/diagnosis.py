@@ -1,0 +1,495 @@
+"""Diagnosis of common mistakes, by recomputing the key with the mistake made.
+
+Each mistake is a small registered class. Given the key (and, through ``key.source``, the
+model call that produced it) and the shape of the wrong answers, it yields candidate
+tensors, each the reference with that one mistake made, and a sentence a student
+understands. An answer is diagnosed with a mistake when it matches the candidate within the
+check's own tolerance; nothing is guessed. A candidate that equals the key itself (a
+symmetric matrix transposed, a shift of zeros) is skipped: it cannot tell right from wrong.
+
+Wrong answers that share a key and a shape are stacked, so each candidate is computed once
+and compared with all of them in one operation. Only wrong answers are diagnosed: a correct
+answer never gets a diagnosis.
+
+Register a new mistake with ``@register`` on a ``Mistake`` subclass; ``order`` sets where it
+is tried (specific mistakes first) and its sentence appears.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import ClassVar, TypeVar
+
+import torch
+
+from service.grading.compare import Tolerance, key_scale, within
+from service.grading.keys import TensorKey
+
+Shape = tuple[int, ...]
+POSITION_AXES = frozenset({"L", "H", "W", "T"})
+"""Symbols of the axes that index positions or time (where an off-by-one index shifts)."""
+
+MAX_PERMUTED_RANK = 6
+MAX_DIAGNOSED_ELEMENTS = 1_000_000
+"""Keys larger than this are judged but not diagnosed: each candidate is a key-sized tensor."""
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A mistake found in an answer: a stable ``code`` and a sentence for the student."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The key with one mistake made; ``code`` overrides the mistake's own when given."""
+
+    tensor: torch.Tensor
+    message: str
+    code: str | None = None
+
+
+class Seen:
+    """Candidates already matched with some answer of a stack."""
+
+    def __init__(self) -> None:
+        self.tensors: list[torch.Tensor] = []
+
+    def has(self, tensor: torch.Tensor) -> bool:
+        return any(
+            t.shape == tensor.shape and torch.allclose(t, tensor, rtol=1e-12, atol=1e-300)
+            for t in self.tensors
+        )
+
+    def add(self, tensor: torch.Tensor) -> None:
+        self.tensors.append(tensor)
+
+
+class Mistake:
+    """A common mistake: yields the key recomputed with it made, for a given answer shape."""
+
+    code: ClassVar[str]
+    order: ClassVar[int]
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        """The key with this mistake made, shaped like the answers (``shape``)."""
+        return iter(())
+
+    def match(
+        self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, seen: Seen
+    ) -> list[Diagnosis | None]:
+        """For each stacked answer, this mistake's diagnosis if the answer makes it.
+
+        ``seen`` holds the candidates that earlier mistakes matched: one that equals them is
+        the same answer explained again (a column-major read that is a transpose) and is
+        skipped; the ones this mistake matches are added.
+        """
+        found: list[Diagnosis | None] = [None] * answers.shape[0]
+        shape = tuple(answers.shape[1:])
+        scale = key_scale(key.tensor)
+        for candidate in self.candidates(key, shape):
+            tensor = candidate.tensor
+            if tuple(tensor.shape) != shape or not bool(torch.isfinite(tensor).all()):
+                continue
+            if shape == tuple(key.tensor.shape) and bool(
+                within(key.tensor[None], tensor, tolerance, scale)[0]
+            ):
+                continue
+            if seen.has(tensor):
+                continue
+            hits = torch.nonzero(within(answers, tensor, tolerance, scale)).reshape(-1).tolist()
+            if hits:
+                seen.add(tensor)
+            for n in hits:
+                if found[n] is None:
+                    found[n] = Diagnosis(candidate.code or self.code, candidate.message)
+        return found
+
+
+MISTAKES: list[Mistake] = []
+
+M = TypeVar("M", bound=type[Mistake])
+
+
+def register(cls: M) -> M:
+    """Add a mistake to the ones every wrong tensor answer is tested for."""
+    MISTAKES.append(cls())
+    MISTAKES.sort(key=lambda mistake: mistake.order)
+    return cls
+
+
+def diagnose(key: TensorKey, answers: torch.Tensor, tolerance: Tolerance) -> list[list[Diagnosis]]:
+    """The mistakes each wrong answer (stacked as ``(N, *shape)``) makes, at most one per code.
+
+    Args:
+        key: the key, with its source when a model computed it.
+        answers: wrong answers of one shape, float64 on the CPU.
+        tolerance: the check's tolerance, used to match answers with candidates.
+
+    Returns:
+        For each answer, its diagnoses in the order of ``MISTAKES``.
+    """
+    results: list[list[Diagnosis]] = [[] for _ in range(answers.shape[0])]
+    seen = Seen()
+    for mistake in MISTAKES:
+        for n, found in enumerate(mistake.match(key, answers, tolerance, seen)):
+            if found is not None and all(d.code != found.code for d in results[n]):
+                results[n].append(found)
+    return results
+
+
+def _names(key: TensorKey, axes: tuple[int, ...]) -> str:
+    return ", ".join(key.axis(a) for a in axes)
+
+
+@register
+class WrongArgument(Mistake):
+    """dy/dx given where dy/dW is asked (or the reverse); another gradient or output."""
+
+    code = "wrong_argument"
+    order = 10
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        source = key.source
+        if source is None:
+            return
+        if source.op == "jacobian":
+            of, wrt = source.of, source.wrt
+            outputs = source.prepared.output_shapes
+            for name, arg in source.prepared.args.items():
+                if name != wrt and (*outputs[of], *arg.shape) == shape:
+                    jacobian = source.jacobian(of, name)
+                    if jacobian is not None:
+                        yield Candidate(
+                            jacobian,
+                            f"This is d{of}/d{name}, the Jacobian against {name}; the question "
+                            f"asks for d{of}/d{wrt}, against {wrt}.",
+                        )
+            for name, out_shape in outputs.items():
+                if name != of and (*out_shape, *source.prepared.args[wrt].shape) == shape:
+                    jacobian = source.jacobian(name, wrt)
+                    if jacobian is not None:
+                        yield Candidate(
+                            jacobian,
+                            f"This is d{name}/d{wrt}, the Jacobian of {name}; the question asks "
+                            f"for d{of}/d{wrt}.",
+                            "wrong_output",
+                        )
+            return
+        for name, tensor in source.tensors.items():
+            if name == source.select or tuple(tensor.shape) != shape:
+                continue
+            if source.op == "backward":
+                yield Candidate(
+                    tensor, f"This is dl/d{name}; the question asks for dl/d{source.select}."
+                )
+            else:
+                yield Candidate(
+                    tensor,
+                    f"This is {name}; the question asks for {source.select}.",
+                    "wrong_output",
+                )
+
+
+@register
+class SignFlipped(Mistake):
+    code = "sign_flipped"
+    order = 30
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        yield Candidate(
+            -key.tensor,
+            "Your answer is the negative of the key: the sign is flipped (a minus sign lost "
+            "or added, or the difference taken the other way round).",
+        )
+
+
+def _nice_factor(value: float) -> Fraction | None:
+    """``value`` as a simple fraction (denominator at most 64), or None if it is not one."""
+    if not math.isfinite(value) or value == 0:
+        return None
+    fraction = Fraction(value).limit_denominator(64)
+    if fraction in (0, 1, -1) or abs(fraction.numerator) > 10**6:
+        return None
+    if abs(float(fraction) - value) > 1e-3 * abs(value):
+        return None
+    return fraction
+
+
+@register
+class ConstantFactor(Mistake):
+    """x2, x1/2, xN: the factor is fitted per answer, then the scaled key must match."""
+
+    code = "constant_factor"
+    order = 31
+
+    def match(
+        self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, seen: Seen
+    ) -> list[Diagnosis | None]:
+        found: list[Diagnosis | None] = [None] * answers.shape[0]
+        if tuple(answers.shape[1:]) != tuple(key.tensor.shape):
+            return found
+        flat_key = key.tensor.reshape(-1)
+        norm = float(flat_key @ flat_key)
+        if norm == 0:
+            return found
+        fitted = (answers.reshape(answers.shape[0], -1) @ flat_key / norm).tolist()
+        by_factor: dict[Fraction, list[int]] = {}
+        for n, value in enumerate(fitted):
+            factor = _nice_factor(value)
+            if factor is not None:
+                by_factor.setdefault(factor, []).append(n)
+        scale = key_scale(key.tensor)
+        for factor, rows in by_factor.items():
+            target = float(factor) * key.tensor
+            # The tolerance scales with the factor: the candidate's own magnitude.
+            if seen.has(target):
+                continue
+            hits = within(answers[rows], target, tolerance, scale * abs(float(factor)))
+            if bool(hits.any()):
+                seen.add(target)
+            message = self._message(factor, key)
+            for n, hit in zip(rows, hits.tolist(), strict=True):
+                if hit:
+                    found[n] = Diagnosis(self.code, message)
+        return found
+
+    @staticmethod
+    def _message(factor: Fraction, key: TensorKey) -> str:
+        size = abs(factor) if abs(factor).denominator == 1 else 1 / abs(factor)
+        shown = str(abs(factor))
+        text = (
+            f"Your answer is {shown} times the key: off by a constant factor of {shown}"
+            if factor > 0
+            else f"Your answer is -{shown} times the key: the sign is flipped and it is off by "
+            f"a factor of {shown}"
+        )
+        axes = [key.axis(a) for a, n in enumerate(key.tensor.shape) if n == size and n > 1]
+        if axes:
+            text += (
+                f" ({size} is the size of {axes[0]}: a sum or a mean over it, or a term "
+                "counted that many times?)"
+            )
+        elif abs(factor) == 2:
+            text += " (a term counted twice?)"
+        elif abs(factor) == Fraction(1, 2):
+            text += " (a mean where a sum belongs, or a factor 1/2 too many?)"
+        return text + "."
+
+
+@register
+class AxesPermuted(Mistake):
+    """Transposed or re-ordered axes, including the two halves of a Jacobian swapped."""
+
+    code = "axes_permuted"
+    order = 40
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        tensor = key.tensor
+        rank = tensor.dim()
+        if rank < 2 or len(shape) != rank or sorted(shape) != sorted(tensor.shape):
+            return
+        orders = (
+            list(itertools.permutations(range(rank)))
+            if rank <= MAX_PERMUTED_RANK
+            else [_swap(rank, a, b) for a, b in itertools.combinations(range(rank), 2)]
+        )
+        halves = self._halves(key)
+        # Size-1 axes let several orders give the same numbers: the simplest explanation first
+        # (halves swapped, then two axes swapped); later equal candidates are skipped.
+        orders.sort(key=lambda o: (o != halves, sum(a != b for a, b in enumerate(o)) != 2))
+        for order in orders:
+            moved = [a for a in order if tensor.shape[a] != 1]
+            if tuple(tensor.shape[a] for a in order) != shape or moved == sorted(moved):
+                continue  # another shape, or only axes of size 1 moved (a reshape, not this)
+            yield self._candidate(key, order, order == halves)
+
+    @staticmethod
+    def _halves(key: TensorKey) -> tuple[int, ...] | None:
+        """The order that swaps a Jacobian's output axes and argument axes."""
+        source = key.source
+        if source is None or source.op != "jacobian":
+            return None
+        split, rank = len(source.prepared.output_shapes[source.of]), key.tensor.dim()
+        return (*range(split, rank), *range(split))
+
+    def _candidate(self, key: TensorKey, order: tuple[int, ...], halves: bool) -> Candidate:
+        permuted = key.tensor.permute(order).contiguous()
+        source = key.source
+        if halves and source is not None:
+            return Candidate(
+                permuted,
+                f"The two halves of the Jacobian's shape are swapped: you laid it out as the "
+                f"shape of {source.wrt} followed by the shape of {source.of}; "
+                f"d{source.of}/d{source.wrt} is the shape of {source.of} followed by the "
+                f"shape of {source.wrt}, {list(key.tensor.shape)}.",
+                "jacobian_halves_swapped",
+            )
+        swapped = [a for a, b in enumerate(order) if a != b]
+        if len(swapped) == 2:
+            a, b = swapped
+            return Candidate(
+                permuted,
+                f"Your answer is the key transposed: axes {a} ({key.axis(a)}) and {b} "
+                f"({key.axis(b)}) are swapped.",
+                "transposed",
+            )
+        return Candidate(
+            permuted,
+            f"Your answer has the right numbers with the axes in another order: yours are "
+            f"({_names(key, order)}), the key's are ({_names(key, tuple(range(len(order))))}).",
+        )
+
+
+def _swap(rank: int, a: int, b: int) -> tuple[int, ...]:
+    order = list(range(rank))
+    order[a], order[b] = order[b], order[a]
+    return tuple(order)
+
+
+@register
+class Reshaped(Mistake):
+    code = "reshaped"
+    order = 50
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        tensor = key.tensor
+        if shape != tuple(tensor.shape) and math.prod(shape) == tensor.numel():
+            yield Candidate(
+                tensor.reshape(shape),
+                f"Your numbers are right and in the right order, but your answer's shape is "
+                f"{list(shape)} instead of {list(tensor.shape)}: reshape it (row-major) to the "
+                "key's shape.",
+            )
+
+
+@register
+class ColumnMajor(Mistake):
+    """Numbers laid out in column-major (Fortran) order where row-major (C) is the rule."""
+
+    code = "column_major"
+    order = 51
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        tensor = key.tensor
+        if math.prod(shape) != tensor.numel() or max(len(shape), tensor.dim()) < 2:
+            return
+        if shape == tuple(reversed(tensor.shape)):
+            return  # a column-major read into the reversed shape is the transpose (above)
+        reverse = tuple(reversed(range(tensor.dim())))
+        as_rows = tensor.reshape(shape)
+        message = (
+            "Your numbers are the key's in column-major (Fortran) order: lay them out "
+            "row-major (C order, numpy's default), last index fastest."
+        )
+        read_by_columns = tensor.permute(reverse).reshape(shape)
+        if not torch.equal(read_by_columns, as_rows):
+            yield Candidate(read_by_columns, message)
+        filled_by_columns = tensor.reshape(tuple(reversed(shape))).permute(
+            tuple(reversed(range(len(shape))))
+        )
+        if not torch.equal(filled_by_columns, as_rows):
+            yield Candidate(filled_by_columns.contiguous(), message)
+
+
+def _shift(tensor: torch.Tensor, axis: int, delta: int, wrap: bool) -> torch.Tensor:
+    """``out[..., i, ...] = tensor[..., i + delta, ...]``, zero (or wrapped) past the ends."""
+    if wrap:
+        return torch.roll(tensor, -delta, dims=axis)
+    out = torch.zeros_like(tensor)
+    size = tensor.shape[axis]
+    if delta > 0:
+        out.narrow(axis, 0, size - delta).copy_(tensor.narrow(axis, delta, size - delta))
+    else:
+        out.narrow(axis, -delta, size + delta).copy_(tensor.narrow(axis, 0, size + delta))
+    return out
+
+
+@register
+class OffByOne(Mistake):
+    """An index one position off: the seed's 1-based ``2i-1+m`` read with 0-based arrays.
+
+    First the reference recomputed with an input read one position later or earlier along a
+    position or time axis; then the key itself shifted by one along each axis.
+    """
+
+    code = "off_by_one"
+    order = 60
+    hint = "an off-by-one index, such as the seed's 1-based 2i-1+m used with 0-based arrays"
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        if shape != tuple(key.tensor.shape):
+            return
+        yield from self._shifted_inputs(key)
+        for axis, size in enumerate(shape):
+            if size < 2:
+                continue
+            for delta in (1, -1):
+                where = "later" if delta > 0 else "earlier"
+                yield Candidate(
+                    _shift(key.tensor, axis, delta, wrap=False),
+                    f"Your answer is the key read one position {where} along {key.axis(axis)}: "
+                    f"{self.hint}.",
+                )
+                yield Candidate(
+                    _shift(key.tensor, axis, delta, wrap=True),
+                    f"Your answer is the key read one position {where} along {key.axis(axis)}, "
+                    f"wrapping around at the end (a negative index): {self.hint}.",
+                )
+
+    def _shifted_inputs(self, key: TensorKey) -> Iterator[Candidate]:
+        source = key.source
+        if source is None:
+            return
+        args = source.prepared.args
+        for spec in source.model.inputs:
+            if spec.name not in args:
+                continue
+            for axis, symbol in enumerate(spec.shape):
+                if symbol not in POSITION_AXES or args[spec.name].shape[axis] < 2:
+                    continue
+                for delta in (1, -1):
+                    shifted = _shift(args[spec.name], axis, delta, wrap=False)
+                    tensor = source.compute({**args, spec.name: shifted})
+                    if tensor is None:
+                        continue
+                    where = "later" if delta > 0 else "earlier"
+                    yield Candidate(
+                        tensor,
+                        f"Your answer is the reference computed with {spec.name} read one "
+                        f"position {where} along {symbol} (its index off by {delta:+d}): "
+                        f"{self.hint}.",
+                    )
+
+
+@register
+class SummedAxis(Mistake):
+    """A batch, time or position axis summed (or averaged) away."""
+
+    code = "summed_axis"
+    order = 70
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        tensor = key.tensor
+        if len(shape) != tensor.dim() - 1:
+            return
+        for axis in range(tensor.dim()):
+            if tuple(tensor.shape[:axis] + tensor.shape[axis + 1 :]) != shape:
+                continue
+            name = key.axis(axis)
+            yield Candidate(
+                tensor.sum(dim=axis),
+                f"Your answer is the key summed over axis {axis} ({name}): that axis was summed "
+                f"away; the answer keeps one entry per {name}.",
+            )
+            yield Candidate(
+                tensor.mean(dim=axis),
+                f"Your answer is the key averaged over axis {axis} ({name}): that axis was "
+                f"averaged away; the answer keeps one entry per {name}.",
+            )

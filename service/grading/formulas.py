@@ -1,0 +1,678 @@
+"""Formula answers, parsed and evaluated without running code.
+
+A formula is parsed by ``ast.parse`` and every node is checked against an allow-list:
+numbers, the request's variables, ``+ - * / // % **``, unary ``-`` and ``+``, and calls to
+``floor``, ``ceil``, ``min``, ``max``, ``sqrt`` and ``abs``. Nothing is ever passed to
+``eval``, ``exec`` or ``sympy.parse_expr``: the checked tree is compiled into Python closures
+that can only do that arithmetic.
+
+Limits keep hostile input cheap: at most ``MAX_CHARS`` characters (checked before parsing),
+ASCII only (the multiplication, division and minus signs and the middle dot that typeset
+solutions use are read as ``*``, ``/``, ``-`` and ``*``), at most ``MAX_NODES`` nodes nested
+``MAX_DEPTH`` deep, integer literals of at most ``MAX_LITERAL_DIGITS`` digits, exponents of at
+most ``MAX_EXPONENT`` in magnitude, and intermediate values of at most ``MAX_BITS`` bits.
+
+Arithmetic is exact (``fractions.Fraction``) while the values are rational, which they are
+wherever the variables are integers, unless ``sqrt`` of a non-square or a fractional power
+makes them real (then ``float``). Two formulas are equivalent when they agree at every point
+sampled from the variables' ranges (the whole grid when it is small; otherwise the corners,
+every variable at and next to its edges, and random points) where the reference is defined
+and its constraints hold.
+
+Example:
+    >>> ref = parse("floor((H + 2*P - D*(K - 1) - 1)/S) + 1", ["H", "K", "P", "S", "D"])
+    >>> ref({"H": 21, "K": 4, "P": 0, "S": 4, "D": 1})
+    5
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import math
+import operator
+import random
+import unicodedata
+import zlib
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from service.grading.errors import FormulaError
+
+Number = int | Fraction | float
+Point = Mapping[str, Number]
+Evaluator = Callable[[Point], Any]
+
+MAX_CHARS = 500
+MAX_NODES = 200
+MAX_DEPTH = 40
+MAX_LITERAL_DIGITS = 12
+MAX_EXPONENT = 64
+MAX_BITS = 4096
+MAX_VARIABLES = 8
+MAX_RANGE = 10**9
+MAX_POINTS = 400
+FLOAT_RTOL = 1e-9
+
+# Students paste these from typeset solutions; each is one character, so positions are kept.
+_TRANSLATE = str.maketrans({"\u00d7": "*", "\u00f7": "/", "\u00b7": "*", "\u2212": "-"})
+
+_BINARY: dict[type[ast.operator], str] = {
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.Div: "/",
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.Pow: "**",
+}
+_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+# name -> (fewest, most) arguments; None: no upper bound.
+FUNCTIONS: dict[str, tuple[int, int | None]] = {
+    "floor": (1, 1),
+    "ceil": (1, 1),
+    "sqrt": (1, 1),
+    "abs": (1, 1),
+    "min": (1, None),
+    "max": (1, None),
+}
+
+
+class Undefined(ArithmeticError):
+    """The formula has no value at this point (division by zero, sqrt of a negative...)."""
+
+
+def _refuse(message: str, where: str, column: int = 0) -> FormulaError:
+    at = f" at column {column}" if column else ""
+    return FormulaError(f"{message}{at}", where, column)
+
+
+def _column(node: ast.AST, shift: int) -> int:
+    return int(getattr(node, "col_offset", -1)) + 1 + shift
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A parsed, checked formula; call it with a point (variable -> value) to evaluate it."""
+
+    text: str
+    names: frozenset[str]
+    evaluate: Evaluator = field(repr=False, compare=False)
+    canonical: str = field(default="", repr=False, compare=False)
+    """The parsed tree as text: the same for ``H+1`` and ``(H) + 1``."""
+
+    def __call__(self, point: Point) -> Any:
+        """The value at ``point``; raises ``Undefined`` where there is none."""
+        try:
+            return self.evaluate(point)
+        except (ZeroDivisionError, OverflowError, ValueError) as error:
+            if isinstance(error, FormulaError):
+                raise
+            raise Undefined(str(error)) from None
+
+
+def _clean(text: str, where: str) -> tuple[str, int]:
+    """Length, control characters and non-ASCII refused; returns the text and its indent."""
+    if len(text) > MAX_CHARS:
+        raise _refuse(f"the formula has {len(text):,} characters; the limit is {MAX_CHARS}", where)
+    for index, char in enumerate(text):
+        if char == "\0":
+            raise _refuse("the formula contains a NUL byte", where, index + 1)
+        if char < " " and char != "\t":
+            raise _refuse(f"the formula contains the control character {char!r}", where, index + 1)
+    text = text.translate(_TRANSLATE)
+    for index, char in enumerate(text):
+        if not char.isascii():
+            name = unicodedata.name(char, f"U+{ord(char):04X}")
+            raise _refuse(
+                f"the character {char!r} ({name}) is not allowed; write formulas in ASCII "
+                "(letters, digits, + - * / // % ** and parentheses)",
+                where,
+                index + 1,
+            )
+        if char == "^":
+            raise _refuse("'^' is not a power here; write H**2 for a power", where, index + 1)
+    stripped = text.lstrip()
+    if not stripped.strip():
+        raise _refuse("the formula is empty", where)
+    return stripped, len(text) - len(stripped)
+
+
+def _syntax(text: str, shift: int, where: str) -> ast.Expression:
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as error:
+        offset = error.offset or 0
+        column = offset + shift if 0 < offset <= len(text) else len(text) + shift + 1
+        place = "" if 0 < offset <= len(text) else " (the formula ends too early)"
+        message = (error.msg or "invalid syntax").removesuffix(".")
+        raise _refuse(f"syntax error: {message}{place}", where, column) from None
+    except (ValueError, RecursionError, MemoryError):
+        raise _refuse("the formula cannot be parsed", where) from None
+    return tree
+
+
+def _check_tree(
+    tree: ast.Expression,
+    variables: Collection[str],
+    where: str,
+    shift: int,
+    allow_compare: bool,
+) -> frozenset[str]:
+    """Every node on the allow-list, sizes within limits; returns the variables used."""
+    used: set[str] = set()
+    stack: list[tuple[ast.AST, int, ast.AST | None]] = [(tree.body, 1, None)]
+    count = 0
+    while stack:
+        node, depth, parent = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise _refuse(f"the formula has more than {MAX_NODES} parts", where)
+        if depth > MAX_DEPTH:
+            raise _refuse(f"the formula is nested more than {MAX_DEPTH} deep", where)
+        column = _column(node, shift)
+        children: list[ast.AST] = []
+        if isinstance(node, ast.BinOp):
+            if type(node.op) not in _BINARY:
+                raise _refuse(f"the operator {_op_text(node.op)} is not allowed", where, column)
+            children = [node.left, node.right]
+        elif isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, ast.USub | ast.UAdd):
+                raise _refuse(f"the operator {_op_text(node.op)} is not allowed", where, column)
+            children = [node.operand]
+        elif isinstance(node, ast.Constant):
+            _check_constant(node.value, where, column)
+        elif isinstance(node, ast.Name):
+            if node.id in FUNCTIONS:
+                raise _refuse(f"{node.id} is a function: call it as {node.id}(...)", where, column)
+            if node.id not in variables:
+                known = ", ".join(sorted(variables)) or "none"
+                raise _refuse(f"unknown name {node.id!r}; the variables are {known}", where, column)
+            used.add(node.id)
+        elif isinstance(node, ast.Call):
+            children = _check_call(node, where, column)
+        elif isinstance(node, ast.Compare) and allow_compare and parent is None:
+            if not all(type(op) in _COMPARE for op in node.ops):
+                raise _refuse("only < <= > >= == != compare here", where, column)
+            children = [node.left, *node.comparators]
+        else:
+            raise _refuse(_not_allowed(node), where, column)
+        stack.extend((child, depth + 1, node) for child in children)
+    return frozenset(used)
+
+
+def _check_constant(value: Any, where: str, column: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _refuse(f"{value!r:.20} is not a number", where, column)
+    if isinstance(value, int) and value >= 10**MAX_LITERAL_DIGITS:
+        raise _refuse(f"numbers are limited to {MAX_LITERAL_DIGITS} digits", where, column)
+    if isinstance(value, float) and not (math.isfinite(value) and abs(value) < 1e12):
+        raise _refuse(f"the number {value!r} is out of range", where, column)
+
+
+def _check_call(node: ast.Call, where: str, column: int) -> list[ast.AST]:
+    if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+        callee = node.func.id if isinstance(node.func, ast.Name) else "this expression"
+        allowed = ", ".join(FUNCTIONS)
+        raise _refuse(
+            f"calling {callee} is not allowed; the functions are {allowed}", where, column
+        )
+    name = node.func.id
+    if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+        raise _refuse(f"{name}(...) takes plain arguments only", where, column)
+    fewest, most = FUNCTIONS[name]
+    if len(node.args) < fewest or (most is not None and len(node.args) > most):
+        wanted = f"{fewest}" if fewest == most else f"at least {fewest}"
+        raise _refuse(
+            f"{name}(...) takes {wanted} argument(s), got {len(node.args)}", where, column
+        )
+    return list(node.args)
+
+
+def _op_text(op: ast.AST) -> str:
+    symbols = {
+        ast.BitXor: "^",
+        ast.BitAnd: "&",
+        ast.BitOr: "|",
+        ast.LShift: "<<",
+        ast.RShift: ">>",
+        ast.MatMult: "@",
+        ast.Invert: "~",
+        ast.Not: "not",
+    }
+    return repr(symbols.get(type(op), type(op).__name__))
+
+
+def _not_allowed(node: ast.AST) -> str:
+    kinds = {
+        ast.Attribute: "attribute access (a.b)",
+        ast.Lambda: "a lambda",
+        ast.ListComp: "a comprehension",
+        ast.SetComp: "a comprehension",
+        ast.DictComp: "a comprehension",
+        ast.GeneratorExp: "a comprehension",
+        ast.Subscript: "indexing (a[b])",
+        ast.Compare: "a comparison",
+        ast.BoolOp: "and/or",
+        ast.IfExp: "if/else",
+        ast.NamedExpr: "an assignment (:=)",
+        ast.JoinedStr: "a string",
+    }
+    what = kinds.get(type(node), type(node).__name__)
+    return f"{what} is not allowed in a formula (only numbers, variables, arithmetic and calls)"
+
+
+def parse(
+    text: str,
+    variables: Collection[str],
+    where: str = "answer",
+    *,
+    allow_compare: bool = False,
+) -> Formula:
+    """Parse and check a formula over ``variables``.
+
+    Args:
+        text: the formula, e.g. ``"floor((H - K)/S) + 1"``.
+        variables: the names it may use.
+        where: the field path named in errors.
+        allow_compare: accept one comparison at the top (for constraints such as ``H >= K``).
+
+    Returns:
+        The checked ``Formula``.
+
+    Raises:
+        FormulaError: a syntax error (with its column), a refused node, or a limit exceeded.
+    """
+    cleaned, shift = _clean(text, where)
+    tree = _syntax(cleaned, shift, where)
+    names = _check_tree(tree, variables, where, shift, allow_compare)
+    return Formula(text, names, _compile(tree.body, where, shift), ast.dump(tree.body))
+
+
+def _exact(value: int | Fraction) -> int | Fraction:
+    """An integral fraction as an int: integer arithmetic is many times faster."""
+    return value.numerator if isinstance(value, Fraction) and value.denominator == 1 else value
+
+
+def _bits(value: int | Fraction) -> int:
+    if isinstance(value, int):
+        return value.bit_length()
+    return max(value.numerator.bit_length(), value.denominator.bit_length())
+
+
+def _bounded(value: Any, where: str) -> Any:
+    if isinstance(value, int | Fraction):
+        if _bits(value) > MAX_BITS:
+            raise _refuse(f"an intermediate value has more than {MAX_BITS} bits", where)
+        return _exact(value)
+    if not math.isfinite(value):
+        raise Undefined("the value overflows")
+    return value
+
+
+def _power(base: Any, exponent: Any, where: str, column: int) -> Any:
+    if abs(exponent) > MAX_EXPONENT:
+        raise _refuse(
+            f"the exponent {_show(exponent)} is larger than {MAX_EXPONENT} in magnitude",
+            where,
+            column,
+        )
+    if isinstance(exponent, int):
+        if base == 0 and exponent < 0:
+            raise Undefined("0 to a negative power")
+        if isinstance(base, int | Fraction):
+            if _bits(base) * abs(exponent) > MAX_BITS:
+                raise _refuse(f"a power has more than {MAX_BITS} bits", where, column)
+            return _bounded(Fraction(base) ** exponent, where)
+        return _bounded(float(base) ** exponent, where)
+    if base < 0:
+        raise Undefined("a fractional power of a negative number")
+    if base == 0 and exponent < 0:
+        raise Undefined("0 to a negative power")
+    return _bounded(float(base) ** float(exponent), where)
+
+
+def _divide(left: Any, right: Any, op: str) -> Any:
+    if right == 0:
+        raise Undefined("division by zero")
+    exact = isinstance(left, int | Fraction) and isinstance(right, int | Fraction)
+    if op == "/":
+        return Fraction(left) / right if exact else left / right
+    if op == "//":
+        both_int = isinstance(left, int) and isinstance(right, int)
+        return left // right if both_int else _floor(left / right)
+    return left % right
+
+
+def _floor(value: int | Fraction | float) -> int:
+    return math.floor(value)
+
+
+def _ceil(value: int | Fraction | float) -> int:
+    return math.ceil(value)
+
+
+def _sqrt(value: Any) -> Any:
+    if value < 0:
+        raise Undefined("sqrt of a negative number")
+    if isinstance(value, int | Fraction):
+        fraction = Fraction(value)
+        num, den = math.isqrt(fraction.numerator), math.isqrt(fraction.denominator)
+        if num * num == fraction.numerator and den * den == fraction.denominator:
+            return _exact(Fraction(num, den))
+    return math.sqrt(value)
+
+
+_CALLS: dict[str, Callable[..., Any]] = {
+    "floor": _floor,
+    "ceil": _ceil,
+    "abs": abs,
+    "sqrt": _sqrt,
+    "min": min,
+    "max": max,
+}
+
+
+def _compile(node: ast.AST, where: str, shift: int) -> Evaluator:
+    """The checked tree as nested closures (the tree holds nothing but allowed nodes)."""
+    column = _column(node, shift)
+    if isinstance(node, ast.Constant):
+        constant = node.value if isinstance(node.value, int) else _exact(Fraction(repr(node.value)))
+        return lambda _: constant
+    if isinstance(node, ast.Name):
+        name = node.id
+        return lambda point: point[name]
+    if isinstance(node, ast.UnaryOp):
+        operand = _compile(node.operand, where, shift)
+        if isinstance(node.op, ast.USub):
+            return lambda point: -operand(point)
+        return operand
+    if isinstance(node, ast.Call):
+        assert isinstance(node.func, ast.Name)
+        function = _CALLS[node.func.id]
+        args = [_compile(arg, where, shift) for arg in node.args]
+        return lambda point: function(*(arg(point) for arg in args))
+    if isinstance(node, ast.Compare):
+        return _compile_compare(node, where, shift)
+    assert isinstance(node, ast.BinOp)
+    left, right = _compile(node.left, where, shift), _compile(node.right, where, shift)
+    symbol = _BINARY[type(node.op)]
+    if symbol == "**":
+        return lambda point: _power(left(point), right(point), where, column)
+    if symbol in ("/", "//", "%"):
+        return lambda point: _bounded(_divide(left(point), right(point), symbol), where)
+    arithmetic = {"+": operator.add, "-": operator.sub, "*": operator.mul}[symbol]
+    return lambda point: _bounded(arithmetic(left(point), right(point)), where)
+
+
+def _compile_compare(node: ast.Compare, where: str, shift: int) -> Evaluator:
+    terms = [_compile(t, where, shift) for t in (node.left, *node.comparators)]
+    tests = [_COMPARE[type(op)] for op in node.ops]
+
+    def compare(point: Point) -> bool:
+        values = [term(point) for term in terms]
+        return all(test(a, b) for test, a, b in zip(tests, values, values[1:], strict=False))
+
+    return compare
+
+
+def _show(value: Any) -> int | float | str:
+    """A value for a report: an int when integral, else a float."""
+    if isinstance(value, int | Fraction) and _exact(value) == int(value):
+        return int(value)
+    if isinstance(value, Fraction | float):
+        return float(value)
+    return str(value)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Exact equality for rationals; otherwise agreement to ``FLOAT_RTOL``."""
+    if isinstance(a, int | Fraction) and isinstance(b, int | Fraction):
+        return bool(a == b)
+    try:
+        return math.isclose(float(a), float(b), rel_tol=FLOAT_RTOL, abs_tol=1e-12)
+    except OverflowError:
+        return bool(a == b)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values one variable takes: integers ``lo..hi`` or reals in ``[lo, hi]``."""
+
+    lo: Fraction
+    hi: Fraction
+    integer: bool
+
+    def edges(self) -> list[Fraction]:
+        if self.integer:
+            return sorted({self.lo, min(self.lo + 1, self.hi), max(self.hi - 1, self.lo), self.hi})
+        return sorted({self.lo, self.hi})
+
+    def size(self) -> int:
+        return int(self.hi - self.lo) + 1 if self.integer else MAX_POINTS + 1
+
+    def draw(self, rng: random.Random) -> Fraction:
+        if self.integer:
+            return Fraction(rng.randint(int(self.lo), int(self.hi)))
+        # Six decimals keep exact arithmetic on real variables small.
+        return Fraction(str(round(rng.uniform(float(self.lo), float(self.hi)), 6)))
+
+
+def parse_ranges(variables: Mapping[str, Sequence[Any]], where: str) -> dict[str, Range]:
+    """``{"H": [1, 64], "r": [0.5, 2.0]}`` as ranges; integer bounds make integer variables."""
+    if not variables:
+        raise _refuse("give at least one variable with its range, e.g. {'H': [1, 64]}", where)
+    if len(variables) > MAX_VARIABLES:
+        raise _refuse(f"at most {MAX_VARIABLES} variables", where)
+    ranges = {}
+    for name, bounds in variables.items():
+        place = f"{where}.{name}"
+        if not name.isidentifier() or not name.isascii() or name.startswith("_"):
+            raise _refuse(f"{name!r:.40} is not a variable name (letters, digits, _)", place)
+        if name in FUNCTIONS or len(name) > 32:
+            raise _refuse(f"{name!r} cannot be a variable name", place)
+        if len(bounds) != 2 or not all(
+            isinstance(b, int | float) and not isinstance(b, bool) for b in bounds
+        ):
+            raise _refuse("a range is [lowest, highest], two numbers", place)
+        lo, hi = bounds
+        if not all(math.isfinite(b) and abs(b) <= MAX_RANGE for b in bounds) or lo > hi:
+            raise _refuse(f"the range must have lowest <= highest within +-{MAX_RANGE:.0e}", place)
+        integer = isinstance(lo, int) and isinstance(hi, int)
+        ranges[name] = Range(Fraction(lo), Fraction(hi), integer)
+    return ranges
+
+
+def sample_points(ranges: Mapping[str, Range], limit: int = MAX_POINTS) -> list[dict[str, Number]]:
+    """Deterministic points of the ranges: the whole grid when it has at most ``limit``
+    points; otherwise the corners, each variable at and next to its edges, then random."""
+    names = sorted(ranges)
+    if math.prod(ranges[n].size() for n in names) <= limit:
+        grids = [
+            [ranges[n].lo + i for i in range(int(ranges[n].hi - ranges[n].lo) + 1)] for n in names
+        ]
+        return [
+            {n: _exact(v) for n, v in zip(names, values, strict=True)}
+            for values in itertools.product(*grids)
+        ]
+    rng = random.Random(zlib.crc32(repr(sorted(ranges.items())).encode()))
+    points: list[dict[str, Fraction]] = []
+    if 2 ** len(names) <= limit // 4:
+        corners = itertools.product(*[(ranges[n].lo, ranges[n].hi) for n in names])
+        points += [dict(zip(names, values, strict=True)) for values in corners]
+    for name in names:
+        for edge in ranges[name].edges():
+            for _ in range(2):
+                points.append({n: ranges[n].draw(rng) for n in names} | {name: edge})
+    seen: set[tuple[Fraction, ...]] = set()
+    unique = []
+    for point in points:
+        key = tuple(point[n] for n in names)
+        if key not in seen:
+            seen.add(key)
+            unique.append(point)
+    tries = 0
+    while len(unique) < limit and tries < 4 * limit:
+        tries += 1
+        point = {n: ranges[n].draw(rng) for n in names}
+        key = tuple(point[n] for n in names)
+        if key not in seen:
+            seen.add(key)
+            unique.append(point)
+    return [{n: _exact(v) for n, v in point.items()} for point in unique[:limit]]
+
+
+@dataclass(frozen=True)
+class Named:
+    """A built-in reference formula from the homework."""
+
+    expression: str
+    variables: dict[str, tuple[int, int]]
+    constraints: tuple[str, ...]
+    source: str
+
+
+NAMED: dict[str, Named] = {
+    "conv_output_size": Named(
+        "floor((H + 2*P - D*(K - 1) - 1)/S) + 1",
+        {"H": (1, 64), "K": (1, 8), "P": (0, 4), "S": (1, 4), "D": (1, 4)},
+        ("H + 2*P >= D*(K - 1) + 1",),
+        "seed 1.1(b): output size of a convolution with padding P, stride S, dilation D",
+    ),
+    "conv1d_output_length": Named(
+        "floor((L - K)/S) + 1",
+        {"L": (1, 64), "K": (1, 8), "S": (1, 4)},
+        ("L >= K",),
+        "seed 1.1(c)(i): output length of a 1-D convolution without padding or dilation",
+    ),
+    "gated_rnn_gate_size": Named(
+        "m",
+        {"m": (1, 64), "n": (1, 64)},
+        (),
+        "seed 1.2.1(b): c[t] is in R^m (W_c is m x n, W_h is m x m)",
+    ),
+    "attention_weights_size": Named(
+        "k + 1",
+        {"k": (1, 32), "n": (1, 64)},
+        (),
+        "seed 1.2.2(b)-(c): a[t] has one weight per query-key pair, k + 1 (3 for k = 2)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A point where two formulas differ, with both values (``given`` is None if undefined)."""
+
+    point: dict[str, int | float]
+    expected: int | float | str
+    given: int | float | str | None
+    reason: str
+
+
+@dataclass
+class FormulaKey:
+    """A reference formula evaluated once at its valid points, ready to judge many answers."""
+
+    reference: Formula
+    ranges: dict[str, Range]
+    points: list[dict[str, Number]]
+    values: list[Any]
+    constraints: tuple[str, ...]
+    name: str | None = None
+    _cache: dict[str, tuple[int, list[Disagreement]]] = field(default_factory=dict)
+
+    def compare(self, answer: str, where: str = "answer") -> tuple[int, list[Disagreement]]:
+        """How many valid points agree, and where they do not (simplest points first).
+
+        Answers that parse to the same tree (a class writes the same formula many ways of
+        spacing) are evaluated once.
+        """
+        formula = parse(answer, self.ranges, where)
+        if formula.canonical in self._cache:
+            return self._cache[formula.canonical]
+        agree, disagree = 0, []
+        for point, expected in zip(self.points, self.values, strict=True):
+            try:
+                given = formula(point)
+            except Undefined as error:
+                disagree.append(_disagreement(point, expected, None, str(error)))
+                continue
+            if same_value(expected, given):
+                agree += 1
+            else:
+                disagree.append(_disagreement(point, expected, given, "different values"))
+        disagree.sort(key=lambda d: (sum(abs(float(v)) for v in d.point.values()), str(d.point)))
+        result = (agree, disagree[:3])
+        if len(self._cache) < 4096:
+            self._cache[formula.canonical] = result
+        return result
+
+
+def _disagreement(point: Point, expected: Any, given: Any, reason: str) -> Disagreement:
+    shown = {name: _show(value) for name, value in sorted(point.items())}
+    return Disagreement(
+        {k: v for k, v in shown.items() if not isinstance(v, str)},
+        _show(expected),
+        None if given is None else _show(given),
+        reason,
+    )
+
+
+def formula_key(
+    reference: str | None,
+    named: str | None,
+    variables: Mapping[str, Sequence[Any]] | None,
+    constraints: Sequence[str],
+) -> FormulaKey:
+    """Parse the reference (an expression or a named one), sample its valid points, evaluate.
+
+    Raises:
+        FormulaError: the reference, a range or a constraint is invalid, or the reference is
+            defined at no sampled point.
+    """
+    all_constraints = tuple(constraints)
+    if (reference is None) == (named is None):
+        raise _refuse("give exactly one of `reference` (an expression) or `named`", "reference")
+    if named is not None:
+        if named not in NAMED:
+            raise _refuse(
+                f"there is no named formula {named!r}; there are {', '.join(NAMED)}",
+                "named",
+            )
+        builtin = NAMED[named]
+        reference = builtin.expression
+        variables = {**builtin.variables, **(variables or {})}
+        all_constraints = builtin.constraints + all_constraints
+    assert reference is not None
+    ranges = parse_ranges(variables or {}, "variables")
+    formula = parse(reference, ranges, "reference")
+    checks = [
+        parse(text, ranges, f"constraints.{i}", allow_compare=True)
+        for i, text in enumerate(all_constraints)
+    ]
+    points, values = [], []
+    for point in sample_points(ranges):
+        try:
+            if not all(check(point) for check in checks):
+                continue
+            value = formula(point)
+        except Undefined:
+            continue
+        points.append(point)
+        values.append(value)
+    if not points:
+        raise _refuse(
+            "the reference is defined (and its constraints hold) at no point of the ranges",
+            "reference",
+        )
+    return FormulaKey(formula, ranges, points, values, all_constraints, named)

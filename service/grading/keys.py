@@ -1,0 +1,227 @@
+"""The key of a tensor check: the reference of ``forward``, ``backward``, ``jacobian``,
+``state_jacobians`` or ``value``, computed once and kept with what produced it, so that a
+diagnosis can recompute it with a mistake made.
+
+Everything goes through the registry and ``service.compute.prepare``: a check computes
+exactly what the model endpoints answer, for any registered model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from models import autodiff
+from models.errors import ModelError, UnknownName
+from models.registry import MODELS, ReferenceModel, get_model
+from service.compute import (
+    Prepared,
+    check_jacobian_budget,
+    decode_grad_outputs,
+    new_budget,
+    prepare,
+)
+from service.grading.errors import GradingError
+from service.grading.schemas import (
+    BackwardExpected,
+    ForwardExpected,
+    JacobianExpected,
+    ModelExpected,
+    StateJacobiansExpected,
+    ValueExpected,
+)
+from service.problems import Problem
+from service.settings import Settings
+from service.tensors import decode
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class ModelSource:
+    """How a key was computed: the op on a prepared model request, and the selected tensor.
+
+    ``tensors`` holds every tensor the op answered (all outputs, all gradients, every tensor
+    of the state Jacobians) by name, on the CPU in float64: the "other" answers a student may
+    have given by mistake.
+    """
+
+    op: str
+    prepared: Prepared
+    settings: Settings
+    select: str
+    tensors: Tensors
+    of: str = ""
+    wrt: str = ""
+    grad_outputs: Tensors = field(default_factory=dict)
+
+    @property
+    def model(self) -> ReferenceModel:
+        return self.prepared.model
+
+    def compute(self, args: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """The same op and selection on other arguments (``None`` if it cannot be computed)."""
+        try:
+            tensors = _run(self.op, self.prepared, dict(args), self.of, self.wrt, self.grad_outputs)
+        except (ModelError, RuntimeError):
+            return None
+        tensor = tensors.get(self.select)
+        return None if tensor is None else _cpu(tensor)
+
+    def jacobian(self, of: str, wrt: str) -> torch.Tensor | None:
+        """d(of)/d(wrt) on the key's arguments, or ``None`` when over budget or not defined."""
+        try:
+            check_jacobian_budget(self.prepared, of, wrt, self.settings)
+            result, _ = autodiff.jacobian(
+                self.model, self.prepared.config, self.prepared.args, of, wrt
+            )
+        except (ModelError, Problem, RuntimeError):
+            return None
+        return _cpu(result)
+
+    def forward(self) -> Tensors:
+        """Every output of the model on the key's arguments."""
+        with torch.no_grad():
+            outputs = self.model.forward(self.prepared.config, self.prepared.args)
+        return {name: _cpu(t) for name, t in outputs.items()}
+
+
+@dataclass
+class TensorKey:
+    """A reference tensor (CPU, float64) with what it is, for reports and diagnoses."""
+
+    tensor: torch.Tensor
+    label: str
+    axes: tuple[str, ...]
+    source: ModelSource | None = None
+
+    def axis(self, index: int) -> str:
+        return self.axes[index] if index < len(self.axes) else f"axis {index}"
+
+
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to(device="cpu", dtype=torch.float64).contiguous()
+
+
+def _run(
+    op: str, prepared: Prepared, args: Tensors, of: str, wrt: str, grad_outputs: Tensors
+) -> dict[str, Any]:
+    """Every tensor an op answers, by name, on ``args``."""
+    model, config = prepared.model, prepared.config
+    if op == "forward":
+        with torch.no_grad():
+            return dict(model.forward(config, args))
+    if op == "backward":
+        _, grads, extras = autodiff.backward(model, config, args, grad_outputs)
+        return {**grads, **extras}
+    if op == "jacobian":
+        result, _ = autodiff.jacobian(model, config, args, of, wrt)
+        return {"jacobian": result}
+    assert model.state_jacobians is not None
+    with torch.no_grad():
+        return dict(model.state_jacobians(config, args))
+
+
+def _pick(select: str | None, tensors: Mapping[str, Any], what: str, model: str) -> str:
+    """The selected tensor's name: ``select``, or the only tensor there is."""
+    names = [n for n, t in tensors.items() if isinstance(t, torch.Tensor)]
+    if select is None:
+        if len(names) == 1:
+            return names[0]
+        raise GradingError(
+            f"{model}'s {what} has several tensors ({', '.join(names)}); "
+            "say which one the answer is with `select`",
+            "select",
+        )
+    name = select.removeprefix("grads.")
+    if name not in tensors:
+        raise UnknownName(
+            f"{model}'s {what} has no {select!r}; `select` one of {', '.join(names)}", "select"
+        )
+    if name not in names:
+        raise GradingError(
+            f"{select!r} of {model}'s {what} is not a tensor; `select` one of {', '.join(names)}",
+            "select",
+        )
+    return name
+
+
+def model_key(expected: ModelExpected, settings: Settings) -> TensorKey:
+    """Compute the reference of a model op once, the way the model endpoints do.
+
+    Raises:
+        ModelError, GradingError, Problem: what the model endpoints would refuse, with
+            ``where`` relative to ``expected``.
+    """
+    model = get_model(expected.model)
+    if isinstance(expected, StateJacobiansExpected) and model.state_jacobians is None:
+        having = [m.name for m in MODELS.values() if m.state_jacobians is not None]
+        raise GradingError(
+            f"{model.name} has no state Jacobians (it is not recurrent); the models that have "
+            f"them: {', '.join(having) or 'none'}",
+            "op",
+        )
+    prepared = prepare(model.name, expected, settings)
+    of = wrt = ""
+    grad_outputs: Tensors = {}
+    if isinstance(expected, JacobianExpected):
+        check_jacobian_budget(prepared, expected.of, expected.wrt, settings)
+        of, wrt = expected.of, expected.wrt
+    if isinstance(expected, BackwardExpected):
+        grad_outputs = decode_grad_outputs(prepared, expected.grad_outputs)
+    tensors = _run(expected.op, prepared, prepared.args, of, wrt, grad_outputs)
+    select = getattr(expected, "select", None)
+    what = {"forward": "forward pass", "backward": "backward pass"}.get(
+        expected.op, expected.op.replace("_", " ")
+    )
+    name = _pick(select, tensors, what, model.name)
+    everything = {n: _cpu(t) for n, t in tensors.items() if isinstance(t, torch.Tensor)}
+    key = everything[name]
+    if not bool(torch.isfinite(key).all()):
+        raise GradingError(
+            f"the reference {name} has non-finite values (the computation overflows); "
+            "choose smaller weights or inputs",
+            "",
+        )
+    source = ModelSource(expected.op, prepared, settings, name, everything, of, wrt, grad_outputs)
+    return TensorKey(key, _label(expected, name), _axes(model, expected, name), source)
+
+
+def _label(expected: ModelExpected, name: str) -> str:
+    if isinstance(expected, JacobianExpected):
+        return f"d{expected.of}/d{expected.wrt}"
+    if isinstance(expected, BackwardExpected):
+        return f"dl/d{name}" if name != "state_grads" else "state_grads (dl/dh[t] through time)"
+    if isinstance(expected, ForwardExpected):
+        return f"output {name}"
+    if name == "jacobians":
+        return "jacobians (dh[t]/dh[t-1] for every t)"
+    return name
+
+
+def _axes(model: ReferenceModel, expected: ModelExpected, name: str) -> tuple[str, ...]:
+    """A name for each axis of the key, from the model's symbolic shapes where it has them."""
+    if isinstance(expected, JacobianExpected):
+        out = model.output(expected.of).shape
+        arg = model.argument(expected.wrt).shape
+        return tuple(f"{expected.of}:{s}" for s in out) + tuple(f"{expected.wrt}:{s}" for s in arg)
+    if isinstance(expected, ForwardExpected):
+        return model.output(name).shape
+    if isinstance(expected, BackwardExpected):
+        for spec in model.arguments:
+            if spec.name == name:
+                return spec.shape
+        return ("T", "m") if name == "state_grads" else ()
+    if name == "jacobians":
+        return ("T", "h[t]", "h[t-1]")
+    return ()
+
+
+def value_key(expected: ValueExpected, settings: Settings) -> TensorKey:
+    """A key given directly (``"value"``), decoded with the request's budgets."""
+    array = decode(expected.value, "value", new_budget(settings))
+    tensor = torch.from_numpy(array.astype("float64", copy=True))
+    return TensorKey(tensor, expected.label or "the value", ())

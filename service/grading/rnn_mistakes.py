@@ -1,0 +1,61 @@
+"""Mistakes particular to the recurrent models, each recomputed from the seed's formulas.
+
+They apply to any registered model whose op and outputs fit (a gated model with a gate
+output ``c``; a backward pass answering ``state_grads``), and to nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from service.grading.diagnosis import Candidate, Mistake, Shape, register
+from service.grading.keys import TensorKey
+
+
+@register
+class GatePathMissing(Mistake):
+    """Only ``diag(c[t])`` of the gated RNN's dh[t]/dh[t-1] (seed 1.2.1(d)): the direct path,
+    without the path through the gate ``diag(h[t-1] - W_x x[t]) diag(sigma'(z[t])) W_h``."""
+
+    code = "gate_path_missing"
+    order = 20
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        source = key.source
+        if source is None or source.op != "state_jacobians" or source.select != "jacobians":
+            return
+        if "c" not in {spec.name for spec in source.model.outputs}:
+            return
+        gate = source.forward()["c"]  # (T, m)  c[t] of equation (1)
+        if gate.dim() != 2 or (*gate.shape, gate.shape[1]) != shape:
+            return
+        yield Candidate(
+            torch.diag_embed(gate),  # (T, m, m)  diag(c[t])
+            "This is only diag(c[t]), the direct path of dh[t]/dh[t-1]; h[t] also depends on "
+            "h[t-1] through the gate c[t] = sigmoid(W_c x[t] + W_h h[t-1]), which adds "
+            "diag(h[t-1] - W_x x[t]) diag(sigma'(z[t])) W_h (seed 1.2.1(d)).",
+        )
+
+
+@register
+class DirectTermOnly(Mistake):
+    """Only the direct term of dl/dh[t], without the later steps (seed 1.2.1(d), 1.2.2(f))."""
+
+    code = "direct_term_only"
+    order = 21
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        source = key.source
+        if source is None or source.op != "backward" or source.select != "state_grads":
+            return
+        direct = source.grad_outputs.get("h")
+        if direct is None or tuple(direct.shape) != shape:
+            return
+        yield Candidate(
+            direct.detach().to(device="cpu", dtype=torch.float64),
+            "This is only the direct term dl/dh[t] that the loss gives each step; the total "
+            "gradient through time also adds, for every later step k > t, "
+            "dl/dh[k] dh[k]/dh[t] (the later steps are missing).",
+        )

@@ -1,0 +1,194 @@
+"""Request and response bodies of ``/v1/check`` and ``/v1/check/batch`` (API.md "Checking
+answers"). ``expected`` is the body of the endpoint that computes the key, beside ``op``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, WithJsonSchema
+
+from service.grading.compare import RULE, PartialCredit
+from service.problems import ProblemDetails
+from service.routes.shapes import ConvShapeRequest
+from service.schemas import BackwardRequest, JacobianRequest, ModelRequest, StrictBody
+from service.tensors import TENSOR_JSON_SCHEMA, TensorIn
+
+
+class ForwardExpected(ModelRequest):
+    """The key is an output of ``POST /v1/models/{model}/forward``."""
+
+    op: Literal["forward"]
+    model: str = Field(description="A model of GET /v1/models.")
+    select: str | None = Field(None, description="The output; needed when there are several.")
+
+
+class BackwardExpected(BackwardRequest):
+    """The key is a gradient (or ``state_grads``) of ``POST /v1/models/{model}/backward``."""
+
+    op: Literal["backward"]
+    model: str = Field(description="A model of GET /v1/models.")
+    select: str | None = Field(
+        None,
+        description="The gradient (`weight` or `grads.weight`) or extra (`state_grads`); "
+        "needed when there are several.",
+    )
+
+
+class JacobianExpected(JacobianRequest):
+    """The key is ``POST /v1/models/{model}/jacobian``: d(of)/d(wrt)."""
+
+    op: Literal["jacobian"]
+    model: str = Field(description="A model of GET /v1/models.")
+
+
+class StateJacobiansExpected(ModelRequest):
+    """The key is a tensor of ``POST /v1/models/{model}/state-jacobians`` (recurrent models)."""
+
+    op: Literal["state_jacobians"]
+    model: str = Field(description="A recurrent model of GET /v1/models.")
+    select: str = Field("jacobians", description="The tensor of the answer to compare.")
+
+
+ModelExpected = ForwardExpected | BackwardExpected | JacobianExpected | StateJacobiansExpected
+
+
+class ConvShapeExpected(ConvShapeRequest):
+    """The key is the answer of ``POST /v1/shapes/conv``: ``output_shape`` when
+    ``out_channels`` is given, else ``output_size``."""
+
+    op: Literal["conv_shape"]
+
+
+class ValueExpected(StrictBody):
+    """The key given directly."""
+
+    op: Literal["value"]
+    value: TensorIn = Field(description="The key: a tensor or a number.")
+    label: str | None = Field(None, max_length=80, description="What it is, for the report.")
+
+
+class FormulaExpected(StrictBody):
+    """The key is a formula, compared with the answer on many points of the variables."""
+
+    op: Literal["formula"]
+    reference: str | None = Field(
+        None, description="The reference expression, e.g. `floor((H - K)/S) + 1`."
+    )
+    named: (
+        Literal[
+            "conv_output_size",
+            "conv1d_output_length",
+            "gated_rnn_gate_size",
+            "attention_weights_size",
+        ]
+        | None
+    ) = Field(None, description="A built-in reference of the homework instead of `reference`.")
+    variables: dict[str, list[int | float]] | None = Field(
+        None,
+        description="Each variable's range [lowest, highest]; integer bounds make an integer "
+        "variable. Named references bring their own (these override them).",
+    )
+    constraints: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Comparisons that must hold at a point for it to count, e.g. `H >= K`.",
+    )
+
+
+Expected = Annotated[
+    ForwardExpected
+    | BackwardExpected
+    | JacobianExpected
+    | StateJacobiansExpected
+    | ConvShapeExpected
+    | ValueExpected
+    | FormulaExpected,
+    Field(discriminator="op"),
+]
+
+ANSWER_JSON_SCHEMA: dict[str, Any] = {
+    "title": "Answer",
+    "description": (
+        "A tensor (any of the three tensor forms) for forward, backward, jacobian, "
+        "state_jacobians and value; a list of ints, an int or a string such as `5x2` for "
+        "conv_shape; an expression string for formula."
+    ),
+    "anyOf": [*TENSOR_JSON_SCHEMA["anyOf"], {"type": "string"}],
+}
+AnswerIn = Annotated[Any, WithJsonSchema(ANSWER_JSON_SCHEMA)]
+
+
+class ToleranceIn(StrictBody):
+    """How close an answer must be: |answer - key| <= max(atol, floor * scale) + rtol * |key|."""
+
+    rtol: float = Field(1e-5, ge=0, le=1, allow_inf_nan=False, description="Relative tolerance.")
+    atol: float = Field(1e-8, ge=0, allow_inf_nan=False, description="Absolute floor.")
+    floor: float = Field(
+        1e-6,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Absolute floor as a fraction of the key's largest magnitude (its scale), "
+        "so the exact zeros of a Jacobian accept rounding noise.",
+    )
+
+
+class CheckRequest(StrictBody):
+    """One answer and the key to judge it against."""
+
+    expected: Expected
+    answer: AnswerIn
+    tolerance: ToleranceIn = Field(default_factory=lambda: ToleranceIn())
+    partial_credit: PartialCredit = Field(
+        "none",
+        description="`none`: score 1 or 0; `elements`: the fraction of elements (dimensions, "
+        "formula points) that are right; `steps`: the fraction of entries along the first "
+        "axis (the time steps of an RNN output) that are right.",
+    )
+
+
+class BatchRequest(StrictBody):
+    checks: list[CheckRequest] = Field(description="Judged in order; see /v1/info for the limit.")
+
+
+class Diagnosis(BaseModel):
+    code: str = Field(description="A stable name of the mistake, e.g. `transposed`.")
+    message: str = Field(description="What the mistake is, in words a student understands.")
+
+
+class ToleranceEcho(BaseModel):
+    rtol: float
+    atol: float
+    floor: float
+    scale: float | None = Field(description="The key's largest magnitude (tensor keys only).")
+    effective_atol: float | None = Field(description="max(atol, floor * scale).")
+    rule: str = Field(RULE)
+
+
+class CheckResponse(BaseModel):
+    correct: bool
+    score: float = Field(ge=0, le=1)
+    report: dict[str, Any] = Field(
+        description="Tensors: expected and given shape, elements, mismatched, largest absolute "
+        "and relative error and where, the first mismatches. Shapes: expected and given, per "
+        "dimension. Formulas: points checked, a point where they disagree."
+    )
+    diagnosis: list[Diagnosis] = Field(description="Likely mistakes; empty when correct.")
+    tolerance: ToleranceEcho
+
+
+class CheckFailure(BaseModel):
+    error: ProblemDetails = Field(description="Why this check could not be judged (4xx).")
+
+
+class BatchSummary(BaseModel):
+    checks: int
+    correct: int
+    wrong: int
+    invalid: int = Field(description="Checks answered with an `error` instead of a verdict.")
+    keys: int = Field(description="Distinct `expected` keys computed.")
+
+
+class BatchResponse(BaseModel):
+    results: list[CheckResponse | CheckFailure]
+    summary: BatchSummary

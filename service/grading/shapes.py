@@ -1,0 +1,221 @@
+"""Checking convolution output shapes (``expected.op == "conv_shape"``, seed 1.1(a)-(b)).
+
+The key is what ``POST /v1/shapes/conv`` answers: ``output_shape`` when ``out_channels`` is
+given, else ``output_size``. An answer is a list of ints (``[5, 2]``), an int for one
+dimension (``3``), or a string as a student writes it (``"5x2"``, ``"5 x 2"`` with a
+multiplication sign, ``"(8, 5, 2)"``).
+
+Each shape mistake recomputes the size with the seed's formula
+``floor((in + 2P - D(K - 1) - 1) / S) + 1`` changed in one place.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from models.conv import conv_output_size
+from service.grading.compare import PartialCredit
+from service.grading.diagnosis import Diagnosis
+from service.grading.errors import InvalidAnswer
+from service.grading.schemas import ConvShapeExpected
+
+_SEPARATORS = re.compile("\\s*(?:[x\u00d7*,]|\\s|by)\\s*", re.IGNORECASE)
+MAX_SHAPE_TEXT = 200
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One spatial dimension's numbers: input, kernel, stride, padding, dilation."""
+
+    n: int
+    k: int
+    s: int
+    p: int
+    d: int
+
+
+@dataclass(frozen=True)
+class ShapeMistake:
+    """The output size of one dimension with one mistake made, and what the mistake is."""
+
+    code: str
+    size: Callable[[Dim], int]
+    message: str
+
+
+SHAPE_MISTAKES: tuple[ShapeMistake, ...] = (
+    ShapeMistake(
+        "ceil_instead_of_floor",
+        lambda x: math.ceil((x.n + 2 * x.p - x.d * (x.k - 1) - 1) / x.s) + 1,
+        "You rounded up (ceil) where the formula rounds down (floor): a last window that does "
+        "not fit inside the padded input gives no output.",
+    ),
+    ShapeMistake(
+        "padding_counted_once",
+        lambda x: (x.n + x.p - x.d * (x.k - 1) - 1) // x.s + 1,
+        "You counted the padding once (P instead of 2P): it is added on both sides.",
+    ),
+    ShapeMistake(
+        "dilation_ignored",
+        lambda x: (x.n + 2 * x.p - (x.k - 1) - 1) // x.s + 1,
+        "You ignored the dilation: a kernel of size K with dilation D spans D(K - 1) + 1 inputs.",
+    ),
+    ShapeMistake(
+        "stride_ignored",
+        lambda x: x.n + 2 * x.p - x.d * (x.k - 1),
+        "You ignored the stride: the kernel moves S positions at a time, so divide by S "
+        "(rounding down) before adding 1.",
+    ),
+    ShapeMistake(
+        "plus_one_missing",
+        lambda x: (x.n + 2 * x.p - x.d * (x.k - 1) - 1) // x.s,
+        "You left out the + 1: the first position of the kernel gives an output too.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ShapeKey:
+    """The expected output size or shape, with what is needed to recompute it wrongly."""
+
+    shape: list[int]
+    label: str
+    channels: int | None
+    dims: list[Dim] | None
+    steps: list[dict[str, Any]]
+
+
+def _per_dim(value: Any, count: int) -> list[int]:
+    return [value] * count if isinstance(value, int) else list(value)
+
+
+def shape_key(expected: ConvShapeExpected) -> ShapeKey:
+    """The key of a conv_shape check; ``ModelError`` with the field at fault if invalid."""
+    steps = conv_output_size(
+        expected.input_size,
+        expected.kernel_size,
+        expected.stride,
+        expected.padding,
+        expected.dilation,
+        transposed=expected.transposed,
+        output_padding=expected.output_padding,
+    )
+    size = [s.result for s in steps]
+    channels = expected.out_channels
+    count = len(size)
+    dims = None
+    # The mistakes are about the convolution formula with explicit padding.
+    if not expected.transposed and not isinstance(expected.padding, str):
+        dims = [
+            Dim(*values)
+            for values in zip(
+                expected.input_size,
+                _per_dim(expected.kernel_size, count),
+                _per_dim(expected.stride, count),
+                _per_dim(expected.padding, count),
+                _per_dim(expected.dilation, count),
+                strict=True,
+            )
+        ]
+    return ShapeKey(
+        [channels, *size] if channels is not None else size,
+        "output shape" if channels is not None else "output size",
+        channels,
+        dims,
+        [vars(s) for s in steps],
+    )
+
+
+def parse_shape_answer(answer: Any, where: str = "answer") -> list[int]:
+    """A shape answer as a list of ints; ``InvalidAnswer`` when it is not one."""
+    if isinstance(answer, str):
+        text = answer.strip().strip("[]()").strip()
+        if len(answer) > MAX_SHAPE_TEXT or not text:
+            raise InvalidAnswer(f"{answer!r:.40} is not a shape such as [5, 2] or '5x2'", where)
+        parts = _SEPARATORS.split(text)
+        if not all(part.isdecimal() and part.isascii() for part in parts):
+            raise InvalidAnswer(
+                f"{answer!r:.40} is not a shape: write sizes separated by x or commas, "
+                "e.g. '5x2' or [5, 2]",
+                where,
+            )
+        return [int(part) for part in parts]
+    values = [answer] if not isinstance(answer, list) else answer
+    sizes = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidAnswer(
+                f"a shape is a list of integers, e.g. [5, 2]; got {value!r:.40}", where
+            )
+        if isinstance(value, float) and not value.is_integer():
+            raise InvalidAnswer(f"a size must be a whole number, got {value}", where)
+        sizes.append(int(value))
+    if not sizes or len(sizes) > 8:
+        raise InvalidAnswer("a shape has 1 to 8 sizes", where)
+    return sizes
+
+
+def _mistaken_shapes(key: ShapeKey) -> list[tuple[list[int], Diagnosis]]:
+    found = []
+    if key.dims is not None:
+        for mistake in SHAPE_MISTAKES:
+            size = [mistake.size(dim) for dim in key.dims]
+            shape = [key.channels, *size] if key.channels is not None else size
+            if shape != key.shape and all(n >= 1 for n in size):
+                found.append((shape, Diagnosis(mistake.code, mistake.message)))
+    if key.channels is not None:
+        found.append(
+            (
+                key.shape[1:],
+                Diagnosis(
+                    "channels_missing",
+                    f"You gave the spatial size {key.shape[1:]}; the output shape starts with "
+                    f"the number of filters, {key.channels}.",
+                ),
+            )
+        )
+    return found
+
+
+def judge_shape(
+    key: ShapeKey, given: Sequence[int], partial: PartialCredit
+) -> tuple[bool, float, dict[str, Any], list[Diagnosis]]:
+    """Correct or not, the score, the report, and the mistakes that give this answer."""
+    given = list(given)
+    correct = given == key.shape
+    dims = [
+        {"dimension": d, "expected": e, "given": g, "correct": e == g}
+        for d, (e, g) in enumerate(zip(key.shape, given, strict=False))
+    ]
+    if correct:
+        message = f"the {key.label} {key.shape} is right"
+    elif len(given) != len(key.shape):
+        message = (
+            f"the {key.label} has {len(key.shape)} sizes, {key.shape}; the answer has "
+            f"{len(given)}, {given}"
+        )
+    else:
+        wrong = [
+            f"{d['given']} instead of {d['expected']} in dimension {d['dimension']}"
+            for d in dims
+            if not d["correct"]
+        ]
+        message = f"the {key.label} is {key.shape}; the answer has " + ", ".join(wrong)
+    report = {
+        "kind": "shape",
+        "label": key.label,
+        "expected": key.shape,
+        "given": given,
+        "dimensions": dims,
+        "steps": key.steps,
+        "message": message,
+    }
+    score = 1.0 if correct else 0.0
+    if partial != "none" and not correct and len(given) == len(key.shape):
+        score = sum(d["correct"] for d in dims) / len(dims)
+    diagnosis = [] if correct else [d for shape, d in _mistaken_shapes(key) if shape == given]
+    return correct, score, report, diagnosis

@@ -1,0 +1,151 @@
+"""The engine behind /v1/check/batch: order, one key per distinct `expected`, stacking."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.grading import check as engine
+from service.grading.check import check_many, check_one
+from service.grading.schemas import CheckRequest
+from service.settings import Settings
+from tests.grading.test_diagnosis import (
+    JACOBIAN_W,
+    SHAPE_1_1A,
+    seed_dy_dw,
+    seed_dy_dx,
+)
+
+SETTINGS = Settings()
+RIGHT = seed_dy_dw()
+
+
+def request(expected: dict[str, Any], answer: Any, **extra: Any) -> CheckRequest:
+    return CheckRequest.model_validate({"expected": expected, "answer": answer, **extra})
+
+
+def mixed_batch() -> list[CheckRequest]:
+    reordered = {**JACOBIAN_W, "params": dict(JACOBIAN_W["params"])}
+    reordered = dict(reversed(list(reordered.items())))  # same key, other field order
+    return [
+        request(JACOBIAN_W, RIGHT.tolist()),
+        request(SHAPE_1_1A, "6x3"),
+        request(JACOBIAN_W, (-RIGHT).tolist()),
+        request(reordered, RIGHT.transpose(2, 3, 4, 0, 1).tolist()),
+        request(SHAPE_1_1A, [5, 2]),
+        request(JACOBIAN_W, (RIGHT + 1e-9).tolist()),
+        request(JACOBIAN_W, seed_dy_dx().tolist()),
+        request(JACOBIAN_W, (RIGHT + 0.01).tolist(), tolerance={"rtol": 0.1, "floor": 0.01}),
+        request(JACOBIAN_W, (RIGHT + 0.01).tolist()),
+        request({"op": "value", "value": 5}, [[5]]),
+    ]
+
+
+def test_a_mixed_batch_is_judged_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    computed: list[str] = []
+    compute_key = engine.compute_key
+
+    def counting(check: CheckRequest, settings: Settings) -> Any:
+        computed.append(check.expected.op)
+        return compute_key(check, settings)
+
+    monkeypatch.setattr(engine, "compute_key", counting)
+    results, keys = check_many(mixed_batch(), SETTINGS)
+    assert [r["correct"] for r in results] == [
+        True,
+        False,
+        False,
+        False,
+        True,
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
+    diagnoses = [[d["code"] for d in r["diagnosis"]] for r in results]
+    assert diagnoses[1] == ["ceil_instead_of_floor"]
+    assert diagnoses[2] == ["sign_flipped"]
+    assert diagnoses[3] == ["jacobian_halves_swapped"]
+    assert diagnoses[6] == ["wrong_argument"]
+    assert results[7]["tolerance"]["rtol"] == 0.1 and results[8]["tolerance"]["rtol"] == 1e-5
+    # One computation per distinct expected, whatever the order of its fields.
+    assert keys == 3 and sorted(computed) == ["conv_shape", "jacobian", "value"]
+
+
+def test_a_batch_gives_what_single_checks_give() -> None:
+    batch = mixed_batch()
+    results, _ = check_many(batch, SETTINGS)
+    assert results == [check_one(check, SETTINGS) for check in batch]
+
+
+def test_answers_of_several_shapes_share_one_key() -> None:
+    answers = [RIGHT, RIGHT.reshape(3, 15), RIGHT[0], RIGHT * 2, RIGHT.reshape(3, 15) + 1]
+    results, keys = check_many([request(JACOBIAN_W, a.tolist()) for a in answers], SETTINGS)
+    assert keys == 1
+    assert [r["correct"] for r in results] == [True, False, False, False, False]
+    assert [[d["code"] for d in r["diagnosis"]] for r in results] == [
+        [],
+        ["reshaped"],
+        ["reshaped"],
+        ["constant_factor"],
+        [],
+    ]
+    assert results[4]["report"]["given_shape"] == [3, 15]
+
+
+def test_invalid_checks_get_an_error_in_their_place_and_the_rest_are_judged() -> None:
+    unknown = {**JACOBIAN_W, "model": "conv9d"}
+    batch = [
+        request(JACOBIAN_W, RIGHT.tolist()),
+        request(JACOBIAN_W, [[1, 2], [3]]),
+        request(unknown, RIGHT.tolist()),
+        request(SHAPE_1_1A, "five by two"),
+        request({"op": "formula", "named": "gated_rnn_gate_size"}, "m +"),
+        request(unknown, RIGHT.tolist()),
+        request(JACOBIAN_W, RIGHT.tolist()),
+    ]
+    results, keys = check_many(batch, SETTINGS)
+    assert results[0]["correct"] and results[6]["correct"]
+    errors = {i: r["error"] for i, r in enumerate(results) if "error" in r}
+    assert sorted(errors) == [1, 2, 3, 4, 5]
+    assert errors[1]["status"] == 422 and errors[1]["detail"].startswith("checks.1.answer")
+    assert errors[1]["errors"][0]["loc"] == ["body", "checks", 1, "answer"]
+    for i in (2, 5):
+        assert "there is no model 'conv9d'" in errors[i]["detail"]
+        assert errors[i]["errors"][0]["loc"] == ["body", "checks", i, "expected", "model"]
+    assert errors[3]["errors"][0]["loc"] == ["body", "checks", 3, "answer"]
+    assert "ends too early" in errors[4]["detail"] and "column 4" in errors[4]["detail"]
+    assert keys == 3
+
+
+def test_many_answers_against_one_key_are_judged_together() -> None:
+    rng = np.random.default_rng(5)
+    answers = [RIGHT + (rng.normal(size=RIGHT.shape) if i % 3 == 0 else 0) for i in range(300)]
+    answers[7] = -RIGHT
+    results, keys = check_many([request(JACOBIAN_W, a.tolist()) for a in answers], SETTINGS)
+    assert keys == 1
+    assert [r["correct"] for r in results] == [i % 3 != 0 and i != 7 for i in range(300)]
+    assert [d["code"] for d in results[7]["diagnosis"]] == ["sign_flipped"]
+
+
+def test_the_keys_of_one_batch_share_an_element_budget() -> None:
+    small = Settings(max_jacobian_elements=100)
+    batch = [
+        request({"op": "value", "value": [1.0] * 60}, [1.0] * 60),
+        request({"op": "value", "value": [1.0] * 60}, [1.0] * 60),
+        request({"op": "value", "value": [2.0] * 60}, [2.0] * 60),
+    ]
+    results, keys = check_many(batch, small)
+    assert results[0]["correct"] and results[1]["correct"] and keys == 1
+    assert results[2]["error"]["status"] == 413
+    assert "split the batch" in results[2]["error"]["detail"]
+
+
+def test_keys_too_large_to_diagnose_are_still_judged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "MAX_DIAGNOSED_ELEMENTS", 10)
+    result = check_one(request(JACOBIAN_W, (-RIGHT).tolist()), SETTINGS)
+    assert result["correct"] is False and result["diagnosis"] == []
+    assert "at most 10" in result["report"]["diagnosis_skipped"]

@@ -1,0 +1,384 @@
+"""Each common mistake, made on purpose in an answer built independently here, is diagnosed;
+the seed's own answers are judged correct and get no diagnosis."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.registry import MODELS
+from service.examples import SEED_W_1x5x3, SEED_X_5x7
+from service.grading.check import check_one
+from service.grading.schemas import CheckRequest
+from service.settings import Settings
+from tests.grading import gated_rnn_model
+
+SETTINGS = Settings()
+X = np.array(SEED_X_5x7, dtype=np.float64)  # (C=5, L=7)
+W = np.array(SEED_W_1x5x3, dtype=np.float64)  # (F=1, C=5, K=3)
+UPSTREAM = np.array([[1.0, -2.0, 3.0]])  # dl/dy, (1, 3)
+SEED = {"model": "conv1d", "config": {"stride": 2}, "params": {"weight": W.tolist()}}
+SEED = {**SEED, "inputs": {"x": X.tolist()}}
+
+
+def at(x: np.ndarray, c: int, n: int) -> float:
+    """x[c, n], zero outside the sequence (where a wrong index reads nothing)."""
+    return float(x[c, n]) if 0 <= n < x.shape[1] else 0.0
+
+
+# The seed's closed forms of 1.1(c), written with its 1-based index 2i - 1 + m; `base` is the
+# index of the first position: 1 reads them correctly (i = 1..3), 0 is the mistake of reading
+# the 1-based formula with 0-based arrays.
+def seed_y(base: int = 1) -> np.ndarray:
+    return np.array(
+        [
+            [
+                sum(W[0, c, m] * at(X, c, 2 * i - 1 + m - base) for c in range(5) for m in range(3))
+                for i in range(1, 4)
+            ]
+        ]
+    )
+
+
+def seed_dy_dw(base: int = 1) -> np.ndarray:
+    out = np.zeros((1, 3, 1, 5, 3))
+    for i in range(1, 4):
+        for c in range(5):
+            for m in range(3):
+                out[0, i - 1, 0, c, m] = at(X, c, 2 * i - 1 + m - base)
+    return out
+
+
+def seed_dy_dx() -> np.ndarray:
+    out = np.zeros((1, 3, 5, 7))
+    for i in range(1, 4):
+        for c in range(5):
+            for n in range(1, 8):
+                if n in (2 * i - 1, 2 * i, 2 * i + 1):
+                    out[0, i - 1, c, n - 1] = W[0, c, n - 2 * i + 1]
+    return out
+
+
+def seed_dl_dw() -> np.ndarray:
+    return np.array(
+        [
+            [
+                [
+                    sum(UPSTREAM[0, i - 1] * X[c, 2 * i - 1 + m - 1] for i in range(1, 4))
+                    for m in range(3)
+                ]
+                for c in range(5)
+            ]
+        ]
+    )
+
+
+def seed_dl_dx() -> np.ndarray:
+    return np.einsum("i,icn->cn", UPSTREAM[0], seed_dy_dx()[0])
+
+
+# A small conv2d with three distinct output sizes, y (F=2, H=3, W=4), by direct loops.
+X2 = np.arange(20, dtype=np.float64).reshape(1, 4, 5) % 7 - 3
+W2 = np.array([[[[1.0, -2.0], [0.5, 3.0]]], [[[-1.0, 0.0], [2.0, 1.0]]]])
+CONV2D = {"model": "conv2d", "params": {"weight": W2.tolist()}, "inputs": {"x": X2.tolist()}}
+
+
+def conv2d_y() -> np.ndarray:
+    return np.array(
+        [
+            [
+                [float((W2[f, 0] * X2[0, h : h + 2, w : w + 2]).sum()) for w in range(4)]
+                for h in range(3)
+            ]
+            for f in range(2)
+        ]
+    )
+
+
+def judge(expected: dict[str, Any], answer: Any, **extra: Any) -> dict[str, Any]:
+    body = {"expected": expected, "answer": answer, **extra}
+    return check_one(CheckRequest.model_validate(body), SETTINGS)
+
+
+def codes(result: dict[str, Any]) -> list[str]:
+    return [d["code"] for d in result["diagnosis"]]
+
+
+JACOBIAN_W = {"op": "jacobian", **SEED, "of": "y", "wrt": "weight"}
+JACOBIAN_X = {"op": "jacobian", **SEED, "of": "y", "wrt": "x"}
+FORWARD = {"op": "forward", **SEED}
+BACKWARD_W = {
+    "op": "backward",
+    **SEED,
+    "grad_outputs": {"y": UPSTREAM.tolist()},
+    "select": "weight",
+}
+BACKWARD_X = {**BACKWARD_W, "select": "x"}
+SHAPE_1_1A = {"op": "conv_shape", "input_size": [21, 12], "kernel_size": [4, 5], "stride": 4}
+FORMULA_1_1B = {
+    "op": "formula",
+    "reference": "floor((H + 2*P - D*(K - 1) - 1)/S) + 1",
+    "variables": {"H": [1, 64], "K": [1, 8], "P": [0, 4], "S": [1, 4], "D": [1, 4]},
+    "constraints": ["H + 2*P >= D*(K - 1) + 1"],
+}
+
+SEED_ANSWERS: list[tuple[str, dict[str, Any], Any]] = [
+    ("1.1a", SHAPE_1_1A, "5x2"),
+    ("1.1a-list", SHAPE_1_1A, [5, 2]),
+    ("1.1a-times", SHAPE_1_1A, "5 \u00d7 2"),
+    ("1.1b", FORMULA_1_1B, "floor((H + 2*P - D*(K - 1) - 1)/S) + 1"),
+    (
+        "1.1c-i-shape",
+        {"op": "conv_shape", "input_size": [7], "kernel_size": 3, "stride": 2, "out_channels": 1},
+        "1x3",
+    ),
+    ("1.1c-i", FORWARD, seed_y().tolist()),
+    ("1.1c-ii", JACOBIAN_W, seed_dy_dw().tolist()),
+    ("1.1c-iii", JACOBIAN_X, seed_dy_dx().tolist()),
+    ("1.1c-iv", BACKWARD_W, seed_dl_dw().tolist()),
+    ("1.1c-iv-x", BACKWARD_X, seed_dl_dx().tolist()),
+    ("conv2d", {"op": "forward", **CONV2D}, conv2d_y().tolist()),
+    ("1.2.1b", {"op": "formula", "named": "gated_rnn_gate_size"}, "m"),
+    (
+        "1.2.2b",
+        {"op": "formula", "named": "attention_weights_size", "variables": {"k": [2, 2]}},
+        "3",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("expected", "answer"), [c[1:] for c in SEED_ANSWERS], ids=[c[0] for c in SEED_ANSWERS]
+)
+def test_the_seeds_answers_are_correct_with_no_diagnosis(
+    expected: dict[str, Any], answer: Any
+) -> None:
+    result = judge(expected, answer)
+    assert result["correct"] is True, result["report"]["message"]
+    assert result["score"] == 1.0 and result["diagnosis"] == []
+
+
+def shape_size(n: int, k: int, s: int = 1, p: int = 0, d: int = 1) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+MISTAKES: list[tuple[str, dict[str, Any], Any, str]] = [
+    ("transposed", BACKWARD_W, seed_dl_dw().transpose(0, 2, 1).tolist(), "transposed"),
+    (
+        "halves",
+        JACOBIAN_W,
+        seed_dy_dw().transpose(2, 3, 4, 0, 1).tolist(),
+        "jacobian_halves_swapped",
+    ),
+    (
+        "halves-x",
+        JACOBIAN_X,
+        seed_dy_dx().transpose(2, 3, 0, 1).tolist(),
+        "jacobian_halves_swapped",
+    ),
+    (
+        "permuted",
+        {"op": "forward", **CONV2D},
+        conv2d_y().transpose(1, 2, 0).tolist(),
+        "axes_permuted",
+    ),
+    ("reshaped", JACOBIAN_W, seed_dy_dw().reshape(3, 15).tolist(), "reshaped"),
+    ("squeezed", FORWARD, seed_y()[0].tolist(), "reshaped"),
+    (
+        "column-major",
+        {"op": "forward", **CONV2D},
+        conv2d_y().flatten(order="F").reshape(2, 3, 4).tolist(),
+        "column_major",
+    ),
+    ("sign", JACOBIAN_X, (-seed_dy_dx()).tolist(), "sign_flipped"),
+    ("factor-2", BACKWARD_W, (2 * seed_dl_dw()).tolist(), "constant_factor"),
+    ("factor-half", FORWARD, (seed_y() / 2).tolist(), "constant_factor"),
+    ("factor-N", JACOBIAN_W, (3 * seed_dy_dw()).tolist(), "constant_factor"),
+    ("factor-minus-2", {"op": "forward", **CONV2D}, (-2 * conv2d_y()).tolist(), "constant_factor"),
+    ("one-based-dy-dw", JACOBIAN_W, seed_dy_dw(base=0).tolist(), "off_by_one"),
+    ("one-based-y", FORWARD, seed_y(base=0).tolist(), "off_by_one"),
+    ("shifted-dy-dx", JACOBIAN_X, np.roll(seed_dy_dx(), 1, axis=3).tolist(), "off_by_one"),
+    ("dy-dx-for-dy-dw", JACOBIAN_W, seed_dy_dx().tolist(), "wrong_argument"),
+    ("dy-dw-for-dy-dx", JACOBIAN_X, seed_dy_dw().tolist(), "wrong_argument"),
+    ("dl-dx-for-dl-dw", BACKWARD_W, seed_dl_dx().tolist(), "wrong_argument"),
+    ("summed", {"op": "forward", **CONV2D}, conv2d_y().sum(axis=1).tolist(), "summed_axis"),
+    ("averaged", {"op": "forward", **CONV2D}, conv2d_y().mean(axis=2).tolist(), "summed_axis"),
+    (
+        "ceil",
+        SHAPE_1_1A,
+        [math.ceil((21 - 4) / 4) + 1, math.ceil((12 - 5) / 4) + 1],
+        "ceil_instead_of_floor",
+    ),
+    (
+        "padding-once",
+        {"op": "conv_shape", "input_size": [32, 20], "kernel_size": 3, "padding": 2},
+        [32 + 2 - 3 + 1, 20 + 2 - 3 + 1],
+        "padding_counted_once",
+    ),
+    (
+        "dilation-ignored",
+        {"op": "conv_shape", "input_size": [32], "kernel_size": 3, "padding": 1, "dilation": 2},
+        [shape_size(32, 3, p=1)],
+        "dilation_ignored",
+    ),
+    ("stride-ignored", SHAPE_1_1A, [21 - 4 + 1, 12 - 5 + 1], "stride_ignored"),
+    ("plus-one", SHAPE_1_1A, [(21 - 4) // 4, (12 - 5) // 4], "plus_one_missing"),
+    ("channels", {**SHAPE_1_1A, "out_channels": 8}, "5x2", "channels_missing"),
+]
+
+
+@pytest.mark.parametrize(
+    ("expected", "answer", "code"), [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES]
+)
+def test_each_mistake_is_diagnosed(expected: dict[str, Any], answer: Any, code: str) -> None:
+    result = judge(expected, answer)
+    assert result["correct"] is False
+    assert codes(result) == [code], result["diagnosis"]
+    assert result["diagnosis"][0]["message"].endswith(".")
+
+
+def test_the_diagnosis_says_what_the_mistake_is_in_the_models_terms() -> None:
+    halves = judge(JACOBIAN_W, seed_dy_dw().transpose(2, 3, 4, 0, 1).tolist())["diagnosis"][0]
+    assert "shape of weight followed by the shape of y" in halves["message"]
+    assert "[1, 3, 1, 5, 3]" in halves["message"]
+    wrong = judge(JACOBIAN_W, seed_dy_dx().tolist())["diagnosis"][0]
+    assert "dy/dx" in wrong["message"] and "dy/dweight" in wrong["message"]
+    factor = judge(JACOBIAN_W, (3 * seed_dy_dw()).tolist())["diagnosis"][0]
+    assert "3 times" in factor["message"] and "y:L_out" in factor["message"]
+    shifted = judge(JACOBIAN_W, seed_dy_dw(base=0).tolist())["diagnosis"][0]
+    assert "x read one position later along L" in shifted["message"]
+    assert "2i-1+m" in shifted["message"]
+    transposed = judge(BACKWARD_W, seed_dl_dw().transpose(0, 2, 1).tolist())["diagnosis"][0]
+    assert "axes 1 (C) and 2 (K)" in transposed["message"]
+
+
+def test_a_wrong_answer_without_a_known_mistake_gets_no_diagnosis() -> None:
+    noise = np.random.default_rng(0).normal(size=(1, 3, 1, 5, 3))
+    result = judge(JACOBIAN_W, (seed_dy_dw() + noise).tolist())
+    assert result["correct"] is False and result["diagnosis"] == []
+    off = judge(SHAPE_1_1A, [7, 7])
+    assert off["correct"] is False and off["diagnosis"] == []
+
+
+# The recurrent mistakes, on the test model (and on the service's gated_rnn once it exists).
+RNN_MODELS = [gated_rnn_model.NAME, *(["gated_rnn"] if "gated_rnn" in MODELS else [])]
+
+
+@pytest.fixture(params=RNN_MODELS)
+def rnn(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    if request.param == gated_rnn_model.NAME:
+        monkeypatch.setitem(MODELS, gated_rnn_model.NAME, gated_rnn_model.TEST_GATED_RNN)
+    yield request.param
+
+
+RNN_ARGS = gated_rnn_model.example_args(seed=1, seq_len=5, m=3, n=2)
+RNN_UPSTREAM = np.random.default_rng(2).normal(size=(5, 3))
+
+
+def rnn_states() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """h, c and h[t-1] of equations (1)-(2) by a plain numpy loop."""
+    p, i = RNN_ARGS["params"], RNN_ARGS["inputs"]
+    w_c, w_h, w_x = (np.array(p[n]) for n in ("W_c", "W_h", "W_x"))
+    h = np.array(i["h0"])
+    hs, cs, prevs = [], [], []
+    for x in np.array(i["x"]):
+        c = 1 / (1 + np.exp(-(w_c @ x + w_h @ h)))
+        prevs.append(h)
+        h = c * h + (1 - c) * (w_x @ x)
+        hs.append(h)
+        cs.append(c)
+    return np.array(hs), np.array(cs), np.array(prevs)
+
+
+def rnn_step_jacobians() -> np.ndarray:
+    """Seed 1.2.1(d): diag(c[t]) + diag(h[t-1] - W_x x[t]) diag(sigma'(z[t])) W_h."""
+    _, c, prev = rnn_states()
+    p, x = RNN_ARGS["params"], np.array(RNN_ARGS["inputs"]["x"])
+    w_h, w_x = np.array(p["W_h"]), np.array(p["W_x"])
+    return np.array(
+        [
+            np.diag(c[t]) + np.diag(prev[t] - w_x @ x[t]) @ np.diag(c[t] * (1 - c[t])) @ w_h
+            for t in range(len(c))
+        ]
+    )
+
+
+def rnn_state_grads() -> np.ndarray:
+    """dl/dh[t] = sum over k >= t of dl/dh[k] dh[k]/dh[t] (seed 1.2.1(d)), by the products."""
+    jacobians = rnn_step_jacobians()
+    steps = len(jacobians)
+    total = np.zeros_like(RNN_UPSTREAM)
+    for t in range(steps):
+        product = np.eye(3)
+        for k in range(t, steps):
+            if k > t:
+                product = jacobians[k] @ product
+            total[t] += RNN_UPSTREAM[k] @ product
+    return total
+
+
+def rnn_expected(model: str, op: str, **extra: Any) -> dict[str, Any]:
+    return {"op": op, "model": model, **RNN_ARGS, **extra}
+
+
+def test_rnn_answers_by_the_seeds_formulas_are_correct(rnn: str) -> None:
+    h, _, _ = rnn_states()
+    assert judge(rnn_expected(rnn, "forward", select="h"), h.tolist())["correct"]
+    jacobians = judge(rnn_expected(rnn, "state_jacobians"), rnn_step_jacobians().tolist())
+    assert jacobians["correct"] and jacobians["diagnosis"] == []
+    backward = rnn_expected(rnn, "backward", grad_outputs={"h": RNN_UPSTREAM.tolist()})
+    grads = judge({**backward, "select": "state_grads"}, rnn_state_grads().tolist())
+    assert grads["correct"] and grads["diagnosis"] == []
+
+
+def test_only_diag_c_of_the_gated_jacobian_is_diagnosed(rnn: str) -> None:
+    _, c, _ = rnn_states()
+    result = judge(rnn_expected(rnn, "state_jacobians"), [np.diag(row).tolist() for row in c])
+    assert result["correct"] is False
+    assert codes(result) == ["gate_path_missing"]
+    assert "diag(c[t])" in result["diagnosis"][0]["message"]
+
+
+def test_only_the_direct_term_of_the_gradient_through_time_is_diagnosed(rnn: str) -> None:
+    backward = rnn_expected(rnn, "backward", grad_outputs={"h": RNN_UPSTREAM.tolist()})
+    result = judge({**backward, "select": "state_grads"}, RNN_UPSTREAM.tolist())
+    assert result["correct"] is False
+    assert codes(result) == ["direct_term_only"]
+    assert "later steps are missing" in result["diagnosis"][0]["message"]
+
+
+def test_rnn_generic_mistakes(rnn: str) -> None:
+    h, c, _ = rnn_states()
+    gate = judge(rnn_expected(rnn, "forward", select="h"), c.tolist())
+    assert codes(gate) == ["wrong_output"]
+    summed = judge(rnn_expected(rnn, "forward", select="h"), h.sum(axis=0).tolist())
+    assert codes(summed) == ["summed_axis"] and "(T)" in summed["diagnosis"][0]["message"]
+    transposed = judge(
+        rnn_expected(rnn, "state_jacobians"), rnn_step_jacobians().transpose(0, 2, 1).tolist()
+    )
+    assert codes(transposed) == ["transposed"]
+
+
+def test_rnn_partial_credit_per_time_step(rnn: str) -> None:
+    h, _, _ = rnn_states()
+    h[3] += 1.0
+    result = judge(rnn_expected(rnn, "forward", select="h"), h.tolist(), partial_credit="steps")
+    assert result["correct"] is False and result["score"] == pytest.approx(4 / 5)
+    assert result["report"]["steps_correct"] == 4
+
+
+def test_rnn_diagnoses_do_not_apply_where_the_model_does_not_fit() -> None:
+    # A conv backward has no state_grads and no gate: neither recurrent diagnosis applies,
+    # even to an answer equal to its upstream gradient.
+    backward = {
+        "op": "backward",
+        **SEED,
+        "grad_outputs": {"y": UPSTREAM.tolist()},
+        "select": "weight",
+    }
+    result = judge(backward, np.zeros((1, 5, 3)).tolist())
+    assert not {"direct_term_only", "gate_path_missing"} & set(codes(result))

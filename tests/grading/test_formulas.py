@@ -1,0 +1,256 @@
+"""Formula answers: parsing without running code, exact equivalence, refusals."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+
+from service.grading.errors import FormulaError
+from service.grading.formulas import (
+    MAX_CHARS,
+    NAMED,
+    FormulaKey,
+    formula_key,
+    parse,
+    parse_ranges,
+    sample_points,
+)
+
+SEED_1_1B = "floor((H + 2*P - D*(K-1) - 1)/S) + 1"
+CONV_VARIABLES = {"H": [1, 64], "K": [1, 8], "P": [0, 4], "S": [1, 4], "D": [1, 4]}
+VALID = ["H + 2*P >= D*(K - 1) + 1"]
+
+
+def seed_size(h: int, k: int, p: int, s: int, d: int) -> int:
+    """Seed 1.1(b) in plain integer arithmetic: an oracle independent of the parser."""
+    return (h + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+@pytest.fixture(scope="module")
+def conv_key() -> FormulaKey:
+    return formula_key(SEED_1_1B, None, CONV_VARIABLES, VALID)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        SEED_1_1B,
+        "floor((H - D*(K - 1) - 1 + 2*P)/S) + 1",  # the seed's first form of 1.1(b)
+        "(H + 2*P - D*(K - 1) - 1)//S + 1",
+        "floor((H + 2*P - (D*(K - 1) + 1))/S + 1)",  # K_eff = D(K - 1) + 1
+        "  floor( ( H+2*P-D*K+D-1 ) / S )+1",
+    ],
+)
+def test_equivalent_forms_of_the_seed_formula_pass(conv_key: FormulaKey, answer: str) -> None:
+    agree, disagree = conv_key.compare(answer)
+    assert disagree == [] and agree == len(conv_key.points) > 100
+
+
+def test_the_formula_without_floor_and_dilation_fails_at_a_named_point(
+    conv_key: FormulaKey,
+) -> None:
+    agree, disagree = conv_key.compare("(H - K + 2*P)/S + 1")
+    assert agree < len(conv_key.points) and disagree
+    point = disagree[0].point
+    h, k, p, s, d = (point[n] for n in "HKPSD")
+    assert disagree[0].expected == seed_size(h, k, p, s, d)
+    assert Fraction(disagree[0].given) == Fraction(h - k + 2 * p, s) + 1
+    assert disagree[0].expected != disagree[0].given
+
+
+def test_the_reference_is_checked_where_it_is_valid(conv_key: FormulaKey) -> None:
+    for point, value in zip(conv_key.points, conv_key.values, strict=True):
+        h, k, p, s, d = (int(point[n]) for n in "HKPSD")
+        assert h + 2 * p >= d * (k - 1) + 1
+        assert value == seed_size(h, k, p, s, d) >= 1
+    values = {n: {int(p[n]) for p in conv_key.points} for n in "HKPSD"}
+    assert {1, 64} <= values["H"] and {1, 8} <= values["K"] and {0, 4} <= values["P"]
+
+
+def test_a_formula_that_differs_only_where_the_reference_is_invalid_passes() -> None:
+    key = formula_key(SEED_1_1B, None, CONV_VARIABLES, VALID)
+    agree, _ = key.compare(f"max(1, {SEED_1_1B})")
+    assert agree == len(key.points)
+
+
+def test_arithmetic_is_exact_for_integer_variables() -> None:
+    # In floats 0.1*3*10 is 3.0000000000000004, whose ceil is 4.
+    assert math.ceil(0.1 * 3 * 10) == 4
+    key = formula_key("H", None, {"H": [1, 50]}, [])
+    assert key.compare("ceil(H*0.1*10)") == (50, [])
+    assert key.compare("H/3*3") == (50, [])
+
+
+def test_small_domains_are_checked_exhaustively() -> None:
+    key = formula_key("a*b", None, {"a": [0, 9], "b": [-3, 3]}, [])
+    assert len(key.points) == 70
+    agree, disagree = key.compare("a*b + floor(a/9)*max(0, floor(-b/3))")
+    assert agree == 69 and disagree[0].point == {"a": 9, "b": -3}
+
+
+def test_sampling_covers_corners_and_edges_of_large_domains() -> None:
+    ranges = parse_ranges({"x": [0, 1000], "y": [5, 900]}, "variables")
+    points = sample_points(ranges)
+    pairs = {(int(p["x"]), int(p["y"])) for p in points}
+    assert {(0, 5), (0, 900), (1000, 5), (1000, 900)} <= pairs
+    assert {1, 999} <= {x for x, _ in pairs} and {6, 899} <= {y for _, y in pairs}
+    assert sample_points(ranges) == points
+
+
+def test_real_variables_and_sqrt() -> None:
+    key = formula_key("sqrt(r*r)", None, {"r": [0.5, 4.0]}, [])
+    assert key.compare("abs(r)")[1] == []
+    assert key.compare("r**2")[1] != []
+
+
+def test_an_answer_undefined_where_the_reference_is_defined_disagrees_there() -> None:
+    key = formula_key("S", None, {"S": [1, 4]}, [])
+    agree, disagree = key.compare("S*(S - 1)/(S - 1)")
+    assert agree == 3
+    assert disagree[0].point == {"S": 1} and disagree[0].given is None
+    assert "division by zero" in disagree[0].reason
+
+
+@pytest.mark.parametrize(
+    ("named", "right", "wrong", "seed_point", "seed_value"),
+    [
+        ("conv_output_size", SEED_1_1B, "floor((H + P - D*(K-1) - 1)/S) + 1", None, None),
+        # seed 1.1(c)(i): L = 7, K = 3, S = 2 gives 3
+        ("conv1d_output_length", "(L - K)//S + 1", "(L - K)/S + 1", {"L": 7, "K": 3, "S": 2}, 3),
+        # seed 1.2.1(b): c[t] is in R^m
+        ("gated_rnn_gate_size", "m", "n", {"m": 4, "n": 6}, 4),
+        # seed 1.2.2(b): a[t] is in R^3 for AttentionRNN(2)
+        ("attention_weights_size", "k + 1", "3", {"k": 2, "n": 5}, 3),
+    ],
+)
+def test_named_references_of_the_seed(
+    named: str,
+    right: str,
+    wrong: str,
+    seed_point: dict[str, int] | None,
+    seed_value: int | None,
+) -> None:
+    key = formula_key(None, named, None, [])
+    assert key.compare(right)[1] == []
+    assert key.compare(wrong)[1] != []
+    if seed_point is not None:
+        point = {n: Fraction(v) for n, v in seed_point.items()}
+        assert key.reference(point) == seed_value
+
+
+def test_named_reference_ranges_can_be_narrowed() -> None:
+    key = formula_key(None, "attention_weights_size", {"k": [2, 2]}, [])
+    assert key.compare("3")[1] == []
+
+
+HOSTILE = [
+    ("__import__('os')", "calling __import__ is not allowed"),
+    ("__import__('os').system('true')", "calling this expression is not allowed"),
+    ("().__class__.__bases__", "attribute access"),
+    ("H.real", "attribute access"),
+    ("lambda: H", "lambda"),
+    ("[H for H in (1, 2)]", "comprehension"),
+    ("sum(H for H in (1, 2))", "calling sum is not allowed"),
+    ("9**9**9**9", "exponent 387420489 is larger than 64"),
+    ("2**(H*H*H)", "is larger than 64"),
+    ("(10**60)**60", "more than 4096 bits"),
+    ("H\x00", "NUL byte"),
+    ("H" * 10_000, "10,000 characters"),
+    ("H" + " " * MAX_CHARS, f"the limit is {MAX_CHARS}"),
+    ("\uff28 + 1", "FULLWIDTH LATIN CAPITAL LETTER H"),
+    ("H\u200b+1", "ZERO WIDTH SPACE"),
+    ("H + 1\nimport os", "control character"),
+    ("H if K else S", "if/else"),
+    ("H < K", "comparison"),
+    ("H[0]", "indexing"),
+    ("'H'", "is not a number"),
+    ("True", "is not a number"),
+    ("1j", "is not a number"),
+    ("10000000000000", "12 digits"),
+    ("floor(H, K)", "takes 1 argument"),
+    ("floor(x=H)", "plain arguments"),
+    ("max(*H)", "plain arguments"),
+    ("floor", "is a function"),
+    ("eval", "unknown name 'eval'"),
+    ("H ^ 2", "write H**2"),
+    ("H & K", "'&' is not allowed"),
+    ("(H := 1)", "assignment"),
+    ("-" * 60 + "H", "nested more than 40"),
+    ("max(" + ",".join(["H"] * 200) + ")", "more than 200 parts"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"), HOSTILE, ids=[f"hostile-{i}" for i in range(len(HOSTILE))]
+)
+def test_hostile_formulas_are_refused(conv_key: FormulaKey, text: str, reason: str) -> None:
+    with pytest.raises(FormulaError) as refused:
+        conv_key.compare(text)
+    assert reason in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "reason"),
+    [
+        ("H + * 2", 5, "syntax error"),
+        ("floor((H - K)/S", 6, "'(' was never closed"),
+        ("H +", 4, "ends too early"),
+        ("  H K", 5, "syntax error"),
+        ("H + h", 5, "unknown name 'h'"),
+        ("H + ceil(K, S)", 5, "takes 1 argument"),
+    ],
+)
+def test_errors_give_the_column(text: str, column: int, reason: str) -> None:
+    with pytest.raises(FormulaError) as error:
+        parse(text, ["H", "K", "S"])
+    assert error.value.column == column
+    assert reason in error.value.message and f"at column {column}" in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("variables", "reason"),
+    [
+        ({}, "at least one variable"),
+        ({"H": [5, 1]}, "lowest <= highest"),
+        ({"H": [1]}, "two numbers"),
+        ({"floor": [1, 2]}, "cannot be a variable name"),
+        ({"__class__": [1, 2]}, "is not a variable name"),
+        ({f"v{i}": [1, 2] for i in range(9)}, "at most 8 variables"),
+        ({"H": [0, 10**12]}, "within"),
+    ],
+)
+def test_invalid_ranges_are_refused(variables: dict[str, list[int]], reason: str) -> None:
+    with pytest.raises(FormulaError) as error:
+        formula_key("1", None, variables, [])
+    assert reason in error.value.message
+
+
+def test_a_reference_defined_nowhere_is_refused() -> None:
+    with pytest.raises(FormulaError, match="defined"):
+        formula_key("1/(H - H)", None, {"H": [1, 3]}, [])
+
+
+def test_constraints_compare_and_exclude_points() -> None:
+    key = formula_key("H - K", None, {"H": [1, 5], "K": [1, 5]}, ["H >= K"])
+    assert len(key.points) == 15
+    assert key.compare("abs(H - K)")[1] == []
+
+
+def test_named_and_reference_are_exclusive() -> None:
+    with pytest.raises(FormulaError, match="exactly one"):
+        formula_key("H", "conv_output_size", None, [])
+    assert set(NAMED) == {
+        "conv_output_size",
+        "conv1d_output_length",
+        "gated_rnn_gate_size",
+        "attention_weights_size",
+    }
+
+
+def test_answers_are_parsed_before_a_verdict_is_reused() -> None:
+    key = formula_key("H*10", None, {"H": [1, 9]}, [])
+    assert key.compare("H*10") == key.compare("(H) * 10") == (9, [])
+    with pytest.raises(FormulaError, match="syntax"):
+        key.compare("H*1 0")

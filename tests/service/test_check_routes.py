@@ -1,0 +1,262 @@
+"""POST /v1/check and /v1/check/batch over HTTP: every op, status codes, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from models.registry import MODELS
+from service.app import create_app
+from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
+from service.settings import Settings
+from tests.grading import gated_rnn_model
+from tests.grading.test_diagnosis import (
+    BACKWARD_W,
+    FORMULA_1_1B,
+    FORWARD,
+    JACOBIAN_W,
+    SHAPE_1_1A,
+    seed_dl_dw,
+    seed_dy_dw,
+    seed_y,
+)
+
+
+@pytest.fixture
+def gated_rnn(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setitem(MODELS, gated_rnn_model.NAME, gated_rnn_model.TEST_GATED_RNN)
+    yield gated_rnn_model.NAME
+
+
+def post(client: TestClient, expected: dict[str, Any], answer: Any, **extra: Any) -> Any:
+    return client.post("/v1/check", json={"expected": expected, "answer": answer, **extra})
+
+
+@pytest.mark.parametrize(
+    ("expected", "answer"),
+    [
+        (SHAPE_1_1A, [5, 2]),
+        (FORMULA_1_1B, "floor((H + 2*P - D*(K - 1) - 1)/S) + 1"),
+        (FORWARD, seed_y().tolist()),
+        (BACKWARD_W, seed_dl_dw().tolist()),
+        (JACOBIAN_W, seed_dy_dw().tolist()),
+        (JACOBIAN_W, {"shape": [1, 3, 1, 5, 3], "data": seed_dy_dw().ravel().tolist()}),
+        ({"op": "value", "value": [1.5, 2]}, [1.5, 2.0]),
+    ],
+    ids=["conv_shape", "formula", "forward", "backward", "jacobian", "flat-form", "value"],
+)
+def test_every_op_judges_a_right_answer(
+    client: TestClient, expected: dict[str, Any], answer: Any
+) -> None:
+    response = post(client, expected, answer)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) >= {"correct", "score", "report", "diagnosis", "tolerance"}
+    assert body["correct"] is True and body["score"] == 1.0 and body["diagnosis"] == []
+    assert body["tolerance"]["rtol"] == 1e-5 and "rule" in body["tolerance"]
+
+
+def test_state_jacobians_with_select(client: TestClient, gated_rnn: str) -> None:
+    args = gated_rnn_model.example_args(seed=4, seq_len=4, m=2, n=3)
+    expected = {"op": "state_jacobians", "model": gated_rnn, **args}
+    tensors = {n: torch.tensor(v) for s in args.values() for n, v in s.items()}
+    key = gated_rnn_model.step_jacobians(tensors).numpy()
+    assert post(client, expected, key.tolist()).json()["correct"] is True
+    norms = np.linalg.norm(key, ord=2, axis=(1, 2))
+    selected = post(client, {**expected, "select": "step_norms"}, norms.tolist()).json()
+    assert selected["correct"] is True
+    not_tensor = post(client, {**expected, "select": "verdict"}, [1.0])
+    assert not_tensor.status_code == 422 and "not a tensor" in not_tensor.json()["detail"]
+
+
+def test_a_shape_mismatch_is_a_wrong_answer_not_an_error(client: TestClient) -> None:
+    response = post(client, JACOBIAN_W, seed_dy_dw()[0].tolist())
+    assert response.status_code == 200
+    body = response.json()
+    assert body["correct"] is False and body["report"]["shape_matches"] is False
+    assert body["report"]["given_shape"] == [3, 1, 5, 3]
+
+
+NAN = float("nan")
+VALUE = {"op": "value", "value": [1, 2]}
+SHAPE_9 = {"op": "conv_shape", "input_size": [9], "kernel_size": 3}
+GATE = {"op": "formula", "named": "gated_rnn_gate_size"}
+
+
+@pytest.mark.parametrize(
+    ("expected", "answer", "where", "message"),
+    [
+        (VALUE, [1, NAN], "answer", "finite"),
+        (VALUE, [[1], 2], "answer", "ragged"),
+        (VALUE, ["1", "2"], "answer", "not a number"),
+        (VALUE, "1, 2", "answer", "nested list"),
+        (SHAPE_9, "seven", "answer", "not a shape"),
+        (SHAPE_9, [7.5], "answer", "whole number"),
+        (GATE, 7, "answer", "expression string"),
+        (GATE, "m +* 1", "answer", "syntax error"),
+        ({**VALUE, "value": [1, NAN]}, [1, 2], "expected.value", "finite"),
+        ({**SHAPE_9, "input_size": [3], "kernel_size": 5}, [1], "expected.kernel_size", "larger"),
+    ],
+)
+def test_invalid_answers_and_keys_are_422_problems(
+    client: TestClient, expected: dict[str, Any], answer: Any, where: str, message: str
+) -> None:
+    # json.dumps writes NaN as the bare token NaN, which a JSON parser may accept.
+    content = json.dumps({"expected": expected, "answer": answer})
+    response = client.post(
+        "/v1/check", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["detail"].startswith(where) and message in problem["detail"]
+    assert problem["errors"][0]["loc"][:2] == ["body", where.split(".")[0]]
+
+
+def test_a_formula_syntax_error_gives_the_column(client: TestClient) -> None:
+    text = "floor((H + 2*P - D*(K - 1) - 1)/S) +"
+    response = post(client, FORMULA_1_1B, text)
+    assert response.status_code == 422
+    assert f"at column {len(text) + 1}" in response.json()["detail"]
+    two_numbers = text + " 1 1"
+    response = post(client, FORMULA_1_1B, two_numbers)
+    assert response.status_code == 422
+    assert f"at column {len(two_numbers)}" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "__import__('os').getcwd()",
+        "H.__class__",
+        "lambda: 1",
+        "[H for H in K]",
+        "9**9**9**9",
+        "H\x00",
+        "H" * 10_000,
+        "\u210c + 1",
+    ],
+    ids=["import", "attribute", "lambda", "comprehension", "power-tower", "nul", "10k", "unicode"],
+)
+def test_hostile_formulas_are_refused_with_a_4xx(client: TestClient, answer: str) -> None:
+    response = post(client, FORMULA_1_1B, answer)
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("invalid-answer")
+
+
+@pytest.mark.parametrize(
+    ("expected", "where", "message"),
+    [
+        ({**JACOBIAN_W, "model": "lstm"}, "expected.model", "there is no model 'lstm'"),
+        ({**FORWARD, "op": "state_jacobians"}, "expected.op", "has no state Jacobians"),
+        ({**BACKWARD_W, "select": None}, "expected.select", "say which one"),
+        ({**BACKWARD_W, "select": "bias"}, "expected.select", "has no 'bias'"),
+        ({**JACOBIAN_W, "wrt": "w"}, "expected.wrt", "no parameter or input 'w'"),
+        ({**FORWARD, "config": {"stride": 0}}, "expected.config.stride", "at least 1"),
+        ({**FORWARD, "inputs": {"x": [[1, 2], [3]]}}, "expected.inputs.x", "ragged"),
+        (
+            {"op": "formula", "reference": "H +", "variables": {"H": [1, 2]}},
+            "expected.reference",
+            "syntax",
+        ),
+        (
+            {"op": "formula", "named": "conv_output_size", "reference": "H"},
+            "expected.reference",
+            "exactly one",
+        ),
+    ],
+)
+def test_keys_that_cannot_be_computed_are_422_at_their_field(
+    client: TestClient, expected: dict[str, Any], where: str, message: str
+) -> None:
+    response = post(client, expected, [1.0])
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["detail"].startswith(where) and message in problem["detail"]
+    assert problem["errors"][0]["loc"] == ["body", *where.split(".")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"expected": {"op": "integral"}, "answer": 1},
+        {"expected": {"op": "value", "value": 1}, "answer": 1, "tolerance": {"rtol": -1}},
+        {"expected": {"op": "value", "value": 1}, "answer": 1, "tolerance": {"rtol": "1e-3"}},
+        {"expected": {"op": "value", "value": 1}, "answer": 1, "tolerance": {"atl": 1}},
+        {"expected": {"op": "value", "value": 1}, "answer": 1, "partial_credit": "half"},
+        {"expected": {"op": "value", "value": 1}},
+    ],
+    ids=["op", "negative", "string", "typo", "partial", "no-answer"],
+)
+def test_invalid_bodies_are_validation_problems(client: TestClient, body: dict[str, Any]) -> None:
+    response = client.post("/v1/check", json=body)
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("validation-error")
+
+
+def test_a_jacobian_over_budget_is_413() -> None:
+    with TestClient(create_app(Settings(max_jacobian_elements=10))) as small:
+        response = post(small, JACOBIAN_W, seed_dy_dw().tolist())
+    assert response.status_code == 413 and "entries" in response.json()["detail"]
+
+
+def test_batch_judges_in_order_with_a_summary(client: TestClient) -> None:
+    checks = [
+        {"expected": SHAPE_1_1A, "answer": [5, 2]},
+        {"expected": JACOBIAN_W, "answer": (-seed_dy_dw()).tolist()},
+        {"expected": SHAPE_1_1A, "answer": [5, 2, 1]},
+        {"expected": JACOBIAN_W, "answer": [[1], [1, 2]]},
+        {"expected": JACOBIAN_W, "answer": seed_dy_dw().tolist()},
+    ]
+    response = client.post("/v1/check/batch", json={"checks": checks})
+    assert response.status_code == 200
+    body = response.json()
+    results = body["results"]
+    assert [r.get("correct") for r in results] == [True, False, False, None, True]
+    assert results[1]["diagnosis"][0]["code"] == "sign_flipped"
+    assert results[3]["error"]["status"] == 422
+    assert results[3]["error"]["errors"][0]["loc"] == ["body", "checks", 3, "answer"]
+    assert body["summary"] == {"checks": 5, "correct": 2, "wrong": 2, "invalid": 1, "keys": 2}
+
+
+def test_batch_size_is_bounded_by_a_setting() -> None:
+    with TestClient(create_app(Settings(max_batch_checks=2))) as small:
+        check = {"expected": SHAPE_1_1A, "answer": [5, 2]}
+        assert small.post("/v1/check/batch", json={"checks": [check] * 2}).status_code == 200
+        response = small.post("/v1/check/batch", json={"checks": [check] * 3})
+        assert response.status_code == 413
+        assert "the limit is 2" in response.json()["detail"]
+        assert small.get("/v1/info").json()["limits"]["max_batch_checks"] == 2
+        assert small.post("/v1/check/batch", json={"checks": []}).status_code == 422
+
+
+def test_the_openapi_examples_judge_as_they_say(client: TestClient) -> None:
+    verdicts = {
+        name: post(client, ex["value"]["expected"], ex["value"]["answer"]).json()
+        for name, ex in CHECK_EXAMPLES.items()
+    }
+    assert {name: v["correct"] for name, v in verdicts.items()} == {
+        "seed-1.1a": True,
+        "seed-1.1b": True,
+        "seed-1.1c-ii": True,
+        "wrong-transposed": False,
+    }
+    assert verdicts["wrong-transposed"]["diagnosis"][0]["code"] == "transposed"
+    batch = client.post("/v1/check/batch", json=BATCH_EXAMPLES["seed-mixed"]["value"]).json()
+    assert [r["correct"] for r in batch["results"]] == [True, False, True]
+
+
+def test_openapi_documents_the_check_routes(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    single = schema["paths"]["/v1/check"]["post"]
+    examples = single["requestBody"]["content"]["application/json"]["examples"]
+    assert set(examples) == set(CHECK_EXAMPLES)
+    assert {"413", "422"} <= set(single["responses"])
+    assert "application/problem+json" in single["responses"]["422"]["content"]
+    assert "/v1/check/batch" in schema["paths"]
