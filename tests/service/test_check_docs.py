@@ -19,8 +19,7 @@ from service.grading.shapes import SHAPE_MISTAKES
 from tests.grading import gated_rnn_model
 
 ROOT = Path(__file__).resolve().parents[2]
-# The section lives in docs/ until it is merged into the README.
-SOURCES = [ROOT / "docs" / "README-checking.md", ROOT / "README.md"]
+SOURCES = [ROOT / "README.md"]
 BLOCK = re.compile(r"```sh\n(curl [^`]*?/v1/check[^`]*?)```", re.DOTALL)
 
 
