@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from models import conv
+from models import conv, conv_jacobians
 from models.errors import ShapeMismatch, UnknownName
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -146,6 +146,7 @@ def _conv_model(dims: int) -> ReferenceModel:
         parse_config=lambda config: conv.parse_conv_config(config, dims),
         output_shapes=conv.conv_output_shapes,
         forward=conv.conv_forward,
+        closed_form_jacobian=conv_jacobians.conv_jacobian,
     )
 
 
