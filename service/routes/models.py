@@ -9,16 +9,12 @@ from starlette.responses import Response
 
 from models import autodiff
 from models.registry import MODELS, ReferenceModel
-from service.compute import (
-    check_jacobian_budget,
-    decode_grad_outputs,
-    encode_all,
-    prepare,
-)
+from service.compute import check_jacobian_budget, decode_grad_outputs, prepare
 from service.deps import SettingsDep
 from service.examples import BACKWARD_EXAMPLES, FORWARD_EXAMPLES, JACOBIAN_EXAMPLES
 from service.problems import problem_responses
-from service.responses import TensorJSONResponse
+from service.responses import binary_answer_responses, tensor_answer
+from service.routing import FastJSONRoute
 from service.schemas import (
     ArgInfo,
     BackwardRequest,
@@ -31,9 +27,8 @@ from service.schemas import (
     ModelList,
     ModelRequest,
 )
-from service.tensors import encode
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=FastJSONRoute)
 
 COMPUTE_ERRORS = problem_responses(404, 413, 422)
 
@@ -66,7 +61,7 @@ async def list_models() -> ModelList:
     "/{model}/forward",
     summary="Forward pass of a reference model",
     response_model=ForwardResponse,
-    responses=COMPUTE_ERRORS,
+    responses={**binary_answer_responses(ForwardResponse), **COMPUTE_ERRORS},
 )
 def forward(
     model: str,
@@ -76,14 +71,14 @@ def forward(
     """Every output of the model on the given params and inputs."""
     prepared = prepare(model, body, settings)
     outputs = prepared.model.forward(prepared.config, prepared.args)
-    return TensorJSONResponse({"outputs": encode_all(outputs, body.encoding)})
+    return tensor_answer({"outputs": outputs}, body.encoding)
 
 
 @router.post(
     "/{model}/backward",
     summary="Backward pass (vector-Jacobian product) of a reference model",
     response_model=BackwardResponse,
-    responses=COMPUTE_ERRORS,
+    responses={**binary_answer_responses(BackwardResponse), **COMPUTE_ERRORS},
 )
 def backward(
     model: str,
@@ -96,19 +91,14 @@ def backward(
     outputs, grads, extras = autodiff.backward(
         prepared.model, prepared.config, prepared.args, grad_outputs
     )
-    answer = {
-        "outputs": encode_all(outputs, body.encoding),
-        "grads": encode_all(grads, body.encoding),
-        **encode_all(extras, body.encoding),
-    }
-    return TensorJSONResponse(answer)
+    return tensor_answer({"outputs": outputs, "grads": grads, **extras}, body.encoding)
 
 
 @router.post(
     "/{model}/jacobian",
     summary="Jacobian of one output against one param or input",
     response_model=JacobianResponse,
-    responses=COMPUTE_ERRORS,
+    responses={**binary_answer_responses(JacobianResponse), **COMPUTE_ERRORS},
 )
 def jacobian(
     model: str,
@@ -121,11 +111,5 @@ def jacobian(
     result, method = autodiff.jacobian(
         prepared.model, prepared.config, prepared.args, body.of, body.wrt
     )
-    return TensorJSONResponse(
-        {
-            "jacobian": encode(result, body.encoding),
-            "of": body.of,
-            "wrt": body.wrt,
-            "method": method,
-        }
-    )
+    answer = {"jacobian": result, "of": body.of, "wrt": body.wrt, "method": method}
+    return tensor_answer(answer, body.encoding)
