@@ -14,7 +14,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service import __version__
+from service import __version__, memory
 from service.problems import install_problem_handlers, problem_schemas
 from service.routes import health, models, shapes
 from service.settings import Settings, get_settings
@@ -52,14 +52,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(torch_threads(settings))
+        memory.limit_arenas()
 
         async def warm() -> None:
             await asyncio.to_thread(warm_up)
+            memory.freeze_startup_objects()
             app.state.ready.set()
 
         task = asyncio.create_task(warm())
+        trimmer = asyncio.create_task(memory.trim_when_idle())
         yield
         task.cancel()
+        trimmer.cancel()
 
     app = FastAPI(
         title="tensorgrade",
@@ -70,8 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = threading.Event()
     install_problem_handlers(app)
-    app.include_router(health.router)
+    # Routes match in order: the busiest (/v1/shapes/conv, thousands per grading run) first.
     app.include_router(shapes.router)
+    app.include_router(health.router)
     app.include_router(models.router)
 
     def openapi() -> dict[str, Any]:

@@ -24,6 +24,7 @@ import safetensors.numpy
 import torch
 from starlette.responses import JSONResponse, Response
 
+from service.memory import note_large_answer
 from service.tensors import Encoding, encode
 
 SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
@@ -46,9 +47,18 @@ def tensor_answer(answer: Mapping[str, Any], encoding: Encoding) -> Response:
     Returns:
         A JSON response, or an ``application/octet-stream`` safetensors file.
     """
+    note_large_answer(_tensor_bytes(answer))
     if encoding == "safetensors":
         return Response(to_safetensors(answer), media_type=SAFETENSORS_MEDIA_TYPE)
     return TensorJSONResponse(_encode_tree(answer, encoding))
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_tensor_bytes(item) for item in value.values())
+    return 0
 
 
 def _encode_tree(value: Any, encoding: Any) -> Any:
@@ -71,21 +81,28 @@ def to_safetensors(answer: Mapping[str, Any]) -> bytes:
     """
     tensors: dict[str, npt.NDArray[Any]] = {}
     metadata: dict[str, str] = {}
-
-    def walk(value: Any, path: str) -> None:
-        if isinstance(value, torch.Tensor):
-            tensors[path] = _as_array(value)
-        elif isinstance(value, Mapping) and value:
-            for key, item in value.items():
-                walk(item, f"{path}.{key}" if path else str(key))
-        else:
-            metadata[path] = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-    walk(answer, "")
+    _flatten(answer, "", tensors, metadata)
     # safetensors.numpy rather than safetensors.torch: the numpy writer skips the torch one's
     # checks for shared storage and copies each tensor once instead of several times.
     data: bytes = safetensors.numpy.save(tensors, metadata=metadata or None)
     return data
+
+
+def _flatten(
+    value: Any, path: str, tensors: dict[str, npt.NDArray[Any]], metadata: dict[str, str]
+) -> None:
+    """Sort the leaves under ``path`` into tensors and JSON metadata, by dotted path.
+
+    A module-level function rather than a closure: a recursive closure is a reference cycle
+    that would keep the (large) tensors alive until the garbage collector's next pass.
+    """
+    if isinstance(value, torch.Tensor):
+        tensors[path] = _as_array(value)
+    elif isinstance(value, Mapping) and value:
+        for key, item in value.items():
+            _flatten(item, f"{path}.{key}" if path else str(key), tensors, metadata)
+    else:
+        metadata[path] = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _as_array(tensor: torch.Tensor) -> npt.NDArray[Any]:
@@ -107,19 +124,18 @@ def read_safetensors_answer(body: bytes) -> dict[str, Any]:
         decoded from JSON, e.g. ``{"jacobian": array(...), "of": "y", ...}``.
     """
     answer: dict[str, Any] = {}
-
-    def put(path: str, value: Any) -> None:
-        *parents, leaf = path.split(".")
-        node = answer
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-
     for path, array in safetensors.numpy.load(body).items():
-        put(path, array)
+        _put(answer, path, array)
     for path, text in (_metadata(body) or {}).items():
-        put(path, orjson.loads(text))
+        _put(answer, path, orjson.loads(text))
     return answer
+
+
+def _put(tree: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
 
 
 def _metadata(body: bytes) -> dict[str, str] | None:

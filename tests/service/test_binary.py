@@ -141,33 +141,42 @@ def test_safetensors_keeps_nested_fields_empty_sections_and_non_finite_values() 
     assert back["outputs"]["h"][0, 0] == 1.0 and np.isnan(back["outputs"]["h"][0, 1])
 
 
+FORWARD = b'{"params": {"weight": [[[1, 0, -1]]]}, "inputs": {"x": [[1, 2, %s]]}}'
+
+
 @pytest.mark.parametrize(
-    ("raw", "words"),
+    ("path", "raw", "words"),
     [
-        (b'{"input_size": [NaN], "kernel_size": 3}', "NaN is not a JSON number"),
-        (b'{"input_size": [Infinity], "kernel_size": 3}', "Infinity is not a JSON number"),
-        (b'{"input_size": [-Infinity], "kernel_size": 3}', "-Infinity is not a JSON number"),
-        (b'{"input_size": [5], "kernel_size": 3', "not valid JSON: unexpected end of data"),
-        (b'{"input_size": [5], "kernel_size": 3}}', "not valid JSON"),
-        (b'{"input_size": [5], "kernel_size": "\xff"}', "not valid JSON"),
+        ("models/conv1d/forward", FORWARD % b"NaN", "NaN is not a JSON number"),
+        ("models/conv1d/forward", FORWARD % b"Infinity", "Infinity is not a JSON number"),
+        ("models/conv1d/forward", FORWARD % b"-Infinity", "-Infinity is not a JSON number"),
+        ("models/conv1d/forward", FORWARD % b"3]", "not valid JSON"),
+        ("models/conv1d/forward", (FORWARD % b"3")[:-3], "not valid JSON: unexpected end"),
+        ("models/conv1d/forward", FORWARD % b'"\xff"', "not valid JSON"),
+        ("shapes/conv", b'{"input_size": [5], "kernel_size": 3', "not valid JSON"),
+        ("shapes/conv", b'{"input_size": [5], "kernel_size": "\xff"}', "not valid JSON"),
     ],
 )
-def test_bodies_orjson_refuses_are_422_problems(client: TestClient, raw: bytes, words: str) -> None:
-    response = client.post(
-        "/v1/shapes/conv", content=raw, headers={"content-type": "application/json"}
-    )
+def test_bodies_that_are_not_json_are_422_problems_that_say_where(
+    client: TestClient, path: str, raw: bytes, words: str
+) -> None:
+    response = client.post(f"/v1/{path}", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
     assert words in problem["detail"], problem["detail"]
     assert "line 1 column" in problem["detail"]
     assert problem["errors"][0]["type"] == "json_invalid"
+    if "NaN" in words or "Infinity" in words:
+        assert "only finite numbers are accepted" in problem["detail"]
 
 
-def test_a_nan_token_in_a_tensor_is_a_problem_that_says_finite(client: TestClient) -> None:
-    raw = b'{"params": {"weight": [[[1, 0, NaN]]]}, "inputs": {"x": [[1, 2, 3]]}}'
+def test_a_nan_token_where_a_size_goes_is_a_422_that_names_the_field(client: TestClient) -> None:
+    raw = b'{"input_size": [NaN], "kernel_size": 3}'
     response = client.post(
-        "/v1/models/conv1d/forward", content=raw, headers={"content-type": "application/json"}
+        "/v1/shapes/conv", content=raw, headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
-    assert "only finite numbers are accepted" in response.json()["detail"]
+    problem = response.json()
+    assert problem["detail"].startswith("body.input_size.0: Input should be a valid integer")
+    assert problem["errors"][0]["loc"] == ["body", "input_size", 0]
