@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads, in the service and in-process (default: cores, one worker)",
     )
     args = parser.parse_args(argv)
-    plan = Plan(5, 2, 2, 2) if args.quick else Plan(15, 3, 5, 3)
+    plan = Plan(15, 3, 3, 3) if args.quick else Plan(40, 5, 5, 5)
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     settings = {

@@ -139,11 +139,12 @@ def jacobian_wrt_input(
 ) -> torch.Tensor:
     """dy/dx, shaped (F, *O, C, *N): ``W[f, c, k]`` placed at ``p = S o + D k - P_left``.
 
-    For one tap k the entries (f, o, c, p(o)) form a strided view of the Jacobian: p moves
-    by S when o moves by 1, so o's stride is ``stride(o) + S stride(p)`` and the tap adds
-    the constant offset ``(D k - P_left) stride(p)``. Each tap is therefore one strided
-    copy of ``W[:, :, k]`` over the output positions whose p falls inside the input (the
-    others read zero padding and have no derivative).
+    The entries (f, o, c, p(o, k)) form a strided view of the Jacobian: p moves by S when o
+    moves by 1 and by D when k does, so o's stride is ``stride(o) + S stride(p)``, k's is
+    ``D stride(p)``, and ``-P_left stride(p)`` is a constant offset. Where every tap of o
+    lands inside the input (the interior) the whole kernel is one strided copy of ``W``,
+    written tap after tap along memory; near a padded border, where some taps read padding
+    (no derivative), each tap is copied over the output positions it reaches.
     """
     filters, channels, kernel = weight.shape[0], weight.shape[1], tuple(weight.shape[2:])
     size = tuple(x.shape[1:])
@@ -151,24 +152,51 @@ def jacobian_wrt_input(
     out = output_size(size, kernel, stride, dilation, pads)
     jac = weight.new_zeros((filters, *out, channels, *size))
     strides = jac.stride()  # element strides of (F, *O, C, *N)
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        offset, sizes, steps = 0, [], []
-        for d in range(dims):
-            shift = dilation[d] * tap[d] - pads[d][0]  # p = S o + shift
-            first = max(0, -(shift // stride[d]))  # smallest o with p >= 0
-            last = min(out[d], (size[d] - 1 - shift) // stride[d] + 1)  # past largest p < N
-            step = strides[1 + d] + stride[d] * strides[2 + dims + d]
-            offset += first * step + shift * strides[2 + dims + d]
-            sizes.append(last - first)
-            steps.append(step)
+    o_steps = [strides[1 + d] + stride[d] * strides[2 + dims + d] for d in range(dims)]
+    p_steps = [strides[2 + dims + d] for d in range(dims)]
+
+    def reach(d: int, shift: int) -> tuple[int, int]:
+        """The range of o with ``0 <= S o + shift < N`` in dimension d."""
+        first = max(0, -(shift // stride[d]))
+        return first, max(first, min(out[d], (size[d] - 1 - shift) // stride[d] + 1))
+
+    def place(box: Sequence[tuple[int, int]], taps: Sequence[slice | int]) -> None:
+        """Copy ``W[:, :, taps]`` to the output positions in ``box``."""
+        sizes = [hi - lo for lo, hi in box]
         if min(sizes, default=1) <= 0:
-            continue
+            return
+        offset = jac.storage_offset()
+        tap_sizes, tap_steps = [], []
+        for d, ((lo, _), tap) in enumerate(zip(box, taps, strict=True)):
+            first_tap = tap if isinstance(tap, int) else 0
+            offset += lo * o_steps[d] + (dilation[d] * first_tap - pads[d][0]) * p_steps[d]
+            if isinstance(tap, slice):
+                tap_sizes.append(kernel[d])
+                tap_steps.append(dilation[d] * p_steps[d])
         view = jac.as_strided(
-            (filters, *sizes, channels),
-            (strides[0], *steps, strides[1 + dims]),
-            jac.storage_offset() + offset,
+            (filters, *sizes, channels, *tap_sizes),
+            (strides[0], *o_steps, strides[1 + dims], *tap_steps),
+            offset,
         )
-        index: tuple[slice | int, ...] = (slice(None), slice(None), *tap)
-        source = weight[index]  # (F, C)
-        view.copy_(source.reshape(filters, *([1] * dims), channels).expand(view.shape))
+        source = weight[(slice(None), slice(None), *taps)]  # (F, C, *tap_sizes)
+        view.copy_(source.reshape(filters, *([1] * dims), *source.shape[1:]).expand(view.shape))
+
+    # Per dimension: the interior (every tap inside) and the borders on either side of it.
+    segments = []
+    for d in range(dims):
+        lo = reach(d, -pads[d][0])[0]
+        hi = max(lo, reach(d, dilation[d] * (kernel[d] - 1) - pads[d][0])[1])
+        segments.append([(0, lo, False), (lo, hi, True), (hi, out[d], False)])
+    for parts in itertools.product(*segments):
+        box = [(lo, hi) for lo, hi, _ in parts]
+        if all(inside for _, _, inside in parts):
+            place(box, [slice(None)] * dims)
+            continue
+        for tap in itertools.product(*(range(k) for k in kernel)):
+            reached = [reach(d, dilation[d] * tap[d] - pads[d][0]) for d in range(dims)]
+            clipped = [
+                (max(lo, r_lo), min(hi, r_hi))
+                for (lo, hi), (r_lo, r_hi) in zip(box, reached, strict=True)
+            ]
+            place(clipped, tap)
     return jac

@@ -75,6 +75,17 @@ def note_large_answer(size: int) -> None:
         _pending_since = time.monotonic()
 
 
+def trim_pending() -> bool:
+    """Whether a large answer was built since the last trim."""
+    return _pending_since is not None
+
+
+def clear_pending() -> None:
+    """Forget a pending trim (the trimmer does this when it trims)."""
+    global _pending_since
+    _pending_since = None
+
+
 def release_free_memory() -> bool:
     """Hand the allocator's free pages back to the operating system.
 
@@ -87,10 +98,9 @@ def release_free_memory() -> bool:
 
 async def trim_when_idle(idle_seconds: float = IDLE_SECONDS) -> None:
     """Forever: release free memory once no large answer was built for ``idle_seconds``."""
-    global _pending_since
     while True:
         await asyncio.sleep(idle_seconds)
         since = _pending_since
         if since is not None and time.monotonic() - since >= idle_seconds:
-            _pending_since = None
+            clear_pending()
             await asyncio.to_thread(release_free_memory)

@@ -23,11 +23,34 @@ import orjson
 import safetensors.numpy
 import torch
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from service.memory import note_large_answer
 from service.tensors import Encoding, encode
 
 SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
+CHUNK_BYTES = 1 << 20
+
+
+class BinaryResponse(Response):
+    """A large binary body sent in slices of ``CHUNK_BYTES``, with its ``Content-Length``.
+
+    Handing the server one 32 MB body makes it copy what the socket does not take at once
+    into its write buffer (twice, with asyncio's transport); slices let it write each one as
+    the socket drains, so the body is never copied whole and memory stays flat.
+    """
+
+    media_type = SAFETENSORS_MEDIA_TYPE
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        body = memoryview(self.body)
+        for start in range(0, len(body), CHUNK_BYTES):
+            chunk = body[start : start + CHUNK_BYTES]
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class TensorJSONResponse(JSONResponse):
@@ -49,7 +72,7 @@ def tensor_answer(answer: Mapping[str, Any], encoding: Encoding) -> Response:
     """
     note_large_answer(_tensor_bytes(answer))
     if encoding == "safetensors":
-        return Response(to_safetensors(answer), media_type=SAFETENSORS_MEDIA_TYPE)
+        return BinaryResponse(to_safetensors(answer))
     return TensorJSONResponse(_encode_tree(answer, encoding))
 
 

@@ -14,7 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
-from service.responses import read_safetensors_answer, to_safetensors
+from service.responses import CHUNK_BYTES, read_safetensors_answer, to_safetensors
 
 SEED = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
 TENSOR_PATHS = tuple(f"/v1/models/{{model}}/{op}" for op in ("forward", "backward", "jacobian"))
@@ -180,3 +180,19 @@ def test_a_nan_token_where_a_size_goes_is_a_422_that_names_the_field(client: Tes
     problem = response.json()
     assert problem["detail"].startswith("body.input_size.0: Input should be a valid integer")
     assert problem["errors"][0]["loc"] == ["body", "input_size", 0]
+
+
+def test_a_body_larger_than_one_chunk_arrives_whole(client: TestClient) -> None:
+    rng = np.random.default_rng(5)
+    body = {
+        "params": {"weight": rng.standard_normal((8, 8, 3)).tolist()},
+        "inputs": {"x": rng.standard_normal((8, 100)).tolist()},
+        "of": "y",
+        "wrt": "x",
+    }
+    response = client.post("/v1/models/conv1d/jacobian", json={**body, "encoding": "safetensors"})
+    assert len(response.content) > 4 * CHUNK_BYTES
+    assert int(response.headers["content-length"]) == len(response.content)
+    jacobian = safetensors.numpy.load(response.content)["jacobian"]
+    as_json = client.post("/v1/models/conv1d/jacobian", json={**body, "encoding": "b64"}).json()
+    np.testing.assert_array_equal(jacobian, as_array(as_json["jacobian"]))
