@@ -86,14 +86,21 @@ def timed(fn: Callable[[], object]) -> float:
 def paired_medians(
     baseline: Callable[[], object], ours: Callable[[], object], plan: Plan
 ) -> tuple[float, float]:
-    """Median seconds of each, run alternately after warm-up so both see the same noise."""
+    """Median seconds of each, after warm-up, interleaved so that both see the same noise.
+
+    The order swaps every repetition (baseline-ours, ours-baseline, ...): over HTTP the
+    server's leftover work from one request (freeing a 32 MB answer) lands on the next one,
+    and the swap spreads it evenly instead of always on the same side.
+    """
     for _ in range(plan.warmup):
         baseline()
         ours()
-    base, mine = [], []
-    for _ in range(plan.reps):
-        base.append(timed(baseline))
-        mine.append(timed(ours))
+    base: list[float] = []
+    mine: list[float] = []
+    for rep in range(plan.reps):
+        pairs = [(base, baseline), (mine, ours)]
+        for times, fn in pairs if rep % 2 == 0 else reversed(pairs):
+            times.append(timed(fn))
     return statistics.median(base), statistics.median(mine)
 
 

@@ -10,6 +10,8 @@ back. Two measures, glibc only (elsewhere both are no-ops):
    return them (the request threads share them; the GIL serialises them anyway);
 2. once no large answer has been produced for ``IDLE_SECONDS``, ``malloc_trim(0)`` gives the
    free pages back to the operating system.
+
+And one for the garbage collector: ``freeze_startup_objects`` after the warm-up.
 """
 
 from __future__ import annotations
