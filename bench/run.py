@@ -191,7 +191,11 @@ def conv_tensors(device: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def b64(tensor: torch.Tensor) -> dict[str, Any]:
     array = np.ascontiguousarray(tensor.cpu().numpy(), dtype="<f8")
-    return {"shape": list(array.shape), "datatype": "FP64", "b64": base64.b64encode(array).decode()}
+    return {
+        "shape": list(array.shape),
+        "datatype": "FP64",
+        "b64": base64.b64encode(array.tobytes()).decode(),
+    }
 
 
 def sync(device: str) -> None:
