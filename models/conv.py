@@ -38,22 +38,30 @@ class DimStep:
 
 
 def _per_dim(value: Any, dims: int, name: str, minimum: int, where: str) -> tuple[int, ...]:
-    """An int or a list with one int per dimension, as a tuple of ``dims`` ints."""
-    values = [value] * dims if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(values, list | tuple) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in values
-    ):
+    """An int or a list with one int per dimension, as a tuple of ``dims`` ints.
+
+    ``type(v) is int`` (not ``isinstance``) refuses booleans in one test; this runs several
+    times on every shape request, so it stays free of generators.
+    """
+    if type(value) is int:
+        values: tuple[int, ...] = (value,) * dims
+    elif type(value) in (list, tuple) and set(map(type, value)) <= _INT:
+        values = tuple(value)
+    else:
         raise InvalidConfig(f"{name} must be an integer or a list of integers", where)
     if len(values) != dims:
         raise InvalidConfig(
             f"{name} has {len(values)} entries but there are {dims} spatial dimensions", where
         )
-    for d, v in enumerate(values):
-        if v < minimum:
-            raise InvalidConfig(
-                f"{name} must be at least {minimum}, got {v} in dimension {d}", where
-            )
-    return tuple(values)
+    if values and min(values) < minimum:
+        d = next(d for d, v in enumerate(values) if v < minimum)
+        raise InvalidConfig(
+            f"{name} must be at least {minimum}, got {values[d]} in dimension {d}", where
+        )
+    return values
+
+
+_INT = {int}
 
 
 def parse_padding(value: Any, dims: int, where: str = "padding") -> Padding:

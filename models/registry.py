@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from models import attention_rnn, conv, gated_rnn
+from models import attention_rnn, conv, conv_jacobians, gated_rnn
 from models.errors import ShapeMismatch, UnknownName
 from models.limits import Limits
 
@@ -153,6 +153,7 @@ def _conv_model(dims: int) -> ReferenceModel:
         parse_config=lambda config: conv.parse_conv_config(config, dims),
         output_shapes=conv.conv_output_shapes,
         forward=conv.conv_forward,
+        closed_form_jacobian=conv_jacobians.conv_jacobian,
     )
 
 

@@ -17,7 +17,7 @@ from service.devices import resolve_device, resolve_dtype
 from service.problems import Problem
 from service.schemas import ModelRequest
 from service.settings import Settings
-from service.tensors import Budget, decode, encode, to_torch
+from service.tensors import Budget, TensorEncoding, decode, encode, to_torch
 
 
 @dataclass
@@ -145,5 +145,7 @@ def check_state_jacobian_budget(prepared: Prepared, settings: Settings) -> None:
         )
 
 
-def encode_all(tensors: Mapping[str, torch.Tensor], encoding: Any) -> dict[str, Any]:
+def encode_all(tensors: Mapping[str, torch.Tensor], encoding: TensorEncoding) -> dict[str, Any]:
+    """Each tensor in its JSON response form; whole answers go through
+    ``service.responses.tensor_answer``, which also speaks ``safetensors``."""
     return {name: encode(t, encoding) for name, t in tensors.items()}

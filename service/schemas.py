@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.devices import DeviceName, DtypeName
 from service.tensors import TensorIn
 
-ResponseEncoding = Literal["json", "b64"]
+ResponseEncoding = Literal["json", "b64", "safetensors"]
 
 
 class StrictBody(BaseModel):
@@ -23,7 +23,13 @@ class ComputeOptions(StrictBody):
     device: DeviceName = Field("auto", description="`auto` is the GPU when there is one.")
     dtype: DtypeName = Field("float64", description="Precision of the computation.")
     encoding: ResponseEncoding = Field(
-        "json", description="Tensors of the answer as nested lists (`json`) or base64 (`b64`)."
+        "json",
+        description=(
+            "Tensors of the answer as nested lists (`json`), base64 (`b64`), or the whole "
+            "answer as one safetensors file (`safetensors`, `application/octet-stream`: "
+            "tensors under their dotted names, e.g. `grads.weight`, the other fields as JSON "
+            "in the header's `__metadata__`)."
+        ),
     )
 
 

@@ -30,6 +30,9 @@ from service.problems import Problem
 
 Datatype = Literal["FP64", "FP32"]
 Encoding = Literal["json", "b64", "safetensors"]
+TensorEncoding = Literal["json", "b64"]
+"""How one tensor is written inside a JSON answer (``safetensors`` is a whole-body encoding:
+see ``service.responses.tensor_answer``)."""
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {"FP64": np.dtype("<f8"), "FP32": np.dtype("<f4")}
 TORCH_DATATYPES: dict[torch.dtype, Datatype] = {torch.float64: "FP64", torch.float32: "FP32"}
@@ -308,7 +311,7 @@ def to_torch(array: npt.NDArray[Any], device: torch.device, dtype: torch.dtype) 
     return torch.from_numpy(array).to(device=device, dtype=dtype)
 
 
-def encode(tensor: torch.Tensor, encoding: Encoding = "json") -> dict[str, Any]:
+def encode(tensor: torch.Tensor, encoding: TensorEncoding = "json") -> dict[str, Any]:
     """A tensor in the response form: ``{"shape", "datatype", "data" | "b64"}``.
 
     Non-finite values (an exploding recurrence) are never hidden: the tensor carries
@@ -323,7 +326,9 @@ def encode(tensor: torch.Tensor, encoding: Encoding = "json") -> dict[str, Any]:
     finite = np.isfinite(numpy_array)
     nonfinite = int(numpy_array.size - np.count_nonzero(finite))
     if encoding == "b64":
-        out["b64"] = base64.b64encode(numpy_array.astype(NUMPY_DTYPES[datatype]).tobytes()).decode()
+        # The buffer of the contiguous little-endian array is encoded as is: no tobytes() copy.
+        raw = np.ascontiguousarray(numpy_array, dtype=NUMPY_DTYPES[datatype])
+        out["b64"] = base64.b64encode(raw.data.cast("B")).decode("ascii")
     elif nonfinite:
         out["data"] = _with_nonfinite_strings(numpy_array)
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
 from fastapi import APIRouter, Body
 from starlette.responses import Response
 
@@ -14,7 +13,6 @@ from service.compute import (
     check_jacobian_budget,
     check_state_jacobian_budget,
     decode_grad_outputs,
-    encode_all,
     lookup,
     prepare,
 )
@@ -27,7 +25,8 @@ from service.examples import (
 )
 from service.metrics import compute_timer
 from service.problems import Problem, problem_responses
-from service.responses import TensorJSONResponse
+from service.responses import binary_answer_responses, tensor_answer
+from service.routing import FastJSONRoute
 from service.schemas import (
     ArgInfo,
     BackwardRequest,
@@ -41,9 +40,8 @@ from service.schemas import (
     ModelRequest,
     StateJacobiansResponse,
 )
-from service.tensors import encode
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=FastJSONRoute)
 
 COMPUTE_ERRORS = problem_responses(404, 413, 422)
 
@@ -76,7 +74,7 @@ async def list_models() -> ModelList:
     "/{model}/forward",
     summary="Forward pass of a reference model",
     response_model=ForwardResponse,
-    responses=COMPUTE_ERRORS,
+    responses={**binary_answer_responses(ForwardResponse), **COMPUTE_ERRORS},
 )
 def forward(
     model: str,
@@ -87,14 +85,14 @@ def forward(
     prepared = prepare(model, body, settings)
     with compute_timer(prepared.model.name, "forward", prepared.device):
         outputs = prepared.model.forward(prepared.config, prepared.args)
-    return TensorJSONResponse({"outputs": encode_all(outputs, body.encoding)})
+    return tensor_answer({"outputs": outputs}, body.encoding)
 
 
 @router.post(
     "/{model}/backward",
     summary="Backward pass (vector-Jacobian product) of a reference model",
     response_model=BackwardResponse,
-    responses=COMPUTE_ERRORS,
+    responses={**binary_answer_responses(BackwardResponse), **COMPUTE_ERRORS},
 )
 def backward(
     model: str,
@@ -108,19 +106,14 @@ def backward(
         outputs, grads, extras = autodiff.backward(
             prepared.model, prepared.config, prepared.args, grad_outputs
         )
-    answer = {
-        "outputs": encode_all(outputs, body.encoding),
-        "grads": encode_all(grads, body.encoding),
-        **encode_all(extras, body.encoding),
-    }
-    return TensorJSONResponse(answer)
+    return tensor_answer({"outputs": outputs, "grads": grads, **extras}, body.encoding)
 
 
 @router.post(
     "/{model}/jacobian",
     summary="Jacobian of one output against one param or input",
     response_model=JacobianResponse,
-    responses=COMPUTE_ERRORS,
+    responses={**binary_answer_responses(JacobianResponse), **COMPUTE_ERRORS},
 )
 def jacobian(
     model: str,
@@ -134,21 +127,15 @@ def jacobian(
         result, method = autodiff.jacobian(
             prepared.model, prepared.config, prepared.args, body.of, body.wrt
         )
-    return TensorJSONResponse(
-        {
-            "jacobian": encode(result, body.encoding),
-            "of": body.of,
-            "wrt": body.wrt,
-            "method": method,
-        }
-    )
+    answer = {"jacobian": result, "of": body.of, "wrt": body.wrt, "method": method}
+    return tensor_answer(answer, body.encoding)
 
 
 @router.post(
     "/{model}/state-jacobians",
     summary="One-step state Jacobians dh[t]/dh[t-1] of a recurrent model, and a verdict",
     response_model=StateJacobiansResponse,
-    responses=COMPUTE_ERRORS,
+    responses={**binary_answer_responses(StateJacobiansResponse), **COMPUTE_ERRORS},
 )
 def state_jacobians(
     model: str,
@@ -171,9 +158,4 @@ def state_jacobians(
     check_state_jacobian_budget(prepared, settings)
     with compute_timer(reference.name, "state-jacobians", prepared.device):
         answer = reference.state_jacobians(prepared.config, prepared.args)
-    return TensorJSONResponse(
-        {
-            name: encode(value, body.encoding) if isinstance(value, torch.Tensor) else value
-            for name, value in answer.items()
-        }
-    )
+    return tensor_answer(answer, body.encoding)

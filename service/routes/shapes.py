@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Body
+import orjson
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
+from starlette.responses import Response
 
 from models.conv import conv_output_size
 from models.errors import ModelError
 from service.examples import CONV_SHAPE_EXAMPLES
 from service.problems import problem_responses
+from service.routing import documented_body, validate_body
 from service.schemas import StrictBody
 
 router = APIRouter(prefix="/v1/shapes", tags=["shapes"])
@@ -45,8 +48,9 @@ class ConvShapeResponse(BaseModel):
     steps: list[Step]
 
 
-def conv_shape(body: ConvShapeRequest) -> ConvShapeResponse:
-    """The output size and its worked steps; raises ``ModelError`` with where it went wrong."""
+def conv_shape(body: ConvShapeRequest) -> dict[str, Any]:
+    """The answer as plain data (the shape of ``ConvShapeResponse``, with each step a
+    ``DimStep`` dataclass); raises ``ModelError`` with where it went wrong."""
     steps = conv_output_size(
         body.input_size,
         body.kernel_size,
@@ -58,25 +62,28 @@ def conv_shape(body: ConvShapeRequest) -> ConvShapeResponse:
     )
     size = [s.result for s in steps]
     shape = [body.out_channels, *size] if body.out_channels is not None else size
-    return ConvShapeResponse(
-        output_size=size,
-        output_shape=shape,
-        steps=[Step(**vars(s)) for s in steps],
-    )
+    return {"output_size": size, "output_shape": shape, "steps": steps}
 
 
 @router.post(
     "/conv",
     summary="Output size of a (transposed) convolution, with the worked steps",
+    response_model=ConvShapeResponse,
     responses=problem_responses(422),
+    openapi_extra=documented_body(ConvShapeRequest, CONV_SHAPE_EXAMPLES),
 )
-def shapes_conv(
-    body: Annotated[ConvShapeRequest, Body(openapi_examples=CONV_SHAPE_EXAMPLES)],
-) -> ConvShapeResponse:
+async def shapes_conv(request: Request) -> Response:
     """Output size per spatial dimension, shown the way the seed's solution 1.1(a) works it."""
+    # Grading scripts send thousands of these: `async def` (a few integer operations per
+    # dimension cost less than the hop to the thread pool), the body validated straight from
+    # its bytes, and the answer, built by this code and documented as ConvShapeResponse,
+    # written by orjson without a model in between; this keeps the route near a bare
+    # endpoint's throughput (see bench/).
+    body = await validate_body(request, ConvShapeRequest)
     try:
-        return conv_shape(body)
+        answer = conv_shape(body)
     except ModelError as error:
         # The shape fields sit at the top of this body, not under `config`.
         error.where = error.where.removeprefix("config.")
         raise
+    return Response(orjson.dumps(answer), media_type="application/json")

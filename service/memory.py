@@ -1,0 +1,108 @@
+"""Giving memory back after large answers, so an idle worker stays small.
+
+A large Jacobian passes through several buffers of tens of megabytes (the tensor, its bytes,
+the response body). glibc's allocator keeps such freed blocks for reuse, which is right during
+a burst of requests but leaves an idle worker holding hundreds of megabytes: each thread of
+the thread pool gets an arena of its own, and the free space of those arenas is never handed
+back. Two measures, glibc only (elsewhere both are no-ops):
+
+1. at start-up, at most ``ARENAS`` arenas, so freed blocks land where ``malloc_trim`` can
+   return them (the request threads share them; the GIL serialises them anyway);
+2. once no large answer has been produced for ``IDLE_SECONDS``, ``malloc_trim(0)`` gives the
+   free pages back to the operating system.
+
+And one for the garbage collector: ``freeze_startup_objects`` after the warm-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import gc
+import time
+from functools import lru_cache
+
+ARENAS = 2
+IDLE_SECONDS = 1.0
+LARGE_BYTES = 4 << 20
+"""An answer at least this large marks the worker for a trim once it is idle."""
+
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+_pending_since: float | None = None
+
+
+@lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+        return None
+    return libc
+
+
+def freeze_startup_objects() -> None:
+    """Exclude everything alive after start-up from the garbage collector's passes.
+
+    torch and the app leave about 200,000 long-lived objects; without this, each full
+    collection under load walks all of them again (tens of milliseconds, a stall every few
+    seconds at thousands of requests per second). Call once, after the warm-up.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def limit_arenas(count: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas; call before the request threads start.
+
+    Args:
+        count: the most arenas.
+
+    Returns:
+        Whether the allocator took the setting.
+    """
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, count))
+
+
+def note_large_answer(size: int) -> None:
+    """Record that an answer of ``size`` bytes (or elements times 8) was just built."""
+    global _pending_since
+    if size >= LARGE_BYTES:
+        _pending_since = time.monotonic()
+
+
+def trim_pending() -> bool:
+    """Whether a large answer was built since the last trim."""
+    return _pending_since is not None
+
+
+def clear_pending() -> None:
+    """Forget a pending trim (the trimmer does this when it trims)."""
+    global _pending_since
+    _pending_since = None
+
+
+def release_free_memory() -> bool:
+    """Hand the allocator's free pages back to the operating system.
+
+    Returns:
+        Whether any memory was released.
+    """
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0))
+
+
+async def trim_when_idle(idle_seconds: float = IDLE_SECONDS) -> None:
+    """Forever: release free memory once no large answer was built for ``idle_seconds``."""
+    while True:
+        await asyncio.sleep(idle_seconds)
+        since = _pending_since
+        if since is not None and time.monotonic() - since >= idle_seconds:
+            clear_pending()
+            await asyncio.to_thread(release_free_memory)

@@ -1,0 +1,102 @@
+"""The closed-form conv Jacobians against torch.autograd in float64 and central differences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from models import autodiff
+from models.conv_jacobians import conv_jacobian
+from models.registry import get_model
+from tests.helpers import finite_difference_jacobian
+
+# (model, config, shapes): strides, dilations, integer and 'same' padding (asymmetric when
+# D(K - 1) is odd), taps that fall wholly in the padding, input left over by the stride,
+# per-dimension values, with and without bias.
+CASES: list[tuple[str, dict[str, Any], dict[str, tuple[int, ...]]]] = [
+    ("conv1d", {"stride": 2}, {"weight": (1, 5, 3), "x": (5, 7)}),
+    ("conv1d", {"stride": 3}, {"weight": (2, 2, 2), "bias": (2,), "x": (2, 9)}),
+    ("conv1d", {"dilation": 3, "padding": 1}, {"weight": (2, 3, 3), "x": (3, 8)}),
+    ("conv1d", {"padding": 4, "stride": 2}, {"weight": (2, 1, 2), "bias": (2,), "x": (1, 3)}),
+    ("conv1d", {"padding": "same"}, {"weight": (3, 2, 4), "bias": (3,), "x": (2, 6)}),
+    ("conv1d", {"padding": "same", "dilation": 3}, {"weight": (1, 2, 2), "x": (2, 5)}),
+    ("conv1d", {"padding": "valid", "dilation": 2}, {"weight": (2, 2, 3), "x": (2, 7)}),
+    (
+        "conv2d",
+        {"stride": [2, 1], "padding": [1, 2], "dilation": [1, 2]},
+        {"weight": (2, 3, 3, 2), "bias": (2,), "x": (3, 5, 4)},
+    ),
+    ("conv2d", {"padding": "same", "dilation": [1, 2]}, {"weight": (2, 2, 2, 3), "x": (2, 4, 5)}),
+    ("conv2d", {"stride": 3, "padding": 2}, {"weight": (1, 1, 2, 2), "bias": (1,), "x": (1, 4, 5)}),
+]
+IDS = [f"{name}-{config}-{'bias' if 'bias' in s else 'nobias'}" for name, config, s in CASES]
+
+
+def make_args(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(*s, generator=gen, dtype=torch.float64) for n, s in shapes.items()}
+
+
+@pytest.mark.parametrize(("name", "config", "shapes"), CASES, ids=IDS)
+def test_closed_forms_match_autograd_and_finite_differences(
+    name: str, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]
+) -> None:
+    model = get_model(name)
+    cfg = model.parse_config(config)
+    args = make_args(shapes, 17)
+    out_shape = model.output_shapes(cfg, {n: tuple(t.shape) for n, t in args.items()})["y"]
+    for wrt, arg in args.items():
+
+        def f(value: torch.Tensor, wrt: str = wrt) -> torch.Tensor:
+            return model.forward(cfg, {**args, wrt: value})["y"]
+
+        closed = conv_jacobian(cfg, args, "y", wrt)
+        assert closed is not None, wrt
+        assert closed.shape == (*out_shape, *arg.shape) and closed.dtype == torch.float64
+        oracle = torch.autograd.functional.jacobian(f, arg)
+        torch.testing.assert_close(closed, oracle, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(closed, finite_difference_jacobian(f, arg), rtol=1e-6, atol=1e-7)
+
+
+def test_the_registry_uses_the_closed_form_and_says_so() -> None:
+    model = get_model("conv2d")
+    cfg = model.parse_config({"padding": 1})
+    args = make_args({"weight": (2, 2, 3, 3), "bias": (2,), "x": (2, 4, 4)}, 3)
+    for wrt in args:
+        jac, method = autodiff.jacobian(model, cfg, args, "y", wrt)
+        assert method == "closed-form"
+        torch.testing.assert_close(jac, autodiff.autograd_jacobian(model, cfg, args, "y", wrt))
+
+
+def test_what_has_no_closed_form_is_left_to_autograd() -> None:
+    model = get_model("conv1d")
+    cfg = model.parse_config({})
+    args = make_args({"weight": (1, 1, 2), "x": (1, 4)}, 5)
+    assert conv_jacobian(cfg, args, "z", "x") is None
+    assert conv_jacobian(cfg, args, "y", "bias") is None  # absent optional argument
+
+
+def test_float32_stays_float32() -> None:
+    model = get_model("conv1d")
+    cfg = model.parse_config({"stride": 2, "padding": 1})
+    args64 = make_args({"weight": (2, 3, 3), "bias": (2,), "x": (3, 8)}, 9)
+    args32 = {n: t.float() for n, t in args64.items()}
+    for wrt in args32:
+        closed = conv_jacobian(cfg, args32, "y", wrt)
+        assert closed is not None and closed.dtype == torch.float32
+        torch.testing.assert_close(closed.double(), conv_jacobian(cfg, args64, "y", wrt))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_closed_forms_match_the_cpu() -> None:
+    model = get_model("conv2d")
+    cfg = model.parse_config({"stride": 2, "padding": "valid", "dilation": 2})
+    args = make_args({"weight": (3, 2, 3, 2), "bias": (3,), "x": (2, 9, 8)}, 4)
+    on_gpu = {n: t.cuda() for n, t in args.items()}
+    for wrt in args:
+        gpu = conv_jacobian(cfg, on_gpu, "y", wrt)
+        assert gpu is not None and gpu.is_cuda
+        torch.testing.assert_close(gpu.cpu(), conv_jacobian(cfg, args, "y", wrt))
