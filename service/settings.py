@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     max_batch_checks: int = Field(
         5000, ge=1, description="Most checks one POST /v1/check/batch may hold."
     )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Level of the service's and uvicorn's logs."
+    )
     instructor_keys: SecretStr = Field(
         SecretStr(""),
         description="Comma-separated API keys that may call everything (none: open mode).",
