@@ -171,10 +171,12 @@ def _mistaken_shapes(key: ShapeKey) -> list[tuple[list[int], Diagnosis]]:
         found.append(
             (
                 key.shape[1:],
+                # No number in the sentence: it may reach a student, to whom the number of
+                # filters is part of the key (the report gives it to an instructor).
                 Diagnosis(
                     "channels_missing",
-                    f"You gave the spatial size {key.shape[1:]}; the output shape starts with "
-                    f"the number of filters, {key.channels}.",
+                    "You gave only the spatial size; the output shape starts with the number "
+                    "of filters (the output channels).",
                 ),
             )
         )
