@@ -214,7 +214,12 @@ REPORTS = [
             "points_checked": 40,
             "points_disagreeing": 3,
             "constraints": ["H >= K"],
-            "counterexample": {"point": {"H": 5, "K": 2}, "expected": 2, "given": 2.5, "reason": ""},
+            "counterexample": {
+                "point": {"H": 5, "K": 2},
+                "expected": 2,
+                "given": 2.5,
+                "reason": "",
+            },
             "message": "at H=5, K=2 the reference is 2 and the answer 2.5",
         },
         {
