@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -228,3 +230,44 @@ def attention_state_grads(
 CLASSES = 4
 INITIAL_LOSS = math.log(CLASSES)  # -log(1/4) = log 4 ~ 1.386
 INITIAL_ACCURACY = 1 / CLASSES  # 0.25
+
+
+# -- every problem of the assignment cnn-rnn, answered from a student's given tensors --
+
+Given = dict[str, np.ndarray]
+
+
+def answer_to(problem: str, given: Given) -> Any:
+    """The homework's answer to a problem of ``cnn-rnn`` for the student's given tensors, as
+    JSON (nested lists, numbers, strings), the way a student would submit it."""
+    answer = _ANSWERS[problem](given)
+    return answer.tolist() if isinstance(answer, np.ndarray) else answer
+
+
+def _window(given: Given) -> int:
+    """k of AttentionRNN(k): the given Q, K, V hold k + 1 matrices."""
+    return int(given["Q"].shape[0]) - 1
+
+
+_ANSWERS: dict[str, Callable[[Given], Any]] = {
+    # 1.1(a): floor((21 - 4)/4) + 1 = 5, floor((12 - 5)/4) + 1 = 2, written as the seed does
+    "1.1a": lambda g: "5x2",
+    "1.1b": lambda g: "floor((H + 2*P - D*(K - 1) - 1)/S) + 1",
+    "1.1c-i": lambda g: conv_forward(g["x"], g["W"]),
+    "1.1c-ii": lambda g: conv_jacobian_weight(g["x"]),
+    "1.1c-iii": lambda g: conv_jacobian_input(g["W"], g["x"].shape[1]),
+    "1.1c-iv": lambda g: conv_grad_weight(g["x"], g["dl_dy"]),
+    "1.2.1b": lambda g: [int(g["m"])],  # c[t] is in R^m
+    "1.2.1c": lambda g: gated_grad_w_x(g["W_c"], g["W_h"], g["W_x"], g["x"], g["dl_dh"]),
+    "1.2.1d-jacobian": lambda g: gated_state_jacobians(g["W_c"], g["W_h"], g["W_x"], g["x"]),
+    "1.2.1d-vanishing": lambda g: "yes",  # "Yes, this network can suffer from ..."
+    "1.2.2b": lambda g: [3],  # a[t] is in R^3
+    "1.2.2c": lambda g: attention_rnn(g["Q"], g["K"], g["V"], g["x"], _window(g))[0],
+    "1.2.2d": lambda g: attention_rnn_inf(g["Q"], g["K"], g["V"], g["x"]),
+    "1.2.2e": lambda g: attention_state_jacobians(g["Q"], g["K"], g["V"], g["x"], _window(g)),
+    "1.2.2f": lambda g: attention_state_grads(
+        g["Q"], g["K"], g["V"], g["x"], _window(g), g["dl_dh"]
+    ),
+    "1.3-4-loss": lambda g: INITIAL_LOSS,
+    "1.3-4-accuracy": lambda g: INITIAL_ACCURACY,
+}
