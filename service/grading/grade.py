@@ -3,7 +3,8 @@
 The comparison itself is the checking engine's (``POST /v1/check``), passed in as ``check``,
 so this module only orchestrates: draw the student's variant, skip what is missing, let
 ``check`` judge the rest, and turn each verdict into feedback at the problem's level. What
-it returns is meant for the student: it never holds the key's values (see ``student_report``).
+it returns is meant for the student: it never holds the key's values (see ``student_report``
+and ``student_diagnosis``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ class MalformedAnswer(ValueError):
 
 
 class CheckFn(Protocol):
-    """The checking engine: the answer of ``POST /v1/check`` for one answer.
+    """The checking engine: the answer of ``POST /v1/check`` for one answer
+    (``checker.EngineCheck``).
 
     Returns:
         A mapping with ``correct`` (bool) and ``score`` (in [0, 1]), and optionally
-        ``report`` (a mapping) and ``diagnosis`` (a list of sentences).
+        ``report`` (the engine's report, with its ``kind``) and ``diagnosis``
+        (``[{"code", "message"}]``).
 
     Raises:
-        MalformedAnswer, or a 4xx ``Problem``: the answer itself is at fault.
+        MalformedAnswer, or a 4xx ``Problem``: the answer itself is at fault. Any other
+            error (a key that cannot be computed) is not the student's and fails the grade.
     """
 
     def __call__(
