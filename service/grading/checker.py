@@ -14,6 +14,12 @@ The engine (``check.py``) judges one answer against one ``expected`` spec, exact
 ``spec_validator`` runs the engine's own validation and key computation on each problem at
 start-up, so a reference that names a wrong model, output or gradient stops the service with
 the file and the key at fault.
+
+Both compute keys under ``key_settings``: the limits on what a reference may compute are at
+least their defaults. Those limits protect the service from what clients send; an
+assignment's references are the instructors' own, checked at start-up, and an operator who
+lowers a request limit must not make the shipped homework ungradable. The student's answer is
+still decoded under the configured request budgets.
 """
 
 from __future__ import annotations
@@ -37,6 +43,18 @@ logger = logging.getLogger("tensorgrade")
 
 CHOICE_OP = "choice"
 """The one op of an assignment file that the grader judges itself (not an engine op)."""
+
+KEY_LIMITS = ("max_jacobian_elements", "max_sequence_length", "max_hidden_size", "max_k")
+"""The settings that bound what a reference computes (never what an answer may hold)."""
+
+
+def key_settings(settings: Settings) -> Settings:
+    """``settings`` with each of ``KEY_LIMITS`` at least its default (see the module notes)."""
+    raised = {
+        name: max(getattr(settings, name), Settings.model_fields[name].default)
+        for name in KEY_LIMITS
+    }
+    return settings.model_copy(update=raised)
 
 
 def key_failure(detail: str) -> Problem:
@@ -78,7 +96,7 @@ class EngineCheck:
     """``grade.CheckFn`` backed by the checking engine of ``POST /v1/check``."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        self.settings = key_settings(settings)
 
     def __call__(
         self, expected: Mapping[str, Any], answer: Any, tolerance: Tolerance
@@ -115,6 +133,7 @@ def spec_validator(settings: Settings) -> SpecValidator:
     Returns:
         A function raising ``ValueError`` with the reason (the field of ``expected`` first).
     """
+    settings = key_settings(settings)
 
     def validate(expected: Mapping[str, Any]) -> None:
         if expected.get("op") == CHOICE_OP:

@@ -391,3 +391,27 @@ def test_the_check_computations_are_timed(first: TestClient) -> None:
         metrics = client.get("/metrics").text
     assert 'model="gated_rnn",operation="state-jacobians"' in metrics
     assert 'model="conv1d",operation="jacobian"' in metrics
+
+
+def test_lower_request_limits_leave_the_homework_gradable_and_bound_the_answers() -> None:
+    small = Settings(
+        max_jacobian_elements=10,
+        max_sequence_length=4,
+        max_hidden_size=1,
+        max_k=1,
+        max_tensor_elements=40,
+    )
+    with TestClient(create_app(small)) as client:
+        problems = ["1.1c-ii", "1.2.2c", "1.2.2f"]
+        answers = seed_answers(client, "alice", problems)
+        # the reference endpoints keep the operator's limits ...
+        catalogue = client.app.state.catalogue  # type: ignore[attr-defined]
+        expected = catalogue.variant("cnn-rnn", "1.2.2c", "alice").expected
+        refused = client.post("/v1/check", json={"expected": expected, "answer": answers["1.2.2c"]})
+        assert refused.status_code == 413
+        # ... the assignment's references are the instructors' own, checked at start-up
+        results = grade(client, "alice", answers)["problems"]
+        assert results["1.2.2c"]["status"] == results["1.2.2f"]["status"] == "correct"
+        # while a student's answer is held to the request budgets: dy/dW has 45 elements
+        assert results["1.1c-ii"]["status"] == "malformed"
+        assert "40" in results["1.1c-ii"]["feedback"]["reason"]
