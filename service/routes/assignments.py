@@ -269,6 +269,40 @@ def _graded(result: ProblemResult) -> dict[str, Any]:
     }
 
 
+ANSWER_EXAMPLES = {
+    "shape": {
+        "summary": "1.1a: the output size, written as the homework does",
+        "value": {"student_id": "alice@example.edu", "answer": "5x2"},
+    },
+    "formula": {
+        "summary": "1.1b: the output height as a formula",
+        "value": {
+            "student_id": "alice@example.edu",
+            "answer": "floor((H + 2*P - D*(K-1) - 1)/S) + 1",
+        },
+    },
+    "number": {
+        "summary": "1.3-4-loss: the loss before training, log 4",
+        "value": {"student_id": "alice@example.edu", "answer": 1.386},
+    },
+}
+SUBMISSION_EXAMPLES = {
+    "cnn-rnn": {
+        "summary": "Answers to a few problems of cnn-rnn (the others score 0, no answer)",
+        "value": {
+            "student_id": "alice@example.edu",
+            "answers": {
+                "1.1a": "5x2",
+                "1.1b": "floor((H + 2*P - D*(K-1) - 1)/S) + 1",
+                "1.2.1d-vanishing": "yes",
+                "1.2.2b": [3],
+                "1.3-4-loss": 1.386,
+                "1.3-4-accuracy": 0.25,
+            },
+        },
+    }
+}
+
 CHECKED = {
     "dependencies": RATE_LIMITED["dependencies"],
     "responses": {**problem_responses(404, 422), **RATE_LIMITED["responses"]},
@@ -286,7 +320,7 @@ def check_answer(
     request: Request,
     assignment: str,
     problem: str,
-    body: Annotated[AnswerRequest, Body()],
+    body: Annotated[AnswerRequest, Body(openapi_examples=ANSWER_EXAMPLES)],
     settings: SettingsDep,
 ) -> Response:
     """The answer is judged against `student_id`'s variant, within the problem's tolerance; the
@@ -317,7 +351,7 @@ def check_answer(
 def grade_submission(
     request: Request,
     assignment: str,
-    body: Annotated[SubmissionRequest, Body()],
+    body: Annotated[SubmissionRequest, Body(openapi_examples=SUBMISSION_EXAMPLES)],
     settings: SettingsDep,
     output_format: Annotated[
         Literal["json", "gradescope"],

@@ -415,3 +415,18 @@ def test_lower_request_limits_leave_the_homework_gradable_and_bound_the_answers(
         # while a student's answer is held to the request budgets: dy/dW has 45 elements
         assert results["1.1c-ii"]["status"] == "malformed"
         assert "40" in results["1.1c-ii"]["feedback"]["reason"]
+
+
+def test_the_examples_of_the_interactive_docs_are_right_answers(first: TestClient) -> None:
+    paths = first.get("/openapi.json").json()["paths"]
+
+    def examples(path: str) -> list[dict[str, Any]]:
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]
+        return list(body["examples"].values())
+
+    for example in examples("/v1/assignments/{assignment}/problems/{problem}/check"):
+        problem = example["summary"].split(":")[0]
+        assert first.post(check_path(problem), json=example["value"]).json()["correct"], problem
+    (submission,) = examples("/v1/assignments/{assignment}/grade")
+    results = grade(first, "alice@example.edu", submission["value"]["answers"])["problems"]
+    assert all(results[p]["status"] == "correct" for p in submission["value"]["answers"])
