@@ -174,6 +174,26 @@ def test_no_response_prints_a_number_of_the_key(
         assert leaks(json.dumps(body), key_numbers) == [], label
 
 
+def test_no_check_states_the_shape_of_a_key_the_answer_missed(
+    client: TestClient, problems: list[dict[str, Any]], responses: list[tuple[str, Any]]
+) -> None:
+    # The dimension of a Jacobian can be the question (the homework's 1.1(c)(ii)).
+    shapes = {
+        p["id"]: list(np.shape(seed.answer_to(p["id"], given(client, p["id"], STUDENT_ID))))
+        for p in problems
+        if p["answer_kind"] == "tensor"
+    }
+    missed = 0
+    for label, body in responses:
+        pid = label.split()[1]
+        if not label.startswith("check") or pid not in shapes:
+            continue
+        if body["feedback"].get("report", {}).get("shape_matches") is False:
+            missed += 1
+            assert json.dumps(shapes[pid]) not in json.dumps(body), label
+    assert missed >= 10
+
+
 def test_no_response_has_a_field_that_holds_the_key(responses: list[tuple[str, Any]]) -> None:
     for label, body in responses:
         assert not FORBIDDEN_FIELDS & set(fields(body)), label
