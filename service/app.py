@@ -18,6 +18,7 @@ from fastapi_offline import FastAPIOffline
 from service import __version__, memory
 from service.auth import INSTRUCTORS, STUDENTS, KeyRing, startup_warnings
 from service.grading.catalogue import catalogue_from_settings
+from service.grading.checker import spec_validator
 from service.logs import ensure_logging
 from service.problems import install_problem_handlers, problem_schemas
 from service.ratelimit import CheckLimiter
@@ -95,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = threading.Event()
     app.state.keyring = KeyRing.from_settings(settings)
     app.state.check_limiter = CheckLimiter.from_settings(settings)
-    app.state.catalogue = catalogue_from_settings(settings)
+    app.state.catalogue = catalogue_from_settings(settings, spec_validator(settings))
     install_problem_handlers(app)
     # Routes match in order: the busiest (/v1/shapes/conv, thousands per grading run) first.
     app.include_router(shapes.router, **INSTRUCTORS)

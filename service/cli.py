@@ -226,7 +226,8 @@ def run_check(args: argparse.Namespace) -> int:
             verdict = "correct" if result.get("correct") else "WRONG"
             print(f"check {number}: {verdict} (score {result.get('score')})")
             for finding in result.get("diagnosis") or []:
-                print(f"  - {finding}")
+                # The service words each mistake as {"code", "message"}.
+                print(f"  - {finding.get('message') if isinstance(finding, dict) else finding}")
     return 0 if all(r.get("correct") for r in results) else 1
 
 

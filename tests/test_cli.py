@@ -288,3 +288,14 @@ def test_an_interrupted_class_run_keeps_its_results_and_resumes(
     rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
     assert rows["cy"]["score"] == "2.0" and rows["eve"]["score"] == "0.0"
     capsys.readouterr()
+
+
+def test_check_prints_the_services_diagnoses_as_sentences(
+    real_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"expected": {"op": "value", "value": [1, 2]}, "answer": [-1, -2]}))
+    assert main(["check", "--url", real_url, str(one)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "check 1: WRONG (score 0.0)"
+    assert out[1].startswith("  - Your answer is the negative of the key")

@@ -53,11 +53,18 @@ Result = dict[str, Any]
 
 
 class CheckFailed(Exception):
-    """A check that could not be judged: its problem, located in the request."""
+    """A check that could not be judged: its problem, located in the request.
 
-    def __init__(self, problem: Problem) -> None:
+    Attributes:
+        problem: the problem detail, its fields located in the request.
+        in_expected: whether the key could not be computed (the fault is in ``expected``);
+            otherwise the answer could not be judged.
+    """
+
+    def __init__(self, problem: Problem, *, in_expected: bool = False) -> None:
         super().__init__(problem.detail)
         self.problem = problem
+        self.in_expected = in_expected
 
 
 def relocate(error: Problem | ModelError, prefix: str) -> Problem:
@@ -162,7 +169,7 @@ class Engine:
     def _fail(self, slot: Slot, error: Problem | ModelError, field: str) -> None:
         problem = relocate(error, f"{slot.prefix}{field}".rstrip("."))
         if not self.batch:
-            raise CheckFailed(problem)
+            raise CheckFailed(problem, in_expected=field == "expected")
         self.results[slot.index] = {"error": problem.body()}
 
     def run(self, checks: Sequence[CheckRequest]) -> list[Result]:

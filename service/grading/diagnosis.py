@@ -325,10 +325,12 @@ class AxesPermuted(Mistake):
         if halves and source is not None:
             return Candidate(
                 permuted,
+                # Diagnoses may reach students: no sizes of the key (the dimension of a
+                # Jacobian can be the question); the report gives them to instructors.
                 f"The two halves of the Jacobian's shape are swapped: you laid it out as the "
                 f"shape of {source.wrt} followed by the shape of {source.of}; "
                 f"d{source.of}/d{source.wrt} is the shape of {source.of} followed by the "
-                f"shape of {source.wrt}, {list(key.tensor.shape)}.",
+                f"shape of {source.wrt}.",
                 "jacobian_halves_swapped",
             )
         swapped = [a for a, b in enumerate(order) if a != b]
@@ -363,9 +365,9 @@ class Reshaped(Mistake):
         if shape != tuple(tensor.shape) and math.prod(shape) == tensor.numel():
             yield Candidate(
                 tensor.reshape(shape),
-                f"Your numbers are right and in the right order, but your answer's shape is "
-                f"{list(shape)} instead of {list(tensor.shape)}: reshape it (row-major) to the "
-                "key's shape.",
+                f"Your numbers are right and in the right order, but your answer's shape "
+                f"{list(shape)} is not the shape asked for: reshape it (row-major, the numbers "
+                "in the same order).",
             )
 
 

@@ -3,7 +3,8 @@
 The comparison itself is the checking engine's (``POST /v1/check``), passed in as ``check``,
 so this module only orchestrates: draw the student's variant, skip what is missing, let
 ``check`` judge the rest, and turn each verdict into feedback at the problem's level. What
-it returns is meant for the student: it never holds the key's values (see ``student_report``).
+it returns is meant for the student: it never holds the key's values (see ``student_report``
+and ``student_diagnosis``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from service.grading.catalogue import Catalogue
+from service.grading.errors import InvalidAnswer
 from service.grading.schema import FeedbackLevel, ProblemSpec, Tolerance, Visibility
+from service.grading.shapes import parse_shape_answer
 from service.grading.variants import Variant
 from service.problems import Problem
 
@@ -26,14 +29,17 @@ class MalformedAnswer(ValueError):
 
 
 class CheckFn(Protocol):
-    """The checking engine: the answer of ``POST /v1/check`` for one answer.
+    """The checking engine: the answer of ``POST /v1/check`` for one answer
+    (``checker.EngineCheck``).
 
     Returns:
         A mapping with ``correct`` (bool) and ``score`` (in [0, 1]), and optionally
-        ``report`` (a mapping) and ``diagnosis`` (a list of sentences).
+        ``report`` (the engine's report, with its ``kind``) and ``diagnosis``
+        (``[{"code", "message"}]``).
 
     Raises:
-        MalformedAnswer, or a 4xx ``Problem``: the answer itself is at fault.
+        MalformedAnswer, or a 4xx ``Problem``: the answer itself is at fault. Any other
+            error (a key that cannot be computed) is not the student's and fails the grade.
     """
 
     def __call__(
@@ -85,23 +91,106 @@ VERDICTS: dict[Status, str] = {
 }
 
 
-def student_report(report: Any) -> Any:
-    """The part of a check's report that reveals nothing of the key: shapes, counts and
-    indices (integers and booleans) of entries not named ``expected...``. Every float goes (an
-    error measured against a zero answer *is* the key), and so does every string (it may
-    quote a value)."""
-    if isinstance(report, Mapping):
-        kept = {
-            key: student_report(value)
-            for key, value in report.items()
-            if not str(key).startswith("expected")
-        }
-        return {key: value for key, value in kept.items() if value is not None}
-    if isinstance(report, bool | int):
-        return report
-    if isinstance(report, list) and all(isinstance(v, int) for v in report):
-        return report
-    return None
+# What of each kind of the engine's report a student may see: shapes of their own answer,
+# counts and verdicts. Never a value of the key, an error (measured against a zero answer, an
+# error *is* the key), the key's shape where the answer's differs, the index of a mismatch (a
+# student could probe the key element by element), the reference formula, or the engine's
+# own message (it quotes expected values). Fields not listed here are dropped, so a field the
+# engine adds later stays away from students until it is judged safe and listed.
+STUDENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "tensor": (
+        "label",
+        "shape_matches",
+        "given_shape",
+        "elements",
+        "mismatched",
+        "steps",
+        "steps_correct",
+        "read_as_scalar",
+    ),
+    "shape": ("label", "given"),
+    "formula": ("points_checked", "points_disagreeing"),
+}
+
+
+def student_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of one of the engine's reports that reveals nothing of the key, with a
+    message of its own that quotes only the student's answer and counts.
+
+    Args:
+        report: the ``report`` of ``POST /v1/check`` (``kind``: tensor, shape or formula).
+
+    Returns:
+        The fields of ``STUDENT_FIELDS`` for the report's kind and a ``message``; empty for a
+        report of another kind.
+    """
+    kind = report.get("kind")
+    if not isinstance(kind, str) or kind not in STUDENT_FIELDS:
+        return {}
+    told: dict[str, Any] = {"kind": kind}
+    told |= {f: report[f] for f in STUDENT_FIELDS[kind] if report.get(f) is not None}
+    if kind == "tensor" and not report.get("shape_matches", True):
+        told.pop("elements", None)  # the key's element count, not the answer's
+    if kind == "formula" and isinstance(report.get("counterexample"), Mapping):
+        example = report["counterexample"]
+        # The point is the student's to evaluate, and the value there is their formula's.
+        told["counterexample"] = {"point": example.get("point"), "given": example.get("given")}
+    told["message"] = _message(told)
+    return told
+
+
+def _message(told: Mapping[str, Any]) -> str:
+    kind = told["kind"]
+    if kind == "tensor":
+        if not told.get("shape_matches", True):
+            return f"the answer's shape {told.get('given_shape')} is not the shape asked for"
+        wrong, elements = told.get("mismatched", 0), told.get("elements", 0)
+        if not wrong:
+            return f"all {elements} elements agree within the tolerance"
+        return f"{wrong} of {elements} elements are outside the tolerance"
+    if kind == "formula":
+        checked, wrong = told.get("points_checked", 0), told.get("points_disagreeing", 0)
+        if not wrong:
+            return f"the formula agrees with the reference at all {checked} points checked"
+        text = f"the formula disagrees with the reference at {wrong} of {checked} points"
+        example = told.get("counterexample")
+        if example and example.get("point"):
+            point = ", ".join(f"{name}={value}" for name, value in example["point"].items())
+            given = example.get("given")
+            text += f", for example at {point}" + (
+                f" (where your formula gives {given})" if given is not None else ""
+            )
+        return text
+    return f"the answer {told.get('given')} is not the {told.get('label', 'size')} asked for"
+
+
+ONE_ELEMENT_HINTS = frozenset({"constant_factor"})
+"""Diagnoses that state the key of a one-element key outright: "6/5 times the key" is a ratio,
+not a mistake, when the key is one number."""
+
+
+def student_diagnosis(outcome: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The likely mistakes, as the engine words them (its sentences name the mistake and
+    never quote a value of the key), less those that would state a one-number key.
+
+    Args:
+        outcome: the answer of ``POST /v1/check``.
+
+    Returns:
+        ``[{"code", "message"}, ...]``.
+    """
+    report = outcome.get("report") or {}
+    one_number = report.get("kind") == "tensor" and report.get("elements") == 1
+    found = []
+    for entry in outcome.get("diagnosis") or []:
+        if isinstance(entry, Mapping):
+            code, message = str(entry.get("code", "")), str(entry.get("message", ""))
+        else:
+            code, message = "", str(entry)
+        if one_number and code in ONE_ELEMENT_HINTS:
+            continue
+        found.append({"code": code, "message": message})
+    return found
 
 
 def feedback(
@@ -116,7 +205,7 @@ def feedback(
         if report:
             told["report"] = report
     if outcome is not None and level == "diagnosis":
-        diagnosis = [str(s) for s in outcome.get("diagnosis") or []]
+        diagnosis = student_diagnosis(outcome)
         if diagnosis:
             told["diagnosis"] = diagnosis
     return told
@@ -159,11 +248,18 @@ def grade_problem(variant: Variant, answer: Any, check: CheckFn) -> ProblemResul
     if problem.answer_kind == "choice":
         return check_choice(problem, answer)
     try:
+        if problem.answer_kind == "shape" and variant.expected.get("op") == "value":
+            # A shape compared as a tensor of sizes: read "5x2" and 5 the way conv_shape does.
+            answer = parse_shape_answer(answer, "answer")
         outcome = check(variant.expected, answer, problem.tolerance)
+    except InvalidAnswer as error:
+        return _result(problem, "malformed", 0.0, why=error.message)
     except MalformedAnswer as error:
         return _result(problem, "malformed", 0.0, why=str(error))
     except Problem as error:
         if not 400 <= error.status < 500:
+            # Not the answer's fault: the whole grade fails, naming the problem at fault.
+            error.detail = f"problem {problem.id}: {error.detail}"
             raise
         return _result(problem, "malformed", 0.0, why=error.detail)
     score = float(outcome.get("score", 0.0))

@@ -29,9 +29,10 @@ def output_of(result: ProblemResult) -> str:
     ]
     if "reason" in told:
         lines.append(str(told["reason"]))
-    for key, value in (told.get("report") or {}).items():
-        lines.append(f"{str(key).replace('_', ' ')}: {value}")
-    lines += [f"- {sentence}" for sentence in told.get("diagnosis") or []]
+    report = told.get("report") or {}
+    if "message" in report:
+        lines.append(f"{str(report['message'])[:1].upper()}{str(report['message'])[1:]}.")
+    lines += [f"- {entry['message']}" for entry in told.get("diagnosis") or []]
     return "\n".join(lines)
 
 

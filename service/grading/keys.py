@@ -20,6 +20,7 @@ from models.registry import MODELS, ReferenceModel, get_model
 from service.compute import (
     Prepared,
     check_jacobian_budget,
+    check_state_jacobian_budget,
     decode_grad_outputs,
     new_budget,
     prepare,
@@ -33,6 +34,7 @@ from service.grading.schemas import (
     StateJacobiansExpected,
     ValueExpected,
 )
+from service.metrics import compute_timer
 from service.problems import Problem
 from service.settings import Settings
 from service.tensors import decode
@@ -172,7 +174,11 @@ def model_key(expected: ModelExpected, settings: Settings) -> TensorKey:
         of, wrt = expected.of, expected.wrt
     if isinstance(expected, BackwardExpected):
         grad_outputs = decode_grad_outputs(prepared, expected.grad_outputs)
-    tensors = _run(expected.op, prepared, prepared.args, of, wrt, grad_outputs)
+    if isinstance(expected, StateJacobiansExpected):
+        check_state_jacobian_budget(prepared, settings)
+    # Timed under the label of the endpoint the op stands for, beside the endpoints' own.
+    with compute_timer(model.name, expected.op.replace("_", "-"), prepared.device):
+        tensors = _run(expected.op, prepared, prepared.args, of, wrt, grad_outputs)
     select = getattr(expected, "select", None)
     what = {"forward": "forward pass", "backward": "backward pass"}.get(
         expected.op, expected.op.replace("_", " ")

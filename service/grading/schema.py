@@ -35,7 +35,7 @@ REQUIRED_BY_OP: dict[str, tuple[str, ...]] = {
     "jacobian": ("model", "of", "wrt"),
     "state_jacobians": ("model",),
     "value": ("value",),
-    "formula": ("reference", "variables"),
+    "formula": (),
     "choice": ("correct",),
 }
 """The keys each op of ``expected`` needs. ``choice`` is checked by the grader itself (the
@@ -61,8 +61,8 @@ ALLOWED_BY_OP: dict[str, frozenset[str]] = {
     "backward": frozenset({*_MODEL_KEYS, "grad_outputs"}),
     "jacobian": frozenset({*_MODEL_KEYS, "of", "wrt"}),
     "state_jacobians": frozenset(_MODEL_KEYS),
-    "value": frozenset({"op", "value"}),
-    "formula": frozenset({"op", "reference", "variables"}),
+    "value": frozenset({"op", "value", "label"}),
+    "formula": frozenset({"op", "reference", "named", "variables", "constraints"}),
     "choice": frozenset({"op", "correct"}),
 }
 """Every key an op of ``expected`` takes: the fields of the endpoint it stands for (e.g. the
@@ -86,7 +86,7 @@ class FileModel(BaseModel):
 class Tolerance(FileModel):
     """How close a numeric answer must be: ``|answer - key| <= atol + rtol * |key|``."""
 
-    rtol: float = Field(1e-4, ge=0, allow_inf_nan=False)
+    rtol: float = Field(1e-4, ge=0, le=1, allow_inf_nan=False)
     atol: float = Field(1e-6, ge=0, allow_inf_nan=False)
 
 
@@ -216,6 +216,8 @@ class ProblemSpec(FileModel):
         if unknown:
             takes = ", ".join(sorted(ALLOWED_BY_OP[op]))
             raise ValueError(f"expected.{unknown[0]} is not a key of op {op}; it takes {takes}")
+        if op == "formula" and ("reference" in self.expected) == ("named" in self.expected):
+            raise ValueError("expected (op formula) needs one of `reference` or `named`")
         if op not in OPS_BY_KIND[self.answer_kind]:
             allowed = ", ".join(sorted(OPS_BY_KIND[self.answer_kind]))
             raise ValueError(f"answer_kind {self.answer_kind} takes expected.op {allowed}")

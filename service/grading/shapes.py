@@ -133,7 +133,8 @@ def shape_key(expected: ConvShapeExpected) -> ShapeKey:
 def parse_shape_answer(answer: Any, where: str = "answer") -> list[int]:
     """A shape answer as a list of ints; ``InvalidAnswer`` when it is not one."""
     if isinstance(answer, str):
-        text = answer.strip().strip("[]()").strip()
+        # A one-size tuple as Python prints it, "(7,)", has a trailing comma.
+        text = answer.strip().strip("[]()").strip().removesuffix(",").strip()
         if len(answer) > MAX_SHAPE_TEXT or not text:
             raise InvalidAnswer(f"{answer!r:.40} is not a shape such as [5, 2] or '5x2'", where)
         parts = _SEPARATORS.split(text)
@@ -171,10 +172,12 @@ def _mistaken_shapes(key: ShapeKey) -> list[tuple[list[int], Diagnosis]]:
         found.append(
             (
                 key.shape[1:],
+                # No number in the sentence: it may reach a student, to whom the number of
+                # filters is part of the key (the report gives it to an instructor).
                 Diagnosis(
                     "channels_missing",
-                    f"You gave the spatial size {key.shape[1:]}; the output shape starts with "
-                    f"the number of filters, {key.channels}.",
+                    "You gave only the spatial size; the output shape starts with the number "
+                    "of filters (the output channels).",
                 ),
             )
         )

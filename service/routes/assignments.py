@@ -1,40 +1,49 @@
-"""Assignments: the problem sets, and each student's variant of a problem (never its key)."""
+"""Assignments: the problem sets, each student's variant of a problem (never its key), and
+checking and grading a student's answers with feedback that never holds the key."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from models.errors import UnknownName
+from service.deps import SettingsDep
 from service.grading.catalogue import Catalogue
+from service.grading.checker import EngineCheck
+from service.grading.grade import GradeResult, ProblemResult, Status, grade_problem
+from service.grading.grade import grade_submission as grade_answers
+from service.grading.gradescope import gradescope_results
 from service.grading.schema import (
     AnswerKind,
     AssignmentSpec,
     FeedbackLevel,
     ProblemSpec,
     Tolerance,
+    Visibility,
 )
+from service.grading.schemas import AnswerIn
 from service.grading.variants import Variant
 from service.problems import Problem, problem_responses
+from service.ratelimit import RATE_LIMITED
 from service.responses import TensorJSONResponse
-from service.schemas import TensorOut
+from service.schemas import StrictBody, TensorOut
 from service.tensors import encode
 
 router = APIRouter(prefix="/v1/assignments", tags=["assignments"])
 
-StudentId = Annotated[
-    str,
-    Query(
-        min_length=1,
-        max_length=200,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
-        description="The student's id, exactly as the grading script sends it (case matters).",
-        examples=["alice@example.edu"],
-    ),
-]
+STUDENT_ID_RULES: dict[str, Any] = {
+    "min_length": 1,
+    "max_length": 200,
+    "pattern": r"^[^\x00-\x1f\x7f]+$",
+    "description": "The student's id, exactly as the grading script sends it (case matters).",
+    "examples": ["alice@example.edu"],
+}
+
+StudentId = Annotated[str, Query(**STUDENT_ID_RULES)]
 
 
 class ProblemSummary(BaseModel):
@@ -144,3 +153,242 @@ def problem_variant(
         "given_descriptions": {name: g.description for name, g in spec.given.items()},
     }
     return TensorJSONResponse(body)
+
+
+class AnswerRequest(StrictBody):
+    """One answer of one student to one problem."""
+
+    student_id: str = Field(**STUDENT_ID_RULES)
+    answer: AnswerIn = Field(
+        description="The answer: a tensor (any tensor form) or a number; a shape as `[5, 2]` or "
+        '`"5x2"`; a formula as an expression string; a choice as the option\'s id. `null` is '
+        "no answer."
+    )
+
+
+class SubmissionRequest(StrictBody):
+    """A student's answers to an assignment, by problem id."""
+
+    student_id: str = Field(**STUDENT_ID_RULES)
+    answers: dict[str, AnswerIn] = Field(
+        description="Answers by problem id. A problem without an answer (or with `null`) scores "
+        '0 with "no answer"; answers to problems the assignment does not have are listed in '
+        "`ignored`."
+    )
+
+
+class Mistake(BaseModel):
+    code: str = Field(description="A stable name of the mistake, e.g. `transposed`.")
+    message: str = Field(description="The mistake in words; it never quotes the key.")
+
+
+class Feedback(BaseModel):
+    """What the student is told, at the problem's feedback level."""
+
+    verdict: str = Field(
+        description="`correct`, `partially correct`, `incorrect`, `no answer` or "
+        "`malformed answer`."
+    )
+    reason: str | None = Field(None, description="Why a malformed answer cannot be judged.")
+    report: dict[str, Any] | None = Field(
+        None,
+        description="Levels `report` and `diagnosis`: the answer's shape, how many elements "
+        "(or formula points) disagree and a message; never a value of the key, an error size or "
+        "where a mismatch is.",
+    )
+    diagnosis: list[Mistake] | None = Field(
+        None, description="Level `diagnosis`: the likely mistakes."
+    )
+
+
+class ProblemCheck(BaseModel):
+    """The grade of one answer, as the student may see it."""
+
+    assignment: str
+    problem: str
+    student_id: str
+    correct: bool
+    score: float = Field(
+        description="Points earned: `points` when correct, a share of them when partly, else 0."
+    )
+    points: float = Field(description="What the problem is worth.")
+    status: Status
+    feedback: Feedback
+
+
+class GradedProblem(BaseModel):
+    title: str
+    correct: bool
+    score: float = Field(description="Points earned.")
+    points: float = Field(description="What the problem is worth.")
+    status: Status
+    feedback: Feedback
+
+
+class SubmissionGrade(BaseModel):
+    """The grade of a whole submission (the default `format=json`)."""
+
+    assignment: str
+    student_id: str
+    total: float = Field(description="Points earned over every problem.")
+    points: float = Field(description="What the assignment is worth.")
+    problems: dict[str, GradedProblem] = Field(description="Each problem, in the file's order.")
+    ignored: list[str] = Field(description="Answers to problem ids the assignment does not have.")
+    execution_time: float = Field(description="Seconds the grading took.")
+
+
+class GradescopeTest(BaseModel):
+    name: str
+    number: str = Field(description="The problem id (a gradebook column).")
+    score: float
+    max_score: float
+    status: Literal["passed", "failed"]
+    output: str = Field(description="The feedback of the problem's level, as text.")
+    visibility: Visibility
+
+
+class GradescopeResults(BaseModel):
+    """Gradescope's `results.json` (`format=gradescope`)."""
+
+    score: float
+    execution_time: int = Field(description="Seconds, rounded up.")
+    output: str
+    visibility: Visibility
+    stdout_visibility: Visibility
+    tests: list[GradescopeTest]
+
+
+def _graded(result: ProblemResult) -> dict[str, Any]:
+    return {
+        "title": result.title,
+        "correct": result.passed,
+        "score": round(result.score, 6),
+        "points": result.max_score,
+        "status": result.status,
+        "feedback": result.feedback,
+    }
+
+
+ANSWER_EXAMPLES = {
+    "shape": {
+        "summary": "1.1a: the output size, written as the homework does",
+        "value": {"student_id": "alice@example.edu", "answer": "5x2"},
+    },
+    "formula": {
+        "summary": "1.1b: the output height as a formula",
+        "value": {
+            "student_id": "alice@example.edu",
+            "answer": "floor((H + 2*P - D*(K-1) - 1)/S) + 1",
+        },
+    },
+    "number": {
+        "summary": "1.3-4-loss: the loss before training, log 4",
+        "value": {"student_id": "alice@example.edu", "answer": 1.386},
+    },
+}
+SUBMISSION_EXAMPLES = {
+    "cnn-rnn": {
+        "summary": "Answers to a few problems of cnn-rnn (the others score 0, no answer)",
+        "value": {
+            "student_id": "alice@example.edu",
+            "answers": {
+                "1.1a": "5x2",
+                "1.1b": "floor((H + 2*P - D*(K-1) - 1)/S) + 1",
+                "1.2.1d-vanishing": "yes",
+                "1.2.2b": [3],
+                "1.3-4-loss": 1.386,
+                "1.3-4-accuracy": 0.25,
+            },
+        },
+    }
+}
+
+CHECKED = {
+    "dependencies": RATE_LIMITED["dependencies"],
+    "responses": {**problem_responses(404, 422), **RATE_LIMITED["responses"]},
+}
+"""The rule of the two routes that judge answers: rate-limited per key, 404 for unknown ids."""
+
+
+@router.post(
+    "/{assignment}/problems/{problem}/check",
+    summary="Check one answer of a student: verdict, score and feedback (never the key)",
+    response_model=ProblemCheck,
+    **CHECKED,
+)
+def check_answer(
+    request: Request,
+    assignment: str,
+    problem: str,
+    body: Annotated[AnswerRequest, Body(openapi_examples=ANSWER_EXAMPLES)],
+    settings: SettingsDep,
+) -> Response:
+    """The answer is judged against `student_id`'s variant, within the problem's tolerance; the
+    feedback follows the problem's level (`verdict`, `report` or `diagnosis`). A wrong or
+    malformed answer is a 200 that says so; the limit per key is in /v1/info."""
+    variant = find_variant(request, assignment, problem, body.student_id)
+    result = grade_problem(variant, body.answer, EngineCheck(settings))
+    return TensorJSONResponse(
+        {
+            "assignment": assignment,
+            "problem": result.problem,
+            "student_id": body.student_id,
+            "correct": result.passed,
+            "score": round(result.score, 6),
+            "points": result.max_score,
+            "status": result.status,
+            "feedback": result.feedback,
+        }
+    )
+
+
+@router.post(
+    "/{assignment}/grade",
+    summary="Grade a student's whole submission; `?format=gradescope` for results.json",
+    response_model=SubmissionGrade | GradescopeResults,
+    **CHECKED,
+)
+def grade_submission(
+    request: Request,
+    assignment: str,
+    body: Annotated[SubmissionRequest, Body(openapi_examples=SUBMISSION_EXAMPLES)],
+    settings: SettingsDep,
+    output_format: Annotated[
+        Literal["json", "gradescope"],
+        Query(alias="format", description="`gradescope`: answer Gradescope's results.json."),
+    ] = "json",
+) -> Response:
+    """Every problem of the assignment for `student_id`: a missing answer scores 0 ("no
+    answer"), a malformed one scores 0 and says why, and neither stops the others. Counts as
+    one check against the limit per key."""
+    start = time.perf_counter()
+    try:
+        graded = grade_answers(
+            catalogue(request), assignment, body.student_id, body.answers, EngineCheck(settings)
+        )
+    except UnknownName as error:
+        raise _not_found(error) from None
+    seconds = time.perf_counter() - start
+    if output_format == "gradescope":
+        options = catalogue(request).assignment(assignment).gradescope
+        return TensorJSONResponse(
+            gradescope_results(
+                graded,
+                execution_time=seconds,
+                visibility=options.visibility,
+                stdout_visibility=options.stdout_visibility,
+            )
+        )
+    return TensorJSONResponse(_submission(graded, seconds))
+
+
+def _submission(graded: GradeResult, seconds: float) -> dict[str, Any]:
+    return {
+        "assignment": graded.assignment,
+        "student_id": graded.student_id,
+        "total": round(graded.score, 6),
+        "points": round(graded.max_score, 6),
+        "problems": {result.problem: _graded(result) for result in graded.results},
+        "ignored": graded.ignored,
+        "execution_time": round(seconds, 3),
+    }

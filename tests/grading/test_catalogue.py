@@ -54,7 +54,7 @@ WRONG_FILES = [
     pytest.param(
         replace('value = { given = "v" }', 'value = { given = "v" }\nslect = "y"'),
         "problems[0] (p1)",
-        "expected.slect is not a key of op value; it takes op, value",
+        "expected.slect is not a key of op value; it takes label, op, value",
         id="typo-in-expected",
     ),
     pytest.param(

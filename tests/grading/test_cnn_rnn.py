@@ -20,6 +20,7 @@ from service.app import create_app
 from service.grading.catalogue import Catalogue
 from service.grading.schema import AssignmentSpec, ProblemSpec
 from service.settings import Settings
+from tests.grading import seed_answers as seed
 from tests.keys import SECRET
 from tests.service.test_assignments_routes import API_IDS
 
@@ -114,37 +115,6 @@ def compute(client: TestClient, spec: dict[str, Any]) -> np.ndarray:
     return as_array(section[spec["select"]])
 
 
-def seed_forward(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Seed 1.1(c)(i): f_W(x)[1, i] = sum_c sum_m W[1, c, m] x[c, 2i - 1 + m] (1-based i)."""
-    return np.array(
-        [[sum(w[0, c, m] * x[c, 2 * i + m] for c in range(5) for m in range(3)) for i in range(3)]]
-    )
-
-
-def seed_jacobian_w(x: np.ndarray) -> np.ndarray:
-    """Seed 1.1(c)(ii): d f[1, i] / d W[1, c, m] = x[c, 2i - 1 + m]."""
-    jac = np.zeros((1, 3, 1, 5, 3))
-    for i, c, m in itertools.product(range(3), range(5), range(3)):
-        jac[0, i, 0, c, m] = x[c, 2 * i + m]
-    return jac
-
-
-def seed_jacobian_x(w: np.ndarray) -> np.ndarray:
-    """Seed 1.1(c)(iii): d f[1, i] / d x[c, n] = W[1, c, n - 2i + 1] inside the window, else 0."""
-    jac = np.zeros((1, 3, 5, 7))
-    for i, c, n in itertools.product(range(3), range(5), range(7)):
-        if 0 <= n - 2 * i <= 2:
-            jac[0, i, c, n] = w[0, c, n - 2 * i]
-    return jac
-
-
-def seed_grad_w(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Seed 1.1(c)(iv): dl/dW[1, c, m] = sum_i dl/df[1, i] x[c, 2i - 1 + m]."""
-    return np.array(
-        [[[sum(g[0, i] * x[c, 2 * i + m] for i in range(3)) for m in range(3)] for c in range(5)]]
-    )
-
-
 @pytest.mark.parametrize("student", STUDENTS)
 def test_1_1c_references_are_the_seeds_closed_forms(
     client: TestClient, catalogue: Catalogue, student: str
@@ -156,10 +126,10 @@ def test_1_1c_references_are_the_seeds_closed_forms(
     x, w = given["1.1c-iv"]["x"].numpy(), given["1.1c-iv"]["W"].numpy()
     g = given["1.1c-iv"]["dl_dy"].numpy()
     expected = {
-        "1.1c-i": seed_forward(x, w),
-        "1.1c-ii": seed_jacobian_w(x),
-        "1.1c-iii": seed_jacobian_x(w),
-        "1.1c-iv": seed_grad_w(x, g),
+        "1.1c-i": seed.conv_forward(x, w),
+        "1.1c-ii": seed.conv_jacobian_weight(x),
+        "1.1c-iii": seed.conv_jacobian_input(w, x.shape[1]),
+        "1.1c-iv": seed.conv_grad_weight(x, g),
     }
     shapes = {
         "1.1c-i": (1, 3),

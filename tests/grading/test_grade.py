@@ -15,6 +15,7 @@ from service.grading.grade import (
     MalformedAnswer,
     grade_problem,
     grade_submission,
+    student_diagnosis,
     student_report,
 )
 from service.grading.schema import Tolerance
@@ -46,15 +47,21 @@ class ExactCheck:
         return {
             "correct": correct,
             "score": 1.0 if correct else 0.0,
-            "report": {
+            "report": {  # the fields of the engine's tensor report
+                "kind": "tensor",
+                "label": "the value",
                 "expected_shape": [2, 3],
                 "given_shape": [2, 3],
+                "shape_matches": True,
+                "elements": 6,
                 "mismatched": 0 if correct else 6,
-                "max_abs_error": 0.0 if correct else 3.25,
-                "worst_index": [1, 2],
-                "note": "expected 3.25 at [1, 2]",
+                "max_abs_error": {"value": 3.25, "index": [1, 2], "expected": 3.25, "given": 0},
+                "first_mismatches": [{"index": [1, 2], "expected": 3.25, "given": 0}],
+                "message": "the largest error is 3.25 at [1, 2] (expected 3.25, got 0)",
             },
-            "diagnosis": [] if correct else ["every entry is off by the same factor"],
+            "diagnosis": []
+            if correct
+            else [{"code": "sign_flipped", "message": "the sign is flipped"}],
         }
 
 
@@ -140,24 +147,109 @@ def test_feedback_follows_each_problems_level() -> None:
     assert p2.feedback == {"verdict": "incorrect"}  # level verdict
     assert set(p1.feedback) == {"verdict", "report"}  # level report: no diagnosis
     assert set(p3.feedback) == {"verdict", "report", "diagnosis"}
-    assert p3.feedback["diagnosis"] == ["every entry is off by the same factor"]
+    assert p3.feedback["diagnosis"] == [{"code": "sign_flipped", "message": "the sign is flipped"}]
 
 
 def test_what_reaches_the_student_holds_no_value_of_the_key() -> None:
     wrong = {"p1": [[9, 9, 9], [9, 9, 9]], "p3": [[0]]}
-    for result in grade_submission(catalogue(), "sample", "alice", wrong, ExactCheck()).results:
-        report = result.feedback.get("report", {})
-        assert "max_abs_error" not in report and "note" not in report
-        assert "expected_shape" not in report
-        assert "3.25" not in str(result.feedback)
-    assert student_report({"given_shape": [2, 3], "mismatched": 6, "worst_index": [1, 2]}) == {
-        "given_shape": [2, 3],
-        "mismatched": 6,
-        "worst_index": [1, 2],
-    }
-    assert student_report({"inner": {"error": 0.5, "count": 2}, "values": [0.5, 1]}) == {
-        "inner": {"count": 2}
-    }
+    p1, _, p3 = grade_submission(catalogue(), "sample", "alice", wrong, ExactCheck()).results
+    for result in (p1, p3):
+        assert result.feedback["report"] == {
+            "kind": "tensor",
+            "label": "the value",
+            "shape_matches": True,
+            "given_shape": [2, 3],
+            "elements": 6,
+            "mismatched": 6,
+            "message": "6 of 6 elements are outside the tolerance",
+        }
+        assert "3.25" not in str(result.feedback) and "[1, 2]" not in str(result.feedback)
+
+
+REPORTS = [
+    # a shape that differs: neither the key's shape nor its element count
+    (
+        {
+            "kind": "tensor",
+            "label": "dy/dx",
+            "expected_shape": [1, 3, 5, 7],
+            "given_shape": [3, 5, 7],
+            "shape_matches": False,
+            "elements": 105,
+            "given_elements": 105,
+            "message": "dy/dx has shape [1, 3, 5, 7] but the answer has shape [3, 5, 7]",
+        },
+        {
+            "kind": "tensor",
+            "label": "dy/dx",
+            "shape_matches": False,
+            "given_shape": [3, 5, 7],
+            "message": "the answer's shape [3, 5, 7] is not the shape asked for",
+        },
+    ),
+    # a shape answer: only the student's own
+    (
+        {
+            "kind": "shape",
+            "label": "output size",
+            "expected": [5, 2],
+            "given": [6, 3],
+            "dimensions": [{"dimension": 0, "expected": 5, "given": 6, "correct": False}],
+            "steps": [{"formula": "...", "result": 5}],
+            "message": "the output size is [5, 2]; the answer has 6 instead of 5",
+        },
+        {
+            "kind": "shape",
+            "label": "output size",
+            "given": [6, 3],
+            "message": "the answer [6, 3] is not the output size asked for",
+        },
+    ),
+    # a formula: the point and the student's value there, never the reference or its value
+    (
+        {
+            "kind": "formula",
+            "reference": "floor((H - K)/S) + 1",
+            "named": None,
+            "points_checked": 40,
+            "points_disagreeing": 3,
+            "constraints": ["H >= K"],
+            "counterexample": {
+                "point": {"H": 5, "K": 2},
+                "expected": 2,
+                "given": 2.5,
+                "reason": "",
+            },
+            "message": "at H=5, K=2 the reference is 2 and the answer 2.5",
+        },
+        {
+            "kind": "formula",
+            "points_checked": 40,
+            "points_disagreeing": 3,
+            "counterexample": {"point": {"H": 5, "K": 2}, "given": 2.5},
+            "message": "the formula disagrees with the reference at 3 of 40 points, for example "
+            "at H=5, K=2 (where your formula gives 2.5)",
+        },
+    ),
+    # a report of a kind not known to be safe: nothing
+    ({"kind": "future", "value": 1.5, "count": 2}, {}),
+    ({"mismatched": 2}, {}),
+]
+
+
+@pytest.mark.parametrize(("report", "told"), REPORTS)
+def test_the_student_report_of_each_kind(report: dict[str, Any], told: dict[str, Any]) -> None:
+    assert student_report(report) == told
+
+
+def test_a_ratio_to_a_one_number_key_is_not_a_diagnosis_for_the_student() -> None:
+    # "6/5 times the key" of the number 0.25 says the key is 0.25
+    ratio = {"code": "constant_factor", "message": "Your answer is 6/5 times the key"}
+    sign = {"code": "sign_flipped", "message": "the sign is flipped"}
+    one = {"report": {"kind": "tensor", "elements": 1}, "diagnosis": [ratio, sign]}
+    many = {"report": {"kind": "tensor", "elements": 6}, "diagnosis": [ratio, sign]}
+    assert student_diagnosis(one) == [sign]
+    assert student_diagnosis(many) == [ratio, sign]
 
 
 def test_answers_to_unknown_problems_are_listed_not_graded() -> None:

@@ -22,8 +22,17 @@ def check(expected: Mapping[str, Any], answer: Any, tolerance: Tolerance) -> Map
     return {
         "correct": correct,
         "score": float(correct),
-        "report": {"given_shape": [1, 1], "mismatched": 1, "max_abs_error": 2.75},
-        "diagnosis": [] if correct else ["the axes are transposed"],
+        "report": {
+            "kind": "tensor",
+            "given_shape": [1, 1],
+            "shape_matches": True,
+            "elements": 1,
+            "mismatched": 1,
+            "max_abs_error": {"value": 2.75, "index": [0, 0], "expected": 2.75, "given": 0.0},
+        },
+        "diagnosis": []
+        if correct
+        else [{"code": "axes_permuted", "message": "The axes are in another order."}],
     }
 
 
@@ -72,9 +81,8 @@ def test_each_output_follows_the_problems_feedback_level() -> None:
     assert p2 == "Incorrect: 0 of 1 points."  # verdict only
     assert p3.splitlines() == [
         "Incorrect: 0 of 1.5 points.",
-        "given shape: [1, 1]",
-        "mismatched: 1",
-        "- the axes are transposed",
+        "1 of 1 elements are outside the tolerance.",
+        "- The axes are in another order.",
     ]
     assert "2.75" not in json.dumps(results)
 

@@ -94,5 +94,11 @@ def test_openapi_examples_answer_200(client: TestClient) -> None:
             if "{model}" in path:
                 assert model, (path, name)
             url = path.replace("{model}", model.group(1) if model else "")
+            # Assignment examples are for cnn-rnn, and name their problem first: "1.1a: ...".
+            problem = re.match(r"([\w.-]+): ", example["summary"])
+            if "{problem}" in path:
+                assert problem, (path, name)
+            url = url.replace("{assignment}", "cnn-rnn")
+            url = url.replace("{problem}", problem.group(1) if problem else "")
             response = client.post(url, json=example["value"])
             assert response.status_code == 200, (path, name, response.text)

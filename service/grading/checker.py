@@ -1,0 +1,153 @@
+"""The checking engine as the grader's ``check`` (``grade.CheckFn``), and the validation of the
+references of assignment files against that same engine.
+
+The engine (``check.py``) judges one answer against one ``expected`` spec, exactly as
+``POST /v1/check`` does. For a grader the two ways a check can fail are not alike:
+
+- the answer is at fault (ragged, not a shape, a formula that does not parse, over the
+  element budget): that is the student's, so it becomes ``MalformedAnswer`` and the problem
+  scores 0 with the reason, without failing the rest of the submission;
+- the key cannot be computed: the assignment file (or the service) is at fault, never the
+  student, so the grade fails with a 500 problem that says so and is logged, instead of
+  blaming the answer or quietly scoring it 0.
+
+``spec_validator`` runs the engine's own validation and key computation on each problem at
+start-up, so a reference that names a wrong model, output or gradient stops the service with
+the file and the key at fault.
+
+Both compute keys under ``key_settings``: the limits on what a reference may compute are at
+least their defaults. Those limits protect the service from what clients send; an
+assignment's references are the instructors' own, checked at start-up, and an operator who
+lowers a request limit must not make the shipped homework ungradable. The student's answer is
+still decoded under the configured request budgets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from models.errors import ModelError
+from service.grading.catalogue import SpecValidator
+from service.grading.check import CheckFailed, check_one, compute_key
+from service.grading.grade import MalformedAnswer
+from service.grading.schema import Tolerance
+from service.grading.schemas import CheckRequest
+from service.problems import Problem
+from service.settings import Settings
+
+logger = logging.getLogger("tensorgrade")
+
+CHOICE_OP = "choice"
+"""The one op of an assignment file that the grader judges itself (not an engine op)."""
+
+KEY_LIMITS = ("max_jacobian_elements", "max_sequence_length", "max_hidden_size", "max_k")
+"""The settings that bound what a reference computes (never what an answer may hold)."""
+
+
+def key_settings(settings: Settings) -> Settings:
+    """``settings`` with each of ``KEY_LIMITS`` at least its default (see the module notes)."""
+    raised = {
+        name: max(getattr(settings, name), Settings.model_fields[name].default)
+        for name in KEY_LIMITS
+    }
+    return settings.model_copy(update=raised)
+
+
+def key_failure(detail: str) -> Problem:
+    """The 500 of a key that cannot be computed: the assignment's fault, said plainly."""
+    return Problem(
+        500,
+        f"the reference answer of this problem cannot be computed for this variant ({detail}); "
+        "the assignment file is at fault, not the answer: tell the course staff",
+        kind="assignment-error",
+        title="The assignment cannot be graded",
+    )
+
+
+def _describe(error: ValidationError) -> str:
+    """A pydantic error as ``where: what`` (the first one, and how many more there are)."""
+    errors = error.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def _request(expected: Mapping[str, Any], answer: Any, tolerance: Tolerance) -> CheckRequest:
+    """The body of ``POST /v1/check`` for one answer. The answer is free-form (the engine
+    judges it), so a validation error here is the spec's or the tolerance's."""
+    try:
+        return CheckRequest.model_validate(
+            {
+                "expected": dict(expected),
+                "answer": answer,
+                "tolerance": {"rtol": tolerance.rtol, "atol": tolerance.atol},
+            }
+        )
+    except ValidationError as error:
+        raise key_failure(_describe(error)) from None
+
+
+class EngineCheck:
+    """``grade.CheckFn`` backed by the checking engine of ``POST /v1/check``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = key_settings(settings)
+
+    def __call__(
+        self, expected: Mapping[str, Any], answer: Any, tolerance: Tolerance
+    ) -> Mapping[str, Any]:
+        """Judge one answer; see the module docstring for which faults raise what.
+
+        Returns:
+            The engine's answer: ``correct``, ``score``, ``report``, ``diagnosis``.
+
+        Raises:
+            MalformedAnswer: the answer cannot be judged, with the reason.
+            Problem: a 500 when the key cannot be computed; the engine's own 5xx otherwise.
+        """
+        request = _request(expected, answer, tolerance)
+        try:
+            return check_one(request, self.settings)
+        except CheckFailed as failure:
+            problem = failure.problem
+            if failure.in_expected:
+                logger.error("an assignment's key cannot be computed: %s", problem.detail)
+                raise key_failure(problem.detail) from None
+            if 400 <= problem.status < 500:
+                raise MalformedAnswer(problem.detail) from None
+            raise problem from None
+
+
+def spec_validator(settings: Settings) -> SpecValidator:
+    """A ``validate_spec`` for ``catalogue_from_settings``: each resolved ``expected`` must be
+    a spec ``POST /v1/check`` accepts and its key must compute.
+
+    Args:
+        settings: the budgets the keys are computed under.
+
+    Returns:
+        A function raising ``ValueError`` with the reason (the field of ``expected`` first).
+    """
+    settings = key_settings(settings)
+
+    def validate(expected: Mapping[str, Any]) -> None:
+        if expected.get("op") == CHOICE_OP:
+            return
+        try:
+            request = CheckRequest.model_validate({"expected": dict(expected), "answer": None})
+        except ValidationError as error:
+            raise ValueError(_describe(error)) from None
+        try:
+            compute_key(request, settings)
+        except ModelError as error:
+            where = f"{error.where}: " if error.where else ""
+            raise ValueError(f"{where}{error.message}") from None
+        except Problem as error:
+            raise ValueError(error.detail) from None
+
+    return validate

@@ -1,0 +1,181 @@
+"""The documentation of checking and grading does what it says: each curl example answers the
+outcome written under it, and the Gradescope `run_autograder` script, run with bash as it is
+written, grades a submission through the service and writes a valid results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.grading import seed_answers as seed
+from tests.grading.test_gradescope import TEST_FIELDS, TOP_LEVEL
+from tests.keys import INSTRUCTOR, STUDENT, key, keyed_settings
+from tests.servers import uvicorn_thread
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = [ROOT / "README.md", ROOT / "docs" / "README-assignments.md"]
+CURL = re.compile(r"```sh\n(curl -s '?localhost:8000/v1/assignments/[^`]*?)```", re.DOTALL)
+AUTOGRADER = re.compile(r"```bash\n(#!/usr/bin/env bash\n# Gradescope's autograder[^`]*?)```")
+
+
+def documentation() -> str:
+    """The first source that documents grading (the README once the section is merged)."""
+    for source in SOURCES:
+        if source.exists() and CURL.search(source.read_text()):
+            return source.read_text()
+    raise AssertionError("no grading examples found in the documentation")
+
+
+def examples() -> list[tuple[str, dict[str, Any], str]]:
+    found = []
+    for block in CURL.findall(documentation()):
+        if " -d '" not in block:
+            continue  # reading variants: tested with the routes
+        path = re.search(r"localhost:8000(/v1/assignments/[^ ']+)'? ", block)
+        body = re.search(r"-d '(.*?)'\n", block, re.DOTALL)
+        outcome = re.search(r"^# -> (.*)$", block, re.MULTILINE)
+        assert path and body and outcome, block
+        found.append((path.group(1), json.loads(body.group(1)), outcome.group(1)))
+    return found
+
+
+EXAMPLES = examples()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(keyed_settings(check_rate_limit=""))) as test_client:
+        yield test_client
+
+
+def test_the_examples_cover_check_grade_and_gradescope() -> None:
+    paths = {path for path, _, _ in EXAMPLES}
+    assert any(path.endswith("/check") for path in paths)
+    assert "/v1/assignments/cnn-rnn/grade" in paths
+    assert "/v1/assignments/cnn-rnn/grade?format=gradescope" in paths
+
+
+@pytest.mark.parametrize(("path", "body", "outcome"), EXAMPLES, ids=[e[0] for e in EXAMPLES])
+def test_each_documented_example(
+    client: TestClient, path: str, body: dict[str, Any], outcome: str
+) -> None:
+    response = client.post(path, json=body, headers=key(STUDENT))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    total = re.fullmatch(r"total (\S+) of (\S+)", outcome)
+    if total is None:
+        assert answer["status"] == outcome
+    elif "tests" in answer:
+        assert answer["score"] == float(total[1])
+        assert sum(t["max_score"] for t in answer["tests"]) == float(total[2])
+    else:
+        assert (answer["total"], answer["points"]) == (float(total[1]), float(total[2]))
+
+
+# -- run_autograder, with bash, against a real server --
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with uvicorn_thread(create_app(keyed_settings())) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The documented script, and `tensorgrade` and `python3` on the PATH as an install
+    would give them (this checkout's command, this interpreter)."""
+    found = AUTOGRADER.search(documentation())
+    assert found, "no run_autograder in the documentation"
+    folder = tmp_path_factory.mktemp("autograder-bin")
+    path = folder / "run_autograder"
+    path.write_text(found.group(1))
+    for name, command in (("tensorgrade", "-m service.cli "), ("python3", "")):
+        shim = folder / name
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" {command}"$@"\n')
+        shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def autograder(tmp_path: Path, submission: str | None, email: str = "ada@example.edu") -> Path:
+    """A folder laid out as Gradescope's: submission, its metadata, the key in source/."""
+    (tmp_path / "submission").mkdir()
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "tensorgrade.key").write_text(INSTRUCTOR + "\n")
+    metadata = {"users": [{"email": email, "name": "Ada", "sid": "1"}], "id": 7}
+    (tmp_path / "submission_metadata.json").write_text(json.dumps(metadata))
+    if submission is not None:
+        (tmp_path / "submission" / "answers.json").write_text(submission)
+    return tmp_path
+
+
+def run(script: Path, folder: Path, url: str) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "AUTOGRADER": str(folder),
+        "TENSORGRADE_URL": url,
+        "PATH": f"{script.parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("TENSORGRADE_API_KEY", None)
+    done = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    results: dict[str, Any] = json.loads((folder / "results" / "results.json").read_text())
+    return results
+
+
+def answers_of(url: str, student: str) -> dict[str, Any]:
+    """The homework's answers on the student's variants, read as a student reads them."""
+    answers = {}
+    with httpx.Client(base_url=url, headers=key(STUDENT)) as http:
+        listing = http.get("/v1/assignments").json()["assignments"]
+        for problem in next(a for a in listing if a["id"] == "cnn-rnn")["problems"]:
+            variant = http.get(
+                f"/v1/assignments/cnn-rnn/problems/{problem['id']}",
+                params={"student_id": student},
+            ).json()
+            given = {
+                name: np.asarray(t["data"], dtype=np.float64).reshape(t["shape"])
+                for name, t in variant["given"].items()
+            }
+            answers[problem["id"]] = seed.answer_to(problem["id"], given)
+    return answers
+
+
+def test_run_autograder_grades_the_submission_as_the_student_gradescope_names(
+    script: Path, url: str, tmp_path: Path
+) -> None:
+    # The file claims to be bob's; Gradescope says it is ada's: ada's variant is graded.
+    submission = {"student_id": "bob", "answers": answers_of(url, "ada@example.edu")}
+    results = run(script, autograder(tmp_path, json.dumps(submission)), url)
+    assert set(results) == TOP_LEVEL and all(set(t) == TEST_FIELDS for t in results["tests"])
+    assert all(test["status"] == "passed" for test in results["tests"])
+    assert results["score"] == sum(t["max_score"] for t in results["tests"]) == 44
+    assert "ada@example.edu" in results["output"]
+
+
+def test_run_autograder_without_answers_says_so(script: Path, url: str, tmp_path: Path) -> None:
+    results = run(script, autograder(tmp_path, None), url)
+    assert results["score"] == 0 and results["tests"] == []
+    assert "upload your answers as a file named answers.json" in results["output"]
+
+
+def test_run_autograder_with_a_broken_file_says_why(script: Path, url: str, tmp_path: Path) -> None:
+    results = run(script, autograder(tmp_path, '{"1.1a": [5, 2]'), url)
+    assert results["score"] == 0 and results["tests"] == []
+    assert "cannot read a JSON submission" in results["output"]
