@@ -31,7 +31,11 @@ logger = logging.getLogger("tensorgrade")
 DESCRIPTION = """\
 Reference computations and answer checking for a homework on convolutional and recurrent
 networks: convolution output shapes with worked steps, forward and backward passes and
-Jacobians of reference models, on CPU or GPU, in float64 by default.
+Jacobians of reference models, on CPU or GPU, in float64 by default; checking answers with
+a diagnosis of common mistakes; grading assignments with per-student variants (Gradescope's
+results.json among the outputs); loss-curve diagnostics.
+
+Authorize with an `X-API-Key` when the server has keys configured (see `/v1/info`).
 
 Errors are RFC 9457 problem details (`application/problem+json`).
 """
