@@ -3,14 +3,13 @@ re-implementation, and the seed's closed forms 1.2.2(e) and 1.2.2(f)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import torch
 
 from models import attention_rnn, autodiff
 from models.attention_rnn import Window
 from models.registry import get_model
+from tests.helpers import finite_difference_jacobian
 
 F64 = torch.float64
 MODEL = get_model("attention_rnn")
@@ -62,20 +61,6 @@ def random_case(seed: int, k: Window, seq_len: int = 5, n: int = 3) -> dict[str,
     return {
         name: 0.7 * torch.randn(count, n, n, generator=gen, dtype=F64) for name in ("Q", "K", "V")
     } | {"x": torch.randn(seq_len, n, generator=gen, dtype=F64)}
-
-
-def central_difference(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float = 1e-6
-) -> torch.Tensor:
-    """d fn(x)/dx by central differences, shaped fn(x).shape + x.shape."""
-    flat = x.detach().clone().reshape(-1)
-    columns = []
-    for i in range(flat.numel()):
-        step = torch.zeros_like(flat)
-        step[i] = eps
-        plus, minus = fn((flat + step).reshape(x.shape)), fn((flat - step).reshape(x.shape))
-        columns.append(((plus - minus) / (2 * eps)).reshape(-1))
-    return torch.stack(columns, dim=-1).reshape(*fn(x).shape, *x.shape)
 
 
 def run_loop(
@@ -174,7 +159,7 @@ def test_state_grads_match_central_differences_including_paths_through_a_and_w(k
         outputs = {"h": h, "a": a, "w": w}
         return sum((outputs[name] * g).sum() for name, g in grads_of.items())  # type: ignore[return-value]
 
-    numeric = central_difference(loss, torch.zeros_like(args["x"]))
+    numeric = finite_difference_jacobian(loss, torch.zeros_like(args["x"]))
     torch.testing.assert_close(state_grads, numeric, rtol=1e-6, atol=1e-8)
 
 
@@ -189,7 +174,7 @@ def test_backward_grads_match_central_differences(k: Window) -> None:
         def loss(value: torch.Tensor, name: str = name) -> torch.Tensor:
             return (run_loop(args, k, **{name: value})[0] * direct).sum()
 
-        numeric = central_difference(loss, args[name])
+        numeric = finite_difference_jacobian(loss, args[name])
         torch.testing.assert_close(grads[name], numeric, rtol=1e-6, atol=1e-8)
 
 
@@ -198,7 +183,7 @@ def test_jacobian_da_dx_matches_central_differences() -> None:
     config = attention_rnn.parse_config({"k": 2})
     result, method = autodiff.jacobian(MODEL, config, args, "a", "x")
     assert result.shape == (3, 3, 3, 2) and method == "autograd"
-    numeric = central_difference(lambda v: run_loop(args, 2, x=v)[1], args["x"])
+    numeric = finite_difference_jacobian(lambda v: run_loop(args, 2, x=v)[1], args["x"])
     torch.testing.assert_close(result, numeric, rtol=1e-6, atol=1e-8)
 
 
@@ -241,7 +226,7 @@ def test_step_jacobians_are_seed_1_2_2e_and_agree_with_autograd_and_differences(
     for t in range(1, 5):
         h_prev = h[t - 2] if t >= 2 else torch.zeros(3, dtype=F64)
         auto = torch.autograd.functional.jacobian(lambda v, t=t: one_step(args, k, t, v), h_prev)
-        numeric = central_difference(lambda v, t=t: one_step(args, k, t, v), h_prev)
+        numeric = finite_difference_jacobian(lambda v, t=t: one_step(args, k, t, v), h_prev)
         torch.testing.assert_close(
             jacobians[t - 1], seed_1_2_2e(args, k, t), rtol=1e-12, atol=1e-12
         )

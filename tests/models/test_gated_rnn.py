@@ -10,6 +10,7 @@ import torch
 
 from models import autodiff, gated_rnn
 from models.registry import get_model
+from tests.helpers import finite_difference_jacobian
 
 F64 = torch.float64
 
@@ -55,20 +56,6 @@ def random_case(seed: int, seq_len: int = 5, m: int = 3, n: int = 2) -> dict[str
         "x": torch.randn(seq_len, n, generator=gen, dtype=F64),
         "h0": torch.randn(m, generator=gen, dtype=F64),
     }
-
-
-def central_difference(fn: object, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """d fn(x)/dx by central differences, shaped fn(x).shape + x.shape."""
-    assert callable(fn)
-    flat = x.detach().clone().reshape(-1)
-    columns = []
-    for i in range(flat.numel()):
-        step = torch.zeros_like(flat)
-        step[i] = eps
-        plus, minus = fn((flat + step).reshape(x.shape)), fn((flat - step).reshape(x.shape))
-        columns.append(((plus - minus) / (2 * eps)).reshape(-1))
-    out_shape = fn(x).shape
-    return torch.stack(columns, dim=-1).reshape(*out_shape, *x.shape)
 
 
 MODEL = get_model("gated_rnn")
@@ -142,7 +129,7 @@ def test_state_grads_match_central_differences_on_state_offsets() -> None:
         h, _ = loop_gated_rnn(args["W_c"], args["W_h"], args["W_x"], args["x"], args["h0"], offsets)
         return (h * direct).sum()
 
-    numeric = central_difference(loss, torch.zeros(5, 3, dtype=F64))
+    numeric = finite_difference_jacobian(loss, torch.zeros(5, 3, dtype=F64))
     torch.testing.assert_close(state_grads, numeric, rtol=1e-6, atol=1e-8)
 
 
@@ -159,7 +146,7 @@ def test_state_grads_include_the_paths_through_the_gates() -> None:
         h, c = loop_gated_rnn(args["W_c"], args["W_h"], args["W_x"], args["x"], args["h0"], offsets)
         return (h * grad_h).sum() + (c * grad_c).sum()
 
-    numeric = central_difference(loss, torch.zeros(5, 3, dtype=F64))
+    numeric = finite_difference_jacobian(loss, torch.zeros(5, 3, dtype=F64))
     torch.testing.assert_close(state_grads, numeric, rtol=1e-6, atol=1e-8)
 
 
@@ -202,7 +189,7 @@ def test_step_jacobians_are_seed_1_2_1d_and_agree_with_autograd_and_differences(
     for t in range(1, 5):
         h_prev = args["h0"] if t == 1 else h[t - 2]
         auto = torch.autograd.functional.jacobian(lambda v, t=t: one_step(args, t, v), h_prev)
-        numeric = central_difference(lambda v, t=t: one_step(args, t, v), h_prev)
+        numeric = finite_difference_jacobian(lambda v, t=t: one_step(args, t, v), h_prev)
         torch.testing.assert_close(jacobians[t - 1], seed_1_2_1d(args, t), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(jacobians[t - 1], auto, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(jacobians[t - 1], numeric, rtol=1e-6, atol=1e-8)
@@ -232,7 +219,9 @@ def test_jacobian_dh_dW_x_has_shape_T_m_m_n_and_matches_differences() -> None:
     def h_of(w_x: torch.Tensor) -> torch.Tensor:
         return loop_gated_rnn(args["W_c"], args["W_h"], w_x, args["x"], args["h0"])[0]
 
-    torch.testing.assert_close(result, central_difference(h_of, args["W_x"]), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(
+        result, finite_difference_jacobian(h_of, args["W_x"]), rtol=1e-6, atol=1e-8
+    )
 
 
 def test_product_norms_are_the_norms_of_the_total_dh_t_dh_1() -> None:

@@ -3,7 +3,6 @@ backward gradient against central finite differences in float64."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,22 +10,9 @@ import torch
 
 from models import autodiff
 from models.registry import get_model
+from tests.helpers import finite_difference_jacobian
 
 F64 = torch.float64
-
-
-def central_difference(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float = 1e-6
-) -> torch.Tensor:
-    """d fn(x)/dx by central differences, shaped fn(x).shape + x.shape."""
-    flat = x.detach().clone().reshape(-1)
-    columns = []
-    for i in range(flat.numel()):
-        step = torch.zeros_like(flat)
-        step[i] = eps
-        plus, minus = fn((flat + step).reshape(x.shape)), fn((flat - step).reshape(x.shape))
-        columns.append(((plus - minus) / (2 * eps)).reshape(-1))
-    return torch.stack(columns, dim=-1).reshape(*fn(x).shape, *x.shape)
 
 
 def gated_case() -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
@@ -77,7 +63,9 @@ def test_jacobian_matches_central_differences(
     def output(value: torch.Tensor) -> torch.Tensor:
         return model.forward(config, {**args, wrt: value})[of]
 
-    torch.testing.assert_close(result, central_difference(output, args[wrt]), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(
+        result, finite_difference_jacobian(output, args[wrt]), rtol=1e-6, atol=1e-8
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=["gated", "attention1", "attention2", "attention_inf"])
@@ -99,5 +87,5 @@ def test_backward_of_every_output_matches_central_differences(
             return torch.stack([(outputs[o] * g).sum() for o, g in upstream.items()]).sum()
 
         torch.testing.assert_close(
-            grads[wrt], central_difference(loss, value), rtol=1e-6, atol=1e-8
+            grads[wrt], finite_difference_jacobian(loss, value), rtol=1e-6, atol=1e-8
         )
