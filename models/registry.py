@@ -53,6 +53,9 @@ class ReferenceModel:
         closed_form_jacobian: d(output)/d(argument) without autograd, or ``None`` to fall back.
         backward_extras: extra answers of ``backward`` (e.g. ``state_grads`` of the RNNs).
         state_jacobians: the one-step state Jacobians of a recurrent model.
+        flops: floating-point operations of one forward pass, from the config and the
+            declared argument shapes, for the service's compute-time estimate; ``None`` for
+            the generic estimate (every parameter used once per row of the inputs).
     """
 
     name: str
@@ -67,6 +70,7 @@ class ReferenceModel:
     closed_form_jacobian: Callable[[Any, Tensors, str, str], torch.Tensor | None] | None = None
     backward_extras: Callable[[Any, Tensors, Tensors], dict[str, torch.Tensor]] | None = None
     state_jacobians: Callable[[Any, Tensors], dict[str, Any]] | None = None
+    flops: Callable[[Any, Shapes], int] | None = None
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -146,6 +150,7 @@ def _conv_model(dims: int) -> ReferenceModel:
         parse_config=lambda config: conv.parse_conv_config(config, dims),
         output_shapes=conv.conv_output_shapes,
         forward=conv.conv_forward,
+        flops=conv.conv_flops,
     )
 
 

@@ -15,6 +15,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service import __version__
+from service.gate import ComputeGate
+from service.middleware import BodyLimitMiddleware, JSONGuardMiddleware
+from service.openapi import declare_edge_statuses
 from service.problems import install_problem_handlers, problem_schemas
 from service.routes import health, models, shapes
 from service.settings import Settings, get_settings
@@ -69,7 +72,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = threading.Event()
+    app.state.gate = ComputeGate(
+        settings.max_concurrent_computations,
+        settings.compute_queue_size,
+        settings.compute_queue_timeout_seconds,
+    )
     install_problem_handlers(app)
+    # Added last, so outermost: the size limit counts the bytes the JSON guard reads.
+    app.add_middleware(JSONGuardMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.body_limit)
     app.include_router(health.router)
     app.include_router(shapes.router)
     app.include_router(models.router)
@@ -83,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 routes=app.routes,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(problem_schemas())
+            declare_edge_statuses(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -35,7 +35,70 @@ class Settings(BaseSettings):
         description="Most entries of a Jacobian (output size times input size).",
     )
     max_rank: int = Field(8, ge=1, le=32, description="Highest tensor rank accepted.")
+    max_output_elements: int = Field(
+        16_000_000,
+        ge=1,
+        description="Most elements all outputs of a model may have, from the declared shapes.",
+    )
+    max_sequence_length: int = Field(
+        4096, ge=1, description="Longest sequence (dimension `T`) a recurrent model accepts."
+    )
+    max_hidden_size: int = Field(
+        1024, ge=1, description="Largest hidden or input size (dimensions `m`, `n`)."
+    )
+    max_k: int = Field(256, ge=1, description="Largest attention window `k` (config key `k`).")
+    max_batch_checks: int = Field(
+        256, ge=1, description="Most checks one `/v1/check/batch` request may hold."
+    )
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description=(
+            "Largest request body in bytes; unset means max_request_elements * 25 + 4 MiB "
+            "(25 bytes covers the longest float64 JSON number and its separator)."
+        ),
+    )
+    max_concurrent_computations: int = Field(
+        2, ge=1, le=1024, description="Computations running at once per device, per worker."
+    )
+    compute_queue_size: int = Field(
+        16,
+        ge=0,
+        le=10_000,
+        description="Computations that may wait for a device slot; past that the answer is 503.",
+    )
+    compute_queue_timeout_seconds: float = Field(
+        5.0, ge=0, le=3600, description="Longest wait for a device slot before a 503."
+    )
+    compute_deadline_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="Requests whose estimated compute time is longer are refused before starting.",
+    )
+    cpu_flops_per_second: float = Field(
+        5e9, gt=0, description="Throughput assumed for the compute-time estimate on the CPU."
+    )
+    cuda_flops_per_second: float = Field(
+        1e12, gt=0, description="Throughput assumed for the compute-time estimate on a GPU."
+    )
+    graceful_shutdown_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight requests may take to finish.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @property
+    def body_limit(self) -> int:
+        """The request body limit in force: the setting, else derived from the element budget.
+
+        A JSON number of a float64 takes at most 24 characters (``-1.2345678901234567e-308``)
+        plus a separator, so a request at the element budget fits in 25 bytes an element; the
+        extra 4 MiB leave room for the rest of the body (config, names, brackets).
+        """
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_request_elements * 25 + 4 * 2**20
 
 
 @lru_cache(maxsize=1)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from service import __version__
+from service.budgets import limits
 from service.deps import SettingsDep
 from service.devices import available_devices
 from service.problems import Problem, problem_responses
@@ -58,11 +59,6 @@ async def info(settings: SettingsDep) -> Info:
         devices=devices,
         default_device="cuda" if len(devices) > 1 else "cpu",
         torch_threads=torch.get_num_threads(),
-        limits={
-            "max_tensor_elements": settings.max_tensor_elements,
-            "max_request_elements": settings.max_request_elements,
-            "max_jacobian_elements": settings.max_jacobian_elements,
-            "max_rank": settings.max_rank,
-        },
+        limits=limits(settings),
         auth="open",
     )

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Path
 from starlette.responses import Response
 
 from models import autodiff
 from models.registry import MODELS, ReferenceModel
 from service.compute import (
     check_jacobian_budget,
+    computing,
     decode_grad_outputs,
     encode_all,
     prepare,
 )
-from service.deps import SettingsDep
+from service.deps import GateDep, SettingsDep
 from service.examples import BACKWARD_EXAMPLES, FORWARD_EXAMPLES, JACOBIAN_EXAMPLES
 from service.problems import problem_responses
 from service.responses import TensorJSONResponse
@@ -35,7 +37,15 @@ from service.tensors import encode
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-COMPUTE_ERRORS = problem_responses(404, 413, 422)
+COMPUTE_ERRORS = problem_responses(404, 413, 422, 503)
+
+ModelName = Annotated[
+    str,
+    Path(
+        description="A model of `GET /v1/models`; any other name is a 404.",
+        json_schema_extra={"enum": sorted(MODELS)},
+    ),
+]
 
 
 def model_info(model: ReferenceModel) -> ModelInfo:
@@ -69,14 +79,16 @@ async def list_models() -> ModelList:
     responses=COMPUTE_ERRORS,
 )
 def forward(
-    model: str,
+    model: ModelName,
     body: Annotated[ModelRequest, Body(openapi_examples=FORWARD_EXAMPLES)],
     settings: SettingsDep,
+    gate: GateDep,
 ) -> Response:
     """Every output of the model on the given params and inputs."""
     prepared = prepare(model, body, settings)
-    outputs = prepared.model.forward(prepared.config, prepared.args)
-    return TensorJSONResponse({"outputs": encode_all(outputs, body.encoding)})
+    with computing(prepared, settings, gate):
+        outputs = prepared.model.forward(prepared.config, prepared.args)
+        return TensorJSONResponse({"outputs": encode_all(outputs, body.encoding)})
 
 
 @router.post(
@@ -86,22 +98,24 @@ def forward(
     responses=COMPUTE_ERRORS,
 )
 def backward(
-    model: str,
+    model: ModelName,
     body: Annotated[BackwardRequest, Body(openapi_examples=BACKWARD_EXAMPLES)],
     settings: SettingsDep,
+    gate: GateDep,
 ) -> Response:
     """dl/d(every param and input) given dl/d(outputs) in `grad_outputs`."""
     prepared = prepare(model, body, settings)
     grad_outputs = decode_grad_outputs(prepared, body.grad_outputs)
-    outputs, grads, extras = autodiff.backward(
-        prepared.model, prepared.config, prepared.args, grad_outputs
-    )
-    answer = {
-        "outputs": encode_all(outputs, body.encoding),
-        "grads": encode_all(grads, body.encoding),
-        **encode_all(extras, body.encoding),
-    }
-    return TensorJSONResponse(answer)
+    with computing(prepared, settings, gate, vector_jacobian_products=1):
+        outputs, grads, extras = autodiff.backward(
+            prepared.model, prepared.config, prepared.args, grad_outputs
+        )
+        answer = {
+            "outputs": encode_all(outputs, body.encoding),
+            "grads": encode_all(grads, body.encoding),
+            **encode_all(extras, body.encoding),
+        }
+        return TensorJSONResponse(answer)
 
 
 @router.post(
@@ -111,21 +125,24 @@ def backward(
     responses=COMPUTE_ERRORS,
 )
 def jacobian(
-    model: str,
+    model: ModelName,
     body: Annotated[JacobianRequest, Body(openapi_examples=JACOBIAN_EXAMPLES)],
     settings: SettingsDep,
+    gate: GateDep,
 ) -> Response:
     """d(of)/d(wrt), shaped as the output's shape followed by the argument's shape."""
     prepared = prepare(model, body, settings)
     check_jacobian_budget(prepared, body.of, body.wrt, settings)
-    result, method = autodiff.jacobian(
-        prepared.model, prepared.config, prepared.args, body.of, body.wrt
-    )
-    return TensorJSONResponse(
-        {
-            "jacobian": encode(result, body.encoding),
-            "of": body.of,
-            "wrt": body.wrt,
-            "method": method,
-        }
-    )
+    rows = math.prod(prepared.output_shapes[body.of])  # one product per output element
+    with computing(prepared, settings, gate, vector_jacobian_products=rows):
+        result, method = autodiff.jacobian(
+            prepared.model, prepared.config, prepared.args, body.of, body.wrt
+        )
+        return TensorJSONResponse(
+            {
+                "jacobian": encode(result, body.encoding),
+                "of": body.of,
+                "wrt": body.wrt,
+                "method": method,
+            }
+        )

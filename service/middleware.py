@@ -1,0 +1,182 @@
+"""Pure-ASGI guards at the edge of the service: the body size limit and strict JSON.
+
+Both run before routing, so every route, present or added later, is covered without any
+per-route work:
+
+- ``BodyLimitMiddleware`` refuses a body over the limit with a 413 problem detail: at once when
+  ``Content-Length`` declares it, and as soon as the count passes the limit when the body is
+  chunked (bytes are counted as they stream in, never buffered first).
+- ``JSONGuardMiddleware`` reads a JSON body once with a strict parser and refuses with a 422
+  what Python's ``json`` module would let through: the ``NaN``, ``Infinity`` and ``-Infinity``
+  tokens, numbers too large for a float64 (``1e400``, a 5,000-digit integer), nesting deeper
+  than 1024 levels and invalid UTF-8, wherever they appear in the body.
+"""
+
+from __future__ import annotations
+
+from email.message import Message as MimeMessage
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.problems import Problem, problem_response
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit.
+
+    It is an ``HTTPException`` so that when it surfaces inside the app (while a route reads its
+    body) the app's handlers answer it as a problem detail like any other; the middleware
+    answers it itself when it surfaces outside them.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413, f"the request body is larger than the limit of {limit:,} bytes; send less data"
+        )
+
+
+def _too_large(declared: int, limit: int) -> Problem:
+    return Problem(
+        413,
+        f"the request body declares {declared:,} bytes; the limit is {limit:,} bytes",
+        headers={"Connection": "close"},
+    )
+
+
+def _content_length(headers: Headers) -> int | None:
+    value = headers.get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to a request body larger than ``max_bytes``, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(Headers(scope=scope))
+        if declared is not None and declared > self.max_bytes:
+            await problem_response(_too_large(declared, self.max_bytes))(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except BodyTooLarge as error:
+            if started:
+                raise
+            problem = Problem(413, str(error.detail), headers={"Connection": "close"})
+            await problem_response(problem)(scope, receive, send)
+
+
+def is_json(headers: Headers) -> bool:
+    """Whether the body is JSON by its content type, as FastAPI decides (``*/json``, ``+json``)."""
+    value = headers.get("content-type")
+    if not value:
+        return False
+    mime = MimeMessage()
+    mime["content-type"] = value
+    subtype = mime.get_content_subtype()
+    return mime.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
+    """A 422 that says what is wrong with a body the strict parser refused, and where."""
+    where = f"line {error.lineno} column {error.colno}"
+    pos = error.pos
+    token = next(
+        (
+            t.decode()
+            for t, at in ((b"NaN", pos), (b"Infinity", pos), (b"-Infinity", pos - 1))
+            if at >= 0 and body.startswith(t, at)
+        ),
+        None,
+    )
+    if token is not None:
+        message = (
+            f"`{token}` at {where} is not a JSON number: only finite numbers are accepted, "
+            "so send a finite value instead"
+        )
+        kind = "non-finite-number"
+    elif error.msg.startswith("number is infinity"):
+        message = (
+            f"the number at {where} is too large for a float64 (it would be infinite): "
+            "only finite numbers are accepted"
+        )
+        kind = "non-finite-number"
+    elif error.msg.startswith("depth limit"):
+        message = f"the body is nested more than 1024 levels deep ({where})"
+        kind = "invalid-json"
+    else:
+        message = f"the body is not valid JSON: {error.msg} at {where}"
+        kind = "invalid-json"
+    return Problem(
+        422,
+        message,
+        kind=kind,
+        title="The body is not valid JSON",
+        errors=[{"loc": ["body"], "msg": message, "type": "json_invalid"}],
+    )
+
+
+class JSONGuardMiddleware:
+    """Refuse JSON bodies that a strict parser rejects, before the app parses them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_json(Headers(scope=scope)):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        del chunks  # the joined copy is all that is kept for the rest of the request
+        if body:
+            try:
+                orjson.loads(body)
+            except orjson.JSONDecodeError as error:
+                await problem_response(json_problem(body, error))(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
