@@ -18,32 +18,33 @@ from email.message import Message as MimeMessage
 
 import orjson
 from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.problems import Problem, problem_response
+from service.problems import Problem, ProblemException, problem_response
 
 
-class BodyTooLarge(HTTPException):
+def _too_large(detail: str) -> Problem:
+    # Connection: close, because the rest of the body is never read.
+    return Problem(
+        413,
+        detail,
+        kind="body-too-large",
+        title="The request body is too large",
+        headers={"Connection": "close"},
+    )
+
+
+class BodyTooLarge(ProblemException):
     """Raised from ``receive`` when a streamed body passes the limit.
 
-    It is an ``HTTPException`` so that when it surfaces inside the app (while a route reads its
-    body) the app's handlers answer it as a problem detail like any other; the middleware
-    answers it itself when it surfaces outside them.
+    When it surfaces inside the app (a route reading its body), the app's handlers answer it;
+    when it surfaces outside them (the JSON guard reading), the limit middleware does.
     """
 
     def __init__(self, limit: int) -> None:
         super().__init__(
-            413, f"the request body is larger than the limit of {limit:,} bytes; send less data"
+            _too_large(f"the request body is larger than the limit of {limit:,} bytes; send less")
         )
-
-
-def _too_large(declared: int, limit: int) -> Problem:
-    return Problem(
-        413,
-        f"the request body declares {declared:,} bytes; the limit is {limit:,} bytes",
-        headers={"Connection": "close"},
-    )
 
 
 def _content_length(headers: Headers) -> int | None:
@@ -64,7 +65,10 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(Headers(scope=scope))
         if declared is not None and declared > self.max_bytes:
-            await problem_response(_too_large(declared, self.max_bytes))(scope, receive, send)
+            problem = _too_large(
+                f"the request body declares {declared:,} bytes; the limit is {self.max_bytes:,}"
+            )
+            await problem_response(problem)(scope, receive, send)
             return
         received = 0
         started = False
@@ -88,8 +92,7 @@ class BodyLimitMiddleware:
         except BodyTooLarge as error:
             if started:
                 raise
-            problem = Problem(413, str(error.detail), headers={"Connection": "close"})
-            await problem_response(problem)(scope, receive, send)
+            await problem_response(error.problem)(scope, receive, send)
 
 
 def is_json(headers: Headers) -> bool:
@@ -108,19 +111,17 @@ def is_json(headers: Headers) -> bool:
 def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
     """A 422 that says what is wrong with a body the strict parser refused, and where."""
     where = f"line {error.lineno} column {error.colno}"
-    pos = error.pos
-    token = next(
-        (
-            t.decode()
-            for t, at in ((b"NaN", pos), (b"Infinity", pos), (b"-Infinity", pos - 1))
-            if at >= 0 and body.startswith(t, at)
-        ),
-        None,
-    )
-    if token is not None:
+    # The parser stops at the letter, so the sign of `-Infinity` is one byte before.
+    found = [
+        (token.decode(), error.colno - back)
+        for token, back in ((b"-Infinity", 1), (b"NaN", 0), (b"Infinity", 0))
+        if error.pos >= back and body.startswith(token, error.pos - back)
+    ]
+    if found:
+        token, column = found[0]
         message = (
-            f"`{token}` at {where} is not a JSON number: only finite numbers are accepted, "
-            "so send a finite value instead"
+            f"`{token}` at line {error.lineno} column {column} is not a JSON number: only "
+            "finite numbers are accepted, so send a finite value instead"
         )
         kind = "non-finite-number"
     elif error.msg.startswith("number is infinity"):

@@ -84,6 +84,15 @@ class Problem(Exception):
         return body
 
 
+class ProblemException(StarletteHTTPException):
+    """A problem raised where only an ``HTTPException`` gets through: FastAPI passes those on
+    from a failed body read, where it would turn any other error into a bare 400."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.status, problem.detail, headers=problem.headers)
+        self.problem = problem
+
+
 def _slug(phrase: str) -> str:
     return phrase.lower().replace(" ", "-").replace("'", "")
 
@@ -149,6 +158,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc, ProblemException):
+            return problem_response(exc.problem)
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and detail == "Not Found":
             detail = "There is no such path; see /docs for the operations of this service."
