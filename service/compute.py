@@ -61,6 +61,9 @@ def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepa
     device = resolve_device(request.device)
     dtype = resolve_dtype(request.dtype)
     budget = new_budget(settings)
+    # Names first, from the keys alone: a body with a million unknown names is refused at the
+    # first one, not after decoding them all.
+    model.check_names(dict.fromkeys(request.params, ()), dict.fromkeys(request.inputs, ()))
     arrays = {
         section: {
             name: decode(value, f"{section}.{name}", budget)
@@ -69,7 +72,6 @@ def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepa
         for section in ("params", "inputs")
     }
     shapes = {s: {n: tuple(a.shape) for n, a in d.items()} for s, d in arrays.items()}
-    model.check_names(shapes["params"], shapes["inputs"])
     declared = {**shapes["params"], **shapes["inputs"]}
     check_dimensions(model, declared, settings)
     output_shapes = model.output_shapes(config, declared)
