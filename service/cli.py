@@ -27,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level,
+            # On SIGTERM: stop accepting, let in-flight requests finish for this long.
+            timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         )
 
 

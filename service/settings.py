@@ -81,8 +81,8 @@ class Settings(BaseSettings):
     cuda_flops_per_second: float = Field(
         1e12, gt=0, description="Throughput assumed for the compute-time estimate on a GPU."
     )
-    graceful_shutdown_seconds: float = Field(
-        30.0,
+    graceful_shutdown_seconds: int = Field(
+        30,
         ge=0,
         description="On SIGTERM, how long in-flight requests may take to finish.",
     )
