@@ -80,7 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     # Added last, so outermost: the size limit counts the bytes the JSON guard reads.
     app.add_middleware(JSONGuardMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.body_limit)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.body_limit,
+        timeout=settings.body_timeout_seconds,
+    )
     app.include_router(health.router)
     app.include_router(shapes.router)
     app.include_router(models.router)

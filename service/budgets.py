@@ -30,7 +30,8 @@ DIMENSION_LIMITS: dict[str, tuple[str, str]] = {
 CONFIG_LIMITS: dict[str, str] = {"k": "max_k"}
 """Integer config key of a model -> the setting that bounds it."""
 
-COMPUTE_LIMITS = (
+REPORTED_LIMITS = (
+    "body_timeout_seconds",
     "compute_deadline_seconds",
     "compute_queue_size",
     "compute_queue_timeout_seconds",
@@ -113,6 +114,6 @@ def limits(settings: Settings) -> dict[str, Any]:
     """
     values = settings.model_dump()
     reported = {name: value for name, value in values.items() if name.startswith("max_")}
-    reported |= {name: values[name] for name in COMPUTE_LIMITS}
+    reported |= {name: values[name] for name in REPORTED_LIMITS}
     reported["max_body_bytes"] = settings.body_limit  # the derived default when unset
     return reported

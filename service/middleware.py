@@ -5,7 +5,9 @@ per-route work:
 
 - ``BodyLimitMiddleware`` refuses a body over the limit with a 413 problem detail: at once when
   ``Content-Length`` declares it, and as soon as the count passes the limit when the body is
-  chunked (bytes are counted as they stream in, never buffered first).
+  chunked (bytes are counted as they stream in, never buffered first). A body that has not
+  fully arrived within the time limit is a 408, so a client trickling bytes cannot hold a
+  connection and its buffer forever.
 - ``JSONGuardMiddleware`` reads a JSON body once with a strict parser and refuses with a 422
   what Python's ``json`` module would let through: the ``NaN``, ``Infinity`` and ``-Infinity``
   tokens, numbers too large for a float64 (``1e400``, a 5,000-digit integer), nesting deeper
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from email.message import Message as MimeMessage
 
+import anyio
 import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,6 +35,21 @@ def _too_large(detail: str) -> Problem:
         title="The request body is too large",
         headers={"Connection": "close"},
     )
+
+
+class BodyTimeout(ProblemException):
+    """Raised from ``receive`` when the body has not arrived within the time limit."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            Problem(
+                408,
+                f"the request body did not arrive within {seconds:g} s; send it faster",
+                kind="body-timeout",
+                title="The request body took too long",
+                headers={"Connection": "close"},
+            )
+        )
 
 
 class BodyTooLarge(ProblemException):
@@ -53,11 +71,13 @@ def _content_length(headers: Headers) -> int | None:
 
 
 class BodyLimitMiddleware:
-    """Answer 413 to a request body larger than ``max_bytes``, declared or streamed."""
+    """Answer 413 to a request body larger than ``max_bytes``, declared or streamed, and 408
+    to one that is not complete ``timeout`` seconds after the request started."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,15 +91,24 @@ class BodyLimitMiddleware:
             await problem_response(problem)(scope, receive, send)
             return
         received = 0
+        complete = False
         started = False
+        deadline = anyio.current_time() + self.timeout
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body, receive only waits for a disconnect: no deadline
+                return await receive()
+            try:
+                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(self.timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                complete = not message.get("more_body", False)
             return message
 
         async def watching_send(message: Message) -> None:
@@ -89,7 +118,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, watching_send)
-        except BodyTooLarge as error:
+        except (BodyTooLarge, BodyTimeout) as error:
             if started:
                 raise
             await problem_response(error.problem)(scope, receive, send)

@@ -11,8 +11,8 @@ from typing import Any
 
 from service.problems import problem_responses
 
-BODY_STATUSES = (400, 413, 422)
-"""What any operation that reads a body may answer: unreadable, too large, not valid JSON."""
+BODY_STATUSES = (400, 408, 413, 422)
+"""What any operation that reads a body may answer: unreadable, too slow, too large, not JSON."""
 
 
 def declare_edge_statuses(schema: dict[str, Any]) -> None:

@@ -207,6 +207,7 @@ _DESCRIPTIONS = {
     401: "No API key, or an unknown one.",
     403: "The key's role may not call this operation.",
     404: "No such model, assignment or problem.",
+    408: "The request body did not arrive within the time limit.",
     413: (
         "The body is larger than the byte limit, or the request declares more than a budget "
         "allows (elements, sizes, counts); the detail gives the number and the limit."

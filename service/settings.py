@@ -58,6 +58,11 @@ class Settings(BaseSettings):
             "(25 bytes covers the longest float64 JSON number and its separator)."
         ),
     )
+    body_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A request body not complete this long after the request began is a 408.",
+    )
     max_concurrent_computations: int = Field(
         2, ge=1, le=1024, description="Computations running at once per device, per worker."
     )

@@ -168,6 +168,7 @@ def test_info_reports_every_budget_and_limit() -> None:
         "max_hidden_size",
         "max_k",
         "max_concurrent_computations",
+        "body_timeout_seconds",
         "compute_queue_size",
         "compute_queue_timeout_seconds",
         "cpu_flops_per_second",

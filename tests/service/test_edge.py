@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
+from service.middleware import BodyLimitMiddleware
 from service.settings import Settings
 
 JSON = {"content-type": "application/json"}
@@ -165,4 +171,78 @@ def test_every_operation_with_a_body_declares_the_edge_statuses(client: TestClie
     for path, operations in client.get("/openapi.json").json()["paths"].items():
         for method, operation in operations.items():
             if "requestBody" in operation:
-                assert {"400", "413", "422"} <= set(operation["responses"]), (method, path)
+                assert {"400", "408", "413", "422"} <= set(operation["responses"]), (method, path)
+
+
+def http_scope(content_type: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/shapes/conv",
+        "raw_path": b"/v1/shapes/conv",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", content_type.encode()), (b"host", b"testserver")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+
+
+def call_asgi(app: ASGIApp, scope: dict[str, Any], first: bytes) -> list[Message]:
+    """Send the first part of a body, then nothing more: the client has stalled."""
+    pending: list[Message] = [{"type": "http.request", "body": first, "more_body": True}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        with anyio.fail_after(30):  # the test's own bound; the service's is far shorter
+            await app(scope, receive, send)
+
+    anyio.run(main)
+    return sent
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+def test_a_body_that_stalls_past_the_time_limit_is_408(content_type: str) -> None:
+    app = create_app(Settings(body_timeout_seconds=0.05))
+    sent = call_asgi(app, http_scope(content_type), b'{"input_size": [')
+    start, body = sent[0], sent[1]
+    assert start["status"] == 408
+    assert (b"content-type", b"application/problem+json") in start["headers"]
+    detail = json.loads(body["body"])["detail"]
+    assert detail == "the request body did not arrive within 0.05 s; send it faster"
+
+
+def test_the_time_limit_ends_when_the_body_is_complete() -> None:
+    async def reads_body_then_waits(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["more_body"] is False
+        await anyio.sleep(0.1)  # longer than the limit: waiting for a disconnect is not timed
+        assert (await receive())["type"] == "http.disconnect"
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"{}", "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    guarded = BodyLimitMiddleware(reads_body_then_waits, max_bytes=100, timeout=0.05)
+    anyio.run(guarded, http_scope("application/json"), receive, send)
+    assert sent[0]["status"] == 200
