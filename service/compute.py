@@ -156,6 +156,8 @@ def computing(
     """
     shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
     forward = forward_flops(prepared.model, prepared.config, shapes, prepared.output_shapes)
-    check_deadline(operation_flops(forward, vector_jacobian_products), prepared.device, settings)
+    row = sum(math.prod(s) for s in (*shapes.values(), *prepared.output_shapes.values()))
+    flops = operation_flops(forward, vector_jacobian_products, row)
+    check_deadline(flops, prepared.device, settings)
     with gate.slot(prepared.device):
         yield

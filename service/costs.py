@@ -6,9 +6,11 @@ that it must send less, and the worker is never tied up by work that would be th
 
 The estimate counts floating-point operations (a model's own ``flops`` where it has one, a
 generic count otherwise) and divides by a throughput assumed per device kind. Derivatives cost
-a forward pass plus two more per vector-Jacobian product (one for the product, one for the
-re-computation autograd does): a backward pass is one product, a Jacobian by reverse mode one
-per output element.
+a forward pass plus, per vector-Jacobian product, two passes' worth of arithmetic and the
+memory traffic of one row (an output-sized cotangent in, argument-sized gradients out, each
+element written and read a few times). A backward pass is one product; a Jacobian by reverse
+mode is one per output element, which is what makes a Jacobian of a large output expensive
+even when the model itself is cheap.
 """
 
 from __future__ import annotations
@@ -47,9 +49,21 @@ def forward_flops(model: ReferenceModel, config: object, shapes: Shapes, outputs
     return 2 * params * rows + touched
 
 
-def operation_flops(forward: int, vector_jacobian_products: int = 0) -> int:
-    """A forward pass plus two passes' worth of work per vector-Jacobian product."""
-    return forward * (1 + 2 * vector_jacobian_products)
+ROW_TRAFFIC = 4
+"""Operations counted per element of a vector-Jacobian product's row: the cotangent is
+written, read by the backward pass, and the gradient written and copied out."""
+
+
+def operation_flops(forward: int, vector_jacobian_products: int = 0, row_elements: int = 0) -> int:
+    """A forward pass, plus per vector-Jacobian product two passes' worth of arithmetic and the
+    traffic of a row of ``row_elements`` (outputs and arguments together).
+
+    Example:
+        >>> operation_flops(1000, vector_jacobian_products=10, row_elements=50)
+        23000
+    """
+    products = vector_jacobian_products
+    return forward * (1 + 2 * products) + ROW_TRAFFIC * products * row_elements
 
 
 def throughput(device: torch.device, settings: Settings) -> float:

@@ -215,7 +215,7 @@ def test_what_cannot_finish_before_the_deadline_is_refused_before_starting(
     client: TestClient,
 ) -> None:
     # A 3x3 input padded by 500 gives a 1001x1001 output: 9M Jacobian entries (within budget),
-    # each output row a vector-Jacobian product: about 3.6e13 operations.
+    # each output element a vector-Jacobian product: about 4e13 operations.
     body = {
         "config": {"padding": 500},
         "params": {"weight": [[[[1.0] * 3] * 3]]},
@@ -227,7 +227,8 @@ def test_what_cannot_finish_before_the_deadline_is_refused_before_starting(
     assert response.status_code == 422
     problem = response.json()
     assert problem["type"].endswith("/over-compute-deadline")
-    flops = 2 * 1001 * 1001 * 9 * (1 + 2 * 1001 * 1001)
+    rows = 1001 * 1001
+    flops = 2 * rows * 9 * (1 + 2 * rows) + 4 * rows * (9 + 9 + rows)
     assert f"{flops:.3g} floating-point operations" in problem["detail"]
     assert f"the limit is {Settings().compute_deadline_seconds:g} s" in problem["detail"]
 
