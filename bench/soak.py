@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -230,21 +231,25 @@ def wait_ready(port: int, process: subprocess.Popen[bytes]) -> dict[str, Any]:
     raise SystemExit("the server did not become ready")
 
 
-def start_server(port: int, workers: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "TENSORGRADE_LOG_LEVEL": "warning"},
-    )
+def start_server(port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*command, "--workers", str(workers)],
+            cwd=ROOT,
+            env={**os.environ, "TENSORGRADE_LOG_LEVEL": "info"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def server_events(log: Path) -> list[str]:
+    """The server's own messages (not its access log): starts, stops, restarts, errors."""
+    return [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if '" 200' not in line and "HTTP/1.1" not in line
+    ]
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -278,9 +283,23 @@ def report(results: Results, seconds: float, samples: list[tuple[float, list[flo
     print("\nresident memory per worker (MB):")
     for at, values in samples[:: max(1, len(samples) // 12)] + samples[-1:]:
         print(f"  t={at:5.0f} s  " + "  ".join(f"{v:7.1f}" for v in values))
+    for worker, slope in enumerate(growth(samples)):
+        print(f"worker {worker}: {slope:+.0f} MB/min over the second half of the run")
     plateau = levelled_off(samples)
     print(f"memory levelled off: {'yes' if plateau else 'NO'}")
     return not results.errors and plateau
+
+
+def growth(samples: list[tuple[float, list[float]]]) -> list[float]:
+    """Each worker's memory trend over the second half of the run, in MB per minute."""
+    half = [(at, values) for at, values in samples[len(samples) // 2 :] if values]
+    if len(half) < 3:
+        return []
+    times = [at for at, _ in half]
+    return [
+        60 * statistics.linear_regression(times, [v[w] for _, v in half]).slope
+        for w in range(min(len(v) for _, v in half))
+    ]
 
 
 def levelled_off(samples: list[tuple[float, list[float]]], tolerance: float = 0.10) -> bool:
@@ -307,7 +326,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     port = free_port()
-    process = start_server(port, args.workers)
+    log = Path(tempfile.mkdtemp(prefix="soak-")) / "server.log"
+    process = start_server(port, args.workers, log)
     try:
         schema = wait_ready(port, process)
         rng = np.random.default_rng(args.seed)
@@ -330,6 +350,9 @@ def main() -> None:
         for thread in threads:
             thread.join()
         passed = report(results, time.monotonic() - start, samples)
+        print(f"\nserver messages ({log}):")
+        for line in server_events(log)[-40:]:
+            print(f"  {line}")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)

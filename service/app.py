@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.gate import ComputeGate
+from service.memory import tune_allocator
 from service.middleware import BodyLimitMiddleware, JSONGuardMiddleware
 from service.openapi import declare_edge_statuses
 from service.problems import install_problem_handlers, problem_schemas
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(torch_threads(settings))
+        tune_allocator(settings.malloc_arena_max, settings.malloc_mmap_threshold_bytes)
 
         async def warm() -> None:
             await asyncio.to_thread(warm_up)

@@ -91,6 +91,16 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM, how long in-flight requests may take to finish.",
     )
+    malloc_arena_max: int = Field(
+        2, ge=0, le=1024, description="glibc malloc arenas per worker; 0 keeps glibc's default."
+    )
+    malloc_mmap_threshold_bytes: int = Field(
+        2**20,
+        ge=0,
+        le=2**25,
+        description="Blocks this large or larger are returned to the system when freed; 0 keeps "
+        "glibc's moving threshold.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @property
