@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from service import __version__
 from service.gate import ComputeGate
 from service.memory import tune_allocator
-from service.middleware import BodyLimitMiddleware, JSONGuardMiddleware
+from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware, JSONGuardMiddleware
 from service.openapi import declare_edge_statuses
 from service.problems import install_problem_handlers, problem_schemas
 from service.routes import health, models, shapes
@@ -80,13 +80,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.compute_queue_timeout_seconds,
     )
     install_problem_handlers(app)
-    # Added last, so outermost: the size limit counts the bytes the JSON guard reads.
+    # Each added one wraps the ones before: in-flight limit, then body limits, then strict JSON.
     app.add_middleware(JSONGuardMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.body_limit,
         timeout=settings.body_timeout_seconds,
     )
+    app.add_middleware(InFlightLimitMiddleware, limit=settings.max_requests_in_flight)
     app.include_router(health.router)
     app.include_router(shapes.router)
     app.include_router(models.router)

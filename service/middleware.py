@@ -1,8 +1,13 @@
-"""Pure-ASGI guards at the edge of the service: the body size limit and strict JSON.
+"""Pure-ASGI guards at the edge of the service: requests in flight, body size and time, and
+strict JSON.
 
-Both run before routing, so every route, present or added later, is covered without any
+They run before routing, so every route, present or added later, is covered without any
 per-route work:
 
+- ``InFlightLimitMiddleware`` answers 503 (with ``Retry-After``) to a request that arrives
+  while a worker already holds its limit of requests, before reading its body: whatever the
+  load, a worker holds at most that many bodies and answers in memory. The health probes are
+  exempt, so an overloaded worker is not mistaken for a dead one.
 - ``BodyLimitMiddleware`` refuses a body over the limit with a 413 problem detail: at once when
   ``Content-Length`` declares it, and as soon as the count passes the limit when the body is
   chunked (bytes are counted as they stream in, never buffered first). A body that has not
@@ -122,6 +127,40 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await problem_response(error.problem)(scope, receive, send)
+
+
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Probes and metrics: cheap, and they must answer most of all when the worker is busy."""
+
+
+class InFlightLimitMiddleware:
+    """Answer 503 to requests beyond ``limit`` at once in this worker (probes exempt)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0  # one event loop per worker: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            problem = Problem(
+                503,
+                f"this worker is answering {self.in_flight} requests, its limit; "
+                "retry after the time in Retry-After",
+                kind="overloaded",
+                title="The service is overloaded",
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
+            await problem_response(problem)(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 def is_json(headers: Headers) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.middleware import EXEMPT_PATHS
 from service.problems import problem_responses
 
 BODY_STATUSES = (400, 408, 413, 422)
@@ -16,12 +17,17 @@ BODY_STATUSES = (400, 408, 413, 422)
 
 
 def declare_edge_statuses(schema: dict[str, Any]) -> None:
-    """Add the problem statuses of the edge guards to every operation they apply to."""
+    """Add the problem statuses of the edge guards to every operation they apply to: 503 when
+    a worker is overloaded (all but the probes), and the body statuses where there is a body."""
     body_problems = problem_responses(*BODY_STATUSES)
-    for operations in schema.get("paths", {}).values():
+    overloaded = problem_responses(503)
+    for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
-            if not isinstance(operation, dict) or "requestBody" not in operation:
+            if not isinstance(operation, dict):
                 continue
             responses = operation.setdefault("responses", {})
-            for status, response in body_problems.items():
+            declared = dict(overloaded) if path not in EXEMPT_PATHS else {}
+            if "requestBody" in operation:
+                declared |= body_problems
+            for status, response in declared.items():
                 responses.setdefault(str(status), response)

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         gt=0,
         description="A request body not complete this long after the request began is a 408.",
     )
+    max_requests_in_flight: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Requests one worker holds at once; past that, 503 (probes exempt).",
+    )
     max_concurrent_computations: int = Field(
         2, ge=1, le=1024, description="Computations running at once per device, per worker."
     )

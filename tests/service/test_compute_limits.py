@@ -239,3 +239,28 @@ def test_the_deadline_scales_with_the_setting() -> None:
         response = client.post("/v1/models/conv1d/forward", json=SEED)
     assert response.status_code == 422
     assert "the limit is 1e-09 s" in response.json()["detail"]
+
+
+def test_a_worker_over_its_requests_in_flight_answers_503_but_probes_pass(
+    blocker: Blocker,
+) -> None:
+    settings = Settings(max_requests_in_flight=1)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/models/conv1d/forward", json=SEED)
+        assert blocker.entered.acquire(timeout=30)
+        for refused in (client.get("/v1/models"), client.post("/v1/shapes/conv", content=b"{")):
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["type"].endswith("/overloaded")
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        blocker.release.set()
+        assert first.result(timeout=30).status_code == 200
+        assert client.get("/v1/models").status_code == 200
+
+
+def test_every_operation_but_the_probes_declares_503(client: TestClient) -> None:
+    for path, operations in client.get("/openapi.json").json()["paths"].items():
+        for method, operation in operations.items():
+            if path != "/healthz":
+                assert "503" in operation["responses"], (method, path)
