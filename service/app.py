@@ -80,14 +80,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.compute_queue_timeout_seconds,
     )
     install_problem_handlers(app)
-    # Each added one wraps the ones before: in-flight limit, then body limits, then strict JSON.
+    # Each one added wraps those before, so a request meets them in the reverse order: body
+    # limits (a declared oversize body is refused before anything else), requests in flight,
+    # strict JSON.
     app.add_middleware(JSONGuardMiddleware)
+    app.add_middleware(InFlightLimitMiddleware, limit=settings.max_requests_in_flight)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.body_limit,
         timeout=settings.body_timeout_seconds,
     )
-    app.add_middleware(InFlightLimitMiddleware, limit=settings.max_requests_in_flight)
     app.include_router(health.router)
     app.include_router(shapes.router)
     app.include_router(models.router)

@@ -152,7 +152,9 @@ class InFlightLimitMiddleware:
                 "retry after the time in Retry-After",
                 kind="overloaded",
                 title="The service is overloaded",
-                headers={"Retry-After": "1", "Connection": "close"},
+                # No Connection: close. The server reads and drops the unread body, so a client
+                # still sending it reads this answer instead of a reset connection.
+                headers={"Retry-After": "1"},
             )
             await problem_response(problem)(scope, receive, send)
             return
