@@ -214,7 +214,10 @@ _DESCRIPTIONS = {
     ),
     422: "The request is well-formed JSON but not valid: the detail says what to change.",
     429: "Too many requests for this key; retry after the time in Retry-After.",
-    503: "The service cannot compute this now (not ready, busy, or out of device memory).",
+    503: (
+        "The service cannot answer this now (warming up, overloaded, no device slot free, or "
+        "out of memory); retry after the time in Retry-After."
+    ),
 }
 
 
