@@ -99,11 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = KeyRing.from_settings(settings)
     app.state.check_limiter = CheckLimiter.from_settings(settings)
     app.state.catalogue = catalogue_from_settings(settings)
-    app.state.gate = ComputeGate(
-        settings.max_concurrent_computations,
-        settings.compute_queue_size,
-        settings.compute_queue_timeout_seconds,
-    )
+    app.state.gate = ComputeGate.from_settings(settings)
     install_problem_handlers(app)
     # Each one added wraps those before, so a request meets them in the reverse order: body
     # limits (a declared oversize body is refused before anything else), requests in flight,

@@ -160,6 +160,30 @@ def encode_all(tensors: Mapping[str, torch.Tensor], encoding: TensorEncoding) ->
     return {name: encode(t, encoding) for name, t in tensors.items()}
 
 
+def vector_jacobian_products(prepared: Prepared, operation: str, of: str = "") -> int:
+    """How many vector-Jacobian products an operation takes on top of its forward pass, for
+    the compute-time estimate of ``computing``.
+
+    Args:
+        prepared: the request, whose declared output shapes give the count.
+        operation: ``forward`` (0), ``backward`` (1), ``jacobian`` (one per element of the
+            output ``of``) or ``state_jacobians`` / ``state-jacobians`` (each step's Jacobian
+            is ``m`` products, for states of shape ``[T, m]``).
+        of: the differentiated output, for ``jacobian``.
+
+    Returns:
+        The count.
+    """
+    if operation == "backward":
+        return 1
+    if operation == "jacobian":
+        return math.prod(prepared.output_shapes[of])
+    if operation in ("state_jacobians", "state-jacobians"):
+        steps, m = prepared.output_shapes["h"]
+        return steps * m
+    return 0
+
+
 @contextmanager
 def computing(
     prepared: Prepared,
@@ -173,8 +197,8 @@ def computing(
 
     Args:
         prepared: the request, whose declared shapes give the estimate.
-        vector_jacobian_products: how many the operation takes on top of the forward pass:
-            0 for a forward pass, 1 for a backward pass, one per output element for a Jacobian.
+        vector_jacobian_products: how many the operation takes on top of the forward pass
+            (``vector_jacobian_products(prepared, operation)`` counts them).
 
     Example:
         ``with computing(prepared, settings, gate, vector_jacobian_products=1): ...``

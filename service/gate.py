@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import torch
 
 from service.problems import Problem
+from service.settings import Settings
 
 
 def device_key(device: torch.device) -> str:
@@ -47,6 +48,15 @@ class ComputeGate:
         self._lock = threading.Lock()
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._waiting: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ComputeGate:
+        """The gate of ``max_concurrent_computations`` slots per device and its bounded queue."""
+        return cls(
+            settings.max_concurrent_computations,
+            settings.compute_queue_size,
+            settings.compute_queue_timeout_seconds,
+        )
 
     def _semaphore(self, key: str) -> threading.BoundedSemaphore:
         with self._lock:

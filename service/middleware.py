@@ -17,6 +17,13 @@ per-route work:
   what Python's ``json`` module would let through: the ``NaN``, ``Infinity`` and ``-Infinity``
   tokens, numbers too large for a float64 (``1e400``, a 5,000-digit integer), nesting deeper
   than 1024 levels and invalid UTF-8, wherever they appear in the body.
+
+The guard is the one JSON parser of the service. It decides what is JSON as FastAPI does (an
+``application/json`` or ``+json`` content type; FastAPI does not parse a body without one), and
+leaves the parsed value in the request's scope under ``PARSED_JSON``, where the routes' request
+class (``service.routing.FastJSONRequest``) takes it instead of parsing the body a second
+time. A refused body is explained by ``json_problem``, the one wording of every malformed or
+non-finite body, whichever part of the service finds it.
 """
 
 from __future__ import annotations
@@ -178,6 +185,10 @@ def is_json(headers: Headers) -> bool:
     )
 
 
+PARSED_JSON = "tensorgrade.parsed_json"
+"""Scope key of the body as ``JSONGuardMiddleware`` parsed it (absent for an empty body)."""
+
+
 def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
     """A 422 that says what is wrong with a body the strict parser refused, and where."""
     where = f"line {error.lineno} column {error.colno}"
@@ -216,7 +227,7 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
 
 
 class JSONGuardMiddleware:
-    """Refuse JSON bodies that a strict parser rejects, before the app parses them."""
+    """Refuse JSON bodies that a strict parser rejects; hand the parsed value on to the app."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -237,7 +248,7 @@ class JSONGuardMiddleware:
         del chunks  # the joined copy is all that is kept for the rest of the request
         if body:
             try:
-                orjson.loads(body)
+                scope[PARSED_JSON] = orjson.loads(body)
             except orjson.JSONDecodeError as error:
                 await problem_response(json_problem(body, error))(scope, receive, send)
                 return

@@ -182,8 +182,6 @@ def install_problem_handlers(app: FastAPI) -> None:
             detail = "There is no such path; see /docs for the operations of this service."
         elif exc.status_code == 405:
             detail = "This path does not accept that method; see /docs."
-        elif exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
-            detail = "The body is nested too deeply to be read; flatten it."
         return problem_response(Problem(exc.status_code, detail, headers=exc.headers))
 
     async def on_out_of_memory(request: Request, exc: Exception) -> Response:
@@ -220,7 +218,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 
 _DESCRIPTIONS = {
-    400: "The body could not be read (for example, nested too deeply).",
+    400: "The body could not be read.",
     401: "No API key, or an unknown one.",
     403: "The key's role may not call this operation.",
     404: "No such model, assignment or problem.",

@@ -132,6 +132,9 @@ def parse(text: str, module: torch.nn.Module) -> str:
 
 
 SECRET = "s3cr3t-k3y-7f2b9e"
+STUDENT_SECRET = "st0d3nt-k3y-4c1a8d"
+VARIANT_SECRET = "v4r14nt-s3cr3t-9e7f0b"
+SECRETS = (SECRET, STUDENT_SECRET, VARIANT_SECRET)
 MARKERS = [271828.182845, -314159.265358]
 """Values no log line could hold by chance."""
 
@@ -161,7 +164,8 @@ def marked_requests(client: TestClient) -> list[int]:
 
 
 def assert_clean(text: str) -> None:
-    assert SECRET not in text
+    for secret in SECRETS:
+        assert secret not in text
     for marker in MARKERS:
         assert str(marker) not in text and f"{marker:g}" not in text
 
@@ -170,18 +174,23 @@ def test_tensors_and_keys_never_reach_the_logs(
     logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TENSORGRADE_INSTRUCTOR_KEYS", SECRET)
-    monkeypatch.setenv("TENSORGRADE_STUDENT_KEYS", SECRET)
-    monkeypatch.setenv("TENSORGRADE_VARIANT_SECRET", SECRET)
+    monkeypatch.setenv("TENSORGRADE_STUDENT_KEYS", STUDENT_SECRET)
+    monkeypatch.setenv("TENSORGRADE_VARIANT_SECRET", VARIANT_SECRET)
     app = create_app(Settings())
     with TestClient(app, raise_server_exceptions=False) as client:
         assert app.state.ready.wait(timeout=30)
         assert marked_requests(client) == [200, 200, 200, 422, 422]
+        assert client.get("/v1/models", headers={"X-API-Key": STUDENT_SECRET}).status_code == 403
         model = get_model("conv1d")
 
         def failing(*_: Any) -> Any:
             raise RuntimeError("the computation failed")
 
-        monkeypatch.setitem(MODELS, "conv1d", dataclasses.replace(model, forward=failing))
+        monkeypatch.setitem(
+            MODELS,
+            "conv1d",
+            dataclasses.replace(model, forward=failing, closed_form_jacobian=failing),
+        )
         assert marked_requests(client)[:3] == [500, 500, 500]
     # The failures were logged (so the capture works), without what the client sent.
     assert "unhandled error on POST /v1/models/conv1d/forward" in logs.text

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
 from service import cli
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
+from service.logs import log_config
+from service.metrics import MULTIPROC_ENV
 from service.settings import get_settings
 from tests.test_safety import MARKERS, SECRET, assert_clean
 from tests.test_serve import free_port
@@ -202,10 +205,14 @@ def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones(tmp_path: P
 def test_serve_passes_the_graceful_shutdown_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
     monkeypatch.setenv("TENSORGRADE_GRACEFUL_SHUTDOWN_SECONDS", "7")
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)  # serve would clear that folder
     get_settings.cache_clear()
-    monkeypatch.setattr(cli.uvicorn, "run", lambda *_, **kwargs: seen.update(kwargs))
+    # `serve` imports uvicorn when it runs (the other commands do not need it).
+    monkeypatch.setattr(uvicorn, "run", lambda *_, **kwargs: seen.update(kwargs))
     try:
-        cli.main(["serve"])
+        assert cli.main(["serve"]) == 0
     finally:
         get_settings.cache_clear()
     assert seen["timeout_graceful_shutdown"] == 7
+    # The rest of what serve sets up still holds: logs as JSON, no uvicorn access log.
+    assert seen["log_config"] == log_config(seen["log_level"]) and seen["access_log"] is False

@@ -20,10 +20,13 @@ from models.registry import MODELS, ReferenceModel, get_model
 from service.compute import (
     Prepared,
     check_jacobian_budget,
+    computing,
     decode_grad_outputs,
     new_budget,
     prepare,
+    vector_jacobian_products,
 )
+from service.gate import ComputeGate
 from service.grading.errors import GradingError
 from service.grading.schemas import (
     BackwardExpected,
@@ -149,8 +152,9 @@ def _pick(select: str | None, tensors: Mapping[str, Any], what: str, model: str)
     return name
 
 
-def model_key(expected: ModelExpected, settings: Settings) -> TensorKey:
-    """Compute the reference of a model op once, the way the model endpoints do.
+def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) -> TensorKey:
+    """Compute the reference of a model op once, the way the model endpoints do: the same
+    budgets, and under the same compute deadline and device slot (``computing``).
 
     Raises:
         ModelError, GradingError, Problem: what the model endpoints would refuse, with
@@ -172,7 +176,9 @@ def model_key(expected: ModelExpected, settings: Settings) -> TensorKey:
         of, wrt = expected.of, expected.wrt
     if isinstance(expected, BackwardExpected):
         grad_outputs = decode_grad_outputs(prepared, expected.grad_outputs)
-    tensors = _run(expected.op, prepared, prepared.args, of, wrt, grad_outputs)
+    products = vector_jacobian_products(prepared, expected.op, of)
+    with computing(prepared, settings, gate, vector_jacobian_products=products):
+        tensors = _run(expected.op, prepared, prepared.args, of, wrt, grad_outputs)
     select = getattr(expected, "select", None)
     what = {"forward": "forward pass", "backward": "backward pass"}.get(
         expected.op, expected.op.replace("_", " ")

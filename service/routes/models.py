@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path
@@ -17,6 +16,7 @@ from service.compute import (
     decode_grad_outputs,
     lookup,
     prepare,
+    vector_jacobian_products,
 )
 from service.deps import GateDep, SettingsDep
 from service.examples import (
@@ -138,7 +138,7 @@ def jacobian(
     """d(of)/d(wrt), shaped as the output's shape followed by the argument's shape."""
     prepared = prepare(model, body, settings)
     check_jacobian_budget(prepared, body.of, body.wrt, settings)
-    rows = math.prod(prepared.output_shapes[body.of])  # one product per output element
+    rows = vector_jacobian_products(prepared, "jacobian", body.of)
     with computing(prepared, settings, gate, vector_jacobian_products=rows):
         with compute_timer(prepared.model.name, "jacobian", prepared.device):
             result, method = autodiff.jacobian(
@@ -174,9 +174,8 @@ def state_jacobians(
         )
     prepared = prepare(model, body, settings)
     check_state_jacobian_budget(prepared, settings)
-    # Each step's Jacobian is m vector-Jacobian products' worth of work.
-    steps, m = prepared.output_shapes["h"]
-    with computing(prepared, settings, gate, vector_jacobian_products=steps * m):
+    products = vector_jacobian_products(prepared, "state-jacobians")
+    with computing(prepared, settings, gate, vector_jacobian_products=products):
         with compute_timer(reference.name, "state-jacobians", prepared.device):
             answer = reference.state_jacobians(prepared.config, prepared.args)
         return tensor_answer(answer, body.encoding)

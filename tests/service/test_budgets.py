@@ -1,19 +1,21 @@
-"""Budgets checked from declared shapes, before anything is allocated or computed."""
+"""Budgets checked from declared shapes, before anything is allocated or computed.
+
+The limits on sequence length, hidden size and ``k`` are the recurrent models' own limit hooks
+(``models/limits.py``), tested with those models in ``tests/service/test_rnn_routes.py``.
+"""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from models import autodiff
-from models.registry import MODELS, ArgSpec, ConfigSpec, ReferenceModel
+from models.registry import MODELS
 from service.app import create_app
 from service.budgets import check_count
 from service.problems import Problem
@@ -66,78 +68,6 @@ def test_small_inputs_with_a_huge_output_are_refused(client: TestClient) -> None
     detail = response.json()["detail"]
     assert "40,000,000 elements" in detail and "y [4000, 100, 100]" in detail
     assert f"{Settings().max_output_elements:,}" in detail
-
-
-def toy_rnn_forward(_: Any, args: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"h": args["x"] @ args["W"].T}  # (T, m)
-
-
-TOY = ReferenceModel(
-    name="toy_rnn",
-    summary="h[t] = W x[t], to exercise the dimension budgets",
-    params=(ArgSpec("W", ("m", "n"), "weights"),),
-    inputs=(ArgSpec("x", ("T", "n"), "sequence"),),
-    outputs=(ArgSpec("h", ("T", "m"), "states"),),
-    config=(ConfigSpec("k", "window", 1, {"type": "integer"}),),
-    parse_config=lambda config: dict(config),
-    output_shapes=lambda _, shapes: {"h": (shapes["x"][0], shapes["W"][0])},
-    forward=toy_rnn_forward,
-)
-
-
-@pytest.fixture
-def toy(monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setitem(MODELS, TOY.name, TOY)
-    settings = Settings(max_sequence_length=6, max_hidden_size=4, max_k=3)
-    with TestClient(create_app(settings)) as client:
-        yield client
-
-
-def toy_body(t: int, m: int, n: int, k: int = 1) -> dict[str, Any]:
-    rng = np.random.default_rng(t * 100 + m * 10 + n)
-    return {
-        "config": {"k": k},
-        "params": {"W": rng.normal(size=(m, n)).tolist()},
-        "inputs": {"x": rng.normal(size=(t, n)).tolist()},
-    }
-
-
-def test_within_the_dimension_limits_the_model_computes(toy: TestClient) -> None:
-    body = toy_body(6, 4, 4, k=3)
-    response = toy.post("/v1/models/toy_rnn/forward", json=body)
-    assert response.status_code == 200
-    h = np.asarray(response.json()["outputs"]["h"]["data"])
-    x, w = np.asarray(body["inputs"]["x"]), np.asarray(body["params"]["W"])
-    np.testing.assert_allclose(h, np.einsum("tn,mn->tm", x, w))
-
-
-@pytest.mark.parametrize(
-    ("dims", "field", "words"),
-    [
-        (
-            (7, 2, 2, 1),
-            "x",
-            "x declares sequence length T = 7 (axis 0 of shape [7, 2]); the limit is 6",
-        ),
-        (
-            (2, 5, 2, 1),
-            "W",
-            "W declares hidden size m = 5 (axis 0 of shape [5, 2]); the limit is 4",
-        ),
-        ((2, 2, 5, 1), "W", "W declares input size n = 5 (axis 1 of shape [2, 5]); the limit is 4"),
-        ((2, 2, 2, 4), "k", "config.k is 4; the limit is 3"),
-    ],
-)
-def test_over_a_dimension_limit_is_413_with_the_number_and_the_limit(
-    toy: TestClient, monkeypatch: pytest.MonkeyPatch, dims: tuple[int, ...], field: str, words: str
-) -> None:
-    monkeypatch.setitem(MODELS, TOY.name, dataclasses.replace(TOY, forward=never))
-    response = toy.post("/v1/models/toy_rnn/forward", json=toy_body(*dims))
-    assert response.status_code == 413
-    problem = response.json()
-    assert problem["type"].endswith("/budget-exceeded")
-    assert words in problem["detail"]
-    assert problem["errors"][0]["loc"][-1] == field
 
 
 def test_a_count_over_its_limit_is_refused_with_the_number_and_the_limit() -> None:

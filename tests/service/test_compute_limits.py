@@ -19,6 +19,7 @@ from service.app import create_app
 from service.costs import forward_flops
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.gate import ComputeGate
+from service.middleware import EXEMPT_PATHS
 from service.problems import Problem
 from service.settings import Settings
 
@@ -259,8 +260,58 @@ def test_a_worker_over_its_requests_in_flight_answers_503_but_probes_pass(
         assert client.get("/v1/models").status_code == 200
 
 
-def test_every_operation_but_the_probes_declares_503(client: TestClient) -> None:
-    for path, operations in client.get("/openapi.json").json()["paths"].items():
-        for method, operation in operations.items():
-            if path != "/healthz":
-                assert "503" in operation["responses"], (method, path)
+def test_every_operation_the_in_flight_limit_covers_declares_503(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    covered = [
+        (m, p, o) for p, ops in paths.items() if p not in EXEMPT_PATHS for m, o in ops.items()
+    ]
+    assert len(covered) > 10
+    for method, path, operation in covered:
+        assert "503" in operation["responses"], (method, path)
+    # Of the exempt ones, only the readiness probe answers 503 (while warming up).
+    assert "503" in paths["/readyz"]["get"]["responses"]
+    assert "503" not in paths["/healthz"]["get"]["responses"]
+
+
+FORWARD_KEY = {"op": "forward", "model": "conv1d", **SEED}
+CHECK = {"expected": FORWARD_KEY, "answer": [[2.0, -2.0, 2.0]]}
+SHAPE_CHECK = {"expected": {"op": "conv_shape", "input_size": [7], "kernel_size": 3}, "answer": [5]}
+
+
+def test_checks_compute_their_keys_in_a_device_slot(blocker: Blocker) -> None:
+    settings = Settings(max_concurrent_computations=1, compute_queue_size=0)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/models/conv1d/forward", json=SEED)
+        assert blocker.entered.acquire(timeout=30)
+        # The key of a model is device work: it waits for a slot like the model endpoints,
+        # and a batch is refused whole (the checks are fine; the client retries them all).
+        for path, body in (("/v1/check", CHECK), ("/v1/check/batch", {"checks": [CHECK]})):
+            busy = client.post(path, json=body)
+            assert busy.status_code == 503, busy.text
+            assert busy.json()["type"].endswith("/busy") and busy.headers["retry-after"]
+        # A shape key takes no device time.
+        assert client.post("/v1/check", json=SHAPE_CHECK).json()["correct"] is True
+        blocker.release.set()
+        assert first.result(timeout=30).status_code == 200
+        assert client.post("/v1/check", json=CHECK).json()["correct"] is True
+
+
+def test_a_check_whose_key_cannot_finish_in_time_is_refused_before_computing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = get_model("conv1d")
+    monkeypatch.setitem(MODELS, "conv1d", dataclasses.replace(model, forward=never))
+    with TestClient(create_app(Settings(compute_deadline_seconds=1e-9))) as client:
+        single = client.post("/v1/check", json=CHECK)
+        assert single.status_code == 422
+        assert single.json()["type"].endswith("/over-compute-deadline")
+        assert single.json()["detail"].startswith("expected: ")
+        batch = client.post("/v1/check/batch", json={"checks": [CHECK, SHAPE_CHECK]})
+        assert batch.status_code == 200
+        error, judged = batch.json()["results"]
+        assert error["error"]["type"].endswith("/over-compute-deadline")
+        assert judged["correct"] is True
+
+
+def never(*_: Any) -> Any:
+    raise AssertionError("a refused check must not reach the computation")

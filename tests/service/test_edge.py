@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import orjson
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import service.routes
+from service import routing
 from service.app import create_app
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.middleware import BodyLimitMiddleware
+from service.routing import FastJSONRoute
 from service.settings import Settings
 
 JSON = {"content-type": "application/json"}
@@ -153,12 +160,45 @@ def test_bodies_a_strict_parser_refuses_are_422(
     assert words in response.json()["detail"]
 
 
-def test_nesting_too_deep_for_the_app_parser_is_a_400_that_says_so(client: TestClient) -> None:
-    # Deep enough for Python's json (the app's parser) to give up, within the strict limit.
+@pytest.mark.parametrize("path", ["/v1/models/conv1d/forward", "/v1/check"])
+def test_nesting_within_the_strict_limit_reaches_validation(client: TestClient, path: str) -> None:
+    # Deep enough for Python's json to give up (a RecursionError): the routes take the strict
+    # parser's value instead of parsing again, so the body is judged on its fields.
     text = '{"config": ' + "[" * 1000 + "]" * 1000 + "}"
-    response = client.post("/v1/models/conv1d/forward", content=text, headers=JSON)
-    assert response.status_code == 400
-    assert "nested too deeply" in response.json()["detail"]
+    response = client.post(path, content=text, headers=JSON)
+    assert response.status_code == 422, response.text
+    assert response.json()["type"].endswith("/validation-error")
+
+
+def test_every_route_with_a_json_body_takes_the_guards_parse() -> None:
+    modules = [
+        importlib.import_module(f"service.routes.{module.name}")
+        for module in pkgutil.iter_modules(service.routes.__path__)
+    ]
+    routes = [r for m in modules for r in m.router.routes if isinstance(r, APIRoute)]
+    with_body = [r for r in routes if r.dependant.body_params]
+    assert with_body, "no route with a body: the test would check nothing"
+    assert [r.path for r in with_body if not isinstance(r, FastJSONRoute)] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/models/conv1d/forward", SEED),
+        ("/v1/check", {"expected": {"op": "value", "value": [1, 2]}, "answer": [1, 2]}),
+        ("/v1/diagnostics/loss-curve", {"batch_losses": [[1.0, 0.5]], "num_classes": 4}),
+    ],
+)
+def test_a_body_is_parsed_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, path: str, body: dict[str, Any]
+) -> None:
+    def parse_again(*_: Any) -> Any:
+        raise AssertionError("the body was parsed a second time")
+
+    monkeypatch.setattr(routing, "parse_json", parse_again)
+    monkeypatch.setattr(json, "loads", parse_again)
+    response = client.post(path, content=orjson.dumps(body), headers=JSON)
+    assert response.status_code == 200, response.text
 
 
 def test_a_valid_body_reaches_the_route_intact(client: TestClient) -> None:
