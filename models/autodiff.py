@@ -5,6 +5,7 @@ A model's own closed form is used where it has one; ``torch.func.jacrev`` is the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -59,13 +60,30 @@ def jacobian(
     return autograd_jacobian(model, config, args, of, wrt), "autograd"
 
 
+BATCH_ELEMENTS = 2**23
+"""Most elements the rows of one batch of vector-Jacobian products may hold together (64 MiB
+in float64). ``jacrev`` builds one cotangent row per output element; all at once, a Jacobian
+of 65,536 outputs against a single weight would need a 65,536 x 65,536 basis (32 GiB)."""
+
+
+def jacobian_chunk_size(model: ReferenceModel, config: Any, args: Tensors, of: str) -> int:
+    """How many output rows one batch of ``jacrev`` computes, so a batch stays within
+    ``BATCH_ELEMENTS``: each row holds an output-sized cotangent and argument-sized results."""
+    shapes = {name: tuple(t.shape) for name, t in args.items()}
+    rows = math.prod(model.output_shapes(config, shapes)[of])
+    per_row = rows + sum(t.numel() for t in args.values())
+    return max(1, min(rows, BATCH_ELEMENTS // per_row))
+
+
 def autograd_jacobian(
     model: ReferenceModel, config: Any, args: Mapping[str, torch.Tensor], of: str, wrt: str
 ) -> torch.Tensor:
-    """The Jacobian by reverse-mode autodiff (``torch.func.jacrev``), the generic fallback."""
+    """The Jacobian by reverse-mode autodiff (``torch.func.jacrev``), the generic fallback,
+    in batches of rows whose memory is bounded whatever the output's size."""
 
     def output_of(value: torch.Tensor) -> torch.Tensor:
         return model.forward(config, {**args, wrt: value})[of]
 
-    result: torch.Tensor = jacrev(output_of)(args[wrt])
+    chunk = jacobian_chunk_size(model, config, args, of)
+    result: torch.Tensor = jacrev(output_of, chunk_size=chunk)(args[wrt])
     return result.detach()

@@ -13,6 +13,7 @@ Inputs are unbatched, as in the seed: ``x`` is ``(C, L)`` or ``(C, H, W)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,11 @@ class DimStep:
     padded_input: int
 
 
+MAX_SIZE = 2**31 - 1
+"""Largest size, kernel, stride, padding or dilation accepted: far past any real layer, and
+small enough that every step of the arithmetic stays exact in a float64."""
+
+
 def _per_dim(value: Any, dims: int, name: str, minimum: int, where: str) -> tuple[int, ...]:
     """An int or a list with one int per dimension, as a tuple of ``dims`` ints.
 
@@ -57,6 +63,11 @@ def _per_dim(value: Any, dims: int, name: str, minimum: int, where: str) -> tupl
         d = next(d for d, v in enumerate(values) if v < minimum)
         raise InvalidConfig(
             f"{name} must be at least {minimum}, got {values[d]} in dimension {d}", where
+        )
+    if values and max(values) > MAX_SIZE:
+        d = next(d for d, v in enumerate(values) if v > MAX_SIZE)
+        raise InvalidConfig(
+            f"{name} must be at most {MAX_SIZE}, got {values[d]} in dimension {d}", where
         )
     return values
 
@@ -279,6 +290,18 @@ def _padding_arg(config: ConvConfig) -> Any:
 
 def _kernel_symbols(dims: int) -> list[str]:
     return ["K"] if dims == 1 else ["KH", "KW"]
+
+
+def conv_flops(config: ConvConfig, shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Floating-point operations of the forward pass, from the declared shapes.
+
+    Each output element takes a multiply and an add per kernel tap over every input channel:
+    ``2 * numel(y) * C * prod(K)``, the count ``torch.utils.flop_counter`` uses (the bias add,
+    one per output element, is left out like there).
+    """
+    y = conv_output_shapes(config, shapes)["y"]
+    taps = math.prod(shapes["weight"][1:])  # C * prod(K)
+    return 2 * math.prod(y) * taps
 
 
 def conv_forward(config: ConvConfig, args: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

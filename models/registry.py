@@ -58,6 +58,9 @@ class ReferenceModel:
             ``k``) right after ``parse_config``, before any tensor is decoded.
         check_shape_limits: refuses declared shapes over the ``Limits`` (sequence length,
             hidden size) before ``output_shapes`` and before anything reaches the device.
+        flops: floating-point operations of one forward pass, from the config and the
+            declared argument shapes, for the service's compute-time estimate; ``None`` for
+            the generic estimate (every parameter used once per row of the inputs).
     """
 
     name: str
@@ -72,6 +75,7 @@ class ReferenceModel:
     closed_form_jacobian: Callable[[Any, Tensors, str, str], torch.Tensor | None] | None = None
     backward_extras: Callable[[Any, Tensors, Tensors], dict[str, torch.Tensor]] | None = None
     state_jacobians: Callable[[Any, Tensors], dict[str, Any]] | None = None
+    flops: Callable[[Any, Shapes], int] | None = None
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)
     check_config_limits: Callable[[Any, Limits], None] | None = None
     check_shape_limits: Callable[[Any, Shapes, Limits], None] | None = None
@@ -154,6 +158,7 @@ def _conv_model(dims: int) -> ReferenceModel:
         output_shapes=conv.conv_output_shapes,
         forward=conv.conv_forward,
         closed_form_jacobian=conv_jacobians.conv_jacobian,
+        flops=conv.conv_flops,
     )
 
 

@@ -17,9 +17,12 @@ from fastapi_offline import FastAPIOffline
 
 from service import __version__, memory
 from service.auth import INSTRUCTORS, STUDENTS, KeyRing, startup_warnings
+from service.gate import ComputeGate
 from service.grading.catalogue import catalogue_from_settings
 from service.grading.checker import spec_validator
 from service.logs import ensure_logging
+from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware, JSONGuardMiddleware
+from service.openapi import declare_edge_statuses
 from service.problems import install_problem_handlers, problem_schemas
 from service.ratelimit import CheckLimiter
 from service.routes import assignments, check, diagnostics, health, metrics, models, shapes
@@ -71,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(torch_threads(settings))
-        memory.limit_arenas()
+        memory.tune_allocator(settings.malloc_arena_max, settings.malloc_mmap_threshold_bytes)
         for message in startup_warnings(settings):
             logger.warning(message)
 
@@ -101,7 +104,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = KeyRing.from_settings(settings)
     app.state.check_limiter = CheckLimiter.from_settings(settings)
     app.state.catalogue = catalogue_from_settings(settings, spec_validator(settings))
+    app.state.gate = ComputeGate.from_settings(settings)
     install_problem_handlers(app)
+    # Each one added wraps those before, so a request meets them in the reverse order: body
+    # limits (a declared oversize body is refused before anything else), requests in flight,
+    # strict JSON.
+    app.add_middleware(JSONGuardMiddleware)
+    app.add_middleware(InFlightLimitMiddleware, limit=settings.max_requests_in_flight)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.body_limit,
+        timeout=settings.body_timeout_seconds,
+    )
     # Routes match in order: the busiest (/v1/shapes/conv, thousands per grading run) first.
     app.include_router(shapes.router, **INSTRUCTORS)
     app.include_router(health.router)
@@ -122,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 routes=app.routes,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(problem_schemas())
+            declare_edge_statuses(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

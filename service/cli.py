@@ -121,6 +121,8 @@ def run_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         log_config=log_config(settings.log_level),
         access_log=False,  # the service logs each request itself, as JSON with its id
+        # On SIGTERM: stop accepting, let in-flight requests finish for this long.
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
     return 0
 

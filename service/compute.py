@@ -1,10 +1,12 @@
 """From a decoded request to the arguments of a reference model: the one path every model
-request takes (decode with budgets -> names and shapes checked -> tensors on the device)."""
+request takes (decode with budgets -> names and shapes checked -> tensors on the device), and
+``computing``, the guard every computation runs under (deadline, then a device slot)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +15,10 @@ import torch
 from models.errors import ShapeMismatch, UnknownName
 from models.limits import Limits
 from models.registry import ReferenceModel, get_model
+from service.budgets import check_outputs
+from service.costs import check_deadline, forward_flops, operation_flops
 from service.devices import resolve_device, resolve_dtype
+from service.gate import ComputeGate
 from service.problems import Problem
 from service.schemas import ModelRequest
 from service.settings import Settings
@@ -64,6 +69,9 @@ def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepa
     device = resolve_device(request.device)
     dtype = resolve_dtype(request.dtype)
     budget = new_budget(settings)
+    # Names first, from the keys alone: a body with a million unknown names is refused at the
+    # first one, not after decoding them all.
+    model.check_names(dict.fromkeys(request.params, ()), dict.fromkeys(request.inputs, ()))
     arrays = {
         section: {
             name: decode(value, f"{section}.{name}", budget)
@@ -72,10 +80,11 @@ def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepa
         for section in ("params", "inputs")
     }
     shapes = {s: {n: tuple(a.shape) for n, a in d.items()} for s, d in arrays.items()}
-    model.check_names(shapes["params"], shapes["inputs"])
+    declared = {**shapes["params"], **shapes["inputs"]}
     if model.check_shape_limits is not None:
-        model.check_shape_limits(config, {**shapes["params"], **shapes["inputs"]}, limits)
-    output_shapes = model.output_shapes(config, {**shapes["params"], **shapes["inputs"]})
+        model.check_shape_limits(config, declared, limits)
+    output_shapes = model.output_shapes(config, declared)
+    check_outputs(output_shapes, settings)
     args = {
         name: to_torch(array, device, dtype)
         for section in arrays.values()
@@ -149,3 +158,55 @@ def encode_all(tensors: Mapping[str, torch.Tensor], encoding: TensorEncoding) ->
     """Each tensor in its JSON response form; whole answers go through
     ``service.responses.tensor_answer``, which also speaks ``safetensors``."""
     return {name: encode(t, encoding) for name, t in tensors.items()}
+
+
+def vector_jacobian_products(prepared: Prepared, operation: str, of: str = "") -> int:
+    """How many vector-Jacobian products an operation takes on top of its forward pass, for
+    the compute-time estimate of ``computing``.
+
+    Args:
+        prepared: the request, whose declared output shapes give the count.
+        operation: ``forward`` (0), ``backward`` (1), ``jacobian`` (one per element of the
+            output ``of``) or ``state_jacobians`` / ``state-jacobians`` (each step's Jacobian
+            is ``m`` products, for states of shape ``[T, m]``).
+        of: the differentiated output, for ``jacobian``.
+
+    Returns:
+        The count.
+    """
+    if operation == "backward":
+        return 1
+    if operation == "jacobian":
+        return math.prod(prepared.output_shapes[of])
+    if operation in ("state_jacobians", "state-jacobians"):
+        steps, m = prepared.output_shapes["h"]
+        return steps * m
+    return 0
+
+
+@contextmanager
+def computing(
+    prepared: Prepared,
+    settings: Settings,
+    gate: ComputeGate,
+    *,
+    vector_jacobian_products: int = 0,
+) -> Iterator[None]:
+    """Run the block as one computation: refused when its estimated time is over the deadline,
+    then holding one of its device's slots (a 503 when none frees up).
+
+    Args:
+        prepared: the request, whose declared shapes give the estimate.
+        vector_jacobian_products: how many the operation takes on top of the forward pass
+            (``vector_jacobian_products(prepared, operation)`` counts them).
+
+    Example:
+        ``with computing(prepared, settings, gate, vector_jacobian_products=1): ...``
+    """
+    shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
+    forward = forward_flops(prepared.model, prepared.config, shapes, prepared.output_shapes)
+    row = sum(math.prod(s) for s in (*shapes.values(), *prepared.output_shapes.values()))
+    flops = operation_flops(forward, vector_jacobian_products, row)
+    check_deadline(flops, prepared.device, settings)
+    with gate.slot(prepared.device):
+        yield

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.gate import ComputeGate
 from service.settings import Settings
 
 
@@ -16,3 +17,12 @@ def app_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
+
+
+def compute_gate(request: Request) -> ComputeGate:
+    """The per-device concurrency gate of the app."""
+    gate: ComputeGate = request.app.state.gate
+    return gate
+
+
+GateDep = Annotated[ComputeGate, Depends(compute_gate)]

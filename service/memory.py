@@ -6,8 +6,11 @@ a burst of requests but leaves an idle worker holding hundreds of megabytes: eac
 the thread pool gets an arena of its own, and the free space of those arenas is never handed
 back. Two measures, glibc only (elsewhere both are no-ops):
 
-1. at start-up, at most ``ARENAS`` arenas, so freed blocks land where ``malloc_trim`` can
-   return them (the request threads share them; the GIL serialises them anyway);
+1. at start-up, few arenas (``TENSORGRADE_MALLOC_ARENA_MAX``, 2), so freed blocks land where
+   ``malloc_trim`` can return them (the request threads share them; the GIL serialises them
+   anyway), and a fixed mapping threshold (``TENSORGRADE_MALLOC_MMAP_THRESHOLD_BYTES``, 1 MiB),
+   so large buffers go straight back to the system when freed: under overload in the soak
+   test (``bench/soak.py``) a worker otherwise climbed past 2 GB, and stayed near 1 GB with it;
 2. once no large answer has been produced for ``IDLE_SECONDS``, ``malloc_trim(0)`` gives the
    free pages back to the operating system.
 
@@ -23,12 +26,12 @@ import gc
 import time
 from functools import lru_cache
 
-ARENAS = 2
 IDLE_SECONDS = 1.0
 LARGE_BYTES = 4 << 20
 """An answer at least this large marks the worker for a trim once it is idle."""
 
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
+_M_ARENA_MAX = -8
 _pending_since: float | None = None
 
 
@@ -57,17 +60,27 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def limit_arenas(count: int = ARENAS) -> bool:
-    """Cap glibc's malloc arenas; call before the request threads start.
+def tune_allocator(arena_max: int, mmap_threshold: int) -> bool:
+    """Apply the allocator settings through glibc's ``mallopt``; 0 leaves a parameter as it is.
+
+    Call before the request threads start.
 
     Args:
-        count: the most arenas.
+        arena_max: most malloc arenas of the process.
+        mmap_threshold: blocks of this many bytes or more are mapped directly, and this
+            threshold no longer moves.
 
     Returns:
-        Whether the allocator took the setting.
+        Whether the C library took every setting given (False where there is no glibc).
     """
     libc = _glibc()
-    return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, count))
+    if libc is None:
+        return False
+    taken = True
+    for parameter, value in ((_M_ARENA_MAX, arena_max), (_M_MMAP_THRESHOLD, mmap_threshold)):
+        if value:
+            taken = libc.mallopt(parameter, value) == 1 and taken
+    return taken
 
 
 def note_large_answer(size: int) -> None:

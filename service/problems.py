@@ -8,11 +8,13 @@ anything unexpected (a 500 that is logged, never a traceback sent to the client)
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
 import orjson
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
@@ -85,6 +87,15 @@ class Problem(Exception):
         if self.errors is not None:
             body["errors"] = self.errors
         return body
+
+
+class ProblemException(StarletteHTTPException):
+    """A problem raised where only an ``HTTPException`` gets through: FastAPI passes those on
+    from a failed body read, where it would turn any other error into a bare 400."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.status, problem.detail, headers=problem.headers)
+        self.problem = problem
 
 
 def _slug(phrase: str) -> str:
@@ -164,12 +175,32 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc, ProblemException):
+            return problem_response(exc.problem)
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and detail == "Not Found":
             detail = "There is no such path; see /docs for the operations of this service."
         elif exc.status_code == 405:
             detail = "This path does not accept that method; see /docs."
         return problem_response(Problem(exc.status_code, detail, headers=exc.headers))
+
+    async def on_out_of_memory(request: Request, exc: Exception) -> Response:
+        # The traceback's frames hold the tensors of the failed computation: drop them before
+        # returning the cached blocks to the device, so the next request finds the memory free.
+        traceback.clear_frames(exc.__traceback__)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.warning("out of memory on %s %s", request.method, request.url.path)
+        return problem_response(
+            Problem(
+                503,
+                "The device ran out of memory for this request; retry later, or send smaller "
+                "tensors.",
+                kind="out-of-memory",
+                title="Out of device memory",
+                headers={"Retry-After": "5"},
+            )
+        )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -181,6 +212,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ModelError, on_model_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(torch.OutOfMemoryError, on_out_of_memory)
+    app.add_exception_handler(MemoryError, on_out_of_memory)
     app.add_exception_handler(Exception, on_unexpected)
 
 
@@ -189,10 +222,17 @@ _DESCRIPTIONS = {
     401: "No API key, or an unknown one.",
     403: "The key's role may not call this operation.",
     404: "No such model, assignment or problem.",
-    413: "The request declares more elements than the configured budget allows.",
+    408: "The request body did not arrive within the time limit.",
+    413: (
+        "The body is larger than the byte limit, or the request declares more than a budget "
+        "allows (elements, sizes, counts); the detail gives the number and the limit."
+    ),
     422: "The request is well-formed JSON but not valid: the detail says what to change.",
     429: "Too many requests for this key; retry after the time in Retry-After.",
-    503: "The service cannot compute this now (not ready, busy, or out of device memory).",
+    503: (
+        "The service cannot answer this now (warming up, overloaded, no device slot free, or "
+        "out of memory); retry after the time in Retry-After."
+    ),
 }
 
 

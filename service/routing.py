@@ -1,20 +1,29 @@
-"""Fast request bodies: orjson for large ones, pydantic-core straight from bytes for small ones.
+"""Fast request bodies: parsed once, by orjson, for large ones; pydantic-core straight from
+bytes for small ones.
 
 A request carrying a large tensor as nested lists (a million numbers) spends most of its time
-turning the body into Python objects; orjson does that several times faster than ``json``.
-Routers opt in with ``APIRouter(route_class=FastJSONRoute)``; everything else about FastAPI's
-request handling (validation, problem details) is unchanged. Small requests sent by the
-thousand (``/v1/shapes/conv``) take a shorter path still: ``validate_body``.
+turning the body into Python objects, so that is done once. ``JSONGuardMiddleware``
+(``service/middleware.py``) parses every JSON body with orjson before routing, to refuse what
+a strict parser refuses, and leaves the value in the scope; ``FastJSONRequest.json()`` takes
+it from there. Routers opt in with ``APIRouter(route_class=FastJSONRoute)`` (every router that
+reads a JSON body does); everything else about FastAPI's request handling (validation, problem
+details) is unchanged.
 
-orjson is stricter than ``json`` in one way that matters here: ``NaN`` and ``Infinity`` are
-not JSON, and orjson refuses them while parsing. That refusal keeps its clear message (the
-same 422 problem detail as any malformed body, saying that only finite numbers are accepted
-and where the token is).
+Why the route relies on the guard rather than the other way round: the guard runs for every
+request, whatever route (present or future) it reaches, so it is the one place where ``NaN``,
+``Infinity``, ``1e400`` and deep nesting are refused, with one wording
+(``middleware.json_problem``). The parse here is only a fallback for an app mounted without the
+guard (a benchmark) and gives the same problem.
+
+Small requests sent by the thousand (``/v1/shapes/conv``) take a shorter path still:
+``validate_body`` hands the raw bytes to pydantic-core, which parses and validates in one pass.
+It parses a body the guard has parsed already, on purpose: validating from the bytes keeps
+JSON-mode validation (a list is a valid tuple, strict types are JSON's), and a second parse of
+a body of a few dozen bytes is negligible.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -25,21 +34,24 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-# Longest first: the first that matches names the token in the message.
-_NON_FINITE_TOKENS = (b"Infinity", b"infinity", b"NaN", b"nan", b"inf")
+from service.middleware import PARSED_JSON, json_problem
+from service.problems import ProblemException
 
 
 class FastJSONRequest(Request):
-    """A request whose ``json()`` is parsed by orjson."""
+    """A request whose ``json()`` is the value the JSON guard parsed (or orjson's, without it)."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = parse_json(await self.body())
+            if PARSED_JSON in self.scope:
+                self._json = self.scope[PARSED_JSON]
+            else:
+                self._json = parse_json(await self.body())
         return self._json
 
 
 def parse_json(body: bytes) -> Any:
-    """The JSON value of a body.
+    """The JSON value of a body, parsed as strictly as ``JSONGuardMiddleware`` does.
 
     Args:
         body: the raw request body.
@@ -48,23 +60,13 @@ def parse_json(body: bytes) -> Any:
         The parsed value.
 
     Raises:
-        json.JSONDecodeError: the body is not JSON; the message says what is wrong and where
-            (FastAPI answers it as a 422 validation problem).
+        ProblemException: the body is not JSON, or holds a non-finite number; the 422 problem
+            is the guard's (``middleware.json_problem``), saying what is wrong and where.
     """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
-        doc = body.decode("utf-8", errors="replace")
-        message = error.msg
-        token = next((t for t in _NON_FINITE_TOKENS if body.startswith(t, error.pos)), None)
-        if token is not None:
-            sign = "-" if body[max(error.pos - 1, 0) : error.pos] == b"-" else ""
-            message = (
-                f"{sign}{token.decode()} is not a JSON number; only finite numbers are accepted"
-            )
-        raise json.JSONDecodeError(
-            f"{message} (line {error.lineno} column {error.colno})", doc, error.pos
-        ) from None
+        raise ProblemException(json_problem(body, error)) from None
 
 
 class FastJSONRoute(APIRoute):
@@ -87,9 +89,10 @@ async def validate_body(request: Request, model: type[ModelT]) -> ModelT:
 
     The fast path for small, frequent requests: the raw bytes go straight to pydantic's own
     JSON parser, with no Python dict in between and none of FastAPI's per-request body
-    machinery. Errors are the ``RequestValidationError`` FastAPI would raise (field errors
-    located under ``body``; a malformed body explained by ``parse_json``), so they become the
-    same problem details. Pair it with ``openapi_extra=documented_body(model, ...)``.
+    machinery. Field errors are the ``RequestValidationError`` FastAPI would raise (located
+    under ``body``), so they become the same problem details; a malformed body (empty, or one
+    the guard did not see) is explained by ``parse_json``, in the guard's words. Pair it with
+    ``openapi_extra=documented_body(model, ...)``.
 
     Args:
         request: the request.
@@ -99,27 +102,15 @@ async def validate_body(request: Request, model: type[ModelT]) -> ModelT:
         The validated body.
 
     Raises:
-        RequestValidationError: the body is not JSON, or not valid for ``model``.
+        RequestValidationError: the body is not valid for ``model``.
+        ProblemException: the body is not JSON.
     """
     body = await request.body()
     try:
         return model.model_validate_json(body)
     except ValidationError as error:
         if any(e["type"] == "json_invalid" for e in error.errors()):
-            try:
-                parse_json(body)
-            except json.JSONDecodeError as invalid:
-                raise RequestValidationError(
-                    [
-                        {
-                            "type": "json_invalid",
-                            "loc": ("body", invalid.pos),
-                            "msg": "JSON decode error",
-                            "input": {},
-                            "ctx": {"error": invalid.msg},
-                        }
-                    ]
-                ) from None
+            parse_json(body)  # raises the guard's problem, which says what and where
         errors = [
             {**e, "loc": ("body", *e["loc"])}
             for e in error.errors(include_url=False, include_context=True)

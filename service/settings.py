@@ -73,6 +73,68 @@ class Settings(BaseSettings):
     max_batch_checks: int = Field(
         5000, ge=1, description="Most checks one POST /v1/check/batch may hold."
     )
+    max_output_elements: int = Field(
+        16_000_000,
+        ge=1,
+        description="Most elements all outputs of a model may have, from the declared shapes.",
+    )
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description=(
+            "Largest request body in bytes; unset means max_request_elements * 25 + 4 MiB "
+            "(25 bytes covers the longest float64 JSON number and its separator)."
+        ),
+    )
+    body_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A request body not complete this long after the request began is a 408.",
+    )
+    max_requests_in_flight: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Requests one worker holds at once; past that, 503 (probes exempt).",
+    )
+    max_concurrent_computations: int = Field(
+        2, ge=1, le=1024, description="Computations running at once per device, per worker."
+    )
+    compute_queue_size: int = Field(
+        16,
+        ge=0,
+        le=10_000,
+        description="Computations that may wait for a device slot; past that the answer is 503.",
+    )
+    compute_queue_timeout_seconds: float = Field(
+        5.0, ge=0, le=3600, description="Longest wait for a device slot before a 503."
+    )
+    compute_deadline_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="Requests whose estimated compute time is longer are refused before starting.",
+    )
+    cpu_flops_per_second: float = Field(
+        5e9, gt=0, description="Throughput assumed for the compute-time estimate on the CPU."
+    )
+    cuda_flops_per_second: float = Field(
+        1e12, gt=0, description="Throughput assumed for the compute-time estimate on a GPU."
+    )
+    graceful_shutdown_seconds: int = Field(
+        30,
+        ge=0,
+        description="On SIGTERM, how long in-flight requests may take to finish.",
+    )
+    malloc_arena_max: int = Field(
+        2, ge=0, le=1024, description="glibc malloc arenas per worker; 0 keeps glibc's default."
+    )
+    malloc_mmap_threshold_bytes: int = Field(
+        2**20,
+        ge=0,
+        le=2**25,
+        description="Blocks this large or larger are returned to the system when freed; 0 keeps "
+        "glibc's moving threshold.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Level of the service's and uvicorn's logs."
     )
@@ -143,11 +205,32 @@ class Settings(BaseSettings):
             for name, value in self.model_dump().items()
             if name.startswith(LIMIT_PREFIXES) and isinstance(value, int | float)
         }
+        limits["max_body_bytes"] = self.body_limit  # the derived default when unset
         limits["check_rate_limit"] = self.check_rate_limit or "none"
         return limits
 
+    @property
+    def body_limit(self) -> int:
+        """The request body limit in force: the setting, else derived from the element budget.
 
-LIMIT_PREFIXES = ("max_", "experiment_", "loss_curve_")
+        A JSON number of a float64 takes at most 24 characters (``-1.2345678901234567e-308``)
+        plus a separator, so a request at the element budget fits in 25 bytes an element; the
+        extra 4 MiB leave room for the rest of the body (config, names, brackets).
+        """
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_request_elements * 25 + 4 * 2**20
+
+
+LIMIT_PREFIXES = (
+    "max_",
+    "experiment_",
+    "loss_curve_",
+    "compute_",
+    "body_timeout",
+    "cpu_flops",
+    "cuda_flops",
+)
 
 
 @lru_cache(maxsize=1)

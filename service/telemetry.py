@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.routing import Match
@@ -46,11 +48,22 @@ def route_label(scope: Scope, request: Scope) -> str:
     path = getattr(scope.get("route"), "path", None)
     if isinstance(path, str) and path:
         return path
-    for route in getattr(scope.get("app"), "routes", ()):
+    for route in _flat_routes(getattr(scope.get("app"), "routes", ())):
         match, _ = route.matches(request)
         if match is not Match.NONE:
             return str(route.path)
     return UNMATCHED
+
+
+def _flat_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Routes with a path, looking inside included routers (FastAPI keeps those as wrappers
+    around the original router, whose routes carry the full path)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat_routes(inner.routes)
+        elif isinstance(getattr(route, "path", None), str):
+            yield route
 
 
 def _incoming_id(scope: Scope) -> str | None:

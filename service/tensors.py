@@ -258,7 +258,7 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
         raise _invalid(where, "a tensor object needs `shape`")
     shape = _check_shape(value["shape"], where, budget.max_rank)
     datatype = value.get("datatype", "FP64")
-    if datatype not in NUMPY_DTYPES:
+    if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
         raise _invalid(where, f"`datatype` must be FP64 or FP32, got {datatype!r:.20}")
     dtype = NUMPY_DTYPES[datatype]
     numel = math.prod(shape)

@@ -10,12 +10,18 @@ tensor operations, plus the decoding of each answer.
 
 A single check raises its error (a 4xx problem); in a batch, a check that cannot be judged
 gets an ``error`` in its place and the others are judged.
+
+A model's key and its diagnoses are computed as the model endpoints compute: under the compute
+deadline (a key estimated too slow is a 422 like any key that cannot be computed) and in one of
+the device's slots (``service.gate``). A device that stays busy is a 503 for the whole request,
+single or batch: it says nothing about the checks, and the client retries them all.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +31,7 @@ import torch
 
 from models.errors import ModelError
 from service.compute import new_budget
+from service.gate import ComputeGate
 from service.grading import rnn_mistakes  # noqa: F401  (registers the recurrent mistakes)
 from service.grading.compare import (
     Tolerance,
@@ -112,8 +119,12 @@ def canonical(check: CheckRequest) -> bytes:
     return orjson.dumps(check.expected.model_dump(), option=orjson.OPT_SORT_KEYS)
 
 
-def compute_key(check: CheckRequest, settings: Settings) -> Key:
-    """The key of a check's ``expected``; raises ``ModelError`` or ``Problem``."""
+def compute_key(check: CheckRequest, settings: Settings, gate: ComputeGate) -> Key:
+    """The key of a check's ``expected``; raises ``ModelError`` or ``Problem``.
+
+    A model's key is computed under ``gate`` and the compute deadline, as the model endpoints
+    compute; the other keys (shapes, formulas, given values) take no device time.
+    """
     expected = check.expected
     if isinstance(expected, ConvShapeExpected):
         return shape_key(expected)
@@ -123,7 +134,7 @@ def compute_key(check: CheckRequest, settings: Settings) -> Key:
         )
     if isinstance(expected, ValueExpected):
         return value_key(expected, settings)
-    return model_key(expected, settings)
+    return model_key(expected, settings, gate)
 
 
 def tolerance_of(check: CheckRequest) -> Tolerance:
@@ -155,8 +166,9 @@ class Slot:
 class Engine:
     """Judges a list of checks in order, computing each distinct key once."""
 
-    def __init__(self, settings: Settings, *, batch: bool) -> None:
+    def __init__(self, settings: Settings, gate: ComputeGate, *, batch: bool) -> None:
         self.settings = settings
+        self.gate = gate
         self.batch = batch
         self.budget: Budget = new_budget(settings)
         self.results: list[Result | None] = []
@@ -186,9 +198,11 @@ class Engine:
 
     def _run_group(self, slots: list[Slot]) -> None:
         try:
-            key = compute_key(slots[0].check, self.settings)
+            key = compute_key(slots[0].check, self.settings, self.gate)
             self._charge(key)
         except (Problem, ModelError) as error:
+            if isinstance(error, Problem) and error.status == 503:
+                raise  # the device is busy: nothing wrong with the checks, retry them all
             for slot in slots:
                 self._fail(slot, error, "expected")
             return
@@ -215,6 +229,12 @@ class Engine:
                 kind="budget-exceeded",
                 title="Over the element budget",
             )
+
+    def _slot(self, key: TensorKey) -> AbstractContextManager[None]:
+        """A device slot for recomputing a model's key; none for a key given as a value."""
+        if key.source is None:
+            return nullcontext()
+        return self.gate.slot(key.source.prepared.device)
 
     def _judge_each(self, slots: list[Slot], judge_one: Callable[[Slot], Result]) -> None:
         for slot in slots:
@@ -305,9 +325,10 @@ class Engine:
                         f"for keys of at most {MAX_DIAGNOSED_ELEMENTS:,}"
                     )
             elif wrong:
-                for n, diagnoses in zip(
-                    wrong, diagnose(key, answers[wrong], tolerance), strict=True
-                ):
+                # Diagnoses recompute the key with mistakes made: device work, so in a slot.
+                with self._slot(key):
+                    diagnosed = diagnose(key, answers[wrong], tolerance)
+                for n, diagnoses in zip(wrong, diagnosed, strict=True):
                     found[n] = diagnoses
             for (slot, _, _), verdict, diagnoses in zip(members, verdicts, found, strict=True):
                 self.results[slot.index] = _result(
@@ -315,13 +336,33 @@ class Engine:
                 )
 
 
-def check_one(check: CheckRequest, settings: Settings) -> Result:
-    """Judge one check; raises ``CheckFailed`` with the problem when it cannot be judged."""
-    return Engine(settings, batch=False).run([check])[0]
+def check_one(check: CheckRequest, settings: Settings, gate: ComputeGate | None = None) -> Result:
+    """Judge one check; raises ``CheckFailed`` with the problem when it cannot be judged.
+
+    Args:
+        check: the check.
+        settings: budgets and the compute deadline.
+        gate: the device slots to compute in: the service's shared gate; a script or a test
+            may leave it out for a gate of its own, sized by ``settings``.
+
+    Returns:
+        The result.
+    """
+    engine = Engine(
+        settings, gate if gate is not None else ComputeGate.from_settings(settings), batch=False
+    )
+    return engine.run([check])[0]
 
 
-def check_many(checks: Sequence[CheckRequest], settings: Settings) -> tuple[list[Result], int]:
-    """Judge checks in order; returns the results and how many distinct keys were computed."""
-    engine = Engine(settings, batch=True)
+def check_many(
+    checks: Sequence[CheckRequest], settings: Settings, gate: ComputeGate | None = None
+) -> tuple[list[Result], int]:
+    """Judge checks in order; returns the results and how many distinct keys were computed.
+
+    ``settings`` and ``gate`` are as for ``check_one``.
+    """
+    engine = Engine(
+        settings, gate if gate is not None else ComputeGate.from_settings(settings), batch=True
+    )
     results = engine.run(checks)
     return results, engine.keys

@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from models.errors import ModelError
+from service.gate import ComputeGate
 from service.grading.catalogue import SpecValidator
 from service.grading.check import CheckFailed, check_one, compute_key
 from service.grading.grade import MalformedAnswer
@@ -95,8 +96,9 @@ def _request(expected: Mapping[str, Any], answer: Any, tolerance: Tolerance) -> 
 class EngineCheck:
     """``grade.CheckFn`` backed by the checking engine of ``POST /v1/check``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, gate: ComputeGate | None = None) -> None:
         self.settings = key_settings(settings)
+        self.gate = gate
 
     def __call__(
         self, expected: Mapping[str, Any], answer: Any, tolerance: Tolerance
@@ -112,7 +114,7 @@ class EngineCheck:
         """
         request = _request(expected, answer, tolerance)
         try:
-            return check_one(request, self.settings)
+            return check_one(request, self.settings, self.gate)
         except CheckFailed as failure:
             problem = failure.problem
             if failure.in_expected:
@@ -134,6 +136,7 @@ def spec_validator(settings: Settings) -> SpecValidator:
         A function raising ``ValueError`` with the reason (the field of ``expected`` first).
     """
     settings = key_settings(settings)
+    gate = ComputeGate.from_settings(settings)
 
     def validate(expected: Mapping[str, Any]) -> None:
         if expected.get("op") == CHOICE_OP:
@@ -143,7 +146,7 @@ def spec_validator(settings: Settings) -> SpecValidator:
         except ValidationError as error:
             raise ValueError(_describe(error)) from None
         try:
-            compute_key(request, settings)
+            compute_key(request, settings, gate)
         except ModelError as error:
             where = f"{error.where}: " if error.where else ""
             raise ValueError(f"{where}{error.message}") from None

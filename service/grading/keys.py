@@ -21,10 +21,13 @@ from service.compute import (
     Prepared,
     check_jacobian_budget,
     check_state_jacobian_budget,
+    computing,
     decode_grad_outputs,
     new_budget,
     prepare,
+    vector_jacobian_products,
 )
+from service.gate import ComputeGate
 from service.grading.errors import GradingError
 from service.grading.schemas import (
     BackwardExpected,
@@ -151,8 +154,9 @@ def _pick(select: str | None, tensors: Mapping[str, Any], what: str, model: str)
     return name
 
 
-def model_key(expected: ModelExpected, settings: Settings) -> TensorKey:
-    """Compute the reference of a model op once, the way the model endpoints do.
+def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) -> TensorKey:
+    """Compute the reference of a model op once, the way the model endpoints do: the same
+    budgets, and under the same compute deadline and device slot (``computing``).
 
     Raises:
         ModelError, GradingError, Problem: what the model endpoints would refuse, with
@@ -176,8 +180,12 @@ def model_key(expected: ModelExpected, settings: Settings) -> TensorKey:
         grad_outputs = decode_grad_outputs(prepared, expected.grad_outputs)
     if isinstance(expected, StateJacobiansExpected):
         check_state_jacobian_budget(prepared, settings)
+    products = vector_jacobian_products(prepared, expected.op, of)
     # Timed under the label of the endpoint the op stands for, beside the endpoints' own.
-    with compute_timer(model.name, expected.op.replace("_", "-"), prepared.device):
+    with (
+        computing(prepared, settings, gate, vector_jacobian_products=products),
+        compute_timer(model.name, expected.op.replace("_", "-"), prepared.device),
+    ):
         tensors = _run(expected.op, prepared, prepared.args, of, wrt, grad_outputs)
     select = getattr(expected, "select", None)
     what = {"forward": "forward pass", "backward": "backward pass"}.get(

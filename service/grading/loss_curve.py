@@ -42,6 +42,10 @@ JUMP_MARGIN = 0.25
 INITIAL_LOSS_TOLERANCE = 0.1
 INITIAL_LOSS_TOLERANCE_MIN = 0.15
 INITIAL_ACCURACY_TOLERANCE = 0.12
+# The largest batch loss accepted. A cross-entropy is unbounded when the logits overflow, but
+# far below this; the bound keeps every sum and square of the analysis finite (a million
+# losses of 1e100 sum to 1e106, their squares to 1e206), where 1e308 would overflow.
+MAX_LOSS = 1e100
 
 
 class CurveError(ModelError):
@@ -115,10 +119,10 @@ def _check(
                 f"batch_losses.{e}",
             )
         for b, loss in enumerate(losses):
-            if not math.isfinite(loss) or loss < 0:
+            if not 0 <= loss <= MAX_LOSS:  # also false for NaN
                 raise CurveError(
                     f"batch {b} of epoch {e} has loss {loss!r}: a cross-entropy loss is a "
-                    "finite number >= 0",
+                    f"finite number >= 0 (and at most {MAX_LOSS:g} here)",
                     f"batch_losses.{e}.{b}",
                 )
     if batch_accuracies is None:

@@ -11,7 +11,7 @@ from service.grading.compare import RULE, PartialCredit
 from service.problems import ProblemDetails
 from service.routes.shapes import ConvShapeRequest
 from service.schemas import BackwardRequest, JacobianRequest, ModelRequest, StrictBody
-from service.tensors import TENSOR_JSON_SCHEMA, TensorIn
+from service.tensors import TensorIn
 
 
 class ForwardExpected(ModelRequest):
@@ -106,14 +106,18 @@ Expected = Annotated[
     Field(discriminator="op"),
 ]
 
+# Any JSON value, on purpose: an answer is a student's, judged rather than validated. One that
+# is not of the asked kind is an invalid answer (a 422 from /v1/check, an `error` in its place
+# in a batch, whose other checks are still judged), so the schema does not refuse it either.
 ANSWER_JSON_SCHEMA: dict[str, Any] = {
     "title": "Answer",
     "description": (
         "A tensor (any of the three tensor forms) for forward, backward, jacobian, "
         "state_jacobians and value; a list of ints, an int or a string such as `5x2` for "
-        "conv_shape; an expression string for formula."
+        "conv_shape; an expression string for formula. Any other value is judged an invalid "
+        "answer: a 422 from /v1/check, an `error` in its place in a batch."
     ),
-    "anyOf": [*TENSOR_JSON_SCHEMA["anyOf"], {"type": "string"}],
+    "examples": [[[2.0, -2.0, 2.0]], [5, 2], "5x2", "floor((H - K)/S) + 1"],
 }
 AnswerIn = Annotated[Any, WithJsonSchema(ANSWER_JSON_SCHEMA)]
 

@@ -30,10 +30,11 @@ from service.grading.variants import Variant
 from service.problems import Problem, problem_responses
 from service.ratelimit import RATE_LIMITED
 from service.responses import TensorJSONResponse
+from service.routing import FastJSONRoute
 from service.schemas import StrictBody, TensorOut
 from service.tensors import encode
 
-router = APIRouter(prefix="/v1/assignments", tags=["assignments"])
+router = APIRouter(prefix="/v1/assignments", tags=["assignments"], route_class=FastJSONRoute)
 
 STUDENT_ID_RULES: dict[str, Any] = {
     "min_length": 1,
@@ -327,7 +328,7 @@ def check_answer(
     feedback follows the problem's level (`verdict`, `report` or `diagnosis`). A wrong or
     malformed answer is a 200 that says so; the limit per key is in /v1/info."""
     variant = find_variant(request, assignment, problem, body.student_id)
-    result = grade_problem(variant, body.answer, EngineCheck(settings))
+    result = grade_problem(variant, body.answer, EngineCheck(settings, request.app.state.gate))
     return TensorJSONResponse(
         {
             "assignment": assignment,
@@ -364,7 +365,11 @@ def grade_submission(
     start = time.perf_counter()
     try:
         graded = grade_answers(
-            catalogue(request), assignment, body.student_id, body.answers, EngineCheck(settings)
+            catalogue(request),
+            assignment,
+            body.student_id,
+            body.answers,
+            EngineCheck(settings, request.app.state.gate),
         )
     except UnknownName as error:
         raise _not_found(error) from None

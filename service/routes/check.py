@@ -7,14 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 from starlette.responses import Response
 
-from service.deps import SettingsDep
+from service.budgets import check_count
+from service.deps import GateDep, SettingsDep
 from service.grading.check import CheckFailed, check_many, check_one
 from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
 from service.grading.schemas import BatchRequest, BatchResponse, CheckRequest, CheckResponse
 from service.problems import Problem, problem_responses
 from service.responses import TensorJSONResponse
+from service.routing import FastJSONRoute
 
-router = APIRouter(prefix="/v1/check", tags=["check"])
+router = APIRouter(prefix="/v1/check", tags=["check"], route_class=FastJSONRoute)
 
 
 @router.post(
@@ -26,11 +28,12 @@ router = APIRouter(prefix="/v1/check", tags=["check"])
 def check(
     body: Annotated[CheckRequest, Body(openapi_examples=CHECK_EXAMPLES)],
     settings: SettingsDep,
+    gate: GateDep,
 ) -> Response:
     """A wrong answer is a 200 with `correct: false`; an answer that is not of the asked kind
     (ragged, strings, NaN, a formula that does not parse) is a 422."""
     try:
-        result = check_one(body, settings)
+        result = check_one(body, settings, gate)
     except CheckFailed as failure:
         raise failure.problem from None
     return TensorJSONResponse(result)
@@ -45,20 +48,14 @@ def check(
 def check_batch(
     body: Annotated[BatchRequest, Body(openapi_examples=BATCH_EXAMPLES)],
     settings: SettingsDep,
+    gate: GateDep,
 ) -> Response:
     """Results in order; a check that cannot be judged gets an `error` (a problem detail) in
     its place and does not stop the others."""
-    if len(body.checks) > settings.max_batch_checks:
-        raise Problem(
-            413,
-            f"the batch has {len(body.checks):,} checks; the limit is "
-            f"{settings.max_batch_checks:,} (TENSORGRADE_MAX_BATCH_CHECKS)",
-            kind="budget-exceeded",
-            title="Over the element budget",
-        )
+    check_count(len(body.checks), "max_batch_checks", "checks", "checks", settings)
     if not body.checks:
         raise Problem(422, "checks: give at least one check", kind="validation-error")
-    results, keys = check_many(body.checks, settings)
+    results, keys = check_many(body.checks, settings, gate)
     failed = sum("error" in r for r in results)
     correct = sum(bool(r.get("correct")) for r in results)
     summary = {

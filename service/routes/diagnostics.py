@@ -15,15 +15,16 @@ from models.training import PassResult, TrainingConfig, train
 from service.deps import SettingsDep
 from service.devices import DeviceName, DtypeName, resolve_device, resolve_dtype
 from service.examples import LOSS_CURVE_EXAMPLES, TEMPORAL_ORDER_EXAMPLES
-from service.grading.loss_curve import diagnose
+from service.grading.loss_curve import MAX_LOSS, diagnose
 from service.plots import MEDIA_TYPES, render
 from service.problems import Problem, problem_responses
+from service.routing import FastJSONRoute
 from service.schemas import StrictBody
 from service.settings import Settings
 
-router = APIRouter()
+router = APIRouter(route_class=FastJSONRoute)
 
-Loss = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
+Loss = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=MAX_LOSS)]
 Fraction = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1)]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Path
 from starlette.responses import Response
 
 from models import autodiff
@@ -12,11 +12,13 @@ from models.registry import MODELS, ReferenceModel
 from service.compute import (
     check_jacobian_budget,
     check_state_jacobian_budget,
+    computing,
     decode_grad_outputs,
     lookup,
     prepare,
+    vector_jacobian_products,
 )
-from service.deps import SettingsDep
+from service.deps import GateDep, SettingsDep
 from service.examples import (
     BACKWARD_EXAMPLES,
     FORWARD_EXAMPLES,
@@ -43,7 +45,15 @@ from service.schemas import (
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=FastJSONRoute)
 
-COMPUTE_ERRORS = problem_responses(404, 413, 422)
+COMPUTE_ERRORS = problem_responses(404, 413, 422, 503)
+
+ModelName = Annotated[
+    str,
+    Path(
+        description="A model of `GET /v1/models`; any other name is a 404.",
+        json_schema_extra={"enum": sorted(MODELS)},
+    ),
+]
 
 
 def model_info(model: ReferenceModel) -> ModelInfo:
@@ -77,15 +87,17 @@ async def list_models() -> ModelList:
     responses={**binary_answer_responses(ForwardResponse), **COMPUTE_ERRORS},
 )
 def forward(
-    model: str,
+    model: ModelName,
     body: Annotated[ModelRequest, Body(openapi_examples=FORWARD_EXAMPLES)],
     settings: SettingsDep,
+    gate: GateDep,
 ) -> Response:
     """Every output of the model on the given params and inputs."""
     prepared = prepare(model, body, settings)
-    with compute_timer(prepared.model.name, "forward", prepared.device):
-        outputs = prepared.model.forward(prepared.config, prepared.args)
-    return tensor_answer({"outputs": outputs}, body.encoding)
+    with computing(prepared, settings, gate):
+        with compute_timer(prepared.model.name, "forward", prepared.device):
+            outputs = prepared.model.forward(prepared.config, prepared.args)
+        return tensor_answer({"outputs": outputs}, body.encoding)
 
 
 @router.post(
@@ -95,18 +107,20 @@ def forward(
     responses={**binary_answer_responses(BackwardResponse), **COMPUTE_ERRORS},
 )
 def backward(
-    model: str,
+    model: ModelName,
     body: Annotated[BackwardRequest, Body(openapi_examples=BACKWARD_EXAMPLES)],
     settings: SettingsDep,
+    gate: GateDep,
 ) -> Response:
     """dl/d(every param and input) given dl/d(outputs) in `grad_outputs`."""
     prepared = prepare(model, body, settings)
     grad_outputs = decode_grad_outputs(prepared, body.grad_outputs)
-    with compute_timer(prepared.model.name, "backward", prepared.device):
-        outputs, grads, extras = autodiff.backward(
-            prepared.model, prepared.config, prepared.args, grad_outputs
-        )
-    return tensor_answer({"outputs": outputs, "grads": grads, **extras}, body.encoding)
+    with computing(prepared, settings, gate, vector_jacobian_products=1):
+        with compute_timer(prepared.model.name, "backward", prepared.device):
+            outputs, grads, extras = autodiff.backward(
+                prepared.model, prepared.config, prepared.args, grad_outputs
+            )
+        return tensor_answer({"outputs": outputs, "grads": grads, **extras}, body.encoding)
 
 
 @router.post(
@@ -116,19 +130,22 @@ def backward(
     responses={**binary_answer_responses(JacobianResponse), **COMPUTE_ERRORS},
 )
 def jacobian(
-    model: str,
+    model: ModelName,
     body: Annotated[JacobianRequest, Body(openapi_examples=JACOBIAN_EXAMPLES)],
     settings: SettingsDep,
+    gate: GateDep,
 ) -> Response:
     """d(of)/d(wrt), shaped as the output's shape followed by the argument's shape."""
     prepared = prepare(model, body, settings)
     check_jacobian_budget(prepared, body.of, body.wrt, settings)
-    with compute_timer(prepared.model.name, "jacobian", prepared.device):
-        result, method = autodiff.jacobian(
-            prepared.model, prepared.config, prepared.args, body.of, body.wrt
-        )
-    answer = {"jacobian": result, "of": body.of, "wrt": body.wrt, "method": method}
-    return tensor_answer(answer, body.encoding)
+    rows = vector_jacobian_products(prepared, "jacobian", body.of)
+    with computing(prepared, settings, gate, vector_jacobian_products=rows):
+        with compute_timer(prepared.model.name, "jacobian", prepared.device):
+            result, method = autodiff.jacobian(
+                prepared.model, prepared.config, prepared.args, body.of, body.wrt
+            )
+        answer = {"jacobian": result, "of": body.of, "wrt": body.wrt, "method": method}
+        return tensor_answer(answer, body.encoding)
 
 
 @router.post(
@@ -138,9 +155,10 @@ def jacobian(
     responses={**binary_answer_responses(StateJacobiansResponse), **COMPUTE_ERRORS},
 )
 def state_jacobians(
-    model: str,
+    model: ModelName,
     body: Annotated[ModelRequest, Body(openapi_examples=STATE_JACOBIAN_EXAMPLES)],
     settings: SettingsDep,
+    gate: GateDep,
 ) -> Response:
     """dh[t]/dh[t-1] in closed form per step, their singular values, the norms of
     dh[t]/dh[1] through time, and whether gradients vanish or explode, with the reason."""
@@ -156,6 +174,8 @@ def state_jacobians(
         )
     prepared = prepare(model, body, settings)
     check_state_jacobian_budget(prepared, settings)
-    with compute_timer(reference.name, "state-jacobians", prepared.device):
-        answer = reference.state_jacobians(prepared.config, prepared.args)
-    return tensor_answer(answer, body.encoding)
+    products = vector_jacobian_products(prepared, "state-jacobians")
+    with computing(prepared, settings, gate, vector_jacobian_products=products):
+        with compute_timer(reference.name, "state-jacobians", prepared.device):
+            answer = reference.state_jacobians(prepared.config, prepared.args)
+        return tensor_answer(answer, body.encoding)

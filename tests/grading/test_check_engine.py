@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.gate import ComputeGate
 from service.grading import check as engine
 from service.grading.check import check_many, check_one
 from service.grading.schemas import CheckRequest
@@ -47,9 +48,9 @@ def test_a_mixed_batch_is_judged_in_order(monkeypatch: pytest.MonkeyPatch) -> No
     computed: list[str] = []
     compute_key = engine.compute_key
 
-    def counting(check: CheckRequest, settings: Settings) -> Any:
+    def counting(check: CheckRequest, settings: Settings, gate: ComputeGate) -> Any:
         computed.append(check.expected.op)
-        return compute_key(check, settings)
+        return compute_key(check, settings, gate)
 
     monkeypatch.setattr(engine, "compute_key", counting)
     results, keys = check_many(mixed_batch(), SETTINGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -83,7 +84,9 @@ def test_a_shape_mismatch_is_a_wrong_answer_not_an_error(client: TestClient) -> 
     assert body["report"]["given_shape"] == [3, 1, 5, 3]
 
 
-NAN = float("nan")
+# A NaN inside base64 bytes: the JSON is valid, so the decoder is what must refuse it (the
+# bare token is refused earlier, by the strict JSON parser: see the test after this one).
+NAN_B64 = {"shape": [2], "b64": base64.b64encode(np.array([1, np.nan], "<f8").tobytes()).decode()}
 VALUE = {"op": "value", "value": [1, 2]}
 SHAPE_9 = {"op": "conv_shape", "input_size": [9], "kernel_size": 3}
 GATE = {"op": "formula", "named": "gated_rnn_gate_size"}
@@ -92,7 +95,7 @@ GATE = {"op": "formula", "named": "gated_rnn_gate_size"}
 @pytest.mark.parametrize(
     ("expected", "answer", "where", "message"),
     [
-        (VALUE, [1, NAN], "answer", "finite"),
+        (VALUE, NAN_B64, "answer", "finite"),
         (VALUE, [[1], 2], "answer", "ragged"),
         (VALUE, ["1", "2"], "answer", "not a number"),
         (VALUE, "1, 2", "answer", "nested list"),
@@ -100,23 +103,31 @@ GATE = {"op": "formula", "named": "gated_rnn_gate_size"}
         (SHAPE_9, [7.5], "answer", "whole number"),
         (GATE, 7, "answer", "expression string"),
         (GATE, "m +* 1", "answer", "syntax error"),
-        ({**VALUE, "value": [1, NAN]}, [1, 2], "expected.value", "finite"),
+        ({**VALUE, "value": NAN_B64}, [1, 2], "expected.value", "finite"),
         ({**SHAPE_9, "input_size": [3], "kernel_size": 5}, [1], "expected.kernel_size", "larger"),
     ],
 )
 def test_invalid_answers_and_keys_are_422_problems(
     client: TestClient, expected: dict[str, Any], answer: Any, where: str, message: str
 ) -> None:
-    # json.dumps writes NaN as the bare token NaN, which a JSON parser may accept.
-    content = json.dumps({"expected": expected, "answer": answer})
-    response = client.post(
-        "/v1/check", content=content, headers={"content-type": "application/json"}
-    )
+    response = post(client, expected, answer)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
     assert problem["detail"].startswith(where) and message in problem["detail"]
     assert problem["errors"][0]["loc"][:2] == ["body", where.split(".")[0]]
+
+
+@pytest.mark.parametrize("path", ["/v1/check", "/v1/check/batch"])
+def test_a_bare_nan_token_is_refused_before_the_check(client: TestClient, path: str) -> None:
+    # json.dumps writes NaN as the bare token NaN, which Python's json would accept.
+    check = {"expected": VALUE, "answer": [1, float("nan")]}
+    content = json.dumps(check if path == "/v1/check" else {"checks": [check]})
+    response = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["type"].endswith("/non-finite-number")
+    assert "`NaN` at line 1 column" in problem["detail"]
 
 
 def test_a_formula_syntax_error_gives_the_column(client: TestClient) -> None:

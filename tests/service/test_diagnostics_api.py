@@ -113,6 +113,11 @@ def _problem(response: Any, status: int = 422) -> dict[str, Any]:
         ({"batch_losses": [[1.0]]}, ["body", "num_classes"]),
         ({"batch_losses": [[1.0]], "num_classes": 4, "classes": 4}, ["body", "classes"]),
         ({"batch_losses": [[-1.0]], "num_classes": 4}, ["body", "batch_losses", 0, 0]),
+        # Finite, but the sum of the two would overflow a float64.
+        (
+            {"batch_losses": [[1.0, 6e307, 1.2e308]], "num_classes": 4},
+            ["body", "batch_losses", 0, 1],
+        ),
         (
             {"batch_losses": [[1.0], [1.0]], "batch_accuracies": [[0.5]], "num_classes": 4},
             ["body", "batch_accuracies"],
@@ -133,8 +138,10 @@ def test_non_finite_numbers_are_422(client: TestClient, literal: str) -> None:
     content = f'{{"batch_losses": [[1.0, {literal}]], "num_classes": 4}}'
     response = client.post(PATH, content=content, headers={"content-type": "application/json"})
     problem = _problem(response)
-    assert problem["errors"][0]["loc"] == ["body", "batch_losses", 0, 1]
-    assert "finite" in problem["errors"][0]["msg"]
+    assert problem["type"].endswith("/non-finite-number")
+    column = content.index(literal) + 1
+    assert f"`{literal}` at line 1 column {column} is not a JSON number" in problem["detail"]
+    assert problem["errors"][0]["msg"] == problem["detail"]
 
 
 def test_unknown_format_is_422(client: TestClient) -> None:

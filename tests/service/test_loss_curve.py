@@ -140,6 +140,7 @@ def test_first_epoch_far_from_chance_is_explained(first: float, words: str) -> N
         ([[1.0, math.nan]], None, 4, "batch_losses.0.1"),
         ([[1.0, math.inf]], None, 4, "batch_losses.0.1"),
         ([[1.0, -0.1]], None, 4, "batch_losses.0.1"),
+        ([[1.0, 6e307, 1.2e308]], None, 4, "batch_losses.0.1"),  # the sum would overflow
         ([[1.0]], None, 1, "num_classes"),
         ([[1.0], [1.0]], [[0.5]], 4, "batch_accuracies"),
         ([[1.0, 1.0]], [[0.5]], 4, "batch_accuracies.0"),

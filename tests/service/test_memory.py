@@ -8,8 +8,11 @@ import gc
 import sys
 
 import pytest
+from fastapi.testclient import TestClient
 
 from service import memory
+from service.app import create_app
+from service.settings import Settings
 
 GLIBC = sys.platform == "linux" and memory._glibc() is not None
 
@@ -41,7 +44,8 @@ def test_the_trimmer_releases_once_the_worker_is_idle() -> None:
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's allocator only")
 def test_glibc_takes_the_arena_cap_and_gives_free_pages_back() -> None:
-    assert memory.limit_arenas()
+    assert memory.tune_allocator(2, 2**20)
+    assert memory.tune_allocator(0, 0)  # nothing asked, nothing refused
     libc = memory._glibc()
     assert libc is not None
     libc.malloc.restype = ctypes.c_void_p
@@ -66,3 +70,12 @@ def test_startup_objects_are_frozen_out_of_collections() -> None:
         assert gc.get_freeze_count() >= before + len(kept)
     finally:
         gc.unfreeze()
+
+
+def test_each_worker_tunes_its_allocator_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(memory, "tune_allocator", lambda *args: calls.append(args) or True)
+    settings = Settings(malloc_arena_max=3, malloc_mmap_threshold_bytes=4096)
+    with TestClient(create_app(settings)):
+        pass
+    assert calls == [(3, 4096)]

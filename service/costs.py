@@ -1,0 +1,95 @@
+"""Compute-time estimates from declared shapes, and the deadline they are held to.
+
+A request is refused before it starts when its estimated time is over
+``compute_deadline_seconds``, rather than started and cut off half-way: a client learns at once
+that it must send less, and the worker is never tied up by work that would be thrown away.
+
+The estimate counts floating-point operations (a model's own ``flops`` where it has one, a
+generic count otherwise) and divides by a throughput assumed per device kind. Derivatives cost
+a forward pass plus, per vector-Jacobian product, two passes' worth of arithmetic and the
+memory traffic of one row (an output-sized cotangent in, argument-sized gradients out, each
+element written and read a few times). A backward pass is one product; a Jacobian by reverse
+mode is one per output element, which is what makes a Jacobian of a large output expensive
+even when the model itself is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from models.registry import ReferenceModel, Shapes
+from service.devices import cuda_available
+from service.problems import Problem
+from service.settings import Settings
+
+
+def forward_flops(model: ReferenceModel, config: object, shapes: Shapes, outputs: Shapes) -> int:
+    """Floating-point operations of one forward pass, from the declared shapes.
+
+    Without a model's own count, every parameter is taken to be used once (a multiply and an
+    add) per row of the inputs, as a recurrence uses its weights once per time step, plus one
+    operation per element read or written.
+
+    Args:
+        model: the model, whose ``flops`` is used where it has one.
+        config: the model's parsed config.
+        shapes: declared shapes of the given params and inputs, by name.
+        outputs: declared shapes of the outputs, by name.
+
+    Returns:
+        The estimated count.
+    """
+    if model.flops is not None:
+        return model.flops(config, shapes)
+    params = sum(math.prod(shapes[s.name]) for s in model.params if s.name in shapes)
+    rows = max((shapes[s.name][0] for s in model.inputs if shapes.get(s.name)), default=1)
+    touched = sum(math.prod(s) for s in (*shapes.values(), *outputs.values()))
+    return 2 * params * rows + touched
+
+
+ROW_TRAFFIC = 4
+"""Operations counted per element of a vector-Jacobian product's row: the cotangent is
+written, read by the backward pass, and the gradient written and copied out."""
+
+
+def operation_flops(forward: int, vector_jacobian_products: int = 0, row_elements: int = 0) -> int:
+    """A forward pass, plus per vector-Jacobian product two passes' worth of arithmetic and the
+    traffic of a row of ``row_elements`` (outputs and arguments together).
+
+    Example:
+        >>> operation_flops(1000, vector_jacobian_products=10, row_elements=50)
+        23000
+    """
+    products = vector_jacobian_products
+    return forward * (1 + 2 * products) + ROW_TRAFFIC * products * row_elements
+
+
+def throughput(device: torch.device, settings: Settings) -> float:
+    """Floating-point operations per second assumed on ``device``."""
+    if device.type == "cuda":
+        return settings.cuda_flops_per_second
+    return settings.cpu_flops_per_second
+
+
+def check_deadline(flops: int, device: torch.device, settings: Settings) -> None:
+    """Refuse (422) a computation whose estimated time on ``device`` is over the deadline."""
+    rate = throughput(device, settings)
+    seconds = flops / rate
+    deadline = settings.compute_deadline_seconds
+    if seconds <= deadline:
+        return
+    hint = ", or ask for device 'cuda'" if device.type == "cpu" and cuda_available() else ""
+    message = (
+        f"this computation needs about {flops:.3g} floating-point operations, an estimated "
+        f"{seconds:,.0f} s on {device.type} at {rate:.3g} per second; the limit is {deadline:g} s. "
+        f"Send smaller tensors{hint}."
+    )
+    raise Problem(
+        422,
+        message,
+        kind="over-compute-deadline",
+        title="Over the compute deadline",
+        errors=[{"loc": ["body"], "msg": message, "type": "compute_deadline"}],
+    )

@@ -1,0 +1,323 @@
+"""Concurrency per device, the compute deadline, and running out of memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import conv
+from models.registry import MODELS, ArgSpec, ReferenceModel, get_model
+from service.app import create_app
+from service.costs import forward_flops
+from service.examples import SEED_W_1x5x3, SEED_X_5x7
+from service.gate import ComputeGate
+from service.middleware import EXEMPT_PATHS
+from service.problems import Problem
+from service.settings import Settings
+
+SEED = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
+CPU = torch.device("cpu")
+
+
+def quiet(**changes: Any) -> Settings:
+    """Settings of an app whose start-up computes nothing: the built-in assignment's keys are
+    computed at start-up, and these tests patch or starve the very computations they run."""
+    return Settings(builtin_assignments=False, **changes)
+
+
+class Blocker:
+    """A forward pass that signals when it starts and holds until released."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def forward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def blocked(config: Any, args: Mapping[str, torch.Tensor]) -> Any:
+            self.entered.release()
+            assert self.release.wait(timeout=30), "the test never released the computation"
+            return original(config, args)
+
+        return blocked
+
+
+@pytest.fixture
+def blocker(monkeypatch: pytest.MonkeyPatch) -> Blocker:
+    blocker = Blocker()
+    model = get_model("conv1d")
+    monkeypatch.setitem(
+        MODELS, "conv1d", dataclasses.replace(model, forward=blocker.forward(model.forward))
+    )
+    return blocker
+
+
+def test_a_full_device_answers_503_with_retry_after_then_serves_again(blocker: Blocker) -> None:
+    settings = quiet(max_concurrent_computations=1, compute_queue_size=0)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/models/conv1d/forward", json=SEED)
+        assert blocker.entered.acquire(timeout=30)
+        busy = client.post("/v1/models/conv1d/forward", json=SEED)
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"].isdigit()
+        assert busy.headers["content-type"] == "application/problem+json"
+        assert busy.json()["type"].endswith("/busy") and "cpu is busy" in busy.json()["detail"]
+        # Routes that do not compute are not held up by a busy device.
+        assert client.get("/healthz").status_code == 200
+        blocker.release.set()
+        assert first.result(timeout=30).status_code == 200
+        assert client.post("/v1/models/conv1d/forward", json=SEED).status_code == 200
+
+
+def hold(gate: ComputeGate, entered: threading.Event, release: threading.Event) -> None:
+    with gate.slot(CPU):
+        entered.set()
+        assert release.wait(timeout=30)
+
+
+def test_the_wait_queue_is_bounded() -> None:
+    gate = ComputeGate(capacity=1, queue_size=1, timeout=30)
+    entered, release = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(hold, gate, entered, release)
+        assert entered.wait(timeout=30)
+        waiter_in, waiter_release = threading.Event(), threading.Event()
+        waiter = pool.submit(hold, gate, waiter_in, waiter_release)
+        while gate._waiting["cpu"] == 0:  # the second caller is queued
+            threading.Event().wait(0.01)
+        with pytest.raises(Problem) as caught, gate.slot(CPU):
+            pass
+        assert caught.value.status == 503 and "1 are waiting" in caught.value.detail
+        assert caught.value.headers["Retry-After"] == "30"
+        release.set()
+        holder.result(timeout=30)
+        assert waiter_in.wait(timeout=30)  # the queued caller got the slot
+        waiter_release.set()
+        waiter.result(timeout=30)
+
+
+def test_a_wait_that_times_out_is_a_503() -> None:
+    gate = ComputeGate(capacity=1, queue_size=4, timeout=0.05)
+    entered, release = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(hold, gate, entered, release)
+        assert entered.wait(timeout=30)
+        with pytest.raises(Problem) as caught, gate.slot(CPU):
+            pass
+        assert caught.value.status == 503 and "none finished within 0.05 s" in caught.value.detail
+        release.set()
+        holder.result(timeout=30)
+    with gate.slot(CPU):  # the slot was given back
+        assert gate._waiting["cpu"] == 0
+
+
+def test_devices_have_separate_slots() -> None:
+    gate = ComputeGate(capacity=1, queue_size=0, timeout=0)
+    with gate.slot(CPU):
+        with pytest.raises(Problem), gate.slot(CPU):
+            pass
+        with gate.slot(torch.device("meta")):  # another device is not held up
+            pass
+    with gate.slot(CPU):
+        pass  # free again after the refused attempt
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError()],
+    ids=["device", "host"],
+)
+def test_out_of_memory_is_503_and_the_service_keeps_working(
+    monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    model = get_model("conv1d")
+
+    def exhausted(config: Any, args: Any) -> Any:
+        raise error
+
+    settings = quiet(max_concurrent_computations=1, compute_queue_size=0)
+    with TestClient(create_app(settings)) as client:
+        monkeypatch.setitem(MODELS, "conv1d", dataclasses.replace(model, forward=exhausted))
+        response = client.post("/v1/models/conv1d/forward", json=SEED)
+        assert response.status_code == 503
+        assert response.headers["retry-after"].isdigit()
+        assert response.json()["type"].endswith("/out-of-memory")
+        monkeypatch.setitem(MODELS, "conv1d", model)
+        # With one slot, a 200 here also shows that the failed computation gave its slot back.
+        assert client.post("/v1/models/conv1d/forward", json=SEED).status_code == 200
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("dims", "config", "weight", "x"),
+    [
+        (1, {"stride": 2}, (4, 5, 3), (5, 17)),
+        (1, {"padding": 2, "dilation": 3}, (2, 3, 4), (3, 20)),
+        (2, {"padding": 1}, (16, 3, 3, 3), (3, 12, 10)),
+        (2, {"stride": [2, 1], "padding": "same"}, (3, 2, 2, 5), (2, 9, 11)),
+    ],
+)
+def test_the_conv_cost_is_the_count_torch_measures(
+    dims: int, config: dict[str, Any], weight: tuple[int, ...], x: tuple[int, ...]
+) -> None:
+    if config.get("padding") == "same":
+        config = {"padding": "same"}
+    parsed = conv.parse_conv_config(config, dims)
+    shapes = {"weight": weight, "x": x}
+    args = {name: torch.ones(shape, dtype=torch.float64) for name, shape in shapes.items()}
+    with FlopCounterMode(display=False) as counter:
+        y = conv.conv_forward(parsed, args)["y"]
+    assert conv.conv_flops(parsed, shapes) == counter.get_total_flops()
+    # Second count: a multiply and an add per output element, input channel and kernel tap.
+    c, *kernel = weight[1:]
+    taps = c * int(torch.tensor(kernel).prod())
+    assert conv.conv_flops(parsed, shapes) == 2 * y.numel() * taps
+
+
+def matmul_forward(_: Any, args: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"h": torch.tanh(args["x"] @ args["W"].T)}  # (T, m)
+
+
+def test_the_generic_cost_covers_a_recurrence_without_its_own_count() -> None:
+    model = ReferenceModel(
+        name="toy",
+        summary="",
+        params=(ArgSpec("W", ("m", "n"), ""),),
+        inputs=(ArgSpec("x", ("T", "n"), ""),),
+        outputs=(ArgSpec("h", ("T", "m"), ""),),
+        config=(),
+        parse_config=dict,
+        output_shapes=lambda _, s: {"h": (s["x"][0], s["W"][0])},
+        forward=matmul_forward,
+    )
+    shapes = {"W": (6, 5), "x": (40, 5)}
+    args = {name: torch.ones(shape, dtype=torch.float64) for name, shape in shapes.items()}
+    with FlopCounterMode(display=False) as counter:
+        model.forward(None, args)
+    estimate = forward_flops(model, None, shapes, {"h": (40, 6)})
+    assert counter.get_total_flops() == 2 * 40 * 6 * 5
+    assert counter.get_total_flops() <= estimate <= 2 * counter.get_total_flops()
+
+
+@pytest.fixture
+def no_forward(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    model = get_model("conv2d")
+
+    def never(*_: Any) -> Any:
+        raise AssertionError("a refused request must not be computed")
+
+    monkeypatch.setitem(MODELS, "conv2d", dataclasses.replace(model, forward=never))
+    yield
+
+
+@pytest.mark.usefixtures("no_forward")
+def test_what_cannot_finish_before_the_deadline_is_refused_before_starting(
+    client: TestClient,
+) -> None:
+    # A 3x3 input padded by 500 gives a 1001x1001 output: 9M Jacobian entries (within budget),
+    # each output element a vector-Jacobian product: about 4e13 operations.
+    body = {
+        "config": {"padding": 500},
+        "params": {"weight": [[[[1.0] * 3] * 3]]},
+        "inputs": {"x": [[[1.0] * 3] * 3]},
+        "of": "y",
+        "wrt": "weight",
+    }
+    response = client.post("/v1/models/conv2d/jacobian", json=body)
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["type"].endswith("/over-compute-deadline")
+    rows = 1001 * 1001
+    flops = 2 * rows * 9 * (1 + 2 * rows) + 4 * rows * (9 + 9 + rows)
+    assert f"{flops:.3g} floating-point operations" in problem["detail"]
+    assert f"the limit is {Settings().compute_deadline_seconds:g} s" in problem["detail"]
+
+
+def test_the_deadline_scales_with_the_setting() -> None:
+    tight = quiet(compute_deadline_seconds=1e-9)
+    with TestClient(create_app(tight)) as client:
+        response = client.post("/v1/models/conv1d/forward", json=SEED)
+    assert response.status_code == 422
+    assert "the limit is 1e-09 s" in response.json()["detail"]
+
+
+def test_a_worker_over_its_requests_in_flight_answers_503_but_probes_pass(
+    blocker: Blocker,
+) -> None:
+    settings = quiet(max_requests_in_flight=1)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/models/conv1d/forward", json=SEED)
+        assert blocker.entered.acquire(timeout=30)
+        for refused in (client.get("/v1/models"), client.post("/v1/shapes/conv", content=b"{")):
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["type"].endswith("/overloaded")
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        blocker.release.set()
+        assert first.result(timeout=30).status_code == 200
+        assert client.get("/v1/models").status_code == 200
+
+
+def test_every_operation_the_in_flight_limit_covers_declares_503(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    covered = [
+        (m, p, o) for p, ops in paths.items() if p not in EXEMPT_PATHS for m, o in ops.items()
+    ]
+    assert len(covered) > 10
+    for method, path, operation in covered:
+        assert "503" in operation["responses"], (method, path)
+    # Of the exempt ones, only the readiness probe answers 503 (while warming up).
+    assert "503" in paths["/readyz"]["get"]["responses"]
+    assert "503" not in paths["/healthz"]["get"]["responses"]
+
+
+FORWARD_KEY = {"op": "forward", "model": "conv1d", **SEED}
+CHECK = {"expected": FORWARD_KEY, "answer": [[2.0, -2.0, 2.0]]}
+SHAPE_CHECK = {"expected": {"op": "conv_shape", "input_size": [7], "kernel_size": 3}, "answer": [5]}
+
+
+def test_checks_compute_their_keys_in_a_device_slot(blocker: Blocker) -> None:
+    settings = quiet(max_concurrent_computations=1, compute_queue_size=0)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/models/conv1d/forward", json=SEED)
+        assert blocker.entered.acquire(timeout=30)
+        # The key of a model is device work: it waits for a slot like the model endpoints,
+        # and a batch is refused whole (the checks are fine; the client retries them all).
+        for path, body in (("/v1/check", CHECK), ("/v1/check/batch", {"checks": [CHECK]})):
+            busy = client.post(path, json=body)
+            assert busy.status_code == 503, busy.text
+            assert busy.json()["type"].endswith("/busy") and busy.headers["retry-after"]
+        # A shape key takes no device time.
+        assert client.post("/v1/check", json=SHAPE_CHECK).json()["correct"] is True
+        blocker.release.set()
+        assert first.result(timeout=30).status_code == 200
+        assert client.post("/v1/check", json=CHECK).json()["correct"] is True
+
+
+def test_a_check_whose_key_cannot_finish_in_time_is_refused_before_computing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = get_model("conv1d")
+    monkeypatch.setitem(MODELS, "conv1d", dataclasses.replace(model, forward=never))
+    with TestClient(create_app(quiet(compute_deadline_seconds=1e-9))) as client:
+        single = client.post("/v1/check", json=CHECK)
+        assert single.status_code == 422
+        assert single.json()["type"].endswith("/over-compute-deadline")
+        assert single.json()["detail"].startswith("expected: ")
+        batch = client.post("/v1/check/batch", json={"checks": [CHECK, SHAPE_CHECK]})
+        assert batch.status_code == 200
+        error, judged = batch.json()["results"]
+        assert error["error"]["type"].endswith("/over-compute-deadline")
+        assert judged["correct"] is True
+
+
+def never(*_: Any) -> Any:
+    raise AssertionError("a refused check must not reach the computation")

@@ -1,0 +1,288 @@
+"""The guards at the edge: the body size limit and strict JSON, on every route."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import service.routes
+from service import routing
+from service.app import create_app
+from service.examples import SEED_W_1x5x3, SEED_X_5x7
+from service.middleware import BodyLimitMiddleware
+from service.routing import FastJSONRoute
+from service.settings import Settings
+
+JSON = {"content-type": "application/json"}
+SEED = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
+
+
+@pytest.fixture(scope="module")
+def small() -> Iterator[TestClient]:
+    """A client of an app whose body limit is 4 KiB."""
+    with TestClient(create_app(Settings(max_body_bytes=4096))) as client:
+        yield client
+
+
+def chunks(total: int, size: int = 1000) -> Iterator[bytes]:
+    """A body sent chunked (no Content-Length): the limit must count it as it streams."""
+    sent = 0
+    while sent < total:
+        yield b" " * min(size, total - sent)
+        sent += size
+
+
+def assert_too_large(response_status: int, body: dict[str, object], words: str) -> None:
+    assert response_status == 413
+    assert body["type"] == "https://tensorgrade.dev/problems/body-too-large"
+    assert words in str(body["detail"])
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+def test_a_declared_length_over_the_limit_is_refused_without_reading(
+    small: TestClient, content_type: str
+) -> None:
+    response = small.post(
+        "/v1/shapes/conv", content=b" " * 5000, headers={"content-type": content_type}
+    )
+    assert_too_large(response.status_code, response.json(), "declares 5,000 bytes")
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(
+    small: TestClient, content_type: str
+) -> None:
+    response = small.post(
+        "/v1/shapes/conv", content=chunks(10_000), headers={"content-type": content_type}
+    )
+    assert "content-length" not in response.request.headers
+    assert_too_large(response.status_code, response.json(), "larger than the limit of 4,096")
+
+
+def test_a_chunked_body_within_the_limit_is_served(small: TestClient) -> None:
+    body = b'{"input_size": [21, 12], "kernel_size": [4, 5], "stride": 4}'
+
+    def two_chunks() -> Iterator[bytes]:
+        yield body[:20]
+        yield body[20:]
+
+    response = small.post("/v1/shapes/conv", content=two_chunks(), headers=JSON)
+    assert response.status_code == 200
+    assert response.json()["output_size"] == [5, 2]
+
+
+def test_the_limit_applies_to_routes_that_do_not_read_a_body(small: TestClient) -> None:
+    response = small.request("GET", "/healthz", content=b" " * 5000)
+    assert response.status_code == 413
+    assert small.get("/healthz").status_code == 200
+
+
+def test_the_default_limit_fits_the_largest_request_the_budgets_allow() -> None:
+    settings = Settings()
+    # The longest float64 in JSON and its separator: 25 bytes.
+    longest = len("-1.2345678901234567e-308, ")
+    assert longest <= 26
+    assert settings.body_limit >= settings.max_request_elements * (longest - 1)
+    assert settings.body_limit - settings.max_request_elements * 25 == 4 * 2**20
+    assert Settings(max_body_bytes=10_000).body_limit == 10_000
+
+
+@pytest.mark.parametrize(
+    ("text", "token"),
+    [
+        ('{"inputs": {"x": [[NaN, 1]]}}', "`NaN`"),
+        ('{"inputs": {"x": [[1, Infinity]]}}', "`Infinity`"),
+        ('{"inputs": {"x": {"shape": [1], "data": [-Infinity]}}}', "`-Infinity`"),
+        ('{"device": NaN}', "`NaN`"),
+        ('{"config": {"stride": Infinity}}', "`Infinity`"),
+        ('{"of": "y", "wrt": -Infinity}', "`-Infinity`"),
+    ],
+)
+def test_non_finite_tokens_are_refused_wherever_they_are(
+    client: TestClient, text: str, token: str
+) -> None:
+    response = client.post("/v1/models/conv1d/forward", content=text, headers=JSON)
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["type"] == "https://tensorgrade.dev/problems/non-finite-number"
+    assert token in problem["detail"] and "only finite numbers" in problem["detail"]
+    assert "line 1 column" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    "number", ["1e400", "-1e400", "1E+309", "9" * 5000, "1" + "0" * 400 + ".5", "-2e308"]
+)
+def test_numbers_too_large_for_a_float64_are_refused(client: TestClient, number: str) -> None:
+    text = '{"input_size": [7], "kernel_size": ' + number + "}"
+    response = client.post("/v1/shapes/conv", content=text, headers=JSON)
+    assert response.status_code == 422
+    assert "too large for a float64" in response.json()["detail"]
+
+
+def test_a_token_inside_a_string_is_just_text(client: TestClient) -> None:
+    response = client.post(
+        "/v1/models/conv1d/forward", content='{"device": "NaN Infinity"}', headers=JSON
+    )
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/validation-error")
+    assert "device" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested more than 1024 levels"),
+        (b'{"device": "\xff"}', "not valid UTF-8"),
+        (b'{"device": "cpu"', "not valid JSON"),
+        (b"   ", "not valid JSON"),
+    ],
+    ids=["deep", "utf8", "truncated", "blank"],
+)
+def test_bodies_a_strict_parser_refuses_are_422(
+    client: TestClient, body: bytes, words: str
+) -> None:
+    response = client.post("/v1/models/conv1d/forward", content=body, headers=JSON)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert words in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/v1/models/conv1d/forward", "/v1/check"])
+def test_nesting_within_the_strict_limit_reaches_validation(client: TestClient, path: str) -> None:
+    # Deep enough for Python's json to give up (a RecursionError): the routes take the strict
+    # parser's value instead of parsing again, so the body is judged on its fields.
+    text = '{"config": ' + "[" * 1000 + "]" * 1000 + "}"
+    response = client.post(path, content=text, headers=JSON)
+    assert response.status_code == 422, response.text
+    assert response.json()["type"].endswith("/validation-error")
+
+
+def test_every_route_with_a_json_body_takes_the_guards_parse() -> None:
+    modules = [
+        importlib.import_module(f"service.routes.{module.name}")
+        for module in pkgutil.iter_modules(service.routes.__path__)
+    ]
+    routes = [r for m in modules for r in m.router.routes if isinstance(r, APIRoute)]
+    with_body = [r for r in routes if r.dependant.body_params]
+    assert with_body, "no route with a body: the test would check nothing"
+    assert [r.path for r in with_body if not isinstance(r, FastJSONRoute)] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/models/conv1d/forward", SEED),
+        ("/v1/check", {"expected": {"op": "value", "value": [1, 2]}, "answer": [1, 2]}),
+        ("/v1/diagnostics/loss-curve", {"batch_losses": [[1.0, 0.5]], "num_classes": 4}),
+    ],
+)
+def test_a_body_is_parsed_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, path: str, body: dict[str, Any]
+) -> None:
+    def parse_again(*_: Any) -> Any:
+        raise AssertionError("the body was parsed a second time")
+
+    monkeypatch.setattr(routing, "parse_json", parse_again)
+    monkeypatch.setattr(json, "loads", parse_again)
+    response = client.post(path, content=orjson.dumps(body), headers=JSON)
+    assert response.status_code == 200, response.text
+
+
+def test_a_valid_body_reaches_the_route_intact(client: TestClient) -> None:
+    response = client.post("/v1/models/conv1d/forward", json=SEED)
+    assert response.status_code == 200
+    assert response.json()["outputs"]["y"]["shape"] == [1, 3]
+
+
+def test_every_operation_with_a_body_declares_the_edge_statuses(client: TestClient) -> None:
+    for path, operations in client.get("/openapi.json").json()["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" in operation:
+                assert {"400", "408", "413", "422"} <= set(operation["responses"]), (method, path)
+
+
+def http_scope(content_type: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/shapes/conv",
+        "raw_path": b"/v1/shapes/conv",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", content_type.encode()), (b"host", b"testserver")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+
+
+def call_asgi(app: ASGIApp, scope: dict[str, Any], first: bytes) -> list[Message]:
+    """Send the first part of a body, then nothing more: the client has stalled."""
+    pending: list[Message] = [{"type": "http.request", "body": first, "more_body": True}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        with anyio.fail_after(30):  # the test's own bound; the service's is far shorter
+            await app(scope, receive, send)
+
+    anyio.run(main)
+    return sent
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+def test_a_body_that_stalls_past_the_time_limit_is_408(content_type: str) -> None:
+    app = create_app(Settings(body_timeout_seconds=0.05))
+    sent = call_asgi(app, http_scope(content_type), b'{"input_size": [')
+    start, body = sent[0], sent[1]
+    assert start["status"] == 408
+    assert (b"content-type", b"application/problem+json") in start["headers"]
+    detail = json.loads(body["body"])["detail"]
+    assert detail == "the request body did not arrive within 0.05 s; send it faster"
+
+
+def test_the_time_limit_ends_when_the_body_is_complete() -> None:
+    async def reads_body_then_waits(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["more_body"] is False
+        await anyio.sleep(0.1)  # longer than the limit: waiting for a disconnect is not timed
+        assert (await receive())["type"] == "http.disconnect"
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"{}", "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    guarded = BodyLimitMiddleware(reads_body_then_waits, max_bytes=100, timeout=0.05)
+    anyio.run(guarded, http_scope("application/json"), receive, send)
+    assert sent[0]["status"] == 200

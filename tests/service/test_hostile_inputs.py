@@ -1,0 +1,214 @@
+"""What a fuzzer from the schema never sends: each is a 4xx problem detail, and the service is
+healthy after it (it still answers /healthz and computes the seed's convolution)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.examples import SEED_W_1x5x3, SEED_X_5x7
+from service.settings import Settings
+
+SEED = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
+JSON = {"content-type": "application/json"}
+MB = 2**20
+
+
+def with_x(x_text: str) -> str:
+    """The seed's forward body as text, with ``x`` replaced by the given JSON text."""
+    return json.dumps({**SEED, "inputs": {"x": "@X@"}}).replace('"@X@"', x_text)
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    return {**SEED, **changes}
+
+
+@pytest.fixture
+def healthy(client: TestClient) -> Iterator[TestClient]:
+    """The client, and a check after the test that the service still serves and computes."""
+    yield client
+    assert client.get("/healthz").status_code == 200
+    answer = client.post("/v1/models/conv1d/forward", json=SEED)
+    assert answer.status_code == 200 and answer.json()["outputs"]["y"]["shape"] == [1, 3]
+
+
+def assert_problem(status: int, response: Any, words: str) -> None:
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"] == "application/problem+json"
+    assert words in response.json()["detail"], response.json()["detail"][:500]
+
+
+RAW: list[tuple[str, str, bytes | str, int, str]] = [
+    ("nan", "/v1/models/conv1d/forward", with_x("[[NaN]]"), 422, "`NaN`"),
+    ("infinity", "/v1/models/conv1d/forward", with_x("[[-Infinity]]"), 422, "`-Infinity`"),
+    ("1e400", "/v1/models/conv1d/forward", with_x("[[1e400]]"), 422, "too large for a float64"),
+    (
+        "5000-digit integer",
+        "/v1/shapes/conv",
+        '{"input_size": [' + "7" * 5000 + '], "kernel_size": 3}',
+        422,
+        "too large for a float64",
+    ),
+    (
+        "100k levels of nesting",
+        "/v1/models/conv1d/forward",
+        with_x("[" * 100_000 + "]" * 100_000),
+        422,
+        "nested more than 1024 levels",
+    ),
+    ("exponent bomb", "/v1/shapes/conv", '{"input_size": [1e999999999]}', 422, "too large"),
+    (
+        "100k-digit mantissa",
+        "/v1/shapes/conv",
+        '{"input_size": [0.' + "3" * 100_000 + '], "kernel_size": 1}',
+        422,
+        "input_size",
+    ),
+    ("NUL byte in the body", "/v1/shapes/conv", b'{"input_size": [7]\x00}', 422, "not valid JSON"),
+    ("lone surrogate", "/v1/shapes/conv", b'{"padding": "\xed\xa0\x80"}', 422, "UTF-8"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [case[1:] for case in RAW],
+    ids=[case[0] for case in RAW],
+)
+def test_hostile_raw_bodies(
+    healthy: TestClient, path: str, body: bytes | str, status: int, words: str
+) -> None:
+    assert_problem(status, healthy.post(path, content=body, headers=JSON), words)
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+SHAPED: list[tuple[str, str, dict[str, Any], int, str]] = [
+    (
+        "huge declared shape, tiny data",
+        "conv1d/forward",
+        with_(inputs={"x": {"shape": [100_000, 100_000], "data": [1.0]}}),
+        413,
+        "10,000,000,000 elements",
+    ),
+    (
+        "huge declared shape, tiny b64",
+        "conv1d/forward",
+        with_(inputs={"x": {"shape": [10**15], "b64": "AAAAAAAAAAA="}}),
+        413,
+        "limit per tensor",
+    ),
+    (
+        "within-budget shape, tiny data",
+        "conv1d/forward",
+        with_(inputs={"x": {"shape": [5, 100_000], "data": [1.0]}}),
+        422,
+        "`data` has 1 numbers but shape [5, 100000] needs 500000",
+    ),
+    (
+        "bad base64 alphabet",
+        "conv1d/forward",
+        with_(inputs={"x": {"shape": [5, 7], "b64": "!" * 376}}),
+        422,
+        "not valid base64",
+    ),
+    (
+        "base64 of the wrong length",
+        "conv1d/forward",
+        with_(inputs={"x": {"shape": [5, 7], "b64": b64(b"\x00" * 8)}}),
+        422,
+        "needs 280",
+    ),
+    (
+        "base64 of NaN bytes",
+        "conv1d/forward",
+        with_(inputs={"x": {"shape": [1], "b64": b64(b"\x00" * 6 + b"\xf8\x7f")}}),
+        422,
+        "only finite numbers",
+    ),
+    ("NUL in a device name", "conv1d/forward", with_(device="cpu\x00"), 422, "device"),
+    (
+        "NUL in a tensor name",
+        "conv1d/forward",
+        with_(params={"weight\x00": SEED_W_1x5x3}),
+        422,
+        "unknown param",
+    ),
+    ("NUL in a model name", "conv1d%00/forward", SEED, 404, "no model"),
+    ("fullwidth model name", "\uff43\uff4f\uff4e\uff56\uff11\uff44/forward", SEED, 404, "no model"),
+    (
+        "unicode of/wrt names",
+        "conv1d/jacobian",
+        with_(of="y\u0301", wrt="\u202ex"),
+        422,
+        "no output",
+    ),
+    (
+        "100k unknown tensor names",
+        "conv1d/forward",
+        with_(params={f"p{i}": [1.0] for i in range(100_000)}),
+        422,
+        "unknown param",
+    ),
+    (
+        "bool where a number is expected",
+        "conv1d/forward",
+        with_(inputs={"x": [[True] * 7] * 5}),
+        422,
+        "a boolean",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [case[1:] for case in SHAPED],
+    ids=[case[0] for case in SHAPED],
+)
+def test_hostile_model_requests(
+    healthy: TestClient, path: str, body: dict[str, Any], status: int, words: str
+) -> None:
+    assert_problem(status, healthy.post(f"/v1/models/{path}", json=body), words)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"input_size": [7], "kernel_size": 3, "padding": "\uff53\uff41\uff4d\uff45"}, "padding"),
+        ({"input_size": [7], "kernel_size": 3, "padding": "same\u200b"}, "padding"),
+        ({"input_size": ["\u0667"], "kernel_size": 3}, "input_size"),  # an Arabic-Indic 7
+        ({"input_size": [7], "kernel_size": 3, "\u0073tride": 1, "str\u0131de": 1}, "str\u0131de"),
+        ({"input_size": [7] * 4, "kernel_size": 3}, "1 to 3"),
+        ({"input_size": [2**40], "kernel_size": 3}, "at most 2147483647"),
+    ],
+    ids=["fullwidth", "zero-width", "arabic digit", "dotless i", "rank 4", "huge size"],
+)
+def test_hostile_shape_requests(healthy: TestClient, body: dict[str, Any], words: str) -> None:
+    assert_problem(422, healthy.post("/v1/shapes/conv", json=body), words)
+
+
+def test_a_60_mb_body_is_refused(healthy: TestClient) -> None:
+    body = b'{"device": "' + b"a" * (60 * MB) + b'"}'
+    assert_problem(
+        422, healthy.post("/v1/models/conv1d/forward", content=body, headers=JSON), "device"
+    )
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_60_mb_body_over_a_50_mb_limit_is_413(chunked: bool) -> None:
+    def body() -> Iterator[bytes]:
+        for _ in range(60):
+            yield b" " * MB
+
+    with TestClient(create_app(Settings(max_body_bytes=50 * MB))) as client:
+        content = body() if chunked else b"".join(body())
+        response = client.post("/v1/models/conv1d/forward", content=content, headers=JSON)
+        assert_problem(413, response, "limit")
+        assert client.get("/healthz").status_code == 200

@@ -1,0 +1,97 @@
+"""A computation that explodes is answered 200 with its non-finite entries stated explicitly:
+never a 500, never a silent ``null``, never a bare ``NaN`` token that strict JSON parsers refuse.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+# Products of 1e200 overflow a float64: each output is +inf, -inf, a finite value, or
+# inf - inf = NaN, as the IEEE rules say.
+WEIGHT = [[[1e200, 1e200]]]
+X = [[1e200, 1.0, -1e200, 1e200, 1.0, 1.0]]
+BODY = {"params": {"weight": WEIGHT}, "inputs": {"x": X}}
+
+
+def oracle(dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The same convolution written out by hand: y[i] = w0 x[i] + w1 x[i+1]."""
+    w = torch.tensor(WEIGHT, dtype=dtype)[0, 0]
+    x = torch.tensor(X, dtype=dtype)[0]
+    return torch.stack([w[0] * x[i] + w[1] * x[i + 1] for i in range(len(x) - 1)])[None]
+
+
+def flat(data: Any) -> list[Any]:
+    return [leaf for item in data for leaf in flat(item)] if isinstance(data, list) else [data]
+
+
+def as_floats(data: Any) -> list[float]:
+    names = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+    return [names[v] if isinstance(v, str) else float(v) for v in flat(data)]
+
+
+def test_the_oracles_agree_on_what_explodes() -> None:
+    by_hand = oracle()
+    by_torch = torch.nn.functional.conv1d(
+        torch.tensor(X, dtype=torch.float64), torch.tensor(WEIGHT, dtype=torch.float64)
+    )
+    torch.testing.assert_close(by_torch, by_hand, equal_nan=True)
+    assert by_hand.isnan().any() and by_hand.isinf().any() and by_hand.isfinite().any()
+
+
+def test_json_answers_name_each_non_finite_entry(client: TestClient) -> None:
+    response = client.post("/v1/models/conv1d/forward", json=BODY)
+    assert response.status_code == 200
+    orjson.loads(response.content)  # strict JSON: no NaN or Infinity tokens in the body
+    y = response.json()["outputs"]["y"]
+    expected = oracle()
+    assert y["nonfinite"] == int((~expected.isfinite()).sum())
+    np.testing.assert_array_equal(as_floats(y["data"]), expected.numpy().ravel())
+    assert {"NaN", "Infinity", "-Infinity"} <= set(flat(y["data"]))
+
+
+@pytest.mark.parametrize(("dtype", "datatype"), [("float64", "<f8"), ("float32", "<f4")])
+def test_b64_answers_carry_the_ieee_values_and_the_count(
+    client: TestClient, dtype: str, datatype: str
+) -> None:
+    body = {**BODY, "encoding": "b64", "dtype": dtype}
+    if dtype == "float32":  # 1e200 is not a float32: overflow at 1e20 * 1e20 instead
+        body = {
+            **body,
+            "params": {"weight": [[[1e20, 1e20]]]},
+            "inputs": {"x": [[1e20, 1.0, -1e20, 1e20, 1.0, 1.0]]},
+        }
+    y = client.post("/v1/models/conv1d/forward", json=body).json()["outputs"]["y"]
+    values = np.frombuffer(base64.b64decode(y["b64"]), dtype=datatype)
+    assert y["nonfinite"] == int((~np.isfinite(values)).sum()) == 4
+    np.testing.assert_array_equal(np.isnan(values), oracle().isnan().numpy().ravel())
+    np.testing.assert_array_equal(np.isposinf(values), oracle().isposinf().numpy().ravel())
+
+
+def test_an_exploding_gradient_is_explicit_too(client: TestClient) -> None:
+    body = {**BODY, "grad_outputs": {"y": [[1e200, 1.0, 1.0, 1.0, 1.0]]}}
+    response = client.post("/v1/models/conv1d/backward", json=body)
+    assert response.status_code == 200
+    grads = response.json()["grads"]
+    # dl/dw[m] = sum_i g[i] x[i + m]: 1e200 * 1e200 overflows.
+    assert grads["weight"]["nonfinite"] >= 1
+    assert response.json()["outputs"]["y"]["nonfinite"] == 4
+    x = torch.tensor(X, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor(WEIGHT, dtype=torch.float64, requires_grad=True)
+    upstream = torch.tensor([[1e200, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    torch.nn.functional.conv1d(x, w).backward(upstream)
+    assert w.grad is not None
+    np.testing.assert_array_equal(as_floats(grads["weight"]["data"]), w.grad.numpy().ravel())
+
+
+def test_finite_answers_carry_no_nonfinite_field(client: TestClient) -> None:
+    body = {"params": {"weight": [[[1.0, 2.0]]]}, "inputs": {"x": [[1.0, 2.0, 3.0]]}}
+    y = client.post("/v1/models/conv1d/forward", json=body).json()["outputs"]["y"]
+    assert "nonfinite" not in y and y["data"] == [[5.0, 8.0]]
