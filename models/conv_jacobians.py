@@ -12,7 +12,9 @@ at computed indices, with no arithmetic at all::
 Building them this way costs one pass over the (mostly zero) Jacobian, instead of one
 backward pass per output entry as reverse-mode autodiff needs: for a conv1d with 16 channels,
 length 128, 16 filters of kernel 5 (dy/dx has 4M entries) it is tens of times faster than
-``torch.func.jacrev``.
+``torch.func.jacrev``. That pass is the cost that remains: the zeros come from the allocator
+(``zeros``) and the band of entries that are not zero is written in one strided copy
+(``write``), both in the calling thread.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +60,54 @@ def conv_jacobian(
     if wrt == "bias":
         return jacobian_wrt_bias(weight, x, config.stride, config.dilation, pads)
     return None
+
+
+_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+
+
+def zeros(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """A zero tensor of ``like``'s dtype and device, filled without torch's thread pool on CPU.
+
+    The Jacobians are mostly zeros, and writing them is nearly all the work. On the CPU the
+    block comes from numpy (``calloc``): fresh pages from the kernel are zero already and are
+    not written at all, reused ones are cleared by one ``memset`` in this thread. torch's fill
+    splits the work over its intra-op threads and waits for all of them; on a busy machine it
+    waits for whichever was preempted, several milliseconds for a job of one. The tensor
+    shares numpy's memory.
+
+    Args:
+        shape: the tensor's shape.
+        like: gives the dtype and the device.
+
+    Returns:
+        A contiguous tensor of zeros.
+    """
+    dtype = _NUMPY_DTYPES.get(like.dtype)
+    if like.device.type != "cpu" or dtype is None:
+        return like.new_zeros(tuple(shape))
+    return torch.from_numpy(np.zeros(tuple(shape), dtype=dtype))
+
+
+def write(target: torch.Tensor, source: torch.Tensor) -> None:
+    """``target.copy_(source)`` (``source`` broadcast), on the CPU by numpy in this thread.
+
+    The band of a Jacobian is a few megabytes of strided writes, too little to gain from
+    torch's intra-op threads and, on a busy machine, slowed by waiting for them (see
+    ``zeros``).
+
+    Args:
+        target: a (strided) view of a Jacobian.
+        source: values broadcastable to ``target``'s shape, of its dtype and device.
+    """
+    if target.device.type == "cpu" and target.dtype in _NUMPY_DTYPES:
+        try:
+            into, values = target.numpy(), source.expand(target.shape).numpy()
+        except RuntimeError:  # tensors numpy cannot share: requiring grad, under torch.func
+            pass
+        else:
+            np.copyto(into, values)
+            return
+    target.copy_(source)
 
 
 def output_size(
@@ -109,9 +160,9 @@ def jacobian_wrt_weight(
     filters, kernel = weight.shape[0], tuple(weight.shape[2:])
     patches = windows(x, kernel, stride, dilation, pads)  # (*O, C, *K)
     dims = len(kernel)
-    jac = weight.new_zeros((filters, *patches.shape[:dims], filters, *patches.shape[dims:]))
+    jac = zeros((filters, *patches.shape[:dims], filters, *patches.shape[dims:]), weight)
     # The f = g diagonal is a strided view (*O, C, *K, F); every filter sees the same windows.
-    jac.diagonal(dim1=0, dim2=1 + dims).copy_(patches.unsqueeze(-1).expand(*patches.shape, filters))
+    write(jac.diagonal(dim1=0, dim2=1 + dims), patches.unsqueeze(-1).expand(*patches.shape, filters))
     return jac
 
 
@@ -125,7 +176,7 @@ def jacobian_wrt_bias(
     """dy/db, shaped (F, *O, F): ones on the diagonal f = g."""
     filters, kernel = weight.shape[0], tuple(weight.shape[2:])
     out = output_size(x.shape[1:], kernel, stride, dilation, pads)
-    jac = weight.new_zeros((filters, *out, filters))
+    jac = zeros((filters, *out, filters), weight)
     jac.diagonal(dim1=0, dim2=1 + len(out)).fill_(1)
     return jac
 
@@ -150,7 +201,7 @@ def jacobian_wrt_input(
     size = tuple(x.shape[1:])
     dims = len(kernel)
     out = output_size(size, kernel, stride, dilation, pads)
-    jac = weight.new_zeros((filters, *out, channels, *size))
+    jac = zeros((filters, *out, channels, *size), weight)
     strides = jac.stride()  # element strides of (F, *O, C, *N)
     o_steps = [strides[1 + d] + stride[d] * strides[2 + dims + d] for d in range(dims)]
     p_steps = [strides[2 + dims + d] for d in range(dims)]
@@ -179,7 +230,7 @@ def jacobian_wrt_input(
             offset,
         )
         source = weight[(slice(None), slice(None), *taps)]  # (F, C, *tap_sizes)
-        view.copy_(source.reshape(filters, *([1] * dims), *source.shape[1:]).expand(view.shape))
+        write(view, source.reshape(filters, *([1] * dims), *source.shape[1:]))
 
     # Per dimension: the interior (every tap inside) and the borders on either side of it.
     segments = []

@@ -89,6 +89,25 @@ def test_float32_stays_float32() -> None:
         torch.testing.assert_close(closed.double(), conv_jacobian(cfg, args64, "y", wrt))
 
 
+def test_dtypes_numpy_lacks_and_tensors_requiring_grad_take_torchs_own_path() -> None:
+    """bfloat16 and tensors that require grad cannot be shared with numpy: zeros and the band
+    are then written by torch, with the same entries (the closed forms only copy inputs)."""
+    model = get_model("conv2d")
+    cfg = model.parse_config({"stride": 2, "padding": 1})
+    args = make_args({"weight": (2, 2, 3, 2), "bias": (2,), "x": (2, 5, 4)}, 11)
+    rounded = {n: t.bfloat16() for n, t in args.items()}
+    exact = {n: t.double() for n, t in rounded.items()}  # bfloat16 values are float64 values
+    leaves = {n: t.clone().requires_grad_(True) for n, t in args.items()}
+    for wrt in args:
+        low = conv_jacobian(cfg, rounded, "y", wrt)
+        assert low is not None and low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.double(), conv_jacobian(cfg, exact, "y", wrt), rtol=0, atol=0)
+        tracked = conv_jacobian(cfg, leaves, "y", wrt)
+        assert tracked is not None
+        oracle = autodiff.autograd_jacobian(model, cfg, args, "y", wrt)
+        torch.testing.assert_close(tracked.detach(), oracle, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_closed_forms_match_the_cpu() -> None:
