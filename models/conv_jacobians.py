@@ -162,7 +162,8 @@ def jacobian_wrt_weight(
     dims = len(kernel)
     jac = zeros((filters, *patches.shape[:dims], filters, *patches.shape[dims:]), weight)
     # The f = g diagonal is a strided view (*O, C, *K, F); every filter sees the same windows.
-    write(jac.diagonal(dim1=0, dim2=1 + dims), patches.unsqueeze(-1).expand(*patches.shape, filters))
+    diagonal = jac.diagonal(dim1=0, dim2=1 + dims)
+    write(diagonal, patches.unsqueeze(-1).expand(*patches.shape, filters))
     return jac
 
 
