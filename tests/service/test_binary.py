@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,46 @@ def test_safetensors_keeps_nested_fields_empty_sections_and_non_finite_values() 
     assert back["outputs"]["steps"] == 2 and back["grads"] == {}
     assert back["norms"] == [1.5, 2.0] and back["verdict"] == "exploding"
     assert back["outputs"]["h"][0, 0] == 1.0 and np.isnan(back["outputs"]["h"][0, 1])
+
+
+def test_the_file_is_the_one_the_safetensors_library_writes() -> None:
+    """Header and data as ``safetensors.numpy.save`` writes them: the same length, the same
+    JSON (the library orders metadata keys by a hash map, so the headers are compared as
+    JSON, tensor order included) and the same data bytes; and the library reads it back."""
+    gen = torch.Generator().manual_seed(2)
+    h = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    y = torch.randn(2, 5, generator=gen).float()
+    gx = torch.randn(7, generator=gen, dtype=torch.float64)
+    note = 'a "quote", é, a tab\t, a \x01 and a line\n'
+    answer = {
+        "outputs": {"y": y, "h": h},
+        "grads": {"x": gx, "none": {}},
+        "of": "y",
+        "note": note,
+        "steps": [1, 2.5],
+    }
+    expected_tensors = {"outputs.y": y.numpy(), "outputs.h": h.numpy(), "grads.x": gx.numpy()}
+    expected_metadata = {
+        "grads.none": "{}",
+        "of": '"y"',
+        "note": json.dumps(note, ensure_ascii=False, separators=(",", ":")),
+        "steps": "[1,2.5]",
+    }
+    ours = to_safetensors(answer)
+    library = safetensors.numpy.save(expected_tensors, metadata=expected_metadata)
+    length = int.from_bytes(library[:8], "little")
+    assert int.from_bytes(ours[:8], "little") == length and length % 8 == 0
+    assert len(ours) == len(library) and ours[8 + length :] == library[8 + length :]
+    header, theirs = json.loads(ours[8 : 8 + length]), json.loads(library[8 : 8 + length])
+    assert header == theirs and list(header) == list(theirs)  # F64 first, then by name
+    loaded = safetensors.numpy.load(ours)
+    assert set(loaded) == set(expected_tensors)
+    for name, array in expected_tensors.items():
+        assert loaded[name].dtype == array.dtype
+        np.testing.assert_array_equal(loaded[name], array)
+    assert header["__metadata__"] == expected_metadata
+    # Without metadata the library's file is deterministic: the same bytes.
+    assert to_safetensors({"jacobian": h}) == safetensors.numpy.save({"jacobian": h.numpy()})
 
 
 FORWARD = b'{"params": {"weight": [[[1, 0, -1]]]}, "inputs": {"x": [[1, 2, %s]]}}'
