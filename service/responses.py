@@ -9,7 +9,8 @@ A route builds its answer as a mapping whose leaves are torch tensors and plain 
   holding every tensor under its path in the answer, nested names joined by ``.``
   (``grads.weight``); every other field is in the header's ``__metadata__`` under its path,
   its value written as JSON (``"of": "\\"y\\""``, ``"steps": "[1, 2]"``). No base64 and no
-  text: the fast path for large Jacobians. ``read_safetensors_answer`` reverses it.
+  text: the fast path for large Jacobians. ``read_safetensors_answer`` (``service.binary``)
+  reverses it.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
-import safetensors.numpy
 import torch
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from service.binary import read_safetensors_answer as read_safetensors_answer  # re-exported
 from service.memory import note_large_answer
 from service.tensors import Encoding, encode
 
@@ -182,39 +183,6 @@ def _as_array(tensor: torch.Tensor) -> npt.NDArray[Any]:
         tensor = tensor.to(torch.float64)
     array = np.ascontiguousarray(tensor.cpu().numpy())
     return array.astype(array.dtype.newbyteorder("<"), copy=False)
-
-
-def read_safetensors_answer(body: bytes) -> dict[str, Any]:
-    """An answer sent with ``"encoding": "safetensors"``, back as nested mappings.
-
-    Args:
-        body: the response body.
-
-    Returns:
-        The answer with its tensors as numpy arrays at their places and its other fields
-        decoded from JSON, e.g. ``{"jacobian": array(...), "of": "y", ...}``.
-    """
-    answer: dict[str, Any] = {}
-    for path, array in safetensors.numpy.load(body).items():
-        _put(answer, path, array)
-    for path, text in (_metadata(body) or {}).items():
-        _put(answer, path, orjson.loads(text))
-    return answer
-
-
-def _put(tree: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
-    tree[leaf] = value
-
-
-def _metadata(body: bytes) -> dict[str, str] | None:
-    """The ``__metadata__`` of a safetensors file (its 8-byte length, then a JSON header)."""
-    length = int.from_bytes(body[:8], "little")
-    header: dict[str, Any] = orjson.loads(body[8 : 8 + length])
-    metadata: dict[str, str] | None = header.get("__metadata__")
-    return metadata
 
 
 def binary_answer_responses(model: type[Any]) -> dict[int | str, dict[str, Any]]:

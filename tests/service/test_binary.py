@@ -182,6 +182,50 @@ def test_the_file_is_the_one_the_safetensors_library_writes() -> None:
     assert to_safetensors({"jacobian": h}) == safetensors.numpy.save({"jacobian": h.numpy()})
 
 
+def test_reading_a_safetensors_answer_shares_the_body_and_agrees_with_the_library() -> None:
+    gen = torch.Generator().manual_seed(6)
+    answer = {
+        "outputs": {"y": torch.randn(2, 3, generator=gen).float()},
+        "grads": {"x": torch.randn(4, generator=gen, dtype=torch.float64)},
+        "method": "closed-form",
+    }
+    body = to_safetensors(answer)
+    back = read_safetensors_answer(body)
+    library = safetensors.numpy.load(body)
+    assert back["method"] == "closed-form"
+    for section, name in (("outputs", "y"), ("grads", "x")):
+        array = back[section][name]
+        np.testing.assert_array_equal(array, library[f"{section}.{name}"])
+        np.testing.assert_array_equal(array, answer[section][name].numpy())  # type: ignore[index]
+        assert array.dtype == library[f"{section}.{name}"].dtype and not array.flags.writeable
+        assert np.shares_memory(array, np.frombuffer(body, dtype=np.uint8))
+
+
+def _with_header(header: dict[str, Any], data: bytes = b"") -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"\x01\x00", "shorter than the 8 bytes"),
+        ((1000).to_bytes(8, "little") + b"{}", "a 1,000-byte header in 10 bytes"),
+        ((2).to_bytes(8, "little") + b"{]", "the header is not JSON"),
+        (_with_header([1]), "not a JSON object"),  # type: ignore[arg-type]
+        (_with_header({"t": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}}), "F8"),
+        (_with_header({"t": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}}, b"0" * 16),
+         "do not hold (2,) of F64"),
+        (_with_header({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"0" * 4),
+         "bytes 0-8"),
+    ],
+)  # fmt: skip
+def test_a_body_that_is_not_safetensors_is_a_clear_error(body: bytes, words: str) -> None:
+    with pytest.raises(ValueError) as error:
+        read_safetensors_answer(body)
+    assert words in str(error.value)
+
+
 FORWARD = b'{"params": {"weight": [[[1, 0, -1]]]}, "inputs": {"x": [[1, 2, %s]]}}'
 
 
