@@ -12,9 +12,8 @@ at computed indices, with no arithmetic at all::
 Building them this way costs one pass over the (mostly zero) Jacobian, instead of one
 backward pass per output entry as reverse-mode autodiff needs: for a conv1d with 16 channels,
 length 128, 16 filters of kernel 5 (dy/dx has 4M entries) it is tens of times faster than
-``torch.func.jacrev``. That pass is the cost that remains: the zeros come from the allocator
-(``zeros``) and the band of entries that are not zero is written in one strided copy
-(``write``), both in the calling thread.
+``torch.func.jacrev``. That pass is the cost that remains, done as one pass over memory
+(``fill``).
 """
 
 from __future__ import annotations
@@ -62,52 +61,56 @@ def conv_jacobian(
     return None
 
 
-_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+_NUMPY_DTYPES = frozenset({torch.float64, torch.float32})
+CHUNK_BYTES = 2 << 20
+"""Zeroed and written a block of filters at a time, about this many bytes (see ``fill``)."""
+
+Placement = tuple[torch.Tensor, torch.Tensor]
+"""``(view, source)``: a strided view of a Jacobian and the values it takes (broadcast), both
+with the filter dimension first (the source's may be 1); ``view[f]`` lies in ``jac[f]``."""
 
 
-def zeros(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """A zero tensor of ``like``'s dtype and device, filled without torch's thread pool on CPU.
+def fill(jac: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
+    """Zero ``jac`` and write each placement, a block of filters at a time.
 
-    The Jacobians are mostly zeros, and writing them is nearly all the work. On the CPU the
-    block comes from numpy (``calloc``): fresh pages from the kernel are zero already and are
-    not written at all, reused ones are cleared by one ``memset`` in this thread. torch's fill
-    splits the work over its intra-op threads and waits for all of them; on a busy machine it
-    waits for whichever was preempted, several milliseconds for a job of one. The tensor
-    shares numpy's memory.
+    The Jacobians are mostly zeros, and writing them is nearly all the work: a pass over
+    memory, bound by its bandwidth. On the CPU it is done in this thread by numpy, a block of
+    about ``CHUNK_BYTES`` at a time: the block is zeroed, then its entries that are not zero
+    are written while its lines are still in the cache (zeroing all first and writing the
+    band after would fetch every line of the band back from memory). torch's own fill and copy
+    split the work over its intra-op threads and wait for all of them: a little faster on an
+    idle machine, several times slower on a busy one, where they wait for whichever thread
+    was preempted. Elsewhere (a GPU, a dtype numpy lacks, tensors that require grad) torch
+    does both in one pass each. Either way the result records no autograd graph.
 
     Args:
-        shape: the tensor's shape.
-        like: gives the dtype and the device.
+        jac: the Jacobian, uninitialised, its first dimension the filters.
+        placements: where its entries that are not zero go.
 
     Returns:
-        A contiguous tensor of zeros.
+        ``jac``, filled.
     """
-    dtype = _NUMPY_DTYPES.get(like.dtype)
-    if like.device.type != "cpu" or dtype is None:
-        return like.new_zeros(tuple(shape))
-    return torch.from_numpy(np.zeros(tuple(shape), dtype=dtype))
-
-
-def write(target: torch.Tensor, source: torch.Tensor) -> None:
-    """``target.copy_(source)`` (``source`` broadcast), on the CPU by numpy in this thread.
-
-    The band of a Jacobian is a few megabytes of strided writes, too little to gain from
-    torch's intra-op threads and, on a busy machine, slowed by waiting for them (see
-    ``zeros``).
-
-    Args:
-        target: a (strided) view of a Jacobian.
-        source: values broadcastable to ``target``'s shape, of its dtype and device.
-    """
-    if target.device.type == "cpu" and target.dtype in _NUMPY_DTYPES:
+    if jac.device.type == "cpu" and jac.dtype in _NUMPY_DTYPES:
         try:
-            into, values = target.numpy(), source.expand(target.shape).numpy()
+            arrays = [(v.numpy(), s.numpy()) for v, s in placements]
         except RuntimeError:  # tensors numpy cannot share: requiring grad, under torch.func
             pass
         else:
-            np.copyto(into, values)
-            return
-    target.copy_(source)
+            whole = jac.numpy()
+            step = max(1, CHUNK_BYTES // max(1, whole[0].nbytes))
+            for lo in range(0, jac.shape[0], step):
+                block = slice(lo, lo + step)
+                whole[block].fill(0)
+                for view, source in arrays:
+                    np.copyto(view[block], source if source.shape[0] == 1 else source[block])
+            return jac
+    # No graph is recorded, as on the numpy path: a Jacobian here is an answer, not a step of
+    # a computation to differentiate (and the views were taken before any write).
+    with torch.no_grad():
+        jac.zero_()
+        for target, values in placements:
+            target.copy_(values.expand(target.shape))
+    return jac
 
 
 def output_size(
@@ -160,11 +163,10 @@ def jacobian_wrt_weight(
     filters, kernel = weight.shape[0], tuple(weight.shape[2:])
     patches = windows(x, kernel, stride, dilation, pads)  # (*O, C, *K)
     dims = len(kernel)
-    jac = zeros((filters, *patches.shape[:dims], filters, *patches.shape[dims:]), weight)
-    # The f = g diagonal is a strided view (*O, C, *K, F); every filter sees the same windows.
-    diagonal = jac.diagonal(dim1=0, dim2=1 + dims)
-    write(diagonal, patches.unsqueeze(-1).expand(*patches.shape, filters))
-    return jac
+    jac = weight.new_empty((filters, *patches.shape[:dims], filters, *patches.shape[dims:]))
+    # The f = g diagonal is a strided view (F, *O, C, *K); every filter sees the same windows.
+    diagonal = jac.diagonal(dim1=0, dim2=1 + dims).movedim(-1, 0)
+    return fill(jac, [(diagonal, patches.unsqueeze(0))])
 
 
 def jacobian_wrt_bias(
@@ -177,7 +179,7 @@ def jacobian_wrt_bias(
     """dy/db, shaped (F, *O, F): ones on the diagonal f = g."""
     filters, kernel = weight.shape[0], tuple(weight.shape[2:])
     out = output_size(x.shape[1:], kernel, stride, dilation, pads)
-    jac = zeros((filters, *out, filters), weight)
+    jac = weight.new_zeros((filters, *out, filters))  # small: F * O * F entries
     jac.diagonal(dim1=0, dim2=1 + len(out)).fill_(1)
     return jac
 
@@ -202,7 +204,8 @@ def jacobian_wrt_input(
     size = tuple(x.shape[1:])
     dims = len(kernel)
     out = output_size(size, kernel, stride, dilation, pads)
-    jac = zeros((filters, *out, channels, *size), weight)
+    jac = weight.new_empty((filters, *out, channels, *size))
+    placements: list[Placement] = []
     strides = jac.stride()  # element strides of (F, *O, C, *N)
     o_steps = [strides[1 + d] + stride[d] * strides[2 + dims + d] for d in range(dims)]
     p_steps = [strides[2 + dims + d] for d in range(dims)]
@@ -213,7 +216,7 @@ def jacobian_wrt_input(
         return first, max(first, min(out[d], (size[d] - 1 - shift) // stride[d] + 1))
 
     def place(box: Sequence[tuple[int, int]], taps: Sequence[slice | int]) -> None:
-        """Copy ``W[:, :, taps]`` to the output positions in ``box``."""
+        """Place ``W[:, :, taps]`` at the output positions in ``box``."""
         sizes = [hi - lo for lo, hi in box]
         if min(sizes, default=1) <= 0:
             return
@@ -231,7 +234,7 @@ def jacobian_wrt_input(
             offset,
         )
         source = weight[(slice(None), slice(None), *taps)]  # (F, C, *tap_sizes)
-        write(view, source.reshape(filters, *([1] * dims), *source.shape[1:]))
+        placements.append((view, source.reshape(filters, *([1] * dims), *source.shape[1:])))
 
     # Per dimension: the interior (every tap inside) and the borders on either side of it.
     segments = []
@@ -251,4 +254,4 @@ def jacobian_wrt_input(
                 for (lo, hi), (r_lo, r_hi) in zip(box, reached, strict=True)
             ]
             place(clipped, tap)
-    return jac
+    return fill(jac, placements)
