@@ -483,6 +483,11 @@ class BaseClient(Generic[T]):
                 response = self.http.request(
                     method, path, content=content, params=params, headers=headers
                 )
+                # httpx leaves the response and its stream pointing at each other: a cycle,
+                # which keeps a read body (32 MB for a large Jacobian) alive until the garbage
+                # collector's next pass instead of freeing it when the caller is done, and
+                # the next answer then lands in fresh memory (a page fault every 4 KiB).
+                response.stream = httpx.ByteStream(b"")
             except RETRIED_ERRORS:
                 if attempt >= self.retries:
                     raise

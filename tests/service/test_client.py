@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import gc
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -213,6 +215,23 @@ def test_torch_client_gets_writable_tensors_from_safetensors(client: TestClient)
     assert isinstance(y, torch.Tensor) and y.dtype == torch.float64
     y += 1  # its own memory
     torch.testing.assert_close(y, torch.from_numpy(seed_conv(W, X)) + 1)
+
+
+def test_an_answer_is_freed_when_dropped_not_at_the_next_garbage_collection(
+    client: TestClient,
+) -> None:
+    """httpx's response and stream point at each other; the client cuts that cycle, so a
+    large body goes back to the allocator as soon as the caller lets go of it."""
+    with Client("http://testserver", transport=InProcess(client)) as tg:
+        gc.disable()
+        try:
+            response = tg._send("GET", "/healthz", None, None)
+            assert response.json() == {"status": "ok"}
+            gone = weakref.ref(response)
+            del response
+            assert gone() is None
+        finally:
+            gc.enable()
 
 
 def test_a_large_safetensors_jacobian_over_real_http() -> None:
