@@ -9,16 +9,14 @@ thousand (``/v1/shapes/conv``) take a shorter path still: ``validate_body``.
 orjson is stricter than ``json`` in one way that matters here: ``NaN`` and ``Infinity`` are
 not JSON, and orjson refuses them while parsing. That refusal keeps its clear message (the
 same 422 problem detail as any malformed body, saying that only finite numbers are accepted
-and where the token is). Routes whose validation says better which field holds the token
-(the check routes: "answer: ... finite") use ``LenientJSONRoute``, which reads such a body
-with the standard library's parser instead.
+and where the token is).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from fastapi.exceptions import RequestValidationError
@@ -34,28 +32,17 @@ _NON_FINITE_TOKENS = (b"Infinity", b"infinity", b"NaN", b"nan", b"inf")
 class FastJSONRequest(Request):
     """A request whose ``json()`` is parsed by orjson."""
 
-    allow_non_finite = False
-
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = parse_json(await self.body(), allow_non_finite=self.allow_non_finite)
+            self._json = parse_json(await self.body())
         return self._json
 
 
-class LenientJSONRequest(FastJSONRequest):
-    """A ``FastJSONRequest`` that reads ``NaN`` and ``Infinity`` tokens (see the module)."""
-
-    allow_non_finite = True
-
-
-def parse_json(body: bytes, *, allow_non_finite: bool = False) -> Any:
+def parse_json(body: bytes) -> Any:
     """The JSON value of a body.
 
     Args:
         body: the raw request body.
-        allow_non_finite: read the tokens ``NaN``, ``Infinity`` and ``-Infinity`` as floats
-            (with the standard library's parser, only for a body that holds them), leaving it
-            to validation to refuse them where they stand.
 
     Returns:
         The parsed value.
@@ -70,11 +57,6 @@ def parse_json(body: bytes, *, allow_non_finite: bool = False) -> Any:
         doc = body.decode("utf-8", errors="replace")
         message = error.msg
         token = next((t for t in _NON_FINITE_TOKENS if body.startswith(t, error.pos)), None)
-        if token is not None and allow_non_finite:
-            try:
-                return json.loads(doc)
-            except json.JSONDecodeError:
-                pass  # another fault, or a token json refuses too ("nan"): orjson's message
         if token is not None:
             sign = "-" if body[max(error.pos - 1, 0) : error.pos] == b"-" else ""
             message = (
@@ -88,23 +70,13 @@ def parse_json(body: bytes, *, allow_non_finite: bool = False) -> Any:
 class FastJSONRoute(APIRoute):
     """An ``APIRoute`` whose handler sees a ``FastJSONRequest``."""
 
-    request_class: ClassVar[type[FastJSONRequest]] = FastJSONRequest
-
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        request_class = self.request_class
 
         async def fast_json_handler(request: Request) -> Response:
-            return await handler(request_class(request.scope, request.receive))
+            return await handler(FastJSONRequest(request.scope, request.receive))
 
         return fast_json_handler
-
-
-class LenientJSONRoute(FastJSONRoute):
-    """A ``FastJSONRoute`` whose bodies may hold ``NaN`` and ``Infinity`` tokens, for routes
-    whose validation refuses them naming the field (see the module)."""
-
-    request_class = LenientJSONRequest
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -1,9 +1,4 @@
-"""Checking answers against the reference (API.md "Checking answers").
-
-Bodies are parsed by orjson (``LenientJSONRoute``): a batch of 1,000 checks is half a
-megabyte of JSON, which the standard library's parser takes about three times longer to read.
-A body holding ``NaN`` is read all the same, so that the answer is refused naming the field.
-"""
+"""Checking answers against the reference (API.md "Checking answers")."""
 
 from __future__ import annotations
 
@@ -18,9 +13,8 @@ from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
 from service.grading.schemas import BatchRequest, BatchResponse, CheckRequest, CheckResponse
 from service.problems import Problem, problem_responses
 from service.responses import TensorJSONResponse
-from service.routing import LenientJSONRoute
 
-router = APIRouter(prefix="/v1/check", tags=["check"], route_class=LenientJSONRoute)
+router = APIRouter(prefix="/v1/check", tags=["check"])
 
 
 @router.post(
