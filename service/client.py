@@ -16,6 +16,7 @@ Jacobians (``Client`` then answers read-only views of the body, with no copy)::
 
     with Client(url, encoding="safetensors") as tg:
         dy_dx = tg.jacobian("conv1d", {"weight": w}, {"x": x}, of="y", wrt="x")
+
 Every error of the service is raised as ``ProblemError`` with its status, title, detail and
 field-level errors. Connection failures and 429/503 answers are retried, honouring
 ``Retry-After``; every operation of the API is a pure computation, so a retry is safe.
