@@ -1,10 +1,12 @@
-"""A minimal fast HTTP client for the benchmark's "project's own client" row.
+"""A lean HTTP client for the rows that measure the server rather than a client.
 
-The project's client (``service/client.py``) is the one to measure once it exists; the
-benchmark uses it then and this module only until it does. What makes a client fast on a
-large body: one kept-alive connection (no handshake per request), and reading a body of known
+The nested-JSON row (request sent to body received) and the 1,000 sequential ``/v1/check``
+of the batch row's baseline use it: the less the client costs, the more the row says about the
+server, and for the baseline of a speed-up the less it flatters the speed-up. The rows about
+the project's own client use ``service.client.Client``. What makes a client fast on a large
+body: one kept-alive connection (no handshake per request), and reading a body of known
 ``Content-Length`` in one call, which ``http.client`` turns into a single buffer filled by the
-socket (no list of chunks joined at the end, no per-chunk Python work, unlike httpx).
+socket (no list of chunks joined at the end, no per-chunk Python work).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from bench import load
 from bench.fetch import Fetcher
 from models import autodiff
 from models.registry import get_model
+from service.client import Client
 from service.compute import prepare
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.routing import parse_json
@@ -51,6 +52,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 # The conv1d of the issue: 16 channels, length 128, 16 filters, kernel 5 (dy/dx: 4.06M entries).
 CHANNELS, LENGTH, FILTERS, KERNEL = 16, 128, 16, 5
+# A conv2d large enough to matter on a GPU (--device cuda): 8 channels of 32 x 32, 8 filters of
+# 3 x 3; dy/dx has 8 * 30 * 30 * 8 * 32 * 32 = 59M entries (472 MB in float64).
+CONV2D_CHANNELS, CONV2D_SIZE, CONV2D_FILTERS, CONV2D_KERNEL = 8, 32, 8, 3
 SHAPE_REQUEST = {"input_size": [21, 12], "kernel_size": [4, 5], "stride": 4, "out_channels": 8}
 
 
@@ -255,16 +259,33 @@ def jacobian_compute(device: str, plan: Plan) -> Row:
 
 
 def jacobian_request(device: str, encoding: str) -> bytes:
+    """The body ``Client.jacobian`` sends for dy/dx of the conv1d (tensors as base64)."""
     weight, x = conv_tensors("cpu")
     body = {
+        "config": {},
         "params": {"weight": b64(weight)},
         "inputs": {"x": b64(x)},
+        "device": device,
+        "dtype": "float64",
+        "encoding": encoding,
         "of": "y",
         "wrt": "x",
-        "device": device,
-        "encoding": encoding,
     }
     return orjson.dumps(body)
+
+
+def client_dy_dx(client: Client, device: str) -> Callable[[], object]:
+    """dy/dx of the conv1d fetched by the project's client: request sent to arrays in hand."""
+    weight, x = (t.numpy() for t in conv_tensors("cpu"))
+
+    def run() -> object:
+        jac = client.jacobian(
+            "conv1d", {"weight": weight}, {"x": x}, of="y", wrt="x", device=device
+        )
+        assert jac.shape == (FILTERS, LENGTH - KERNEL + 1, CHANNELS, LENGTH)
+        return jac
+
+    return run
 
 
 def jacrev_dy_dx(device: str) -> Callable[[], torch.Tensor]:
@@ -278,10 +299,8 @@ def jacrev_dy_dx(device: str) -> Callable[[], torch.Tensor]:
     return run
 
 
-def end_to_end_safetensors(service: Server, client: Fetcher, device: str, plan: Plan) -> Row:
-    body = jacobian_request(device, "safetensors")
-    path = "/v1/models/conv1d/jacobian"
-    b, o = paired_medians(jacrev_dy_dx(device), lambda: client.post(path, body), plan)
+def end_to_end_safetensors(client: Client, device: str, plan: Plan) -> Row:
+    b, o = paired_medians(jacrev_dy_dx(device), client_dy_dx(client, device), plan)
     return Row(
         "4M-entry dy/dx over HTTP, safetensors answer, b64 inputs",
         f"jacrev {ms(b)}",
@@ -289,11 +308,11 @@ def end_to_end_safetensors(service: Server, client: Fetcher, device: str, plan: 
         o / b,
         "<= 1.5x",
         o / b <= 1.5,
-        "ours: request sent to body received",
+        "ours: the project's client, request sent to the array in hand",
     )
 
 
-def end_to_end_json(service: Server, client: Fetcher, device: str, plan: Plan) -> Row:
+def end_to_end_json(client: Fetcher, device: str, plan: Plan) -> Row:
     body = jacobian_request(device, "json")
     path = "/v1/models/conv1d/jacobian"
     jacobian = jacrev_dy_dx(device)
@@ -309,11 +328,11 @@ def end_to_end_json(service: Server, client: Fetcher, device: str, plan: Plan) -
         o / b,
         "<= 5x",
         o / b <= 5,
-        "ours: request sent to body received",
+        "ours: request sent to body received (http.client, one kept-alive connection)",
     )
 
 
-def client_fetch(service: Server, client: Fetcher, device: str, plan: Plan) -> Row:
+def client_fetch(service: Server, client: Client, device: str, plan: Plan) -> Row:
     body = jacobian_request(device, "safetensors")
     path = "/v1/models/conv1d/jacobian"
 
@@ -324,7 +343,7 @@ def client_fetch(service: Server, client: Fetcher, device: str, plan: Plan) -> R
         with urllib.request.urlopen(request, timeout=60) as response:
             response.read()
 
-    b, o = paired_medians(baseline, lambda: client.post(path, body), plan)
+    b, o = paired_medians(baseline, client_dy_dx(client, device), plan)
     return Row(
         "client fetching the safetensors dy/dx",
         f"urllib {ms(b)}",
@@ -332,7 +351,8 @@ def client_fetch(service: Server, client: Fetcher, device: str, plan: Plan) -> R
         o / b,
         "<= 1.2x",
         o / b <= 1.2,
-        "ours: bench/fetch.py until service/client.py exists",
+        "ours: service.client.Client(encoding='safetensors').jacobian, inputs to array; "
+        "urllib: the same request body, the response read as bytes",
     )
 
 
@@ -386,6 +406,71 @@ def check_batch(service: Server, client: Fetcher, plan: Plan) -> Row:
         b / o >= 20,
         "ratio: speed-up; baseline over one kept-alive connection",
     )
+
+
+def conv2d_tensors(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    c, n, f, k = CONV2D_CHANNELS, CONV2D_SIZE, CONV2D_FILTERS, CONV2D_KERNEL
+    weight = torch.randn(f, c, k, k, generator=gen, dtype=torch.float64)
+    x = torch.randn(c, n, n, generator=gen, dtype=torch.float64)
+    return weight.to(device), x.to(device)
+
+
+def conv2d_closed_forms(device: str) -> Callable[[], None]:
+    weight, x = conv2d_tensors(device)
+    model = get_model("conv2d")
+    config = model.parse_config({})
+    args = {"weight": weight, "x": x}
+
+    def run() -> None:
+        for wrt in ("x", "weight"):
+            _, method = autodiff.jacobian(model, config, args, "y", wrt)
+            assert method == "closed-form"
+        sync(device)
+
+    return run
+
+
+def conv2d_rows(device: str, plan: Plan) -> list[Row]:
+    """The large conv2d on the GPU: against jacrev there, and against the closed forms on
+    the CPU (the GPU's gain on the same work)."""
+    weight, x = conv2d_tensors(device)
+
+    def baseline() -> None:
+        jacrev(lambda v: F.conv2d(v[None], weight)[0])(x)
+        jacrev(lambda w: F.conv2d(x[None], w)[0])(weight)
+        sync(device)
+
+    few = Plan(max(3, plan.reps // 3), 1, plan.load_seconds, plan.load_rounds)
+    out = CONV2D_SIZE - CONV2D_KERNEL + 1
+    entries = CONV2D_FILTERS * out * out * CONV2D_CHANNELS * CONV2D_SIZE * CONV2D_SIZE
+    name = (
+        f"dy/dx + dy/dW of a conv2d ({CONV2D_CHANNELS} channels, {CONV2D_SIZE}x{CONV2D_SIZE}, "
+        f"{CONV2D_FILTERS} filters {CONV2D_KERNEL}x{CONV2D_KERNEL}; dy/dx {entries / 1e6:.0f}M "
+        "entries)"
+    )
+    b, o = paired_medians(baseline, conv2d_closed_forms(device), few)
+    cpu, gpu = paired_medians(conv2d_closed_forms("cpu"), conv2d_closed_forms(device), few)
+    return [
+        Row(
+            f"{name}, compute only, {device}",
+            f"jacrev {ms(b)}",
+            ms(o),
+            b / o,
+            ">= 20x faster",
+            b / o >= 20,
+            "ratio: speed-up",
+        ),
+        Row(
+            f"the same conv2d closed forms, {device} against cpu",
+            f"cpu {ms(cpu)}",
+            ms(gpu),
+            cpu / gpu,
+            "-",
+            None,
+            "ratio: the GPU's speed-up on the same work (informational)",
+        ),
+    ]
 
 
 def json_decode(plan: Plan) -> Row:
@@ -488,14 +573,18 @@ def main(argv: list[str] | None = None) -> int:
         with serve(base_command, constant_env, base_port) as baseline:
             rows.append(throughput(service, baseline, plan))
         rows.append(jacobian_compute(args.device, plan))
-        client = Fetcher(HOST, port)
+        if args.device == "cuda":
+            rows.extend(conv2d_rows(args.device, plan))
+        fetcher = Fetcher(HOST, port)
+        client = Client(service.url, encoding="safetensors")
         try:
-            rows.append(end_to_end_safetensors(service, client, args.device, plan))
-            rows.append(end_to_end_json(service, client, args.device, plan))
+            rows.append(end_to_end_safetensors(client, args.device, plan))
+            rows.append(end_to_end_json(fetcher, args.device, plan))
             rows.append(client_fetch(service, client, args.device, plan))
-            rows.append(check_batch(service, client, plan))
+            rows.append(check_batch(service, fetcher, plan))
         finally:
             client.close()
+            fetcher.close()
         rows.append(json_decode(plan))
         time.sleep(1)
         rows.append(rss_row("after start-up", fresh))

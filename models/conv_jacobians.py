@@ -12,7 +12,8 @@ at computed indices, with no arithmetic at all::
 Building them this way costs one pass over the (mostly zero) Jacobian, instead of one
 backward pass per output entry as reverse-mode autodiff needs: for a conv1d with 16 channels,
 length 128, 16 filters of kernel 5 (dy/dx has 4M entries) it is tens of times faster than
-``torch.func.jacrev``.
+``torch.func.jacrev``. That pass is the cost that remains, done as one pass over memory
+(``fill``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +59,58 @@ def conv_jacobian(
     if wrt == "bias":
         return jacobian_wrt_bias(weight, x, config.stride, config.dilation, pads)
     return None
+
+
+_NUMPY_DTYPES = frozenset({torch.float64, torch.float32})
+CHUNK_BYTES = 2 << 20
+"""Zeroed and written a block of filters at a time, about this many bytes (see ``fill``)."""
+
+Placement = tuple[torch.Tensor, torch.Tensor]
+"""``(view, source)``: a strided view of a Jacobian and the values it takes (broadcast), both
+with the filter dimension first (the source's may be 1); ``view[f]`` lies in ``jac[f]``."""
+
+
+def fill(jac: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
+    """Zero ``jac`` and write each placement, a block of filters at a time.
+
+    The Jacobians are mostly zeros, and writing them is nearly all the work: a pass over
+    memory, bound by its bandwidth. On the CPU it is done in this thread by numpy, a block of
+    about ``CHUNK_BYTES`` at a time: the block is zeroed, then its entries that are not zero
+    are written while its lines are still in the cache (zeroing all first and writing the
+    band after would fetch every line of the band back from memory). torch's own fill and copy
+    split the work over its intra-op threads and wait for all of them: a little faster on an
+    idle machine, several times slower on a busy one, where they wait for whichever thread
+    was preempted. Elsewhere (a GPU, a dtype numpy lacks, tensors that require grad) torch
+    does both in one pass each. Either way the result records no autograd graph.
+
+    Args:
+        jac: the Jacobian, uninitialised, its first dimension the filters.
+        placements: where its entries that are not zero go.
+
+    Returns:
+        ``jac``, filled.
+    """
+    if jac.device.type == "cpu" and jac.dtype in _NUMPY_DTYPES:
+        try:
+            arrays = [(v.numpy(), s.numpy()) for v, s in placements]
+        except RuntimeError:  # tensors numpy cannot share: requiring grad, under torch.func
+            pass
+        else:
+            whole = jac.numpy()
+            step = max(1, CHUNK_BYTES // max(1, whole[0].nbytes))
+            for lo in range(0, jac.shape[0], step):
+                block = slice(lo, lo + step)
+                whole[block].fill(0)
+                for view, source in arrays:
+                    np.copyto(view[block], source if source.shape[0] == 1 else source[block])
+            return jac
+    # No graph is recorded, as on the numpy path: a Jacobian here is an answer, not a step of
+    # a computation to differentiate (and the views were taken before any write).
+    with torch.no_grad():
+        jac.zero_()
+        for target, values in placements:
+            target.copy_(values.expand(target.shape))
+    return jac
 
 
 def output_size(
@@ -109,10 +163,10 @@ def jacobian_wrt_weight(
     filters, kernel = weight.shape[0], tuple(weight.shape[2:])
     patches = windows(x, kernel, stride, dilation, pads)  # (*O, C, *K)
     dims = len(kernel)
-    jac = weight.new_zeros((filters, *patches.shape[:dims], filters, *patches.shape[dims:]))
-    # The f = g diagonal is a strided view (*O, C, *K, F); every filter sees the same windows.
-    jac.diagonal(dim1=0, dim2=1 + dims).copy_(patches.unsqueeze(-1).expand(*patches.shape, filters))
-    return jac
+    jac = weight.new_empty((filters, *patches.shape[:dims], filters, *patches.shape[dims:]))
+    # The f = g diagonal is a strided view (F, *O, C, *K); every filter sees the same windows.
+    diagonal = jac.diagonal(dim1=0, dim2=1 + dims).movedim(-1, 0)
+    return fill(jac, [(diagonal, patches.unsqueeze(0))])
 
 
 def jacobian_wrt_bias(
@@ -125,7 +179,7 @@ def jacobian_wrt_bias(
     """dy/db, shaped (F, *O, F): ones on the diagonal f = g."""
     filters, kernel = weight.shape[0], tuple(weight.shape[2:])
     out = output_size(x.shape[1:], kernel, stride, dilation, pads)
-    jac = weight.new_zeros((filters, *out, filters))
+    jac = weight.new_zeros((filters, *out, filters))  # small: F * O * F entries
     jac.diagonal(dim1=0, dim2=1 + len(out)).fill_(1)
     return jac
 
@@ -150,7 +204,8 @@ def jacobian_wrt_input(
     size = tuple(x.shape[1:])
     dims = len(kernel)
     out = output_size(size, kernel, stride, dilation, pads)
-    jac = weight.new_zeros((filters, *out, channels, *size))
+    jac = weight.new_empty((filters, *out, channels, *size))
+    placements: list[Placement] = []
     strides = jac.stride()  # element strides of (F, *O, C, *N)
     o_steps = [strides[1 + d] + stride[d] * strides[2 + dims + d] for d in range(dims)]
     p_steps = [strides[2 + dims + d] for d in range(dims)]
@@ -161,7 +216,7 @@ def jacobian_wrt_input(
         return first, max(first, min(out[d], (size[d] - 1 - shift) // stride[d] + 1))
 
     def place(box: Sequence[tuple[int, int]], taps: Sequence[slice | int]) -> None:
-        """Copy ``W[:, :, taps]`` to the output positions in ``box``."""
+        """Place ``W[:, :, taps]`` at the output positions in ``box``."""
         sizes = [hi - lo for lo, hi in box]
         if min(sizes, default=1) <= 0:
             return
@@ -179,7 +234,7 @@ def jacobian_wrt_input(
             offset,
         )
         source = weight[(slice(None), slice(None), *taps)]  # (F, C, *tap_sizes)
-        view.copy_(source.reshape(filters, *([1] * dims), *source.shape[1:]).expand(view.shape))
+        placements.append((view, source.reshape(filters, *([1] * dims), *source.shape[1:])))
 
     # Per dimension: the interior (every tap inside) and the borders on either side of it.
     segments = []
@@ -199,4 +254,4 @@ def jacobian_wrt_input(
                 for (lo, hi), (r_lo, r_hi) in zip(box, reached, strict=True)
             ]
             place(clipped, tap)
-    return jac
+    return fill(jac, placements)

@@ -10,10 +10,18 @@
 
 Tensors go in as numpy arrays, torch tensors, nested lists or numbers; large ones travel as
 base64 of their bytes (exact, and no text to parse). Tensors come back as numpy arrays
-(``Client``) or torch tensors (``TorchClient``), always exact: answers are asked for in base64.
+(``Client``) or torch tensors (``TorchClient``), always exact: answers are asked for in base64,
+or with ``encoding="safetensors"`` as one binary safetensors body, the fast way for large
+Jacobians (``Client`` then answers read-only views of the body, with no copy)::
+
+    with Client(url, encoding="safetensors") as tg:
+        dy_dx = tg.jacobian("conv1d", {"weight": w}, {"x": x}, of="y", wrt="x")
+
 Every error of the service is raised as ``ProblemError`` with its status, title, detail and
 field-level errors. Connection failures and 429/503 answers are retried, honouring
 ``Retry-After``; every operation of the API is a pure computation, so a retry is safe.
+Plain-HTTP requests go through ``service.transport.StdlibTransport`` (kept-alive connections,
+a large answer read in one piece); others through httpx's own transport.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import numpy.typing as npt
 import orjson
 
 from service import __version__
+from service.binary import read_safetensors_answer
+from service.transport import StdlibTransport
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +55,9 @@ B64_THRESHOLD = 1024
 """Tensors with more elements than this are sent as base64 rather than nested lists."""
 
 RETRIED_STATUSES = frozenset({429, 503})
+
+AnswerEncoding = Literal["b64", "safetensors"]
+"""How tensors of answers travel: base64 in JSON, or one binary safetensors body."""
 
 # Failures before the server has seen or answered the request: a connection refused while a
 # pod restarts, a connection closed under a draining server. A read timeout is not retried:
@@ -154,12 +167,15 @@ def _holds_tensor(value: Any) -> bool:
     return isinstance(value, np.ndarray | Mapping | list | tuple) or hasattr(value, "detach")
 
 
-def from_wire(tensor: Mapping[str, Any]) -> Array:
+def from_wire(tensor: Mapping[str, Any] | Array) -> Array:
     """A tensor of an answer (``{"shape", "datatype", "data" | "b64"}``) as a numpy array.
 
     Non-finite entries, which the JSON form writes as ``"NaN"``, ``"Infinity"`` and
-    ``"-Infinity"``, come back as the floats they are.
+    ``"-Infinity"``, come back as the floats they are. An array (a tensor of a safetensors
+    answer) is returned as it is.
     """
+    if isinstance(tensor, np.ndarray):
+        return tensor
     dtype = np.dtype("<f4") if tensor.get("datatype") == "FP32" else np.dtype("<f8")
     shape = tuple(tensor["shape"])
     if "b64" in tensor:
@@ -217,6 +233,7 @@ class BaseClient(Generic[T]):
         b64_threshold: int = B64_THRESHOLD,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        encoding: AnswerEncoding = "b64",
     ) -> None:
         """A client of the service at ``base_url``.
 
@@ -230,19 +247,27 @@ class BaseClient(Generic[T]):
                 each retry.
             max_wait: the longest single wait, whatever ``Retry-After`` says.
             b64_threshold: tensors with more elements are sent as base64.
-            transport: an httpx transport to send requests through instead of the network.
+            transport: an httpx transport to send requests through (default:
+                ``StdlibTransport``, which hands ``https://`` to httpx's own).
             sleep: how to wait between retries (tests pass a recorder).
+            encoding: how forward, backward and jacobian answer tensors: ``b64`` (JSON) or
+                ``safetensors`` (one binary body; ``Client`` then answers read-only arrays
+                that share the body's memory).
         """
         headers = {"User-Agent": f"tensorgrade-client/{__version__}"}
         if api_key:
             headers["X-API-Key"] = api_key
         self.http = httpx.Client(
-            base_url=base_url, headers=headers, timeout=timeout, transport=transport
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport if transport is not None else StdlibTransport(),
         )
         self.retries = retries
         self.backoff = backoff
         self.max_wait = max_wait
         self.b64_threshold = b64_threshold
+        self.encoding: AnswerEncoding = encoding
         self._sleep = sleep
 
     def __enter__(self) -> Self:
@@ -255,8 +280,9 @@ class BaseClient(Generic[T]):
         """Close the connections."""
         self.http.close()
 
-    def tensor(self, wire: Mapping[str, Any]) -> T:
-        """A tensor of an answer as this client's tensor type."""
+    def tensor(self, wire: Mapping[str, Any] | Array) -> T:
+        """A tensor of an answer (its wire form, or an array of a safetensors answer) as this
+        client's tensor type."""
         raise NotImplementedError
 
     # -- the operations ------------------------------------------------------------------------
@@ -415,7 +441,7 @@ class BaseClient(Generic[T]):
             "inputs": to_wire(inputs, self.b64_threshold),
             "device": device,
             "dtype": dtype,
-            "encoding": "b64",
+            "encoding": self.encoding,
         }
 
     def _check_body(
@@ -439,6 +465,8 @@ class BaseClient(Generic[T]):
         response = self._send(method, path, body, params)
         if response.status_code >= 400:
             raise ProblemError.from_response(response)
+        if response.headers.get("content-type", "").startswith("application/octet-stream"):
+            return read_safetensors_answer(response.content)
         answer: dict[str, Any] = orjson.loads(response.content)
         return answer
 
@@ -456,6 +484,11 @@ class BaseClient(Generic[T]):
                 response = self.http.request(
                     method, path, content=content, params=params, headers=headers
                 )
+                # httpx leaves the response and its stream pointing at each other: a cycle,
+                # which keeps a read body (32 MB for a large Jacobian) alive until the garbage
+                # collector's next pass instead of freeing it when the caller is done, and
+                # the next answer then lands in fresh memory (a page fault every 4 KiB).
+                response.stream = httpx.ByteStream(b"")
             except RETRIED_ERRORS:
                 if attempt >= self.retries:
                     raise
@@ -472,17 +505,19 @@ class BaseClient(Generic[T]):
 class Client(BaseClient[Array]):
     """The client; tensors come back as numpy arrays."""
 
-    def tensor(self, wire: Mapping[str, Any]) -> Array:
+    def tensor(self, wire: Mapping[str, Any] | Array) -> Array:
         return from_wire(wire)
 
 
 class TorchClient(BaseClient["torch.Tensor"]):
     """The client; tensors come back as torch tensors (on the CPU)."""
 
-    def tensor(self, wire: Mapping[str, Any]) -> torch.Tensor:
+    def tensor(self, wire: Mapping[str, Any] | Array) -> torch.Tensor:
         import torch
 
-        return torch.from_numpy(from_wire(wire))
+        array = from_wire(wire)
+        # A tensor owns writable memory: a read-only view of a safetensors body is copied.
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _ints(value: int | Sequence[int]) -> int | list[int]:
@@ -490,4 +525,6 @@ def _ints(value: int | Sequence[int]) -> int | list[int]:
 
 
 def _is_wire_tensor(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return True
     return isinstance(value, Mapping) and "shape" in value and ("data" in value or "b64" in value)

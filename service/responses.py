@@ -9,47 +9,59 @@ A route builds its answer as a mapping whose leaves are torch tensors and plain 
   holding every tensor under its path in the answer, nested names joined by ``.``
   (``grads.weight``); every other field is in the header's ``__metadata__`` under its path,
   its value written as JSON (``"of": "\\"y\\""``, ``"steps": "[1, 2]"``). No base64 and no
-  text: the fast path for large Jacobians. ``read_safetensors_answer`` reverses it.
+  text: the fast path for large Jacobians. ``read_safetensors_answer`` (``service.binary``)
+  reverses it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
-import safetensors.numpy
 import torch
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from service.binary import read_safetensors_answer as read_safetensors_answer  # re-exported
 from service.memory import note_large_answer
 from service.tensors import Encoding, encode
 
 SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
 CHUNK_BYTES = 1 << 20
+_SAFETENSORS_DTYPES = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32"}
+_DTYPE_RANK = {np.dtype("<f8"): 1, np.dtype("<f4"): 0}
+
+Part = bytes | npt.NDArray[Any]
+"""A part of a binary body: bytes, or a C-contiguous array sent as its memory."""
 
 
 class BinaryResponse(Response):
-    """A large binary body sent in slices of ``CHUNK_BYTES``, with its ``Content-Length``.
+    """A large binary body, given in parts and sent in slices of ``CHUNK_BYTES``.
 
-    Handing the server one 32 MB body makes it copy what the socket does not take at once
-    into its write buffer (twice, with asyncio's transport); slices let it write each one as
-    the socket drains, so the body is never copied whole and memory stays flat.
+    The parts (a safetensors header, then each tensor's own memory) are never joined: the
+    body of a 32 MB Jacobian would be copied whole once more, with the page faults of a
+    fresh 32 MB buffer, before its first byte is sent. In slices the server writes each one
+    as the socket drains, and memory stays flat. ``Content-Length`` is the parts' total.
     """
 
     media_type = SAFETENSORS_MEDIA_TYPE
+
+    def __init__(self, parts: Sequence[Part]) -> None:
+        self.parts = [_byte_view(part) for part in parts]
+        super().__init__()
+        self.headers["content-length"] = str(sum(len(part) for part in self.parts))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        body = memoryview(self.body)
-        for start in range(0, len(body), CHUNK_BYTES):
-            chunk = body[start : start + CHUNK_BYTES]
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        for part in self.parts:
+            for start in range(0, len(part), CHUNK_BYTES):
+                chunk = part[start : start + CHUNK_BYTES]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -72,7 +84,7 @@ def tensor_answer(answer: Mapping[str, Any], encoding: Encoding) -> Response:
     """
     note_large_answer(_tensor_bytes(answer))
     if encoding == "safetensors":
-        return BinaryResponse(to_safetensors(answer))
+        return BinaryResponse(safetensors_parts(answer))
     return TensorJSONResponse(_encode_tree(answer, encoding))
 
 
@@ -100,15 +112,50 @@ def to_safetensors(answer: Mapping[str, Any]) -> bytes:
             a tensor goes to ``__metadata__`` (an empty mapping too, so nothing is lost).
 
     Returns:
-        The bytes of the file.
+        The bytes of the file (``safetensors_parts`` joined).
+    """
+    return b"".join(_byte_view(part) for part in safetensors_parts(answer))
+
+
+def _byte_view(part: Part) -> memoryview:
+    """The bytes of a part, shared (an array's memory seen as bytes)."""
+    return memoryview(part) if isinstance(part, bytes) else part.data.cast("B")
+
+
+def safetensors_parts(answer: Mapping[str, Any]) -> list[Part]:
+    """An answer as a safetensors file in parts: its header, then each tensor's own memory.
+
+    The file is the one ``safetensors.serialize`` writes (the tests check it against the
+    library: the same header, byte for byte up to the order of the metadata keys, which the
+    library leaves to a hash map, and the same data), without copying any tensor: the
+    library can only answer one ``bytes`` object holding them all, and for a 32 MB Jacobian
+    that copy costs more than computing it.
+
+    Args:
+        answer: the answer's fields, as for ``to_safetensors``.
+
+    Returns:
+        The header (its 8-byte little-endian length, the JSON, spaces up to a multiple of 8),
+        then each tensor's bytes, little-endian and row-major, in the header's order.
     """
     tensors: dict[str, npt.NDArray[Any]] = {}
     metadata: dict[str, str] = {}
     _flatten(answer, "", tensors, metadata)
-    # safetensors.numpy rather than safetensors.torch: the numpy writer skips the torch one's
-    # checks for shared storage and copies each tensor once instead of several times.
-    data: bytes = safetensors.numpy.save(tensors, metadata=metadata or None)
-    return data
+    # The library's order: wider dtypes first (F64 before F32), then by name.
+    order = sorted(tensors, key=lambda name: (-_DTYPE_RANK[tensors[name].dtype], name))
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name in order:
+        array = tensors[name]
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+    text = orjson.dumps(header)
+    text += b" " * (-len(text) % 8)
+    return [len(text).to_bytes(8, "little") + text, *(tensors[name] for name in order)]
 
 
 def _flatten(
@@ -129,44 +176,13 @@ def _flatten(
 
 
 def _as_array(tensor: torch.Tensor) -> npt.NDArray[Any]:
-    """A tensor as a C-contiguous CPU array in its own dtype (float64 or float32)."""
+    """A tensor as a C-contiguous, little-endian CPU array in its own dtype (float64 or
+    float32); a contiguous CPU tensor is shared, not copied."""
     tensor = tensor.detach()
     if tensor.dtype not in (torch.float64, torch.float32):
         tensor = tensor.to(torch.float64)
-    return np.ascontiguousarray(tensor.cpu().numpy())
-
-
-def read_safetensors_answer(body: bytes) -> dict[str, Any]:
-    """An answer sent with ``"encoding": "safetensors"``, back as nested mappings.
-
-    Args:
-        body: the response body.
-
-    Returns:
-        The answer with its tensors as numpy arrays at their places and its other fields
-        decoded from JSON, e.g. ``{"jacobian": array(...), "of": "y", ...}``.
-    """
-    answer: dict[str, Any] = {}
-    for path, array in safetensors.numpy.load(body).items():
-        _put(answer, path, array)
-    for path, text in (_metadata(body) or {}).items():
-        _put(answer, path, orjson.loads(text))
-    return answer
-
-
-def _put(tree: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
-    tree[leaf] = value
-
-
-def _metadata(body: bytes) -> dict[str, str] | None:
-    """The ``__metadata__`` of a safetensors file (its 8-byte length, then a JSON header)."""
-    length = int.from_bytes(body[:8], "little")
-    header: dict[str, Any] = orjson.loads(body[8 : 8 + length])
-    metadata: dict[str, str] | None = header.get("__metadata__")
-    return metadata
+    array = np.ascontiguousarray(tensor.cpu().numpy())
+    return array.astype(array.dtype.newbyteorder("<"), copy=False)
 
 
 def binary_answer_responses(model: type[Any]) -> dict[int | str, dict[str, Any]]:

@@ -112,19 +112,20 @@ class Telemetry:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             route = route_label(scope, request)
             record_request(method, route, status, seconds)
-            client = scope.get("client")
-            access_log.info(
-                "%s %s %d",
-                method,
-                scope["path"],
-                status,
-                extra={
-                    "request_id": request_id,
-                    "method": method,
-                    "route": route,
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "client": client[0] if client else None,
-                },
-            )
+            if access_log.isEnabledFor(logging.INFO):  # else skip building the record
+                client = scope.get("client")
+                access_log.info(
+                    "%s %s %d",
+                    method,
+                    scope["path"],
+                    status,
+                    extra={
+                        "request_id": request_id,
+                        "method": method,
+                        "route": route,
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                        "client": client[0] if client else None,
+                    },
+                )

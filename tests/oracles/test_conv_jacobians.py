@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from models import autodiff
+from models import autodiff, conv_jacobians
 from models.conv_jacobians import conv_jacobian
 from models.registry import get_model
 from tests.helpers import finite_difference_jacobian
@@ -60,6 +60,28 @@ def test_closed_forms_match_autograd_and_finite_differences(
         torch.testing.assert_close(closed, finite_difference_jacobian(f, arg), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("block_bytes", [1, 1600])
+def test_filling_a_block_of_filters_at_a_time_gives_the_same_jacobians(
+    monkeypatch: pytest.MonkeyPatch, block_bytes: int
+) -> None:
+    """Blocks of one filter, and of several with a shorter last block, as large Jacobians
+    are filled (the other tests' Jacobians fit in one block)."""
+    for name, config, shapes in CASES[2:5] + CASES[7:8]:
+        model = get_model(name)
+        cfg = model.parse_config(config)
+        args = make_args({**shapes, "weight": (5, *shapes["weight"][1:])}, 23)
+        args.pop("bias", None)
+        whole = {wrt: conv_jacobian(cfg, args, "y", wrt) for wrt in args}
+        monkeypatch.setattr(conv_jacobians, "CHUNK_BYTES", block_bytes)
+        for wrt in args:
+            blocked = conv_jacobian(cfg, args, "y", wrt)
+            assert blocked is not None and whole[wrt] is not None
+            torch.testing.assert_close(blocked, whole[wrt], rtol=0, atol=0)
+            oracle = autodiff.autograd_jacobian(model, cfg, args, "y", wrt)
+            torch.testing.assert_close(blocked, oracle, rtol=1e-12, atol=1e-12)
+        monkeypatch.undo()
+
+
 def test_the_registry_uses_the_closed_form_and_says_so() -> None:
     model = get_model("conv2d")
     cfg = model.parse_config({"padding": 1})
@@ -87,6 +109,28 @@ def test_float32_stays_float32() -> None:
         closed = conv_jacobian(cfg, args32, "y", wrt)
         assert closed is not None and closed.dtype == torch.float32
         torch.testing.assert_close(closed.double(), conv_jacobian(cfg, args64, "y", wrt))
+
+
+def test_dtypes_numpy_lacks_and_tensors_requiring_grad_take_torchs_own_path() -> None:
+    """bfloat16 and tensors that require grad cannot be shared with numpy: zeros and the band
+    are then written by torch, with the same entries (the closed forms only copy inputs), and
+    no graph is recorded either way."""
+    model = get_model("conv2d")
+    cfg = model.parse_config({"stride": 2, "padding": 1})
+    args = make_args({"weight": (2, 2, 3, 2), "bias": (2,), "x": (2, 5, 4)}, 11)
+    rounded = {n: t.bfloat16() for n, t in args.items()}
+    exact = {n: t.double() for n, t in rounded.items()}  # bfloat16 values are float64 values
+    leaves = {n: t.clone().requires_grad_(True) for n, t in args.items()}
+    for wrt in args:
+        low = conv_jacobian(cfg, rounded, "y", wrt)
+        assert low is not None and low.dtype == torch.bfloat16
+        oracle = conv_jacobian(cfg, exact, "y", wrt)
+        assert oracle is not None
+        torch.testing.assert_close(low.double(), oracle, rtol=0, atol=0)
+        tracked = conv_jacobian(cfg, leaves, "y", wrt)
+        assert tracked is not None and not tracked.requires_grad
+        autograd = autodiff.autograd_jacobian(model, cfg, args, "y", wrt)
+        torch.testing.assert_close(tracked, autograd, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.gpu

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,90 @@ def test_safetensors_keeps_nested_fields_empty_sections_and_non_finite_values() 
     assert back["outputs"]["steps"] == 2 and back["grads"] == {}
     assert back["norms"] == [1.5, 2.0] and back["verdict"] == "exploding"
     assert back["outputs"]["h"][0, 0] == 1.0 and np.isnan(back["outputs"]["h"][0, 1])
+
+
+def test_the_file_is_the_one_the_safetensors_library_writes() -> None:
+    """Header and data as ``safetensors.numpy.save`` writes them: the same length, the same
+    JSON (the library orders metadata keys by a hash map, so the headers are compared as
+    JSON, tensor order included) and the same data bytes; and the library reads it back."""
+    gen = torch.Generator().manual_seed(2)
+    h = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    y = torch.randn(2, 5, generator=gen).float()
+    gx = torch.randn(7, generator=gen, dtype=torch.float64)
+    note = 'a "quote", é, a tab\t, a \x01 and a line\n'
+    answer = {
+        "outputs": {"y": y, "h": h},
+        "grads": {"x": gx, "none": {}},
+        "of": "y",
+        "note": note,
+        "steps": [1, 2.5],
+    }
+    expected_tensors = {"outputs.y": y.numpy(), "outputs.h": h.numpy(), "grads.x": gx.numpy()}
+    expected_metadata = {
+        "grads.none": "{}",
+        "of": '"y"',
+        "note": json.dumps(note, ensure_ascii=False, separators=(",", ":")),
+        "steps": "[1,2.5]",
+    }
+    ours = to_safetensors(answer)
+    library = safetensors.numpy.save(expected_tensors, metadata=expected_metadata)
+    length = int.from_bytes(library[:8], "little")
+    assert int.from_bytes(ours[:8], "little") == length and length % 8 == 0
+    assert len(ours) == len(library) and ours[8 + length :] == library[8 + length :]
+    header, theirs = json.loads(ours[8 : 8 + length]), json.loads(library[8 : 8 + length])
+    assert header == theirs and list(header) == list(theirs)  # F64 first, then by name
+    loaded = safetensors.numpy.load(ours)
+    assert set(loaded) == set(expected_tensors)
+    for name, array in expected_tensors.items():
+        assert loaded[name].dtype == array.dtype
+        np.testing.assert_array_equal(loaded[name], array)
+    assert header["__metadata__"] == expected_metadata
+    # Without metadata the library's file is deterministic: the same bytes.
+    assert to_safetensors({"jacobian": h}) == safetensors.numpy.save({"jacobian": h.numpy()})
+
+
+def test_reading_a_safetensors_answer_shares_the_body_and_agrees_with_the_library() -> None:
+    gen = torch.Generator().manual_seed(6)
+    answer = {
+        "outputs": {"y": torch.randn(2, 3, generator=gen).float()},
+        "grads": {"x": torch.randn(4, generator=gen, dtype=torch.float64)},
+        "method": "closed-form",
+    }
+    body = to_safetensors(answer)
+    back = read_safetensors_answer(body)
+    library = safetensors.numpy.load(body)
+    assert back["method"] == "closed-form"
+    for section, name in (("outputs", "y"), ("grads", "x")):
+        array = back[section][name]
+        np.testing.assert_array_equal(array, library[f"{section}.{name}"])
+        np.testing.assert_array_equal(array, answer[section][name].numpy())  # type: ignore[index]
+        assert array.dtype == library[f"{section}.{name}"].dtype and not array.flags.writeable
+        assert np.shares_memory(array, np.frombuffer(body, dtype=np.uint8))
+
+
+def _with_header(header: dict[str, Any], data: bytes = b"") -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"\x01\x00", "shorter than the 8 bytes"),
+        ((1000).to_bytes(8, "little") + b"{}", "a 1,000-byte header in 10 bytes"),
+        ((2).to_bytes(8, "little") + b"{]", "the header is not JSON"),
+        (_with_header([1]), "not a JSON object"),  # type: ignore[arg-type]
+        (_with_header({"t": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}}), "F8"),
+        (_with_header({"t": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}}, b"0" * 16),
+         "do not hold (2,) of F64"),
+        (_with_header({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"0" * 4),
+         "bytes 0-8"),
+    ],
+)  # fmt: skip
+def test_a_body_that_is_not_safetensors_is_a_clear_error(body: bytes, words: str) -> None:
+    with pytest.raises(ValueError) as error:
+        read_safetensors_answer(body)
+    assert words in str(error.value)
 
 
 FORWARD = b'{"params": {"weight": [[[1, 0, -1]]]}, "inputs": {"x": [[1, 2, %s]]}}'

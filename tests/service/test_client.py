@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import gc
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -19,9 +21,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.client import Client, ProblemError, TorchClient, from_wire, to_wire
+from service.client import Backward, Client, ProblemError, TorchClient, from_wire, to_wire
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.settings import Settings
+from service.transport import StdlibTransport
 from tests.fakes import FakeGrading
 from tests.helpers import finite_difference_jacobian
 from tests.servers import InProcess, uvicorn_thread
@@ -161,6 +164,94 @@ def test_client_over_real_http_with_an_api_key() -> None:
             (7 - 3) // 2 + 1,
         ]
         assert tg.http.headers["X-API-Key"] == "k-123"
+
+
+# -- binary answers ---------------------------------------------------------------------------
+
+
+def test_safetensors_answers_are_the_arrays_of_the_json_answers(client: TestClient) -> None:
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((1, 3))
+    calls: list[Callable[[Client], object]] = [
+        lambda tg: tg.forward("conv1d", {"weight": W}, {"x": X}, config={"stride": 2})["y"],
+        lambda tg: tg.jacobian("conv1d", {"weight": W}, {"x": X}, of="y", wrt="x",
+                               config={"stride": 2}),
+        lambda tg: tg.backward("conv1d", {"weight": W, "bias": np.array([0.5])}, {"x": X},
+                               {"y": g}, config={"stride": 2}),
+    ]  # fmt: skip
+    transport = InProcess(client)
+    with (
+        Client("http://testserver", transport=transport) as as_json,
+        Client("http://testserver", transport=transport, encoding="safetensors") as binary,
+    ):
+        for call in calls:
+            expected, got = call(as_json), call(binary)
+            assert orjson.loads(transport.requests[-1].content)["encoding"] == "safetensors"
+            if isinstance(expected, Backward):
+                assert isinstance(got, Backward)
+                pairs = [(expected.outputs, got.outputs), (expected.grads, got.grads)]
+                for want, have in pairs:
+                    assert set(want) == set(have)
+                    for name in want:
+                        np.testing.assert_array_equal(have[name], want[name])
+                        assert have[name].dtype == want[name].dtype == np.float64
+            else:
+                assert isinstance(got, np.ndarray) and isinstance(expected, np.ndarray)
+                assert got.dtype == expected.dtype and got.shape == expected.shape
+                np.testing.assert_array_equal(got, expected)
+                assert not got.flags.writeable  # a view of the body, as safetensors loads it
+        # An independent oracle of the Jacobian: dy[0, i]/dx[c, 2i + m] = W[0, c, m] (seed 1.1(c)).
+        jac = calls[1](binary)
+    assert isinstance(jac, np.ndarray)
+    for i in range(3):
+        np.testing.assert_array_equal(jac[0, i][:, 2 * i : 2 * i + 3], W[0])
+
+
+def test_torch_client_gets_writable_tensors_from_safetensors(client: TestClient) -> None:
+    with TorchClient(
+        "http://testserver", transport=InProcess(client), encoding="safetensors"
+    ) as tg:
+        y = tg.forward("conv1d", {"weight": W}, {"x": X}, config={"stride": 2})["y"]
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float64
+    y += 1  # its own memory
+    torch.testing.assert_close(y, torch.from_numpy(seed_conv(W, X)) + 1)
+
+
+def test_an_answer_is_freed_when_dropped_not_at_the_next_garbage_collection(
+    client: TestClient,
+) -> None:
+    """httpx's response and stream point at each other; the client cuts that cycle, so a
+    large body goes back to the allocator as soon as the caller lets go of it."""
+    with Client("http://testserver", transport=InProcess(client)) as tg:
+        gc.disable()
+        try:
+            response = tg._send("GET", "/healthz", None, None)
+            assert response.json() == {"status": "ok"}
+            gone = weakref.ref(response)
+            del response
+            assert gone() is None
+        finally:
+            gc.enable()
+
+
+def test_a_large_safetensors_jacobian_over_real_http() -> None:
+    """Over a socket and several 1 MB slices, through the default (stdlib) transport."""
+    rng = np.random.default_rng(4)
+    w, x = rng.standard_normal((8, 8, 3)), rng.standard_normal((8, 100))
+    with (
+        uvicorn_thread(create_app(Settings())) as url,
+        Client(url, encoding="safetensors") as binary,
+        Client(url) as as_json,
+    ):
+        got = binary.jacobian("conv1d", {"weight": w}, {"x": x}, of="y", wrt="x")
+        expected = as_json.jacobian("conv1d", {"weight": w}, {"x": x}, of="y", wrt="x")
+        assert isinstance(binary.http._transport, StdlibTransport)
+    assert got.nbytes > 4 << 20 and got.shape == (8, 98, 8, 100)
+    np.testing.assert_array_equal(got, expected)
+    oracle = torch.autograd.functional.jacobian(
+        lambda v: torch.nn.functional.conv1d(v[None], torch.from_numpy(w))[0], torch.from_numpy(x)
+    )
+    np.testing.assert_allclose(got, oracle.numpy(), rtol=0, atol=1e-12)
 
 
 # -- retries, against scripted answers --------------------------------------------------------

@@ -1,0 +1,185 @@
+"""An httpx transport that speaks plain HTTP/1.1 through the standard library's ``http.client``.
+
+Why the client does not use httpx's own transport for ``http://``: httpcore reads a response
+64 KiB at a time and h11 copies each piece three more times (into its receive buffer, out as
+an event, and into the joined body), with Python work per piece, so a 32 MB safetensors
+Jacobian arrives about 1.5x slower than with ``urllib.request``. ``http.client`` reads a body
+of known ``Content-Length`` with one read into one buffer, which the socket fills directly.
+Everything above the wire stays httpx (``httpx.Client``, its headers, timeouts and errors; the
+client's retries; proxies from the environment, which httpx mounts ahead of this transport);
+``https://`` and other schemes go to httpx's own transport.
+
+Connections are kept alive and reused, one request at a time each, from a small pool that is
+safe to share between threads. A kept-alive connection that the server closed while it was
+idle (uvicorn closes them after 5 s) fails on its next use; such a request is sent again once
+on a fresh connection, as urllib3 does (every operation of the API is a pure computation, so
+sending it twice is safe).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+# Failures that mean "the server closed the connection", e.g. a kept-alive one while it was idle.
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_DROPPED_HEADERS = frozenset({b"transfer-encoding", b"content-length"})
+
+
+class StdlibTransport(httpx.BaseTransport):
+    """Plain-HTTP requests over pooled ``http.client`` connections; others through httpx.
+
+    Args:
+        max_idle: the most idle connections kept per host and port.
+        other: the transport for every scheme but ``http`` (default: httpx's own, made when
+            first needed).
+    """
+
+    def __init__(self, max_idle: int = 8, other: httpx.BaseTransport | None = None) -> None:
+        self._max_idle = max_idle
+        self._idle: dict[tuple[str, int], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._other = other
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and read its whole answer.
+
+        Args:
+            request: the request, as httpx built it (headers included).
+
+        Returns:
+            The response, its body already read.
+
+        Raises:
+            httpx.TransportError: the matching httpx error (``ConnectError``,
+                ``ReadTimeout``, ``RemoteProtocolError``...) for a failure on the wire.
+        """
+        if request.url.scheme != "http":
+            with self._lock:
+                if self._other is None:
+                    self._other = httpx.HTTPTransport()
+                other = self._other
+            return other.handle_request(request)
+        key = (request.url.host, request.url.port or 80)
+        timeouts: Mapping[str, float | None] = request.extensions.get("timeout", {})
+        body = request.read()
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() not in _DROPPED_HEADERS]
+        if body or request.method in ("POST", "PUT", "PATCH"):
+            headers.append((b"Content-Length", str(len(body)).encode()))
+        connection = self._take(key)
+        # A reused connection may have been closed by the server while idle: one more try.
+        tries = 2 if connection.sock is not None else 1
+        while True:
+            tries -= 1
+            try:
+                answer = _exchange(connection, request, headers, body, timeouts)
+            except _STALE as error:
+                connection.close()
+                if tries:
+                    continue
+                raise httpx.RemoteProtocolError(
+                    f"the server closed the connection: {error}", request=request
+                ) from error
+            except BaseException:
+                connection.close()
+                raise
+            self._give_back(key, connection)
+            return answer
+
+    def close(self) -> None:
+        """Close every idle connection (and httpx's transport, if it was used)."""
+        with self._lock:
+            idle = [c for pool in self._idle.values() for c in pool]
+            self._idle.clear()
+            other = self._other
+        for connection in idle:
+            connection.close()
+        if other is not None:
+            other.close()
+
+    def _take(self, key: tuple[str, int]) -> http.client.HTTPConnection:
+        with self._lock:
+            pool = self._idle.get(key)
+            if pool:
+                return pool.pop()
+        host, port = key
+        return http.client.HTTPConnection(host, port)
+
+    def _give_back(self, key: tuple[str, int], connection: http.client.HTTPConnection) -> None:
+        if connection.sock is None:  # the answer said Connection: close
+            return
+        with self._lock:
+            pool = self._idle.setdefault(key, [])
+            if len(pool) < self._max_idle:
+                pool.append(connection)
+                return
+        connection.close()
+
+
+def _exchange(
+    connection: http.client.HTTPConnection,
+    request: httpx.Request,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    timeouts: Mapping[str, float | None],
+) -> httpx.Response:
+    """One request and its answer on ``connection``; errors mapped to httpx's."""
+    stage = "connect"
+    try:
+        if connection.sock is None:
+            connection.timeout = timeouts.get("connect")
+            connection.connect()
+        stage = "write"
+        _set_timeout(connection, timeouts.get("write"))
+        connection.putrequest(
+            request.method,
+            request.url.raw_path.decode("ascii"),
+            skip_host=True,
+            skip_accept_encoding=True,
+        )
+        for name, value in headers:
+            connection.putheader(name.decode("latin-1"), value)
+        connection.endheaders(body or None)
+        stage = "read"
+        _set_timeout(connection, timeouts.get("read"))
+        response = connection.getresponse()
+        content = response.read()  # a known length: one buffer, filled by the socket
+    except _STALE:
+        if stage == "connect":
+            raise httpx.ConnectError("connection reset", request=request) from None
+        raise
+    except TimeoutError as error:
+        kind = {
+            "connect": httpx.ConnectTimeout,
+            "write": httpx.WriteTimeout,
+            "read": httpx.ReadTimeout,
+        }[stage]
+        raise kind(str(error) or "timed out", request=request) from error
+    except http.client.HTTPException as error:
+        raise httpx.RemoteProtocolError(str(error), request=request) from error
+    except OSError as error:
+        failure: type[httpx.NetworkError] = {
+            "connect": httpx.ConnectError,
+            "write": httpx.WriteError,
+        }.get(stage, httpx.ReadError)
+        raise failure(str(error), request=request) from error
+    raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.getheaders()]
+    extensions: dict[str, Any] = {
+        "http_version": b"HTTP/1.1" if response.version == 11 else b"HTTP/1.0",
+        "reason_phrase": response.reason.encode("latin-1"),
+    }
+    return httpx.Response(
+        response.status,
+        headers=raw_headers,
+        stream=httpx.ByteStream(content),
+        extensions=extensions,
+    )
+
+
+def _set_timeout(connection: http.client.HTTPConnection, seconds: float | None) -> None:
+    if connection.sock is not None:
+        connection.sock.settimeout(seconds)
