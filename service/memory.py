@@ -8,9 +8,10 @@ back. Two measures, glibc only (elsewhere both are no-ops):
 
 1. at start-up, few arenas (``TENSORGRADE_MALLOC_ARENA_MAX``, 2), so freed blocks land where
    ``malloc_trim`` can return them (the request threads share them; the GIL serialises them
-   anyway), and a fixed mapping threshold (``TENSORGRADE_MALLOC_MMAP_THRESHOLD_BYTES``, 1 MiB),
-   so large buffers go straight back to the system when freed: under overload in the soak
-   test (``bench/soak.py``) a worker otherwise climbed past 2 GB, and stayed near 1 GB with it;
+   anyway); a fixed mapping threshold (``TENSORGRADE_MALLOC_MMAP_THRESHOLD_BYTES``) is
+   available but off by default: at 1 MiB every large answer faulted in fresh pages (the
+   4M-entry Jacobian over HTTP took 2.5 times as long), while with the idle trim below the
+   workers' memory levels off in the soak test (``bench/soak.py``) without it;
 2. once no large answer has been produced for ``IDLE_SECONDS``, ``malloc_trim(0)`` gives the
    free pages back to the operating system.
 

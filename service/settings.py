@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         2, ge=0, le=1024, description="glibc malloc arenas per worker; 0 keeps glibc's default."
     )
     malloc_mmap_threshold_bytes: int = Field(
-        2**20,
+        0,
         ge=0,
         le=2**25,
         description="Blocks this large or larger are returned to the system when freed; 0 keeps "
