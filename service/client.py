@@ -425,6 +425,67 @@ class BaseClient(Generic[T]):
         params = {"format": "gradescope"} if gradescope else None
         return self._call("POST", f"/v1/assignments/{assignment}/grade", body, params)
 
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: every model with its params, inputs, outputs and config."""
+        models: list[dict[str, Any]] = self._call("GET", "/v1/models")["models"]
+        return models
+
+    def state_jacobians(
+        self,
+        model: str,
+        params: Mapping[str, Any],
+        inputs: Mapping[str, Any],
+        *,
+        config: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        dtype: str = "float64",
+    ) -> dict[str, Any]:
+        """``POST /v1/models/{model}/state-jacobians``: dh[t]/dh[t-1] per step, their norms and
+        the vanishing/exploding verdict; tensors of the answer as this client's tensor type."""
+        body = self._model_body(params, inputs, config, device, dtype)
+        answer = self._call("POST", f"/v1/models/{model}/state-jacobians", body)
+        return {k: self.tensor(v) if _is_wire_tensor(v) else v for k, v in answer.items()}
+
+    def problem(self, assignment: str, problem: str, student_id: str) -> dict[str, Any]:
+        """``GET /v1/assignments/{a}/problems/{p}?student_id=``: the statement and the given
+        tensors of the student's variant (never the answer)."""
+        return self._call(
+            "GET",
+            f"/v1/assignments/{assignment}/problems/{problem}",
+            params={"student_id": student_id},
+        )
+
+    def check_problem(
+        self, assignment: str, problem: str, student_id: str, answer: Any
+    ) -> dict[str, Any]:
+        """``POST /v1/assignments/{a}/problems/{p}/check``: one answer of a student judged
+        against their variant: ``{"correct", "score", "points", "feedback", ...}``."""
+        body = {"student_id": student_id, "answer": to_wire(answer, self.b64_threshold)}
+        return self._call("POST", f"/v1/assignments/{assignment}/problems/{problem}/check", body)
+
+    def loss_curve(
+        self,
+        batch_losses: Sequence[Sequence[float]],
+        num_classes: int,
+        *,
+        batch_accuracies: Sequence[Sequence[float]] | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v1/diagnostics/loss-curve``: epoch means beside last-batch values, spikes
+        and findings (the homework's part 1.3)."""
+        body = {
+            "batch_losses": [list(epoch) for epoch in batch_losses],
+            "batch_accuracies": (
+                None if batch_accuracies is None else [list(e) for e in batch_accuracies]
+            ),
+            "num_classes": num_classes,
+        }
+        return self._call("POST", "/v1/diagnostics/loss-curve", body)
+
+    def temporal_order(self, **options: Any) -> dict[str, Any]:
+        """``POST /v1/experiments/temporal-order``: a bounded reference training run; the
+        options are the body's fields (``epochs``, ``cell``, ``seed``...)."""
+        return self._call("POST", "/v1/experiments/temporal-order", dict(options))
+
     # -- plumbing ------------------------------------------------------------------------------
 
     def _model_body(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,13 +19,7 @@ QUICK = TaskSpec(length_range=(20, 24), t1_range=(3, 6), t2_range=(12, 16))
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: intra-op threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 F64 = torch.float64

@@ -362,3 +362,47 @@ def test_check_check_batch_and_grade_follow_the_contract() -> None:
         with pytest.raises(ProblemError) as error:
             tg.grade("nope", "s1", {})
         assert error.value.status == 404
+
+
+def test_the_other_operations_answer_what_their_routes_answer(
+    tg: Client, client: TestClient
+) -> None:
+    assert {m["name"] for m in tg.models()} == {
+        m["name"] for m in client.get("/v1/models").json()["models"]
+    }
+    rng = np.random.default_rng(0)
+    params = {
+        "W_c": rng.normal(size=(2, 3)),
+        "W_h": rng.normal(size=(2, 2)),
+        "W_x": rng.normal(size=(2, 3)),
+    }
+    inputs = {"x": rng.normal(size=(4, 3))}
+    flow = tg.state_jacobians("gated_rnn", params, inputs)
+    assert flow["jacobians"].shape == (4, 2, 2) and flow["verdict"] in {
+        "vanishing",
+        "exploding",
+        "neither",
+    }
+    # Entry t-1 is dh[t]/dh[t-1]: the last one against autograd through the model itself.
+    h = tg.forward("gated_rnn", params, inputs)["h"]
+    w_c, w_h, w_x = (torch.tensor(params[n]) for n in ("W_c", "W_h", "W_x"))
+    x_t = torch.tensor(inputs["x"][3])
+
+    def step(h_prev: torch.Tensor) -> torch.Tensor:
+        c = torch.sigmoid(w_c @ x_t + w_h @ h_prev)
+        return c * h_prev + (1 - c) * (w_x @ x_t)
+
+    expected = torch.autograd.functional.jacobian(step, torch.tensor(h[2]))
+    np.testing.assert_allclose(flow["jacobians"][3], expected.numpy(), rtol=1e-10, atol=1e-12)
+
+    variant = tg.problem("cnn-rnn", "1.1a", "student-1")
+    assert variant["id"] == "1.1a" and variant["student_id"] == "student-1"
+    assert "21" in variant["statement"]  # the seed's own 21x12 input
+    judged = tg.check_problem("cnn-rnn", "1.1a", "student-1", [5, 2])
+    assert judged["correct"] is True
+    wrong = tg.check_problem("cnn-rnn", "1.1a", "student-1", [2, 5])
+    assert wrong["correct"] is False
+
+    curve = tg.loss_curve([[1.41, 1.38, 1.35], [1.1, 0.9, 3.4]], num_classes=4)
+    assert curve["epoch_mean"] == pytest.approx([1.38, 1.8])
+    assert curve["spikes"] == [1]
