@@ -26,9 +26,13 @@ from models.errors import InvalidConfig, ShapeMismatch
 Padding = tuple[int, ...] | str
 
 
-@dataclass(frozen=True)
+@dataclass
 class DimStep:
-    """The worked computation of one spatial dimension's output size."""
+    """The worked computation of one spatial dimension's output size.
+
+    Not frozen: a frozen dataclass sets each field through ``object.__setattr__``, which
+    doubles the cost of a shape answer (thousands per grading run); nothing mutates one.
+    """
 
     dimension: int
     formula: str
@@ -47,8 +51,11 @@ def _per_dim(value: Any, dims: int, name: str, minimum: int, where: str) -> tupl
     """An int or a list with one int per dimension, as a tuple of ``dims`` ints.
 
     ``type(v) is int`` (not ``isinstance``) refuses booleans in one test; this runs several
-    times on every shape request, so it stays free of generators.
+    times on every shape request, so it stays free of generators, and an int in range (the
+    common case) returns at once.
     """
+    if type(value) is int and minimum <= value <= MAX_SIZE:
+        return (value,) * dims
     if type(value) is int:
         values: tuple[int, ...] = (value,) * dims
     elif type(value) in (list, tuple) and set(map(type, value)) <= _INT:

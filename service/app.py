@@ -21,13 +21,12 @@ from service.gate import ComputeGate
 from service.grading.catalogue import catalogue_from_settings
 from service.grading.checker import spec_validator
 from service.logs import ensure_logging
-from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware, JSONGuardMiddleware
+from service.middleware import EdgeMiddleware
 from service.openapi import declare_edge_statuses
 from service.problems import install_problem_handlers, problem_schemas
 from service.ratelimit import CheckLimiter
 from service.routes import assignments, check, diagnostics, health, metrics, models, shapes
 from service.settings import Settings, get_settings
-from service.telemetry import Telemetry
 
 logger = logging.getLogger("tensorgrade")
 
@@ -106,16 +105,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalogue = catalogue_from_settings(settings, spec_validator(settings))
     app.state.gate = ComputeGate.from_settings(settings)
     install_problem_handlers(app)
-    # Each one added wraps those before, so a request meets them in the reverse order: body
-    # limits (a declared oversize body is refused before anything else), requests in flight,
-    # strict JSON.
-    app.add_middleware(JSONGuardMiddleware)
-    app.add_middleware(InFlightLimitMiddleware, limit=settings.max_requests_in_flight)
-    app.add_middleware(
-        BodyLimitMiddleware,
-        max_bytes=settings.body_limit,
-        timeout=settings.body_timeout_seconds,
-    )
     # Routes match in order: the busiest (/v1/shapes/conv, thousands per grading run) first.
     app.include_router(shapes.router, **INSTRUCTORS)
     app.include_router(health.router)
@@ -124,8 +113,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(diagnostics.router, **INSTRUCTORS)
     app.include_router(assignments.router, **STUDENTS)
     app.include_router(metrics.router)
-    # Added last, so it is the outermost middleware and sees every answer (see telemetry.py).
-    app.add_middleware(Telemetry)
+    # The one middleware: request ids, telemetry and the guards at the edge, before routing,
+    # so it sees every answer (see middleware.py).
+    app.add_middleware(
+        EdgeMiddleware,
+        max_bytes=settings.body_limit,
+        timeout=settings.body_timeout_seconds,
+        max_in_flight=settings.max_requests_in_flight,
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -1,10 +1,11 @@
 """Structured logs: one JSON object per line on stderr.
 
 ``tensorgrade serve`` hands ``log_config(level)`` to uvicorn, so uvicorn's own messages and the
-service's share the format. Requests are logged once each by the telemetry middleware on the
-``tensorgrade.access`` logger (uvicorn's access log is switched off: it would log every request
-a second time, in another format). What a line holds is chosen, never dumped: no headers (API
-keys travel in one), no bodies (they hold tensors and students' answers).
+service's share the format. Requests are logged once each by the edge middleware
+(``service/middleware.py``) on the ``tensorgrade.access`` logger (uvicorn's access log is
+switched off: it would log every request a second time, in another format). What a line holds
+is chosen, never dumped: no headers (API keys travel in one), no bodies (they hold tensors and
+students' answers).
 """
 
 from __future__ import annotations

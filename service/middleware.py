@@ -1,22 +1,31 @@
-"""Pure-ASGI guards at the edge of the service: requests in flight, body size and time, and
-strict JSON.
+"""The one pure-ASGI layer at the edge of the service: request ids and telemetry, requests in
+flight, body size and time, and strict JSON.
 
-They run before routing, so every route, present or added later, is covered without any
-per-route work:
+``EdgeMiddleware`` runs before routing, so every route, present or added later, is covered
+without any per-route work. For each HTTP request, in this order:
 
-- ``InFlightLimitMiddleware`` answers 503 (with ``Retry-After``) to a request that arrives
-  while a worker already holds its limit of requests, before reading its body: whatever the
-  load, a worker holds at most that many bodies and answers in memory. The health probes are
-  exempt, so an overloaded worker is not mistaken for a dead one.
-- ``BodyLimitMiddleware`` refuses a body over the limit with a 413 problem detail: at once when
-  ``Content-Length`` declares it, and as soon as the count passes the limit when the body is
-  chunked (bytes are counted as they stream in, never buffered first). A body that has not
-  fully arrived within the time limit is a 408, so a client trickling bytes cannot hold a
-  connection and its buffer forever.
-- ``JSONGuardMiddleware`` reads a JSON body once with a strict parser and refuses with a 422
-  what Python's ``json`` module would let through: the ``NaN``, ``Infinity`` and ``-Infinity``
-  tokens, numbers too large for a float64 (``1e400``, a 5,000-digit integer), nesting deeper
-  than 1024 levels and invalid UTF-8, wherever they appear in the body.
+- it gives the request an id (``X-Request-ID`` honoured when plain, else generated; echoed in
+  the answer and in problem details), and when the answer is done counts it in the metrics and
+  logs one JSON line for it (``service.telemetry``), whatever answered: a route, a guard below,
+  or a 500;
+- a body whose ``Content-Length`` is over the limit is refused with a 413 at once, unread;
+- a request that arrives while the worker already holds its limit of requests is answered 503
+  (with ``Retry-After``) before its body is read: whatever the load, a worker holds at most that
+  many bodies and answers in memory. The health probes and metrics are exempt, so an
+  overloaded worker is not mistaken for a dead one;
+- a JSON body is read whole, counted against the limit as it streams in (a chunked body is
+  refused as soon as the count passes it, never buffered first) and parsed once with a strict
+  parser, which refuses with a 422 what Python's ``json`` module would let through: the ``NaN``,
+  ``Infinity`` and ``-Infinity`` tokens, numbers too large for a float64 (``1e400``, a
+  5,000-digit integer), nesting deeper than 1024 levels and invalid UTF-8, wherever they appear;
+- any body that has not fully arrived within the time limit is a 408, so a client trickling
+  bytes cannot hold a connection and its buffer forever.
+
+Why one layer and not one middleware per concern: each ASGI layer costs a call, a closure
+over ``receive`` or ``send`` and a header scan on every request, and the service answers
+thousands of small requests (``/v1/shapes/conv``) whose own work is a few microseconds. One
+layer reads the headers once and sets one deadline per body; the benchmark in ``bench/``
+measures what it costs against a bare endpoint.
 
 The guard is the one JSON parser of the service. It decides what is JSON as FastAPI does (an
 ``application/json`` or ``+json`` content type; FastAPI does not parse a body without one), and
@@ -28,14 +37,18 @@ non-finite body, whichever part of the service finds it.
 
 from __future__ import annotations
 
-from email.message import Message as MimeMessage
+import asyncio
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import anyio
 import orjson
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.problems import Problem, ProblemException, problem_response
+from service.requestid import accept_request_id, set_request_id
+from service.telemetry import record_request_done
 
 
 def _too_large(detail: str) -> Problem:
@@ -68,7 +81,7 @@ class BodyTooLarge(ProblemException):
     """Raised from ``receive`` when a streamed body passes the limit.
 
     When it surfaces inside the app (a route reading its body), the app's handlers answer it;
-    when it surfaces outside them (the JSON guard reading), the limit middleware does.
+    when it surfaces outside them (the JSON guard reading), the edge middleware does.
     """
 
     def __init__(self, limit: int) -> None:
@@ -77,116 +90,30 @@ class BodyTooLarge(ProblemException):
         )
 
 
-def _content_length(headers: Headers) -> int | None:
-    value = headers.get("content-length")
-    return int(value) if value is not None and value.isdigit() else None
-
-
-class BodyLimitMiddleware:
-    """Answer 413 to a request body larger than ``max_bytes``, declared or streamed, and 408
-    to one that is not complete ``timeout`` seconds after the request started."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.timeout = timeout
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(Headers(scope=scope))
-        if declared is not None and declared > self.max_bytes:
-            problem = _too_large(
-                f"the request body declares {declared:,} bytes; the limit is {self.max_bytes:,}"
-            )
-            await problem_response(problem)(scope, receive, send)
-            return
-        received = 0
-        complete = False
-        started = False
-        deadline = anyio.current_time() + self.timeout
-
-        async def counting_receive() -> Message:
-            nonlocal received, complete
-            if complete:  # after the body, receive only waits for a disconnect: no deadline
-                return await receive()
-            try:
-                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
-                    message = await receive()
-            except TimeoutError:
-                raise BodyTimeout(self.timeout) from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
-                complete = not message.get("more_body", False)
-            return message
-
-        async def watching_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, watching_send)
-        except (BodyTooLarge, BodyTimeout) as error:
-            if started:
-                raise
-            await problem_response(error.problem)(scope, receive, send)
-
-
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 """Probes and metrics: cheap, and they must answer most of all when the worker is busy."""
 
 
-class InFlightLimitMiddleware:
-    """Answer 503 to requests beyond ``limit`` at once in this worker (probes exempt)."""
+def is_json(content_type: bytes | None) -> bool:
+    """Whether a body is JSON by its content type, as FastAPI decides: ``application/json`` or
+    ``application/<anything>+json``, parameters and case aside.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-        self.in_flight = 0  # one event loop per worker: no lock needed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.limit:
-            problem = Problem(
-                503,
-                f"this worker is answering {self.in_flight} requests, its limit; "
-                "retry after the time in Retry-After",
-                kind="overloaded",
-                title="The service is overloaded",
-                # No Connection: close. The server reads and drops the unread body, so a client
-                # still sending it reads this answer instead of a reset connection.
-                headers={"Retry-After": "1"},
-            )
-            await problem_response(problem)(scope, receive, send)
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-
-def is_json(headers: Headers) -> bool:
-    """Whether the body is JSON by its content type, as FastAPI decides (``*/json``, ``+json``)."""
-    value = headers.get("content-type")
-    if not value:
+    Args:
+        content_type: the raw ``Content-Type`` header, or None when there is none.
+    """
+    if not content_type:
         return False
-    mime = MimeMessage()
-    mime["content-type"] = value
-    subtype = mime.get_content_subtype()
-    return mime.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json")
+    mime = content_type.split(b";", 1)[0].strip().lower()
+    return mime == b"application/json" or (
+        mime.startswith(b"application/") and mime.endswith(b"+json")
     )
 
 
 PARSED_JSON = "tensorgrade.parsed_json"
-"""Scope key of the body as ``JSONGuardMiddleware`` parsed it (absent for an empty body)."""
+"""Scope key of the body as ``EdgeMiddleware`` parsed it (absent for an empty body)."""
+
+RAW_JSON = "tensorgrade.raw_json"
+"""Scope key of the JSON body's bytes as ``EdgeMiddleware`` read them (empty or not)."""
 
 
 def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
@@ -226,26 +153,217 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
     )
 
 
-class JSONGuardMiddleware:
-    """Refuse JSON bodies that a strict parser rejects; hand the parsed value on to the app."""
+class BodyDeadlines:
+    """The deadlines of the request bodies being read in one event loop, enforced by a sweep.
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``asyncio.timeout`` arms and cancels a timer for every request: about 8 us of the 60 us a
+    shape request costs in this layer and the app (measured), for a deadline that almost
+    never fires. Here a body being read is an entry in a dict, and one timer per ``tick``
+    runs while there are entries; it cancels each reading task past its deadline, and the
+    reader turns that cancellation into a ``BodyTimeout``. A body is refused at most one tick
+    after its deadline.
+
+    A task is watched only while it awaits ``receive`` inside ``EdgeMiddleware``, and the
+    sweep runs in the same loop, so its cancellation always lands on that await (never in
+    the app); a cancellation from elsewhere (the server shutting down) is passed on as it is.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
+        self.loop = loop
+        self.tick = tick
+        self.reading: dict[asyncio.Task[Any], float] = {}
+        self.expired: set[asyncio.Task[Any]] = set()
+        self.armed = False
+
+    def watch(self, task: asyncio.Task[Any], deadline: float) -> None:
+        """Cancel ``task`` once ``deadline`` (the loop's time) has passed, until ``done``."""
+        self.reading[task] = deadline
+        if not self.armed:
+            self.armed = True
+            self.loop.call_later(self.tick, self._sweep)
+
+    def done(self, task: asyncio.Task[Any]) -> None:
+        """Stop watching ``task``."""
+        self.reading.pop(task, None)
+
+    def timed_out(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the cancellation ``task`` received is this sweep's (and only this sweep's):
+        then it is withdrawn, and the caller raises ``BodyTimeout`` instead."""
+        if task not in self.expired:
+            return False
+        self.expired.discard(task)
+        return task.uncancel() == 0
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for task, deadline in list(self.reading.items()):
+            if deadline <= now:
+                del self.reading[task]
+                self.expired.add(task)
+                task.cancel()
+        if self.reading:
+            self.loop.call_later(self.tick, self._sweep)
+        else:
+            self.armed = False
+
+
+_REQUEST_ID = b"x-request-id"
+
+
+def _overloaded(in_flight: int) -> Problem:
+    return Problem(
+        503,
+        f"this worker is answering {in_flight} requests, its limit; "
+        "retry after the time in Retry-After",
+        kind="overloaded",
+        title="The service is overloaded",
+        # No Connection: close. The server reads and drops the unread body, so a client still
+        # sending it reads this answer instead of a reset connection.
+        headers={"Retry-After": "1"},
+    )
+
+
+class EdgeMiddleware:
+    """Request ids and telemetry, the in-flight limit, body limits and strict JSON, in one
+    pure-ASGI layer (see the module's docstring for what each does and in which order).
+
+    Args:
+        app: the application it guards.
+        max_bytes: the largest request body accepted, declared or streamed.
+        timeout: seconds from the start of a request within which its body must have arrived.
+        max_in_flight: requests this worker answers at once (probes and metrics aside).
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout: float, max_in_flight: int) -> None:
         self.app = app
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # one event loop per worker: no lock needed
+        # One set of deadlines per event loop: a worker has one; tests start several.
+        self._deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BodyDeadlines] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._tick = min(1.0, timeout / 4)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_json(Headers(scope=scope)):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+        content_type = content_length = incoming_id = None
+        for name, value in scope["headers"]:  # one pass over the headers, for every guard
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                content_length = value
+            elif name == _REQUEST_ID:
+                incoming_id = value
+        request_id = accept_request_id(incoming_id.decode("latin-1") if incoming_id else None)
+        set_request_id(request_id)
+        start = time.perf_counter()
+        # What the route label needs, before the router rewrites the scope (mounts do).
+        path, method, root_path = scope["path"], scope["method"], scope.get("root_path", "")
+        status = 500  # what the server answers if the app raises before answering
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                headers = message.get("headers", ())
+                for name, _ in headers:
+                    if name.lower() == _REQUEST_ID:  # a problem detail sets it itself
+                        break
+                else:  # a new list: the response's own may be sent again
+                    tagged = [*headers, (_REQUEST_ID, request_id.encode("latin-1"))]
+                    message = {**message, "headers": tagged}
+            await send(message)
+
+        try:
+            await self._guard(
+                scope, receive, send_with_id, content_type, content_length, lambda: started
+            )
+        finally:
+            record_request_done(
+                scope, path, method, root_path, status, time.perf_counter() - start, request_id
+            )
+
+    async def _guard(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        content_type: bytes | None,
+        content_length: bytes | None,
+        started: Callable[[], bool],
+    ) -> None:
+        if content_length is not None and content_length.isdigit():
+            declared = int(content_length)
+            if declared > self.max_bytes:
+                problem = _too_large(
+                    f"the request body declares {declared:,} bytes; the limit is {self.max_bytes:,}"
+                )
+                await problem_response(problem)(scope, receive, send)
                 return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        counted = scope["path"] not in EXEMPT_PATHS
+        if counted:
+            if self.in_flight >= self.max_in_flight:
+                await problem_response(_overloaded(self.in_flight))(scope, receive, send)
+                return
+            self.in_flight += 1
+        loop = asyncio.get_running_loop()
+        deadlines = self._deadlines.get(loop)
+        if deadlines is None:
+            deadlines = self._deadlines[loop] = BodyDeadlines(loop, self._tick)
+        deadline = loop.time() + self.timeout
+        try:
+            if is_json(content_type):
+                await self._json(scope, receive, send, deadlines, deadline)
+            else:
+                await self.app(scope, self._counting(receive, deadlines, deadline), send)
+        except (BodyTooLarge, BodyTimeout) as error:
+            if started():
+                raise
+            await problem_response(error.problem)(scope, receive, send)
+        finally:
+            if counted:
+                self.in_flight -= 1
+
+    async def _json(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        deadlines: BodyDeadlines,
+        deadline: float,
+    ) -> None:
+        """Read the body whole within the deadline, parse it strictly, and hand it on."""
+        chunks: list[bytes] = []
+        received = 0
+        task = asyncio.current_task()
+        assert task is not None, "ASGI apps run in a task"
+        deadlines.watch(task, deadline)  # once for the whole body
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        except asyncio.CancelledError:
+            if deadlines.timed_out(task):
+                raise BodyTimeout(self.timeout) from None
+            raise
+        finally:
+            deadlines.done(task)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         del chunks  # the joined copy is all that is kept for the rest of the request
+        scope[RAW_JSON] = body
         if body:
             try:
                 scope[PARSED_JSON] = orjson.loads(body)
@@ -262,3 +380,35 @@ class JSONGuardMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+    def _counting(
+        self, receive: Receive, deadlines: BodyDeadlines, deadline: float
+    ) -> Callable[[], Awaitable[Message]]:
+        """``receive`` for a body the app reads itself: counted against the limit, and timed
+        until the body is complete (after that, receive only waits for a disconnect)."""
+        received = 0
+        complete = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            task = asyncio.current_task()
+            assert task is not None, "ASGI apps run in a task"
+            deadlines.watch(task, deadline)
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if deadlines.timed_out(task):
+                    raise BodyTimeout(self.timeout) from None
+                raise
+            finally:
+                deadlines.done(task)
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+                complete = not message.get("more_body", False)
+            return message
+
+        return counting_receive

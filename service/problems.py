@@ -109,7 +109,7 @@ def problem_response(problem: Problem) -> Response:
     request_id = current_request_id()
     if request_id is not None:
         body["request_id"] = request_id
-        # Set here too, not only by the telemetry middleware: a 500 is answered outside it.
+        # Set here too, not only by the edge middleware: a 500 is answered outside it.
         headers = {**headers, REQUEST_ID_HEADER: request_id}
     return Response(
         content=orjson.dumps(body),

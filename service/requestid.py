@@ -1,8 +1,8 @@
 """The id of the request being served, for logs, problem details and the ``X-Request-ID`` header.
 
-The telemetry middleware sets it at the start of every request; code below it (handlers,
-problem details, log records) reads it with ``current_request_id()``. A context variable is
-per-task, so concurrent requests never see each other's id.
+The edge middleware (``service/middleware.py``) sets it at the start of every request; code
+below it (handlers, problem details, log records) reads it with ``current_request_id()``. A
+context variable is per-task, so concurrent requests never see each other's id.
 """
 
 from __future__ import annotations

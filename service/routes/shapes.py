@@ -13,10 +13,11 @@ from models.conv import conv_output_size
 from models.errors import ModelError
 from service.examples import CONV_SHAPE_EXAMPLES
 from service.problems import problem_responses
-from service.routing import documented_body, validate_body
+from service.routing import DirectRoute, documented_body, validate_body
 from service.schemas import StrictBody
 
-router = APIRouter(prefix="/v1/shapes", tags=["shapes"])
+# DirectRoute: thousands of these per grading run, each a few integer operations (see routing).
+router = APIRouter(prefix="/v1/shapes", tags=["shapes"], route_class=DirectRoute)
 
 IntOrList = int | list[int]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import pkgutil
@@ -20,7 +21,7 @@ import service.routes
 from service import routing
 from service.app import create_app
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
-from service.middleware import BodyLimitMiddleware
+from service.middleware import EdgeMiddleware, is_json
 from service.routing import FastJSONRoute
 from service.settings import Settings
 
@@ -283,6 +284,111 @@ def test_the_time_limit_ends_when_the_body_is_complete() -> None:
     async def send(message: Message) -> None:
         sent.append(message)
 
-    guarded = BodyLimitMiddleware(reads_body_then_waits, max_bytes=100, timeout=0.05)
+    guarded = EdgeMiddleware(reads_body_then_waits, max_bytes=100, timeout=0.05, max_in_flight=1)
     anyio.run(guarded, http_scope("application/json"), receive, send)
     assert sent[0]["status"] == 200
+
+
+def ok_app_that_must_not_run(calls: list[str]) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        calls.append("app")
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    return app
+
+
+def test_a_deadline_that_passes_as_the_body_arrives_is_a_408_not_a_cancelled_app() -> None:
+    """The sweep cancels a reader whose body is ready but which has not resumed yet: the
+    cancellation lands on the read (a 408), never inside the app."""
+    calls: list[str] = []
+    edge = EdgeMiddleware(
+        ok_app_that_must_not_run(calls), max_bytes=100, timeout=60, max_in_flight=1
+    )
+    sent: list[Message] = []
+
+    async def main() -> None:
+        arrived: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+
+        async def receive() -> Message:
+            return await arrived
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        task = asyncio.create_task(edge(http_scope("application/json"), receive, send))
+        await asyncio.sleep(0)  # the request is now waiting for its body
+        deadlines = edge._deadlines[asyncio.get_running_loop()]
+        assert task in deadlines.reading
+        arrived.set_result({"type": "http.request", "body": b"{}", "more_body": False})
+        deadlines.reading[task] = 0.0  # its deadline has passed...
+        deadlines._sweep()  # ...and the sweep runs before the reader resumes
+        await task
+        assert not deadlines.reading and not deadlines.expired
+
+    asyncio.run(main())
+    assert sent[0]["status"] == 408
+    assert calls == []
+
+
+def test_a_cancellation_from_elsewhere_is_passed_on_not_turned_into_a_408() -> None:
+    edge = EdgeMiddleware(ok_app_that_must_not_run([]), max_bytes=100, timeout=60, max_in_flight=1)
+    sent: list[Message] = []
+
+    async def main() -> None:
+        async def receive() -> Message:
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        task = asyncio.create_task(edge(http_scope("application/json"), receive, send))
+        await asyncio.sleep(0)
+        task.cancel()  # the server shutting down, say
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not edge._deadlines[asyncio.get_running_loop()].reading
+
+    asyncio.run(main())
+    assert sent == []
+    assert edge.in_flight == 0
+
+
+def test_the_time_limit_holds_in_every_event_loop_the_app_runs_in() -> None:
+    """One app, served by one loop after another (test clients do this): each has its sweep."""
+    app = create_app(Settings(body_timeout_seconds=0.05))
+    for _ in range(2):
+        sent = call_asgi(app, http_scope("text/plain"), b"partial")
+        assert sent[0]["status"] == 408
+
+
+def test_fast_is_json_agrees_with_the_mime_parser() -> None:
+    """The edge decides JSON from the raw header without the email parser FastAPI uses; the
+    two must agree on every shape of content type."""
+    from email.message import Message as MimeMessage
+
+    def by_mime(value: str) -> bool:
+        mime = MimeMessage()
+        mime["content-type"] = value
+        subtype = mime.get_content_subtype()
+        return mime.get_content_maintype() == "application" and (
+            subtype == "json" or subtype.endswith("+json")
+        )
+
+    for value in [
+        "application/json",
+        "APPLICATION/JSON",
+        "application/json; charset=utf-8",
+        " application/json ;charset=utf-8",
+        "application/problem+json",
+        "application/vnd.api+json; q=1",
+        "application/jsonx",
+        "application/x-json",
+        "text/json",
+        "text/plain",
+        "json",
+        "application/octet-stream",
+        "multipart/form-data; boundary=x",
+    ]:
+        assert is_json(value.encode()) == by_mime(value), value
+    assert not is_json(None) and not is_json(b"")
