@@ -51,11 +51,17 @@ def _per_dim(value: Any, dims: int, name: str, minimum: int, where: str) -> tupl
     """An int or a list with one int per dimension, as a tuple of ``dims`` ints.
 
     ``type(v) is int`` (not ``isinstance``) refuses booleans in one test; this runs several
-    times on every shape request, so it stays free of generators, and an int in range (the
-    common case) returns at once.
+    times on every shape request, so it stays free of generators, and an int or a list of
+    ints in range (the common cases) return at once.
     """
     if type(value) is int and minimum <= value <= MAX_SIZE:
         return (value,) * dims
+    if type(value) is list and len(value) == dims:
+        for v in value:
+            if type(v) is not int or not minimum <= v <= MAX_SIZE:
+                break  # the general path below says what is wrong
+        else:
+            return tuple(value)
     if type(value) is int:
         values: tuple[int, ...] = (value,) * dims
     elif type(value) in (list, tuple) and set(map(type, value)) <= _INT:
