@@ -144,8 +144,8 @@ def direct_checks(route: APIRoute) -> list[RequestCheck] | None:
         route: the route.
 
     Returns:
-        The route's dependencies when they are all plain ``RequestCheck``s and its endpoint is
-        ``async def endpoint(request: Request) -> Response``; else None.
+        The route's dependencies when there are some, all plain ``RequestCheck``s, and its
+        endpoint is ``async def endpoint(request: Request) -> Response``; else None.
     """
     dependant = _effective_dependant(route)
     parameters = list(inspect.signature(route.endpoint).parameters.values())
@@ -156,7 +156,9 @@ def direct_checks(route: APIRoute) -> list[RequestCheck] | None:
         and dependant.request_param_name == parameters[0].name
     )
     checks = [dependency.call for dependency in dependant.dependencies]
-    if not takes_only_the_request or not all(
+    # No check seen: nothing to save, and should a FastAPI release hand the router's rule over
+    # in a way not read here, FastAPI's own handler still applies it.
+    if not checks or not takes_only_the_request or not all(
         isinstance(check, RequestCheck) and not dependency.dependencies
         for check, dependency in zip(checks, dependant.dependencies, strict=True)
     ):

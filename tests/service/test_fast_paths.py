@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from starlette.responses import Response
 
+from service import routing
+from service.auth import INSTRUCTORS, KeyRing
+from service.problems import install_problem_handlers
 from service.routes.shapes import ConvShapeRequest, ConvShapeResponse
+from service.routing import DirectRoute
 
 BODIES = [
     {"input_size": [21, 12], "kernel_size": [4, 5], "stride": 4, "out_channels": 8},
@@ -74,3 +82,79 @@ def test_an_empty_body_is_a_problem(client: TestClient) -> None:
     response = client.post("/v1/shapes/conv", headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert "not valid JSON" in response.json()["detail"]
+
+
+def router_with(route: Callable[[APIRouter], None], **rule: Any) -> FastAPI:
+    """An app with one DirectRoute router, included with ``rule`` as the service includes its
+    routers."""
+    router = APIRouter(route_class=DirectRoute)
+    route(router)
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.state.keyring = KeyRing(["instructor-key"], ["student-key"])
+    app.include_router(router, **rule)
+    return app
+
+
+def only_request(router: APIRouter) -> None:
+    @router.post("/direct")
+    async def direct(request: Request) -> Response:
+        return Response(await request.body())
+
+
+def test_a_direct_route_applies_the_rule_given_where_its_router_is_included() -> None:
+    with TestClient(router_with(only_request, **INSTRUCTORS)) as client:
+        assert client.post("/direct", content=b"x").status_code == 401
+        student = client.post("/direct", content=b"x", headers={"X-API-Key": "student-key"})
+        assert student.status_code == 403
+        ok = client.post("/direct", content=b"x", headers={"X-API-Key": "instructor-key"})
+        assert ok.status_code == 200 and ok.content == b"x"
+        # Still documented as FastAPI documents the rule.
+        operation = client.get("/openapi.json").json()["paths"]["/direct"]["post"]
+        assert operation["security"] == [{"APIKey": []}]
+
+
+def test_direct_checks_are_taken_only_where_they_replace_fastapis_handler_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def with_query(router: APIRouter) -> None:
+        @router.post("/direct")
+        async def direct(request: Request, n: int = 0) -> Response:
+            return Response(str(n))
+
+    def with_other_dependency(router: APIRouter) -> None:
+        @router.post("/direct", dependencies=[Depends(lambda: None)])
+        async def direct(request: Request) -> Response:
+            return Response(b"")
+
+    def plain_def(router: APIRouter) -> None:
+        @router.post("/direct")
+        def direct(request: Request) -> Response:
+            return Response(b"")
+
+    cases = {
+        "rule only": (only_request, INSTRUCTORS, True),
+        "no rule": (only_request, {}, False),
+        "a query parameter": (with_query, INSTRUCTORS, False),
+        "another dependency": (with_other_dependency, INSTRUCTORS, False),
+        "a def endpoint": (plain_def, INSTRUCTORS, False),
+    }
+    original = routing.direct_checks
+    for name, (route, rule, direct) in cases.items():
+        decisions: list[object] = []
+
+        def spy(r: APIRoute, decisions: list[object] = decisions) -> Any:
+            decisions.append(original(r))
+            return decisions[-1]
+
+        monkeypatch.setattr(routing, "direct_checks", spy)
+        with TestClient(router_with(route, **rule)) as client:
+            # FastAPI may build an included route's handler when it is first called.
+            client.post("/direct", headers={"X-API-Key": "instructor-key"})
+        # The last handler built is the included route's, with the router's rule.
+        assert (decisions[-1] is not None) == direct, name
+    monkeypatch.undo()
+    # With the query parameter, FastAPI's handler still reads it.
+    with TestClient(router_with(with_query, **INSTRUCTORS)) as client:
+        answer = client.post("/direct?n=7", headers={"X-API-Key": "instructor-key"})
+        assert answer.text == "7"
