@@ -194,6 +194,13 @@ class BodyDeadlines:
         self.expired.discard(task)
         return task.uncancel() == 0
 
+    def watching(self, deadline: float, timeout: float) -> _Watching:
+        """``with deadlines.watching(...)``: the current task's reads inside the block are cut
+        at ``deadline`` with a ``BodyTimeout`` (which says ``timeout``)."""
+        task = asyncio.current_task()
+        assert task is not None, "ASGI apps run in a task"
+        return _Watching(self, task, deadline, timeout)
+
     def _sweep(self) -> None:
         now = self.loop.time()
         for task, deadline in list(self.reading.items()):
@@ -205,6 +212,26 @@ class BodyDeadlines:
             self.loop.call_later(self.tick, self._sweep)
         else:
             self.armed = False
+
+
+class _Watching:
+    """The context of ``BodyDeadlines.watching``: a class rather than a generator-based
+    context manager, because it is entered on every request."""
+
+    __slots__ = ("deadline", "deadlines", "task", "timeout")
+
+    def __init__(
+        self, deadlines: BodyDeadlines, task: asyncio.Task[Any], deadline: float, timeout: float
+    ) -> None:
+        self.deadlines, self.task, self.deadline, self.timeout = deadlines, task, deadline, timeout
+
+    def __enter__(self) -> None:
+        self.deadlines.watch(self.task, self.deadline)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.deadlines.done(self.task)
+        if kind is asyncio.CancelledError and self.deadlines.timed_out(self.task):
+            raise BodyTimeout(self.timeout) from None
 
 
 _REQUEST_ID = b"x-request-id"
@@ -340,10 +367,7 @@ class EdgeMiddleware:
         """Read the body whole within the deadline, parse it strictly, and hand it on."""
         chunks: list[bytes] = []
         received = 0
-        task = asyncio.current_task()
-        assert task is not None, "ASGI apps run in a task"
-        deadlines.watch(task, deadline)  # once for the whole body
-        try:
+        with deadlines.watching(deadline, self.timeout):  # once for the whole body
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -355,12 +379,6 @@ class EdgeMiddleware:
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
-        except asyncio.CancelledError:
-            if deadlines.timed_out(task):
-                raise BodyTimeout(self.timeout) from None
-            raise
-        finally:
-            deadlines.done(task)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         del chunks  # the joined copy is all that is kept for the rest of the request
         scope[RAW_JSON] = body
@@ -393,17 +411,8 @@ class EdgeMiddleware:
             nonlocal received, complete
             if complete:
                 return await receive()
-            task = asyncio.current_task()
-            assert task is not None, "ASGI apps run in a task"
-            deadlines.watch(task, deadline)
-            try:
+            with deadlines.watching(deadline, self.timeout):
                 message = await receive()
-            except asyncio.CancelledError:
-                if deadlines.timed_out(task):
-                    raise BodyTimeout(self.timeout) from None
-                raise
-            finally:
-                deadlines.done(task)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
