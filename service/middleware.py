@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -268,9 +267,7 @@ class EdgeMiddleware:
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # one event loop per worker: no lock needed
         # One set of deadlines per event loop: a worker has one; tests start several.
-        self._deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BodyDeadlines] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._deadlines: dict[asyncio.AbstractEventLoop, BodyDeadlines] = {}
         self._tick = min(1.0, timeout / 4)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -341,6 +338,8 @@ class EdgeMiddleware:
         loop = asyncio.get_running_loop()
         deadlines = self._deadlines.get(loop)
         if deadlines is None:
+            # Forget the loops that are gone (no weak references: not every loop takes them).
+            self._deadlines = {old: d for old, d in self._deadlines.items() if not old.is_closed()}
             deadlines = self._deadlines[loop] = BodyDeadlines(loop, self._tick)
         deadline = loop.time() + self.timeout
         try:
