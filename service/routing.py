@@ -158,13 +158,9 @@ def direct_checks(route: APIRoute) -> list[RequestCheck] | None:
     checks = [dependency.call for dependency in dependant.dependencies]
     # No check seen: nothing to save, and should a FastAPI release hand the router's rule over
     # in a way not read here, FastAPI's own handler still applies it.
-    if (
-        not checks
-        or not takes_only_the_request
-        or not all(
-            isinstance(check, RequestCheck) and not dependency.dependencies
-            for check, dependency in zip(checks, dependant.dependencies, strict=True)
-        )
+    if not checks or not takes_only_the_request or not all(
+        isinstance(check, RequestCheck) and not dependency.dependencies
+        for check, dependency in zip(checks, dependant.dependencies, strict=True)
     ):
         return None
     return [check for check in checks if isinstance(check, RequestCheck)]

@@ -18,7 +18,10 @@ MIN_SECRET_LENGTH = 16
 class Settings(BaseSettings):
     """Every knob of the service; each field is the environment variable ``TENSORGRADE_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="TENSORGRADE_", extra="ignore")
+    # hide_input_in_errors: a start-up error quotes no setting's value, since some are keys.
+    model_config = SettingsConfigDict(
+        env_prefix="TENSORGRADE_", extra="ignore", hide_input_in_errors=True
+    )
 
     host: str = Field("127.0.0.1", description="Address `tensorgrade serve` binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port `tensorgrade serve` listens on.")
