@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from service import auth
+from service import auth, roster
 from service.app import create_app
 from service.auth import KeyRing
 from service.cli import main
@@ -321,3 +321,10 @@ def test_roster_alone_warns_of_nothing_open(
     with caplog.at_level(logging.WARNING, logger="tensorgrade"), TestClient(create_app(settings)):
         pass
     assert "runs open" not in caplog.text
+
+
+def test_a_new_key_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--api-key -x...`` would read as an option: such a draw is drawn again."""
+    draws = iter(["-" + "a" * 31, "-" + "b" * 31, "c" * 32])
+    monkeypatch.setattr(roster.secrets, "token_urlsafe", lambda nbytes: next(draws))
+    assert roster.new_key() == "c" * 32
