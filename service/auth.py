@@ -156,6 +156,10 @@ def require_own(who: Caller, student_id: str) -> None:
 
     The detail names neither the key's student nor the key: the caller may not hold the key
     by right, and the answer must not tell whose it is.
+
+    Args:
+        who: the caller (its ``student_id`` is set for a roster key only).
+        student_id: the student the request names (query or body).
     """
     if who.student_id is not None and who.student_id != student_id:
         raise Problem(
