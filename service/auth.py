@@ -5,6 +5,11 @@ every caller acts as an instructor. Otherwise an instructor key may call everyth
 student key only reads problem variants and checks answers (``/v1/assignments/...``), and a
 missing or unknown key gets 401.
 
+A student key from the roster (``TENSORGRADE_STUDENT_KEY_FILE``) is bound to one student id:
+the assignment routes answer it for that id only (``require_own``). A key of
+``TENSORGRADE_STUDENT_KEYS`` is bound to no one, a key shared by any student id, and an
+instructor key may name any student.
+
 A router gets its rule where it is included (``app.include_router(router, **INSTRUCTORS)``),
 not route by route, so a route added to a router inherits the router's rule.
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -37,35 +43,67 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+@dataclass(frozen=True)
+class Holder:
+    """Whom a key belongs to.
+
+    Attributes:
+        role: what the key may do.
+        student_id: the one student id a roster key may name; ``None`` for any.
+    """
+
+    role: Role
+    student_id: str | None = None
+
+
 class KeyRing:
     """The configured keys by role, compared in constant time.
 
     Keys are kept as SHA-256 digests and every digest is compared on every lookup, so the time
-    a lookup takes says neither how long the key is nor which key (if any) matched.
+    a lookup takes says neither how long the key is nor which key (if any) matched: the roster's
+    keys are in the same list, each compared like the others.
+
+    Args:
+        instructor_keys: keys that may call everything.
+        student_keys: student keys bound to no student (shared).
+        roster: ``(student_id, key)`` pairs, each key bound to its student.
     """
 
-    def __init__(self, instructor_keys: list[str], student_keys: list[str]) -> None:
-        self._digests: list[tuple[bytes, Role]] = [
-            (_digest(key), "instructor") for key in instructor_keys
-        ] + [(_digest(key), "student") for key in student_keys]
+    def __init__(
+        self,
+        instructor_keys: list[str],
+        student_keys: list[str],
+        roster: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self._digests: list[tuple[bytes, Holder]] = (
+            [(_digest(key), Holder("instructor")) for key in instructor_keys]
+            + [(_digest(key), Holder("student")) for key in student_keys]
+            + [(_digest(key), Holder("student", student_id)) for student_id, key in roster]
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
-        return cls(settings.api_keys("instructor"), settings.api_keys("student"))
+        roster = [(entry.student_id, entry.key) for entry in settings.roster()]
+        return cls(settings.api_keys("instructor"), settings.api_keys("student"), roster)
 
     @property
     def open(self) -> bool:
         """No key is configured: every caller acts as an instructor."""
         return not self._digests
 
-    def role_of(self, key: str) -> Role | None:
-        """The role of ``key``, or ``None`` when it is not a configured key."""
+    def holder_of(self, key: str) -> Holder | None:
+        """Whom ``key`` belongs to, or ``None`` when it is not a configured key."""
         given = _digest(key)
-        role: Role | None = None
+        holder: Holder | None = None
         for digest, candidate in self._digests:
             if hmac.compare_digest(given, digest):
-                role = candidate
-        return role
+                holder = candidate
+        return holder
+
+    def role_of(self, key: str) -> Role | None:
+        """The role of ``key``, or ``None`` when it is not a configured key."""
+        holder = self.holder_of(key)
+        return holder.role if holder else None
 
 
 @dataclass(frozen=True)
@@ -77,11 +115,13 @@ class Caller:
         keyed: whether the role comes from a key (``False`` in open mode).
         identity: a stable name for per-caller limits that reveals nothing of the key: a
             prefix of the key's SHA-256, or the client's address in open mode.
+        student_id: the one student id the caller may name (a roster key); ``None`` for any.
     """
 
     role: Role
     keyed: bool
     identity: str
+    student_id: str | None = None
 
 
 def _unauthorized(detail: str) -> Problem:
@@ -104,10 +144,31 @@ def identify(request: Request) -> Caller:
     key = request.headers.get(API_KEY_HEADER)
     if not key:
         raise _unauthorized(f"this operation needs an API key in the {API_KEY_HEADER} header")
-    role = keyring.role_of(key)
-    if role is None:
+    holder = keyring.holder_of(key)
+    if holder is None:
         raise _unauthorized(f"the key in {API_KEY_HEADER} is not a key of this server")
-    return Caller(role, keyed=True, identity="key:" + _digest(key).hex()[:32])
+    identity = "key:" + _digest(key).hex()[:32]
+    return Caller(holder.role, keyed=True, identity=identity, student_id=holder.student_id)
+
+
+def require_own(who: Caller, student_id: str) -> None:
+    """Return when ``who`` may name ``student_id``; 403 when its key is bound to another student.
+
+    The detail names neither the key's student nor the key: the caller may not hold the key
+    by right, and the answer must not tell whose it is.
+
+    Args:
+        who: the caller (its ``student_id`` is set for a roster key only).
+        student_id: the student the request names (query or body).
+    """
+    if who.student_id is not None and who.student_id != student_id:
+        raise Problem(
+            403,
+            "this key belongs to another student: a student's key reads and checks only that "
+            "student's own student_id",
+            kind="another-student",
+            title="Not this key's student",
+        )
 
 
 class KeyRule(APIKeyHeader):
@@ -182,9 +243,10 @@ STUDENTS: dict[str, Any] = {
 def startup_warnings(settings: Settings) -> list[str]:
     """What an operator must know at start-up: open mode, variants that change at restart."""
     messages = []
-    if not settings.api_keys("instructor") and not settings.api_keys("student"):
+    if not (settings.api_keys("instructor") or settings.api_keys("student") or settings.roster()):
         messages.append(
-            "no API key is configured (TENSORGRADE_INSTRUCTOR_KEYS, TENSORGRADE_STUDENT_KEYS): "
+            "no API key is configured (TENSORGRADE_INSTRUCTOR_KEYS, TENSORGRADE_STUDENT_KEYS, "
+            "TENSORGRADE_STUDENT_KEY_FILE): "
             "the service runs open and every caller may read every reference answer"
         )
     if settings.variant_secret is None:

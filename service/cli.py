@@ -5,6 +5,7 @@
     tensorgrade check check.json                        # one check, or {"checks": [...]}
     tensorgrade grade --assignment cnn-rnn --student-id s1 answers.json --gradescope results.json
     tensorgrade grade --assignment cnn-rnn submissions/ --out grades/   # a whole class
+    tensorgrade keys --students students.txt --out roster.csv      # a key for each student
 
 Client commands find the service at ``--url`` (default ``$TENSORGRADE_URL``, else
 http://127.0.0.1:8000) with the key ``--api-key`` (default ``$TENSORGRADE_API_KEY``).
@@ -56,6 +57,21 @@ def parser() -> argparse.ArgumentParser:
     health.add_argument("--url", default=f"http://127.0.0.1:{settings.port}/healthz")
     health.add_argument("--timeout", type=float, default=3.0)
     health.set_defaults(run=run_healthcheck)
+
+    keys = commands.add_parser(
+        "keys",
+        help="make a roster: a fresh key for each student (TENSORGRADE_STUDENT_KEY_FILE)",
+    )
+    keys.add_argument(
+        "--students", type=Path, required=True, help="student ids, one a line (blank lines skipped)"
+    )
+    keys.add_argument(
+        "--out", type=Path, required=True, help="the roster to write (CSV student_id,key)"
+    )
+    keys.add_argument(
+        "--force", action="store_true", help="replace --out if it exists (its keys stop working)"
+    )
+    keys.set_defaults(run=run_keys)
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
@@ -136,6 +152,35 @@ def run_healthcheck(args: argparse.Namespace) -> int:
         print(f"unhealthy: {args.url}: {error}", file=sys.stderr)
         return 1
     return 0 if status == 200 else 1
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    """Write a roster with a fresh key per student, readable by its owner only (mode 0600)."""
+    from service.roster import RosterError, read_student_ids, roster_text
+
+    try:
+        student_ids = read_student_ids(args.students)
+    except RosterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    # O_EXCL: never replace a roster by accident, since every key handed out would stop working.
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if args.force else os.O_EXCL)
+    try:
+        fd = os.open(args.out, flags, 0o600)
+    except FileExistsError:
+        print(f"error: {args.out} exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
+        return 2
+    os.fchmod(fd, 0o600)  # a replaced file keeps its old mode otherwise
+    with open(fd, "w", encoding="utf-8", newline="") as out:
+        out.write(roster_text(student_ids))
+    print(
+        f"wrote {len(student_ids)} keys to {args.out}; give each student the key of their "
+        f"line, and serve with TENSORGRADE_STUDENT_KEY_FILE={args.out}"
+    )
+    return 0
 
 
 def _client(args: argparse.Namespace) -> Any:

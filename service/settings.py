@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Literal, Self
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.roster import RosterEntry, RosterError, load_roster
 
 MIN_SECRET_LENGTH = 16
 
@@ -16,7 +18,10 @@ MIN_SECRET_LENGTH = 16
 class Settings(BaseSettings):
     """Every knob of the service; each field is the environment variable ``TENSORGRADE_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="TENSORGRADE_", extra="ignore")
+    # hide_input_in_errors: a start-up error quotes no setting's value, since some are keys.
+    model_config = SettingsConfigDict(
+        env_prefix="TENSORGRADE_", extra="ignore", hide_input_in_errors=True
+    )
 
     host: str = Field("127.0.0.1", description="Address `tensorgrade serve` binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port `tensorgrade serve` listens on.")
@@ -146,6 +151,10 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="Comma-separated API keys that may only read variants and check answers.",
     )
+    student_key_file: Path | None = Field(
+        None,
+        description="A roster (CSV `student_id,key`) binding each student key to one student id.",
+    )
     variant_secret: SecretStr | None = Field(
         None,
         description="The secret per-student variants are derived from (required with keys).",
@@ -165,6 +174,8 @@ class Settings(BaseSettings):
         SecretStr("memory://"),
         description="Where rate-limit counters live: `memory://` (per process) or `redis://...`.",
     )
+    # The roster's students, read once by ``_check_keys`` (never dumped or printed).
+    _roster: tuple[RosterEntry, ...] = PrivateAttr(())
 
     @field_validator("check_rate_limit")
     @classmethod
@@ -183,20 +194,45 @@ class Settings(BaseSettings):
                 )
         if set(instructors) & set(students):
             raise ValueError("a key is both an instructor key and a student key")
+        if self.student_key_file is not None:
+            self._roster = self._load_roster(self.student_key_file, instructors, students)
         secret = self.variant_secret.get_secret_value() if self.variant_secret else None
         if secret is not None and len(secret) < MIN_SECRET_LENGTH:
             raise ValueError(f"variant_secret needs at least {MIN_SECRET_LENGTH} characters")
-        if secret is None and (instructors or students):
+        if secret is None and (instructors or students or self._roster):
             raise ValueError(
                 "variant_secret is required when API keys are configured, so that every replica "
                 "and every restart gives a student the same variant"
             )
         return self
 
+    @staticmethod
+    def _load_roster(
+        path: Path, instructors: list[str], students: list[str]
+    ) -> tuple[RosterEntry, ...]:
+        """The roster's students; a ``ValueError`` naming the file and line when it is wrong or
+        one of its keys is also in ``instructor_keys`` or ``student_keys``."""
+        try:
+            roster = load_roster(path, MIN_SECRET_LENGTH)
+        except RosterError as error:
+            raise ValueError(f"student_key_file {error}") from None
+        for entry in roster:
+            for name, keys in (("instructor_keys", instructors), ("student_keys", students)):
+                if entry.key in keys:
+                    raise ValueError(
+                        f"student_key_file {path}:{entry.line}: the key is also in {name}; "
+                        "a roster key must be a key of its own"
+                    )
+        return roster
+
     def api_keys(self, role: Literal["instructor", "student"]) -> list[str]:
         """The configured keys of a role (comma-separated in the setting)."""
         field = self.instructor_keys if role == "instructor" else self.student_keys
         return [key.strip() for key in field.get_secret_value().split(",") if key.strip()]
+
+    def roster(self) -> tuple[RosterEntry, ...]:
+        """The students of ``student_key_file`` with their keys (none without the file)."""
+        return self._roster
 
     def limits(self) -> dict[str, int | float | str]:
         """Every budget and cap a request is checked against, by setting name."""

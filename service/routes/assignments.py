@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from models.errors import UnknownName
+from service.auth import CallerDep, require_own
 from service.deps import SettingsDep
 from service.grading.catalogue import Catalogue
 from service.grading.checker import EngineCheck
@@ -130,13 +131,15 @@ async def list_assignments(request: Request) -> AssignmentList:
     "/{assignment}/problems/{problem}",
     summary="A problem and one student's given tensors (never the answer)",
     response_model=ProblemVariant,
-    responses=problem_responses(404, 422),
+    responses=problem_responses(403, 404, 422),
 )
 def problem_variant(
-    request: Request, assignment: str, problem: str, student_id: StudentId
+    request: Request, assignment: str, problem: str, student_id: StudentId, who: CallerDep
 ) -> Response:
     """The statement and the given tensors of student `student_id`'s variant: the same numbers
-    on every call and every replica, other numbers for other students."""
+    on every call and every replica, other numbers for other students. A student's own key
+    (from the roster) may name only its own student id (403 otherwise)."""
+    require_own(who, student_id)
     variant = find_variant(request, assignment, problem, student_id)
     spec = variant.problem
     body = {
@@ -306,9 +309,10 @@ SUBMISSION_EXAMPLES = {
 
 CHECKED = {
     "dependencies": RATE_LIMITED["dependencies"],
-    "responses": {**problem_responses(404, 422), **RATE_LIMITED["responses"]},
+    "responses": {**problem_responses(403, 404, 422), **RATE_LIMITED["responses"]},
 }
-"""The rule of the two routes that judge answers: rate-limited per key, 404 for unknown ids."""
+"""The rule of the two routes that judge answers: rate-limited per key, 404 for unknown ids,
+403 for another student's id with a student's own key."""
 
 
 @router.post(
@@ -323,10 +327,13 @@ def check_answer(
     problem: str,
     body: Annotated[AnswerRequest, Body(openapi_examples=ANSWER_EXAMPLES)],
     settings: SettingsDep,
+    who: CallerDep,
 ) -> Response:
     """The answer is judged against `student_id`'s variant, within the problem's tolerance; the
     feedback follows the problem's level (`verdict`, `report` or `diagnosis`). A wrong or
-    malformed answer is a 200 that says so; the limit per key is in /v1/info."""
+    malformed answer is a 200 that says so; the limit per key is in /v1/info. A student's own
+    key may name only its own student id (403 otherwise)."""
+    require_own(who, body.student_id)
     variant = find_variant(request, assignment, problem, body.student_id)
     result = grade_problem(variant, body.answer, EngineCheck(settings, request.app.state.gate))
     return TensorJSONResponse(
@@ -354,6 +361,7 @@ def grade_submission(
     assignment: str,
     body: Annotated[SubmissionRequest, Body(openapi_examples=SUBMISSION_EXAMPLES)],
     settings: SettingsDep,
+    who: CallerDep,
     output_format: Annotated[
         Literal["json", "gradescope"],
         Query(alias="format", description="`gradescope`: answer Gradescope's results.json."),
@@ -361,7 +369,9 @@ def grade_submission(
 ) -> Response:
     """Every problem of the assignment for `student_id`: a missing answer scores 0 ("no
     answer"), a malformed one scores 0 and says why, and neither stops the others. Counts as
-    one check against the limit per key."""
+    one check against the limit per key. A student's own key may name only its own student id
+    (403 otherwise)."""
+    require_own(who, body.student_id)
     start = time.perf_counter()
     try:
         graded = grade_answers(
