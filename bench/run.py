@@ -213,7 +213,8 @@ def throughput(service: Server, baseline: Server, plan: Plan) -> Row:
     ours_url, base_url = service.url + path, baseline.url + path
     load.requests_per_second(base_url, body, 1)
     load.requests_per_second(ours_url, body, 1)
-    base, mine = [], []
+    base: list[float] = []
+    mine: list[float] = []
     for round_ in range(plan.load_rounds):
         pairs = [(base, base_url), (mine, ours_url)]
         for rates, url in pairs if round_ % 2 == 0 else reversed(pairs):
