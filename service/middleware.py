@@ -227,9 +227,11 @@ class _Watching:
     def __enter__(self) -> None:
         self.deadlines.watch(self.task, self.deadline)
 
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+    def __exit__(self, *_: object) -> None:
         self.deadlines.done(self.task)
-        if kind is asyncio.CancelledError and self.deadlines.timed_out(self.task):
+        # Whatever the read raised for it (a receive may turn a cancellation into an error of
+        # its own), a sweep's cancellation is withdrawn here and becomes the 408.
+        if self.deadlines.timed_out(self.task):
             raise BodyTimeout(self.timeout) from None
 
 

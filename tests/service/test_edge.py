@@ -392,3 +392,35 @@ def test_fast_is_json_agrees_with_the_mime_parser() -> None:
     ]:
         assert is_json(value.encode()) == by_mime(value), value
     assert not is_json(None) and not is_json(b"")
+
+
+def test_a_receive_that_turns_the_cancellation_into_its_own_error_still_gives_a_408() -> None:
+    async def reads_the_body(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()  # the app reads a body that is not JSON itself
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    edge = EdgeMiddleware(reads_the_body, max_bytes=100, timeout=60, max_in_flight=1)
+    sent: list[Message] = []
+
+    async def main() -> None:
+        async def receive() -> Message:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise OSError("the server's own error for a cancelled read") from None
+            raise AssertionError("unreachable")
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        task = asyncio.create_task(edge(http_scope("text/plain"), receive, send))
+        await asyncio.sleep(0)
+        deadlines = edge._deadlines[asyncio.get_running_loop()]
+        assert task in deadlines.reading
+        deadlines.reading[task] = 0.0
+        deadlines._sweep()
+        await task
+        assert not deadlines.reading and not deadlines.expired
+
+    asyncio.run(main())
+    assert sent[0]["status"] == 408
