@@ -26,6 +26,7 @@ from service.openapi import declare_edge_statuses
 from service.problems import install_problem_handlers, problem_schemas
 from service.ratelimit import CheckLimiter
 from service.routes import assignments, check, diagnostics, health, metrics, models, shapes
+from service.routing import include_flat
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger("tensorgrade")
@@ -105,8 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.catalogue = catalogue_from_settings(settings, spec_validator(settings))
     app.state.gate = ComputeGate.from_settings(settings)
     install_problem_handlers(app)
-    # Routes match in order: the busiest (/v1/shapes/conv, thousands per grading run) first.
-    app.include_router(shapes.router, **INSTRUCTORS)
+    # Routes match in order: the busiest (/v1/shapes/conv, thousands per grading run) first,
+    # and added to the app itself, without the layer of an included router (see routing.py).
+    include_flat(app, shapes.router, **INSTRUCTORS)
     app.include_router(health.router)
     app.include_router(models.router, **INSTRUCTORS)
     app.include_router(check.router, **INSTRUCTORS)

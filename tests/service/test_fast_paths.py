@@ -14,8 +14,9 @@ from starlette.responses import Response
 from service import routing
 from service.auth import INSTRUCTORS, KeyRing
 from service.problems import install_problem_handlers
+from service.routes import shapes
 from service.routes.shapes import ConvShapeRequest, ConvShapeResponse
-from service.routing import DirectRoute
+from service.routing import DirectRoute, include_flat
 
 BODIES = [
     {"input_size": [21, 12], "kernel_size": [4, 5], "stride": 4, "out_channels": 8},
@@ -158,3 +159,25 @@ def test_direct_checks_are_taken_only_where_they_replace_fastapis_handler_exactl
     with TestClient(router_with(with_query, **INSTRUCTORS)) as client:
         answer = client.post("/direct?n=7", headers={"X-API-Key": "instructor-key"})
         assert answer.text == "7"
+
+
+def test_a_router_added_flat_is_the_router_included() -> None:
+    """``include_flat`` skips the included router's layer and nothing else: the same OpenAPI
+    operation, route class, dependencies and answers as ``include_router``."""
+    included, flat = FastAPI(), FastAPI()
+    included.include_router(shapes.router, **INSTRUCTORS)
+    include_flat(flat, shapes.router, **INSTRUCTORS)
+    assert flat.openapi()["paths"] == included.openapi()["paths"]
+    [route] = [r for r in flat.routes if getattr(r, "path", None) == "/v1/shapes/conv"]
+    assert isinstance(route, DirectRoute)
+    for app in (included, flat):
+        install_problem_handlers(app)
+        app.state.keyring = KeyRing(["instructor-key"], ["student-key"])
+    body = {"input_size": [21, 12], "kernel_size": [4, 5], "stride": 4}
+    for key in ({}, {"X-API-Key": "student-key"}, {"X-API-Key": "instructor-key"}):
+        answers = []
+        for app in (included, flat):
+            with TestClient(app) as client:
+                answer = client.post("/v1/shapes/conv", json=body, headers=key)
+                answers.append((answer.status_code, answer.json().get("output_size")))
+        assert answers[0] == answers[1], key
