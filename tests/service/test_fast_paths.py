@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from starlette.responses import Response
 
 from service import routing
-from service.auth import INSTRUCTORS, KeyRing
+from service.auth import INSTRUCTORS, KeyRing, instructor_key
 from service.problems import install_problem_handlers
 from service.routes import shapes
 from service.routes.shapes import ConvShapeRequest, ConvShapeResponse
@@ -181,3 +181,17 @@ def test_a_router_added_flat_is_the_router_included() -> None:
                 answer = client.post("/v1/shapes/conv", json=body, headers=key)
                 answers.append((answer.status_code, answer.json().get("output_size")))
         assert answers[0] == answers[1], key
+
+
+def test_dependency_overrides_apply_to_a_direct_route() -> None:
+    app = router_with(only_request, **INSTRUCTORS)
+
+    def anyone() -> None:
+        return None
+
+    app.dependency_overrides[instructor_key] = anyone
+    with TestClient(app) as client:
+        assert client.post("/direct", content=b"x").status_code == 200
+    app.dependency_overrides.clear()
+    with TestClient(app) as client:
+        assert client.post("/direct", content=b"x").status_code == 401
