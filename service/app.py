@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 
 from service import __version__, memory
@@ -50,6 +51,10 @@ SWAGGER_UI_PARAMETERS: dict[str, Any] = {
     # No badge fetched from the public validator: the page makes no request off this server.
     "validatorUrl": None,
 }
+
+
+OPENTELEMETRY_OFF: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+"""FastAPI's native telemetry switched off (``TENSORGRADE_OPENTELEMETRY`` unset)."""
 
 
 def torch_threads(settings: Settings) -> int:
@@ -98,6 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+        # Off unless asked for: FastAPI otherwise looks up the global OpenTelemetry providers
+        # on every request (about 3 us, as much as a shape answer's arithmetic); the service's
+        # own metrics and logs do not depend on it.
+        telemetry=None if settings.opentelemetry else OPENTELEMETRY_OFF,
     )
     app.state.settings = settings
     app.state.ready = threading.Event()

@@ -140,6 +140,14 @@ class Settings(BaseSettings):
         description="Blocks this large or larger are returned to the system when freed; 0 keeps "
         "glibc's moving threshold.",
     )
+    opentelemetry: bool = Field(
+        False,
+        description=(
+            "FastAPI's native OpenTelemetry (traces, metrics and logs through the providers the "
+            "process configures, e.g. with opentelemetry-instrument); off, no request looks "
+            "for providers."
+        ),
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Level of the service's and uvicorn's logs."
     )

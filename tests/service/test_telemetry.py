@@ -250,3 +250,12 @@ def test_gpu_compute_is_timed_under_its_device(tc: TestClient) -> None:
     body = {**SEED_BODY, "grad_outputs": {"y": [[1, -2, 3]]}, "device": "cuda"}
     assert tc.post("/v1/models/conv1d/backward", json=body).status_code == 200
     assert sample("tensorgrade_compute_duration_seconds_count", **labels) == before + 1
+
+
+def test_fastapis_opentelemetry_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastapi.telemetry._asgi as native
+
+    # As if the process had configured OpenTelemetry providers.
+    monkeypatch.setattr(native, "_unconfigured", lambda provider: False)
+    assert not create_app(Settings())._native_telemetry.enabled()
+    assert create_app(Settings(opentelemetry=True))._native_telemetry.enabled()
