@@ -19,7 +19,7 @@ without any per-route work. For each HTTP request, in this order:
   ``Infinity`` and ``-Infinity`` tokens, numbers too large for a float64 (``1e400``, a
   5,000-digit integer), nesting deeper than 1024 levels and invalid UTF-8, wherever they appear;
 - any body that has not fully arrived within the time limit is a 408, so a client trickling
-  bytes cannot hold a connection and its buffer forever.
+  bytes cannot hold a connection and its buffer forever (``service/deadlines.py``).
 
 Why one layer and not one middleware per concern: each ASGI layer costs a call, a closure
 over ``receive`` or ``send`` and a header scan on every request, and the service answers
@@ -40,11 +40,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.deadlines import BodyDeadlines, BodyTimeout
 from service.problems import Problem, ProblemException, problem_response
 from service.requestid import accept_request_id, set_request_id
 from service.telemetry import record_request_done
@@ -59,21 +59,6 @@ def _too_large(detail: str) -> Problem:
         title="The request body is too large",
         headers={"Connection": "close"},
     )
-
-
-class BodyTimeout(ProblemException):
-    """Raised from ``receive`` when the body has not arrived within the time limit."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(
-            Problem(
-                408,
-                f"the request body did not arrive within {seconds:g} s; send it faster",
-                kind="body-timeout",
-                title="The request body took too long",
-                headers={"Connection": "close"},
-            )
-        )
 
 
 class BodyTooLarge(ProblemException):
@@ -150,89 +135,6 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
         title="The body is not valid JSON",
         errors=[{"loc": ["body"], "msg": message, "type": "json_invalid"}],
     )
-
-
-class BodyDeadlines:
-    """The deadlines of the request bodies being read in one event loop, enforced by a sweep.
-
-    ``asyncio.timeout`` arms and cancels a timer for every request: about 8 us of the 60 us a
-    shape request costs in this layer and the app (measured), for a deadline that almost
-    never fires. Here a body being read is an entry in a dict, and one timer per ``tick``
-    runs while there are entries; it cancels each reading task past its deadline, and the
-    reader turns that cancellation into a ``BodyTimeout``. A body is refused at most one tick
-    after its deadline.
-
-    A task is watched only while it awaits ``receive`` inside ``EdgeMiddleware``, and the
-    sweep runs in the same loop, so its cancellation always lands on that await (never in
-    the app); a cancellation from elsewhere (the server shutting down) is passed on as it is.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
-        self.loop = loop
-        self.tick = tick
-        self.reading: dict[asyncio.Task[Any], float] = {}
-        self.expired: set[asyncio.Task[Any]] = set()
-        self.armed = False
-
-    def watch(self, task: asyncio.Task[Any], deadline: float) -> None:
-        """Cancel ``task`` once ``deadline`` (the loop's time) has passed, until ``done``."""
-        self.reading[task] = deadline
-        if not self.armed:
-            self.armed = True
-            self.loop.call_later(self.tick, self._sweep)
-
-    def done(self, task: asyncio.Task[Any]) -> None:
-        """Stop watching ``task``."""
-        self.reading.pop(task, None)
-
-    def timed_out(self, task: asyncio.Task[Any]) -> bool:
-        """Whether the cancellation ``task`` received is this sweep's (and only this sweep's):
-        then it is withdrawn, and the caller raises ``BodyTimeout`` instead."""
-        if task not in self.expired:
-            return False
-        self.expired.discard(task)
-        return task.uncancel() == 0
-
-    def watching(self, deadline: float, timeout: float) -> _Watching:
-        """``with deadlines.watching(...)``: the current task's reads inside the block are cut
-        at ``deadline`` with a ``BodyTimeout`` (which says ``timeout``)."""
-        task = asyncio.current_task()
-        assert task is not None, "ASGI apps run in a task"
-        return _Watching(self, task, deadline, timeout)
-
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        for task, deadline in list(self.reading.items()):
-            if deadline <= now:
-                del self.reading[task]
-                self.expired.add(task)
-                task.cancel()
-        if self.reading:
-            self.loop.call_later(self.tick, self._sweep)
-        else:
-            self.armed = False
-
-
-class _Watching:
-    """The context of ``BodyDeadlines.watching``: a class rather than a generator-based
-    context manager, because it is entered on every request."""
-
-    __slots__ = ("deadline", "deadlines", "task", "timeout")
-
-    def __init__(
-        self, deadlines: BodyDeadlines, task: asyncio.Task[Any], deadline: float, timeout: float
-    ) -> None:
-        self.deadlines, self.task, self.deadline, self.timeout = deadlines, task, deadline, timeout
-
-    def __enter__(self) -> None:
-        self.deadlines.watch(self.task, self.deadline)
-
-    def __exit__(self, *_: object) -> None:
-        self.deadlines.done(self.task)
-        # Whatever the read raised for it (a receive may turn a cancellation into an error of
-        # its own), a sweep's cancellation is withdrawn here and becomes the 408.
-        if self.deadlines.timed_out(self.task):
-            raise BodyTimeout(self.timeout) from None
 
 
 _REQUEST_ID = b"x-request-id"
