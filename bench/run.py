@@ -97,8 +97,8 @@ def paired_medians(
     server's leftover work from one request (freeing a 32 MB answer) lands on the next one,
     and the swap spreads it evenly instead of always on the same side.
     """
-    b, o = interleaved_medians([baseline, ours], plan)
-    return b, o
+    base, mine = interleaved_medians([baseline, ours], plan)
+    return base, mine
 
 
 def interleaved_medians(fns: list[Callable[[], object]], plan: Plan) -> list[float]:
@@ -242,7 +242,7 @@ def jacobian_compute(device: str, plan: Plan, threads: int | None = None) -> lis
     """dy/dx + dy/dW of the conv1d in-process, closed forms against ``jacrev``, and the floor.
 
     The floor is writing the zeros of both Jacobians alone (``torch.zeros`` of their shapes,
-    52 MB in float64): any answer as dense tensors writes at least that, so jacrev's time
+    53 MB in float64): any answer as dense tensors writes at least that, so jacrev's time
     over it is the most a closed form could reach in this run.
 
     Args:
