@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
-import orjson
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from models.errors import LimitExceeded, ModelError, UnknownName
+from service.jsonout import dumps
 from service.requestid import HEADER as REQUEST_ID_HEADER
 from service.requestid import current_request_id
 
@@ -112,7 +112,7 @@ def problem_response(problem: Problem) -> Response:
         # Set here too, not only by the edge middleware: a 500 is answered outside it.
         headers = {**headers, REQUEST_ID_HEADER: request_id}
     return Response(
-        content=orjson.dumps(body),
+        content=dumps(body),
         status_code=problem.status,
         media_type=PROBLEM_MEDIA_TYPE,
         headers=headers,

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from service.binary import read_safetensors_answer as read_safetensors_answer  # re-exported
+from service.jsonout import dumps
 from service.memory import note_large_answer
 from service.tensors import Encoding, encode
 
@@ -69,7 +70,7 @@ class TensorJSONResponse(JSONResponse):
     """JSON rendered by orjson, with numpy arrays written natively as nested lists."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        return dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def tensor_answer(answer: Mapping[str, Any], encoding: Encoding) -> Response:

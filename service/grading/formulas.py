@@ -372,13 +372,23 @@ def _sqrt(value: Any) -> Any:
     return math.sqrt(value)
 
 
+def _min(*values: Any) -> Any:
+    """``min(a, b, ...)``; ``min(a)`` is ``a`` (Python's ``min`` would iterate over ``a``)."""
+    return min(values)
+
+
+def _max(*values: Any) -> Any:
+    """``max(a, b, ...)``; ``max(a)`` is ``a``."""
+    return max(values)
+
+
 _CALLS: dict[str, Callable[..., Any]] = {
     "floor": _floor,
     "ceil": _ceil,
     "abs": abs,
     "sqrt": _sqrt,
-    "min": min,
-    "max": max,
+    "min": _min,
+    "max": _max,
 }
 
 

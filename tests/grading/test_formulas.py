@@ -254,3 +254,14 @@ def test_answers_are_parsed_before_a_verdict_is_reused() -> None:
     assert key.compare("H*10") == key.compare("(H) * 10") == (9, [])
     with pytest.raises(FormulaError, match="syntax"):
         key.compare("H*1 0")
+
+
+@pytest.mark.parametrize(
+    ("answer", "agrees"), [("min(H)", True), ("max(H)", True), ("max(H + 1)", False)]
+)
+def test_min_and_max_of_one_argument_are_that_argument(answer: str, agrees: bool) -> None:
+    """``min(a)`` is ``a``, as written on paper (Python's own ``min(a)`` would try to iterate
+    over the number)."""
+    key = formula_key("H", None, {"H": [1, 4]}, [])
+    agree, disagree = key.compare(answer)
+    assert agree == (4 if agrees else 0) and bool(disagree) != agrees

@@ -430,3 +430,21 @@ def test_the_examples_of_the_interactive_docs_are_right_answers(first: TestClien
     (submission,) = examples("/v1/assignments/{assignment}/grade")
     results = grade(first, "alice@example.edu", submission["value"]["answers"])["problems"]
     assert all(results[p]["status"] == "correct" for p in submission["value"]["answers"])
+
+
+def test_answers_with_huge_numbers_or_one_argument_calls_are_graded_not_a_500(
+    first: TestClient,
+) -> None:
+    """A number past 64 bits (orjson writes no such integer) and ``max(K)`` (Python's ``max``
+    of one number fails) in a submission: graded like any other answer, alone and in a grade,
+    in both output formats."""
+    answers = {"1.1a": "10**20", "1.1b": "max(K)", "1.2.1b": [10**20]}
+    for problem, answer in answers.items():
+        body = first.post(check_path(problem), json={"student_id": "alice", "answer": answer})
+        assert body.status_code == 200, body.text[:300]
+        assert body.json()["correct"] is False
+    for fmt in ("", "?format=gradescope"):
+        response = first.post(GRADE + fmt, json={"student_id": "alice", "answers": answers})
+        assert response.status_code == 200, response.text[:300]
+    results = grade(first, "alice", answers)["problems"]
+    assert {results[p]["score"] for p in answers} == {0}
