@@ -279,6 +279,7 @@ def step_jacobians(
         score_path = a1[:, None, None] * (v1 - h)[:, :, None] * score_row[:, None, :]  # (T,n,n)
         value_path = a1[:, None, None] * V[1]  # (T, n, n)  a_1[t] V_1
         jacobians = score_path + value_path  # (T, n, n)
+        gradient_flow.require_finite(jacobians)  # before the terms' norms, which need it
         row_max = a.max(dim=1).values  # (T,)  inf's zero padding never exceeds a weight
         terms = {
             "mean_attention_on_previous": a1.mean().item(),

@@ -196,6 +196,7 @@ def step_jacobians(
         gate_scale = (h_prev - x @ W_x.T) * sigma_prime  # (T, m)  (h[t-1] - W_x x[t]) sigma'
         through_gate = gate_scale[:, :, None] * W_h  # (T, m, m)  diag(.) diag(sigma') W_h
         jacobians = direct + through_gate  # (T, m, m)
+        gradient_flow.require_finite(jacobians)  # before the terms' norms, which need it
         terms = {
             "mean_gate": c.mean().item(),
             "saturated_fraction": (sigma_prime < gradient_flow.SATURATED_SIGMA_PRIME)

@@ -92,6 +92,21 @@ def log_product_norms(jacobians: torch.Tensor) -> torch.Tensor:
     return torch.stack(log_scales) + spectral.log()  # (T,)
 
 
+def require_finite(jacobians: torch.Tensor) -> None:
+    """Refuse one-step Jacobians with entries that are not finite: no norm or singular value
+    of them means anything (and LAPACK's SVD fails on them).
+
+    Raises:
+        ModelError: the Jacobians overflow the dtype.
+    """
+    if not bool(torch.isfinite(jacobians).all()):
+        raise ModelError(
+            "the one-step Jacobians overflow the dtype (some entries are not finite); "
+            "scale the weights or inputs down, or use float64",
+            "params",
+        )
+
+
 def analyse(jacobians: torch.Tensor) -> GradientFlow:
     """Singular values per step, product norms through time, growth factor and verdict.
 
@@ -109,12 +124,7 @@ def analyse(jacobians: torch.Tensor) -> GradientFlow:
         >>> round(flow.growth_factor, 6), flow.verdict
         (0.5, 'vanishing')
     """
-    if not bool(torch.isfinite(jacobians).all()):
-        raise ModelError(
-            "the one-step Jacobians overflow the dtype (some entries are not finite); "
-            "scale the weights or inputs down, or use float64",
-            "params",
-        )
+    require_finite(jacobians)
     singular = torch.linalg.svdvals(jacobians)  # (T, m), descending
     log_norms = log_product_norms(jacobians)  # (T,)
     seq_len = jacobians.shape[0]

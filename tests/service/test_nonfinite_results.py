@@ -95,3 +95,49 @@ def test_finite_answers_carry_no_nonfinite_field(client: TestClient) -> None:
     body = {"params": {"weight": [[[1.0, 2.0]]]}, "inputs": {"x": [[1.0, 2.0, 3.0]]}}
     y = client.post("/v1/models/conv1d/forward", json=body).json()["outputs"]["y"]
     assert "nonfinite" not in y and y["data"] == [[5.0, 8.0]]
+
+
+# Recurrent states that overflow: the gated RNN on 1e300 weights and inputs, and
+# AttentionRNN(1) with V_1 = 3 I, whose states triple every step (3**80 > float32's 3.4e38).
+OVERFLOWING_STATES = [
+    (
+        "gated_rnn",
+        {
+            "params": {"W_c": [[1e300]], "W_h": [[1e300]], "W_x": [[1e300]]},
+            "inputs": {"x": [[1e300], [1e300], [-1e300]]},
+        },
+    ),
+    (
+        "attention_rnn",
+        {
+            "config": {"k": 1},
+            "dtype": "float32",
+            "params": {
+                "Q": [np.eye(2).tolist()] * 2,
+                "K": [np.eye(2).tolist()] * 2,
+                "V": [np.eye(2).tolist(), (3 * np.eye(2)).tolist()],
+            },
+            "inputs": {"x": np.ones((80, 2)).tolist()},
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "body"), OVERFLOWING_STATES, ids=["gated_rnn", "attention_rnn"])
+def test_state_jacobians_of_overflowing_states_are_a_422_not_a_500(
+    client: TestClient, model: str, body: dict[str, Any]
+) -> None:
+    """No norm or singular value of a Jacobian with infinite entries means anything: the
+    answer says so and what to do, on the model route, in a check and in a batch."""
+    forward = client.post(f"/v1/models/{model}/forward", json=body)
+    assert forward.status_code == 200 and "nonfinite" in orjson.dumps(forward.json()).decode()
+    response = client.post(f"/v1/models/{model}/state-jacobians", json=body)
+    assert response.status_code == 422, response.text[:300]
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "overflow the dtype" in response.json()["detail"]
+    check = {"expected": {"op": "state_jacobians", "model": model, **body}, "answer": [[[1.0]]]}
+    single = client.post("/v1/check", json=check)
+    assert single.status_code == 422 and "overflow the dtype" in single.json()["detail"]
+    batch = client.post("/v1/check/batch", json={"checks": [check]})
+    assert batch.status_code == 200, batch.text[:300]
+    assert "overflow the dtype" in orjson.dumps(batch.json()["results"][0]["error"]).decode()
