@@ -126,12 +126,12 @@ def _conv_model(dims: int) -> ReferenceModel:
     kernel = ("K",) if dims == 1 else ("KH", "KW")
     spatial = ("L",) if dims == 1 else ("H", "W")
     spatial_out = ("L_out",) if dims == 1 else ("H_out", "W_out")
-    int_or_list: dict[str, Any] = {
-        "anyOf": [
-            {"type": "integer", "minimum": 1},
-            {"type": "array", "items": {"type": "integer", "minimum": 1}},
-        ]
-    }
+
+    def int_or_list(minimum: int) -> list[dict[str, Any]]:
+        """An int, or one per spatial dimension, each at least ``minimum``."""
+        each = {"type": "integer", "minimum": minimum}
+        return [each, {"type": "array", "items": each, "minItems": dims, "maxItems": dims}]
+
     return ReferenceModel(
         name=f"conv{dims}d",
         summary=(
@@ -145,14 +145,19 @@ def _conv_model(dims: int) -> ReferenceModel:
         inputs=(ArgSpec("x", ("C", *spatial), "the input, channels first, unbatched"),),
         outputs=(ArgSpec("y", ("F", *spatial_out), "the output, one channel per filter"),),
         config=(
-            ConfigSpec("stride", "step of the kernel, an int or one per dimension", 1, int_or_list),
+            ConfigSpec(
+                "stride",
+                "step of the kernel, an int or one per dimension",
+                1,
+                {"anyOf": int_or_list(1)},
+            ),
             ConfigSpec(
                 "padding",
                 "zeros added on both sides: an int, one per dimension, 'valid' or 'same'",
                 0,
-                {"anyOf": [*int_or_list["anyOf"], {"enum": ["valid", "same"]}]},
+                {"anyOf": [*int_or_list(0), {"enum": ["valid", "same"]}]},
             ),
-            ConfigSpec("dilation", "spacing of the kernel's taps", 1, int_or_list),
+            ConfigSpec("dilation", "spacing of the kernel's taps", 1, {"anyOf": int_or_list(1)}),
         ),
         parse_config=lambda config: conv.parse_conv_config(config, dims),
         output_shapes=conv.conv_output_shapes,

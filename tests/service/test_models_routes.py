@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import jsonschema_rs
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from models.errors import ModelError
+from models.registry import get_model
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 
 SEED = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
@@ -278,3 +281,45 @@ def test_jacobian_over_budget_is_refused_before_computing(client: TestClient) ->
     response = client.post("/v1/models/conv2d/jacobian", json=body)
     assert response.status_code == 413
     assert "805,306,368 entries" in response.json()["detail"]
+
+
+# Values of each config field, some accepted and some refused by the models themselves.
+CONFIG_VALUES: list[Any] = [
+    0,
+    1,
+    2,
+    -1,
+    [1],
+    [0, 0],
+    [1, 2],
+    [2, 0],
+    [1, 2, 3],
+    "same",
+    "valid",
+    "inf",
+    "full",
+    1.5,
+    None,
+    True,
+]
+
+
+@pytest.mark.parametrize("name", ["conv1d", "conv2d", "attention_rnn"])
+def test_the_listed_config_schemas_accept_what_the_model_accepts(
+    client: TestClient, name: str
+) -> None:
+    """GET /v1/models documents each config field's JSON Schema: a client validating against
+    it must accept every value the model takes (the default first) and, field by field, refuse
+    what the model refuses."""
+    model = get_model(name)
+    listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}[name]
+    for field in listed["config"]:
+        schema = jsonschema_rs.validator_for(field["json_schema"])
+        assert schema.is_valid(field["default"]), field
+        for value in CONFIG_VALUES:
+            try:
+                model.parse_config({field["name"]: value})
+                accepted = True
+            except ModelError:
+                accepted = False
+            assert schema.is_valid(value) == accepted, (field["name"], value)
