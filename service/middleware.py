@@ -32,7 +32,10 @@ The guard is the one JSON parser of the service. It decides what is JSON as Fast
 leaves the parsed value in the request's scope under ``PARSED_JSON``, where the routes' request
 class (``service.routing.FastJSONRequest``) takes it instead of parsing the body a second
 time. A refused body is explained by ``json_problem``, the one wording of every malformed or
-non-finite body, whichever part of the service finds it.
+non-finite body, whichever part of the service finds it. That problem is left in the scope
+(``JSON_PROBLEM``) rather than answered here: the route answers it once its API key rule has
+admitted the caller, so a request without a key is a 401 whatever its body (API.md, Roles),
+and a path that does not exist a 404.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deadlines import BodyDeadlines, BodyTimeout
+from service.mediatypes import is_json as is_json  # here since the guard decides with it
 from service.problems import Problem, ProblemException, problem_response
 from service.requestid import accept_request_id, set_request_id
 from service.telemetry import record_request_done
@@ -78,26 +82,14 @@ EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 """Probes and metrics: cheap, and they must answer most of all when the worker is busy."""
 
 
-def is_json(content_type: bytes | None) -> bool:
-    """Whether a body is JSON by its content type, as FastAPI decides: ``application/json`` or
-    ``application/<anything>+json``, parameters and case aside.
-
-    Args:
-        content_type: the raw ``Content-Type`` header, or None when there is none.
-    """
-    if not content_type:
-        return False
-    mime = content_type.split(b";", 1)[0].strip().lower()
-    return mime == b"application/json" or (
-        mime.startswith(b"application/") and mime.endswith(b"+json")
-    )
-
-
 PARSED_JSON = "tensorgrade.parsed_json"
 """Scope key of the body as ``EdgeMiddleware`` parsed it (absent for an empty body)."""
 
 RAW_JSON = "tensorgrade.raw_json"
 """Scope key of the JSON body's bytes as ``EdgeMiddleware`` read them (empty or not)."""
+
+JSON_PROBLEM = "tensorgrade.json_problem"
+"""Scope key of the 422 ``Problem`` of a JSON body the strict parser refused."""
 
 
 def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
@@ -289,8 +281,7 @@ class EdgeMiddleware:
             try:
                 scope[PARSED_JSON] = orjson.loads(body)
             except orjson.JSONDecodeError as error:
-                await problem_response(json_problem(body, error))(scope, receive, send)
-                return
+                scope[JSON_PROBLEM] = json_problem(body, error)  # answered after the key check
         replayed = False
 
         async def replay() -> Message:

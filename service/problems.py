@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from models.errors import LimitExceeded, ModelError, UnknownName
 from service.jsonout import dumps
+from service.mediatypes import is_json
 from service.requestid import HEADER as REQUEST_ID_HEADER
 from service.requestid import current_request_id
 
@@ -138,8 +139,19 @@ def from_model_error(error: ModelError) -> Problem:
 
 
 def _validation_problem(exc: RequestValidationError) -> Problem:
+    return validation_problem(exc.errors())
+
+
+def validation_problem(raw_errors: Sequence[Mapping[str, Any]], skip: int = 0) -> Problem:
+    """The 422 of pydantic's validation errors: the first located in the detail, all listed.
+
+    Args:
+        raw_errors: pydantic's errors, ``loc`` from the request's root (``body``, ...).
+        skip: leading parts of the first error's ``loc`` left out of the detail's path (1:
+            ``checks.3.answer`` rather than ``body.checks.3.answer``).
+    """
     errors = []
-    for err in exc.errors():
+    for err in raw_errors:
         loc = [part for part in err.get("loc", ()) if isinstance(part, str | int)]
         msg = str(err.get("msg", "invalid value"))
         ctx = err.get("ctx") or {}
@@ -147,7 +159,7 @@ def _validation_problem(exc: RequestValidationError) -> Problem:
             msg = f"the body is not valid JSON: {ctx['error']}"
         errors.append({"loc": loc, "msg": msg, "type": str(err.get("type", "invalid"))})
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(p) for p in first["loc"]) or "the body"
+    where = ".".join(str(p) for p in first["loc"][skip:]) or "the body"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return Problem(
         422,
@@ -155,6 +167,31 @@ def _validation_problem(exc: RequestValidationError) -> Problem:
         kind="validation-error",
         title="The request is not valid",
         errors=errors,
+    )
+
+
+def _body_is_not_an_object(exc: RequestValidationError) -> bool:
+    """Whether validation failed on the body as a whole: not an object, or missing."""
+    return any(
+        tuple(err.get("loc", ())) == ("body",)
+        and err.get("type") in ("model_attributes_type", "dict_type", "missing")
+        for err in exc.errors()
+    )
+
+
+def _not_json(content_type: str | None) -> Problem:
+    """A 422 for a body that was not sent as JSON (curl's ``-d`` alone sends a form)."""
+    sent = f"`{content_type}`" if content_type else "missing"
+    message = (
+        "the body must be a JSON object sent with `Content-Type: application/json` (with curl: "
+        f"-H 'content-type: application/json'); this request's Content-Type is {sent}"
+    )
+    return Problem(
+        422,
+        message,
+        kind="not-json",
+        title="The body is not JSON",
+        errors=[{"loc": ["body"], "msg": message, "type": "not_json"}],
     )
 
 
@@ -169,8 +206,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ModelError)
         return problem_response(from_model_error(exc))
 
-    async def on_validation(_: Request, exc: Exception) -> Response:
+    async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
+        content_type = request.headers.get("content-type")
+        raw_type = content_type.encode() if content_type is not None else None
+        if _body_is_not_an_object(exc) and not is_json(raw_type):
+            return problem_response(_not_json(content_type))
         return problem_response(_validation_problem(exc))
 
     async def on_http(_: Request, exc: Exception) -> Response:

@@ -38,17 +38,20 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.middleware import PARSED_JSON, RAW_JSON, json_problem
+from service.middleware import JSON_PROBLEM, PARSED_JSON, RAW_JSON, json_problem
 from service.problems import ProblemException
 
 
 class FastJSONRequest(Request):
-    """A request whose ``json()`` is the value the JSON guard parsed (or orjson's, without it)."""
+    """A request whose ``json()`` is the value the JSON guard parsed (or orjson's, without it),
+    or the guard's problem with the body."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             if PARSED_JSON in self.scope:
                 self._json = self.scope[PARSED_JSON]
+            elif JSON_PROBLEM in self.scope:
+                raise ProblemException(self.scope[JSON_PROBLEM])
             else:
                 self._json = parse_json(await self.body())
         return self._json
@@ -74,12 +77,22 @@ def parse_json(body: bytes) -> Any:
 
 
 class FastJSONRoute(APIRoute):
-    """An ``APIRoute`` whose handler sees a ``FastJSONRequest``."""
+    """An ``APIRoute`` whose handler sees a ``FastJSONRequest``.
+
+    FastAPI reads the body before it resolves the dependencies, so a malformed body would be
+    answered 422 before the route's API key rule had a say. When the guard refused the body,
+    the handler runs the rule's checks first: no key is a 401, a student key on an
+    instructor's route a 403, and only an admitted caller learns what is wrong with the body.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        checks = request_checks(_effective_dependant(self))
 
         async def fast_json_handler(request: Request) -> Response:
+            if JSON_PROBLEM in request.scope:
+                for check in checks:
+                    check.admit(request)
             return await handler(FastJSONRequest(request.scope, request.receive))
 
         return fast_json_handler
@@ -140,6 +153,16 @@ def _effective_dependant(route: APIRoute) -> Any:
     if context is not None and getattr(context, "original_route", None) is route:
         return context.dependant
     return route.dependant
+
+
+def request_checks(dependant: Any) -> list[RequestCheck]:
+    """Every ``RequestCheck`` (API key rule) among a route's dependencies, at any depth."""
+    found: list[RequestCheck] = []
+    for dependency in dependant.dependencies:
+        if isinstance(dependency.call, RequestCheck):
+            found.append(dependency.call)
+        found.extend(request_checks(dependency))
+    return found
 
 
 def direct_checks(route: APIRoute) -> list[RequestCheck] | None:
@@ -244,6 +267,8 @@ async def validate_body(request: Request, model: type[ModelT]) -> ModelT:
         RequestValidationError: the body is not valid for ``model``.
         ProblemException: the body is not JSON.
     """
+    if JSON_PROBLEM in request.scope:  # the guard refused the body (NaN, not JSON...)
+        raise ProblemException(request.scope[JSON_PROBLEM])
     # The bytes the edge middleware read, else (an app without it) the body as it streams in.
     body = request.scope.get(RAW_JSON)
     if body is None:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from models.errors import ModelError
 from service.compute import new_budget
@@ -51,7 +52,7 @@ from service.grading.schemas import (
     ValueExpected,
 )
 from service.grading.shapes import ShapeKey, judge_shape, parse_shape_answer, shape_key
-from service.problems import Problem, from_model_error
+from service.problems import Problem, from_model_error, validation_problem
 from service.settings import Settings
 from service.tensors import Budget, decode
 
@@ -184,11 +185,15 @@ class Engine:
             raise CheckFailed(problem, in_expected=field == "expected")
         self.results[slot.index] = {"error": problem.body()}
 
-    def run(self, checks: Sequence[CheckRequest]) -> list[Result]:
-        """A result per check, in order (an ``{"error": ...}`` for a batch's invalid ones)."""
+    def run(self, checks: Sequence[CheckRequest | Problem]) -> list[Result]:
+        """A result per check, in order (an ``{"error": ...}`` for a batch's invalid ones, the
+        ``Problem``s among ``checks`` included)."""
         self.results = [None] * len(checks)
         groups: dict[bytes, list[Slot]] = {}
         for index, check in enumerate(checks):
+            if isinstance(check, Problem):
+                self.results[index] = {"error": check.body()}
+                continue
             slot = Slot(index, check, self._prefix(index))
             groups.setdefault(canonical(check), []).append(slot)
         for slots in groups.values():
@@ -354,15 +359,46 @@ def check_one(check: CheckRequest, settings: Settings, gate: ComputeGate | None 
     return engine.run([check])[0]
 
 
+_CHECK = TypeAdapter(CheckRequest)
+_CHECKS = TypeAdapter(list[CheckRequest])
+
+
+def validate_checks(items: Sequence[Any]) -> list[CheckRequest | Problem]:
+    """Each item of a batch as a ``CheckRequest``, or the 422 problem of why it is not one.
+
+    The whole list is validated at once (the usual case: every check is valid); only when
+    that fails is each item validated alone, so the others are still judged.
+    """
+    try:
+        return list(_CHECKS.validate_python(items))
+    except ValidationError:
+        pass
+    checked: list[CheckRequest | Problem] = []
+    for index, item in enumerate(items):
+        try:
+            checked.append(_CHECK.validate_python(item))
+        except ValidationError as error:
+            located = [
+                {**e, "loc": ("body", "checks", index, *e["loc"])}
+                for e in error.errors(include_url=False)
+            ]
+            checked.append(validation_problem(located, skip=1))
+    return checked
+
+
 def check_many(
-    checks: Sequence[CheckRequest], settings: Settings, gate: ComputeGate | None = None
+    checks: Sequence[Any], settings: Settings, gate: ComputeGate | None = None
 ) -> tuple[list[Result], int]:
     """Judge checks in order; returns the results and how many distinct keys were computed.
 
-    ``settings`` and ``gate`` are as for ``check_one``.
+    Args:
+        checks: ``CheckRequest``s, or what a client sent as such: an item that is not a valid
+            check gets its 422 problem as an ``error`` in its place.
+        settings: as for ``check_one``.
+        gate: as for ``check_one``.
     """
     engine = Engine(
         settings, gate if gate is not None else ComputeGate.from_settings(settings), batch=True
     )
-    results = engine.run(checks)
+    results = engine.run(validate_checks(checks))
     return results, engine.keys

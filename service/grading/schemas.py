@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, Field, SkipValidation, WithJsonSchema
 
 from service.grading.compare import RULE, PartialCredit
 from service.problems import ProblemDetails
@@ -152,7 +152,11 @@ class CheckRequest(StrictBody):
 
 
 class BatchRequest(StrictBody):
-    checks: list[CheckRequest] = Field(description="Judged in order; see /v1/info for the limit.")
+    # Documented as checks, validated one by one by the engine (``check.validate_checks``): a
+    # check that is not valid is an error in its place, and the others are still judged.
+    checks: list[SkipValidation[CheckRequest]] = Field(
+        description="Judged in order; see /v1/info for the limit."
+    )
 
 
 class Diagnosis(BaseModel):

@@ -54,7 +54,15 @@ def check_batch(
     its place and does not stop the others."""
     check_count(len(body.checks), "max_batch_checks", "checks", "checks", settings)
     if not body.checks:
-        raise Problem(422, "checks: give at least one check", kind="validation-error")
+        raise Problem(
+            422,
+            "checks: give at least one check",
+            kind="validation-error",
+            title="The request is not valid",
+            errors=[
+                {"loc": ["body", "checks"], "msg": "give at least one check", "type": "too_short"}
+            ],
+        )
     results, keys = check_many(body.checks, settings, gate)
     failed = sum("error" in r for r in results)
     correct = sum(bool(r.get("correct")) for r in results)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from models.conv import conv_output_size
+from models.conv import MAX_SIZE, conv_output_size
 from models.errors import ModelError
 from service.examples import CONV_SHAPE_EXAMPLES
 from service.problems import problem_responses
@@ -28,8 +28,12 @@ class ConvShapeRequest(StrictBody):
     stride: IntOrList = 1
     padding: IntOrList | Literal["valid", "same"] = 0
     dilation: IntOrList = 1
-    in_channels: int | None = Field(None, ge=1, description="Checked, not needed for the size.")
-    out_channels: int | None = Field(None, ge=1, description="Prepended to `output_shape`.")
+    in_channels: int | None = Field(
+        None, ge=1, le=MAX_SIZE, description="Checked, not needed for the size."
+    )
+    out_channels: int | None = Field(
+        None, ge=1, le=MAX_SIZE, description="Prepended to `output_shape`."
+    )
     transposed: bool = False
     output_padding: IntOrList = Field(0, description="Transposed convolutions only.")
 

@@ -115,6 +115,29 @@ def test_a_missing_key_is_401_before_the_body_is_looked_at(keyed: TestClient) ->
     assert keyed.get("/v1/assignments/cnn-rnn/problems/1.1a").status_code == 401
 
 
+@pytest.mark.parametrize("body", [b"{bad", b'{"x": NaN}'], ids=["malformed", "nan"])
+def test_the_key_rule_is_applied_before_a_refused_body_is_explained(
+    keyed: TestClient, body: bytes
+) -> None:
+    """Every POST route with a body the JSON parser refuses: 401 without a key or with an
+    unknown one, 403 for a student outside /v1/assignments; only an admitted caller hears
+    what is wrong with the body (the 422)."""
+    posts = [path for method, path in operations(keyed) if method == "POST"]
+    assert len(posts) > 5
+    json_type = {"content-type": "application/json"}
+    for path in posts:
+        for who, expected in ((None, 401), (UNKNOWN, 401), (STUDENT, 403), (INSTRUCTOR, 422)):
+            if who == STUDENT and path.startswith(STUDENT_PREFIX):
+                expected = 422
+            headers = {**json_type, **(key(who) if who else {})}
+            response = keyed.post(path, content=body, headers=headers)
+            assert response.status_code == expected, (path, who, response.text[:200])
+            if expected == 422:
+                assert response.json()["title"] == "The body is not valid JSON", path
+    unknown_path = keyed.post("/v1/nowhere", content=body, headers=json_type)
+    assert unknown_path.status_code == 404
+
+
 def test_open_mode_lets_every_caller_in(client: TestClient) -> None:
     assert client.get("/v1/models").status_code == 200
     assert client.get("/v1/models", headers=key(UNKNOWN)).status_code == 200

@@ -271,3 +271,38 @@ def test_openapi_documents_the_check_routes(client: TestClient) -> None:
     assert {"413", "422"} <= set(single["responses"])
     assert "application/problem+json" in single["responses"]["422"]["content"]
     assert "/v1/check/batch" in schema["paths"]
+
+
+def test_a_check_that_is_not_valid_is_an_error_in_its_place(client: TestClient) -> None:
+    """One malformed check (an unknown op, no answer, not an object, a bad tolerance) does not
+    void a batch: it gets its 422 in its place, located at ``checks.<i>``, and the rest are
+    judged as they would be alone."""
+    good = {"expected": SHAPE_1_1A, "answer": [5, 2]}
+    bad = [
+        ({"expected": {"op": "magic"}, "answer": 1}, ["body", "checks", 1, "expected"]),
+        ({"expected": SHAPE_1_1A}, ["body", "checks", 2, "answer"]),
+        (5, ["body", "checks", 3]),
+        ({**good, "tolerance": {"rtol": -1}}, ["body", "checks", 4, "tolerance", "rtol"]),
+    ]
+    checks = [good, *(check for check, _ in bad), good]
+    response = client.post("/v1/check/batch", json={"checks": checks})
+    assert response.status_code == 200, response.text[:300]
+    body = response.json()
+    results = body["results"]
+    assert results[0]["correct"] is True and results[-1]["correct"] is True
+    for index, (_, loc) in enumerate(bad, start=1):
+        error = results[index]["error"]
+        assert error["status"] == 422 and error["errors"][0]["loc"][: len(loc)] == loc
+        assert error["detail"].startswith(".".join(map(str, loc[1:]))), error["detail"]
+        alone = client.post("/v1/check", json=checks[index])
+        assert alone.status_code == 422
+    assert body["summary"] == {"checks": 6, "correct": 2, "wrong": 0, "invalid": 4, "keys": 1}
+
+
+def test_an_empty_batch_is_a_422_at_checks(client: TestClient) -> None:
+    response = client.post("/v1/check/batch", json={"checks": []})
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["title"] == "The request is not valid"
+    assert problem["errors"][0]["loc"] == ["body", "checks"]
+    assert client.post("/v1/check/batch", json={"checks": 5}).status_code == 422

@@ -187,6 +187,8 @@ def test_hostile_model_requests(
         ({"input_size": [7], "kernel_size": 3, "\u0073tride": 1, "str\u0131de": 1}, "str\u0131de"),
         ({"input_size": [7] * 4, "kernel_size": 3}, "1 to 3"),
         ({"input_size": [2**40], "kernel_size": 3}, "at most 2147483647"),
+        ({"input_size": [5], "kernel_size": 3, "out_channels": 2**64}, "out_channels"),
+        ({"input_size": [5], "kernel_size": 3, "in_channels": 2**70}, "in_channels"),
     ],
     ids=["fullwidth", "zero-width", "arabic digit", "dotless i", "rank 4", "huge size"],
 )
@@ -212,3 +214,20 @@ def test_a_60_mb_body_over_a_50_mb_limit_is_413(chunked: bool) -> None:
         response = client.post("/v1/models/conv1d/forward", content=content, headers=JSON)
         assert_problem(413, response, "limit")
         assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None])
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/check", "/v1/check/batch", "/v1/models/conv1d/forward", "/v1/diagnostics/loss-curve"],
+)
+def test_a_body_not_sent_as_json_says_to_send_it_as_json(
+    healthy: TestClient, path: str, content_type: str | None
+) -> None:
+    """curl's ``-d`` without ``-H 'content-type: application/json'`` sends a form: the answer
+    says which header to send, not that an "object to extract fields from" is missing."""
+    headers = {"content-type": content_type} if content_type else {}
+    response = healthy.post(path, content=b'{"checks": []}', headers=headers)
+    assert_problem(422, response, "Content-Type: application/json")
+    assert response.json()["title"] == "The body is not JSON"
+    assert (content_type or "missing") in response.json()["detail"]
