@@ -190,7 +190,16 @@ def test_hostile_model_requests(
         ({"input_size": [5], "kernel_size": 3, "out_channels": 2**64}, "out_channels"),
         ({"input_size": [5], "kernel_size": 3, "in_channels": 2**70}, "in_channels"),
     ],
-    ids=["fullwidth", "zero-width", "arabic digit", "dotless i", "rank 4", "huge size"],
+    ids=[
+        "fullwidth",
+        "zero-width",
+        "arabic digit",
+        "dotless i",
+        "rank 4",
+        "huge size",
+        "2**64 out",
+        "2**70 in",
+    ],
 )
 def test_hostile_shape_requests(healthy: TestClient, body: dict[str, Any], words: str) -> None:
     assert_problem(422, healthy.post("/v1/shapes/conv", json=body), words)
