@@ -18,6 +18,9 @@ from matplotlib.ticker import MaxNLocator
 from service.grading.loss_curve import CurveDiagnosis
 
 PlotFormat = Literal["png", "svg"]
+MAX_PLOTTED_EPOCHS = 10_000
+"""Most epochs one plot draws: about ten times its width in pixels. Every epoch is a marker
+and a segment of each curve, so 1M epochs were a 250 MB SVG and 45 s of drawing."""
 MEDIA_TYPES: dict[PlotFormat, str] = {"png": "image/png", "svg": "image/svg+xml"}
 
 _MEAN_STYLE: dict[str, Any] = {

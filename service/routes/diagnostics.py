@@ -16,7 +16,7 @@ from service.deps import SettingsDep
 from service.devices import DeviceName, DtypeName, resolve_device, resolve_dtype
 from service.examples import LOSS_CURVE_EXAMPLES, TEMPORAL_ORDER_EXAMPLES
 from service.grading.loss_curve import MAX_LOSS, diagnose
-from service.plots import MEDIA_TYPES, render
+from service.plots import MAX_PLOTTED_EPOCHS, MEDIA_TYPES, render
 from service.problems import Problem, problem_responses
 from service.routing import FastJSONRoute
 from service.schemas import StrictBody
@@ -111,6 +111,15 @@ def loss_curve(
             413,
             f"batch_losses holds {values:,} values; the limit is "
             f"{settings.loss_curve_max_values:,}",
+            kind="budget-exceeded",
+            title="Over the element budget",
+        )
+    if fmt != "json" and len(body.batch_losses) > MAX_PLOTTED_EPOCHS:
+        raise Problem(
+            413,
+            f"batch_losses holds {len(body.batch_losses):,} epochs; a plot shows at most "
+            f"{MAX_PLOTTED_EPOCHS:,} (more than its width in pixels): send fewer epochs, or ask "
+            "for the diagnosis as JSON (format=json)",
             kind="budget-exceeded",
             title="Over the element budget",
         )

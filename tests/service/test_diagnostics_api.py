@@ -15,6 +15,7 @@ from matplotlib.image import imread
 
 from service.app import create_app
 from service.examples import SEED_BATCH_ACCURACIES, SEED_BATCH_LOSSES
+from service.plots import MAX_PLOTTED_EPOCHS
 from service.settings import Settings
 
 PATH = "/v1/diagnostics/loss-curve"
@@ -173,3 +174,16 @@ def test_openapi_declares_problems_plots_and_seed_examples(client: TestClient) -
     # The seed example is a valid request that shows the seed's spikes.
     diagnosis = client.post(PATH, json=examples["seed-1.3"]["value"]).json()
     assert diagnosis["spikes"] == [3, 6, 9]
+
+
+def test_a_plot_of_more_epochs_than_it_can_show_is_a_413(client: TestClient) -> None:
+    """1M one-value epochs were a 250 MB SVG after 45 s: plots stop at MAX_PLOTTED_EPOCHS,
+    while the JSON diagnosis of the same curve is still given."""
+    too_many = {"batch_losses": [[1.0]] * (MAX_PLOTTED_EPOCHS + 1), "num_classes": 4}
+    for fmt in ("png", "svg"):
+        response = client.post(PATH, params={"format": fmt}, json=too_many)
+        assert response.status_code == 413, response.text[:200]
+        assert "format=json" in response.json()["detail"]
+    assert client.post(PATH, json=too_many).status_code == 200
+    enough = {"batch_losses": [[1.0]] * 50, "num_classes": 4}
+    assert client.post(PATH, params={"format": "svg"}, json=enough).status_code == 200
