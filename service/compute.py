@@ -16,7 +16,7 @@ from models.errors import ShapeMismatch, UnknownName
 from models.limits import Limits
 from models.registry import ReferenceModel, get_model
 from service.budgets import check_outputs
-from service.costs import check_deadline, forward_flops, operation_flops
+from service.costs import check_deadline, forward_flops, operation_flops, throughput
 from service.devices import resolve_device, resolve_dtype
 from service.gate import ComputeGate
 from service.problems import Problem
@@ -203,10 +203,22 @@ def computing(
     Example:
         ``with computing(prepared, settings, gate, vector_jacobian_products=1): ...``
     """
+    check_deadline(estimated_flops(prepared, vector_jacobian_products), prepared.device, settings)
+    with gate.slot(prepared.device):
+        yield
+
+
+def estimated_flops(prepared: Prepared, vector_jacobian_products: int = 0) -> int:
+    """The operation count ``computing`` holds to the deadline (``service.costs``)."""
     shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
     forward = forward_flops(prepared.model, prepared.config, shapes, prepared.output_shapes)
     row = sum(math.prod(s) for s in (*shapes.values(), *prepared.output_shapes.values()))
-    flops = operation_flops(forward, vector_jacobian_products, row)
-    check_deadline(flops, prepared.device, settings)
-    with gate.slot(prepared.device):
-        yield
+    return operation_flops(forward, vector_jacobian_products, row)
+
+
+def estimated_seconds(
+    prepared: Prepared, vector_jacobian_products: int, settings: Settings
+) -> float:
+    """``estimated_flops`` over the throughput assumed for the request's device."""
+    flops = estimated_flops(prepared, vector_jacobian_products)
+    return flops / throughput(prepared.device, settings)

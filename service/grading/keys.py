@@ -8,6 +8,8 @@ exactly what the model endpoints answer, for any registered model.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,7 @@ from service.compute import (
     check_state_jacobian_budget,
     computing,
     decode_grad_outputs,
+    estimated_seconds,
     new_budget,
     prepare,
     vector_jacobian_products,
@@ -62,22 +65,44 @@ class ModelSource:
     of: str = ""
     wrt: str = ""
     grad_outputs: Tensors = field(default_factory=dict)
+    seconds: float = 0.0
+    """How long the key itself took to compute."""
+    spent: float = 0.0
+    """How long the diagnoses' recomputations have taken so far."""
 
     @property
     def model(self) -> ReferenceModel:
         return self.prepared.model
 
+    def _affordable(self, estimate: float) -> bool:
+        """Whether a recomputation of about ``estimate`` seconds still fits: the key and all
+        its diagnoses' recomputations together stay within the compute deadline, so a
+        diagnosis never makes a check take much longer than its key was allowed to."""
+        deadline = self.settings.compute_deadline_seconds
+        return self.seconds + self.spent + estimate <= deadline
+
     def compute(self, args: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-        """The same op and selection on other arguments (``None`` if it cannot be computed)."""
+        """The same op and selection on other arguments (``None`` if it cannot be computed,
+        or would take longer than what is left of the deadline: it takes as long as the key)."""
+        if not self._affordable(self.seconds):
+            return None
+        started = time.perf_counter()
         try:
             tensors = _run(self.op, self.prepared, dict(args), self.of, self.wrt, self.grad_outputs)
         except (ModelError, RuntimeError):
             return None
+        finally:
+            self.spent += time.perf_counter() - started
         tensor = tensors.get(self.select)
         return None if tensor is None else _cpu(tensor)
 
     def jacobian(self, of: str, wrt: str) -> torch.Tensor | None:
-        """d(of)/d(wrt) on the key's arguments, or ``None`` when over budget or not defined."""
+        """d(of)/d(wrt) on the key's arguments, or ``None`` when over budget, estimated longer
+        than what is left of the deadline, or not defined."""
+        products = math.prod(self.prepared.output_shapes[of])
+        if not self._affordable(estimated_seconds(self.prepared, products, self.settings)):
+            return None
+        started = time.perf_counter()
         try:
             check_jacobian_budget(self.prepared, of, wrt, self.settings)
             result, _ = autodiff.jacobian(
@@ -85,6 +110,8 @@ class ModelSource:
             )
         except (ModelError, Problem, RuntimeError):
             return None
+        finally:
+            self.spent += time.perf_counter() - started
         return _cpu(result)
 
     def forward(self) -> Tensors:
@@ -186,7 +213,9 @@ def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) ->
         computing(prepared, settings, gate, vector_jacobian_products=products),
         compute_timer(model.name, expected.op.replace("_", "-"), prepared.device),
     ):
+        started = time.perf_counter()
         tensors = _run(expected.op, prepared, prepared.args, of, wrt, grad_outputs)
+        seconds = time.perf_counter() - started
     select = getattr(expected, "select", None)
     what = {"forward": "forward pass", "backward": "backward pass"}.get(
         expected.op, expected.op.replace("_", " ")
@@ -200,7 +229,9 @@ def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) ->
             "choose smaller weights or inputs",
             "",
         )
-    source = ModelSource(expected.op, prepared, settings, name, everything, of, wrt, grad_outputs)
+    source = ModelSource(
+        expected.op, prepared, settings, name, everything, of, wrt, grad_outputs, seconds
+    )
     return TensorKey(key, _label(expected, name), _axes(model, expected, name), source)
 
 

@@ -12,8 +12,10 @@ import pytest
 
 from models.registry import MODELS
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
+from service.gate import ComputeGate
 from service.grading.check import check_one
-from service.grading.schemas import CheckRequest
+from service.grading.keys import ModelSource, model_key
+from service.grading.schemas import CheckRequest, ForwardExpected
 from service.settings import Settings
 from tests.grading import gated_rnn_model
 
@@ -385,3 +387,28 @@ def test_rnn_diagnoses_do_not_apply_where_the_model_does_not_fit() -> None:
     }
     result = judge(backward, np.zeros((1, 5, 3)).tolist())
     assert not {"direct_term_only", "gate_path_missing"} & set(codes(result))
+
+
+def test_recomputing_diagnoses_stay_within_the_compute_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A diagnosis that recomputes the key (an input read one position off, the Jacobian
+    against the other argument) is tried only while the key's time and the recomputations'
+    stay within the compute deadline; otherwise it is left out, and the answer is still judged."""
+    assert "off_by_one" in codes(judge(FORWARD, seed_y(base=0).tolist()))
+    assert "wrong_argument" in codes(judge(JACOBIAN_W, seed_dy_dx().tolist()))
+    deadline = SETTINGS.compute_deadline_seconds
+    key = model_key(
+        ForwardExpected.model_validate(FORWARD), SETTINGS, ComputeGate.from_settings(SETTINGS)
+    )
+    source = key.source
+    assert source is not None and 0 < source.seconds < deadline
+    args = source.prepared.args
+    assert source.compute(args) is not None and source.spent > 0
+    assert source.jacobian("y", "x") is not None
+    source.seconds = deadline  # a key that took the whole deadline: nothing else fits
+    assert source.compute(args) is None and source.jacobian("y", "x") is None
+    monkeypatch.setattr(ModelSource, "_affordable", lambda self, estimate: False)
+    result = judge(FORWARD, seed_y(base=0).tolist())
+    assert result["correct"] is False and "off_by_one" not in codes(result)
+    assert "wrong_argument" not in codes(judge(JACOBIAN_W, seed_dy_dx().tolist()))
