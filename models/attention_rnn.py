@@ -32,6 +32,7 @@ import torch
 from models import gradient_flow
 from models.errors import InvalidConfig, LimitExceeded, ShapeMismatch
 from models.limits import Limits
+from models.overhead import BATCHED_FACTOR, STEP_SECONDS, Overhead
 
 Shapes = Mapping[str, tuple[int, ...]]
 Window = int | Literal["inf"]
@@ -105,6 +106,50 @@ def output_shapes(config: AttentionRNNConfig, shapes: Shapes) -> dict[str, tuple
             )
     width = seq_len + 1 if config.k == "inf" else config.k + 1
     return {"h": (seq_len, n), "a": (seq_len, width), "w": (seq_len, width)}
+
+
+PAIR_SECONDS = 7.8e-6
+"""AttentionRNN(inf): each step stacks the scores and values of every past state, and the
+backward pass hands a gradient back to each of them: about this much per (step, past state)
+pair, forward and backward, whatever n (measured: 4.4 s for 1,024 steps)."""
+
+PAIR_ELEMENT_SECONDS = 4e-8
+"""AttentionRNN(inf): the stacked past values, ``n`` per pair, copied and kept for the
+backward pass (at n = 960 and 1,024 steps, 4 GB and 42 s)."""
+
+PAIR_ELEMENT_FLOPS = 25
+"""AttentionRNN(inf): operations counted per pair and element of n per row of a batched
+pass, as ``jacrev`` runs one (rows of cotangents through every stacked value)."""
+
+
+def flops(config: AttentionRNNConfig, shapes: Shapes) -> int:
+    """Operations of one forward pass for the compute-time estimate: the projections of x and
+    of the attended states, and with k = inf the reading of every past state at every step."""
+    seq_len, n = shapes["x"]
+    width = 2 if config.k == "inf" else config.k + 1
+    projections = 2 * 3 * width * n * n * seq_len
+    if config.k == "inf":
+        return projections + PAIR_ELEMENT_FLOPS * _pairs(seq_len) * n
+    return projections + 4 * seq_len * config.k * n
+
+
+def overhead(config: AttentionRNNConfig, shapes: Shapes) -> Overhead:
+    """The fixed costs of its passes: the loop over steps (with k = inf, over every pair of a
+    step and a past state); see ``models.overhead``."""
+    seq_len, n = shapes["x"]
+    steps = seq_len * 1.4 * STEP_SECONDS
+    if config.k == "inf":
+        pairs = _pairs(seq_len)
+        return Overhead(
+            backward=steps + pairs * (PAIR_SECONDS + n * PAIR_ELEMENT_SECONDS),
+            batched=3 * (steps + pairs * PAIR_SECONDS),  # measured 2.7 times at 512 steps
+        )
+    backward = steps + seq_len * config.k * 3e-6
+    return Overhead(backward=backward, batched=BATCHED_FACTOR * backward)
+
+
+def _pairs(seq_len: int) -> int:
+    return seq_len * (seq_len - 1) // 2
 
 
 def check_shape_limits(config: AttentionRNNConfig, shapes: Shapes, limits: Limits) -> None:

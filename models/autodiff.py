@@ -71,8 +71,17 @@ def jacobian_chunk_size(model: ReferenceModel, config: Any, args: Tensors, of: s
     ``BATCH_ELEMENTS``: each row holds an output-sized cotangent and argument-sized results."""
     shapes = {name: tuple(t.shape) for name, t in args.items()}
     rows = math.prod(model.output_shapes(config, shapes)[of])
-    per_row = rows + sum(t.numel() for t in args.values())
-    return max(1, min(rows, BATCH_ELEMENTS // per_row))
+    return _rows_per_chunk(rows, sum(t.numel() for t in args.values()))
+
+
+def _rows_per_chunk(rows: int, argument_elements: int) -> int:
+    return max(1, min(rows, BATCH_ELEMENTS // max(1, rows + argument_elements)))
+
+
+def jacobian_chunk_count(rows: int, argument_elements: int) -> int:
+    """How many batches ``jacrev`` runs for a Jacobian of ``rows`` output elements against
+    arguments of ``argument_elements`` in all (``jacobian_chunk_size`` rows each)."""
+    return -(-max(1, rows) // _rows_per_chunk(max(1, rows), argument_elements))
 
 
 def autograd_jacobian(

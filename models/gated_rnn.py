@@ -26,6 +26,7 @@ import torch
 from models import gradient_flow
 from models.errors import InvalidConfig, LimitExceeded, ShapeMismatch
 from models.limits import Limits
+from models.overhead import BATCHED_FACTOR, STEP_SECONDS, Overhead
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -77,6 +78,12 @@ def output_shapes(config: GatedRNNConfig, shapes: Shapes) -> dict[str, tuple[int
     if h0 is not None and h0 != (m,):
         raise ShapeMismatch(f"h0 must be [m] = [{m}], got shape {list(h0)}", "inputs.h0")
     return {"h": (seq_len, m), "c": (seq_len, m)}
+
+
+def overhead(config: GatedRNNConfig, shapes: Shapes) -> Overhead:
+    """The fixed costs of its passes: the loop over time steps (``models.overhead``)."""
+    backward = shapes["x"][0] * STEP_SECONDS
+    return Overhead(backward=backward, batched=BATCHED_FACTOR * backward)
 
 
 def check_shape_limits(config: GatedRNNConfig, shapes: Shapes, limits: Limits) -> None:

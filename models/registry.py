@@ -15,6 +15,7 @@ import torch
 from models import attention_rnn, conv, conv_jacobians, gated_rnn
 from models.errors import ShapeMismatch, UnknownName
 from models.limits import Limits
+from models.overhead import Overhead
 
 Shapes = Mapping[str, tuple[int, ...]]
 Tensors = Mapping[str, torch.Tensor]
@@ -61,6 +62,9 @@ class ReferenceModel:
         flops: floating-point operations of one forward pass, from the config and the
             declared argument shapes, for the service's compute-time estimate; ``None`` for
             the generic estimate (every parameter used once per row of the inputs).
+        overhead: the fixed costs of its passes (``Overhead``), for models whose time is
+            mostly a Python loop over steps and autograd's bookkeeping rather than
+            arithmetic; ``None`` where the arithmetic dominates.
     """
 
     name: str
@@ -76,6 +80,7 @@ class ReferenceModel:
     backward_extras: Callable[[Any, Tensors, Tensors], dict[str, torch.Tensor]] | None = None
     state_jacobians: Callable[[Any, Tensors], dict[str, Any]] | None = None
     flops: Callable[[Any, Shapes], int] | None = None
+    overhead: Callable[[Any, Shapes], Overhead] | None = None
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)
     check_config_limits: Callable[[Any, Limits], None] | None = None
     check_shape_limits: Callable[[Any, Shapes, Limits], None] | None = None
@@ -193,6 +198,7 @@ def _gated_rnn_model() -> ReferenceModel:
         forward=gated_rnn.forward,
         backward_extras=gated_rnn.state_grads,
         state_jacobians=gated_rnn.state_jacobians,
+        overhead=gated_rnn.overhead,
         check_shape_limits=gated_rnn.check_shape_limits,
     )
 
@@ -234,6 +240,8 @@ def _attention_rnn_model() -> ReferenceModel:
         forward=attention_rnn.forward,
         backward_extras=attention_rnn.state_grads,
         state_jacobians=attention_rnn.state_jacobians,
+        flops=attention_rnn.flops,
+        overhead=attention_rnn.overhead,
         check_config_limits=attention_rnn.check_config_limits,
         check_shape_limits=attention_rnn.check_shape_limits,
     )

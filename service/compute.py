@@ -12,11 +12,19 @@ from typing import Any
 
 import torch
 
+from models.autodiff import jacobian_chunk_count
 from models.errors import ShapeMismatch, UnknownName
 from models.limits import Limits
 from models.registry import ReferenceModel, get_model
 from service.budgets import check_outputs
-from service.costs import check_deadline, forward_flops, operation_flops, throughput
+from service.costs import (
+    Pass,
+    check_deadline,
+    fixed_seconds,
+    forward_flops,
+    operation_flops,
+    throughput,
+)
 from service.devices import resolve_device, resolve_dtype
 from service.gate import ComputeGate
 from service.problems import Problem
@@ -167,8 +175,8 @@ def vector_jacobian_products(prepared: Prepared, operation: str, of: str = "") -
     Args:
         prepared: the request, whose declared output shapes give the count.
         operation: ``forward`` (0), ``backward`` (1), ``jacobian`` (one per element of the
-            output ``of``) or ``state_jacobians`` / ``state-jacobians`` (each step's Jacobian
-            is ``m`` products, for states of shape ``[T, m]``).
+            output ``of``); ``state_jacobians`` / ``state-jacobians`` take none (a closed
+            form after one forward pass: ``closed_form_flops``).
         of: the differentiated output, for ``jacobian``.
 
     Returns:
@@ -178,10 +186,21 @@ def vector_jacobian_products(prepared: Prepared, operation: str, of: str = "") -
         return 1
     if operation == "jacobian":
         return math.prod(prepared.output_shapes[of])
-    if operation in ("state_jacobians", "state-jacobians"):
-        steps, m = prepared.output_shapes["h"]
-        return steps * m
     return 0
+
+
+STATE_JACOBIAN_FLOPS_PER_STEP = 40
+"""Operations per m**3 of each step of the state Jacobians' closed form and analysis: the
+one-step Jacobian, its singular values, the running product and its norm."""
+
+
+def closed_form_flops(prepared: Prepared, operation: str) -> int:
+    """Operations an operation computed in closed form adds to its forward pass: for the state
+    Jacobians of states ``[T, m]``, a few m x m matrix products and decompositions per step."""
+    if operation not in ("state_jacobians", "state-jacobians"):
+        return 0
+    steps, m = prepared.output_shapes["h"]
+    return STATE_JACOBIAN_FLOPS_PER_STEP * steps * m**3
 
 
 @contextmanager
@@ -191,6 +210,8 @@ def computing(
     gate: ComputeGate,
     *,
     vector_jacobian_products: int = 0,
+    kind: Pass | None = None,
+    closed_form: int = 0,
 ) -> Iterator[None]:
     """Run the block as one computation: refused when its estimated time is over the deadline,
     then holding one of its device's slots (a 503 when none frees up).
@@ -199,11 +220,19 @@ def computing(
         prepared: the request, whose declared shapes give the estimate.
         vector_jacobian_products: how many the operation takes on top of the forward pass
             (``vector_jacobian_products(prepared, operation)`` counts them).
+        kind: what autograd runs, for the model's per-step costs (``estimated_fixed_seconds``).
+        closed_form: operations of a closed form run after the forward pass
+            (``closed_form_flops``).
 
     Example:
         ``with computing(prepared, settings, gate, vector_jacobian_products=1): ...``
     """
-    check_deadline(estimated_flops(prepared, vector_jacobian_products), prepared.device, settings)
+    check_deadline(
+        estimated_flops(prepared, vector_jacobian_products) + closed_form,
+        prepared.device,
+        settings,
+        estimated_fixed_seconds(prepared, vector_jacobian_products, kind),
+    )
     with gate.slot(prepared.device):
         yield
 
@@ -216,9 +245,40 @@ def estimated_flops(prepared: Prepared, vector_jacobian_products: int = 0) -> in
     return operation_flops(forward, vector_jacobian_products, row)
 
 
+def estimated_fixed_seconds(
+    prepared: Prepared, vector_jacobian_products: int, kind: Pass | None = None
+) -> float:
+    """The model's per-step costs for the operation (``service.costs.fixed_seconds``).
+
+    Args:
+        prepared: the request.
+        vector_jacobian_products: as for ``computing``.
+        kind: what autograd runs; by default derived from the products: none is a forward
+            pass, one a backward pass, more a Jacobian by ``jacrev`` (a closed form, such as
+            the state Jacobians, says ``"forward"``).
+    """
+    model = prepared.model
+    if model.overhead is None:
+        return 0.0
+    if kind is None:
+        kind = (
+            "forward"
+            if vector_jacobian_products == 0
+            else "backward"
+            if vector_jacobian_products == 1
+            else "jacobian"
+        )
+    shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
+    arguments = sum(t.numel() for t in prepared.args.values())
+    chunks = jacobian_chunk_count(vector_jacobian_products, arguments)
+    return fixed_seconds(model.overhead(prepared.config, shapes), kind, chunks)
+
+
 def estimated_seconds(
     prepared: Prepared, vector_jacobian_products: int, settings: Settings
 ) -> float:
-    """``estimated_flops`` over the throughput assumed for the request's device."""
+    """The whole estimate: ``estimated_flops`` over the device's assumed throughput, and the
+    model's per-step costs."""
     flops = estimated_flops(prepared, vector_jacobian_products)
-    return flops / throughput(prepared.device, settings)
+    fixed = estimated_fixed_seconds(prepared, vector_jacobian_products)
+    return flops / throughput(prepared.device, settings) + fixed

@@ -16,9 +16,11 @@ even when the model itself is cheap.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
+from models.overhead import Overhead
 from models.registry import ReferenceModel, Shapes
 from service.devices import cuda_available
 from service.problems import Problem
@@ -73,18 +75,57 @@ def throughput(device: torch.device, settings: Settings) -> float:
     return settings.cpu_flops_per_second
 
 
-def check_deadline(flops: int, device: torch.device, settings: Settings) -> None:
-    """Refuse (422) a computation whose estimated time on ``device`` is over the deadline."""
+Pass = Literal["forward", "backward", "jacobian"]
+"""What autograd runs: nothing (a forward pass, or a closed form), one backward pass, or
+``jacrev``'s batched backward passes, a chunk of rows at a time."""
+
+FORWARD_SHARE = 1 / 6
+"""A forward pass's share of a forward and backward pass's fixed costs."""
+
+
+def fixed_seconds(overhead: Overhead | None, kind: Pass, chunks: int = 1) -> float:
+    """Seconds of a model's fixed costs (``models.overhead``) for an operation.
+
+    Args:
+        overhead: the model's, or ``None`` (no fixed cost counted).
+        kind: what autograd runs.
+        chunks: for ``jacobian``, how many batches of rows ``jacrev`` runs.
+
+    Example:
+        >>> fixed_seconds(Overhead(backward=6.0, batched=30.0), "jacobian", chunks=2)
+        61.0
+    """
+    if overhead is None:
+        return 0.0
+    if kind == "forward":
+        return FORWARD_SHARE * overhead.backward
+    if kind == "backward":
+        return overhead.backward
+    return FORWARD_SHARE * overhead.backward + chunks * overhead.batched
+
+
+def check_deadline(
+    flops: int, device: torch.device, settings: Settings, fixed: float = 0.0
+) -> None:
+    """Refuse (422) a computation whose estimated time on ``device`` is over the deadline.
+
+    Args:
+        flops: its operation count.
+        device: where it would run.
+        settings: the deadline and the throughputs assumed.
+        fixed: seconds of per-step costs on top of the operations (``fixed_seconds``).
+    """
     rate = throughput(device, settings)
-    seconds = flops / rate
+    seconds = flops / rate + fixed
     deadline = settings.compute_deadline_seconds
     if seconds <= deadline:
         return
     hint = ", or ask for device 'cuda'" if device.type == "cpu" and cuda_available() else ""
+    steps = f" and {fixed:,.1f} s of per-step work (a loop over time steps)" if fixed else ""
     message = (
-        f"this computation needs about {flops:.3g} floating-point operations, an estimated "
-        f"{seconds:,.0f} s on {device.type} at {rate:.3g} per second; the limit is {deadline:g} s. "
-        f"Send smaller tensors{hint}."
+        f"this computation needs about {flops:.3g} floating-point operations{steps}, an "
+        f"estimated {seconds:,.0f} s on {device.type} at {rate:.3g} per second; the limit is "
+        f"{deadline:g} s. Send smaller tensors{hint}."
     )
     raise Problem(
         422,

@@ -23,6 +23,7 @@ from service.compute import (
     Prepared,
     check_jacobian_budget,
     check_state_jacobian_budget,
+    closed_form_flops,
     computing,
     decode_grad_outputs,
     estimated_seconds,
@@ -210,7 +211,13 @@ def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) ->
     products = vector_jacobian_products(prepared, expected.op, of)
     # Timed under the label of the endpoint the op stands for, beside the endpoints' own.
     with (
-        computing(prepared, settings, gate, vector_jacobian_products=products),
+        computing(
+            prepared,
+            settings,
+            gate,
+            vector_jacobian_products=products,
+            closed_form=closed_form_flops(prepared, expected.op),
+        ),
         compute_timer(model.name, expected.op.replace("_", "-"), prepared.device),
     ):
         started = time.perf_counter()

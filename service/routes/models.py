@@ -12,6 +12,7 @@ from models.registry import MODELS, ReferenceModel
 from service.compute import (
     check_jacobian_budget,
     check_state_jacobian_budget,
+    closed_form_flops,
     computing,
     decode_grad_outputs,
     lookup,
@@ -174,8 +175,8 @@ def state_jacobians(
         )
     prepared = prepare(model, body, settings)
     check_state_jacobian_budget(prepared, settings)
-    products = vector_jacobian_products(prepared, "state-jacobians")
-    with computing(prepared, settings, gate, vector_jacobian_products=products):
+    closed = closed_form_flops(prepared, "state-jacobians")
+    with computing(prepared, settings, gate, closed_form=closed):
         with compute_timer(reference.name, "state-jacobians", prepared.device):
             answer = reference.state_jacobians(prepared.config, prepared.args)
         return tensor_answer(answer, body.encoding)

@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from models.registry import MODELS
 from service.app import create_app
+from service.grading.check import check_many
 from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
 from service.settings import Settings
 from tests.grading import gated_rnn_model
@@ -306,3 +308,23 @@ def test_an_empty_batch_is_a_422_at_checks(client: TestClient) -> None:
     assert problem["title"] == "The request is not valid"
     assert problem["errors"][0]["loc"] == ["body", "checks"]
     assert client.post("/v1/check/batch", json={"checks": 5}).status_code == 422
+
+
+def test_a_batchs_formulas_stop_at_the_compute_deadline() -> None:
+    """Formulas are evaluated in Python: a batch keeps judging distinct formulas only while
+    their time is within the compute deadline, then refuses the rest in their places (here a
+    deadline of 1 ns: the first formula is judged, the next ones are not), and the checks that
+    are not formulas are judged as always. (The engine itself: an app refuses to start with
+    a deadline its own assignment's keys cannot meet.)"""
+    formula = {"op": "formula", "variables": {"H": [1, 64], "P": [0, 4]}}
+    checks = [
+        {"expected": {**formula, "reference": f"H + {i}*P"}, "answer": f"H + {i}*P"}
+        for i in range(3)
+    ]
+    checks.append({"expected": SHAPE_1_1A, "answer": [5, 2]})
+    results, _ = check_many(checks, Settings(compute_deadline_seconds=1e-9))
+    results = orjson.loads(orjson.dumps(results))
+    assert results[0]["correct"] is True and results[3]["correct"] is True
+    for refused in results[1:3]:
+        assert refused["error"]["type"].endswith("/over-compute-deadline")
+        assert "another batch" in refused["error"]["detail"]

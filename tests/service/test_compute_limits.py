@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -14,9 +15,10 @@ from fastapi.testclient import TestClient
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import conv
+from models.autodiff import jacobian_chunk_count, jacobian_chunk_size
 from models.registry import MODELS, ArgSpec, ReferenceModel, get_model
 from service.app import create_app
-from service.costs import forward_flops
+from service.costs import fixed_seconds, forward_flops
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.gate import ComputeGate
 from service.middleware import EXEMPT_PATHS
@@ -321,3 +323,74 @@ def test_a_check_whose_key_cannot_finish_in_time_is_refused_before_computing(
 
 def never(*_: Any) -> Any:
     raise AssertionError("a refused check must not reach the computation")
+
+
+def b64_tensor(shape: tuple[int, ...], scale: float = 0.1, seed: int = 0) -> dict[str, Any]:
+    values = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    array = (scale * values).numpy().astype("<f8")
+    return {
+        "shape": list(shape),
+        "datatype": "FP64",
+        "b64": base64.b64encode(array.tobytes()).decode(),
+    }
+
+
+def attention_body(k: Any, steps: int, n: int) -> dict[str, Any]:
+    width = 2 if k == "inf" else k + 1
+    params = {name: b64_tensor((width, n, n), seed=i) for i, name in enumerate("QKV")}
+    return {"config": {"k": k}, "params": params, "inputs": {"x": b64_tensor((steps, n), 1.0, 9)}}
+
+
+@pytest.mark.parametrize(
+    ("operation", "extra", "n"),
+    [("jacobian", {"of": "h", "wrt": "x"}, 2), ("backward", {"grad_outputs": None}, 960)],
+    ids=["dh-dx", "backward-n960"],
+)
+def test_attention_inf_over_long_sequences_is_refused_for_its_per_step_work(
+    client: TestClient, operation: str, extra: dict[str, Any], n: int
+) -> None:
+    """AttentionRNN(inf) reads every past state at every step: over 1,024 steps dh/dx took 36 s
+    (n = 2) and a backward pass 42 s (n = 960), which the operation count alone put at a few
+    seconds. The per-step costs of models/overhead.py put them over the deadline."""
+    body = attention_body("inf", 1024, n)
+    if operation == "backward":
+        extra = {"grad_outputs": {"h": b64_tensor((1024, n))}}
+    response = client.post(f"/v1/models/attention_rnn/{operation}", json={**body, **extra})
+    assert response.status_code == 422, response.text[:300]
+    problem = response.json()
+    assert problem["type"].endswith("/over-compute-deadline")
+    assert "of per-step work (a loop over time steps)" in problem["detail"]
+
+
+def test_per_step_costs_grow_with_the_work_of_each_model() -> None:
+    """The fixed costs' shape: linear in the steps with a window k, quadratic with k = inf,
+    a batched pass dearer than a plain one; jacrev's chunks counted as autodiff makes them."""
+    attention, gated = get_model("attention_rnn"), get_model("gated_rnn")
+    assert attention.overhead is not None and gated.overhead is not None
+    window, inf = attention.parse_config({"k": 2}), attention.parse_config({"k": "inf"})
+    for model, config in ((attention, window), (gated, gated.parse_config({}))):
+        short = model.overhead(config, {"x": (256, 4)})
+        assert model.overhead(config, {"x": (512, 4)}).backward == pytest.approx(2 * short.backward)
+        assert short.batched > short.backward > 0
+    quadratic = [attention.overhead(inf, {"x": (t, 4)}).backward for t in (512, 1024)]
+    assert quadratic[1] > 3 * quadratic[0]  # linear would be 2
+    cost = attention.overhead(inf, {"x": (512, 4)})
+    assert fixed_seconds(cost, "forward") < fixed_seconds(cost, "backward")
+    assert fixed_seconds(cost, "jacobian", 3) > 3 * cost.batched
+    args = {"Q": torch.zeros(2, 3, 3), "K": torch.zeros(2, 3, 3), "V": torch.zeros(2, 3, 3)}
+    for steps in (4, 1024, 4096):
+        args["x"] = torch.zeros(steps, 3)
+        rows = steps * 3
+        size = jacobian_chunk_size(attention, inf, args, "h")
+        elements = sum(t.numel() for t in args.values())
+        assert jacobian_chunk_count(rows, elements) == -(-rows // size)
+
+
+def test_closed_form_state_jacobians_are_not_charged_as_autograd(client: TestClient) -> None:
+    """The state Jacobians are a forward pass and a few m x m products per step: 1,024 steps of
+    n = 16 take well under a second, and were refused as if each row were a backward pass."""
+    for k in (2, "inf"):
+        body = attention_body(k, 1024, 16)
+        response = client.post("/v1/models/attention_rnn/state-jacobians", json=body)
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()["jacobians"]["shape"] == [1024, 16, 16]
