@@ -92,6 +92,20 @@ JSON_PROBLEM = "tensorgrade.json_problem"
 """Scope key of the 422 ``Problem`` of a JSON body the strict parser refused."""
 
 
+def _not_utf8(body: bytes) -> str:
+    """Where a body stops being UTF-8 (orjson says only that it is not, at column 1)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = body.count(b"\n", 0, error.start) + 1
+        column = error.start - (body.rfind(b"\n", 0, error.start) + 1) + 1
+        return (
+            f"the body is not valid UTF-8: byte 0x{body[error.start]:02x} at line {line} "
+            f"column {column} (byte {error.start})"
+        )
+    return "the body is not valid UTF-8 (it holds a lone surrogate escape)"
+
+
 def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
     """A 422 that says what is wrong with a body the strict parser refused, and where."""
     where = f"line {error.lineno} column {error.colno}"
@@ -114,6 +128,8 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
             "only finite numbers are accepted"
         )
         kind = "non-finite-number"
+    elif "UTF-8" in error.msg:
+        message, kind = _not_utf8(body), "invalid-json"
     elif error.msg.startswith("depth limit"):
         message = f"the body is nested more than 1024 levels deep ({where})"
         kind = "invalid-json"

@@ -110,9 +110,11 @@ class Budget:
 
 def _invalid(where: str, message: str) -> Problem:
     loc: list[str | int] = ["body", *where.split(".")]
+    # A message that names its place (``inputs.x[0][1] is null``) says where by itself.
+    detail = message if message.startswith(where) else f"{where}: {message}"
     return Problem(
         422,
-        f"{where}: {message}",
+        detail,
         kind="invalid-tensor",
         title="A tensor is not valid",
         errors=[{"loc": loc, "msg": message, "type": "invalid_tensor"}],
@@ -124,10 +126,13 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_shape(shape: Any, where: str, max_rank: int) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(
-        isinstance(n, int) and not isinstance(n, bool) for n in shape
-    ):
+    if not isinstance(shape, list):
         raise _invalid(where, "`shape` must be a list of non-negative integers")
+    odd = [n for n in shape if not isinstance(n, int) or isinstance(n, bool)]
+    if odd:  # 1e20 (an integer past 64 bits arrives as a float) or "3"
+        raise _invalid(
+            where, f"`shape` must be a list of non-negative integers; {odd[0]!r:.40} is not one"
+        )
     if len(shape) > max_rank:
         raise _invalid(where, f"rank {len(shape)} is higher than the limit {max_rank}")
     if any(n < 0 for n in shape):
@@ -160,7 +165,8 @@ def _locate_defect(value: Any, shape: tuple[int, ...], where: str) -> Problem:
             if isinstance(node, list):
                 return _invalid(where, f"{place} is a list where a number was expected (ragged)")
             if not _is_number(node):
-                return _invalid(where, f"{place} is {_kind(node)} {node!r:.40}, not a number")
+                shown = "" if node is None else f" {node!r:.40}"
+                return _invalid(where, f"{place} is {_kind(node)}{shown}, not a number")
             if isinstance(node, int) and abs(node) > 2**53:
                 return _invalid(where, f"{place} is an integer too large to represent exactly")
             continue

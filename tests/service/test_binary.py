@@ -237,9 +237,13 @@ FORWARD = b'{"params": {"weight": [[[1, 0, -1]]]}, "inputs": {"x": [[1, 2, %s]]}
         ("models/conv1d/forward", FORWARD % b"-Infinity", "`-Infinity` at line 1 column 64"),
         ("models/conv1d/forward", FORWARD % b"3]", "not valid JSON"),
         ("models/conv1d/forward", (FORWARD % b"3")[:-3], "not valid JSON: unexpected end"),
-        ("models/conv1d/forward", FORWARD % b'"\xff"', "not valid JSON"),
+        ("models/conv1d/forward", FORWARD % b'"\xff"', "not valid UTF-8: byte 0xff at line 1"),
         ("shapes/conv", b'{"input_size": [5], "kernel_size": 3', "not valid JSON"),
-        ("shapes/conv", b'{"input_size": [5], "kernel_size": "\xff"}', "not valid JSON"),
+        (
+            "shapes/conv",
+            b'{"input_size": [5], "kernel_size": "\xff"}',
+            "byte 0xff at line 1 column 37",
+        ),
     ],
 )
 def test_bodies_that_are_not_json_are_422_problems_that_say_where(

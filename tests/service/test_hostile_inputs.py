@@ -99,6 +99,20 @@ SHAPED: list[tuple[str, str, dict[str, Any], int, str]] = [
         "10,000,000,000 elements",
     ),
     (
+        "null element",
+        "conv1d/forward",
+        with_(inputs={"x": {"shape": [1, 3], "data": [1, 2, None]}}),
+        422,
+        "inputs.x.data[2] is null, not a number",
+    ),
+    (
+        "shape past 64 bits",
+        "conv1d/forward",
+        with_(inputs={"x": {"shape": [2**64], "data": [1]}}),
+        422,
+        "1.8446744073709552e+19 is not one",
+    ),
+    (
         "huge declared shape, tiny b64",
         "conv1d/forward",
         with_(inputs={"x": {"shape": [10**15], "b64": "AAAAAAAAAAA="}}),
