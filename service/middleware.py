@@ -201,9 +201,14 @@ class EdgeMiddleware:
         path, method, root_path = scope["path"], scope["method"], scope.get("root_path", "")
         status = 500  # what the server answers if the app raises before answering
         started = False
+        head = method == "HEAD"
+        if head:  # RFC 9110: a GET without its body; the routes declare GET only
+            scope = {**scope, "method": "GET"}
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
+            if head and message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": b""}  # Content-Length stays the GET's
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 headers = message.get("headers", ())

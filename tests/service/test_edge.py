@@ -424,3 +424,17 @@ def test_a_receive_that_turns_the_cancellation_into_its_own_error_still_gives_a_
 
     asyncio.run(main())
     assert sent[0]["status"] == 408
+
+
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/v1/info", "/v1/models", "/docs", "/nowhere"]
+)
+def test_head_is_get_without_the_body(client: TestClient, path: str) -> None:
+    """RFC 9110: every GET resource answers HEAD with the same status and headers (a load
+    balancer's or uptime checker's probe) and no body; FastAPI's routes declare GET only."""
+    head, get = client.head(path), client.get(path)
+    assert head.status_code == get.status_code
+    assert head.content == b"" and get.content
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert client.head("/v1/shapes/conv").status_code == 405  # POST only, as for GET
