@@ -32,7 +32,7 @@ import torch
 from models import gradient_flow
 from models.errors import InvalidConfig, LimitExceeded, ShapeMismatch
 from models.limits import Limits
-from models.overhead import BATCHED_FACTOR, STEP_SECONDS, Overhead
+from models.overhead import STEP_SECONDS, Overhead
 
 Shapes = Mapping[str, tuple[int, ...]]
 Window = int | Literal["inf"]
@@ -144,8 +144,7 @@ def overhead(config: AttentionRNNConfig, shapes: Shapes) -> Overhead:
             backward=steps + pairs * (PAIR_SECONDS + n * PAIR_ELEMENT_SECONDS),
             batched=3 * (steps + pairs * PAIR_SECONDS),  # measured 2.7 times at 512 steps
         )
-    backward = steps + seq_len * config.k * 3e-6
-    return Overhead(backward=backward, batched=BATCHED_FACTOR * backward)
+    return Overhead(backward=steps + seq_len * config.k * 3e-6, batched=0.0)
 
 
 def _pairs(seq_len: int) -> int:

@@ -26,7 +26,7 @@ import torch
 from models import gradient_flow
 from models.errors import InvalidConfig, LimitExceeded, ShapeMismatch
 from models.limits import Limits
-from models.overhead import BATCHED_FACTOR, STEP_SECONDS, Overhead
+from models.overhead import STEP_SECONDS, Overhead
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -82,8 +82,7 @@ def output_shapes(config: GatedRNNConfig, shapes: Shapes) -> dict[str, tuple[int
 
 def overhead(config: GatedRNNConfig, shapes: Shapes) -> Overhead:
     """The fixed costs of its passes: the loop over time steps (``models.overhead``)."""
-    backward = shapes["x"][0] * STEP_SECONDS
-    return Overhead(backward=backward, batched=BATCHED_FACTOR * backward)
+    return Overhead(backward=shapes["x"][0] * STEP_SECONDS, batched=0.0)
 
 
 def check_shape_limits(config: GatedRNNConfig, shapes: Shapes, limits: Limits) -> None:

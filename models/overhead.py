@@ -15,10 +15,6 @@ STEP_SECONDS = 4e-4
 """A forward and backward pass through one time step of a recurrent model (the gated RNN,
 AttentionRNN(k) with a small k): about a dozen operations and their gradients."""
 
-BATCHED_FACTOR = 8.0
-"""How many times a plain pass's fixed costs one chunk of ``jacrev``'s rows costs: batched
-by ``torch.vmap``, each operation goes through its batching rule (5-7 times measured)."""
-
 
 @dataclass(frozen=True)
 class Overhead:
@@ -26,8 +22,11 @@ class Overhead:
 
     Attributes:
         backward: a forward and a backward pass (a forward alone costs about a sixth).
-        batched: a forward and a backward pass batched over many rows by ``torch.vmap``, as
-            one chunk of ``jacrev``'s rows costs.
+        batched: a backward pass batched over many rows by ``torch.vmap``, as one chunk of
+            ``jacrev``'s rows costs, where it was measured to dominate (AttentionRNN(inf), whose
+            per-pair work repeats for every chunk); 0 where the operation count covers the
+            chunks (a Jacobian of the gated RNN of 1,024 steps against W_h, 17 chunks, took
+            5.4 s; a fixed cost per chunk charged it 56 s).
     """
 
     backward: float

@@ -128,7 +128,7 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
             "only finite numbers are accepted"
         )
         kind = "non-finite-number"
-    elif "UTF-8" in error.msg:
+    elif error.msg.startswith("str is not valid UTF-8"):  # not the BOM's own message
         message, kind = _not_utf8(body), "invalid-json"
     elif error.msg.startswith("depth limit"):
         message = f"the body is nested more than 1024 levels deep ({where})"

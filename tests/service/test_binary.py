@@ -244,6 +244,7 @@ FORWARD = b'{"params": {"weight": [[[1, 0, -1]]]}, "inputs": {"x": [[1, 2, %s]]}
             b'{"input_size": [5], "kernel_size": "\xff"}',
             "byte 0xff at line 1 column 37",
         ),
+        ("shapes/conv", b'\xef\xbb\xbf{"input_size": [5], "kernel_size": 3}', "byte order mark"),
     ],
 )
 def test_bodies_that_are_not_json_are_422_problems_that_say_where(
