@@ -210,7 +210,6 @@ def computing(
     gate: ComputeGate,
     *,
     vector_jacobian_products: int = 0,
-    kind: Pass | None = None,
     closed_form: int = 0,
 ) -> Iterator[None]:
     """Run the block as one computation: refused when its estimated time is over the deadline,
@@ -220,7 +219,6 @@ def computing(
         prepared: the request, whose declared shapes give the estimate.
         vector_jacobian_products: how many the operation takes on top of the forward pass
             (``vector_jacobian_products(prepared, operation)`` counts them).
-        kind: what autograd runs, for the model's per-step costs (``estimated_fixed_seconds``).
         closed_form: operations of a closed form run after the forward pass
             (``closed_form_flops``).
 
@@ -231,7 +229,7 @@ def computing(
         estimated_flops(prepared, vector_jacobian_products) + closed_form,
         prepared.device,
         settings,
-        estimated_fixed_seconds(prepared, vector_jacobian_products, kind),
+        estimated_fixed_seconds(prepared, vector_jacobian_products),
     )
     with gate.slot(prepared.device):
         yield
@@ -245,29 +243,25 @@ def estimated_flops(prepared: Prepared, vector_jacobian_products: int = 0) -> in
     return operation_flops(forward, vector_jacobian_products, row)
 
 
-def estimated_fixed_seconds(
-    prepared: Prepared, vector_jacobian_products: int, kind: Pass | None = None
-) -> float:
-    """The model's per-step costs for the operation (``service.costs.fixed_seconds``).
+def estimated_fixed_seconds(prepared: Prepared, vector_jacobian_products: int) -> float:
+    """The model's per-step costs for the operation (``service.costs.fixed_seconds``): no
+    vector-Jacobian product is a forward pass (a closed form such as the state Jacobians
+    included), one a backward pass, more a Jacobian by ``jacrev`` in chunks of rows.
 
     Args:
         prepared: the request.
         vector_jacobian_products: as for ``computing``.
-        kind: what autograd runs; by default derived from the products: none is a forward
-            pass, one a backward pass, more a Jacobian by ``jacrev`` (a closed form, such as
-            the state Jacobians, says ``"forward"``).
     """
     model = prepared.model
     if model.overhead is None:
         return 0.0
-    if kind is None:
-        kind = (
-            "forward"
-            if vector_jacobian_products == 0
-            else "backward"
-            if vector_jacobian_products == 1
-            else "jacobian"
-        )
+    kind: Pass = (
+        "forward"
+        if vector_jacobian_products == 0
+        else "backward"
+        if vector_jacobian_products == 1
+        else "jacobian"
+    )
     shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
     arguments = sum(t.numel() for t in prepared.args.values())
     chunks = jacobian_chunk_count(vector_jacobian_products, arguments)
