@@ -71,19 +71,20 @@ with the filter dimension first (the source's may be 1); ``view[f]`` lies in ``j
 
 
 def fill(jac: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
-    """Zero ``jac`` and write each placement, a block of filters at a time.
+    """Zero ``jac`` and write each placement.
 
     The Jacobians are mostly zeros, and writing them is nearly all the work: a pass over
-    memory, bound by its bandwidth. On the CPU it is done in this thread by numpy, a block of
-    about ``CHUNK_BYTES`` at a time: the block is zeroed, then its entries that are not zero
-    are written while its lines are still in the cache (zeroing all first and writing the
-    band after would fetch every line of the band back from memory). torch's own fill and copy
-    split the work over its intra-op threads and wait for all of them: 2.5 times faster on an
-    idle 2-core machine (the conv1d of the benchmark: 1.15 against 2.9 ms), but with one core
-    taken by another process their 90th percentile was 10-13 ms against a steady 3 ms here,
-    and concurrent requests of one worker are that case. Elsewhere (a GPU, a dtype numpy
-    lacks, tensors that require grad) torch does both in one pass each. Either way the result
-    records no autograd graph.
+    memory, bound by its bandwidth. So the fill uses the worker's intra-op threads, as every
+    other computation of the worker does. With several, torch zeroes the whole Jacobian and
+    copies the entries that are not zero, each spread over the threads: on a 16-core machine
+    numpy's one-thread fill of the benchmark's conv1d (53 MB) took 2.8 ms where torch's zeros
+    took 0.3 ms. With one thread (a worker per core, the steadiest when cores are shared:
+    threads that wait for one another wait for the slowest), numpy fills a block of about
+    ``CHUNK_BYTES`` at a time: the block is zeroed, then its entries that are not zero are
+    written while its lines are still in the cache (zeroing all first and writing the band
+    after would fetch every line of the band back from memory); 1.3 times torch's zeros alone.
+    Elsewhere (a GPU, a dtype numpy lacks, tensors that require grad) torch does both in one
+    pass each. Either way the result records no autograd graph.
 
     Args:
         jac: the Jacobian, uninitialised, its first dimension the filters.
@@ -92,7 +93,8 @@ def fill(jac: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
     Returns:
         ``jac``, filled.
     """
-    if jac.device.type == "cpu" and jac.dtype in _NUMPY_DTYPES:
+    one_thread = torch.get_num_threads() == 1
+    if one_thread and jac.device.type == "cpu" and jac.dtype in _NUMPY_DTYPES:
         try:
             arrays = [(v.numpy(), s.numpy()) for v, s in placements]
         except RuntimeError:  # tensors numpy cannot share: requiring grad, under torch.func

@@ -127,7 +127,8 @@ class EngineCheck:
 
 def spec_validator(settings: Settings) -> SpecValidator:
     """A ``validate_spec`` for ``catalogue_from_settings``: each resolved ``expected`` must be
-    a spec ``POST /v1/check`` accepts and its key must compute.
+    a spec ``POST /v1/check`` accepts and its key must compute (on the CPU, unless the spec
+    names a device).
 
     Args:
         settings: the budgets the keys are computed under.
@@ -145,6 +146,13 @@ def spec_validator(settings: Settings) -> SpecValidator:
             request = CheckRequest.model_validate({"expected": dict(expected), "answer": None})
         except ValidationError as error:
             raise ValueError(_describe(error)) from None
+        if getattr(request.expected, "device", None) == "auto":
+            # Checked on the CPU: a key that computes there computes on a GPU too, and on a
+            # GPU host the check would otherwise create a CUDA context in every worker at
+            # start-up (about 700 MB of host memory each, measured on an H200 machine), before
+            # any request asks for the GPU.
+            on_cpu = request.expected.model_copy(update={"device": "cpu"})
+            request = request.model_copy(update={"expected": on_cpu})
         try:
             compute_key(request, settings, gate)
         except ModelError as error:

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from service import compute
 from service.app import create_app
 from service.grading.catalogue import AssignmentFileError, catalogue_from_settings
 from service.grading.checker import EngineCheck, spec_validator
@@ -101,6 +103,26 @@ def test_every_reference_of_cnn_rnn_passes_the_engines_validation() -> None:
 def test_the_validator_names_the_field_at_fault(expected: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         spec_validator(SETTINGS)(expected)
+
+
+def test_start_up_checks_the_keys_on_the_cpu_even_on_a_gpu_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spec without a device computes on the GPU when there is one ("auto"), but the start-up
+    check of every reference runs on the CPU: a CUDA context in each worker costs about 700 MB
+    of host memory before any request asks for the GPU. A spec that names a device keeps it."""
+    asked: list[str] = []
+
+    def resolve(name: str) -> torch.device:
+        asked.append(name)
+        return torch.device("cpu")  # where this machine computes, whatever was asked
+
+    monkeypatch.setattr(compute, "resolve_device", resolve)
+    create_app(Settings())  # every built-in reference, checked
+    assert asked and set(asked) == {"cpu"}
+    asked.clear()
+    spec_validator(SETTINGS)({**CONV, "device": "cuda"})
+    assert asked == ["cuda"]
 
 
 def test_choices_are_the_graders_not_the_engines() -> None:

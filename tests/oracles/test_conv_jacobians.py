@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,9 +40,21 @@ def make_args(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.
     return {n: torch.randn(*s, generator=gen, dtype=torch.float64) for n, s in shapes.items()}
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    """torch's intra-op threads for the test: one (numpy fills the Jacobian, a block at a
+    time) or several (torch fills it over its threads); restored after."""
+    configured = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        torch.set_num_threads(configured)
+
+
 @pytest.mark.parametrize(("name", "config", "shapes"), CASES, ids=IDS)
 def test_closed_forms_match_autograd_and_finite_differences(
-    name: str, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]
+    name: str, config: dict[str, Any], shapes: dict[str, tuple[int, ...]], threads: int
 ) -> None:
     model = get_model(name)
     cfg = model.parse_config(config)
@@ -61,8 +74,9 @@ def test_closed_forms_match_autograd_and_finite_differences(
 
 
 @pytest.mark.parametrize("block_bytes", [1, 1600])
+@pytest.mark.parametrize("threads", [1], indirect=True)  # blocks are the one-thread fill's
 def test_filling_a_block_of_filters_at_a_time_gives_the_same_jacobians(
-    monkeypatch: pytest.MonkeyPatch, block_bytes: int
+    monkeypatch: pytest.MonkeyPatch, block_bytes: int, threads: int
 ) -> None:
     """Blocks of one filter, and of several with a shorter last block, as large Jacobians
     are filled (the other tests' Jacobians fit in one block)."""

@@ -28,7 +28,13 @@ from service.problems import Problem
 from service.schemas import JacobianRequest
 from service.settings import Settings
 
-SEED = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
+# On the CPU even where a GPU is present: the estimates, slots and messages below are the CPU's.
+SEED = {
+    "device": "cpu",
+    "config": {"stride": 2},
+    "params": {"weight": SEED_W_1x5x3},
+    "inputs": {"x": SEED_X_5x7},
+}
 CPU = torch.device("cpu")
 
 

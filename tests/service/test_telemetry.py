@@ -23,7 +23,10 @@ from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from service.problems import Problem
 from service.settings import Settings
 
+# On the CPU even where a GPU is present ("auto" would pick it): the compute metrics below
+# are read with device="cpu".
 SEED_BODY = {
+    "device": "cpu",
     "config": {"stride": 2},
     "params": {"weight": SEED_W_1x5x3},
     "inputs": {"x": SEED_X_5x7},
