@@ -113,7 +113,7 @@ def fill(jac: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
     with torch.no_grad():
         jac.zero_()
         for target, values in placements:
-            target.copy_(values.expand(target.shape))
+            target.copy_(values)  # broadcast over the filters where the source has one
     return jac
 
 
@@ -248,6 +248,8 @@ def jacobian_wrt_input(
         segments.append([(0, lo, False), (lo, hi, True), (hi, out[d], False)])
     for parts in itertools.product(*segments):
         box = [(lo, hi) for lo, hi, _ in parts]
+        if any(hi <= lo for lo, hi in box):
+            continue  # an empty border (no padding there): nothing to place, tap by tap
         if all(inside for _, _, inside in parts):
             place(box, [slice(None)] * dims)
             continue
