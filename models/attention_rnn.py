@@ -208,6 +208,16 @@ def _zeros(like: torch.Tensor, *shape: int) -> torch.Tensor:
     return torch.zeros(shape, dtype=like.dtype, device=like.device)
 
 
+def _rows(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A ``[T, ...]`` tensor as its T rows, one per step.
+
+    ``unbind`` rather than ``tensor[t]``: the gradient of an indexed row is a zero-filled
+    tensor of the whole ``[T, ...]`` shape with one row set, so T of them cost O(T^2) (per row
+    of a Jacobian, under vmap), where ``unbind``'s gradient stacks the T rows once.
+    """
+    return tensor.unbind(0)
+
+
 def _attention_rnn_k(
     Q: torch.Tensor,
     K: torch.Tensor,
@@ -219,6 +229,8 @@ def _attention_rnn_k(
     seq_len, n = x.shape
     q0, k0, v0 = x @ Q[0].T, x @ K[0].T, x @ V[0].T  # (T, n) each  eq (3)-(5), i = 0
     w0 = (q0 * k0).sum(-1)  # (T,)  eq (6), i = 0
+    w0_rows, v0_rows = _rows(w0[:, None]), _rows(v0)  # (1,) and (n,) per step
+    offsets = _rows(state_offsets) if state_offsets is not None else None
     hs: list[torch.Tensor] = []
     a_rows, w_rows = [], []
     for t in range(1, seq_len + 1):
@@ -227,11 +239,11 @@ def _attention_rnn_k(
         q = torch.einsum("lij,lj->li", Q[1 : lags + 1], past)  # (lags, n)  eq (3)
         kk = torch.einsum("lij,lj->li", K[1 : lags + 1], past)  # (lags, n)  eq (4)
         v = torch.einsum("lij,lj->li", V[1 : lags + 1], past)  # (lags, n)  eq (5)
-        w_t = torch.cat([w0[t - 1 : t], (q * kk).sum(-1), _zeros(x, k - lags)])  # (k+1,)  (6)
+        w_t = torch.cat([w0_rows[t - 1], (q * kk).sum(-1), _zeros(x, k - lags)])  # (k+1,)  (6)
         a_t = torch.softmax(w_t, dim=0)  # (k+1,)  eq (7)
-        h_t = a_t[0] * v0[t - 1] + a_t[1 : lags + 1] @ v  # (n,)  eq (8)
-        if state_offsets is not None:
-            h_t = h_t + state_offsets[t - 1]
+        h_t = a_t[0] * v0_rows[t - 1] + a_t[1 : lags + 1] @ v  # (n,)  eq (8)
+        if offsets is not None:
+            h_t = h_t + offsets[t - 1]
         hs.append(h_t)
         a_rows.append(a_t)
         w_rows.append(w_t)
@@ -248,6 +260,8 @@ def _attention_rnn_inf(
     seq_len, n = x.shape
     q0, k0, v0 = x @ Q[0].T, x @ K[0].T, x @ V[0].T  # (T, n) each  eq (3'')-(5''), i = 0
     w0 = (q0 * k0).sum(-1)  # (T,)  eq (6''), i = 0
+    w0_rows, v0_rows = _rows(w0[:, None]), _rows(v0)  # (1,) and (n,) per step
+    offsets = _rows(state_offsets) if state_offsets is not None else None
     # With weight sharing a past state's score and value do not depend on t: computed once.
     scores: list[torch.Tensor] = []  # (Q_h h[s])^T (K_h h[s]) for s = 1, 2, ...
     values: list[torch.Tensor] = []  # V_h h[s]
@@ -255,11 +269,11 @@ def _attention_rnn_inf(
     for t in range(1, seq_len + 1):
         past_w = torch.stack(scores[::-1]) if scores else _zeros(x, 0)  # (t-1,)  h[t-1]..h[1]
         past_v = torch.stack(values[::-1]) if values else _zeros(x, 0, n)  # (t-1, n)
-        w_t = torch.cat([w0[t - 1 : t], past_w, _zeros(x, 1)])  # (t+1,)  h[0] = 0 scores 0
+        w_t = torch.cat([w0_rows[t - 1], past_w, _zeros(x, 1)])  # (t+1,)  h[0] = 0 scores 0
         a_t = torch.softmax(w_t, dim=0)  # (t+1,)  eq (7'')
-        h_t = a_t[0] * v0[t - 1] + a_t[1:t] @ past_v  # (n,)  eq (8''); h[0] has value 0
-        if state_offsets is not None:
-            h_t = h_t + state_offsets[t - 1]
+        h_t = a_t[0] * v0_rows[t - 1] + a_t[1:t] @ past_v  # (n,)  eq (8''); h[0] has value 0
+        if offsets is not None:
+            h_t = h_t + offsets[t - 1]
         scores.append((Q[1] @ h_t) @ (K[1] @ h_t))  # ()  eq (6'') for h_t as a past state
         values.append(V[1] @ h_t)  # (n,)  eq (5'')
         hs.append(h_t)

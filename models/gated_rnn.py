@@ -131,14 +131,19 @@ def gated_rnn(
     """
     m = W_h.shape[0]
     h_prev = h0 if h0 is not None else x.new_zeros(m)  # (m,)
-    gate_in = x @ W_c.T  # (T, m)  W_c x[t] for every t at once
-    candidate = x @ W_x.T  # (T, m)  W_x x[t]
+    # W_c x[t] and W_x x[t] for every t at once, then one row per step. The rows come from
+    # ``unbind``, not ``gate_in[t]``: the gradient of an indexed row is a zero-filled (T, m)
+    # tensor with one row set, so T of them cost O(T^2 m) (per row of a Jacobian, under vmap),
+    # where ``unbind``'s gradient stacks the T rows once.
+    gate_in = (x @ W_c.T).unbind(0)  # T x (m,)
+    candidate = (x @ W_x.T).unbind(0)  # T x (m,)
+    offsets = state_offsets.unbind(0) if state_offsets is not None else None
     hs, cs = [], []
     for t in range(x.shape[0]):
         c_t = torch.sigmoid(gate_in[t] + W_h @ h_prev)  # (m,)  eq (1)
         h_t = c_t * h_prev + (1 - c_t) * candidate[t]  # (m,)  eq (2)
-        if state_offsets is not None:
-            h_t = h_t + state_offsets[t]
+        if offsets is not None:
+            h_t = h_t + offsets[t]
         hs.append(h_t)
         cs.append(c_t)
         h_prev = h_t
