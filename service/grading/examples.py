@@ -1,4 +1,8 @@
-"""Named OpenAPI examples of ``/v1/check`` taken from the homework's own answers."""
+"""Named OpenAPI examples of ``/v1/check`` taken from the homework's own answers.
+
+/docs is public, so no example is the right answer to a problem that is the same for every
+student of the built-in assignment (1.1(a) and 1.1(b)): the shape and formula examples are
+problems of the same kind that the assignment does not ask."""
 
 from __future__ import annotations
 
@@ -29,33 +33,35 @@ _SEED_DL_DW = [
 # ... and the same numbers laid out [1, 3, 5]: a transposed answer.
 _SEED_DL_DW_TRANSPOSED = [[[_SEED_DL_DW[0][c][m] for c in range(5)] for m in range(3)]]
 
-CONV_OUTPUT_SIZE = "floor((H + 2*P - D*(K - 1) - 1)/S) + 1"
+# The output size of a transposed convolution (no output padding): not a problem of the
+# assignment, whose 1.1(b) asks for the convolution's.
+TRANSPOSED_OUTPUT_SIZE = "(H - 1)*S - 2*P + D*(K - 1) + 1"
 CONV_VARIABLES = {"H": [1, 64], "K": [1, 8], "P": [0, 4], "S": [1, 4], "D": [1, 4]}
 
 CHECK_EXAMPLES: dict[str, dict[str, Any]] = {
-    "seed-1.1a": {
-        "summary": "Seed 1.1(a): 21x12 input, 4x5 kernel, stride 4; the answer 5x2",
+    "shape": {
+        "summary": "A 32x32 input, 5x5 kernel, stride 2, padding 2; the answer 16x16",
         "value": {
             "expected": {
                 "op": "conv_shape",
-                "input_size": [21, 12],
-                "kernel_size": [4, 5],
-                "stride": 4,
-                "padding": 0,
+                "input_size": [32, 32],
+                "kernel_size": [5, 5],
+                "stride": 2,
+                "padding": 2,
             },
-            "answer": "5x2",
+            "answer": "16x16",
         },
     },
-    "seed-1.1b": {
-        "summary": "Seed 1.1(b): the output size with dilation, as a formula",
+    "formula": {
+        "summary": "A transposed convolution's output size, as a formula",
         "value": {
             "expected": {
                 "op": "formula",
-                "reference": CONV_OUTPUT_SIZE,
+                "reference": TRANSPOSED_OUTPUT_SIZE,
                 "variables": CONV_VARIABLES,
-                "constraints": ["H + 2*P >= D*(K - 1) + 1"],
+                "constraints": ["(H - 1)*S + D*(K - 1) >= 2*P"],
             },
-            "answer": "floor((H - D*(K - 1) - 1 + 2*P)/S) + 1",
+            "answer": "S*(H - 1) + D*K - D - 2*P + 1",
         },
     },
     "seed-1.1c-ii": {
@@ -82,11 +88,11 @@ CHECK_EXAMPLES: dict[str, dict[str, Any]] = {
 
 BATCH_EXAMPLES: dict[str, dict[str, Any]] = {
     "seed-mixed": {
-        "summary": "Three answers to seed 1.1(a) and 1.1(c)(ii): right, wrong, right",
+        "summary": "Three answers, to a shape and to seed 1.1(c)(ii): right, wrong, right",
         "value": {
             "checks": [
-                CHECK_EXAMPLES["seed-1.1a"]["value"],
-                {**CHECK_EXAMPLES["seed-1.1a"]["value"], "answer": [6, 3]},
+                CHECK_EXAMPLES["shape"]["value"],
+                {**CHECK_EXAMPLES["shape"]["value"], "answer": [17, 17]},
                 CHECK_EXAMPLES["seed-1.1c-ii"]["value"],
             ]
         },

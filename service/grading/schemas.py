@@ -113,11 +113,11 @@ ANSWER_JSON_SCHEMA: dict[str, Any] = {
     "title": "Answer",
     "description": (
         "A tensor (any of the three tensor forms) for forward, backward, jacobian, "
-        "state_jacobians and value; a list of ints, an int or a string such as `5x2` for "
+        "state_jacobians and value; a list of ints, an int or a string such as `16x16` for "
         "conv_shape; an expression string for formula. Any other value is judged an invalid "
         "answer: a 422 from /v1/check, an `error` in its place in a batch."
     ),
-    "examples": [[[2.0, -2.0, 2.0]], [5, 2], "5x2", "floor((H - K)/S) + 1"],
+    "examples": [[[2.0, -2.0, 2.0]], [16, 16], "16x16", "floor((H - K)/S) + 1"],
 }
 AnswerIn = Annotated[Any, WithJsonSchema(ANSWER_JSON_SCHEMA)]
 

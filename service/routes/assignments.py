@@ -164,8 +164,8 @@ class AnswerRequest(StrictBody):
 
     student_id: str = Field(**STUDENT_ID_RULES)
     answer: AnswerIn = Field(
-        description="The answer: a tensor (any tensor form) or a number; a shape as `[5, 2]` or "
-        '`"5x2"`; a formula as an expression string; a choice as the option\'s id. `null` is '
+        description="The answer: a tensor (any tensor form) or a number; a shape as `[16, 16]` or "
+        '`"16x16"`; a formula as an expression string; a choice as the option\'s id. `null` is '
         "no answer."
     )
 
@@ -273,39 +273,37 @@ def _graded(result: ProblemResult) -> dict[str, Any]:
     }
 
 
+# Wrong answers, each a common mistake: these routes are the students', and their examples are
+# public in /docs. A right answer here would be the key of a problem that is the same for every
+# student; a wrong one shows what the check answers, without giving the key away.
 ANSWER_EXAMPLES = {
     "shape": {
-        "summary": "1.1a: the output size, written as the homework does",
-        "value": {"student_id": "alice@example.edu", "answer": "5x2"},
+        "summary": "1.1a: rounded up instead of down (wrong)",
+        "value": {"student_id": "alice@example.edu", "answer": "6x3"},
     },
     "formula": {
-        "summary": "1.1b: the output height as a formula",
-        "value": {
-            "student_id": "alice@example.edu",
-            "answer": "floor((H + 2*P - D*(K-1) - 1)/S) + 1",
-        },
+        "summary": "1.1b: a formula without the dilation (wrong; the feedback shows a point)",
+        "value": {"student_id": "alice@example.edu", "answer": "floor((H + 2*P - K)/S) + 1"},
     },
     "number": {
-        "summary": "1.3-4-loss: the loss before training, log 4",
-        "value": {"student_id": "alice@example.edu", "answer": 1.386},
+        "summary": "1.3-4-loss: a number (wrong)",
+        "value": {"student_id": "alice@example.edu", "answer": 0.693},
     },
 }
 SUBMISSION_EXAMPLES = {
     "cnn-rnn": {
-        "summary": "Answers to a few problems of cnn-rnn (the others score 0, no answer)",
+        "summary": "Three answers of cnn-rnn, all wrong (the problems not answered score 0)",
         "value": {
             "student_id": "alice@example.edu",
             "answers": {
-                "1.1a": "5x2",
-                "1.1b": "floor((H + 2*P - D*(K-1) - 1)/S) + 1",
-                "1.2.1d-vanishing": "yes",
-                "1.2.2b": [3],
-                "1.3-4-loss": 1.386,
-                "1.3-4-accuracy": 0.25,
+                "1.1a": "6x3",
+                "1.1b": "floor((H + 2*P - K)/S) + 1",
+                "1.3-4-loss": 0.693,
             },
         },
     }
 }
+"""The examples of the students' routes hold no right answer (see ``ANSWER_EXAMPLES``)."""
 
 CHECKED = {
     "dependencies": RATE_LIMITED["dependencies"],

@@ -230,3 +230,54 @@ def test_the_scan_finds_the_keys_in_an_instructors_check(
         assert full.status_code == 200, full.text
         assert leaks(json.dumps(full.json()), key_numbers), problem
         assert FORBIDDEN_FIELDS & set(fields(full.json())), problem
+
+
+def test_the_public_examples_of_the_students_routes_answer_nothing_right(
+    client: TestClient,
+) -> None:
+    """/docs and /openapi.json need no key. The examples of the routes students use must not
+    be right answers: several problems are the same for every student, so a right example would
+    be their key. Each example is judged as it is written (with an instructor's key, which may
+    name any student)."""
+    paths = client.get("/openapi.json").json()["paths"]
+    base = "/v1/assignments/{assignment}"
+
+    def examples(path: str) -> list[dict[str, Any]]:
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]
+        return list(body["examples"].values())
+
+    checks = examples(base + "/problems/{problem}/check")
+    submissions = examples(base + "/grade")
+    assert checks and submissions
+    for example in checks:
+        problem = example["summary"].split(":")[0]  # "1.1a: ...": the problem it answers
+        checked = client.post(
+            f"/v1/assignments/cnn-rnn/problems/{problem}/check",
+            json=example["value"],
+            headers=key(INSTRUCTOR),
+        )
+        assert checked.status_code == 200, checked.text
+        assert checked.json()["correct"] is False, example
+    for example in submissions:
+        graded = client.post(
+            "/v1/assignments/cnn-rnn/grade", json=example["value"], headers=key(INSTRUCTOR)
+        )
+        assert graded.status_code == 200, graded.text
+        answered = set(example["value"]["answers"])
+        results = graded.json()["problems"]
+        assert answered <= set(results)
+        assert all(results[pid]["score"] == 0 for pid in answered), example
+
+
+# The answers of the problems of cnn-rnn that are the same for every student, as they would be
+# written: 1.1(a)'s shape, 1.1(b)'s formula (either way round) and 1.3's loss at the start.
+SHARED_KEYS = ("5x2", "[5,2]", "[5, 2]", "D*(K - 1) - 1", "D*(K-1)-1", "- 1 + 2*P", "1.386")
+
+
+def test_the_public_api_document_states_no_answer_every_student_shares(
+    client: TestClient,
+) -> None:
+    """Not in an example, a summary or a field's description: /openapi.json needs no key."""
+    text = client.get("/openapi.json").text
+    assert "Seed 1.1(a)" in text  # the homework's examples are there, without their answers
+    assert [k for k in SHARED_KEYS if k in text] == []
