@@ -19,7 +19,7 @@ length 128, 16 filters of kernel 5 (dy/dx has 4M entries) it is tens of times fa
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ def conv_jacobian(
         >>> conv_jacobian(cfg, {"weight": w, "x": x}, "y", "weight").shape
         torch.Size([1, 2, 1, 1, 2])
     """
-    if of != "y" or wrt not in args:
+    if not covers(of, wrt, args):
         return None
     weight, x = args["weight"], args["x"]
     pads = explicit_padding(config.padding, weight.shape[2:], config.dilation)
@@ -59,6 +59,12 @@ def conv_jacobian(
     if wrt == "bias":
         return jacobian_wrt_bias(weight, x, config.stride, config.dilation, pads)
     return None
+
+
+def covers(of: str, wrt: str, arguments: Collection[str]) -> bool:
+    """Whether ``conv_jacobian`` answers d(of)/d(wrt) given arguments of these names: the
+    output ``y`` against the weight, the input or a bias that is given."""
+    return of == "y" and wrt in arguments and wrt in ("weight", "x", "bias")
 
 
 _NUMPY_DTYPES = frozenset({torch.float64, torch.float32})

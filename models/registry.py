@@ -6,7 +6,7 @@ routes are generic over this catalogue.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,8 @@ class ReferenceModel:
         forward: computes every output from the config and the arguments (params and inputs
             by name; optional ones may be absent).
         closed_form_jacobian: d(output)/d(argument) without autograd, or ``None`` to fall back.
+        closed_form_covers: whether ``closed_form_jacobian`` answers d(of)/d(wrt) given
+            arguments of these names, known before any tensor is made (for the estimate).
         backward_extras: extra answers of ``backward`` (e.g. ``state_grads`` of the RNNs).
         state_jacobians: the one-step state Jacobians of a recurrent model.
         check_config_limits: refuses a config over the service's ``Limits`` (e.g. a window
@@ -77,6 +79,7 @@ class ReferenceModel:
     output_shapes: Callable[[Any, Shapes], dict[str, tuple[int, ...]]]
     forward: Callable[[Any, Tensors], dict[str, torch.Tensor]]
     closed_form_jacobian: Callable[[Any, Tensors, str, str], torch.Tensor | None] | None = None
+    closed_form_covers: Callable[[str, str, Collection[str]], bool] | None = None
     backward_extras: Callable[[Any, Tensors, Tensors], dict[str, torch.Tensor]] | None = None
     state_jacobians: Callable[[Any, Tensors], dict[str, Any]] | None = None
     flops: Callable[[Any, Shapes], int] | None = None
@@ -168,6 +171,7 @@ def _conv_model(dims: int) -> ReferenceModel:
         output_shapes=conv.conv_output_shapes,
         forward=conv.conv_forward,
         closed_form_jacobian=conv_jacobians.conv_jacobian,
+        closed_form_covers=conv_jacobians.covers,
         flops=conv.conv_flops,
     )
 

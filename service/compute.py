@@ -168,16 +168,20 @@ def encode_all(tensors: Mapping[str, torch.Tensor], encoding: TensorEncoding) ->
     return {name: encode(t, encoding) for name, t in tensors.items()}
 
 
-def vector_jacobian_products(prepared: Prepared, operation: str, of: str = "") -> int:
+def vector_jacobian_products(
+    prepared: Prepared, operation: str, of: str = "", wrt: str = ""
+) -> int:
     """How many vector-Jacobian products an operation takes on top of its forward pass, for
     the compute-time estimate of ``computing``.
 
     Args:
         prepared: the request, whose declared output shapes give the count.
         operation: ``forward`` (0), ``backward`` (1), ``jacobian`` (one per element of the
-            output ``of``); ``state_jacobians`` / ``state-jacobians`` take none (a closed
-            form after one forward pass: ``closed_form_flops``).
+            output ``of``, none where the model has a closed form for it);
+            ``state_jacobians`` / ``state-jacobians`` take none (a closed form after one
+            forward pass). Closed forms are counted by ``closed_form_flops``.
         of: the differentiated output, for ``jacobian``.
+        wrt: the argument it is differentiated against, for ``jacobian``.
 
     Returns:
         The count.
@@ -185,8 +189,15 @@ def vector_jacobian_products(prepared: Prepared, operation: str, of: str = "") -
     if operation == "backward":
         return 1
     if operation == "jacobian":
+        if _closed_form_jacobian(prepared, of, wrt):
+            return 0
         return math.prod(prepared.output_shapes[of])
     return 0
+
+
+def _closed_form_jacobian(prepared: Prepared, of: str, wrt: str) -> bool:
+    covers = prepared.model.closed_form_covers
+    return covers is not None and covers(of, wrt, prepared.args.keys())
 
 
 STATE_JACOBIAN_FLOPS_PER_STEP = 40
@@ -194,9 +205,20 @@ STATE_JACOBIAN_FLOPS_PER_STEP = 40
 one-step Jacobian, its singular values, the running product and its norm."""
 
 
-def closed_form_flops(prepared: Prepared, operation: str) -> int:
+CLOSED_FORM_FLOPS_PER_ENTRY = 4
+"""Operations counted per entry of a Jacobian in closed form: zeroing it and writing the
+entries that are not zero, a pass over memory (about 2.5 entries a nanosecond measured for
+the benchmark's conv1d), counted generously at the assumed throughput."""
+
+
+def closed_form_flops(prepared: Prepared, operation: str, of: str = "", wrt: str = "") -> int:
     """Operations an operation computed in closed form adds to its forward pass: for the state
-    Jacobians of states ``[T, m]``, a few m x m matrix products and decompositions per step."""
+    Jacobians of states ``[T, m]``, a few m x m matrix products and decompositions per step;
+    for a Jacobian the model writes in closed form, a few per entry."""
+    if operation == "jacobian" and _closed_form_jacobian(prepared, of, wrt):
+        shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
+        entries = math.prod(prepared.output_shapes[of]) * math.prod(shapes[wrt])
+        return CLOSED_FORM_FLOPS_PER_ENTRY * entries
     if operation not in ("state_jacobians", "state-jacobians"):
         return 0
     steps, m = prepared.output_shapes["h"]

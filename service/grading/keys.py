@@ -208,7 +208,7 @@ def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) ->
         grad_outputs = decode_grad_outputs(prepared, expected.grad_outputs)
     if isinstance(expected, StateJacobiansExpected):
         check_state_jacobian_budget(prepared, settings)
-    products = vector_jacobian_products(prepared, expected.op, of)
+    products = vector_jacobian_products(prepared, expected.op, of, wrt)
     # Timed under the label of the endpoint the op stands for, beside the endpoints' own.
     with (
         computing(
@@ -216,7 +216,7 @@ def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) ->
             settings,
             gate,
             vector_jacobian_products=products,
-            closed_form=closed_form_flops(prepared, expected.op),
+            closed_form=closed_form_flops(prepared, expected.op, of, wrt),
         ),
         compute_timer(model.name, expected.op.replace("_", "-"), prepared.device),
     ):

@@ -139,8 +139,9 @@ def jacobian(
     """d(of)/d(wrt), shaped as the output's shape followed by the argument's shape."""
     prepared = prepare(model, body, settings)
     check_jacobian_budget(prepared, body.of, body.wrt, settings)
-    rows = vector_jacobian_products(prepared, "jacobian", body.of)
-    with computing(prepared, settings, gate, vector_jacobian_products=rows):
+    rows = vector_jacobian_products(prepared, "jacobian", body.of, body.wrt)
+    closed = closed_form_flops(prepared, "jacobian", body.of, body.wrt)
+    with computing(prepared, settings, gate, vector_jacobian_products=rows, closed_form=closed):
         with compute_timer(prepared.model.name, "jacobian", prepared.device):
             result, method = autodiff.jacobian(
                 prepared.model, prepared.config, prepared.args, body.of, body.wrt

@@ -19,7 +19,12 @@ from models import conv
 from models.autodiff import jacobian_chunk_count, jacobian_chunk_size
 from models.registry import MODELS, ArgSpec, ReferenceModel, get_model
 from service.app import create_app
-from service.compute import estimated_seconds, prepare
+from service.compute import (
+    closed_form_flops,
+    estimated_seconds,
+    prepare,
+    vector_jacobian_products,
+)
 from service.costs import fixed_seconds, forward_flops
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.gate import ComputeGate
@@ -224,7 +229,12 @@ def no_forward(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def never(*_: Any) -> Any:
         raise AssertionError("a refused request must not be computed")
 
-    monkeypatch.setitem(MODELS, "conv2d", dataclasses.replace(model, forward=never))
+    # Without its closed form too: the Jacobian below is then autograd's, one vector-Jacobian
+    # product per output element (the closed form writes it in milliseconds).
+    autograd_only = dataclasses.replace(
+        model, forward=never, closed_form_jacobian=None, closed_form_covers=None
+    )
+    monkeypatch.setitem(MODELS, "conv2d", autograd_only)
     yield
 
 
@@ -445,3 +455,37 @@ def test_jacobians_that_finish_in_seconds_are_not_refused(
     prepared = prepare(model, request, settings)
     rows = math.prod(prepared.output_shapes["h"])
     assert estimated_seconds(prepared, rows, settings) < settings.compute_deadline_seconds
+
+
+def test_closed_form_jacobians_are_estimated_as_the_fill_they_are(client: TestClient) -> None:
+    """A conv Jacobian in closed form writes each entry once: its estimate is a few operations
+    per entry, not one vector-Jacobian product per output element (which refused a 200,000
+    entry dy/dW at "96 s"; it takes milliseconds). Autograd's Jacobians keep their count."""
+    x = b64_tensor((1, 200_000))
+    body = {
+        "device": "cpu",
+        "params": {"weight": [[[1.0]]], "bias": [0.5]},
+        "inputs": {"x": x},
+        "of": "y",
+        "encoding": "b64",
+    }
+    for wrt in ("weight", "bias"):
+        response = client.post("/v1/models/conv1d/jacobian", json={**body, "wrt": wrt})
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()["method"] == "closed-form"
+    settings = Settings()
+    conv = prepare("conv1d", JacobianRequest.model_validate({**body, "wrt": "weight"}), settings)
+    assert vector_jacobian_products(conv, "jacobian", "y", "weight") == 0
+    assert closed_form_flops(conv, "jacobian", "y", "weight") == 4 * 200_000
+    assert estimated_seconds(conv, 0, settings) < 0.01
+    # The gated RNN has no closed form: still one product per output element.
+    gated = {
+        "device": "cpu",
+        "params": {"W_c": [[0.1]], "W_h": [[0.2]], "W_x": [[0.3]]},
+        "inputs": {"x": [[1.0], [2.0]]},
+        "of": "h",
+        "wrt": "x",
+    }
+    rnn = prepare("gated_rnn", JacobianRequest.model_validate(gated), settings)
+    assert vector_jacobian_products(rnn, "jacobian", "h", "x") == 2
+    assert closed_form_flops(rnn, "jacobian", "h", "x") == 0
