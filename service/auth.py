@@ -131,6 +131,16 @@ def _unauthorized(detail: str) -> Problem:
     )
 
 
+def _holder(keyring: KeyRing, key: str | None) -> Holder:
+    """Whom ``key`` belongs to; 401 when it is missing or unknown (keys are configured)."""
+    if not key:
+        raise _unauthorized(f"this operation needs an API key in the {API_KEY_HEADER} header")
+    holder = keyring.holder_of(key)
+    if holder is None:
+        raise _unauthorized(f"the key in {API_KEY_HEADER} is not a key of this server")
+    return holder
+
+
 def identify(request: Request) -> Caller:
     """The caller of this request, or 401 when keys are configured and the key is missing or
     unknown."""
@@ -139,13 +149,37 @@ def identify(request: Request) -> Caller:
         host = request.client.host if request.client else "unknown"
         return Caller("instructor", keyed=False, identity=f"address:{host}")
     key = request.headers.get(API_KEY_HEADER)
-    if not key:
-        raise _unauthorized(f"this operation needs an API key in the {API_KEY_HEADER} header")
-    holder = keyring.holder_of(key)
-    if holder is None:
-        raise _unauthorized(f"the key in {API_KEY_HEADER} is not a key of this server")
-    identity = "key:" + _digest(key).hex()[:32]
+    holder = _holder(keyring, key)
+    identity = "key:" + _digest(key or "").hex()[:32]
     return Caller(holder.role, keyed=True, identity=identity, student_id=holder.student_id)
+
+
+_KEY_HEADER = API_KEY_HEADER.lower().encode("latin-1")
+
+
+def refused_caller(
+    keyring: KeyRing | None, headers: Iterable[tuple[bytes, bytes]]
+) -> Problem | None:
+    """The 401 of a request whose key is missing or unknown while keys are configured, from
+    its headers alone: every POST route needs a key, and the edge answers this before it reads
+    the body, so that a caller without a key cannot make the server read and parse up to the
+    body limit (a JSON body parsed takes several times its size).
+
+    Args:
+        keyring: the app's keys (``None`` before the app has started: nothing refused).
+        headers: the request's raw headers.
+
+    Returns:
+        The problem to answer, or ``None`` to go on.
+    """
+    if keyring is None or keyring.open:
+        return None
+    key = next((value for name, value in headers if name.lower() == _KEY_HEADER), None)
+    try:
+        _holder(keyring, key.decode("latin-1") if key is not None else None)
+    except Problem as problem:
+        return problem
+    return None
 
 
 def require_own(who: Caller, student_id: str) -> None:

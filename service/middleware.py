@@ -45,8 +45,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import orjson
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import refused_caller
 from service.deadlines import BodyDeadlines, BodyTimeout
 from service.mediatypes import is_json as is_json  # here since the guard decides with it
 from service.problems import Problem, ProblemException, problem_response
@@ -161,6 +163,13 @@ def _overloaded(in_flight: int) -> Problem:
     )
 
 
+def _has_route(app: object, scope: Scope) -> bool:
+    """Whether one of ``app``'s routes answers this method and path (looked up only for a
+    request about to be refused: the router does it again for the others)."""
+    router = getattr(app, "router", None)
+    return any(route.matches(scope)[0] is Match.FULL for route in getattr(router, "routes", ()))
+
+
 class EdgeMiddleware:
     """Request ids and telemetry, the in-flight limit, body limits and strict JSON, in one
     pure-ASGI layer (see the module's docstring for what each does and in which order).
@@ -245,6 +254,15 @@ class EdgeMiddleware:
                     f"the request body declares {declared:,} bytes; the limit is {self.max_bytes:,}"
                 )
                 await problem_response(problem)(scope, receive, send)
+                return
+        if scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+            app = scope.get("app")
+            keyring = getattr(getattr(app, "state", None), "keyring", None)
+            refused = refused_caller(keyring, scope["headers"])
+            # Before the body is read (see ``refused_caller``); a path no route answers stays
+            # the router's 404.
+            if refused is not None and _has_route(app, scope):
+                await problem_response(refused)(scope, receive, send)
                 return
         counted = scope["path"] not in EXEMPT_PATHS
         if counted:

@@ -4,6 +4,7 @@ so a route added later is held to the same rule."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Iterator
@@ -113,6 +114,44 @@ def test_refusals_are_problem_details_that_say_what_to_do(keyed: TestClient) -> 
 def test_a_missing_key_is_401_before_the_body_is_looked_at(keyed: TestClient) -> None:
     assert keyed.post("/v1/shapes/conv", content=b"not json").status_code == 401
     assert keyed.get("/v1/assignments/cnn-rnn/problems/1.1a").status_code == 401
+
+
+@pytest.mark.parametrize("who", [None, UNKNOWN], ids=["no-key", "unknown-key"])
+def test_a_caller_without_a_key_is_refused_before_the_body_is_read(who: str | None) -> None:
+    """Reading and parsing a body costs memory (a parsed JSON body takes several times its
+    size, and the limit is hundreds of MB): a caller with no key, or an unknown one, gets its
+    401 before the server reads a byte of it. The app is called directly (ASGI), with a
+    ``receive`` that fails the test if the body is asked for."""
+    app = create_app(keyed_settings())
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"40000000")]
+    if who is not None:
+        headers.append((b"x-api-key", who.encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/assignments/cnn-rnn/grade",
+        "raw_path": b"/v1/assignments/cnn-rnn/grade",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body of a caller without a key was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 401
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    assert b"X-API-Key" in body
 
 
 @pytest.mark.parametrize("body", [b"{bad", b'{"x": NaN}'], ids=["malformed", "nan"])
