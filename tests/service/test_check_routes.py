@@ -25,6 +25,8 @@ from tests.grading.test_diagnosis import (
     FORWARD,
     JACOBIAN_W,
     SHAPE_1_1A,
+    b64,
+    count_axis_orders,
     seed_dl_dw,
     seed_dy_dw,
     seed_y,
@@ -328,3 +330,17 @@ def test_a_batchs_formulas_stop_at_the_compute_deadline() -> None:
     for refused in results[1:3]:
         assert refused["error"]["type"].endswith("/over-compute-deadline")
         assert "another batch" in refused["error"]["detail"]
+
+
+def test_a_large_key_with_many_axis_orders_is_diagnosed_within_bounds(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit's request: a value key of shape [10]*6 (720 axis orders of 1M elements each,
+    10 s) and another tensor of its shape. It is judged, and only a few orders are tried."""
+    made = count_axis_orders(monkeypatch)
+    rng = np.random.default_rng(3)
+    key, answer = rng.normal(size=(2, *(10,) * 6))
+    response = post(client, {"op": "value", "value": b64(key)}, b64(answer))
+    assert response.status_code == 200, response.text
+    assert response.json()["correct"] is False and response.json()["diagnosis"] == []
+    assert 1 <= len(made) <= 8
