@@ -223,6 +223,16 @@ def _names(key: TensorKey, axes: tuple[int, ...]) -> str:
     return ", ".join(key.axis(a) for a in axes)
 
 
+def _gradient(key: TensorKey, name: str) -> str:
+    """A tensor of a backward pass as a student reads it: ``dl/dx`` for the gradient against an
+    argument, an extra answer by its name in words (never a field name: ``state_grads``)."""
+    assert key.source is not None
+    extra = key.source.model.extra(name)
+    if extra is not None:
+        return extra.called
+    return f"dl/d{name}"
+
+
 @register
 class WrongArgument(Mistake):
     """dy/dx given where dy/dW is asked (or the reverse); another gradient or output."""
@@ -262,7 +272,9 @@ class WrongArgument(Mistake):
                 continue
             if source.op == "backward":
                 yield Candidate(
-                    tensor, f"This is dl/d{name}; the question asks for dl/d{source.select}."
+                    tensor,
+                    f"This is {_gradient(key, name)}; the question asks for "
+                    f"{_gradient(key, source.select)}.",
                 )
             else:
                 yield Candidate(

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from models.registry import MODELS
 from service.app import create_app
+from service.examples import BACKWARD_EXAMPLES
 from service.grading.check import check_many
 from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
 from service.settings import Settings
@@ -344,3 +345,33 @@ def test_a_large_key_with_many_axis_orders_is_diagnosed_within_bounds(
     assert response.status_code == 200, response.text
     assert response.json()["correct"] is False and response.json()["diagnosis"] == []
     assert 1 <= len(made) <= 8
+
+
+def test_a_gradient_through_time_is_named_in_words_not_by_its_field(client: TestClient) -> None:
+    """Seed 1.2.2(f) asks for dl/dh[t] through time (the field `state_grads`): dl/dx given
+    instead (the same shape, [T, n]) is told what the question asks in the homework's words."""
+    body = BACKWARD_EXAMPLES["attention-rnn-2"]["value"]
+    answered = client.post("/v1/models/attention_rnn/backward", json=body)
+    assert answered.status_code == 200, answered.text
+    dl_dx, state_grads = (
+        answered.json()["grads"]["x"]["data"],
+        answered.json()["state_grads"]["data"],
+    )
+    expected = {"op": "backward", "model": "attention_rnn", **body}
+    asked = post(client, {**expected, "select": "state_grads"}, dl_dx).json()
+    assert asked["diagnosis"] == [
+        {
+            "code": "wrong_argument",
+            "message": "This is dl/dx; the question asks for the gradients through time dl/dh[t].",
+        }
+    ]
+    other_way = post(client, {**expected, "select": "x"}, state_grads).json()
+    assert other_way["diagnosis"][0]["message"] == (
+        "This is the gradients through time dl/dh[t]; the question asks for dl/dx."
+    )
+    assert "state_grads" not in str(asked["diagnosis"]) + str(other_way["diagnosis"])
+    # Its axes are named by its own shape, [T, n] for the AttentionRNN (not the gated RNN's m).
+    transposed = post(
+        client, {**expected, "select": "state_grads"}, np.array(state_grads).T.tolist()
+    )
+    assert "axes 0 (T) and 1 (n) are swapped" in transposed.json()["diagnosis"][0]["message"]
