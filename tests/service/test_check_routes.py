@@ -375,3 +375,23 @@ def test_a_gradient_through_time_is_named_in_words_not_by_its_field(client: Test
         client, {**expected, "select": "state_grads"}, np.array(state_grads).T.tolist()
     )
     assert "axes 0 (T) and 1 (n) are swapped" in transposed.json()["diagnosis"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "shown"),
+    [
+        ([[5, 2]], "got [[5, 2]] (a nested list: give the sizes in one flat list)"),
+        ([5, "2"], 'got [5, "2"]'),
+        ([5, None], "got [5, null]"),
+        ([[1] * 30], "got [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,... (a nested list"),
+    ],
+    ids=["nested", "string-item", "null-item", "long"],
+)
+def test_a_shape_answer_that_is_not_a_list_of_sizes_is_shown_as_sent(
+    client: TestClient, answer: Any, shown: str
+) -> None:
+    """Problem 1.1a answered [[5, 2]] was told "got [5, 2]": the item, which reads as right."""
+    response = post(client, SHAPE_1_1A, answer)
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("answer: a shape is a list of integers")
+    assert shown in response.json()["detail"]
