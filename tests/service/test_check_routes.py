@@ -395,3 +395,22 @@ def test_a_shape_answer_that_is_not_a_list_of_sizes_is_shown_as_sent(
     assert response.status_code == 422
     assert response.json()["detail"].startswith("answer: a shape is a list of integers")
     assert shown in response.json()["detail"]
+
+
+def test_a_formula_with_2p_for_2_times_p_is_told_to_multiply(client: TestClient) -> None:
+    response = post(client, FORMULA_1_1B, "floor((H + 2P - D*(K-1) - 1)/S) + 1")
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "answer: syntax error: invalid decimal literal at column 12; write 2*P for 2 times P "
+        "(multiplication needs *)"
+    )
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\n", " \t"])
+def test_a_formula_ending_in_a_line_break_is_judged(client: TestClient, ending: str) -> None:
+    """From a Windows file or a spreadsheet: "\\r\\n" is whitespace, as a trailing tab is."""
+    response = post(client, FORMULA_1_1B, "floor((H + 2*P - D*(K-1) - 1)/S) + 1" + ending)
+    assert response.status_code == 200, response.text
+    assert response.json()["correct"] is True
+    inside = post(client, FORMULA_1_1B, "floor((H + 2*P - D*(K-1) - 1)/S)\r\n + 1")
+    assert inside.status_code == 422 and "control character '\\r'" in inside.json()["detail"]
