@@ -29,6 +29,14 @@ class ArgSpec:
     shape: tuple[str, ...]
     description: str
     optional: bool = False
+    spoken: str = ""
+    """What a sentence to a student calls it, where ``name`` is a field name that the homework
+    does not use (``state_grads``: "the gradients through time dl/dh[t]"); empty: ``name``."""
+
+    @property
+    def called(self) -> str:
+        """The name a student reads: ``spoken``, or ``name`` where it has none."""
+        return self.spoken or self.name
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class ReferenceModel:
         closed_form_covers: whether ``closed_form_jacobian`` answers d(of)/d(wrt) given
             arguments of these names, known before any tensor is made (for the estimate).
         backward_extras: extra answers of ``backward`` (e.g. ``state_grads`` of the RNNs).
+        extras: what ``backward_extras`` answers, each described as the outputs are.
         state_jacobians: the one-step state Jacobians of a recurrent model.
         check_config_limits: refuses a config over the service's ``Limits`` (e.g. a window
             ``k``) right after ``parse_config``, before any tensor is decoded.
@@ -81,6 +90,7 @@ class ReferenceModel:
     closed_form_jacobian: Callable[[Any, Tensors, str, str], torch.Tensor | None] | None = None
     closed_form_covers: Callable[[str, str, Collection[str]], bool] | None = None
     backward_extras: Callable[[Any, Tensors, Tensors], dict[str, torch.Tensor]] | None = None
+    extras: tuple[ArgSpec, ...] = ()
     state_jacobians: Callable[[Any, Tensors], dict[str, Any]] | None = None
     flops: Callable[[Any, Shapes], int] | None = None
     overhead: Callable[[Any, Shapes], Overhead] | None = None
@@ -105,6 +115,10 @@ class ReferenceModel:
                 return spec
         known = ", ".join(s.name for s in self.outputs)
         raise UnknownName(f"{self.name} has no output {name!r}; it has {known}", "of")
+
+    def extra(self, name: str) -> ArgSpec | None:
+        """The spec of the extra answer ``name`` of ``backward``, if it is one."""
+        return next((spec for spec in self.extras if spec.name == name), None)
 
     def check_names(self, params: Shapes, inputs: Shapes) -> None:
         """Every given argument is known and in its section; every required one is given."""
@@ -176,6 +190,17 @@ def _conv_model(dims: int) -> ReferenceModel:
     )
 
 
+def _state_grads(size: str, question: str) -> ArgSpec:
+    """The RNNs' extra answer of ``backward``: the total dl/dh[t], the gradient through time."""
+    return ArgSpec(
+        "state_grads",
+        ("T", size),
+        f"the gradients through time, row t-1 is the total dl/dh[t] over every path from h[t] "
+        f"to the loss (the seed's {question})",
+        spoken="the gradients through time dl/dh[t]",
+    )
+
+
 def _gated_rnn_model() -> ReferenceModel:
     return ReferenceModel(
         name="gated_rnn",
@@ -201,6 +226,7 @@ def _gated_rnn_model() -> ReferenceModel:
         output_shapes=gated_rnn.output_shapes,
         forward=gated_rnn.forward,
         backward_extras=gated_rnn.state_grads,
+        extras=(_state_grads("m", "1.2.1(d)"),),
         state_jacobians=gated_rnn.state_jacobians,
         overhead=gated_rnn.overhead,
         check_shape_limits=gated_rnn.check_shape_limits,
@@ -243,6 +269,7 @@ def _attention_rnn_model() -> ReferenceModel:
         output_shapes=attention_rnn.output_shapes,
         forward=attention_rnn.forward,
         backward_extras=attention_rnn.state_grads,
+        extras=(_state_grads("n", "1.2.2(f)"),),
         state_jacobians=attention_rnn.state_jacobians,
         flops=attention_rnn.flops,
         overhead=attention_rnn.overhead,

@@ -13,8 +13,10 @@ gets an ``error`` in its place and the others are judged.
 
 A model's key and its diagnoses are computed as the model endpoints compute: under the compute
 deadline (a key estimated too slow is a 422 like any key that cannot be computed) and in one of
-the device's slots (``service.gate``). A device that stays busy is a 503 for the whole request,
-single or batch: it says nothing about the checks, and the client retries them all.
+the device's slots (``service.gate``). The diagnoses of a request share the compute deadline as
+its formulas do: past it, the remaining wrong answers are judged but not diagnosed. A device
+that stays busy is a 503 for the whole request, single or batch: it says nothing about the
+checks, and the client retries them all.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from service.grading.compare import (
     key_scale,
     shape_mismatch,
 )
-from service.grading.diagnosis import MAX_DIAGNOSED_ELEMENTS, Diagnosis, diagnose
+from service.grading.diagnosis import MAX_DIAGNOSED_ELEMENTS, Diagnosis, Work, diagnose
 from service.grading.errors import InvalidAnswer
 from service.grading.formulas import FormulaKey, formula_key
 from service.grading.keys import TensorKey, model_key, value_key
@@ -177,6 +179,7 @@ class Engine:
         self.keys = 0
         self.key_elements = 0
         self.formula_seconds = 0.0
+        self.diagnosis_seconds = 0.0
 
     def _prefix(self, index: int) -> str:
         return f"checks.{index}." if self.batch else ""
@@ -350,22 +353,51 @@ class Engine:
                 verdicts = [shape_mismatch(key.tensor, shape, key.label) for _ in members]
             wrong = [n for n, verdict in enumerate(verdicts) if not verdict.correct]
             found: list[list[Diagnosis]] = [[] for _ in members]
-            if wrong and key.tensor.numel() > MAX_DIAGNOSED_ELEMENTS:
+            skipped = self._skip_diagnosis(key) if wrong else None
+            if skipped is not None:
                 for n in wrong:
-                    verdicts[n].report["diagnosis_skipped"] = (
-                        f"the key has {key.tensor.numel():,} elements; mistakes are diagnosed "
-                        f"for keys of at most {MAX_DIAGNOSED_ELEMENTS:,}"
-                    )
+                    verdicts[n].report["diagnosis_skipped"] = skipped
             elif wrong:
-                # Diagnoses recompute the key with mistakes made: device work, so in a slot.
-                with self._slot(key):
-                    diagnosed = diagnose(key, answers[wrong], tolerance)
+                diagnosed = self._diagnose(key, answers[wrong], tolerance)
                 for n, diagnoses in zip(wrong, diagnosed, strict=True):
                     found[n] = diagnoses
             for (slot, _, _), verdict, diagnoses in zip(members, verdicts, found, strict=True):
                 self.results[slot.index] = _result(
                     verdict.correct, verdict.score, verdict.report, diagnoses, echo
                 )
+
+    def _skip_diagnosis(self, key: TensorKey) -> str | None:
+        """Why the wrong answers of ``key`` are not diagnosed, or None when they are."""
+        if key.tensor.numel() > MAX_DIAGNOSED_ELEMENTS:
+            return (
+                f"the key has {key.tensor.numel():,} elements; mistakes are diagnosed "
+                f"for keys of at most {MAX_DIAGNOSED_ELEMENTS:,}"
+            )
+        deadline = self.settings.compute_deadline_seconds
+        if self.diagnosis_seconds >= deadline:
+            return (
+                f"the diagnoses of this request took the compute deadline ({deadline:g} s) "
+                "before these answers were reached"
+            )
+        return None
+
+    def _diagnose(
+        self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance
+    ) -> list[list[Diagnosis]]:
+        """Diagnose a stack within what is left of the compute deadline for diagnoses.
+
+        Each diagnosis is bounded by its own budget (``diagnosis.Work``), but a batch holds many:
+        16 large keys took several times the deadline. As for formulas, their time adds up and
+        a diagnosis stops (saying nothing more) where the request's total reaches the deadline.
+        """
+        left = self.settings.compute_deadline_seconds - self.diagnosis_seconds
+        # Diagnoses recompute the key with mistakes made: device work, so in a slot.
+        with self._slot(key):
+            started = time.perf_counter()
+            try:
+                return diagnose(key, answers, tolerance, Work(deadline=started + left))
+            finally:
+                self.diagnosis_seconds += time.perf_counter() - started
 
 
 def check_one(check: CheckRequest, settings: Settings, gate: ComputeGate | None = None) -> Result:

@@ -11,14 +11,22 @@ Wrong answers that share a key and a shape are stacked, so each candidate is com
 and compared with all of them in one operation. Only wrong answers are diagnosed: a correct
 answer never gets a diagnosis.
 
+The work is bounded (``Work``): each candidate is a key-sized tensor made and compared, so a
+diagnosis makes candidates worth at most ``MAX_DIAGNOSIS_ELEMENTS`` elements, and none past a
+deadline when one is given. A large key is therefore tried against fewer candidates (the most
+likely first), and an answer whose mistake is not reached gets no diagnosis rather than a
+slow one: a rank-6 key of 1M elements with every axis the same size has 720 axis orders.
+
 Register a new mistake with ``@register`` on a ``Mistake`` subclass; ``order`` sets where it
-is tried (specific mistakes first) and its sentence appears.
+is tried (specific mistakes first) and its sentence appears; ``share`` bounds the part of the
+budget left that it may spend.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,8 +42,12 @@ POSITION_AXES = frozenset({"L", "H", "W", "T"})
 """Symbols of the axes that index positions or time (where an off-by-one index shifts)."""
 
 MAX_PERMUTED_RANK = 6
+"""Up to this rank every axis order is a candidate; above it, only the most likely ones."""
 MAX_DIAGNOSED_ELEMENTS = 1_000_000
 """Keys larger than this are judged but not diagnosed: each candidate is a key-sized tensor."""
+MAX_DIAGNOSIS_ELEMENTS = 16_000_000
+"""The elements of all the candidates one diagnosis may make and compare: 16 candidates of a
+1M-element key (about a quarter of a second), every candidate of a small one."""
 
 
 @dataclass(frozen=True)
@@ -71,29 +83,83 @@ class Seen:
         self.tensors.append(tensor)
 
 
+class Work:
+    """What a diagnosis may still spend: candidate elements, and time up to ``deadline``.
+
+    Attributes:
+        elements: elements of candidates that may still be made and compared
+            (``MAX_DIAGNOSIS_ELEMENTS`` when not given).
+        deadline: a ``time.perf_counter()`` past which no candidate is tried; None: none.
+        spent: the elements of the candidates tried so far.
+        candidates: how many candidates were tried.
+    """
+
+    def __init__(self, elements: int | None = None, deadline: float | None = None) -> None:
+        # Read at each call rather than bound as a default, so that a lowered limit applies.
+        self.elements = MAX_DIAGNOSIS_ELEMENTS if elements is None else elements
+        self.deadline = deadline
+        self.spent = 0
+        self.candidates = 0
+
+    def afford(self, elements: int) -> bool:
+        """Charge one candidate of ``elements`` if it fits (False, and nothing charged, if not)."""
+        if elements > self.elements:
+            return False
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            return False
+        self.elements -= elements
+        self.spent += elements
+        self.candidates += 1
+        return True
+
+    def part(self, share: float) -> Work:
+        """A budget of ``share`` of what is left, to be ``take``n back once spent."""
+        return Work(int(self.elements * share), self.deadline)
+
+    def take(self, part: Work) -> None:
+        """Charge what ``part`` spent."""
+        self.elements -= part.spent
+        self.spent += part.spent
+        self.candidates += part.candidates
+
+
+def metered(candidates: Iterator[Candidate], size: int, work: Work) -> Iterator[Candidate]:
+    """The candidates while ``work`` affords one more of ``size`` elements: the next one is
+    not even made when it does not (making it is most of its cost)."""
+    while work.afford(size):
+        candidate = next(candidates, None)
+        if candidate is None:
+            return
+        yield candidate
+
+
 class Mistake:
     """A common mistake: yields the key recomputed with it made, for a given answer shape."""
 
     code: ClassVar[str]
     order: ClassVar[int]
+    share: ClassVar[float] = 1.0
+    """The most of what is left of the diagnosis' budget this mistake may spend: one with many
+    candidates leaves the rest to the mistakes after it."""
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         """The key with this mistake made, shaped like the answers (``shape``)."""
         return iter(())
 
     def match(
-        self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, seen: Seen
+        self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, seen: Seen, work: Work
     ) -> list[Diagnosis | None]:
         """For each stacked answer, this mistake's diagnosis if the answer makes it.
 
         ``seen`` holds the candidates that earlier mistakes matched: one that equals them is
         the same answer explained again (a column-major read that is a transpose) and is
-        skipped; the ones this mistake matches are added.
+        skipped; the ones this mistake matches are added. Candidates are tried while ``work``
+        affords them.
         """
         found: list[Diagnosis | None] = [None] * answers.shape[0]
         shape = tuple(answers.shape[1:])
         scale = key_scale(key.tensor)
-        for candidate in self.candidates(key, shape):
+        for candidate in metered(self.candidates(key, shape), math.prod(shape), work):
             tensor = candidate.tensor
             if tuple(tensor.shape) != shape or not bool(torch.isfinite(tensor).all()):
                 continue
@@ -124,21 +190,30 @@ def register(cls: M) -> M:
     return cls
 
 
-def diagnose(key: TensorKey, answers: torch.Tensor, tolerance: Tolerance) -> list[list[Diagnosis]]:
+def diagnose(
+    key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, work: Work | None = None
+) -> list[list[Diagnosis]]:
     """The mistakes each wrong answer (stacked as ``(N, *shape)``) makes, at most one per code.
 
     Args:
         key: the key, with its source when a model computed it.
         answers: wrong answers of one shape, float64 on the CPU.
         tolerance: the check's tolerance, used to match answers with candidates.
+        work: what the diagnosis may spend (``MAX_DIAGNOSIS_ELEMENTS`` and no deadline if
+            None); it is charged with what was spent.
 
     Returns:
-        For each answer, its diagnoses in the order of ``MISTAKES``.
+        For each answer, its diagnoses in the order of ``MISTAKES``; a mistake whose
+        candidates the budget does not reach is not diagnosed.
     """
+    work = Work() if work is None else work
     results: list[list[Diagnosis]] = [[] for _ in range(answers.shape[0])]
     seen = Seen()
     for mistake in MISTAKES:
-        for n, found in enumerate(mistake.match(key, answers, tolerance, seen)):
+        part = work.part(mistake.share)
+        matched = mistake.match(key, answers, tolerance, seen, part)
+        work.take(part)
+        for n, found in enumerate(matched):
             if found is not None and all(d.code != found.code for d in results[n]):
                 results[n].append(found)
     return results
@@ -146,6 +221,16 @@ def diagnose(key: TensorKey, answers: torch.Tensor, tolerance: Tolerance) -> lis
 
 def _names(key: TensorKey, axes: tuple[int, ...]) -> str:
     return ", ".join(key.axis(a) for a in axes)
+
+
+def _gradient(key: TensorKey, name: str) -> str:
+    """A tensor of a backward pass as a student reads it: ``dl/dx`` for the gradient against an
+    argument, an extra answer by its name in words (never a field name: ``state_grads``)."""
+    assert key.source is not None
+    extra = key.source.model.extra(name)
+    if extra is not None:
+        return extra.called
+    return f"dl/d{name}"
 
 
 @register
@@ -187,7 +272,9 @@ class WrongArgument(Mistake):
                 continue
             if source.op == "backward":
                 yield Candidate(
-                    tensor, f"This is dl/d{name}; the question asks for dl/d{source.select}."
+                    tensor,
+                    f"This is {_gradient(key, name)}; the question asks for "
+                    f"{_gradient(key, source.select)}.",
                 )
             else:
                 yield Candidate(
@@ -230,10 +317,12 @@ class ConstantFactor(Mistake):
     order = 31
 
     def match(
-        self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, seen: Seen
+        self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, seen: Seen, work: Work
     ) -> list[Diagnosis | None]:
         found: list[Diagnosis | None] = [None] * answers.shape[0]
-        if tuple(answers.shape[1:]) != tuple(key.tensor.shape):
+        size = key.tensor.numel()
+        # The fit is one pass over the answers, charged as a candidate; so is each factor.
+        if tuple(answers.shape[1:]) != tuple(key.tensor.shape) or not work.afford(size):
             return found
         flat_key = key.tensor.reshape(-1)
         norm = float(flat_key @ flat_key)
@@ -247,6 +336,8 @@ class ConstantFactor(Mistake):
                 by_factor.setdefault(factor, []).append(n)
         scale = key_scale(key.tensor)
         for factor, rows in by_factor.items():
+            if not work.afford(size):
+                break
             target = float(factor) * key.tensor
             # The tolerance scales with the factor: the candidate's own magnitude.
             if seen.has(target):
@@ -285,29 +376,60 @@ class ConstantFactor(Mistake):
 
 @register
 class AxesPermuted(Mistake):
-    """Transposed or re-ordered axes, including the two halves of a Jacobian swapped."""
+    """Transposed or re-ordered axes, including the two halves of a Jacobian swapped.
+
+    The orders are tried most likely first: the halves of a Jacobian swapped, the last two
+    axes swapped (a matrix transposed), every axis reversed (a column-major layout), two axes
+    swapped, then the others; a large key reaches only the first few within its ``share``.
+    """
 
     code = "axes_permuted"
     order = 40
+    share = 0.5
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         tensor = key.tensor
         rank = tensor.dim()
         if rank < 2 or len(shape) != rank or sorted(shape) != sorted(tensor.shape):
             return
-        orders = (
-            list(itertools.permutations(range(rank)))
-            if rank <= MAX_PERMUTED_RANK
-            else [_swap(rank, a, b) for a, b in itertools.combinations(range(rank), 2)]
-        )
         halves = self._halves(key)
-        # Size-1 axes let several orders give the same numbers: the simplest explanation first
-        # (halves swapped, then two axes swapped); later equal candidates are skipped.
-        orders.sort(key=lambda o: (o != halves, sum(a != b for a, b in enumerate(o)) != 2))
+        last_two = _swap(rank, rank - 2, rank - 1)
+        reversal = tuple(reversed(range(rank)))
+        orders = (
+            itertools.permutations(range(rank))
+            if rank <= MAX_PERMUTED_RANK
+            else [
+                *([halves] if halves is not None else []),
+                last_two,
+                reversal,
+                *(_swap(rank, a, b) for a, b in itertools.combinations(range(rank), 2)),
+            ]
+        )
+
+        def moved(order: tuple[int, ...]) -> tuple[int, ...]:
+            """The axes of size above 1 in ``order``: all that sets the candidate's numbers."""
+            return tuple(a for a in order if tensor.shape[a] != 1)
+
+        def simplicity(order: tuple[int, ...]) -> tuple[bool, bool]:
+            return order != halves, sum(a != b for a, b in enumerate(order)) != 2
+
+        # Size-1 axes let several orders give the same numbers: each is made once, under the
+        # simplest explanation (halves swapped, then two axes swapped).
+        best: dict[tuple[int, ...], tuple[int, ...]] = {}
         for order in orders:
-            moved = [a for a in order if tensor.shape[a] != 1]
-            if tuple(tensor.shape[a] for a in order) != shape or moved == sorted(moved):
+            numbers = moved(order)
+            if tuple(tensor.shape[a] for a in order) != shape or numbers == tuple(sorted(numbers)):
                 continue  # another shape, or only axes of size 1 moved (a reshape, not this)
+            if numbers not in best or simplicity(order) < simplicity(best[numbers]):
+                best[numbers] = order
+        likely = [moved(o) for o in (halves, last_two, reversal) if o is not None]
+
+        def likelihood(numbers: tuple[int, ...]) -> tuple[int, bool]:
+            rank_of = likely.index(numbers) if numbers in likely else len(likely)
+            return rank_of, simplicity(best[numbers])[1]
+
+        for numbers in sorted(best, key=likelihood):
+            order = best[numbers]
             yield self._candidate(key, order, order == halves)
 
     @staticmethod

@@ -32,6 +32,8 @@ import itertools
 import math
 import operator
 import random
+import re
+import string
 import unicodedata
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -91,9 +93,25 @@ class Undefined(ArithmeticError):
     """The formula has no value at this point (division by zero, sqrt of a negative...)."""
 
 
-def _refuse(message: str, where: str, column: int = 0) -> FormulaError:
+def _refuse(message: str, where: str, column: int = 0, hint: str = "") -> FormulaError:
     at = f" at column {column}" if column else ""
-    return FormulaError(f"{message}{at}", where, column)
+    advice = f"; {hint}" if hint else ""
+    return FormulaError(f"{message}{at}{advice}", where, column)
+
+
+# A number written against a name, as on paper (2P, 0.5K): Python reads one bad literal.
+_JUXTAPOSED = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)([A-Za-z]\w*)")
+
+
+def _juxtaposition_hint(text: str, offset: int) -> str:
+    """The advice for a number directly followed by a name, the one at ``offset`` (1-based)
+    if any there, else the first; empty when the formula has none."""
+    found = list(_JUXTAPOSED.finditer(text))
+    if not found:
+        return ""
+    at = next((m for m in found if m.start() < offset <= m.end()), found[0])
+    number, name = at.groups()
+    return f"write {number}*{name} for {number} times {name} (multiplication needs *)"
 
 
 def _column(node: ast.AST, shift: int) -> int:
@@ -121,30 +139,36 @@ class Formula:
 
 
 def _clean(text: str, where: str) -> tuple[str, int]:
-    """Length, control characters and non-ASCII refused; returns the text and its indent."""
+    """Length, control characters and non-ASCII refused; returns the text and its indent.
+
+    The whitespace around the formula, line breaks included, is no part of it: a formula
+    copied from a file or a spreadsheet cell ends with "\\r\\n". Inside it, a control
+    character is refused (a tab is whitespace). Columns stay those of ``text``.
+    """
     if len(text) > MAX_CHARS:
         raise _refuse(f"the formula has {len(text):,} characters; the limit is {MAX_CHARS}", where)
-    for index, char in enumerate(text):
+    body = text.strip(string.whitespace)
+    indent = len(text) - len(text.lstrip(string.whitespace))
+    for index, char in enumerate(body, start=indent + 1):
         if char == "\0":
-            raise _refuse("the formula contains a NUL byte", where, index + 1)
+            raise _refuse("the formula contains a NUL byte", where, index)
         if char < " " and char != "\t":
-            raise _refuse(f"the formula contains the control character {char!r}", where, index + 1)
-    text = text.translate(_TRANSLATE)
-    for index, char in enumerate(text):
+            raise _refuse(f"the formula contains the control character {char!r}", where, index)
+    body = body.translate(_TRANSLATE)
+    for index, char in enumerate(body, start=indent + 1):
         if not char.isascii():
             name = unicodedata.name(char, f"U+{ord(char):04X}")
             raise _refuse(
                 f"the character {char!r} ({name}) is not allowed; write formulas in ASCII "
                 "(letters, digits, + - * / // % ** and parentheses)",
                 where,
-                index + 1,
+                index,
             )
         if char == "^":
-            raise _refuse("'^' is not a power here; write H**2 for a power", where, index + 1)
-    stripped = text.lstrip()
-    if not stripped.strip():
+            raise _refuse("'^' is not a power here; write H**2 for a power", where, index)
+    if not body:
         raise _refuse("the formula is empty", where)
-    return stripped, len(text) - len(stripped)
+    return body, indent
 
 
 def _syntax(text: str, shift: int, where: str) -> ast.Expression:
@@ -155,7 +179,8 @@ def _syntax(text: str, shift: int, where: str) -> ast.Expression:
         column = offset + shift if 0 < offset <= len(text) else len(text) + shift + 1
         place = "" if 0 < offset <= len(text) else " (the formula ends too early)"
         message = (error.msg or "invalid syntax").removesuffix(".")
-        raise _refuse(f"syntax error: {message}{place}", where, column) from None
+        hint = _juxtaposition_hint(text, offset) if message == "invalid decimal literal" else ""
+        raise _refuse(f"syntax error: {message}{place}", where, column, hint) from None
     except (ValueError, RecursionError, MemoryError):
         raise _refuse("the formula cannot be parsed", where) from None
     return tree

@@ -263,10 +263,10 @@ def _axes(model: ReferenceModel, expected: ModelExpected, name: str) -> tuple[st
     if isinstance(expected, ForwardExpected):
         return model.output(name).shape
     if isinstance(expected, BackwardExpected):
-        for spec in model.arguments:
+        for spec in (*model.arguments, *model.extras):
             if spec.name == name:
                 return spec.shape
-        return ("T", "m") if name == "state_grads" else ()
+        return ()
     if name == "jacobians":
         return ("T", "h[t]", "h[t-1]")
     return ()

@@ -11,9 +11,10 @@ Each shape mistake recomputes the size with the seed's formula
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,8 +150,16 @@ def parse_shape_answer(answer: Any, where: str = "answer") -> list[int]:
     sizes = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int | float):
+            # The whole answer as sent: its faulty item alone reads as a right answer when
+            # the list is nested ([[5, 2]] would print as [5, 2]).
+            nested = (
+                " (a nested list: give the sizes in one flat list)"
+                if isinstance(value, list)
+                else ""
+            )
             raise InvalidAnswer(
-                f"a shape is a list of integers, e.g. [5, 2]; got {value!r:.40}", where
+                f"a shape is a list of integers, e.g. [5, 2]; got {_as_sent(answer)}{nested}",
+                where,
             )
         if isinstance(value, float) and not value.is_integer():
             raise InvalidAnswer(f"a size must be a whole number, got {value}", where)
@@ -158,6 +167,30 @@ def parse_shape_answer(answer: Any, where: str = "answer") -> list[int]:
     if not sizes or len(sizes) > 8:
         raise InvalidAnswer("a shape has 1 to 8 sizes", where)
     return sizes
+
+
+def _tokens(value: Any) -> Iterator[str]:
+    """``value`` as JSON text, piece by piece (a long answer is only written as far as read)."""
+    if isinstance(value, list):
+        yield "["
+        for index, item in enumerate(value):
+            yield ", " if index else ""
+            yield from _tokens(item)
+        yield "]"
+    elif isinstance(value, dict):
+        yield "{...}"
+    else:
+        yield json.dumps(value, ensure_ascii=False)
+
+
+def _as_sent(answer: Any, limit: int = 40) -> str:
+    """The answer as the client wrote it, in JSON (``null``, ``true``), cut to ``limit``."""
+    text = ""
+    for token in _tokens(answer):
+        text += token
+        if len(text) > limit:
+            return text[: limit - 3] + "..."
+    return text
 
 
 def _mistaken_shapes(key: ShapeKey) -> list[tuple[list[int], Diagnosis]]:

@@ -105,6 +105,14 @@ TEST_GATED_RNN = ReferenceModel(
     output_shapes=output_shapes,
     forward=forward,
     backward_extras=state_grads,
+    extras=(
+        ArgSpec(
+            "state_grads",
+            ("T", "m"),
+            "the total dl/dh[t] through time",
+            spoken="the gradients through time dl/dh[t]",
+        ),
+    ),
     state_jacobians=state_jacobians,
 )
 

@@ -150,3 +150,16 @@ def test_keys_too_large_to_diagnose_are_still_judged(monkeypatch: pytest.MonkeyP
     result = check_one(request(JACOBIAN_W, (-RIGHT).tolist()), SETTINGS)
     assert result["correct"] is False and result["diagnosis"] == []
     assert "at most 10" in result["report"]["diagnosis_skipped"]
+
+
+def test_the_diagnoses_of_a_batch_share_the_compute_deadline() -> None:
+    """Diagnosis time adds up over a batch as formula time does: once it reaches the compute
+    deadline, the remaining wrong answers are judged but not diagnosed."""
+    batch = [request({"op": "value", "value": [1.0, float(n)]}, [-1.0, -float(n)]) for n in (2, 3)]
+    diagnosed, _ = check_many(batch, SETTINGS)
+    assert [r["diagnosis"][0]["code"] for r in diagnosed] == ["sign_flipped"] * 2
+    tight = Settings(compute_deadline_seconds=1e-9)  # spent by the first diagnosis
+    results, _ = check_many(batch, tight)
+    assert [(r["correct"], r["diagnosis"]) for r in results] == [(False, [])] * 2
+    assert "diagnosis_skipped" not in results[0]["report"]  # it started, and said nothing
+    assert "compute deadline" in results[1]["report"]["diagnosis_skipped"]

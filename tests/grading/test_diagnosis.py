@@ -3,18 +3,23 @@ the seed's own answers are judged correct and get no diagnosis."""
 
 from __future__ import annotations
 
+import base64
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from models.registry import MODELS
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.gate import ComputeGate
+from service.grading import diagnosis
 from service.grading.check import check_one
-from service.grading.keys import ModelSource, model_key
+from service.grading.compare import Tolerance
+from service.grading.keys import ModelSource, TensorKey, model_key
 from service.grading.schemas import CheckRequest, ForwardExpected
 from service.settings import Settings
 from tests.grading import gated_rnn_model
@@ -108,6 +113,15 @@ def judge(expected: dict[str, Any], answer: Any, **extra: Any) -> dict[str, Any]
 
 def codes(result: dict[str, Any]) -> list[str]:
     return [d["code"] for d in result["diagnosis"]]
+
+
+def b64(array: np.ndarray) -> dict[str, Any]:
+    """A tensor in the base64 wire form (a large one as nested lists is slow to send)."""
+    data = base64.b64encode(np.ascontiguousarray(array, "<f8").tobytes()).decode()
+    return {"shape": list(array.shape), "datatype": "FP64", "b64": data}
+
+
+TOLERANCE = Tolerance()
 
 
 JACOBIAN_W = {"op": "jacobian", **SEED, "of": "y", "wrt": "weight"}
@@ -412,3 +426,102 @@ def test_recomputing_diagnoses_stay_within_the_compute_deadline(
     result = judge(FORWARD, seed_y(base=0).tolist())
     assert result["correct"] is False and "off_by_one" not in codes(result)
     assert "wrong_argument" not in codes(judge(JACOBIAN_W, seed_dy_dx().tolist()))
+
+
+# The work of a diagnosis is bounded: each candidate is a key-sized tensor made and compared.
+
+
+def value_key(tensor: np.ndarray) -> TensorKey:
+    return TensorKey(torch.from_numpy(tensor), "the value", ())
+
+
+def count_axis_orders(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The axis orders ``AxesPermuted`` makes a candidate of, as it makes them."""
+    made: list[tuple[int, ...]] = []
+    make = diagnosis.AxesPermuted._candidate
+
+    def counted(
+        self: diagnosis.AxesPermuted, key: TensorKey, order: tuple[int, ...], halves: bool
+    ) -> diagnosis.Candidate:
+        made.append(order)
+        return make(self, key, order, halves)
+
+    monkeypatch.setattr(diagnosis.AxesPermuted, "_candidate", counted)
+    return made
+
+
+def test_a_large_key_with_720_axis_orders_tries_a_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six axes of one size have 720 orders: a 1M-element key tried them all (10 s); the
+    budget of candidate elements lets it try only the most likely, and say nothing more."""
+    made = count_axis_orders(monkeypatch)
+    rng = np.random.default_rng(0)
+    key = value_key(rng.normal(size=(10,) * 6))
+    answer = torch.from_numpy(rng.normal(size=(1, *(10,) * 6)))
+    assert diagnosis.diagnose(key, answer, TOLERANCE) == [[]]
+    # Half of the budget of 16 candidates of 1M elements at most, instead of 720.
+    assert 1 <= len(made) <= 8
+    # The most likely first: the last two axes swapped, then every axis reversed.
+    assert made[:2] == [(0, 1, 2, 3, 5, 4), (5, 4, 3, 2, 1, 0)]
+
+
+@pytest.mark.parametrize(
+    ("order", "code"),
+    [((0, 1, 2, 3, 5, 4), "transposed"), ((5, 4, 3, 2, 1, 0), "axes_permuted")],
+    ids=["last-two-swapped", "reversed"],
+)
+def test_the_likely_orders_of_a_large_key_are_still_diagnosed(
+    order: tuple[int, ...], code: str
+) -> None:
+    key = np.random.default_rng(1).normal(size=(10,) * 6)
+    result = judge({"op": "value", "value": b64(key)}, b64(key.transpose(order)))
+    assert codes(result) == [code]
+
+
+def test_the_budget_leaves_unlikely_orders_out_but_a_small_key_tries_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = np.random.default_rng(2).normal(size=(3,) * 6)
+    unlikely = (1, 0, 3, 2, 5, 4)  # three swaps: the last of the orders tried
+    answer = torch.from_numpy(key.transpose(unlikely)[None].copy())
+    made = count_axis_orders(monkeypatch)
+    found = diagnosis.diagnose(value_key(key), answer, TOLERANCE)
+    assert [d.code for d in found[0]] == ["axes_permuted"]
+    assert len(made) == 719  # 3**6 elements: every order but the identity fits the budget
+    made.clear()
+    monkeypatch.setattr(diagnosis, "MAX_DIAGNOSIS_ELEMENTS", 40 * 3**6)
+    work = diagnosis.Work()
+    assert diagnosis.diagnose(value_key(key), answer, TOLERANCE, work) == [[]]
+    assert len(made) <= 20  # half the budget of 40 candidates
+    assert work.candidates <= 40 and work.spent == work.candidates * 3**6 <= 40 * 3**6
+
+
+def test_a_permuted_answer_of_a_small_tensor_is_diagnosed_as_before() -> None:
+    key = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    moved = judge({"op": "value", "value": key.tolist()}, key.transpose(2, 0, 1).tolist())
+    assert moved["diagnosis"] == [
+        {
+            "code": "axes_permuted",
+            "message": "Your answer has the right numbers with the axes in another order: "
+            "yours are (axis 2, axis 0, axis 1), the key's are (axis 0, axis 1, axis 2).",
+        }
+    ]
+    swapped = judge({"op": "value", "value": key.tolist()}, key.transpose(0, 2, 1).tolist())
+    assert codes(swapped) == ["transposed"]
+    assert "axes 1 (axis 1) and 2 (axis 2) are swapped" in swapped["diagnosis"][0]["message"]
+    halves = judge(JACOBIAN_W, seed_dy_dw().transpose(2, 3, 4, 0, 1).tolist())
+    assert codes(halves) == ["jacobian_halves_swapped"]
+    # Size-1 axes: reversing all four axes gives the numbers of swapping the first and the
+    # last; the simpler explanation is given, as before.
+    flat = key.reshape(2, 1, 1, 12)
+    ones = judge({"op": "value", "value": flat.tolist()}, flat.transpose(3, 2, 1, 0).tolist())
+    assert codes(ones) == ["transposed"]
+    assert "axes 0 (axis 0) and 3 (axis 3) are swapped" in ones["diagnosis"][0]["message"]
+
+
+def test_no_candidate_is_made_past_the_deadline() -> None:
+    key = value_key(np.arange(6, dtype=np.float64).reshape(2, 3))
+    answer = torch.from_numpy(-key.tensor.numpy()[None].copy())
+    work = diagnosis.Work(deadline=time.perf_counter() - 1.0)
+    assert diagnosis.diagnose(key, answer, TOLERANCE, work) == [[]]
+    assert work.candidates == 0
+    assert [d.code for d in diagnosis.diagnose(key, answer, TOLERANCE)[0]] == ["sign_flipped"]

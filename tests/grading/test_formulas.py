@@ -265,3 +265,59 @@ def test_min_and_max_of_one_argument_are_that_argument(answer: str, agrees: bool
     key = formula_key("H", None, {"H": [1, 4]}, [])
     agree, disagree = key.compare(answer)
     assert agree == (4 if agrees else 0) and bool(disagree) != agrees
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "hint"),
+    [
+        ("floor((H + 2P - D*(K-1) - 1)/S) + 1", 12, "write 2*P for 2 times P"),
+        ("H + 0.5K", 7, "write 0.5*K for 0.5 times K"),
+        ("  2D*(K - 1)", 3, "write 2*D for 2 times D"),
+        ("H + 2P + 3K", 5, "write 2*P for 2 times P"),
+    ],
+)
+def test_a_number_written_against_a_name_is_told_to_multiply(
+    text: str, column: int, hint: str
+) -> None:
+    """Python reads 2P as one bad number ("invalid decimal literal"), which says nothing to a
+    student who wrote it as on paper."""
+    with pytest.raises(FormulaError) as error:
+        parse(text, CONV_VARIABLES)
+    assert error.value.column == column
+    assert error.value.message == (
+        f"syntax error: invalid decimal literal at column {column}; {hint} (multiplication needs *)"
+    )
+
+
+@pytest.mark.parametrize("text", ["H + * 2", "0x1G", "H + 2_P"])
+def test_other_syntax_errors_get_no_multiplication_hint(text: str) -> None:
+    with pytest.raises(FormulaError) as error:
+        parse(text, CONV_VARIABLES)
+    assert "multiplication" not in error.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [SEED_1_1B + "\r\n", SEED_1_1B + "\n", "\r\n" + SEED_1_1B, SEED_1_1B + " \t\r\n\r\n"],
+    ids=["crlf", "lf", "leading-crlf", "mixed"],
+)
+def test_line_breaks_around_a_formula_are_whitespace(conv_key: FormulaKey, text: str) -> None:
+    """A formula copied from a Windows file or a spreadsheet cell ends with a line break,
+    which was refused as a control character where spaces and tabs were accepted."""
+    agree, disagree = conv_key.compare(text)
+    assert disagree == [] and agree == len(conv_key.points)
+
+
+@pytest.mark.parametrize(
+    ("text", "column"),
+    [("H +\r\n 1", 4), ("H\r + 1\r\n", 2), ("\r\nH\x0b+ 1", 4), ("H\x1f\r\n", 2)],
+)
+def test_control_characters_inside_a_formula_are_still_refused(text: str, column: int) -> None:
+    with pytest.raises(FormulaError) as error:
+        parse(text, ["H"])
+    assert "control character" in error.value.message and error.value.column == column
+
+
+def test_a_formula_of_line_breaks_only_is_empty() -> None:
+    with pytest.raises(FormulaError, match="the formula is empty"):
+        parse("\r\n\t \n", ["H"])

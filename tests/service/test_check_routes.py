@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from models.registry import MODELS
 from service.app import create_app
+from service.examples import BACKWARD_EXAMPLES
 from service.grading.check import check_many
 from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
 from service.settings import Settings
@@ -25,6 +26,8 @@ from tests.grading.test_diagnosis import (
     FORWARD,
     JACOBIAN_W,
     SHAPE_1_1A,
+    b64,
+    count_axis_orders,
     seed_dl_dw,
     seed_dy_dw,
     seed_y,
@@ -328,3 +331,86 @@ def test_a_batchs_formulas_stop_at_the_compute_deadline() -> None:
     for refused in results[1:3]:
         assert refused["error"]["type"].endswith("/over-compute-deadline")
         assert "another batch" in refused["error"]["detail"]
+
+
+def test_a_large_key_with_many_axis_orders_is_diagnosed_within_bounds(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit's request: a value key of shape [10]*6 (720 axis orders of 1M elements each,
+    10 s) and another tensor of its shape. It is judged, and only a few orders are tried."""
+    made = count_axis_orders(monkeypatch)
+    rng = np.random.default_rng(3)
+    key, answer = rng.normal(size=(2, *(10,) * 6))
+    response = post(client, {"op": "value", "value": b64(key)}, b64(answer))
+    assert response.status_code == 200, response.text
+    assert response.json()["correct"] is False and response.json()["diagnosis"] == []
+    assert 1 <= len(made) <= 8
+
+
+def test_a_gradient_through_time_is_named_in_words_not_by_its_field(client: TestClient) -> None:
+    """Seed 1.2.2(f) asks for dl/dh[t] through time (the field `state_grads`): dl/dx given
+    instead (the same shape, [T, n]) is told what the question asks in the homework's words."""
+    body = BACKWARD_EXAMPLES["attention-rnn-2"]["value"]
+    answered = client.post("/v1/models/attention_rnn/backward", json=body)
+    assert answered.status_code == 200, answered.text
+    dl_dx, state_grads = (
+        answered.json()["grads"]["x"]["data"],
+        answered.json()["state_grads"]["data"],
+    )
+    expected = {"op": "backward", "model": "attention_rnn", **body}
+    asked = post(client, {**expected, "select": "state_grads"}, dl_dx).json()
+    assert asked["diagnosis"] == [
+        {
+            "code": "wrong_argument",
+            "message": "This is dl/dx; the question asks for the gradients through time dl/dh[t].",
+        }
+    ]
+    other_way = post(client, {**expected, "select": "x"}, state_grads).json()
+    assert other_way["diagnosis"][0]["message"] == (
+        "This is the gradients through time dl/dh[t]; the question asks for dl/dx."
+    )
+    assert "state_grads" not in str(asked["diagnosis"]) + str(other_way["diagnosis"])
+    # Its axes are named by its own shape, [T, n] for the AttentionRNN (not the gated RNN's m).
+    transposed = post(
+        client, {**expected, "select": "state_grads"}, np.array(state_grads).T.tolist()
+    )
+    assert "axes 0 (T) and 1 (n) are swapped" in transposed.json()["diagnosis"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "shown"),
+    [
+        ([[5, 2]], "got [[5, 2]] (a nested list: give the sizes in one flat list)"),
+        ([5, "2"], 'got [5, "2"]'),
+        ([5, None], "got [5, null]"),
+        ([[1] * 30], "got [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,... (a nested list"),
+    ],
+    ids=["nested", "string-item", "null-item", "long"],
+)
+def test_a_shape_answer_that_is_not_a_list_of_sizes_is_shown_as_sent(
+    client: TestClient, answer: Any, shown: str
+) -> None:
+    """Problem 1.1a answered [[5, 2]] was told "got [5, 2]": the item, which reads as right."""
+    response = post(client, SHAPE_1_1A, answer)
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("answer: a shape is a list of integers")
+    assert shown in response.json()["detail"]
+
+
+def test_a_formula_with_2p_for_2_times_p_is_told_to_multiply(client: TestClient) -> None:
+    response = post(client, FORMULA_1_1B, "floor((H + 2P - D*(K-1) - 1)/S) + 1")
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "answer: syntax error: invalid decimal literal at column 12; write 2*P for 2 times P "
+        "(multiplication needs *)"
+    )
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\n", " \t"])
+def test_a_formula_ending_in_a_line_break_is_judged(client: TestClient, ending: str) -> None:
+    """From a Windows file or a spreadsheet: "\\r\\n" is whitespace, as a trailing tab is."""
+    response = post(client, FORMULA_1_1B, "floor((H + 2*P - D*(K-1) - 1)/S) + 1" + ending)
+    assert response.status_code == 200, response.text
+    assert response.json()["correct"] is True
+    inside = post(client, FORMULA_1_1B, "floor((H + 2*P - D*(K-1) - 1)/S)\r\n + 1")
+    assert inside.status_code == 422 and "control character '\\r'" in inside.json()["detail"]
