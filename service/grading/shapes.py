@@ -137,12 +137,12 @@ def parse_shape_answer(answer: Any, where: str = "answer") -> list[int]:
         # A one-size tuple as Python prints it, "(7,)", has a trailing comma.
         text = answer.strip().strip("[]()").strip().removesuffix(",").strip()
         if len(answer) > MAX_SHAPE_TEXT or not text:
-            raise InvalidAnswer(f"{answer!r:.40} is not a shape such as [5, 2] or '5x2'", where)
+            raise InvalidAnswer(f"{answer!r:.40} is not a shape such as [16, 16] or '16x16'", where)
         parts = _SEPARATORS.split(text)
         if not all(part.isdecimal() and part.isascii() for part in parts):
             raise InvalidAnswer(
                 f"{answer!r:.40} is not a shape: write sizes separated by x or commas, "
-                "e.g. '5x2' or [5, 2]",
+                "e.g. '16x16' or [16, 16]",
                 where,
             )
         return [int(part) for part in parts]
@@ -158,7 +158,7 @@ def parse_shape_answer(answer: Any, where: str = "answer") -> list[int]:
                 else ""
             )
             raise InvalidAnswer(
-                f"a shape is a list of integers, e.g. [5, 2]; got {_as_sent(answer)}{nested}",
+                f"a shape is a list of integers, e.g. [16, 16]; got {_as_sent(answer)}{nested}",
                 where,
             )
         if isinstance(value, float) and not value.is_integer():

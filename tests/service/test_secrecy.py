@@ -281,3 +281,15 @@ def test_the_public_api_document_states_no_answer_every_student_shares(
     text = client.get("/openapi.json").text
     assert "Seed 1.1(a)" in text  # the homework's examples are there, without their answers
     assert [k for k in SHARED_KEYS if k in text] == []
+
+
+def test_a_refused_shape_answer_is_not_shown_the_key_as_an_example(client: TestClient) -> None:
+    """The messages that say how to write a shape give an example: never 1.1(a)'s answer."""
+    for answer in ("abc", "two", [[1, 2]], [True], "(" * 200):
+        checked = client.post(
+            "/v1/assignments/cnn-rnn/problems/1.1a/check",
+            json={"student_id": STUDENT_ID, "answer": answer},
+        )
+        text = checked.text
+        assert "shape" in text, text[:300]  # the message is there ...
+        assert "5x2" not in text and "[5, 2]" not in text, text[:300]
