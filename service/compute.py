@@ -64,7 +64,12 @@ def new_budget(settings: Settings) -> Budget:
 
 def model_limits(settings: Settings) -> Limits:
     """The sizes a request may ask of a model, from the settings."""
-    return Limits(settings.max_sequence_length, settings.max_hidden_size, settings.max_k)
+    return Limits(
+        settings.max_sequence_length,
+        settings.max_hidden_size,
+        settings.max_k,
+        settings.max_tensor_elements,
+    )
 
 
 def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepared:
