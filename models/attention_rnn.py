@@ -33,6 +33,7 @@ from models import gradient_flow
 from models.errors import InvalidConfig, LimitExceeded, ShapeMismatch
 from models.limits import Limits
 from models.overhead import STEP_SECONDS, Overhead
+from models.state_offsets import offset_gradient
 
 Shapes = Mapping[str, tuple[int, ...]]
 Window = int | Literal["inf"]
@@ -299,7 +300,8 @@ def state_grads(
 
     Row t-1 sums the direct part and every later step that attends to h[t]: t+1 .. t+k for
     AttentionRNN(k), the whole future for inf; and the paths through ``a`` and ``w`` when
-    ``grad_outputs`` names them.
+    ``grad_outputs`` names them. A state no path reaches gets 0: the last one when only ``a``
+    and ``w`` are named (every one at T = 1).
     """
     x = args["x"].detach()
     offsets = torch.zeros_like(x).requires_grad_(True)  # (T, n)
@@ -308,11 +310,8 @@ def state_grads(
             args["Q"].detach(), args["K"].detach(), args["V"].detach(), x, config.k, offsets
         )
         outputs = {"h": h, "a": a, "w": w}
-        names = list(grad_outputs)
-        (grad,) = torch.autograd.grad(
-            [outputs[n] for n in names], [offsets], [grad_outputs[n] for n in names]
-        )
-    return {"state_grads": grad.detach()}
+        grad = offset_gradient(outputs, grad_outputs, offsets)
+    return {"state_grads": grad}
 
 
 def step_jacobians(

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.errors import InvalidConfig, ShapeMismatch
+from models.errors import InvalidConfig, LimitExceeded, ShapeMismatch
+from models.limits import Limits
 
 Padding = tuple[int, ...] | str
 
@@ -303,6 +304,61 @@ def _padding_arg(config: ConvConfig) -> Any:
 
 def _kernel_symbols(dims: int) -> list[str]:
     return ["K"] if dims == 1 else ["KH", "KW"]
+
+
+def padded_input_shape(
+    config: ConvConfig, shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[int, ...] | None:
+    """The shape ``[C, *(in + P_left + P_right)]`` of x with its zero padding, from the declared
+    shapes; ``None`` when weight and x do not have the ranks of this conv (``conv_output_shapes``
+    says what is wrong with them)."""
+    weight, x = shapes.get("weight", ()), shapes.get("x", ())
+    if len(weight) != config.dims + 2 or len(x) != config.dims + 1:
+        return None
+    pads = explicit_padding(config.padding, weight[2:], config.dilation)
+    return (x[0], *(n + left + right for n, (left, right) in zip(x[1:], pads, strict=True)))
+
+
+def check_shape_limits(
+    config: ConvConfig, shapes: Mapping[str, tuple[int, ...]], limits: Limits
+) -> None:
+    """Refuse a padding (or, with ``'same'``, a dilation) whose padded input is over the
+    per-tensor element budget, before anything is allocated.
+
+    The padded input is a tensor the passes may build whole: the forward pass pads x itself
+    when ``'same'`` pads one side more than the other, the closed-form dy/dweight reads
+    windows of the padded x, and torch's own convolutions may pad internally. Its size comes
+    from the config, not from the tensors sent, so the budgets on those do not bound it: a
+    3-element x with dilation 2**20 and ``'same'`` would pad to 2**40 elements. It is held to
+    the same limit as a tensor of the request, whatever the operation, so that a forward pass
+    is refused exactly when its backward pass or Jacobian would be.
+
+    Raises:
+        LimitExceeded: the padded input would have more than ``limits.max_tensor_elements``.
+    """
+    padded = padded_input_shape(config, shapes)
+    if padded is None:
+        return
+    numel = math.prod(padded)
+    if numel <= limits.max_tensor_elements:
+        return
+    x, kernel = shapes["x"], shapes["weight"][2:]
+    if config.padding == "same":
+        totals = [d * (k - 1) for k, d in zip(kernel, config.dilation, strict=True)]
+        how = (
+            f"padding 'same' with dilation {list(config.dilation)} and kernel {list(kernel)} "
+            f"pads D(K - 1) = {totals} per dimension, before and after together"
+        )
+        where, change = "config.dilation", "lower the dilation or give a smaller padding"
+    else:
+        how = f"padding {_padding_arg(config)} on both sides"
+        where, change = "config.padding", "lower the padding (and the dilation it makes room for)"
+    raise LimitExceeded(
+        f"{how}, so the padded input x would have shape {list(padded)}, {numel:,} elements "
+        f"(x is {list(x)}); the limit max_tensor_elements is {limits.max_tensor_elements:,}: "
+        f"{change}",
+        where,
+    )
 
 
 def conv_flops(config: ConvConfig, shapes: Mapping[str, tuple[int, ...]]) -> int:

@@ -27,6 +27,7 @@ from models import gradient_flow
 from models.errors import InvalidConfig, LimitExceeded, ShapeMismatch
 from models.limits import Limits
 from models.overhead import STEP_SECONDS, Overhead
+from models.state_offsets import offset_gradient
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -164,7 +165,8 @@ def state_grads(
     """``state_grads [T, m]``: the total dl/dh[t] through time (seed 1.2.1(d)'s sum).
 
     It includes every path from h[t] to the loss: directly, through every later state, and
-    through the later gates c[t+1], ... when ``grad_outputs`` names ``c``.
+    through the later gates c[t+1], ... when ``grad_outputs`` names ``c``. A state no path
+    reaches gets 0: the last one when only ``c`` is named (every one at T = 1).
     """
     seq_len, m = args["x"].shape[0], args["W_h"].shape[0]
     offsets = args["x"].new_zeros(seq_len, m).requires_grad_(True)  # (T, m)
@@ -178,11 +180,8 @@ def state_grads(
             offsets,
         )
         outputs = {"h": h, "c": c}
-        names = list(grad_outputs)
-        (grad,) = torch.autograd.grad(
-            [outputs[n] for n in names], [offsets], [grad_outputs[n] for n in names]
-        )
-    return {"state_grads": grad.detach()}
+        grad = offset_gradient(outputs, grad_outputs, offsets)
+    return {"state_grads": grad}
 
 
 def step_jacobians(

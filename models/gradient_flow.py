@@ -28,6 +28,10 @@ EXPLODING_ABOVE = 1.1
 SATURATED_SIGMA_PRIME = 0.01
 
 _LOG_FLOAT_MAX = 709.0
+_NOT_A_NUMBER = (
+    "the norms of the products of the one-step Jacobians are not a number in this dtype, so "
+    "no verdict can be given; scale the weights or inputs down, or use float64"
+)
 
 Verdict = Literal["vanishing", "exploding", "neither"]
 
@@ -74,22 +78,35 @@ def log_product_norms(jacobians: torch.Tensor) -> torch.Tensor:
     """log ||dh[t]/dh[1]||_2 for t = 1..T, where dh[t]/dh[1] = J[t] ... J[2] (J[t] is entry
     t-1 of ``jacobians``, [T, m, m]) and dh[1]/dh[1] is the identity.
 
-    The running product is rescaled to unit Frobenius norm at every step and its log scale
-    kept aside, so products over long sequences neither overflow nor underflow.
+    Every factor and the running product are scaled by their largest absolute entry, and the
+    logs of the scales are summed aside (in float64), so nothing overflows whatever the
+    dtype: a largest entry never overflows, where a Frobenius norm, a sum of squares, does
+    (float32 Jacobians of entries 5e19 gave a norm of inf, a product of 0 and a log of
+    inf - inf = NaN); and a product of factors whose entries are at most 1 has entries at most
+    m. A factor or a product that is exactly zero gives ``-inf``, never NaN: the spectral norm
+    of a matrix whose largest entry is 1 lies in [1, m].
+
+    Example:
+        >>> big = torch.full((3, 2, 2), 5e19, dtype=torch.float32)  # ||J||_2 = 1e20
+        >>> [round(v / math.log(10), 4) for v in log_product_norms(big).tolist()]
+        [0.0, 20.0, 40.0]
     """
     seq_len, m, _ = jacobians.shape
+    scales = jacobians.abs().amax(dim=(1, 2))  # (T,)  max |J[t]_ij|, finite
+    units = jacobians / torch.where(scales > 0, scales, 1.0)[:, None, None]  # (T, m, m)
     current = torch.eye(m, dtype=jacobians.dtype, device=jacobians.device)  # (m, m)
-    log_scale = jacobians.new_zeros(())  # ()
-    normalised, log_scales = [current], [log_scale]
+    normalised, sizes = [current], [scales.new_ones(())]
     for t in range(1, seq_len):
-        current = jacobians[t] @ current  # (m, m)
-        size = torch.linalg.matrix_norm(current)  # ()  Frobenius
+        current = units[t] @ current  # (m, m)  entries at most m in absolute value
+        size = current.abs().amax()  # ()
         current = current / torch.where(size > 0, size, 1.0)
-        log_scale = log_scale + size.log()  # -inf once the product is exactly zero
         normalised.append(current)
-        log_scales.append(log_scale)
+        sizes.append(size)
+    step_logs = scales.double().log()  # (T,)  -inf for a zero step
+    step_logs[0] = 0.0  # J[1] is not a factor of any product dh[t]/dh[1]
+    log_scales = (step_logs + torch.stack(sizes).double().log()).cumsum(0)  # (T,)
     spectral: torch.Tensor = torch.linalg.matrix_norm(torch.stack(normalised), ord=2)  # (T,)
-    return torch.stack(log_scales) + spectral.log()  # (T,)
+    return (log_scales + spectral.double().log()).to(jacobians.dtype)  # (T,)
 
 
 def require_finite(jacobians: torch.Tensor) -> None:
@@ -117,7 +134,8 @@ def analyse(jacobians: torch.Tensor) -> GradientFlow:
         The ``GradientFlow`` of the sequence.
 
     Raises:
-        ModelError: the Jacobians overflow the dtype (entries that are not finite).
+        ModelError: the Jacobians overflow the dtype (entries that are not finite), or their
+            analysis is not a number (never silently a verdict of ``neither``).
 
     Example:
         >>> flow = analyse(0.5 * torch.eye(2, dtype=torch.float64).expand(4, 2, 2))
@@ -133,6 +151,8 @@ def analyse(jacobians: torch.Tensor) -> GradientFlow:
     else:
         # Finite Jacobians bound the exponent near log(float max); min() keeps exp() finite.
         growth = math.exp(min(float(log_norms[-1]) / (seq_len - 1), _LOG_FLOAT_MAX))
+    if bool(torch.isnan(log_norms).any()) or bool(torch.isnan(singular).any()):
+        raise ModelError(_NOT_A_NUMBER, "params")
     return GradientFlow(
         spectral_norms=singular[:, 0],
         min_singular_values=singular[:, -1],
@@ -143,7 +163,14 @@ def analyse(jacobians: torch.Tensor) -> GradientFlow:
 
 
 def verdict(growth: float) -> Verdict:
-    """``vanishing`` below ``VANISHING_BELOW``, ``exploding`` above ``EXPLODING_ABOVE``."""
+    """``vanishing`` below ``VANISHING_BELOW``, ``exploding`` above ``EXPLODING_ABOVE``.
+
+    Raises:
+        ModelError: ``growth`` is NaN, which compares false with both bounds and would
+            otherwise read as ``neither``.
+    """
+    if math.isnan(growth):
+        raise ModelError(_NOT_A_NUMBER, "params")
     if growth < VANISHING_BELOW:
         return "vanishing"
     if growth > EXPLODING_ABOVE:

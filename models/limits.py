@@ -13,8 +13,11 @@ class Limits:
         max_sequence_length: most time steps T of a recurrent model's input.
         max_hidden_size: largest hidden state (m for the gated RNN, n for AttentionRNN).
         max_k: largest window k of AttentionRNN(k).
+        max_tensor_elements: most elements of one tensor, the request's own or one a pass
+            builds from them (a conv's padded input).
     """
 
     max_sequence_length: int
     max_hidden_size: int
     max_k: int
+    max_tensor_elements: int

@@ -69,7 +69,8 @@ class ReferenceModel:
         check_config_limits: refuses a config over the service's ``Limits`` (e.g. a window
             ``k``) right after ``parse_config``, before any tensor is decoded.
         check_shape_limits: refuses declared shapes over the ``Limits`` (sequence length,
-            hidden size) before ``output_shapes`` and before anything reaches the device.
+            hidden size, a conv's padded input) before ``output_shapes`` and before anything
+            reaches the device.
         flops: floating-point operations of one forward pass, from the config and the
             declared argument shapes, for the service's compute-time estimate; ``None`` for
             the generic estimate (every parameter used once per row of the inputs).
@@ -187,6 +188,7 @@ def _conv_model(dims: int) -> ReferenceModel:
         closed_form_jacobian=conv_jacobians.conv_jacobian,
         closed_form_covers=conv_jacobians.covers,
         flops=conv.conv_flops,
+        check_shape_limits=conv.check_shape_limits,
     )
 
 

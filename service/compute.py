@@ -47,7 +47,7 @@ class Prepared:
 
     def tensor(self, value: Any, where: str) -> torch.Tensor:
         """Decode one more tensor of the request (e.g. a gradient) on the same budget."""
-        return to_torch(decode(value, where, self.budget), self.device, self.dtype)
+        return to_torch(decode(value, where, self.budget), self.device, self.dtype, where)
 
 
 def lookup(name: str) -> ReferenceModel:
@@ -64,7 +64,12 @@ def new_budget(settings: Settings) -> Budget:
 
 def model_limits(settings: Settings) -> Limits:
     """The sizes a request may ask of a model, from the settings."""
-    return Limits(settings.max_sequence_length, settings.max_hidden_size, settings.max_k)
+    return Limits(
+        settings.max_sequence_length,
+        settings.max_hidden_size,
+        settings.max_k,
+        settings.max_tensor_elements,
+    )
 
 
 def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepared:
@@ -94,9 +99,9 @@ def prepare(model_name: str, request: ModelRequest, settings: Settings) -> Prepa
     output_shapes = model.output_shapes(config, declared)
     check_outputs(output_shapes, settings)
     args = {
-        name: to_torch(array, device, dtype)
-        for section in arrays.values()
-        for name, array in section.items()
+        name: to_torch(array, device, dtype, f"{section}.{name}")
+        for section, named in arrays.items()
+        for name, array in named.items()
     }
     return Prepared(model, config, args, output_shapes, device, dtype, budget)
 

@@ -33,7 +33,12 @@ class Settings(BaseSettings):
         description="torch intra-op threads per worker; 0 means cores divided by workers.",
     )
     max_tensor_elements: int = Field(
-        4_000_000, ge=1, description="Most elements one tensor of a request may declare."
+        4_000_000,
+        ge=1,
+        description=(
+            "Most elements one tensor of a request may declare, and a conv's input with its "
+            "padding may have."
+        ),
     )
     max_request_elements: int = Field(
         8_000_000, ge=1, description="Most elements all tensors of one request may declare."

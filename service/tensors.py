@@ -194,6 +194,35 @@ def _check_finite(array: npt.NDArray[Any], where: str) -> None:
         )
 
 
+def _narrow(
+    array: npt.NDArray[Any], dtype: np.dtype[Any], where: str, advice: str
+) -> npt.NDArray[Any]:
+    """``array`` cast to ``dtype``, refusing a value the cast makes infinite.
+
+    A float64 past float32's largest finite value (about 3.4e38) rounds to infinity in the
+    cast; found here, it is refused as the value it was sent as, the same however the tensor
+    was written (before, a nested list became inf silently and computed, where FP32 ``data``
+    was refused as "inf"). numpy's own overflow warning is silenced: this is the check.
+    """
+    if array.dtype == dtype:
+        return array
+    with np.errstate(over="ignore"):
+        cast = array.astype(dtype)
+    if dtype.itemsize < array.dtype.itemsize:
+        finite = np.isfinite(cast)
+        if not finite.all():
+            index = np.unravel_index(int(np.flatnonzero(~finite)[0]), array.shape)
+            value = float(array[index])
+            name = {4: "float32", 8: "float64"}.get(dtype.itemsize, str(dtype))
+            raise _invalid(
+                where,
+                f"element {[int(i) for i in index]} is {value:g}, outside the range of "
+                f"{name} (its largest finite value is {float(np.finfo(dtype).max):g}): "
+                f"{advice}",
+            )
+    return cast
+
+
 def decode(value: Any, where: str, budget: Budget) -> npt.NDArray[Any]:
     """Decode one wire tensor into a numpy array, checking its budget before allocating.
 
@@ -282,7 +311,8 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
                 where, f"`data` has {len(data)} numbers but shape {list(shape)} needs {numel}"
             )
         flat = decode(data, where + ".data", Budget(numel, numel, 1))
-        array = flat.astype(dtype, copy=False).reshape(shape)
+        advice = "scale it down, or send the tensor as FP64"
+        array = _narrow(flat.reshape(shape), dtype, where, advice)
     else:
         encoded = value["b64"]
         if not isinstance(encoded, str):
@@ -310,8 +340,32 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
     return array
 
 
-def to_torch(array: npt.NDArray[Any], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A numpy array as a tensor on ``device`` in ``dtype`` (no copy where none is needed)."""
+NUMPY_OF_TORCH: dict[torch.dtype, np.dtype[Any]] = {
+    torch.float64: np.dtype("float64"),
+    torch.float32: np.dtype("float32"),
+}
+
+
+def to_torch(
+    array: npt.NDArray[Any], device: torch.device, dtype: torch.dtype, where: str
+) -> torch.Tensor:
+    """A numpy array as a tensor on ``device`` in ``dtype`` (no copy where none is needed).
+
+    The cast to ``dtype`` is done here, in numpy, before the transfer (half the bytes when it
+    narrows), so that a value out of the dtype's range is refused naming ``where``, the
+    tensor's field, rather than computed as infinity.
+
+    Raises:
+        Problem: 422, a value that ``dtype`` cannot hold (e.g. 1e39 in float32).
+
+    Example:
+        >>> to_torch(np.ones(2), torch.device("cpu"), torch.float32, "x").dtype
+        torch.float32
+    """
+    target = NUMPY_OF_TORCH.get(dtype)
+    if target is not None:
+        advice = 'scale it down, or ask for "dtype": "float64"'
+        array = _narrow(array, target, where, advice)
     if not array.flags.writeable:
         array = array.copy()
     return torch.from_numpy(array).to(device=device, dtype=dtype)

@@ -285,3 +285,28 @@ def test_verdict_vanishing_with_small_values() -> None:
     assert answer["verdict"] == "vanishing"
     assert answer["growth_factor"] < 0.1
     assert "index 2 attends to h[t-2]" in answer["reason"]
+
+
+@pytest.mark.parametrize("names", ["a", "w", "aw"])
+@pytest.mark.parametrize("seq_len", [1, 3])
+@pytest.mark.parametrize("k", [1, 2, "inf"])
+def test_state_grads_of_the_attention_alone_match_differences_through_the_loop(
+    k: Window, seq_len: int, names: str
+) -> None:
+    """dl/dh[t] when the loss reads only a and w: they read the past states, never h[t] of
+    their own step, so at T = 1 no state reaches the loss and the gradient is exactly 0."""
+    args = random_case(30 + seq_len, k, seq_len=seq_len, n=2)
+    config = attention_rnn.parse_config({"k": k})
+    shapes = MODEL.output_shapes(config, {name: tuple(v.shape) for name, v in args.items()})
+    gen = torch.Generator().manual_seed(31)
+    grads_of = {name: torch.randn(*shapes[name], generator=gen, dtype=F64) for name in names}
+    _, _, extras = autodiff.backward(MODEL, config, args, grads_of)
+
+    def loss(offsets: torch.Tensor) -> torch.Tensor:
+        h, a, w = loop_attention_rnn(args["Q"], args["K"], args["V"], args["x"], k, offsets)
+        outputs = {"h": h, "a": a, "w": w}
+        return sum((outputs[name] * g).sum() for name, g in grads_of.items())  # type: ignore[return-value]
+
+    numeric = finite_difference_jacobian(loss, torch.zeros_like(args["x"]))
+    torch.testing.assert_close(extras["state_grads"], numeric, rtol=1e-6, atol=1e-8)
+    assert not extras["state_grads"][-1].any()  # no later step reads the last state

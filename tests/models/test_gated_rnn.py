@@ -298,3 +298,22 @@ def test_verdict_neither_when_open_gates_pass_h_through() -> None:
     assert answer["growth_factor"] == pytest.approx(1.0, abs=1e-3)
     assert answer["terms"]["mean_gate"] > 0.9999
     assert "Neither" in answer["reason"]
+
+
+@pytest.mark.parametrize("seq_len", [1, 2, 4])
+def test_state_grads_of_the_gates_alone_match_differences_through_the_loop(seq_len: int) -> None:
+    """dl/dh[t] when the loss reads only c: c[t+1] reads h[t], so only the last state (and at
+    T = 1 every state) gets no gradient, which is 0, not an error."""
+    args = random_case(40 + seq_len, seq_len=seq_len)
+    grad_c = torch.randn(seq_len, 3, generator=torch.Generator().manual_seed(41), dtype=F64)
+    _, grads, extras = autodiff.backward(MODEL, CONFIG, args, {"c": grad_c})
+
+    def loss(offsets: torch.Tensor) -> torch.Tensor:
+        _, c = loop_gated_rnn(args["W_c"], args["W_h"], args["W_x"], args["x"], args["h0"], offsets)
+        return (c * grad_c).sum()
+
+    numeric = finite_difference_jacobian(loss, torch.zeros(seq_len, 3, dtype=F64))
+    torch.testing.assert_close(extras["state_grads"], numeric, rtol=1e-6, atol=1e-8)
+    assert not extras["state_grads"][-1].any()  # no later gate reads the last state
+    if seq_len == 1:  # c[1] reads W_x only through a state, and there is none before it
+        torch.testing.assert_close(grads["W_x"], torch.zeros_like(args["W_x"]))

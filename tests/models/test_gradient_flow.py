@@ -70,3 +70,77 @@ def test_non_finite_jacobians_are_a_domain_error() -> None:
     jac = torch.full((2, 2, 2), float("inf"), dtype=F64)
     with pytest.raises(ModelError, match="overflow"):
         gradient_flow.analyse(jac)
+
+
+def explicit_log_product_norms(jacobians: torch.Tensor) -> torch.Tensor:
+    """log ||J[t] ... J[2]||_2 by plain products in float64 (where they fit in float64)."""
+    jac = jacobians.to(F64)
+    product = torch.eye(jac.shape[1], dtype=F64)
+    logs = [0.0]
+    for t in range(1, jac.shape[0]):
+        product = jac[t] @ product
+        logs.append(math.log(float(torch.linalg.matrix_norm(product, ord=2))))
+    return torch.tensor(logs, dtype=F64)
+
+
+@pytest.mark.parametrize("seq_len", [2, 3, 5])
+def test_float32_factors_whose_frobenius_norm_overflows_give_finite_log_norms(
+    seq_len: int,
+) -> None:
+    """Entries 5e19: ||J||_2 = 1e20 fits a float32, the sum of squares 1e40 does not (it gave
+    a product of 0 and NaN); the products' norms 1e20, 1e40, ... computed in float64."""
+    jac = torch.full((seq_len, 2, 2), 5e19, dtype=torch.float32)
+    flow = gradient_flow.analyse(jac)
+    assert flow.log_product_norms.dtype == torch.float32
+    assert bool(torch.isfinite(flow.log_product_norms).all())
+    expected = explicit_log_product_norms(jac)
+    torch.testing.assert_close(flow.log_product_norms.double(), expected, rtol=1e-6, atol=1e-5)
+    assert flow.growth_factor == pytest.approx(1e20, rel=1e-5)
+    assert flow.verdict == "exploding"
+
+
+def test_float32_factors_of_wildly_different_scales_match_float64_products() -> None:
+    """Steps scaled by 1e-30 .. 1e30 in float32, against the plain products in float64."""
+    gen = torch.Generator().manual_seed(3)
+    exponents = torch.randint(-30, 31, (8,), generator=gen).double()
+    jac64 = torch.randn(8, 3, 3, generator=gen, dtype=F64) * (10.0**exponents)[:, None, None]
+    jac = jac64.float()
+    logs = gradient_flow.log_product_norms(jac)
+    torch.testing.assert_close(logs.double(), explicit_log_product_norms(jac), rtol=1e-5, atol=1e-4)
+
+
+def test_float64_products_past_float64_are_the_sums_of_the_logs_of_rank_one_factors() -> None:
+    """J[t] = s_t u_t v_t^T (unit u_t, v_t) gives J[t] ... J[2] = (prod s) (prod v_{i+1}.u_i)
+    u_t v_2^T, whose 2-norm is |prod s (prod v_{i+1}.u_i)|: its log is a sum of logs, even
+    where the norm (1e160 per step) overflows a float64 after two steps."""
+    gen = torch.Generator().manual_seed(4)
+    seq_len, m = 6, 3
+    u = torch.nn.functional.normalize(torch.randn(seq_len, m, generator=gen, dtype=F64), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(seq_len, m, generator=gen, dtype=F64), dim=1)
+    s = 10.0 ** torch.tensor([3.0, 160.0, 155.0, 170.0, 120.0, 165.0], dtype=F64)
+    jac = s[:, None, None] * u[:, :, None] * v[:, None, :]  # (T, m, m)
+    expected = [0.0]
+    for t in range(1, seq_len):
+        links = (v[t] * u[t - 1]).sum() if t > 1 else torch.tensor(1.0, dtype=F64)
+        expected.append(expected[-1] + math.log(s[t]) + math.log(abs(float(links))))
+    flow = gradient_flow.analyse(jac)
+    torch.testing.assert_close(
+        flow.log_product_norms, torch.tensor(expected, dtype=F64), rtol=1e-12, atol=1e-9
+    )
+    assert math.isinf(float(flow.answer(jac, "why", {})["product_norms"][-1]))
+    assert flow.growth_factor == pytest.approx(math.exp(expected[-1] / (seq_len - 1)), rel=1e-9)
+    assert flow.verdict == "exploding"
+
+
+def test_a_zero_step_after_huge_ones_is_minus_infinity_not_nan() -> None:
+    jac = torch.full((4, 2, 2), 1e300, dtype=F64)
+    jac[2] = 0.0
+    logs = gradient_flow.log_product_norms(jac)
+    assert math.isfinite(float(logs[1]))
+    assert logs[2:].tolist() == [-math.inf, -math.inf]
+    assert gradient_flow.analyse(jac).verdict == "vanishing"
+
+
+def test_a_growth_factor_that_is_not_a_number_is_refused_not_neither() -> None:
+    with pytest.raises(ModelError, match="not a number"):
+        gradient_flow.verdict(math.nan)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from models import autodiff
@@ -105,3 +106,130 @@ def test_info_reports_every_budget_and_limit() -> None:
         "cuda_flops_per_second",
     ):
         assert limits[name] == getattr(settings, name), name
+
+
+# A 3-element input whose padding ('same' with a huge dilation, or a huge padding that the
+# dilation makes room for) would build a padded input of billions of elements.
+SAME_1D = {
+    "config": {"padding": "same", "dilation": 536_870_911},
+    "params": {"weight": [[[1.0, 2.0]]], "bias": [0.5]},
+    "inputs": {"x": [[1.0, 2.0, 3.0]]},
+}
+WIDE_2D = {
+    "config": {"padding": 1_048_576, "dilation": 2_097_152},
+    "params": {"weight": [[[[1.0, 2.0], [3.0, 4.0]]]], "bias": [0.5]},
+    "inputs": {"x": [[[1.0, 2.0], [3.0, 4.0]]]},
+}
+SAME_2D = {**WIDE_2D, "config": {"padding": "same", "dilation": 1_048_575}}
+PADDED = [
+    ("conv1d", SAME_1D, "[1, 536870914]", "536,870,914", "dilation", {"y": [[1.0, 1.0, 1.0]]}),
+    ("conv2d", WIDE_2D, "[1, 2097154, 2097154]", "4,398,054,899,716", "padding", {"y": [[[1.0]]]}),
+    (
+        "conv2d",
+        SAME_2D,
+        "[1, 1048577, 1048577]",
+        "1,099,513,724,929",
+        "dilation",
+        {"y": [[[1.0] * 2] * 2]},
+    ),
+]
+OPERATIONS = [
+    ("forward", {}),
+    ("backward", None),  # grad_outputs of y's shape, from the case
+    ("jacobian", {"of": "y", "wrt": "weight"}),
+    ("jacobian", {"of": "y", "wrt": "x"}),
+    ("jacobian", {"of": "y", "wrt": "bias"}),
+]
+
+
+@pytest.mark.usefixtures("no_compute")
+@pytest.mark.parametrize(
+    ("operation", "extra"),
+    OPERATIONS,
+    ids=["forward", "backward", "dy/dweight", "dy/dx", "dy/dbias"],
+)
+@pytest.mark.parametrize(
+    ("model", "body", "shape", "count", "field", "grads"),
+    PADDED,
+    ids=["conv1d-same", "conv2d-padding", "conv2d-same"],
+)
+def test_a_padded_input_over_the_tensor_budget_is_refused_before_computing(
+    client: TestClient,
+    model: str,
+    body: dict[str, Any],
+    shape: str,
+    count: str,
+    field: str,
+    grads: dict[str, Any],
+    operation: str,
+    extra: dict[str, Any] | None,
+) -> None:
+    request = {**body, **(extra if extra is not None else {"grad_outputs": grads})}
+    response = client.post(f"/v1/models/{model}/{operation}", json=request)
+    assert response.status_code == 413, response.text
+    problem = response.json()
+    assert problem["type"].endswith("/budget-exceeded")
+    assert shape in problem["detail"] and f"{count} elements" in problem["detail"]
+    assert f"max_tensor_elements is {Settings().max_tensor_elements:,}" in problem["detail"]
+    assert problem["errors"][0]["loc"] == ["body", "config", field]
+
+
+@pytest.mark.usefixtures("no_compute")
+def test_a_check_whose_key_pads_over_the_budget_is_refused(client: TestClient) -> None:
+    expected = {"op": "forward", "model": "conv1d", **SAME_1D}
+    response = client.post("/v1/check", json={"expected": expected, "answer": [[0.0, 0.0, 0.0]]})
+    assert response.status_code == 413, response.text
+    assert "[1, 536870914]" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("operation", ["forward", "backward", "jacobian-weight", "jacobian-x"])
+def test_the_padded_input_budget_is_the_tensor_budget_to_the_element(operation: str) -> None:
+    """x [1, 30] with 'same' and dilation D pads to 30 + D: at the limit it is computed, and
+    right (against an oracle that pads by hand), one element over it is refused. (The limit
+    stays above the shipped assignment's largest tensor, 35 elements, which start-up checks.)"""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 30, generator=gen, dtype=torch.float64)
+    weight = torch.randn(1, 1, 2, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(1, 30, generator=gen, dtype=torch.float64)
+    extra: dict[str, Any] = {
+        "forward": {},
+        "backward": {"grad_outputs": {"y": upstream.tolist()}},
+        "jacobian-weight": {"of": "y", "wrt": "weight"},
+        "jacobian-x": {"of": "y", "wrt": "x"},
+    }[operation]
+    path = f"/v1/models/conv1d/{operation.split('-')[0]}"
+
+    def body(dilation: int) -> dict[str, Any]:
+        config = {"padding": "same", "dilation": dilation}
+        return {
+            "config": config,
+            "params": {"weight": weight.tolist()},
+            "inputs": {"x": x.tolist()},
+        }
+
+    with TestClient(create_app(Settings(max_tensor_elements=39))) as small:
+        refused = small.post(path, json={**body(10), **extra})
+        answer = small.post(path, json={**body(9), **extra})
+    assert refused.status_code == 413, refused.text
+    assert "40 elements" in refused.json()["detail"]
+    assert "max_tensor_elements is 39" in refused.json()["detail"]
+    assert answer.status_code == 200, answer.text
+
+    # 'same' with D(K - 1) = 9 pads 4 before and 5 after (torch puts the odd one after).
+    def conv(w: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv1d(torch.nn.functional.pad(inp, (4, 5)), w, dilation=9)
+
+    def wire(tensor: dict[str, Any]) -> torch.Tensor:
+        return torch.tensor(tensor["data"], dtype=torch.float64)
+
+    result = answer.json()
+    if operation == "forward":
+        torch.testing.assert_close(wire(result["outputs"]["y"]), conv(weight, x))
+    elif operation == "backward":
+        grads = torch.autograd.functional.vjp(conv, (weight, x), upstream)[1]
+        torch.testing.assert_close(wire(result["grads"]["weight"]), grads[0])
+        torch.testing.assert_close(wire(result["grads"]["x"]), grads[1])
+    else:
+        jacobians = torch.autograd.functional.jacobian(conv, (weight, x))
+        expected = jacobians[0] if operation == "jacobian-weight" else jacobians[1]
+        torch.testing.assert_close(wire(result["jacobian"]), expected)

@@ -323,3 +323,50 @@ def test_the_listed_config_schemas_accept_what_the_model_accepts(
             except ModelError:
                 accepted = False
             assert schema.is_valid(value) == accepted, (field["name"], value)
+
+
+def b64_of(values: list[float], dtype: str) -> str:
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()
+
+
+PAST_FLOAT32 = [
+    [[[1e39, 1.0]]],
+    {"shape": [1, 1, 2], "data": [1e39, 1.0]},
+    {"shape": [1, 1, 2], "data": [1e39, 1.0], "datatype": "FP32"},
+    {"shape": [1, 1, 2], "datatype": "FP64", "b64": b64_of([1e39, 1.0], "<f8")},
+]
+
+
+@pytest.mark.parametrize("weight", PAST_FLOAT32, ids=["nested", "data", "data-FP32", "b64"])
+def test_a_weight_past_float32_is_a_422_in_float32_whatever_its_form(
+    client: TestClient, weight: Any
+) -> None:
+    """1e39 is past float32's largest finite value (3.4e38): in a float32 request it is
+    refused naming the tensor and the range, however it is written (a nested list once gave
+    Infinity outputs, where FP32 data was refused as "inf")."""
+    body = {"params": {"weight": weight}, "inputs": {"x": [[1.0, 2.0, 3.0]]}, "dtype": "float32"}
+    response = client.post("/v1/models/conv1d/forward", json=body)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["detail"].startswith("params.weight: element [0, 0, 0] is 1e+39")
+    assert "outside the range of float32" in problem["detail"]
+    assert problem["errors"][0]["loc"] == ["body", "params", "weight"]
+
+
+def test_a_grad_output_past_float32_is_a_422_naming_it(client: TestClient) -> None:
+    body = {
+        "params": {"weight": [[[1.0, 2.0]]]},
+        "inputs": {"x": [[1.0, 2.0, 3.0]]},
+        "grad_outputs": {"y": [[1.0, -1e39]]},
+        "dtype": "float32",
+    }
+    response = client.post("/v1/models/conv1d/backward", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("grad_outputs.y: element [0, 1] is -1e+39")
+
+
+def test_a_weight_past_float32_is_computed_in_float64(client: TestClient) -> None:
+    body = {"params": {"weight": [[[1e39, 1.0]]]}, "inputs": {"x": [[1.0, 2.0, 3.0]]}}
+    response = client.post("/v1/models/conv1d/forward", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"]["y"]["data"] == [[1e39 + 2.0, 2e39 + 3.0]]

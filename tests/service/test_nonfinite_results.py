@@ -154,3 +154,50 @@ def test_state_jacobians_of_overflowing_states_are_a_422_not_a_500(
     batch = client.post("/v1/check/batch", json={"checks": [check]})
     assert batch.status_code == 200, batch.text[:300]
     assert "overflow the dtype" in orjson.dumps(batch.json()["results"][0]["error"]).decode()
+
+
+def huge_value_path(value: float, seq_len: int, dtype: str) -> dict[str, Any]:
+    """AttentionRNN(1) with Q = K = V_0 = 0 and V_1 = value * ones: every score is 0, so
+    a[t] = (1/2, 1/2), h[t] = 0, and each one-step Jacobian is a_1 V_1 = (value / 2) * ones,
+    of 2-norm ``value`` (the 2 x 2 ones has 2-norm 2); a product of s of them is
+    (value / 2)^s 2^(s-1) * ones, of 2-norm value^s, whose log is s log(value)."""
+    zero = [[0.0, 0.0], [0.0, 0.0]]
+    big = [[value, value], [value, value]]
+    return {
+        "config": {"k": 1},
+        "params": {"Q": [zero, zero], "K": [zero, zero], "V": [zero, big]},
+        "inputs": {"x": [[1.0, 1.0]] * seq_len},
+        "dtype": dtype,
+        "device": "cpu",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "seq_len", "dtype"),
+    [(1e20, 2, "float32"), (1e20, 4, "float32"), (1e160, 3, "float64")],
+)
+def test_product_norms_past_the_dtype_keep_finite_logs_and_a_verdict(
+    client: TestClient, value: float, seq_len: int, dtype: str
+) -> None:
+    """The one-step Jacobians are finite (entries value / 2), their products' norms value^s
+    may overflow (Infinity, stated) but their logs s log(value) do not, and the growth factor
+    is value per step: exploding, never NaN with a null growth factor and "neither"."""
+    response = client.post(
+        "/v1/models/attention_rnn/state-jacobians", json=huge_value_path(value, seq_len, dtype)
+    )
+    assert response.status_code == 200, response.text[:300]
+    answer = response.json()
+    assert set(flat(answer["jacobians"]["data"])) == {value / 2}
+    logs = as_floats(answer["log_product_norms"]["data"])
+    assert "nonfinite" not in answer["log_product_norms"]
+    rtol = 1e-6 if dtype == "float32" else 1e-12
+    assert logs == pytest.approx([s * math.log(value) for s in range(seq_len)], rel=rtol)
+    norms = as_floats(answer["product_norms"]["data"])
+    limit = float(np.finfo(np.float32 if dtype == "float32" else np.float64).max)
+    for s, norm in enumerate(norms):
+        if s * math.log(value) < math.log(limit) - 1:
+            assert norm == pytest.approx(value**s, rel=1e-5)
+        else:
+            assert norm == math.inf
+    assert answer["growth_factor"] == pytest.approx(value, rel=1e-5)
+    assert answer["verdict"] == "exploding"

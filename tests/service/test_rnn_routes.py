@@ -130,6 +130,45 @@ def test_backward_answers_grads_of_every_argument_and_state_grads(
     torch.testing.assert_close(array(answer["state_grads"]), expected["state_grads"])
 
 
+def test_backward_of_the_gates_alone_at_one_step_has_zero_state_grads(client: TestClient) -> None:
+    """c[1] = sigmoid(W_c x[1] + W_h h[0]) is computed before any state: no state reaches the
+    loss, so dl/dh[1] is 0 (once a 500), and the grads are the sigmoid's, written by hand."""
+    body = {
+        "params": {"W_c": [[0.5]], "W_h": [[0.8]], "W_x": [[1.0]]},
+        "inputs": {"x": [[1.0]]},
+        "grad_outputs": {"c": [[1.0]]},
+    }
+    response = client.post("/v1/models/gated_rnn/backward", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["state_grads"] == {"shape": [1, 1], "datatype": "FP64", "data": [[0.0]]}
+    slope = torch.sigmoid(torch.tensor(0.5, dtype=F64)).item()
+    slope *= 1 - slope  # sigma'(W_c x[1]), with h[0] = 0
+    grads = {name: array(value).item() for name, value in answer["grads"].items()}
+    assert grads == pytest.approx({"W_c": slope, "W_h": 0.0, "W_x": 0.0, "x": 0.5 * slope})
+
+
+@pytest.mark.parametrize("k", [1, "inf"])
+@pytest.mark.parametrize("output", ["a", "w"])
+def test_backward_of_the_attention_alone_at_one_step_has_zero_state_grads(
+    client: TestClient, k: int | str, output: str
+) -> None:
+    """a[1] and w[1] read x[1] and the zero state h[0], never a state the model produces."""
+    one = [[[1.0]], [[0.5]]]
+    body = {
+        "config": {"k": k},
+        "params": {"Q": one, "K": one, "V": one},
+        "inputs": {"x": [[1.0]]},
+        "grad_outputs": {output: [[1.0, 0.0]]},
+    }
+    response = client.post("/v1/models/attention_rnn/backward", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["state_grads"] == {"shape": [1, 1], "datatype": "FP64", "data": [[0.0]]}
+    # w[1] = [x^T Q_0^T K_0 x, 0] and a[1] = softmax(w[1]): nothing reaches V.
+    assert not array(answer["grads"]["V"]).any()
+
+
 def test_jacobian_dh_dW_x_has_shape_T_m_m_n(client: TestClient) -> None:
     body = {**gated_body(seq_len=3, m=2, n=4), "of": "h", "wrt": "W_x"}
     response = client.post("/v1/models/gated_rnn/jacobian", json=body)

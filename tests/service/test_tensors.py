@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from service.problems import Problem
-from service.tensors import Budget, decode, encode
+from service.tensors import Budget, decode, encode, to_torch
 
 
 def budget() -> Budget:
@@ -127,3 +127,46 @@ def test_declared_budget_is_checked_before_decoding_the_payload() -> None:
     # A huge declared shape with a tiny (and invalid) payload is refused for its size.
     problem = refused({"shape": [10**6], "data": [1]})
     assert problem.status == 413
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [[1.0, 2.0], [3.0, -1e39]],
+        {"shape": [2, 2], "data": [1.0, 2.0, 3.0, -1e39]},
+        {"shape": [2, 2], "datatype": "FP64", "b64": b64([1.0, 2.0, 3.0, -1e39])},
+    ],
+    ids=["nested", "data", "b64"],
+)
+def test_a_value_past_float32_is_refused_when_float32_is_asked_in_every_form(value: Any) -> None:
+    """-1e39 is a finite float64 that float32 rounds to -inf: refused naming the tensor, the
+    element in its declared shape and the value as sent, whatever the form (a nested list was
+    computed as -inf)."""
+    array = decode(value, "params.weight", budget())
+    with pytest.raises(Problem) as info:
+        to_torch(array, CPU, torch.float32, "params.weight")
+    assert info.value.status == 422
+    assert info.value.detail.startswith("params.weight: element [1, 1] is -1e+39")
+    assert "outside the range of float32" in info.value.detail
+    assert to_torch(array, CPU, torch.float64, "params.weight")[1, 1] == -1e39
+
+
+def test_fp32_data_past_float32_is_refused_as_sent_without_a_numpy_warning() -> None:
+    """The FP32 datatype casts on decoding: the same message, and numpy's overflow warning
+    (an error under this suite's settings) silenced."""
+    problem = refused({"shape": [1, 2], "data": [1.0, 1e39], "datatype": "FP32"})
+    assert problem.status == 422
+    assert "element [0, 1] is 1e+39, outside the range of float32" in problem.detail
+    assert "FP64" in problem.detail
+
+
+def test_values_that_float32_rounds_to_a_finite_number_are_kept() -> None:
+    """The largest float32, and a float64 just past it that rounds down to it, are finite."""
+    edge = [FLOAT32_MAX, -FLOAT32_MAX, float(np.nextafter(FLOAT32_MAX, np.inf))]
+    tensor = to_torch(decode(edge, "x", budget()), CPU, torch.float32, "x")
+    assert tensor.dtype == torch.float32
+    assert tensor.tolist() == [FLOAT32_MAX, -FLOAT32_MAX, FLOAT32_MAX]
