@@ -283,7 +283,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-        data = json.loads(text)
+        # A byte-order mark (Windows editors write one) is no part of the JSON, piped or not.
+        data = json.loads(text.removeprefix("\ufeff"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SubmissionError(f"{path}: cannot read JSON: {error}") from None
     if not isinstance(data, dict) or not ("checks" in data or {"expected", "answer"} <= set(data)):
