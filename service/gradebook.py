@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from service.client import BaseClient, ProblemError
+from service.client import BaseClient, ProblemError, UnsendableError
 from service.roster import student_id_problem
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
@@ -377,6 +377,9 @@ def _outcome(
         if error.status != 429 and error.status < 500:
             raise GradingStopped(str(error)) from error
         report.failed[student] = str(error)  # busy or failing: a later run retries
+    except UnsendableError as error:
+        # The submission holds what JSON cannot carry: the same on every run, so a result.
+        return refused_result(str(error), {"detail": str(error)})
     except httpx.HTTPError as error:
         report.failed[student] = f"{type(error).__name__}: {error}"
     return None

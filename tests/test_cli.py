@@ -429,3 +429,61 @@ def test_check_prints_the_services_diagnoses_as_sentences(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "check 1: WRONG (score 0.0)"
     assert out[1].startswith("  - Your answer is the negative of the key")
+
+
+def test_grade_judges_nan_and_infinity_as_written_never_as_no_answer(
+    real_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Python's json reads NaN and 1e400 (infinity); sent as null, they graded as "No answer"
+    # and as "answer[0][0] is null", which the student never wrote.
+    submission = tmp_path / "answers.json"
+    submission.write_text('{"1.3-4-loss": NaN, "1.1c-i": [[1e400, 0, 0]]}')
+    results = tmp_path / "results.json"
+    argv = ["grade", "--url", real_url, "--assignment", "cnn-rnn", str(submission)]
+    assert main([*argv, "--student-id", "s1", "--gradescope", str(results)]) == 0
+    capsys.readouterr()
+    tests = {t["number"]: t for t in json.loads(results.read_text())["tests"]}
+    assert "answer is NaN; only finite numbers are accepted" in tests["1.3-4-loss"]["output"]
+    assert "answer[0][0] is Infinity" in tests["1.1c-i"]["output"]
+    for number in ("1.3-4-loss", "1.1c-i"):
+        assert "no answer" not in tests[number]["output"].lower()
+        assert "null" not in tests[number]["output"]
+
+
+def test_a_class_csvs_nan_cells_are_judged_as_nan(
+    real_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "class.csv"
+    table.write_text(
+        'student_id,1.3-4-loss,1.1c-i\nada,NaN,"[[1e400, 0, 0]]"\nben,-Infinity,\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "grades"
+    argv = ["grade", "--url", real_url, "--assignment", "cnn-rnn", str(table), "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    ada = {t["number"]: t["output"] for t in json.loads((out / "ada.json").read_text())["tests"]}
+    assert "answer is NaN" in ada["1.3-4-loss"] and "answer[0][0] is Infinity" in ada["1.1c-i"]
+    ben = {t["number"]: t["output"] for t in json.loads((out / "ben.json").read_text())["tests"]}
+    assert "answer is -Infinity" in ben["1.3-4-loss"]
+
+
+def test_a_submission_json_cannot_carry_is_that_students_result(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    # A JSON escape of half a UTF-16 pair: Python reads it, no UTF-8 writer can send it.
+    (tmp_path / "subs" / "ben.json").write_text('{"1.1a": "\\ud800"}')
+    out = tmp_path / "grades"
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs")]
+    assert main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert service.graded == ["ada"]
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["ada"]["score"] == "2.0"
+    assert rows["ben"]["score"] == "0.0" and "cannot be sent as JSON" in rows["ben"]["note"]
+
+    single = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs" / "ben.json")]
+    assert main([*single, "--student-id", "ben"]) == 2
+    assert "error: the request cannot be sent as JSON" in capsys.readouterr().err

@@ -192,6 +192,18 @@ def test_run_autograder_reads_answers_saved_with_a_byte_order_mark(
     assert results["score"] == 44, results["output"]
 
 
+def test_run_autograder_judges_a_nan_answer_as_nan_not_as_no_answer(
+    script: Path, url: str, tmp_path: Path
+) -> None:
+    answers = answers_of(url, "ada@example.edu")
+    del answers["1.3-4-loss"]
+    text = json.dumps(answers).removesuffix("}") + ', "1.3-4-loss": NaN}'
+    results = run(script, autograder(tmp_path, text), url)
+    loss = next(t for t in results["tests"] if t["number"] == "1.3-4-loss")
+    assert loss["score"] == 0 and "answer is NaN" in loss["output"], loss
+    assert results["score"] == 44 - loss["max_score"]
+
+
 def test_run_autograder_without_answers_says_so(script: Path, url: str, tmp_path: Path) -> None:
     results = run(script, autograder(tmp_path, None), url)
     assert results["score"] == 0 and results["tests"] == []
