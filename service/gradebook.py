@@ -31,11 +31,15 @@ from service.client import BaseClient, ProblemError, UnsendableError
 from service.roster import student_id_problem
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
-"""Ids that name their result file as they are (``ada@example.edu.json``): safe as a file name
-on every common file system, with no path separator and no leading dot."""
+"""Ids that name their result file as they are (``ada@example.edu.json``): no path separator,
+no leading dot, nothing a shell quotes, short enough for any file system."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]|^\.")
+"""What ``result_names`` writes ``_`` in a hashed name (a leading dot would hide the file)."""
+
 HASH_DIGITS = 12
+"""Hex digits of a hashed name's SHA-256: 48 bits, so two ids of a class of 10,000 share them
+with odds under 1 in 5 million (and their safe characters must match too)."""
 
 GRADEBOOK = "gradebook.csv"
 
@@ -94,7 +98,7 @@ def read_submission(path: Path, student_id: str | None = None) -> Submission:
     submission = _read_submission(path, student_id)
     problem = id_problem(submission.student_id)
     if problem:
-        raise SubmissionError(f"{path}: {problem} ({submission.student_id!r:.60})")
+        raise SubmissionError(f"{path}: {_id_message(submission.student_id, problem)}")
     return submission
 
 
@@ -107,6 +111,13 @@ def id_problem(student_id: str) -> str | None:
     except UnicodeEncodeError:
         return "the student_id is not valid Unicode text"
     return student_id_problem(student_id)
+
+
+def _id_message(student_id: str, problem: str) -> str:
+    return (
+        f"{problem} ({student_id!r:.60}); the service accepts 1 to 200 characters, none of "
+        "them a control character"
+    )
 
 
 def _read_submission(path: Path, student_id: str | None) -> Submission:
@@ -173,7 +184,7 @@ def _read_csv(path: Path) -> list[Submission]:
         answers = {
             problem: _cell(cell)
             for problem, cell in row.items()
-            if problem and isinstance(cell, str) and cell.strip()
+            if problem and cell and cell.strip()
         }
         if not student and not answers:
             continue  # a spreadsheet's trailing row of empty cells
@@ -265,10 +276,7 @@ def refused_result(detail: str, problem: Mapping[str, Any]) -> dict[str, Any]:
 def bad_id_result(student_id: str, problem: str) -> dict[str, Any]:
     """The result of a student whose id the service refuses, without asking it: the class
     goes on, and the gradebook's note says what to correct."""
-    detail = (
-        f"{problem} ({student_id!r:.60}); the service accepts 1 to 200 characters without "
-        "control characters: correct the id in the class file and run again"
-    )
+    detail = f"{_id_message(student_id, problem)}: correct the id in the class and run again"
     # 422: what the service answers a request naming such an id.
     return refused_result(detail, {"status": 422, "detail": detail})
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from service import gradebook
@@ -252,6 +253,17 @@ ODD_IDS = [
     "x" * 129,
     "y" * 200,
 ]
+
+
+def test_the_ids_refused_before_sending_are_those_the_service_refuses(real_url: str) -> None:
+    ids = [*ODD_IDS, "z" * 201, "", "a\tb", "a\x7fb", "a\x85b", " spaced ", "\u00e9\u0301"]
+    with httpx.Client(base_url=real_url) as http:
+        for student in ids:
+            answer = http.post(
+                "/v1/assignments/cnn-rnn/grade", json={"student_id": student, "answers": {}}
+            )
+            assert answer.status_code in (200, 422), answer.text
+            assert (gradebook.id_problem(student) is None) == (answer.status_code == 200), student
 
 
 @pytest.mark.parametrize("student", ODD_IDS)
