@@ -198,7 +198,7 @@ def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     def wrapped(args: argparse.Namespace) -> int:
         import httpx
 
-        from service.client import ProblemError
+        from service.client import ProblemError, UnsendableError
         from service.gradebook import GradingStopped, SubmissionError
 
         try:
@@ -212,7 +212,7 @@ def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
                 print(f"  (request id {error.request_id})", file=sys.stderr)
         except httpx.HTTPError as error:
             print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
-        except (SubmissionError, GradingStopped, OSError) as error:
+        except (SubmissionError, GradingStopped, UnsendableError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -283,7 +283,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-        data = json.loads(text)
+        # A byte-order mark (Windows editors write one) is no part of the JSON, piped or not.
+        data = json.loads(text.removeprefix("\ufeff"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SubmissionError(f"{path}: cannot read JSON: {error}") from None
     if not isinstance(data, dict) or not ("checks" in data or {"expected", "answer"} <= set(data)):

@@ -17,6 +17,11 @@ Jacobians (``Client`` then answers read-only views of the body, with no copy)::
     with Client(url, encoding="safetensors") as tg:
         dy_dx = tg.jacobian("conv1d", {"weight": w}, {"x": x}, of="y", wrt="x")
 
+Non-finite numbers are never sent as ``null`` (what JSON writers make of them). In an answer
+they are written ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, the service's own spelling, so the
+service judges the answer as holding NaN or an infinity; a numpy array or torch tensor holding
+them travels as base64 of its bytes; anywhere else ``UnsendableError`` names the entry.
+
 Every error of the service is raised as ``ProblemError`` with its status, title, detail and
 field-level errors. Connection failures and 429/503 answers are retried, honouring
 ``Retry-After``; every operation of the API is a pure computation, so a retry is safe.
@@ -27,6 +32,8 @@ a large answer read in one piece); others through httpx's own transport.
 from __future__ import annotations
 
 import base64
+import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -136,6 +143,17 @@ class ProblemError(Exception):
         )
 
 
+class UnsendableError(ValueError):
+    """A request value that JSON cannot carry, raised before anything is sent: NaN or an
+    infinity outside an answer and outside an array, or text that is not valid Unicode.
+    The message names the entry, e.g. ``batch_losses[1][2] is NaN: ...``."""
+
+
+NONFINITE_TEXT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+"""How the service writes non-finite numbers in JSON (API "Tensors on the wire"), by
+``repr(float)``."""
+
+
 def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
     """A request value with every numpy array and torch tensor inside in the wire form.
 
@@ -151,7 +169,10 @@ def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray | np.generic):
         array = np.asarray(value)
-        if array.size <= b64_threshold or array.dtype.kind not in "iuf":
+        # JSON has no NaN or infinity (a writer makes them null): the bytes carry them exactly,
+        # and the service then says which element is not finite.
+        finite = array.dtype.kind != "f" or bool(np.isfinite(array).all())
+        if (array.size <= b64_threshold and finite) or array.dtype.kind not in "iuf":
             return array.tolist()
         datatype, layout = _WIRE_DATATYPES.get(array.dtype, ("FP64", "<f8"))
         raw = base64.b64encode(np.ascontiguousarray(array, dtype=layout).tobytes()).decode()
@@ -161,6 +182,56 @@ def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
     if isinstance(value, list | tuple) and any(_holds_tensor(item) for item in value):
         return [to_wire(item, b64_threshold) for item in value]
     return value
+
+
+def answer_to_wire(answer: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
+    """A student's answer in the wire form, its non-finite numbers written as the service
+    writes them: ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
+
+    An answer holding NaN is a wrong answer, and the service says so ("answer[0][0] is NaN;
+    only finite numbers are accepted") whatever its form: a number, a list (ragged or not),
+    a shape. Left as floats, a JSON writer would send ``null``, which grades as no answer.
+
+    Args:
+        answer: as ``to_wire`` takes it.
+        b64_threshold: as ``to_wire`` takes it.
+
+    Returns:
+        JSON-ready data without a non-finite float.
+    """
+    return _nonfinite_as_text(to_wire(answer, b64_threshold))
+
+
+def _nonfinite_as_text(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return NONFINITE_TEXT[repr(float(value))]
+    if isinstance(value, Mapping):
+        return {key: _nonfinite_as_text(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nonfinite_as_text(item) for item in value]
+    return value
+
+
+def _first_nonfinite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """The first non-finite float in JSON-ready data, with where it is (``x["a"][1]``)."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        node, place = stack.pop()
+        if isinstance(node, float):
+            if not math.isfinite(node):
+                return place, node
+        elif isinstance(node, Mapping):
+            items = [(v, _place(place, k)) for k, v in node.items()]
+            stack.extend(reversed(items))
+        elif isinstance(node, list | tuple):
+            stack.extend(reversed([(v, f"{place}[{i}]") for i, v in enumerate(node)]))
+    return None
+
+
+def _place(parent: str, key: Any) -> str:
+    if not parent:
+        return str(key)
+    return f"{parent}[{json.dumps(key) if isinstance(key, str) else key}]"
 
 
 def _holds_tensor(value: Any) -> bool:
@@ -403,7 +474,7 @@ class BaseClient(Generic[T]):
     def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """``POST /v1/check/batch``: several checks (each ``{"expected", "answer",
         "tolerance"?}``), answered in order."""
-        body = {"checks": [to_wire(c, self.b64_threshold) for c in checks]}
+        body = {"checks": [self._check_to_wire(c) for c in checks]}
         results: list[dict[str, Any]] = self._call("POST", "/v1/check/batch", body)["results"]
         return results
 
@@ -421,7 +492,8 @@ class BaseClient(Generic[T]):
             answers: the answer to each problem, by problem id (``"1.1a"``...).
             gradescope: answer a Gradescope ``results.json`` instead of the service's form.
         """
-        body = {"student_id": student_id, "answers": to_wire(answers, self.b64_threshold)}
+        wire = {problem: answer_to_wire(a, self.b64_threshold) for problem, a in answers.items()}
+        body = {"student_id": student_id, "answers": wire}
         params = {"format": "gradescope"} if gradescope else None
         return self._call("POST", f"/v1/assignments/{assignment}/grade", body, params)
 
@@ -460,7 +532,7 @@ class BaseClient(Generic[T]):
     ) -> dict[str, Any]:
         """``POST /v1/assignments/{a}/problems/{p}/check``: one answer of a student judged
         against their variant: ``{"correct", "score", "points", "feedback", ...}``."""
-        body = {"student_id": student_id, "answer": to_wire(answer, self.b64_threshold)}
+        body = {"student_id": student_id, "answer": answer_to_wire(answer, self.b64_threshold)}
         return self._call("POST", f"/v1/assignments/{assignment}/problems/{problem}/check", body)
 
     def loss_curve(
@@ -510,11 +582,17 @@ class BaseClient(Generic[T]):
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "expected": to_wire(expected, self.b64_threshold),
-            "answer": to_wire(answer, self.b64_threshold),
+            "answer": answer_to_wire(answer, self.b64_threshold),
         }
         if tolerance is not None:
             body["tolerance"] = dict(tolerance)
         return body
+
+    def _check_to_wire(self, check: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            key: (answer_to_wire if key == "answer" else to_wire)(value, self.b64_threshold)
+            for key, value in check.items()
+        }
 
     def _call(
         self,
@@ -537,7 +615,7 @@ class BaseClient(Generic[T]):
         headers = {"X-Request-ID": uuid.uuid4().hex}  # the same id on every retry of this call
         content = None
         if body is not None:
-            content = orjson.dumps(body)
+            content = _json_body(body)
             headers["Content-Type"] = "application/json"
         attempt = 0
         while True:
@@ -561,6 +639,26 @@ class BaseClient(Generic[T]):
                 wait = asked if asked is not None else self.backoff * 2**attempt
             attempt += 1
             self._sleep(min(wait, self.max_wait))
+
+
+def _json_body(body: Any) -> bytes:
+    """The body as JSON, or ``UnsendableError`` where JSON cannot say what it holds."""
+    try:
+        content = orjson.dumps(body)
+    except orjson.JSONEncodeError as error:  # text with a lone surrogate, a set...
+        raise UnsendableError(f"the request cannot be sent as JSON: {error}") from None
+    # orjson writes NaN and infinities as null, and the service would read "no value" where
+    # the caller meant NaN. A null in the bytes is rare (an absent option): only then look.
+    if b"null" in content:
+        found = _first_nonfinite(body)
+        if found is not None:
+            where, value = found
+            raise UnsendableError(
+                f"{where or 'the body'} is {NONFINITE_TEXT[repr(float(value))]}, which JSON "
+                "cannot carry, and the service takes only finite numbers there: give a "
+                "finite value"
+            )
+    return content
 
 
 class Client(BaseClient[Array]):

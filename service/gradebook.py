@@ -2,18 +2,23 @@
 
 A class is a folder of ``<student id>.json`` files or one CSV file (a ``student_id`` column and
 one column per problem id). Each student's result is written as soon as it is known, as a
-Gradescope ``results.json`` named ``<student id>.json`` in the output folder, so an interrupted
-run resumes where it stopped: students with a result file are not graded again. The CSV
-gradebook is written from those files at the end.
+Gradescope ``results.json`` in the output folder (named as ``result_names`` says: usually
+``<student id>.json``), so an interrupted run resumes where it stopped: students with a result
+file are not graded again. The CSV gradebook is written from those files at the end.
+
+A student id is whatever the service accepts (``roster.student_id_problem``): an e-mail
+address with an apostrophe or an accent is a student like any other.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -22,10 +27,19 @@ from typing import Any, TextIO
 
 import httpx
 
-from service.client import BaseClient, ProblemError
+from service.client import BaseClient, ProblemError, UnsendableError
+from service.roster import student_id_problem
 
-# A student id names a file: letters, digits and a few marks, no path separators.
-STUDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+"""Ids that name their result file as they are (``ada@example.edu.json``): no path separator,
+no leading dot, nothing a shell quotes, short enough for any file system."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]|^\.")
+"""What ``result_names`` writes ``_`` in a hashed name (a leading dot would hide the file)."""
+
+HASH_DIGITS = 12
+"""Hex digits of a hashed name's SHA-256: 48 bits, so two ids of a class of 10,000 share them
+with odds under 1 in 5 million (and their safe characters must match too)."""
 
 GRADEBOOK = "gradebook.csv"
 
@@ -66,27 +80,51 @@ class ClassReport:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def _check_id(student_id: str, where: str) -> str:
-    if not STUDENT_ID.fullmatch(student_id):
-        raise SubmissionError(
-            f"{where}: student id {student_id!r} must be letters, digits and . _ @ + - "
-            "(it names the result file)"
-        )
-    return student_id
-
-
 def read_submission(path: Path, student_id: str | None = None) -> Submission:
     """One submission from a JSON file.
 
     Args:
-        path: ``{"student_id": ..., "answers": {...}}``, or the answers object alone.
+        path: ``{"student_id": ..., "answers": {...}}``, or the answers object alone (UTF-8,
+            with or without a byte-order mark).
         student_id: the student, when the file does not say (or to override it).
 
     Returns:
         The submission.
+
+    Raises:
+        SubmissionError: the file cannot be read, is not a submission, or names no student
+            id, or one the service refuses (empty, over 200 characters, a control character).
     """
+    submission = _read_submission(path, student_id)
+    problem = id_problem(submission.student_id)
+    if problem:
+        raise SubmissionError(f"{path}: {_id_message(submission.student_id, problem)}")
+    return submission
+
+
+def id_problem(student_id: str) -> str | None:
+    """Why ``student_id`` cannot be sent to the service, or None: the service's own rule
+    (``roster.student_id_problem``), and text that UTF-8 can write (a file name in a legacy
+    encoding reads with lone surrogates)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        student_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the student_id is not valid Unicode text"
+    return student_id_problem(student_id)
+
+
+def _id_message(student_id: str, problem: str) -> str:
+    return (
+        f"{problem} ({student_id!r:.60}); the service accepts 1 to 200 characters, none of "
+        "them a control character"
+    )
+
+
+def _read_submission(path: Path, student_id: str | None) -> Submission:
+    """A submission with any non-empty id: a class reports a bad id as that student's result."""
+    try:
+        # utf-8-sig: Windows editors (Notepad) save UTF-8 with a byte-order mark.
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SubmissionError(f"{path}: cannot read a JSON submission: {error}") from None
     if not isinstance(data, dict):
@@ -99,7 +137,7 @@ def read_submission(path: Path, student_id: str | None = None) -> Submission:
         raise SubmissionError(f"{path}: `answers` must be an object of answers by problem id")
     if not isinstance(student, str) or not student:
         raise SubmissionError(f"{path}: no student id: give --student-id or a `student_id` field")
-    return Submission(_check_id(student, str(path)), answers)
+    return Submission(student, answers)
 
 
 def read_class(path: Path) -> list[Submission]:
@@ -108,7 +146,7 @@ def read_class(path: Path) -> list[Submission]:
         files = sorted(path.glob("*.json"))
         if not files:
             raise SubmissionError(f"{path}: no .json submissions in this folder")
-        submissions = [read_submission(f, _folder_id(f)) for f in files]
+        submissions = [_read_submission(f, _folder_id(f)) for f in files]
     elif path.suffix.lower() == ".csv":
         submissions = _read_csv(path)
     else:
@@ -124,9 +162,9 @@ def read_class(path: Path) -> list[Submission]:
 def _folder_id(path: Path) -> str | None:
     """The id a file in a class folder is for: its ``student_id`` field, else its name."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return path.stem  # read_submission reports the file properly
+        return path.stem  # _read_submission reports the file properly
     if isinstance(data, dict) and "answers" in data and isinstance(data.get("student_id"), str):
         return str(data["student_id"])
     return path.stem
@@ -142,12 +180,16 @@ def _read_csv(path: Path) -> list[Submission]:
         raise SubmissionError(f"{path}: the CSV needs a header with a `student_id` column")
     submissions = []
     for line, row in enumerate(rows, start=2):
-        student = _check_id((row.pop("student_id") or "").strip(), f"{path}:{line}")
+        student = (row.pop("student_id") or "").strip()
         answers = {
             problem: _cell(cell)
             for problem, cell in row.items()
             if problem and cell and cell.strip()
         }
+        if not student and not answers:
+            continue  # a spreadsheet's trailing row of empty cells
+        if not student:
+            raise SubmissionError(f"{path}:{line}: answers without a student_id: whose are they?")
         submissions.append(Submission(student, answers))
     return submissions
 
@@ -161,14 +203,42 @@ def _cell(cell: str) -> Any:
         return cell.strip()
 
 
-def result_file(out: Path, student_id: str) -> Path:
-    return out / f"{student_id}.json"
+def result_names(student_ids: Iterable[str]) -> dict[str, str]:
+    """The name of each student's result file in the output folder, by student id.
+
+    A plain id (``PLAIN_ID``: ``ada``, ``ada@example.edu``) names its file as it is:
+    ``ada@example.edu.json``. Any other id (``o'brien@example.edu``, ``ada@exämple.edu``, an id
+    over 128 characters) names a file by its safe characters, every other one written ``_``,
+    then ``~`` and the first 12 hex digits of the SHA-256 of the id's UTF-8:
+    ``o_brien@example.edu~<12 hex digits>.json``. No plain id holds a ``~``, and two ids that
+    differ anywhere differ in their hash, so no two students share a file.
+
+    Two plain ids of the class that differ only by case (``Ada`` and ``ada``) would share a
+    file on a case-insensitive file system (macOS's, Windows'): both take the hashed form.
+
+    Args:
+        student_ids: every student of the class (the names of some depend on the others).
+
+    Returns:
+        File names (``<name>.json``), by student id.
+    """
+    ids = list(student_ids)
+    folded = Counter(i.lower() for i in ids if PLAIN_ID.fullmatch(i))
+    return {
+        i: f"{i}.json" if PLAIN_ID.fullmatch(i) and folded[i.lower()] == 1 else _hashed_name(i)
+        for i in ids
+    }
 
 
-def load_result(out: Path, student_id: str) -> dict[str, Any] | None:
+def _hashed_name(student_id: str) -> str:
+    digest = hashlib.sha256(student_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{_UNSAFE.sub('_', student_id[:64])}~{digest[:HASH_DIGITS]}.json"
+
+
+def load_result(path: Path) -> dict[str, Any] | None:
     """A student's result from an earlier run, or None (none, or cut short mid-write)."""
     try:
-        result = json.loads(result_file(out, student_id).read_text(encoding="utf-8"))
+        result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return result if isinstance(result, dict) else None
@@ -184,12 +254,31 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 def problem_result(error: ProblemError) -> dict[str, Any]:
     """A Gradescope result for a submission the service refused (e.g. a malformed answer)."""
+    problem = error.body or {"status": error.status, "detail": error.detail}
+    return refused_result(error.detail, problem)
+
+
+def refused_result(detail: str, problem: Mapping[str, Any]) -> dict[str, Any]:
+    """A Gradescope result, score 0, for a submission that cannot be graded as it is.
+
+    Args:
+        detail: why, and what to change (the student reads it, the gradebook's note quotes it).
+        problem: the refusal as a problem detail (its ``tensorgrade_problem`` field).
+    """
     return {
         "score": 0.0,
-        "output": f"Not graded: {error.detail}",
+        "output": f"Not graded: {detail}",
         "tests": [],
-        "tensorgrade_problem": error.body or {"status": error.status, "detail": error.detail},
+        "tensorgrade_problem": dict(problem),
     }
+
+
+def bad_id_result(student_id: str, problem: str) -> dict[str, Any]:
+    """The result of a student whose id the service refuses, without asking it: the class
+    goes on, and the gradebook's note says what to correct."""
+    detail = f"{_id_message(student_id, problem)}: correct the id in the class and run again"
+    # 422: what the service answers a request naming such an id.
+    return refused_result(detail, {"status": 422, "detail": detail})
 
 
 class Progress:
@@ -250,14 +339,20 @@ def grade_class(
         Who was graded, resumed and left ungraded.
     """
     out.mkdir(parents=True, exist_ok=True)
+    names = result_names(s.student_id for s in submissions)
     report = ClassReport()
     todo = []
     for submission in submissions:
-        if load_result(out, submission.student_id) is None:
-            todo.append(submission)
+        student = submission.student_id
+        if load_result(out / names[student]) is not None:
+            report.resumed.append(student)
+        elif problem := id_problem(student):
+            # Known before any request, and the same on every run: a result, not a failure.
+            write_json(out / names[student], bad_id_result(student, problem))
+            report.graded.append(student)
         else:
-            report.resumed.append(submission.student_id)
-    bar = (progress or Progress)(len(submissions), len(report.resumed))
+            todo.append(submission)
+    bar = (progress or Progress)(len(submissions), len(submissions) - len(todo))
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     futures: dict[Future[dict[str, Any]], Submission] = {
         pool.submit(client.grade, assignment, s.student_id, s.answers, gradescope=True): s
@@ -268,7 +363,7 @@ def grade_class(
             student = futures[future].student_id
             result = _outcome(future, student, report)
             if result is not None:
-                write_json(result_file(out, student), result)
+                write_json(out / names[student], result)
                 report.graded.append(student)
             bar.advance(student, result is not None)
     finally:
@@ -290,6 +385,9 @@ def _outcome(
         if error.status != 429 and error.status < 500:
             raise GradingStopped(str(error)) from error
         report.failed[student] = str(error)  # busy or failing: a later run retries
+    except UnsendableError as error:
+        # The submission holds what JSON cannot carry: the same on every run, so a result.
+        return refused_result(str(error), {"detail": str(error)})
     except httpx.HTTPError as error:
         report.failed[student] = f"{type(error).__name__}: {error}"
     return None
@@ -307,10 +405,12 @@ def write_gradebook(out: Path, student_ids: Iterable[str]) -> Path:
     first appear), and ``note`` (why a submission was not graded). A student without a result
     file has an empty row, so nobody silently disappears from the gradebook.
     """
+    ids = list(student_ids)
+    names = result_names(ids)
     rows: list[dict[str, Any]] = []
     problems: dict[str, None] = {}
-    for student in student_ids:
-        result = load_result(out, student)
+    for student in ids:
+        result = load_result(out / names[student])
         row: dict[str, Any] = {"student_id": student}
         if result is None:
             row["note"] = "not graded yet"
@@ -327,7 +427,8 @@ def write_gradebook(out: Path, student_ids: Iterable[str]) -> Path:
         rows.append(row)
     path = out / GRADEBOOK
     partial = path.with_name(path.name + ".partial")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
+    # backslashreplace: an id that is not valid Unicode (see id_problem) keeps its row.
+    with partial.open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
         writer = csv.DictWriter(
             handle, fieldnames=["student_id", "score", "max_score", *problems, "note"]
         )

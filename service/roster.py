@@ -46,7 +46,13 @@ class RosterEntry:
     line: int
 
 
-def _id_problem(student_id: str) -> str | None:
+def student_id_problem(student_id: str) -> str | None:
+    """What makes ``student_id`` one the assignment routes refuse, or None when they accept it.
+
+    The routes' rule (``STUDENT_ID_RULES`` in service/routes/assignments.py): 1 to 200
+    characters, none of them a control character. Anything else goes: e-mail addresses with
+    an apostrophe or accents, names with spaces.
+    """
     if not student_id:
         return "the student_id is empty"
     if len(student_id) > MAX_STUDENT_ID_LENGTH:
@@ -104,7 +110,7 @@ def load_roster(path: Path, min_key_length: int) -> tuple[RosterEntry, ...]:
         line = reader.line_num
         student_id = (row.get("student_id") or "").strip()
         key = (row.get("key") or "").strip()
-        problem = _id_problem(student_id) or _key_problem(key, min_key_length)
+        problem = student_id_problem(student_id) or _key_problem(key, min_key_length)
         if problem:
             raise RosterError(f"{path}:{line}: {problem}")
         if student_id in lines_of_ids:
@@ -175,7 +181,7 @@ def read_student_ids(path: Path) -> list[str]:
         student_id = raw.strip()
         if not student_id:
             continue
-        problem = _id_problem(student_id)
+        problem = student_id_problem(student_id)
         if problem:
             raise RosterError(f"{path}:{number}: {problem}")
         if student_id in ids:

@@ -108,6 +108,11 @@ class Budget:
         self.used += numel
 
 
+NONFINITE_NAMES = frozenset({"NaN", "Infinity", "-Infinity"})
+"""How a non-finite number is written in JSON (this module's ``encode``; the client writes an
+answer's so): refused like the number, with a message that names it."""
+
+
 def _invalid(where: str, message: str) -> Problem:
     loc: list[str | int] = ["body", *where.split(".")]
     # A message that names its place (``inputs.x[0][1] is null``) says where by itself.
@@ -164,6 +169,8 @@ def _locate_defect(value: Any, shape: tuple[int, ...], where: str) -> Problem:
         if depth == len(shape):
             if isinstance(node, list):
                 return _invalid(where, f"{place} is a list where a number was expected (ragged)")
+            if isinstance(node, str) and node in NONFINITE_NAMES:
+                return _invalid(where, f"{place} is {node}; only finite numbers are accepted")
             if not _is_number(node):
                 shown = "" if node is None else f" {node!r:.40}"
                 return _invalid(where, f"{place} is {_kind(node)}{shown}, not a number")
@@ -247,6 +254,8 @@ def decode(value: Any, where: str, budget: Budget) -> npt.NDArray[Any]:
         array = np.asarray(float(value), dtype=np.float64)
         _check_finite(array, where)
         return array
+    if isinstance(value, str) and value in NONFINITE_NAMES:
+        raise _invalid(where, f"{where} is {value}; only finite numbers are accepted")
     if not isinstance(value, list):
         raise _invalid(
             where, f"expected a nested list of numbers or a tensor object, got {_kind(value)}"

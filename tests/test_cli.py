@@ -9,10 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from service import gradebook
@@ -220,10 +222,6 @@ def test_a_refusal_that_would_fail_everyone_stops_the_run(
 
 
 def test_class_inputs_are_checked(tmp_path: Path) -> None:
-    write_class(tmp_path / "subs", {"ok": {}})
-    (tmp_path / "subs" / "bad name.json").write_text("{}")
-    with pytest.raises(gradebook.SubmissionError, match="bad name"):
-        gradebook.read_class(tmp_path / "subs")
     table = tmp_path / "dup.csv"
     table.write_text("student_id,1.1a\nada,1\nada,2\n")
     with pytest.raises(gradebook.SubmissionError, match="appears twice"):
@@ -236,6 +234,150 @@ def test_class_inputs_are_checked(tmp_path: Path) -> None:
     broken.write_text("{")
     with pytest.raises(gradebook.SubmissionError, match="cannot read"):
         gradebook.read_submission(broken, "ada")
+    nobody = tmp_path / "nobody.csv"
+    nobody.write_text('student_id,1.1a\nada,1\n,"[5, 2]"\n')
+    with pytest.raises(
+        gradebook.SubmissionError, match=r"nobody.csv:3: answers without a student_id"
+    ):
+        gradebook.read_class(nobody)
+
+
+# Ids the service accepts (any text of 1 to 200 characters without a control character) that
+# are no file names: Gradescope's e-mail addresses among them.
+ODD_IDS = [
+    "o'brien@example.edu",
+    "ada@exämple.edu",
+    "Name <a@b>",
+    "../../etc/passwd",
+    ".hidden",
+    "x" * 129,
+    "y" * 200,
+]
+
+
+def test_the_ids_refused_before_sending_are_those_the_service_refuses(real_url: str) -> None:
+    ids = [*ODD_IDS, "z" * 201, "", "a\tb", "a\x7fb", "a\x85b", " spaced ", "\u00e9\u0301"]
+    with httpx.Client(base_url=real_url) as http:
+        for student in ids:
+            answer = http.post(
+                "/v1/assignments/cnn-rnn/grade", json={"student_id": student, "answers": {}}
+            )
+            assert answer.status_code in (200, 422), answer.text
+            assert (gradebook.id_problem(student) is None) == (answer.status_code == 200), student
+
+
+@pytest.mark.parametrize("student", ODD_IDS)
+def test_one_submission_is_graded_under_any_id_the_service_accepts(
+    fake: tuple[FakeGrading, str], tmp_path: Path, student: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    submission = tmp_path / "answers.json"
+    submission.write_text(json.dumps({"1.1a": [5, 2]}))
+    results = tmp_path / "results.json"
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(submission)]
+    assert main([*argv, "--student-id", student, "--gradescope", str(results)]) == 0, (
+        capsys.readouterr().err
+    )
+    assert service.graded == [student]
+    assert json.loads(results.read_text())["score"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("student", "message"),
+    [
+        ("x" * 201, "longer than 200 characters"),
+        ("a\tb", "control character"),
+        ("\udcfc.json", "not valid Unicode"),
+    ],
+)
+def test_one_submission_under_an_id_the_service_refuses_says_why(
+    fake: tuple[FakeGrading, str],
+    tmp_path: Path,
+    student: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    service, url = fake
+    submission = tmp_path / "answers.json"
+    submission.write_text(json.dumps({"1.1a": [5, 2]}))
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(submission)]
+    assert main([*argv, "--student-id", student]) == 2
+    assert message in capsys.readouterr().err
+    assert service.bodies == []
+
+
+def test_a_class_is_graded_whatever_its_ids_one_result_file_each(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    # Ada and ada are two students (ids are case-sensitive) but one file on macOS or Windows.
+    students = [*ODD_IDS, "ada", "Ada", "ben", "z" * 201]
+    table = tmp_path / "class.csv"
+    with table.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["student_id", "1.1a"])
+        writer.writerows([student, "[5, 2]"] for student in students)
+        writer.writerow(["", ""])  # a spreadsheet's trailing empty row
+    out = tmp_path / "grades"
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(table), "--out", str(out)]
+    assert main(argv) == 0
+    assert f"{len(students)} graded, 0 already graded, 0 failed" in capsys.readouterr().out
+    assert sorted(service.graded) == sorted(students[:-1])  # all but the id over 200
+
+    names = gradebook.result_names(students)
+    assert names["ben"] == "ben.json" and names["x" * 129] != "x" * 129 + ".json"
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted([*names.values(), gradebook.GRADEBOOK])  # all in out/, none hidden
+    assert len({name.lower() for name in names.values()}) == len(students)
+    assert not any(name.startswith(".") for name in files)
+    assert all(re.fullmatch(r"[A-Za-z0-9._@+~-]+\.json", name) for name in names.values())
+
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert list(rows) == students
+    assert all(rows[s]["score"] == "2.0" for s in students[:-1])
+    bad = rows["z" * 201]
+    assert bad["score"] == "0.0" and "longer than 200 characters" in bad["note"]
+
+    service.graded.clear()
+    assert main(argv) == 0  # resumed: every result file is found again
+    assert service.graded == []
+    assert f"0 graded, {len(students)} already graded" in capsys.readouterr().out
+
+
+def test_result_file_names_are_stable_and_plain_ids_keep_theirs() -> None:
+    names = gradebook.result_names(["ada@example.edu", "o'brien@example.edu"])
+    assert names["ada@example.edu"] == "ada@example.edu.json"
+    assert re.fullmatch(r"o_brien@example\.edu~[0-9a-f]{12}\.json", names["o'brien@example.edu"])
+    # A student's file is the same whoever else is in the class (a resumed run finds it).
+    assert gradebook.result_names(["o'brien@example.edu"]) == {
+        "o'brien@example.edu": names["o'brien@example.edu"]
+    }
+
+
+BOM = "\ufeff"
+
+
+def test_files_that_start_with_a_byte_order_mark_are_read(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    submission = tmp_path / "answers.json"
+    submission.write_text(BOM + json.dumps({"1.1a": [5, 2]}), encoding="utf-8")
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(submission)]
+    assert main([*argv, "--student-id", "ada"]) == 0, capsys.readouterr().err
+    assert service.bodies[-1]["answers"] == {"1.1a": [5, 2]}
+
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    answers = {"student_id": "o'brien", "answers": {"1.1a": [5, 2]}}
+    (folder / "anything.json").write_text(BOM + json.dumps(answers), encoding="utf-8")
+    assert gradebook.read_class(folder) == [gradebook.Submission("o'brien", {"1.1a": [5, 2]})]
+
+    check = tmp_path / "check.json"
+    check.write_text(
+        BOM + json.dumps({"expected": {"op": "value", "value": 3}, "answer": 3}), encoding="utf-8"
+    )
+    assert main(["check", "--url", url, str(check)]) == 0, capsys.readouterr().err
 
 
 def test_progress_bar_on_a_terminal() -> None:
@@ -299,3 +441,61 @@ def test_check_prints_the_services_diagnoses_as_sentences(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "check 1: WRONG (score 0.0)"
     assert out[1].startswith("  - Your answer is the negative of the key")
+
+
+def test_grade_judges_nan_and_infinity_as_written_never_as_no_answer(
+    real_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Python's json reads NaN and 1e400 (infinity); sent as null, they graded as "No answer"
+    # and as "answer[0][0] is null", which the student never wrote.
+    submission = tmp_path / "answers.json"
+    submission.write_text('{"1.3-4-loss": NaN, "1.1c-i": [[1e400, 0, 0]]}')
+    results = tmp_path / "results.json"
+    argv = ["grade", "--url", real_url, "--assignment", "cnn-rnn", str(submission)]
+    assert main([*argv, "--student-id", "s1", "--gradescope", str(results)]) == 0
+    capsys.readouterr()
+    tests = {t["number"]: t for t in json.loads(results.read_text())["tests"]}
+    assert "answer is NaN; only finite numbers are accepted" in tests["1.3-4-loss"]["output"]
+    assert "answer[0][0] is Infinity" in tests["1.1c-i"]["output"]
+    for number in ("1.3-4-loss", "1.1c-i"):
+        assert "no answer" not in tests[number]["output"].lower()
+        assert "null" not in tests[number]["output"]
+
+
+def test_a_class_csvs_nan_cells_are_judged_as_nan(
+    real_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "class.csv"
+    table.write_text(
+        'student_id,1.3-4-loss,1.1c-i\nada,NaN,"[[1e400, 0, 0]]"\nben,-Infinity,\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "grades"
+    argv = ["grade", "--url", real_url, "--assignment", "cnn-rnn", str(table), "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    ada = {t["number"]: t["output"] for t in json.loads((out / "ada.json").read_text())["tests"]}
+    assert "answer is NaN" in ada["1.3-4-loss"] and "answer[0][0] is Infinity" in ada["1.1c-i"]
+    ben = {t["number"]: t["output"] for t in json.loads((out / "ben.json").read_text())["tests"]}
+    assert "answer is -Infinity" in ben["1.3-4-loss"]
+
+
+def test_a_submission_json_cannot_carry_is_that_students_result(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    # A JSON escape of half a UTF-16 pair: Python reads it, no UTF-8 writer can send it.
+    (tmp_path / "subs" / "ben.json").write_text('{"1.1a": "\\ud800"}')
+    out = tmp_path / "grades"
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs")]
+    assert main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert service.graded == ["ada"]
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["ada"]["score"] == "2.0"
+    assert rows["ben"]["score"] == "0.0" and "cannot be sent as JSON" in rows["ben"]["note"]
+
+    single = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs" / "ben.json")]
+    assert main([*single, "--student-id", "ben"]) == 2
+    assert "error: the request cannot be sent as JSON" in capsys.readouterr().err

@@ -231,11 +231,31 @@ class ProblemSpec(FileModel):
         ids = [choice.id for choice in self.choices]
         if (self.answer_kind == "choice") != bool(ids):
             raise ValueError("`choices` are given exactly when answer_kind is choice")
-        if len(set(ids)) != len(ids):
-            raise ValueError("two choices have the same id")
+        _check_choice_ids(ids)
         if op == "choice" and self.expected["correct"] not in ids:
             raise ValueError(f"expected.correct must be one of the choices: {', '.join(ids)}")
         return self
+
+
+def _check_choice_ids(ids: list[str]) -> None:
+    """Refuse two options that a student's answer cannot tell apart.
+
+    Answers are matched to option ids ignoring case (``grade.check_choice``: a student who
+    types ``b`` for option ``B`` is not wrong), so options ``A`` and ``a`` would be two to the
+    student and one to the grader: both answers would be judged as the correct one.
+    """
+    seen: dict[str, str] = {}
+    for choice_id in ids:
+        other = seen.get(choice_id.lower())
+        if other == choice_id:
+            raise ValueError(f"two choices have the id {choice_id!r}")
+        if other is not None:
+            raise ValueError(
+                f"choices {other!r} and {choice_id!r} differ only by case: answers are matched "
+                "to option ids ignoring case, so give each option an id of its own "
+                "(e.g. A and B)"
+            )
+        seen[choice_id.lower()] = choice_id
 
 
 class Defaults(FileModel):

@@ -130,6 +130,23 @@ WRONG_FILES = [
         id="choice",
     ),
     pytest.param(
+        replace(
+            'choices = [{ id = "a", text = "A" }, { id = "b", text = "B" }]\n'
+            'expected = { op = "choice", correct = "b" }',
+            'choices = [{ id = "A", text = "Up" }, { id = "a", text = "Down" }]\n'
+            'expected = { op = "choice", correct = "A" }',
+        ),
+        "problems[1] (p2)",
+        "choices 'A' and 'a' differ only by case",
+        id="choice-ids-differ-by-case",
+    ),
+    pytest.param(
+        replace('{ id = "b", text = "B" }', '{ id = "a", text = "B" }'),
+        "problems[1] (p2)",
+        "two choices have the id 'a'",
+        id="choice-ids-repeat",
+    ),
+    pytest.param(
         replace('id = "p3"', 'id = "p1"'),
         "problems",
         "problems[2] has the id 'p1' of problems[0]",
@@ -195,6 +212,20 @@ def test_a_wrong_file_in_the_configured_folder_stops_create_app(tmp_path: Path) 
     with pytest.raises(AssignmentFileError) as raised:
         create_app(Settings(assignments_dir=tmp_path))
     assert str(raised.value).startswith(f"{tmp_path}/broken.toml: problems[0] (p1).points: ")
+
+
+def test_options_that_differ_only_by_case_stop_the_folders_load(tmp_path: Path) -> None:
+    # Served, this file graded the answer "a" correct for `correct = "A"`: answers are matched
+    # to option ids ignoring case, so a and A were one option to the grader.
+    probe = SAMPLE.replace('id = "sample"', 'id = "probe"', 1).replace(
+        'choices = [{ id = "a", text = "A" }, { id = "b", text = "B" }]\n'
+        'expected = { op = "choice", correct = "b" }',
+        'choices = [{ id = "A", text = "Up" }, { id = "a", text = "Down" }]\n'
+        'expected = { op = "choice", correct = "A" }',
+    )
+    write(tmp_path, "probe.toml", probe)
+    with pytest.raises(AssignmentFileError, match="'A' and 'a' differ only by case"):
+        create_app(Settings(assignments_dir=tmp_path))
 
 
 def test_the_configured_folder_is_served_beside_the_built_in_one(tmp_path: Path) -> None:

@@ -21,7 +21,16 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.client import Backward, Client, ProblemError, TorchClient, from_wire, to_wire
+from service.client import (
+    Backward,
+    Client,
+    ProblemError,
+    TorchClient,
+    UnsendableError,
+    answer_to_wire,
+    from_wire,
+    to_wire,
+)
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.settings import Settings
 from service.transport import StdlibTransport
@@ -410,3 +419,62 @@ def test_the_other_operations_answer_what_their_routes_answer(
     curve = tg.loss_curve([[1.41, 1.38, 1.35], [1.1, 0.9, 3.4]], num_classes=4)
     assert curve["epoch_mean"] == pytest.approx([1.38, 1.8])
     assert curve["spikes"] == [1]
+
+
+# -- non-finite numbers: never null --------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("problem", "answer", "reason"),
+    [
+        ("1.3-4-loss", NAN, "answer is NaN; only finite numbers are accepted"),
+        ("1.3-4-loss", -INF, "answer is -Infinity; only finite numbers are accepted"),
+        ("1.1c-i", [[1e400, 0, 0]], "answer[0][0] is Infinity; only finite numbers"),
+        ("1.1c-i", [[1, NAN], [2]], "answer[0][1] is NaN; only finite numbers"),  # ragged too
+        ("1.1c-i", {"shape": [1, 3], "data": [0, -INF, 0]}, "answer.data[1] is -Infinity"),
+        ("1.1c-i", np.array([[0, 0, NAN]]), "element [0, 2] is nan; only finite numbers"),
+        ("1.1c-i", torch.full((1, 3), INF), "element [0, 0] is inf; only finite numbers"),
+        ("1.1a", [5, NAN], "got 'NaN'"),
+    ],
+)
+def test_an_answer_holding_nan_or_inf_is_judged_as_holding_it(
+    tg: Client, problem: str, answer: object, reason: str
+) -> None:
+    # orjson writes NaN as null: the answer graded as "no answer", or as holding a null the
+    # student never wrote.
+    graded = tg.grade("cnn-rnn", "s1", {problem: answer})["problems"][problem]
+    assert graded["status"] == "malformed", graded
+    assert reason in graded["feedback"]["reason"]
+    assert "null" not in graded["feedback"]["reason"]
+    one = tg.check_problem("cnn-rnn", problem, "s1", answer)
+    assert one["status"] == "malformed" and reason in one["feedback"]["reason"]
+
+
+def test_check_and_check_batch_send_an_answers_nan_as_nan(tg: Client) -> None:
+    expected = {"op": "value", "value": [1.0, 2.0]}
+    with pytest.raises(ProblemError, match=r"answer\[0\] is NaN; only finite numbers"):
+        tg.check(expected, [NAN, 2.0])
+    results = tg.check_batch([{"expected": expected, "answer": [1.0, INF]}])
+    assert "answer[1] is Infinity" in results[0]["error"]["detail"]
+
+
+def test_nan_outside_an_answer_is_refused_before_sending_naming_the_entry(tg: Client) -> None:
+    with pytest.raises(UnsendableError, match=r"^batch_losses\[1\]\[0\] is NaN, which JSON"):
+        tg.loss_curve([[1.4, 1.3], [NAN, 1.2]], num_classes=4)
+    x = [[1.0, 2.0, 3.0]]
+    with pytest.raises(UnsendableError, match=r'^params\["weight"\]\[0\]\[0\]\[1\] is -Infinity'):
+        tg.forward("conv1d", {"weight": [[[1.0, -INF]]]}, {"x": x})
+    # An array's bytes carry NaN: the service names the element.
+    with pytest.raises(ProblemError, match=r"params.weight: element \[0, 0, 1\] is nan"):
+        tg.forward("conv1d", {"weight": np.array([[[1.0, NAN]]])}, {"x": x})
+
+
+def test_small_arrays_with_nan_travel_as_bytes_and_answers_spell_it_out() -> None:
+    wire = to_wire(np.array([1.0, NAN]))
+    assert np.isnan(from_wire(wire)[1]) and "b64" in wire
+    assert to_wire(np.array([1.0, 2.0])) == [1.0, 2.0]  # finite: still a plain list
+    assert answer_to_wire([[1.0, NAN], (INF, -INF)]) == [[1.0, "NaN"], ["Infinity", "-Infinity"]]
+    assert answer_to_wire({"shape": [1], "data": [NAN]}) == {"shape": [1], "data": ["NaN"]}
+    assert answer_to_wire("floor(H/2)") == "floor(H/2)"

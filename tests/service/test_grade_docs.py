@@ -169,6 +169,41 @@ def test_run_autograder_grades_the_submission_as_the_student_gradescope_names(
     assert "ada@example.edu" in results["output"]
 
 
+@pytest.mark.parametrize(
+    "email",
+    ["o'brien@example.edu", "ada@exämple.edu", "Ada <ada@example.edu>", "a" * 140 + "@example.edu"],
+)
+def test_run_autograder_grades_any_email_the_service_accepts(
+    script: Path, url: str, tmp_path: Path, email: str
+) -> None:
+    # Each was refused as a file name before: "Not graded", score 0, for a valid submission.
+    submission = json.dumps(answers_of(url, email))
+    results = run(script, autograder(tmp_path, submission, email=email), url)
+    assert results["score"] == 44 and all(t["status"] == "passed" for t in results["tests"])
+
+
+def test_run_autograder_reads_answers_saved_with_a_byte_order_mark(
+    script: Path, url: str, tmp_path: Path
+) -> None:
+    folder = autograder(tmp_path, None)
+    answers = "\ufeff" + json.dumps(answers_of(url, "ada@example.edu"))
+    (folder / "submission" / "answers.json").write_text(answers, encoding="utf-8")
+    results = run(script, folder, url)
+    assert results["score"] == 44, results["output"]
+
+
+def test_run_autograder_judges_a_nan_answer_as_nan_not_as_no_answer(
+    script: Path, url: str, tmp_path: Path
+) -> None:
+    answers = answers_of(url, "ada@example.edu")
+    del answers["1.3-4-loss"]
+    text = json.dumps(answers).removesuffix("}") + ', "1.3-4-loss": NaN}'
+    results = run(script, autograder(tmp_path, text), url)
+    loss = next(t for t in results["tests"] if t["number"] == "1.3-4-loss")
+    assert loss["score"] == 0 and "answer is NaN" in loss["output"], loss
+    assert results["score"] == 44 - loss["max_score"]
+
+
 def test_run_autograder_without_answers_says_so(script: Path, url: str, tmp_path: Path) -> None:
     results = run(script, autograder(tmp_path, None), url)
     assert results["score"] == 0 and results["tests"] == []
