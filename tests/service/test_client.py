@@ -436,7 +436,7 @@ NAN, INF = float("nan"), float("inf")
         ("1.1c-i", {"shape": [1, 3], "data": [0, -INF, 0]}, "answer.data[1] is -Infinity"),
         ("1.1c-i", np.array([[0, 0, NAN]]), "element [0, 2] is nan; only finite numbers"),
         ("1.1c-i", torch.full((1, 3), INF), "element [0, 0] is inf; only finite numbers"),
-        ("1.1a", [5, NAN], "got 'NaN'"),
+        ("1.1a", [5, NAN], 'got [5, "NaN"]'),
     ],
 )
 def test_an_answer_holding_nan_or_inf_is_judged_as_holding_it(
