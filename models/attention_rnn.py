@@ -145,7 +145,18 @@ def overhead(config: AttentionRNNConfig, shapes: Shapes) -> Overhead:
             backward=steps + pairs * (PAIR_SECONDS + n * PAIR_ELEMENT_SECONDS),
             batched=3 * (steps + pairs * PAIR_SECONDS),  # measured 2.7 times at 512 steps
         )
-    return Overhead(backward=steps + seq_len * config.k * 3e-6, batched=0.0)
+    batched = seq_len * (BATCHED_STEP_SECONDS + config.k * BATCHED_LAG_SECONDS)
+    return Overhead(backward=steps + seq_len * config.k * 3e-6, batched=batched)
+
+
+BATCHED_STEP_SECONDS = 1.5e-3
+"""A step of AttentionRNN(k)'s backward pass batched over one chunk of ``jacrev``'s rows, on
+top of its operations: measured 1.0 ms (k = 2, n = 8, 1,024 steps, 17 chunks: 18.4 s) and
+1.6 ms (k = 8, n = 4, 5 chunks: 8.3 s) per chunk and step."""
+
+BATCHED_LAG_SECONDS = 1.7e-5
+"""And per lag of the window: k = 256 (n = 1, 1,024 steps, one chunk) took 5.6 s, 5.5 ms a
+step, its past states stacked and their gradients split again at every step."""
 
 
 def _pairs(seq_len: int) -> int:

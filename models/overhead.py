@@ -23,10 +23,11 @@ class Overhead:
     Attributes:
         backward: a forward and a backward pass (a forward alone costs about a sixth).
         batched: a backward pass batched over many rows by ``torch.vmap``, as one chunk of
-            ``jacrev``'s rows costs, where it was measured to dominate (AttentionRNN(inf), whose
-            per-pair work repeats for every chunk); 0 where the operation count covers the
-            chunks (a Jacobian of the gated RNN of 1,024 steps against W_h, 17 chunks, took
-            5.4 s; a fixed cost per chunk charged it 56 s).
+            ``jacrev``'s rows costs on top of its operations: the batched operations of every
+            step are dearer to dispatch than plain ones, and AttentionRNN(inf)'s per-pair work
+            repeats for every chunk. Measured per model (see each model's ``overhead``); a
+            first figure, the whole backward pass per chunk, charged a Jacobian of the gated
+            RNN of 1,024 steps against W_h (17 chunks, 5.4 s) 56 s.
     """
 
     backward: float
