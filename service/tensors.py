@@ -17,6 +17,7 @@ import base64
 import binascii
 import itertools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -328,6 +329,9 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
             raise _invalid(where, "`b64` must be a base64 string")
         expected_bytes = numel * dtype.itemsize
         if len(encoded) != 4 * math.ceil(expected_bytes / 3):
+            # A line break or a space (as some encoders wrap their output) is named rather
+            # than counted as bytes: the size would then be wrong for no visible reason.
+            _check_base64_alphabet(encoded, where)
             decoded_guess = len(encoded) * 3 // 4
             raise _invalid(
                 where,
@@ -337,6 +341,7 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
         try:
             raw = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
+            _check_base64_alphabet(encoded, where)
             raise _invalid(where, "`b64` is not valid base64") from None
         if len(raw) != expected_bytes:
             raise _invalid(
@@ -347,6 +352,24 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     _check_finite(array, where)
     return array
+
+
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
+_NAMED = {" ": "a space", "\n": "a line break", "\r": "a carriage return", "\t": "a tab"}
+
+
+def _check_base64_alphabet(encoded: str, where: str) -> None:
+    """Refuse ``encoded`` naming its first character outside the base64 alphabet."""
+    bad = _NOT_BASE64.search(encoded)
+    if bad is None:
+        return
+    char = bad.group(0)
+    name = _NAMED.get(char, repr(char))
+    raise _invalid(
+        where,
+        f"`b64` is not valid base64: {name} at position {bad.start()} (standard base64, "
+        "one line, no spaces or line breaks)",
+    )
 
 
 NUMPY_OF_TORCH: dict[torch.dtype, np.dtype[Any]] = {

@@ -93,7 +93,15 @@ def refused(value: Any, b: Budget | None = None) -> Problem:
         ({"shape": [2], "data": [1, "x"]}, 422, "is a string"),
         ({"shape": [2], "data": [1, float("nan")]}, 422, "only finite"),
         ({"shape": [2, 2], "b64": b64([1, 2, 3])}, 422, "needs 32"),
-        ({"shape": [1], "b64": "!!!!!!!!!!!="}, 422, "not valid base64"),
+        ({"shape": [1], "b64": "!!!!!!!!!!!="}, 422, "not valid base64: '!' at position 0"),
+        # A wrapped or spaced string: its size is off by the whitespace, which is named.
+        (
+            {"shape": [2], "b64": b64([1, 2])[:8] + " " + b64([1, 2])[8:]},
+            422,
+            "a space at position 8",
+        ),
+        ({"shape": [2], "b64": b64([1, 2])[:12] + "\n" + b64([1, 2])[12:]}, 422, "a line break"),
+        ({"shape": [1], "b64": b64([1])[:4] + " " + b64([1])[5:]}, 422, "a space at position 4"),
         ({"shape": [1], "b64": b64([float("nan")])}, 422, "only finite"),
         ({"shape": [2], "data": [1, 2], "b64": b64([1, 2])}, 422, "exactly one of"),
         ({"shape": [2]}, 422, "exactly one of"),
