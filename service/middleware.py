@@ -255,15 +255,21 @@ class EdgeMiddleware:
                 )
                 await problem_response(problem)(scope, receive, send)
                 return
-        if scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+        json_body = is_json(content_type)
+        if json_body or scope["method"] == "POST":
+            # A caller without a key (keys configured) never has its body read or parsed (see
+            # ``refused_caller``): a POST route answers its 401 here, at once; any other
+            # request goes on without the JSON guard, so that a path no route answers stays
+            # the router's 404 (or 405), and a route without a key rule its own answer, none
+            # of which reads the body.
             app = scope.get("app")
             keyring = getattr(getattr(app, "state", None), "keyring", None)
             refused = refused_caller(keyring, scope["headers"])
-            # Before the body is read (see ``refused_caller``); a path no route answers stays
-            # the router's 404.
-            if refused is not None and _has_route(app, scope):
-                await problem_response(refused)(scope, receive, send)
-                return
+            if refused is not None:
+                if scope["method"] == "POST" and _has_route(app, scope):
+                    await problem_response(refused)(scope, receive, send)
+                    return
+                json_body = False
         counted = scope["path"] not in EXEMPT_PATHS
         if counted:
             if self.in_flight >= self.max_in_flight:
@@ -278,7 +284,7 @@ class EdgeMiddleware:
             deadlines = self._deadlines[loop] = BodyDeadlines(loop, self._tick)
         deadline = loop.time() + self.timeout
         try:
-            if is_json(content_type):
+            if json_body:
                 await self._json(scope, receive, send, deadlines, deadline)
             else:
                 await self.app(scope, self._counting(receive, deadlines, deadline), send)

@@ -101,15 +101,23 @@ class Work:
         self.spent = 0
         self.candidates = 0
 
-    def afford(self, elements: int) -> bool:
-        """Charge one candidate of ``elements`` if it fits (False, and nothing charged, if not)."""
+    def affords(self, elements: int) -> bool:
+        """Whether one more candidate of ``elements`` fits, in elements and in time."""
         if elements > self.elements:
             return False
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            return False
+        return self.deadline is None or time.perf_counter() <= self.deadline
+
+    def charge(self, elements: int) -> None:
+        """Count one candidate of ``elements`` as made."""
         self.elements -= elements
         self.spent += elements
         self.candidates += 1
+
+    def afford(self, elements: int) -> bool:
+        """Charge one candidate of ``elements`` if it fits (False, and nothing charged, if not)."""
+        if not self.affords(elements):
+            return False
+        self.charge(elements)
         return True
 
     def part(self, share: float) -> Work:
@@ -126,10 +134,11 @@ class Work:
 def metered(candidates: Iterator[Candidate], size: int, work: Work) -> Iterator[Candidate]:
     """The candidates while ``work`` affords one more of ``size`` elements: the next one is
     not even made when it does not (making it is most of its cost)."""
-    while work.afford(size):
+    while work.affords(size):
         candidate = next(candidates, None)
-        if candidate is None:
+        if candidate is None:  # nothing made: nothing charged
             return
+        work.charge(size)
         yield candidate
 
 

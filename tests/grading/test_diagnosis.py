@@ -525,3 +525,15 @@ def test_no_candidate_is_made_past_the_deadline() -> None:
     assert diagnosis.diagnose(key, answer, TOLERANCE, work) == [[]]
     assert work.candidates == 0
     assert [d.code for d in diagnosis.diagnose(key, answer, TOLERANCE)[0]] == ["sign_flipped"]
+
+
+def test_a_mistake_spends_only_on_the_candidates_it_makes() -> None:
+    """The budget is charged per candidate made: a mistake with none to make (or past its
+    last) spends nothing, so the mistakes after it keep their turn (three such charges of a
+    1M-element key once used up a quarter of the budget and left off_by_one untried)."""
+    work = diagnosis.Work(elements=10)
+    assert list(diagnosis.metered(iter(()), 4, work)) == []
+    assert (work.spent, work.candidates) == (0, 0)
+    made = list(diagnosis.metered(iter(["a", "b", "c"]), 4, work))
+    assert made == ["a", "b"]  # the third does not fit what is left (2 of 10)
+    assert (work.spent, work.candidates, work.elements) == (8, 2, 2)

@@ -117,11 +117,26 @@ def test_a_missing_key_is_401_before_the_body_is_looked_at(keyed: TestClient) ->
 
 
 @pytest.mark.parametrize("who", [None, UNKNOWN], ids=["no-key", "unknown-key"])
-def test_a_caller_without_a_key_is_refused_before_the_body_is_read(who: str | None) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "root_path", "status"),
+    [
+        ("POST", "/v1/assignments/cnn-rnn/grade", "", 401),
+        ("POST", "/api/v1/check", "/api", 401),  # behind a proxy's prefix (--root-path)
+        ("POST", "/v1/nowhere", "", 404),
+        ("POST", "/nowhere", "", 404),
+        ("PUT", "/v1/check", "", 405),
+        ("GET", "/v1/models", "", 401),
+    ],
+    ids=["route", "root-path", "unknown-v1-path", "unknown-path", "wrong-method", "get"],
+)
+def test_a_caller_without_a_key_never_has_its_body_read(
+    who: str | None, method: str, path: str, root_path: str, status: int
+) -> None:
     """Reading and parsing a body costs memory (a parsed JSON body takes several times its
     size, and the limit is hundreds of MB): a caller with no key, or an unknown one, gets its
-    401 before the server reads a byte of it. The app is called directly (ASGI), with a
-    ``receive`` that fails the test if the body is asked for."""
+    answer (401, or the router's 404 or 405 where no route answers) without the server
+    reading a byte of the body. The app is called directly (ASGI), with a ``receive`` that
+    fails the test if the body is asked for."""
     app = create_app(keyed_settings())
     headers = [(b"content-type", b"application/json"), (b"content-length", b"40000000")]
     if who is not None:
@@ -130,11 +145,11 @@ def test_a_caller_without_a_key_is_refused_before_the_body_is_read(who: str | No
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": method,
         "scheme": "http",
-        "path": "/v1/assignments/cnn-rnn/grade",
-        "raw_path": b"/v1/assignments/cnn-rnn/grade",
-        "root_path": "",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": root_path,
         "query_string": b"",
         "headers": headers,
         "client": ("127.0.0.1", 1),
@@ -149,9 +164,9 @@ def test_a_caller_without_a_key_is_refused_before_the_body_is_read(who: str | No
         sent.append(message)
 
     asyncio.run(app(scope, receive, send))
-    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 401
-    body = b"".join(m.get("body", b"") for m in sent[1:])
-    assert b"X-API-Key" in body
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == status
+    if status == 401:
+        assert b"X-API-Key" in b"".join(m.get("body", b"") for m in sent[1:])
 
 
 @pytest.mark.parametrize("body", [b"{bad", b'{"x": NaN}'], ids=["malformed", "nan"])
