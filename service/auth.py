@@ -166,7 +166,7 @@ def refused_caller(
     body limit (a JSON body parsed takes several times its size).
 
     Args:
-        keyring: the app's keys (``None`` before the app has started: nothing refused).
+        keyring: the app's keys (``None`` for an app that keeps none: nothing refused).
         headers: the request's raw headers.
 
     Returns:
