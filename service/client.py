@@ -48,6 +48,7 @@ import orjson
 
 from service import __version__
 from service.binary import read_safetensors_answer
+from service.jsonout import nonfinite_name
 from service.transport import StdlibTransport
 
 if TYPE_CHECKING:
@@ -149,11 +150,6 @@ class UnsendableError(ValueError):
     The message names the entry, e.g. ``batch_losses[1][2] is NaN: ...``."""
 
 
-NONFINITE_TEXT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-"""How the service writes non-finite numbers in JSON (API "Tensors on the wire"), by
-``repr(float)``."""
-
-
 def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
     """A request value with every numpy array and torch tensor inside in the wire form.
 
@@ -204,7 +200,7 @@ def answer_to_wire(answer: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
 
 def _nonfinite_as_text(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
-        return NONFINITE_TEXT[repr(float(value))]
+        return nonfinite_name(value)
     if isinstance(value, Mapping):
         return {key: _nonfinite_as_text(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -654,7 +650,7 @@ def _json_body(body: Any) -> bytes:
         if found is not None:
             where, value = found
             raise UnsendableError(
-                f"{where or 'the body'} is {NONFINITE_TEXT[repr(float(value))]}, which JSON "
+                f"{where or 'the body'} is {nonfinite_name(value)}, which JSON "
                 "cannot carry, and the service takes only finite numbers there: give a "
                 "finite value"
             )

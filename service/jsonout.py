@@ -14,6 +14,18 @@ from typing import Any
 
 import orjson
 
+NONFINITE_NAMES = frozenset({"NaN", "Infinity", "-Infinity"})
+"""How a non-finite number is written in JSON, which has none: in answers (beside a
+``nonfinite`` count), and by the client in a student's answer."""
+
+
+def nonfinite_name(x: float) -> str:
+    """The JSON spelling of a non-finite ``x``: ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``."""
+    if math.isnan(x):
+        return "NaN"
+    return "Infinity" if x > 0 else "-Infinity"
+
+
 _LOWEST, _HIGHEST = -(1 << 63), (1 << 64) - 1  # what orjson writes as an integer
 
 

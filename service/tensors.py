@@ -27,6 +27,7 @@ import numpy.typing as npt
 import torch
 from pydantic import WithJsonSchema
 
+from service.jsonout import NONFINITE_NAMES, nonfinite_name
 from service.problems import Problem
 
 Datatype = Literal["FP64", "FP32"]
@@ -107,11 +108,6 @@ class Budget:
                 title="Over the element budget",
             )
         self.used += numel
-
-
-NONFINITE_NAMES = frozenset({"NaN", "Infinity", "-Infinity"})
-"""How a non-finite number is written in JSON (this module's ``encode``; the client writes an
-answer's so): refused like the number, with a message that names it."""
 
 
 def _invalid(where: str, message: str) -> Problem:
@@ -433,10 +429,6 @@ def encode(tensor: torch.Tensor, encoding: TensorEncoding = "json") -> dict[str,
 
 def _with_nonfinite_strings(array: npt.NDArray[Any]) -> Any:
     def name(x: float) -> float | str:
-        if math.isnan(x):
-            return "NaN"
-        if math.isinf(x):
-            return "Infinity" if x > 0 else "-Infinity"
-        return x
+        return x if math.isfinite(x) else nonfinite_name(x)
 
     return np.vectorize(name, otypes=[object])(array).tolist() if array.ndim else name(float(array))
