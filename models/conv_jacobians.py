@@ -19,6 +19,7 @@ length 128, 16 filters of kernel 5 (dy/dx has 4M entries) it is tens of times fa
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
@@ -115,11 +116,15 @@ def fill(jac: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
                     np.copyto(view[block], source if source.shape[0] == 1 else source[block])
             return jac
     # No graph is recorded, as on the numpy path: a Jacobian here is an answer, not a step of
-    # a computation to differentiate (and the views were taken before any write).
-    with torch.no_grad():
-        jac.zero_()
-        for target, values in placements:
-            target.copy_(values)  # broadcast over the filters where the source has one
+    # a computation to differentiate (and the views were taken before any write). Only a
+    # source that requires grad would record one; the check is cheaper than entering
+    # no_grad, whose Python is a tenth of a small Jacobian's time.
+    if torch.is_grad_enabled() and any(values.requires_grad for _, values in placements):
+        with torch.no_grad():
+            return fill(jac, placements)
+    jac.zero_()
+    for target, values in placements:
+        target.copy_(values)  # broadcast over the filters where the source has one
     return jac
 
 
@@ -144,22 +149,29 @@ def windows(
     dilation: Sequence[int],
     pads: Sequence[tuple[int, int]],
 ) -> torch.Tensor:
-    """``xpad[c, S o + D k]`` for every output position o and tap k, shaped (*O, C, *K).
+    """``xpad[c, S o + D k]`` for every output position o and tap k, shaped (1, *O, C, *K).
 
-    ``Tensor.unfold`` takes windows of the effective kernel ``D(K - 1) + 1`` every S steps
-    (a view, nothing copied); slicing every D-th element keeps the kernel's taps.
+    One strided view of the (padded) input, nothing copied: o moves by S and k by D along
+    each spatial dimension. The leading 1 broadcasts it over the filters. A single view
+    rather than ``unfold`` and slicing: on a GPU each view is a dispatch of its own, and
+    those dispatches, not the copies, are most of a small Jacobian's time.
     """
-    dims = len(kernel)
     flat_pads = [p for pair in reversed(pads) for p in pair]
     padded = F.pad(x, flat_pads) if any(flat_pads) else x  # (C, *Npad)
-    for d in range(dims):
-        effective = dilation[d] * (kernel[d] - 1) + 1
-        padded = padded.unfold(1 + d, effective, stride[d])
-    # (C, *O, *Keff): keep every D-th tap of each window.
-    taps = (slice(None),) * (1 + dims) + tuple(slice(None, None, d) for d in dilation)
-    patches = padded[taps]  # (C, *O, *K)
-    order = [*range(1, 1 + dims), 0, *range(1 + dims, 1 + 2 * dims)]
-    return patches.permute(order)  # (*O, C, *K)
+    zero = [(0, 0)] * len(kernel)
+    out = output_size(padded.shape[1:], kernel, stride, dilation, zero)
+    steps = padded.stride()
+    spatial = steps[1:]
+    return padded.as_strided(
+        (1, *out, padded.shape[0], *kernel),
+        (
+            0,
+            *(s * step for s, step in zip(stride, spatial, strict=True)),
+            steps[0],
+            *(d * step for d, step in zip(dilation, spatial, strict=True)),
+        ),
+        padded.storage_offset(),
+    )
 
 
 def jacobian_wrt_weight(
@@ -171,12 +183,18 @@ def jacobian_wrt_weight(
 ) -> torch.Tensor:
     """dy/dW, shaped (F, *O, F, C, *K): the input window of o on the diagonal f = g."""
     filters, kernel = weight.shape[0], tuple(weight.shape[2:])
-    patches = windows(x, kernel, stride, dilation, pads)  # (*O, C, *K)
+    patches = windows(x, kernel, stride, dilation, pads)  # (1, *O, C, *K)
     dims = len(kernel)
-    jac = weight.new_empty((filters, *patches.shape[:dims], filters, *patches.shape[dims:]))
-    # The f = g diagonal is a strided view (F, *O, C, *K); every filter sees the same windows.
-    diagonal = jac.diagonal(dim1=0, dim2=1 + dims).movedim(-1, 0)
-    return fill(jac, [(diagonal, patches.unsqueeze(0))])
+    out = patches.shape[1 : 1 + dims]
+    jac = weight.new_empty((filters, *out, filters, *patches.shape[1 + dims :]))
+    # The f = g diagonal, a strided view (F, *O, C, *K): f moves along both filter dimensions.
+    steps = jac.stride()
+    diagonal = jac.as_strided(
+        (filters, *out, *patches.shape[1 + dims :]),
+        (steps[0] + steps[1 + dims], *steps[1 : 1 + dims], *steps[2 + dims :]),
+        jac.storage_offset(),
+    )
+    return fill(jac, [(diagonal, patches)])
 
 
 def jacobian_wrt_bias(
@@ -201,7 +219,46 @@ def jacobian_wrt_input(
     dilation: Sequence[int],
     pads: Sequence[tuple[int, int]],
 ) -> torch.Tensor:
-    """dy/dx, shaped (F, *O, C, *N): ``W[f, c, k]`` placed at ``p = S o + D k - P_left``.
+    """dy/dx, shaped (F, *O, C, *N): ``W[f, c, k]`` placed at ``p = S o + D k - P_left``
+    (where to, see ``input_placements``)."""
+    shape, parts = input_placements(
+        tuple(weight.shape),
+        weight.stride(),
+        tuple(x.shape[1:]),
+        tuple(stride),
+        tuple(dilation),
+        tuple((left, right) for left, right in pads),
+    )
+    jac = weight.new_empty(shape)  # contiguous, as the placements assume
+    base = weight.storage_offset()
+    placements = [
+        (jac.as_strided(*view), weight.as_strided(size, steps, base + offset))
+        for view, (size, steps, offset) in parts
+    ]
+    return fill(jac, placements)
+
+
+Strided = tuple[tuple[int, ...], tuple[int, ...], int]
+"""A strided view's ``(size, stride, storage offset)``, in elements."""
+
+InputPlan = tuple[tuple[int, ...], tuple[tuple[Strided, Strided], ...]]
+"""dy/dx's shape, and each placement as (its view of the contiguous Jacobian, the view of
+the weight that it takes, the offset relative to the weight's own)."""
+
+_INPUT_PLANS: dict[tuple[object, ...], InputPlan] = {}
+PLANS_KEPT = 256
+"""Plans kept for reuse (those of a few placements only; see ``input_placements``)."""
+
+
+def input_placements(
+    weight_shape: tuple[int, ...],
+    weight_steps: tuple[int, ...],
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    pads: tuple[tuple[int, int], ...],
+) -> InputPlan:
+    """Where the weight's entries go in dy/dx, shaped (F, *O, C, *N).
 
     The entries (f, o, c, p(o, k)) form a strided view of the Jacobian: p moves by S when o
     moves by 1 and by D when k does, so o's stride is ``stride(o) + S stride(p)``, k's is
@@ -209,16 +266,39 @@ def jacobian_wrt_input(
     lands inside the input (the interior) the whole kernel is one strided copy of ``W``,
     written tap after tap along memory; near a padded border, where some taps read padding
     (no derivative), each tap is copied over the output positions it reaches.
+
+    Only integers go in, so a plan is kept and reused by the next request of the same shapes
+    (those of a few placements: a padded 2-D kernel has one per tap and border). Working it
+    out is Python, as long as the copies themselves for a small Jacobian on a GPU.
     """
-    filters, channels, kernel = weight.shape[0], weight.shape[1], tuple(weight.shape[2:])
-    size = tuple(x.shape[1:])
+    key = (weight_shape, weight_steps, size, stride, dilation, pads)
+    plan = _INPUT_PLANS.get(key)
+    if plan is None:
+        plan = _input_plan(weight_shape, weight_steps, size, stride, dilation, pads)
+        if len(plan[1]) <= 16:
+            if len(_INPUT_PLANS) >= PLANS_KEPT:
+                _INPUT_PLANS.clear()  # start over: atomic, unlike evicting one among threads
+            _INPUT_PLANS[key] = plan
+    return plan
+
+
+def _input_plan(
+    weight_shape: tuple[int, ...],
+    weight_steps: tuple[int, ...],
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    pads: tuple[tuple[int, int], ...],
+) -> InputPlan:
+    filters, channels, kernel = weight_shape[0], weight_shape[1], weight_shape[2:]
     dims = len(kernel)
     out = output_size(size, kernel, stride, dilation, pads)
-    jac = weight.new_empty((filters, *out, channels, *size))
-    placements: list[Placement] = []
-    strides = jac.stride()  # element strides of (F, *O, C, *N)
+    shape = (filters, *out, channels, *size)
+    # A contiguous tensor's strides, as torch lays them out (an empty dimension counts as 1).
+    strides = [math.prod(max(1, n) for n in shape[d + 1 :]) for d in range(len(shape))]
     o_steps = [strides[1 + d] + stride[d] * strides[2 + dims + d] for d in range(dims)]
     p_steps = [strides[2 + dims + d] for d in range(dims)]
+    parts: list[tuple[Strided, Strided]] = []
 
     def reach(d: int, shift: int) -> tuple[int, int]:
         """The range of o with ``0 <= S o + shift < N`` in dimension d."""
@@ -230,21 +310,28 @@ def jacobian_wrt_input(
         sizes = [hi - lo for lo, hi in box]
         if min(sizes, default=1) <= 0:
             return
-        offset = jac.storage_offset()
-        tap_sizes, tap_steps = [], []
+        offset, source_offset = 0, 0
+        tap_sizes, tap_steps, source_steps = [], [], []
         for d, ((lo, _), tap) in enumerate(zip(box, taps, strict=True)):
             first_tap = tap if isinstance(tap, int) else 0
             offset += lo * o_steps[d] + (dilation[d] * first_tap - pads[d][0]) * p_steps[d]
+            source_offset += first_tap * weight_steps[2 + d]
             if isinstance(tap, slice):
                 tap_sizes.append(kernel[d])
                 tap_steps.append(dilation[d] * p_steps[d])
-        view = jac.as_strided(
+                source_steps.append(weight_steps[2 + d])
+        view = (
             (filters, *sizes, channels, *tap_sizes),
             (strides[0], *o_steps, strides[1 + dims], *tap_steps),
             offset,
         )
-        source = weight[(slice(None), slice(None), *taps)]  # (F, C, *tap_sizes)
-        placements.append((view, source.reshape(filters, *([1] * dims), *source.shape[1:])))
+        # W[:, :, taps] as (F, 1.., C, *tap_sizes), broadcast over the output positions.
+        source = (
+            (filters, *([1] * dims), channels, *tap_sizes),
+            (weight_steps[0], *([0] * dims), weight_steps[1], *source_steps),
+            source_offset,
+        )
+        parts.append((view, source))
 
     # Per dimension: the interior (every tap inside) and the borders on either side of it.
     segments = []
@@ -252,11 +339,11 @@ def jacobian_wrt_input(
         lo = reach(d, -pads[d][0])[0]
         hi = max(lo, reach(d, dilation[d] * (kernel[d] - 1) - pads[d][0])[1])
         segments.append([(0, lo, False), (lo, hi, True), (hi, out[d], False)])
-    for parts in itertools.product(*segments):
-        box = [(lo, hi) for lo, hi, _ in parts]
+    for segment in itertools.product(*segments):
+        box = [(lo, hi) for lo, hi, _ in segment]
         if any(hi <= lo for lo, hi in box):
             continue  # an empty border (no padding there): nothing to place, tap by tap
-        if all(inside for _, _, inside in parts):
+        if all(inside for _, _, inside in segment):
             place(box, [slice(None)] * dims)
             continue
         for tap in itertools.product(*(range(k) for k in kernel)):
@@ -266,4 +353,4 @@ def jacobian_wrt_input(
                 for (lo, hi), (r_lo, r_hi) in zip(box, reached, strict=True)
             ]
             place(clipped, tap)
-    return fill(jac, placements)
+    return shape, tuple(parts)

@@ -96,6 +96,60 @@ def test_filling_a_block_of_filters_at_a_time_gives_the_same_jacobians(
         monkeypatch.undo()
 
 
+@pytest.mark.parametrize(("name", "config", "shapes"), CASES, ids=IDS)
+def test_views_with_odd_strides_and_offsets_give_the_same_jacobians(
+    name: str, config: dict[str, Any], shapes: dict[str, tuple[int, ...]], threads: int
+) -> None:
+    """The placements are worked out from the weight's strides and offset: a weight and an
+    input that are views into larger tensors (transposed, sliced) give what contiguous ones
+    give, and what autograd gives."""
+    model = get_model(name)
+    cfg = model.parse_config(config)
+    args = make_args(shapes, 29)
+    views = {}
+    for arg_name, tensor in args.items():
+        # The values laid out with the dimensions reversed, 3 elements into a larger storage.
+        order = list(reversed(range(tensor.dim())))
+        laid_out = tensor.permute(order).contiguous()
+        storage = torch.zeros(3 + tensor.numel(), dtype=tensor.dtype)
+        storage[3:] = laid_out.flatten()
+        views[arg_name] = storage[3:].view(laid_out.shape).permute(order)  # its own inverse
+        assert torch.equal(views[arg_name], tensor) and views[arg_name].storage_offset() == 3
+    assert views["weight"].stride() != args["weight"].stride()
+    for wrt in args:
+        strided, contiguous = (
+            conv_jacobian(cfg, views, "y", wrt),
+            conv_jacobian(cfg, args, "y", wrt),
+        )
+        assert strided is not None and contiguous is not None
+        torch.testing.assert_close(strided, contiguous, rtol=0, atol=0)
+        oracle = autodiff.autograd_jacobian(model, cfg, views, "y", wrt)
+        torch.testing.assert_close(strided, oracle, rtol=1e-12, atol=1e-12)
+
+
+def test_plans_of_few_placements_are_kept_and_the_store_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plan is reused for the same shapes (the same object comes back); a padded 2-D
+    kernel's plan, one placement per tap and border, is not kept; a full store starts over."""
+    monkeypatch.setattr(conv_jacobians, "_INPUT_PLANS", {})
+    monkeypatch.setattr(conv_jacobians, "PLANS_KEPT", 2)
+    plans = conv_jacobians._INPUT_PLANS
+    small = ((2, 3, 3), (9, 3, 1), (8,), (1,), (1,), ((0, 0),))
+    first = conv_jacobians.input_placements(*small)
+    assert len(first[1]) == 1 and conv_jacobians.input_placements(*small) is first
+    padded = ((2, 3, 5, 5), (75, 25, 5, 1), (9, 9), (1, 1), (1, 1), ((2, 2), (2, 2)))
+    many = conv_jacobians.input_placements(*padded)
+    assert len(many[1]) > 16 and list(plans) == [small]
+    other = ((2, 3, 3), (9, 3, 1), (9,), (1,), (1,), ((0, 0),))
+    conv_jacobians.input_placements(*other)
+    assert list(plans) == [small, other]
+    third = ((2, 3, 3), (9, 3, 1), (10,), (1,), (1,), ((0, 0),))
+    conv_jacobians.input_placements(*third)
+    assert list(plans) == [third]
+    assert conv_jacobians.input_placements(*small) == first  # worked out again, the same
+
+
 def test_the_registry_uses_the_closed_form_and_says_so() -> None:
     model = get_model("conv2d")
     cfg = model.parse_config({"padding": 1})
