@@ -59,3 +59,38 @@ class DirectTermOnly(Mistake):
             "gradient through time also adds, for every later step k > t, "
             "dl/dh[k] dh[k]/dh[t] (the later steps are missing).",
         )
+
+
+@register
+class DirectGradientsInTheSum(Mistake):
+    """The seed's sum for dl/dW_x (1.2.1(c)), ``sum_t (dl/dh[t] * (1 - c[t])) x[t]^T``, taken
+    over the direct gradients the loss gives each step instead of the total ones through time:
+    the backward pass through the later steps left out (the gradient as if each h[t-1] were a
+    constant)."""
+
+    code = "direct_gradients_only"
+    order = 22
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        source = key.source
+        if source is None or source.op != "backward" or source.select != "W_x":
+            return
+        if "c" not in {spec.name for spec in source.model.outputs}:
+            return
+        direct, x = source.grad_outputs.get("h"), source.prepared.args.get("x")
+        if direct is None or x is None or set(source.grad_outputs) != {"h"}:
+            return  # the direct gradients of h alone make the seed's sum; of c, another one
+        gate = source.forward()["c"]  # (T, m)  c[t] of equation (1)
+        inputs = x.detach().to(device="cpu", dtype=torch.float64)  # (T, n)
+        upstream = direct.detach().to(device="cpu", dtype=torch.float64)  # (T, m)
+        if gate.dim() != 2 or upstream.shape != gate.shape or inputs.dim() != 2:
+            return
+        if len(inputs) != len(gate) or (gate.shape[1], inputs.shape[1]) != shape:
+            return
+        yield Candidate(
+            (upstream * (1 - gate)).T @ inputs,  # (m, n)
+            "This is the sum over t of (dl/dh[t] * (1 - c[t])) x[t]^T taken with the direct "
+            "gradients that the loss gives each step. In that sum dl/dh[t] is the total "
+            "gradient through time: it also adds, for every later step k > t, "
+            "dl/dh[k] dh[k]/dh[t] (seed 1.2.1(c)-(d)).",
+        )

@@ -139,6 +139,15 @@ def gated_grad_w_x(
     return grad
 
 
+def gated_grad_w_x_direct_only(
+    w_c: np.ndarray, w_h: np.ndarray, w_x: np.ndarray, x: np.ndarray, direct: np.ndarray
+) -> np.ndarray:
+    """A typical wrong 1.2.1(c): the seed's sum over the direct gradients alone."""
+    _, c, _ = gated_rnn(w_c, w_h, w_x, x)
+    grad: np.ndarray = np.sum([np.outer(direct[t] * (1 - c[t]), x[t]) for t in range(len(x))], 0)
+    return grad
+
+
 # -- 1.2.2: AttentionRNN(k) and AttentionRNN(inf), equations (3)-(8), h[t] = 0 for t < 1 --
 
 

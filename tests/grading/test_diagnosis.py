@@ -370,6 +370,55 @@ def test_only_the_direct_term_of_the_gradient_through_time_is_diagnosed(rnn: str
     assert "later steps are missing" in result["diagnosis"][0]["message"]
 
 
+def direct_sum_for_w_x(upstream: np.ndarray) -> np.ndarray:
+    """Seed 1.2.1(c): sum over t of (dl/dh[t] * (1 - c[t])) x[t]^T, on the given dl/dh[t]."""
+    _, c, _ = rnn_states()
+    x = np.array(RNN_ARGS["inputs"]["x"])
+    return np.sum([np.outer(upstream[t] * (1 - c[t]), x[t]) for t in range(len(c))], axis=0)
+
+
+def truncated_w_x_gradient() -> np.ndarray:
+    """dl/dW_x by autograd with each step's h[t-1] detached: no path through time."""
+    p, i = RNN_ARGS["params"], RNN_ARGS["inputs"]
+    w_c, w_h = (torch.tensor(p[n], dtype=torch.float64) for n in ("W_c", "W_h"))
+    w_x = torch.tensor(p["W_x"], dtype=torch.float64, requires_grad=True)
+    h = torch.tensor(i["h0"], dtype=torch.float64)
+    loss = torch.zeros((), dtype=torch.float64)
+    for x, upstream in zip(torch.tensor(i["x"], dtype=torch.float64), RNN_UPSTREAM, strict=True):
+        prev = h.detach()
+        c = torch.sigmoid(w_c @ x + w_h @ prev)
+        h = c * prev + (1 - c) * (w_x @ x)
+        loss = loss + torch.from_numpy(upstream) @ h
+    (grad,) = torch.autograd.grad(loss, w_x)
+    return grad.numpy()
+
+
+def test_the_w_x_sum_over_the_direct_gradients_alone_is_diagnosed(rnn: str) -> None:
+    """1.2.1(c): the seed's sum needs the total dl/dh[t]; the same sum over the direct ones
+    (the given upstream gradients) is the gradient without the path through time."""
+    backward = {
+        **rnn_expected(rnn, "backward", grad_outputs={"h": RNN_UPSTREAM.tolist()}),
+        "select": "W_x",
+    }
+    right = direct_sum_for_w_x(rnn_state_grads())  # the seed's sum on the total gradients
+    assert judge(backward, right.tolist())["correct"]
+    direct_only = direct_sum_for_w_x(RNN_UPSTREAM)
+    np.testing.assert_allclose(direct_only, truncated_w_x_gradient(), rtol=1e-12, atol=1e-12)
+    assert not np.allclose(direct_only, right)
+    result = judge(backward, direct_only.tolist())
+    assert result["correct"] is False
+    assert codes(result) == ["direct_gradients_only"]
+    assert "total gradient through time" in result["diagnosis"][0]["message"]
+
+
+def test_with_gradients_on_the_gates_the_direct_sum_is_not_this_mistake() -> None:
+    """An upstream gradient on c[t] too makes dl/dW_x another sum: the mistake is not offered."""
+    gates = {"h": RNN_UPSTREAM.tolist(), "c": RNN_UPSTREAM.tolist()}
+    both = {**rnn_expected("gated_rnn", "backward", grad_outputs=gates), "select": "W_x"}
+    result = judge(both, direct_sum_for_w_x(RNN_UPSTREAM).tolist())
+    assert result["correct"] is False and "direct_gradients_only" not in codes(result)
+
+
 def test_rnn_generic_mistakes(rnn: str) -> None:
     h, c, _ = rnn_states()
     gate = judge(rnn_expected(rnn, "forward", select="h"), c.tolist())
@@ -400,7 +449,9 @@ def test_rnn_diagnoses_do_not_apply_where_the_model_does_not_fit() -> None:
         "select": "weight",
     }
     result = judge(backward, np.zeros((1, 5, 3)).tolist())
-    assert not {"direct_term_only", "gate_path_missing"} & set(codes(result))
+    assert not {"direct_term_only", "gate_path_missing", "direct_gradients_only"} & set(
+        codes(result)
+    )
 
 
 def test_recomputing_diagnoses_stay_within_the_compute_deadline(

@@ -141,7 +141,9 @@ def typical_mistake(problem: str, g: seed.Given) -> Any:
         "1.1c-iii": lambda: seed.conv_jacobian_weight(g["x"]),  # against W, not x
         "1.1c-iv": lambda: -np.array(right),
         "1.2.1b": lambda: [int(g["m"]) + 1],
-        "1.2.1c": lambda: np.array(right).T,
+        "1.2.1c": lambda: seed.gated_grad_w_x_direct_only(  # no path through time
+            g["W_c"], g["W_h"], g["W_x"], g["x"], g["dl_dh"]
+        ),
         "1.2.1d-jacobian": lambda: seed.gated_gate_path_missing(
             g["W_c"], g["W_h"], g["W_x"], g["x"]
         ),
@@ -163,7 +165,7 @@ DIAGNOSED = {
     "1.1c-ii": "jacobian_halves_swapped",
     "1.1c-iii": "wrong_argument",
     "1.1c-iv": "sign_flipped",
-    "1.2.1c": "transposed",
+    "1.2.1c": "direct_gradients_only",
     "1.2.1d-jacobian": "gate_path_missing",
     "1.2.2c": "off_by_one",
     "1.2.2d": "transposed",
