@@ -86,7 +86,11 @@ def _request(expected: Mapping[str, Any], answer: Any, tolerance: Tolerance) -> 
             {
                 "expected": dict(expected),
                 "answer": answer,
-                "tolerance": {"rtol": tolerance.rtol, "atol": tolerance.atol},
+                "tolerance": {
+                    "rtol": tolerance.rtol,
+                    "atol": tolerance.atol,
+                    "floor": tolerance.floor,
+                },
             }
         )
     except ValidationError as error:

@@ -246,7 +246,8 @@ def _label(expected: ModelExpected, name: str) -> str:
     if isinstance(expected, JacobianExpected):
         return f"d{expected.of}/d{expected.wrt}"
     if isinstance(expected, BackwardExpected):
-        return f"dl/d{name}" if name != "state_grads" else "state_grads (dl/dh[t] through time)"
+        # In the homework's words: a student never sees the field's name.
+        return f"dl/d{name}" if name != "state_grads" else "dl/dh[t] through time"
     if isinstance(expected, ForwardExpected):
         return f"output {name}"
     if name == "jacobians":

@@ -33,9 +33,9 @@ class GatePathMissing(Mistake):
             return
         yield Candidate(
             torch.diag_embed(gate),  # (T, m, m)  diag(c[t])
-            "This is only diag(c[t]), the direct path of dh[t]/dh[t-1]; h[t] also depends on "
-            "h[t-1] through the gate c[t] = sigmoid(W_c x[t] + W_h h[t-1]), which adds "
-            "diag(h[t-1] - W_x x[t]) diag(sigma'(z[t])) W_h (seed 1.2.1(d)).",
+            "This is only diag(c[t]), the direct path of dh[t]/dh[t-1]. h[t] also depends on "
+            "h[t-1] through the gate c[t] of equation (1), which depends on h[t-1] too: "
+            "differentiate that path as well, it adds a second term.",
         )
 
 
@@ -56,8 +56,8 @@ class DirectTermOnly(Mistake):
         yield Candidate(
             direct.detach().to(device="cpu", dtype=torch.float64),
             "This is only the direct term dl/dh[t] that the loss gives each step; the total "
-            "gradient through time also adds, for every later step k > t, "
-            "dl/dh[k] dh[k]/dh[t] (the later steps are missing).",
+            "gradient through time also counts how h[t] changes every later state h[k], "
+            "k > t, and through it the loss (the later steps are missing).",
         )
 
 
@@ -89,8 +89,7 @@ class DirectGradientsInTheSum(Mistake):
             return
         yield Candidate(
             (upstream * (1 - gate)).T @ inputs,  # (m, n)
-            "This is the sum over t of (dl/dh[t] * (1 - c[t])) x[t]^T taken with the direct "
-            "gradients that the loss gives each step. In that sum dl/dh[t] is the total "
-            "gradient through time: it also adds, for every later step k > t, "
-            "dl/dh[k] dh[k]/dh[t] (seed 1.2.1(c)-(d)).",
+            "This takes dl/dh[t] to be the direct gradients that the loss gives each step. "
+            "W_x reaches the loss through every h[t], and each h[t] also changes the later "
+            "states: the gradient of each h[t] to use is the total gradient through time.",
         )

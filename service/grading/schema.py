@@ -84,10 +84,13 @@ class FileModel(BaseModel):
 
 
 class Tolerance(FileModel):
-    """How close a numeric answer must be: ``|answer - key| <= atol + rtol * |key|``."""
+    """How close a numeric answer must be, each entry:
+    ``|answer - key| <= max(atol, floor * scale) + rtol * |key|``, with ``scale`` the largest
+    magnitude of the key (the rule of ``POST /v1/check``)."""
 
     rtol: float = Field(1e-4, ge=0, le=1, allow_inf_nan=False)
     atol: float = Field(1e-6, ge=0, allow_inf_nan=False)
+    floor: float = Field(1e-6, ge=0, le=1, allow_inf_nan=False)
 
 
 class GivenSpec(FileModel):

@@ -96,6 +96,58 @@ def test_the_seeds_answers_score_full_marks(
     assert all(test["status"] == "passed" for test in gradescope["tests"])
 
 
+def significant(value: Any, digits: int) -> Any:
+    """A tensor answer with every entry rounded to ``digits`` significant digits."""
+    array = np.asarray(value, dtype=np.float64)
+    rounded = [float(f"{v:.{digits - 1}e}") for v in array.flat]
+    return np.asarray(rounded).reshape(array.shape).tolist()
+
+
+TENSOR_PROBLEMS = [
+    *("1.1c-i", "1.1c-iv", "1.2.1c", "1.2.1d-jacobian"),
+    *("1.2.2c", "1.2.2d", "1.2.2e", "1.2.2f"),
+]
+
+
+@pytest.mark.parametrize("student", STUDENTS[:2])
+def test_tensors_to_four_significant_digits_are_right_and_to_two_are_not(
+    first: TestClient, student: str
+) -> None:
+    """The assignment asks for 4 significant digits: the seed's answers rounded so are right
+    (the keys' entries are 0.01 to 1: 4 decimals were not enough before), rounded to 2 they
+    are wrong."""
+    exact = seed_answers(first, student, TENSOR_PROBLEMS)
+    four = grade(first, student, {p: significant(a, 4) for p, a in exact.items()})
+    assert all(four["problems"][p]["status"] == "correct" for p in TENSOR_PROBLEMS), four
+    # The conv answers are sums of products of one-decimal numbers: 2 digits may be exact.
+    recurrent = [p for p in TENSOR_PROBLEMS if p.startswith("1.2")]
+    two = grade(first, student, {p: significant(exact[p], 2) for p in recurrent})
+    assert all(two["problems"][p]["status"] == "incorrect" for p in recurrent), two
+
+
+def test_the_input_size_never_equals_the_hidden_size_in_1_2_1b(first: TestClient) -> None:
+    """c[t] is in R^m; a student who answers n must be wrong for every variant."""
+    for index in range(60):
+        student = f"s{index}"
+        g = given(first, "1.2.1b", student)
+        m, n = int(g["m"]), int(g["n"])
+        assert 2 <= m <= 9 < n, (student, m, n)
+    g = given(first, "1.2.1b", "alice")
+    right = first.post(check_path("1.2.1b"), json={"student_id": "alice", "answer": [int(g["m"])]})
+    assert right.json()["correct"]
+    wrong = first.post(check_path("1.2.1b"), json={"student_id": "alice", "answer": [int(g["n"])]})
+    assert wrong.json()["status"] == "incorrect"
+
+
+def test_every_given_tensor_is_described(first: TestClient, problems: dict[str, Any]) -> None:
+    for problem in problems:
+        response = first.get(
+            f"/v1/assignments/cnn-rnn/problems/{problem}", params={"student_id": "alice"}
+        )
+        descriptions = response.json()["given_descriptions"]
+        assert all(text.strip() for text in descriptions.values()), (problem, descriptions)
+
+
 def test_each_problem_checked_alone(first: TestClient, problems: dict[str, Any]) -> None:
     for problem in problems:
         answer = seed.answer_to(problem, given(first, problem, "alice"))
