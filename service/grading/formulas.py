@@ -221,7 +221,11 @@ def _check_tree(
                 raise _refuse(f"{node.id} is a function: call it as {node.id}(...)", where, column)
             if node.id not in variables:
                 known = ", ".join(sorted(variables)) or "none"
-                raise _refuse(f"unknown name {node.id!r}; the variables are {known}", where, column)
+                cased = [v for v in sorted(variables) if v.lower() == node.id.lower()]
+                hint = f" (names are case-sensitive: {cased[0]!r}?)" if cased else ""
+                raise _refuse(
+                    f"unknown name {node.id!r}; the variables are {known}{hint}", where, column
+                )
             used.add(node.id)
         elif isinstance(node, ast.Call):
             children = _check_call(node, where, column)
@@ -231,7 +235,8 @@ def _check_tree(
             children = [node.left, *node.comparators]
         else:
             raise _refuse(_not_allowed(node), where, column)
-        stack.extend((child, depth + 1, node) for child in children)
+        # Left to right: the error reported is the first one in reading order.
+        stack.extend((child, depth + 1, node) for child in reversed(children))
     return frozenset(used)
 
 

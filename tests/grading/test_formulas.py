@@ -200,6 +200,10 @@ def test_hostile_formulas_are_refused(conv_key: FormulaKey, text: str, reason: s
         ("  H K", 5, "syntax error"),
         ("H + h", 5, "unknown name 'h'"),
         ("H + ceil(K, S)", 5, "takes 1 argument"),
+        # The first error in reading order, with a hint for a name of the wrong case.
+        ("floor((h + 2*k - 1)/s) + 1", 8, "unknown name 'h'; the variables are H, K, S"),
+        ("x + s", 1, "unknown name 'x'"),
+        ("h", 1, "(names are case-sensitive: 'H'?)"),
     ],
 )
 def test_errors_give_the_column(text: str, column: int, reason: str) -> None:
