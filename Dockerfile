@@ -23,8 +23,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY service ./service
-# The project with its runtime dependencies only (no dev extra), not editable: /src stays here.
-RUN /opt/venv/bin/pip install --no-cache-dir .
+# The project with its runtime dependencies (and the Redis client, for rate limits shared by
+# replicas; no dev extra), not editable: /src stays here.
+RUN /opt/venv/bin/pip install --no-cache-dir ".[redis]"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="tensorgrade" \

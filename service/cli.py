@@ -25,6 +25,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from service.limitstore import open_storage
 from service.settings import get_settings
 
 URL_ENV = "TENSORGRADE_URL"
@@ -33,9 +36,23 @@ API_KEY_ENV = "TENSORGRADE_API_KEY"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tensorgrade``; returns the exit status."""
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except ValidationError as error:  # a TENSORGRADE_* variable that is not valid
+        print(f"tensorgrade: {settings_problem(error)}", file=sys.stderr)
+        return 2
     command: Callable[[argparse.Namespace], int] = args.run
     return command(args)
+
+
+def settings_problem(error: ValidationError) -> str:
+    """What is wrong with the environment's settings, by variable, on one line."""
+    reasons = []
+    for item in error.errors(include_url=False):
+        names = [str(part) for part in item.get("loc", ())]
+        where = f"TENSORGRADE_{names[0].upper()}" if names else "the settings"
+        reasons.append(f"{where}: {str(item.get('msg', 'invalid')).removeprefix('Value error, ')}")
+    return "invalid configuration: " + "; ".join(reasons)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -128,6 +145,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.metrics import prepare_multiprocess_dir
 
     settings = get_settings()
+    try:  # here, once: each worker would fail at start-up and be restarted, forever
+        open_storage(settings.rate_limit_storage.get_secret_value())
+    except ValueError as error:
+        print(f"tensorgrade: {error}", file=sys.stderr)
+        return 2
     prepare_multiprocess_dir()
     uvicorn.run(
         "service.app:app",

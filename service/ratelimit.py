@@ -14,11 +14,11 @@ from typing import Any
 
 from fastapi import Depends, Request
 from limits import RateLimitItem, parse_many
-from limits.errors import ConfigurationError, StorageError
-from limits.storage import storage_from_string
+from limits.errors import StorageError
 from limits.strategies import MovingWindowRateLimiter
 
 from service.auth import CallerDep
+from service.limitstore import open_storage
 from service.problems import Problem, problem_responses
 from service.settings import Settings
 
@@ -30,14 +30,7 @@ class CheckLimiter:
 
     def __init__(self, limits: str, storage_uri: str) -> None:
         self.items: list[RateLimitItem] = parse_many(limits) if limits else []
-        try:
-            storage = storage_from_string(storage_uri, wrap_exceptions=True)
-        except ConfigurationError as error:
-            # The URI may hold a password: name its scheme only.
-            scheme = storage_uri.split("://", 1)[0]
-            reason = str(error).replace(storage_uri, f"{scheme}://...")
-            raise ValueError(f"TENSORGRADE_RATE_LIMIT_STORAGE: {reason}") from None
-        self._limiter = MovingWindowRateLimiter(storage)
+        self._limiter = MovingWindowRateLimiter(open_storage(storage_uri))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CheckLimiter:

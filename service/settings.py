@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.roster import RosterEntry, RosterError, load_roster
 
 MIN_SECRET_LENGTH = 16
+PLACEHOLDER = "REPLACE-ME"
+"""What the example Secret's values hold until an operator sets them: never accepted."""
 
 
 class Settings(BaseSettings):
@@ -131,9 +133,10 @@ class Settings(BaseSettings):
         1e12, gt=0, description="Throughput assumed for the compute-time estimate on a GPU."
     )
     graceful_shutdown_seconds: int = Field(
-        30,
+        65,
         ge=0,
-        description="On SIGTERM, how long in-flight requests may take to finish.",
+        description="On SIGTERM, how long in-flight requests may take to finish (the "
+        "default outlasts the longest request, an experiment of 60 s).",
     )
     malloc_arena_max: int = Field(
         2, ge=0, le=1024, description="glibc malloc arenas per worker; 0 keeps glibc's default."
@@ -190,6 +193,12 @@ class Settings(BaseSettings):
     # The roster's students, read once by ``_check_keys`` (never dumped or printed).
     _roster: tuple[RosterEntry, ...] = PrivateAttr(())
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        """``INFO`` as ``info``: operators write levels either way."""
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("check_rate_limit")
     @classmethod
     def _parse_rate_limit(cls, value: str) -> str:
@@ -207,9 +216,19 @@ class Settings(BaseSettings):
                 )
         if set(instructors) & set(students):
             raise ValueError("a key is both an instructor key and a student key")
+        secret = self.variant_secret.get_secret_value() if self.variant_secret else None
+        for name, values in (
+            ("instructor_keys", instructors),
+            ("student_keys", students),
+            ("variant_secret", [secret] if secret else []),
+        ):
+            if any(PLACEHOLDER in value.upper() for value in values):
+                raise ValueError(
+                    f"{name} still holds a placeholder ({PLACEHOLDER}) of the example "
+                    "manifests: replace it with a real value"
+                )
         if self.student_key_file is not None:
             self._roster = self._load_roster(self.student_key_file, instructors, students)
-        secret = self.variant_secret.get_secret_value() if self.variant_secret else None
         if secret is not None and len(secret) < MIN_SECRET_LENGTH:
             raise ValueError(f"variant_secret needs at least {MIN_SECRET_LENGTH} characters")
         if secret is None and (instructors or students or self._roster):

@@ -21,7 +21,7 @@ from service import gradebook
 from service.app import create_app
 from service.cli import main
 from service.client import BaseClient
-from service.settings import Settings
+from service.settings import Settings, get_settings
 from tests.fakes import FakeGrading
 from tests.servers import uvicorn_thread
 
@@ -499,3 +499,56 @@ def test_a_submission_json_cannot_carry_is_that_students_result(
     single = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs" / "ben.json")]
     assert main([*single, "--student-id", "ben"]) == 2
     assert "error: the request cannot be sent as JSON" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """The environment read again by the command (settings are read once per process)."""
+    get_settings.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "told"),
+    [
+        ("TENSORGRADE_PORT", "tcp://10.0.0.1:80", "TENSORGRADE_PORT: Input should be a valid"),
+        ("TENSORGRADE_WORKERS", "-1", "TENSORGRADE_WORKERS: Input should be greater"),
+        (
+            "TENSORGRADE_INSTRUCTOR_KEYS",
+            "REPLACE-ME-instructor-key",
+            "instructor_keys still holds a placeholder",
+        ),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable(
+    fresh_settings: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    told: str,
+) -> None:
+    fresh_settings.setenv(variable, value)
+    fresh_settings.setenv("TENSORGRADE_VARIANT_SECRET", "v" * 32)
+    for argv in (["serve"], ["healthcheck"], ["shape", "--help"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tensorgrade: invalid configuration: ") and told in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_serve_stops_before_the_workers_on_a_storage_it_cannot_use(
+    fresh_settings: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked once in the supervisor: otherwise each worker fails and is restarted forever."""
+    fresh_settings.setenv("TENSORGRADE_RATE_LIMIT_STORAGE", "nosuch://:password@host:1/0")
+    fresh_settings.setattr("uvicorn.run", lambda *a, **k: pytest.fail("uvicorn started"))
+    assert main(["serve", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tensorgrade: TENSORGRADE_RATE_LIMIT_STORAGE: ") and "password" not in err
+
+
+def test_log_levels_are_read_in_either_case() -> None:
+    assert Settings.model_validate({"log_level": "INFO"}).log_level == "info"
+    assert Settings.model_validate({"log_level": " Debug "}).log_level == "debug"

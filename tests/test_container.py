@@ -116,7 +116,8 @@ def test_multi_stage_slim_python_with_a_venv_copied_and_no_dev_dependencies() ->
     )
     runs = " ".join(instructions(build, "RUN"))
     assert '--index-url "${TORCH_INDEX_URL}"' in runs and "python -m venv /opt/venv" in runs
-    assert "pip install --no-cache-dir ." in runs and "-e ." not in runs
+    # With the Redis client: the README's shared rate-limit storage works in the image.
+    assert 'pip install --no-cache-dir ".[redis]"' in runs and "-e ." not in runs
     text = " ".join(i.args for stage in STAGES for i in stage)  # comments aside
     assert "[dev]" not in text and "curl" not in text and "wget" not in text
     assert "--from=build /opt/venv /opt/venv" in instructions(FINAL, "COPY")

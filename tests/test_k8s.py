@@ -191,3 +191,23 @@ def test_the_gpu_variant_asks_for_a_gpu_on_a_gpu_node() -> None:
     assert effective_env(gpu)["TENSORGRADE_WORKERS"] == "1"  # one CUDA context per GPU
     assert container(gpu)["image"].endswith("-cuda")
     assert "nvidia.com/gpu" not in str(DEPLOYMENTS["tensorgrade"])
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_the_grace_period_outlasts_the_pause_and_the_longest_request(name: str) -> None:
+    """SIGKILL comes terminationGracePeriodSeconds after the pod is told to stop: the preStop
+    pause, then the service's own graceful shutdown, which must outlast an experiment."""
+    env = effective_env(DEPLOYMENTS[name])
+    settings = Settings.model_validate(
+        {
+            k.removeprefix("TENSORGRADE_").lower(): v
+            for k, v in env.items()
+            if k in settings_variables()
+        }
+    )
+    assert settings.graceful_shutdown_seconds > settings.experiment_max_seconds
+    spec = DEPLOYMENTS[name]["spec"]["template"]["spec"]
+    command = container(DEPLOYMENTS[name])["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pause = int(command[1])
+    assert spec["terminationGracePeriodSeconds"] >= pause + settings.graceful_shutdown_seconds + 5

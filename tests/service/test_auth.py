@@ -258,6 +258,10 @@ def test_keys_and_the_secret_never_print() -> None:
         ({"variant_secret": "short"}, "at least 16 characters"),
         ({"student_keys": INSTRUCTOR}, "both an instructor key and a student key"),
         ({"check_rate_limit": "often"}, "rate limit"),
+        # The example Secret's placeholders are long enough to pass as keys: refused by name.
+        ({"instructor_keys": "REPLACE-ME-instructor-key"}, "instructor_keys still holds"),
+        ({"student_keys": f"{STUDENT},replace-me-student-key-2"}, "student_keys still holds"),
+        ({"variant_secret": "REPLACE-ME-with-32-random-bytes-hex"}, "variant_secret still"),
     ],
 )
 def test_wrong_key_settings_stop_start_up(overrides: dict[str, Any], message: str) -> None:
