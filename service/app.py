@@ -119,10 +119,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and added to the app itself, without the layer of an included router (see routing.py).
     include_flat(app, shapes.router, **INSTRUCTORS)
     app.include_router(health.router)
-    app.include_router(models.router, **INSTRUCTORS)
-    app.include_router(check.router, **INSTRUCTORS)
-    app.include_router(diagnostics.router, **INSTRUCTORS)
+    for router in (models.router, check.router, diagnostics.router):
+        app.include_router(router, **INSTRUCTORS)
     app.include_router(assignments.router, **STUDENTS)
+    # For the edge, which refuses a student key there before reading the body (middleware.py).
+    app.state.instructor_routes = tuple(
+        route
+        for router in (shapes.router, models.router, check.router, diagnostics.router)
+        for route in router.routes
+    )
     app.include_router(metrics.router)
     # The one middleware: request ids, telemetry and the guards at the edge, before routing,
     # so it sees every answer (see middleware.py).

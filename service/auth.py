@@ -157,29 +157,39 @@ def identify(request: Request) -> Caller:
 _KEY_HEADER = API_KEY_HEADER.lower().encode("latin-1")
 
 
-def refused_caller(
-    keyring: KeyRing | None, headers: Iterable[tuple[bytes, bytes]]
-) -> Problem | None:
-    """The 401 of a request whose key is missing or unknown while keys are configured, from
-    its headers alone: every POST route needs a key, and the edge answers this before it reads
-    the body, so that a caller without a key cannot make the server read and parse up to the
-    body limit (a JSON body parsed takes several times its size).
+def edge_caller(keyring: KeyRing | None, headers: Iterable[tuple[bytes, bytes]]) -> Role | Problem:
+    """The role of a request's key, or the 401 of a key that is missing or unknown while keys
+    are configured, from its headers alone. The edge answers what it can with it before it
+    reads the body (a 401 for any POST route, a 403 for a student key on an instructors'
+    route), so that a caller who may not call a route cannot make the server read and parse
+    up to the body limit (a JSON body parsed takes several times its size).
 
     Args:
-        keyring: the app's keys (``None`` for an app that keeps none: nothing refused).
+        keyring: the app's keys (``None`` for an app that keeps none: an instructor, as in
+            open mode).
         headers: the request's raw headers.
 
     Returns:
-        The problem to answer, or ``None`` to go on.
+        The caller's role, or the problem to answer.
     """
     if keyring is None or keyring.open:
-        return None
+        return "instructor"
     key = next((value for name, value in headers if name.lower() == _KEY_HEADER), None)
     try:
-        _holder(keyring, key.decode("latin-1") if key is not None else None)
+        return _holder(keyring, key.decode("latin-1") if key is not None else None).role
     except Problem as problem:
         return problem
-    return None
+
+
+def forbidden() -> Problem:
+    """The 403 of a student key on an instructors' operation."""
+    return Problem(
+        403,
+        "a student key may not call this operation: students read problem variants "
+        "and check their answers under /v1/assignments",
+        kind="forbidden",
+        title="Not allowed for this key",
+    )
 
 
 def require_own(who: Caller, student_id: str) -> None:
@@ -242,13 +252,7 @@ class KeyRule(APIKeyHeader):
 
     def _check_role(self, role: Role) -> None:
         if role not in self.roles:
-            raise Problem(
-                403,
-                "a student key may not call this operation: students read problem variants "
-                "and check their answers under /v1/assignments",
-                kind="forbidden",
-                title="Not allowed for this key",
-            )
+            raise forbidden()
 
 
 instructor_key = KeyRule(frozenset({"instructor"}))

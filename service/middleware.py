@@ -48,7 +48,7 @@ import orjson
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import refused_caller
+from service.auth import edge_caller, forbidden
 from service.deadlines import BodyDeadlines, BodyTimeout
 from service.mediatypes import is_json as is_json  # here since the guard decides with it
 from service.problems import Problem, ProblemException, problem_response
@@ -165,9 +165,16 @@ def _overloaded(in_flight: int) -> Problem:
 
 def _has_route(app: object, scope: Scope) -> bool:
     """Whether one of ``app``'s routes answers this method and path (looked up only for a
-    request about to be refused: the router does it again for the others)."""
+    request the edge may refuse: the router does it again for the others)."""
     router = getattr(app, "router", None)
     return any(route.matches(scope)[0] is Match.FULL for route in getattr(router, "routes", ()))
+
+
+def _instructors_only(app: object, scope: Scope) -> bool:
+    """Whether the route of this method and path admits instructor keys alone (the app lists
+    those routes in ``state.instructor_routes``)."""
+    routes = getattr(getattr(app, "state", None), "instructor_routes", ())
+    return any(route.matches(scope)[0] is Match.FULL for route in routes)
 
 
 class EdgeMiddleware:
@@ -258,18 +265,24 @@ class EdgeMiddleware:
         json_body = is_json(content_type)
         if json_body or scope["method"] == "POST":
             # A caller without a key (keys configured) never has its body read or parsed (see
-            # ``refused_caller``): a POST route answers its 401 here, at once; any other
+            # ``edge_caller``): a POST route answers its 401 here, at once; any other
             # request goes on without the JSON guard, so that a path no route answers stays
             # the router's 404 (or 405), and a route without a key rule its own answer, none
-            # of which reads the body.
+            # of which reads the body. A student key on an instructors' POST route gets its
+            # 403 here too.
             app = scope.get("app")
             keyring = getattr(getattr(app, "state", None), "keyring", None)
-            refused = refused_caller(keyring, scope["headers"])
-            if refused is not None:
+            caller = edge_caller(keyring, scope["headers"])
+            if isinstance(caller, Problem):
                 if scope["method"] == "POST" and _has_route(app, scope):
-                    await problem_response(refused)(scope, receive, send)
+                    await problem_response(caller)(scope, receive, send)
                     return
                 json_body = False
+            elif (
+                caller == "student" and scope["method"] == "POST" and _instructors_only(app, scope)
+            ):
+                await problem_response(forbidden())(scope, receive, send)
+                return
         counted = scope["path"] not in EXEMPT_PATHS
         if counted:
             if self.in_flight >= self.max_in_flight:

@@ -169,6 +169,51 @@ def test_a_caller_without_a_key_never_has_its_body_read(
         assert b"X-API-Key" in b"".join(m.get("body", b"") for m in sent[1:])
 
 
+def asgi_status(app: Any, method: str, path: str, who: str | None) -> int:
+    """The status ``app`` answers a 40 MB JSON request with, called directly (ASGI) with a
+    ``receive`` that fails the test if the body is asked for."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"40000000")]
+    if who is not None:
+        headers.append((b"x-api-key", who.encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError(f"the body of {method} {path} was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start"
+    return int(sent[0]["status"])
+
+
+def test_a_student_key_on_an_instructors_route_never_has_its_body_read(keyed: TestClient) -> None:
+    """A student key may call only /v1/assignments: on every other POST route its 403 comes
+    before a byte of the body is read (a student key must not make the server parse a body
+    it will refuse)."""
+    app = create_app(keyed_settings())
+    posts = [path for method, path in operations(keyed) if method == "POST"]
+    instructors = [path for path in posts if not path.startswith(STUDENT_PREFIX)]
+    assert len(instructors) > 5
+    for path in instructors:
+        assert asgi_status(app, "POST", path, STUDENT) == 403, path
+
+
 @pytest.mark.parametrize("body", [b"{bad", b'{"x": NaN}'], ids=["malformed", "nan"])
 def test_the_key_rule_is_applied_before_a_refused_body_is_explained(
     keyed: TestClient, body: bytes
