@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.body_limit,
         timeout=settings.body_timeout_seconds,
         max_in_flight=settings.max_requests_in_flight,
+        max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
     )
 
     def openapi() -> dict[str, Any]:

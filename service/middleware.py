@@ -13,6 +13,10 @@ without any per-route work. For each HTTP request, in this order:
   (with ``Retry-After``) before its body is read: whatever the load, a worker holds at most that
   many bodies and answers in memory. The health probes and metrics are exempt, so an
   overloaded worker is not mistaken for a dead one;
+- a body of ``LARGE_BODY`` or more takes its bytes from the worker's budget of large bodies
+  (``BodyBudget``) before it is read when it declares its length, as it streams in when it
+  does not; one that does not fit is a 503 too. A parsed JSON body takes several times its
+  size, so this, not the count of requests, bounds what large bodies cost a worker;
 - a JSON body is read whole, counted against the limit as it streams in (a chunked body is
   refused as soon as the count passes it, never buffered first) and parsed once with a strict
   parser, which refuses with a 422 what Python's ``json`` module would let through: the ``NaN``,
@@ -65,6 +69,65 @@ def _too_large(detail: str) -> Problem:
         title="The request body is too large",
         headers={"Connection": "close"},
     )
+
+
+LARGE_BODY = 1 << 20
+"""Bodies of this many bytes or more, declared or streamed, share the worker's budget of
+large bodies (``BodyBudget``); smaller ones only count against the requests in flight."""
+
+
+def _busy(held: int) -> Problem:
+    return Problem(
+        503,
+        f"this worker holds {held:,} bytes of large request bodies, its limit; "
+        "retry after the time in Retry-After",
+        kind="overloaded",
+        title="The service is overloaded",
+        headers={"Retry-After": "1"},
+    )
+
+
+class BodyBusy(ProblemException):
+    """Raised from ``receive`` when a streamed body grows large while the worker's budget of
+    large bodies is held by others."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__(_busy(held))
+
+
+class BodyBudget:
+    """The bytes of large bodies one worker holds at once, each from its first large byte
+    until its request is answered (a body parsed takes several times its size, and lives as
+    long as the request). One event loop per worker: no lock.
+
+    Args:
+        limit: the bytes taken at once; one body alone is taken whatever its size (up to the
+            body limit), so that the largest request the service accepts can still run.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int, own: int = 0) -> bool:
+        """Take ``size`` more bytes for a body that holds ``own`` already: granted when they
+        fit under the limit, or when no other body holds any."""
+        if self.held == own or self.held + size <= self.limit:
+            self.held += size
+            return True
+        return False
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+class Held:
+    """What one request holds of the budget (grown as an undeclared body streams in)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        self.size = 0
 
 
 class BodyTooLarge(ProblemException):
@@ -186,14 +249,25 @@ class EdgeMiddleware:
         max_bytes: the largest request body accepted, declared or streamed.
         timeout: seconds from the start of a request within which its body must have arrived.
         max_in_flight: requests this worker answers at once (probes and metrics aside).
+        max_body_bytes_in_flight: bytes of large bodies (``LARGE_BODY`` or more) this worker
+            holds at once; one body alone is taken whatever its size.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout: float, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        timeout: float,
+        max_in_flight: int,
+        max_body_bytes_in_flight: int = 64 << 20,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # one event loop per worker: no lock needed
+        self.bodies = BodyBudget(max_body_bytes_in_flight)
         # One set of deadlines per event loop: a worker has one; tests start several.
         self._deadlines: dict[asyncio.AbstractEventLoop, BodyDeadlines] = {}
         self._tick = min(1.0, timeout / 4)
@@ -296,16 +370,23 @@ class EdgeMiddleware:
             self._deadlines = {old: d for old, d in self._deadlines.items() if not old.is_closed()}
             deadlines = self._deadlines[loop] = BodyDeadlines(loop, self._tick)
         deadline = loop.time() + self.timeout
+        held = Held()
         try:
+            declared = int(content_length) if content_length and content_length.isdigit() else 0
+            if declared >= LARGE_BODY:  # taken before a byte is read, or refused unread
+                if not self.bodies.take(declared):
+                    raise BodyBusy(self.bodies.held)
+                held.size = declared
             if json_body:
-                await self._json(scope, receive, send, deadlines, deadline)
+                await self._json(scope, receive, send, deadlines, deadline, held)
             else:
-                await self.app(scope, self._counting(receive, deadlines, deadline), send)
-        except (BodyTooLarge, BodyTimeout) as error:
+                await self.app(scope, self._counting(receive, deadlines, deadline, held), send)
+        except (BodyTooLarge, BodyTimeout, BodyBusy) as error:
             if started():
                 raise
             await problem_response(error.problem)(scope, receive, send)
         finally:
+            self.bodies.give(held.size)
             if counted:
                 self.in_flight -= 1
 
@@ -316,6 +397,7 @@ class EdgeMiddleware:
         send: Send,
         deadlines: BodyDeadlines,
         deadline: float,
+        held: Held,
     ) -> None:
         """Read the body whole within the deadline, parse it strictly, and hand it on."""
         chunks: list[bytes] = []
@@ -329,6 +411,7 @@ class EdgeMiddleware:
                 received += len(chunk)
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                self._hold(held, received)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
@@ -351,8 +434,16 @@ class EdgeMiddleware:
 
         await self.app(scope, replay, send)
 
+    def _hold(self, held: Held, received: int) -> None:
+        """Grow what an undeclared (or under-declared) body holds of the budget as it streams
+        in, from its first large byte; ``BodyBusy`` when others hold the budget."""
+        if received >= LARGE_BODY and received > held.size:
+            if not self.bodies.take(received - held.size, own=held.size):
+                raise BodyBusy(self.bodies.held)
+            held.size = received
+
     def _counting(
-        self, receive: Receive, deadlines: BodyDeadlines, deadline: float
+        self, receive: Receive, deadlines: BodyDeadlines, deadline: float, held: Held
     ) -> Callable[[], Awaitable[Message]]:
         """``receive`` for a body the app reads itself: counted against the limit, and timed
         until the body is complete (after that, receive only waits for a disconnect)."""
@@ -369,6 +460,7 @@ class EdgeMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                self._hold(held, received)
                 complete = not message.get("more_body", False)
             return message
 

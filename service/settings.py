@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         le=100_000,
         description="Requests one worker holds at once; past that, 503 (probes exempt).",
     )
+    max_body_bytes_in_flight: int = Field(
+        64 << 20,
+        ge=0,
+        description="Bytes of large request bodies (1 MiB or more each) one worker holds at once; "
+        "past that, 503 before reading (one body alone is taken whatever its size).",
+    )
     max_concurrent_computations: int = Field(
         2, ge=1, le=1024, description="Computations running at once per device, per worker."
     )

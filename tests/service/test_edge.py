@@ -438,3 +438,82 @@ def test_head_is_get_without_the_body(client: TestClient, path: str) -> None:
     assert head.headers["content-length"] == get.headers["content-length"]
     assert head.headers["content-type"] == get.headers["content-type"]
     assert client.head("/v1/shapes/conv").status_code == 405  # POST only, as for GET
+
+
+MIB = 1 << 20
+
+
+def test_large_bodies_share_a_budget_and_a_small_one_always_passes() -> None:
+    """A worker holds at most ``max_body_bytes_in_flight`` of large bodies (1 MiB or more) at
+    once: past it, a large body is a 503 before a byte of it is read, whatever its sender may
+    do; a small body passes while large ones are held, and one body alone is taken whatever
+    its size. What a request held is given back when it is answered."""
+    release = asyncio.Event()
+
+    async def holds_until_released(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        await release.wait()
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    edge = EdgeMiddleware(
+        holds_until_released,
+        max_bytes=10 * MIB,
+        timeout=60,
+        max_in_flight=10,
+        max_body_bytes_in_flight=3 * MIB,
+    )
+
+    def declared(size: int) -> dict[str, Any]:
+        scope = http_scope("text/plain")
+        scope["headers"] = [*scope["headers"], (b"content-length", str(size).encode())]
+        return scope
+
+    async def request(scope: dict[str, Any], body: list[bytes], read: list[int]) -> list[Message]:
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            chunk = body.pop(0)
+            read.append(len(chunk))
+            return {"type": "http.request", "body": chunk, "more_body": bool(body)}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await edge(scope, receive, send)
+        return sent
+
+    async def main() -> None:
+        reads: dict[str, list[int]] = {name: [] for name in "abcdef"}
+        first = asyncio.create_task(request(declared(2 * MIB), [b"x" * 2 * MIB], reads["a"]))
+        alone = asyncio.create_task(request(declared(5 * MIB), [b"x" * 5 * MIB], reads["b"]))
+        await asyncio.sleep(0.01)
+        assert edge.bodies.held == 2 * MIB  # the 5 MiB body did not fit beside the first
+        assert alone.done() and alone.result()[0]["status"] == 503 and reads["b"] == []
+        assert alone.result()[0]["headers"] and any(
+            name == b"retry-after" for name, _ in alone.result()[0]["headers"]
+        )
+        small = asyncio.create_task(request(declared(1000), [b"x" * 1000], reads["c"]))
+        fits = asyncio.create_task(request(declared(MIB), [b"x" * MIB], reads["d"]))
+        # Undeclared (chunked): held from its first large byte, refused once it grows too big.
+        streamed = asyncio.create_task(
+            request(http_scope("text/plain"), [b"x" * MIB, b"x" * MIB], reads["e"])
+        )
+        await asyncio.sleep(0.01)
+        assert not small.done() and not fits.done()  # both taken, waiting to be answered
+        assert edge.bodies.held == 3 * MIB
+        assert streamed.done() and streamed.result()[0]["status"] == 503
+        assert reads["e"] == [MIB]  # refused at its first large chunk, the rest unread
+        release.set()
+        for task in (first, small, fits):
+            assert (await task)[0]["status"] == 200
+        assert edge.bodies.held == 0 and edge.in_flight == 0
+        # Alone, a body larger than the budget is taken (up to the body limit).
+        release.clear()
+        big = asyncio.create_task(request(declared(5 * MIB), [b"x" * 5 * MIB], reads["f"]))
+        await asyncio.sleep(0.01)
+        assert edge.bodies.held == 5 * MIB
+        release.set()
+        assert (await big)[0]["status"] == 200 and edge.bodies.held == 0
+
+    asyncio.run(main())
