@@ -134,6 +134,12 @@ def parser() -> argparse.ArgumentParser:
     grade.add_argument("--gradescope", type=Path, metavar="RESULTS_JSON", help="write it there")
     grade.add_argument("--out", type=Path, default=Path("grades"), help="class results folder")
     grade.add_argument("--jobs", type=int, default=4, help="class submissions graded at once")
+    grade.add_argument(
+        "--regrade",
+        action="store_true",
+        help="grade every student of a class again (by default a result of the same answers "
+        "to the same assignment is kept)",
+    )
     grade.set_defaults(run=run_grade)
     return root
 
@@ -211,7 +217,9 @@ def _client(args: argparse.Namespace) -> Any:
     from service.client import Client
 
     timeout = httpx.Timeout(connect=5.0, read=args.timeout, write=60.0, pool=args.timeout)
-    return Client(args.url, args.api_key, timeout=timeout, retries=args.retries)
+    # A key file saved on Windows ends in \r\n, which $(cat key) keeps: not part of the key.
+    key = args.api_key.strip() if args.api_key else args.api_key
+    return Client(args.url, key, timeout=timeout, retries=args.retries)
 
 
 def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -347,23 +355,59 @@ def print_summary(assignment: str, student_id: str, result: dict[str, Any]) -> N
         print(f"  {problem_key(test):<16} {test.get('score')} / {test.get('max_score')}{note}")
 
 
+def _problem_ids(client: Any, assignment: str) -> list[str]:
+    """The problem ids of ``assignment`` as the service lists them.
+
+    Raises:
+        SubmissionError: the service has no such assignment (nobody is graded, nothing kept
+            from an earlier run is taken for it).
+    """
+    from service.gradebook import SubmissionError
+
+    listed = {a["id"]: a for a in client.assignments()}
+    if assignment not in listed:
+        known = ", ".join(sorted(listed)) or "none"
+        raise SubmissionError(f"the service has no assignment {assignment!r}; it has {known}")
+    return [str(p["id"]) for p in listed[assignment]["problems"]]
+
+
 def _grade_class(args: argparse.Namespace) -> int:
     from service import gradebook
 
     submissions = gradebook.read_class(args.submission)
     interrupted = False
     report = gradebook.ClassReport()
+    students = [s.student_id for s in submissions]
     with _client(args) as client:
+        problems = _problem_ids(client, args.assignment)
+        if args.submission.suffix.lower() == ".csv":
+            gradebook.unknown_columns(args.submission, submissions, problems)
         try:
-            report = gradebook.grade_class(
-                client, args.assignment, submissions, args.out, jobs=args.jobs
+            gradebook.grade_class(
+                client,
+                args.assignment,
+                submissions,
+                args.out,
+                jobs=args.jobs,
+                problems=problems,
+                regrade=args.regrade,
+                report=report,
             )
         except KeyboardInterrupt:
             interrupted = True
+        except gradebook.GradingStopped:
+            gradebook.write_gradebook(args.out, students, report.failed)
+            raise
     # Written even after an interrupt: the gradebook of whoever is graded so far.
-    path = gradebook.write_gradebook(args.out, [s.student_id for s in submissions])
+    path = gradebook.write_gradebook(args.out, students, report.failed)
     if interrupted:
         print(f"interrupted; gradebook so far: {path}. Run the same command to resume.")
+        if report.abandoned:
+            # A second Ctrl-C left requests on their way (up to --timeout each): their
+            # threads would hold the exit. Everything kept is written, atomically.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     print(
         f"{len(report.graded)} graded, {len(report.resumed)} already graded, "

@@ -493,6 +493,11 @@ class BaseClient(Generic[T]):
         params = {"format": "gradescope"} if gradescope else None
         return self._call("POST", f"/v1/assignments/{assignment}/grade", body, params)
 
+    def assignments(self) -> list[dict[str, Any]]:
+        """``GET /v1/assignments``: every assignment with its problems (id, title, points)."""
+        listed: list[dict[str, Any]] = self._call("GET", "/v1/assignments")["assignments"]
+        return listed
+
     def models(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: every model with its params, inputs, outputs and config."""
         models: list[dict[str, Any]] = self._call("GET", "/v1/models")["models"]

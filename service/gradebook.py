@@ -12,6 +12,7 @@ address with an apostrophe or an accent is a student like any other.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -19,7 +20,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +59,18 @@ class GradingStopped(Exception):
 
 @dataclass(frozen=True)
 class Submission:
-    """One student's answers, by problem id."""
+    """One student's answers, by problem id.
+
+    Attributes:
+        student_id: the student.
+        answers: the answers, by problem id.
+        unreadable: why the student's file of a class folder cannot be graded as it is (the
+            class goes on; the student is left ungraded until the file is fixed).
+    """
 
     student_id: str
     answers: dict[str, Any]
+    unreadable: str | None = None
 
 
 @dataclass
@@ -73,11 +82,14 @@ class ClassReport:
         resumed: students skipped because an earlier run had graded them.
         failed: students left ungraded (server or network failure), with the reason; a
             later run grades them.
+        abandoned: the run was stopped (a second Ctrl-C) while answers were on their way:
+            their threads are still waiting for them.
     """
 
     graded: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    abandoned: bool = False
 
 
 def read_submission(path: Path, student_id: str | None = None) -> Submission:
@@ -125,8 +137,10 @@ def _read_submission(path: Path, student_id: str | None) -> Submission:
     try:
         # utf-8-sig: Windows editors (Notepad) save UTF-8 with a byte-order mark.
         data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is one
         raise SubmissionError(f"{path}: cannot read a JSON submission: {error}") from None
+    except RecursionError:
+        raise SubmissionError(f"{path}: cannot read a JSON submission: nested too deep") from None
     if not isinstance(data, dict):
         raise SubmissionError(f"{path}: a submission is a JSON object of answers by problem id")
     if "answers" in data:
@@ -146,7 +160,7 @@ def read_class(path: Path) -> list[Submission]:
         files = sorted(path.glob("*.json"))
         if not files:
             raise SubmissionError(f"{path}: no .json submissions in this folder")
-        submissions = [_read_submission(f, _folder_id(f)) for f in files]
+        submissions = [_read_folder_file(f) for f in files]
     elif path.suffix.lower() == ".csv":
         submissions = _read_csv(path)
     else:
@@ -159,28 +173,47 @@ def read_class(path: Path) -> list[Submission]:
     return submissions
 
 
-def _folder_id(path: Path) -> str | None:
-    """The id a file in a class folder is for: its ``student_id`` field, else its name."""
+def _read_folder_file(path: Path) -> Submission:
+    """The submission of one file of a class folder, for its ``student_id`` field, else for
+    its name (``<student id>.json``). A file that cannot be read leaves that student ungraded
+    with the reason: the rest of the class goes on."""
+    student = _folder_id(path)
+    try:
+        return _read_submission(path, student)
+    except SubmissionError as error:
+        return Submission(student, {}, unreadable=str(error))
+
+
+def _folder_id(path: Path) -> str:
+    """The id a file in a class folder is for: its ``student_id`` field, else its name (an id
+    may hold what no file name can, a ``/``)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return path.stem  # _read_submission reports the file properly
     if isinstance(data, dict) and "answers" in data and isinstance(data.get("student_id"), str):
-        return str(data["student_id"])
+        return str(data["student_id"]) or path.stem
     return path.stem
 
 
 def _read_csv(path: Path) -> list[Submission]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.reader(handle)
+            header = [cell.strip() for cell in next(reader, [])]
+            rows = [dict(zip(header, line, strict=False)) for line in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise SubmissionError(f"{path}: cannot read the CSV: {error}") from None
-    if not rows or "student_id" not in rows[0]:
+    # Spreadsheets write ", 1.1a" as a header cell " 1.1a": read it as 1.1a. A column given
+    # twice would keep one of its cells per student, silently: refused.
+    repeated = sorted(name for name, n in Counter(h for h in header if h).items() if n > 1)
+    if repeated:
+        raise SubmissionError(f"{path}: the header names a column twice: {', '.join(repeated)}")
+    if not rows or "student_id" not in header:
         raise SubmissionError(f"{path}: the CSV needs a header with a `student_id` column")
     submissions = []
     for line, row in enumerate(rows, start=2):
-        student = (row.pop("student_id") or "").strip()
+        student = (row.pop("student_id", "") or "").strip()
         answers = {
             problem: _cell(cell)
             for problem, cell in row.items()
@@ -199,7 +232,7 @@ def _cell(cell: str) -> Any:
     (a formula such as ``floor((H - K)/S) + 1``)."""
     try:
         return json.loads(cell)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or past what it reads: the text
         return cell.strip()
 
 
@@ -233,6 +266,63 @@ def result_names(student_ids: Iterable[str]) -> dict[str, str]:
 def _hashed_name(student_id: str) -> str:
     digest = hashlib.sha256(student_id.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{_UNSAFE.sub('_', student_id[:64])}~{digest[:HASH_DIGITS]}.json"
+
+
+STAMP = "tensorgrade"
+"""The key, under a result's ``extra_data`` (Gradescope's field for data of one's own), of what
+was graded: the assignment and a digest of the answers, so that a later run takes the result
+again only for the same assignment and the same answers."""
+
+
+def answers_digest(answers: Mapping[str, Any]) -> str | None:
+    """SHA-256 of the answers written canonically (keys sorted), or None where JSON cannot
+    write them (then a result is never taken again: the student is graded on every run)."""
+    try:
+        text = json.dumps(answers, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def stamped(
+    result: Mapping[str, Any], assignment: str, answers: Mapping[str, Any], ignored: Sequence[str]
+) -> dict[str, Any]:
+    """``result`` with what it grades under ``extra_data``: the assignment, the answers'
+    digest and the answers to problems the assignment does not have (``ignored``)."""
+    extra = dict(result.get("extra_data") or {})
+    extra[STAMP] = {
+        "assignment": assignment,
+        "answers_sha256": answers_digest(answers),
+        "ignored": list(ignored),
+    }
+    return {**result, "extra_data": extra}
+
+
+def graded_before(
+    result: Mapping[str, Any] | None, assignment: str, answers: Mapping[str, Any]
+) -> bool:
+    """Whether ``result`` (an earlier run's) grades these answers to this assignment: a
+    result of another assignment, of answers since corrected, or of a run that did not record
+    them, is graded again."""
+    extra = result.get("extra_data") if result is not None else None
+    mark = extra.get(STAMP) if isinstance(extra, dict) else None
+    digest = answers_digest(answers)
+    return (
+        isinstance(mark, dict)
+        and digest is not None
+        and mark.get("assignment") == assignment
+        and mark.get("answers_sha256") == digest
+    )
+
+
+def is_grade(result: object) -> bool:
+    """Whether an answer of the grade route is a Gradescope result (a proxy's page or an
+    empty object is not, and must not be kept as a student's grade)."""
+    return (
+        isinstance(result, dict)
+        and isinstance(result.get("tests"), list)
+        and isinstance(result.get("score"), int | float)
+    )
 
 
 def load_result(path: Path) -> dict[str, Any] | None:
@@ -324,8 +414,14 @@ def grade_class(
     *,
     jobs: int = 4,
     progress: Callable[[int, int], Progress] | None = None,
+    problems: Collection[str] | None = None,
+    regrade: bool = False,
+    report: ClassReport | None = None,
 ) -> ClassReport:
     """Grade every submission not graded yet, ``jobs`` at a time, writing each result.
+
+    A result file of an earlier run is taken again (the student is not graded again) when it
+    grades the same answers to the same assignment (``graded_before``).
 
     Args:
         client: the service's client (shared by the threads: httpx clients are thread-safe).
@@ -334,42 +430,79 @@ def grade_class(
         out: the folder of result files (created if missing).
         jobs: requests in flight at once.
         progress: makes the progress display from (total, already done).
+        problems: the assignment's problem ids, when known: answers to others are recorded
+            in the result (the service ignores them) and the gradebook's note names them.
+        regrade: grade every student again, whatever the folder holds.
+        report: filled as the run goes (so that a caller has it after an interrupt or a
+            stop too); a new one by default.
 
     Returns:
         Who was graded, resumed and left ungraded.
     """
     out.mkdir(parents=True, exist_ok=True)
     names = result_names(s.student_id for s in submissions)
-    report = ClassReport()
+    report = report if report is not None else ClassReport()
     todo = []
     for submission in submissions:
         student = submission.student_id
-        if load_result(out / names[student]) is not None:
+        if submission.unreadable is not None:
+            report.failed[student] = submission.unreadable  # fixed, a later run grades it
+        elif not regrade and graded_before(
+            load_result(out / names[student]), assignment, submission.answers
+        ):
             report.resumed.append(student)
         elif problem := id_problem(student):
             # Known before any request, and the same on every run: a result, not a failure.
-            write_json(out / names[student], bad_id_result(student, problem))
+            result = bad_id_result(student, problem)
+            write_json(out / names[student], stamped(result, assignment, submission.answers, []))
             report.graded.append(student)
         else:
             todo.append(submission)
     bar = (progress or Progress)(len(submissions), len(submissions) - len(todo))
+    for student in report.failed:
+        bar.advance(student, False)
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     futures: dict[Future[dict[str, Any]], Submission] = {
         pool.submit(client.grade, assignment, s.student_id, s.answers, gradescope=True): s
         for s in todo
     }
+    handled: set[Future[dict[str, Any]]] = set()
+
+    def keep(future: Future[dict[str, Any]]) -> None:
+        handled.add(future)
+        submission = futures[future]
+        student = submission.student_id
+        result = _outcome(future, student, report)
+        if result is not None:
+            ignored = sorted(set(submission.answers) - set(problems)) if problems else []
+            write_json(
+                out / names[student], stamped(result, assignment, submission.answers, ignored)
+            )
+            report.graded.append(student)
+        bar.advance(student, result is not None)
+
     try:
         for future in as_completed(futures):
-            student = futures[future].student_id
-            result = _outcome(future, student, report)
-            if result is not None:
-                write_json(out / names[student], result)
-                report.graded.append(student)
-            bar.advance(student, result is not None)
+            keep(future)
+    except KeyboardInterrupt:
+        running = sum(1 for f in futures if f.running())
+        if running:
+            print(
+                f"\ninterrupted: waiting for the {running} answers on their way "
+                "(Ctrl-C again to stop at once)",
+                file=sys.stderr,
+            )
+        raise
     finally:
-        # On an interrupt or a stop, requests not yet sent are dropped; results already
-        # written stay, and the next run starts from them.
+        # On an interrupt or a stop, requests not yet sent are dropped; the answers already
+        # on their way are kept when they arrive; the next run starts from the results.
+        report.abandoned = True  # until the wait below ends: a second Ctrl-C may cut it short
         pool.shutdown(wait=True, cancel_futures=True)
+        report.abandoned = False
+        for future in futures:
+            if future not in handled and future.done() and not future.cancelled():
+                with contextlib.suppress(GradingStopped):  # the stop under way says it
+                    keep(future)
         bar.close()
     return report
 
@@ -378,7 +511,7 @@ def _outcome(
     future: Future[dict[str, Any]], student: str, report: ClassReport
 ) -> dict[str, Any] | None:
     try:
-        return future.result()
+        result = future.result()
     except ProblemError as error:
         if error.status in SUBMISSION_FAULTS:
             return problem_result(error)
@@ -390,7 +523,37 @@ def _outcome(
         return refused_result(str(error), {"detail": str(error)})
     except httpx.HTTPError as error:
         report.failed[student] = f"{type(error).__name__}: {error}"
+    else:
+        if is_grade(result):
+            return result
+        # A proxy's page, an empty object: nothing to keep as a grade; a later run retries.
+        report.failed[student] = "the service's answer is not a Gradescope result"
     return None
+
+
+def unknown_columns(
+    path: Path, submissions: Sequence[Submission], problems: Collection[str]
+) -> None:
+    """Refuse a class CSV whose columns name problems the assignment does not have: the
+    service would ignore those answers, and every student would lose them silently.
+
+    Raises:
+        SubmissionError: naming each such column, with the problem id it may have meant.
+    """
+    unknown = sorted({key for s in submissions for key in s.answers} - set(problems))
+    if not unknown:
+        return
+    by_case = {p.casefold(): p for p in problems}
+    named = [
+        f"{column!r} (did you mean {by_case[column.casefold()]!r}?)"
+        if column.casefold() in by_case
+        else repr(column)
+        for column in unknown
+    ]
+    raise SubmissionError(
+        f"{path}: columns that are no problem of the assignment: {', '.join(named)}; "
+        f"its problems are {', '.join(problems)}"
+    )
 
 
 def problem_key(test: Mapping[str, Any]) -> str:
@@ -398,12 +561,20 @@ def problem_key(test: Mapping[str, Any]) -> str:
     return str(test.get("number") or test.get("name") or "?")
 
 
-def write_gradebook(out: Path, student_ids: Iterable[str]) -> Path:
+def write_gradebook(
+    out: Path, student_ids: Iterable[str], reasons: Mapping[str, str] | None = None
+) -> Path:
     """The CSV gradebook of the given students, from their result files.
 
     Columns: ``student_id``, ``score``, ``max_score``, one per problem (in the order they
-    first appear), and ``note`` (why a submission was not graded). A student without a result
-    file has an empty row, so nobody silently disappears from the gradebook.
+    first appear), and ``note`` (why a submission was not graded, or answers that were
+    ignored). A student without a result file has an empty row, so nobody silently
+    disappears from the gradebook.
+
+    Args:
+        out: the folder of result files.
+        student_ids: the class, in the gradebook's order.
+        reasons: why students were left ungraded by this run (their note says so).
     """
     ids = list(student_ids)
     names = result_names(ids)
@@ -413,7 +584,8 @@ def write_gradebook(out: Path, student_ids: Iterable[str]) -> Path:
         result = load_result(out / names[student])
         row: dict[str, Any] = {"student_id": student}
         if result is None:
-            row["note"] = "not graded yet"
+            reason = (reasons or {}).get(student)
+            row["note"] = f"not graded yet: {reason}" if reason else "not graded yet"
         else:
             tests = result.get("tests") or []
             row["score"] = result.get("score", sum(t.get("score", 0) for t in tests))
@@ -424,6 +596,12 @@ def write_gradebook(out: Path, student_ids: Iterable[str]) -> Path:
                 row[key] = test.get("score")
             if "tensorgrade_problem" in result:
                 row["note"] = result.get("output", "")
+            else:
+                extra = result.get("extra_data")
+                mark = extra.get(STAMP) if isinstance(extra, dict) else None
+                ignored = mark.get("ignored") if isinstance(mark, dict) else None
+                if ignored:
+                    row["note"] = "answers to unknown problems ignored: " + ", ".join(ignored)
         rows.append(row)
     path = out / GRADEBOOK
     partial = path.with_name(path.name + ".partial")

@@ -30,11 +30,17 @@ class FakeGrading:
         self.graded: list[str] = []
         self.bodies: list[dict[str, Any]] = []
         self.fail_with: dict[str, int] = {}  # student id -> status answered instead
+        self.answer_with: dict[str, Any] = {}  # student id -> JSON answered with a 200 instead
         self.app = self._build()
 
     def _build(self) -> FastAPI:
         app = FastAPI()
         install_problem_handlers(app)
+
+        @app.get("/v1/assignments")
+        async def assignments() -> Response:
+            problems = [{"id": pid, "title": title} for pid, (_, _, title) in KEY.items()]
+            return JSONResponse({"assignments": [{"id": "cnn-rnn", "problems": problems}]})
 
         @app.post("/v1/assignments/{assignment}/grade")
         async def grade(assignment: str, request: Request) -> Response:
@@ -43,6 +49,8 @@ class FakeGrading:
             if assignment != "cnn-rnn":
                 raise Problem(404, f"no assignment {assignment!r}; there is cnn-rnn")
             student = body["student_id"]
+            if student in self.answer_with:  # a proxy's answer, say: not a grade
+                return JSONResponse(self.answer_with[student])
             status = self.fail_with.get(student)
             if status is not None:
                 raise Problem(status, f"failing {student} on purpose", headers={"Retry-After": "0"})

@@ -168,7 +168,8 @@ def test_grade_a_class_folder_concurrently_then_resume_after_failures(
     assert "[5/5]" in captured.err  # the progress, one line per student off a terminal
     assert sorted(p.name for p in out.glob("*.json")) == ["ada.json", "cy.json", "dee.json"]
     rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
-    assert rows["ben"]["note"] == "not graded yet" and rows["ben"]["score"] == ""
+    assert rows["ben"]["score"] == ""
+    assert rows["ben"]["note"] == "not graded yet: 503 Service Unavailable: failing ben on purpose"
 
     service.fail_with = {}
     service.graded.clear()
@@ -219,6 +220,8 @@ def test_a_refusal_that_would_fail_everyone_stops_the_run(
     assert main([*argv, "--out", str(tmp_path / "grades")]) == 2
     assert "403" in capsys.readouterr().err
     assert not (tmp_path / "grades" / "ada.json").exists()
+    rows = read_gradebook(tmp_path / "grades" / gradebook.GRADEBOOK)  # written all the same
+    assert [r["student_id"] for r in rows] == ["ada"] and rows[0]["note"].startswith("not graded")
 
 
 def test_class_inputs_are_checked(tmp_path: Path) -> None:
@@ -552,3 +555,127 @@ def test_serve_stops_before_the_workers_on_a_storage_it_cannot_use(
 def test_log_levels_are_read_in_either_case() -> None:
     assert Settings.model_validate({"log_level": "INFO"}).log_level == "info"
     assert Settings.model_validate({"log_level": " Debug "}).log_level == "debug"
+
+
+def class_argv(url: str, source: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "grade",
+        "--url",
+        url,
+        "--assignment",
+        "cnn-rnn",
+        str(source),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_files_a_class_cannot_read_leave_their_students_ungraded_not_the_class(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that is not JSON, holds a number Python will not read (over 4,300 digits) or
+    nests past what it reads, or that the service answers with something that is not a grade
+    (a proxy's 200): that student is left ungraded, with the reason in the gradebook, and
+    the rest of the class is graded."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "zed": {"1.1a": [5, 2]}})
+    (tmp_path / "subs" / "bad.json").write_text('{"1.1a": [5, 2],}')
+    (tmp_path / "subs" / "big.json").write_text('{"1.3-4-loss": ' + "1" * 5000 + "}")
+    (tmp_path / "subs" / "deep.json").write_text('{"1.1a": ' + "[" * 5000 + "]" * 5000 + "}")
+    service.answer_with = {"zed": {}}
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 1
+    captured = capsys.readouterr()
+    assert "1 graded, 0 already graded, 4 failed" in captured.out, captured
+    assert "Traceback" not in captured.err
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["ada"]["score"] == "2.0"
+    for student, reason in [
+        ("bad", "cannot read a JSON submission"),
+        ("big", "cannot read a JSON submission"),
+        ("deep", "nested too deep"),
+        ("zed", "not a Gradescope result"),
+    ]:
+        assert (
+            rows[student]["note"].startswith("not graded yet: ") and reason in rows[student]["note"]
+        ), rows[student]
+    assert sorted(p.name for p in out.glob("*.json")) == ["ada.json"]
+
+
+def test_class_csv_headers_are_trimmed_and_checked_against_the_assignment(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    table = tmp_path / "class.csv"
+    table.write_text('student_id, 1.1a ,1.1c-i\nada,"[5, 2]",3\nben,"1' + "2" * 5000 + '",\n')
+    assert main(class_argv(url, table, tmp_path / "grades")) == 0, capsys.readouterr().err
+    assert service.bodies[0]["answers"] == {"1.1a": [5, 2], "1.1c-i": 3}
+    assert service.bodies[1]["answers"]["1.1a"].startswith("12222")  # too long a number: text
+    capsys.readouterr()
+    for header, told in [
+        ("student_id,1.1A", "'1.1A' (did you mean '1.1a'?)"),
+        ("student_id,1.1a,1.1a", "names a column twice: 1.1a"),
+        ("student_id,9.9", "'9.9'; its problems are 1.1a, 1.1c-i"),
+    ]:
+        table.write_text(f'{header}\nada,"[5, 2]","[5, 2]"\n')
+        service.bodies.clear()
+        assert main(class_argv(url, table, tmp_path / "other")) == 2
+        assert told in capsys.readouterr().err
+        assert service.bodies == []  # nobody graded, nobody losing an answer
+
+
+def test_a_result_is_kept_only_for_the_same_answers_to_the_same_assignment(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [2, 5]}, "ben": {"1.1a": [5, 2]}})
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    stamp = json.loads((out / "ada.json").read_text())["extra_data"]["tensorgrade"]
+    assert stamp["assignment"] == "cnn-rnn" and len(stamp["answers_sha256"]) == 64
+    # Another assignment: refused before anything is read from the folder, or sent.
+    service.bodies.clear()
+    other = ["grade", "--url", url, "--assignment", "hw2", str(tmp_path / "subs")]
+    assert main([*other, "--out", str(out)]) == 2
+    assert "no assignment 'hw2'; it has cnn-rnn" in capsys.readouterr().err
+    # ada corrects her answer: graded again; ben's result is kept.
+    (tmp_path / "subs" / "ada.json").write_text(json.dumps({"1.1a": [5, 2]}))
+    service.graded.clear()
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert service.graded == ["ada"] and "1 graded, 1 already graded" in capsys.readouterr().out
+    # A result without the stamp (an older run's) is graded again; --regrade grades all.
+    result = json.loads((out / "ben.json").read_text())
+    del result["extra_data"]
+    (out / "ben.json").write_text(json.dumps(result))
+    service.graded.clear()
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert service.graded == ["ben"]
+    service.graded.clear()
+    assert main(class_argv(url, tmp_path / "subs", out, "--regrade")) == 0
+    assert sorted(service.graded) == ["ada", "ben"]
+    capsys.readouterr()
+
+
+def test_answers_to_problems_the_assignment_lacks_are_noted_in_the_gradebook(
+    real_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service ignores them (and says so in the result's output); the gradebook's note
+    names them, so that a TA sees the answers that did not count."""
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2], "1.1A": [5, 2]}})
+    out = tmp_path / "grades"
+    assert main(class_argv(real_url, tmp_path / "subs", out)) == 0, capsys.readouterr().err
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["ada"]["note"] == "answers to unknown problems ignored: 1.1A"
+
+
+def test_a_key_read_from_a_windows_file_is_used_without_its_line_ending(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    submission = tmp_path / "answers.json"
+    submission.write_text(json.dumps({"1.1a": [5, 2]}))
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(submission)]
+    assert main([*argv, "--student-id", "ada", "--api-key", "secret-key-0123456789\r\n"]) == 0
+    captured = capsys.readouterr()
+    assert "secret-key" not in captured.out + captured.err
