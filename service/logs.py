@@ -48,6 +48,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class LoggedByTheService(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" record: Starlette re-raises an error
+    after the service's handler has answered the 500 and logged the traceback with the
+    request's id (``service.problems``), and uvicorn would log the same traceback again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Exception in ASGI application"
+
+
 def log_config(level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for uvicorn and the service, JSON on stderr.
 
@@ -62,6 +71,7 @@ def log_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "filters": {"logged_by_the_service": {"()": f"{__name__}.LoggedByTheService"}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -71,6 +81,12 @@ def log_config(level: str) -> dict[str, Any]:
         },
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "level": upper, "propagate": False},
+            "uvicorn.error": {
+                "handlers": ["stderr"],
+                "level": upper,
+                "propagate": False,
+                "filters": ["logged_by_the_service"],
+            },
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "tensorgrade": {"handlers": ["stderr"], "level": upper, "propagate": False},
         },

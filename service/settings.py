@@ -22,7 +22,10 @@ class Settings(BaseSettings):
 
     # hide_input_in_errors: a start-up error quotes no setting's value, since some are keys.
     model_config = SettingsConfigDict(
-        env_prefix="TENSORGRADE_", extra="ignore", hide_input_in_errors=True
+        env_prefix="TENSORGRADE_",
+        extra="ignore",
+        hide_input_in_errors=True,
+        allow_inf_nan=False,  # 1e999 seconds is no limit: refused, not read as infinity
     )
 
     host: str = Field("127.0.0.1", description="Address `tensorgrade serve` binds to.")

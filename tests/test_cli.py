@@ -518,6 +518,7 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPat
     [
         ("TENSORGRADE_PORT", "tcp://10.0.0.1:80", "TENSORGRADE_PORT: Input should be a valid"),
         ("TENSORGRADE_WORKERS", "-1", "TENSORGRADE_WORKERS: Input should be greater"),
+        ("TENSORGRADE_EXPERIMENT_MAX_SECONDS", "1e999", "TENSORGRADE_EXPERIMENT_MAX_SECONDS: "),
         (
             "TENSORGRADE_INSTRUCTOR_KEYS",
             "REPLACE-ME-instructor-key",
@@ -672,7 +673,7 @@ def test_answers_to_problems_the_assignment_lacks_are_noted_in_the_gradebook(
 def test_a_key_read_from_a_windows_file_is_used_without_its_line_ending(
     fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    service, url = fake
+    _, url = fake
     submission = tmp_path / "answers.json"
     submission.write_text(json.dumps({"1.1a": [5, 2]}))
     argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(submission)]

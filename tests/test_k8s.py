@@ -211,3 +211,9 @@ def test_the_grace_period_outlasts_the_pause_and_the_longest_request(name: str) 
     assert command[0] == "sleep"
     pause = int(command[1])
     assert spec["terminationGracePeriodSeconds"] >= pause + settings.graceful_shutdown_seconds + 5
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_no_service_links_reach_the_settings(name: str) -> None:
+    """Kubernetes would set TENSORGRADE_PORT=tcp://... for the Service named tensorgrade."""
+    assert DEPLOYMENTS[name]["spec"]["template"]["spec"]["enableServiceLinks"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import logging.config
@@ -262,3 +263,20 @@ def test_fastapis_opentelemetry_is_off_unless_asked_for(monkeypatch: pytest.Monk
     monkeypatch.setattr(native, "_unconfigured", lambda provider: False)
     assert not create_app(Settings())._native_telemetry.enabled()
     assert create_app(Settings(opentelemetry=True))._native_telemetry.enabled()
+
+
+def test_uvicorn_does_not_log_a_500s_traceback_a_second_time() -> None:
+    """The service's handler logs a 500 with its request id; Starlette then re-raises, and
+    uvicorn's own "Exception in ASGI application" record (the same traceback) is dropped,
+    while its other records pass."""
+    config = log_config("info")
+    assert config["loggers"]["uvicorn.error"]["filters"] == ["logged_by_the_service"]
+    made = config["filters"]["logged_by_the_service"]["()"]
+    module, name = made.rsplit(".", 1)
+    drop = getattr(importlib.import_module(module), name)()
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, message, None, None)
+
+    assert not drop.filter(record("Exception in ASGI application"))
+    assert drop.filter(record("Application startup failed. Exiting."))
