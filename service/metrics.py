@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -100,6 +101,20 @@ def record_request(method: str, route: str, status: int, seconds: float) -> None
         RATE_LIMITED.labels(route).inc()
 
 
+_RECORDED: ContextVar[bool] = ContextVar("tensorgrade_compute_recorded", default=True)
+
+
+@contextmanager
+def unrecorded() -> Iterator[None]:
+    """Computations inside the block are not counted in ``COMPUTE``: the start-up check of the
+    assignments' keys is no traffic, and would show every worker computing before any request."""
+    token = _RECORDED.set(False)
+    try:
+        yield
+    finally:
+        _RECORDED.reset(token)
+
+
 @contextmanager
 def compute_timer(model: str, operation: str, device: torch.device) -> Iterator[None]:
     """Time the computation inside the ``with`` block (successful ones only).
@@ -112,6 +127,8 @@ def compute_timer(model: str, operation: str, device: torch.device) -> Iterator[
     """
     start = time.perf_counter()
     yield
+    if not _RECORDED.get():
+        return
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     COMPUTE.labels(model, operation, device.type).observe(time.perf_counter() - start)

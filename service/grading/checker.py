@@ -37,6 +37,7 @@ from service.grading.check import CheckFailed, check_one, compute_key
 from service.grading.grade import MalformedAnswer
 from service.grading.schema import Tolerance
 from service.grading.schemas import CheckRequest
+from service.metrics import unrecorded
 from service.problems import Problem
 from service.settings import Settings
 
@@ -158,7 +159,8 @@ def spec_validator(settings: Settings) -> SpecValidator:
             on_cpu = request.expected.model_copy(update={"device": "cpu"})
             request = request.model_copy(update={"expected": on_cpu})
         try:
-            compute_key(request, settings, gate)
+            with unrecorded():  # no traffic: not counted in the compute metrics
+                compute_key(request, settings, gate)
         except ModelError as error:
             where = f"{error.where}: " if error.where else ""
             raise ValueError(f"{where}{error.message}") from None

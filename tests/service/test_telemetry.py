@@ -280,3 +280,16 @@ def test_uvicorn_does_not_log_a_500s_traceback_a_second_time() -> None:
 
     assert not drop.filter(record("Exception in ASGI application"))
     assert drop.filter(record("Application startup failed. Exiting."))
+
+
+def test_the_start_up_check_of_the_assignments_is_not_counted_as_compute() -> None:
+    """Every worker computes the keys of the built-in assignments at start-up: no traffic, so
+    not in tensorgrade_compute_duration_seconds (a request's computation still is)."""
+    labels = {"model": "conv1d", "operation": "forward", "device": "cpu"}
+    before = sample("tensorgrade_compute_duration_seconds_count", **labels)
+    with TestClient(create_app(Settings())) as client:
+        assert sample("tensorgrade_compute_duration_seconds_count", **labels) == before
+        body = {"params": {"weight": [[[1.0]]]}, "inputs": {"x": [[1.0]]}}
+        response = client.post("/v1/models/conv1d/forward", json=body)
+        assert response.status_code == 200, response.text
+    assert sample("tensorgrade_compute_duration_seconds_count", **labels) == before + 1
