@@ -10,6 +10,7 @@ and ``student_diagnosis``).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -240,6 +241,21 @@ def check_choice(problem: ProblemSpec, answer: Any) -> ProblemResult:
     return _result(problem, "correct" if correct else "incorrect", float(correct))
 
 
+NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
+"""A number as a student types it in a text field: ``1.386``, ``-.25``, ``1e-3``."""
+
+
+def number_text(answer: str) -> Any:
+    """A number answer sent as text (``"1.386"``, from a form or a quoted CSV cell) as the
+    number; other text is left as it is, for the check to refuse in its words."""
+    text = answer.strip()
+    if len(text) <= 64 and NUMBER_TEXT.fullmatch(text):
+        value = float(text)
+        if math.isfinite(value):
+            return value
+    return answer
+
+
 def grade_problem(variant: Variant, answer: Any, check: CheckFn) -> ProblemResult:
     """The grade of one answer (``None``: no answer) to one student's variant of a problem."""
     problem = variant.problem
@@ -251,6 +267,8 @@ def grade_problem(variant: Variant, answer: Any, check: CheckFn) -> ProblemResul
         if problem.answer_kind == "shape" and variant.expected.get("op") == "value":
             # A shape compared as a tensor of sizes: read "5x2" and 5 the way conv_shape does.
             answer = parse_shape_answer(answer, "answer")
+        elif problem.answer_kind == "number" and isinstance(answer, str):
+            answer = number_text(answer)
         outcome = check(variant.expected, answer, problem.tolerance)
     except InvalidAnswer as error:
         return _result(problem, "malformed", 0.0, why=error.message)

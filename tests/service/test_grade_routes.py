@@ -487,3 +487,22 @@ def test_answers_with_huge_numbers_or_one_argument_calls_are_graded_not_a_500(
         assert response.status_code == 200, response.text[:300]
     results = grade(first, "alice", answers)["problems"]
     assert {results[p]["score"] for p in answers} == {0}
+
+
+def test_a_number_answer_may_be_written_as_text(first: TestClient) -> None:
+    """A form field or a quoted CSV cell sends "1.386": read as the number; other text is
+    still a malformed answer that says why."""
+    for text, status in [
+        ("1.386", "correct"),
+        (" 1.3863 ", "correct"),
+        ("2", "incorrect"),
+        ("1.386e0", "correct"),
+        ("log(4)", "malformed"),
+        ("1e999", "malformed"),
+        ("nan", "malformed"),
+    ]:
+        response = first.post(
+            check_path("1.3-4-loss"), json={"student_id": "alice", "answer": text}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == status, (text, response.json())
