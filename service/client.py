@@ -23,10 +23,17 @@ service judges the answer as holding NaN or an infinity; a numpy array or torch 
 them travels as base64 of its bytes; anywhere else ``UnsendableError`` names the entry.
 
 Every error of the service is raised as ``ProblemError`` with its status, title, detail and
-field-level errors. Connection failures and 429/503 answers are retried, honouring
-``Retry-After``; every operation of the API is a pure computation, so a retry is safe.
-Plain-HTTP requests go through ``service.transport.StdlibTransport`` (kept-alive connections,
-a large answer read in one piece); others through httpx's own transport.
+field-level errors. A success whose body is not the service's answer (a proxy's or captive
+portal's page, JSON that is not an object, an object without the fields the operation always
+answers) is raised as ``UnexpectedResponse``, a ``ProblemError`` too. No error quotes the API
+key, even where the page that came back echoes it. Connection failures and 429/503 answers are
+retried, honouring ``Retry-After`` plus a random extra, so that the many workers of a grading
+run do not all come back at the same instant; every operation of the API is a pure
+computation, so a retry is safe. Plain-HTTP requests go through
+``service.transport.StdlibTransport`` (kept-alive connections, a large answer read in one
+piece); others through httpx's own transport; both through the proxy the environment names for
+the base URL (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, unless ``NO_PROXY`` names its
+host).
 """
 
 from __future__ import annotations
@@ -34,9 +41,10 @@ from __future__ import annotations
 import base64
 import json
 import math
+import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar
@@ -49,7 +57,7 @@ import orjson
 from service import __version__
 from service.binary import read_safetensors_answer
 from service.jsonout import nonfinite_name
-from service.transport import StdlibTransport
+from service.transport import StdlibTransport, environment_proxy
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +71,18 @@ B64_THRESHOLD = 1024
 """Tensors with more elements than this are sent as base64 rather than nested lists."""
 
 RETRIED_STATUSES = frozenset({429, 503})
+
+JITTER = 0.1
+"""A retry waits what was asked plus a random extra of up to this share of it, plus up to
+``backoff``: workers told the same ``Retry-After`` then come back spread out, not at once."""
+
+MAX_NESTING = 200
+"""The deepest nesting of lists and mappings a request value may have. orjson writes at most
+254 levels for the whole body, and converting a much deeper value would exhaust Python's
+stack; no tensor nests this deep (numpy allows 64 dimensions)."""
+
+EXCERPT_CHARS = 200
+"""How much of an unexpected body an ``UnexpectedResponse`` quotes."""
 
 AnswerEncoding = Literal["b64", "safetensors"]
 """How tensors of answers travel: base64 in JSON, or one binary safetensors body."""
@@ -118,19 +138,26 @@ class ProblemError(Exception):
         self.body = dict(body or {})
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> ProblemError:
-        """The problem an error response describes, whatever its media type."""
+    def from_response(cls, response: httpx.Response, secret: str | None = None) -> ProblemError:
+        """The problem an error response describes, whatever its media type.
+
+        Args:
+            response: the error response.
+            secret: text never to quote (the API key): a proxy's page may echo the request's
+                headers, and the message of this error can end up where students read it.
+        """
         request_id = response.headers.get("x-request-id")
+        text = _redacted(response.text, secret)
         try:
-            body = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
+            body = orjson.loads(text)
+        except orjson.JSONDecodeError:  # also where the redaction broke the JSON
             body = None
         if not isinstance(body, dict) or "detail" not in body:
             # Not from the service itself (a proxy's HTML page, say): keep what can be read.
             return cls(
                 response.status_code,
                 response.reason_phrase or "Error",
-                response.text[:500] or "(no body)",
+                text[:500] or "(no body)",
                 request_id=request_id,
             )
         return cls(
@@ -144,23 +171,65 @@ class ProblemError(Exception):
         )
 
 
+class UnexpectedResponse(ProblemError):
+    """A success (or a redirect) whose body is not the service's answer: a proxy's or captive
+    portal's HTML page answered with 200, JSON that is not an object, or an object without the
+    fields the operation always answers (``{}``, say).
+
+    A ``ProblemError``, so that code handling the service's refusals handles this one too.
+    ``status`` is the status received; ``detail`` names the request, the content type and the
+    start of the body (at most ``EXCERPT_CHARS`` characters, never the API key); ``body`` is
+    empty.
+    """
+
+    @classmethod
+    def of(
+        cls, response: httpx.Response, request: str, what: str, secret: str | None
+    ) -> UnexpectedResponse:
+        """The error for ``response``, the answer to ``request`` (``GET /healthz``), which
+        came ``what`` (``"with a body that is not JSON"``)."""
+        text = _redacted(response.text, secret)
+        excerpt = repr(text[:EXCERPT_CHARS]) + ("..." if len(text) > EXCERPT_CHARS else "")
+        content_type = response.headers.get("content-type") or "no content type"
+        detail = (
+            f"{request} was answered {what} ({content_type}; the body begins {excerpt}): "
+            "check that the URL is the service's and that no proxy or captive portal "
+            "answers in its place"
+        )
+        return cls(
+            response.status_code,
+            "Not the service's answer",
+            _redacted(detail, secret),
+            request_id=response.headers.get("x-request-id"),
+        )
+
+
 class UnsendableError(ValueError):
     """A request value that JSON cannot carry, raised before anything is sent: NaN or an
     infinity outside an answer and outside an array, or text that is not valid Unicode.
     The message names the entry, e.g. ``batch_losses[1][2] is NaN: ...``."""
 
 
-def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
+def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD, *, where: str = "the value") -> Any:
     """A request value with every numpy array and torch tensor inside in the wire form.
 
     Args:
         value: a tensor, or a mapping or sequence holding tensors (other values pass through).
         b64_threshold: tensors with more elements than this are sent as base64.
+        where: what the value is, for an error's message (``params``, ``answers["1.1a"]``).
 
     Returns:
         JSON-ready data: small tensors as nested lists, large ones as
         ``{"shape", "datatype", "b64"}``.
+
+    Raises:
+        UnsendableError: the value nests lists or mappings more than ``MAX_NESTING`` deep.
     """
+    return _to_wire(value, b64_threshold, where, 0)
+
+
+def _to_wire(value: Any, b64_threshold: int, where: str, depth: int) -> Any:
+    """``to_wire`` of a value inside ``depth`` lists or mappings."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor; no torch import
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray | np.generic):
@@ -173,14 +242,22 @@ def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
         datatype, layout = _WIRE_DATATYPES.get(array.dtype, ("FP64", "<f8"))
         raw = base64.b64encode(np.ascontiguousarray(array, dtype=layout).tobytes()).decode()
         return {"shape": list(array.shape), "datatype": datatype, "b64": raw}
+    if isinstance(value, Mapping | list | tuple) and depth >= MAX_NESTING:
+        # Checked on the way down, so that the recursion below stays far from Python's limit.
+        raise UnsendableError(
+            f"{where} nests lists or mappings more than {MAX_NESTING} levels deep, which this "
+            "client does not send (no tensor nests that deep): give a tensor, a number or text"
+        )
     if isinstance(value, Mapping):
-        return {key: to_wire(item, b64_threshold) for key, item in value.items()}
+        return {key: _to_wire(item, b64_threshold, where, depth + 1) for key, item in value.items()}
     if isinstance(value, list | tuple) and any(_holds_tensor(item) for item in value):
-        return [to_wire(item, b64_threshold) for item in value]
+        return [_to_wire(item, b64_threshold, where, depth + 1) for item in value]
     return value
 
 
-def answer_to_wire(answer: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
+def answer_to_wire(
+    answer: Any, b64_threshold: int = B64_THRESHOLD, *, where: str = "the answer"
+) -> Any:
     """A student's answer in the wire form, its non-finite numbers written as the service
     writes them: ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
 
@@ -191,11 +268,16 @@ def answer_to_wire(answer: Any, b64_threshold: int = B64_THRESHOLD) -> Any:
     Args:
         answer: as ``to_wire`` takes it.
         b64_threshold: as ``to_wire`` takes it.
+        where: as ``to_wire`` takes it.
 
     Returns:
         JSON-ready data without a non-finite float.
+
+    Raises:
+        UnsendableError: as ``to_wire`` raises it.
     """
-    return _nonfinite_as_text(to_wire(answer, b64_threshold))
+    # to_wire bounds the nesting, and with it the recursion of _nonfinite_as_text.
+    return _nonfinite_as_text(to_wire(answer, b64_threshold, where=where))
 
 
 def _nonfinite_as_text(value: Any) -> Any:
@@ -301,34 +383,59 @@ class BaseClient(Generic[T]):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         encoding: AnswerEncoding = "b64",
+        trust_env: bool = True,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         """A client of the service at ``base_url``.
 
         Args:
             base_url: where the service answers, e.g. ``http://127.0.0.1:8000``.
-            api_key: sent as ``X-API-Key``; None for a server that runs open.
+            api_key: sent as ``X-API-Key``; None for a server that runs open. Surrounding
+                whitespace is dropped (a key read from a file keeps its line break).
             timeout: seconds, or an ``httpx.Timeout`` for connect/read/write/pool apart.
             retries: how many times a request is retried after a connection failure or a
                 429/503 answer (0: never).
             backoff: first wait in seconds when the server gave no ``Retry-After``; doubles on
-                each retry.
-            max_wait: the longest single wait, whatever ``Retry-After`` says.
+                each retry. Every wait, ``Retry-After`` too, gets a random extra of up to
+                ``JITTER`` of itself plus up to ``backoff``.
+            max_wait: the longest single wait, whatever ``Retry-After`` and the extra say.
             b64_threshold: tensors with more elements are sent as base64.
             transport: an httpx transport to send requests through (default:
-                ``StdlibTransport``, which hands ``https://`` to httpx's own).
+                ``StdlibTransport``, which hands ``https://`` to httpx's own, through the
+                proxy the environment names for ``base_url`` if ``trust_env``). A transport
+                given is used as it is, without the environment's proxy.
             sleep: how to wait between retries (tests pass a recorder).
             encoding: how forward, backward and jacobian answer tensors: ``b64`` (JSON) or
                 ``safetensors`` (one binary body; ``Client`` then answers read-only arrays
                 that share the body's memory).
+            trust_env: as httpx's: take the proxy (``HTTP_PROXY``, ``HTTPS_PROXY``,
+                ``ALL_PROXY``, ``NO_PROXY``) and ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the
+                environment.
+            jitter: draws the share, in [0, 1), of each retry's random extra wait (tests pass
+                a constant).
+
+        Raises:
+            ValueError: the API key holds a control character or a character outside ASCII
+                (the message does not quote the key).
         """
         headers = {"User-Agent": f"tensorgrade-client/{__version__}"}
+        # A key read from a file ends with its line break ("\r\n" on Windows), which httpx
+        # would refuse with an error quoting the key: that message can reach a traceback in
+        # the output students see.
+        api_key = api_key.strip() if api_key is not None else None
         if api_key:
+            _check_api_key(api_key)
             headers["X-API-Key"] = api_key
+        self._secret = api_key or None
+        if transport is None:
+            proxy = environment_proxy(base_url) if trust_env else None
+            transport = StdlibTransport(proxy=proxy, trust_env=trust_env)
         self.http = httpx.Client(
             base_url=base_url,
             headers=headers,
             timeout=timeout,
-            transport=transport if transport is not None else StdlibTransport(),
+            transport=transport,
+            trust_env=trust_env,
         )
         self.retries = retries
         self.backoff = backoff
@@ -336,6 +443,7 @@ class BaseClient(Generic[T]):
         self.b64_threshold = b64_threshold
         self.encoding: AnswerEncoding = encoding
         self._sleep = sleep
+        self._jitter = jitter
 
     def __enter__(self) -> Self:
         return self
@@ -356,11 +464,11 @@ class BaseClient(Generic[T]):
 
     def health(self) -> dict[str, Any]:
         """``GET /healthz``: ``{"status": "ok"}`` while the server serves."""
-        return self._call("GET", "/healthz")
+        return self._call("GET", "/healthz", fields=("status",))
 
     def info(self) -> dict[str, Any]:
         """``GET /v1/info``: version, torch version, devices, limits and auth mode."""
-        return self._call("GET", "/v1/info")
+        return self._call("GET", "/v1/info", fields=("version",))
 
     def conv_shape(
         self,
@@ -393,7 +501,9 @@ class BaseClient(Generic[T]):
             body["in_channels"] = in_channels
         if out_channels is not None:
             body["out_channels"] = out_channels
-        return self._call("POST", "/v1/shapes/conv", body)
+        return self._call(
+            "POST", "/v1/shapes/conv", body, fields=("output_size", "output_shape", "steps")
+        )
 
     def forward(
         self,
@@ -407,7 +517,7 @@ class BaseClient(Generic[T]):
     ) -> dict[str, T]:
         """``POST /v1/models/{model}/forward``: every output of the model, by name."""
         body = self._model_body(params, inputs, config, device, dtype)
-        answer = self._call("POST", f"/v1/models/{model}/forward", body)
+        answer = self._call("POST", f"/v1/models/{model}/forward", body, fields=("outputs",))
         return {name: self.tensor(t) for name, t in answer["outputs"].items()}
 
     def backward(
@@ -427,8 +537,10 @@ class BaseClient(Generic[T]):
             grad_outputs: dl/d(output) for one or more outputs, each of its output's shape.
         """
         body = self._model_body(params, inputs, config, device, dtype)
-        body["grad_outputs"] = to_wire(grad_outputs, self.b64_threshold)
-        answer = self._call("POST", f"/v1/models/{model}/backward", body)
+        body["grad_outputs"] = to_wire(grad_outputs, self.b64_threshold, where="grad_outputs")
+        answer = self._call(
+            "POST", f"/v1/models/{model}/backward", body, fields=("outputs", "grads")
+        )
         return Backward(
             outputs={n: self.tensor(t) for n, t in answer.pop("outputs").items()},
             grads={n: self.tensor(t) for n, t in answer.pop("grads").items()},
@@ -450,7 +562,7 @@ class BaseClient(Generic[T]):
         """``POST /v1/models/{model}/jacobian``: d(of)/d(wrt), shaped of's shape + wrt's."""
         body = self._model_body(params, inputs, config, device, dtype)
         body |= {"of": of, "wrt": wrt}
-        answer = self._call("POST", f"/v1/models/{model}/jacobian", body)
+        answer = self._call("POST", f"/v1/models/{model}/jacobian", body, fields=("jacobian",))
         return self.tensor(answer["jacobian"])
 
     def check(
@@ -465,13 +577,15 @@ class BaseClient(Generic[T]):
         Returns:
             ``{"correct", "score", "report", "diagnosis"}``.
         """
-        return self._call("POST", "/v1/check", self._check_body(expected, answer, tolerance))
+        body = self._check_body(expected, answer, tolerance)
+        return self._call("POST", "/v1/check", body, fields=("correct", "score"))
 
     def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """``POST /v1/check/batch``: several checks (each ``{"expected", "answer",
         "tolerance"?}``), answered in order."""
-        body = {"checks": [self._check_to_wire(c) for c in checks]}
-        results: list[dict[str, Any]] = self._call("POST", "/v1/check/batch", body)["results"]
+        body = {"checks": [self._check_to_wire(c, f"checks[{i}]") for i, c in enumerate(checks)]}
+        answer = self._call("POST", "/v1/check/batch", body, fields=("results",))
+        results: list[dict[str, Any]] = answer["results"]
         return results
 
     def grade(
@@ -487,11 +601,24 @@ class BaseClient(Generic[T]):
         Args:
             answers: the answer to each problem, by problem id (``"1.1a"``...).
             gradescope: answer a Gradescope ``results.json`` instead of the service's form.
+
+        Returns:
+            The service's form (``total``, ``problems``...) or ``results.json`` (``score``,
+            ``tests``...).
+
+        Raises:
+            UnexpectedResponse: the answer lacks those fields (the service always answers
+                them), e.g. a proxy's page; an empty gradebook entry is never returned.
         """
-        wire = {problem: answer_to_wire(a, self.b64_threshold) for problem, a in answers.items()}
+        wire = {
+            problem: answer_to_wire(a, self.b64_threshold, where=_place("answers", problem))
+            for problem, a in answers.items()
+        }
         body = {"student_id": student_id, "answers": wire}
         params = {"format": "gradescope"} if gradescope else None
-        return self._call("POST", f"/v1/assignments/{assignment}/grade", body, params)
+        fields = ("tests", "score") if gradescope else ("problems", "total")
+        path = f"/v1/assignments/{assignment}/grade"
+        return self._call("POST", path, body, params, fields=fields)
 
     def assignments(self) -> list[dict[str, Any]]:
         """``GET /v1/assignments``: every assignment with its problems (id, title, points)."""
@@ -500,7 +627,7 @@ class BaseClient(Generic[T]):
 
     def models(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: every model with its params, inputs, outputs and config."""
-        models: list[dict[str, Any]] = self._call("GET", "/v1/models")["models"]
+        models: list[dict[str, Any]] = self._call("GET", "/v1/models", fields=("models",))["models"]
         return models
 
     def state_jacobians(
@@ -516,7 +643,8 @@ class BaseClient(Generic[T]):
         """``POST /v1/models/{model}/state-jacobians``: dh[t]/dh[t-1] per step, their norms and
         the vanishing/exploding verdict; tensors of the answer as this client's tensor type."""
         body = self._model_body(params, inputs, config, device, dtype)
-        answer = self._call("POST", f"/v1/models/{model}/state-jacobians", body)
+        path = f"/v1/models/{model}/state-jacobians"
+        answer = self._call("POST", path, body, fields=("jacobians",))
         return {k: self.tensor(v) if _is_wire_tensor(v) else v for k, v in answer.items()}
 
     def problem(self, assignment: str, problem: str, student_id: str) -> dict[str, Any]:
@@ -526,6 +654,7 @@ class BaseClient(Generic[T]):
             "GET",
             f"/v1/assignments/{assignment}/problems/{problem}",
             params={"student_id": student_id},
+            fields=("statement",),
         )
 
     def check_problem(
@@ -533,8 +662,10 @@ class BaseClient(Generic[T]):
     ) -> dict[str, Any]:
         """``POST /v1/assignments/{a}/problems/{p}/check``: one answer of a student judged
         against their variant: ``{"correct", "score", "points", "feedback", ...}``."""
-        body = {"student_id": student_id, "answer": answer_to_wire(answer, self.b64_threshold)}
-        return self._call("POST", f"/v1/assignments/{assignment}/problems/{problem}/check", body)
+        wire = answer_to_wire(answer, self.b64_threshold, where="answer")
+        body = {"student_id": student_id, "answer": wire}
+        path = f"/v1/assignments/{assignment}/problems/{problem}/check"
+        return self._call("POST", path, body, fields=("correct", "score"))
 
     def loss_curve(
         self,
@@ -552,7 +683,7 @@ class BaseClient(Generic[T]):
             ),
             "num_classes": num_classes,
         }
-        return self._call("POST", "/v1/diagnostics/loss-curve", body)
+        return self._call("POST", "/v1/diagnostics/loss-curve", body, fields=("epoch_mean",))
 
     def temporal_order(self, **options: Any) -> dict[str, Any]:
         """``POST /v1/experiments/temporal-order``: a bounded reference training run; the
@@ -571,8 +702,8 @@ class BaseClient(Generic[T]):
     ) -> dict[str, Any]:
         return {
             "config": dict(config or {}),
-            "params": to_wire(params, self.b64_threshold),
-            "inputs": to_wire(inputs, self.b64_threshold),
+            "params": to_wire(params, self.b64_threshold, where="params"),
+            "inputs": to_wire(inputs, self.b64_threshold, where="inputs"),
             "device": device,
             "dtype": dtype,
             "encoding": self.encoding,
@@ -582,16 +713,18 @@ class BaseClient(Generic[T]):
         self, expected: Mapping[str, Any], answer: Any, tolerance: Mapping[str, float] | None
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "expected": to_wire(expected, self.b64_threshold),
-            "answer": answer_to_wire(answer, self.b64_threshold),
+            "expected": to_wire(expected, self.b64_threshold, where="expected"),
+            "answer": answer_to_wire(answer, self.b64_threshold, where="answer"),
         }
         if tolerance is not None:
             body["tolerance"] = dict(tolerance)
         return body
 
-    def _check_to_wire(self, check: Mapping[str, Any]) -> dict[str, Any]:
+    def _check_to_wire(self, check: Mapping[str, Any], where: str) -> dict[str, Any]:
         return {
-            key: (answer_to_wire if key == "answer" else to_wire)(value, self.b64_threshold)
+            key: (answer_to_wire if key == "answer" else to_wire)(
+                value, self.b64_threshold, where=_place(where, key)
+            )
             for key, value in check.items()
         }
 
@@ -601,13 +734,52 @@ class BaseClient(Generic[T]):
         path: str,
         body: Any = None,
         params: Mapping[str, str] | None = None,
+        *,
+        fields: Collection[str] = (),
     ) -> dict[str, Any]:
+        """The answer of one operation.
+
+        Args:
+            method: the HTTP method.
+            path: the operation's path.
+            body: JSON-ready data to send, or None.
+            params: the query's parameters.
+            fields: the fields the operation always answers.
+
+        Returns:
+            The answer: a non-empty JSON object holding ``fields`` (or a safetensors body).
+
+        Raises:
+            ProblemError: the service refused (or something in its place did).
+            UnexpectedResponse: a success whose body is not such an answer.
+            UnsendableError: ``body`` cannot be sent as JSON.
+            httpx.HTTPError: the service cannot be reached (after the retries).
+        """
         response = self._send(method, path, body, params)
         if response.status_code >= 400:
-            raise ProblemError.from_response(response)
+            raise ProblemError.from_response(response, self._secret)
+        request = f"{method} {path}"
+        answer: Any
         if response.headers.get("content-type", "").startswith("application/octet-stream"):
-            return read_safetensors_answer(response.content)
-        answer: dict[str, Any] = orjson.loads(response.content)
+            try:
+                answer = read_safetensors_answer(response.content)
+            except ValueError as error:
+                what = f"with a body that is not a safetensors file ({error})"
+                raise UnexpectedResponse.of(response, request, what, self._secret) from None
+        else:
+            try:
+                answer = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                what = "with a body that is not JSON"
+                raise UnexpectedResponse.of(response, request, what, self._secret) from None
+        if not isinstance(answer, dict):
+            what = "with JSON that is not an object"
+            raise UnexpectedResponse.of(response, request, what, self._secret)
+        missing = [name for name in fields if name not in answer]
+        # Every operation answers fields: an empty object is never an answer.
+        if missing or not answer:
+            what = "with an empty object" if not answer else f"without {', '.join(missing)}"
+            raise UnexpectedResponse.of(response, request, what, self._secret)
         return answer
 
     def _send(
@@ -639,7 +811,16 @@ class BaseClient(Generic[T]):
                 asked = retry_after(response)
                 wait = asked if asked is not None else self.backoff * 2**attempt
             attempt += 1
-            self._sleep(min(wait, self.max_wait))
+            self._sleep(self._jittered(wait))
+
+    def _jittered(self, wait: float) -> float:
+        """``wait`` plus a random extra, at most ``max_wait``.
+
+        The workers of a grading run told the same ``Retry-After`` (or failing on the same
+        restart) would otherwise all retry at the same instant, and be refused together again.
+        """
+        extra = self._jitter() * (JITTER * wait + self.backoff)
+        return min(wait + extra, self.max_wait)
 
 
 def _json_body(body: Any) -> bytes:
@@ -678,6 +859,36 @@ class TorchClient(BaseClient["torch.Tensor"]):
         array = from_wire(wire)
         # A tensor owns writable memory: a read-only view of a safetensors body is copied.
         return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def _check_api_key(key: str) -> None:
+    """Refuse a key that cannot travel in a header, without quoting it.
+
+    Raises:
+        ValueError: the key holds a control character or a character outside ASCII.
+    """
+    for position, char in enumerate(key, 1):
+        if char.isascii() and char.isprintable():
+            continue
+        kind = (
+            f"a control character (U+{ord(char):04X})"
+            if char.isascii()
+            else "a non-ASCII character"
+        )
+        # Never the key itself, nor the character when it may be part of the secret.
+        raise ValueError(
+            f"the API key holds {kind} at character {position} of {len(key)}; a key is "
+            "printable ASCII: check the file or variable it was read from"
+        )
+
+
+def _redacted(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` (as written, or escaped in JSON) replaced."""
+    if not secret:
+        return text
+    for form in (secret, json.dumps(secret)[1:-1]):
+        text = text.replace(form, "[the API key]")
+    return text
 
 
 def _ints(value: int | Sequence[int]) -> int | list[int]:

@@ -6,8 +6,14 @@ an event, and into the joined body), with Python work per piece, so a 32 MB safe
 Jacobian arrives about 1.5x slower than with ``urllib.request``. ``http.client`` reads a body
 of known ``Content-Length`` with one read into one buffer, which the socket fills directly.
 Everything above the wire stays httpx (``httpx.Client``, its headers, timeouts and errors; the
-client's retries; proxies from the environment, which httpx mounts ahead of this transport);
-``https://`` and other schemes go to httpx's own transport.
+client's retries); ``https://`` and other schemes go to httpx's own transport.
+
+Proxies: httpx reads ``HTTP_PROXY`` and the like only for a client without a transport of its
+own, so the client asks ``environment_proxy`` which proxy applies to its base URL and hands it
+to this transport. Plain HTTP then goes to an ``http://`` proxy the same way, one buffer for the
+body, with the request's absolute URL in its request line; other schemes, and proxies this
+transport does not speak (``https://``, ``socks5://``), go through httpx's own transport with
+the proxy.
 
 Connections are kept alive and reused, one request at a time each, from a small pool that is
 safe to share between threads. A kept-alive connection that the server closed while it was
@@ -18,8 +24,10 @@ sending it twice is safe).
 
 from __future__ import annotations
 
+import base64
 import http.client
 import threading
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,20 +38,63 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 _DROPPED_HEADERS = frozenset({b"transfer-encoding", b"content-length"})
 
 
+def environment_proxy(url: httpx.URL | str) -> str | None:
+    """The proxy the environment names for ``url``, as httpx would read it.
+
+    Args:
+        url: where requests go (the client's base URL).
+
+    Returns:
+        The proxy's URL (``http://`` added to a bare ``host:port``), from ``HTTP_PROXY`` or
+        ``HTTPS_PROXY`` by ``url``'s scheme, else ``ALL_PROXY`` (each also in lower case,
+        which wins); None where none is set or ``NO_PROXY`` names ``url``'s host.
+    """
+    target = httpx.URL(url)
+    # getproxies() is what httpx itself reads (with, on macOS and Windows, the system's
+    # settings where the environment names none); proxy_bypass() applies NO_PROXY to it.
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(target.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    host = target.host if target.port is None else f"{target.host}:{target.port}"
+    if urllib.request.proxy_bypass(host):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
 class StdlibTransport(httpx.BaseTransport):
     """Plain-HTTP requests over pooled ``http.client`` connections; others through httpx.
 
     Args:
         max_idle: the most idle connections kept per host and port.
         other: the transport for every scheme but ``http`` (default: httpx's own, made when
-            first needed).
+            first needed, with ``proxy``).
+        proxy: a proxy every request goes through (``http://user:password@host:port``), or
+            None. A proxy other than ``http://`` takes plain HTTP to httpx's transport too.
+        trust_env: passed to httpx's transport (``SSL_CERT_FILE``, ``SSL_CERT_DIR``).
     """
 
-    def __init__(self, max_idle: int = 8, other: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        max_idle: int = 8,
+        other: httpx.BaseTransport | None = None,
+        *,
+        proxy: httpx.URL | str | None = None,
+        trust_env: bool = True,
+    ) -> None:
         self._max_idle = max_idle
         self._idle: dict[tuple[str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._other = other
+        self._proxy = None if proxy is None else httpx.URL(proxy)
+        self._trust_env = trust_env
+        self._proxy_headers: list[tuple[bytes, bytes]] = []
+        if self._proxy is not None and (self._proxy.username or self._proxy.password):
+            # What httpx sends a forward proxy: Basic auth from the URL's (decoded) userinfo.
+            userpass = f"{self._proxy.username}:{self._proxy.password}".encode()
+            self._proxy_headers.append(
+                (b"Proxy-Authorization", b"Basic " + base64.b64encode(userpass))
+            )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` and read its whole answer.
@@ -58,25 +109,35 @@ class StdlibTransport(httpx.BaseTransport):
             httpx.TransportError: the matching httpx error (``ConnectError``,
                 ``ReadTimeout``, ``RemoteProtocolError``...) for a failure on the wire.
         """
-        if request.url.scheme != "http":
+        proxy = self._proxy
+        if request.url.scheme != "http" or (proxy is not None and proxy.scheme != "http"):
             with self._lock:
                 if self._other is None:
-                    self._other = httpx.HTTPTransport()
+                    self._other = httpx.HTTPTransport(proxy=proxy, trust_env=self._trust_env)
                 other = self._other
             return other.handle_request(request)
-        key = (request.url.host, request.url.port or 80)
         timeouts: Mapping[str, float | None] = request.extensions.get("timeout", {})
         body = request.read()
         headers = [(k, v) for k, v in request.headers.raw if k.lower() not in _DROPPED_HEADERS]
         if body or request.method in ("POST", "PUT", "PATCH"):
             headers.append((b"Content-Length", str(len(body)).encode()))
+        path = request.url.raw_path.decode("ascii")
+        if proxy is None:
+            key = (request.url.host, request.url.port or 80)
+            target = path
+        else:
+            key = (proxy.host, proxy.port or 80)
+            # A forward proxy reads where to go from the request line: the absolute form
+            # (RFC 9112, 3.2.2), without userinfo or fragment.
+            target = f"http://{request.url.netloc.decode('ascii')}{path}"
+            headers += self._proxy_headers
         connection = self._take(key)
         # A reused connection may have been closed by the server while idle: one more try.
         tries = 2 if connection.sock is not None else 1
         while True:
             tries -= 1
             try:
-                answer = _exchange(connection, request, headers, body, timeouts)
+                answer = _exchange(connection, request, target, headers, body, timeouts)
             except _STALE as error:
                 connection.close()
                 if tries:
@@ -123,11 +184,13 @@ class StdlibTransport(httpx.BaseTransport):
 def _exchange(
     connection: http.client.HTTPConnection,
     request: httpx.Request,
+    target: str,
     headers: list[tuple[bytes, bytes]],
     body: bytes,
     timeouts: Mapping[str, float | None],
 ) -> httpx.Response:
-    """One request and its answer on ``connection``; errors mapped to httpx's."""
+    """One request for ``target`` (its request line's) and its answer on ``connection``;
+    errors mapped to httpx's."""
     stage = "connect"
     try:
         if connection.sock is None:
@@ -137,7 +200,7 @@ def _exchange(
         _set_timeout(connection, timeouts.get("write"))
         connection.putrequest(
             request.method,
-            request.url.raw_path.decode("ascii"),
+            target,
             skip_host=True,
             skip_accept_encoding=True,
         )

@@ -9,9 +9,16 @@ from __future__ import annotations
 import base64
 import email.utils
 import gc
+import http.client
+import json
+import random
+import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import numpy as np
@@ -22,10 +29,12 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.client import (
+    MAX_NESTING,
     Backward,
     Client,
     ProblemError,
     TorchClient,
+    UnexpectedResponse,
     UnsendableError,
     answer_to_wire,
     from_wire,
@@ -33,7 +42,7 @@ from service.client import (
 )
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.settings import Settings
-from service.transport import StdlibTransport
+from service.transport import StdlibTransport, environment_proxy
 from tests.fakes import FakeGrading
 from tests.helpers import finite_difference_jacobian
 from tests.servers import InProcess, uvicorn_thread
@@ -290,6 +299,11 @@ def recording() -> tuple[Callable[[float], None], list[float]]:
     return waits.append, waits
 
 
+def no_jitter() -> float:
+    """The least random extra wait: each wait is the one asked for."""
+    return 0.0
+
+
 def test_429_and_503_are_retried_honouring_retry_after() -> None:
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
     transport, seen = scripted(
@@ -299,7 +313,8 @@ def test_429_and_503_are_retried_honouring_retry_after() -> None:
         httpx.Response(200, json={"status": "ok"}),
     )
     sleep, waits = recording()
-    with Client("http://x", transport=transport, sleep=sleep, backoff=0.25) as tg:
+    client = Client("http://x", transport=transport, sleep=sleep, backoff=0.25, jitter=no_jitter)
+    with client as tg:
         assert tg.health() == {"status": "ok"}
     assert waits[0] == 2.0
     assert 25 < waits[1] <= 30  # the date, as seconds from now
@@ -311,7 +326,8 @@ def test_connection_errors_are_retried_with_backoff_then_raised() -> None:
     refused = httpx.ConnectError("connection refused")
     transport, _ = scripted(refused, refused, httpx.Response(200, json={"status": "ok"}))
     sleep, waits = recording()
-    with Client("http://x", transport=transport, sleep=sleep, backoff=0.5) as tg:
+    client = Client("http://x", transport=transport, sleep=sleep, backoff=0.5, jitter=no_jitter)
+    with client as tg:
         assert tg.health() == {"status": "ok"}
     assert waits == [0.5, 1.0]
 
@@ -478,3 +494,371 @@ def test_small_arrays_with_nan_travel_as_bytes_and_answers_spell_it_out() -> Non
     assert answer_to_wire([[1.0, NAN], (INF, -INF)]) == [[1.0, "NaN"], ["Infinity", "-Infinity"]]
     assert answer_to_wire({"shape": [1], "data": [NAN]}) == {"shape": [1], "data": ["NaN"]}
     assert answer_to_wire("floor(H/2)") == "floor(H/2)"
+
+
+# -- a success that is not the service's answer ---------------------------------------------------
+
+PORTAL = "<html><head><title>Hotel Wi-Fi</title></head><body>Please log in" + " " * 300 + "END"
+
+
+def answering(response: httpx.Response) -> httpx.MockTransport:
+    """A transport answering every request with ``response``."""
+    return httpx.MockTransport(lambda request: response)
+
+
+@pytest.mark.parametrize(
+    ("response", "what", "shown"),
+    [
+        (httpx.Response(200, html=PORTAL), "a body that is not JSON", "text/html; charset=utf-8"),
+        (httpx.Response(200, content=b""), "a body that is not JSON", "no content type"),
+        (httpx.Response(302, headers={"Location": "/login"}), "not JSON", "no content type"),
+        (httpx.Response(200, json=[1, 2]), "JSON that is not an object", "[1,2]"),
+        (httpx.Response(200, json="ok"), "JSON that is not an object", '"ok"'),
+        (httpx.Response(200, content=b"null"), "JSON that is not an object", "null"),
+        (httpx.Response(200, json={}), "an empty object", "{}"),
+        (httpx.Response(200, json={"state": "ok"}), "without status", "application/json"),
+    ],
+)
+def test_a_success_that_is_not_an_answer_is_a_clear_error(
+    response: httpx.Response, what: str, shown: str
+) -> None:
+    client = Client("http://x", transport=answering(response))
+    with client as tg, pytest.raises(UnexpectedResponse) as error:
+        tg.health()
+    problem = error.value
+    assert isinstance(problem, ProblemError)  # handled wherever the service's refusals are
+    assert problem.status == response.status_code and problem.title == "Not the service's answer"
+    message = str(problem)
+    assert message.startswith(f"{response.status_code} Not the service's answer: GET /healthz")
+    assert what in message and shown in message and "proxy or captive portal" in message
+
+
+def test_an_unexpected_body_is_quoted_only_in_its_first_200_characters() -> None:
+    client = Client("http://x", transport=answering(httpx.Response(200, html=PORTAL)))
+    with client as tg, pytest.raises(UnexpectedResponse) as error:
+        tg.health()
+    detail = error.value.detail
+    assert repr(PORTAL[:200]) + "..." in detail and "END" not in detail
+    assert len(detail) < 500
+
+
+@pytest.mark.parametrize(
+    ("answer", "gradescope", "missing"),
+    [
+        ({}, False, "an empty object"),
+        ({}, True, "an empty object"),
+        ({"score": 2.0, "tests": []}, False, "without problems, total"),  # not asked for
+        ({"student_id": "s1", "problems": {}}, False, "without total"),
+        ({"score": 2.0}, True, "without tests"),
+        ({"problems": {}, "total": 0.0}, True, "without tests, score"),
+    ],
+)
+def test_a_grade_without_its_fields_is_not_taken_for_an_answer(
+    answer: dict[str, object], gradescope: bool, missing: str
+) -> None:
+    """An empty result would go into the gradebook as a student's grade."""
+    transport = answering(httpx.Response(200, json=answer))
+    client = Client("http://x", transport=transport)
+    with client as tg, pytest.raises(UnexpectedResponse, match=missing) as error:
+        tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2]}, gradescope=gradescope)
+    assert "POST /v1/assignments/cnn-rnn/grade was answered" in str(error.value)
+
+
+def test_a_binary_body_that_is_not_safetensors_is_a_clear_error() -> None:
+    garbage = httpx.Response(
+        200, headers={"Content-Type": "application/octet-stream"}, content=b"x"
+    )
+    client = Client("http://x", transport=answering(garbage), encoding="safetensors")
+    with client as tg, pytest.raises(UnexpectedResponse, match="not a safetensors file"):
+        tg.jacobian("conv1d", {"weight": W}, {"x": X}, of="y", wrt="x")
+
+
+# -- retries wait a random extra ------------------------------------------------------------------
+
+
+def refused_then_ok(retry_after: str | None, times: int) -> httpx.MockTransport:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    answers = [httpx.Response(503, headers=headers) for _ in range(times)]
+    return scripted(*answers, httpx.Response(200, json={"status": "ok"}))[0]
+
+
+def test_retries_wait_what_was_asked_plus_a_bounded_random_extra() -> None:
+    def waits_with(jitter: Callable[[], float], retry_after: str | None) -> list[float]:
+        sleep, waits = recording()
+        transport = refused_then_ok(retry_after, 4)
+        client = Client("http://x", transport=transport, sleep=sleep, backoff=0.5, jitter=jitter)
+        with client as tg:
+            tg.health()
+        return waits
+
+    # The bounds: the extra is at most 10% of the wait plus the backoff.
+    assert waits_with(no_jitter, "4") == [4.0] * 4
+    assert waits_with(lambda: 1.0, "4") == pytest.approx([4.0 + 0.4 + 0.5] * 4)
+    assert waits_with(no_jitter, None) == [0.5, 1.0, 2.0, 4.0]
+    assert waits_with(lambda: 1.0, None) == pytest.approx([1.05, 1.6, 2.7, 4.9])
+    # Drawn: spread between the bounds, so that workers told the same wait come back apart.
+    drawn = waits_with(random.Random(0).random, "4")
+    assert all(4.0 <= wait <= 4.9 for wait in drawn) and len(set(drawn)) == 4
+
+
+def test_the_random_extra_is_random_by_default_and_capped() -> None:
+    sleep, waits = recording()
+    with Client("http://x", transport=refused_then_ok("4", 4), sleep=sleep, backoff=0.5) as tg:
+        tg.health()
+    assert all(4.0 <= wait <= 4.9 for wait in waits) and len(set(waits)) > 1
+    sleep, waits = recording()
+    transport = refused_then_ok("4", 2)
+    client = Client("http://x", transport=transport, sleep=sleep, max_wait=4.2, jitter=lambda: 1.0)
+    with client as tg:
+        tg.health()
+    assert waits == [4.2, 4.2]
+
+
+# -- proxies from the environment -----------------------------------------------------------------
+
+Seen = list[tuple[str, dict[str, str]]]
+"""Each request a server received: its request line and headers."""
+Respond = Callable[[str, str, dict[str, str], bytes], tuple[int, bytes]]
+"""A server's answer (status, JSON body) to a request's method, target, headers and body."""
+
+
+@contextmanager
+def http_server(respond: Respond) -> Iterator[tuple[str, Seen]]:
+    """A loopback HTTP/1.1 server in a thread; yields its URL and the requests it received."""
+    seen: Seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet under pytest
+            pass
+
+        def answer(self) -> None:
+            headers = dict(self.headers.items())
+            seen.append((self.requestline, headers))
+            body = self.rfile.read(int(headers.get("Content-Length", 0)))
+            status, content = respond(self.command, self.path, headers, body)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST = do_CONNECT = answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    # A short poll: shutdown() waits for the loop's next look (half a second by default).
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def healthy(method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    """The answers of /healthz and /v1/shapes/conv, naming the target and the body received."""
+    shape = {"output_size": [5], "output_shape": [5], "steps": []}
+    return 200, orjson.dumps({"status": "ok", "target": target, "received": len(body), **shape})
+
+
+def forwarding(method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    """A forward proxy: requests for an absolute URL go on to it; anything else is refused."""
+    url = urllib.parse.urlsplit(target)
+    if method == "CONNECT" or not url.scheme or url.hostname is None:
+        return 403, b'{"detail": "this proxy forwards plain HTTP only"}'
+    onward = {k: v for k, v in headers.items() if not k.lower().startswith("proxy-")}
+    connection = http.client.HTTPConnection(url.hostname, url.port)
+    try:
+        path = url.path + (f"?{url.query}" if url.query else "")
+        connection.request(method, path, body or None, onward)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy settings but the test's own (the lower-case names win over the upper-case)."""
+    for scheme in ("http", "https", "all", "no"):
+        for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("REQUEST_METHOD", raising=False)  # CGI: HTTP_PROXY is then not read
+    return monkeypatch
+
+
+def test_requests_go_through_the_proxy_the_environment_names(environ: pytest.MonkeyPatch) -> None:
+    with http_server(healthy) as (url, reached), http_server(forwarding) as (proxy, proxied):
+        environ.setenv("HTTP_PROXY", proxy)
+        with Client(url) as tg:
+            assert tg.health()["target"] == "/healthz"
+            sent = tg.conv_shape([7], 3)  # and a POST, with its body
+        assert sent["received"] == int(reached[1][1]["Content-Length"]) > 0
+    port = url.rsplit(":", 1)[1]
+    assert [line for line, _ in proxied] == [
+        f"GET {url}/healthz HTTP/1.1",  # the absolute form: for a proxy to forward
+        f"POST {url}/v1/shapes/conv HTTP/1.1",
+    ]
+    assert proxied[0][1]["Host"] == f"127.0.0.1:{port}"
+    assert [line for line, _ in reached] == [
+        "GET /healthz HTTP/1.1",
+        "POST /v1/shapes/conv HTTP/1.1",
+    ]
+
+
+def test_no_proxy_and_trust_env_false_send_requests_directly(environ: pytest.MonkeyPatch) -> None:
+    with http_server(healthy) as (url, reached), http_server(forwarding) as (proxy, proxied):
+        environ.setenv("ALL_PROXY", proxy)
+        with Client(url, trust_env=False) as tg:
+            assert tg.health()["target"] == "/healthz"
+        environ.setenv("NO_PROXY", "example.com,127.0.0.1")
+        with Client(url) as tg:
+            assert tg.health()["target"] == "/healthz"
+        environ.setenv("NO_PROXY", "example.com")
+        with Client(url) as tg:
+            assert tg.health()["target"] == "/healthz"
+    assert len(reached) == 3 and len(proxied) == 1  # the last one only
+
+
+def test_a_proxy_with_credentials_gets_them_in_proxy_authorization(
+    environ: pytest.MonkeyPatch,
+) -> None:
+    with http_server(healthy) as (url, _), http_server(forwarding) as (proxy, proxied):
+        environ.setenv("http_proxy", proxy.replace("http://", "http://ta:p%40ss@"))
+        environ.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the lower-case name wins
+        with Client(url, api_key="k-123") as tg:
+            tg.health()
+    headers = proxied[0][1]
+    assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"ta:p@ss").decode()
+    assert headers["X-API-Key"] == "k-123"
+
+
+def test_https_goes_through_the_proxy_with_connect(environ: pytest.MonkeyPatch) -> None:
+    """https:// is httpx's transport's, with the proxy: it asks for a tunnel (this proxy
+    refuses it, which is enough to see that the proxy was asked)."""
+    with http_server(forwarding) as (proxy, proxied):
+        environ.setenv("HTTPS_PROXY", proxy)
+        client = Client("https://tensorgrade.test:8443", retries=0)
+        with client as tg, pytest.raises(httpx.ProxyError):
+            tg.health()
+    assert proxied[0][0] == "CONNECT tensorgrade.test:8443 HTTP/1.1"
+
+
+@pytest.mark.parametrize(
+    ("settings", "url", "expected"),
+    [
+        ({}, "http://127.0.0.1:8000", None),
+        ({"HTTP_PROXY": "proxy.test:3128"}, "http://127.0.0.1:8000", "http://proxy.test:3128"),
+        ({"HTTP_PROXY": "http://p:1"}, "https://tg.test", None),
+        ({"HTTPS_PROXY": "http://p:1"}, "https://tg.test", "http://p:1"),
+        ({"ALL_PROXY": "socks5://p:1"}, "http://tg.test", "socks5://p:1"),
+        ({"ALL_PROXY": "http://p:1", "NO_PROXY": "*"}, "http://tg.test", None),
+        ({"ALL_PROXY": "http://p:1", "NO_PROXY": ".course.test"}, "http://tg.course.test", None),
+        ({"ALL_PROXY": "http://p:1", "NO_PROXY": "tg.test:8000"}, "http://tg.test:8000", None),
+        ({"ALL_PROXY": "http://p:1", "NO_PROXY": "tg.test:9"}, "http://tg.test:8000", "http://p:1"),
+    ],
+)
+def test_environment_proxy_reads_what_httpx_reads(
+    environ: pytest.MonkeyPatch, settings: dict[str, str], url: str, expected: str | None
+) -> None:
+    for name, value in settings.items():
+        environ.setenv(name, value)
+    assert environment_proxy(url) == expected
+
+
+# -- deeply nested values -------------------------------------------------------------------------
+
+
+def nested(depth: int, leaf: object = 1.0, container: type = list) -> object:
+    """``leaf`` inside ``depth`` lists (or tuples, or mappings ``{"a": ...}``)."""
+    value = leaf
+    for _ in range(depth):
+        value = {"a": value} if container is dict else container([value])
+    return value
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 300, 600, 900, 5000])
+@pytest.mark.parametrize("container", [list, tuple, dict])
+def test_deep_nesting_is_refused_before_sending_not_a_recursion_error(
+    depth: int, container: type
+) -> None:
+    deep = nested(depth, container=container)
+    transport, seen = scripted()
+    with Client("http://x", transport=transport) as tg:
+        with pytest.raises(UnsendableError, match=r'^answers\["1\.1a"\] nests lists or mappings'):
+            tg.grade("cnn-rnn", "s1", {"1.1a": deep})
+        with pytest.raises(UnsendableError, match=r'^checks\[0\]\["answer"\] nests'):
+            tg.check_batch([{"expected": {"op": "value", "value": 1}, "answer": deep}])
+        with pytest.raises(UnsendableError, match=r"^params nests"):
+            tg.forward("conv1d", {"weight": deep}, {"x": X})
+    assert seen == []
+    with pytest.raises(UnsendableError, match=r"^the answer nests"):
+        answer_to_wire(deep)
+    with pytest.raises(UnsendableError, match=f"more than {MAX_NESTING} levels deep"):
+        to_wire(nested(depth, leaf=np.ones(2), container=container))
+
+
+def test_nesting_up_to_the_limit_is_sent_as_it_is() -> None:
+    deep = nested(MAX_NESTING, leaf=NAN)
+    transport = InProcess(TestClient(FakeGrading().app))
+    with Client("http://testserver", transport=transport) as tg:
+        assert tg.grade("cnn-rnn", "s1", {"1.1c-i": deep})["total"] == 0  # a wrong answer
+    sent = json.loads(transport.requests[-1].content)["answers"]["1.1c-i"]
+    assert sent == nested(MAX_NESTING, leaf="NaN")
+
+
+# -- the API key ----------------------------------------------------------------------------------
+
+KEY = "tg-Zq8rW3mXv7"
+
+
+def test_a_key_read_with_its_line_break_is_sent_without_it() -> None:
+    """Over a socket, through the default transport: ``http.client`` refuses a header value
+    with ``\\r`` in an error that quotes it."""
+    with http_server(healthy) as (url, reached):
+        for written in (f"{KEY}\r\n", f"  {KEY}\n", f"\t{KEY} \r\n"):
+            with Client(url, api_key=written) as tg:
+                tg.health()
+        with Client(url, api_key=" \r\n") as tg:  # an empty file: no key
+            tg.health()
+    assert [headers.get("X-API-Key") for _, headers in reached] == [KEY, KEY, KEY, None]
+
+
+@pytest.mark.parametrize(
+    "key", [f"{KEY}\rX", f"{KEY[:5]}\x00{KEY[5:]}", f"{KEY}\x7f", f"{KEY}\n{KEY}", f"{KEY}é"]
+)
+def test_a_key_with_control_characters_is_refused_without_quoting_it(key: str) -> None:
+    with pytest.raises(ValueError, match=r"^the API key holds a") as error:
+        Client("http://x", api_key=key)
+    message = str(error.value)
+    assert "printable ASCII" in message
+    assert KEY not in message and KEY[:5] not in message and KEY[5:] not in message
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(502, html=f"<html>bad gateway for X-API-Key: {KEY}</html>"),
+        httpx.Response(200, html=f"<html>log in again ({KEY})</html>"),
+        httpx.Response(200, json={"echo": {"X-API-Key": KEY}}),
+        httpx.Response(
+            422,
+            json={"title": f"key {KEY}", "detail": f"the key {KEY} is bad", "status": 422},
+            headers={"Content-Type": "application/problem+json"},
+        ),
+    ],
+)
+def test_no_error_quotes_the_key_even_where_the_answer_echoes_it(
+    response: httpx.Response,
+) -> None:
+    client = Client("http://x", api_key=KEY, transport=answering(response))
+    with client as tg, pytest.raises(ProblemError) as error:
+        tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2]})
+    problem = error.value
+    for text in (str(problem), repr(problem), problem.title, problem.detail, str(problem.body)):
+        assert KEY not in text
+    assert "[the API key]" in str(problem)
