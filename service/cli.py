@@ -34,6 +34,10 @@ URL_ENV = "TENSORGRADE_URL"
 API_KEY_ENV = "TENSORGRADE_API_KEY"
 
 
+class CommandError(Exception):
+    """What the command was given cannot be used (the message says what and why)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tensorgrade``; returns the exit status."""
     try:
@@ -217,9 +221,10 @@ def _client(args: argparse.Namespace) -> Any:
     from service.client import Client
 
     timeout = httpx.Timeout(connect=5.0, read=args.timeout, write=60.0, pool=args.timeout)
-    # A key file saved on Windows ends in \r\n, which $(cat key) keeps: not part of the key.
-    key = args.api_key.strip() if args.api_key else args.api_key
-    return Client(args.url, key, timeout=timeout, retries=args.retries)
+    try:  # the client drops the \r\n that $(cat key) keeps of a key file saved on Windows
+        return Client(args.url, args.api_key, timeout=timeout, retries=args.retries)
+    except ValueError as error:  # a key no header can carry; the message never quotes it
+        raise CommandError(f"the API key: {error}") from None
 
 
 def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -242,7 +247,7 @@ def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
                 print(f"  (request id {error.request_id})", file=sys.stderr)
         except httpx.HTTPError as error:
             print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
-        except (SubmissionError, GradingStopped, UnsendableError, OSError) as error:
+        except (SubmissionError, GradingStopped, UnsendableError, CommandError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
         return 2
 

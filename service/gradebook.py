@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from service.client import BaseClient, ProblemError, UnsendableError
+from service.client import BaseClient, ProblemError, UnexpectedResponse, UnsendableError
 from service.roster import student_id_problem
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
@@ -512,6 +512,9 @@ def _outcome(
 ) -> dict[str, Any] | None:
     try:
         result = future.result()
+    except UnexpectedResponse as error:
+        # Not the service answering (a proxy's page, a captive portal): the same for everyone.
+        raise GradingStopped(str(error)) from error
     except ProblemError as error:
         if error.status in SUBMISSION_FAULTS:
             return problem_result(error)

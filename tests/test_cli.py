@@ -576,19 +576,17 @@ def test_files_a_class_cannot_read_leave_their_students_ungraded_not_the_class(
     fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A file that is not JSON, holds a number Python will not read (over 4,300 digits) or
-    nests past what it reads, or that the service answers with something that is not a grade
-    (a proxy's 200): that student is left ungraded, with the reason in the gradebook, and
-    the rest of the class is graded."""
-    service, url = fake
-    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "zed": {"1.1a": [5, 2]}})
+    nests past what it reads: that student is left ungraded, with the reason in the
+    gradebook, and the rest of the class is graded."""
+    _, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
     (tmp_path / "subs" / "bad.json").write_text('{"1.1a": [5, 2],}')
     (tmp_path / "subs" / "big.json").write_text('{"1.3-4-loss": ' + "1" * 5000 + "}")
     (tmp_path / "subs" / "deep.json").write_text('{"1.1a": ' + "[" * 5000 + "]" * 5000 + "}")
-    service.answer_with = {"zed": {}}
     out = tmp_path / "grades"
     assert main(class_argv(url, tmp_path / "subs", out)) == 1
     captured = capsys.readouterr()
-    assert "1 graded, 0 already graded, 4 failed" in captured.out, captured
+    assert "1 graded, 0 already graded, 3 failed" in captured.out, captured
     assert "Traceback" not in captured.err
     rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
     assert rows["ada"]["score"] == "2.0"
@@ -596,12 +594,27 @@ def test_files_a_class_cannot_read_leave_their_students_ungraded_not_the_class(
         ("bad", "cannot read a JSON submission"),
         ("big", "cannot read a JSON submission"),
         ("deep", "nested too deep"),
-        ("zed", "not a Gradescope result"),
     ]:
         assert (
             rows[student]["note"].startswith("not graded yet: ") and reason in rows[student]["note"]
         ), rows[student]
     assert sorted(p.name for p in out.glob("*.json")) == ["ada.json"]
+
+
+def test_an_answer_that_is_not_a_grade_stops_the_class(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 200 that is not a grade (a proxy or captive portal answering in the service's place)
+    would be the same for everyone: the run stops and says so, nothing is kept for it, and
+    the gradebook is written."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"zed": {"1.1a": [5, 2]}})
+    service.answer_with = {"zed": {}}
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 2
+    assert "no proxy or captive portal answers in its place" in capsys.readouterr().err
+    assert not (out / "zed.json").exists()
+    assert read_gradebook(out / gradebook.GRADEBOOK)[0]["note"].startswith("not graded yet")
 
 
 def test_class_csv_headers_are_trimmed_and_checked_against_the_assignment(
@@ -680,3 +693,16 @@ def test_a_key_read_from_a_windows_file_is_used_without_its_line_ending(
     assert main([*argv, "--student-id", "ada", "--api-key", "secret-key-0123456789\r\n"]) == 0
     captured = capsys.readouterr()
     assert "secret-key" not in captured.out + captured.err
+
+
+def test_a_key_no_header_can_carry_is_one_line_that_does_not_quote_it(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, url = fake
+    submission = tmp_path / "answers.json"
+    submission.write_text(json.dumps({"1.1a": [5, 2]}))
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(submission)]
+    assert main([*argv, "--student-id", "ada", "--api-key", "secret-key\x01-0123456789"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the API key: ") and "secret-key" not in err
+    assert len(err.strip().splitlines()) == 1
