@@ -214,3 +214,4 @@ def test_run_autograder_with_a_broken_file_says_why(script: Path, url: str, tmp_
     results = run(script, autograder(tmp_path, '{"1.1a": [5, 2]'), url)
     assert results["score"] == 0 and results["tests"] == []
     assert "cannot read a JSON submission" in results["output"]
+    assert "correct it and submit again" in results["output"]  # the student's to fix
