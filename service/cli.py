@@ -360,8 +360,8 @@ def print_summary(assignment: str, student_id: str, result: dict[str, Any]) -> N
         print(f"  {problem_key(test):<16} {test.get('score')} / {test.get('max_score')}{note}")
 
 
-def _problem_ids(client: Any, assignment: str) -> list[str]:
-    """The problem ids of ``assignment`` as the service lists them.
+def _problems(client: Any, assignment: str) -> list[dict[str, Any]]:
+    """The problems of ``assignment`` as the service lists them (id, title, points...).
 
     Raises:
         SubmissionError: the service has no such assignment (nobody is graded, nothing kept
@@ -373,7 +373,8 @@ def _problem_ids(client: Any, assignment: str) -> list[str]:
     if assignment not in listed:
         known = ", ".join(sorted(listed)) or "none"
         raise SubmissionError(f"the service has no assignment {assignment!r}; it has {known}")
-    return [str(p["id"]) for p in listed[assignment]["problems"]]
+    problems: list[dict[str, Any]] = listed[assignment]["problems"]
+    return problems
 
 
 def _grade_class(args: argparse.Namespace) -> int:
@@ -384,7 +385,9 @@ def _grade_class(args: argparse.Namespace) -> int:
     report = gradebook.ClassReport()
     students = [s.student_id for s in submissions]
     with _client(args) as client:
-        problems = _problem_ids(client, args.assignment)
+        listed = _problems(client, args.assignment)
+        problems = [str(p["id"]) for p in listed]
+        points = sum(float(p.get("points", 0)) for p in listed)
         if args.submission.suffix.lower() == ".csv":
             gradebook.unknown_columns(args.submission, submissions, problems)
         try:
@@ -401,10 +404,10 @@ def _grade_class(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             interrupted = True
         except gradebook.GradingStopped:
-            gradebook.write_gradebook(args.out, students, report.failed)
+            gradebook.write_gradebook(args.out, students, report.failed, points)
             raise
     # Written even after an interrupt: the gradebook of whoever is graded so far.
-    path = gradebook.write_gradebook(args.out, students, report.failed)
+    path = gradebook.write_gradebook(args.out, students, report.failed, points)
     if interrupted:
         print(f"interrupted; gradebook so far: {path}. Run the same command to resume.")
         if report.abandoned:

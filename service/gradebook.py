@@ -565,7 +565,10 @@ def problem_key(test: Mapping[str, Any]) -> str:
 
 
 def write_gradebook(
-    out: Path, student_ids: Iterable[str], reasons: Mapping[str, str] | None = None
+    out: Path,
+    student_ids: Iterable[str],
+    reasons: Mapping[str, str] | None = None,
+    max_score: float | None = None,
 ) -> Path:
     """The CSV gradebook of the given students, from their result files.
 
@@ -578,6 +581,9 @@ def write_gradebook(
         out: the folder of result files.
         student_ids: the class, in the gradebook's order.
         reasons: why students were left ungraded by this run (their note says so).
+        max_score: the assignment's points, the ``max_score`` of a submission that was not
+            graded as it is (its result has no problems to add up), so that every row's
+            percentage means the same.
     """
     ids = list(student_ids)
     names = result_names(ids)
@@ -593,6 +599,8 @@ def write_gradebook(
             tests = result.get("tests") or []
             row["score"] = result.get("score", sum(t.get("score", 0) for t in tests))
             row["max_score"] = sum(t.get("max_score", 0) for t in tests)
+            if not tests and max_score is not None:
+                row["max_score"] = max_score
             for test in tests:
                 key = problem_key(test)
                 problems.setdefault(key)

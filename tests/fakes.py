@@ -39,7 +39,10 @@ class FakeGrading:
 
         @app.get("/v1/assignments")
         async def assignments() -> Response:
-            problems = [{"id": pid, "title": title} for pid, (_, _, title) in KEY.items()]
+            problems = [
+                {"id": pid, "title": title, "points": points}
+                for pid, (_, points, title) in KEY.items()
+            ]
             return JSONResponse({"assignments": [{"id": "cnn-rnn", "problems": problems}]})
 
         @app.post("/v1/assignments/{assignment}/grade")

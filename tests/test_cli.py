@@ -186,6 +186,8 @@ def test_grade_a_class_folder_concurrently_then_resume_after_failures(
     )
     assert rows["cy"]["score"] == "2.0" and rows["eve"]["score"] == "0.0"
     assert rows["dee"]["score"] == "0.0" and "unknown problem" in rows["dee"]["note"]
+    # Refused, so no problems to add up: out of the assignment's points all the same.
+    assert rows["dee"]["max_score"] == rows["ada"]["max_score"] == "3.0"
     assert json.loads((out / "dee.json").read_text())["tensorgrade_problem"]["status"] == 422
     assert not list(out.glob("*.partial"))
 
