@@ -21,7 +21,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -384,6 +384,11 @@ def _grade_class(args: argparse.Namespace) -> int:
     interrupted = False
     report = gradebook.ClassReport()
     students = [s.student_id for s in submissions]
+    answers = {s.student_id: s.answers for s in submissions}
+
+    def current(student: str, result: Mapping[str, Any]) -> bool:
+        return gradebook.graded_before(result, args.assignment, answers[student])
+
     with _client(args) as client:
         listed = _problems(client, args.assignment)
         problems = [str(p["id"]) for p in listed]
@@ -404,10 +409,10 @@ def _grade_class(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             interrupted = True
         except gradebook.GradingStopped:
-            gradebook.write_gradebook(args.out, students, report.failed, points)
+            gradebook.write_gradebook(args.out, students, report.failed, points, current)
             raise
     # Written even after an interrupt: the gradebook of whoever is graded so far.
-    path = gradebook.write_gradebook(args.out, students, report.failed, points)
+    path = gradebook.write_gradebook(args.out, students, report.failed, points, current)
     if interrupted:
         print(f"interrupted; gradebook so far: {path}. Run the same command to resume.")
         if report.abandoned:

@@ -622,7 +622,8 @@ class BaseClient(Generic[T]):
 
     def assignments(self) -> list[dict[str, Any]]:
         """``GET /v1/assignments``: every assignment with its problems (id, title, points)."""
-        listed: list[dict[str, Any]] = self._call("GET", "/v1/assignments")["assignments"]
+        answer = self._call("GET", "/v1/assignments", fields=("assignments",))
+        listed: list[dict[str, Any]] = answer["assignments"]
         return listed
 
     def models(self) -> list[dict[str, Any]]:

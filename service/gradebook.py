@@ -458,9 +458,8 @@ def grade_class(
             report.graded.append(student)
         else:
             todo.append(submission)
+    # Done already: the resumed, the refused ids and the unreadable files (failed).
     bar = (progress or Progress)(len(submissions), len(submissions) - len(todo))
-    for student in report.failed:
-        bar.advance(student, False)
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     futures: dict[Future[dict[str, Any]], Submission] = {
         pool.submit(client.grade, assignment, s.student_id, s.answers, gradescope=True): s
@@ -569,6 +568,7 @@ def write_gradebook(
     student_ids: Iterable[str],
     reasons: Mapping[str, str] | None = None,
     max_score: float | None = None,
+    current: Callable[[str, Mapping[str, Any]], bool] | None = None,
 ) -> Path:
     """The CSV gradebook of the given students, from their result files.
 
@@ -584,6 +584,9 @@ def write_gradebook(
         max_score: the assignment's points, the ``max_score`` of a submission that was not
             graded as it is (its result has no problems to add up), so that every row's
             percentage means the same.
+        current: whether a student's result file grades what they submit now (see
+            ``graded_before``); one that does not (answers since corrected, not graded again
+            yet) is no grade of theirs, and their row says "not graded yet".
     """
     ids = list(student_ids)
     names = result_names(ids)
@@ -591,6 +594,8 @@ def write_gradebook(
     problems: dict[str, None] = {}
     for student in ids:
         result = load_result(out / names[student])
+        if result is not None and current is not None and not current(student, result):
+            result = None
         row: dict[str, Any] = {"student_id": student}
         if result is None:
             reason = (reasons or {}).get(student)

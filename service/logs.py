@@ -48,13 +48,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+LOGGED = "_tensorgrade_logged"
+"""Set on an exception the service's 500 handler has logged (``mark_logged``)."""
+
+
+def mark_logged(error: BaseException) -> None:
+    """Note that ``error``'s traceback is in the log, with the request's id."""
+    setattr(error, LOGGED, True)
+
+
 class LoggedByTheService(logging.Filter):
-    """Drops uvicorn's "Exception in ASGI application" record: Starlette re-raises an error
-    after the service's handler has answered the 500 and logged the traceback with the
-    request's id (``service.problems``), and uvicorn would log the same traceback again."""
+    """Drops uvicorn's "Exception in ASGI application" record of an error the service has
+    logged already: Starlette re-raises an error after the service's handler has answered the
+    500 and logged the traceback with the request's id (``service.problems``), and uvicorn
+    would log the same traceback again. An error the handler never saw (one raised after the
+    answer started, say) keeps uvicorn's record, its only one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "Exception in ASGI application"
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not getattr(error, LOGGED, False)
 
 
 def log_config(level: str) -> dict[str, Any]:

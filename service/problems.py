@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from models.errors import LimitExceeded, ModelError, UnknownName
 from service.jsonout import dumps
+from service.logs import mark_logged
 from service.mediatypes import is_json
 from service.requestid import HEADER as REQUEST_ID_HEADER
 from service.requestid import current_request_id
@@ -245,6 +246,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        mark_logged(exc)  # uvicorn's own record of it, when Starlette re-raises, is dropped
         return problem_response(
             Problem(500, "The service failed to answer this request; it has been logged.")
         )

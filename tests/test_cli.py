@@ -708,3 +708,27 @@ def test_a_key_no_header_can_carry_is_one_line_that_does_not_quote_it(
     err = capsys.readouterr().err
     assert err.startswith("error: the API key: ") and "secret-key" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_result_of_answers_since_changed_is_no_grade_in_the_gradebook(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ada corrects her answers, and the service fails her this time: her old result is not
+    her grade any more, so her row says she is not graded yet (and why) rather than showing
+    the old score. The progress counts each student once."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [2, 5]}, "ben": {"1.1a": [5, 2]}})
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    (tmp_path / "subs" / "ada.json").write_text(json.dumps({"1.1a": [5, 2]}))
+    (tmp_path / "subs" / "ben.json").write_text("{bad")
+    (tmp_path / "subs" / "cy.json").write_text(json.dumps({"1.1a": [5, 2]}))
+    service.fail_with = {"ada": 503}
+    capsys.readouterr()
+    assert main(class_argv(url, tmp_path / "subs", out)) == 1
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0] for line in progress] == ["[2/3", "[3/3"]
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["ada"]["score"] == "" and rows["ada"]["note"].startswith("not graded yet: 503")
+    assert rows["ben"]["score"] == "" and "cannot read" in rows["ben"]["note"]
+    assert rows["cy"]["score"] == "2.0"

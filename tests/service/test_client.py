@@ -862,3 +862,12 @@ def test_no_error_quotes_the_key_even_where_the_answer_echoes_it(
     for text in (str(problem), repr(problem), problem.title, problem.detail, str(problem.body)):
         assert KEY not in text
     assert "[the API key]" in str(problem)
+
+
+def test_the_assignments_listing_is_checked_like_every_other_answer() -> None:
+    """``tensorgrade grade`` asks for it first: a portal's JSON must be the clear error, not a
+    KeyError."""
+    transport = answering(httpx.Response(200, json={"message": "login required"}))
+    with Client("http://x", transport=transport) as tg, pytest.raises(UnexpectedResponse) as error:
+        tg.assignments()
+    assert "without assignments" in str(error.value)

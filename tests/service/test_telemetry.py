@@ -266,20 +266,34 @@ def test_fastapis_opentelemetry_is_off_unless_asked_for(monkeypatch: pytest.Monk
 
 
 def test_uvicorn_does_not_log_a_500s_traceback_a_second_time() -> None:
-    """The service's handler logs a 500 with its request id; Starlette then re-raises, and
-    uvicorn's own "Exception in ASGI application" record (the same traceback) is dropped,
-    while its other records pass."""
+    """The service's handler logs a 500 with its request id and marks the error; Starlette
+    then re-raises it, and uvicorn's own "Exception in ASGI application" record of that error
+    (the same traceback) is dropped. uvicorn's record of an error the handler never saw, and
+    its other records, pass."""
     config = log_config("info")
     assert config["loggers"]["uvicorn.error"]["filters"] == ["logged_by_the_service"]
     made = config["filters"]["logged_by_the_service"]["()"]
     module, name = made.rsplit(".", 1)
     drop = getattr(importlib.import_module(module), name)()
 
-    def record(message: str) -> logging.LogRecord:
-        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, message, None, None)
+    app = create_app(Settings())
 
-    assert not drop.filter(record("Exception in ASGI application"))
-    assert drop.filter(record("Application startup failed. Exiting."))
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    with TestClient(app) as client, pytest.raises(RuntimeError) as raised:
+        client.get("/boom")
+    logged = raised.value
+
+    def record(message: str, error: BaseException | None) -> logging.LogRecord:
+        info = (type(error), error, error.__traceback__) if error else None
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, message, None, info)
+
+    # uvicorn's words, newline included (uvicorn/protocols/http/h11_impl.py).
+    assert not drop.filter(record("Exception in ASGI application\n", logged))
+    assert drop.filter(record("Exception in ASGI application\n", RuntimeError("unseen")))
+    assert drop.filter(record("Application startup failed. Exiting.", None))
 
 
 def test_the_start_up_check_of_the_assignments_is_not_counted_as_compute() -> None:
