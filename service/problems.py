@@ -139,21 +139,61 @@ def from_model_error(error: ModelError) -> Problem:
     )
 
 
+_NO_BODY = object()
+
+
 def _validation_problem(exc: RequestValidationError) -> Problem:
-    return validation_problem(exc.errors())
+    return validation_problem(exc.errors(), body=exc.body if exc.body is not None else _NO_BODY)
 
 
-def validation_problem(raw_errors: Sequence[Mapping[str, Any]], skip: int = 0) -> Problem:
+def json_path(loc: Sequence[str | int], value: Any) -> list[str | int]:
+    """pydantic's ``loc`` of an error in ``value`` as a path into ``value`` itself.
+
+    pydantic puts in ``loc`` the name of the member of a union it tried: the tag of a
+    discriminated one (``expected.backward.grad_outputs``, for ``"op": "backward"``), a type
+    (``answer.list[float]``), a model's name. None of them is in the JSON the client sent, so
+    they are left out: ``expected.grad_outputs``. A name that is not a key of the object it
+    is read in is such a member, unless it is the last part (a missing field's name).
+
+    Example:
+        >>> json_path(["expected", "backward", "grad_outputs"], {"expected": {"op": "backward"}})
+        ['expected', 'grad_outputs']
+    """
+    path: list[str | int] = []
+    node = value
+    for index, part in enumerate(loc):
+        in_object = isinstance(node, dict) and part in node
+        in_array = (
+            isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node)
+        )
+        if in_object or in_array:
+            node = node[part]
+            path.append(part)
+        elif isinstance(part, str) and not (isinstance(node, dict) and index == len(loc) - 1):
+            continue  # the name of a union's member: nowhere in the body
+        else:
+            path.extend(loc[index:])  # past what the body holds: a missing field
+            break
+    return path
+
+
+def validation_problem(
+    raw_errors: Sequence[Mapping[str, Any]], skip: int = 0, body: Any = _NO_BODY
+) -> Problem:
     """The 422 of pydantic's validation errors: the first located in the detail, all listed.
 
     Args:
         raw_errors: pydantic's errors, ``loc`` from the request's root (``body``, ...).
         skip: leading parts of the first error's ``loc`` left out of the detail's path (1:
             ``checks.3.answer`` rather than ``body.checks.3.answer``).
+        body: the parsed body the errors are of, when known: their ``loc`` under ``body``
+            then leave out the names of unions' members (``json_path``).
     """
     errors = []
     for err in raw_errors:
         loc = [part for part in err.get("loc", ()) if isinstance(part, str | int)]
+        if body is not _NO_BODY and loc[:1] == ["body"]:
+            loc = ["body", *json_path(loc[1:], body)]
         msg = str(err.get("msg", "invalid value"))
         ctx = err.get("ctx") or {}
         if err.get("type") == "json_invalid" and "error" in ctx:

@@ -282,7 +282,8 @@ async def validate_body(request: Request, model: type[ModelT]) -> ModelT:
             {**e, "loc": ("body", *e["loc"])}
             for e in error.errors(include_url=False, include_context=True)
         ]
-        raise RequestValidationError(errors) from None
+        # The body the edge parsed, for the errors' paths (see problems.json_path).
+        raise RequestValidationError(errors, body=request.scope.get(PARSED_JSON)) from None
 
 
 def documented_body(

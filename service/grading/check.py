@@ -441,7 +441,9 @@ def validate_checks(items: Sequence[Any]) -> list[CheckRequest | Problem]:
                 {**e, "loc": ("body", "checks", index, *e["loc"])}
                 for e in error.errors(include_url=False)
             ]
-            checked.append(validation_problem(located, skip=1))
+            # The batch's items only, as its body: each one's errors are located in it.
+            body = {"checks": {index: item}}
+            checked.append(validation_problem(located, skip=1, body=body))
     return checked
 
 

@@ -18,6 +18,7 @@ from service.app import create_app
 from service.examples import BACKWARD_EXAMPLES
 from service.grading.check import check_many
 from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
+from service.problems import json_path
 from service.settings import Settings
 from tests.grading import gated_rnn_model
 from tests.grading.test_diagnosis import (
@@ -414,3 +415,33 @@ def test_a_formula_ending_in_a_line_break_is_judged(client: TestClient, ending: 
     assert response.json()["correct"] is True
     inside = post(client, FORMULA_1_1B, "floor((H + 2*P - D*(K-1) - 1)/S)\r\n + 1")
     assert inside.status_code == 422 and "control character '\\r'" in inside.json()["detail"]
+
+
+def test_error_paths_are_paths_into_the_body_without_union_tags(client: TestClient) -> None:
+    """pydantic names the member of a union it tried (the op's tag ``backward``) in ``loc``:
+    the problem's paths leave it out, so that each is a path into the JSON sent; on its own
+    and in a batch."""
+    expected = {
+        "op": "backward",
+        "model": "conv1d",
+        "params": {"weight": [[[1.0]]]},
+        "inputs": {"x": [[1.0]]},
+    }
+    alone = client.post("/v1/check", json={"expected": expected, "answer": 1})
+    assert alone.status_code == 422
+    problem = alone.json()
+    assert problem["errors"][0]["loc"] == ["body", "expected", "grad_outputs"]
+    assert problem["detail"].startswith("body.expected.grad_outputs: Field required")
+    batch = client.post("/v1/check/batch", json={"checks": [{"expected": expected, "answer": 1}]})
+    error = batch.json()["results"][0]["error"]
+    assert error["errors"][0]["loc"] == ["body", "checks", 0, "expected", "grad_outputs"]
+    assert error["detail"].startswith("checks.0.expected.grad_outputs: Field required")
+
+
+def test_json_path_keeps_what_the_body_holds_and_a_missing_fields_name() -> None:
+    body = {"a": [{"op": "x", "b": 1}], "c": 2}
+    assert json_path(["a", 0, "x", "b", "int"], body) == ["a", 0, "b"]
+    assert json_path(["a", 0, "x", "missing"], body) == ["a", 0, "missing"]
+    assert json_path(["a", 5, "b"], body) == ["a", 5, "b"]  # past the array: kept as is
+    assert json_path(["c", "float"], body) == ["c"]
+    assert json_path([], body) == []

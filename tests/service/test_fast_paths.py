@@ -52,9 +52,10 @@ def test_openapi_documents_the_body_and_the_answer(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "loc", "words"),
     [
-        ({"input_size": [5], "kernel_size": 3.0}, ["body", "kernel_size", "int"], "integer"),
+        # A path into the body: without the union member pydantic tried ("int", "list[int]").
+        ({"input_size": [5], "kernel_size": 3.0}, ["body", "kernel_size"], "integer"),
         ({"input_size": "5", "kernel_size": 3}, ["body", "input_size"], "valid array"),
-        ({"input_size": [5], "kernel_size": 3, "stride": True}, ["body", "stride", "int"], ""),
+        ({"input_size": [5], "kernel_size": 3, "stride": True}, ["body", "stride"], ""),
         ({"input_size": [5], "kernel_size": 3, "typo": 1}, ["body", "typo"], "Extra inputs"),
         ({"kernel_size": 3}, ["body", "input_size"], "Field required"),
     ],
