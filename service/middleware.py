@@ -76,23 +76,12 @@ LARGE_BODY = 1 << 20
 large bodies (``BodyBudget``); smaller ones only count against the requests in flight."""
 
 
-def _busy(held: int) -> Problem:
-    return Problem(
-        503,
-        f"this worker holds {held:,} bytes of large request bodies, its limit; "
-        "retry after the time in Retry-After",
-        kind="overloaded",
-        title="The service is overloaded",
-        headers={"Retry-After": "1"},
-    )
-
-
 class BodyBusy(ProblemException):
     """Raised from ``receive`` when a streamed body grows large while the worker's budget of
     large bodies is held by others."""
 
     def __init__(self, held: int) -> None:
-        super().__init__(_busy(held))
+        super().__init__(_overloaded(f"holds {held:,} bytes of large request bodies"))
 
 
 class BodyBudget:
@@ -213,11 +202,11 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
 _REQUEST_ID = b"x-request-id"
 
 
-def _overloaded(in_flight: int) -> Problem:
+def _overloaded(holding: str) -> Problem:
+    """The 503 of a worker at one of its limits: ``holding`` says which ("holds 64 requests")."""
     return Problem(
         503,
-        f"this worker is answering {in_flight} requests, its limit; "
-        "retry after the time in Retry-After",
+        f"this worker {holding}, its limit; retry after the time in Retry-After",
         kind="overloaded",
         title="The service is overloaded",
         # No Connection: close. The server reads and drops the unread body, so a client still
@@ -360,7 +349,8 @@ class EdgeMiddleware:
         counted = scope["path"] not in EXEMPT_PATHS
         if counted:
             if self.in_flight >= self.max_in_flight:
-                await problem_response(_overloaded(self.in_flight))(scope, receive, send)
+                holding = f"is answering {self.in_flight} requests"
+                await problem_response(_overloaded(holding))(scope, receive, send)
                 return
             self.in_flight += 1
         loop = asyncio.get_running_loop()

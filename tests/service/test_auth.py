@@ -116,6 +116,40 @@ def test_a_missing_key_is_401_before_the_body_is_looked_at(keyed: TestClient) ->
     assert keyed.get("/v1/assignments/cnn-rnn/problems/1.1a").status_code == 401
 
 
+def asgi_call(
+    app: Any, method: str, path: str, who: str | None, root_path: str = ""
+) -> list[dict[str, Any]]:
+    """What ``app`` sends for a 40 MB JSON request, called directly (ASGI) with a ``receive``
+    that fails the test if the body is asked for."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"40000000")]
+    if who is not None:
+        headers.append((b"x-api-key", who.encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": root_path,
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError(f"the body of {method} {path} was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
 @pytest.mark.parametrize("who", [None, UNKNOWN], ids=["no-key", "unknown-key"])
 @pytest.mark.parametrize(
     ("method", "path", "root_path", "status"),
@@ -137,69 +171,10 @@ def test_a_caller_without_a_key_never_has_its_body_read(
     answer (401, or the router's 404 or 405 where no route answers) without the server
     reading a byte of the body. The app is called directly (ASGI), with a ``receive`` that
     fails the test if the body is asked for."""
-    app = create_app(keyed_settings())
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"40000000")]
-    if who is not None:
-        headers.append((b"x-api-key", who.encode()))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": root_path,
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8000),
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        raise AssertionError("the body of a caller without a key was read")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
+    sent = asgi_call(create_app(keyed_settings()), method, path, who, root_path)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == status
     if status == 401:
         assert b"X-API-Key" in b"".join(m.get("body", b"") for m in sent[1:])
-
-
-def asgi_status(app: Any, method: str, path: str, who: str | None) -> int:
-    """The status ``app`` answers a 40 MB JSON request with, called directly (ASGI) with a
-    ``receive`` that fails the test if the body is asked for."""
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"40000000")]
-    if who is not None:
-        headers.append((b"x-api-key", who.encode()))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8000),
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        raise AssertionError(f"the body of {method} {path} was read")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    assert sent[0]["type"] == "http.response.start"
-    return int(sent[0]["status"])
 
 
 def test_a_student_key_on_an_instructors_route_never_has_its_body_read(keyed: TestClient) -> None:
@@ -211,7 +186,7 @@ def test_a_student_key_on_an_instructors_route_never_has_its_body_read(keyed: Te
     instructors = [path for path in posts if not path.startswith(STUDENT_PREFIX)]
     assert len(instructors) > 5
     for path in instructors:
-        assert asgi_status(app, "POST", path, STUDENT) == 403, path
+        assert asgi_call(app, "POST", path, STUDENT)[0]["status"] == 403, path
 
 
 @pytest.mark.parametrize("body", [b"{bad", b'{"x": NaN}'], ids=["malformed", "nan"])
