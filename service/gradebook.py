@@ -466,6 +466,7 @@ def grade_class(
         for s in todo
     }
     handled: set[Future[dict[str, Any]]] = set()
+    known = set(problems) if problems else None
 
     def keep(future: Future[dict[str, Any]]) -> None:
         handled.add(future)
@@ -473,7 +474,7 @@ def grade_class(
         student = submission.student_id
         result = _outcome(future, student, report)
         if result is not None:
-            ignored = sorted(set(submission.answers) - set(problems)) if problems else []
+            ignored = sorted(set(submission.answers) - known) if known else []
             write_json(
                 out / names[student], stamped(result, assignment, submission.answers, ignored)
             )
