@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.errors import InvalidConfig
+from models.errors import InvalidConfig, LimitExceeded
 from models.temporal_order import Batch, CellName, TaskSpec, build_classifier, generate
 
 StopCheck = Callable[[], bool]
@@ -208,6 +208,15 @@ def evaluate(
         return _pass(model, batches, None, should_stop)
 
 
+def _untrained_not_evaluated(config: TrainingConfig) -> LimitExceeded:
+    return LimitExceeded(
+        f"the wall-time limit ended the run before the untrained model was evaluated on its "
+        f"{config.test_batches} test batches of {config.batch_size}: raise max_seconds (up to "
+        "the server's experiment_max_seconds) or ask for fewer or smaller test batches",
+        "max_seconds",
+    )
+
+
 def _seeds(seed: int) -> tuple[int, int, int]:
     """Independent seeds for the weights, the training data and the test set."""
     init, data, test = (int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(3))
@@ -249,13 +258,18 @@ def train(
     model = build_classifier(config.cell, config.hidden_size, init_seed, device, dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     data = torch.Generator().manual_seed(data_seed)
-    test_set = list(
-        _batches(
-            config, config.test_batches, torch.Generator().manual_seed(test_seed), device, dtype
-        )
-    )
-    initial = evaluate(model, test_set)
-    assert initial is not None  # nothing can stop it
+    # The test set and the untrained model's evaluation are under the wall-time limit too: a
+    # large test set alone took 22 s where the limit said 0.01. Stopped there, the run has no
+    # epoch 0 to answer: the request asks for more than its limit allows.
+    test_set = []
+    generator = torch.Generator().manual_seed(test_seed)
+    for batch in _batches(config, config.test_batches, generator, device, dtype):
+        if should_stop is not None and should_stop():
+            raise _untrained_not_evaluated(config)
+        test_set.append(batch)
+    initial = evaluate(model, test_set, should_stop)
+    if initial is None:
+        raise _untrained_not_evaluated(config)
     epochs: list[EpochReport] = []
     for epoch in range(1, config.epochs + 1):
         batches = _batches(config, config.train_batches, data, device, dtype)

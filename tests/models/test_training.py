@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import math
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models.errors import InvalidConfig
+from models.errors import InvalidConfig, LimitExceeded
 from models.temporal_order import Batch, TaskSpec, build_classifier, generate
 from models.training import PassResult, TrainingConfig, evaluate, train, train_epoch
 
@@ -113,18 +114,42 @@ def test_quick_run_reports_epoch_means_and_learns() -> None:
 
 def test_stop_check_ends_the_run_with_the_completed_epochs() -> None:
     config = TrainingConfig(spec=QUICK, epochs=5, train_batches=3, test_batches=2, batch_size=8)
-    assert train(config, CPU, F64, should_stop=lambda: True).epochs == []
+    # The test set (2 batches made) and the untrained model's evaluation (2) come first.
+    first = 2 + 2
     calls = 0
 
-    def after_two_epochs() -> bool:
-        nonlocal calls
-        calls += 1
-        # Asked before each of 3 training and 2 test batches per epoch.
-        return calls > 2 * (3 + 2)
+    def after(asked: int) -> Callable[[], bool]:
+        def check() -> bool:
+            nonlocal calls
+            calls += 1
+            return calls > asked
 
-    run = train(config, CPU, F64, should_stop=after_two_epochs)
+        return check
+
+    run = train(config, CPU, F64, should_stop=after(first))
+    assert run.stopped_early and run.epochs == [] and run.initial.batch_losses
+    calls = 0
+    # Asked before each of 3 training and 2 test batches per epoch.
+    run = train(config, CPU, F64, should_stop=after(first + 2 * (3 + 2)))
     assert run.stopped_early
     assert [e.epoch for e in run.epochs] == [1, 2]
+
+
+@pytest.mark.parametrize("asked", [0, 1, 2, 3])
+def test_a_limit_too_short_for_the_untrained_evaluation_is_refused(asked: int) -> None:
+    """Making the test set and evaluating the untrained model are under the limit too: a run
+    stopped there has no epoch 0 to answer, and says what to change."""
+    config = TrainingConfig(spec=QUICK, epochs=5, train_batches=3, test_batches=2, batch_size=8)
+    calls = 0
+
+    def check() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > asked
+
+    with pytest.raises(LimitExceeded) as refused:
+        train(config, CPU, F64, should_stop=check)
+    assert refused.value.where == "max_seconds" and "raise max_seconds" in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -136,14 +136,33 @@ def test_cuda_without_a_gpu_is_refused(capped: TestClient, monkeypatch: pytest.M
     assert problem["errors"][0]["loc"] == ["body", "device"]
 
 
-def test_the_wall_time_limit_ends_the_run_and_says_so() -> None:
-    settings = CAPS.model_copy(update={"experiment_max_seconds": 1e-9})
+def test_the_wall_time_limit_ends_the_run_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limit ends the run between batches: with time for the untrained model's evaluation
+    only, epoch 0 is answered and no epoch after it; with less, nothing can be answered (a
+    413 that says what to change), where a large test set had run 22 s past a 0.01 s limit."""
+    settings = CAPS.model_copy(update={"experiment_max_seconds": 5.0})
+    asked = iter(range(10**6))
+    # The route's clock reads 0 at its start, then for the test set and epoch 0 (2 questions
+    # per test batch); every later reading is past the 5 s limit.
+    allowed = 2 * TINY["test_batches"]
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return 0.0 if next(asked) <= allowed else 6.0
+
+    monkeypatch.setattr("service.routes.diagnostics.time", Clock)
     with TestClient(create_app(settings)) as client:
         body = client.post(PATH, json=TINY).json()
     assert body["stopped_early"] is True
     assert body["epochs"] == []
     assert "0 of 2 epochs" in body["stop_reason"]
     assert abs(body["initial"]["loss"] - math.log(4)) < 0.3  # epoch 0 is still reported
+    monkeypatch.undo()  # the real clock: no time at all
+    settings = CAPS.model_copy(update={"experiment_max_seconds": 1e-9})
+    with TestClient(create_app(settings)) as client:
+        problem = _problem(client.post(PATH, json=TINY), 413)
+    assert "before the untrained model was evaluated" in problem["detail"]
 
 
 def test_a_busy_worker_answers_503(capped: TestClient) -> None:
