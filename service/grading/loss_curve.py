@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from models.errors import ModelError
 
 # A last batch is an outlier of its epoch when it sits more than OUTLIER_SIGMAS standard
-# deviations of the epoch's other batches above their mean, and by more than
-# OUTLIER_MARGIN * log C: the margin keeps an epoch of nearly equal batches from being flagged
-# for a difference nobody would see on the plot. log C, the loss at chance, sets the scale.
+# deviations of the epoch's other batches away from their mean, above or below (last-batch
+# reporting makes dips as well as spikes), and by more than OUTLIER_MARGIN * log C: the margin
+# keeps an epoch of nearly equal batches from being flagged for a difference nobody would see
+# on the plot. log C, the loss at chance, sets the scale.
 OUTLIER_SIGMAS = 3.0
 OUTLIER_MARGIN = 0.25
 # A reported value is above the initial loss when it exceeds it by more than this times log C,
@@ -35,13 +36,20 @@ OUTLIER_MARGIN = 0.25
 ABOVE_INITIAL_MARGIN = 0.1
 # An epoch whose median batch loss exceeds both neighbouring epochs' medians by more than this
 # times log C is a jump of the training itself, not of the reporting. The median, because one
-# outlying batch moves the mean (that is last-batch reporting's symptom, not instability).
+# outlying batch moves the mean (that is last-batch reporting's symptom, not instability); and
+# of at least TYPICAL_BATCHES batches, since the median of one or two is no typical batch.
 JUMP_MARGIN = 0.25
+TYPICAL_BATCHES = 3
 # How far the first epoch's mean loss may sit from log C (at least 0.15 nats, or this fraction
 # of log C for many classes) and its accuracy from 1/C, and still read as "at chance".
 INITIAL_LOSS_TOLERANCE = 0.1
 INITIAL_LOSS_TOLERANCE_MIN = 0.15
 INITIAL_ACCURACY_TOLERANCE = 0.12
+INITIAL_ACCURACY_TOLERANCE_OF_CHANCE = 0.5  # for many classes: within half of 1/C
+# At most this many epochs are named in a finding and detailed in ``spike_details``: a million
+# epochs of alternating spikes made a 114 MB answer (``spikes`` still lists them all).
+LISTED_EPOCHS = 12
+DETAILED_SPIKES = 1000
 # The largest batch loss accepted. A cross-entropy is unbounded when the logits overflow, but
 # far below this; the bound keeps every sum and square of the analysis finite (a million
 # losses of 1e100 sum to 1e106, their squares to 1e206), where 1e308 would overflow.
@@ -62,9 +70,10 @@ class Spike:
         epoch_mean: the mean over the epoch's batches.
         others_mean: the mean of the epoch's other batches (``None`` with a single batch).
         others_sd: their standard deviation (``None`` with fewer than two other batches).
-        reasons: ``last_batch_outlier`` (far above the epoch's other batches),
+        reasons: ``last_batch_outlier`` (far above or below the epoch's other batches),
             ``above_initial_loss`` (above log C and the first epoch's mean), or
-            ``mean_jump`` (the epoch's median batch loss itself jumps above its neighbours').
+            ``mean_jump`` (the epoch's median batch loss itself jumps above its neighbours',
+            and so does its reported value).
         true_class_probability: exp(-last_batch), the geometric mean over the last batch of
             the probability the model gave the true class.
     """
@@ -153,11 +162,23 @@ def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values)
 
 
+def _jumps(
+    epoch: int, batch_losses: Sequence[Sequence[float]], medians: Sequence[float], log_c: float
+) -> bool:
+    """Whether the epoch's typical (median) batch loss jumps above both neighbours' (only for
+    epochs of ``TYPICAL_BATCHES`` batches or more: a single batch's median is no typical one;
+    and not for the last epoch, whose rise above the one before may be a trend as well)."""
+    if not 0 < epoch < len(medians) - 1 or len(batch_losses[epoch]) < TYPICAL_BATCHES:
+        return False
+    return medians[epoch] - max(medians[epoch - 1], medians[epoch + 1]) > JUMP_MARGIN * log_c
+
+
 def _spike(
     epoch: int,
     losses: Sequence[float],
     means: Sequence[float],
-    medians: Sequence[float],
+    lasts: Sequence[float],
+    jump: bool,
     initial: float,
     log_c: float,
 ) -> Spike | None:
@@ -168,12 +189,14 @@ def _spike(
     reasons = []
     if others_mean is not None:
         threshold = max(OUTLIER_SIGMAS * (others_sd or 0.0), OUTLIER_MARGIN * log_c)
-        if last - others_mean > threshold:
+        if abs(last - others_mean) > threshold:
             reasons.append("last_batch_outlier")
     if epoch > 0 and last > initial + ABOVE_INITIAL_MARGIN * log_c:
         reasons.append("above_initial_loss")
-    neighbours = [medians[i] for i in (epoch - 1, epoch + 1) if 0 <= i < len(medians)]
-    if epoch > 0 and medians[epoch] - max(neighbours) > JUMP_MARGIN * log_c:
+    # A jump of the training shows as a spike where the reported value jumps too (a last
+    # batch that dips in a jumping epoch is no spike of the plot).
+    reported = [lasts[i] for i in (epoch - 1, epoch + 1) if 0 <= i < len(lasts)]
+    if jump and last > max(reported):
         reasons.append("mean_jump")
     if not reasons:
         return None
@@ -181,7 +204,13 @@ def _spike(
 
 
 def _epochs(indices: Sequence[int]) -> str:
-    return ("epoch " if len(indices) == 1 else "epochs ") + ", ".join(map(str, indices))
+    """``epoch 3`` or ``epochs 3, 7``; past ``LISTED_EPOCHS``, the first ones and the count."""
+    if len(indices) == 1:
+        return f"epoch {indices[0]}"
+    shown = ", ".join(map(str, indices[:LISTED_EPOCHS]))
+    if len(indices) > LISTED_EPOCHS:
+        return f"epochs {shown}, ... ({len(indices):,} in all)"
+    return f"epochs {shown}"
 
 
 def _log_c(num_classes: int) -> str:
@@ -219,11 +248,9 @@ def _initial_findings(
         )
     if acc_means is not None:
         chance = 1 / num_classes
-        verdict = (
-            "near chance"
-            if abs(acc_means[0] - chance) <= INITIAL_ACCURACY_TOLERANCE
-            else "far from chance"
-        )
+        # 0.12 for a few classes; within half of 1/C for many (12% is not chance at C = 1000).
+        tolerance = min(INITIAL_ACCURACY_TOLERANCE, INITIAL_ACCURACY_TOLERANCE_OF_CHANCE * chance)
+        verdict = "near chance" if abs(acc_means[0] - chance) <= tolerance else "far from chance"
         findings.append(
             f"Epoch 0's accuracy {100 * acc_means[0]:.3g}% is {verdict} "
             f"(1/C = {100 * chance:.3g}%)."
@@ -231,13 +258,27 @@ def _initial_findings(
     return findings
 
 
-def _spike_findings(details: Sequence[Spike], num_classes: int, single_batches: bool) -> list[str]:
+def _initial_named(initial: float, num_classes: int) -> str:
+    """The initial loss a finding compares with: log C, or epoch 0's mean where it is higher."""
+    if initial > math.log(num_classes):
+        return f"the initial loss (epoch 0's mean, {initial:.3f})"
+    return f"the initial loss {_log_c(num_classes)}"
+
+
+def _spike_findings(
+    details: Sequence[Spike],
+    jumps: Sequence[int],
+    diverging: Sequence[int],
+    initial: float,
+    num_classes: int,
+    single_batches: bool,
+) -> list[str]:
     findings = []
     outliers = [s for s in details if "last_batch_outlier" in s.reasons]
     if outliers:
-        worst = max(outliers, key=lambda s: s.last_batch - (s.others_mean or 0.0))
+        worst = max(outliers, key=lambda s: abs(s.last_batch - (s.others_mean or 0.0)))
         findings.append(
-            f"At {_epochs([s.epoch for s in outliers])} the last batch's loss sits far above "
+            f"At {_epochs([s.epoch for s in outliers])} the last batch's loss sits far from "
             f"the epoch's other batches (epoch {worst.epoch}: last batch "
             f"{worst.last_batch:.3f}, the others {worst.others_mean:.3f} on average, epoch mean "
             f"{worst.epoch_mean:.3f}). This is last-batch reporting: a train() or test() that "
@@ -246,28 +287,38 @@ def _spike_findings(details: Sequence[Spike], num_classes: int, single_batches: 
             "loss.item() over every batch and report the mean, the epoch_mean curve here "
             "(problem 3)."
         )
-    above = [s for s in details if "above_initial_loss" in s.reasons]
+    unstable = set(jumps) | set(diverging)
+    # Above the initial loss with the rest of the epoch below it: one batch of confident
+    # mistakes. Where the whole epoch is above it, the training itself is (below).
+    above = [s for s in details if "above_initial_loss" in s.reasons and s.epoch not in unstable]
     if above:
         worst = max(above, key=lambda s: s.last_batch)
         findings.append(
-            f"At {_epochs([s.epoch for s in above])} the reported loss rises above the initial "
-            f"loss {_log_c(num_classes)} (epoch {worst.epoch}: {worst.last_batch:.3f}). "
-            "Cross-entropy costs -log p of the true class: guessing at chance costs log C, but "
-            f"a confident wrong prediction costs more; {worst.last_batch:.3f} means the model "
-            f"gave the true class a probability of exp(-{worst.last_batch:.3f}) = "
-            f"{worst.true_class_probability:.3g} on (geometric) average over that batch, worse "
-            f"than the 1/{num_classes} of guessing (seed 1.3, problem 2)."
+            f"At {_epochs([s.epoch for s in above])} the reported loss rises above "
+            f"{_initial_named(initial, num_classes)} (epoch {worst.epoch}: "
+            f"{worst.last_batch:.3f}). Cross-entropy costs -log p of the true class: guessing at "
+            "chance costs log C, but a confident wrong prediction costs more; "
+            f"{worst.last_batch:.3f} means the model gave the true class a probability of "
+            f"exp(-{worst.last_batch:.3f}) = {worst.true_class_probability:.3g} on (geometric) "
+            f"average over that batch, worse than the 1/{num_classes} of guessing (seed 1.3, "
+            "problem 2)."
         )
-    jumps = [s for s in details if "mean_jump" in s.reasons]
     if jumps:
         findings.append(
-            f"At {_epochs([s.epoch for s in jumps])} the typical (median) batch loss itself "
-            "jumps above the epochs beside it: that is the training, not the way it is "
-            "reported. Clip the "
+            f"At {_epochs(list(jumps))} the typical (median) batch loss itself jumps above the "
+            "epochs beside it: that is the training, not the way it is reported. Clip the "
             "gradient norm, lower the learning rate (or decay it) or use larger batches "
             "(seed 1.3, problem 3)."
         )
-    if not details:
+    rising = [e for e in diverging if e not in set(jumps)]
+    if rising:
+        findings.append(
+            f"At {_epochs(rising)} the typical (median) batch loss itself stays above "
+            f"{_initial_named(initial, num_classes)}: the whole epoch does worse than an "
+            "untrained model, not one unlucky batch, so the training diverges. Lower the "
+            "learning rate (or clip the gradient norm) (seed 1.3, problem 3)."
+        )
+    if not details and not unstable:
         findings.append(
             "No spikes: every epoch's last batch stays close to its epoch mean, and no "
             "reported value rises above the initial loss."
@@ -278,6 +329,20 @@ def _spike_findings(details: Sequence[Spike], num_classes: int, single_batches: 
             "the epoch mean here: send every batch's loss of each epoch."
         )
     return findings
+
+
+def _learning_findings(means: Sequence[float], num_classes: int) -> list[str]:
+    """A curve that never leaves chance: the model has not learned (the seed's paper lengths)."""
+    log_c = math.log(num_classes)
+    tolerance = max(INITIAL_LOSS_TOLERANCE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
+    if len(means) >= 3 and all(abs(m - log_c) <= tolerance for m in means):
+        return [
+            f"The mean loss never leaves {_log_c(num_classes)}: the model predicts no better "
+            "than chance in any epoch, so it has not learned the task (yet). More epochs, a "
+            "higher learning rate, or a shorter task (as in the seed's experiment) may change "
+            "that; nothing here is a reporting problem."
+        ]
+    return []
 
 
 def diagnose(
@@ -295,10 +360,11 @@ def diagnose(
 
     Returns:
         The epoch means and last-batch values; the spikes of the last-batch curve (epochs,
-        0-based) with their reasons; the epochs whose mean itself jumps or exceeds the initial
-        loss (``unstable_epochs``); log C and 1/C; whether the last-batch curve looks like
-        last-batch reporting (``None`` when every epoch has a single batch, which cannot
-        tell); and findings in words.
+        0-based) with their reasons (the first ``DETAILED_SPIKES`` detailed); the epochs whose
+        typical (median) batch loss itself jumps or exceeds the initial loss
+        (``unstable_epochs``, epochs of ``TYPICAL_BATCHES`` batches or more); log C and
+        1/C; whether the last-batch curve looks like last-batch reporting (``None`` when
+        every epoch has a single batch, which cannot tell); and findings in words.
 
     Raises:
         CurveError: with the offending field, for an empty curve or epoch, a loss that is not
@@ -310,16 +376,21 @@ def diagnose(
     medians = [statistics.median(losses) for losses in batch_losses]
     lasts = [losses[-1] for losses in batch_losses]
     initial = max(log_c, means[0])
+    jumping = [_jumps(e, batch_losses, medians, log_c) for e in range(len(batch_losses))]
     details = [
         spike
         for e, losses in enumerate(batch_losses)
-        if (spike := _spike(e, losses, means, medians, initial, log_c)) is not None
+        if (spike := _spike(e, losses, means, lasts, jumping[e], initial, log_c)) is not None
     ]
-    unstable = [
-        s.epoch
-        for s in details
-        if "mean_jump" in s.reasons or medians[s.epoch] > initial + ABOVE_INITIAL_MARGIN * log_c
+    jumps = [e for e, jump in enumerate(jumping) if jump]
+    diverging = [
+        e
+        for e, losses in enumerate(batch_losses)
+        if e > 0
+        and len(losses) >= TYPICAL_BATCHES
+        and medians[e] > initial + ABOVE_INITIAL_MARGIN * log_c
     ]
+    unstable = sorted(set(jumps) | set(diverging))
     single_batches = all(len(losses) == 1 for losses in batch_losses)
     looks_like = None if single_batches else any("last_batch_outlier" in s.reasons for s in details)
     acc_means = acc_lasts = None
@@ -327,13 +398,14 @@ def diagnose(
         acc_means = [_mean(accs) for accs in batch_accuracies]
         acc_lasts = [accs[-1] for accs in batch_accuracies]
     findings = _initial_findings(means, acc_means, num_classes)
-    findings += _spike_findings(details, num_classes, single_batches)
+    findings += _spike_findings(details, jumps, diverging, initial, num_classes, single_batches)
+    findings += _learning_findings(means, num_classes)
     return CurveDiagnosis(
         num_classes=num_classes,
         epoch_mean=means,
         last_batch=lasts,
         spikes=[s.epoch for s in details],
-        spike_details=details,
+        spike_details=details[:DETAILED_SPIKES],
         unstable_epochs=unstable,
         expected_initial_loss=log_c,
         chance_accuracy=1 / num_classes,

@@ -92,11 +92,15 @@ def test_true_class_probability_of_a_confident_mistake() -> None:
 
 
 def test_single_value_epochs_flag_values_above_the_initial_loss() -> None:
+    """One loss per epoch: a value above the initial loss is a spike, but nothing can say
+    whether the training jumped or one batch was reported (no "mean_jump", no instability)."""
     d = diagnose([[1.39], [1.1], [2.6], [0.7], [0.6]], 4)
     assert d.spikes == [2]
-    assert d.spike_details[0].reasons == ("above_initial_loss", "mean_jump")
+    assert d.spike_details[0].reasons == ("above_initial_loss",)
+    assert d.unstable_epochs == []
     assert d.looks_like_last_batch_reporting is None
     assert any("cannot be told apart" in f for f in d.findings)
+    assert not any("is the training" in f for f in d.findings)
 
 
 def test_a_jump_of_the_whole_epoch_is_instability() -> None:
@@ -156,3 +160,80 @@ def test_bad_curves_raise_curve_errors(
     with pytest.raises(CurveError) as error:
         diagnose(losses, classes, accuracies)
     assert error.value.where == where
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "accuracy", "verdict"),
+    [
+        (4, 0.30, "near chance"),
+        (4, 0.45, "far from chance"),
+        (100, 0.10, "far from chance"),
+        (1000, 0.121, "far from chance"),
+        (1000, 0.0012, "near chance"),
+    ],
+)
+def test_near_chance_scales_with_one_over_c(
+    num_classes: int, accuracy: float, verdict: str
+) -> None:
+    """12% is 121 times chance for 1,000 classes: not near it."""
+    d = diagnose([[math.log(num_classes)] * 2], num_classes, [[accuracy] * 2])
+    assert any(f"is {verdict} (1/C" in f for f in d.findings), d.findings
+
+
+def test_a_diverging_run_is_the_training_not_confident_mistakes() -> None:
+    """Every epoch's typical batch above the initial loss and rising: the learning rate, not
+    one unlucky batch per epoch (problem 2) nor the reporting."""
+    d = diagnose([[1.39] * 3, [2.0] * 3, [3.0] * 3, [4.0] * 3, [5.0] * 3], 4)
+    assert d.unstable_epochs == [1, 2, 3, 4]
+    text = " ".join(d.findings)
+    assert "At epochs 1, 2, 3, 4 the typical (median) batch loss itself stays above" in text
+    assert "the training diverges" in text and "confident wrong prediction" not in text
+    assert "No spikes" not in text
+
+
+def test_a_last_batch_far_below_its_epoch_is_reporting_too() -> None:
+    """Last-batch reporting makes dips as well as spikes: no "No spikes" for them."""
+    d = diagnose([[1.4, 1.4, 1.4], [1.2, 1.2, 0.05], [1.0, 1.0, 0.01]], 4)
+    assert d.spikes == [1, 2] and d.looks_like_last_batch_reporting is True
+    assert all(s.reasons == ("last_batch_outlier",) for s in d.spike_details)
+    assert "No spikes" not in " ".join(d.findings)
+
+
+def test_an_epoch_whose_typical_batch_is_above_the_initial_loss_is_unstable() -> None:
+    """Epoch 1's median is 3.0, far above log 4, though its last batch (1.0) is not: the epoch
+    is unstable, whether or not its reported value is a spike."""
+    d = diagnose([[1.39] * 3, [3.0, 3.0, 1.0], [3.1] * 3, [3.2] * 3], 4)
+    assert 1 in d.unstable_epochs
+
+
+def test_a_jumping_epoch_whose_last_batch_dips_is_no_jump_spike() -> None:
+    """The plot's spike marks the reported value: a dip in a jumping epoch is an outlier of its
+    epoch, not a jump of the curve; the jump is still named as the training's."""
+    d = diagnose([[1.39] * 3, [1.0] * 3, [3, 3, 3, 0.5], [0.9] * 3], 4)
+    by_epoch = {s.epoch: s for s in d.spike_details}
+    assert by_epoch[2].reasons == ("last_batch_outlier",)
+    assert 2 in d.unstable_epochs
+    assert any(f.startswith("At epoch 2 the typical (median) batch loss") for f in d.findings)
+
+
+def test_the_initial_loss_named_is_the_one_compared_with() -> None:
+    d = diagnose([[3.0, 3.0], [3.2, 3.2, 3.2]], 4)
+    assert any("the initial loss (epoch 0's mean, 3.000)" in f for f in d.findings), d.findings
+    assert not any("initial loss log 4 = 1.386" in f for f in d.findings)
+
+
+def test_a_curve_that_never_leaves_chance_says_the_model_has_not_learned() -> None:
+    d = diagnose([[LOG4 * (1 + 0.01 * (b % 3 - 1)) for b in range(5)] for _ in range(10)], 4)
+    assert any("never leaves log 4" in f for f in d.findings)
+    assert not any("never leaves" in f for f in diagnose(smooth_curve(10, 8, seed=1), 4).findings)
+
+
+def test_many_spikes_are_counted_not_all_written_out() -> None:
+    """A curve of 20,000 epochs, every other one a spike: the findings name a few epochs and
+    the count, ``spike_details`` holds the first 1,000, and ``spikes`` all of them."""
+    curve = [[1.386] if e % 2 == 0 else [3.0] for e in range(20_000)]
+    d = diagnose(curve, 4)
+    assert len(d.spikes) == 10_000 and d.spikes[:2] == [1, 3]
+    assert len(d.spike_details) == 1000 and d.spike_details[-1].epoch == 1999
+    assert max(len(f) for f in d.findings) < 1500
+    assert any("(10,000 in all)" in f for f in d.findings)
