@@ -68,6 +68,13 @@ def output_shapes(config: GatedRNNConfig, shapes: Shapes) -> dict[str, tuple[int
     if len(w_h) != 2 or w_h[0] != w_h[1]:
         raise ShapeMismatch(f"W_h must be square [m, m], got shape {list(w_h)}", "params.W_h")
     m = w_h[0]
+    if len(w_c) == 2 and w_c == w_x and w_c[0] == m and w_c[1] != n:
+        # W_c and W_x agree on n: the input is the odd one out.
+        raise ShapeMismatch(
+            f"x must be [T, n] with n = {w_c[1]}, the width of W_c and W_x {list(w_c)}; got "
+            f"shape {list(x)}",
+            "inputs.x",
+        )
     for name, shape in (("W_c", w_c), ("W_x", w_x)):
         if shape != (m, n):
             raise ShapeMismatch(

@@ -140,6 +140,11 @@ class ModelInfo(BaseModel):
     params: list[ArgInfo]
     inputs: list[ArgInfo]
     outputs: list[ArgInfo]
+    backward_extras: list[ArgInfo] = Field(
+        default_factory=list,
+        description="What `backward` answers beside the grads (the recurrent models' "
+        "`state_grads`, the gradients through time).",
+    )
     config: list[ConfigInfo]
     operations: list[str]
 

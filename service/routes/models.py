@@ -70,6 +70,7 @@ def model_info(model: ReferenceModel) -> ModelInfo:
         params=args(model.params),
         inputs=args(model.inputs),
         outputs=args(model.outputs),
+        backward_extras=args(model.extras),
         config=[ConfigInfo.model_validate(vars(c)) for c in model.config],
         operations=operations,
     )

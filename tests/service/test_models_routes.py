@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from models.errors import ModelError
 from models.registry import get_model
-from service.examples import SEED_W_1x5x3, SEED_X_5x7
+from service.examples import BACKWARD_EXAMPLES, SEED_W_1x5x3, SEED_X_5x7
 
 SEED = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
 
@@ -370,3 +370,19 @@ def test_a_weight_past_float32_is_computed_in_float64(client: TestClient) -> Non
     response = client.post("/v1/models/conv1d/forward", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["outputs"]["y"]["data"] == [[1e39 + 2.0, 2e39 + 3.0]]
+
+
+@pytest.mark.parametrize(
+    ("model", "example"),
+    [("conv1d", "seed-1.1c-iv"), ("gated_rnn", "gated-rnn"), ("attention_rnn", "attention-rnn-2")],
+)
+def test_the_listing_names_what_backward_answers_beside_the_grads(
+    client: TestClient, model: str, example: str
+) -> None:
+    listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}[model]
+    response = client.post(f"/v1/models/{model}/backward", json=BACKWARD_EXAMPLES[example]["value"])
+    assert response.status_code == 200, response.text
+    answered = set(response.json()) - {"outputs", "grads", "device", "dtype", "nonfinite"}
+    extras = {extra["name"] for extra in listed["backward_extras"]}
+    assert extras == answered & extras and extras == ({"state_grads"} if "rnn" in model else set())
+    assert "state_grads" in answered or "rnn" not in model

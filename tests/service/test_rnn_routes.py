@@ -334,6 +334,13 @@ BAD_INPUTS = [
         "W_x must be [m, n]",
     ),
     ("gated_rnn", "forward", _set(GATED, "inputs.x", [1.0, 2.0, 3.0]), 422, "x must be [T, n]"),
+    (  # W_c and W_x agree on n = 3: x, two wide, is the one at fault
+        "gated_rnn",
+        "forward",
+        _set(GATED, "inputs.x", [[1.0, 2.0]]),
+        422,
+        "x must be [T, n] with n = 3, the width of W_c and W_x [2, 3]",
+    ),
     (
         "gated_rnn",
         "forward",
