@@ -28,6 +28,11 @@ Loss = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=MAX_LOS
 Fraction = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1)]
 
 
+MAX_CLASSES = 10**9
+"""The most classes a curve may declare: any real classifier's, and an integer JSON carries
+(past 2**63 a number is refused as "not a valid integer", which misleads)."""
+
+
 class LossCurveRequest(StrictBody):
     batch_losses: list[Annotated[list[Loss], Field(min_length=1)]] = Field(
         min_length=1,
@@ -39,7 +44,11 @@ class LossCurveRequest(StrictBody):
     batch_accuracies: list[list[Fraction]] | None = Field(
         None, description="Optional: the same shape as `batch_losses`, fractions in [0, 1]."
     )
-    num_classes: int = Field(ge=2, description="C, the number of classes (4 in the seed).")
+    num_classes: int = Field(
+        ge=2,
+        le=MAX_CLASSES,
+        description="C, the number of classes (4 in the seed).",
+    )
 
 
 class SpikeOut(BaseModel):

@@ -110,6 +110,7 @@ def _problem(response: Any, status: int = 422) -> dict[str, Any]:
         ({"batch_losses": [[[1.0]]], "num_classes": 4}, ["body", "batch_losses", 0, 0]),
         ({"batch_losses": [[1.0]], "num_classes": 1}, ["body", "num_classes"]),
         ({"batch_losses": [[1.0]], "num_classes": 0}, ["body", "num_classes"]),
+        ({"batch_losses": [[1.0]], "num_classes": 10**9 + 1}, ["body", "num_classes"]),
         ({"batch_losses": [[1.0]], "num_classes": 2.5}, ["body", "num_classes"]),
         ({"batch_losses": [[1.0]]}, ["body", "num_classes"]),
         ({"batch_losses": [[1.0]], "num_classes": 4, "classes": 4}, ["body", "classes"]),
