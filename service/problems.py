@@ -146,14 +146,18 @@ def _validation_problem(exc: RequestValidationError) -> Problem:
     return validation_problem(exc.errors(), body=exc.body if exc.body is not None else _NO_BODY)
 
 
-def json_path(loc: Sequence[str | int], value: Any) -> list[str | int]:
+def json_path(loc: Sequence[str | int], value: Any, missing: bool = False) -> list[str | int]:
     """pydantic's ``loc`` of an error in ``value`` as a path into ``value`` itself.
 
     pydantic puts in ``loc`` the name of the member of a union it tried: the tag of a
     discriminated one (``expected.backward.grad_outputs``, for ``"op": "backward"``), a type
     (``answer.list[float]``), a model's name. None of them is in the JSON the client sent, so
-    they are left out: ``expected.grad_outputs``. A name that is not a key of the object it
-    is read in is such a member, unless it is the last part (a missing field's name).
+    they are left out: ``expected.grad_outputs``.
+
+    Args:
+        loc: the error's location under the body.
+        value: the body.
+        missing: the error is a missing field's: the last part of ``loc`` is its name.
 
     Example:
         >>> json_path(["expected", "backward", "grad_outputs"], {"expected": {"op": "backward"}})
@@ -161,19 +165,29 @@ def json_path(loc: Sequence[str | int], value: Any) -> list[str | int]:
     """
     path: list[str | int] = []
     node = value
+    tagged = False  # the tag of the object reached was passed already
     for index, part in enumerate(loc):
-        in_object = isinstance(node, dict) and part in node
-        in_array = (
-            isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node)
-        )
-        if in_object or in_array:
-            node = node[part]
+        last = index == len(loc) - 1
+        if isinstance(node, dict):
+            # A tag names the value of the object's discriminator ("op": "value"), once, right
+            # after the object: it wins over a field of the same name ("value").
+            if isinstance(part, str) and not last and not tagged and part in node.values():
+                tagged = True
+                continue
+            if part in node:
+                node, tagged = node[part], False
+                path.append(part)
+                continue
+        elif isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
+            node, tagged = node[part], False
             path.append(part)
-        elif isinstance(part, str) and not (isinstance(node, dict) and index == len(loc) - 1):
-            continue  # the name of a union's member: nowhere in the body
-        else:
-            path.extend(loc[index:])  # past what the body holds: a missing field
+            continue
+        if last and missing:
+            path.append(part)  # the missing field's name
+        elif not isinstance(part, str):
+            path.extend(loc[index:])  # past what the body holds
             break
+        # else: the name of a union's member, nowhere in the body
     return path
 
 
@@ -193,7 +207,7 @@ def validation_problem(
     for err in raw_errors:
         loc = [part for part in err.get("loc", ()) if isinstance(part, str | int)]
         if body is not _NO_BODY and loc[:1] == ["body"]:
-            loc = ["body", *json_path(loc[1:], body)]
+            loc = ["body", *json_path(loc[1:], body, err.get("type") == "missing")]
         msg = str(err.get("msg", "invalid value"))
         ctx = err.get("ctx") or {}
         if err.get("type") == "json_invalid" and "error" in ctx:

@@ -441,7 +441,33 @@ def test_error_paths_are_paths_into_the_body_without_union_tags(client: TestClie
 def test_json_path_keeps_what_the_body_holds_and_a_missing_fields_name() -> None:
     body = {"a": [{"op": "x", "b": 1}], "c": 2}
     assert json_path(["a", 0, "x", "b", "int"], body) == ["a", 0, "b"]
-    assert json_path(["a", 0, "x", "missing"], body) == ["a", 0, "missing"]
+    assert json_path(["a", 0, "x", "missing"], body, missing=True) == ["a", 0, "missing"]
     assert json_path(["a", 5, "b"], body) == ["a", 5, "b"]  # past the array: kept as is
     assert json_path(["c", "float"], body) == ["c"]
     assert json_path([], body) == []
+    # A type's name after an object that is not the type's (`{"a": 1}` for an int).
+    assert json_path(["s", "int"], {"s": {"a": 1}}) == ["s"]
+    # A tag named like a field of its object: the tag first, then the field.
+    tagged = {"op": "value", "value": {"data": [1, 2]}, "label": 5}
+    assert json_path(["value", "label"], tagged) == ["label"]
+    assert json_path(["value", "labl"], {**tagged, "labl": "x"}) == ["labl"]  # an extra key
+    assert json_path(["value", "value", "data", 0], tagged) == ["value", "data", 0]
+
+
+@pytest.mark.parametrize(
+    ("expected", "loc"),
+    [
+        ({"op": "value", "value": 0.693, "labl": "x"}, ["body", "expected", "labl"]),
+        ({"op": "value", "value": 0.693, "label": 5}, ["body", "expected", "label"]),
+        (
+            {"op": "conv_shape", "input_size": [5], "kernel_size": 3, "stride": {"a": 1}},
+            ["body", "expected", "stride"],
+        ),
+    ],
+)
+def test_error_paths_name_the_key_sent(
+    client: TestClient, expected: dict[str, Any], loc: list[Any]
+) -> None:
+    response = client.post("/v1/check", json={"expected": expected, "answer": 1})
+    assert response.status_code == 422
+    assert all(error["loc"] == loc for error in response.json()["errors"]), response.json()
