@@ -385,6 +385,14 @@ class Progress:
 
     def advance(self, student_id: str, ok: bool) -> None:
         self.done += 1
+        self._show(student_id, ok)
+
+    def failed_before(self, student_id: str) -> None:
+        """A student counted in ``done`` from the start who failed all the same (a file that
+        cannot be read): counted and shown as failed."""
+        self._show(student_id, False)
+
+    def _show(self, student_id: str, ok: bool) -> None:
         self.failed += not ok
         if self.tty:
             self._draw(student_id)
@@ -460,6 +468,8 @@ def grade_class(
             todo.append(submission)
     # Done already: the resumed, the refused ids and the unreadable files (failed).
     bar = (progress or Progress)(len(submissions), len(submissions) - len(todo))
+    for student in report.failed:
+        bar.failed_before(student)
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     futures: dict[Future[dict[str, Any]], Submission] = {
         pool.submit(client.grade, assignment, s.student_id, s.answers, gradescope=True): s

@@ -729,7 +729,10 @@ def test_a_result_of_answers_since_changed_is_no_grade_in_the_gradebook(
     capsys.readouterr()
     assert main(class_argv(url, tmp_path / "subs", out)) == 1
     progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
-    assert [line.split("]")[0] for line in progress] == ["[2/3", "[3/3"]
+    # ben's unreadable file is done from the start, and shown as failed; then ada and cy.
+    assert progress[0] == "[1/3] FAILED ben"
+    assert sorted(line.split(" ", 1)[1] for line in progress[1:]) == ["FAILED ada", "graded cy"]
+    assert sorted(line.split(" ")[0] for line in progress[1:]) == ["[2/3]", "[3/3]"]
     rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
     assert rows["ada"]["score"] == "" and rows["ada"]["note"].startswith("not graded yet: 503")
     assert rows["ben"]["score"] == "" and "cannot read" in rows["ben"]["note"]
