@@ -245,7 +245,18 @@ InputPlan = tuple[tuple[int, ...], tuple[tuple[Strided, Strided], ...]]
 """dy/dx's shape, and each placement as (its view of the contiguous Jacobian, the view of
 the weight that it takes, the offset relative to the weight's own)."""
 
-_INPUT_PLANS: dict[tuple[object, ...], InputPlan] = {}
+PlanKey = tuple[
+    tuple[int, ...],
+    tuple[int, ...],
+    tuple[int, ...],
+    tuple[int, ...],
+    tuple[int, ...],
+    tuple[tuple[int, int], ...],
+]
+"""``input_placements``'s arguments: the weight's shape and strides, the input's size, the
+stride, the dilation and the padding."""
+
+_INPUT_PLANS: dict[PlanKey, InputPlan] = {}
 PLANS_KEPT = 256
 """Plans kept for reuse (those of a few placements only; see ``input_placements``)."""
 
@@ -271,10 +282,10 @@ def input_placements(
     (those of a few placements: a padded 2-D kernel has one per tap and border). Working it
     out is Python, as long as the copies themselves for a small Jacobian on a GPU.
     """
-    key = (weight_shape, weight_steps, size, stride, dilation, pads)
+    key: PlanKey = (weight_shape, weight_steps, size, stride, dilation, pads)
     plan = _INPUT_PLANS.get(key)
     if plan is None:
-        plan = _input_plan(weight_shape, weight_steps, size, stride, dilation, pads)
+        plan = _input_plan(key)
         if len(plan[1]) <= 16:
             if len(_INPUT_PLANS) >= PLANS_KEPT:
                 _INPUT_PLANS.clear()  # start over: atomic, unlike evicting one among threads
@@ -282,14 +293,8 @@ def input_placements(
     return plan
 
 
-def _input_plan(
-    weight_shape: tuple[int, ...],
-    weight_steps: tuple[int, ...],
-    size: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    pads: tuple[tuple[int, int], ...],
-) -> InputPlan:
+def _input_plan(key: PlanKey) -> InputPlan:
+    weight_shape, weight_steps, size, stride, dilation, pads = key
     filters, channels, kernel = weight_shape[0], weight_shape[1], weight_shape[2:]
     dims = len(kernel)
     out = output_size(size, kernel, stride, dilation, pads)
