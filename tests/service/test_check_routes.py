@@ -337,8 +337,8 @@ def test_a_batchs_formulas_stop_at_the_compute_deadline() -> None:
 def test_a_large_key_with_many_axis_orders_is_diagnosed_within_bounds(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The audit's request: a value key of shape [10]*6 (720 axis orders of 1M elements each,
-    10 s) and another tensor of its shape. It is judged, and only a few orders are tried."""
+    """A value key of shape [10]*6 (720 axis orders of 1M elements each: 10 s before the
+    budget) and another tensor of its shape. It is judged, and only a few orders are tried."""
     made = count_axis_orders(monkeypatch)
     rng = np.random.default_rng(3)
     key, answer = rng.normal(size=(2, *(10,) * 6))
