@@ -95,7 +95,7 @@ class ModelSource:
         finally:
             self.spent += time.perf_counter() - started
         tensor = tensors.get(self.select)
-        return None if tensor is None else _cpu(tensor)
+        return None if tensor is None else on_cpu(tensor)
 
     def jacobian(self, of: str, wrt: str) -> torch.Tensor | None:
         """d(of)/d(wrt) on the key's arguments, or ``None`` when over budget, estimated longer
@@ -113,13 +113,13 @@ class ModelSource:
             return None
         finally:
             self.spent += time.perf_counter() - started
-        return _cpu(result)
+        return on_cpu(result)
 
     def forward(self) -> Tensors:
         """Every output of the model on the key's arguments."""
         with torch.no_grad():
             outputs = self.model.forward(self.prepared.config, self.prepared.args)
-        return {name: _cpu(t) for name, t in outputs.items()}
+        return {name: on_cpu(t) for name, t in outputs.items()}
 
 
 @dataclass
@@ -135,7 +135,8 @@ class TensorKey:
         return self.axes[index] if index < len(self.axes) else f"axis {index}"
 
 
-def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+def on_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as the keys hold theirs: detached, on the CPU, float64, contiguous."""
     return tensor.detach().to(device="cpu", dtype=torch.float64).contiguous()
 
 
@@ -228,7 +229,7 @@ def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) ->
         expected.op, expected.op.replace("_", " ")
     )
     name = _pick(select, tensors, what, model.name)
-    everything = {n: _cpu(t) for n, t in tensors.items() if isinstance(t, torch.Tensor)}
+    everything = {n: on_cpu(t) for n, t in tensors.items() if isinstance(t, torch.Tensor)}
     key = everything[name]
     if not bool(torch.isfinite(key).all()):
         raise GradingError(

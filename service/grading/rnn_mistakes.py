@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from service.grading.diagnosis import Candidate, Mistake, Shape, register
-from service.grading.keys import TensorKey
+from service.grading.keys import TensorKey, on_cpu
 
 
 @register
@@ -54,7 +54,7 @@ class DirectTermOnly(Mistake):
         if direct is None or tuple(direct.shape) != shape:
             return
         yield Candidate(
-            direct.detach().to(device="cpu", dtype=torch.float64),
+            on_cpu(direct),
             "This is only the direct term dl/dh[t] that the loss gives each step; the total "
             "gradient through time also counts how h[t] changes every later state h[k], "
             "k > t, and through it the loss (the later steps are missing).",
@@ -81,8 +81,7 @@ class DirectGradientsInTheSum(Mistake):
         if direct is None or x is None or set(source.grad_outputs) != {"h"}:
             return  # the direct gradients of h alone make the seed's sum; of c, another one
         gate = source.forward()["c"]  # (T, m)  c[t] of equation (1)
-        inputs = x.detach().to(device="cpu", dtype=torch.float64)  # (T, n)
-        upstream = direct.detach().to(device="cpu", dtype=torch.float64)  # (T, m)
+        inputs, upstream = on_cpu(x), on_cpu(direct)  # (T, n), (T, m)
         if gate.dim() != 2 or upstream.shape != gate.shape or inputs.dim() != 2:
             return
         if len(inputs) != len(gate) or (gate.shape[1], inputs.shape[1]) != shape:
