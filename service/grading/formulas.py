@@ -38,6 +38,7 @@ import unicodedata
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
 from fractions import Fraction
 from typing import Any
 
@@ -465,13 +466,33 @@ def _compile_compare(node: ast.Compare, where: str, shift: int) -> Evaluator:
     return compare
 
 
+SHOWN_DIGITS = 17
+"""Integers of more digits are shown in scientific notation (a JSON reader takes them as
+floats at best, and ``MAX_BITS`` lets a value reach 1,233 digits)."""
+
+
 def _show(value: Any) -> int | float | str:
-    """A value for a report: an int when integral, else a float."""
+    """A value for a report: an int when integral and short, else a float; a value beyond a
+    float's range, or an integer of more than ``SHOWN_DIGITS`` digits, as text in scientific
+    notation."""
     if isinstance(value, int | Fraction) and _exact(value) == int(value):
-        return int(value)
-    if isinstance(value, Fraction | float):
-        return float(value)
+        if abs(int(value)) < 10**SHOWN_DIGITS:
+            return int(value)
+        return _scientific(Fraction(value))
+    if isinstance(value, Fraction):
+        try:
+            return float(value)
+        except OverflowError:
+            return _scientific(value)
+    if isinstance(value, float):
+        return value
     return str(value)
+
+
+def _scientific(value: Fraction) -> str:
+    with localcontext() as context:
+        context.prec = SHOWN_DIGITS
+        return f"{Decimal(value.numerator) / Decimal(value.denominator):.16e}"
 
 
 def same_value(a: Any, b: Any) -> bool:

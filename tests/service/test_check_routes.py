@@ -168,6 +168,36 @@ def test_hostile_formulas_are_refused_with_a_4xx(client: TestClient, answer: str
 
 
 @pytest.mark.parametrize(
+    "answer",
+    [
+        "0.5*H**64*H**64*H**64",
+        "(1.5*H)**64*(1.5*H)**64*(1.5*H)**64",
+        "(1.5*(H + 99))**64*(1.5*(H + 99))**64*(1.5*(H + 99))**64",
+    ],
+)
+def test_a_formula_whose_value_is_beyond_a_float_is_a_wrong_answer(
+    client: TestClient, answer: str
+) -> None:
+    """Exact fractions reach 2**4096, far past a float: the report shows them as text."""
+    response = post(client, {"op": "formula", "named": "conv_output_size"}, answer)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["correct"] is False
+    if answer.startswith("(1.5*(H + 99))"):  # beyond a float at every point
+        given = result["report"]["counterexample"]["given"]
+        assert isinstance(given, str) and "e+" in given
+        assert given in result["report"]["message"]
+    # In a batch the other checks are judged as usual.
+    checks = [
+        {"expected": {"op": "formula", "named": "conv_output_size"}, "answer": answer},
+        {"expected": FORMULA_1_1B, "answer": FORMULA_1_1B["reference"]},
+    ]
+    batch = client.post("/v1/check/batch", json={"checks": checks})
+    assert batch.status_code == 200, batch.text
+    assert [r["correct"] for r in batch.json()["results"]] == [False, True]
+
+
+@pytest.mark.parametrize(
     ("expected", "where", "message"),
     [
         ({**JACOBIAN_W, "model": "lstm"}, "expected.model", "there is no model 'lstm'"),
