@@ -167,6 +167,21 @@ def test_hostile_formulas_are_refused_with_a_4xx(client: TestClient, answer: str
     assert response.json()["type"].endswith("invalid-answer")
 
 
+@pytest.mark.parametrize(("key", "answer"), [(3.0, 3.1), (0.25, 0.3), (-11, 6), ([3.0], [6.0])])
+def test_a_wrong_number_is_no_multiple_of_a_one_number_key(
+    client: TestClient, key: Any, answer: Any
+) -> None:
+    response = post(client, {"op": "value", "value": key}, answer)
+    assert response.status_code == 200, response.text
+    assert response.json()["correct"] is False
+    assert response.json()["diagnosis"] == []
+
+
+def test_a_multiple_of_a_key_of_several_numbers_is_a_constant_factor(client: TestClient) -> None:
+    response = post(client, {"op": "value", "value": [3.0, -1.0]}, [6.0, -2.0])
+    assert [d["code"] for d in response.json()["diagnosis"]] == ["constant_factor"]
+
+
 @pytest.mark.parametrize(
     "answer",
     [
