@@ -23,6 +23,7 @@ Time is 1-based in the seed and 0-based here: row ``t-1`` of ``h``, ``a`` and ``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from models import gradient_flow
+from models.attention_totals import log_total_norms
 from models.errors import InvalidConfig, LimitExceeded, ShapeMismatch
 from models.limits import Limits
 from models.overhead import STEP_SECONDS, Overhead
@@ -60,7 +62,9 @@ def parse_config(config: Mapping[str, Any]) -> AttentionRNNConfig:
     if k == "inf":
         return AttentionRNNConfig("inf")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise InvalidConfig(f'k must be an integer >= 1 or "inf", got {k!r:.40}', "config.k")
+        # As the JSON it came as: null, true, 2.0 (not Python's None, True).
+        shown = json.dumps(k, default=str)[:40]
+        raise InvalidConfig(f'k must be an integer >= 1 or "inf", got {shown}', "config.k")
     return AttentionRNNConfig(k)
 
 
@@ -157,6 +161,19 @@ top of its operations: measured 1.0 ms (k = 2, n = 8, 1,024 steps, 17 chunks: 18
 BATCHED_LAG_SECONDS = 1.7e-5
 """And per lag of the window: k = 256 (n = 1, 1,024 steps, one chunk) took 5.6 s, 5.5 ms a
 step, its past states stacked and their gradients split again at every step."""
+
+
+def total_paths_flops(config: AttentionRNNConfig, shapes: Shapes) -> int:
+    """Operations of dh[t]/dh[1] through every path (``attention_totals``), which the state
+    Jacobians add with k >= 2 or inf: per step and lag two n x n x n products; with inf, a
+    weighted sum of n x n matrices per pair of a step and a past state, and two products per
+    step."""
+    seq_len, n = shapes["x"]
+    if config.k == "inf":
+        return 4 * _pairs(seq_len) * n * n + 4 * seq_len * n**3
+    if config.k == 1:
+        return 0
+    return 4 * seq_len * min(config.k, seq_len) * n**3
 
 
 def _pairs(seq_len: int) -> int:
@@ -326,7 +343,12 @@ def state_grads(
 
 
 def step_jacobians(
-    Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, x: torch.Tensor, k: Window
+    Q: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    x: torch.Tensor,
+    k: Window,
+    states: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """dh[t]/dh[t-1] for t = 1..T in closed form (seed 1.2.2(e)), and the terms behind it.
 
@@ -335,10 +357,11 @@ def step_jacobians(
 
     Returns:
         ``(jacobians [T, n, n], terms)``: entry t-1 is dh[t]/dh[t-1]; ``terms`` holds the
-        parts of the formula, averaged over time, for the verdict's explanation.
+        parts of the formula, averaged over the steps t = 2..T whose Jacobians are factors of
+        dh[t]/dh[1] (the one step when T = 1), for the verdict's explanation.
     """
     with torch.no_grad():
-        h, a, _ = attention_rnn(Q, K, V, x, k)  # (T, n), (T, width)
+        h, a = states if states is not None else attention_rnn(Q, K, V, x, k)[:2]  # (T, n), (T, w)
         h_prev = torch.cat([_zeros(x, 1, x.shape[1]), h[:-1]])  # (T, n)  h[t-1]
         a1 = a[:, 1]  # (T,)  the weight on h[t-1], index 1 in both layouts
         v1 = h_prev @ V[1].T  # (T, n)  v_1[t] = V_1 h[t-1]
@@ -349,45 +372,38 @@ def step_jacobians(
         jacobians = score_path + value_path  # (T, n, n)
         gradient_flow.require_finite(jacobians)  # before the terms' norms, which need it
         row_max = a.max(dim=1).values  # (T,)  inf's zero padding never exceeds a weight
+        steps = gradient_flow.judged(x.shape[0])  # the factors of dh[t]/dh[1] only
         terms = {
-            "mean_attention_on_previous": a1.mean().item(),
+            "mean_attention_on_previous": a1[steps].mean().item(),
             "V_1_spectral_norm": torch.linalg.matrix_norm(V[1], ord=2).item(),
-            "value_path_norm": torch.linalg.matrix_norm(value_path, ord=2).mean().item(),
-            "score_path_norm": torch.linalg.matrix_norm(score_path, ord=2).mean().item(),
-            "saturated_fraction": (row_max >= SATURATED_SOFTMAX).double().mean().item(),
+            "value_path_norm": torch.linalg.matrix_norm(value_path[steps], ord=2).mean().item(),
+            "score_path_norm": torch.linalg.matrix_norm(score_path[steps], ord=2).mean().item(),
+            "saturated_fraction": (row_max[steps] >= SATURATED_SOFTMAX).double().mean().item(),
         }
     return jacobians, terms
 
 
-def explain(k: Window, verdict: str, growth: float, terms: Mapping[str, float]) -> str:
+def explain(k: Window, verdict: str, growth: float, terms: Mapping[str, float], steps: int) -> str:
     """One sentence of why, in the seed's 1.2.2(e) terms: the attention a_1[t] on h[t-1],
-    the value matrix V_1, the score path and the softmax's saturation."""
+    the value matrix V_1, the score path and the softmax's saturation; with k >= 2 or inf,
+    what the paths to older states add to the chain of one-step Jacobians."""
     dominant = (
         "the value path dominates"
         if terms["value_path_norm"] >= terms["score_path_norm"]
         else "the score path dominates"
     )
-    if k == "inf":
+    skip = ""
+    if "chain_growth_factor" in terms and steps > 1:
+        older = {"inf": "every older state", 2: "h[t-2]"}.get(k, f"h[t-2], ..., h[t-{k}]")
         skip = (
-            "; the shared index 1 also attends to every older state directly, paths that skip "
-            "this chain and that backward's state_grads include"
+            f". The chain dh[t]/dh[t-1] ... dh[2]/dh[1] alone changes by a factor of about "
+            f"{terms['chain_growth_factor']:.3g} per step; the direct attention to {older} "
+            "adds paths that skip it, and dh[t]/dh[1] (the verdict's) sums them all"
         )
-    elif k == 2:
-        skip = (
-            "; index 2 attends to h[t-2] directly, a path that skips this chain and that "
-            "backward's state_grads include"
-        )
-    elif k > 2:
-        skip = (
-            f"; indices 2..{k} attend to h[t-2], ..., h[t-{k}] directly, paths that skip this "
-            "chain and that backward's state_grads include"
-        )
-    else:
-        skip = ""
     return (
-        f"{gradient_flow.lead(verdict, growth)}: the value path a_1[t] V_1 has spectral norm "
-        f"{terms['value_path_norm']:.3g} on average (a_1[t], the attention on h[t-1], averages "
-        f"{terms['mean_attention_on_previous']:.3g}; ||V_1||_2 = "
+        f"{gradient_flow.lead(verdict, growth, steps)}: the value path a_1[t] V_1 has spectral "
+        f"norm {terms['value_path_norm']:.3g} on average (a_1[t], the attention on h[t-1], "
+        f"averages {terms['mean_attention_on_previous']:.3g}; ||V_1||_2 = "
         f"{terms['V_1_spectral_norm']:.3g}) and the score path a_1[t] (v_1[t] - h[t]) "
         f"h[t-1]^T (Q_1^T K_1 + K_1^T Q_1) has {terms['score_path_norm']:.3g} (the softmax is "
         f"saturated, one weight >= {SATURATED_SOFTMAX}, at {terms['saturated_fraction']:.0%} "
@@ -396,8 +412,21 @@ def explain(k: Window, verdict: str, growth: float, terms: Mapping[str, float]) 
 
 
 def state_jacobians(config: AttentionRNNConfig, args: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """The one-step Jacobians and what they say about vanishing or exploding gradients."""
-    jacobians, terms = step_jacobians(args["Q"], args["K"], args["V"], args["x"], config.k)
-    flow = gradient_flow.analyse(jacobians)
-    reason = explain(config.k, flow.verdict, flow.growth_factor, terms)
+    """The one-step Jacobians and what they say about vanishing or exploding gradients.
+
+    With k >= 2 or inf the verdict is read from dh[t]/dh[1] through every path
+    (``attention_totals``), and the chain of one-step Jacobians alone is one of the terms.
+    """
+    Q, K, V, x = args["Q"], args["K"], args["V"], args["x"]
+    with torch.no_grad():
+        h, a, _ = attention_rnn(Q, K, V, x, config.k)
+    jacobians, terms = step_jacobians(Q, K, V, x, config.k, (h, a))
+    totals = None
+    if config.k == "inf" or config.k >= 2:
+        with torch.no_grad():
+            totals = log_total_norms(Q, K, V, h, a, config.k)
+        chain = gradient_flow.log_product_norms(jacobians)
+        terms["chain_growth_factor"] = gradient_flow.growth_factor(chain)
+    flow = gradient_flow.analyse(jacobians, totals)
+    reason = explain(config.k, flow.verdict, flow.growth_factor, terms, x.shape[0])
     return flow.answer(jacobians, reason, terms)

@@ -209,7 +209,8 @@ def step_jacobians(
 
     Returns:
         ``(jacobians [T, m, m], terms)``: entry t-1 is dh[t]/dh[t-1]; ``terms`` holds the
-        parts of the formula, averaged over time, for the verdict's explanation.
+        parts of the formula, averaged over the steps t = 2..T whose Jacobians make up
+        dh[t]/dh[1] (the one step when T = 1), for the verdict's explanation.
     """
     with torch.no_grad():
         h, c = gated_rnn(W_c, W_h, W_x, x, h0)  # (T, m), (T, m)
@@ -221,20 +222,23 @@ def step_jacobians(
         through_gate = gate_scale[:, :, None] * W_h  # (T, m, m)  diag(.) diag(sigma') W_h
         jacobians = direct + through_gate  # (T, m, m)
         gradient_flow.require_finite(jacobians)  # before the terms' norms, which need it
+        steps = gradient_flow.judged(x.shape[0])  # the factors of dh[t]/dh[1] only
         terms = {
-            "mean_gate": c.mean().item(),
-            "saturated_fraction": (sigma_prime < gradient_flow.SATURATED_SIGMA_PRIME)
+            "mean_gate": c[steps].mean().item(),
+            "saturated_fraction": (sigma_prime[steps] < gradient_flow.SATURATED_SIGMA_PRIME)
             .double()
             .mean()
             .item(),
             "W_h_spectral_norm": torch.linalg.matrix_norm(W_h, ord=2).item(),
-            "direct_path_norm": c.max(dim=1).values.mean().item(),
-            "indirect_path_norm": torch.linalg.matrix_norm(through_gate, ord=2).mean().item(),
+            "direct_path_norm": c[steps].max(dim=1).values.mean().item(),
+            "indirect_path_norm": torch.linalg.matrix_norm(through_gate[steps], ord=2)
+            .mean()
+            .item(),
         }
     return jacobians, terms
 
 
-def explain(verdict: str, growth: float, terms: Mapping[str, float]) -> str:
+def explain(verdict: str, growth: float, terms: Mapping[str, float], steps: int) -> str:
     """One sentence of why, in the seed's 1.2.1(d) terms: the gate c[t], sigmoid saturation,
     and the spectral norm of W_h."""
     dominant = (
@@ -243,13 +247,13 @@ def explain(verdict: str, growth: float, terms: Mapping[str, float]) -> str:
         else "the indirect path through the gate dominates"
     )
     return (
-        f"{gradient_flow.lead(verdict, growth)}: the direct path diag(c[t]) has spectral norm "
-        f"{terms['direct_path_norm']:.3g} on average (the gates c[t] average "
+        f"{gradient_flow.lead(verdict, growth, steps)}: the direct path diag(c[t]) has "
+        f"spectral norm {terms['direct_path_norm']:.3g} on average (the gates c[t] average "
         f"{terms['mean_gate']:.3g}) and the indirect path diag(h[t-1] - W_x x[t]) "
-        f"diag(sigma'(z[t])) W_h has {terms['indirect_path_norm']:.3g} "
-        f"({terms['saturated_fraction']:.0%} of the sigmoids are saturated, sigma' < "
-        f"{gradient_flow.SATURATED_SIGMA_PRIME}, which blocks this path; ||W_h||_2 = "
-        f"{terms['W_h_spectral_norm']:.3g}), so {dominant}."
+        f"diag(sigma'(z[t])) W_h has {terms['indirect_path_norm']:.3g} (||W_h||_2 = "
+        f"{terms['W_h_spectral_norm']:.3g}; the sigmoid is saturated, sigma' < "
+        f"{gradient_flow.SATURATED_SIGMA_PRIME}, which blocks this path, for "
+        f"{terms['saturated_fraction']:.0%} of the gates), so {dominant}."
     )
 
 
@@ -259,4 +263,5 @@ def state_jacobians(config: GatedRNNConfig, args: Mapping[str, torch.Tensor]) ->
         args["W_c"], args["W_h"], args["W_x"], args["x"], args.get("h0")
     )
     flow = gradient_flow.analyse(jacobians)
-    return flow.answer(jacobians, explain(flow.verdict, flow.growth_factor, terms), terms)
+    reason = explain(flow.verdict, flow.growth_factor, terms, jacobians.shape[0])
+    return flow.answer(jacobians, reason, terms)

@@ -1,14 +1,18 @@
-"""Vanishing or exploding gradients, read from the one-step state Jacobians.
+"""Vanishing or exploding gradients, read from the state Jacobians.
 
-The seed's 1.2.1(d): the gradient reaching h[1] from the loss at h[t] goes through::
+The seed's 1.2.1(d): where h[t] reads only h[t-1] (the gated RNN, AttentionRNN(1)), the
+gradient reaching h[1] from the loss at h[t] goes through::
 
     dh[t]/dh[1] = dh[t]/dh[t-1] dh[t-1]/dh[t-2] ... dh[2]/dh[1]
 
-a product of one-step Jacobians that shrinks or grows exponentially with t. This module
-measures, per step, the spectral norm and the smallest singular value of dh[t]/dh[t-1], the
-spectral norm of the products, and the per-step growth factor
-``rho = ||dh[T]/dh[1]||_2 ** (1 / (T - 1))``; the verdict is *vanishing* when
-``rho < VANISHING_BELOW``, *exploding* when ``rho > EXPLODING_ABOVE``, else *neither*.
+a product of one-step Jacobians that shrinks or grows exponentially with t. Where h[t] also
+reads older states (AttentionRNN(k >= 2) and inf), dh[t]/dh[1] sums every path, and the
+model gives those totals (``models.attention_totals``). This module measures, per step, the
+spectral norm and the smallest singular value of dh[t]/dh[t-1], the spectral norm of
+dh[t]/dh[1], and the per-step growth factor ``rho = ||dh[T]/dh[1]||_2 ** (1 / (T - 1))``; the
+verdict is *vanishing* when ``rho < VANISHING_BELOW``, *exploding* when
+``rho > EXPLODING_ABOVE``, else *neither*. One step (T = 1) has no product to judge:
+dh[1]/dh[1] is the identity, so rho is 1 and the verdict *neither*.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class GradientFlow:
         spectral_norms: ``[T]``, ||dh[t]/dh[t-1]||_2 at entry t-1.
         min_singular_values: ``[T]``, the smallest singular value of dh[t]/dh[t-1].
         log_product_norms: ``[T]``, log ||dh[t]/dh[1]||_2 (0 at entry 0: the identity);
-            ``-inf`` once the product is exactly zero.
+            ``-inf`` once it is exactly zero.
         growth_factor: rho, the geometric mean growth per step.
         verdict: ``vanishing``, ``exploding`` or ``neither``.
     """
@@ -117,18 +121,22 @@ def require_finite(jacobians: torch.Tensor) -> None:
         ModelError: the Jacobians overflow the dtype.
     """
     if not bool(torch.isfinite(jacobians).all()):
+        wider = "" if jacobians.dtype == torch.float64 else ", or use float64"
         raise ModelError(
-            "the one-step Jacobians overflow the dtype (some entries are not finite); "
-            "scale the weights or inputs down, or use float64",
+            f"the one-step Jacobians overflow {jacobians.dtype} (some entries are not "
+            f"finite), so no norm or verdict can be computed; scale the weights or inputs "
+            f"down{wider}",
             "params",
         )
 
 
-def analyse(jacobians: torch.Tensor) -> GradientFlow:
-    """Singular values per step, product norms through time, growth factor and verdict.
+def analyse(jacobians: torch.Tensor, log_totals: torch.Tensor | None = None) -> GradientFlow:
+    """Singular values per step, norms of dh[t]/dh[1] through time, growth factor and verdict.
 
     Args:
         jacobians: ``[T, m, m]``, entry t-1 the one-step Jacobian dh[t]/dh[t-1].
+        log_totals: ``[T]``, log ||dh[t]/dh[1]||_2 where h[t] reads more than h[t-1] (every
+            path summed); ``None``: the products of ``jacobians`` are dh[t]/dh[1].
 
     Returns:
         The ``GradientFlow`` of the sequence.
@@ -144,13 +152,8 @@ def analyse(jacobians: torch.Tensor) -> GradientFlow:
     """
     require_finite(jacobians)
     singular = torch.linalg.svdvals(jacobians)  # (T, m), descending
-    log_norms = log_product_norms(jacobians)  # (T,)
-    seq_len = jacobians.shape[0]
-    if seq_len == 1:
-        growth = float(singular[0, 0])  # no product yet: the one step is all there is
-    else:
-        # Finite Jacobians bound the exponent near log(float max); min() keeps exp() finite.
-        growth = math.exp(min(float(log_norms[-1]) / (seq_len - 1), _LOG_FLOAT_MAX))
+    log_norms = log_product_norms(jacobians) if log_totals is None else log_totals  # (T,)
+    growth = growth_factor(log_norms)
     if bool(torch.isnan(log_norms).any()) or bool(torch.isnan(singular).any()):
         raise ModelError(_NOT_A_NUMBER, "params")
     return GradientFlow(
@@ -160,6 +163,23 @@ def analyse(jacobians: torch.Tensor) -> GradientFlow:
         growth_factor=growth,
         verdict=verdict(growth),
     )
+
+
+def growth_factor(log_norms: torch.Tensor) -> float:
+    """rho = ||dh[T]/dh[1]||_2 ** (1 / (T - 1)) from ``[T]`` log norms; 1 when T = 1
+    (dh[1]/dh[1] = I: no step of gradient flow to judge)."""
+    seq_len = log_norms.shape[0]
+    if seq_len == 1:
+        return 1.0
+    # Finite Jacobians bound the exponent near log(float max); min() keeps exp() finite.
+    return math.exp(min(float(log_norms[-1]) / (seq_len - 1), _LOG_FLOAT_MAX))
+
+
+def judged(seq_len: int) -> slice:
+    """The steps whose one-step Jacobians are factors of dh[t]/dh[1]: t = 2..T (entries 1..),
+    and the one step there is when T = 1. The terms behind a verdict average over these:
+    dh[1]/dh[0] is in no product dh[t]/dh[1]."""
+    return slice(1, None) if seq_len > 1 else slice(None)
 
 
 def verdict(growth: float) -> Verdict:
@@ -178,8 +198,14 @@ def verdict(growth: float) -> Verdict:
     return "neither"
 
 
-def lead(kind: str, growth: float) -> str:
-    """The first half of the verdict's sentence: what the products do per step."""
+def lead(kind: str, growth: float, steps: int) -> str:
+    """The first half of the verdict's sentence: what dh[t]/dh[1] does per step."""
+    if steps == 1:
+        return (
+            "Neither vanishing nor exploding: one step has no product dh[t]/dh[1] to judge "
+            "(dh[1]/dh[1] is the identity; send two steps or more). In the one step "
+            "dh[1]/dh[0]"
+        )
     if kind == "vanishing":
         return (
             f"Vanishing: ||dh[t]/dh[1]||_2 shrinks by a factor of about {growth:.3g} per step "

@@ -66,6 +66,9 @@ class ReferenceModel:
         backward_extras: extra answers of ``backward`` (e.g. ``state_grads`` of the RNNs).
         extras: what ``backward_extras`` answers, each described as the outputs are.
         state_jacobians: the one-step state Jacobians of a recurrent model.
+        state_jacobians_flops: operations ``state_jacobians`` adds to the closed form of the
+            one-step Jacobians counted for every recurrent model (AttentionRNN's sums over
+            paths to older states), from the config and the declared shapes.
         check_config_limits: refuses a config over the service's ``Limits`` (e.g. a window
             ``k``) right after ``parse_config``, before any tensor is decoded.
         check_shape_limits: refuses declared shapes over the ``Limits`` (sequence length,
@@ -93,6 +96,7 @@ class ReferenceModel:
     backward_extras: Callable[[Any, Tensors, Tensors], dict[str, torch.Tensor]] | None = None
     extras: tuple[ArgSpec, ...] = ()
     state_jacobians: Callable[[Any, Tensors], dict[str, Any]] | None = None
+    state_jacobians_flops: Callable[[Any, Shapes], int] | None = None
     flops: Callable[[Any, Shapes], int] | None = None
     overhead: Callable[[Any, Shapes], Overhead] | None = None
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -273,6 +277,7 @@ def _attention_rnn_model() -> ReferenceModel:
         backward_extras=attention_rnn.state_grads,
         extras=(_state_grads("n", "1.2.2(f)"),),
         state_jacobians=attention_rnn.state_jacobians,
+        state_jacobians_flops=attention_rnn.total_paths_flops,
         flops=attention_rnn.flops,
         overhead=attention_rnn.overhead,
         check_config_limits=attention_rnn.check_config_limits,

@@ -227,7 +227,10 @@ def closed_form_flops(prepared: Prepared, operation: str, of: str = "", wrt: str
     if operation not in ("state_jacobians", "state-jacobians"):
         return 0
     steps, m = prepared.output_shapes["h"]
-    return STATE_JACOBIAN_FLOPS_PER_STEP * steps * m**3
+    extra = prepared.model.state_jacobians_flops
+    shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
+    paths = extra(prepared.config, shapes) if extra is not None else 0
+    return STATE_JACOBIAN_FLOPS_PER_STEP * steps * m**3 + paths
 
 
 @contextmanager

@@ -103,18 +103,29 @@ class StateJacobiansResponse(BaseModel):
     )
     product_norms: TensorOut = Field(
         description=(
-            "`[T]`: ||dh[t]/dh[1]||_2 for the product dh[t]/dh[t-1] ... dh[2]/dh[1] "
-            "(1 at entry 0); may overflow to Infinity, see `log_product_norms`."
+            "`[T]`: ||dh[t]/dh[1]||_2 (1 at entry 0): the product dh[t]/dh[t-1] ... "
+            "dh[2]/dh[1] where h[t] reads only h[t-1]; with AttentionRNN(k >= 2) or inf, "
+            "every path, the direct attention to older states included. May overflow to "
+            "Infinity or underflow to 0, see `log_product_norms`."
         )
     )
-    log_product_norms: TensorOut = Field(description="`[T]`: the natural log of `product_norms`.")
+    log_product_norms: TensorOut = Field(
+        description="`[T]`: the natural log of `product_norms`, finite where they are not."
+    )
     growth_factor: float = Field(
-        description="Per-step growth ||dh[T]/dh[1]||_2 ** (1 / (T - 1)) (the one step when T = 1)."
+        description=(
+            "Per-step growth ||dh[T]/dh[1]||_2 ** (1 / (T - 1)); 1 when T = 1 (dh[1]/dh[1] "
+            "is the identity)."
+        )
     )
     verdict: Literal["vanishing", "exploding", "neither"]
     reason: str = Field(description="One sentence of why, in the seed's terms.")
     terms: dict[str, float] = Field(
-        description="The parts of the one-step Jacobian behind the reason, averaged over time."
+        description=(
+            "The parts of the one-step Jacobian behind the reason, averaged over the steps "
+            "t = 2..T (the one step when T = 1); with AttentionRNN(k >= 2) or inf also "
+            "`chain_growth_factor`, the growth of the chain of one-step Jacobians alone."
+        )
     )
     vanishing_below: float = Field(description="Growth factors below this are `vanishing`.")
     exploding_above: float = Field(description="Growth factors above this are `exploding`.")

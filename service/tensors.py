@@ -110,6 +110,13 @@ class Budget:
         self.used += numel
 
 
+def _over_rank(where: str, message: str) -> Problem:
+    """A rank over ``TENSORGRADE_MAX_RANK``: a budget of the service, as the element budgets
+    are (a 413), not a fault of the tensor."""
+    detail = f"{where}: {message}"
+    return Problem(413, detail, kind="budget-exceeded", title="Over the rank limit")
+
+
 def _invalid(where: str, message: str) -> Problem:
     loc: list[str | int] = ["body", *where.split(".")]
     # A message that names its place (``inputs.x[0][1] is null``) says where by itself.
@@ -136,7 +143,7 @@ def _check_shape(shape: Any, where: str, max_rank: int) -> tuple[int, ...]:
             where, f"`shape` must be a list of non-negative integers; {odd[0]!r:.40} is not one"
         )
     if len(shape) > max_rank:
-        raise _invalid(where, f"rank {len(shape)} is higher than the limit {max_rank}")
+        raise _over_rank(where, f"rank {len(shape)} is higher than the limit {max_rank}")
     if any(n < 0 for n in shape):
         raise _invalid(where, f"`shape` {shape} has a negative size")
     return tuple(shape)
@@ -149,7 +156,7 @@ def _nested_extent(value: list[Any], where: str, max_rank: int) -> tuple[int, ..
     while isinstance(node, list):
         shape.append(len(node))
         if len(shape) > max_rank:
-            raise _invalid(where, f"nesting is deeper than the rank limit {max_rank}")
+            raise _over_rank(where, f"nesting is deeper than the rank limit {max_rank}")
         if not node:
             break
         node = node[0]

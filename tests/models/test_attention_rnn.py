@@ -284,7 +284,100 @@ def test_verdict_vanishing_with_small_values() -> None:
     answer = attention_rnn.state_jacobians(attention_rnn.parse_config({"k": 2}), args)
     assert answer["verdict"] == "vanishing"
     assert answer["growth_factor"] < 0.1
-    assert "index 2 attends to h[t-2]" in answer["reason"]
+    assert "direct attention to h[t-2] adds paths that skip it" in answer["reason"]
+    assert answer["terms"]["chain_growth_factor"] < 0.1
+
+
+def total_state_jacobians(args: dict[str, torch.Tensor], k: Window) -> torch.Tensor:
+    """dh[t]/dh[1] for every t, [T, n, n], by autograd through the plain loop: h[1] moved by
+    an offset, every later state following through every path."""
+    seq_len, n = args["x"].shape
+
+    def states(first: torch.Tensor) -> torch.Tensor:
+        offsets = torch.cat([first[None], torch.zeros(seq_len - 1, n, dtype=F64)])
+        return loop_attention_rnn(args["Q"], args["K"], args["V"], args["x"], k, offsets)[0]
+
+    result: torch.Tensor = torch.autograd.functional.jacobian(states, torch.zeros(n, dtype=F64))
+    return result
+
+
+@pytest.mark.parametrize("k", WINDOWS)
+@pytest.mark.parametrize("seq_len", [1, 2, 6])
+def test_product_norms_are_the_norms_of_dh_t_dh_1_through_every_path(
+    k: Window, seq_len: int
+) -> None:
+    """Against autograd through the plain loop, and for the last step against central
+    differences: with k >= 2 the older states' direct paths are in the sum."""
+    args = random_case(40 + seq_len, k, seq_len=seq_len, n=3)
+    args["V"] = 2.0 * args["V"]  # a long way from the identity: the paths differ in size
+    answer = attention_rnn.state_jacobians(attention_rnn.parse_config({"k": k}), args)
+    totals = total_state_jacobians(args, k)
+    expected = torch.linalg.matrix_norm(totals, ord=2)
+    torch.testing.assert_close(answer["product_norms"], expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(answer["log_product_norms"], expected.log(), rtol=0, atol=1e-10)
+
+    def last(first: torch.Tensor) -> torch.Tensor:
+        offsets = torch.cat([first[None], torch.zeros(seq_len - 1, 3, dtype=F64)])
+        return loop_attention_rnn(args["Q"], args["K"], args["V"], args["x"], k, offsets)[0][-1]
+
+    numeric = finite_difference_jacobian(last, torch.zeros(3, dtype=F64))
+    torch.testing.assert_close(totals[-1], numeric, rtol=1e-6, atol=1e-8)
+    if seq_len > 1:
+        growth = float(expected[-1]) ** (1 / (seq_len - 1))
+        assert answer["growth_factor"] == pytest.approx(growth, rel=1e-10)
+
+
+def test_attending_to_every_state_keeps_the_gradient_where_the_chain_vanishes() -> None:
+    """AttentionRNN(inf) (seed 1.2.2(d)): small Q_h, K_h, so the step-to-step partial shrinks,
+    but a strong V_h on every older state keeps dh[t]/dh[1] from vanishing."""
+    n, seq_len = 2, 9
+    eye = torch.eye(n, dtype=F64)
+    zero = torch.zeros(n, n, dtype=F64)
+    args = {
+        "Q": torch.stack([0.3 * eye, zero]),
+        "K": torch.stack([0.3 * eye, zero]),
+        "V": torch.stack([eye, 1.5 * eye]),
+        "x": torch.tensor([[0.5, -0.2]], dtype=F64).expand(seq_len, n).clone(),
+    }
+    answer = attention_rnn.state_jacobians(attention_rnn.parse_config({"k": "inf"}), args)
+    totals = torch.linalg.matrix_norm(total_state_jacobians(args, "inf"), ord=2)
+    torch.testing.assert_close(answer["product_norms"], totals, rtol=1e-10, atol=1e-12)
+    assert answer["terms"]["chain_growth_factor"] < 0.5
+    assert answer["verdict"] == "neither"
+    assert 0.9 <= answer["growth_factor"] <= 1.1
+    assert "every older state" in answer["reason"]
+
+
+@pytest.mark.parametrize("k", [2, "inf"])
+def test_long_sequences_keep_finite_logs(k: Window) -> None:
+    """Scaled like the chain's products: dh[t]/dh[1] far below a float64's smallest number
+    still has a finite log. With k = 2 it vanishes; with inf the direct path from h[1] to
+    every h[t] keeps it from vanishing at an exponential rate, though the chain does."""
+    args = random_case(50, k, seq_len=400, n=3)
+    args["V"] = 0.05 * args["V"]
+    answer = attention_rnn.state_jacobians(attention_rnn.parse_config({"k": k}), args)
+    logs = answer["log_product_norms"]
+    assert bool(torch.isfinite(logs).all())
+    assert answer["terms"]["chain_growth_factor"] < 0.5
+    if k == 2:
+        assert float(logs[-1]) < -750  # e^-750: 0 in float64
+        assert answer["verdict"] == "vanishing"
+    else:
+        assert answer["verdict"] == "neither"
+    # The start, which float64 holds, agrees with autograd.
+    head = {**args, "x": args["x"][:20]}
+    expected = torch.linalg.matrix_norm(total_state_jacobians(head, k), ord=2).log()
+    torch.testing.assert_close(logs[:20], expected, rtol=0, atol=1e-8)
+
+
+def test_with_k_1_the_total_is_the_chain_of_one_step_jacobians() -> None:
+    args = random_case(60, 1, seq_len=30, n=3)
+    answer = attention_rnn.state_jacobians(attention_rnn.parse_config({"k": 1}), args)
+    jacobians, _ = attention_rnn.step_jacobians(args["Q"], args["K"], args["V"], args["x"], 1)
+    from models.gradient_flow import log_product_norms
+
+    torch.testing.assert_close(answer["log_product_norms"], log_product_norms(jacobians))
+    assert "chain_growth_factor" not in answer["terms"]
 
 
 @pytest.mark.parametrize("names", ["a", "w", "aw"])

@@ -317,3 +317,25 @@ def test_state_grads_of_the_gates_alone_match_differences_through_the_loop(seq_l
     assert not extras["state_grads"][-1].any()  # no later gate reads the last state
     if seq_len == 1:  # c[1] reads W_x only through a state, and there is none before it
         torch.testing.assert_close(grads["W_x"], torch.zeros_like(args["W_x"]))
+
+
+def test_the_terms_leave_out_the_step_from_h0_which_no_product_holds() -> None:
+    """dh[1]/dh[0] is no factor of any dh[t]/dh[1]: here its gate path is the large one (the
+    gate is open at step 1 and shut at step 2), and it must not decide which path dominates."""
+    args = {
+        "W_c": torch.tensor([[-20.0]], dtype=F64),
+        "W_h": torch.tensor([[1.0]], dtype=F64),
+        "W_x": torch.tensor([[0.0]], dtype=F64),
+        "x": torch.tensor([[1.0], [-1.0]], dtype=F64),
+        "h0": torch.tensor([20.0], dtype=F64),
+    }
+    answer = gated_rnn.state_jacobians(gated_rnn.parse_config({}), args)
+    jacobians, _ = gated_rnn.step_jacobians(
+        args["W_c"], args["W_h"], args["W_x"], args["x"], args["h0"]
+    )
+    assert float(jacobians[0].abs()) > 1.0  # dh[1]/dh[0]: mostly the gate path
+    _, c = gated_rnn.gated_rnn(args["W_c"], args["W_h"], args["W_x"], args["x"], args["h0"])
+    assert answer["terms"]["mean_gate"] == pytest.approx(float(c[1, 0]))
+    assert answer["terms"]["indirect_path_norm"] < 1e-6
+    assert "so the direct path dominates" in answer["reason"]
+    assert answer["growth_factor"] == pytest.approx(float(jacobians[1].abs()))

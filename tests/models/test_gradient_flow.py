@@ -43,11 +43,17 @@ def test_an_exactly_zero_product_is_vanishing_with_growth_zero() -> None:
     assert math.isinf(float(flow.log_product_norms[-1]))
 
 
-def test_one_step_uses_that_step_for_the_growth_factor() -> None:
-    flow = gradient_flow.analyse(torch.diag(torch.tensor([0.95, 0.5], dtype=F64))[None])
-    assert flow.growth_factor == pytest.approx(0.95)
+@pytest.mark.parametrize("scale", [0.1, 0.95, 5.0])
+def test_one_step_has_no_product_to_judge(scale: float) -> None:
+    """dh[1]/dh[1] is the identity: growth 1 and no verdict of vanishing or exploding, whatever
+    the one step dh[1]/dh[0] (its norms are still reported)."""
+    step = torch.diag(torch.tensor([scale, 0.5 * scale], dtype=F64))[None]
+    flow = gradient_flow.analyse(step)
+    assert flow.growth_factor == 1.0
     assert flow.verdict == "neither"
-    torch.testing.assert_close(flow.min_singular_values, torch.tensor([0.5], dtype=F64))
+    torch.testing.assert_close(flow.log_product_norms, torch.zeros(1, dtype=F64))
+    torch.testing.assert_close(flow.spectral_norms, torch.tensor([scale], dtype=F64))
+    torch.testing.assert_close(flow.min_singular_values, torch.tensor([0.5 * scale], dtype=F64))
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import conv
+from models.attention_rnn import attention_rnn, parse_config, total_paths_flops
+from models.attention_totals import log_total_norms
 from models.autodiff import jacobian_chunk_count, jacobian_chunk_size
 from models.registry import MODELS, ArgSpec, ReferenceModel, get_model
 from service.app import create_app
@@ -30,7 +32,7 @@ from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.gate import ComputeGate
 from service.middleware import EXEMPT_PATHS
 from service.problems import Problem
-from service.schemas import JacobianRequest
+from service.schemas import JacobianRequest, ModelRequest
 from service.settings import Settings
 
 # On the CPU even where a GPU is present: the estimates, slots and messages below are the CPU's.
@@ -526,3 +528,29 @@ def test_closed_form_jacobians_are_estimated_as_the_fill_they_are(client: TestCl
     rnn = prepare("gated_rnn", JacobianRequest.model_validate(gated), settings)
     assert vector_jacobian_products(rnn, "jacobian", "h", "x") == 2
     assert closed_form_flops(rnn, "jacobian", "h", "x") == 0
+
+
+@pytest.mark.parametrize(("k", "seq_len", "n"), [(2, 40, 6), (5, 40, 6), ("inf", 40, 6), (3, 2, 4)])
+def test_the_state_jacobians_count_the_paths_to_older_states(
+    k: int | str, seq_len: int, n: int
+) -> None:
+    """AttentionRNN's dh[t]/dh[1] through every path: the estimate covers what torch counts
+    and is within a small factor of it; with k = 1 there is only the chain, counted already."""
+    width = 2 if k == "inf" else int(k) + 1
+    gen = torch.Generator().manual_seed(3)
+    Q, K, V = (0.3 * torch.randn(width, n, n, generator=gen, dtype=torch.float64) for _ in "QKV")
+    x = torch.randn(seq_len, n, generator=gen, dtype=torch.float64)
+    h, a, _ = attention_rnn(Q, K, V, x, k)  # type: ignore[arg-type]
+    with FlopCounterMode(display=False) as counter:
+        log_total_norms(Q, K, V, h, a, k)
+    estimate = total_paths_flops(parse_config({"k": k}), {"x": (seq_len, n)})
+    assert counter.get_total_flops() <= estimate <= 2 * counter.get_total_flops()
+    assert total_paths_flops(parse_config({"k": 1}), {"x": (seq_len, n)}) == 0
+    body = {
+        "config": {"k": k},
+        "params": {name: t.tolist() for name, t in zip("QKV", (Q, K, V), strict=True)},
+        "inputs": {"x": x.tolist()},
+    }
+    prepared = prepare("attention_rnn", ModelRequest.model_validate(body), Settings())
+    chain = 40 * seq_len * n**3  # the closed form of the one-step Jacobians and their analysis
+    assert closed_form_flops(prepared, "state-jacobians") == chain + estimate

@@ -14,6 +14,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from models import gradient_flow
+from models.errors import ModelError
+
 # Products of 1e200 overflow a float64: each output is +inf, -inf, a finite value, or
 # inf - inf = NaN, as the IEEE rules say. Where one product is +inf and the other -inf (y[2]),
 # the answer depends on the rounding: two roundings give NaN, a fused multiply-add (one
@@ -147,13 +150,21 @@ def test_state_jacobians_of_overflowing_states_are_a_422_not_a_500(
     response = client.post(f"/v1/models/{model}/state-jacobians", json=body)
     assert response.status_code == 422, response.text[:300]
     assert response.headers["content-type"] == "application/problem+json"
-    assert "overflow the dtype" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert "Jacobians overflow" in detail and "scale the weights or inputs down" in detail
+    # The advice to widen the dtype only where it is not float64 already.
+    assert ("use float64" in detail) == (body.get("dtype") == "float32")
     check = {"expected": {"op": "state_jacobians", "model": model, **body}, "answer": [[[1.0]]]}
     single = client.post("/v1/check", json=check)
-    assert single.status_code == 422 and "overflow the dtype" in single.json()["detail"]
+    assert single.status_code == 422 and "Jacobians overflow" in single.json()["detail"]
     batch = client.post("/v1/check/batch", json={"checks": [check]})
     assert batch.status_code == 200, batch.text[:300]
-    assert "overflow the dtype" in orjson.dumps(batch.json()["results"][0]["error"]).decode()
+    assert "Jacobians overflow" in orjson.dumps(batch.json()["results"][0]["error"]).decode()
+
+
+def test_overflowing_float32_jacobians_suggest_float64() -> None:
+    with pytest.raises(ModelError, match=r"overflow torch.float32 .* or use float64"):
+        gradient_flow.require_finite(torch.full((2, 1, 1), float("inf")))
 
 
 def huge_value_path(value: float, seq_len: int, dtype: str) -> dict[str, Any]:

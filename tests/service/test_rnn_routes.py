@@ -369,9 +369,10 @@ BAD_INPUTS = [
     ),
     ("attention_rnn", "forward", _set(ATTENTION, "config.k", 0), 422, "k must be an integer >= 1"),
     ("attention_rnn", "forward", _set(ATTENTION, "config.k", -3), 422, "k must be an integer >= 1"),
-    ("attention_rnn", "forward", _set(ATTENTION, "config.k", "foo"), 422, "'foo'"),
-    ("attention_rnn", "forward", _set(ATTENTION, "config.k", 2.5), 422, '"inf"'),
-    ("attention_rnn", "forward", _set(ATTENTION, "config.k", True), 422, "k must be an integer"),
+    ("attention_rnn", "forward", _set(ATTENTION, "config.k", "foo"), 422, 'got "foo"'),
+    ("attention_rnn", "forward", _set(ATTENTION, "config.k", 2.5), 422, '"inf", got 2.5'),
+    ("attention_rnn", "forward", _set(ATTENTION, "config.k", True), 422, '"inf", got true'),
+    ("attention_rnn", "forward", _set(ATTENTION, "config.k", None), 422, '"inf", got null'),
     ("attention_rnn", "forward", _set(ATTENTION, "config.k", 10**12), 413, "max_k = 256"),
     (
         "attention_rnn",

@@ -84,7 +84,7 @@ def refused(value: Any, b: Budget | None = None) -> Problem:
         (None, 422, "got null"),
         ([], 422, "empty"),
         ([[]], 422, "empty"),
-        ([[[[[1]]]]], 422, "rank limit 4"),
+        ([[[[[1]]]]], 413, "rank limit 4"),
         (
             {"shape": [2, 2], "data": [1, 2, 3]},
             422,
@@ -112,7 +112,7 @@ def refused(value: Any, b: Budget | None = None) -> Problem:
         ({"shape": [0], "data": []}, 422, "empty"),
         ({"shape": "2", "data": [1, 2]}, 422, "list of non-negative integers"),
         ({"shape": [True], "data": [1]}, 422, "list of non-negative integers"),
-        ({"shape": [1, 1, 1, 1, 1], "data": [1]}, 422, "rank 5"),
+        ({"shape": [1, 1, 1, 1, 1], "data": [1]}, 413, "rank 5"),
         ([list(range(11))] * 11, 413, "121 elements"),
         ({"shape": [10**9, 10**9], "b64": ""}, 413, "limit per tensor is 100"),
     ],
