@@ -28,6 +28,10 @@ class ShapeMismatch(ModelError):
     """Tensor shapes do not fit together (channels, kernel larger than the input, ...)."""
 
 
+class MissingArgument(ModelError):
+    """A param or input the model needs is not in the request."""
+
+
 class UnknownName(ModelError):
     """A model, argument or output name that does not exist."""
 

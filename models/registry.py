@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from models import attention_rnn, conv, conv_jacobians, gated_rnn
-from models.errors import ShapeMismatch, UnknownName
+from models.errors import MissingArgument, UnknownName
 from models.limits import Limits
 from models.overhead import Overhead
 
@@ -143,7 +143,7 @@ class ReferenceModel:
                     raise UnknownName(f"unknown {section[:-1]} {name!r}{hint}", f"{section}.{name}")
             for spec in specs:
                 if not spec.optional and spec.name not in given:
-                    raise ShapeMismatch(
+                    raise MissingArgument(
                         f"{section[:-1]} {spec.name!r} {list(spec.shape)} is required",
                         f"{section}.{spec.name}",
                     )

@@ -335,7 +335,10 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
             # A line break or a space (as some encoders wrap their output) is named rather
             # than counted as bytes: the size would then be wrong for no visible reason.
             _check_base64_alphabet(encoded, where)
-            decoded_guess = len(encoded) * 3 // 4
+            # Each 4 characters are 3 bytes, less one per "=" of padding at the end.
+            decoded_guess = (
+                len(encoded) * 3 // 4 - len(encoded[-2:]) + len(encoded[-2:].rstrip("="))
+            )
             raise _invalid(
                 where,
                 f"`b64` holds about {decoded_guess} bytes but shape {list(shape)} of {datatype} "

@@ -267,6 +267,18 @@ def test_bad_requests_are_problems_that_say_why(
     assert words in problem["detail"], problem["detail"]
 
 
+def test_a_missing_param_is_named_as_missing(client: TestClient) -> None:
+    response = client.post("/v1/models/conv1d/forward", json=with_(SEED, params={}))
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {
+            "loc": ["body", "params", "weight"],
+            "msg": "param 'weight' ['F', 'C', 'K'] is required",
+            "type": "MissingArgument",
+        }
+    ]
+
+
 def test_jacobian_over_budget_is_refused_before_computing(client: TestClient) -> None:
     # 805M entries: conv2d, 3x64x64 input, 16 filters of 3x3, padding 1 (all declared, b64).
     x = np.zeros((3, 64, 64), dtype="<f8")

@@ -93,6 +93,8 @@ def refused(value: Any, b: Budget | None = None) -> Problem:
         ({"shape": [2], "data": [1, "x"]}, 422, "is a string"),
         ({"shape": [2], "data": [1, float("nan")]}, 422, "only finite"),
         ({"shape": [2, 2], "b64": b64([1, 2, 3])}, 422, "needs 32"),
+        ({"shape": [1, 2], "b64": "AAAAAAAAAAA="}, 422, "holds about 8 bytes"),  # "=" pads
+        ({"shape": [1, 2], "b64": "AAAAAAAAAA=="}, 422, "holds about 7 bytes"),
         ({"shape": [1], "b64": "!!!!!!!!!!!="}, 422, "not valid base64: '!' at position 0"),
         # A wrapped or spaced string: its size is off by the whitespace, which is named.
         (
