@@ -17,7 +17,8 @@ wherever the variables are integers, unless ``sqrt`` of a non-square or a fracti
 makes them real (then ``float``). Two formulas are equivalent when they agree at every point
 sampled from the variables' ranges (the whole grid when it is small; otherwise the corners,
 every variable at and next to its edges, and random points) where the reference is defined
-and its constraints hold.
+and its constraints hold. A reference whose values there are all whole numbers (sizes,
+counts) must be matched exactly; any other within the check's tolerance (``agrees``).
 
 Example:
     >>> ref = parse("floor((H + 2*P - D*(K - 1) - 1)/S) + 1", ["H", "K", "P", "S", "D"])
@@ -58,6 +59,7 @@ MAX_VARIABLES = 8
 MAX_RANGE = 10**9
 MAX_POINTS = 400
 FLOAT_RTOL = 1e-9
+FLOAT_ATOL = 1e-12
 
 # Students paste these from typeset solutions; each is one character, so positions are kept.
 _TRANSLATE = str.maketrans({"\u00d7": "*", "\u00f7": "/", "\u00b7": "*", "\u2212": "-"})
@@ -500,9 +502,50 @@ def same_value(a: Any, b: Any) -> bool:
     if isinstance(a, int | Fraction) and isinstance(b, int | Fraction):
         return bool(a == b)
     try:
-        return math.isclose(float(a), float(b), rel_tol=FLOAT_RTOL, abs_tol=1e-12)
+        return math.isclose(float(a), float(b), rel_tol=FLOAT_RTOL, abs_tol=FLOAT_ATOL)
     except OverflowError:
         return bool(a == b)
+
+
+def is_integer(value: Any) -> bool:
+    """Whether a value of a reference is a whole number (a size, a count)."""
+    if isinstance(value, int):
+        return True
+    if isinstance(value, Fraction):
+        return value.denominator == 1
+    return isinstance(value, float) and value.is_integer()
+
+
+def _within(expected: Any, given: Any, rtol: float, atol: float) -> bool:
+    """``|given - expected| <= atol + rtol * |expected|``, exactly where both are rational
+    (a float tolerance is a binary fraction, so ``Fraction`` holds it without rounding)."""
+    if isinstance(expected, int | Fraction) and isinstance(given, int | Fraction):
+        bound = Fraction(atol) + Fraction(rtol) * abs(Fraction(expected))
+        return abs(Fraction(given) - Fraction(expected)) <= bound
+    try:
+        return abs(float(given) - float(expected)) <= atol + rtol * abs(float(expected))
+    except OverflowError:
+        return False
+
+
+def agrees(
+    expected: Any, given: Any, rtol: float = 0.0, atol: float = 0.0, *, exact: bool = False
+) -> bool:
+    """Whether an answer's value at one point agrees with the reference's there.
+
+    ``exact``: the reference is whole-numbered (see ``FormulaKey.exact``), and its value is
+    compared exactly: a size off by a fraction is wrong whatever the tolerance, and only a
+    float answer (from ``sqrt``) within ``FLOAT_RTOL`` of it counts. Otherwise the check's
+    tolerance applies at the point, ``|given - expected| <= atol + rtol * |expected|``, and
+    never more strictly than the ``FLOAT_RTOL`` agreement of two floats:
+    ``H*0.3333333333333333`` for ``H/3`` is right. There is no key scale (the tensor rule's
+    ``floor``) for a formula: its values are many points, not one tensor.
+    """
+    if same_value(expected, given):
+        return True
+    if exact:
+        return False
+    return _within(expected, given, max(rtol, FLOAT_RTOL), max(atol, FLOAT_ATOL))
 
 
 @dataclass(frozen=True)
@@ -650,17 +693,29 @@ class FormulaKey:
     values: list[Any]
     constraints: tuple[str, ...]
     name: str | None = None
-    _cache: dict[str, tuple[int, list[Disagreement]]] = field(default_factory=dict)
+    exact: bool = False
+    """Whether every value of the reference is a whole number (a size, a count, as the conv
+    shape formulas give): then answers must equal it exactly, whatever the tolerance. Decided
+    for the whole reference rather than per point: ``H/3`` is 1 at ``H = 3``, and an answer
+    ``H*0.3333333333333333`` within the tolerance elsewhere is within it there too."""
+    _cache: dict[tuple[str, float, float], tuple[int, list[Disagreement]]] = field(
+        default_factory=dict
+    )
 
-    def compare(self, answer: str, where: str = "answer") -> tuple[int, list[Disagreement]]:
+    def compare(
+        self, answer: str, where: str = "answer", *, rtol: float = 0.0, atol: float = 0.0
+    ) -> tuple[int, list[Disagreement]]:
         """How many valid points agree, and where they do not (simplest points first).
 
-        Answers that parse to the same tree (a class writes the same formula many ways of
-        spacing) are evaluated once.
+        Values agree as ``agrees`` says: whole numbers exactly, others within ``rtol`` and
+        ``atol``. Answers that parse to the same tree (a class writes the same formula many
+        ways of spacing) are evaluated once per tolerance: the checks of one key may each
+        carry their own.
         """
         formula = parse(answer, self.ranges, where)
-        if formula.canonical in self._cache:
-            return self._cache[formula.canonical]
+        cached = (formula.canonical, rtol, atol)
+        if cached in self._cache:
+            return self._cache[cached]
         agree, disagree = 0, []
         for point, expected in zip(self.points, self.values, strict=True):
             try:
@@ -668,14 +723,14 @@ class FormulaKey:
             except Undefined as error:
                 disagree.append(_disagreement(point, expected, None, str(error)))
                 continue
-            if same_value(expected, given):
+            if agrees(expected, given, rtol, atol, exact=self.exact):
                 agree += 1
             else:
                 disagree.append(_disagreement(point, expected, given, "different values"))
         disagree.sort(key=lambda d: (sum(abs(float(v)) for v in d.point.values()), str(d.point)))
         result = (agree, disagree[:3])
         if len(self._cache) < 4096:
-            self._cache[formula.canonical] = result
+            self._cache[cached] = result
         return result
 
 
@@ -736,4 +791,5 @@ def formula_key(
             "the reference is defined (and its constraints hold) at no point of the ranges",
             "reference",
         )
-    return FormulaKey(formula, ranges, points, values, all_constraints, named)
+    exact = all(is_integer(value) for value in values)
+    return FormulaKey(formula, ranges, points, values, all_constraints, named, exact)

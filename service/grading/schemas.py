@@ -169,8 +169,11 @@ class ToleranceEcho(BaseModel):
     atol: float
     floor: float
     scale: float | None = Field(description="The key's largest magnitude (tensor keys only).")
-    effective_atol: float | None = Field(description="max(atol, floor * scale).")
-    rule: str = Field(RULE)
+    effective_atol: float | None = Field(
+        description="max(atol, floor * scale) for tensors; atol for formulas (no key scale); "
+        "null for shapes (compared exactly)."
+    )
+    rule: str = Field(RULE, description="The rule this check was judged by.")
 
 
 class CheckResponse(BaseModel):

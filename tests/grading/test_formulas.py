@@ -325,3 +325,53 @@ def test_control_characters_inside_a_formula_are_still_refused(text: str, column
 def test_a_formula_of_line_breaks_only_is_empty() -> None:
     with pytest.raises(FormulaError, match="the formula is empty"):
         parse("\r\n\t \n", ["H"])
+
+
+def test_a_reference_that_is_not_whole_is_judged_within_the_tolerance() -> None:
+    """H/3 answered H*0.3333333333333333 with rtol 1e-3 was wrong ("the reference is
+    0.3333333333333333 and the answer 0.3333333333333333"): the request's tolerance was
+    echoed but never used, and rationals were compared exactly."""
+    key = formula_key("H/3", None, {"H": [1, 5]}, [])
+    assert not key.exact
+    assert key.compare("H*0.3333333333333333", rtol=1e-3) == (5, [])
+    assert key.compare("H*0.3334", rtol=1e-3) == (5, [])
+    agree, disagree = key.compare("H*0.33", rtol=1e-3)
+    assert agree == 0 and disagree[0].point == {"H": 1} and disagree[0].given == 0.33
+
+
+def test_a_formula_is_never_judged_more_strictly_than_float_agreement() -> None:
+    """With no tolerance at all, a 16-digit decimal for 1/3 still agrees (to 1e-9 relative),
+    as a float answer always did; a 4-digit one does not."""
+    key = formula_key("H/3", None, {"H": [1, 5]}, [])
+    assert key.compare("H*0.3333333333333333", rtol=0.0, atol=0.0) == (5, [])
+    assert key.compare("H*0.3334", rtol=0.0, atol=0.0)[0] == 0
+
+
+def test_the_absolute_tolerance_applies_where_the_reference_is_zero() -> None:
+    key = formula_key("(H - 3)/7", None, {"H": [1, 5]}, [])
+    assert key.compare("(H - 3)/7 + 0.0001", atol=1e-3) == (5, [])
+    agree, disagree = key.compare("(H - 3)/7 + 0.0001", rtol=0.5)
+    assert agree == 4 and disagree[0].point == {"H": 3}  # 1e-4 for 0: only atol reaches it
+
+
+def test_whole_number_references_are_compared_exactly_whatever_the_tolerance(
+    conv_key: FormulaKey,
+) -> None:
+    """Sizes: an answer off by a fraction is wrong even with a loose tolerance, and a float
+    answer (from sqrt) within 1e-9 of the size is right."""
+    assert conv_key.exact
+    agree, disagree = conv_key.compare(SEED_1_1B + " + 0.0001", rtol=0.5, atol=0.5)
+    assert agree == 0 and disagree[0].expected == 1 and disagree[0].given == 1.0001
+    assert conv_key.compare(SEED_1_1B + " - 1 + sqrt(2)*sqrt(2)/2", rtol=0.5) == (
+        len(conv_key.points),
+        [],
+    )
+
+
+def test_a_verdict_is_reused_only_under_the_same_tolerance() -> None:
+    """The checks of one key may carry different tolerances: the answer cache is per
+    tolerance, or the first check's verdict would answer the others."""
+    key = formula_key("H/3", None, {"H": [1, 5]}, [])
+    assert key.compare("H*0.3334", rtol=1e-3)[0] == 5
+    assert key.compare("H*0.3334", rtol=1e-6)[0] == 0
+    assert key.compare("H*0.3334", atol=1e-3)[0] == 5

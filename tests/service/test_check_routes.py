@@ -516,3 +516,31 @@ def test_error_paths_name_the_key_sent(
     response = client.post("/v1/check", json={"expected": expected, "answer": 1})
     assert response.status_code == 422
     assert all(error["loc"] == loc for error in response.json()["errors"]), response.json()
+
+
+def test_a_formula_is_judged_within_the_requests_tolerance_and_says_so(
+    client: TestClient,
+) -> None:
+    """H/3 answered H*0.3333333333333333 with rtol 1e-3 was wrong: the tolerance was echoed
+    and ignored. The echo now states the formula's own rule (no key scale, no floor)."""
+    expected = {"op": "formula", "reference": "H/3", "variables": {"H": [1, 5]}}
+    tolerance = {"rtol": 1e-3, "atol": 1e-6}
+    right = post(client, expected, "H*0.3333333333333333", tolerance=tolerance).json()
+    assert right["correct"] is True
+    echo = right["tolerance"]
+    assert echo["rtol"] == 1e-3 and echo["scale"] is None and echo["effective_atol"] == 1e-6
+    assert "floor does not apply" in echo["rule"] and "exactly" in echo["rule"]
+    wrong = post(client, expected, "H*0.33", tolerance=tolerance).json()
+    assert wrong["correct"] is False and wrong["report"]["counterexample"]["given"] == 0.33
+
+
+def test_a_size_formula_stays_exact_under_a_loose_tolerance(client: TestClient) -> None:
+    answer = "floor((H + 2*P - D*(K - 1) - 1)/S) + 1.0001"
+    body = post(client, FORMULA_1_1B, answer, tolerance={"rtol": 0.5, "atol": 0.5}).json()
+    assert body["correct"] is False and body["report"]["points_disagreeing"] > 0
+
+
+def test_a_shape_echoes_that_sizes_are_compared_exactly(client: TestClient) -> None:
+    body = post(client, SHAPE_1_1A, [5, 3], tolerance={"rtol": 0.5}).json()
+    assert body["correct"] is False
+    assert body["tolerance"]["rule"].startswith("sizes are compared exactly")
