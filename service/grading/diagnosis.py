@@ -6,6 +6,9 @@ tensors, each the reference with that one mistake made, and a sentence a student
 understands. An answer is diagnosed with a mistake when it matches the candidate within the
 check's own tolerance; nothing is guessed. A candidate that equals the key itself (a
 symmetric matrix transposed, a shift of zeros) is skipped: it cannot tell right from wrong.
+So is a candidate of zeros (within the tolerance) where the key is not: an answer left as
+zeros would match it whatever its cause, so it explains nothing (such an answer gets
+``all_zeros`` instead).
 
 Wrong answers that share a key and a shape are stacked, so each candidate is computed once
 and compared with all of them in one operation. Only wrong answers are diagnosed: a correct
@@ -168,6 +171,9 @@ class Mistake:
         found: list[Diagnosis | None] = [None] * answers.shape[0]
         shape = tuple(answers.shape[1:])
         scale = key_scale(key.tensor)
+        # A key of zeros (dy/dx of a constant): its candidates are its zeros rearranged, which
+        # do tell an answer of zeros in the wrong shape what is wrong with it.
+        zero_key = _zeros(key.tensor, tolerance, scale)
         for candidate in metered(self.candidates(key, shape), math.prod(shape), work):
             tensor = candidate.tensor
             if tuple(tensor.shape) != shape or not bool(torch.isfinite(tensor).all()):
@@ -175,6 +181,10 @@ class Mistake:
             if shape == tuple(key.tensor.shape) and bool(
                 within(key.tensor[None], tensor, tolerance, scale)[0]
             ):
+                continue
+            if not zero_key and _zeros(tensor, tolerance, scale):
+                # x read one position off where the only nonzero input falls off the end, a
+                # sum whose terms cancel: zeros, which an unfilled answer matches as well.
                 continue
             if seen.has(tensor):
                 continue
@@ -185,6 +195,11 @@ class Mistake:
                 if found[n] is None:
                     found[n] = Diagnosis(candidate.code or self.code, candidate.message)
         return found
+
+
+def _zeros(tensor: torch.Tensor, tolerance: Tolerance, scale: float) -> bool:
+    """Whether an answer of zeros would match ``tensor`` within the tolerance."""
+    return bool(within(torch.zeros_like(tensor)[None], tensor, tolerance, scale)[0])
 
 
 MISTAKES: list[Mistake] = []
@@ -240,6 +255,30 @@ def _gradient(key: TensorKey, name: str) -> str:
     if extra is not None:
         return extra.called
     return f"dl/d{name}"
+
+
+@register
+class AllZeros(Mistake):
+    """An answer of zeros only, where the key is not: an array never filled, a result never
+    written back. Said plainly rather than explained by a mistake whose result is zero."""
+
+    code = "all_zeros"
+    order = 5
+
+    def match(
+        self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, seen: Seen, work: Work
+    ) -> list[Diagnosis | None]:
+        count = answers.shape[0]
+        # One number answered 0 is just a wrong number: "all zeros" would say nothing more.
+        if math.prod(answers.shape[1:]) < 2 or not bool(key.tensor.any()):
+            return [None] * count
+        zeros = (answers.reshape(count, -1) == 0).all(dim=1).tolist()
+        message = (
+            "Your answer is all zeros, and the key is not: check that the result is computed "
+            "into the array you return (an array left as it was created, or a loop that never "
+            "writes to it?)."
+        )
+        return [Diagnosis(self.code, message) if zero else None for zero in zeros]
 
 
 @register

@@ -588,3 +588,30 @@ def test_a_mistake_spends_only_on_the_candidates_it_makes() -> None:
     made = list(diagnosis.metered(iter(["a", "b", "c"]), 4, work))
     assert made == ["a", "b"]  # the third does not fit what is left (2 of 10)
     assert (work.spent, work.candidates, work.elements) == (8, 2, 2)
+
+
+def test_an_answer_of_zeros_is_not_explained_by_a_mistake_whose_result_is_zeros() -> None:
+    """x [[0, 0, 0, 1]] read one position earlier gives y of zeros: an answer of zeros was
+    diagnosed off_by_one ("x read one position earlier"), which any unfilled answer matches."""
+    expected = {
+        "op": "forward",
+        "model": "conv1d",
+        "params": {"weight": [[[1.0, 1.0]]]},
+        "inputs": {"x": [[0.0, 0.0, 0.0, 1.0]]},
+    }
+    assert codes(judge(expected, [[0, 0, 0]])) == ["all_zeros"]
+    # The same shift is still found where it leaves something to match.
+    assert codes(judge(expected, [[0, 1, 0]])) == ["off_by_one"]
+
+
+def test_no_mistake_is_diagnosed_from_a_candidate_of_zeros() -> None:
+    """The rule is the candidates', not one mistake's: rows that sum to zero make the
+    "summed over an axis" candidate zeros, which explains an answer of zeros no better."""
+    result = judge({"op": "value", "value": [[1.0, -1.0], [2.0, -2.0]]}, [0.0, 0.0])
+    assert codes(result) == ["all_zeros"]
+    assert "summed_axis" in codes(judge({"op": "value", "value": [[1.0, 2.0]]}, [3.0]))
+
+
+def test_a_one_number_answer_of_zero_is_just_wrong() -> None:
+    assert codes(judge({"op": "value", "value": 1.5}, 0)) == []
+    assert codes(judge({"op": "value", "value": [0.0, 0.0]}, [[0.0, 0.0]])) == ["reshaped"]
