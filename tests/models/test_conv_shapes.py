@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
+import re
+from fractions import Fraction
 
 import pytest
 import torch
@@ -181,3 +184,34 @@ def test_invalid_configurations_say_why(
     kernel = kwargs.pop("kernel_size")
     with pytest.raises(error, match=words):
         conv_output_size(size, kernel, **kwargs)  # type: ignore[arg-type]
+
+
+SHOWN_QUOTIENT = re.compile(r"= floor\((-?[\d.]+)\) \+ 1 = ")
+
+
+def test_a_large_stride_is_not_rounded_across_an_integer_in_the_steps() -> None:
+    """Input 60000, kernel 1, stride 30000: 59999/30000 to 4 places is 2.0000, and the step
+    read "floor(59999/30000) + 1 = floor(2) + 1 = 2"."""
+    step = conv_output_size([60000], 1, stride=30000)[0]
+    assert step.result == 2
+    assert "floor(59999/30000) + 1 = floor(1.99997) + 1 = 2" in step.substitution
+    tiny = conv_output_size([2], 1, stride=30000)[0].substitution
+    assert "floor(1/30000) + 1 = floor(0.00003) + 1 = 1" in tiny
+
+
+def test_the_shown_quotient_always_has_the_floor_of_the_step() -> None:
+    """Over strides up to the largest size: what is shown floors to the true floor, and looks
+    whole only where the quotient is whole. Short quotients keep 4 places (17/4 is 4.25)."""
+    rng = random.Random(0)
+    cases = [(rng.randint(1, 2**31 - 1), rng.randint(1, 2**31 - 1)) for _ in range(300)]
+    # Just below a multiple of the stride: (size - 1)/stride is a whole number less a little.
+    cases += [(s * q, s) for s in (3, 7, 9999, 30000, 2**28) for q in (1, 5)]
+    cases += [(2**31 - 1, 2**31 - 2), (2**31 - 1, 2**30 + 1)]
+    for size, stride in cases:
+        step = conv_output_size([size], 1, stride=stride)[0]
+        found = SHOWN_QUOTIENT.search(step.substitution)
+        assert found, step.substitution
+        shown, numerator = Fraction(found.group(1)), size - 1
+        assert math.floor(shown) == numerator // stride == step.result - 1, step.substitution
+        assert (shown.denominator == 1) == (numerator % stride == 0), step.substitution
+    assert "floor(0.6667)" in conv_output_size([3], 1, stride=3)[0].substitution
