@@ -213,7 +213,7 @@ def _transposed_step(
     result = (n - 1) * s - 2 * p + dil * (k - 1) + op + 1
     if result < 1:
         raise ShapeMismatch(
-            f"padding 2*{p} removes more than the transposed convolution produces "
+            f"padding 2*{p} removes at least as much as the transposed convolution produces "
             f"({result + 2 * p}) in dimension {d}, so the output would be empty",
             "padding",
         )

@@ -215,3 +215,14 @@ def test_the_shown_quotient_always_has_the_floor_of_the_step() -> None:
         assert math.floor(shown) == numerator // stride == step.result - 1, step.substitution
         assert (shown.denominator == 1) == (numerator % stride == 0), step.substitution
     assert "floor(0.6667)" in conv_output_size([3], 1, stride=3)[0].substitution
+
+
+def test_a_padding_that_removes_exactly_the_whole_output_is_said_to_remove_that_much() -> None:
+    """(2 - 1)*3 + 3*(1 - 1) + 2 + 1 = 6 is produced and 2*3 = 6 removed: it said "removes
+    more than the transposed convolution produces (6)"."""
+    with pytest.raises(ShapeMismatch) as error:
+        conv_output_size([2], 1, 3, 3, 3, transposed=True, output_padding=2)
+    assert error.value.message.startswith(
+        "padding 2*3 removes at least as much as the transposed convolution produces (6) "
+        "in dimension 0"
+    )
