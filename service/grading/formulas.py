@@ -29,12 +29,15 @@ Example:
 from __future__ import annotations
 
 import ast
+import io
 import itertools
+import keyword
 import math
 import operator
 import random
 import re
 import string
+import tokenize
 import unicodedata
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -117,6 +120,103 @@ def _juxtaposition_hint(text: str, offset: int) -> str:
     return f"write {number}*{name} for {number} times {name} (multiplication needs *)"
 
 
+_SHOWN_GROUP = 30
+"""A parenthesized operand longer than this is shown as ``(...)`` in a hint."""
+
+
+def _operand(token: tokenize.TokenInfo) -> bool:
+    """A number or a name (``not``, ``if`` and the other keywords are no operands)."""
+    if token.type == tokenize.NAME:
+        return not keyword.iskeyword(token.string)
+    return token.type == tokenize.NUMBER
+
+
+def _spaced_product(text: str, start: int, end: int) -> tuple[int, str] | None:
+    """Two operands side by side with only spaces between them (``2 P``, ``H K``,
+    ``(H + 1) K``), as on paper: the column (1-based) of the second, where the * is missing,
+    and the advice, for the pair that overlaps columns ``start..end`` (where Python places
+    the syntax error) if one does, else the first; None when the formula has no such pair.
+
+    Only a name or a number can follow: ``D (K - 1)`` is valid syntax (a call), refused later
+    with its own advice (``_call_hint``).
+    """
+    try:
+        tokens = [
+            t
+            for t in tokenize.generate_tokens(io.StringIO(text).readline)
+            if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
+        ]
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    opened: list[int] = []  # the indices of the open parentheses
+    groups: dict[int, int] = {}  # the index of a ")" -> that of its "("
+    calls: dict[int, str] = {}  # the index of a "(" that opens a call -> the function's name
+    # (column of the left operand, of the right one, index of the right one, the call that
+    # they are inside)
+    pairs: list[tuple[int, int, int, str]] = []
+    for index, token in enumerate(tokens):
+        if token.string == "(":
+            opened.append(index)
+            before = tokens[index - 1] if index else None
+            if before is not None and before.type == tokenize.NAME:
+                calls[index] = before.string
+        elif token.string == ")" and opened:
+            groups[index] = opened.pop()
+        if index and _operand(token):
+            left = tokens[index - 1]
+            if _operand(left) or left.string == ")":
+                first = tokens[groups.get(index - 1, index - 1)]
+                inside = calls.get(opened[-1], "") if opened else ""
+                pairs.append((first.start[1] + 1, token.start[1] + 1, index, inside))
+    if not pairs:
+        return None
+    _, column, index, inside = next(
+        (pair for pair in pairs if pair[0] <= max(end, start) and pair[1] >= start), pairs[0]
+    )
+    left = tokens[index - 1]
+    shown = left.string
+    if index - 1 in groups:
+        shown = text[tokens[groups[index - 1]].start[1] : left.end[1]]
+        shown = shown if len(shown) <= _SHOWN_GROUP else "(...)"
+    right = tokens[index].string
+    advice = f"write {shown}*{right} for {shown} times {right} (multiplication needs *)"
+    if inside in ("min", "max"):
+        advice += f", or {shown}, {right} for two arguments of {inside}"
+    return column, advice
+
+
+def _is_value(node: ast.AST, variables: Collection[str]) -> bool:
+    """Whether ``node`` is what a formula may multiply: a variable, a number, arithmetic, or
+    a call of one of its functions (not ``__import__('os').system``, which gets no advice)."""
+    if isinstance(node, ast.Name):
+        return node.id in variables
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, int | float) and not isinstance(node.value, bool)
+    return isinstance(node, ast.BinOp | ast.UnaryOp)
+
+
+def _call_hint(node: ast.Call, text: str) -> tuple[str, str] | None:
+    """The callee and the advice for ``D(K - 1)``, ``2(K - 1)`` or ``(H + 1)(K - 1)``: a
+    product written as on paper, which Python reads as a call. None where it cannot be one
+    product (several arguments)."""
+    if len(node.args) != 1 or node.keywords or isinstance(node.args[0], ast.Starred):
+        return None
+    written = ast.get_source_segment(text, node) or ""
+    # The argument list is the last parenthesized group of the call's text.
+    depth, opening = 0, len(written) - 1
+    while opening >= 0:
+        depth += {")": 1, "(": -1}.get(written[opening], 0)
+        if depth == 0:
+            break
+        opening -= 1
+    callee, group = written[:opening].rstrip(), written[opening:]
+    if not callee or not group.startswith("("):
+        return None
+    return callee, f"write {callee}*{group} for {callee} times {group} (multiplication needs *)"
+
+
 def _column(node: ast.AST, shift: int) -> int:
     return int(getattr(node, "col_offset", -1)) + 1 + shift
 
@@ -183,6 +283,13 @@ def _syntax(text: str, shift: int, where: str) -> ast.Expression:
         place = "" if 0 < offset <= len(text) else " (the formula ends too early)"
         message = (error.msg or "invalid syntax").removesuffix(".")
         hint = _juxtaposition_hint(text, offset) if message == "invalid decimal literal" else ""
+        if message.startswith("invalid syntax"):
+            # "2 P" or "(H + 1) K": Python suggests a forgotten comma, which a formula has
+            # nowhere but in min and max.
+            found = _spaced_product(text, offset, error.end_offset or offset)
+            if found is not None:
+                position, hint = found
+                message, place, column = "invalid syntax", "", position + shift
         raise _refuse(f"syntax error: {message}{place}", where, column, hint) from None
     except (ValueError, RecursionError, MemoryError):
         raise _refuse("the formula cannot be parsed", where) from None
@@ -191,6 +298,7 @@ def _syntax(text: str, shift: int, where: str) -> ast.Expression:
 
 def _check_tree(
     tree: ast.Expression,
+    text: str,
     variables: Collection[str],
     where: str,
     shift: int,
@@ -231,7 +339,7 @@ def _check_tree(
                 )
             used.add(node.id)
         elif isinstance(node, ast.Call):
-            children = _check_call(node, where, column)
+            children = _check_call(node, text, variables, where, column)
         elif isinstance(node, ast.Compare) and allow_compare and parent is None:
             if not all(type(op) in _COMPARE for op in node.ops):
                 raise _refuse("only < <= > >= == != compare here", where, column)
@@ -252,14 +360,26 @@ def _check_constant(value: Any, where: str, column: int) -> None:
         raise _refuse(f"the number {value!r} is out of range", where, column)
 
 
-def _check_call(node: ast.Call, where: str, column: int) -> list[ast.AST]:
-    if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-        callee = node.func.id if isinstance(node.func, ast.Name) else "this expression"
+def _check_call(
+    node: ast.Call, text: str, variables: Collection[str], where: str, column: int
+) -> list[ast.AST]:
+    func = node.func
+    if not isinstance(func, ast.Name) or func.id not in FUNCTIONS:
+        # D(K - 1) is the homework's D times (K - 1). It is refused with the product to
+        # write rather than read as one: nothing else here multiplies without * (2P is
+        # refused the same way), and a misspelt function, Floor(H), must not become a product.
+        if _is_value(func, variables):
+            found = _call_hint(node, text)
+            if found is not None:
+                callee, hint = found
+                why = f"{callee} is a variable" if isinstance(func, ast.Name) else "not a function"
+                raise _refuse(f"calling {callee} is not allowed ({why})", where, column, hint)
+        callee = func.id if isinstance(func, ast.Name) else "this expression"
         allowed = ", ".join(FUNCTIONS)
         raise _refuse(
             f"calling {callee} is not allowed; the functions are {allowed}", where, column
         )
-    name = node.func.id
+    name = func.id
     if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
         raise _refuse(f"{name}(...) takes plain arguments only", where, column)
     fewest, most = FUNCTIONS[name]
@@ -327,7 +447,7 @@ def parse(
     """
     cleaned, shift = _clean(text, where)
     tree = _syntax(cleaned, shift, where)
-    names = _check_tree(tree, variables, where, shift, allow_compare)
+    names = _check_tree(tree, cleaned, variables, where, shift, allow_compare)
     return Formula(text, names, _compile(tree.body, where, shift), ast.dump(tree.body))
 
 

@@ -293,7 +293,7 @@ def test_a_number_written_against_a_name_is_told_to_multiply(
     )
 
 
-@pytest.mark.parametrize("text", ["H + * 2", "0x1G", "H + 2_P"])
+@pytest.mark.parametrize("text", ["H + * 2", "0x1G", "H + 2_P", "H not K"])
 def test_other_syntax_errors_get_no_multiplication_hint(text: str) -> None:
     with pytest.raises(FormulaError) as error:
         parse(text, CONV_VARIABLES)
@@ -375,3 +375,73 @@ def test_a_verdict_is_reused_only_under_the_same_tolerance() -> None:
     assert key.compare("H*0.3334", rtol=1e-3)[0] == 5
     assert key.compare("H*0.3334", rtol=1e-6)[0] == 0
     assert key.compare("H*0.3334", atol=1e-3)[0] == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "hint"),
+    [
+        # Python's own words were "Perhaps you forgot a comma?", at the outer parenthesis.
+        ("floor((H + 2 P - D (K - 1) - 1)/S) + 1", 14, "write 2*P for 2 times P"),
+        ("H K", 3, "write H*K for H times K"),
+        ("(H + 1) K", 9, "write (H + 1)*K for (H + 1) times K"),
+        ("(H + 2*P - D*(K - 1) - 1 + H + H) S", 35, "write (...)*S for (...) times S"),
+    ],
+)
+def test_operands_side_by_side_are_told_to_multiply(text: str, column: int, hint: str) -> None:
+    with pytest.raises(FormulaError) as error:
+        parse(text, CONV_VARIABLES)
+    assert error.value.column == column
+    assert error.value.message == (
+        f"syntax error: invalid syntax at column {column}; {hint} (multiplication needs *)"
+    )
+
+
+def test_operands_side_by_side_in_min_or_max_may_be_two_arguments() -> None:
+    with pytest.raises(FormulaError) as error:
+        parse("max(H K)", CONV_VARIABLES)
+    assert error.value.message.endswith(
+        "write H*K for H times K (multiplication needs *), or H, K for two arguments of max"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "message"),
+    [
+        # The homework's own notation: "calling D is not allowed" said nothing of a product.
+        (
+            "floor((H + 2*P - D(K - 1) - 1)/S) + 1",
+            18,
+            "calling D is not allowed (D is a variable) at column 18; write D*(K - 1) for D "
+            "times (K - 1)",
+        ),
+        ("D (K - 1)", 1, "calling D is not allowed (D is a variable) at column 1; write D*(K - 1)"),
+        ("2(K - 1)", 1, "calling 2 is not allowed (not a function) at column 1; write 2*(K - 1)"),
+        (
+            "(H + 1)(K - 1)",
+            1,
+            "calling (H + 1) is not allowed (not a function) at column 1; write (H + 1)*(K - 1)",
+        ),
+        ("sqrt(H)(K)", 1, "calling sqrt(H) is not allowed (not a function) at column 1"),
+    ],
+)
+def test_a_product_written_as_a_call_is_told_to_multiply(
+    text: str, column: int, message: str
+) -> None:
+    """Implicit products are refused, not read: nothing else multiplies without * (2P is
+    refused), and a misspelt function must not become a product."""
+    with pytest.raises(FormulaError) as error:
+        parse(text, CONV_VARIABLES)
+    assert error.value.column == column
+    assert error.value.message.startswith(message)
+    assert error.value.message.endswith("(multiplication needs *)")
+
+
+@pytest.mark.parametrize(
+    "text", ["Floor(H)", "X(K - 1)", "D(K, 1)", "__import__('os')(1)", "H.real(2)"]
+)
+def test_other_calls_get_no_multiplication_hint(text: str) -> None:
+    """A misspelt or unknown function, several arguments, or what a formula cannot hold."""
+    with pytest.raises(FormulaError) as error:
+        parse(text, CONV_VARIABLES)
+    assert "multiplication" not in error.value.message
+    assert "is not allowed" in error.value.message

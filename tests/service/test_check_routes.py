@@ -544,3 +544,30 @@ def test_a_shape_echoes_that_sizes_are_compared_exactly(client: TestClient) -> N
     body = post(client, SHAPE_1_1A, [5, 3], tolerance={"rtol": 0.5}).json()
     assert body["correct"] is False
     assert body["tolerance"]["rule"].startswith("sizes are compared exactly")
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail"),
+    [
+        (
+            "floor((H + 2 P - D (K - 1) - 1)/S) + 1",
+            "answer: syntax error: invalid syntax at column 14; write 2*P for 2 times P "
+            "(multiplication needs *)",
+        ),
+        (
+            "floor((H + 2*P - D(K - 1) - 1)/S) + 1",
+            "answer: calling D is not allowed (D is a variable) at column 18; write D*(K - 1) "
+            "for D times (K - 1) (multiplication needs *)",
+        ),
+    ],
+    ids=["spaced", "seed-notation"],
+)
+def test_a_product_written_as_on_paper_is_told_to_multiply(
+    client: TestClient, answer: str, detail: str
+) -> None:
+    """The homework writes D(K - 1): a student copying it was told "calling D is not allowed",
+    and "2 P" got Python's "Perhaps you forgot a comma?"."""
+    response = post(client, FORMULA_1_1B, answer)
+    assert response.status_code == 422
+    assert response.json()["detail"] == detail
+    assert response.json()["errors"][0]["loc"][:2] == ["body", "answer"]
