@@ -254,7 +254,7 @@ def _gradient(key: TensorKey, name: str) -> str:
     extra = key.source.model.extra(name)
     if extra is not None:
         return extra.called
-    return f"dl/d{name}"
+    return f"dl/d{key.called(name)}"
 
 
 @register
@@ -292,26 +292,31 @@ class WrongArgument(Mistake):
         source = key.source
         if source is None:
             return
+        # The tensors as the question calls them (W, not weight): what the student read.
+        called = key.called
         if source.op == "jacobian":
             of, wrt = source.of, source.wrt
+            asked_of, asked_wrt = called(of), called(wrt)
             outputs = source.prepared.output_shapes
             for name, arg in source.prepared.args.items():
                 if name != wrt and (*outputs[of], *arg.shape) == shape:
                     jacobian = source.jacobian(of, name)
                     if jacobian is not None:
+                        other = called(name)
                         yield Candidate(
                             jacobian,
-                            f"This is d{of}/d{name}, the Jacobian against {name}; the question "
-                            f"asks for d{of}/d{wrt}, against {wrt}.",
+                            f"This is d{asked_of}/d{other}, the Jacobian against {other}; the "
+                            f"question asks for d{asked_of}/d{asked_wrt}, against {asked_wrt}.",
                         )
             for name, out_shape in outputs.items():
                 if name != of and (*out_shape, *source.prepared.args[wrt].shape) == shape:
                     jacobian = source.jacobian(name, wrt)
                     if jacobian is not None:
+                        other = called(name)
                         yield Candidate(
                             jacobian,
-                            f"This is d{name}/d{wrt}, the Jacobian of {name}; the question asks "
-                            f"for d{of}/d{wrt}.",
+                            f"This is d{other}/d{asked_wrt}, the Jacobian of {other}; the "
+                            f"question asks for d{asked_of}/d{asked_wrt}.",
                             "wrong_output",
                         )
             return
@@ -327,7 +332,7 @@ class WrongArgument(Mistake):
             else:
                 yield Candidate(
                     tensor,
-                    f"This is {name}; the question asks for {source.select}.",
+                    f"This is {called(name)}; the question asks for {called(source.select)}.",
                     "wrong_output",
                 )
 
@@ -497,14 +502,14 @@ class AxesPermuted(Mistake):
         permuted = key.tensor.permute(order).contiguous()
         source = key.source
         if halves and source is not None:
+            of, wrt = key.called(source.of), key.called(source.wrt)
             return Candidate(
                 permuted,
                 # Diagnoses may reach students: no sizes of the key (the dimension of a
                 # Jacobian can be the question); the report gives them to instructors.
                 f"The two halves of the Jacobian's shape are swapped: you laid it out as the "
-                f"shape of {source.wrt} followed by the shape of {source.of}; "
-                f"d{source.of}/d{source.wrt} is the shape of {source.of} followed by the "
-                f"shape of {source.wrt}.",
+                f"shape of {wrt} followed by the shape of {of}; d{of}/d{wrt} is the shape of "
+                f"{of} followed by the shape of {wrt}.",
                 "jacobian_halves_swapped",
             )
         swapped = [a for a, b in enumerate(order) if a != b]
@@ -638,9 +643,9 @@ class OffByOne(Mistake):
                     where = "later" if delta > 0 else "earlier"
                     yield Candidate(
                         tensor,
-                        f"Your answer is the reference computed with {spec.name} read one "
-                        f"position {where} along {symbol} (its index off by {delta:+d}): "
-                        f"{self.hint}.",
+                        f"Your answer is the reference computed with {key.called(spec.name)} "
+                        f"read one position {where} along {symbol} (its index off by "
+                        f"{delta:+d}): {self.hint}.",
                     )
 
 

@@ -17,7 +17,7 @@ from models.registry import MODELS
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.gate import ComputeGate
 from service.grading import diagnosis
-from service.grading.check import check_one
+from service.grading.check import CheckFailed, check_one
 from service.grading.compare import Tolerance
 from service.grading.keys import ModelSource, TensorKey, model_key
 from service.grading.schemas import CheckRequest, ForwardExpected
@@ -669,3 +669,33 @@ def test_transposed_shapes_are_not_diagnosed_with_the_convolutions_rounding() ->
     """A transposed convolution rounds nothing: no ceil_instead_of_floor for it."""
     for size in range(1, 30):
         assert "ceil_instead_of_floor" not in codes(judge(SHAPE_TRANSPOSED, [size]))
+
+
+NAMED_W = {"names": {"weight": "W"}}
+
+
+def test_the_key_and_its_diagnoses_use_the_questions_names() -> None:
+    """``names`` renames the model's tensors in the label, the axes and every diagnosis: a
+    question about W is answered about W, not about the field `weight`."""
+    wrong = judge({**JACOBIAN_X, **NAMED_W}, seed_dy_dw().tolist())
+    assert wrong["diagnosis"][0]["message"] == (
+        "This is dy/dW, the Jacobian against W; the question asks for dy/dx, against x."
+    )
+    halves = judge({**JACOBIAN_W, **NAMED_W}, seed_dy_dw().transpose(2, 3, 4, 0, 1).tolist())
+    assert halves["report"]["label"] == "dy/dW"
+    assert "shape of W followed by the shape of y" in halves["diagnosis"][0]["message"]
+    factor = judge({**JACOBIAN_W, **NAMED_W}, (3 * seed_dy_dw()).tolist())
+    assert "y:L_out" in factor["diagnosis"][0]["message"]
+    backward = judge({**BACKWARD_W, **NAMED_W}, seed_dl_dx().tolist())
+    assert backward["report"]["label"] == "dl/dW"
+    assert backward["diagnosis"][0]["message"] == "This is dl/dx; the question asks for dl/dW."
+    shifted = judge({**FORWARD, "names": {"x": "x_in"}}, seed_y(base=0).tolist())
+    assert "computed with x_in read one position later" in shifted["diagnosis"][0]["message"]
+
+
+def test_a_name_for_a_tensor_the_model_does_not_have_is_refused() -> None:
+    with pytest.raises(CheckFailed) as failed:
+        judge({**JACOBIAN_W, "names": {"wieght": "W"}}, seed_dy_dw().tolist())
+    problem = failed.value.problem
+    assert problem.status == 422
+    assert problem.detail.startswith("expected.names.wieght: conv1d has no argument or output")

@@ -571,3 +571,20 @@ def test_a_product_written_as_on_paper_is_told_to_multiply(
     assert response.status_code == 422
     assert response.json()["detail"] == detail
     assert response.json()["errors"][0]["loc"][:2] == ["body", "answer"]
+
+
+@pytest.mark.parametrize(
+    ("names", "loc", "words"),
+    [
+        ({"weight": "W W"}, ["body", "expected", "names", "weight"], "should match pattern"),
+        ({"wieght": "W"}, ["body", "expected", "names", "wieght"], "has no argument or output"),
+    ],
+    ids=["not-a-name", "unknown-tensor"],
+)
+def test_a_bad_name_is_a_422_naming_it(
+    client: TestClient, names: dict[str, str], loc: list[str], words: str
+) -> None:
+    response = post(client, {**JACOBIAN_W, "names": names}, seed_dy_dw().tolist())
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["errors"][0]["loc"] == loc and words in problem["detail"]
