@@ -41,6 +41,10 @@ class DimStep:
     result: int
     effective_kernel: int
     padded_input: int
+    """What the kernel slides over: ``in + 2P`` for a convolution; for a transposed one, the
+    input of the stride-1 convolution that computes it, ``(in - 1) S + 1 + 2(D(K - 1) - P) +
+    output_padding`` (zeros between the entries and on the ends), so ``out = padded - K_eff +
+    1``."""
 
 
 MAX_SIZE = 2**31 - 1
@@ -217,13 +221,17 @@ def _transposed_step(
             f"({result + 2 * p}) in dimension {d}, so the output would be empty",
             "padding",
         )
+    # What a stride-1 convolution with the same kernel slides over to give this output: the
+    # input with S - 1 zeros between its entries, D(K - 1) - P more on each end (fewer where
+    # P is larger: cropped) and output_padding at the end. Then out = padded - K_eff + 1.
+    padded = (n - 1) * s + 1 + 2 * (dil * (k - 1) - p) + op
     return DimStep(
         d,
         "out = (in - 1) S - 2P + D(K - 1) + output_padding + 1",
         f"({n} - 1)*{s} - 2*{p} + {dil}*({k} - 1) + {op} + 1 = {result}",
         result,
         k_eff,
-        n,
+        padded,
     )
 
 

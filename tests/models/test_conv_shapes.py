@@ -226,3 +226,36 @@ def test_a_padding_that_removes_exactly_the_whole_output_is_said_to_remove_that_
         "padding 2*3 removes at least as much as the transposed convolution produces (6) "
         "in dimension 0"
     )
+
+
+def test_a_transposed_steps_padded_input_is_what_a_stride_1_convolution_slides_over() -> None:
+    """It was the input size itself. It is the input of the stride-1 convolution that computes
+    the transposed one (S - 1 zeros between the entries, D(K - 1) - P on each end,
+    output_padding at the end): that convolution, run with the flipped kernel, gives PyTorch's
+    conv_transpose1d to the last digit, on a padded input of exactly that size."""
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(80):
+        n, k, s, d = rng.randint(1, 9), rng.randint(1, 4), rng.randint(1, 4), rng.randint(1, 3)
+        p = rng.randint(0, d * (k - 1))  # a padding the stuffed input is padded, not cropped, by
+        op = rng.randint(0, max(s, d) - 1)
+        try:
+            step = conv_output_size([n], k, s, p, d, transposed=True, output_padding=op)[0]
+        except ShapeMismatch:
+            continue  # no output
+        checked += 1
+        x = torch.arange(1.0, n + 1, dtype=torch.float64).reshape(1, 1, n)
+        w = torch.arange(1.0, k + 1, dtype=torch.float64).reshape(1, 1, k)
+        stuffed = torch.zeros(1, 1, (n - 1) * s + 1, dtype=torch.float64)
+        stuffed[..., ::s] = x
+        edge = d * (k - 1) - p
+        padded = F.pad(stuffed, (edge, edge + op))
+        assert padded.shape[-1] == step.padded_input
+        assert step.result == step.padded_input - step.effective_kernel + 1
+        as_convolution = F.conv1d(padded, w.flip(-1), dilation=d)
+        transposed = F.conv_transpose1d(x, w, stride=s, padding=p, dilation=d, output_padding=op)
+        torch.testing.assert_close(as_convolution, transposed, rtol=0, atol=0)
+    assert checked > 50
+    # A padding beyond D(K - 1) crops instead: the relation still holds.
+    cropped = conv_output_size([9], 2, 3, 2, 1, transposed=True)[0]
+    assert cropped.padded_input == 8 * 3 + 1 + 2 * (1 - 2) == cropped.result + 1
