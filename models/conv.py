@@ -41,6 +41,10 @@ class DimStep:
     result: int
     effective_kernel: int
     padded_input: int
+    """What the kernel slides over: ``in + 2P`` for a convolution; for a transposed one, the
+    input of the stride-1 convolution that computes it, ``(in - 1) S + 1 + 2(D(K - 1) - P) +
+    output_padding`` (zeros between the entries and on the ends), so ``out = padded - K_eff +
+    1``."""
 
 
 MAX_SIZE = 2**31 - 1
@@ -195,7 +199,7 @@ def _conv_step(d: int, n: int, k: int, s: int, p: int | None, dil: int, k_eff: i
         d,
         "out = floor((in + 2P - D(K - 1) - 1) / S) + 1",
         f"floor(({n} + 2*{p} - {dil}*({k} - 1) - 1) / {s}) + 1 = floor({numerator}/{s}) + 1"
-        f" = floor({_decimal(numerator / s)}) + 1 = {result}",
+        f" = floor({_decimal(numerator, s)}) + 1 = {result}",
         result,
         k_eff,
         padded,
@@ -213,22 +217,48 @@ def _transposed_step(
     result = (n - 1) * s - 2 * p + dil * (k - 1) + op + 1
     if result < 1:
         raise ShapeMismatch(
-            f"padding 2*{p} removes more than the transposed convolution produces "
+            f"padding 2*{p} removes at least as much as the transposed convolution produces "
             f"({result + 2 * p}) in dimension {d}, so the output would be empty",
             "padding",
         )
+    # What a stride-1 convolution with the same kernel slides over to give this output: the
+    # input with S - 1 zeros between its entries, D(K - 1) - P more on each end (fewer where
+    # P is larger: cropped) and output_padding at the end. Then out = padded - K_eff + 1.
+    padded = (n - 1) * s + 1 + 2 * (dil * (k - 1) - p) + op
     return DimStep(
         d,
         "out = (in - 1) S - 2P + D(K - 1) + output_padding + 1",
         f"({n} - 1)*{s} - 2*{p} + {dil}*({k} - 1) + {op} + 1 = {result}",
         result,
         k_eff,
-        n,
+        padded,
     )
 
 
-def _decimal(x: float) -> str:
-    return f"{x:.4f}".rstrip("0").rstrip(".")
+def _decimal(numerator: int, denominator: int) -> str:
+    """``numerator / denominator`` (``numerator >= 0``: the padded input holds the kernel) to 4
+    decimals, or to as many more as it takes for what is shown to have the quotient's floor
+    and, unless the quotient is whole, not to look whole.
+
+    The steps show the quotient that is then floored: 59999/30000 rounded to 4 places is
+    2.0000, and "floor(2) + 1 = 2" contradicts itself (1.99997 is shown instead); 1/30000 is
+    0.00003, not 0. Each place divides the rounding error by 10, so the loop ends once that
+    error is below the quotient's distance to an integer: after about log10(denominator) + 1
+    places at most. Integer arithmetic (sizes up to 2**31 - 1 need more digits than a float
+    holds), and no Fraction: this runs for every dimension of every shape request.
+    """
+    whole, remainder = divmod(numerator, denominator)
+    places, unit = 4, 10**4
+    while True:
+        # Rounded half up: floor(numerator * unit / denominator + 1/2).
+        scaled = (2 * numerator * unit + denominator) // (2 * denominator)
+        digits, fraction = divmod(scaled, unit)
+        if digits == whole and (remainder == 0 or fraction != 0):
+            break
+        places, unit = places + 1, unit * 10
+    if fraction == 0:
+        return str(digits)
+    return f"{digits}.{fraction:0{places}d}".rstrip("0")
 
 
 @dataclass(frozen=True)

@@ -281,7 +281,7 @@ class Engine:
     def _judge_shape(self, key: ShapeKey, slot: Slot) -> Result:
         given = parse_shape_answer(slot.check.answer, "answer")
         correct, score, report, found = judge_shape(key, given, slot.check.partial_credit)
-        return _result(correct, score, report, found, tolerance_of(slot.check).echo(None))
+        return _result(correct, score, report, found, tolerance_of(slot.check).shape_echo())
 
     def _judge_formula(self, key: FormulaKey, slot: Slot) -> Result:
         answer = slot.check.answer
@@ -289,7 +289,8 @@ class Engine:
             raise InvalidAnswer(
                 "a formula answer is an expression string, e.g. 'floor(H/2)'", "answer"
             )
-        agree, disagree = key.compare(answer, "answer")
+        tolerance = tolerance_of(slot.check)
+        agree, disagree = key.compare(answer, "answer", rtol=tolerance.rtol, atol=tolerance.atol)
         checked = len(key.points)
         correct = agree == checked
         report: dict[str, Any] = {
@@ -319,7 +320,7 @@ class Engine:
             )
         partial = slot.check.partial_credit
         score = 1.0 if correct else (agree / checked if partial != "none" else 0.0)
-        return _result(correct, score, report, [], tolerance_of(slot.check).echo(None))
+        return _result(correct, score, report, [], tolerance.formula_echo())
 
     def _decode(self, key: TensorKey, slot: Slot) -> tuple[np.ndarray, bool] | None:
         try:

@@ -31,6 +31,12 @@ RULE = (
     "is the largest magnitude in the key; shapes must be equal (no broadcasting), except that "
     "a one-element answer (5, [5] or [[5]]) matches a one-element key"
 )
+FORMULA_RULE = (
+    "at every point checked, |answer - reference| <= atol + rtol * |reference|, and never "
+    "stricter than a relative 1e-9; a reference that is a whole number at every point (a "
+    "size, a count) must be matched exactly; floor does not apply (a formula has no key scale)"
+)
+SHAPE_RULE = "sizes are compared exactly: rtol, atol and floor do not apply"
 FIRST_MISMATCHES = 5
 
 
@@ -47,7 +53,7 @@ class Tolerance:
         return max(self.atol, self.floor * scale)
 
     def echo(self, scale: float | None) -> dict[str, Any]:
-        """What every answer echoes: the request's values and what they came to."""
+        """What every tensor answer echoes: the request's values and what they came to."""
         return {
             "rtol": self.rtol,
             "atol": self.atol,
@@ -56,6 +62,15 @@ class Tolerance:
             "effective_atol": None if scale is None else self.effective_atol(scale),
             "rule": RULE,
         }
+
+    def formula_echo(self) -> dict[str, Any]:
+        """What a formula answer echoes: a formula's values are many points, not one tensor,
+        so there is no key scale, ``floor`` does not apply, and the absolute part is ``atol``."""
+        return self.echo(None) | {"effective_atol": self.atol, "rule": FORMULA_RULE}
+
+    def shape_echo(self) -> dict[str, Any]:
+        """What a shape answer echoes: sizes are compared exactly, the tolerance unused."""
+        return self.echo(None) | {"rule": SHAPE_RULE}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ tensors, each the reference with that one mistake made, and a sentence a student
 understands. An answer is diagnosed with a mistake when it matches the candidate within the
 check's own tolerance; nothing is guessed. A candidate that equals the key itself (a
 symmetric matrix transposed, a shift of zeros) is skipped: it cannot tell right from wrong.
+So is a candidate of zeros (within the tolerance) where the key is not: an answer left as
+zeros would match it whatever its cause, so it explains nothing (such an answer gets
+``all_zeros`` instead).
 
 Wrong answers that share a key and a shape are stacked, so each candidate is computed once
 and compared with all of them in one operation. Only wrong answers are diagnosed: a correct
@@ -168,6 +171,9 @@ class Mistake:
         found: list[Diagnosis | None] = [None] * answers.shape[0]
         shape = tuple(answers.shape[1:])
         scale = key_scale(key.tensor)
+        # A key of zeros (dy/dx of a constant): its candidates are its zeros rearranged, which
+        # do tell an answer of zeros in the wrong shape what is wrong with it.
+        zero_key = _zeros(key.tensor, tolerance, scale)
         for candidate in metered(self.candidates(key, shape), math.prod(shape), work):
             tensor = candidate.tensor
             if tuple(tensor.shape) != shape or not bool(torch.isfinite(tensor).all()):
@@ -175,6 +181,10 @@ class Mistake:
             if shape == tuple(key.tensor.shape) and bool(
                 within(key.tensor[None], tensor, tolerance, scale)[0]
             ):
+                continue
+            if not zero_key and _zeros(tensor, tolerance, scale):
+                # x read one position off where the only nonzero input falls off the end, a
+                # sum whose terms cancel: zeros, which an unfilled answer matches as well.
                 continue
             if seen.has(tensor):
                 continue
@@ -185,6 +195,11 @@ class Mistake:
                 if found[n] is None:
                     found[n] = Diagnosis(candidate.code or self.code, candidate.message)
         return found
+
+
+def _zeros(tensor: torch.Tensor, tolerance: Tolerance, scale: float) -> bool:
+    """Whether an answer of zeros would match ``tensor`` within the tolerance."""
+    return bool(within(torch.zeros_like(tensor)[None], tensor, tolerance, scale)[0])
 
 
 MISTAKES: list[Mistake] = []
@@ -239,7 +254,31 @@ def _gradient(key: TensorKey, name: str) -> str:
     extra = key.source.model.extra(name)
     if extra is not None:
         return extra.called
-    return f"dl/d{name}"
+    return f"dl/d{key.called(name)}"
+
+
+@register
+class AllZeros(Mistake):
+    """An answer of zeros only, where the key is not: an array never filled, a result never
+    written back. Said plainly rather than explained by a mistake whose result is zero."""
+
+    code = "all_zeros"
+    order = 5
+
+    def match(
+        self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, seen: Seen, work: Work
+    ) -> list[Diagnosis | None]:
+        count = answers.shape[0]
+        # One number answered 0 is just a wrong number: "all zeros" would say nothing more.
+        if math.prod(answers.shape[1:]) < 2 or not bool(key.tensor.any()):
+            return [None] * count
+        zeros = (answers.reshape(count, -1) == 0).all(dim=1).tolist()
+        message = (
+            "Your answer is all zeros, and the key is not: check that the result is computed "
+            "into the array you return (an array left as it was created, or a loop that never "
+            "writes to it?)."
+        )
+        return [Diagnosis(self.code, message) if zero else None for zero in zeros]
 
 
 @register
@@ -253,26 +292,31 @@ class WrongArgument(Mistake):
         source = key.source
         if source is None:
             return
+        # The tensors as the question calls them (W, not weight): what the student read.
+        called = key.called
         if source.op == "jacobian":
             of, wrt = source.of, source.wrt
+            asked_of, asked_wrt = called(of), called(wrt)
             outputs = source.prepared.output_shapes
             for name, arg in source.prepared.args.items():
                 if name != wrt and (*outputs[of], *arg.shape) == shape:
                     jacobian = source.jacobian(of, name)
                     if jacobian is not None:
+                        other = called(name)
                         yield Candidate(
                             jacobian,
-                            f"This is d{of}/d{name}, the Jacobian against {name}; the question "
-                            f"asks for d{of}/d{wrt}, against {wrt}.",
+                            f"This is d{asked_of}/d{other}, the Jacobian against {other}; the "
+                            f"question asks for d{asked_of}/d{asked_wrt}, against {asked_wrt}.",
                         )
             for name, out_shape in outputs.items():
                 if name != of and (*out_shape, *source.prepared.args[wrt].shape) == shape:
                     jacobian = source.jacobian(name, wrt)
                     if jacobian is not None:
+                        other = called(name)
                         yield Candidate(
                             jacobian,
-                            f"This is d{name}/d{wrt}, the Jacobian of {name}; the question asks "
-                            f"for d{of}/d{wrt}.",
+                            f"This is d{other}/d{asked_wrt}, the Jacobian of {other}; the "
+                            f"question asks for d{asked_of}/d{asked_wrt}.",
                             "wrong_output",
                         )
             return
@@ -288,7 +332,7 @@ class WrongArgument(Mistake):
             else:
                 yield Candidate(
                     tensor,
-                    f"This is {name}; the question asks for {source.select}.",
+                    f"This is {called(name)}; the question asks for {called(source.select)}.",
                     "wrong_output",
                 )
 
@@ -458,14 +502,14 @@ class AxesPermuted(Mistake):
         permuted = key.tensor.permute(order).contiguous()
         source = key.source
         if halves and source is not None:
+            of, wrt = key.called(source.of), key.called(source.wrt)
             return Candidate(
                 permuted,
                 # Diagnoses may reach students: no sizes of the key (the dimension of a
                 # Jacobian can be the question); the report gives them to instructors.
                 f"The two halves of the Jacobian's shape are swapped: you laid it out as the "
-                f"shape of {source.wrt} followed by the shape of {source.of}; "
-                f"d{source.of}/d{source.wrt} is the shape of {source.of} followed by the "
-                f"shape of {source.wrt}.",
+                f"shape of {wrt} followed by the shape of {of}; d{of}/d{wrt} is the shape of "
+                f"{of} followed by the shape of {wrt}.",
                 "jacobian_halves_swapped",
             )
         swapped = [a for a, b in enumerate(order) if a != b]
@@ -599,9 +643,9 @@ class OffByOne(Mistake):
                     where = "later" if delta > 0 else "earlier"
                     yield Candidate(
                         tensor,
-                        f"Your answer is the reference computed with {spec.name} read one "
-                        f"position {where} along {symbol} (its index off by {delta:+d}): "
-                        f"{self.hint}.",
+                        f"Your answer is the reference computed with {key.called(spec.name)} "
+                        f"read one position {where} along {symbol} (its index off by "
+                        f"{delta:+d}): {self.hint}.",
                     )
 
 

@@ -17,7 +17,8 @@ wherever the variables are integers, unless ``sqrt`` of a non-square or a fracti
 makes them real (then ``float``). Two formulas are equivalent when they agree at every point
 sampled from the variables' ranges (the whole grid when it is small; otherwise the corners,
 every variable at and next to its edges, and random points) where the reference is defined
-and its constraints hold.
+and its constraints hold. A reference whose values there are all whole numbers (sizes,
+counts) must be matched exactly; any other within the check's tolerance (``agrees``).
 
 Example:
     >>> ref = parse("floor((H + 2*P - D*(K - 1) - 1)/S) + 1", ["H", "K", "P", "S", "D"])
@@ -28,12 +29,15 @@ Example:
 from __future__ import annotations
 
 import ast
+import io
 import itertools
+import keyword
 import math
 import operator
 import random
 import re
 import string
+import tokenize
 import unicodedata
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -58,6 +62,7 @@ MAX_VARIABLES = 8
 MAX_RANGE = 10**9
 MAX_POINTS = 400
 FLOAT_RTOL = 1e-9
+FLOAT_ATOL = 1e-12
 
 # Students paste these from typeset solutions; each is one character, so positions are kept.
 _TRANSLATE = str.maketrans({"\u00d7": "*", "\u00f7": "/", "\u00b7": "*", "\u2212": "-"})
@@ -113,6 +118,103 @@ def _juxtaposition_hint(text: str, offset: int) -> str:
     at = next((m for m in found if m.start() < offset <= m.end()), found[0])
     number, name = at.groups()
     return f"write {number}*{name} for {number} times {name} (multiplication needs *)"
+
+
+_SHOWN_GROUP = 30
+"""A parenthesized operand longer than this is shown as ``(...)`` in a hint."""
+
+
+def _operand(token: tokenize.TokenInfo) -> bool:
+    """A number or a name (``not``, ``if`` and the other keywords are no operands)."""
+    if token.type == tokenize.NAME:
+        return not keyword.iskeyword(token.string)
+    return token.type == tokenize.NUMBER
+
+
+def _spaced_product(text: str, start: int, end: int) -> tuple[int, str] | None:
+    """Two operands side by side with only spaces between them (``2 P``, ``H K``,
+    ``(H + 1) K``), as on paper: the column (1-based) of the second, where the * is missing,
+    and the advice, for the pair that overlaps columns ``start..end`` (where Python places
+    the syntax error) if one does, else the first; None when the formula has no such pair.
+
+    Only a name or a number can follow: ``D (K - 1)`` is valid syntax (a call), refused later
+    with its own advice (``_call_hint``).
+    """
+    try:
+        tokens = [
+            t
+            for t in tokenize.generate_tokens(io.StringIO(text).readline)
+            if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
+        ]
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    opened: list[int] = []  # the indices of the open parentheses
+    groups: dict[int, int] = {}  # the index of a ")" -> that of its "("
+    calls: dict[int, str] = {}  # the index of a "(" that opens a call -> the function's name
+    # (column of the left operand, of the right one, index of the right one, the call that
+    # they are inside)
+    pairs: list[tuple[int, int, int, str]] = []
+    for index, token in enumerate(tokens):
+        if token.string == "(":
+            opened.append(index)
+            before = tokens[index - 1] if index else None
+            if before is not None and before.type == tokenize.NAME:
+                calls[index] = before.string
+        elif token.string == ")" and opened:
+            groups[index] = opened.pop()
+        if index and _operand(token):
+            left = tokens[index - 1]
+            if _operand(left) or left.string == ")":
+                first = tokens[groups.get(index - 1, index - 1)]
+                inside = calls.get(opened[-1], "") if opened else ""
+                pairs.append((first.start[1] + 1, token.start[1] + 1, index, inside))
+    if not pairs:
+        return None
+    _, column, index, inside = next(
+        (pair for pair in pairs if pair[0] <= max(end, start) and pair[1] >= start), pairs[0]
+    )
+    left = tokens[index - 1]
+    shown = left.string
+    if index - 1 in groups:
+        shown = text[tokens[groups[index - 1]].start[1] : left.end[1]]
+        shown = shown if len(shown) <= _SHOWN_GROUP else "(...)"
+    right = tokens[index].string
+    advice = f"write {shown}*{right} for {shown} times {right} (multiplication needs *)"
+    if inside in ("min", "max"):
+        advice += f", or {shown}, {right} for two arguments of {inside}"
+    return column, advice
+
+
+def _is_value(node: ast.AST, variables: Collection[str]) -> bool:
+    """Whether ``node`` is what a formula may multiply: a variable, a number, arithmetic, or
+    a call of one of its functions (not ``__import__('os').system``, which gets no advice)."""
+    if isinstance(node, ast.Name):
+        return node.id in variables
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, int | float) and not isinstance(node.value, bool)
+    return isinstance(node, ast.BinOp | ast.UnaryOp)
+
+
+def _call_hint(node: ast.Call, text: str) -> tuple[str, str] | None:
+    """The callee and the advice for ``D(K - 1)``, ``2(K - 1)`` or ``(H + 1)(K - 1)``: a
+    product written as on paper, which Python reads as a call. None where it cannot be one
+    product (several arguments)."""
+    if len(node.args) != 1 or node.keywords or isinstance(node.args[0], ast.Starred):
+        return None
+    written = ast.get_source_segment(text, node) or ""
+    # The argument list is the last parenthesized group of the call's text.
+    depth, opening = 0, len(written) - 1
+    while opening >= 0:
+        depth += {")": 1, "(": -1}.get(written[opening], 0)
+        if depth == 0:
+            break
+        opening -= 1
+    callee, group = written[:opening].rstrip(), written[opening:]
+    if not callee or not group.startswith("("):
+        return None
+    return callee, f"write {callee}*{group} for {callee} times {group} (multiplication needs *)"
 
 
 def _column(node: ast.AST, shift: int) -> int:
@@ -181,6 +283,13 @@ def _syntax(text: str, shift: int, where: str) -> ast.Expression:
         place = "" if 0 < offset <= len(text) else " (the formula ends too early)"
         message = (error.msg or "invalid syntax").removesuffix(".")
         hint = _juxtaposition_hint(text, offset) if message == "invalid decimal literal" else ""
+        if message.startswith("invalid syntax"):
+            # "2 P" or "(H + 1) K": Python suggests a forgotten comma, which a formula has
+            # nowhere but in min and max.
+            found = _spaced_product(text, offset, error.end_offset or offset)
+            if found is not None:
+                position, hint = found
+                message, place, column = "invalid syntax", "", position + shift
         raise _refuse(f"syntax error: {message}{place}", where, column, hint) from None
     except (ValueError, RecursionError, MemoryError):
         raise _refuse("the formula cannot be parsed", where) from None
@@ -189,6 +298,7 @@ def _syntax(text: str, shift: int, where: str) -> ast.Expression:
 
 def _check_tree(
     tree: ast.Expression,
+    text: str,
     variables: Collection[str],
     where: str,
     shift: int,
@@ -229,7 +339,7 @@ def _check_tree(
                 )
             used.add(node.id)
         elif isinstance(node, ast.Call):
-            children = _check_call(node, where, column)
+            children = _check_call(node, text, variables, where, column)
         elif isinstance(node, ast.Compare) and allow_compare and parent is None:
             if not all(type(op) in _COMPARE for op in node.ops):
                 raise _refuse("only < <= > >= == != compare here", where, column)
@@ -250,14 +360,26 @@ def _check_constant(value: Any, where: str, column: int) -> None:
         raise _refuse(f"the number {value!r} is out of range", where, column)
 
 
-def _check_call(node: ast.Call, where: str, column: int) -> list[ast.AST]:
-    if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-        callee = node.func.id if isinstance(node.func, ast.Name) else "this expression"
+def _check_call(
+    node: ast.Call, text: str, variables: Collection[str], where: str, column: int
+) -> list[ast.AST]:
+    func = node.func
+    if not isinstance(func, ast.Name) or func.id not in FUNCTIONS:
+        # D(K - 1) is the homework's D times (K - 1). It is refused with the product to
+        # write rather than read as one: nothing else here multiplies without * (2P is
+        # refused the same way), and a misspelt function, Floor(H), must not become a product.
+        if _is_value(func, variables):
+            found = _call_hint(node, text)
+            if found is not None:
+                callee, hint = found
+                why = f"{callee} is a variable" if isinstance(func, ast.Name) else "not a function"
+                raise _refuse(f"calling {callee} is not allowed ({why})", where, column, hint)
+        callee = func.id if isinstance(func, ast.Name) else "this expression"
         allowed = ", ".join(FUNCTIONS)
         raise _refuse(
             f"calling {callee} is not allowed; the functions are {allowed}", where, column
         )
-    name = node.func.id
+    name = func.id
     if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
         raise _refuse(f"{name}(...) takes plain arguments only", where, column)
     fewest, most = FUNCTIONS[name]
@@ -325,7 +447,7 @@ def parse(
     """
     cleaned, shift = _clean(text, where)
     tree = _syntax(cleaned, shift, where)
-    names = _check_tree(tree, variables, where, shift, allow_compare)
+    names = _check_tree(tree, cleaned, variables, where, shift, allow_compare)
     return Formula(text, names, _compile(tree.body, where, shift), ast.dump(tree.body))
 
 
@@ -500,9 +622,50 @@ def same_value(a: Any, b: Any) -> bool:
     if isinstance(a, int | Fraction) and isinstance(b, int | Fraction):
         return bool(a == b)
     try:
-        return math.isclose(float(a), float(b), rel_tol=FLOAT_RTOL, abs_tol=1e-12)
+        return math.isclose(float(a), float(b), rel_tol=FLOAT_RTOL, abs_tol=FLOAT_ATOL)
     except OverflowError:
         return bool(a == b)
+
+
+def is_integer(value: Any) -> bool:
+    """Whether a value of a reference is a whole number (a size, a count)."""
+    if isinstance(value, int):
+        return True
+    if isinstance(value, Fraction):
+        return value.denominator == 1
+    return isinstance(value, float) and value.is_integer()
+
+
+def _within(expected: Any, given: Any, rtol: float, atol: float) -> bool:
+    """``|given - expected| <= atol + rtol * |expected|``, exactly where both are rational
+    (a float tolerance is a binary fraction, so ``Fraction`` holds it without rounding)."""
+    if isinstance(expected, int | Fraction) and isinstance(given, int | Fraction):
+        bound = Fraction(atol) + Fraction(rtol) * abs(Fraction(expected))
+        return abs(Fraction(given) - Fraction(expected)) <= bound
+    try:
+        return abs(float(given) - float(expected)) <= atol + rtol * abs(float(expected))
+    except OverflowError:
+        return False
+
+
+def agrees(
+    expected: Any, given: Any, rtol: float = 0.0, atol: float = 0.0, *, exact: bool = False
+) -> bool:
+    """Whether an answer's value at one point agrees with the reference's there.
+
+    ``exact``: the reference is whole-numbered (see ``FormulaKey.exact``), and its value is
+    compared exactly: a size off by a fraction is wrong whatever the tolerance, and only a
+    float answer (from ``sqrt``) within ``FLOAT_RTOL`` of it counts. Otherwise the check's
+    tolerance applies at the point, ``|given - expected| <= atol + rtol * |expected|``, and
+    never more strictly than the ``FLOAT_RTOL`` agreement of two floats:
+    ``H*0.3333333333333333`` for ``H/3`` is right. There is no key scale (the tensor rule's
+    ``floor``) for a formula: its values are many points, not one tensor.
+    """
+    if same_value(expected, given):
+        return True
+    if exact:
+        return False
+    return _within(expected, given, max(rtol, FLOAT_RTOL), max(atol, FLOAT_ATOL))
 
 
 @dataclass(frozen=True)
@@ -650,17 +813,29 @@ class FormulaKey:
     values: list[Any]
     constraints: tuple[str, ...]
     name: str | None = None
-    _cache: dict[str, tuple[int, list[Disagreement]]] = field(default_factory=dict)
+    exact: bool = False
+    """Whether every value of the reference is a whole number (a size, a count, as the conv
+    shape formulas give): then answers must equal it exactly, whatever the tolerance. Decided
+    for the whole reference rather than per point: ``H/3`` is 1 at ``H = 3``, and an answer
+    ``H*0.3333333333333333`` within the tolerance elsewhere is within it there too."""
+    _cache: dict[tuple[str, float, float], tuple[int, list[Disagreement]]] = field(
+        default_factory=dict
+    )
 
-    def compare(self, answer: str, where: str = "answer") -> tuple[int, list[Disagreement]]:
+    def compare(
+        self, answer: str, where: str = "answer", *, rtol: float = 0.0, atol: float = 0.0
+    ) -> tuple[int, list[Disagreement]]:
         """How many valid points agree, and where they do not (simplest points first).
 
-        Answers that parse to the same tree (a class writes the same formula many ways of
-        spacing) are evaluated once.
+        Values agree as ``agrees`` says: whole numbers exactly, others within ``rtol`` and
+        ``atol``. Answers that parse to the same tree (a class writes the same formula many
+        ways of spacing) are evaluated once per tolerance: the checks of one key may each
+        carry their own.
         """
         formula = parse(answer, self.ranges, where)
-        if formula.canonical in self._cache:
-            return self._cache[formula.canonical]
+        cached = (formula.canonical, rtol, atol)
+        if cached in self._cache:
+            return self._cache[cached]
         agree, disagree = 0, []
         for point, expected in zip(self.points, self.values, strict=True):
             try:
@@ -668,14 +843,14 @@ class FormulaKey:
             except Undefined as error:
                 disagree.append(_disagreement(point, expected, None, str(error)))
                 continue
-            if same_value(expected, given):
+            if agrees(expected, given, rtol, atol, exact=self.exact):
                 agree += 1
             else:
                 disagree.append(_disagreement(point, expected, given, "different values"))
         disagree.sort(key=lambda d: (sum(abs(float(v)) for v in d.point.values()), str(d.point)))
         result = (agree, disagree[:3])
         if len(self._cache) < 4096:
-            self._cache[formula.canonical] = result
+            self._cache[cached] = result
         return result
 
 
@@ -736,4 +911,5 @@ def formula_key(
             "the reference is defined (and its constraints hold) at no point of the ranges",
             "reference",
         )
-    return FormulaKey(formula, ranges, points, values, all_constraints, named)
+    exact = all(is_integer(value) for value in values)
+    return FormulaKey(formula, ranges, points, values, all_constraints, named, exact)

@@ -130,9 +130,15 @@ class TensorKey:
     label: str
     axes: tuple[str, ...]
     source: ModelSource | None = None
+    names: Mapping[str, str] = field(default_factory=dict)
+    """What the question calls the model's arguments and outputs (``weight`` -> ``W``)."""
 
     def axis(self, index: int) -> str:
         return self.axes[index] if index < len(self.axes) else f"axis {index}"
+
+    def called(self, name: str) -> str:
+        """An argument or output as the question calls it: what the student read."""
+        return self.names.get(name, name)
 
 
 def on_cpu(tensor: torch.Tensor) -> torch.Tensor:
@@ -199,6 +205,7 @@ def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) ->
             f"them: {', '.join(having) or 'none'}",
             "op",
         )
+    _check_names(model, expected.names)
     prepared = prepare(model.name, expected, settings)
     of = wrt = ""
     grad_outputs: Tensors = {}
@@ -240,20 +247,39 @@ def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) ->
     source = ModelSource(
         expected.op, prepared, settings, name, everything, of, wrt, grad_outputs, seconds
     )
-    return TensorKey(key, _label(expected, name), _axes(model, expected, name), source)
+    return TensorKey(
+        key,
+        _label(expected, name),
+        _axes(model, expected, name),
+        source,
+        dict(expected.names),
+    )
+
+
+def _check_names(model: ReferenceModel, names: Mapping[str, str]) -> None:
+    """Every renamed tensor is one of the model's: a misspelt key would rename nothing."""
+    known = [spec.name for spec in (*model.arguments, *model.outputs)]
+    for name in names:
+        if name not in known:
+            raise UnknownName(
+                f"{model.name} has no argument or output {name!r} to name; it has "
+                f"{', '.join(known)}",
+                f"names.{name}",
+            )
 
 
 def _label(expected: ModelExpected, name: str) -> str:
+    called = expected.names.get
     if isinstance(expected, JacobianExpected):
-        return f"d{expected.of}/d{expected.wrt}"
+        return f"d{called(expected.of, expected.of)}/d{called(expected.wrt, expected.wrt)}"
     if isinstance(expected, BackwardExpected):
         # In the homework's words: a student never sees the field's name.
-        return f"dl/d{name}" if name != "state_grads" else "dl/dh[t] through time"
+        return f"dl/d{called(name, name)}" if name != "state_grads" else "dl/dh[t] through time"
     if isinstance(expected, ForwardExpected):
-        return f"output {name}"
+        return f"output {called(name, name)}"
     if name == "jacobians":
         return "jacobians (dh[t]/dh[t-1] for every t)"
-    return name
+    return called(name, name)
 
 
 def _axes(model: ReferenceModel, expected: ModelExpected, name: str) -> tuple[str, ...]:
@@ -261,7 +287,9 @@ def _axes(model: ReferenceModel, expected: ModelExpected, name: str) -> tuple[st
     if isinstance(expected, JacobianExpected):
         out = model.output(expected.of).shape
         arg = model.argument(expected.wrt).shape
-        return tuple(f"{expected.of}:{s}" for s in out) + tuple(f"{expected.wrt}:{s}" for s in arg)
+        of = expected.names.get(expected.of, expected.of)
+        wrt = expected.names.get(expected.wrt, expected.wrt)
+        return tuple(f"{of}:{s}" for s in out) + tuple(f"{wrt}:{s}" for s in arg)
     if isinstance(expected, ForwardExpected):
         return model.output(name).shape
     if isinstance(expected, BackwardExpected):

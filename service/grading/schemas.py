@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SkipValidation, WithJsonSchema
+from pydantic import BaseModel, Field, SkipValidation, StringConstraints, WithJsonSchema
 
 from service.grading.compare import RULE, PartialCredit
 from service.problems import ProblemDetails
@@ -13,12 +13,29 @@ from service.routes.shapes import ConvShapeRequest
 from service.schemas import BackwardRequest, JacobianRequest, ModelRequest, StrictBody
 from service.tensors import TensorIn
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A name a question gives a tensor: the pattern of an assignment's given tensors."""
+MAX_NAMES = 16
+
+Names = Annotated[
+    dict[str, Annotated[str, StringConstraints(pattern=NAME_PATTERN)]],
+    Field(
+        default_factory=dict,
+        max_length=MAX_NAMES,
+        description="What the question calls the model's arguments and outputs, by their "
+        'names here (`{"weight": "W"}`): the label and the diagnoses use these names '
+        "(dy/dW, not dy/dweight). An assignment's problems name them after their given "
+        "tensors.",
+    ),
+]
+
 
 class ForwardExpected(ModelRequest):
     """The key is an output of ``POST /v1/models/{model}/forward``."""
 
     op: Literal["forward"]
     model: str = Field(description="A model of GET /v1/models.")
+    names: Names
     select: str | None = Field(None, description="The output; needed when there are several.")
 
 
@@ -27,6 +44,7 @@ class BackwardExpected(BackwardRequest):
 
     op: Literal["backward"]
     model: str = Field(description="A model of GET /v1/models.")
+    names: Names
     select: str | None = Field(
         None,
         description="The gradient (`weight` or `grads.weight`) or extra (`state_grads`); "
@@ -39,6 +57,7 @@ class JacobianExpected(JacobianRequest):
 
     op: Literal["jacobian"]
     model: str = Field(description="A model of GET /v1/models.")
+    names: Names
 
 
 class StateJacobiansExpected(ModelRequest):
@@ -46,6 +65,7 @@ class StateJacobiansExpected(ModelRequest):
 
     op: Literal["state_jacobians"]
     model: str = Field(description="A recurrent model of GET /v1/models.")
+    names: Names
     select: str = Field("jacobians", description="The tensor of the answer to compare.")
 
 
@@ -169,8 +189,11 @@ class ToleranceEcho(BaseModel):
     atol: float
     floor: float
     scale: float | None = Field(description="The key's largest magnitude (tensor keys only).")
-    effective_atol: float | None = Field(description="max(atol, floor * scale).")
-    rule: str = Field(RULE)
+    effective_atol: float | None = Field(
+        description="max(atol, floor * scale) for tensors; atol for formulas (no key scale); "
+        "null for shapes (compared exactly)."
+    )
+    rule: str = Field(RULE, description="The rule this check was judged by.")
 
 
 class CheckResponse(BaseModel):

@@ -6,7 +6,10 @@ dimension (``3``), or a string as a student writes it (``"5x2"``, ``"5 x 2"`` wi
 multiplication sign, ``"(8, 5, 2)"``).
 
 Each shape mistake recomputes the size with the seed's formula
-``floor((in + 2P - D(K - 1) - 1) / S) + 1`` changed in one place.
+``floor((in + 2P - D(K - 1) - 1) / S) + 1`` changed in one place, or, for a transposed
+convolution, ``(in - 1) S - 2P + D(K - 1) + output_padding + 1``. Padding ``"valid"`` is 0 and
+``"same"`` the amounts the service pads with (``explicit_padding``); a mistake that gives the
+right size (a ceil or a stride with stride 1) is no mistake and is never diagnosed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from models.conv import conv_output_size
+from models.conv import conv_output_size, explicit_padding, parse_padding
 from service.grading.compare import PartialCredit
 from service.grading.diagnosis import Diagnosis
 from service.grading.errors import InvalidAnswer
@@ -30,51 +33,97 @@ MAX_SHAPE_TEXT = 200
 
 @dataclass(frozen=True)
 class Dim:
-    """One spatial dimension's numbers: input, kernel, stride, padding, dilation."""
+    """One spatial dimension's numbers: input, kernel, stride, padding before and after the
+    input (equal, except for ``"same"`` with an odd D(K - 1)), dilation, output padding."""
 
     n: int
     k: int
     s: int
-    p: int
+    before: int
+    after: int
     d: int
+    op: int = 0
+
+    @property
+    def padding(self) -> int:
+        """What the formula's 2P stands for: the padding on both sides."""
+        return self.before + self.after
+
+    @property
+    def once(self) -> int | None:
+        """P, the padding of one side; None where the sides differ (no one P to count once)."""
+        return self.before if self.before == self.after else None
 
 
 @dataclass(frozen=True)
 class ShapeMistake:
-    """The output size of one dimension with one mistake made, and what the mistake is."""
+    """The output size of one dimension with one mistake made (None where the mistake has no
+    meaning for that dimension), and what the mistake is."""
 
     code: str
-    size: Callable[[Dim], int]
+    size: Callable[[Dim], int | None]
     message: str
+
+
+def _counted_once(x: Dim) -> int | None:
+    if x.once is None:
+        return None
+    return (x.n + x.once - x.d * (x.k - 1) - 1) // x.s + 1
 
 
 SHAPE_MISTAKES: tuple[ShapeMistake, ...] = (
     ShapeMistake(
         "ceil_instead_of_floor",
-        lambda x: math.ceil((x.n + 2 * x.p - x.d * (x.k - 1) - 1) / x.s) + 1,
+        lambda x: math.ceil((x.n + x.padding - x.d * (x.k - 1) - 1) / x.s) + 1,
         "You rounded up (ceil) where the formula rounds down (floor): a last window that does "
         "not fit inside the padded input gives no output.",
     ),
     ShapeMistake(
         "padding_counted_once",
-        lambda x: (x.n + x.p - x.d * (x.k - 1) - 1) // x.s + 1,
+        _counted_once,
         "You counted the padding once (P instead of 2P): it is added on both sides.",
     ),
     ShapeMistake(
         "dilation_ignored",
-        lambda x: (x.n + 2 * x.p - (x.k - 1) - 1) // x.s + 1,
+        lambda x: (x.n + x.padding - (x.k - 1) - 1) // x.s + 1,
         "You ignored the dilation: a kernel of size K with dilation D spans D(K - 1) + 1 inputs.",
     ),
     ShapeMistake(
         "stride_ignored",
-        lambda x: x.n + 2 * x.p - x.d * (x.k - 1),
+        lambda x: x.n + x.padding - x.d * (x.k - 1),
         "You ignored the stride: the kernel moves S positions at a time, so divide by S "
         "(rounding down) before adding 1.",
     ),
     ShapeMistake(
         "plus_one_missing",
-        lambda x: (x.n + 2 * x.p - x.d * (x.k - 1) - 1) // x.s,
+        lambda x: (x.n + x.padding - x.d * (x.k - 1) - 1) // x.s,
         "You left out the + 1: the first position of the kernel gives an output too.",
+    ),
+)
+
+TRANSPOSED_MISTAKES: tuple[ShapeMistake, ...] = (
+    # No ceil: the transposed formula rounds nothing.
+    ShapeMistake(
+        "padding_counted_once",
+        lambda x: (x.n - 1) * x.s - x.before + x.d * (x.k - 1) + x.op + 1,
+        "You counted the padding once (P instead of 2P): a transposed convolution removes it "
+        "from both ends of its output.",
+    ),
+    ShapeMistake(
+        "dilation_ignored",
+        lambda x: (x.n - 1) * x.s - x.padding + (x.k - 1) + x.op + 1,
+        "You ignored the dilation: a kernel of size K with dilation D spans D(K - 1) + 1 outputs.",
+    ),
+    ShapeMistake(
+        "stride_ignored",
+        lambda x: (x.n - 1) - x.padding + x.d * (x.k - 1) + x.op + 1,
+        "You ignored the stride: each step along the input moves the kernel S positions along "
+        "the output, so (in - 1) is multiplied by S.",
+    ),
+    ShapeMistake(
+        "plus_one_missing",
+        lambda x: (x.n - 1) * x.s - x.padding + x.d * (x.k - 1) + x.op,
+        "You left out the + 1: the formula is (in - 1) S - 2P + D(K - 1) + output_padding + 1.",
     ),
 )
 
@@ -86,7 +135,8 @@ class ShapeKey:
     shape: list[int]
     label: str
     channels: int | None
-    dims: list[Dim] | None
+    dims: list[Dim]
+    transposed: bool
     steps: list[dict[str, Any]]
 
 
@@ -108,25 +158,29 @@ def shape_key(expected: ConvShapeExpected) -> ShapeKey:
     size = [s.result for s in steps]
     channels = expected.out_channels
     count = len(size)
-    dims = None
-    # The mistakes are about the convolution formula with explicit padding.
-    if not expected.transposed and not isinstance(expected.padding, str):
-        dims = [
-            Dim(*values)
-            for values in zip(
-                expected.input_size,
-                _per_dim(expected.kernel_size, count),
-                _per_dim(expected.stride, count),
-                _per_dim(expected.padding, count),
-                _per_dim(expected.dilation, count),
-                strict=True,
-            )
-        ]
+    kernel = _per_dim(expected.kernel_size, count)
+    dilation = _per_dim(expected.dilation, count)
+    # "valid" and "same" as the numbers they pad with, so that their mistakes are found as
+    # those of an explicit padding are (conv_output_size has validated every value).
+    pads = explicit_padding(parse_padding(expected.padding, count), kernel, dilation)
+    dims = [
+        Dim(n, k, s, before, after, d, op)
+        for n, k, s, (before, after), d, op in zip(
+            expected.input_size,
+            kernel,
+            _per_dim(expected.stride, count),
+            pads,
+            dilation,
+            _per_dim(expected.output_padding, count),
+            strict=True,
+        )
+    ]
     return ShapeKey(
         [channels, *size] if channels is not None else size,
         "output shape" if channels is not None else "output size",
         channels,
         dims,
+        expected.transposed,
         [vars(s) for s in steps],
     )
 
@@ -195,12 +249,14 @@ def _as_sent(answer: Any, limit: int = 40) -> str:
 
 def _mistaken_shapes(key: ShapeKey) -> list[tuple[list[int], Diagnosis]]:
     found = []
-    if key.dims is not None:
-        for mistake in SHAPE_MISTAKES:
-            size = [mistake.size(dim) for dim in key.dims]
-            shape = [key.channels, *size] if key.channels is not None else size
-            if shape != key.shape and all(n >= 1 for n in size):
-                found.append((shape, Diagnosis(mistake.code, mistake.message)))
+    for mistake in TRANSPOSED_MISTAKES if key.transposed else SHAPE_MISTAKES:
+        sizes = [mistake.size(dim) for dim in key.dims]
+        size = [n for n in sizes if n is not None and n >= 1]
+        if len(size) != len(sizes):
+            continue  # no meaning in some dimension, or no output there
+        shape = [key.channels, *size] if key.channels is not None else size
+        if shape != key.shape:
+            found.append((shape, Diagnosis(mistake.code, mistake.message)))
     if key.channels is not None:
         found.append(
             (

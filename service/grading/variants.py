@@ -82,7 +82,30 @@ def make_variant(secret: bytes, assignment: str, problem: ProblemSpec, student: 
     given = {name: draw(spec, generator) for name, spec in problem.given.items()}
     values = {name: as_json(tensor, problem.given[name].integer) for name, tensor in given.items()}
     expected = resolve(problem.expected, values)
+    names = given_names(problem.expected)
+    if names:
+        expected["names"] = names
     return Variant(assignment, problem, student, given, expected)
+
+
+MODEL_OPS = frozenset({"forward", "backward", "jacobian", "state_jacobians"})
+
+
+def given_names(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The model's arguments that the problem names otherwise, by the given tensor each one
+    is (``params = { weight = { given = "W" } }``: ``{"weight": "W"}``), so that the feedback
+    says dy/dW, as the statement does, not dy/dweight."""
+    if spec.get("op") not in MODEL_OPS:
+        return {}
+    names = {}
+    for section in ("params", "inputs"):
+        arguments = spec.get(section)
+        if not isinstance(arguments, dict):
+            continue
+        for argument, value in arguments.items():
+            if isinstance(value, dict) and set(value) == {"given"} and value["given"] != argument:
+                names[argument] = str(value["given"])
+    return names
 
 
 def as_json(tensor: torch.Tensor, integer: bool) -> Any:

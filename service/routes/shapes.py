@@ -44,7 +44,12 @@ class Step(BaseModel):
     substitution: str
     result: int
     effective_kernel: int = Field(description="D(K - 1) + 1")
-    padded_input: int = Field(description="in + 2P (convolution) or in (transposed)")
+    padded_input: int = Field(
+        description="What the kernel slides over: in + 2P for a convolution; for a transposed "
+        "one, the input of the stride-1 convolution that computes it, (in - 1) S + 1 + "
+        "2(D(K - 1) - P) + output_padding (S - 1 zeros between the entries, D(K - 1) - P on "
+        "each end), so that out = padded_input - effective_kernel + 1."
+    )
 
 
 class ConvShapeResponse(BaseModel):

@@ -105,7 +105,7 @@ def as_array(tensor: dict[str, Any]) -> np.ndarray:
 def compute(client: TestClient, spec: dict[str, Any]) -> np.ndarray:
     """The tensor a spec selects, computed by the reference endpoints."""
     operation = spec["op"]
-    body = {k: v for k, v in spec.items() if k not in ("op", "model", "select")}
+    body = {k: v for k, v in spec.items() if k not in ("op", "model", "select", "names")}
     response = client.post(f"/v1/models/{spec['model']}/{operation}", json=body)
     assert response.status_code == 200, response.text
     answer = response.json()

@@ -17,7 +17,7 @@ from models.registry import MODELS
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.gate import ComputeGate
 from service.grading import diagnosis
-from service.grading.check import check_one
+from service.grading.check import CheckFailed, check_one
 from service.grading.compare import Tolerance
 from service.grading.keys import ModelSource, TensorKey, model_key
 from service.grading.schemas import CheckRequest, ForwardExpected
@@ -182,6 +182,31 @@ def shape_size(n: int, k: int, s: int = 1, p: int = 0, d: int = 1) -> int:
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+SHAPE_VALID = {
+    "op": "conv_shape",
+    "input_size": [10],
+    "kernel_size": 3,
+    "stride": 2,
+    "padding": "valid",
+}
+SHAPE_SAME = {
+    "op": "conv_shape",
+    "input_size": [10],
+    "kernel_size": 3,
+    "padding": "same",
+    "dilation": 2,
+}
+SHAPE_TRANSPOSED = {
+    "op": "conv_shape",
+    "input_size": [5],
+    "kernel_size": 3,
+    "stride": 2,
+    "padding": 1,
+    "dilation": 2,
+    "transposed": True,
+    "output_padding": 1,
+}
+
 MISTAKES: list[tuple[str, dict[str, Any], Any, str]] = [
     ("transposed", BACKWARD_W, seed_dl_dw().transpose(0, 2, 1).tolist(), "transposed"),
     (
@@ -244,6 +269,19 @@ MISTAKES: list[tuple[str, dict[str, Any], Any, str]] = [
     ("stride-ignored", SHAPE_1_1A, [21 - 4 + 1, 12 - 5 + 1], "stride_ignored"),
     ("plus-one", SHAPE_1_1A, [(21 - 4) // 4, (12 - 5) // 4], "plus_one_missing"),
     ("channels", {**SHAPE_1_1A, "out_channels": 8}, "5x2", "channels_missing"),
+    # "valid" is no padding: its mistakes are those of padding 0 (none were diagnosed).
+    ("valid-ceil", SHAPE_VALID, [math.ceil((10 - 3) / 2) + 1], "ceil_instead_of_floor"),
+    ("valid-stride", SHAPE_VALID, [10 - 3 + 1], "stride_ignored"),
+    ("valid-plus-one", SHAPE_VALID, [(10 - 3) // 2], "plus_one_missing"),
+    # "same" pads D(K - 1) = 4 in all, 2 on each side, so that the output is the input's size.
+    ("same-plus-one", SHAPE_SAME, [10 - 1], "plus_one_missing"),
+    ("same-padding-once", SHAPE_SAME, [10 + 2 - 4], "padding_counted_once"),
+    ("same-dilation", SHAPE_SAME, [shape_size(10, 3, p=2)], "dilation_ignored"),
+    # Transposed: (in - 1) S - 2P + D(K - 1) + output_padding + 1 = 8 - 2 + 4 + 1 + 1 = 12.
+    ("transposed-padding-once", SHAPE_TRANSPOSED, [8 - 1 + 4 + 1 + 1], "padding_counted_once"),
+    ("transposed-dilation", SHAPE_TRANSPOSED, [8 - 2 + 2 + 1 + 1], "dilation_ignored"),
+    ("transposed-stride", SHAPE_TRANSPOSED, [4 - 2 + 4 + 1 + 1], "stride_ignored"),
+    ("transposed-plus-one", SHAPE_TRANSPOSED, [8 - 2 + 4 + 1], "plus_one_missing"),
 ]
 
 
@@ -588,3 +626,76 @@ def test_a_mistake_spends_only_on_the_candidates_it_makes() -> None:
     made = list(diagnosis.metered(iter(["a", "b", "c"]), 4, work))
     assert made == ["a", "b"]  # the third does not fit what is left (2 of 10)
     assert (work.spent, work.candidates, work.elements) == (8, 2, 2)
+
+
+def test_an_answer_of_zeros_is_not_explained_by_a_mistake_whose_result_is_zeros() -> None:
+    """x [[0, 0, 0, 1]] read one position earlier gives y of zeros: an answer of zeros was
+    diagnosed off_by_one ("x read one position earlier"), which any unfilled answer matches."""
+    expected = {
+        "op": "forward",
+        "model": "conv1d",
+        "params": {"weight": [[[1.0, 1.0]]]},
+        "inputs": {"x": [[0.0, 0.0, 0.0, 1.0]]},
+    }
+    assert codes(judge(expected, [[0, 0, 0]])) == ["all_zeros"]
+    # The same shift is still found where it leaves something to match.
+    assert codes(judge(expected, [[0, 1, 0]])) == ["off_by_one"]
+
+
+def test_no_mistake_is_diagnosed_from_a_candidate_of_zeros() -> None:
+    """The rule is the candidates', not one mistake's: rows that sum to zero make the
+    "summed over an axis" candidate zeros, which explains an answer of zeros no better."""
+    result = judge({"op": "value", "value": [[1.0, -1.0], [2.0, -2.0]]}, [0.0, 0.0])
+    assert codes(result) == ["all_zeros"]
+    assert "summed_axis" in codes(judge({"op": "value", "value": [[1.0, 2.0]]}, [3.0]))
+
+
+def test_a_one_number_answer_of_zero_is_just_wrong() -> None:
+    assert codes(judge({"op": "value", "value": 1.5}, 0)) == []
+    assert codes(judge({"op": "value", "value": [0.0, 0.0]}, [[0.0, 0.0]])) == ["reshaped"]
+
+
+def test_same_padding_diagnoses_only_what_stays_a_mistake() -> None:
+    """With "same" (stride 1) a ceil or an ignored stride gives the right size: no mistake to
+    find. With an odd D(K - 1) the two sides differ (1 and 2 for K = 4): there is no one P
+    that could have been counted once, so that mistake is not guessed at."""
+    same = {"op": "conv_shape", "input_size": [10], "kernel_size": 4, "padding": "same"}
+    assert judge(same, [10])["correct"] is True
+    assert codes(judge(same, [9])) == ["plus_one_missing"]
+    assert codes(judge(same, [10 + 1 - 3])) == []  # 1 once, or 2 once minus one: no story
+
+
+def test_transposed_shapes_are_not_diagnosed_with_the_convolutions_rounding() -> None:
+    """A transposed convolution rounds nothing: no ceil_instead_of_floor for it."""
+    for size in range(1, 30):
+        assert "ceil_instead_of_floor" not in codes(judge(SHAPE_TRANSPOSED, [size]))
+
+
+NAMED_W = {"names": {"weight": "W"}}
+
+
+def test_the_key_and_its_diagnoses_use_the_questions_names() -> None:
+    """``names`` renames the model's tensors in the label, the axes and every diagnosis: a
+    question about W is answered about W, not about the field `weight`."""
+    wrong = judge({**JACOBIAN_X, **NAMED_W}, seed_dy_dw().tolist())
+    assert wrong["diagnosis"][0]["message"] == (
+        "This is dy/dW, the Jacobian against W; the question asks for dy/dx, against x."
+    )
+    halves = judge({**JACOBIAN_W, **NAMED_W}, seed_dy_dw().transpose(2, 3, 4, 0, 1).tolist())
+    assert halves["report"]["label"] == "dy/dW"
+    assert "shape of W followed by the shape of y" in halves["diagnosis"][0]["message"]
+    factor = judge({**JACOBIAN_W, **NAMED_W}, (3 * seed_dy_dw()).tolist())
+    assert "y:L_out" in factor["diagnosis"][0]["message"]
+    backward = judge({**BACKWARD_W, **NAMED_W}, seed_dl_dx().tolist())
+    assert backward["report"]["label"] == "dl/dW"
+    assert backward["diagnosis"][0]["message"] == "This is dl/dx; the question asks for dl/dW."
+    shifted = judge({**FORWARD, "names": {"x": "x_in"}}, seed_y(base=0).tolist())
+    assert "computed with x_in read one position later" in shifted["diagnosis"][0]["message"]
+
+
+def test_a_name_for_a_tensor_the_model_does_not_have_is_refused() -> None:
+    with pytest.raises(CheckFailed) as failed:
+        judge({**JACOBIAN_W, "names": {"wieght": "W"}}, seed_dy_dw().tolist())
+    problem = failed.value.problem
+    assert problem.status == 422
+    assert problem.detail.startswith("expected.names.wieght: conv1d has no argument or output")

@@ -293,7 +293,7 @@ def test_a_number_written_against_a_name_is_told_to_multiply(
     )
 
 
-@pytest.mark.parametrize("text", ["H + * 2", "0x1G", "H + 2_P"])
+@pytest.mark.parametrize("text", ["H + * 2", "0x1G", "H + 2_P", "H not K"])
 def test_other_syntax_errors_get_no_multiplication_hint(text: str) -> None:
     with pytest.raises(FormulaError) as error:
         parse(text, CONV_VARIABLES)
@@ -325,3 +325,123 @@ def test_control_characters_inside_a_formula_are_still_refused(text: str, column
 def test_a_formula_of_line_breaks_only_is_empty() -> None:
     with pytest.raises(FormulaError, match="the formula is empty"):
         parse("\r\n\t \n", ["H"])
+
+
+def test_a_reference_that_is_not_whole_is_judged_within_the_tolerance() -> None:
+    """H/3 answered H*0.3333333333333333 with rtol 1e-3 was wrong ("the reference is
+    0.3333333333333333 and the answer 0.3333333333333333"): the request's tolerance was
+    echoed but never used, and rationals were compared exactly."""
+    key = formula_key("H/3", None, {"H": [1, 5]}, [])
+    assert not key.exact
+    assert key.compare("H*0.3333333333333333", rtol=1e-3) == (5, [])
+    assert key.compare("H*0.3334", rtol=1e-3) == (5, [])
+    agree, disagree = key.compare("H*0.33", rtol=1e-3)
+    assert agree == 0 and disagree[0].point == {"H": 1} and disagree[0].given == 0.33
+
+
+def test_a_formula_is_never_judged_more_strictly_than_float_agreement() -> None:
+    """With no tolerance at all, a 16-digit decimal for 1/3 still agrees (to 1e-9 relative),
+    as a float answer always did; a 4-digit one does not."""
+    key = formula_key("H/3", None, {"H": [1, 5]}, [])
+    assert key.compare("H*0.3333333333333333", rtol=0.0, atol=0.0) == (5, [])
+    assert key.compare("H*0.3334", rtol=0.0, atol=0.0)[0] == 0
+
+
+def test_the_absolute_tolerance_applies_where_the_reference_is_zero() -> None:
+    key = formula_key("(H - 3)/7", None, {"H": [1, 5]}, [])
+    assert key.compare("(H - 3)/7 + 0.0001", atol=1e-3) == (5, [])
+    agree, disagree = key.compare("(H - 3)/7 + 0.0001", rtol=0.5)
+    assert agree == 4 and disagree[0].point == {"H": 3}  # 1e-4 for 0: only atol reaches it
+
+
+def test_whole_number_references_are_compared_exactly_whatever_the_tolerance(
+    conv_key: FormulaKey,
+) -> None:
+    """Sizes: an answer off by a fraction is wrong even with a loose tolerance, and a float
+    answer (from sqrt) within 1e-9 of the size is right."""
+    assert conv_key.exact
+    agree, disagree = conv_key.compare(SEED_1_1B + " + 0.0001", rtol=0.5, atol=0.5)
+    assert agree == 0 and disagree[0].expected == 1 and disagree[0].given == 1.0001
+    assert conv_key.compare(SEED_1_1B + " - 1 + sqrt(2)*sqrt(2)/2", rtol=0.5) == (
+        len(conv_key.points),
+        [],
+    )
+
+
+def test_a_verdict_is_reused_only_under_the_same_tolerance() -> None:
+    """The checks of one key may carry different tolerances: the answer cache is per
+    tolerance, or the first check's verdict would answer the others."""
+    key = formula_key("H/3", None, {"H": [1, 5]}, [])
+    assert key.compare("H*0.3334", rtol=1e-3)[0] == 5
+    assert key.compare("H*0.3334", rtol=1e-6)[0] == 0
+    assert key.compare("H*0.3334", atol=1e-3)[0] == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "hint"),
+    [
+        # Python's own words were "Perhaps you forgot a comma?", at the outer parenthesis.
+        ("floor((H + 2 P - D (K - 1) - 1)/S) + 1", 14, "write 2*P for 2 times P"),
+        ("H K", 3, "write H*K for H times K"),
+        ("(H + 1) K", 9, "write (H + 1)*K for (H + 1) times K"),
+        ("(H + 2*P - D*(K - 1) - 1 + H + H) S", 35, "write (...)*S for (...) times S"),
+    ],
+)
+def test_operands_side_by_side_are_told_to_multiply(text: str, column: int, hint: str) -> None:
+    with pytest.raises(FormulaError) as error:
+        parse(text, CONV_VARIABLES)
+    assert error.value.column == column
+    assert error.value.message == (
+        f"syntax error: invalid syntax at column {column}; {hint} (multiplication needs *)"
+    )
+
+
+def test_operands_side_by_side_in_min_or_max_may_be_two_arguments() -> None:
+    with pytest.raises(FormulaError) as error:
+        parse("max(H K)", CONV_VARIABLES)
+    assert error.value.message.endswith(
+        "write H*K for H times K (multiplication needs *), or H, K for two arguments of max"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "message"),
+    [
+        # The homework's own notation: "calling D is not allowed" said nothing of a product.
+        (
+            "floor((H + 2*P - D(K - 1) - 1)/S) + 1",
+            18,
+            "calling D is not allowed (D is a variable) at column 18; write D*(K - 1) for D "
+            "times (K - 1)",
+        ),
+        ("D (K - 1)", 1, "calling D is not allowed (D is a variable) at column 1; write D*(K - 1)"),
+        ("2(K - 1)", 1, "calling 2 is not allowed (not a function) at column 1; write 2*(K - 1)"),
+        (
+            "(H + 1)(K - 1)",
+            1,
+            "calling (H + 1) is not allowed (not a function) at column 1; write (H + 1)*(K - 1)",
+        ),
+        ("sqrt(H)(K)", 1, "calling sqrt(H) is not allowed (not a function) at column 1"),
+    ],
+)
+def test_a_product_written_as_a_call_is_told_to_multiply(
+    text: str, column: int, message: str
+) -> None:
+    """Implicit products are refused, not read: nothing else multiplies without * (2P is
+    refused), and a misspelt function must not become a product."""
+    with pytest.raises(FormulaError) as error:
+        parse(text, CONV_VARIABLES)
+    assert error.value.column == column
+    assert error.value.message.startswith(message)
+    assert error.value.message.endswith("(multiplication needs *)")
+
+
+@pytest.mark.parametrize(
+    "text", ["Floor(H)", "X(K - 1)", "D(K, 1)", "__import__('os')(1)", "H.real(2)"]
+)
+def test_other_calls_get_no_multiplication_hint(text: str) -> None:
+    """A misspelt or unknown function, several arguments, or what a formula cannot hold."""
+    with pytest.raises(FormulaError) as error:
+        parse(text, CONV_VARIABLES)
+    assert "multiplication" not in error.value.message
+    assert "is not allowed" in error.value.message

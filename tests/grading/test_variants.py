@@ -11,7 +11,7 @@ import torch
 
 from service.grading.catalogue import parse_assignment
 from service.grading.schema import GivenSpec
-from service.grading.variants import draw, make_variant, resolve, variant_seed
+from service.grading.variants import draw, given_names, make_variant, resolve, variant_seed
 from tests.grading.sample import SAMPLE
 
 SECRET = b"a-secret-of-thirty-two-bytes-...."
@@ -100,3 +100,19 @@ def test_any_student_id_draws_reproducibly(student: str) -> None:
     first = make_variant(SECRET, "sample", problem, student)
     second = make_variant(SECRET, "sample", problem, student)
     assert torch.equal(first.given["v"], second.given["v"])
+
+
+def test_a_models_arguments_are_named_after_their_given_tensors() -> None:
+    """The feedback says dy/dW, as the statement does, where the spec binds weight to W."""
+    spec = {
+        "op": "jacobian",
+        "model": "conv1d",
+        "params": {"weight": {"given": "W"}},
+        "inputs": {"x": {"given": "x"}},
+        "grad_outputs": {"y": {"given": "dl_dy"}},
+        "of": "y",
+        "wrt": "x",
+    }
+    assert given_names(spec) == {"weight": "W"}  # x is x; an upstream gradient is no name
+    assert given_names({**spec, "params": {"weight": [[[1.0]]]}}) == {}
+    assert given_names({"op": "value", "value": {"given": "W"}}) == {}

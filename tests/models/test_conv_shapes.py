@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
+import re
+from fractions import Fraction
 
 import pytest
 import torch
@@ -181,3 +184,78 @@ def test_invalid_configurations_say_why(
     kernel = kwargs.pop("kernel_size")
     with pytest.raises(error, match=words):
         conv_output_size(size, kernel, **kwargs)  # type: ignore[arg-type]
+
+
+SHOWN_QUOTIENT = re.compile(r"= floor\((-?[\d.]+)\) \+ 1 = ")
+
+
+def test_a_large_stride_is_not_rounded_across_an_integer_in_the_steps() -> None:
+    """Input 60000, kernel 1, stride 30000: 59999/30000 to 4 places is 2.0000, and the step
+    read "floor(59999/30000) + 1 = floor(2) + 1 = 2"."""
+    step = conv_output_size([60000], 1, stride=30000)[0]
+    assert step.result == 2
+    assert "floor(59999/30000) + 1 = floor(1.99997) + 1 = 2" in step.substitution
+    tiny = conv_output_size([2], 1, stride=30000)[0].substitution
+    assert "floor(1/30000) + 1 = floor(0.00003) + 1 = 1" in tiny
+
+
+def test_the_shown_quotient_always_has_the_floor_of_the_step() -> None:
+    """Over strides up to the largest size: what is shown floors to the true floor, and looks
+    whole only where the quotient is whole. Short quotients keep 4 places (17/4 is 4.25)."""
+    rng = random.Random(0)
+    cases = [(rng.randint(1, 2**31 - 1), rng.randint(1, 2**31 - 1)) for _ in range(300)]
+    # Just below a multiple of the stride: (size - 1)/stride is a whole number less a little.
+    cases += [(s * q, s) for s in (3, 7, 9999, 30000, 2**28) for q in (1, 5)]
+    cases += [(2**31 - 1, 2**31 - 2), (2**31 - 1, 2**30 + 1)]
+    for size, stride in cases:
+        step = conv_output_size([size], 1, stride=stride)[0]
+        found = SHOWN_QUOTIENT.search(step.substitution)
+        assert found, step.substitution
+        shown, numerator = Fraction(found.group(1)), size - 1
+        assert math.floor(shown) == numerator // stride == step.result - 1, step.substitution
+        assert (shown.denominator == 1) == (numerator % stride == 0), step.substitution
+    assert "floor(0.6667)" in conv_output_size([3], 1, stride=3)[0].substitution
+
+
+def test_a_padding_that_removes_exactly_the_whole_output_is_said_to_remove_that_much() -> None:
+    """(2 - 1)*3 + 3*(1 - 1) + 2 + 1 = 6 is produced and 2*3 = 6 removed: it said "removes
+    more than the transposed convolution produces (6)"."""
+    with pytest.raises(ShapeMismatch) as error:
+        conv_output_size([2], 1, 3, 3, 3, transposed=True, output_padding=2)
+    assert error.value.message.startswith(
+        "padding 2*3 removes at least as much as the transposed convolution produces (6) "
+        "in dimension 0"
+    )
+
+
+def test_a_transposed_steps_padded_input_is_what_a_stride_1_convolution_slides_over() -> None:
+    """It was the input size itself. It is the input of the stride-1 convolution that computes
+    the transposed one (S - 1 zeros between the entries, D(K - 1) - P on each end,
+    output_padding at the end): that convolution, run with the flipped kernel, gives PyTorch's
+    conv_transpose1d to the last digit, on a padded input of exactly that size."""
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(80):
+        n, k, s, d = rng.randint(1, 9), rng.randint(1, 4), rng.randint(1, 4), rng.randint(1, 3)
+        p = rng.randint(0, d * (k - 1))  # a padding the stuffed input is padded, not cropped, by
+        op = rng.randint(0, max(s, d) - 1)
+        try:
+            step = conv_output_size([n], k, s, p, d, transposed=True, output_padding=op)[0]
+        except ShapeMismatch:
+            continue  # no output
+        checked += 1
+        x = torch.arange(1.0, n + 1, dtype=torch.float64).reshape(1, 1, n)
+        w = torch.arange(1.0, k + 1, dtype=torch.float64).reshape(1, 1, k)
+        stuffed = torch.zeros(1, 1, (n - 1) * s + 1, dtype=torch.float64)
+        stuffed[..., ::s] = x
+        edge = d * (k - 1) - p
+        padded = F.pad(stuffed, (edge, edge + op))
+        assert padded.shape[-1] == step.padded_input
+        assert step.result == step.padded_input - step.effective_kernel + 1
+        as_convolution = F.conv1d(padded, w.flip(-1), dilation=d)
+        transposed = F.conv_transpose1d(x, w, stride=s, padding=p, dilation=d, output_padding=op)
+        torch.testing.assert_close(as_convolution, transposed, rtol=0, atol=0)
+    assert checked > 50
+    # A padding beyond D(K - 1) crops instead: the relation still holds.
+    cropped = conv_output_size([9], 2, 3, 2, 1, transposed=True)[0]
+    assert cropped.padded_input == 8 * 3 + 1 + 2 * (1 - 2) == cropped.result + 1

@@ -516,3 +516,75 @@ def test_error_paths_name_the_key_sent(
     response = client.post("/v1/check", json={"expected": expected, "answer": 1})
     assert response.status_code == 422
     assert all(error["loc"] == loc for error in response.json()["errors"]), response.json()
+
+
+def test_a_formula_is_judged_within_the_requests_tolerance_and_says_so(
+    client: TestClient,
+) -> None:
+    """H/3 answered H*0.3333333333333333 with rtol 1e-3 was wrong: the tolerance was echoed
+    and ignored. The echo now states the formula's own rule (no key scale, no floor)."""
+    expected = {"op": "formula", "reference": "H/3", "variables": {"H": [1, 5]}}
+    tolerance = {"rtol": 1e-3, "atol": 1e-6}
+    right = post(client, expected, "H*0.3333333333333333", tolerance=tolerance).json()
+    assert right["correct"] is True
+    echo = right["tolerance"]
+    assert echo["rtol"] == 1e-3 and echo["scale"] is None and echo["effective_atol"] == 1e-6
+    assert "floor does not apply" in echo["rule"] and "exactly" in echo["rule"]
+    wrong = post(client, expected, "H*0.33", tolerance=tolerance).json()
+    assert wrong["correct"] is False and wrong["report"]["counterexample"]["given"] == 0.33
+
+
+def test_a_size_formula_stays_exact_under_a_loose_tolerance(client: TestClient) -> None:
+    answer = "floor((H + 2*P - D*(K - 1) - 1)/S) + 1.0001"
+    body = post(client, FORMULA_1_1B, answer, tolerance={"rtol": 0.5, "atol": 0.5}).json()
+    assert body["correct"] is False and body["report"]["points_disagreeing"] > 0
+
+
+def test_a_shape_echoes_that_sizes_are_compared_exactly(client: TestClient) -> None:
+    body = post(client, SHAPE_1_1A, [5, 3], tolerance={"rtol": 0.5}).json()
+    assert body["correct"] is False
+    assert body["tolerance"]["rule"].startswith("sizes are compared exactly")
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail"),
+    [
+        (
+            "floor((H + 2 P - D (K - 1) - 1)/S) + 1",
+            "answer: syntax error: invalid syntax at column 14; write 2*P for 2 times P "
+            "(multiplication needs *)",
+        ),
+        (
+            "floor((H + 2*P - D(K - 1) - 1)/S) + 1",
+            "answer: calling D is not allowed (D is a variable) at column 18; write D*(K - 1) "
+            "for D times (K - 1) (multiplication needs *)",
+        ),
+    ],
+    ids=["spaced", "seed-notation"],
+)
+def test_a_product_written_as_on_paper_is_told_to_multiply(
+    client: TestClient, answer: str, detail: str
+) -> None:
+    """The homework writes D(K - 1): a student copying it was told "calling D is not allowed",
+    and "2 P" got Python's "Perhaps you forgot a comma?"."""
+    response = post(client, FORMULA_1_1B, answer)
+    assert response.status_code == 422
+    assert response.json()["detail"] == detail
+    assert response.json()["errors"][0]["loc"][:2] == ["body", "answer"]
+
+
+@pytest.mark.parametrize(
+    ("names", "loc", "words"),
+    [
+        ({"weight": "W W"}, ["body", "expected", "names", "weight"], "should match pattern"),
+        ({"wieght": "W"}, ["body", "expected", "names", "wieght"], "has no argument or output"),
+    ],
+    ids=["not-a-name", "unknown-tensor"],
+)
+def test_a_bad_name_is_a_422_naming_it(
+    client: TestClient, names: dict[str, str], loc: list[str], words: str
+) -> None:
+    response = post(client, {**JACOBIAN_W, "names": names}, seed_dy_dw().tolist())
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["errors"][0]["loc"] == loc and words in problem["detail"]

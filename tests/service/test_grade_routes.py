@@ -253,6 +253,22 @@ def test_typical_wrong_answers_score_less_and_get_the_diagnosis(
     assert set(DIAGNOSED) <= {p for p, level in levels.items() if level == "diagnosis"}
 
 
+def test_feedback_names_the_tensors_as_the_statement_does(first: TestClient) -> None:
+    """1.1c-iii answered with the Jacobian against the weight was told "This is dy/dweight,
+    the Jacobian against weight", where the statement and the given tensors call it W."""
+    g = given(first, "1.1c-iii", "alice")
+    answer = typical_mistake("1.1c-iii", g)
+    body = first.post(check_path("1.1c-iii"), json={"student_id": "alice", "answer": answer})
+    (found,) = body.json()["feedback"]["diagnosis"]
+    assert found["code"] == "wrong_argument"
+    assert found["message"] == (
+        "This is dy/dW, the Jacobian against W; the question asks for dy/dx, against x."
+    )
+    wrong = (-np.array(seed.answer_to("1.1c-iv", given(first, "1.1c-iv", "alice")))).tolist()
+    body = first.post(check_path("1.1c-iv"), json={"student_id": "alice", "answer": wrong})
+    assert body.json()["feedback"]["report"]["label"] == "dl/dW"
+
+
 def test_missing_and_malformed_answers_score_zero_and_the_rest_is_graded(
     first: TestClient,
 ) -> None:

@@ -42,7 +42,12 @@ def test_transposed_with_output_padding(client: TestClient) -> None:
         "transposed": True,
         "output_padding": 1,
     }
-    assert client.post("/v1/shapes/conv", json=body).json()["output_size"] == [12]
+    answer = client.post("/v1/shapes/conv", json=body).json()
+    assert answer["output_size"] == [12]
+    # (5 - 1)*2 + 1 entries with the zeros between them, 2 on each end, 1 of output_padding:
+    # the stride-1 convolution over 14 with a kernel of 3 gives the 12 (it said 5, the input).
+    (step,) = answer["steps"]
+    assert step["padded_input"] == 14 and step["effective_kernel"] == 3
 
 
 @pytest.mark.parametrize(
