@@ -374,9 +374,10 @@ class ConstantFactor(Mistake):
     ) -> list[Diagnosis | None]:
         found: list[Diagnosis | None] = [None] * answers.shape[0]
         size = key.tensor.numel()
-        if size == 1:
-            # Every number is some multiple of a one-number key: "31/30 times the key" is a
-            # ratio, not a mistake (and it states the key).
+        if int(torch.count_nonzero(key.tensor)) <= 1:
+            # Any number is some multiple of a one-number key, or of a key with one entry that
+            # is not zero (an answer with the same entry set): "31/30 times the key" is then a
+            # ratio, not a mistake, and it states the key.
             return found
         # The fit is one pass over the answers, charged as a candidate; so is each factor.
         if tuple(answers.shape[1:]) != tuple(key.tensor.shape) or not work.afford(size):

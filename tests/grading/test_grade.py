@@ -160,8 +160,8 @@ def test_what_reaches_the_student_holds_no_value_of_the_key() -> None:
             "shape_matches": True,
             "given_shape": [2, 3],
             "elements": 6,
-            "mismatched": 6,
-            "message": "6 of 6 elements are outside the tolerance",
+            "message": "the shape is the one asked for, but not all 6 elements are within "
+            "the tolerance",
         }
         assert "3.25" not in str(result.feedback) and "[1, 2]" not in str(result.feedback)
 
@@ -225,10 +225,44 @@ REPORTS = [
         {
             "kind": "formula",
             "points_checked": 40,
-            "points_disagreeing": 3,
             "counterexample": {"point": {"H": 5, "K": 2}, "given": 2.5},
-            "message": "the formula disagrees with the reference at 3 of 40 points, for example "
-            "at H=5, K=2 (where your formula gives 2.5)",
+            "message": "the formula disagrees with the reference at some of the 40 points, for "
+            "example at H=5, K=2 (where your formula gives 2.5)",
+        },
+    ),
+    # a tensor of the right shape: no count of the wrong elements (nor of the right steps),
+    # which would tell, with the others far off, whether the one element tried is right
+    (
+        {
+            "kind": "tensor",
+            "label": "dy/dW",
+            "expected_shape": [1, 5, 3],
+            "given_shape": [1, 5, 3],
+            "shape_matches": True,
+            "elements": 15,
+            "mismatched": 14,
+            "steps": 5,
+            "steps_correct": 1,
+            "first_mismatches": [{"index": [0, 0, 1], "expected": 7.0, "given": -99.0}],
+            "message": "14 of 15 elements differ",
+        },
+        {
+            "kind": "tensor",
+            "label": "dy/dW",
+            "shape_matches": True,
+            "given_shape": [1, 5, 3],
+            "elements": 15,
+            "message": "the shape is the one asked for, but not all 15 elements are within "
+            "the tolerance",
+        },
+    ),
+    (
+        {"kind": "tensor", "shape_matches": True, "elements": 4, "mismatched": 0},
+        {
+            "kind": "tensor",
+            "shape_matches": True,
+            "elements": 4,
+            "message": "all 4 elements agree within the tolerance",
         },
     ),
     # a report of a kind not known to be safe: nothing

@@ -81,7 +81,7 @@ def test_each_output_follows_the_problems_feedback_level() -> None:
     assert p2 == "Incorrect: 0 of 1 points."  # verdict only
     assert p3.splitlines() == [
         "Incorrect: 0 of 1.5 points.",
-        "1 of 1 elements are outside the tolerance.",
+        "The answer's one number is not within the tolerance.",
         "- The axes are in another order.",
     ]
     assert "2.75" not in json.dumps(results)

@@ -167,7 +167,10 @@ def test_hostile_formulas_are_refused_with_a_4xx(client: TestClient, answer: str
     assert response.json()["type"].endswith("invalid-answer")
 
 
-@pytest.mark.parametrize(("key", "answer"), [(3.0, 3.1), (0.25, 0.3), (-11, 6), ([3.0], [6.0])])
+@pytest.mark.parametrize(
+    ("key", "answer"),
+    [(3.0, 3.1), (0.25, 0.3), (-11, 6), ([3.0], [6.0]), ([0.0, 0.0, 0.73913], [0.0, 0.0, 1.0])],
+)
 def test_a_wrong_number_is_no_multiple_of_a_one_number_key(
     client: TestClient, key: Any, answer: Any
 ) -> None:
