@@ -293,3 +293,46 @@ def test_a_refused_shape_answer_is_not_shown_the_key_as_an_example(client: TestC
         text = checked.text
         assert "shape" in text, text[:300]  # the message is there ...
         assert "5x2" not in text and "[5, 2]" not in text, text[:300]
+
+
+@pytest.mark.parametrize("pid", ["1.1c-iv", "1.2.2d"])
+def test_feedback_does_not_say_whether_one_element_tried_is_right(
+    client: TestClient, pid: str
+) -> None:
+    """The attack of a count of wrong elements: every element far off but the one tried.
+    Whether that one is right or wrong, the student is told the same, on the check route and
+    on the grade route (its gradescope text too); the instructor's own report tells them
+    apart, so the comparison is able to fail."""
+    key_answer = np.asarray(seed.answer_to(pid, given(client, pid, STUDENT_ID)), dtype=float)
+    far = np.full_like(key_answer, 999.0)
+    right, wrong = far.copy(), far.copy()
+    right.flat[0] = key_answer.flat[0]
+    wrong.flat[0] = key_answer.flat[0] + 5.0
+
+    def told(answer: np.ndarray) -> list[Any]:
+        checked = client.post(
+            f"/v1/assignments/cnn-rnn/problems/{pid}/check",
+            json={"student_id": STUDENT_ID, "answer": answer.tolist()},
+        ).json()
+        seen = [checked]
+        for output in ("json", "gradescope"):
+            graded = client.post(
+                "/v1/assignments/cnn-rnn/grade",
+                json={"student_id": STUDENT_ID, "answers": {pid: answer.tolist()}},
+                params={"format": output},
+            ).json()
+            graded.pop("execution_time")
+            seen.append(graded)
+        return seen
+
+    assert told(right) == told(wrong)
+    with TestClient(create_app(keyed_settings())) as instructor:
+        instructor.headers.update(key(INSTRUCTOR))
+        expected = {"op": "value", "value": key_answer.tolist()}
+        mismatched = [
+            instructor.post(
+                "/v1/check", json={"expected": expected, "answer": answer.tolist()}
+            ).json()["report"]["mismatched"]
+            for answer in (right, wrong)
+        ]
+    assert mismatched == [key_answer.size - 1, key_answer.size]
