@@ -102,6 +102,11 @@ def load_roster(path: Path, min_key_length: int) -> tuple[RosterEntry, ...]:
             f"{path}:1: the header row must name the columns student_id,key "
             f"(missing: {', '.join(missing)})"
         )
+    twice = sorted({column for column in COLUMNS if header.count(column) > 1})
+    if twice:
+        # csv.DictReader would keep the last of them without a word: which key binds the
+        # student would then depend on the column order.
+        raise RosterError(f"{path}:1: the header row names {', '.join(twice)} more than once")
     reader.fieldnames = header
     entries: list[RosterEntry] = []
     lines_of_ids: dict[str, int] = {}

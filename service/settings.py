@@ -238,8 +238,11 @@ class Settings(BaseSettings):
                 )
         if self.student_key_file is not None:
             self._roster = self._load_roster(self.student_key_file, instructors, students)
-        if secret is not None and len(secret) < MIN_SECRET_LENGTH:
-            raise ValueError(f"variant_secret needs at least {MIN_SECRET_LENGTH} characters")
+        if secret is not None and len(secret.strip()) < MIN_SECRET_LENGTH:
+            # Spaces count for nothing: a quoted blank value is no secret.
+            raise ValueError(
+                f"variant_secret needs at least {MIN_SECRET_LENGTH} characters other than spaces"
+            )
         if secret is None and (instructors or students or self._roster):
             raise ValueError(
                 "variant_secret is required when API keys are configured, so that every replica "

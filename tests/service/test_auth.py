@@ -276,6 +276,7 @@ def test_keys_and_the_secret_never_print() -> None:
         ({"variant_secret": None}, "variant_secret is required"),
         ({"student_keys": "short"}, "at least 16 characters"),
         ({"variant_secret": "short"}, "at least 16 characters"),
+        ({"variant_secret": " " * 24}, "16 characters other than spaces"),
         ({"student_keys": INSTRUCTOR}, "both an instructor key and a student key"),
         ({"check_rate_limit": "often"}, "rate limit"),
         # The example Secret's placeholders are long enough to pass as keys: refused by name.

@@ -178,6 +178,8 @@ SHORT = "short-key"
 ROSTER_MISTAKES = [
     ("student_id,name\nalice,Alice\n", ":1: ", "missing: key"),
     ("id,key\nalice,KEY_A\n", ":1: ", "missing: student_id"),
+    ("student_id,key,key\nalice,KEY_A,KEY_B\n", ":1: ", "names key more than once"),
+    (" student_id,student_id ,key\nalice,bob,KEY_A\n", ":1: ", "names student_id more than"),
     ("", ":1: ", "student_id,key"),
     ("student_id,key\nalice,KEY_A\n,KEY_B\n", ":3: ", "student_id is empty"),
     ("student_id,key\nalice,KEY_A\nbob,\n", ":3: ", "key is empty"),
