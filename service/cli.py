@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.limitstore import open_storage
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 URL_ENV = "TENSORGRADE_URL"
 API_KEY_ENV = "TENSORGRADE_API_KEY"
@@ -148,6 +148,27 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def serve_warnings(settings: Settings, workers: int) -> list[str]:
+    """What in a setup that starts is likely not what its operator meant: said once, by the
+    supervisor, before the workers start."""
+    warnings = []
+    storage = settings.rate_limit_storage.get_secret_value()
+    if workers > 1 and settings.check_rate_limit and storage.startswith("memory://"):
+        warnings.append(
+            f"each of the {workers} workers counts the rate limit on its own "
+            f"(TENSORGRADE_RATE_LIMIT_STORAGE={storage}), so a key gets {workers} times "
+            f"TENSORGRADE_CHECK_RATE_LIMIT ({settings.check_rate_limit}), and as many times "
+            "more per replica; point TENSORGRADE_RATE_LIMIT_STORAGE at one Redis to share it"
+        )
+    if settings.roster() and settings.api_keys("student"):
+        warnings.append(
+            "TENSORGRADE_STUDENT_KEYS are configured beside a roster "
+            "(TENSORGRADE_STUDENT_KEY_FILE): whoever holds one of them may read and check any "
+            "student_id, the roster's included"
+        )
+    return warnings
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -160,6 +181,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"tensorgrade: {error}", file=sys.stderr)
         return 2
+    for warning in serve_warnings(settings, args.workers):
+        print(f"tensorgrade: warning: {warning}", file=sys.stderr)
     prepare_multiprocess_dir()
     uvicorn.run(
         "service.app:app",

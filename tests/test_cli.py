@@ -19,10 +19,11 @@ import pytest
 
 from service import gradebook
 from service.app import create_app
-from service.cli import main
+from service.cli import main, serve_warnings
 from service.client import BaseClient
 from service.settings import Settings, get_settings
 from tests.fakes import FakeGrading
+from tests.keys import INSTRUCTOR, SECRET, STUDENT, keyed_settings
 from tests.servers import uvicorn_thread
 
 
@@ -737,3 +738,28 @@ def test_a_result_of_answers_since_changed_is_no_grade_in_the_gradebook(
     assert rows["ada"]["score"] == "" and rows["ada"]["note"].startswith("not graded yet: 503")
     assert rows["ben"]["score"] == "" and "cannot read" in rows["ben"]["note"]
     assert rows["cy"]["score"] == "2.0"
+
+
+def test_serve_warns_of_a_rate_limit_counted_per_worker_and_of_shared_keys_beside_a_roster(
+    tmp_path: Path,
+) -> None:
+    one, many = keyed_settings(), serve_warnings(keyed_settings(), 4)
+    assert serve_warnings(one, 1) == []
+    assert len(many) == 1 and "each of the 4 workers counts the rate limit" in many[0]
+    assert "30/minute;300/hour" in many[0]
+    shared = keyed_settings(rate_limit_storage="redis://localhost:6379/0")
+    assert serve_warnings(shared, 4) == []
+    assert serve_warnings(keyed_settings(check_rate_limit=""), 4) == []
+    roster = tmp_path / "roster.csv"
+    roster.write_text("student_id,key\nalice,alice-key-0123456789abcdef\n")
+    both = Settings(
+        instructor_keys=INSTRUCTOR,
+        student_keys=STUDENT,
+        student_key_file=roster,
+        variant_secret=SECRET,
+    )
+    assert any("beside a roster" in w for w in serve_warnings(both, 1))
+    only_roster = Settings(
+        instructor_keys=INSTRUCTOR, student_key_file=roster, variant_secret=SECRET
+    )
+    assert serve_warnings(only_roster, 1) == []
