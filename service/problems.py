@@ -234,8 +234,19 @@ def _body_is_not_an_object(exc: RequestValidationError) -> bool:
     )
 
 
-def _not_json(content_type: str | None) -> Problem:
-    """A 422 for a body that was not sent as JSON (curl's ``-d`` alone sends a form)."""
+def not_json(content_type: str | None) -> Problem | None:
+    """The 422 of a body that was not sent as JSON (curl's ``-d`` alone sends a form), or None
+    when its ``Content-Type`` is JSON's (``mediatypes.is_json``).
+
+    The one decision of every route: FastAPI's body reading (whose validation error
+    ``install_problem_handlers`` turns into this problem) and ``routing.validate_body``, the
+    fast path that reads the bytes itself, both ask here.
+
+    Args:
+        content_type: the request's ``Content-Type`` header, or None when it has none.
+    """
+    if is_json(content_type.encode("latin-1") if content_type is not None else None):
+        return None
     sent = f"`{content_type}`" if content_type else "missing"
     message = (
         "the body must be a JSON object sent with `Content-Type: application/json` (with curl: "
@@ -263,10 +274,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        content_type = request.headers.get("content-type")
-        raw_type = content_type.encode() if content_type is not None else None
-        if _body_is_not_an_object(exc) and not is_json(raw_type):
-            return problem_response(_not_json(content_type))
+        wrong_type = not_json(request.headers.get("content-type"))
+        if wrong_type is not None and _body_is_not_an_object(exc):
+            return problem_response(wrong_type)
         return problem_response(_validation_problem(exc))
 
     async def on_http(_: Request, exc: Exception) -> Response:
