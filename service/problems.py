@@ -16,7 +16,15 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -191,6 +199,76 @@ def json_path(loc: Sequence[str | int], value: Any, missing: bool = False) -> li
     return path
 
 
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"
+"""A text field of a request without control characters (a line break, a tab, NUL): such a
+text would be a second line in a log, a gradebook row or a CSV cell."""
+
+PATTERN_WORDS: dict[str, str] = {
+    NO_CONTROL_CHARACTERS: "must hold no control characters or line breaks (no newline, tab "
+    "or NUL)",
+}
+"""Each ``pattern`` a request field is held to, in words: a client is told what to change,
+not a regular expression (``tests/service/test_app.py`` checks every pattern of the OpenAPI
+document has its words here)."""
+
+
+def _tag_name(ctx: Mapping[str, Any]) -> str:
+    """The discriminator's name as pydantic gives it in an error's context (``"'op'"``)."""
+    return str(ctx.get("discriminator", "")).strip("'")
+
+
+def _tags(ctx: Mapping[str, Any]) -> str:
+    """The tags that exist, from pydantic's ``"'forward', 'backward'"``: ``forward, backward``."""
+    return ", ".join(tag.strip().strip("'") for tag in str(ctx["expected_tags"]).split(","))
+
+
+def _name_the_tags(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate a discriminated union; for an object without the tag, name the tags that exist.
+
+    pydantic's error for a missing tag names only the field ("Unable to extract tag using
+    discriminator 'op'"), while the one for a wrong tag lists the tags: the union is tried
+    once more with a tag no member has, and that error's list is put in the first one's
+    context, for ``validation_problem`` to word.
+    """
+    try:
+        return handler(value)
+    except ValidationError as error:
+        found = [e for e in error.errors() if e["type"] == "union_tag_not_found" and not e["loc"]]
+        if not found or not isinstance(value, dict):
+            raise
+        ctx = found[0].get("ctx") or {}
+        try:
+            handler({**value, _tag_name(ctx): "\x00"})
+        except ValidationError as probe:
+            for e in probe.errors():
+                if e["type"] == "union_tag_invalid" and not e["loc"] and e.get("ctx"):
+                    named = {**ctx, "expected_tags": e["ctx"]["expected_tags"]}
+                    raise PydanticCustomError(
+                        "union_tag_not_found", _word(found[0]["type"], named, ""), named
+                    ) from None
+        raise
+
+
+NAME_THE_TAGS = WrapValidator(_name_the_tags)
+"""Annotate a discriminated union with this (``Annotated[A | B, Field(discriminator="op"),
+NAME_THE_TAGS]``) so that an object without the tag is told which tags exist."""
+
+
+def _word(kind: str, ctx: Mapping[str, Any], msg: str) -> str:
+    """pydantic's message for an error, or words that say what to change where its own are
+    not for a client: the tags of a union, a pattern's meaning."""
+    if kind == "union_tag_not_found" and ctx.get("discriminator"):
+        missing = f"`{_tag_name(ctx)}` is missing: it says what this object is"
+        return f"{missing}, one of {_tags(ctx)}" if ctx.get("expected_tags") else missing
+    if kind == "union_tag_invalid" and ctx.get("expected_tags"):
+        return f"`{_tag_name(ctx)}` is {ctx.get('tag')!r}; it must be one of {_tags(ctx)}"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in PATTERN_WORDS:
+        return PATTERN_WORDS[ctx["pattern"]]
+    if kind == "json_invalid" and "error" in ctx:
+        return f"the body is not valid JSON: {ctx['error']}"
+    return msg
+
+
 def validation_problem(
     raw_errors: Sequence[Mapping[str, Any]], skip: int = 0, body: Any = _NO_BODY
 ) -> Problem:
@@ -208,11 +286,9 @@ def validation_problem(
         loc = [part for part in err.get("loc", ()) if isinstance(part, str | int)]
         if body is not _NO_BODY and loc[:1] == ["body"]:
             loc = ["body", *json_path(loc[1:], body, err.get("type") == "missing")]
-        msg = str(err.get("msg", "invalid value"))
-        ctx = err.get("ctx") or {}
-        if err.get("type") == "json_invalid" and "error" in ctx:
-            msg = f"the body is not valid JSON: {ctx['error']}"
-        errors.append({"loc": loc, "msg": msg, "type": str(err.get("type", "invalid"))})
+        kind = str(err.get("type", "invalid"))
+        msg = _word(kind, err.get("ctx") or {}, str(err.get("msg", "invalid value")))
+        errors.append({"loc": loc, "msg": msg, "type": kind})
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"][skip:]) or "the body"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, SkipValidation, WithJsonSchema
 
 from service.grading.compare import RULE, PartialCredit
-from service.problems import ProblemDetails
+from service.problems import NAME_THE_TAGS, ProblemDetails
 from service.routes.shapes import ConvShapeRequest
 from service.schemas import BackwardRequest, JacobianRequest, ModelRequest, StrictBody
 from service.tensors import TensorIn
@@ -104,6 +104,7 @@ Expected = Annotated[
     | ValueExpected
     | FormulaExpected,
     Field(discriminator="op"),
+    NAME_THE_TAGS,
 ]
 
 # Any JSON value, on purpose: an answer is a student's, judged rather than validated. One that

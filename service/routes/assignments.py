@@ -28,7 +28,7 @@ from service.grading.schema import (
 )
 from service.grading.schemas import AnswerIn
 from service.grading.variants import Variant
-from service.problems import Problem, problem_responses
+from service.problems import NO_CONTROL_CHARACTERS, Problem, problem_responses
 from service.ratelimit import RATE_LIMITED
 from service.responses import TensorJSONResponse
 from service.routing import FastJSONRoute
@@ -40,7 +40,7 @@ router = APIRouter(prefix="/v1/assignments", tags=["assignments"], route_class=F
 STUDENT_ID_RULES: dict[str, Any] = {
     "min_length": 1,
     "max_length": 200,
-    "pattern": r"^[^\x00-\x1f\x7f]+$",
+    "pattern": NO_CONTROL_CHARACTERS,
     "description": "The student's id, exactly as the grading script sends it (case matters).",
     "examples": ["alice@example.edu"],
 }
