@@ -20,6 +20,7 @@ from service.grading.errors import InvalidAnswer
 from service.grading.schema import FeedbackLevel, ProblemSpec, Tolerance, Visibility
 from service.grading.shapes import parse_shape_answer
 from service.grading.variants import Variant
+from service.jsonout import NONFINITE_NAMES
 from service.problems import Problem
 
 Status = Literal["correct", "partial", "incorrect", "missing", "malformed"]
@@ -277,7 +278,8 @@ def not_a_number(answer: Any, why: str) -> str:
         why: the engine's reason.
     """
     lead = f"give a number, e.g. {NUMBER_EXAMPLE}"
-    if isinstance(answer, str):
+    # "NaN" and "Infinity" are read as numbers (the way answers write them), refused as such.
+    if isinstance(answer, str) and answer not in NONFINITE_NAMES:
         text = answer.strip()
         percent = PERCENT_TEXT.fullmatch(text)
         if percent and math.isfinite(value := float(percent.group(1))):
