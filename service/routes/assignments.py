@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 from starlette.responses import Response
 
 from models.errors import UnknownName
@@ -26,7 +26,6 @@ from service.grading.schema import (
     Tolerance,
     Visibility,
 )
-from service.grading.schemas import AnswerIn
 from service.grading.variants import Variant
 from service.problems import NO_CONTROL_CHARACTERS, Problem, problem_responses
 from service.ratelimit import RATE_LIMITED
@@ -159,25 +158,44 @@ def problem_variant(
     return TensorJSONResponse(body)
 
 
+# Any JSON value, as for /v1/check (``grading.schemas.AnswerIn``), but judged differently: a
+# student's answer that cannot be judged is a verdict of its own here, never a 4xx, so that one
+# bad answer neither hides the feedback on it nor stops the rest of a submission.
+STUDENT_ANSWER_SCHEMA: dict[str, Any] = {
+    "title": "StudentAnswer",
+    "description": (
+        "One answer, in the form of the problem's `answer_kind` (`GET /v1/assignments`): "
+        "`tensor`, a tensor in any of the three tensor forms (a nested list of numbers, "
+        '`{"shape", "data"}` or `{"shape", "datatype", "b64"}`); `number`, a number, or the '
+        'text of one (`"0.693"`); `shape`, a list of sizes (`[16, 16]`), one size (`16`) '
+        'or a string such as `"16x16"`; `formula`, an expression string; `choice`, the id of an '
+        "option (`choices` of the problem; case does not matter). `null` is no answer: status "
+        "`missing`, score 0. Any other value is judged, not refused: a 200 with status "
+        "`malformed`, score 0, and `feedback.reason` saying what to change; in a submission "
+        "the other answers are still graded."
+    ),
+    # Wrong answers only: these routes' docs are public to students (see ANSWER_EXAMPLES).
+    "examples": ["6x3", 0.693, "floor((H + 2*P - K)/S) + 1", None],
+}
+StudentAnswer = Annotated[Any, WithJsonSchema(STUDENT_ANSWER_SCHEMA)]
+
+
 class AnswerRequest(StrictBody):
     """One answer of one student to one problem."""
 
     student_id: str = Field(**STUDENT_ID_RULES)
-    answer: AnswerIn = Field(
-        description="The answer: a tensor (any tensor form) or a number; a shape as `[16, 16]` or "
-        '`"16x16"`; a formula as an expression string; a choice as the option\'s id. `null` is '
-        "no answer."
-    )
+    answer: StudentAnswer
 
 
 class SubmissionRequest(StrictBody):
     """A student's answers to an assignment, by problem id."""
 
     student_id: str = Field(**STUDENT_ID_RULES)
-    answers: dict[str, AnswerIn] = Field(
-        description="Answers by problem id. A problem without an answer (or with `null`) scores "
-        '0 with "no answer"; answers to problems the assignment does not have are listed in '
-        "`ignored`."
+    answers: dict[str, StudentAnswer] = Field(
+        description="Answers by problem id, each judged as `answer` of the problem's check "
+        'route is. A problem without an answer (or with `null`) scores 0 with "no answer"; a '
+        "malformed answer scores 0 with its reason; answers to problems the assignment does "
+        "not have are listed in `ignored`."
     )
 
 
