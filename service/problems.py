@@ -337,6 +337,27 @@ def not_json(content_type: str | None) -> Problem | None:
     )
 
 
+def empty_body() -> Problem:
+    """The 422 of a JSON body with nothing in it: not JSON, as the guard says of any other body
+    that is not (``middleware.json_problem``), whichever route it reaches."""
+    message = "the body is not valid JSON: it is empty; send a JSON object"
+    return Problem(
+        422,
+        message,
+        kind="invalid-json",
+        title="The body is not valid JSON",
+        errors=[{"loc": ["body"], "msg": message, "type": "json_invalid"}],
+    )
+
+
+def _body_is_missing(exc: RequestValidationError) -> bool:
+    """Whether validation failed because the request has no body at all."""
+    return any(
+        tuple(err.get("loc", ())) == ("body",) and err.get("type") == "missing"
+        for err in exc.errors()
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Route every error of the app through problem details."""
 
@@ -350,9 +371,12 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        wrong_type = not_json(request.headers.get("content-type"))
-        if wrong_type is not None and _body_is_not_an_object(exc):
-            return problem_response(wrong_type)
+        if _body_is_not_an_object(exc):
+            wrong_type = not_json(request.headers.get("content-type"))
+            if wrong_type is not None:
+                return problem_response(wrong_type)
+            if _body_is_missing(exc):  # FastAPI reads an empty body as no body at all
+                return problem_response(empty_body())
         return problem_response(_validation_problem(exc))
 
     async def on_http(_: Request, exc: Exception) -> Response:

@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.middleware import JSON_PROBLEM, PARSED_JSON, RAW_JSON, json_problem
-from service.problems import ProblemException, not_json
+from service.problems import ProblemException, empty_body, not_json
 
 
 class FastJSONRequest(Request):
@@ -280,6 +280,8 @@ async def validate_body(request: Request, model: type[ModelT]) -> ModelT:
         if wrong_type is not None:
             raise ProblemException(wrong_type)
         body = await request.body()
+    if not body:
+        raise ProblemException(empty_body())  # in the words of every other route
     try:
         return model.model_validate_json(body)
     except ValidationError as error:

@@ -102,3 +102,23 @@ def test_openapi_examples_answer_200(client: TestClient) -> None:
             url = url.replace("{problem}", problem.group(1) if problem else "")
             response = client.post(url, json=example["value"])
             assert response.status_code == 200, (path, name, response.text)
+
+
+def test_an_empty_json_body_is_invalid_json_on_every_route(client: TestClient) -> None:
+    # FastAPI reads an empty body as no body ("body: Field required"); the fast path of
+    # /v1/shapes/conv parses it. Either way the client sent no JSON, and is told so alike.
+    paths = client.get("/openapi.json").json()["paths"]
+    posts = [
+        path for path, operations in paths.items() if "requestBody" in operations.get("post", {})
+    ]
+    assert "/v1/shapes/conv" in posts and "/v1/check" in posts
+    details = set()
+    for path in posts:
+        url = path.replace("{model}", "conv1d").replace("{assignment}", "cnn-rnn")
+        url = url.replace("{problem}", "1.1a")
+        response = client.post(url, content=b"", headers={"content-type": "application/json"})
+        assert response.status_code == 422, path
+        problem = response.json()
+        assert problem["type"].endswith("/invalid-json"), (path, problem)
+        details.add(problem["detail"])
+    assert len(details) == 1, details
