@@ -425,16 +425,28 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 
 _DESCRIPTIONS = {
-    400: "The body could not be read.",
+    400: (
+        "The body could not be read to its end: the connection broke off while it was being "
+        "sent. Not the answer to a malformed body, which is a 422 (`invalid-json`). A request "
+        "that is not valid HTTP at all is refused by the server itself, with a plain-text 400."
+    ),
     401: "No API key, or an unknown one.",
     403: "The key's role may not call this operation.",
-    404: "No such model, assignment or problem.",
+    404: "The path names something this service does not have; the detail says what.",
     408: "The request body did not arrive within the time limit.",
     413: (
-        "The body is larger than the byte limit, or the request declares more than a budget "
-        "allows (elements, sizes, counts); the detail gives the number and the limit."
+        "The body is larger than the byte limit (`body-too-large`), or the request declares "
+        "more than a budget allows (`budget-exceeded`: elements, sizes, counts); the detail "
+        "gives the number and the limit."
     ),
-    422: "The request is well-formed JSON but not valid: the detail says what to change.",
+    422: (
+        "The request cannot be used as sent. The body is not JSON (`invalid-json`: a trailing "
+        "comma, an empty body, a byte order mark, invalid UTF-8; `non-finite-number`: `NaN`, "
+        "`Infinity`, a number past a float64's range), was not sent as JSON (`not-json`: its "
+        "Content-Type is not `application/json`), or a field or parameter is not valid "
+        "(`validation-error`, or a kind of the operation's own). The detail says what to "
+        "change, `errors` where."
+    ),
     429: "Too many requests for this key; retry after the time in Retry-After.",
     503: (
         "The service cannot answer this now (warming up, overloaded, no device slot free, or "
@@ -443,14 +455,29 @@ _DESCRIPTIONS = {
 }
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries declaring problem details for the given statuses."""
+def shared_description(status: int) -> str:
+    """What every operation's OpenAPI entry says of ``status`` (for an operation's own text
+    that adds to it)."""
+    return _DESCRIPTIONS.get(status, HTTPStatus(status).phrase)
+
+
+def problem_responses(
+    *statuses: int, described: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries declaring problem details for the given statuses.
+
+    Args:
+        statuses: the statuses, each with the description shared by every operation.
+        described: an operation's own description of some of them, where the shared one is
+            not true of it (a 422 about a query parameter, a 404 of its own kind).
+    """
+    own = described or {}
     return {
         status: {
-            "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
+            "description": own.get(status) or shared_description(status),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}},
         }
-        for status in statuses
+        for status in (*statuses, *(s for s in own if s not in statuses))
     }
 
 

@@ -126,11 +126,36 @@ async def list_assignments(request: Request) -> AssignmentList:
     return AssignmentList(assignments=[summary(a) for a in assignments])
 
 
+ANOTHER_STUDENT = (
+    "This key belongs to another student (`another-student`): a student's own key (from the "
+    "roster) may name only its own `student_id`."
+)
+NO_ASSIGNMENT_OR_PROBLEM = (
+    "No assignment of this id (`unknown-assignment`), or no problem of this id in it "
+    "(`unknown-problem`); see `GET /v1/assignments`."
+)
+ASSIGNMENT_ERROR = (
+    "The assignment file is at fault, not the answer (`assignment-error`): the reference "
+    "answer of a problem cannot be computed for this student's variant. The detail names the "
+    "problem; tell the course staff."
+)
+
+
 @router.get(
     "/{assignment}/problems/{problem}",
     summary="A problem and one student's given tensors (never the answer)",
     response_model=ProblemVariant,
-    responses=problem_responses(403, 404, 422),
+    responses=problem_responses(
+        403,
+        404,
+        422,
+        described={
+            403: ANOTHER_STUDENT,
+            404: NO_ASSIGNMENT_OR_PROBLEM,
+            422: "The `student_id` query parameter is missing or not valid "
+            "(`validation-error`): 1 to 200 characters, no control characters or line breaks.",
+        },
+    ),
 )
 def problem_variant(
     request: Request, assignment: str, problem: str, student_id: StudentId, who: CallerDep
@@ -323,19 +348,26 @@ SUBMISSION_EXAMPLES = {
 }
 """The examples of the students' routes hold no right answer (see ``ANSWER_EXAMPLES``)."""
 
-CHECKED = {
-    "dependencies": RATE_LIMITED["dependencies"],
-    "responses": {**problem_responses(403, 404, 422), **RATE_LIMITED["responses"]},
-}
-"""The rule of the two routes that judge answers: rate-limited per key, 404 for unknown ids,
-403 for another student's id with a student's own key."""
+
+def checked(not_found: str) -> dict[str, Any]:
+    """The rule of the two routes that judge answers: rate-limited per key, 404 for unknown
+    ids (``not_found`` says which the path has), 403 for another student's id with a student's
+    own key, 500 for a reference the assignment file cannot compute."""
+    described = {403: ANOTHER_STUDENT, 404: not_found, 500: ASSIGNMENT_ERROR}
+    return {
+        "dependencies": RATE_LIMITED["dependencies"],
+        "responses": {
+            **problem_responses(403, 404, 422, 500, described=described),
+            **RATE_LIMITED["responses"],
+        },
+    }
 
 
 @router.post(
     "/{assignment}/problems/{problem}/check",
     summary="Check one answer of a student: verdict, score and feedback (never the key)",
     response_model=ProblemCheck,
-    **CHECKED,
+    **checked(NO_ASSIGNMENT_OR_PROBLEM),
 )
 def check_answer(
     request: Request,
@@ -370,7 +402,7 @@ def check_answer(
     "/{assignment}/grade",
     summary="Grade a student's whole submission; `?format=gradescope` for results.json",
     response_model=SubmissionGrade | GradescopeResults,
-    **CHECKED,
+    **checked("No assignment of this id (`unknown-assignment`); see `GET /v1/assignments`."),
 )
 def grade_submission(
     request: Request,

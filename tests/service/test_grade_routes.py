@@ -438,6 +438,11 @@ def test_a_key_that_cannot_be_computed_is_the_assignments_fault_not_the_students
     assert body["type"].endswith("assignment-error")
     assert body["detail"].startswith("problem p1: ") and "not the answer" in body["detail"]
     assert "cannot be computed" in caplog.text
+    # The answer is documented where a client looks for it: both routes that judge answers.
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (GRADE, check_path("p").replace("/p/", "/{problem}/")):
+        operation = paths[path.replace("cnn-rnn", "{assignment}")]["post"]
+        assert "`assignment-error`" in operation["responses"]["500"]["description"], path
 
 
 def test_the_check_computations_are_timed(first: TestClient) -> None:
