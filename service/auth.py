@@ -262,14 +262,21 @@ CallerDep = Annotated[Caller, Security(any_key)]
 """The caller of a route under ``STUDENTS`` (resolved once per request with the rule)."""
 
 
+def _rule(rule: KeyRule) -> Any:
+    """A rule as a router's dependency, its roles given as the scopes of its security
+    requirement: OpenAPI 3.1 lets any scheme list the roles an operation needs, so the document
+    states each operation's role from the rule that enforces it (``openapi.declare_roles``)."""
+    return Security(rule, scopes=sorted(rule.roles))
+
+
 INSTRUCTORS: dict[str, Any] = {
-    "dependencies": [Security(instructor_key)],
+    "dependencies": [_rule(instructor_key)],
     "responses": problem_responses(401, 403),
 }
 """Router rule: instructor keys only (reference endpoints, ``/v1/check``, ...)."""
 
 STUDENTS: dict[str, Any] = {
-    "dependencies": [Security(any_key)],
+    "dependencies": [_rule(any_key)],
     "responses": problem_responses(401),
 }
 """Router rule: any valid key (reading problem variants, checking answers)."""
