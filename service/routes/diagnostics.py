@@ -19,7 +19,7 @@ from service.grading.loss_curve import MAX_LOSS, diagnose
 from service.plots import MAX_PLOTTED_EPOCHS, MEDIA_TYPES, render
 from service.problems import Problem, problem_responses, shared_description
 from service.routing import FastJSONRoute
-from service.schemas import StrictBody
+from service.schemas import DEVICE, DTYPE, StrictBody
 from service.settings import Settings
 
 router = APIRouter(route_class=FastJSONRoute)
@@ -52,23 +52,34 @@ class LossCurveRequest(StrictBody):
 
 
 class SpikeOut(BaseModel):
+    """An epoch whose reported (last-batch) value stands out, and why."""
+
     epoch: int = Field(description="0-based row of `batch_losses`.")
     last_batch: float = Field(description="The reported value: the epoch's last batch loss.")
-    epoch_mean: float
+    epoch_mean: float = Field(description="The mean over the epoch's batches (the fix).")
     others_mean: float | None = Field(description="Mean of the epoch's other batches.")
     others_sd: float | None = Field(description="Their standard deviation.")
-    reasons: list[Literal["last_batch_outlier", "above_initial_loss", "mean_jump"]]
+    reasons: list[Literal["last_batch_outlier", "above_initial_loss", "mean_jump"]] = Field(
+        description="Why it stands out, one or more. `last_batch_outlier`: the last batch is "
+        "more than 3 standard deviations of the epoch's other batches above their mean (and "
+        "by more than 0.25 log C). `above_initial_loss`: after epoch 0, the reported value "
+        "exceeds the initial loss (the larger of log C and epoch 0's mean) by more than 0.1 "
+        "log C. `mean_jump`: the epoch's median batch loss exceeds both neighbouring epochs' "
+        "by more than 0.25 log C, and its reported value rises above theirs too."
+    )
     true_class_probability: float = Field(
         description="exp(-last_batch): the batch's geometric-mean probability of the true class."
     )
 
 
 class LossCurveResponse(BaseModel):
-    num_classes: int
+    num_classes: int = Field(description="C, as given.")
     epoch_mean: list[float] = Field(description="Mean over each epoch's batches (the fix).")
     last_batch: list[float] = Field(description="Each epoch's last batch (the bug's curve).")
     spikes: list[int] = Field(description="Epochs (0-based) whose reported value stands out.")
-    spike_details: list[SpikeOut]
+    spike_details: list[SpikeOut] = Field(
+        description="Each spike with its values and reasons (the first 1,000 spikes)."
+    )
     unstable_epochs: list[int] = Field(
         description="Epochs where the typical batch loss itself jumps: training, not reporting."
     )
@@ -79,8 +90,12 @@ class LossCurveResponse(BaseModel):
         description="Whether the last-batch curve has spikes the epoch means do not; null when "
         "every epoch has one batch, which cannot tell."
     )
-    accuracy_epoch_mean: list[float] | None
-    accuracy_last_batch: list[float] | None
+    accuracy_epoch_mean: list[float] | None = Field(
+        description="Mean of each epoch's batch accuracies; null without `batch_accuracies`."
+    )
+    accuracy_last_batch: list[float] | None = Field(
+        description="Each epoch's last batch accuracy; null without `batch_accuracies`."
+    )
     findings: list[str] = Field(description="What the curve shows, in the seed's terms.")
 
 
@@ -175,8 +190,8 @@ def _cap(setting: str, subject: str = "") -> str:
 class TemporalOrderRequest(StrictBody):
     """A reference training run on the temporal-order task; the defaults are a quick version."""
 
-    device: DeviceName = Field("auto", description="`auto` is the GPU when there is one.")
-    dtype: DtypeName = Field("float64", description="Precision of the model and the data.")
+    device: DeviceName = Field("auto", description=DEVICE)
+    dtype: DtypeName = Field("float64", description=DTYPE)
     cell: CellName = Field(
         "gated", description="`gated` (the seed's equations (1)-(2)), `lstm` or `rnn` (tanh)."
     )
@@ -229,32 +244,42 @@ class TemporalOrderRequest(StrictBody):
 
 class PassOut(BaseModel):
     loss: float = Field(description="Mean over the test batches.")
-    loss_last_batch: float
-    accuracy: float
+    loss_last_batch: float = Field(description="The last test batch's loss.")
+    accuracy: float = Field(description="The share of the test set classified right, in [0, 1].")
 
 
 class EpochOut(BaseModel):
     epoch: int = Field(description="1-based; epoch 0 is `initial`.")
     train_loss_mean: float = Field(description="Mean over the epoch's batches (the fix).")
     train_loss_last_batch: float = Field(description="The last batch's loss (the bug).")
-    train_accuracy: float
+    train_accuracy: float = Field(
+        description="The share of the epoch's training sequences classified right, in [0, 1] "
+        "(each batch measured before its update)."
+    )
     test_loss: float = Field(description="Mean over the test batches.")
-    test_loss_last_batch: float
-    test_accuracy: float
+    test_loss_last_batch: float = Field(description="The last test batch's loss.")
+    test_accuracy: float = Field(
+        description="The share of the test set classified right, in [0, 1]."
+    )
     train_batch_losses: list[float] = Field(
         description="Every training batch's loss, in order: a row for the loss-curve diagnosis."
     )
-    train_batch_accuracies: list[float]
+    train_batch_accuracies: list[float] = Field(
+        description="Every training batch's accuracy, in order: a row of `batch_accuracies` for "
+        "the loss-curve diagnosis."
+    )
 
 
 class TemporalOrderResponse(BaseModel):
     classes: list[str] = Field(description="Class names by index: Q, R, S, U.")
     initial: PassOut = Field(description="The untrained model on the test set (epoch 0).")
-    epochs: list[EpochOut]
+    epochs: list[EpochOut] = Field(description="Each completed epoch, in order (from 1).")
     stopped_early: bool = Field(description="True when the wall-time limit ended the run.")
-    stop_reason: str | None
-    device: str
-    dtype: str
+    stop_reason: str | None = Field(
+        description="What ended the run early, with the epochs completed; null otherwise."
+    )
+    device: str = Field(description="Where it ran (`cpu`, `cuda:0`).")
+    dtype: str = Field(description="The dtype it ran in.")
     seconds: float = Field(description="Wall time of the run.")
 
 
