@@ -262,27 +262,41 @@ CallerDep = Annotated[Caller, Security(any_key)]
 """The caller of a route under ``STUDENTS`` (resolved once per request with the rule)."""
 
 
+def _rule(rule: KeyRule) -> Any:
+    """A rule as a router's dependency, its roles given as the scopes of its security
+    requirement: OpenAPI 3.1 lets any scheme list the roles an operation needs, so the document
+    states each operation's role from the rule that enforces it (``openapi.declare_roles``)."""
+    return Security(rule, scopes=sorted(rule.roles))
+
+
 INSTRUCTORS: dict[str, Any] = {
-    "dependencies": [Security(instructor_key)],
+    "dependencies": [_rule(instructor_key)],
     "responses": problem_responses(401, 403),
 }
 """Router rule: instructor keys only (reference endpoints, ``/v1/check``, ...)."""
 
 STUDENTS: dict[str, Any] = {
-    "dependencies": [Security(any_key)],
+    "dependencies": [_rule(any_key)],
     "responses": problem_responses(401),
 }
 """Router rule: any valid key (reading problem variants, checking answers)."""
 
 
 def startup_warnings(settings: Settings) -> list[str]:
-    """What an operator must know at start-up: open mode, variants that change at restart."""
+    """What an operator must know at start-up: open mode, shared student keys that undo a
+    roster's binding, variants that change at restart."""
     messages = []
     if not (settings.api_keys("instructor") or settings.api_keys("student") or settings.roster()):
         messages.append(
             "no API key is configured (TENSORGRADE_INSTRUCTOR_KEYS, TENSORGRADE_STUDENT_KEYS, "
             "TENSORGRADE_STUDENT_KEY_FILE): "
             "the service runs open and every caller may read every reference answer"
+        )
+    if settings.roster() and settings.api_keys("student"):
+        messages.append(
+            "TENSORGRADE_STUDENT_KEYS are configured beside a roster "
+            "(TENSORGRADE_STUDENT_KEY_FILE): whoever holds one of them may read and check any "
+            "student_id, the roster's included"
         )
     if settings.variant_secret is None:
         messages.append(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import urllib.error
@@ -149,8 +150,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def serve_warnings(settings: Settings, workers: int) -> list[str]:
-    """What in a setup that starts is likely not what its operator meant: said once, by the
-    supervisor, before the workers start."""
+    """What the supervisor alone knows is likely not what the operator meant (the workers
+    warn of the rest, ``auth.startup_warnings``): said once, before the workers start."""
     warnings = []
     storage = settings.rate_limit_storage.get_secret_value()
     if workers > 1 and settings.check_rate_limit and storage.startswith("memory://"):
@@ -160,19 +161,13 @@ def serve_warnings(settings: Settings, workers: int) -> list[str]:
             f"TENSORGRADE_CHECK_RATE_LIMIT ({settings.check_rate_limit}), and as many times "
             "more per replica; point TENSORGRADE_RATE_LIMIT_STORAGE at one Redis to share it"
         )
-    if settings.roster() and settings.api_keys("student"):
-        warnings.append(
-            "TENSORGRADE_STUDENT_KEYS are configured beside a roster "
-            "(TENSORGRADE_STUDENT_KEY_FILE): whoever holds one of them may read and check any "
-            "student_id, the roster's included"
-        )
     return warnings
 
 
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.logs import log_config
+    from service.logs import ensure_logging, log_config
     from service.metrics import prepare_multiprocess_dir
 
     settings = get_settings()
@@ -181,8 +176,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"tensorgrade: {error}", file=sys.stderr)
         return 2
-    for warning in serve_warnings(settings, args.workers):
-        print(f"tensorgrade: warning: {warning}", file=sys.stderr)
+    warnings = serve_warnings(settings, args.workers)
+    if warnings:
+        ensure_logging(settings.log_level)  # JSON on stderr, as every line of the service
+        for warning in warnings:
+            logging.getLogger("tensorgrade").warning(warning)
     prepare_multiprocess_dir()
     uvicorn.run(
         "service.app:app",

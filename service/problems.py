@@ -16,7 +16,15 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -191,6 +199,80 @@ def json_path(loc: Sequence[str | int], value: Any, missing: bool = False) -> li
     return path
 
 
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"
+"""A text field of a request without control characters (a line break, a tab, NUL): such a
+text would be a second line in a log, a gradebook row or a CSV cell."""
+
+TENSOR_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A name a question gives a tensor, as an assignment file names its given tensors."""
+PATTERN_WORDS: dict[str, str] = {
+    NO_CONTROL_CHARACTERS: "must hold no control characters or line breaks (no newline, tab "
+    "or NUL)",
+    TENSOR_NAME: "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+    "a digit",
+}
+"""Each ``pattern`` a request field is held to, in words: a client is told what to change,
+not a regular expression (``tests/service/test_app.py`` checks every pattern of the OpenAPI
+document has its words here)."""
+
+
+def _tag_name(ctx: Mapping[str, Any]) -> str:
+    """The discriminator's name as pydantic gives it in an error's context (``"'op'"``)."""
+    return str(ctx.get("discriminator", "")).strip("'")
+
+
+def _tags(ctx: Mapping[str, Any]) -> str:
+    """The tags that exist, from pydantic's ``"'forward', 'backward'"``: ``forward, backward``."""
+    return ", ".join(tag.strip().strip("'") for tag in str(ctx["expected_tags"]).split(","))
+
+
+def _name_the_tags(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate a discriminated union; for an object without the tag, name the tags that exist.
+
+    pydantic's error for a missing tag names only the field ("Unable to extract tag using
+    discriminator 'op'"), while the one for a wrong tag lists the tags: the union is tried
+    once more with a tag no member has, and that error's list is put in the first one's
+    context, for ``validation_problem`` to word.
+    """
+    try:
+        return handler(value)
+    except ValidationError as error:
+        found = [e for e in error.errors() if e["type"] == "union_tag_not_found" and not e["loc"]]
+        if not found or not isinstance(value, dict):
+            raise
+        ctx = found[0].get("ctx") or {}
+        try:
+            handler({**value, _tag_name(ctx): "\x00"})
+        except ValidationError as probe:
+            for e in probe.errors():
+                if e["type"] == "union_tag_invalid" and not e["loc"] and e.get("ctx"):
+                    named = {**ctx, "expected_tags": e["ctx"]["expected_tags"]}
+                    raise PydanticCustomError(
+                        "union_tag_not_found", _word(found[0]["type"], named, ""), named
+                    ) from None
+        raise
+
+
+NAME_THE_TAGS = WrapValidator(_name_the_tags)
+"""Annotate a discriminated union with this (``Annotated[A | B, Field(discriminator="op"),
+NAME_THE_TAGS]``) so that an object without the tag is told which tags exist."""
+
+
+def _word(kind: str, ctx: Mapping[str, Any], msg: str) -> str:
+    """pydantic's message for an error, or words that say what to change where its own are
+    not for a client: the tags of a union, a pattern's meaning."""
+    if kind == "union_tag_not_found" and ctx.get("discriminator"):
+        missing = f"`{_tag_name(ctx)}` is missing: it says what this object is"
+        return f"{missing}, one of {_tags(ctx)}" if ctx.get("expected_tags") else missing
+    if kind == "union_tag_invalid" and ctx.get("expected_tags"):
+        return f"`{_tag_name(ctx)}` is {ctx.get('tag')!r}; it must be one of {_tags(ctx)}"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in PATTERN_WORDS:
+        return PATTERN_WORDS[ctx["pattern"]]
+    if kind == "json_invalid" and "error" in ctx:
+        return f"the body is not valid JSON: {ctx['error']}"
+    return msg
+
+
 def validation_problem(
     raw_errors: Sequence[Mapping[str, Any]], skip: int = 0, body: Any = _NO_BODY
 ) -> Problem:
@@ -208,11 +290,9 @@ def validation_problem(
         loc = [part for part in err.get("loc", ()) if isinstance(part, str | int)]
         if body is not _NO_BODY and loc[:1] == ["body"]:
             loc = ["body", *json_path(loc[1:], body, err.get("type") == "missing")]
-        msg = str(err.get("msg", "invalid value"))
-        ctx = err.get("ctx") or {}
-        if err.get("type") == "json_invalid" and "error" in ctx:
-            msg = f"the body is not valid JSON: {ctx['error']}"
-        errors.append({"loc": loc, "msg": msg, "type": str(err.get("type", "invalid"))})
+        kind = str(err.get("type", "invalid"))
+        msg = _word(kind, err.get("ctx") or {}, str(err.get("msg", "invalid value")))
+        errors.append({"loc": loc, "msg": msg, "type": kind})
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"][skip:]) or "the body"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -234,8 +314,19 @@ def _body_is_not_an_object(exc: RequestValidationError) -> bool:
     )
 
 
-def _not_json(content_type: str | None) -> Problem:
-    """A 422 for a body that was not sent as JSON (curl's ``-d`` alone sends a form)."""
+def not_json(content_type: str | None) -> Problem | None:
+    """The 422 of a body that was not sent as JSON (curl's ``-d`` alone sends a form), or None
+    when its ``Content-Type`` is JSON's (``mediatypes.is_json``).
+
+    The one decision of every route: FastAPI's body reading (whose validation error
+    ``install_problem_handlers`` turns into this problem) and ``routing.validate_body``, the
+    fast path that reads the bytes itself, both ask here.
+
+    Args:
+        content_type: the request's ``Content-Type`` header, or None when it has none.
+    """
+    if is_json(content_type.encode("latin-1") if content_type is not None else None):
+        return None
     sent = f"`{content_type}`" if content_type else "missing"
     message = (
         "the body must be a JSON object sent with `Content-Type: application/json` (with curl: "
@@ -247,6 +338,27 @@ def _not_json(content_type: str | None) -> Problem:
         kind="not-json",
         title="The body is not JSON",
         errors=[{"loc": ["body"], "msg": message, "type": "not_json"}],
+    )
+
+
+def empty_body() -> Problem:
+    """The 422 of a JSON body with nothing in it: not JSON, as the guard says of any other body
+    that is not (``middleware.json_problem``), whichever route it reaches."""
+    message = "the body is not valid JSON: it is empty; send a JSON object"
+    return Problem(
+        422,
+        message,
+        kind="invalid-json",
+        title="The body is not valid JSON",
+        errors=[{"loc": ["body"], "msg": message, "type": "json_invalid"}],
+    )
+
+
+def _body_is_missing(exc: RequestValidationError) -> bool:
+    """Whether validation failed because the request has no body at all."""
+    return any(
+        tuple(err.get("loc", ())) == ("body",) and err.get("type") == "missing"
+        for err in exc.errors()
     )
 
 
@@ -263,10 +375,12 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        content_type = request.headers.get("content-type")
-        raw_type = content_type.encode() if content_type is not None else None
-        if _body_is_not_an_object(exc) and not is_json(raw_type):
-            return problem_response(_not_json(content_type))
+        if _body_is_not_an_object(exc):
+            wrong_type = not_json(request.headers.get("content-type"))
+            if wrong_type is not None:
+                return problem_response(wrong_type)
+            if _body_is_missing(exc):  # FastAPI reads an empty body as no body at all
+                return problem_response(empty_body())
         return problem_response(_validation_problem(exc))
 
     async def on_http(_: Request, exc: Exception) -> Response:
@@ -315,16 +429,28 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 
 _DESCRIPTIONS = {
-    400: "The body could not be read.",
+    400: (
+        "The body could not be read to its end: the connection broke off while it was being "
+        "sent. Not the answer to a malformed body, which is a 422 (`invalid-json`). A request "
+        "that is not valid HTTP at all is refused by the server itself, with a plain-text 400."
+    ),
     401: "No API key, or an unknown one.",
     403: "The key's role may not call this operation.",
-    404: "No such model, assignment or problem.",
+    404: "The path names something this service does not have; the detail says what.",
     408: "The request body did not arrive within the time limit.",
     413: (
-        "The body is larger than the byte limit, or the request declares more than a budget "
-        "allows (elements, sizes, counts); the detail gives the number and the limit."
+        "The body is larger than the byte limit (`body-too-large`), or the request declares "
+        "more than a budget allows (`budget-exceeded`: elements, sizes, counts); the detail "
+        "gives the number and the limit."
     ),
-    422: "The request is well-formed JSON but not valid: the detail says what to change.",
+    422: (
+        "The request cannot be used as sent. The body is not JSON (`invalid-json`: a trailing "
+        "comma, an empty body, a byte order mark, invalid UTF-8; `non-finite-number`: `NaN`, "
+        "`Infinity`, a number past a float64's range), was not sent as JSON (`not-json`: its "
+        "Content-Type is not `application/json`), or a field or parameter is not valid "
+        "(`validation-error`, or a kind of the operation's own). The detail says what to "
+        "change, `errors` where."
+    ),
     429: "Too many requests for this key; retry after the time in Retry-After.",
     503: (
         "The service cannot answer this now (warming up, overloaded, no device slot free, or "
@@ -333,14 +459,29 @@ _DESCRIPTIONS = {
 }
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries declaring problem details for the given statuses."""
+def shared_description(status: int) -> str:
+    """What every operation's OpenAPI entry says of ``status`` (for an operation's own text
+    that adds to it)."""
+    return _DESCRIPTIONS.get(status, HTTPStatus(status).phrase)
+
+
+def problem_responses(
+    *statuses: int, described: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries declaring problem details for the given statuses.
+
+    Args:
+        statuses: the statuses, each with the description shared by every operation.
+        described: an operation's own description of some of them, where the shared one is
+            not true of it (a 422 about a query parameter, a 404 of its own kind).
+    """
+    own = described or {}
     return {
         status: {
-            "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
+            "description": own.get(status) or shared_description(status),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}},
         }
-        for status in statuses
+        for status in (*statuses, *(s for s in own if s not in statuses))
     }
 
 

@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.middleware import JSON_PROBLEM, PARSED_JSON, RAW_JSON, json_problem
-from service.problems import ProblemException
+from service.problems import ProblemException, empty_body, not_json
 
 
 class FastJSONRequest(Request):
@@ -265,14 +265,23 @@ async def validate_body(request: Request, model: type[ModelT]) -> ModelT:
 
     Raises:
         RequestValidationError: the body is not valid for ``model``.
-        ProblemException: the body is not JSON.
+        ProblemException: the body is not JSON, or was not sent as JSON (its
+            ``Content-Type``).
     """
     if JSON_PROBLEM in request.scope:  # the guard refused the body (NaN, not JSON...)
         raise ProblemException(request.scope[JSON_PROBLEM])
-    # The bytes the edge middleware read, else (an app without it) the body as it streams in.
+    # The bytes the edge middleware read (it reads only a body whose Content-Type is JSON's),
+    # else the body as it streams in, once its Content-Type is found to be JSON's: pydantic
+    # would parse any bytes, and this route must refuse a form or text body as FastAPI's
+    # routes do, with the same problem.
     body = request.scope.get(RAW_JSON)
     if body is None:
+        wrong_type = not_json(request.headers.get("content-type"))
+        if wrong_type is not None:
+            raise ProblemException(wrong_type)
         body = await request.body()
+    if not body:
+        raise ProblemException(empty_body())  # in the words of every other route
     try:
         return model.model_validate_json(body)
     except ValidationError as error:

@@ -6,10 +6,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.registry import MODELS
 from service.devices import DeviceName, DtypeName
 from service.tensors import TensorIn
 
 ResponseEncoding = Literal["json", "b64", "safetensors"]
+
+DEVICE = (
+    "Where to compute: `auto` (the default) is the GPU when there is one, else the CPU; "
+    "`cpu`; `cuda`, a 422 (`device-unavailable`) on a server without one (see `devices` in "
+    "`GET /v1/info`)."
+)
+DTYPE = "The precision of the computation: `float64` (the default) or `float32`."
 
 
 class StrictBody(BaseModel):
@@ -20,8 +28,8 @@ class StrictBody(BaseModel):
 
 
 class ComputeOptions(StrictBody):
-    device: DeviceName = Field("auto", description="`auto` is the GPU when there is one.")
-    dtype: DtypeName = Field("float64", description="Precision of the computation.")
+    device: DeviceName = Field("auto", description=DEVICE)
+    dtype: DtypeName = Field("float64", description=DTYPE)
     encoding: ResponseEncoding = Field(
         "json",
         description=(
@@ -33,10 +41,24 @@ class ComputeOptions(StrictBody):
     )
 
 
+def _config_keys() -> str:
+    """The config keys of every model, from the registry (what ``parse_config`` accepts)."""
+    per_model = [
+        f"`{name}`: " + (", ".join(f"`{c.name}`" for c in model.config) or "none")
+        for name, model in MODELS.items()
+    ]
+    return "; ".join(per_model)
+
+
 class ModelRequest(ComputeOptions):
     """The arguments of a reference model: its config, params and inputs."""
 
-    config: dict[str, Any] = Field(default_factory=dict, description="The model's config.")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"The model's config; a key missing takes its default. Keys by model: "
+        f"{_config_keys()}; each with its default and schema under `config` in "
+        "`GET /v1/models`. Any other key is a 422.",
+    )
     params: dict[str, TensorIn] = Field(default_factory=dict, description="Parameters by name.")
     inputs: dict[str, TensorIn] = Field(default_factory=dict, description="Inputs by name.")
 
@@ -55,8 +77,10 @@ class JacobianRequest(ModelRequest):
 class TensorOut(BaseModel):
     """A tensor of an answer."""
 
-    shape: list[int]
-    datatype: Literal["FP64", "FP32"]
+    shape: list[int] = Field(description="The size of each axis; `[]` for a number.")
+    datatype: Literal["FP64", "FP32"] = Field(
+        description="`FP64` or `FP32`: the dtype the request computed in (`dtype`)."
+    )
     data: Any = Field(None, description="Nested list of numbers (absent with `b64`).")
     b64: str | None = Field(None, description="Base64 of little-endian row-major bytes.")
     nonfinite: int | None = Field(
@@ -69,11 +93,15 @@ class TensorOut(BaseModel):
 
 
 class ForwardResponse(BaseModel):
-    outputs: dict[str, TensorOut]
+    outputs: dict[str, TensorOut] = Field(
+        description="Every output of the model by name (`outputs` in `GET /v1/models`)."
+    )
 
 
 class BackwardResponse(BaseModel):
-    outputs: dict[str, TensorOut]
+    outputs: dict[str, TensorOut] = Field(
+        description="Every output of the forward pass by name, as `forward` answers them."
+    )
     grads: dict[str, TensorOut] = Field(description="dl/d(argument) for every given argument.")
     state_grads: TensorOut | None = Field(
         None,
@@ -86,9 +114,15 @@ class BackwardResponse(BaseModel):
 
 class JacobianResponse(BaseModel):
     jacobian: TensorOut = Field(description="Shaped output shape + argument shape.")
-    of: str
-    wrt: str
-    method: Literal["closed-form", "autograd"]
+    of: str = Field(description="The output differentiated, as asked.")
+    wrt: str = Field(description="The argument differentiated against, as asked.")
+    method: Literal["closed-form", "autograd"] = Field(
+        description="How it was computed. `closed-form`: from the model's own formula for "
+        "this Jacobian, without autodiff (the conv layers' dy/dweight, dy/dx and dy/dbias: "
+        "exact, and far faster for large ones); `autograd`: by reverse-mode autodiff "
+        "(`torch.func.jacrev`), one vector-Jacobian product per output element, for every "
+        "other pair. Both agree to rounding."
+    )
 
 
 class StateJacobiansResponse(BaseModel):
@@ -118,7 +152,11 @@ class StateJacobiansResponse(BaseModel):
             "is the identity)."
         )
     )
-    verdict: Literal["vanishing", "exploding", "neither"]
+    verdict: Literal["vanishing", "exploding", "neither"] = Field(
+        description="From `growth_factor`: `vanishing` below `vanishing_below`, `exploding` "
+        "above `exploding_above`, `neither` between (a gradient that keeps its size through "
+        "time)."
+    )
     reason: str = Field(description="One sentence of why, in the seed's terms.")
     terms: dict[str, float] = Field(
         description=(
@@ -132,33 +170,45 @@ class StateJacobiansResponse(BaseModel):
 
 
 class ArgInfo(BaseModel):
-    name: str
-    shape: list[str]
-    description: str
-    optional: bool
+    """A parameter, input or output of a model."""
+
+    name: str = Field(description="Its key in `params`, `inputs` or `outputs`.")
+    shape: list[str] = Field(
+        description="Its shape in symbols (`[F, C, K]`); the same symbol is the same size "
+        "wherever it appears in the model."
+    )
+    description: str = Field(description="What it is, in the homework's terms.")
+    optional: bool = Field(description="Whether a request may leave it out (a bias, h0).")
 
 
 class ConfigInfo(BaseModel):
-    name: str
-    description: str
-    default: Any
-    json_schema: dict[str, Any]
+    """A key of a model's `config`."""
+
+    name: str = Field(description="The key in `config`.")
+    description: str = Field(description="What it sets.")
+    default: Any = Field(description="Its value when `config` leaves it out.")
+    json_schema: dict[str, Any] = Field(description="The JSON Schema of the values it takes.")
 
 
 class ModelInfo(BaseModel):
-    name: str
-    summary: str
-    params: list[ArgInfo]
-    inputs: list[ArgInfo]
-    outputs: list[ArgInfo]
+    """A reference model: what it takes, what it answers, and the operations it has."""
+
+    name: str = Field(description="The `{model}` of its paths.")
+    summary: str = Field(description="What it computes.")
+    params: list[ArgInfo] = Field(description="Its parameters (`params` of a request).")
+    inputs: list[ArgInfo] = Field(description="Its inputs (`inputs` of a request).")
+    outputs: list[ArgInfo] = Field(description="What `forward` answers under `outputs`.")
     backward_extras: list[ArgInfo] = Field(
         default_factory=list,
         description="What `backward` answers beside the grads (the recurrent models' "
         "`state_grads`, the gradients through time).",
     )
-    config: list[ConfigInfo]
-    operations: list[str]
+    config: list[ConfigInfo] = Field(description="The keys its `config` takes (may be none).")
+    operations: list[str] = Field(
+        description="The operations of its paths: `forward`, `backward`, `jacobian`, and "
+        "`state-jacobians` for a model with a recurrent state."
+    )
 
 
 class ModelList(BaseModel):
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="Every reference model.")

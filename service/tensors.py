@@ -43,6 +43,17 @@ _NESTED_LIST_SCHEMA: dict[str, Any] = {
     "type": "array",
     "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
 }
+_SHAPE_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": "integer", "minimum": 0},
+    "description": "The size of each axis; `[]` for a number.",
+}
+_DATATYPE_SCHEMA: dict[str, Any] = {
+    "enum": ["FP64", "FP32"],
+    "description": "The precision the entries are given in: `FP64` (the default) or `FP32`; "
+    "the request's `dtype` is what it computes in.",
+}
+
 TENSOR_JSON_SCHEMA: dict[str, Any] = {
     "title": "Tensor",
     "description": (
@@ -56,9 +67,14 @@ TENSOR_JSON_SCHEMA: dict[str, Any] = {
         {
             "type": "object",
             "properties": {
-                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                "data": {"type": "array", "items": {"type": "number"}},
-                "datatype": {"enum": ["FP64", "FP32"]},
+                "shape": _SHAPE_SCHEMA,
+                "data": {
+                    "type": "array",
+                    "items": {"type": "number"},
+                    "description": "Every entry, flat, in row-major order: as many as the "
+                    "shape's sizes multiply to.",
+                },
+                "datatype": _DATATYPE_SCHEMA,
             },
             "required": ["shape", "data"],
             "additionalProperties": False,
@@ -66,9 +82,13 @@ TENSOR_JSON_SCHEMA: dict[str, Any] = {
         {
             "type": "object",
             "properties": {
-                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                "datatype": {"enum": ["FP64", "FP32"]},
-                "b64": {"type": "string"},
+                "shape": _SHAPE_SCHEMA,
+                "datatype": _DATATYPE_SCHEMA,
+                "b64": {
+                    "type": "string",
+                    "description": "Base64 of the entries' little-endian bytes in row-major "
+                    "order, 8 bytes each in FP64, 4 in FP32.",
+                },
             },
             "required": ["shape", "b64"],
             "additionalProperties": False,

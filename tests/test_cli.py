@@ -19,6 +19,7 @@ import pytest
 
 from service import gradebook
 from service.app import create_app
+from service.auth import startup_warnings
 from service.cli import main, serve_warnings
 from service.client import BaseClient
 from service.settings import Settings, get_settings
@@ -758,8 +759,8 @@ def test_serve_warns_of_a_rate_limit_counted_per_worker_and_of_shared_keys_besid
         student_key_file=roster,
         variant_secret=SECRET,
     )
-    assert any("beside a roster" in w for w in serve_warnings(both, 1))
+    assert any("beside a roster" in w for w in startup_warnings(both))
     only_roster = Settings(
         instructor_keys=INSTRUCTOR, student_key_file=roster, variant_secret=SECRET
     )
-    assert serve_warnings(only_roster, 1) == []
+    assert startup_warnings(only_roster) == []

@@ -763,6 +763,9 @@ class Named:
     variables: dict[str, tuple[int, int]]
     constraints: tuple[str, ...]
     source: str
+    question: str
+    """What it is the answer to, without the answer: the public API docs list it (several
+    of these are the key of a problem that is the same for every student)."""
 
 
 NAMED: dict[str, Named] = {
@@ -771,24 +774,30 @@ NAMED: dict[str, Named] = {
         {"H": (1, 64), "K": (1, 8), "P": (0, 4), "S": (1, 4), "D": (1, 4)},
         ("H + 2*P >= D*(K - 1) + 1",),
         "seed 1.1(b): output size of a convolution with padding P, stride S, dilation D",
+        "1.1(b): the output size of a convolution of input size H, kernel K, padding P, "
+        "stride S and dilation D",
     ),
     "conv1d_output_length": Named(
         "floor((L - K)/S) + 1",
         {"L": (1, 64), "K": (1, 8), "S": (1, 4)},
         ("L >= K",),
         "seed 1.1(c)(i): output length of a 1-D convolution without padding or dilation",
+        "1.1(c)(i): the output length of a 1-D convolution of input length L, kernel K and "
+        "stride S, without padding or dilation",
     ),
     "gated_rnn_gate_size": Named(
         "m",
         {"m": (1, 64), "n": (1, 64)},
         (),
         "seed 1.2.1(b): c[t] is in R^m (W_c is m x n, W_h is m x m)",
+        "1.2.1(b): the dimension of the gate c[t] of a gated RNN of state size m and input size n",
     ),
     "attention_weights_size": Named(
         "k + 1",
         {"k": (1, 32), "n": (1, 64)},
         (),
         "seed 1.2.2(b)-(c): a[t] has one weight per query-key pair, k + 1 (3 for k = 2)",
+        "1.2.2(b): the number of attention weights a[t] of AttentionRNN(k) of size n",
     ),
 }
 

@@ -20,6 +20,7 @@ from service.grading.errors import InvalidAnswer
 from service.grading.schema import FeedbackLevel, ProblemSpec, Tolerance, Visibility
 from service.grading.shapes import parse_shape_answer
 from service.grading.variants import Variant
+from service.jsonout import NONFINITE_NAMES
 from service.problems import Problem
 
 Status = Literal["correct", "partial", "incorrect", "missing", "malformed"]
@@ -259,6 +260,41 @@ def number_text(answer: str) -> Any:
     return answer
 
 
+PERCENT_TEXT = re.compile(rf"({NUMBER_TEXT.pattern})\s*%")
+"""A percentage as a student types it: ``25%``, ``12.5 %``."""
+
+NUMBER_EXAMPLE = "0.75"
+"""The form of a number answer, shown when one is not a number. Fixed, so that it tells nothing
+of any key (an example chosen to avoid the key would tell where the key is not), and not the
+key of any number problem of the shipped assignment (0.25 is 1.3-4-accuracy's; a test checks)."""
+
+
+def not_a_number(answer: Any, why: str) -> str:
+    """Why an answer to a one-number problem cannot be judged, in words about a number.
+
+    The checking engine reads a number answer as a one-element tensor, so its reasons speak
+    of nested lists and tensor objects ("expected a nested list of numbers or a tensor object,
+    got a string"): the student was asked for a number.
+
+    Args:
+        answer: the answer as sent (after ``number_text``).
+        why: the engine's reason.
+    """
+    lead = f"give a number, e.g. {NUMBER_EXAMPLE}"
+    # "NaN" and "Infinity" are read as numbers (the way answers write them), refused as such.
+    if isinstance(answer, str) and answer not in NONFINITE_NAMES:
+        text = answer.strip()
+        percent = PERCENT_TEXT.fullmatch(text)
+        if percent and math.isfinite(value := float(percent.group(1))):
+            # The student's own number, converted: it tells nothing they did not write.
+            return f"give a number: write a percentage as a fraction ({text} is {value / 100:g})"
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        return f'{lead}, not the text "{shown}"'
+    if isinstance(answer, bool):
+        return f"{lead}, not {str(answer).lower()}"
+    return f"{lead} ({why})"
+
+
 def grade_problem(variant: Variant, answer: Any, check: CheckFn) -> ProblemResult:
     """The grade of one answer (``None``: no answer) to one student's variant of a problem."""
     problem = variant.problem
@@ -273,21 +309,27 @@ def grade_problem(variant: Variant, answer: Any, check: CheckFn) -> ProblemResul
         elif problem.answer_kind == "number" and isinstance(answer, str):
             answer = number_text(answer)
         outcome = check(variant.expected, answer, problem.tolerance)
-    except InvalidAnswer as error:
-        return _result(problem, "malformed", 0.0, why=error.message)
-    except MalformedAnswer as error:
-        return _result(problem, "malformed", 0.0, why=str(error))
+    except (InvalidAnswer, MalformedAnswer) as error:
+        why = error.message if isinstance(error, InvalidAnswer) else str(error)
+        return _malformed(variant, answer, why)
     except Problem as error:
         if not 400 <= error.status < 500:
             # Not the answer's fault: the whole grade fails, naming the problem at fault.
             error.detail = f"problem {problem.id}: {error.detail}"
             raise
-        return _result(problem, "malformed", 0.0, why=error.detail)
+        return _malformed(variant, answer, error.detail)
     score = float(outcome.get("score", 0.0))
     fraction = min(1.0, max(0.0, score)) if math.isfinite(score) else 0.0
     correct = bool(outcome.get("correct"))
     status: Status = "correct" if correct else "partial" if fraction > 0 else "incorrect"
     return _result(problem, status, 1.0 if correct else fraction, outcome)
+
+
+def _malformed(variant: Variant, answer: Any, why: str) -> ProblemResult:
+    """The result of an answer that cannot be judged, with the reason in the problem's terms."""
+    if variant.problem.answer_kind == "number":
+        why = not_a_number(answer, why)
+    return _result(variant.problem, "malformed", 0.0, why=why)
 
 
 def grade_submission(

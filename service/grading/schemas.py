@@ -7,14 +7,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SkipValidation, StringConstraints, WithJsonSchema
 
-from service.grading.compare import RULE, PartialCredit
-from service.problems import ProblemDetails
+from service.grading.compare import RULE, PartialCredit, Tolerance
+from service.grading.formulas import NAMED
+from service.problems import NAME_THE_TAGS, TENSOR_NAME, ProblemDetails
 from service.routes.shapes import ConvShapeRequest
-from service.schemas import BackwardRequest, JacobianRequest, ModelRequest, StrictBody
+from service.schemas import (
+    BackwardRequest,
+    JacobianRequest,
+    ModelRequest,
+    StateJacobiansResponse,
+    StrictBody,
+    TensorOut,
+)
 from service.tensors import TensorIn
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-"""A name a question gives a tensor: the pattern of an assignment's given tensors."""
+NAME_PATTERN = TENSOR_NAME
 MAX_NAMES = 16
 
 Names = Annotated[
@@ -29,11 +36,23 @@ Names = Annotated[
     ),
 ]
 
+STATE_JACOBIAN_TENSORS = [
+    name
+    for name, field in StateJacobiansResponse.model_fields.items()
+    if field.annotation is TensorOut
+]
+"""What ``select`` may name of a state-jacobians answer: its tensors."""
+
+CHECK_TOLERANCE = Tolerance()
+"""The tolerance of a check that gives none (``compare.Tolerance``'s defaults)."""
+
 
 class ForwardExpected(ModelRequest):
     """The key is an output of ``POST /v1/models/{model}/forward``."""
 
-    op: Literal["forward"]
+    op: Literal["forward"] = Field(
+        description="`forward`: the key is an output of the forward pass."
+    )
     model: str = Field(description="A model of GET /v1/models.")
     names: Names
     select: str | None = Field(None, description="The output; needed when there are several.")
@@ -42,7 +61,9 @@ class ForwardExpected(ModelRequest):
 class BackwardExpected(BackwardRequest):
     """The key is a gradient (or ``state_grads``) of ``POST /v1/models/{model}/backward``."""
 
-    op: Literal["backward"]
+    op: Literal["backward"] = Field(
+        description="`backward`: the key is a gradient of the backward pass."
+    )
     model: str = Field(description="A model of GET /v1/models.")
     names: Names
     select: str | None = Field(
@@ -55,7 +76,7 @@ class BackwardExpected(BackwardRequest):
 class JacobianExpected(JacobianRequest):
     """The key is ``POST /v1/models/{model}/jacobian``: d(of)/d(wrt)."""
 
-    op: Literal["jacobian"]
+    op: Literal["jacobian"] = Field(description="`jacobian`: the key is the Jacobian d(of)/d(wrt).")
     model: str = Field(description="A model of GET /v1/models.")
     names: Names
 
@@ -63,10 +84,17 @@ class JacobianExpected(JacobianRequest):
 class StateJacobiansExpected(ModelRequest):
     """The key is a tensor of ``POST /v1/models/{model}/state-jacobians`` (recurrent models)."""
 
-    op: Literal["state_jacobians"]
+    op: Literal["state_jacobians"] = Field(
+        description="`state_jacobians`: the key is a tensor of the state-jacobians answer."
+    )
     model: str = Field(description="A recurrent model of GET /v1/models.")
     names: Names
-    select: str = Field("jacobians", description="The tensor of the answer to compare.")
+    select: str = Field(
+        "jacobians",
+        description="The tensor of that answer to compare: "
+        + ", ".join(f"`{name}`" for name in STATE_JACOBIAN_TENSORS)
+        + ".",
+    )
 
 
 ModelExpected = ForwardExpected | BackwardExpected | JacobianExpected | StateJacobiansExpected
@@ -76,13 +104,16 @@ class ConvShapeExpected(ConvShapeRequest):
     """The key is the answer of ``POST /v1/shapes/conv``: ``output_shape`` when
     ``out_channels`` is given, else ``output_size``."""
 
-    op: Literal["conv_shape"]
+    op: Literal["conv_shape"] = Field(
+        description="`conv_shape`: the key is an output shape, with the body of "
+        "`/v1/shapes/conv` beside `op`."
+    )
 
 
 class ValueExpected(StrictBody):
     """The key given directly."""
 
-    op: Literal["value"]
+    op: Literal["value"] = Field(description="`value`: the key is given, in `value`.")
     value: TensorIn = Field(description="The key: a tensor or a number.")
     label: str | None = Field(None, max_length=80, description="What it is, for the report.")
 
@@ -90,7 +121,10 @@ class ValueExpected(StrictBody):
 class FormulaExpected(StrictBody):
     """The key is a formula, compared with the answer on many points of the variables."""
 
-    op: Literal["formula"]
+    op: Literal["formula"] = Field(
+        description="`formula`: the key is a formula; the answer, an expression, is compared "
+        "with it."
+    )
     reference: str | None = Field(
         None, description="The reference expression, e.g. `floor((H - K)/S) + 1`."
     )
@@ -102,11 +136,22 @@ class FormulaExpected(StrictBody):
             "attention_weights_size",
         ]
         | None
-    ) = Field(None, description="A built-in reference of the homework instead of `reference`.")
+    ) = Field(
+        None,
+        description="A built-in reference of the homework instead of `reference`: "
+        + "; ".join(
+            f"`{name}` ({formula.question}; variables "
+            + ", ".join(f"{v} in [{low}, {high}]" for v, (low, high) in formula.variables.items())
+            + ")"
+            for name, formula in NAMED.items()
+        )
+        + ".",
+    )
     variables: dict[str, list[int | float]] | None = Field(
         None,
         description="Each variable's range [lowest, highest]; integer bounds make an integer "
-        "variable. Named references bring their own (these override them).",
+        "variable. A `named` reference brings a range for each of its variables: a variable "
+        "named here takes the range given here instead, and the others keep theirs.",
     )
     constraints: list[str] = Field(
         default_factory=list,
@@ -124,6 +169,7 @@ Expected = Annotated[
     | ValueExpected
     | FormulaExpected,
     Field(discriminator="op"),
+    NAME_THE_TAGS,
 ]
 
 # Any JSON value, on purpose: an answer is a student's, judged rather than validated. One that
@@ -145,10 +191,21 @@ AnswerIn = Annotated[Any, WithJsonSchema(ANSWER_JSON_SCHEMA)]
 class ToleranceIn(StrictBody):
     """How close an answer must be: |answer - key| <= max(atol, floor * scale) + rtol * |key|."""
 
-    rtol: float = Field(1e-5, ge=0, le=1, allow_inf_nan=False, description="Relative tolerance.")
-    atol: float = Field(1e-8, ge=0, allow_inf_nan=False, description="Absolute floor.")
+    rtol: float = Field(
+        CHECK_TOLERANCE.rtol,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Relative tolerance: a share of each key entry's own magnitude.",
+    )
+    atol: float = Field(
+        CHECK_TOLERANCE.atol,
+        ge=0,
+        allow_inf_nan=False,
+        description="Absolute tolerance: the error always allowed, whatever the key's size.",
+    )
     floor: float = Field(
-        1e-6,
+        CHECK_TOLERANCE.floor,
         ge=0,
         le=1,
         allow_inf_nan=False,
@@ -160,9 +217,17 @@ class ToleranceIn(StrictBody):
 class CheckRequest(StrictBody):
     """One answer and the key to judge it against."""
 
-    expected: Expected
+    expected: Expected = Field(
+        description="What the key is: `op` (one of forward, backward, jacobian, "
+        "state_jacobians, conv_shape, value, formula) and, beside it, what computes it (the "
+        "body of the endpoint the op stands for, a value, or a formula)."
+    )
     answer: AnswerIn
-    tolerance: ToleranceIn = Field(default_factory=lambda: ToleranceIn())
+    tolerance: ToleranceIn = Field(
+        default_factory=lambda: ToleranceIn(),
+        description="How close a numeric answer must be; each part left out takes its "
+        "default. Shapes and integer formulas are compared exactly.",
+    )
     partial_credit: PartialCredit = Field(
         "none",
         description="`none`: score 1 or 0; `elements`: the fraction of elements (dimensions, "
@@ -185,9 +250,11 @@ class Diagnosis(BaseModel):
 
 
 class ToleranceEcho(BaseModel):
-    rtol: float
-    atol: float
-    floor: float
+    """The tolerance the answer was judged with, and what it came to for this key."""
+
+    rtol: float = Field(description="The relative tolerance used.")
+    atol: float = Field(description="The absolute tolerance used.")
+    floor: float = Field(description="The floor used, a fraction of `scale`.")
     scale: float | None = Field(description="The key's largest magnitude (tensor keys only).")
     effective_atol: float | None = Field(
         description="max(atol, floor * scale) for tensors; atol for formulas (no key scale); "
@@ -197,15 +264,19 @@ class ToleranceEcho(BaseModel):
 
 
 class CheckResponse(BaseModel):
-    correct: bool
-    score: float = Field(ge=0, le=1)
+    correct: bool = Field(description="Whether the answer matches the key within the tolerance.")
+    score: float = Field(
+        ge=0,
+        le=1,
+        description="1 when correct; with `partial_credit`, the share that is right; else 0.",
+    )
     report: dict[str, Any] = Field(
         description="Tensors: expected and given shape, elements, mismatched, largest absolute "
         "and relative error and where, the first mismatches. Shapes: expected and given, per "
         "dimension. Formulas: points checked, a point where they disagree."
     )
     diagnosis: list[Diagnosis] = Field(description="Likely mistakes; empty when correct.")
-    tolerance: ToleranceEcho
+    tolerance: ToleranceEcho = Field(description="The tolerance the answer was judged with.")
 
 
 class CheckFailure(BaseModel):
@@ -213,13 +284,16 @@ class CheckFailure(BaseModel):
 
 
 class BatchSummary(BaseModel):
-    checks: int
-    correct: int
-    wrong: int
+    checks: int = Field(description="Checks in the batch.")
+    correct: int = Field(description="Checks judged correct.")
+    wrong: int = Field(description="Checks judged, and not correct.")
     invalid: int = Field(description="Checks answered with an `error` instead of a verdict.")
     keys: int = Field(description="Distinct `expected` keys computed.")
 
 
 class BatchResponse(BaseModel):
-    results: list[CheckResponse | CheckFailure]
-    summary: BatchSummary
+    results: list[CheckResponse | CheckFailure] = Field(
+        description="One per check, in order: its verdict, or the `error` it could not be "
+        "judged for."
+    )
+    summary: BatchSummary = Field(description="The counts of the results.")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, Path, Query, Request
+from pydantic import BaseModel, Field, WithJsonSchema
 from starlette.responses import Response
 
 from models.errors import UnknownName
@@ -26,9 +26,9 @@ from service.grading.schema import (
     Tolerance,
     Visibility,
 )
-from service.grading.schemas import AnswerIn
+from service.grading.schemas import CHECK_TOLERANCE
 from service.grading.variants import Variant
-from service.problems import Problem, problem_responses
+from service.problems import NO_CONTROL_CHARACTERS, Problem, problem_responses
 from service.ratelimit import RATE_LIMITED
 from service.responses import TensorJSONResponse
 from service.routing import FastJSONRoute
@@ -40,51 +40,113 @@ router = APIRouter(prefix="/v1/assignments", tags=["assignments"], route_class=F
 STUDENT_ID_RULES: dict[str, Any] = {
     "min_length": 1,
     "max_length": 200,
-    "pattern": r"^[^\x00-\x1f\x7f]+$",
-    "description": "The student's id, exactly as the grading script sends it (case matters).",
+    "pattern": NO_CONTROL_CHARACTERS,
+    "description": "The student's id, exactly as the grading script sends it (case matters): 1 "
+    "to 200 characters, no control characters or line breaks.",
     "examples": ["alice@example.edu"],
 }
 
-StudentId = Annotated[str, Query(**STUDENT_ID_RULES)]
+# Swagger UI pre-fills a parameter from its own `examples` (not from its schema's), so that
+# "Try it out" works without typing. Example ids only: a variant holds no answer.
+StudentId = Annotated[
+    str,
+    Query(
+        **STUDENT_ID_RULES,
+        openapi_examples={"alice": {"summary": "A student id", "value": "alice@example.edu"}},
+    ),
+]
+AssignmentId = Annotated[
+    str,
+    Path(
+        description="An assignment's id (`id` in `GET /v1/assignments`); another is a 404.",
+        openapi_examples={"cnn-rnn": {"summary": "The homework shipped", "value": "cnn-rnn"}},
+    ),
+]
+ProblemId = Annotated[
+    str,
+    Path(
+        description="A problem's id within the assignment (`problems` in `GET "
+        "/v1/assignments`); another is a 404.",
+        openapi_examples={"1.1a": {"summary": "Homework 1.1(a)", "value": "1.1a"}},
+    ),
+]
+
+
+ANSWER_KINDS = (
+    "`shape` (a list of sizes or a string such as `16x16`), `tensor` (a tensor in any tensor "
+    "form), `formula` (an expression string), `number` (one number), `choice` (an option's id)"
+)
 
 
 class ProblemSummary(BaseModel):
-    id: str
-    title: str
-    points: float
-    answer_kind: AnswerKind
+    """A problem as the list of an assignment shows it."""
+
+    id: str = Field(description="The `{problem}` of its paths, and its key in `answers`.")
+    title: str = Field(description="What it asks, in a few words.")
+    points: float = Field(description="What a correct answer scores.")
+    answer_kind: AnswerKind = Field(description=f"The form of its answer: {ANSWER_KINDS}.")
 
 
 class AssignmentSummary(BaseModel):
-    id: str
-    title: str
-    description: str
-    total_points: float
-    problems: list[ProblemSummary]
+    """An assignment and its problems, without their statements."""
+
+    id: str = Field(description="The `{assignment}` of its paths.")
+    title: str = Field(description="Its title.")
+    description: str = Field(description="What it covers and how to answer, in Markdown.")
+    total_points: float = Field(description="The points of all its problems.")
+    problems: list[ProblemSummary] = Field(description="Its problems, in the file's order.")
 
 
 class AssignmentList(BaseModel):
-    assignments: list[AssignmentSummary]
+    assignments: list[AssignmentSummary] = Field(description="Every assignment this server has.")
 
 
 class ChoiceOut(BaseModel):
     id: str = Field(description="What to answer to pick this option.")
-    text: str
+    text: str = Field(description="The option as the student reads it.")
+
+
+FILE_TOLERANCE = Tolerance()
+"""What an assignment file gives a problem that neither it nor `[defaults]` sets a tolerance
+for (``grading.schema.Tolerance``)."""
+
+
+class ProblemTolerance(BaseModel):
+    """The problem's own tolerance, always given in full: an entry of the answer is right when
+    |answer - key| <= max(atol, floor * scale) + rtol * |key|, scale the key's largest
+    magnitude (the rule of `POST /v1/check`)."""
+
+    rtol: float = Field(description="Relative tolerance: a share of each key entry's magnitude.")
+    atol: float = Field(description="Absolute tolerance: the error always allowed.")
+    floor: float = Field(
+        description="A further absolute allowance, as a fraction of the key's largest magnitude."
+    )
 
 
 class ProblemVariant(BaseModel):
     """A problem as one student sees it: the statement and that student's given tensors."""
 
-    assignment: str
-    id: str
-    title: str
+    assignment: str = Field(description="The assignment's id.")
+    id: str = Field(description="The problem's id.")
+    title: str = Field(description="What it asks, in a few words.")
     statement: str = Field(description="Markdown.")
-    points: float
-    answer_kind: AnswerKind
+    points: float = Field(description="What a correct answer scores.")
+    answer_kind: AnswerKind = Field(description=f"The form of its answer: {ANSWER_KINDS}.")
     choices: list[ChoiceOut] | None = Field(None, description="The options of a choice answer.")
-    tolerance: Tolerance = Field(description="How close a numeric answer must be.")
-    feedback: FeedbackLevel = Field(description="What a check of an answer tells the student.")
-    student_id: str
+    tolerance: ProblemTolerance = Field(
+        description="How close a numeric answer must be (shapes and formulas are exact): the "
+        "problem's own, set in the assignment file for the problem or under `[defaults]`; "
+        f"where neither sets it, rtol {FILE_TOLERANCE.rtol:g}, atol {FILE_TOLERANCE.atol:g}, "
+        f"floor {FILE_TOLERANCE.floor:g}. (`POST /v1/check` without a `tolerance` judges "
+        f"with rtol {CHECK_TOLERANCE.rtol:g}, atol {CHECK_TOLERANCE.atol:g}, floor "
+        f"{CHECK_TOLERANCE.floor:g}.)"
+    )
+    feedback: FeedbackLevel = Field(
+        description="What a check of an answer tells the student: `verdict` (correct or not, "
+        "the score, and why an answer is malformed), `report` (also the answer's shape and how "
+        "many elements or points disagree), or `diagnosis` (also the likely mistakes)."
+    )
+    student_id: str = Field(description="Whose variant this is, as asked.")
     given: dict[str, TensorOut] = Field(description="This student's given tensors by name.")
     given_descriptions: dict[str, str] = Field(description="What each given tensor is.")
 
@@ -127,14 +189,43 @@ async def list_assignments(request: Request) -> AssignmentList:
     return AssignmentList(assignments=[summary(a) for a in assignments])
 
 
+ANOTHER_STUDENT = (
+    "This key belongs to another student (`another-student`): a student's own key (from the "
+    "roster) may name only its own `student_id`."
+)
+NO_ASSIGNMENT_OR_PROBLEM = (
+    "No assignment of this id (`unknown-assignment`), or no problem of this id in it "
+    "(`unknown-problem`); see `GET /v1/assignments`."
+)
+ASSIGNMENT_ERROR = (
+    "The assignment file is at fault, not the answer (`assignment-error`): the reference "
+    "answer of a problem cannot be computed for this student's variant. The detail names the "
+    "problem; tell the course staff."
+)
+
+
 @router.get(
     "/{assignment}/problems/{problem}",
     summary="A problem and one student's given tensors (never the answer)",
     response_model=ProblemVariant,
-    responses=problem_responses(403, 404, 422),
+    responses=problem_responses(
+        403,
+        404,
+        422,
+        described={
+            403: ANOTHER_STUDENT,
+            404: NO_ASSIGNMENT_OR_PROBLEM,
+            422: "The `student_id` query parameter is missing or not valid "
+            "(`validation-error`): 1 to 200 characters, no control characters or line breaks.",
+        },
+    ),
 )
 def problem_variant(
-    request: Request, assignment: str, problem: str, student_id: StudentId, who: CallerDep
+    request: Request,
+    assignment: AssignmentId,
+    problem: ProblemId,
+    student_id: StudentId,
+    who: CallerDep,
 ) -> Response:
     """The statement and the given tensors of student `student_id`'s variant: the same numbers
     on every call and every replica, other numbers for other students. A student's own key
@@ -159,25 +250,44 @@ def problem_variant(
     return TensorJSONResponse(body)
 
 
+# Any JSON value, as for /v1/check (``grading.schemas.AnswerIn``), but judged differently: a
+# student's answer that cannot be judged is a verdict of its own here, never a 4xx, so that one
+# bad answer neither hides the feedback on it nor stops the rest of a submission.
+STUDENT_ANSWER_SCHEMA: dict[str, Any] = {
+    "title": "StudentAnswer",
+    "description": (
+        "One answer, in the form of the problem's `answer_kind` (`GET /v1/assignments`): "
+        "`tensor`, a tensor in any of the three tensor forms (a nested list of numbers, "
+        '`{"shape", "data"}` or `{"shape", "datatype", "b64"}`); `number`, a number, or the '
+        'text of one (`"0.693"`); `shape`, a list of sizes (`[16, 16]`), one size (`16`) '
+        'or a string such as `"16x16"`; `formula`, an expression string; `choice`, the id of an '
+        "option (`choices` of the problem; case does not matter). `null` is no answer: status "
+        "`missing`, score 0. Any other value is judged, not refused: a 200 with status "
+        "`malformed`, score 0, and `feedback.reason` saying what to change; in a submission "
+        "the other answers are still graded."
+    ),
+    # Wrong answers only: these routes' docs are public to students (see ANSWER_EXAMPLES).
+    "examples": ["6x3", 0.693, "floor((H + 2*P - K)/S) + 1", None],
+}
+StudentAnswer = Annotated[Any, WithJsonSchema(STUDENT_ANSWER_SCHEMA)]
+
+
 class AnswerRequest(StrictBody):
     """One answer of one student to one problem."""
 
     student_id: str = Field(**STUDENT_ID_RULES)
-    answer: AnswerIn = Field(
-        description="The answer: a tensor (any tensor form) or a number; a shape as `[16, 16]` or "
-        '`"16x16"`; a formula as an expression string; a choice as the option\'s id. `null` is '
-        "no answer."
-    )
+    answer: StudentAnswer
 
 
 class SubmissionRequest(StrictBody):
     """A student's answers to an assignment, by problem id."""
 
     student_id: str = Field(**STUDENT_ID_RULES)
-    answers: dict[str, AnswerIn] = Field(
-        description="Answers by problem id. A problem without an answer (or with `null`) scores "
-        '0 with "no answer"; answers to problems the assignment does not have are listed in '
-        "`ignored`."
+    answers: dict[str, StudentAnswer] = Field(
+        description="Answers by problem id, each judged as `answer` of the problem's check "
+        'route is. A problem without an answer (or with `null`) scores 0 with "no answer"; a '
+        "malformed answer scores 0 with its reason; answers to problems the assignment does "
+        "not have are listed in `ignored`."
     )
 
 
@@ -205,35 +315,44 @@ class Feedback(BaseModel):
     )
 
 
+STATUS = (
+    "What became of the answer. `correct`: within the tolerance, all the points; `partial`: "
+    "partly right, a share of the points (the checks of an assignment give all or nothing "
+    "today); `incorrect`: judged and wrong, 0; `missing`: no answer (or `null`), 0; "
+    "`malformed`: not an answer of the problem's kind, 0, with the reason in "
+    "`feedback.reason`."
+)
+
+
 class ProblemCheck(BaseModel):
     """The grade of one answer, as the student may see it."""
 
-    assignment: str
-    problem: str
-    student_id: str
-    correct: bool
+    assignment: str = Field(description="The assignment's id, as in the path.")
+    problem: str = Field(description="The problem's id, as in the path.")
+    student_id: str = Field(description="Whose variant the answer was judged against.")
+    correct: bool = Field(description="Whether `status` is `correct`.")
     score: float = Field(
         description="Points earned: `points` when correct, a share of them when partly, else 0."
     )
     points: float = Field(description="What the problem is worth.")
-    status: Status
-    feedback: Feedback
+    status: Status = Field(description=STATUS)
+    feedback: Feedback = Field(description="What the student is told, at the problem's level.")
 
 
 class GradedProblem(BaseModel):
-    title: str
-    correct: bool
+    title: str = Field(description="The problem's title.")
+    correct: bool = Field(description="Whether `status` is `correct`.")
     score: float = Field(description="Points earned.")
     points: float = Field(description="What the problem is worth.")
-    status: Status
-    feedback: Feedback
+    status: Status = Field(description=STATUS)
+    feedback: Feedback = Field(description="What the student is told, at the problem's level.")
 
 
 class SubmissionGrade(BaseModel):
     """The grade of a whole submission (the default `format=json`)."""
 
-    assignment: str
-    student_id: str
+    assignment: str = Field(description="The assignment's id, as in the path.")
+    student_id: str = Field(description="Whose variants the answers were judged against.")
     total: float = Field(description="Points earned over every problem.")
     points: float = Field(description="What the assignment is worth.")
     problems: dict[str, GradedProblem] = Field(description="Each problem, in the file's order.")
@@ -241,25 +360,40 @@ class SubmissionGrade(BaseModel):
     execution_time: float = Field(description="Seconds the grading took.")
 
 
+VISIBILITY = "Gradescope's visibility: `visible`, `hidden`, `after_due_date` or `after_published`."
+
+
 class GradescopeTest(BaseModel):
-    name: str
+    """One problem as a test of Gradescope's `results.json`."""
+
+    name: str = Field(description="The problem's id and title.")
     number: str = Field(description="The problem id (a gradebook column).")
-    score: float
-    max_score: float
-    status: Literal["passed", "failed"]
+    score: float = Field(description="Points earned.")
+    max_score: float = Field(description="What the problem is worth.")
+    status: Literal["passed", "failed"] = Field(
+        description="`passed` when the answer is correct, else `failed`."
+    )
     output: str = Field(description="The feedback of the problem's level, as text.")
-    visibility: Visibility
+    visibility: Visibility = Field(description=f"The problem's. {VISIBILITY}")
 
 
 class GradescopeResults(BaseModel):
     """Gradescope's `results.json` (`format=gradescope`)."""
 
-    score: float
+    score: float = Field(description="Points earned over every problem.")
     execution_time: int = Field(description="Seconds, rounded up.")
-    output: str
-    visibility: Visibility
-    stdout_visibility: Visibility
-    tests: list[GradescopeTest]
+    output: str = Field(
+        description="The assignment, the points and the student; and the ids of answers the "
+        "assignment does not have, which were ignored."
+    )
+    visibility: Visibility = Field(
+        description=f"Of the whole result, from the file's `[gradescope]` table. {VISIBILITY}"
+    )
+    stdout_visibility: Visibility = Field(
+        description="Of the autograder's output, from the file's `[gradescope]` table. "
+        + VISIBILITY
+    )
+    tests: list[GradescopeTest] = Field(description="One per problem, in the file's order.")
 
 
 def _graded(result: ProblemResult) -> dict[str, Any]:
@@ -305,24 +439,31 @@ SUBMISSION_EXAMPLES = {
 }
 """The examples of the students' routes hold no right answer (see ``ANSWER_EXAMPLES``)."""
 
-CHECKED = {
-    "dependencies": RATE_LIMITED["dependencies"],
-    "responses": {**problem_responses(403, 404, 422), **RATE_LIMITED["responses"]},
-}
-"""The rule of the two routes that judge answers: rate-limited per key, 404 for unknown ids,
-403 for another student's id with a student's own key."""
+
+def checked(not_found: str) -> dict[str, Any]:
+    """The rule of the two routes that judge answers: rate-limited per key, 404 for unknown
+    ids (``not_found`` says which the path has), 403 for another student's id with a student's
+    own key, 500 for a reference the assignment file cannot compute."""
+    described = {403: ANOTHER_STUDENT, 404: not_found, 500: ASSIGNMENT_ERROR}
+    return {
+        "dependencies": RATE_LIMITED["dependencies"],
+        "responses": {
+            **problem_responses(403, 404, 422, 500, described=described),
+            **RATE_LIMITED["responses"],
+        },
+    }
 
 
 @router.post(
     "/{assignment}/problems/{problem}/check",
     summary="Check one answer of a student: verdict, score and feedback (never the key)",
     response_model=ProblemCheck,
-    **CHECKED,
+    **checked(NO_ASSIGNMENT_OR_PROBLEM),
 )
 def check_answer(
     request: Request,
-    assignment: str,
-    problem: str,
+    assignment: AssignmentId,
+    problem: ProblemId,
     body: Annotated[AnswerRequest, Body(openapi_examples=ANSWER_EXAMPLES)],
     settings: SettingsDep,
     who: CallerDep,
@@ -352,11 +493,11 @@ def check_answer(
     "/{assignment}/grade",
     summary="Grade a student's whole submission; `?format=gradescope` for results.json",
     response_model=SubmissionGrade | GradescopeResults,
-    **CHECKED,
+    **checked("No assignment of this id (`unknown-assignment`); see `GET /v1/assignments`."),
 )
 def grade_submission(
     request: Request,
-    assignment: str,
+    assignment: AssignmentId,
     body: Annotated[SubmissionRequest, Body(openapi_examples=SUBMISSION_EXAMPLES)],
     settings: SettingsDep,
     who: CallerDep,

@@ -17,9 +17,9 @@ from service.devices import DeviceName, DtypeName, resolve_device, resolve_dtype
 from service.examples import LOSS_CURVE_EXAMPLES, TEMPORAL_ORDER_EXAMPLES
 from service.grading.loss_curve import MAX_LOSS, diagnose
 from service.plots import MAX_PLOTTED_EPOCHS, MEDIA_TYPES, render
-from service.problems import Problem, problem_responses
+from service.problems import Problem, problem_responses, shared_description
 from service.routing import FastJSONRoute
-from service.schemas import StrictBody
+from service.schemas import DEVICE, DTYPE, StrictBody
 from service.settings import Settings
 
 router = APIRouter(route_class=FastJSONRoute)
@@ -52,23 +52,34 @@ class LossCurveRequest(StrictBody):
 
 
 class SpikeOut(BaseModel):
+    """An epoch whose reported (last-batch) value stands out, and why."""
+
     epoch: int = Field(description="0-based row of `batch_losses`.")
     last_batch: float = Field(description="The reported value: the epoch's last batch loss.")
-    epoch_mean: float
+    epoch_mean: float = Field(description="The mean over the epoch's batches (the fix).")
     others_mean: float | None = Field(description="Mean of the epoch's other batches.")
     others_sd: float | None = Field(description="Their standard deviation.")
-    reasons: list[Literal["last_batch_outlier", "above_initial_loss", "mean_jump"]]
+    reasons: list[Literal["last_batch_outlier", "above_initial_loss", "mean_jump"]] = Field(
+        description="Why it stands out, one or more. `last_batch_outlier`: the last batch is "
+        "more than 3 standard deviations of the epoch's other batches above their mean (and "
+        "by more than 0.25 log C). `above_initial_loss`: after epoch 0, the reported value "
+        "exceeds the initial loss (the larger of log C and epoch 0's mean) by more than 0.1 "
+        "log C. `mean_jump`: the epoch's median batch loss exceeds both neighbouring epochs' "
+        "by more than 0.25 log C, and its reported value rises above theirs too."
+    )
     true_class_probability: float = Field(
         description="exp(-last_batch): the batch's geometric-mean probability of the true class."
     )
 
 
 class LossCurveResponse(BaseModel):
-    num_classes: int
+    num_classes: int = Field(description="C, as given.")
     epoch_mean: list[float] = Field(description="Mean over each epoch's batches (the fix).")
     last_batch: list[float] = Field(description="Each epoch's last batch (the bug's curve).")
     spikes: list[int] = Field(description="Epochs (0-based) whose reported value stands out.")
-    spike_details: list[SpikeOut]
+    spike_details: list[SpikeOut] = Field(
+        description="Each spike with its values and reasons (the first 1,000 spikes)."
+    )
     unstable_epochs: list[int] = Field(
         description="Epochs where the typical batch loss itself jumps: training, not reporting."
     )
@@ -79,8 +90,12 @@ class LossCurveResponse(BaseModel):
         description="Whether the last-batch curve has spikes the epoch means do not; null when "
         "every epoch has one batch, which cannot tell."
     )
-    accuracy_epoch_mean: list[float] | None
-    accuracy_last_batch: list[float] | None
+    accuracy_epoch_mean: list[float] | None = Field(
+        description="Mean of each epoch's batch accuracies; null without `batch_accuracies`."
+    )
+    accuracy_last_batch: list[float] | None = Field(
+        description="Each epoch's last batch accuracy; null without `batch_accuracies`."
+    )
     findings: list[str] = Field(description="What the curve shows, in the seed's terms.")
 
 
@@ -143,60 +158,128 @@ def loss_curve(
 Range = Annotated[tuple[int, int], Strict(False)]
 
 
+EXPERIMENT_CAPS: dict[str, str] = {
+    "epochs": "experiment_max_epochs",
+    "train_batches": "experiment_max_batches",
+    "test_batches": "experiment_max_batches",
+    "batch_size": "experiment_max_batch_size",
+    "hidden_size": "experiment_max_hidden_size",
+    "length_range": "experiment_max_length",
+    "max_seconds": "experiment_max_seconds",
+}
+"""The setting that caps each field of an experiment (a range by its top), checked by
+``check_caps`` and stated in the field's description (a test holds them together)."""
+
+
+def _cap(setting: str, subject: str = "") -> str:
+    """A field's cap in words: the setting, its default (the settings are the one source), and
+    where this server's own value is; a request over it is refused before anything runs.
+
+    Args:
+        setting: the cap's setting.
+        subject: what is capped when it is not the field's whole value ("The longest").
+    """
+    default = Settings.model_fields[setting].default
+    return (
+        f"{subject + ' at most' if subject else 'At most'} `{setting}`: {default:g} by "
+        "default; this server's value is under `limits` in `GET /v1/info`. More is a 422 "
+        "(`limit-exceeded`)."
+    )
+
+
 class TemporalOrderRequest(StrictBody):
     """A reference training run on the temporal-order task; the defaults are a quick version."""
 
-    device: DeviceName = Field("auto", description="`auto` is the GPU when there is one.")
-    dtype: DtypeName = Field("float64", description="Precision of the model and the data.")
+    device: DeviceName = Field("auto", description=DEVICE)
+    dtype: DtypeName = Field("float64", description=DTYPE)
     cell: CellName = Field(
         "gated", description="`gated` (the seed's equations (1)-(2)), `lstm` or `rnn` (tanh)."
     )
-    hidden_size: int = Field(32, ge=1, description="State size m.")
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(32, ge=1)
-    train_batches: int = Field(20, ge=1, description="Fresh training batches per epoch.")
-    test_batches: int = Field(8, ge=1, description="Batches of the fixed test set.")
+    hidden_size: int = Field(
+        32, ge=1, description=f"State size m. {_cap('experiment_max_hidden_size')}"
+    )
+    epochs: int = Field(
+        8,
+        ge=1,
+        description=f"Epochs after the initial evaluation. {_cap('experiment_max_epochs')}",
+    )
+    batch_size: int = Field(
+        32, ge=1, description=f"Sequences per batch. {_cap('experiment_max_batch_size')}"
+    )
+    train_batches: int = Field(
+        20, ge=1, description=f"Fresh training batches per epoch. {_cap('experiment_max_batches')}"
+    )
+    test_batches: int = Field(
+        8, ge=1, description=f"Batches of the fixed test set. {_cap('experiment_max_batches')}"
+    )
     learning_rate: float = Field(0.01, gt=0, le=1, description="Of Adam.")
     clip_grad_norm: float | None = Field(
         None, gt=0, description="Clip the gradient's global norm to this before each step."
     )
-    length_range: Range = Field((20, 24), description="Sequence lengths, inclusive.")
-    t1_range: Range = Field((3, 6), description="Position of the first X/Y, 1-based.")
-    t2_range: Range = Field((12, 16), description="Position of the second X/Y, 1-based.")
+    length_range: Range = Field(
+        (20, 24),
+        description="Sequence lengths [shortest, longest], inclusive. "
+        + _cap("experiment_max_length", "The longest is"),
+    )
+    t1_range: Range = Field(
+        (3, 6),
+        description="Positions of the first X/Y [lowest, highest], 1-based, inclusive; from 2 "
+        "on (position 1 holds E).",
+    )
+    t2_range: Range = Field(
+        (12, 16),
+        description="Positions of the second X/Y [lowest, highest], 1-based, inclusive; after "
+        "`t1_range` ends and before the shortest sequence's last position (which holds B).",
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds the weights and the data.")
     max_seconds: float | None = Field(
-        None, gt=0, description="Stop training after this wall time (at most the server's cap)."
+        None,
+        gt=0,
+        description="Stop training after this wall time (absent: the server's cap); the answer "
+        "is then a 200 with the epochs completed and `stopped_early`. "
+        f"{_cap('experiment_max_seconds')} A time too short to make the test set and evaluate "
+        "the untrained model is a 413 (`budget-exceeded`): there is nothing to answer.",
     )
 
 
 class PassOut(BaseModel):
     loss: float = Field(description="Mean over the test batches.")
-    loss_last_batch: float
-    accuracy: float
+    loss_last_batch: float = Field(description="The last test batch's loss.")
+    accuracy: float = Field(description="The share of the test set classified right, in [0, 1].")
 
 
 class EpochOut(BaseModel):
     epoch: int = Field(description="1-based; epoch 0 is `initial`.")
     train_loss_mean: float = Field(description="Mean over the epoch's batches (the fix).")
     train_loss_last_batch: float = Field(description="The last batch's loss (the bug).")
-    train_accuracy: float
+    train_accuracy: float = Field(
+        description="The share of the epoch's training sequences classified right, in [0, 1] "
+        "(each batch measured before its update)."
+    )
     test_loss: float = Field(description="Mean over the test batches.")
-    test_loss_last_batch: float
-    test_accuracy: float
+    test_loss_last_batch: float = Field(description="The last test batch's loss.")
+    test_accuracy: float = Field(
+        description="The share of the test set classified right, in [0, 1]."
+    )
     train_batch_losses: list[float] = Field(
         description="Every training batch's loss, in order: a row for the loss-curve diagnosis."
     )
-    train_batch_accuracies: list[float]
+    train_batch_accuracies: list[float] = Field(
+        description="Every training batch's accuracy, in order: a row of `batch_accuracies` for "
+        "the loss-curve diagnosis."
+    )
 
 
 class TemporalOrderResponse(BaseModel):
     classes: list[str] = Field(description="Class names by index: Q, R, S, U.")
     initial: PassOut = Field(description="The untrained model on the test set (epoch 0).")
-    epochs: list[EpochOut]
+    epochs: list[EpochOut] = Field(description="Each completed epoch, in order (from 1).")
     stopped_early: bool = Field(description="True when the wall-time limit ended the run.")
-    stop_reason: str | None
-    device: str
-    dtype: str
+    stop_reason: str | None = Field(
+        description="What ended the run early, with the epochs completed; null otherwise."
+    )
+    device: str = Field(description="Where it ran (`cpu`, `cuda:0`).")
+    dtype: str = Field(description="The dtype it ran in.")
     seconds: float = Field(description="Wall time of the run.")
 
 
@@ -226,17 +309,12 @@ def _over_cap(field: str, value: float, limit: float, setting: str) -> Problem:
 
 def check_caps(body: TemporalOrderRequest, settings: Settings) -> None:
     """Refuse, before computing anything, a run larger than the server's caps allow."""
-    caps: list[tuple[str, float, str]] = [
-        ("epochs", body.epochs, "experiment_max_epochs"),
-        ("train_batches", body.train_batches, "experiment_max_batches"),
-        ("test_batches", body.test_batches, "experiment_max_batches"),
-        ("batch_size", body.batch_size, "experiment_max_batch_size"),
-        ("hidden_size", body.hidden_size, "experiment_max_hidden_size"),
-        ("length_range", body.length_range[1], "experiment_max_length"),
-    ]
-    if body.max_seconds is not None:
-        caps.append(("max_seconds", body.max_seconds, "experiment_max_seconds"))
-    for field, value, setting in caps:
+    for field, setting in EXPERIMENT_CAPS.items():
+        value = getattr(body, field)
+        if value is None:  # max_seconds absent: the cap itself
+            continue
+        if isinstance(value, tuple):  # a range: its top
+            value = value[1]
         limit = getattr(settings, setting)
         if value > limit:
             raise _over_cap(field, value, limit, setting)
@@ -248,11 +326,32 @@ def _pass_out(result: PassResult) -> PassOut:
     )
 
 
+EXPERIMENT_RESPONSES = problem_responses(
+    413,
+    422,
+    503,
+    described={
+        413: "The body is larger than the byte limit (`body-too-large`), or `max_seconds` ran "
+        "out before the test set was made and the untrained model evaluated "
+        "(`budget-exceeded`, at `max_seconds`): nothing was computed to answer; raise it, or "
+        "ask for fewer or smaller test batches. A field over a cap is a 422, not this.",
+        422: f"{shared_description(422)} Here also: a field over one of this server's "
+        "experiment caps (`limit-exceeded`, naming the field and the setting; the caps are "
+        "under `limits` in `GET /v1/info`), or ranges that make no task (`invalid-request`, "
+        "e.g. a `t2_range` that does not start after `t1_range`).",
+        503: "Another experiment is running (`busy`: a worker runs `experiment_concurrency` "
+        f"at once, {Settings.model_fields['experiment_concurrency'].default} by default), or "
+        "the service cannot answer now (overloaded, out of memory); retry after the time in "
+        "Retry-After.",
+    },
+)
+
+
 @router.post(
     "/v1/experiments/temporal-order",
     tags=["experiments"],
     summary="Train a reference classifier on seed 1.3's task and report its epoch curves",
-    responses=problem_responses(422, 503),
+    responses=EXPERIMENT_RESPONSES,
 )
 def temporal_order(
     body: Annotated[TemporalOrderRequest, Body(openapi_examples=TEMPORAL_ORDER_EXAMPLES)],

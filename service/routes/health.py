@@ -17,18 +17,22 @@ router = APIRouter(tags=["health"])
 
 
 class Status(BaseModel):
-    status: str
+    status: str = Field(description="`ok` from /healthz, `ready` from /readyz.")
 
 
 class Info(BaseModel):
-    version: str
-    torch_version: str
+    version: str = Field(description="This service's version.")
+    torch_version: str = Field(description="The version of torch it computes with.")
     devices: list[str] = Field(description="Devices this server computes on.")
     default_device: str = Field(description="What `device: auto` means here.")
-    torch_threads: int
+    torch_threads: int = Field(
+        description="Intra-op threads torch uses in each worker (`TENSORGRADE_TORCH_THREADS`, "
+        "else the cores divided among the workers)."
+    )
     limits: dict[str, Any] = Field(description="Every budget a request is checked against.")
     auth: Literal["open", "keys"] = Field(
-        description="`open` when no API key is configured (every caller acts as an instructor)."
+        description="`open` when no API key is configured (every caller acts as an "
+        "instructor), `keys` otherwise."
     )
 
 

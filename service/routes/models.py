@@ -46,13 +46,26 @@ from service.schemas import (
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=FastJSONRoute)
 
-COMPUTE_ERRORS = problem_responses(404, 413, 422, 503)
+NO_MODEL = "No model of this name (`unknown-model`); see `GET /v1/models`."
+COMPUTE_ERRORS = problem_responses(404, 413, 422, 503, described={404: NO_MODEL})
+
+RECURRENT = sorted(name for name, model in MODELS.items() if model.state_jacobians is not None)
+"""The models with a recurrent state: the only ones with state Jacobians."""
 
 ModelName = Annotated[
     str,
     Path(
         description="A model of `GET /v1/models`; any other name is a 404.",
         json_schema_extra={"enum": sorted(MODELS)},
+    ),
+]
+
+RecurrentModelName = Annotated[
+    str,
+    Path(
+        description="A model with a recurrent state (its `operations` in `GET /v1/models` "
+        "list `state-jacobians`); any other name is a 404.",
+        json_schema_extra={"enum": RECURRENT},
     ),
 ]
 
@@ -155,10 +168,21 @@ def jacobian(
     "/{model}/state-jacobians",
     summary="One-step state Jacobians dh[t]/dh[t-1] of a recurrent model, and a verdict",
     response_model=StateJacobiansResponse,
-    responses={**binary_answer_responses(StateJacobiansResponse), **COMPUTE_ERRORS},
+    responses={
+        **binary_answer_responses(StateJacobiansResponse),
+        **COMPUTE_ERRORS,
+        **problem_responses(
+            404,
+            described={
+                404: f"{NO_MODEL.removesuffix('.')}, or a model without a recurrent state "
+                f"(`unsupported-operation`): state Jacobians exist for {', '.join(RECURRENT)} "
+                "only."
+            },
+        ),
+    },
 )
 def state_jacobians(
-    model: ModelName,
+    model: RecurrentModelName,
     body: Annotated[ModelRequest, Body(openapi_examples=STATE_JACOBIAN_EXAMPLES)],
     settings: SettingsDep,
     gate: GateDep,
@@ -167,7 +191,7 @@ def state_jacobians(
     dh[t]/dh[1] through time, and whether gradients vanish or explode, with the reason."""
     reference = lookup(model)
     if reference.state_jacobians is None:
-        recurrent = ", ".join(n for n, m in MODELS.items() if m.state_jacobians is not None)
+        recurrent = ", ".join(RECURRENT)
         raise Problem(
             404,
             f"{model} has no recurrent state, so it has no state Jacobians; "

@@ -25,24 +25,41 @@ IntOrList = int | list[int]
 class ConvShapeRequest(StrictBody):
     input_size: list[int] = Field(description="Spatial sizes only, 1 to 3 of them.")
     kernel_size: IntOrList = Field(description="An int for every dimension, or one per dimension.")
-    stride: IntOrList = 1
-    padding: IntOrList | Literal["valid", "same"] = 0
-    dilation: IntOrList = 1
+    stride: IntOrList = Field(
+        1, description="S: an int for every dimension, or one per dimension; at least 1."
+    )
+    padding: IntOrList | Literal["valid", "same"] = Field(
+        0,
+        description="P, added on each side: an int for every dimension, or one per dimension; "
+        "or `valid` (no padding, P = 0) or `same` (the output as large as the input: "
+        "D(K - 1) in all, the odd one after, as torch pads; stride 1 and not transposed only).",
+    )
+    dilation: IntOrList = Field(
+        1,
+        description="D, the spacing of the kernel's taps: an int for every dimension, or one "
+        "per dimension; at least 1. The kernel then spans D(K - 1) + 1 (`effective_kernel`).",
+    )
     in_channels: int | None = Field(
         None, ge=1, le=MAX_SIZE, description="Checked, not needed for the size."
     )
     out_channels: int | None = Field(
         None, ge=1, le=MAX_SIZE, description="Prepended to `output_shape`."
     )
-    transposed: bool = False
+    transposed: bool = Field(
+        False,
+        description="The output size of a transposed convolution (`ConvTranspose`), "
+        "out = (in - 1) S - 2P + D(K - 1) + output_padding + 1, instead of a convolution's.",
+    )
     output_padding: IntOrList = Field(0, description="Transposed convolutions only.")
 
 
 class Step(BaseModel):
-    dimension: int
-    formula: str
-    substitution: str
-    result: int
+    """The output size of one spatial dimension, worked out."""
+
+    dimension: int = Field(description="0-based index into `input_size`.")
+    formula: str = Field(description="The formula in symbols (in, K, S, P, D).")
+    substitution: str = Field(description="The formula with this request's numbers put in.")
+    result: int = Field(description="The output size of this dimension.")
     effective_kernel: int = Field(description="D(K - 1) + 1")
     padded_input: int = Field(
         description="What the kernel slides over: in + 2P for a convolution; for a transposed "
@@ -53,9 +70,9 @@ class Step(BaseModel):
 
 
 class ConvShapeResponse(BaseModel):
-    output_size: list[int]
+    output_size: list[int] = Field(description="The output's spatial sizes, one per dimension.")
     output_shape: list[int] = Field(description="[out_channels, *output_size] when given.")
-    steps: list[Step]
+    steps: list[Step] = Field(description="How each size comes out, dimension by dimension.")
 
 
 def conv_shape(body: ConvShapeRequest) -> dict[str, Any]:

@@ -102,3 +102,64 @@ def test_openapi_examples_answer_200(client: TestClient) -> None:
             url = url.replace("{problem}", problem.group(1) if problem else "")
             response = client.post(url, json=example["value"])
             assert response.status_code == 200, (path, name, response.text)
+
+
+MALFORMED_BODIES = {
+    "trailing comma": (b'{"answer": 1,}', "application/json"),
+    "empty": (b"", "application/json"),
+    "byte order mark": (b'\xef\xbb\xbf{"answer": 1}', "application/json"),
+    "NaN": (b'{"answer": NaN}', "application/json"),
+    "a form": (b"answer=1", "application/x-www-form-urlencoded"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_BODIES))
+def test_the_422_of_every_body_names_the_kind_a_malformed_body_gets(
+    client: TestClient, name: str
+) -> None:
+    body, content_type = MALFORMED_BODIES[name]
+    response = client.post("/v1/check", content=body, headers={"content-type": content_type})
+    assert response.status_code == 422
+    kind = response.json()["type"].rsplit("/", 1)[1]
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if "requestBody" in operation:
+                assert f"`{kind}`" in operation["responses"]["422"]["description"], (method, path)
+                # A malformed body is not the 400, and the 400 says so.
+                assert "422" in operation["responses"]["400"]["description"], (method, path)
+
+
+def test_the_422_of_an_operation_without_a_body_is_about_its_parameters(
+    client: TestClient,
+) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if "422" in operation["responses"] and "requestBody" not in operation:
+                text = operation["responses"]["422"]["description"]
+                assert "JSON" not in text and "body" not in text, (method, path)
+                names = [p["name"] for p in operation.get("parameters", ())]
+                assert any(f"`{name}`" in text for name in names), (method, path)
+    problem = client.get("/v1/assignments/cnn-rnn/problems/1.1a").json()
+    assert problem["errors"][0]["loc"] == ["query", "student_id"]
+
+
+def test_an_empty_json_body_is_invalid_json_on_every_route(client: TestClient) -> None:
+    # FastAPI reads an empty body as no body ("body: Field required"); the fast path of
+    # /v1/shapes/conv parses it. Either way the client sent no JSON, and is told so alike.
+    paths = client.get("/openapi.json").json()["paths"]
+    posts = [
+        path for path, operations in paths.items() if "requestBody" in operations.get("post", {})
+    ]
+    assert "/v1/shapes/conv" in posts and "/v1/check" in posts
+    details = set()
+    for path in posts:
+        url = path.replace("{model}", "conv1d").replace("{assignment}", "cnn-rnn")
+        url = url.replace("{problem}", "1.1a")
+        response = client.post(url, content=b"", headers={"content-type": "application/json"})
+        assert response.status_code == 422, path
+        problem = response.json()
+        assert problem["type"].endswith("/invalid-json"), (path, problem)
+        details.add(problem["detail"])
+    assert len(details) == 1, details

@@ -248,7 +248,9 @@ def test_swagger_authorize_button_is_declared(keyed: TestClient) -> None:
             if path in PUBLIC:
                 assert "security" not in operation, (method, path)
                 continue
-            assert operation["security"] == [{"APIKey": []}], (method, path)
+            # One scheme (one Authorize button); its scopes are the roles the rule admits.
+            roles = ["instructor", "student"] if path.startswith(STUDENT_PREFIX) else ["instructor"]
+            assert operation["security"] == [{"APIKey": roles}], (method, path)
             assert "401" in operation["responses"], (method, path)
             if not path.startswith(STUDENT_PREFIX):
                 assert "403" in operation["responses"], (method, path)
@@ -299,3 +301,25 @@ def test_keyring_roles() -> None:
     assert ring.role_of(INSTRUCTOR[:-1]) is None
     assert ring.role_of("") is None
     assert KeyRing([], []).open
+
+
+def test_every_operations_text_names_the_key_it_really_needs(keyed: TestClient) -> None:
+    # The note is written from the rule's security requirement; here each is held to what the
+    # operation answers a caller without a key and one with a student key.
+    notes = {
+        "**No key needed.**": (lambda none, student: none != 401 and student != 403),
+        "**Needs an instructor key**": (lambda none, student: none == 401 and student == 403),
+        "**Student or instructor key**": (
+            lambda none, student: none == 401 and student not in (401, 403)
+        ),
+    }
+    seen = set()
+    for template, methods in keyed.get("/openapi.json").json()["paths"].items():
+        path = re.sub(r"\{(\w+)[^}]*\}", lambda m: PATH_VALUES.get(m[1], "x"), template)
+        for method, operation in methods.items():
+            (note,) = [n for n in notes if operation["description"].startswith(n)]
+            seen.add(note)
+            none = call(keyed, method.upper(), path, {})
+            student = call(keyed, method.upper(), path, key(STUDENT))
+            assert notes[note](none, student), (method, template, note, none, student)
+    assert seen == set(notes)

@@ -81,3 +81,15 @@ def test_every_diagnosis_has_an_example() -> None:
     codes = {m.code for m in MISTAKES} | {m.code for m in SHAPE_MISTAKES}
     codes |= {"transposed", "jacobian_halves_swapped", "wrong_output", "channels_missing"}
     assert codes <= shown, codes - shown
+
+
+def test_the_quoted_detail_of_the_formula_example_is_the_detail_answered(
+    client: TestClient,
+) -> None:
+    text = " ".join(ROOT.joinpath("README.md").read_text().split())
+    quoted = re.search(r'`"(answer: syntax error: [^"]*)"`', text)
+    assert quoted, "the README quotes no syntax error of a formula"
+    (body,) = [b for p, b, outcome in EXAMPLES if outcome == "422" and "formula" in str(b)]
+    response = client.post("/v1/check", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"] == quoted.group(1)

@@ -579,7 +579,7 @@ def test_a_product_written_as_on_paper_is_told_to_multiply(
 @pytest.mark.parametrize(
     ("names", "loc", "words"),
     [
-        ({"weight": "W W"}, ["body", "expected", "names", "weight"], "should match pattern"),
+        ({"weight": "W W"}, ["body", "expected", "names", "weight"], "must be 1 to 64 letters"),
         ({"wieght": "W"}, ["body", "expected", "names", "wieght"], "has no argument or output"),
     ],
     ids=["not-a-name", "unknown-tensor"],

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from service import devices
 from service.app import create_app
-from service.routes.diagnostics import experiment_slots
+from service.routes.diagnostics import EXPERIMENT_CAPS, experiment_slots
 from service.settings import Settings
 
 PATH = "/v1/experiments/temporal-order"
@@ -196,3 +198,42 @@ def test_gpu_run_matches_the_cpu_run(capped: TestClient, cell: str) -> None:
     assert gpu["initial"]["loss"] == pytest.approx(cpu["initial"]["loss"], rel=1e-9)
     for a, b in zip(gpu["epochs"], cpu["epochs"], strict=True):
         assert a["train_batch_losses"] == pytest.approx(b["train_batch_losses"], rel=1e-6)
+
+
+def test_each_cap_is_stated_with_its_field(capped: TestClient) -> None:
+    fields = capped.get("/openapi.json").json()["components"]["schemas"]["TemporalOrderRequest"]
+    for field, setting in EXPERIMENT_CAPS.items():
+        text = fields["properties"][field]["description"]
+        default = Settings.model_fields[setting].default
+        assert f"`{setting}`: {default:g} by default" in text, field
+        assert "`GET /v1/info`" in text and "422 (`limit-exceeded`)" in text, field
+    # The settings named are the ones /v1/info reports.
+    assert set(EXPERIMENT_CAPS.values()) <= set(capped.get("/v1/info").json()["limits"])
+
+
+def _documented(operation: dict[str, Any], status: int) -> str:
+    text: str = operation["responses"][str(status)]["description"]
+    return text
+
+
+def test_the_statuses_documented_are_the_ones_answered(capped: TestClient) -> None:
+    operation = capped.get("/openapi.json").json()["paths"][PATH]["post"]
+    over_a_cap = _problem(capped.post(PATH, json=TINY | {"epochs": 31}))
+    kind = over_a_cap["type"].rsplit("/", 1)[1]
+    assert f"`{kind}`" in _documented(operation, 422)
+    assert f"`{kind}`" not in _documented(operation, 413)
+    settings = CAPS.model_copy(update={"experiment_max_seconds": 1e-9})
+    with TestClient(create_app(settings)) as client:
+        too_short = _problem(client.post(PATH, json=TINY), 413)
+    kind = too_short["type"].rsplit("/", 1)[1]
+    assert f"`{kind}`, at `max_seconds`" in _documented(operation, 413)
+    assert "Another experiment is running" in _documented(operation, 503)
+
+
+def test_the_readmes_problem_types_are_the_statuses_answered(capped: TestClient) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = dict(re.findall(r"^\| `([a-z-]+)` \| (\d{3}) \|", readme, re.MULTILINE))
+    over_a_cap = _problem(capped.post(PATH, json=TINY | {"epochs": 31}))
+    assert table["limit-exceeded"] == "422" == str(over_a_cap["status"])
+    # README's prose on the caps names each kind with its own status.
+    assert "413 (`limit-exceeded`" not in readme and "422 (`budget-exceeded`" not in readme

@@ -113,7 +113,7 @@ def test_a_direct_route_applies_the_rule_given_where_its_router_is_included() ->
         assert ok.status_code == 200 and ok.content == b"x"
         # Still documented as FastAPI documents the rule.
         operation = client.get("/openapi.json").json()["paths"]["/direct"]["post"]
-        assert operation["security"] == [{"APIKey": []}]
+        assert operation["security"] == [{"APIKey": ["instructor"]}]
 
 
 def test_direct_checks_are_taken_only_where_they_replace_fastapis_handler_exactly(

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import numpy as np
@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.grading.schema import AnswerKind
 from tests.grading import seed_answers as seed
 from tests.grading.test_gradescope import TEST_FIELDS, TOP_LEVEL
 from tests.keys import INSTRUCTOR, STUDENT, key, keyed_settings
@@ -215,3 +216,29 @@ def test_run_autograder_with_a_broken_file_says_why(script: Path, url: str, tmp_
     assert results["score"] == 0 and results["tests"] == []
     assert "cannot read a JSON submission" in results["output"]
     assert "correct it and submit again" in results["output"]  # the student's to fix
+
+
+def test_the_answer_schema_of_the_assignment_routes_says_what_they_answer(
+    client: TestClient,
+) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    described = [
+        schemas["AnswerRequest"]["properties"]["answer"]["description"],
+        schemas["SubmissionRequest"]["properties"]["answers"]["additionalProperties"][
+            "description"
+        ],
+    ]
+    for text in described:
+        # /v1/check's wording (a 422, an `error` in a batch) is not what these routes do.
+        assert "422" not in text and "`error`" not in text and "batch" not in text
+        assert "status `malformed`" in text and "`feedback.reason`" in text
+        for kind in get_args(AnswerKind):
+            assert f"`{kind}`" in text, kind
+    # And it is what they do: a value of no kind is a 200 that says why, the rest graded.
+    body = {"student_id": "alice", "answers": {"1.3-4-loss": {"no": "kind"}, "1.1a": "5x2"}}
+    graded = client.post("/v1/assignments/cnn-rnn/grade", json=body, headers=key(STUDENT))
+    assert graded.status_code == 200
+    problems = graded.json()["problems"]
+    assert problems["1.3-4-loss"]["status"] == "malformed"
+    assert problems["1.3-4-loss"]["feedback"]["reason"]
+    assert problems["1.1a"]["status"] in ("correct", "incorrect")

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.grading.catalogue import load_catalogue
+from service.grading.grade import NUMBER_EXAMPLE
 from service.settings import Settings
 from tests.grading import seed_answers as seed
 from tests.grading.test_gradescope import TEST_FIELDS, TOP_LEVEL, VISIBILITIES
@@ -453,6 +454,11 @@ def test_a_key_that_cannot_be_computed_is_the_assignments_fault_not_the_students
     assert body["type"].endswith("assignment-error")
     assert body["detail"].startswith("problem p1: ") and "not the answer" in body["detail"]
     assert "cannot be computed" in caplog.text
+    # The answer is documented where a client looks for it: both routes that judge answers.
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (GRADE, check_path("p").replace("/p/", "/{problem}/")):
+        operation = paths[path.replace("cnn-rnn", "{assignment}")]["post"]
+        assert "`assignment-error`" in operation["responses"]["500"]["description"], path
 
 
 def test_the_check_computations_are_timed(first: TestClient) -> None:
@@ -522,3 +528,35 @@ def test_a_number_answer_may_be_written_as_text(first: TestClient) -> None:
         )
         assert response.status_code == 200, response.text
         assert response.json()["status"] == status, (text, response.json())
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ("25%", "give a number: write a percentage as a fraction (25% is 0.25)"),
+        ("log(4)", f'give a number, e.g. {NUMBER_EXAMPLE}, not the text "log(4)"'),
+        (True, f"give a number, e.g. {NUMBER_EXAMPLE}, not true"),
+        (["0.25"], f"give a number, e.g. {NUMBER_EXAMPLE} (answer[0] is a string"),
+    ],
+)
+def test_a_number_problems_malformed_answer_is_told_to_give_a_number(
+    first: TestClient, answer: Any, reason: str
+) -> None:
+    # Not the engine's "expected a nested list of numbers or a tensor object": a student who
+    # was asked for one number is told about a number.
+    response = first.post(
+        check_path("1.3-4-accuracy"), json={"student_id": "alice", "answer": answer}
+    )
+    checked = response.json()
+    assert checked["status"] == "malformed", checked
+    assert checked["feedback"]["reason"].startswith(reason)
+    assert "tensor" not in checked["feedback"]["reason"]
+
+
+def test_the_example_of_a_number_is_no_number_problems_key(first: TestClient) -> None:
+    catalogue = first.app.state.catalogue  # type: ignore[attr-defined]
+    for assignment in catalogue.assignments.values():
+        for problem in assignment.problems:
+            if problem.answer_kind == "number" and problem.expected["op"] == "value":
+                key = float(np.asarray(problem.expected["value"]).reshape(-1)[0])
+                assert abs(float(NUMBER_EXAMPLE) - key) > 0.1 * max(1.0, abs(key)), problem.id

@@ -398,3 +398,28 @@ def test_the_listing_names_what_backward_answers_beside_the_grads(
     extras = {extra["name"] for extra in listed["backward_extras"]}
     assert extras == answered & extras and extras == ({"state_grads"} if "rnn" in model else set())
     assert "state_grads" in answered or "rnn" not in model
+
+
+def test_state_jacobians_of_a_model_without_a_state_is_the_documented_404(
+    client: TestClient,
+) -> None:
+    listed = client.get("/v1/models").json()["models"]
+    recurrent = sorted(m["name"] for m in listed if "state-jacobians" in m["operations"])
+    stateless = sorted(m["name"] for m in listed if "state-jacobians" not in m["operations"])
+    assert recurrent and stateless
+    paths = client.get("/openapi.json").json()["paths"]
+    operation = paths["/v1/models/{model}/state-jacobians"]["post"]
+    # The path offers only the models that have the operation; the others offer every model.
+    (model,) = [p for p in operation["parameters"] if p["name"] == "model"]
+    assert model["schema"]["enum"] == recurrent
+    forward = paths["/v1/models/{model}/forward"]["post"]["parameters"][0]
+    assert forward["schema"]["enum"] == sorted(m["name"] for m in listed)
+    not_found = operation["responses"]["404"]["description"]
+    for name in stateless:
+        response = client.post(f"/v1/models/{name}/state-jacobians", json=SEED)
+        assert response.status_code == 404
+        kind = response.json()["type"].rsplit("/", 1)[1]
+        assert kind == "unsupported-operation" and f"`{kind}`" in not_found
+    unknown = client.post("/v1/models/lstm/state-jacobians", json=SEED).json()
+    assert f"`{unknown['type'].rsplit('/', 1)[1]}`" in not_found
+    assert ", ".join(recurrent) in not_found

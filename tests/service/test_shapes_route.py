@@ -88,3 +88,29 @@ def test_invalid_json_is_a_problem(client: TestClient) -> None:
     )
     assert response.status_code == 422
     assert "not valid JSON" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_a_body_not_sent_as_json_is_the_not_json_problem_of_every_route(
+    client: TestClient, content_type: str | None
+) -> None:
+    # curl -d without -H sends a form: refused as /v1/check refuses it, whatever the bytes hold.
+    body = b'{"input_size": [5], "kernel_size": 3}'
+    headers = {"content-type": content_type} if content_type else {}
+    shapes = client.post("/v1/shapes/conv", content=body, headers=headers)
+    check = client.post("/v1/check", content=body, headers=headers)
+    assert shapes.status_code == check.status_code == 422
+    problem = shapes.json()
+    assert problem["type"].endswith("/not-json")
+    assert {k: v for k, v in problem.items() if k != "request_id"} == {
+        k: v for k, v in check.json().items() if k != "request_id"
+    }
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/x+json"])
+def test_any_json_content_type_is_accepted(client: TestClient, content_type: str) -> None:
+    body = b'{"input_size": [5], "kernel_size": 3}'
+    response = client.post("/v1/shapes/conv", content=body, headers={"content-type": content_type})
+    assert response.status_code == 200 and response.json()["output_size"] == [3]
