@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import torch
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
@@ -25,7 +25,7 @@ from service.logs import ensure_logging
 from service.middleware import EdgeMiddleware
 from service.openapi import declare_edge_statuses, declare_roles
 from service.problems import install_problem_handlers, problem_schemas
-from service.ratelimit import CheckLimiter
+from service.ratelimit import CheckLimiter, rate_limited
 from service.routes import assignments, check, diagnostics, health, metrics, models, shapes
 from service.routing import include_flat
 from service.settings import Settings, get_settings
@@ -129,6 +129,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for route in router.routes
     )
     app.include_router(metrics.router)
+    # And the routes whose checks it counts against the rate limit before reading the body
+    # (the included routers' own routes: the app holds them behind a layer of its own).
+    every_router: tuple[APIRouter, ...] = (shapes.router, health.router, models.router)
+    every_router += (check.router, diagnostics.router, assignments.router, metrics.router)
+    app.state.rate_limited_routes = tuple(
+        route for router in every_router for route in router.routes if rate_limited(route)
+    )
     # The one middleware: request ids, telemetry and the guards at the edge, before routing,
     # so it sees every answer (see middleware.py).
     app.add_middleware(

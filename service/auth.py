@@ -181,6 +181,28 @@ def edge_caller(keyring: KeyRing | None, headers: Iterable[tuple[bytes, bytes]])
         return problem
 
 
+def edge_identity(
+    keyring: KeyRing | None, headers: Iterable[tuple[bytes, bytes]], client: Any
+) -> str | None:
+    """The ``Caller.identity`` that ``identify`` gives this request, from its headers and
+    client alone, where its checks are rate-limited: a student key's, or the address of a
+    caller of an open service; ``None`` for an instructor key (not limited) or a key the edge
+    refuses anyway."""
+    if keyring is None:
+        return None
+    if keyring.open:
+        host = client[0] if client else "unknown"
+        return f"address:{host}"
+    key = next((value for name, value in headers if name.lower() == _KEY_HEADER), None)
+    if key is None:
+        return None
+    text = key.decode("latin-1")
+    holder = keyring.holder_of(text)
+    if holder is None or holder.role == "instructor":
+        return None
+    return "key:" + _digest(text).hex()[:32]
+
+
 def forbidden() -> Problem:
     """The 403 of a student key on an instructors' operation."""
     return Problem(

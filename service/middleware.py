@@ -48,14 +48,16 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import anyio
 import orjson
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import edge_caller, forbidden
+from service.auth import KeyRing, edge_caller, edge_identity, forbidden
 from service.deadlines import BodyDeadlines, BodyTimeout
 from service.mediatypes import is_json as is_json  # here since the guard decides with it
 from service.problems import Problem, ProblemException, problem_response
+from service.ratelimit import CHARGED, charge
 from service.requestid import accept_request_id, set_request_id
 from service.telemetry import record_request_done
 
@@ -200,6 +202,7 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
 
 
 _REQUEST_ID = b"x-request-id"
+_CACHE_CONTROL = b"cache-control"
 
 
 def _overloaded(holding: str) -> Problem:
@@ -227,6 +230,34 @@ def _instructors_only(app: object, scope: Scope) -> bool:
     those routes in ``state.instructor_routes``)."""
     routes = getattr(getattr(app, "state", None), "instructor_routes", ())
     return any(route.matches(scope)[0] is Match.FULL for route in routes)
+
+
+def _rate_limited(app: object, scope: Scope) -> bool:
+    """Whether the route of this method and path counts against the check rate limit (the
+    app lists those routes in ``state.rate_limited_routes``)."""
+    routes = getattr(getattr(app, "state", None), "rate_limited_routes", ())
+    path = scope["path"]
+    # The static start of each route's path first: most requests (a grading run's thousands
+    # of shapes) go elsewhere, and are then not matched against each route.
+    return any(
+        path.startswith(route.path.split("{", 1)[0]) and route.matches(scope)[0] is Match.FULL
+        for route in routes
+    )
+
+
+async def _charge(app: object, keyring: KeyRing | None, scope: Scope) -> Problem | None:
+    """Count a check of a rate-limited caller before its body is read: a caller over the limit
+    gets its 429 without the server reading and parsing the body, and a body that turns out
+    not to be JSON is counted too. The route's dependency then counts it no more."""
+    identity = edge_identity(keyring, scope["headers"], scope.get("client"))
+    limiter = getattr(getattr(app, "state", None), "check_limiter", None)
+    if identity is None or limiter is None:
+        return None
+    # The store may be a Redis: its round trip is kept off the event loop.
+    refused = await anyio.to_thread.run_sync(charge, limiter, identity)
+    if refused is None:
+        scope.setdefault("state", {})[CHARGED] = True
+    return refused
 
 
 class EdgeMiddleware:
@@ -284,6 +315,8 @@ class EdgeMiddleware:
         if head:  # RFC 9110: a GET without its body; the routes declare GET only
             scope = {**scope, "method": "GET"}
 
+        api = path.removeprefix(root_path).startswith("/v1/")  # behind a proxy's prefix too
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
             if head and message["type"] == "http.response.body" and message.get("body"):
@@ -291,12 +324,16 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 headers = message.get("headers", ())
-                for name, _ in headers:
-                    if name.lower() == _REQUEST_ID:  # a problem detail sets it itself
-                        break
-                else:  # a new list: the response's own may be sent again
-                    tagged = [*headers, (_REQUEST_ID, request_id.encode("latin-1"))]
-                    message = {**message, "headers": tagged}
+                names = {name.lower() for name, _ in headers}
+                added = (
+                    [] if _REQUEST_ID in names else [(_REQUEST_ID, request_id.encode("latin-1"))]
+                )
+                if api and _CACHE_CONTROL not in names:
+                    # An answer of the API is for its caller alone (a variant, feedback, a
+                    # reference): no shared cache may keep it and hand it to another.
+                    added.append((_CACHE_CONTROL, b"no-store"))
+                if added:  # a new list: the response's own may be sent again
+                    message = {**message, "headers": [*headers, *added]}
             await send(message)
 
         try:
@@ -341,11 +378,15 @@ class EdgeMiddleware:
                     await problem_response(caller)(scope, receive, send)
                     return
                 json_body = False
-            elif (
-                caller == "student" and scope["method"] == "POST" and _instructors_only(app, scope)
-            ):
+            elif caller == "student" and _instructors_only(app, scope):
+                # Any method: a GET sent with a JSON body would otherwise have it parsed.
                 await problem_response(forbidden())(scope, receive, send)
                 return
+            elif scope["method"] == "POST" and _rate_limited(app, scope):
+                refused = await _charge(app, keyring, scope)
+                if refused is not None:
+                    await problem_response(refused)(scope, receive, send)
+                    return
         counted = scope["path"] not in EXEMPT_PATHS
         if counted:
             if self.in_flight >= self.max_in_flight:

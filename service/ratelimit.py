@@ -51,30 +51,55 @@ class CheckLimiter:
         return "; ".join(str(item) for item in self.items) or "none"
 
 
-def check_rate_limit(request: Request, who: CallerDep) -> None:
-    """429 with ``Retry-After`` once the caller is over a limit. Instructor keys are not
-    limited; student keys are limited per key, callers of an open service per address."""
-    if who.role == "instructor" and who.keyed:
-        return
-    limiter: CheckLimiter = request.app.state.check_limiter
+CHARGED = "tensorgrade_rate_limit_charged"
+"""Set in the request's state by the edge once it has counted the check (``charge``), so that
+the route's dependency does not count it twice."""
+
+
+def charge(limiter: CheckLimiter, identity: str) -> Problem | None:
+    """Count one check by ``identity``: ``None`` when allowed, else the 429 to answer (or the
+    503 of a store that cannot be reached)."""
     try:
-        wait = limiter.hit(who.identity)
+        wait = limiter.hit(identity)
     except StorageError as error:
-        raise Problem(
+        return Problem(
             503,
             f"the rate-limit store cannot be reached ({type(error.storage_error).__name__}); "
             "retry shortly",
             headers={"Retry-After": "5"},
-        ) from None
-    if wait is not None:
-        raise Problem(
-            429,
-            f"too many checks with this key (the limits are {limiter.describe()}); "
-            f"retry in {wait} s",
-            kind="rate-limited",
-            title="Too many requests",
-            headers={"Retry-After": str(wait)},
         )
+    if wait is None:
+        return None
+    return Problem(
+        429,
+        f"too many checks with this key (the limits are {limiter.describe()}); retry in {wait} s",
+        kind="rate-limited",
+        title="Too many requests",
+        headers={"Retry-After": str(wait)},
+    )
+
+
+def rate_limited(route: Any) -> bool:
+    """Whether a route counts its requests against the check rate limit (its dependencies
+    hold ``check_rate_limit``): the edge counts them before it reads the body."""
+    dependant = getattr(route, "dependant", None)
+    return any(d.call is check_rate_limit for d in getattr(dependant, "dependencies", ()))
+
+
+def check_rate_limit(request: Request, who: CallerDep) -> None:
+    """429 with ``Retry-After`` once the caller is over a limit. Instructor keys are not
+    limited; student keys are limited per key, callers of an open service per address.
+
+    The edge counts the request first where it can (``middleware.EdgeMiddleware``): then an
+    answer that is refused (over the limit, a body that is no JSON) is counted and refused
+    before its body is read or parsed, and this dependency only checks the caller again."""
+    if who.role == "instructor" and who.keyed:
+        return
+    if getattr(request.state, CHARGED, False):
+        return
+    problem = charge(request.app.state.check_limiter, who.identity)
+    if problem is not None:
+        raise problem
 
 
 RATE_LIMITED: dict[str, Any] = {

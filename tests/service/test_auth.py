@@ -187,6 +187,22 @@ def test_a_student_key_on_an_instructors_route_never_has_its_body_read(keyed: Te
     assert len(instructors) > 5
     for path in instructors:
         assert asgi_call(app, "POST", path, STUDENT)[0]["status"] == 403, path
+    # A GET sent with a JSON body too.
+    gets = [path for method, path in operations(keyed) if method == "GET"]
+    for path in [p for p in gets if p.startswith(("/v1/models", "/v1/diagnostics"))]:
+        assert asgi_call(app, "GET", path, STUDENT)[0]["status"] == 403, path
+
+
+def test_a_student_over_the_rate_limit_never_has_its_body_read() -> None:
+    """The edge counts a check before it reads the body: once over the limit, the 429 comes
+    without a byte of it read (the first check reads its body, so it is sent by the client)."""
+    app = create_app(keyed_settings(check_rate_limit="1/minute"))
+    path = "/v1/assignments/cnn-rnn/problems/1.1a/check"
+    with TestClient(app) as client:
+        body = {"student_id": "alice", "answer": "5x2"}
+        assert client.post(path, json=body, headers=key(STUDENT)).status_code == 200
+        sent = asgi_call(app, "POST", path, STUDENT)
+    assert sent[0]["status"] == 429
 
 
 @pytest.mark.parametrize("body", [b"{bad", b'{"x": NaN}'], ids=["malformed", "nan"])

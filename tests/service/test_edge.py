@@ -24,6 +24,7 @@ from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.middleware import EdgeMiddleware, is_json
 from service.routing import FastJSONRoute
 from service.settings import Settings
+from tests.keys import STUDENT, key, keyed_settings
 
 JSON = {"content-type": "application/json"}
 SEED = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
@@ -520,3 +521,31 @@ def test_large_bodies_share_a_budget_and_a_small_one_always_passes() -> None:
         assert (await big)[0]["status"] == 200 and edge.bodies.held == 0
 
     asyncio.run(main())
+
+
+def test_api_answers_are_never_kept_by_a_shared_cache() -> None:
+    """A variant, feedback or a reference is its caller's alone: every /v1 answer says
+    ``no-store`` (a 200, a problem, a student's and an instructor's; behind a proxy's prefix
+    too), while the docs' assets may be cached."""
+    with TestClient(create_app(keyed_settings())) as client:
+        answers = [
+            client.get(
+                "/v1/assignments/cnn-rnn/problems/1.1c-i",
+                params={"student_id": "alice"},
+                headers=key(STUDENT),
+            ),
+            client.post(
+                "/v1/assignments/cnn-rnn/problems/1.1a/check",
+                json={"student_id": "alice", "answer": "4x2"},
+                headers=key(STUDENT),
+            ),
+            client.get("/v1/models", headers=key(STUDENT)),  # a 403
+            client.get("/v1/models"),  # a 401
+            client.get("/v1/info"),
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 403, 401, 200]
+        for answer in answers:
+            assert answer.headers.get_list("cache-control") == ["no-store"], answer.url
+        assert "no-store" not in client.get("/openapi.json").headers.get("cache-control", "")
+    with TestClient(create_app(keyed_settings()), root_path="/api") as behind:
+        assert behind.get("/api/v1/info").headers["cache-control"] == "no-store"

@@ -92,3 +92,53 @@ def test_an_unknown_store_stops_start_up_without_printing_its_password() -> None
 def test_info_reports_the_limit() -> None:
     client = TestClient(create_app(Settings(check_rate_limit="7/minute")))
     assert client.get("/v1/info").json()["limits"]["check_rate_limit"] == "7/minute"
+
+
+CHECK_1_1A = "/v1/assignments/cnn-rnn/problems/1.1a/check"
+
+
+def test_the_edge_counts_a_check_before_reading_its_body_and_only_once() -> None:
+    """On the assignment routes the edge counts the check: a body that is no JSON counts, a
+    caller over the limit is refused before the body is parsed (a 429, not the 422 the body
+    would get), and the route does not count a check the edge counted."""
+    app = create_app(keyed_settings(check_rate_limit="3/minute"))
+    with TestClient(app) as client:
+        client.headers.update(key(STUDENT))
+        assert app.state.rate_limited_routes  # the check and grade routes
+        answer = {"student_id": "alice", "answer": "5x2"}
+        assert client.post(CHECK_1_1A, json=answer).status_code == 200
+        assert client.post(CHECK_1_1A, json=answer).status_code == 200  # counted once each
+        broken = client.post(
+            CHECK_1_1A, content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert broken.status_code == 422  # parsed after being counted
+        over = client.post(
+            CHECK_1_1A, content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert over.status_code == 429 and "retry-after" in over.headers
+        assert client.post("/v1/assignments/cnn-rnn/grade", json={}).status_code == 429
+        # Instructors are not counted, at the edge either.
+        instructor = {**key(INSTRUCTOR), "content-type": "application/json"}
+        for _ in range(5):
+            assert client.post(CHECK_1_1A, json=answer, headers=instructor).status_code == 200
+
+
+def test_the_edge_counts_per_address_in_an_open_service() -> None:
+    with TestClient(create_app(Settings(check_rate_limit="1/minute"))) as client:
+        answer = {"student_id": "alice", "answer": "5x2"}
+        assert client.post(CHECK_1_1A, json=answer).status_code == 200
+        assert client.post(CHECK_1_1A, json=answer).status_code == 429
+
+
+def test_an_unreachable_store_at_the_edge_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(keyed_settings(check_rate_limit="3/minute"))
+
+    def unreachable(identity: str) -> int | None:
+        raise StorageError(ConnectionError("down"))
+
+    with TestClient(app) as client:
+        monkeypatch.setattr(app.state.check_limiter, "hit", unreachable)
+        refused = client.post(
+            CHECK_1_1A, json={"student_id": "alice", "answer": "5x2"}, headers=key(STUDENT)
+        )
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
