@@ -136,6 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limited_routes = tuple(
         route for router in every_router for route in router.routes if rate_limited(route)
     )
+    app.state.rate_limited_prefixes = tuple(
+        {route.path.split("{", 1)[0] for route in app.state.rate_limited_routes}
+    )
     # The one middleware: request ids, telemetry and the guards at the edge, before routing,
     # so it sees every answer (see middleware.py).
     app.add_middleware(
