@@ -269,10 +269,19 @@ class AllZeros(Mistake):
         self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, seen: Seen, work: Work
     ) -> list[Diagnosis | None]:
         count = answers.shape[0]
+        scale = key_scale(key.tensor)
         # One number answered 0 is just a wrong number: "all zeros" would say nothing more.
-        if math.prod(answers.shape[1:]) < 2 or not bool(key.tensor.any()):
+        # An answer of another shape is not told whether the key is zeros.
+        if (
+            math.prod(answers.shape[1:]) < 2
+            or tuple(answers.shape[1:]) != tuple(key.tensor.shape)
+            or _zeros(key.tensor, tolerance, scale)
+        ):
             return [None] * count
-        zeros = (answers.reshape(count, -1) == 0).all(dim=1).tolist()
+        # Zeros as the other candidates are skipped: within the tolerance of the key (1e-17
+        # is a zero left by rounding).
+        atol = tolerance.effective_atol(scale)
+        zeros = (answers.reshape(count, -1).abs() <= atol).all(dim=1).tolist()
         message = (
             "Your answer is all zeros, and the key is not: check that the result is computed "
             "into the array you return (an array left as it was created, or a loop that never "
@@ -374,10 +383,14 @@ class ConstantFactor(Mistake):
     ) -> list[Diagnosis | None]:
         found: list[Diagnosis | None] = [None] * answers.shape[0]
         size = key.tensor.numel()
-        if int(torch.count_nonzero(key.tensor)) <= 1:
+        scale = key_scale(key.tensor)
+        magnitude = key.tensor.abs()
+        beyond_zero = magnitude > tolerance.effective_atol(scale) + tolerance.rtol * magnitude
+        if int(beyond_zero.sum()) <= 1:
             # Any number is some multiple of a one-number key, or of a key with one entry that
-            # is not zero (an answer with the same entry set): "31/30 times the key" is then a
-            # ratio, not a mistake, and it states the key.
+            # an answer of zero would not match (an answer with that entry set, zeros
+            # elsewhere): "31/30 times the key" is then a ratio, not a mistake, and it states
+            # the key.
             return found
         # The fit is one pass over the answers, charged as a candidate; so is each factor.
         if tuple(answers.shape[1:]) != tuple(key.tensor.shape) or not work.afford(size):
@@ -392,7 +405,6 @@ class ConstantFactor(Mistake):
             factor = _nice_factor(value)
             if factor is not None:
                 by_factor.setdefault(factor, []).append(n)
-        scale = key_scale(key.tensor)
         for factor, rows in by_factor.items():
             if not work.afford(size):
                 break

@@ -180,6 +180,37 @@ def test_a_wrong_number_is_no_multiple_of_a_one_number_key(
     assert response.json()["diagnosis"] == []
 
 
+def test_no_multiple_of_a_key_with_one_entry_beyond_the_tolerance_of_zero(
+    client: TestClient,
+) -> None:
+    """0.002 is within cnn-rnn's tolerance of 0 next to 3.7: the key has one entry an answer
+    must get, and "10/37 times the key" would state it."""
+    tolerance = {"rtol": 1e-3, "atol": 1e-6, "floor": 1e-3}
+    expected = {"op": "value", "value": [3.7, 0.002, 0.0, 0.0]}
+    response = post(client, expected, [1.0, 0.0, 0.0, 0.0], tolerance=tolerance)
+    assert response.json()["correct"] is False
+    assert response.json()["diagnosis"] == []
+
+
+@pytest.mark.parametrize(
+    ("key", "answer", "codes"),
+    [
+        ([[1.0, -1.0], [2.0, -2.0]], [[1e-17, -1e-17], [0.0, 0.0]], ["all_zeros"]),
+        ([1.0, 2.0, 3.0], [[0.0, 0.0], [0.0, 0.0]], []),  # another shape: nothing of the key
+        ([1e-9, 0.0, 0.0], [0.0, 0.0, 0.0], None),  # zeros are right: the key is zeros
+    ],
+)
+def test_all_zeros_within_the_tolerance_and_only_in_the_keys_shape(
+    client: TestClient, key: Any, answer: Any, codes: list[str] | None
+) -> None:
+    result = post(client, {"op": "value", "value": key}, answer).json()
+    if codes is None:
+        assert result["correct"] is True
+    else:
+        assert result["correct"] is False
+        assert [d["code"] for d in result["diagnosis"]] == codes
+
+
 def test_a_multiple_of_a_key_of_several_numbers_is_a_constant_factor(client: TestClient) -> None:
     response = post(client, {"op": "value", "value": [3.0, -1.0]}, [6.0, -2.0])
     assert [d["code"] for d in response.json()["diagnosis"]] == ["constant_factor"]
