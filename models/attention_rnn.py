@@ -163,17 +163,26 @@ BATCHED_LAG_SECONDS = 1.7e-5
 step, its past states stacked and their gradients split again at every step."""
 
 
+PRODUCT_SPEEDUP = 6
+"""How much faster than the service's assumed rate (``TENSORGRADE_CPU_FLOPS_PER_SECOND``,
+5e9 by default) the batched n x n matrix products of the totals run, measured on 2 cores:
+k = 8, n = 125, T = 1,024 took 1.9 s for its 5.3e10 operations (28e9 a second; 10.6 s at the
+assumed rate, which would have refused a request that runs in 6 s). They are counted at a
+sixth, still a little above their time."""
+
+
 def total_paths_flops(config: AttentionRNNConfig, shapes: Shapes) -> int:
     """Operations of dh[t]/dh[1] through every path (``attention_totals``), which the state
-    Jacobians add with k >= 2 or inf: per step and lag two n x n x n products; with inf, a
-    weighted sum of n x n matrices per pair of a step and a past state, and two products per
-    step."""
+    Jacobians add with k >= 2 or inf, as the compute estimate counts them: per step and lag
+    two n x n x n products (at ``PRODUCT_SPEEDUP``); with inf, a weighted sum of n x n
+    matrices per pair of a step and a past state (a pass over memory, counted in full), and
+    two products per step."""
     seq_len, n = shapes["x"]
     if config.k == "inf":
-        return 4 * _pairs(seq_len) * n * n + 4 * seq_len * n**3
+        return 4 * _pairs(seq_len) * n * n + 4 * seq_len * n**3 // PRODUCT_SPEEDUP
     if config.k == 1:
         return 0
-    return 4 * seq_len * min(config.k, seq_len) * n**3
+    return 4 * seq_len * min(config.k, seq_len) * n**3 // PRODUCT_SPEEDUP
 
 
 def _pairs(seq_len: int) -> int:
@@ -393,8 +402,12 @@ def explain(k: Window, verdict: str, growth: float, terms: Mapping[str, float], 
         else "the score path dominates"
     )
     skip = ""
-    if "chain_growth_factor" in terms and steps > 1:
-        older = {"inf": "every older state", 2: "h[t-2]"}.get(k, f"h[t-2], ..., h[t-{k}]")
+    # The lags that reach back to h[1] in this sequence: k's, or fewer when T is short.
+    reach = steps - 1 if k == "inf" else min(k, steps - 1)
+    if "chain_growth_factor" in terms and reach >= 2:
+        older = "every older state" if k == "inf" else "h[t-2]"
+        if k != "inf" and reach > 2:
+            older = f"h[t-2], ..., h[t-{reach}]"
         skip = (
             f". The chain dh[t]/dh[t-1] ... dh[2]/dh[1] alone changes by a factor of about "
             f"{terms['chain_growth_factor']:.3g} per step; the direct attention to {older} "

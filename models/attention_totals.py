@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from models.errors import ModelError
+
 Window = int | str
 
 
@@ -80,6 +82,13 @@ def log_total_norms(
                     "s,sij,sjk->ik", coef, v_lags, ds
                 )  # (n, n)
             size = total.abs().max()
+            if not bool(torch.isfinite(size)):
+                raise ModelError(
+                    f"dh[t]/dh[1] through the older states overflows {h.dtype} at step "
+                    f"{t + 1}, so no norm or verdict can be computed; scale the weights or "
+                    "inputs down" + ("" if h.dtype == torch.float64 else ", or use float64"),
+                    "params",
+                )
             if size == 0:
                 scaled[t], logs[t] = 0.0, float("-inf")
             else:

@@ -403,3 +403,22 @@ def test_state_grads_of_the_attention_alone_match_differences_through_the_loop(
     numeric = finite_difference_jacobian(loss, torch.zeros_like(args["x"]))
     torch.testing.assert_close(extras["state_grads"], numeric, rtol=1e-6, atol=1e-8)
     assert not extras["state_grads"][-1].any()  # no later step reads the last state
+
+
+@pytest.mark.parametrize(
+    ("k", "seq_len", "named"),
+    [(5, 3, "h[t-2] directly"), (5, 6, "h[t-2], ..., h[t-5]"), (7, 4, "h[t-2], ..., h[t-3]")],
+)
+def test_the_reason_names_only_the_older_states_that_reach_h1(
+    k: Window, seq_len: int, named: str
+) -> None:
+    args = random_case(70, k, seq_len=seq_len, n=2)
+    answer = attention_rnn.state_jacobians(attention_rnn.parse_config({"k": k}), args)
+    assert f"the direct attention to {named.removesuffix(' directly')} adds" in answer["reason"]
+
+
+@pytest.mark.parametrize("k", [2, 5, "inf"])
+def test_two_steps_have_no_path_that_skips_the_chain(k: Window) -> None:
+    args = random_case(71, k, seq_len=2, n=2)
+    answer = attention_rnn.state_jacobians(attention_rnn.parse_config({"k": k}), args)
+    assert "skip" not in answer["reason"]

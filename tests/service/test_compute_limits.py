@@ -16,7 +16,12 @@ from fastapi.testclient import TestClient
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import conv
-from models.attention_rnn import attention_rnn, parse_config, total_paths_flops
+from models.attention_rnn import (
+    PRODUCT_SPEEDUP,
+    attention_rnn,
+    parse_config,
+    total_paths_flops,
+)
 from models.attention_totals import log_total_norms
 from models.autodiff import jacobian_chunk_count, jacobian_chunk_size
 from models.registry import MODELS, ArgSpec, ReferenceModel, get_model
@@ -221,7 +226,8 @@ def test_the_generic_cost_covers_a_recurrence_without_its_own_count() -> None:
         model.forward(None, args)
     estimate = forward_flops(model, None, shapes, {"h": (40, 6)})
     assert counter.get_total_flops() == 2 * 40 * 6 * 5
-    assert counter.get_total_flops() <= estimate <= 2 * counter.get_total_flops()
+    counted = counter.get_total_flops()
+    assert counted // (2 * PRODUCT_SPEEDUP) <= estimate <= counted
 
 
 @pytest.fixture
@@ -534,8 +540,9 @@ def test_closed_form_jacobians_are_estimated_as_the_fill_they_are(client: TestCl
 def test_the_state_jacobians_count_the_paths_to_older_states(
     k: int | str, seq_len: int, n: int
 ) -> None:
-    """AttentionRNN's dh[t]/dh[1] through every path: the estimate covers what torch counts
-    and is within a small factor of it; with k = 1 there is only the chain, counted already."""
+    """AttentionRNN's dh[t]/dh[1] through every path: the estimate is what torch counts, its
+    matrix products at a sixth (they run several times the assumed rate), never more than the
+    count nor far below it; with k = 1 there is only the chain, counted already."""
     width = 2 if k == "inf" else int(k) + 1
     gen = torch.Generator().manual_seed(3)
     Q, K, V = (0.3 * torch.randn(width, n, n, generator=gen, dtype=torch.float64) for _ in "QKV")
@@ -544,7 +551,8 @@ def test_the_state_jacobians_count_the_paths_to_older_states(
     with FlopCounterMode(display=False) as counter:
         log_total_norms(Q, K, V, h, a, k)
     estimate = total_paths_flops(parse_config({"k": k}), {"x": (seq_len, n)})
-    assert counter.get_total_flops() <= estimate <= 2 * counter.get_total_flops()
+    counted = counter.get_total_flops()
+    assert counted // (2 * PRODUCT_SPEEDUP) <= estimate <= counted
     assert total_paths_flops(parse_config({"k": 1}), {"x": (seq_len, n)}) == 0
     body = {
         "config": {"k": k},

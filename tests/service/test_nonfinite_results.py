@@ -212,3 +212,23 @@ def test_product_norms_past_the_dtype_keep_finite_logs_and_a_verdict(
             assert norm == math.inf
     assert answer["growth_factor"] == pytest.approx(value, rel=1e-5)
     assert answer["verdict"] == "exploding"
+
+
+def test_paths_to_older_states_that_overflow_are_a_422_not_a_500(client: TestClient) -> None:
+    """AttentionRNN(2) whose lag-2 score matrix is huge (1.2e154 squared overflows float64)
+    while the lag-1 Jacobians stay finite: the sum over paths overflows, said as a 422."""
+    body = {
+        "config": {"k": 2},
+        "params": {"Q": [[[1.0]], [[1.0]], [[1.2e154]]], "K": [[[1.0]], [[1.0]], [[1.2e154]]]},
+        "inputs": {"x": [[0.1], [0.2], [0.3], [0.1]]},
+    }
+    body["params"]["V"] = [[[1.0]], [[0.5]], [[0.5]]]
+    forward = client.post("/v1/models/attention_rnn/forward", json=body)
+    assert forward.status_code == 200, forward.text[:300]
+    response = client.post("/v1/models/attention_rnn/state-jacobians", json=body)
+    assert response.status_code == 422, response.text[:300]
+    detail = response.json()["detail"]
+    assert "through the older states overflows torch.float64" in detail
+    assert "use float64" not in detail
+    check = {"expected": {"op": "state_jacobians", "model": "attention_rnn", **body}, "answer": 1}
+    assert client.post("/v1/check", json=check).status_code == 422
