@@ -226,8 +226,7 @@ def test_the_generic_cost_covers_a_recurrence_without_its_own_count() -> None:
         model.forward(None, args)
     estimate = forward_flops(model, None, shapes, {"h": (40, 6)})
     assert counter.get_total_flops() == 2 * 40 * 6 * 5
-    counted = counter.get_total_flops()
-    assert counted // (2 * PRODUCT_SPEEDUP) <= estimate <= counted
+    assert counter.get_total_flops() <= estimate <= 2 * counter.get_total_flops()
 
 
 @pytest.fixture
