@@ -280,15 +280,17 @@ class KeyRule(APIKeyHeader):
 instructor_key = KeyRule(frozenset({"instructor"}))
 any_key = KeyRule(frozenset({"instructor", "student"}))
 
-CallerDep = Annotated[Caller, Security(any_key)]
-"""The caller of a route under ``STUDENTS`` (resolved once per request with the rule)."""
-
 
 def _rule(rule: KeyRule) -> Any:
     """A rule as a router's dependency, its roles given as the scopes of its security
     requirement: OpenAPI 3.1 lets any scheme list the roles an operation needs, so the document
     states each operation's role from the rule that enforces it (``openapi.declare_roles``)."""
     return Security(rule, scopes=sorted(rule.roles))
+
+
+CallerDep = Annotated[Caller, _rule(any_key)]
+"""The caller of a route under ``STUDENTS``: the same dependency as the router's rule (the
+same scopes too), so FastAPI resolves it once per request, not the key twice."""
 
 
 INSTRUCTORS: dict[str, Any] = {

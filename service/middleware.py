@@ -53,7 +53,7 @@ import orjson
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import KeyRing, edge_caller, edge_identity, forbidden
+from service.auth import edge_caller, edge_identity, forbidden
 from service.deadlines import BodyDeadlines, BodyTimeout
 from service.mediatypes import is_json as is_json  # here since the guard decides with it
 from service.problems import Problem, ProblemException, problem_response
@@ -238,22 +238,27 @@ def _rate_limited(app: object, scope: Scope) -> bool:
     state = getattr(app, "state", None)
     # The static starts of their paths first: most requests (a grading run's thousands of
     # shapes) go elsewhere, and are then not matched against each route.
-    if not scope["path"].startswith(getattr(state, "rate_limited_prefixes", ())):
+    path = scope["path"].removeprefix(scope.get("root_path", ""))  # as the routes match it
+    if not path.startswith(getattr(state, "rate_limited_prefixes", ())):
         return False
     routes = getattr(state, "rate_limited_routes", ())
     return any(route.matches(scope)[0] is Match.FULL for route in routes)
 
 
-async def _charge(app: object, keyring: KeyRing | None, scope: Scope) -> Problem | None:
+async def _charge(app: object, scope: Scope) -> Problem | None:
     """Count a check of a rate-limited caller before its body is read: a caller over the limit
     gets its 429 without the server reading and parsing the body, and a body that turns out
     not to be JSON is counted too. The route's dependency then counts it no more."""
+    state = getattr(app, "state", None)
+    keyring = getattr(state, "keyring", None)
     identity = edge_identity(keyring, scope["headers"], scope.get("client"))
-    limiter = getattr(getattr(app, "state", None), "check_limiter", None)
+    limiter = getattr(state, "check_limiter", None)
     if identity is None or limiter is None:
         return None
-    # The store may be a Redis: its round trip is kept off the event loop.
-    refused = await anyio.to_thread.run_sync(charge, limiter, identity)
+    if limiter.remote:  # a Redis: its round trip is kept off the event loop
+        refused = await anyio.to_thread.run_sync(charge, limiter, identity)
+    else:
+        refused = charge(limiter, identity)
     if refused is None:
         scope.setdefault("state", {})[CHARGED] = True
     return refused
@@ -362,6 +367,7 @@ class EdgeMiddleware:
                 await problem_response(problem)(scope, receive, send)
                 return
         json_body = is_json(content_type)
+        limited = False  # a check counted against the rate limit, before its body is read
         if json_body or scope["method"] == "POST":
             # A caller without a key (keys configured) never has its body read or parsed (see
             # ``edge_caller``): a POST route answers its 401 here, at once; any other
@@ -381,11 +387,10 @@ class EdgeMiddleware:
                 # Any method: a GET sent with a JSON body would otherwise have it parsed.
                 await problem_response(forbidden())(scope, receive, send)
                 return
-            elif scope["method"] == "POST" and _rate_limited(app, scope):
-                refused = await _charge(app, keyring, scope)
-                if refused is not None:
-                    await problem_response(refused)(scope, receive, send)
-                    return
+            elif caller == "student" and not _has_route(app, scope):
+                json_body = False  # the router's 404, 405 or 307 reads no body
+            else:
+                limited = scope["method"] == "POST" and _rate_limited(app, scope)
         counted = scope["path"] not in EXEMPT_PATHS
         if counted:
             if self.in_flight >= self.max_in_flight:
@@ -407,6 +412,11 @@ class EdgeMiddleware:
                 if not self.bodies.take(declared):
                     raise BodyBusy(self.bodies.held)
                 held.size = declared
+            if limited:  # here: a request the worker sheds (503) costs the caller nothing
+                refused = await _charge(scope.get("app"), scope)
+                if refused is not None:
+                    await problem_response(refused)(scope, receive, send)
+                    return
             if json_body:
                 await self._json(scope, receive, send, deadlines, deadline, held)
             else:

@@ -116,6 +116,9 @@ def problem_response(problem: Problem) -> Response:
     """Render a problem as an ``application/problem+json`` response, with the request's id."""
     body = problem.body()
     headers = problem.headers
+    # Never kept by a shared cache, as the edge says of every /v1 answer: set here too, since
+    # a 500 is answered outside the edge.
+    headers = {**headers, "Cache-Control": "no-store"}
     request_id = current_request_id()
     if request_id is not None:
         body["request_id"] = request_id
@@ -258,14 +261,22 @@ NAME_THE_TAGS = WrapValidator(_name_the_tags)
 NAME_THE_TAGS]``) so that an object without the tag is told which tags exist."""
 
 
-def _word(kind: str, ctx: Mapping[str, Any], msg: str) -> str:
+def _word(kind: str, ctx: Mapping[str, Any], msg: str, given: Any = None) -> str:
     """pydantic's message for an error, or words that say what to change where its own are
-    not for a client: the tags of a union, a pattern's meaning."""
+    not for a client: the tags of a union, a pattern's meaning.
+
+    ``given``: the value the error is about (pydantic's ``input``): an object with a tag that
+    is not one of the union's, whose tag is then shown as the JSON it came as (``null``, not
+    Python's ``'None'``)."""
     if kind == "union_tag_not_found" and ctx.get("discriminator"):
         missing = f"`{_tag_name(ctx)}` is missing: it says what this object is"
         return f"{missing}, one of {_tags(ctx)}" if ctx.get("expected_tags") else missing
     if kind == "union_tag_invalid" and ctx.get("expected_tags"):
-        return f"`{_tag_name(ctx)}` is {ctx.get('tag')!r}; it must be one of {_tags(ctx)}"
+        tag = _tag_name(ctx)
+        shown = repr(ctx.get("tag"))
+        if isinstance(given, Mapping) and tag in given:
+            shown = dumps(given[tag]).decode()[:60]
+        return f"`{tag}` is {shown}; it must be one of {_tags(ctx)}"
     if kind == "string_pattern_mismatch" and ctx.get("pattern") in PATTERN_WORDS:
         return PATTERN_WORDS[ctx["pattern"]]
     if kind == "json_invalid" and "error" in ctx:
@@ -291,7 +302,9 @@ def validation_problem(
         if body is not _NO_BODY and loc[:1] == ["body"]:
             loc = ["body", *json_path(loc[1:], body, err.get("type") == "missing")]
         kind = str(err.get("type", "invalid"))
-        msg = _word(kind, err.get("ctx") or {}, str(err.get("msg", "invalid value")))
+        msg = _word(
+            kind, err.get("ctx") or {}, str(err.get("msg", "invalid value")), err.get("input")
+        )
         errors.append({"loc": loc, "msg": msg, "type": kind})
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"][skip:]) or "the body"

@@ -31,6 +31,8 @@ class CheckLimiter:
     def __init__(self, limits: str, storage_uri: str) -> None:
         self.items: list[RateLimitItem] = parse_many(limits) if limits else []
         self._limiter = MovingWindowRateLimiter(open_storage(storage_uri))
+        # A store over the network (Redis) is called off the event loop; memory in place.
+        self.remote = not storage_uri.startswith("memory://")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CheckLimiter:

@@ -193,6 +193,24 @@ def test_a_student_key_on_an_instructors_route_never_has_its_body_read(keyed: Te
         assert asgi_call(app, "GET", path, STUDENT)[0]["status"] == 403, path
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("PUT", "/v1/check", 405),
+        ("DELETE", "/v1/models/conv1d/forward", 405),
+        ("POST", "/v1/check/", 307),
+        ("POST", "/v1/nothing-here", 404),
+        ("POST", "/v1/assignments/cnn-rnn/grade/", 307),
+    ],
+)
+def test_a_student_on_a_path_no_route_answers_never_has_its_body_read(
+    method: str, path: str, status: int
+) -> None:
+    """The router's 404, 405 or redirect reads no body: nor does the edge for a student."""
+    sent = asgi_call(create_app(keyed_settings()), method, path, STUDENT)
+    assert sent[0]["status"] == status
+
+
 def test_a_student_over_the_rate_limit_never_has_its_body_read() -> None:
     """The edge counts a check before it reads the body: once over the limit, the 429 comes
     without a byte of it read (the first check reads its body, so it is sent by the client)."""
@@ -339,3 +357,27 @@ def test_every_operations_text_names_the_key_it_really_needs(keyed: TestClient) 
             student = call(keyed, method.upper(), path, key(STUDENT))
             assert notes[note](none, student), (method, template, note, none, student)
     assert seen == set(notes)
+
+
+def test_a_students_key_is_looked_up_once_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The router's rule and the route's ``CallerDep`` are one dependency: one lookup (a
+    SHA-256 of the key) per check, not one for each."""
+    import service.auth
+
+    calls: list[str] = []
+    real = service.auth.identify
+
+    def counting(request: Any) -> Any:
+        calls.append(request.url.path)
+        return real(request)
+
+    monkeypatch.setattr(service.auth, "identify", counting)
+    with TestClient(create_app(keyed_settings()), headers=key(STUDENT)) as client:
+        answer = {"student_id": "alice", "answer": "5x2"}
+        assert (
+            client.post(f"{STUDENT_PREFIX}/cnn-rnn/problems/1.1a/check", json=answer).status_code
+            == 200
+        )
+        variant = client.get("/v1/assignments/cnn-rnn/problems/1.1a", params={"student_id": "a"})
+        assert variant.status_code == 200
+    assert len(calls) == 2

@@ -9,9 +9,11 @@ from fastapi.testclient import TestClient
 from limits.errors import StorageError
 
 from service.app import create_app
+from service.middleware import BodyBudget
 from service.ratelimit import RATE_LIMITED
 from service.settings import Settings
 from tests.keys import INSTRUCTOR, OTHER_STUDENT, STUDENT, UNKNOWN, key, keyed_settings
+from tests.service.test_auth import asgi_call
 
 PATH = "/test/check"
 
@@ -124,10 +126,36 @@ def test_the_edge_counts_a_check_before_reading_its_body_and_only_once() -> None
 
 
 def test_the_edge_counts_per_address_in_an_open_service() -> None:
-    with TestClient(create_app(Settings(check_rate_limit="1/minute"))) as client:
+    """Bodies that are no JSON: only the edge counts them (the route never runs)."""
+    broken = {"content": b"{not json", "headers": {"content-type": "application/json"}}
+    with TestClient(create_app(Settings(check_rate_limit="2/minute"))) as client:
+        assert client.post(CHECK_1_1A, **broken).status_code == 422  # type: ignore[arg-type]
+        assert client.post(CHECK_1_1A, **broken).status_code == 422  # type: ignore[arg-type]
+        assert client.post(CHECK_1_1A, **broken).status_code == 429  # type: ignore[arg-type]
+
+
+def test_the_edge_counts_behind_a_proxys_prefix() -> None:
+    broken = {"content": b"{not json", "headers": {"content-type": "application/json"}}
+    app = create_app(keyed_settings(check_rate_limit="1/minute"))
+    with TestClient(app, root_path="/api", headers=key(STUDENT)) as client:
+        path = "/api" + CHECK_1_1A
+        assert client.post(path, **broken).status_code == 422  # type: ignore[arg-type]
+        assert client.post(path, **broken).status_code == 429  # type: ignore[arg-type]
+
+
+def test_a_check_the_worker_sheds_costs_the_caller_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 503 of a worker that cannot take the body now (its large-body budget is held by other
+    bodies) is the server's refusal, not the student's check: it is not counted."""
+    app = create_app(keyed_settings(check_rate_limit="1/minute"))
+    with TestClient(app, headers=key(STUDENT)) as client:
+        with monkeypatch.context() as busy:
+            busy.setattr(BodyBudget, "take", lambda self, size, own=0: False)
+            shed = asgi_call(app, "POST", CHECK_1_1A, STUDENT)  # declares 40 MB
+        assert shed[0]["status"] == 503
         answer = {"student_id": "alice", "answer": "5x2"}
         assert client.post(CHECK_1_1A, json=answer).status_code == 200
-        assert client.post(CHECK_1_1A, json=answer).status_code == 429
 
 
 def test_an_unreachable_store_at_the_edge_is_503(monkeypatch: pytest.MonkeyPatch) -> None:

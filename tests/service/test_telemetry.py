@@ -79,6 +79,7 @@ def test_request_id_of_an_unexpected_error_is_in_the_500(tc: TestClient) -> None
     response = tc.get("/test/broken", headers={"X-Request-ID": "bug-1"})
     assert response.status_code == 500
     assert response.json()["request_id"] == "bug-1" == response.headers["x-request-id"]
+    assert response.headers["cache-control"] == "no-store"  # answered outside the edge
 
 
 @pytest.mark.parametrize("unsafe", ["a b", "x" * 129, "line\nbreak", "<script>", ""])

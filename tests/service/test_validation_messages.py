@@ -36,9 +36,13 @@ def test_a_batch_item_without_op_names_every_op(client: TestClient) -> None:
     )
 
 
-def test_an_unknown_op_is_named_with_every_op(client: TestClient) -> None:
-    problem = client.post("/v1/check", json={"expected": {"op": "nope"}, "answer": 1}).json()
-    assert problem["detail"] == "body.expected: `op` is 'nope'; it must be one of " + ", ".join(OPS)
+@pytest.mark.parametrize(("op", "shown"), [("nope", '"nope"'), (None, "null"), (3, "3")])
+def test_an_unknown_op_is_named_with_every_op(client: TestClient, op: Any, shown: str) -> None:
+    """The tag as the JSON it came as: ``null``, not Python's ``'None'``."""
+    problem = client.post("/v1/check", json={"expected": {"op": op}, "answer": 1}).json()
+    assert problem["detail"] == f"body.expected: `op` is {shown}; it must be one of " + ", ".join(
+        OPS
+    )
 
 
 class Cat(BaseModel):
