@@ -589,23 +589,27 @@ def _compile_compare(node: ast.Compare, where: str, shift: int) -> Evaluator:
 
 
 SHOWN_DIGITS = 17
-"""Integers of more digits are shown in scientific notation (a JSON reader takes them as
-floats at best, and ``MAX_BITS`` lets a value reach 1,233 digits)."""
+"""Significant digits of a value shown in scientific notation (a float's round trip)."""
+EXACT_INTEGERS = 2**53
+"""Integers from this on are shown in scientific notation: a JSON reader (JavaScript's) holds
+them as floats, and would show another integer; ``MAX_BITS`` lets a value reach 1,233
+digits."""
 
 
 def _show(value: Any) -> int | float | str:
-    """A value for a report: an int when integral and short, else a float; a value beyond a
-    float's range, or an integer of more than ``SHOWN_DIGITS`` digits, as text in scientific
-    notation."""
+    """A value for a report: an int when integral and exact as a float, else a float; a value
+    beyond a float's range or too small for one (not 0, but 0.0 as a float), or a larger
+    integer, as text in scientific notation."""
     if isinstance(value, int | Fraction) and _exact(value) == int(value):
-        if abs(int(value)) < 10**SHOWN_DIGITS:
+        if abs(int(value)) < EXACT_INTEGERS:
             return int(value)
         return _scientific(Fraction(value))
     if isinstance(value, Fraction):
         try:
-            return float(value)
+            shown = float(value)
         except OverflowError:
             return _scientific(value)
+        return shown if shown != 0 else _scientific(value)
     if isinstance(value, float):
         return value
     return str(value)

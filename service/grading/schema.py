@@ -41,7 +41,7 @@ REQUIRED_BY_OP: dict[str, tuple[str, ...]] = {
 """The keys each op of ``expected`` needs. ``choice`` is checked by the grader itself (the
 option's id must match); every other op is the spec of ``POST /v1/check``."""
 
-_MODEL_KEYS = ("op", "model", "config", "params", "inputs", "device", "dtype", "select")
+_MODEL_KEYS = ("op", "model", "config", "params", "inputs", "device", "dtype", "select", "names")
 ALLOWED_BY_OP: dict[str, frozenset[str]] = {
     "conv_shape": frozenset(
         {

@@ -82,7 +82,8 @@ def make_variant(secret: bytes, assignment: str, problem: ProblemSpec, student: 
     given = {name: draw(spec, generator) for name, spec in problem.given.items()}
     values = {name: as_json(tensor, problem.given[name].integer) for name, tensor in given.items()}
     expected = resolve(problem.expected, values)
-    names = given_names(problem.expected)
+    # The names the file gives win over those that follow from its given tensors.
+    names = {**given_names(problem.expected), **(expected.get("names") or {})}
     if names:
         expected["names"] = names
     return Variant(assignment, problem, student, given, expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import Any
 
 import pytest
 
@@ -445,3 +446,19 @@ def test_other_calls_get_no_multiplication_hint(text: str) -> None:
         parse(text, CONV_VARIABLES)
     assert "multiplication" not in error.value.message
     assert "is not allowed" in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (2**53 - 1, 2**53 - 1),
+        (2**53, "9.0071992547409920e+15"),  # a JavaScript reader would show 2**53 as ...992
+        (Fraction(1, 3), 1 / 3),
+        (Fraction(1, 10**400), "1.0000000000000000e-400"),  # not 0: it is not zero
+        (Fraction(3**2000, 7), "2.4969589310323594e+953"),
+    ],
+)
+def test_report_values_are_shown_exactly_or_as_text(value: Any, shown: Any) -> None:
+    from service.grading.formulas import _show
+
+    assert _show(value) == shown

@@ -116,3 +116,54 @@ def test_a_models_arguments_are_named_after_their_given_tensors() -> None:
     assert given_names(spec) == {"weight": "W"}  # x is x; an upstream gradient is no name
     assert given_names({**spec, "params": {"weight": [[[1.0]]]}}) == {}
     assert given_names({"op": "value", "value": {"given": "W"}}) == {}
+
+
+NAMED_JACOBIAN = """
+id = "named"
+title = "Names of a file's own"
+
+[[problems]]
+id = "j"
+title = "dy/dW"
+statement = "f_W(x) = W * x: give df/dW."
+points = 1
+answer_kind = "tensor"
+
+[problems.given.W]
+shape = [1, 1, 2]
+distribution = "uniform"
+low = -1
+high = 1
+decimals = 1
+
+[problems.given.x]
+shape = [1, 4]
+distribution = "uniform"
+low = -1
+high = 1
+decimals = 1
+
+[problems.expected]
+op = "jacobian"
+model = "conv1d"
+params = { weight = { given = "W" } }
+inputs = { x = { given = "x" } }
+of = "y"
+wrt = "weight"
+names = NAMES
+"""
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        ('{ y = "f_W" }', {"weight": "W", "y": "f_W"}),
+        ('{ weight = "Wt" }', {"weight": "Wt"}),  # the file's own name wins
+    ],
+)
+def test_an_assignment_file_may_name_a_models_tensors_itself(
+    names: str, expected: dict[str, str]
+) -> None:
+    problem = parse_assignment(NAMED_JACOBIAN.replace("NAMES", names), "named.toml").problems[0]
+    variant = make_variant(SECRET, "named", problem, "alice")
+    assert variant.expected["names"] == expected
