@@ -124,6 +124,11 @@ _SHOWN_GROUP = 30
 """A parenthesized operand longer than this is shown as ``(...)`` in a hint."""
 
 
+def _shorter(written: str) -> str:
+    """A parenthesized operand as the hint shows it: whole, or ``(...)`` when long."""
+    return written if len(written) <= _SHOWN_GROUP else "(...)"
+
+
 def _operand(token: tokenize.TokenInfo) -> bool:
     """A number or a name (``not``, ``if`` and the other keywords are no operands)."""
     if token.type == tokenize.NAME:
@@ -176,9 +181,16 @@ def _spaced_product(text: str, start: int, end: int) -> tuple[int, str] | None:
     left = tokens[index - 1]
     shown = left.string
     if index - 1 in groups:
-        shown = text[tokens[groups[index - 1]].start[1] : left.end[1]]
-        shown = shown if len(shown) <= _SHOWN_GROUP else "(...)"
+        opening = groups[index - 1]
+        # A call's group is shown with its function: sqrt(H), not (H).
+        begin = tokens[opening - 1] if opening in calls else tokens[opening]
+        shown = _shorter(text[begin.start[1] : left.end[1]])
     right = tokens[index].string
+    following = index + 1 < len(tokens) and tokens[index + 1].string == "("
+    if following:  # a call on the right: floor(K/2), not floor
+        closing = next((c for c, o in groups.items() if o == index + 1), None)
+        if closing is not None:
+            right = _shorter(text[tokens[index].start[1] : tokens[closing].end[1]])
     advice = f"write {shown}*{right} for {shown} times {right} (multiplication needs *)"
     if inside in ("min", "max"):
         advice += f", or {shown}, {right} for two arguments of {inside}"

@@ -386,6 +386,14 @@ def test_a_verdict_is_reused_only_under_the_same_tolerance() -> None:
         ("H K", 3, "write H*K for H times K"),
         ("(H + 1) K", 9, "write (H + 1)*K for (H + 1) times K"),
         ("(H + 2*P - D*(K - 1) - 1 + H + H) S", 35, "write (...)*S for (...) times S"),
+        # A call on either side is shown with its function and its arguments.
+        ("sqrt(H) K", 9, "write sqrt(H)*K for sqrt(H) times K"),
+        ("2 floor(H/2)", 3, "write 2*floor(H/2) for 2 times floor(H/2)"),
+        (
+            "floor(H/2) floor(K/2)",
+            12,
+            "write floor(H/2)*floor(K/2) for floor(H/2) times floor(K/2)",
+        ),
     ],
 )
 def test_operands_side_by_side_are_told_to_multiply(text: str, column: int, hint: str) -> None:
