@@ -320,7 +320,7 @@ class Engine:
             )
         partial = slot.check.partial_credit
         score = 1.0 if correct else (agree / checked if partial != "none" else 0.0)
-        return _result(correct, score, report, [], tolerance.formula_echo())
+        return _result(correct, score, report, [], tolerance.formula_echo(key.exact))
 
     def _decode(self, key: TensorKey, slot: Slot) -> tuple[np.ndarray, bool] | None:
         try:

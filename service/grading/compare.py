@@ -24,6 +24,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from service.grading.formulas import FLOAT_ATOL
+
 PartialCredit = Literal["none", "elements", "steps"]
 
 RULE = (
@@ -35,6 +37,10 @@ FORMULA_RULE = (
     "at every point checked, |answer - reference| <= atol + rtol * |reference|, and never "
     "stricter than a relative 1e-9; a reference that is a whole number at every point (a "
     "size, a count) must be matched exactly; floor does not apply (a formula has no key scale)"
+)
+EXACT_FORMULA_RULE = (
+    "the reference is a whole number at every point checked (a size, a count): the answer "
+    "must equal it exactly there; rtol, atol and floor do not apply"
 )
 SHAPE_RULE = "sizes are compared exactly: rtol, atol and floor do not apply"
 FIRST_MISMATCHES = 5
@@ -63,10 +69,17 @@ class Tolerance:
             "rule": RULE,
         }
 
-    def formula_echo(self) -> dict[str, Any]:
+    def formula_echo(self, exact: bool = False) -> dict[str, Any]:
         """What a formula answer echoes: a formula's values are many points, not one tensor,
-        so there is no key scale, ``floor`` does not apply, and the absolute part is ``atol``."""
-        return self.echo(None) | {"effective_atol": self.atol, "rule": FORMULA_RULE}
+        so there is no key scale and ``floor`` does not apply; the absolute part is ``atol``
+        (at least ``formulas.FLOAT_ATOL``), or none where the reference is whole-numbered
+        and matched exactly (``exact``)."""
+        if exact:
+            return self.echo(None) | {"rule": EXACT_FORMULA_RULE}
+        return self.echo(None) | {
+            "effective_atol": max(self.atol, FLOAT_ATOL),
+            "rule": FORMULA_RULE,
+        }
 
     def shape_echo(self) -> dict[str, Any]:
         """What a shape answer echoes: sizes are compared exactly, the tolerance unused."""

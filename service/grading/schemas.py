@@ -257,7 +257,8 @@ class ToleranceEcho(BaseModel):
     floor: float = Field(description="The floor used, a fraction of `scale`.")
     scale: float | None = Field(description="The key's largest magnitude (tensor keys only).")
     effective_atol: float | None = Field(
-        description="max(atol, floor * scale) for tensors; atol for formulas (no key scale); "
+        description="max(atol, floor * scale) for tensors; max(atol, 1e-12) for formulas (no "
+        "key scale), null for a whole-numbered formula (matched exactly); "
         "null for shapes (compared exactly)."
     )
     rule: str = Field(RULE, description="The rule this check was judged by.")

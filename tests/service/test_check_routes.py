@@ -566,6 +566,12 @@ def test_a_formula_is_judged_within_the_requests_tolerance_and_says_so(
     assert "floor does not apply" in echo["rule"] and "exactly" in echo["rule"]
     wrong = post(client, expected, "H*0.33", tolerance=tolerance).json()
     assert wrong["correct"] is False and wrong["report"]["counterexample"]["given"] == 0.33
+    # A whole-numbered reference is matched exactly: the echo says so, with no absolute part.
+    sizes = post(client, {"op": "formula", "named": "conv_output_size"}, "H", tolerance=tolerance)
+    exact = sizes.json()["tolerance"]
+    assert exact["effective_atol"] is None and exact["rule"].startswith("the reference is a whole")
+    tiny = post(client, expected, "H/3", tolerance={"rtol": 0, "atol": 0}).json()["tolerance"]
+    assert tiny["effective_atol"] == 1e-12  # the least absolute part a formula is judged with
 
 
 def test_a_size_formula_stays_exact_under_a_loose_tolerance(client: TestClient) -> None:
