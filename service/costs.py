@@ -23,7 +23,7 @@ import torch
 from models.overhead import Overhead
 from models.registry import ReferenceModel, Shapes
 from service.devices import cuda_available
-from service.problems import Problem
+from service.problems import body_problem
 from service.settings import Settings
 
 
@@ -127,10 +127,6 @@ def check_deadline(
         f"estimated {seconds:,.0f} s on {device.type} at {rate:.3g} per second; the limit is "
         f"{deadline:g} s. Send smaller tensors{hint}."
     )
-    raise Problem(
-        422,
-        message,
-        kind="over-compute-deadline",
-        title="Over the compute deadline",
-        errors=[{"loc": ["body"], "msg": message, "type": "compute_deadline"}],
+    raise body_problem(
+        message, "over-compute-deadline", "Over the compute deadline", "compute_deadline"
     )

@@ -56,7 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.auth import edge_caller, edge_identity, forbidden
 from service.deadlines import BodyDeadlines, BodyTimeout
 from service.mediatypes import is_json as is_json  # here since the guard decides with it
-from service.problems import Problem, ProblemException, problem_response
+from service.problems import Problem, ProblemException, body_problem, problem_response
 from service.ratelimit import CHARGED, charge
 from service.requestid import accept_request_id, set_request_id
 from service.telemetry import record_request_done
@@ -192,13 +192,7 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
     else:
         message = f"the body is not valid JSON: {error.msg} at {where}"
         kind = "invalid-json"
-    return Problem(
-        422,
-        message,
-        kind=kind,
-        title="The body is not valid JSON",
-        errors=[{"loc": ["body"], "msg": message, "type": "json_invalid"}],
-    )
+    return body_problem(message, kind, "The body is not valid JSON", "json_invalid")
 
 
 _REQUEST_ID = b"x-request-id"

@@ -99,6 +99,18 @@ class Problem(Exception):
         return body
 
 
+def body_problem(message: str, kind: str, title: str, error_type: str) -> Problem:
+    """A 422 about the body as a whole: the detail, and one error at ``["body"]`` that says the
+    same (a client reading ``errors`` finds it where it finds a field's)."""
+    return Problem(
+        422,
+        message,
+        kind=kind,
+        title=title,
+        errors=[{"loc": ["body"], "msg": message, "type": error_type}],
+    )
+
+
 class ProblemException(StarletteHTTPException):
     """A problem raised where only an ``HTTPException`` gets through: FastAPI passes those on
     from a failed body read, where it would turn any other error into a bare 400."""
@@ -345,26 +357,14 @@ def not_json(content_type: str | None) -> Problem | None:
         "the body must be a JSON object sent with `Content-Type: application/json` (with curl: "
         f"-H 'content-type: application/json'); this request's Content-Type is {sent}"
     )
-    return Problem(
-        422,
-        message,
-        kind="not-json",
-        title="The body is not JSON",
-        errors=[{"loc": ["body"], "msg": message, "type": "not_json"}],
-    )
+    return body_problem(message, "not-json", "The body is not JSON", "not_json")
 
 
 def empty_body() -> Problem:
     """The 422 of a JSON body with nothing in it: not JSON, as the guard says of any other body
     that is not (``middleware.json_problem``), whichever route it reaches."""
     message = "the body is not valid JSON: it is empty; send a JSON object"
-    return Problem(
-        422,
-        message,
-        kind="invalid-json",
-        title="The body is not valid JSON",
-        errors=[{"loc": ["body"], "msg": message, "type": "json_invalid"}],
-    )
+    return body_problem(message, "invalid-json", "The body is not valid JSON", "json_invalid")
 
 
 def _body_is_missing(exc: RequestValidationError) -> bool:

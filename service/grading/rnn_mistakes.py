@@ -11,7 +11,16 @@ from collections.abc import Iterator
 import torch
 
 from service.grading.diagnosis import Candidate, Mistake, Shape, register
-from service.grading.keys import TensorKey, on_cpu
+from service.grading.keys import ModelSource, TensorKey, on_cpu
+
+
+def _gated(key: TensorKey, op: str, select: str) -> ModelSource | None:
+    """The key's model request where it is ``op`` selecting ``select`` of a gated model (one
+    with a gate output ``c``), else None."""
+    source = key.source
+    if source is None or source.op != op or source.select != select:
+        return None
+    return source if "c" in {spec.name for spec in source.model.outputs} else None
 
 
 @register
@@ -23,10 +32,8 @@ class GatePathMissing(Mistake):
     order = 20
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
-        source = key.source
-        if source is None or source.op != "state_jacobians" or source.select != "jacobians":
-            return
-        if "c" not in {spec.name for spec in source.model.outputs}:
+        source = _gated(key, "state_jacobians", "jacobians")
+        if source is None:
             return
         gate = source.forward()["c"]  # (T, m)  c[t] of equation (1)
         if gate.dim() != 2 or (*gate.shape, gate.shape[1]) != shape:
@@ -72,10 +79,8 @@ class DirectGradientsInTheSum(Mistake):
     order = 22
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
-        source = key.source
-        if source is None or source.op != "backward" or source.select != "W_x":
-            return
-        if "c" not in {spec.name for spec in source.model.outputs}:
+        source = _gated(key, "backward", "W_x")
+        if source is None:
             return
         direct, x = source.grad_outputs.get("h"), source.prepared.args.get("x")
         if direct is None or x is None or set(source.grad_outputs) != {"h"}:
