@@ -233,6 +233,35 @@ def closed_form_flops(prepared: Prepared, operation: str, of: str = "", wrt: str
     return STATE_JACOBIAN_FLOPS_PER_STEP * steps * m**3 + paths
 
 
+STATE_STEP_SECONDS_CUDA = 1.3e-4
+"""Seconds per step and per unit of the state size m that the state Jacobians take on a GPU,
+whatever their operations: the batched singular values and the running product of small
+matrices, one launch and one wait after another. Measured on an NVIDIA H200 in float64:
+the gated RNN took 6.2 s for 1,024 steps of m = 64 and 15.2 s for m = 125 (6 and 15 ms a
+step), where its operations at the assumed GPU rate were 0.1 s."""
+
+PATHS_STEP_SECONDS_CUDA = 1e-4
+"""The same for AttentionRNN's dh[t]/dh[1] through the older states (``attention_totals``),
+a loop over the steps that waits on the GPU at each: measured 1.0, 4.6 and 11.6 ms a step
+for n = 16, 64 and 125 (k = 2, 1,024 steps)."""
+
+
+def closed_form_seconds(prepared: Prepared, operation: str) -> float:
+    """Per-step seconds of a closed form beside its operations: on a GPU, the state
+    Jacobians' loop over steps (``STATE_STEP_SECONDS_CUDA``, and ``PATHS_STEP_SECONDS_CUDA``
+    where the model sums paths to older states); none elsewhere, where the operations
+    dominate and ``closed_form_flops`` counts them."""
+    if operation not in ("state_jacobians", "state-jacobians") or prepared.device.type != "cuda":
+        return 0.0
+    steps, m = prepared.output_shapes["h"]
+    per_step = STATE_STEP_SECONDS_CUDA
+    paths = prepared.model.state_jacobians_flops
+    shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
+    if paths is not None and paths(prepared.config, shapes) > 0:
+        per_step += PATHS_STEP_SECONDS_CUDA
+    return steps * m * per_step
+
+
 @contextmanager
 def computing(
     prepared: Prepared,
@@ -241,6 +270,7 @@ def computing(
     *,
     vector_jacobian_products: int = 0,
     closed_form: int = 0,
+    closed_form_seconds: float = 0.0,
 ) -> Iterator[None]:
     """Run the block as one computation: refused when its estimated time is over the deadline,
     then holding one of its device's slots (a 503 when none frees up).
@@ -251,6 +281,7 @@ def computing(
             (``vector_jacobian_products(prepared, operation)`` counts them).
         closed_form: operations of a closed form run after the forward pass
             (``closed_form_flops``).
+        closed_form_seconds: its per-step costs on the device (``closed_form_seconds``).
 
     Example:
         ``with computing(prepared, settings, gate, vector_jacobian_products=1): ...``
@@ -259,7 +290,7 @@ def computing(
         estimated_flops(prepared, vector_jacobian_products) + closed_form,
         prepared.device,
         settings,
-        estimated_fixed_seconds(prepared, vector_jacobian_products),
+        estimated_fixed_seconds(prepared, vector_jacobian_products) + closed_form_seconds,
     )
     with gate.slot(prepared.device):
         yield

@@ -24,6 +24,7 @@ from service.compute import (
     check_jacobian_budget,
     check_state_jacobian_budget,
     closed_form_flops,
+    closed_form_seconds,
     computing,
     decode_grad_outputs,
     estimated_seconds,
@@ -225,6 +226,7 @@ def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) ->
             gate,
             vector_jacobian_products=products,
             closed_form=closed_form_flops(prepared, expected.op, of, wrt),
+            closed_form_seconds=closed_form_seconds(prepared, expected.op),
         ),
         compute_timer(model.name, expected.op.replace("_", "-"), prepared.device),
     ):

@@ -13,6 +13,7 @@ from service.compute import (
     check_jacobian_budget,
     check_state_jacobian_budget,
     closed_form_flops,
+    closed_form_seconds,
     computing,
     decode_grad_outputs,
     lookup,
@@ -202,7 +203,8 @@ def state_jacobians(
     prepared = prepare(model, body, settings)
     check_state_jacobian_budget(prepared, settings)
     closed = closed_form_flops(prepared, "state-jacobians")
-    with computing(prepared, settings, gate, closed_form=closed):
+    seconds = closed_form_seconds(prepared, "state-jacobians")
+    with computing(prepared, settings, gate, closed_form=closed, closed_form_seconds=seconds):
         with compute_timer(reference.name, "state-jacobians", prepared.device):
             answer = reference.state_jacobians(prepared.config, prepared.args)
         return tensor_answer(answer, body.encoding)

@@ -28,6 +28,7 @@ from models.registry import MODELS, ArgSpec, ReferenceModel, get_model
 from service.app import create_app
 from service.compute import (
     closed_form_flops,
+    closed_form_seconds,
     estimated_seconds,
     prepare,
     vector_jacobian_products,
@@ -561,3 +562,40 @@ def test_the_state_jacobians_count_the_paths_to_older_states(
     prepared = prepare("attention_rnn", ModelRequest.model_validate(body), Settings())
     chain = 40 * seq_len * n**3  # the closed form of the one-step Jacobians and their analysis
     assert closed_form_flops(prepared, "state-jacobians") == chain + estimate
+
+
+# Measured on an NVIDIA H200 in float64 (the state-jacobians route, whole): model, k, T, m,
+# seconds. The estimate must cover each, and not by more than a few times.
+STATE_JACOBIANS_ON_A_GPU = [
+    ("gated_rnn", None, 1024, 64, 6.17),
+    ("gated_rnn", None, 1024, 125, 15.21),
+    ("attention_rnn", 1, 1024, 64, 7.54),
+    ("attention_rnn", 2, 1024, 16, 1.22),
+    ("attention_rnn", 2, 1024, 64, 12.15),
+    ("attention_rnn", 2, 1024, 125, 28.18),
+    ("attention_rnn", "inf", 1024, 64, 10.92),
+    ("attention_rnn", "inf", 1024, 125, 25.37),
+]
+
+
+@pytest.mark.parametrize(("model", "k", "steps", "m", "seconds"), STATE_JACOBIANS_ON_A_GPU)
+def test_the_state_jacobians_per_step_cost_on_a_gpu_covers_what_was_measured(
+    model: str, k: int | str | None, steps: int, m: int, seconds: float
+) -> None:
+    """On a GPU the state Jacobians are a loop of launches and waits, not operations: the
+    estimate counted 0.2-1.3 s for runs of 6-28 s before it had a per-step cost."""
+
+    def zeros(*shape: int) -> dict[str, Any]:
+        return {"shape": list(shape), "b64": base64.b64encode(bytes(8 * math.prod(shape))).decode()}
+
+    if model == "gated_rnn":
+        body: dict[str, Any] = {"params": {name: zeros(m, m) for name in ("W_c", "W_h", "W_x")}}
+    else:
+        width = 2 if k == "inf" else int(k or 1) + 1
+        body = {"config": {"k": k}, "params": {p: zeros(width, m, m) for p in "QKV"}}
+    body["inputs"] = {"x": zeros(steps, m)}
+    prepared = prepare(model, ModelRequest.model_validate(body), Settings())
+    assert closed_form_seconds(prepared, "state-jacobians") == 0.0  # the CPU: operations
+    on_gpu = dataclasses.replace(prepared, device=torch.device("cuda"))
+    estimate = closed_form_seconds(on_gpu, "state-jacobians")
+    assert seconds <= estimate <= 4 * seconds
