@@ -45,6 +45,11 @@ class Prepared:
     dtype: torch.dtype
     budget: Budget
 
+    @property
+    def arg_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each argument's shape, by name: what the models' cost hooks take."""
+        return {name: tuple(t.shape) for name, t in self.args.items()}
+
     def tensor(self, value: Any, where: str) -> torch.Tensor:
         """Decode one more tensor of the request (e.g. a gradient) on the same budget."""
         return to_torch(decode(value, where, self.budget), self.device, self.dtype, where)
@@ -221,14 +226,14 @@ def closed_form_flops(prepared: Prepared, operation: str, of: str = "", wrt: str
     Jacobians of states ``[T, m]``, a few m x m matrix products and decompositions per step;
     for a Jacobian the model writes in closed form, a few per entry."""
     if operation == "jacobian" and _closed_form_jacobian(prepared, of, wrt):
-        shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
+        shapes = prepared.arg_shapes
         entries = math.prod(prepared.output_shapes[of]) * math.prod(shapes[wrt])
         return CLOSED_FORM_FLOPS_PER_ENTRY * entries
     if operation not in ("state_jacobians", "state-jacobians"):
         return 0
     steps, m = prepared.output_shapes["h"]
     extra = prepared.model.state_jacobians_flops
-    shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
+    shapes = prepared.arg_shapes
     paths = extra(prepared.config, shapes) if extra is not None else 0
     return STATE_JACOBIAN_FLOPS_PER_STEP * steps * m**3 + paths
 
@@ -256,7 +261,7 @@ def closed_form_seconds(prepared: Prepared, operation: str) -> float:
     steps, m = prepared.output_shapes["h"]
     per_step = STATE_STEP_SECONDS_CUDA
     paths = prepared.model.state_jacobians_flops
-    shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
+    shapes = prepared.arg_shapes
     if paths is not None and paths(prepared.config, shapes) > 0:
         per_step += PATHS_STEP_SECONDS_CUDA
     return steps * m * per_step
@@ -298,7 +303,7 @@ def computing(
 
 def estimated_flops(prepared: Prepared, vector_jacobian_products: int = 0) -> int:
     """The operation count ``computing`` holds to the deadline (``service.costs``)."""
-    shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
+    shapes = prepared.arg_shapes
     forward = forward_flops(prepared.model, prepared.config, shapes, prepared.output_shapes)
     row = sum(math.prod(s) for s in (*shapes.values(), *prepared.output_shapes.values()))
     return operation_flops(forward, vector_jacobian_products, row)
@@ -323,7 +328,7 @@ def estimated_fixed_seconds(prepared: Prepared, vector_jacobian_products: int) -
         if vector_jacobian_products == 1
         else "jacobian"
     )
-    shapes = {name: tuple(t.shape) for name, t in prepared.args.items()}
+    shapes = prepared.arg_shapes
     arguments = sum(t.numel() for t in prepared.args.values())
     chunks = jacobian_chunk_count(vector_jacobian_products, arguments)
     return fixed_seconds(model.overhead(prepared.config, shapes), kind, chunks)
