@@ -20,7 +20,7 @@ from service import __version__, memory
 from service.auth import INSTRUCTORS, STUDENTS, KeyRing, startup_warnings
 from service.gate import ComputeGate
 from service.grading.catalogue import catalogue_from_settings
-from service.grading.checker import spec_validator
+from service.grading.checker import VariantScreen, spec_validator
 from service.logs import ensure_logging
 from service.middleware import EdgeMiddleware
 from service.openapi import declare_edge_statuses, declare_roles
@@ -112,7 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = threading.Event()
     app.state.keyring = KeyRing.from_settings(settings)
     app.state.check_limiter = CheckLimiter.from_settings(settings)
-    app.state.catalogue = catalogue_from_settings(settings, spec_validator(settings))
+    app.state.catalogue = catalogue_from_settings(
+        settings, spec_validator(settings), VariantScreen(settings)
+    )
     app.state.gate = ComputeGate.from_settings(settings)
     install_problem_handlers(app)
     # Routes match in order: the busiest (/v1/shapes/conv, thousands per grading run) first,

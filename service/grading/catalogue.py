@@ -2,23 +2,31 @@
 
 A file that is wrong stops start-up with ``AssignmentFileError``, whose message names the
 file and the key at fault (``cnn-rnn.toml: problems[2] (1.1c-i).given.x.low: ...``).
+
+A problem's ``distinct_from`` names mistakes that every variant must tell from the right
+answer. Random numbers sometimes make a mistake harmless: a term that is nearly zero for one
+student's tensors, a matrix that happens to be nearly symmetric. For such a student an answer
+with the mistake would be judged correct, so their variant is drawn again (the ``draw``-th
+redraw has a seed of its own), up to ``MAX_DRAWS`` draws. Which draw a student gets depends
+only on the secret, the file and the student, so it is the same on every replica; each worker
+remembers it once worked out (``MAX_REMEMBERED_DRAWS``).
 """
 
 from __future__ import annotations
 
 import secrets
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from models.errors import UnknownName
-from service.grading.schema import AssignmentSpec, ProblemSpec
+from service.grading.schema import AssignmentSpec, ProblemSpec, Tolerance
 from service.grading.variants import Variant, make_variant
 from service.settings import Settings
 
@@ -30,6 +38,25 @@ PROBE_STUDENT = "__probe__"
 
 SpecValidator = Callable[[Mapping[str, Any]], None]
 """Checks one resolved ``expected`` spec (raising ``ValueError`` with the reason)."""
+
+MAX_DRAWS = 8
+"""The most draws tried for a variant that tells every ``distinct_from`` mistake from the
+answer; where none does, the first draw is kept (start-up refuses a file for which the probe
+student gets none)."""
+MAX_REMEMBERED_DRAWS = 100_000
+"""The students' draws a worker remembers (a few bytes each), forgotten all at once when full."""
+
+
+class Screen(Protocol):
+    """Which mistakes an answer could make on a variant and still be judged correct."""
+
+    codes: frozenset[str]
+    """Every mistake code it can screen for."""
+
+    def __call__(
+        self, expected: Mapping[str, Any], tolerance: Tolerance, codes: Collection[str]
+    ) -> list[str]:
+        """Those of ``codes`` that are indistinct from the answer of ``expected``."""
 
 
 class AssignmentFileError(Exception):
@@ -105,6 +132,9 @@ class Catalogue:
 
     assignments: dict[str, AssignmentSpec]
     secret: bytes
+    screen: Screen | None = None
+    """Screens variants for ``distinct_from`` (None: every student keeps the first draw)."""
+    _draws: dict[tuple[str, str, str], int] = field(default_factory=dict, compare=False, repr=False)
 
     def assignment(self, assignment_id: str) -> AssignmentSpec:
         """The assignment, or ``UnknownName`` listing those there are."""
@@ -133,13 +163,52 @@ class Catalogue:
     def variant(self, assignment_id: str, problem_id: str, student: str) -> Variant:
         """``student``'s variant of a problem (given tensors and the resolved reference)."""
         problem = self.problem(assignment_id, problem_id)
-        return make_variant(self.secret, assignment_id, problem, student)
+        draw = self.draw(assignment_id, problem, student)
+        return make_variant(self.secret, assignment_id, problem, student, draw)
+
+    def draw(self, assignment_id: str, problem: ProblemSpec, student: str) -> int:
+        """Which draw of ``problem`` the student gets: the first that tells every
+        ``distinct_from`` mistake of its variant group from the answer (0 if none does)."""
+        group = screened_group(self.assignments[assignment_id], problem)
+        if not group or self.screen is None:
+            return 0
+        remembered = (assignment_id, problem.variant_key, student)
+        draw = self._draws.get(remembered)
+        if draw is None:
+            found = first_distinct_draw(self.secret, assignment_id, group, student, self.screen)
+            draw = 0 if found is None else found
+            if len(self._draws) >= MAX_REMEMBERED_DRAWS:
+                self._draws.clear()
+            self._draws[remembered] = draw
+        return draw
+
+
+def screened_group(assignment: AssignmentSpec, problem: ProblemSpec) -> list[ProblemSpec]:
+    """The problems drawn from ``problem``'s seed that name mistakes in ``distinct_from``:
+    they are drawn again together, so that they keep showing the same tensors."""
+    return [
+        p for p in assignment.problems if p.variant_key == problem.variant_key and p.distinct_from
+    ]
+
+
+def first_distinct_draw(
+    secret: bytes, assignment_id: str, group: list[ProblemSpec], student: str, screen: Screen
+) -> int | None:
+    """The first draw for which no problem of ``group`` has an indistinct mistake, or None."""
+    for draw in range(MAX_DRAWS):
+        variants = [make_variant(secret, assignment_id, p, student, draw) for p in group]
+        if not any(
+            screen(v.expected, v.problem.tolerance, v.problem.distinct_from) for v in variants
+        ):
+            return draw
+    return None
 
 
 def load_catalogue(
     sources: Iterable[tuple[Traversable, str]],
     secret: bytes,
     validate_spec: SpecValidator | None = None,
+    screen: Screen | None = None,
 ) -> Catalogue:
     """Load every ``*.toml`` of the given folders.
 
@@ -148,6 +217,8 @@ def load_catalogue(
         secret: the variant secret.
         validate_spec: checks each problem's resolved reference (drawn for a probe student);
             its ``ValueError`` stops the load naming the file and ``problems[i].expected``.
+        screen: screens variants for ``distinct_from``; the file's codes must be among its
+            ``codes``, and the probe student must find a draw that tells them all apart.
 
     Returns:
         The catalogue.
@@ -169,9 +240,11 @@ def load_catalogue(
                 )
             if validate_spec is not None:
                 _validate_specs(assignment, file, secret, validate_spec)
+            if screen is not None:
+                _validate_distinct(assignment, file, secret, screen)
             assignments[assignment.id] = assignment
             origin[assignment.id] = file
-    return Catalogue(assignments, secret)
+    return Catalogue(assignments, secret, screen)
 
 
 def _validate_specs(
@@ -187,8 +260,40 @@ def _validate_specs(
             ) from None
 
 
+def _validate_distinct(
+    assignment: AssignmentSpec, file: str, secret: bytes, screen: Screen
+) -> None:
+    for index, problem in enumerate(assignment.problems):
+        if not problem.distinct_from:
+            continue
+        where = f"problems[{index}] ({problem.id}).distinct_from"
+        unknown = sorted(set(problem.distinct_from) - screen.codes)
+        if unknown:
+            raise AssignmentFileError(
+                file,
+                where,
+                f"no mistake is called {unknown[0]!r}; the codes are "
+                + ", ".join(sorted(screen.codes)),
+            )
+        if problem.answer_kind != "tensor":
+            raise AssignmentFileError(
+                file, where, "only a tensor answer is screened for mistakes (answer_kind)"
+            )
+        group = screened_group(assignment, problem)
+        if first_distinct_draw(secret, assignment.id, group, PROBE_STUDENT, screen) is None:
+            raise AssignmentFileError(
+                file,
+                where,
+                f"none of {MAX_DRAWS} draws for a probe student tells these mistakes from the "
+                "answer: for this problem one of them may give the right answer whatever the "
+                "numbers; remove it",
+            )
+
+
 def catalogue_from_settings(
-    settings: Settings, validate_spec: SpecValidator | None = None
+    settings: Settings,
+    validate_spec: SpecValidator | None = None,
+    screen: Screen | None = None,
 ) -> Catalogue:
     """The built-in assignments (unless turned off) and those of ``assignments_dir``."""
     sources: list[tuple[Traversable, str]] = []
@@ -201,7 +306,7 @@ def catalogue_from_settings(
                 str(folder), "", "TENSORGRADE_ASSIGNMENTS_DIR is not a folder"
             )
         sources.append((Path(folder), str(folder)))
-    return load_catalogue(sources, variant_secret(settings), validate_spec)
+    return load_catalogue(sources, variant_secret(settings), validate_spec, screen)
 
 
 def variant_secret(settings: Settings) -> bytes:

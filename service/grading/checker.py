@@ -25,16 +25,19 @@ still decoded under the configured request budgets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from models.errors import ModelError
 from service.gate import ComputeGate
+from service.grading import compare
 from service.grading.catalogue import SpecValidator
 from service.grading.check import CheckFailed, check_one, compute_key
+from service.grading.diagnosis import indistinct, mistake_codes
 from service.grading.grade import MalformedAnswer
+from service.grading.keys import TensorKey
 from service.grading.schema import Tolerance
 from service.grading.schemas import CheckRequest
 from service.metrics import unrecorded
@@ -168,3 +171,32 @@ def spec_validator(settings: Settings) -> SpecValidator:
             raise ValueError(error.detail) from None
 
     return validate
+
+
+class VariantScreen:
+    """``catalogue.Screen`` backed by the checking engine: computes a variant's key as a check
+    of it would (on the CPU, as ``spec_validator`` does) and makes each named mistake on it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = key_settings(settings)
+        self.gate = ComputeGate.from_settings(self.settings)
+        self.codes = mistake_codes()
+
+    def __call__(
+        self, expected: Mapping[str, Any], tolerance: Tolerance, codes: Collection[str]
+    ) -> list[str]:
+        """Those of ``codes`` an answer could make and still be judged correct; none where the
+        key cannot be computed (the check of an answer then says why)."""
+        try:
+            request = CheckRequest.model_validate({"expected": dict(expected), "answer": None})
+            if getattr(request.expected, "device", None) == "auto":
+                on_cpu = request.expected.model_copy(update={"device": "cpu"})
+                request = request.model_copy(update={"expected": on_cpu})
+            with unrecorded():  # no request asked for it: not counted in the compute metrics
+                key = compute_key(request, self.settings, self.gate)
+        except (ValidationError, ModelError, Problem):
+            return []
+        if not isinstance(key, TensorKey):
+            return []
+        judged = compare.Tolerance(tolerance.rtol, tolerance.atol, tolerance.floor)
+        return indistinct(key, judged, codes)

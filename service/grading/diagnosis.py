@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar, TypeVar
@@ -150,6 +150,8 @@ class Mistake:
 
     code: ClassVar[str]
     order: ClassVar[int]
+    also: ClassVar[tuple[str, ...]] = ()
+    """The other codes its candidates may carry (``Candidate.code``)."""
     share: ClassVar[float] = 1.0
     """The most of what is left of the diagnosis' budget this mistake may spend: one with many
     candidates leaves the rest to the mistakes after it."""
@@ -212,6 +214,33 @@ def register(cls: M) -> M:
     MISTAKES.append(cls())
     MISTAKES.sort(key=lambda mistake: mistake.order)
     return cls
+
+
+def mistake_codes() -> frozenset[str]:
+    """Every code a registered mistake may diagnose."""
+    return frozenset(code for m in MISTAKES for code in (m.code, *m.also))
+
+
+def indistinct(key: TensorKey, tolerance: Tolerance, codes: Collection[str]) -> list[str]:
+    """Those of ``codes`` whose mistake, made on this key, gives an answer within the
+    tolerance of the key itself: an answer with that mistake would be judged correct.
+
+    An assignment file's ``distinct_from`` names such mistakes; a student's variant for which
+    one of them is indistinct is drawn again (``grading/catalogue.py``).
+    """
+    shape, scale = tuple(key.tensor.shape), key_scale(key.tensor)
+    found: list[str] = []
+    for mistake in MISTAKES:
+        if not set(codes) & {mistake.code, *mistake.also}:
+            continue
+        for candidate in mistake.candidates(key, shape):
+            code = candidate.code or mistake.code
+            tensor = candidate.tensor
+            if code not in codes or code in found or tuple(tensor.shape) != shape:
+                continue
+            if bool(within(tensor[None], key.tensor, tolerance, scale)[0]):  # judged so
+                found.append(code)
+    return found
 
 
 def diagnose(
@@ -455,6 +484,7 @@ class AxesPermuted(Mistake):
 
     code = "axes_permuted"
     order = 40
+    also = ("jacobian_halves_swapped", "transposed")
     share = 0.5
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:

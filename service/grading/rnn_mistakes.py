@@ -1,12 +1,14 @@
 """Mistakes particular to the recurrent models, each recomputed from the seed's formulas.
 
 They apply to any registered model whose op and outputs fit (a gated model with a gate
-output ``c``; a backward pass answering ``state_grads``), and to nothing else.
+output ``c``; a backward pass answering ``state_grads``; the one-step state Jacobians of
+``attention_rnn``), and to nothing else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -96,4 +98,115 @@ class DirectGradientsInTheSum(Mistake):
             "This takes dl/dh[t] to be the direct gradients that the loss gives each step. "
             "W_x reaches the loss through every h[t], and each h[t] also changes the later "
             "states: the gradient of each h[t] to use is the total gradient through time.",
+        )
+
+
+@dataclass(frozen=True)
+class _AttentionStep:
+    """dh[t]/dh[t-1] = a_1[t] (v_1[t] - h[t]) (S h[t-1])^T + a_1[t] V_1, S = Q_1^T K_1 +
+    K_1^T Q_1 (seed 1.2.2(e); index 1 projects h[t-1] for every k and for inf), by parts."""
+
+    h: torch.Tensor  # (T, n)  h[t]
+    before: torch.Tensor  # (T, n)  h[t-1]
+    weight: torch.Tensor  # (T,)  a_1[t]
+    Q: torch.Tensor  # (n, n)  Q_1
+    K: torch.Tensor  # (n, n)  K_1
+    V: torch.Tensor  # (n, n)  V_1
+
+    def value_path(self) -> torch.Tensor:
+        """a_1[t] V_1 at every step: the path through v_1[t] = V_1 h[t-1] alone."""
+        return self.weight[:, None, None] * self.V
+
+    def jacobians(self, score_matrix: torch.Tensor, centred: bool = True) -> torch.Tensor:
+        """The Jacobians with dw_1[t]/dh[t-1] taken as ``score_matrix`` h[t-1], and the
+        softmax's coupling (v_1[t] - h[t], not v_1[t]) when ``centred``."""
+        value = self.before @ self.V.T  # (T, n)  v_1[t]
+        spread = value - self.h if centred else value
+        score = self.before @ score_matrix.T  # (T, n)  dw_1[t]/dh[t-1]
+        outer = spread[:, :, None] * score[:, None, :]
+        return self.weight[:, None, None] * outer + self.value_path()
+
+
+def _attention_parts(key: TensorKey, shape: Shape) -> _AttentionStep | None:
+    """The quantities of the seed's 1.2.2(e) at every step, where the key is the one-step state
+    Jacobians dh[t]/dh[t-1] of AttentionRNN(k) or AttentionRNN(inf) and the answers have its
+    shape; else None."""
+    source = key.source
+    if source is None or source.op != "state_jacobians" or source.select != "jacobians":
+        return None
+    if source.model.name != "attention_rnn" or tuple(key.tensor.shape) != shape:
+        return None
+    outputs = source.forward()
+    h, a = outputs["h"], outputs["a"]  # (T, n), (T, k+1 or T+1)
+    Q, K, V = (on_cpu(source.prepared.args[name])[1] for name in ("Q", "K", "V"))  # index 1
+    if h.dim() != 2 or (*h.shape, h.shape[1]) != shape:
+        return None
+    before = torch.cat([torch.zeros_like(h[:1]), h[:-1]])  # h[t-1], with h[0] = 0
+    return _AttentionStep(h, before, a[:, 1], Q, K, V)
+
+
+@register
+class ScorePathMissing(Mistake):
+    """Only a_1[t] V_1 of AttentionRNN's dh[t]/dh[t-1] (seed 1.2.2(e)): the path through the
+    value, without the one through the score w_1[t] and the softmax."""
+
+    code = "score_path_missing"
+    order = 23
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        parts = _attention_parts(key, shape)
+        if parts is None:
+            return
+        yield Candidate(
+            parts.value_path(),
+            "This is only a_1[t] V_1, the path through the value v_1[t] = V_1 h[t-1]. h[t-1] "
+            "also sets the score w_1[t] = q_1[t]^T k_1[t], and through the softmax every "
+            "weight a_i[t]: differentiate that path as well, it adds a second term.",
+        )
+
+
+@register
+class ScoreGradientOneSided(Mistake):
+    """AttentionRNN's dh[t]/dh[t-1] with dw_1[t]/dh[t-1] taken as Q_1^T K_1 h[t-1] (k_1[t]
+    held fixed) or 2 Q_1^T K_1 h[t-1] (as if Q_1^T K_1 were symmetric)."""
+
+    code = "score_gradient_one_sided"
+    order = 24
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        parts = _attention_parts(key, shape)
+        if parts is None:
+            return
+        product = parts.Q.T @ parts.K  # Q_1^T K_1
+        yield Candidate(
+            parts.jacobians(product),
+            "The score w_1[t] = q_1[t]^T k_1[t] depends on h[t-1] through both q_1[t] = Q_1 "
+            "h[t-1] and k_1[t] = K_1 h[t-1]; your answer differentiates it through q_1[t] "
+            "only, as if k_1[t] were fixed.",
+        )
+        yield Candidate(
+            parts.jacobians(2 * product),
+            "The score w_1[t] = h[t-1]^T Q_1^T K_1 h[t-1] is a quadratic form whose matrix "
+            "Q_1^T K_1 is not symmetric: its gradient is (A + A^T) h[t-1] with A = Q_1^T K_1, "
+            "not 2 A h[t-1].",
+        )
+
+
+@register
+class SoftmaxCouplingMissing(Mistake):
+    """AttentionRNN's dh[t]/dh[t-1] with the softmax's derivative taken as da_1/dw_1 = a_1
+    alone: v_1[t] where the seed has v_1[t] - h[t] (the other weights' change left out)."""
+
+    code = "softmax_coupling_missing"
+    order = 25
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        parts = _attention_parts(key, shape)
+        if parts is None:
+            return
+        yield Candidate(
+            parts.jacobians(parts.Q.T @ parts.K + parts.K.T @ parts.Q, centred=False),
+            "When the score w_1[t] changes, the softmax moves every weight a_i[t], not a_1[t] "
+            "alone (they sum to 1): da_i[t]/dw_1[t] = a_i[t] (1[i = 1] - a_1[t]). Your answer "
+            "keeps only the change of a_1[t].",
         )

@@ -193,6 +193,14 @@ class ProblemSpec(FileModel):
     tolerance: Tolerance = Field(default_factory=Tolerance)
     feedback: FeedbackLevel = "diagnosis"
     visibility: Visibility = "visible"
+    distinct_from: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Codes of diagnosed mistakes (`score_path_missing`, `transposed`, ...) that every "
+            "variant must tell from the right answer: a student's draw for which an answer "
+            "with one of these mistakes would be judged correct is drawn again."
+        ),
+    )
 
     @property
     def variant_key(self) -> str:

@@ -20,21 +20,25 @@ import torch
 from service.grading.schema import GivenSpec, ProblemSpec
 
 
-def variant_seed(secret: bytes, assignment: str, problem: str, student: str) -> int:
-    """The 64-bit seed of one student's variant of one problem.
+def variant_seed(secret: bytes, assignment: str, problem: str, student: str, draw: int = 0) -> int:
+    """The 64-bit seed of one student's variant of one problem (``draw`` > 0: of its
+    ``draw``-th redraw, see ``catalogue.py``).
 
-    Ids of assignments and problems hold no ``/``, so the message splits one way only.
+    Ids of assignments and problems hold no ``/``, and student ids no line break, so the
+    message splits one way only.
 
     Example:
         >>> variant_seed(b"k" * 32, "cnn-rnn", "1.1c-i", "alice") < 2**64
         True
     """
     message = f"{assignment}/{problem}/{student}".encode()
+    if draw:
+        message += f"\nredraw {draw}".encode()
     digest = hmac.new(secret, message, hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big")
 
 
-def draw(spec: GivenSpec, generator: torch.Generator) -> torch.Tensor:
+def draw_given(spec: GivenSpec, generator: torch.Generator) -> torch.Tensor:
     """One given tensor in float64, drawn from ``generator`` or fixed by the spec."""
     if spec.value is not None:
         return torch.tensor(spec.value, dtype=torch.float64)
@@ -64,7 +68,9 @@ class Variant:
     expected: dict[str, Any]
 
 
-def make_variant(secret: bytes, assignment: str, problem: ProblemSpec, student: str) -> Variant:
+def make_variant(
+    secret: bytes, assignment: str, problem: ProblemSpec, student: str, draw: int = 0
+) -> Variant:
     """Draw the given tensors of ``problem`` for ``student`` (in the order the file declares
     them, from one generator) and put them into the reference spec.
 
@@ -73,13 +79,14 @@ def make_variant(secret: bytes, assignment: str, problem: ProblemSpec, student: 
         assignment: the assignment's id.
         problem: the problem.
         student: the student's id, exactly as sent.
+        draw: which draw (0: the first; see ``distinct_from`` in ``catalogue.py``).
 
     Returns:
         The variant: given tensors in float64 and ``expected`` with every reference resolved.
     """
     generator = torch.Generator(device="cpu")
-    generator.manual_seed(variant_seed(secret, assignment, problem.variant_key, student))
-    given = {name: draw(spec, generator) for name, spec in problem.given.items()}
+    generator.manual_seed(variant_seed(secret, assignment, problem.variant_key, student, draw))
+    given = {name: draw_given(spec, generator) for name, spec in problem.given.items()}
     values = {name: as_json(tensor, problem.given[name].integer) for name, tensor in given.items()}
     expected = resolve(problem.expected, values)
     # The names the file gives win over those that follow from its given tensors.

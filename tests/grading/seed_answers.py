@@ -217,6 +217,49 @@ def attention_state_jacobians(
     return np.array([attention_partial(q, k, v, x, window, t, 1) for t in range(len(x))])
 
 
+def attention_step_mistakes(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, x: np.ndarray, window: int | None
+) -> dict[str, np.ndarray]:
+    """Typical wrong 1.2.2(e) answers: the seed's dh[t]/dh[t-1] = a_1 (v_1 - h[t]) h[t-1]^T
+    (Q_1^T K_1 + K_1^T Q_1) + a_1 V_1 with one part changed, by the diagnosis code each one
+    gets. ``window`` None is AttentionRNN(inf), whose index 1 projects every past state."""
+    n = x.shape[1]
+    states: list[np.ndarray] = []
+    weights = []  # a_1[t], the weight of h[t-1]
+    for t in range(len(x)):
+        if window is None:
+            past = [states[t - i] if t - i >= 0 else np.zeros(n) for i in range(1, t + 2)]
+            h_t, a_t = _attend(q, k, v, [x[t], *past], [0] + [1] * len(past))
+        else:
+            past = [states[t - i] if t - i >= 0 else np.zeros(n) for i in range(1, window + 1)]
+            h_t, a_t = _attend(q, k, v, [x[t], *past], list(range(window + 1)))
+        states.append(h_t)
+        weights.append(a_t[1])
+    h = np.array(states)
+    before = np.vstack([np.zeros(n), h[:-1]])
+    product = q[1].T @ k[1]  # Q_1^T K_1: w_1 = h[t-1]^T Q_1^T K_1 h[t-1]
+
+    def jacobians(score: np.ndarray, spread: Callable[[int], np.ndarray]) -> np.ndarray:
+        # dw_1/dh[t-1] as the row vector h[t-1]^T score^T, times a_1 spread[t]
+        return np.array(
+            [
+                weights[t] * np.outer(spread(t), score @ before[t]) + weights[t] * v[1]
+                for t in range(len(x))
+            ]
+        )
+
+    def centred(t: int) -> np.ndarray:
+        return v[1] @ before[t] - h[t]
+
+    return {
+        "score_path_missing": np.array([a_1 * v[1] for a_1 in weights]),
+        "score_gradient_one_sided": jacobians(product, centred),  # k_1 held fixed
+        "score_gradient_doubled": jacobians(2 * product, centred),  # as if symmetric
+        "softmax_coupling_missing": jacobians(product + product.T, lambda t: v[1] @ before[t]),
+        "transposed": np.transpose(jacobians(product + product.T, centred), (0, 2, 1)),
+    }
+
+
 def attention_state_grads(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, x: np.ndarray, window: int, direct: np.ndarray
 ) -> np.ndarray:

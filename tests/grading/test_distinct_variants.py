@@ -1,0 +1,201 @@
+"""The typical wrong answers of AttentionRNN's state Jacobians (seed 1.2.2(e)): diagnosed, and
+never judged correct for any student, because a variant for which one of them would pass is
+drawn again (``distinct_from``).
+
+The wrong answers come from the seed's closed form with one part changed, in numpy
+(``seed_answers.attention_step_mistakes``); the keys come from the service's torch model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.grading.catalogue import (
+    MAX_DRAWS,
+    AssignmentFileError,
+    Catalogue,
+    catalogue_from_settings,
+    load_catalogue,
+)
+from service.grading.checker import EngineCheck, VariantScreen, spec_validator
+from service.grading.grade import grade_problem
+from service.grading.variants import Variant, make_variant
+from service.settings import Settings
+from tests.grading import seed_answers as seed
+from tests.grading.sample import SAMPLE
+from tests.grading.test_diagnosis import codes, judge
+
+DIAGNOSED_AS = {
+    "score_path_missing": "score_path_missing",
+    "score_gradient_one_sided": "score_gradient_one_sided",
+    "score_gradient_doubled": "score_gradient_one_sided",
+    "softmax_coupling_missing": "softmax_coupling_missing",
+    "transposed": "transposed",
+}
+"""The code each of the oracle's wrong answers is diagnosed with."""
+
+
+def attention_args(window: int | None) -> dict[str, np.ndarray]:
+    """Tensors whose states are of order 1, so that every part of the Jacobian counts."""
+    rng = np.random.default_rng(7)
+    count = 2 if window is None else window + 1
+    return {
+        "Q": rng.normal(0, 0.8, (count, 3, 3)),
+        "K": rng.normal(0, 0.8, (count, 3, 3)),
+        "V": rng.normal(0, 1.0, (count, 3, 3)),
+        "x": rng.normal(0, 1.5, (5, 3)),
+    }
+
+
+def jacobians_spec(window: int | None, args: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {
+        "op": "state_jacobians",
+        "model": "attention_rnn",
+        "config": {"k": "inf" if window is None else window},
+        "params": {name: args[name].tolist() for name in ("Q", "K", "V")},
+        "inputs": {"x": args["x"].tolist()},
+        "select": "jacobians",
+    }
+
+
+@pytest.mark.parametrize("window", [2, 3, None], ids=["k=2", "k=3", "inf"])
+def test_each_typical_mistake_of_the_attention_jacobians_is_diagnosed(
+    window: int | None,
+) -> None:
+    args = attention_args(window)
+    spec = jacobians_spec(window, args)
+    wrong = seed.attention_step_mistakes(args["Q"], args["K"], args["V"], args["x"], window)
+    # The oracle's own right answer (its parts put back together) is the service's key, and
+    # for a window k the seed's closed form written independently.
+    right = np.transpose(wrong["transposed"], (0, 2, 1))
+    if window is not None:
+        closed = seed.attention_state_jacobians(args["Q"], args["K"], args["V"], args["x"], window)
+        np.testing.assert_allclose(right, closed, rtol=1e-12, atol=1e-14)
+    result = judge(spec, right.tolist())
+    assert result["correct"] and result["diagnosis"] == []
+    for mistake, answer in wrong.items():
+        result = judge(spec, answer.tolist())
+        assert result["correct"] is False, mistake
+        assert DIAGNOSED_AS[mistake] in codes(result), (mistake, result["diagnosis"])
+
+
+def test_the_diagnoses_name_the_path_that_is_missing() -> None:
+    args = attention_args(2)
+    wrong = seed.attention_step_mistakes(args["Q"], args["K"], args["V"], args["x"], 2)
+    said = {
+        mistake: judge(jacobians_spec(2, args), answer.tolist())["diagnosis"][0]["message"]
+        for mistake, answer in wrong.items()
+        if mistake != "transposed"
+    }
+    assert "only a_1[t] V_1" in said["score_path_missing"]
+    assert "as if k_1[t] were fixed" in said["score_gradient_one_sided"]
+    assert "not 2 A h[t-1]" in said["score_gradient_doubled"]
+    assert "not a_1[t] alone" in said["softmax_coupling_missing"]
+
+
+SETTINGS = Settings(variant_secret="a secret of the tests, 32 chars")
+STUDENTS = [f"student-{n}" for n in range(120)]
+
+
+def mistakes_of(variant: Variant) -> dict[str, np.ndarray]:
+    g = {name: tensor.numpy() for name, tensor in variant.given.items()}
+    return seed.attention_step_mistakes(g["Q"], g["K"], g["V"], g["x"], 2)
+
+
+def passing_mistakes(variant: Variant, check: EngineCheck) -> list[str]:
+    """The typical wrong answers this variant would judge correct."""
+    return [
+        mistake
+        for mistake, answer in mistakes_of(variant).items()
+        if grade_problem(variant, answer.tolist(), check).status == "correct"
+    ]
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Catalogue:
+    return catalogue_from_settings(SETTINGS, spec_validator(SETTINGS), VariantScreen(SETTINGS))
+
+
+def test_no_student_passes_1_2_2e_with_a_typical_mistake(catalogue: Catalogue) -> None:
+    """Over a class of students, every typical wrong answer scores 0 and the right one full
+    marks; without the redraw, some of them would pass for some students (the numbers are
+    small, and the score path with them), so the scan can fail."""
+    check = EngineCheck(SETTINGS)
+    problem = catalogue.problem("cnn-rnn", "1.2.2e")
+    redrawn, would_pass = [], []
+    for student in STUDENTS:
+        variant = catalogue.variant("cnn-rnn", "1.2.2e", student)
+        given = {name: tensor.numpy() for name, tensor in variant.given.items()}
+        right = seed.answer_to("1.2.2e", given)
+        assert grade_problem(variant, right, check).status == "correct", student
+        assert passing_mistakes(variant, check) == [], student
+        if catalogue.draw("cnn-rnn", problem, student) > 0:
+            redrawn.append(student)
+            first = make_variant(catalogue.secret, "cnn-rnn", problem, student)
+            would_pass.append(passing_mistakes(first, check))
+    assert redrawn, "no student of the scan needed another draw: the scan tests nothing"
+    assert any(would_pass), "the first draws that were replaced were fine already"
+
+
+def test_a_redrawn_variant_is_the_same_on_every_replica(catalogue: Catalogue) -> None:
+    problem = catalogue.problem("cnn-rnn", "1.2.2e")
+    student = next(s for s in STUDENTS if catalogue.draw("cnn-rnn", problem, s) > 0)
+    # Another replica: a catalogue loaded anew with the same secret, nothing remembered.
+    replica = catalogue_from_settings(SETTINGS, screen=VariantScreen(SETTINGS))
+    mine = catalogue.variant("cnn-rnn", "1.2.2e", student)
+    theirs = replica.variant("cnn-rnn", "1.2.2e", student)
+    first = make_variant(catalogue.secret, "cnn-rnn", problem, student)
+    assert all(mine.given[n].equal(theirs.given[n]) for n in mine.given)
+    assert not all(mine.given[n].equal(first.given[n]) for n in mine.given)
+    # A catalogue without a screen (as a script may load one) keeps every first draw.
+    plain = catalogue_from_settings(SETTINGS)
+    assert plain.variant("cnn-rnn", "1.2.2e", student).given["x"].equal(first.given["x"])
+
+
+def screened_file(tmp_path: Path, text: str) -> Catalogue:
+    (tmp_path / "sample.toml").write_text(text)
+    return load_catalogue([(tmp_path, "folder")], b"s" * 32, screen=VariantScreen(SETTINGS))
+
+
+def with_distinct(codes: str, given: str | None = None) -> str:
+    text = SAMPLE.replace('answer_kind = "tensor"\n', f'answer_kind = "tensor"\n{codes}\n', 1)
+    if given is not None:
+        old = 'shape = [2, 3]\ndistribution = "uniform"\nlow = -3\nhigh = 3\ninteger = true\n'
+        assert old in text
+        text = text.replace(old, given, 1)
+    return text
+
+
+def test_an_assignment_file_may_name_mistakes_to_tell_apart(tmp_path: Path) -> None:
+    catalogue = screened_file(tmp_path, with_distinct('distinct_from = ["sign_flipped"]'))
+    assert catalogue.problem("sample", "p1").distinct_from == ["sign_flipped"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            with_distinct('distinct_from = ["tranposed"]'),
+            "no mistake is called 'tranposed'; the codes are ",
+            id="unknown-code",
+        ),
+        pytest.param(
+            SAMPLE.replace('feedback = "diagnosis"\n', 'distinct_from = ["sign_flipped"]\n', 1),
+            "only a tensor answer is screened for mistakes",
+            id="not-a-tensor",
+        ),
+        pytest.param(
+            # A symmetric matrix for everyone: transposing it gives the right answer.
+            with_distinct('distinct_from = ["transposed"]', "value = [[1, 2], [2, 1]]\n"),
+            f"none of {MAX_DRAWS} draws for a probe student tells these mistakes from the answer",
+            id="never-distinct",
+        ),
+    ],
+)
+def test_a_wrong_distinct_from_stops_the_load(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(AssignmentFileError) as raised:
+        screened_file(tmp_path, text)
+    assert "distinct_from" in raised.value.key and message in raised.value.message
