@@ -36,7 +36,10 @@ from pydantic import TypeAdapter, ValidationError
 from models.errors import ModelError
 from service.compute import new_budget
 from service.gate import ComputeGate
-from service.grading import rnn_mistakes  # noqa: F401  (registers the recurrent mistakes)
+from service.grading import (
+    conv_mistakes,  # noqa: F401  (registers the conv mistakes)
+    rnn_mistakes,  # noqa: F401  (registers the recurrent mistakes)
+)
 from service.grading.compare import (
     Tolerance,
     as_scalar_if_one,

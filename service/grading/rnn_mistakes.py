@@ -210,3 +210,83 @@ class SoftmaxCouplingMissing(Mistake):
             "alone (they sum to 1): da_i[t]/dw_1[t] = a_i[t] (1[i = 1] - a_1[t]). Your answer "
             "keeps only the change of a_1[t].",
         )
+
+
+@register
+class GateDerivativeWrong(Mistake):
+    """The gated RNN's dh[t]/dh[t-1] (seed 1.2.1(d)) with the sigmoid's derivative sigma'(z[t])
+    = c[t] (1 - c[t]) taken as tanh's, 1 - c[t]^2, or as the sigmoid itself, c[t]."""
+
+    code = "gate_derivative_wrong"
+    order = 27
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        source = _gated(key, "state_jacobians", "jacobians")
+        if source is None:
+            return
+        args = source.prepared.args
+        outputs = source.forward()
+        h, gate = outputs["h"], outputs["c"]  # (T, m) each
+        if gate.dim() != 2 or (*gate.shape, gate.shape[1]) != shape:
+            return
+        x, w_h, w_x = (on_cpu(args[name]) for name in ("x", "W_h", "W_x"))
+        start = on_cpu(args["h0"])[None] if "h0" in args else torch.zeros_like(h[:1])
+        before = torch.cat([start, h[:-1]])  # h[t-1]
+        spread = before - x @ w_x.T  # h[t-1] - W_x x[t]
+
+        def jacobians(slope: torch.Tensor) -> torch.Tensor:
+            # diag(c[t]) + diag(h[t-1] - W_x x[t]) diag(slope[t]) W_h
+            return torch.diag_embed(gate) + (spread * slope)[:, :, None] * w_h
+
+        yield Candidate(
+            jacobians(1 - gate**2),
+            "The gate c[t] = sigma(z[t]) is a sigmoid, whose derivative is c[t] (1 - c[t]); "
+            "your answer uses 1 - c[t]^2, the derivative of tanh.",
+        )
+        yield Candidate(
+            jacobians(gate),
+            "Your answer uses sigma(z[t]) = c[t] where the chain rule needs the derivative "
+            "sigma'(z[t]) = c[t] (1 - c[t]).",
+        )
+
+
+@register
+class ZeroStatesLeftOut(Mistake):
+    """AttentionRNN's forward pass with the zero states h[t-i] = 0 (t - i < 1) left out of the
+    softmax: they take part with score 0 and value 0 (seed 1.2.2(c)-(d)), so they still take
+    a share of the weights."""
+
+    code = "zero_states_left_out"
+    order = 28
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        source = key.source
+        if source is None or source.model.name != "attention_rnn":
+            return
+        if source.op != "forward" or source.select != "h" or tuple(key.tensor.shape) != shape:
+            return
+        args = source.prepared.args
+        Q, K, V, x = (on_cpu(args[name]) for name in ("Q", "K", "V", "x"))
+        window = source.prepared.config.k
+        yield Candidate(
+            _attend_existing_states(Q, K, V, x, window),
+            "Your answer leaves the zero states (h[t-i] = 0 for t - i < 1) out of the softmax. "
+            "They take part: each has the score q^T k = 0 and so the weight e^0 / sum, and "
+            "the value 0.",
+        )
+
+
+def _attend_existing_states(
+    Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, x: torch.Tensor, window: int | str
+) -> torch.Tensor:
+    """h[t] of equations (3)-(8) with the softmax over x[t] and the states h[1], ... only."""
+    states: list[torch.Tensor] = []
+    for t in range(len(x)):
+        lags = t if window == "inf" else min(int(window), t)  # the existing h[t-i], i >= 1
+        sources = [x[t], *(states[t - i] for i in range(1, lags + 1))]
+        index = [0, *(1 if window == "inf" else i for i in range(1, lags + 1))]
+        scores = torch.stack([(Q[j] @ s) @ (K[j] @ s) for j, s in zip(index, sources, strict=True)])
+        weights = torch.softmax(scores, dim=0)
+        values = torch.stack([V[j] @ s for j, s in zip(index, sources, strict=True)])
+        states.append(weights @ values)
+    return torch.stack(states)

@@ -199,3 +199,88 @@ def test_a_wrong_distinct_from_stops_the_load(tmp_path: Path, text: str, message
     with pytest.raises(AssignmentFileError) as raised:
         screened_file(tmp_path, text)
     assert "distinct_from" in raised.value.key and message in raised.value.message
+
+
+# -- more typical mistakes, each against the seed's formulas in numpy --
+
+
+def conv_spec(op: str, x: np.ndarray, w: np.ndarray, **extra: Any) -> dict[str, Any]:
+    return {
+        "op": op,
+        "model": "conv1d",
+        "config": {"stride": 2},
+        "params": {"weight": w.tolist()},
+        "inputs": {"x": x.tolist()},
+        **extra,
+    }
+
+
+def test_a_flipped_kernel_is_diagnosed_in_the_output_and_in_dy_dx() -> None:
+    rng = np.random.default_rng(3)
+    x, w = rng.integers(-3, 4, (5, 7)).astype(float), rng.integers(-2, 3, (1, 5, 3)).astype(float)
+    flipped = w[:, :, ::-1]
+    forward = judge(conv_spec("forward", x, w, select="y"), seed.conv_forward(x, flipped).tolist())
+    jacobian = judge(
+        conv_spec("jacobian", x, w, of="y", wrt="x"),
+        seed.conv_jacobian_input(flipped, x.shape[1]).tolist(),
+    )
+    for result in (forward, jacobian):
+        assert result["correct"] is False and "kernel_flipped" in codes(result), result
+        assert "cross-correlation" in result["diagnosis"][0]["message"]
+    right = judge(conv_spec("forward", x, w, select="y"), seed.conv_forward(x, w).tolist())
+    assert right["correct"] and right["diagnosis"] == []
+
+
+def gated_jacobians(slope: str) -> tuple[dict[str, Any], np.ndarray]:
+    """The spec of 1.2.1(d)'s Jacobians, and the seed's closed form with sigma'(z) replaced."""
+    rng = np.random.default_rng(5)
+    w_c, w_h, w_x = rng.normal(0, 1, (3, 2)), rng.normal(0, 1, (3, 3)), rng.normal(0, 1, (3, 2))
+    x = rng.normal(0, 1, (4, 2))
+    h, c, _ = seed.gated_rnn(w_c, w_h, w_x, x)
+    before = np.vstack([np.zeros(3), h[:-1]])
+    derivative = {"tanh": 1 - c**2, "sigmoid": c}[slope]
+    answer = np.array(
+        [np.diag(c[t]) + np.diag((before[t] - w_x @ x[t]) * derivative[t]) @ w_h for t in range(4)]
+    )
+    spec = {
+        "op": "state_jacobians",
+        "model": "gated_rnn",
+        "params": {"W_c": w_c.tolist(), "W_h": w_h.tolist(), "W_x": w_x.tolist()},
+        "inputs": {"x": x.tolist()},
+        "select": "jacobians",
+    }
+    return spec, answer
+
+
+@pytest.mark.parametrize(("slope", "said"), [("tanh", "derivative of tanh"), ("sigmoid", "needs")])
+def test_the_wrong_derivative_of_the_gate_is_diagnosed(slope: str, said: str) -> None:
+    spec, answer = gated_jacobians(slope)
+    result = judge(spec, answer.tolist())
+    assert result["correct"] is False and codes(result) == ["gate_derivative_wrong"], result
+    assert said in result["diagnosis"][0]["message"]
+
+
+def attention_without_zero_states(args: dict[str, np.ndarray], window: int | None) -> np.ndarray:
+    """Equations (3)-(8) with the softmax over x[t] and the existing states h[1], ... only."""
+    states: list[np.ndarray] = []
+    for t in range(len(args["x"])):
+        lags = t if window is None else min(window, t)
+        past = [states[t - i] for i in range(1, lags + 1)]
+        params = [0, *([1] * lags if window is None else range(1, lags + 1))]
+        h_t, _ = seed._attend(args["Q"], args["K"], args["V"], [args["x"][t], *past], params)
+        states.append(h_t)
+    return np.array(states)
+
+
+@pytest.mark.parametrize("window", [2, None], ids=["k=2", "inf"])
+def test_zero_states_left_out_of_the_softmax_are_diagnosed(window: int | None) -> None:
+    args = attention_args(window)
+    spec = {**jacobians_spec(window, args), "op": "forward", "select": "h"}
+    result = judge(spec, attention_without_zero_states(args, window).tolist())
+    assert result["correct"] is False and "zero_states_left_out" in codes(result), result
+    right = (
+        seed.attention_rnn(args["Q"], args["K"], args["V"], args["x"], window)[0]
+        if (window is not None)
+        else seed.attention_rnn_inf(args["Q"], args["K"], args["V"], args["x"])
+    )
+    assert judge(spec, right.tolist())["correct"]
