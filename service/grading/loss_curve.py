@@ -6,7 +6,10 @@ and some spikes rose above the initial loss log 4 because cross-entropy costs -l
 true class, which a confident wrong prediction makes larger than chance does (problem 2).
 
 Given every batch's loss of every epoch, this module computes both curves (epoch means and
-last batches), finds the spikes of the last-batch curve, and explains them in those terms.
+last batches), finds the spikes of the last-batch curve, and explains them in those terms. It
+also reads the curve as a whole: a loss that rises over training (divergence, or another
+curve given as the loss), in particular one that rises from 1/C within [0, 1], which is the
+accuracy curve (problem 4 reads the loss at log C and the accuracy at 1/C).
 Pure Python: no HTTP and no torch.
 
 Example:
@@ -21,6 +24,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from models.errors import ModelError
 
@@ -47,6 +51,16 @@ INITIAL_LOSS_TOLERANCE = 0.1
 INITIAL_LOSS_TOLERANCE_MIN = 0.15
 INITIAL_ACCURACY_TOLERANCE = 0.12
 INITIAL_ACCURACY_TOLERANCE_OF_CHANCE = 2.0  # for many classes: within 2/C of 1/C
+# A curve rises over training when the median of its late epochs' means (the last third, at
+# least two epochs) sits more than RISE_MARGIN * log C above epoch 0's mean, and none of them
+# below it: a clear upward trend, where one late spike (a single late epoch) or the noise of a
+# flat curve (epoch 0 low by chance) is not. At least RISE_MIN_EPOCHS epochs: two make no trend.
+RISE_MARGIN = 0.25
+RISE_MIN_EPOCHS = 3
+# The same rise in the units of an accuracy, a quarter of [0, 1], from about 1/C (within the
+# tolerance of "near chance" above) and with every value in [0, 1]: the accuracy curve. Not in
+# log C: at C = 1000, 0.25 log C is 1.7, more than any accuracy can rise.
+ACCURACY_RISE_MARGIN = 0.25
 # At most this many epochs are named in a finding and detailed in ``spike_details``: a million
 # epochs of alternating spikes made a 114 MB answer (``spikes`` still lists them all).
 LISTED_EPOCHS = 12
@@ -55,6 +69,12 @@ DETAILED_SPIKES = 1000
 # far below this; the bound keeps every sum and square of the analysis finite (a million
 # losses of 1e100 sum to 1e106, their squares to 1e206), where 1e308 would overflow.
 MAX_LOSS = 1e100
+
+
+CurveFlag = Literal["rising_loss", "looks_like_accuracy"]
+"""What the curve as a whole shows (``CurveDiagnosis.curve_flags``): ``rising_loss``, it rises
+over training by more than ``RISE_MARGIN`` log C; ``looks_like_accuracy``, it rises from about
+1/C by more than ``ACCURACY_RISE_MARGIN`` and never leaves [0, 1]."""
 
 
 class CurveError(ModelError):
@@ -98,6 +118,7 @@ class CurveDiagnosis:
     spikes: list[int]
     spike_details: list[Spike]
     unstable_epochs: list[int]
+    curve_flags: list[CurveFlag]
     expected_initial_loss: float
     chance_accuracy: float
     initial_loss: float
@@ -163,6 +184,42 @@ def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values)
 
 
+def _chance_tolerance(num_classes: int) -> float:
+    """How far an accuracy may sit from 1/C and still be "near chance": 0.12 for a few classes;
+    2/C for many (12% is not chance at C = 1000, while a model at chance scores 1/C give or take
+    the sampling noise of a few hundred answers)."""
+    return min(INITIAL_ACCURACY_TOLERANCE, INITIAL_ACCURACY_TOLERANCE_OF_CHANCE / num_classes)
+
+
+def _late(means: Sequence[float]) -> Sequence[float]:
+    """The late epochs a trend is read from: the last third, at least two."""
+    return means[-max(2, len(means) // 3) :]
+
+
+def _rises(means: Sequence[float], margin: float) -> bool:
+    """Whether the epoch means rise over training: the late epochs' median more than ``margin``
+    above epoch 0's mean, and none of them below it (see ``RISE_MARGIN``)."""
+    if len(means) < RISE_MIN_EPOCHS:
+        return False
+    late = _late(means)
+    return statistics.median(late) - means[0] > margin and min(late) > means[0]
+
+
+def _curve_flags(
+    batch_losses: Sequence[Sequence[float]], means: Sequence[float], num_classes: int
+) -> list[CurveFlag]:
+    flags: list[CurveFlag] = []
+    if _rises(means, RISE_MARGIN * math.log(num_classes)):
+        flags.append("rising_loss")
+    if (
+        abs(means[0] - 1 / num_classes) <= _chance_tolerance(num_classes)
+        and _rises(means, ACCURACY_RISE_MARGIN)
+        and all(loss <= 1 for losses in batch_losses for loss in losses)
+    ):
+        flags.append("looks_like_accuracy")
+    return flags
+
+
 def _jumps(
     epoch: int, batch_losses: Sequence[Sequence[float]], medians: Sequence[float], log_c: float
 ) -> bool:
@@ -219,7 +276,7 @@ def _log_c(num_classes: int) -> str:
 
 
 def _initial_findings(
-    means: Sequence[float], acc_means: Sequence[float] | None, num_classes: int
+    means: Sequence[float], acc_means: Sequence[float] | None, num_classes: int, rising: bool
 ) -> list[str]:
     log_c = math.log(num_classes)
     findings = [
@@ -241,6 +298,12 @@ def _initial_findings(
             "too large), a loss summed instead of averaged over the batch, or a number of "
             "classes other than num_classes."
         )
+    elif rising:
+        # Not "after some training": a curve that then rises is no trained model's loss.
+        findings.append(
+            f"Epoch 0's mean loss {first:.3f} is well below {_log_c(num_classes)}, and the curve "
+            "rises from there instead of falling (see below)."
+        )
     else:
         findings.append(
             f"Epoch 0's mean loss {first:.3f} is well below {_log_c(num_classes)}: this first "
@@ -249,15 +312,44 @@ def _initial_findings(
         )
     if acc_means is not None:
         chance = 1 / num_classes
-        # 0.12 for a few classes; 2/C for many (12% is not chance at C = 1000, while a model at
-        # chance scores 1/C give or take the sampling noise of a few hundred answers).
-        tolerance = min(INITIAL_ACCURACY_TOLERANCE, INITIAL_ACCURACY_TOLERANCE_OF_CHANCE * chance)
+        tolerance = _chance_tolerance(num_classes)
         verdict = "near chance" if abs(acc_means[0] - chance) <= tolerance else "far from chance"
         findings.append(
             f"Epoch 0's accuracy {100 * acc_means[0]:.3g}% is {verdict} "
             f"(1/C = {100 * chance:.3g}%)."
         )
     return findings
+
+
+def _trend_findings(
+    means: Sequence[float], flags: Sequence[CurveFlag], num_classes: int
+) -> list[str]:
+    """The curve as a whole: an accuracy curve given as the loss, or a loss that rises."""
+    if not flags:
+        return []
+    late = _late(means)
+    level = statistics.median(late)
+    late_epochs = f"epochs {len(means) - len(late)}-{len(means) - 1}"
+    if "looks_like_accuracy" in flags:
+        return [
+            f"These values rise from {means[0]:.3g} at epoch 0, about 1/{num_classes} = "
+            f"{1 / num_classes:.3g} (chance accuracy for {num_classes} classes), to {level:.3g} "
+            f"(the median of {late_epochs}) and never leave [0, 1]: this looks like accuracy, "
+            f"not the cross-entropy loss, which starts near {_log_c(num_classes)} and falls. "
+            "Check which column you plotted or logged as the loss (seed 1.3, problem 4: the "
+            "loss starts at log C, the accuracy at 1/C). If these are losses after all, the "
+            "loss rises over training: the training diverges (a learning rate too high, or a "
+            "sign error in the update)."
+        ]
+    rise = (level - means[0]) / math.log(num_classes)
+    return [
+        f"The loss rises over training instead of falling: from {means[0]:.3f} at epoch 0 to "
+        f"{level:.3f} (the median of {late_epochs}), {rise:.2g} log C higher. A loss that "
+        "rises steadily is divergence: a learning rate too high (lower it, or clip the "
+        "gradient norm; seed 1.3, problem 3), or a sign error in the update (p += lr * grad "
+        "climbs the loss; the step is p -= lr * grad). Or the curve is not the training loss: "
+        "check which column you plotted."
+    ]
 
 
 def _initial_named(initial: float, num_classes: int) -> str:
@@ -274,6 +366,7 @@ def _spike_findings(
     initial: float,
     num_classes: int,
     single_batches: bool,
+    flags: Sequence[CurveFlag],
 ) -> list[str]:
     findings = []
     outliers = [s for s in details if "last_batch_outlier" in s.reasons]
@@ -291,8 +384,15 @@ def _spike_findings(
         )
     unstable = set(jumps) | set(diverging)
     # Above the initial loss with the rest of the epoch below it: one batch of confident
-    # mistakes. Where the whole epoch is above it, the training itself is (below).
-    above = [s for s in details if "above_initial_loss" in s.reasons and s.epoch not in unstable]
+    # mistakes. Where the whole epoch is above it, the training itself is (below); where the
+    # whole curve rises, the rise is (its own finding), unless the last batch is an outlier.
+    above = [
+        s
+        for s in details
+        if "above_initial_loss" in s.reasons
+        and s.epoch not in unstable
+        and (not flags or "last_batch_outlier" in s.reasons)
+    ]
     if above:
         worst = max(above, key=lambda s: s.last_batch)
         findings.append(
@@ -312,7 +412,8 @@ def _spike_findings(
             "the gradient norm, lower the learning rate (or decay it) or use larger batches "
             "(seed 1.3, problem 3)."
         )
-    rising = [e for e in diverging if e not in set(jumps)]
+    # An accuracy curve's values above log 2 are no divergence (its finding says both readings).
+    rising = [] if "looks_like_accuracy" in flags else [e for e in diverging if e not in set(jumps)]
     if rising:
         findings.append(
             f"At {_epochs(rising)} the typical (median) batch loss itself stays above "
@@ -320,7 +421,7 @@ def _spike_findings(
             "does worse than an untrained model, so the training diverges. Lower the learning "
             "rate (or clip the gradient norm) (seed 1.3, problem 3)."
         )
-    if not details and not unstable:
+    if not details and not unstable and not flags:
         findings.append(
             "No spikes: no epoch's last batch rises far above its other batches, and no "
             "reported value rises above the initial loss."
@@ -350,9 +451,7 @@ def _learning_findings(
     ):
         return []
     if acc_means is not None:
-        tolerance = min(
-            INITIAL_ACCURACY_TOLERANCE, INITIAL_ACCURACY_TOLERANCE_OF_CHANCE / num_classes
-        )
+        tolerance = _chance_tolerance(num_classes)
         if any(abs(a - 1 / num_classes) > tolerance for a in acc_means):
             return []
     return [
@@ -379,7 +478,8 @@ def diagnose(
         The epoch means and last-batch values; the spikes of the last-batch curve (epochs,
         0-based) with their reasons (the first ``DETAILED_SPIKES`` detailed); the epochs whose
         typical (median) batch loss itself jumps or exceeds the initial loss
-        (``unstable_epochs``, epochs of ``TYPICAL_BATCHES`` batches or more); log C and
+        (``unstable_epochs``, epochs of ``TYPICAL_BATCHES`` batches or more); what the curve
+        as a whole shows (``curve_flags``: ``rising_loss``, ``looks_like_accuracy``); log C and
         1/C; whether the last-batch curve looks like last-batch reporting (``None`` when
         every epoch has a single batch, which cannot tell); and findings in words.
 
@@ -417,9 +517,15 @@ def diagnose(
     if batch_accuracies is not None:
         acc_means = [_mean(accs) for accs in batch_accuracies]
         acc_lasts = [accs[-1] for accs in batch_accuracies]
-    findings = _initial_findings(means, acc_means, num_classes)
-    findings += _spike_findings(details, jumps, diverging, initial, num_classes, single_batches)
-    findings += _learning_findings(means, acc_means, num_classes, bool(details or unstable))
+    flags = _curve_flags(batch_losses, means, num_classes)
+    findings = _initial_findings(means, acc_means, num_classes, bool(flags))
+    findings += _trend_findings(means, flags, num_classes)
+    findings += _spike_findings(
+        details, jumps, diverging, initial, num_classes, single_batches, flags
+    )
+    findings += _learning_findings(
+        means, acc_means, num_classes, bool(details or unstable or flags)
+    )
     return CurveDiagnosis(
         num_classes=num_classes,
         epoch_mean=means,
@@ -427,6 +533,7 @@ def diagnose(
         spikes=[s.epoch for s in details],
         spike_details=details[:DETAILED_SPIKES],
         unstable_epochs=unstable,
+        curve_flags=flags,
         expected_initial_loss=log_c,
         chance_accuracy=1 / num_classes,
         initial_loss=means[0],

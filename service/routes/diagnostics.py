@@ -15,7 +15,7 @@ from models.training import PassResult, TrainingConfig, train
 from service.deps import SettingsDep
 from service.devices import DeviceName, DtypeName, resolve_device, resolve_dtype
 from service.examples import LOSS_CURVE_EXAMPLES, TEMPORAL_ORDER_EXAMPLES
-from service.grading.loss_curve import MAX_LOSS, diagnose
+from service.grading.loss_curve import MAX_LOSS, CurveFlag, diagnose
 from service.plots import MAX_PLOTTED_EPOCHS, MEDIA_TYPES, render
 from service.problems import Problem, problem_responses, shared_description
 from service.routing import FastJSONRoute
@@ -82,6 +82,15 @@ class LossCurveResponse(BaseModel):
     )
     unstable_epochs: list[int] = Field(
         description="Epochs where the typical batch loss itself jumps: training, not reporting."
+    )
+    curve_flags: list[CurveFlag] = Field(
+        description="What the curve as a whole shows (none, one or both). `rising_loss`: in a "
+        "curve of 3 epochs or more, the median of the last third of the epoch means (at least "
+        "two epochs) sits more than 0.25 log C above epoch 0's mean, and none of them below it: "
+        "the loss rises over training (divergence, from a learning rate too high or a sign "
+        "error in the update; or another curve given as the loss). `looks_like_accuracy`: the "
+        "same rise by more than 0.25, from an epoch 0 near 1/C (within 0.12, or 2/C for many "
+        "classes), with every value in [0, 1]: the accuracy curve given as the loss."
     )
     expected_initial_loss: float = Field(description="log C, the loss of a model at chance.")
     chance_accuracy: float = Field(description="1/C.")

@@ -45,6 +45,24 @@ def test_api_example(client: TestClient) -> None:
     assert any("last-batch reporting" in f for f in body["findings"])
 
 
+def test_an_accuracy_curve_sent_as_the_loss_is_flagged(client: TestClient) -> None:
+    """A "loss" rising steadily from 0.25 to 0.92 for 4 classes: the accuracy column."""
+    curve = [[round(0.25 + (0.92 - 0.25) * e / 9, 4)] * 3 for e in range(10)]
+    body = client.post(PATH, json={"batch_losses": curve, "num_classes": 4}).json()
+    assert any("this looks like accuracy" in f for f in body["findings"])
+    assert not any("already after some training" in f for f in body["findings"])
+    assert body["curve_flags"] == ["rising_loss", "looks_like_accuracy"]
+    assert client.post(PATH, json=API_EXAMPLE).json()["curve_flags"] == []
+
+
+def test_openapi_documents_the_curve_flags(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["LossCurveResponse"]
+    flags = schema["properties"]["curve_flags"]
+    assert flags["items"]["enum"] == ["rising_loss", "looks_like_accuracy"]
+    assert "`rising_loss`" in flags["description"]
+    assert "`looks_like_accuracy`" in flags["description"]
+
+
 def test_png_plot(client: TestClient) -> None:
     body = {
         "batch_losses": SEED_BATCH_LOSSES,

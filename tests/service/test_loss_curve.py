@@ -279,3 +279,106 @@ def test_a_diverging_run_of_two_batches_an_epoch_is_the_training_too() -> None:
     assert "confident wrong prediction" not in " ".join(d.findings)
     one_high = diagnose([[1.39, 1.39], [1.0, 3.0], [0.8, 0.7]], 4)
     assert one_high.unstable_epochs == []  # one batch of two: not the whole epoch
+
+
+def accuracy_curve(epochs: int, batches: int, seed: int) -> list[list[float]]:
+    """A 4-class accuracy from 1/4 towards 1 with +-2 points of batch noise, clipped to
+    [0, 1]: what a loss column holds when the accuracy was logged in its place."""
+    rng = random.Random(seed)
+    levels = [0.25 + 0.7 * (1 - math.exp(-e / 3)) for e in range(epochs)]
+    return [
+        [min(1.0, max(0.0, level + rng.uniform(-0.02, 0.02))) for _ in range(batches)]
+        for level in levels
+    ]
+
+
+@pytest.mark.parametrize("batches", [1, 5])
+def test_an_accuracy_curve_given_as_the_loss_is_named(batches: int) -> None:
+    """Values that rise steadily from 0.25 (1/4) to 0.92 within [0, 1]: the accuracy, plotted
+    or logged as the loss, not a loss "already after some training" with "no spikes"."""
+    curve = [[0.25 + (0.92 - 0.25) * e / 9] * batches for e in range(10)]
+    d = diagnose(curve, 4)
+    text = " ".join(d.findings)
+    assert "this looks like accuracy, not the cross-entropy loss" in text, d.findings
+    assert "1/4 = 0.25 (chance accuracy for 4 classes)" in text
+    assert "never leave [0, 1]" in text and "starts near log 4 = 1.386 and falls" in text
+    assert "Check which column you plotted" in text
+    assert "already after some training" not in text
+    assert "No spikes" not in text and "never leaves log 4" not in text
+    assert d.curve_flags == ["rising_loss", "looks_like_accuracy"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_noisy_accuracy_curve_that_levels_off_is_named_too(seed: int) -> None:
+    """Accuracies saturate: most of the run is a noisy plateau near 0.95, the rise is early."""
+    d = diagnose(accuracy_curve(30, 8, seed), 4)
+    assert any("looks like accuracy" in f for f in d.findings)
+    assert "looks_like_accuracy" in d.curve_flags
+
+
+@pytest.mark.parametrize(("num_classes", "top"), [(2, 0.95), (10, 0.9), (1000, 0.6)])
+def test_accuracy_curves_of_other_class_counts(num_classes: int, top: float) -> None:
+    """From 1/C towards ``top``: at C = 2 the values pass log 2 = 0.693, which must read as
+    the accuracy, not as confident mistakes nor a diverging loss."""
+    chance = 1 / num_classes
+    curve = [[chance + (top - chance) * (1 - math.exp(-e / 2))] * 4 for e in range(8)]
+    d = diagnose(curve, num_classes)
+    text = " ".join(d.findings)
+    assert f"1/{num_classes} = {chance:.3g} (chance accuracy for {num_classes} classes)" in text
+    assert "already after some training" not in text
+    assert "confident wrong prediction" not in text and "so the training diverges" not in text
+    assert "looks_like_accuracy" in d.curve_flags
+
+
+@pytest.mark.parametrize("batches", [1, 3])
+def test_a_loss_rising_from_log_c_is_named_as_rising(batches: int) -> None:
+    """From log 4 to 5: the loss rises over training (divergence), not an accuracy (it leaves
+    [0, 1]); with one value an epoch, not one confident wrong batch after another either."""
+    curve = [[LOG4 + (5.0 - LOG4) * e / 7] * batches for e in range(8)]
+    d = diagnose(curve, 4)
+    text = " ".join(d.findings)
+    assert "The loss rises over training instead of falling: from 1.386 at epoch 0" in text
+    assert "learning rate too high" in text and "sign error in the update" in text
+    assert "check which column you plotted" in text
+    assert "looks like accuracy" not in text and "No spikes" not in text
+    assert "confident wrong prediction" not in text
+    assert d.curve_flags == ["rising_loss"]
+
+
+def test_a_rising_loss_that_starts_below_log_c_is_not_called_trained() -> None:
+    """0.5 to 1.3 for 4 classes leaves [0, 1] and starts far from 1/4: a rising loss, and its
+    low start is no sign of "some training" (the curve gets worse from there)."""
+    d = diagnose([[0.5 + 0.1 * e] * 3 for e in range(9)], 4)
+    text = " ".join(d.findings)
+    assert "well below log 4 = 1.386, and the curve rises from there" in text
+    assert "already after some training" not in text
+    assert d.curve_flags == ["rising_loss"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("batches", [1, 8])
+def test_falling_and_noisy_flat_curves_are_not_rising(seed: int, batches: int) -> None:
+    """No false alarm: a falling curve, a flat one at chance with noise of +-0.1 log C in each
+    value, and a falling one whose last epoch spikes."""
+    rng = random.Random(seed)
+    flat = [[LOG4 * (1 + rng.uniform(-0.1, 0.1)) for _ in range(batches)] for _ in range(10)]
+    late_spike = smooth_curve(10, batches, seed)
+    late_spike[-1] = [3.0] * batches
+    for curve in (smooth_curve(10, batches, seed), flat, late_spike):
+        d = diagnose(curve, 4)
+        assert d.curve_flags == [], (curve, d.findings)
+        assert not any("rises over training" in f or "looks like accuracy" in f for f in d.findings)
+
+
+def test_a_curve_falling_from_below_log_c_still_reads_as_after_some_training() -> None:
+    """The existing reading where it holds: a low start that keeps falling."""
+    d = diagnose([[0.6, 0.6], [0.5, 0.5], [0.4, 0.4]], 4)
+    assert d.curve_flags == []
+    assert any("already after some training" in f for f in d.findings)
+
+
+def test_the_seed_curves_have_no_curve_flags() -> None:
+    """The homework's loss curve falls (its spikes are the last batches'), and its accuracies
+    rise: only given as the loss do they read as an accuracy curve."""
+    assert diagnose(SEED_BATCH_LOSSES, 4, SEED_BATCH_ACCURACIES).curve_flags == []
+    assert "looks_like_accuracy" in diagnose(SEED_BATCH_ACCURACIES, 4).curve_flags
