@@ -62,8 +62,12 @@ def parse_config(config: Mapping[str, Any]) -> AttentionRNNConfig:
     if k == "inf":
         return AttentionRNNConfig("inf")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        # As the JSON it came as: null, true, 2.0 (not Python's None, True).
-        shown = json.dumps(k, default=str)[:40]
+        # As the JSON it came as: null, true, 2.0 (not Python's None, True); a list or an
+        # object by its kind (one nested 1000 levels deep cannot be written back).
+        if isinstance(k, list | dict):
+            shown = "a list" if isinstance(k, list) else "an object"
+        else:
+            shown = json.dumps(k, default=str)[:40]
         raise InvalidConfig(f'k must be an integer >= 1 or "inf", got {shown}', "config.k")
     return AttentionRNNConfig(k)
 

@@ -121,9 +121,18 @@ def relocate(error: Problem | ModelError, prefix: str) -> Problem:
     return problem
 
 
-def canonical(check: CheckRequest) -> bytes:
-    """The identity of a check's key: its ``expected`` as JSON with sorted keys."""
-    return orjson.dumps(check.expected.model_dump(), option=orjson.OPT_SORT_KEYS)
+def canonical(check: CheckRequest, index: int) -> bytes:
+    """The identity of a check's key: its ``expected`` as JSON with sorted keys.
+
+    orjson writes at most 254 levels of nesting, and the body's parser allows 1024. An
+    ``expected`` nested deeper is refused by the key's own validation (a tensor's rank over
+    the limit, a config value that is not a number), so it gets a group of its own
+    (``index``, the check's place) and that validation says what is wrong with it.
+    """
+    try:
+        return orjson.dumps(check.expected.model_dump(), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return f"\0unshared {index}".encode()
 
 
 def compute_key(check: CheckRequest, settings: Settings, gate: ComputeGate) -> Key:
@@ -203,7 +212,7 @@ class Engine:
                 self.results[index] = {"error": check.body()}
                 continue
             slot = Slot(index, check, self._prefix(index))
-            groups.setdefault(canonical(check), []).append(slot)
+            groups.setdefault(canonical(check, index), []).append(slot)
         for slots in groups.values():
             self._run_group(slots)
         assert all(result is not None for result in self.results)

@@ -254,3 +254,41 @@ def test_a_body_not_sent_as_json_says_to_send_it_as_json(
     assert_problem(422, response, "Content-Type: application/json")
     assert response.json()["title"] == "The body is not JSON"
     assert (content_type or "missing") in response.json()["detail"]
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+DEEP_PLACES = {
+    "a value's key": '{"expected": {"op": "value", "value": @}, "answer": [1]}',
+    "a conv's stride": '{"expected": {"op": "forward", "model": "conv1d", "config": {"stride": @},'
+    ' "params": {"weight": [[[1]]]}, "inputs": {"x": [[1, 2]]}}, "answer": [[1, 2]]}',
+    "a weight": '{"expected": {"op": "forward", "model": "conv1d", "params": {"weight": @},'
+    ' "inputs": {"x": [[1, 2]]}}, "answer": [[1, 2]]}',
+    "attention's k": '{"expected": {"op": "forward", "model": "attention_rnn", "config": {"k": @},'
+    ' "params": {}, "inputs": {}}, "answer": [1]}',
+}
+
+
+@pytest.mark.parametrize("depth", [254, 300, 1000])
+@pytest.mark.parametrize("place", sorted(DEEP_PLACES))
+def test_values_nested_deeper_than_json_can_be_written_are_refused(
+    healthy: TestClient, place: str, depth: int
+) -> None:
+    """The parser allows 1024 levels; orjson writes 254, and the check's key is identified by
+    writing its ``expected``: a deeper one is refused by its own validation, never a 500."""
+    check = DEEP_PLACES[place].replace("@", nested(depth))
+    single = healthy.post("/v1/check", content=check, headers=JSON)
+    assert single.status_code in (413, 422), single.text[:300]
+    assert single.headers["content-type"] == "application/problem+json"
+    batch = healthy.post("/v1/check/batch", content=f'{{"checks": [{check}]}}', headers=JSON)
+    assert batch.status_code == 200, batch.text[:300]
+    assert batch.json()["results"][0]["error"]["status"] == single.status_code
+
+
+@pytest.mark.parametrize("depth", [3, 1000])
+def test_a_nested_window_k_is_named_by_its_kind(healthy: TestClient, depth: int) -> None:
+    body = '{"config": {"k": @}, "params": {}, "inputs": {}}'.replace("@", nested(depth))
+    answer = healthy.post("/v1/models/attention_rnn/forward", content=body, headers=JSON)
+    assert_problem(422, answer, 'k must be an integer >= 1 or "inf", got a list')
