@@ -152,6 +152,14 @@ class Catalogue:
         assignment = self.assignment(assignment_id)
         problem = assignment.problem(problem_id)
         if problem is None:
+            parts = assignment.parts(problem_id)
+            if parts:
+                raise UnknownName(
+                    f"assignment {assignment_id!r} splits question {problem_id!r} into the "
+                    f"problems {', '.join(parts.values())}: ask for each by its id (a grade "
+                    f'also takes {{"{problem_id}": {{"{next(iter(parts))}": ...}}}})',
+                    "problem",
+                )
             known = ", ".join(p.id for p in assignment.problems)
             raise UnknownName(
                 f"assignment {assignment_id!r} has no problem {problem_id!r}; "

@@ -17,7 +17,13 @@ from typing import Any, Literal, Protocol
 
 from service.grading.catalogue import Catalogue
 from service.grading.errors import InvalidAnswer
-from service.grading.schema import FeedbackLevel, ProblemSpec, Tolerance, Visibility
+from service.grading.schema import (
+    AssignmentSpec,
+    FeedbackLevel,
+    ProblemSpec,
+    Tolerance,
+    Visibility,
+)
 from service.grading.shapes import parse_shape_answer
 from service.grading.variants import Variant
 from service.jsonout import NONFINITE_NAMES
@@ -332,6 +338,23 @@ def _malformed(variant: Variant, answer: Any, why: str) -> ProblemResult:
     return _result(variant.problem, "malformed", 0.0, why=why)
 
 
+def with_parts(assignment: AssignmentSpec, answers: Mapping[str, Any]) -> dict[str, Any]:
+    """``answers`` with the answer to a split question (API.md numbers questions as the seed
+    does: ``1.2.1d``, ``1.3-4``) given as an object of its parts by suffix
+    (``{"1.3-4": {"loss": 1.386, "accuracy": 0.25}}``) answering each part. A part answered
+    under its own id as well keeps that answer; any other answer to an unknown id stays as
+    it is (and is listed in ``ignored``)."""
+    expanded = dict(answers)
+    for question, answer in answers.items():
+        parts = assignment.parts(question)
+        if not parts or not isinstance(answer, dict) or not set(answer) <= set(parts):
+            continue
+        del expanded[question]
+        for suffix, part_answer in answer.items():
+            expanded.setdefault(parts[suffix], part_answer)
+    return expanded
+
+
 def grade_submission(
     catalogue: Catalogue,
     assignment_id: str,
@@ -357,6 +380,7 @@ def grade_submission(
         UnknownName: there is no such assignment.
     """
     assignment = catalogue.assignment(assignment_id)
+    answers = with_parts(assignment, answers)
     results = [
         grade_problem(
             catalogue.variant(assignment_id, problem.id, student_id),

@@ -336,6 +336,15 @@ class AssignmentSpec(FileModel):
     def problem(self, problem_id: str) -> ProblemSpec | None:
         return next((p for p in self.problems if p.id == problem_id), None)
 
+    def parts(self, question: str) -> dict[str, str]:
+        """The problems a question is split into, by suffix: ``1.2.1d`` of ``cnn-rnn`` is
+        ``{"jacobian": "1.2.1d-jacobian", "vanishing": "1.2.1d-vanishing"}``; empty where
+        the question is a problem itself or no problem's id starts with it and a ``-``."""
+        if self.problem(question) is not None:
+            return {}
+        prefix = f"{question}-"
+        return {p.id.removeprefix(prefix): p.id for p in self.problems if p.id.startswith(prefix)}
+
 
 def _check_shared_variant(key: str, group: list[ProblemSpec]) -> None:
     """Problems drawing from one seed get the same tensors only where they declare the same

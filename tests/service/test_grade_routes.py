@@ -560,3 +560,31 @@ def test_the_example_of_a_number_is_no_number_problems_key(first: TestClient) ->
             if problem.answer_kind == "number" and problem.expected["op"] == "value":
                 key = float(np.asarray(problem.expected["value"]).reshape(-1)[0])
                 assert abs(float(NUMBER_EXAMPLE) - key) > 0.1 * max(1.0, abs(key)), problem.id
+
+
+def test_the_seeds_question_ids_answer_their_split_problems(first: TestClient) -> None:
+    """API.md numbers the questions as the seed does (``1.2.1d``, ``1.3-4``); the assignment
+    splits those two. An object of the parts by suffix answers each part; a bare answer to a
+    split question is not guessed at, and reading a split question says what its parts are."""
+    student = STUDENTS[0]
+    parts = ["1.2.1d-jacobian", "1.2.1d-vanishing", "1.3-4-loss", "1.3-4-accuracy"]
+    right = seed_answers(first, student, parts)
+    answers = {
+        "1.2.1d": {"jacobian": right["1.2.1d-jacobian"], "vanishing": right["1.2.1d-vanishing"]},
+        "1.3-4": {"loss": right["1.3-4-loss"], "accuracy": right["1.3-4-accuracy"]},
+    }
+    graded = grade(first, student, answers)
+    assert all(graded["problems"][p]["status"] == "correct" for p in parts), graded["problems"]
+    assert graded["ignored"] == []
+    # A part's own id wins over the same part inside its question's object.
+    mixed = grade(first, student, {"1.3-4": {"loss": 2.0}, "1.3-4-loss": right["1.3-4-loss"]})
+    assert mixed["problems"]["1.3-4-loss"]["status"] == "correct"
+    for answer in (1.386, {"loss": 1.386, "typo": 0.25}):
+        bare = grade(first, student, {"1.3-4": answer})
+        assert bare["ignored"] == ["1.3-4"] and bare["total"] == 0
+    read = first.get("/v1/assignments/cnn-rnn/problems/1.2.1d", params={"student_id": student})
+    assert read.status_code == 404
+    assert (
+        "splits question '1.2.1d' into the problems 1.2.1d-jacobian, 1.2.1d-vanishing"
+        in (read.json()["detail"])
+    )
