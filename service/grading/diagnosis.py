@@ -41,8 +41,11 @@ from service.grading.compare import Tolerance, key_scale, within
 from service.grading.keys import TensorKey
 
 Shape = tuple[int, ...]
-POSITION_AXES = frozenset({"L", "H", "W", "T"})
-"""Symbols of the axes that index positions or time (where an off-by-one index shifts)."""
+POSITION_AXES = frozenset({"L", "H", "W", "L_out", "H_out", "W_out"})
+"""Symbols of the axes that index a convolution's positions (where the seed's 1-based
+``2i-1+m`` read with 0-based arrays shifts by one)."""
+TIME_AXES = frozenset({"T"})
+"""Symbols of the axes that index time steps: t = 1..T, stored in rows 0..T-1."""
 
 MAX_PERMUTED_RANK = 6
 """Up to this rank every axis order is a candidate; above it, only the most likely ones."""
@@ -607,35 +610,110 @@ def _shift(tensor: torch.Tensor, axis: int, delta: int, wrap: bool) -> torch.Ten
 
 @register
 class OffByOne(Mistake):
-    """An index one position off: the seed's 1-based ``2i-1+m`` read with 0-based arrays.
+    """An index one position or one time step off.
 
-    First the reference recomputed with an input read one position later or earlier along a
-    position or time axis; then the key itself shifted by one along each axis.
+    Along a convolution's positions: the seed's 1-based ``2i-1+m`` read with 0-based arrays.
+    Along time: the homework's 1-based ``h[1..T]`` stored in the 0-based rows ``0..T-1``
+    one row off (row t-1 holding h[t-1], h[0] included, instead of h[t]).
+
+    First the key shifted by one step along a time axis (a student's rows one step off; with
+    h[0] = 0 it is also the reference with x read one step earlier, and the rows are the
+    likelier story); then the reference recomputed with an input read one position or step
+    later or earlier; then the key shifted by one along each other axis.
     """
 
     code = "off_by_one"
     order = 60
     hint = "an off-by-one index, such as the seed's 1-based 2i-1+m used with 0-based arrays"
+    plain_hint = "an off-by-one index (a 1-based index used with 0-based arrays?)"
+    """Along an axis of a recurrent model other than time (its hidden units, say)."""
+
+    @staticmethod
+    def time_hint(item: str = "h") -> str:
+        """The hint for a time axis: the homework counts steps from 1, rows count from 0."""
+        return (
+            f"an off-by-one time index, such as the homework's 1-based {item}[1..T] stored in "
+            f"the 0-based rows 0..T-1 (row t-1 holds {item}[t])"
+        )
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         if shape != tuple(key.tensor.shape):
             return
+        axes = [axis for axis, size in enumerate(shape) if size >= 2]
+        timed = [axis for axis in axes if _symbol(key.axis(axis)) in TIME_AXES]
+        for axis in timed:
+            yield from self._shifted_steps(key, axis)
         yield from self._shifted_inputs(key)
-        for axis, size in enumerate(shape):
-            if size < 2:
+        hint = self.plain_hint if _recurrent(key) else self.hint
+        for axis in axes:
+            if axis in timed:
                 continue
             for delta in (1, -1):
                 where = "later" if delta > 0 else "earlier"
                 yield Candidate(
                     _shift(key.tensor, axis, delta, wrap=False),
                     f"Your answer is the key read one position {where} along {key.axis(axis)}: "
-                    f"{self.hint}.",
+                    f"{hint}.",
                 )
                 yield Candidate(
                     _shift(key.tensor, axis, delta, wrap=True),
                     f"Your answer is the key read one position {where} along {key.axis(axis)}, "
-                    f"wrapping around at the end (a negative index): {self.hint}.",
+                    f"wrapping around at the end (a negative index): {hint}.",
                 )
+
+    def _shifted_steps(self, key: TensorKey, axis: int) -> Iterator[Candidate]:
+        """The key one time step off along ``axis``: in the homework's terms where the rows
+        are the steps of a tensor the question names (row t-1 holds h[t])."""
+        tensor = key.tensor
+        item = _stepped(key) if axis == 0 else None
+        if item is None:
+            name = key.axis(axis)
+            for delta in (1, -1):
+                where = "later" if delta > 0 else "earlier"
+                ends = (
+                    "the first step left out, zeros last"
+                    if delta > 0
+                    else "zeros first, the last step left out"
+                )
+                yield Candidate(
+                    _shift(tensor, axis, delta, wrap=False),
+                    f"Your answer is the key read one time step {where} along {name} (step "
+                    f"t{delta:+d} where step t belongs; {ends}): {self.time_hint()}.",
+                )
+                yield Candidate(
+                    _shift(tensor, axis, delta, wrap=True),
+                    f"Your answer is the key read one time step {where} along {name}, "
+                    f"wrapping around at the end (a negative index): {self.time_hint()}.",
+                )
+            return
+        rows = (
+            f"Your rows are one time step off: row t-1 must hold {item}[t] (the homework's "
+            f"{item}[1..T]); yours hold"
+        )
+        earlier = _shift(tensor, 0, -1, wrap=False)
+        initial = _initial_state(key)
+        if initial is not None:
+            first = earlier.clone()
+            first[0] = initial
+            yield Candidate(first, f"{rows} {item}[t-1] ({item}[0] included, {item}[T] left out).")
+        if initial is None or bool(initial.any()):
+            yield Candidate(
+                earlier, f"{rows} {item}[t-1] (a row of zeros first, {item}[T] left out)."
+            )
+        yield Candidate(
+            _shift(tensor, 0, 1, wrap=False),
+            f"{rows} {item}[t+1] ({item}[1] left out, a row of zeros last).",
+        )
+        yield Candidate(
+            _shift(tensor, 0, -1, wrap=True),
+            f"{rows} {item}[t-1], with {item}[T] in row 0 (the index -1 wraps around to the "
+            "last row).",
+        )
+        yield Candidate(
+            _shift(tensor, 0, 1, wrap=True),
+            f"{rows} {item}[t+1], with {item}[1] in the last row (the index wraps around at "
+            "the end).",
+        )
 
     def _shifted_inputs(self, key: TensorKey) -> Iterator[Candidate]:
         source = key.source
@@ -645,8 +723,10 @@ class OffByOne(Mistake):
         for spec in source.model.inputs:
             if spec.name not in args:
                 continue
+            called = key.called(spec.name)
             for axis, symbol in enumerate(spec.shape):
-                if symbol not in POSITION_AXES or args[spec.name].shape[axis] < 2:
+                timed = symbol in TIME_AXES
+                if not (timed or symbol in POSITION_AXES) or args[spec.name].shape[axis] < 2:
                     continue
                 for delta in (1, -1):
                     shifted = _shift(args[spec.name], axis, delta, wrap=False)
@@ -654,12 +734,57 @@ class OffByOne(Mistake):
                     if tensor is None:
                         continue
                     where = "later" if delta > 0 else "earlier"
-                    yield Candidate(
-                        tensor,
-                        f"Your answer is the reference computed with {key.called(spec.name)} "
-                        f"read one position {where} along {symbol} (its index off by "
-                        f"{delta:+d}): {self.hint}.",
-                    )
+                    if timed:
+                        message = (
+                            f"Your answer is the reference computed with {called}[t] read one "
+                            f"step {where} ({called}[t{delta:+d}] in place of {called}[t]): "
+                            f"{self.time_hint(called)}."
+                        )
+                    else:
+                        message = (
+                            f"Your answer is the reference computed with {called} read one "
+                            f"position {where} along {symbol} (its index off by {delta:+d}): "
+                            f"{self.hint}."
+                        )
+                    yield Candidate(tensor, message)
+
+
+def _symbol(name: str) -> str:
+    """The symbol of an axis name: a Jacobian's axes are named with their tensor (``h:T``)."""
+    return name.rpartition(":")[2]
+
+
+def _recurrent(key: TensorKey) -> bool:
+    """Whether the key's model steps through time (an input with a time axis)."""
+    source = key.source
+    return source is not None and any(TIME_AXES & set(spec.shape) for spec in source.model.inputs)
+
+
+def _stepped(key: TensorKey) -> str | None:
+    """What the question calls the tensor whose rows are the time steps of the key (``h``
+    for h[t] in row t-1, ``dl/dx`` for dl/dx[t]), or None where the key is another tensor (a
+    Jacobian, the gradients through time) or its first axis is not time."""
+    source = key.source
+    if source is None or _symbol(key.axis(0)) not in TIME_AXES:
+        return None
+    if source.op == "forward":
+        return key.called(source.select)
+    if source.op == "backward" and source.select in source.prepared.args:
+        return f"dl/d{key.called(source.select)}"
+    return None
+
+
+def _initial_state(key: TensorKey) -> torch.Tensor | None:
+    """h[0], where the key is the states h[t] of a recurrent model: its ``h0`` when given,
+    else zeros (both recurrent models call their state h, and h[t] = 0 for t < 1)."""
+    source = key.source
+    if source is None or source.op != "forward" or source.select != "h" or not _recurrent(key):
+        return None
+    given = source.prepared.args.get("h0")
+    row = torch.zeros_like(key.tensor[0])
+    if given is not None and tuple(given.shape) == tuple(row.shape):
+        row = given.detach().to(device="cpu", dtype=row.dtype)
+    return row
 
 
 @register

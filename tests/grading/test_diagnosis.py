@@ -700,3 +700,94 @@ def test_a_name_for_a_tensor_the_model_does_not_have_is_refused() -> None:
     problem = failed.value.problem
     assert problem.status == 422
     assert problem.detail.startswith("expected.names.wieght: conv1d has no argument or output")
+
+
+# An index one time step off is told in time steps, not with the convolution's 2i-1+m.
+
+GATED_PARAMS = {"W_c": [[0.5, -1.0], [1.0, 0.3]], "W_h": [[0.2, 0.1], [-0.4, 0.6]]}
+GATED_PARAMS = {**GATED_PARAMS, "W_x": [[1.0, 2.0], [-1.0, 0.5]]}
+GATED_X = [[1.0, 0.0], [0.5, 1.0], [-0.5, 0.5]]
+
+
+def gated_h(params: dict[str, Any], x: Any, h0: Any = None) -> np.ndarray:
+    """h[1..T] of equations (1)-(2) by a plain numpy loop, rows 0..T-1."""
+    w_c, w_h, w_x = (np.array(params[n]) for n in ("W_c", "W_h", "W_x"))
+    h = np.zeros(w_h.shape[0]) if h0 is None else np.array(h0)
+    states = []
+    for x_t in np.array(x):
+        c = 1 / (1 + np.exp(-(w_c @ x_t + w_h @ h)))
+        h = c * h + (1 - c) * (w_x @ x_t)
+        states.append(h)
+    return np.array(states)
+
+
+def test_rows_one_time_step_off_are_told_in_time_steps() -> None:
+    """[h[0], h[1], h[2]] for h[1..3] (h[0] = 0) was told "x read one position earlier along
+    T ... such as the seed's 1-based 2i-1+m used with 0-based arrays", a convolution's hint."""
+    expected = {"op": "forward", "model": "gated_rnn", "select": "h", "params": GATED_PARAMS}
+    expected = {**expected, "inputs": {"x": GATED_X}}
+    h = gated_h(GATED_PARAMS, GATED_X)
+    earlier = judge(expected, [[0.0, 0.0], h[0].tolist(), h[1].tolist()])
+    assert earlier["diagnosis"] == [
+        {
+            "code": "off_by_one",
+            "message": "Your rows are one time step off: row t-1 must hold h[t] (the homework's "
+            "h[1..T]); yours hold h[t-1] (h[0] included, h[T] left out).",
+        }
+    ]
+    later = judge(expected, [h[1].tolist(), h[2].tolist(), [0.0, 0.0]])
+    assert codes(later) == ["off_by_one"]
+    assert (
+        "yours hold h[t+1] (h[1] left out, a row of zeros last)" in later["diagnosis"][0]["message"]
+    )
+    for result in (earlier, later):
+        assert "2i-1+m" not in result["diagnosis"][0]["message"]
+
+
+def test_an_input_read_one_time_step_off_is_told_in_time_steps(rnn: str) -> None:
+    """x[t+1] in place of x[t] recomputes h: said as a time step, with the time hint."""
+    params, inputs = RNN_ARGS["params"], RNN_ARGS["inputs"]
+    x = np.array(inputs["x"])
+    later = np.vstack([x[1:], np.zeros((1, x.shape[1]))])  # x[t + 1], zero past the end
+    answer = gated_h(params, later, inputs["h0"])
+    result = judge(rnn_expected(rnn, "forward", select="h"), answer.tolist())
+    assert codes(result) == ["off_by_one"]
+    message = result["diagnosis"][0]["message"]
+    assert "computed with x[t] read one step later (x[t+1] in place of x[t])" in message
+    assert "1-based x[1..T] stored in the 0-based rows 0..T-1" in message
+    assert "2i-1+m" not in message and "position" not in message
+
+
+def test_the_states_one_row_off_start_with_the_given_h0(rnn: str) -> None:
+    """With h0 given, row 0 of the shifted states is h[0] = h0; a row of zeros is told so."""
+    h, _, _ = rnn_states()
+    h0 = np.array(RNN_ARGS["inputs"]["h0"])
+    expected = rnn_expected(rnn, "forward", select="h")
+    with_h0 = judge(expected, np.vstack([h0, h[:-1]]).tolist())
+    assert codes(with_h0) == ["off_by_one"]
+    assert "(h[0] included, h[T] left out)" in with_h0["diagnosis"][0]["message"]
+    with_zeros = judge(expected, np.vstack([np.zeros(3), h[:-1]]).tolist())
+    assert codes(with_zeros) == ["off_by_one"]
+    assert "(a row of zeros first, h[T] left out)" in with_zeros["diagnosis"][0]["message"]
+
+
+def test_gradients_through_time_one_step_off_get_the_time_hint(rnn: str) -> None:
+    backward = rnn_expected(rnn, "backward", grad_outputs={"h": RNN_UPSTREAM.tolist()})
+    grads = rnn_state_grads()
+    shifted = np.vstack([grads[1:], np.zeros((1, 3))])
+    result = judge({**backward, "select": "state_grads"}, shifted.tolist())
+    assert codes(result) == ["off_by_one"]
+    message = result["diagnosis"][0]["message"]
+    assert message.startswith("Your answer is the key read one time step later along T")
+    assert "2i-1+m" not in message
+
+
+def test_an_rnn_index_off_along_another_axis_has_no_convolution_hint(rnn: str) -> None:
+    """The hidden units m are no convolution's positions: no 2i-1+m for them either."""
+    h, _, _ = rnn_states()
+    result = judge(rnn_expected(rnn, "forward", select="h"), np.roll(h, -1, axis=1).tolist())
+    assert codes(result) == ["off_by_one"]
+    assert result["diagnosis"][0]["message"] == (
+        "Your answer is the key read one position later along m, wrapping around at the end "
+        "(a negative index): an off-by-one index (a 1-based index used with 0-based arrays?)."
+    )
