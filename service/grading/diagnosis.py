@@ -434,17 +434,98 @@ class ConstantFactor(Mistake):
             else f"Your answer is -{shown} times the key: the sign is flipped and it is off by "
             f"a factor of {shown}"
         )
-        axes = [key.axis(a) for a, n in enumerate(key.tensor.shape) if n == size and n > 1]
-        if axes:
+        named = _sized(key, int(size)) if size.denominator == 1 and size > 1 else []
+        if named:
+            which = "it" if len(named) == 1 else "one of them"
             text += (
-                f" ({size} is the size of {axes[0]}: a sum or a mean over it, or a term "
-                "counted that many times?)"
+                f" ({size} is the size of {_of(named)}: a sum or a mean over "
+                f"{which}, or a term counted that many times?)"
             )
         elif abs(factor) == 2:
             text += " (a term counted twice?)"
         elif abs(factor) == Fraction(1, 2):
             text += " (a mean where a sum belongs, or a factor 1/2 too many?)"
         return text + "."
+
+
+SUMMED_AXES = {
+    "L_out": "the output positions L_out",
+    "H_out": "the output rows H_out",
+    "W_out": "the output columns W_out",
+    "T": "the time steps T",
+    "F": "the filters F",
+    "C": "the input channels C",
+    "K": "the kernel taps K",
+    "KH": "the kernel rows KH",
+    "KW": "the kernel columns KW",
+    "m": "the hidden units m",
+    "n": "the input features n",
+    "k+1": "the k+1 attended terms",
+}
+"""How a factor's message names an axis that the key's computation sums away (it is none of
+the key's own axes, which are named by their symbol alone)."""
+
+
+def _of(names: list[str]) -> str:
+    """``A``, ``A and of B``, ``A, of B and of C``: every axis a size could be."""
+    if len(names) == 1:
+        return names[0]
+    return ", of ".join(names[:-1]) + " and of " + names[-1]
+
+
+def _sized(key: TensorKey, size: int) -> list[str] | None:
+    """The axes of ``size`` that a sum or a mean may have run over: the key's own, and the
+    ones its computation sums away (``_summed_away``). Empty when none; None when it cannot
+    be told (a key given as a value, whose sums are unknown): naming one axis where another
+    of the same size may be the one would mislead."""
+    summed = _summed_away(key)
+    if summed is None:
+        return None
+    named: list[str] = []
+    for axis, n in enumerate(key.tensor.shape):
+        name = key.axis(axis)
+        if n == size and name not in named:
+            named.append(name)
+    for symbol, sizes in summed.items():
+        if size in sizes:
+            if len(sizes) > 1:
+                return None  # a symbol of several sizes (k+1 of AttentionRNN(inf)): unclear
+            named.append(SUMMED_AXES.get(symbol, symbol))
+    return named
+
+
+def _summed_away(key: TensorKey) -> dict[str, set[int]] | None:
+    """The axes that the key's computation sums away, each symbol with the sizes it has in the
+    request: for a backward pass, the axes of the upstream gradients that the key lacks (the
+    chain rule sums over every output entry: dl/dW of a convolution sums over the output
+    positions L_out, of an RNN over the time steps T); for a forward pass, the axes of the
+    parameters and inputs that the output lacks, but the input positions (which the output's
+    positions replace). A Jacobian or the state Jacobians sum nothing away (each entry is one
+    derivative). None where unknown: a key given as a value."""
+    source = key.source
+    if source is None:
+        return None
+    model, prepared = source.model, source.prepared
+    sizes: dict[str, set[int]] = {}
+    shapes = [
+        (spec.shape, tuple(t.shape))
+        for spec in model.arguments
+        if (t := prepared.args.get(spec.name)) is not None
+    ]
+    shapes += [(model.output(name).shape, shape) for name, shape in prepared.output_shapes.items()]
+    for symbols, shape in shapes:
+        if len(symbols) == len(shape):
+            for symbol, n in zip(symbols, shape, strict=True):
+                sizes.setdefault(symbol, set()).add(n)
+    own = {_symbol(key.axis(a)) for a in range(key.tensor.dim())}
+    if source.op == "backward":
+        summed = {s for name in source.grad_outputs for s in model.output(name).shape}
+    elif source.op == "forward":
+        summed = {s for spec in model.arguments if spec.name in prepared.args for s in spec.shape}
+        summed -= POSITION_AXES
+    else:
+        return {}
+    return {symbol: sizes[symbol] for symbol in summed - own if symbol in sizes}
 
 
 @register

@@ -791,3 +791,51 @@ def test_an_rnn_index_off_along_another_axis_has_no_convolution_hint(rnn: str) -
         "Your answer is the key read one position later along m, wrapping around at the end "
         "(a negative index): an off-by-one index (a 1-based index used with 0-based arrays?)."
     )
+
+
+# A factor is named with every axis of its size, the ones the computation sums away included.
+
+
+def test_a_mean_over_the_output_positions_of_dl_dw_names_every_axis_of_that_size() -> None:
+    """1.1c-iv: dl/dW [F, C, K] = [1, 5, 3] sums over the L_out = 3 output positions; a mean
+    there was told "3 is the size of K" alone, wrong for every student (L_out = K = 3)."""
+    result = judge(BACKWARD_W, (seed_dl_dw() / 3).tolist())
+    assert result["diagnosis"] == [
+        {
+            "code": "constant_factor",
+            "message": "Your answer is 1/3 times the key: off by a constant factor of 1/3 (3 is "
+            "the size of K and of the output positions L_out: a sum or a mean over one of them, "
+            "or a term counted that many times?).",
+        }
+    ]
+    # 5 is the size of C alone: one axis named.
+    alone = judge(BACKWARD_W, (seed_dl_dw() / 5).tolist())["diagnosis"][0]["message"]
+    assert "(5 is the size of C: a sum or a mean over it," in alone
+    # A Jacobian sums nothing away; its own axes of the size are all named.
+    factor = judge(JACOBIAN_W, (3 * seed_dy_dw()).tolist())["diagnosis"][0]["message"]
+    assert "3 is the size of y:L_out and of weight:K: a sum or a mean over one of them" in factor
+
+
+def test_a_mean_over_time_of_an_rnn_gradient_names_the_time_steps(rnn: str) -> None:
+    """dl/dW_x [m, n] = [3, 2] sums over the T = 5 steps, an axis it does not have."""
+    backward = rnn_expected(rnn, "backward", grad_outputs={"h": RNN_UPSTREAM.tolist()})
+    right = direct_sum_for_w_x(rnn_state_grads())
+    result = judge({**backward, "select": "W_x"}, (right / 5).tolist())
+    assert codes(result) == ["constant_factor"]
+    assert (
+        "(5 is the size of the time steps T: a sum or a mean over it,"
+        in (result["diagnosis"][0]["message"])
+    )
+
+
+def test_a_factor_of_a_value_key_names_no_axis() -> None:
+    """A key given as a value does not say what it sums: its axis of the size may not be the
+    one (no axis is named rather than a guess)."""
+    key = np.arange(1.0, 10.0).reshape(3, 3)
+    message = judge({"op": "value", "value": key.tolist()}, (3 * key).tolist())["diagnosis"]
+    assert message == [
+        {
+            "code": "constant_factor",
+            "message": "Your answer is 3 times the key: off by a constant factor of 3.",
+        }
+    ]
