@@ -12,7 +12,8 @@ zeros would match it whatever its cause, so it explains nothing (such an answer 
 
 Wrong answers that share a key and a shape are stacked, so each candidate is computed once
 and compared with all of them in one operation. Only wrong answers are diagnosed: a correct
-answer never gets a diagnosis.
+answer never gets a diagnosis. Where several mistakes each give an answer, none is stated as
+a fact: each is told as one of them (``alternatives``, which the shape checks use too).
 
 The work is bounded (``Work``): each candidate is a key-sized tensor made and compared, so a
 diagnosis makes candidates worth at most ``MAX_DIAGNOSIS_ELEMENTS`` elements, and none past a
@@ -230,8 +231,9 @@ def diagnose(
             None); it is charged with what was spent.
 
     Returns:
-        For each answer, its diagnoses in the order of ``MISTAKES``; a mistake whose
-        candidates the budget does not reach is not diagnosed.
+        For each answer, its diagnoses in the order of ``MISTAKES``, each said to be one of
+        several where more than one matches (``alternatives``); a mistake whose candidates the
+        budget does not reach is not diagnosed.
     """
     work = Work() if work is None else work
     results: list[list[Diagnosis]] = [[] for _ in range(answers.shape[0])]
@@ -243,7 +245,32 @@ def diagnose(
         for n, found in enumerate(matched):
             if found is not None and all(d.code != found.code for d in results[n]):
                 results[n].append(found)
-    return results
+    return [alternatives(found) for found in results]
+
+
+def alternatives(found: list[Diagnosis]) -> list[Diagnosis]:
+    """The diagnoses of one answer as they are told: where several mistakes each give the
+    answer, none is stated as a fact (only one of them can be the student's, and nothing
+    tells which); each keeps its code and says it is one of them.
+
+    Example:
+        >>> found = [Diagnosis("a", "You did A."), Diagnosis("b", "You did B.")]
+        >>> alternatives(found)[1].message
+        'Your answer fits 2 mistakes; if yours is this one, you did B.'
+    """
+    if len(found) < 2:
+        return found
+    lead = f"Your answer fits {len(found)} mistakes; if yours is this one, "
+    return [Diagnosis(d.code, lead + _lowered(d.message)) for d in found]
+
+
+def _lowered(sentence: str) -> str:
+    """``sentence`` to follow a comma: its first word in lower case, unless it is a symbol
+    (``W_x``, ``L``) rather than a capitalised word."""
+    first = sentence.split(" ", 1)[0]
+    if len(first) > 1 and first[0].isupper() and first[1:].isalpha() and first[1:].islower():
+        return sentence[0].lower() + sentence[1:]
+    return sentence
 
 
 def _names(key: TensorKey, axes: tuple[int, ...]) -> str:

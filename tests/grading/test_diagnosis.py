@@ -839,3 +839,42 @@ def test_a_factor_of_a_value_key_names_no_axis() -> None:
             "message": "Your answer is 3 times the key: off by a constant factor of 3.",
         }
     ]
+
+
+# Several mistakes that give the same answer are each told as one of them, none as a fact.
+
+
+def test_a_shape_that_two_mistakes_give_is_told_as_either() -> None:
+    """in 7, K 3, P 1, S 2: floor((7 + 1 - 3)/2) + 1 = 3 (the padding once) and
+    floor((7 + 2 - 3)/2) = 3 (no + 1): both were stated as facts."""
+    expected = {"op": "conv_shape", "input_size": [7], "kernel_size": 3, "padding": 1}
+    result = judge({**expected, "stride": 2}, [3])
+    assert result["correct"] is False
+    assert codes(result) == ["padding_counted_once", "plus_one_missing"]
+    lead = "Your answer fits 2 mistakes; if yours is this one, "
+    assert [d["message"] for d in result["diagnosis"]] == [
+        lead + "you counted the padding once (P instead of 2P): it is added on both sides.",
+        lead + "you left out the + 1: the first position of the kernel gives an output too.",
+    ]
+    # One mistake alone is said as before: P = 2, S = 1 is 9; once, 7; without + 1, 8.
+    alone = judge({**expected, "padding": 2, "stride": 1}, [7])
+    assert alone["diagnosis"] == [
+        {
+            "code": "padding_counted_once",
+            "message": "You counted the padding once (P instead of 2P): it is added on both sides.",
+        }
+    ]
+
+
+def test_a_tensor_that_two_mistakes_give_is_told_as_either() -> None:
+    """Within a loose tolerance, [-1, 1, -1, 1] is both [1, -1, 1, -1.05] with its sign flipped
+    and read one position later (wrapping around)."""
+    expected = {"op": "value", "value": [1.0, -1.0, 1.0, -1.05]}
+    result = judge(expected, [-1.0, 1.0, -1.0, 1.0], tolerance={"rtol": 0.1})
+    assert codes(result) == ["sign_flipped", "off_by_one"]
+    lead = "Your answer fits 2 mistakes; if yours is this one, "
+    assert all(d["message"].startswith(lead) for d in result["diagnosis"])
+    assert result["diagnosis"][0]["message"] == (
+        lead + "your answer is the negative of the key: the sign is flipped (a minus sign lost "
+        "or added, or the difference taken the other way round)."
+    )
