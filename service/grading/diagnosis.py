@@ -12,7 +12,8 @@ zeros would match it whatever its cause, so it explains nothing (such an answer 
 
 Wrong answers that share a key and a shape are stacked, so each candidate is computed once
 and compared with all of them in one operation. Only wrong answers are diagnosed: a correct
-answer never gets a diagnosis.
+answer never gets a diagnosis. Where several mistakes each give an answer, none is stated as
+a fact: each is told as one of them (``alternatives``, which the shape checks use too).
 
 The work is bounded (``Work``): each candidate is a key-sized tensor made and compared, so a
 diagnosis makes candidates worth at most ``MAX_DIAGNOSIS_ELEMENTS`` elements, and none past a
@@ -41,8 +42,11 @@ from service.grading.compare import Tolerance, key_scale, within
 from service.grading.keys import TensorKey
 
 Shape = tuple[int, ...]
-POSITION_AXES = frozenset({"L", "H", "W", "T"})
-"""Symbols of the axes that index positions or time (where an off-by-one index shifts)."""
+POSITION_AXES = frozenset({"L", "H", "W", "L_out", "H_out", "W_out"})
+"""Symbols of the axes that index a convolution's positions (where the seed's 1-based
+``2i-1+m`` read with 0-based arrays shifts by one)."""
+TIME_AXES = frozenset({"T"})
+"""Symbols of the axes that index time steps: t = 1..T, stored in rows 0..T-1."""
 
 MAX_PERMUTED_RANK = 6
 """Up to this rank every axis order is a candidate; above it, only the most likely ones."""
@@ -256,8 +260,9 @@ def diagnose(
             None); it is charged with what was spent.
 
     Returns:
-        For each answer, its diagnoses in the order of ``MISTAKES``; a mistake whose
-        candidates the budget does not reach is not diagnosed.
+        For each answer, its diagnoses in the order of ``MISTAKES``, each said to be one of
+        several where more than one matches (``alternatives``); a mistake whose candidates the
+        budget does not reach is not diagnosed.
     """
     work = Work() if work is None else work
     results: list[list[Diagnosis]] = [[] for _ in range(answers.shape[0])]
@@ -269,7 +274,32 @@ def diagnose(
         for n, found in enumerate(matched):
             if found is not None and all(d.code != found.code for d in results[n]):
                 results[n].append(found)
-    return results
+    return [alternatives(found) for found in results]
+
+
+def alternatives(found: list[Diagnosis]) -> list[Diagnosis]:
+    """The diagnoses of one answer as they are told: where several mistakes each give the
+    answer, none is stated as a fact (only one of them can be the student's, and nothing
+    tells which); each keeps its code and says it is one of them.
+
+    Example:
+        >>> found = [Diagnosis("a", "You did A."), Diagnosis("b", "You did B.")]
+        >>> alternatives(found)[1].message
+        'Your answer fits 2 mistakes; if yours is this one, you did B.'
+    """
+    if len(found) < 2:
+        return found
+    lead = f"Your answer fits {len(found)} mistakes; if yours is this one, "
+    return [Diagnosis(d.code, lead + _lowered(d.message)) for d in found]
+
+
+def _lowered(sentence: str) -> str:
+    """``sentence`` to follow a comma: its first word in lower case, unless it is a symbol
+    (``W_x``, ``L``) rather than a capitalised word."""
+    first = sentence.split(" ", 1)[0]
+    if len(first) > 1 and first[0].isupper() and first[1:].isalpha() and first[1:].islower():
+        return sentence[0].lower() + sentence[1:]
+    return sentence
 
 
 def _names(key: TensorKey, axes: tuple[int, ...]) -> str:
@@ -460,17 +490,98 @@ class ConstantFactor(Mistake):
             else f"Your answer is -{shown} times the key: the sign is flipped and it is off by "
             f"a factor of {shown}"
         )
-        axes = [key.axis(a) for a, n in enumerate(key.tensor.shape) if n == size and n > 1]
-        if axes:
+        named = _sized(key, int(size)) if size.denominator == 1 and size > 1 else []
+        if named:
+            which = "it" if len(named) == 1 else "one of them"
             text += (
-                f" ({size} is the size of {axes[0]}: a sum or a mean over it, or a term "
-                "counted that many times?)"
+                f" ({size} is the size of {_of(named)}: a sum or a mean over "
+                f"{which}, or a term counted that many times?)"
             )
         elif abs(factor) == 2:
             text += " (a term counted twice?)"
         elif abs(factor) == Fraction(1, 2):
             text += " (a mean where a sum belongs, or a factor 1/2 too many?)"
         return text + "."
+
+
+SUMMED_AXES = {
+    "L_out": "the output positions L_out",
+    "H_out": "the output rows H_out",
+    "W_out": "the output columns W_out",
+    "T": "the time steps T",
+    "F": "the filters F",
+    "C": "the input channels C",
+    "K": "the kernel taps K",
+    "KH": "the kernel rows KH",
+    "KW": "the kernel columns KW",
+    "m": "the hidden units m",
+    "n": "the input features n",
+    "k+1": "the k+1 attended terms",
+}
+"""How a factor's message names an axis that the key's computation sums away (it is none of
+the key's own axes, which are named by their symbol alone)."""
+
+
+def _of(names: list[str]) -> str:
+    """``A``, ``A and of B``, ``A, of B and of C``: every axis a size could be."""
+    if len(names) == 1:
+        return names[0]
+    return ", of ".join(names[:-1]) + " and of " + names[-1]
+
+
+def _sized(key: TensorKey, size: int) -> list[str] | None:
+    """The axes of ``size`` that a sum or a mean may have run over: the key's own, and the
+    ones its computation sums away (``_summed_away``). Empty when none; None when it cannot
+    be told (a key given as a value, whose sums are unknown): naming one axis where another
+    of the same size may be the one would mislead."""
+    summed = _summed_away(key)
+    if summed is None:
+        return None
+    named: list[str] = []
+    for axis, n in enumerate(key.tensor.shape):
+        name = key.axis(axis)
+        if n == size and name not in named:
+            named.append(name)
+    for symbol, sizes in summed.items():
+        if size in sizes:
+            if len(sizes) > 1:
+                return None  # a symbol of several sizes (k+1 of AttentionRNN(inf)): unclear
+            named.append(SUMMED_AXES.get(symbol, symbol))
+    return named
+
+
+def _summed_away(key: TensorKey) -> dict[str, set[int]] | None:
+    """The axes that the key's computation sums away, each symbol with the sizes it has in the
+    request: for a backward pass, the axes of the upstream gradients that the key lacks (the
+    chain rule sums over every output entry: dl/dW of a convolution sums over the output
+    positions L_out, of an RNN over the time steps T); for a forward pass, the axes of the
+    parameters and inputs that the output lacks, but the input positions (which the output's
+    positions replace). A Jacobian or the state Jacobians sum nothing away (each entry is one
+    derivative). None where unknown: a key given as a value."""
+    source = key.source
+    if source is None:
+        return None
+    model, prepared = source.model, source.prepared
+    sizes: dict[str, set[int]] = {}
+    shapes = [
+        (spec.shape, tuple(t.shape))
+        for spec in model.arguments
+        if (t := prepared.args.get(spec.name)) is not None
+    ]
+    shapes += [(model.output(name).shape, shape) for name, shape in prepared.output_shapes.items()]
+    for symbols, shape in shapes:
+        if len(symbols) == len(shape):
+            for symbol, n in zip(symbols, shape, strict=True):
+                sizes.setdefault(symbol, set()).add(n)
+    own = {_symbol(key.axis(a)) for a in range(key.tensor.dim())}
+    if source.op == "backward":
+        summed = {s for name in source.grad_outputs for s in model.output(name).shape}
+    elif source.op == "forward":
+        summed = {s for spec in model.arguments if spec.name in prepared.args for s in spec.shape}
+        summed -= POSITION_AXES
+    else:
+        return {}
+    return {symbol: sizes[symbol] for symbol in summed - own if symbol in sizes}
 
 
 @register
@@ -637,35 +748,110 @@ def _shift(tensor: torch.Tensor, axis: int, delta: int, wrap: bool) -> torch.Ten
 
 @register
 class OffByOne(Mistake):
-    """An index one position off: the seed's 1-based ``2i-1+m`` read with 0-based arrays.
+    """An index one position or one time step off.
 
-    First the reference recomputed with an input read one position later or earlier along a
-    position or time axis; then the key itself shifted by one along each axis.
+    Along a convolution's positions: the seed's 1-based ``2i-1+m`` read with 0-based arrays.
+    Along time: the homework's 1-based ``h[1..T]`` stored in the 0-based rows ``0..T-1``
+    one row off (row t-1 holding h[t-1], h[0] included, instead of h[t]).
+
+    First the key shifted by one step along a time axis (a student's rows one step off; with
+    h[0] = 0 it is also the reference with x read one step earlier, and the rows are the
+    likelier story); then the reference recomputed with an input read one position or step
+    later or earlier; then the key shifted by one along each other axis.
     """
 
     code = "off_by_one"
     order = 60
     hint = "an off-by-one index, such as the seed's 1-based 2i-1+m used with 0-based arrays"
+    plain_hint = "an off-by-one index (a 1-based index used with 0-based arrays?)"
+    """Along an axis of a recurrent model other than time (its hidden units, say)."""
+
+    @staticmethod
+    def time_hint(item: str = "h") -> str:
+        """The hint for a time axis: the homework counts steps from 1, rows count from 0."""
+        return (
+            f"an off-by-one time index, such as the homework's 1-based {item}[1..T] stored in "
+            f"the 0-based rows 0..T-1 (row t-1 holds {item}[t])"
+        )
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         if shape != tuple(key.tensor.shape):
             return
+        axes = [axis for axis, size in enumerate(shape) if size >= 2]
+        timed = [axis for axis in axes if _symbol(key.axis(axis)) in TIME_AXES]
+        for axis in timed:
+            yield from self._shifted_steps(key, axis)
         yield from self._shifted_inputs(key)
-        for axis, size in enumerate(shape):
-            if size < 2:
+        hint = self.plain_hint if _recurrent(key) else self.hint
+        for axis in axes:
+            if axis in timed:
                 continue
             for delta in (1, -1):
                 where = "later" if delta > 0 else "earlier"
                 yield Candidate(
                     _shift(key.tensor, axis, delta, wrap=False),
                     f"Your answer is the key read one position {where} along {key.axis(axis)}: "
-                    f"{self.hint}.",
+                    f"{hint}.",
                 )
                 yield Candidate(
                     _shift(key.tensor, axis, delta, wrap=True),
                     f"Your answer is the key read one position {where} along {key.axis(axis)}, "
-                    f"wrapping around at the end (a negative index): {self.hint}.",
+                    f"wrapping around at the end (a negative index): {hint}.",
                 )
+
+    def _shifted_steps(self, key: TensorKey, axis: int) -> Iterator[Candidate]:
+        """The key one time step off along ``axis``: in the homework's terms where the rows
+        are the steps of a tensor the question names (row t-1 holds h[t])."""
+        tensor = key.tensor
+        item = _stepped(key) if axis == 0 else None
+        if item is None:
+            name = key.axis(axis)
+            for delta in (1, -1):
+                where = "later" if delta > 0 else "earlier"
+                ends = (
+                    "the first step left out, zeros last"
+                    if delta > 0
+                    else "zeros first, the last step left out"
+                )
+                yield Candidate(
+                    _shift(tensor, axis, delta, wrap=False),
+                    f"Your answer is the key read one time step {where} along {name} (step "
+                    f"t{delta:+d} where step t belongs; {ends}): {self.time_hint()}.",
+                )
+                yield Candidate(
+                    _shift(tensor, axis, delta, wrap=True),
+                    f"Your answer is the key read one time step {where} along {name}, "
+                    f"wrapping around at the end (a negative index): {self.time_hint()}.",
+                )
+            return
+        rows = (
+            f"Your rows are one time step off: row t-1 must hold {item}[t] (the homework's "
+            f"{item}[1..T]); yours hold"
+        )
+        earlier = _shift(tensor, 0, -1, wrap=False)
+        initial = _initial_state(key)
+        if initial is not None:
+            first = earlier.clone()
+            first[0] = initial
+            yield Candidate(first, f"{rows} {item}[t-1] ({item}[0] included, {item}[T] left out).")
+        if initial is None or bool(initial.any()):
+            yield Candidate(
+                earlier, f"{rows} {item}[t-1] (a row of zeros first, {item}[T] left out)."
+            )
+        yield Candidate(
+            _shift(tensor, 0, 1, wrap=False),
+            f"{rows} {item}[t+1] ({item}[1] left out, a row of zeros last).",
+        )
+        yield Candidate(
+            _shift(tensor, 0, -1, wrap=True),
+            f"{rows} {item}[t-1], with {item}[T] in row 0 (the index -1 wraps around to the "
+            "last row).",
+        )
+        yield Candidate(
+            _shift(tensor, 0, 1, wrap=True),
+            f"{rows} {item}[t+1], with {item}[1] in the last row (the index wraps around at "
+            "the end).",
+        )
 
     def _shifted_inputs(self, key: TensorKey) -> Iterator[Candidate]:
         source = key.source
@@ -675,8 +861,10 @@ class OffByOne(Mistake):
         for spec in source.model.inputs:
             if spec.name not in args:
                 continue
+            called = key.called(spec.name)
             for axis, symbol in enumerate(spec.shape):
-                if symbol not in POSITION_AXES or args[spec.name].shape[axis] < 2:
+                timed = symbol in TIME_AXES
+                if not (timed or symbol in POSITION_AXES) or args[spec.name].shape[axis] < 2:
                     continue
                 for delta in (1, -1):
                     shifted = _shift(args[spec.name], axis, delta, wrap=False)
@@ -684,12 +872,57 @@ class OffByOne(Mistake):
                     if tensor is None:
                         continue
                     where = "later" if delta > 0 else "earlier"
-                    yield Candidate(
-                        tensor,
-                        f"Your answer is the reference computed with {key.called(spec.name)} "
-                        f"read one position {where} along {symbol} (its index off by "
-                        f"{delta:+d}): {self.hint}.",
-                    )
+                    if timed:
+                        message = (
+                            f"Your answer is the reference computed with {called}[t] read one "
+                            f"step {where} ({called}[t{delta:+d}] in place of {called}[t]): "
+                            f"{self.time_hint(called)}."
+                        )
+                    else:
+                        message = (
+                            f"Your answer is the reference computed with {called} read one "
+                            f"position {where} along {symbol} (its index off by {delta:+d}): "
+                            f"{self.hint}."
+                        )
+                    yield Candidate(tensor, message)
+
+
+def _symbol(name: str) -> str:
+    """The symbol of an axis name: a Jacobian's axes are named with their tensor (``h:T``)."""
+    return name.rpartition(":")[2]
+
+
+def _recurrent(key: TensorKey) -> bool:
+    """Whether the key's model steps through time (an input with a time axis)."""
+    source = key.source
+    return source is not None and any(TIME_AXES & set(spec.shape) for spec in source.model.inputs)
+
+
+def _stepped(key: TensorKey) -> str | None:
+    """What the question calls the tensor whose rows are the time steps of the key (``h``
+    for h[t] in row t-1, ``dl/dx`` for dl/dx[t]), or None where the key is another tensor (a
+    Jacobian, the gradients through time) or its first axis is not time."""
+    source = key.source
+    if source is None or _symbol(key.axis(0)) not in TIME_AXES:
+        return None
+    if source.op == "forward":
+        return key.called(source.select)
+    if source.op == "backward" and source.select in source.prepared.args:
+        return f"dl/d{key.called(source.select)}"
+    return None
+
+
+def _initial_state(key: TensorKey) -> torch.Tensor | None:
+    """h[0], where the key is the states h[t] of a recurrent model: its ``h0`` when given,
+    else zeros (both recurrent models call their state h, and h[t] = 0 for t < 1)."""
+    source = key.source
+    if source is None or source.op != "forward" or source.select != "h" or not _recurrent(key):
+        return None
+    given = source.prepared.args.get("h0")
+    row = torch.zeros_like(key.tensor[0])
+    if given is not None and tuple(given.shape) == tuple(row.shape):
+        row = given.detach().to(device="cpu", dtype=row.dtype)
+    return row
 
 
 @register

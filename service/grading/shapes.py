@@ -9,7 +9,8 @@ Each shape mistake recomputes the size with the seed's formula
 ``floor((in + 2P - D(K - 1) - 1) / S) + 1`` changed in one place, or, for a transposed
 convolution, ``(in - 1) S - 2P + D(K - 1) + output_padding + 1``. Padding ``"valid"`` is 0 and
 ``"same"`` the amounts the service pads with (``explicit_padding``); a mistake that gives the
-right size (a ceil or a stride with stride 1) is no mistake and is never diagnosed.
+right size (a ceil or a stride with stride 1) is no mistake and is never diagnosed. Where
+several mistakes give the same size, each is told as one of them (``diagnosis.alternatives``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from models.conv import conv_output_size, explicit_padding, parse_padding
 from service.grading.compare import PartialCredit
-from service.grading.diagnosis import Diagnosis
+from service.grading.diagnosis import Diagnosis, alternatives
 from service.grading.errors import InvalidAnswer
 from service.grading.schemas import ConvShapeExpected
 
@@ -309,5 +310,9 @@ def judge_shape(
     score = 1.0 if correct else 0.0
     if partial != "none" and not correct and len(given) == len(key.shape):
         score = sum(d["correct"] for d in dims) / len(dims)
-    diagnosis = [] if correct else [d for shape, d in _mistaken_shapes(key) if shape == given]
+    # Several mistakes can give the same size (P = 1, S = 2 and in = 7: the padding counted
+    # once and the + 1 left out both give 3): each is then told as one of them.
+    diagnosis = (
+        [] if correct else alternatives([d for shape, d in _mistaken_shapes(key) if shape == given])
+    )
     return correct, score, report, diagnosis

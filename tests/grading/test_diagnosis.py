@@ -700,3 +700,181 @@ def test_a_name_for_a_tensor_the_model_does_not_have_is_refused() -> None:
     problem = failed.value.problem
     assert problem.status == 422
     assert problem.detail.startswith("expected.names.wieght: conv1d has no argument or output")
+
+
+# An index one time step off is told in time steps, not with the convolution's 2i-1+m.
+
+GATED_PARAMS = {"W_c": [[0.5, -1.0], [1.0, 0.3]], "W_h": [[0.2, 0.1], [-0.4, 0.6]]}
+GATED_PARAMS = {**GATED_PARAMS, "W_x": [[1.0, 2.0], [-1.0, 0.5]]}
+GATED_X = [[1.0, 0.0], [0.5, 1.0], [-0.5, 0.5]]
+
+
+def gated_h(params: dict[str, Any], x: Any, h0: Any = None) -> np.ndarray:
+    """h[1..T] of equations (1)-(2) by a plain numpy loop, rows 0..T-1."""
+    w_c, w_h, w_x = (np.array(params[n]) for n in ("W_c", "W_h", "W_x"))
+    h = np.zeros(w_h.shape[0]) if h0 is None else np.array(h0)
+    states = []
+    for x_t in np.array(x):
+        c = 1 / (1 + np.exp(-(w_c @ x_t + w_h @ h)))
+        h = c * h + (1 - c) * (w_x @ x_t)
+        states.append(h)
+    return np.array(states)
+
+
+def test_rows_one_time_step_off_are_told_in_time_steps() -> None:
+    """[h[0], h[1], h[2]] for h[1..3] (h[0] = 0) was told "x read one position earlier along
+    T ... such as the seed's 1-based 2i-1+m used with 0-based arrays", a convolution's hint."""
+    expected = {"op": "forward", "model": "gated_rnn", "select": "h", "params": GATED_PARAMS}
+    expected = {**expected, "inputs": {"x": GATED_X}}
+    h = gated_h(GATED_PARAMS, GATED_X)
+    earlier = judge(expected, [[0.0, 0.0], h[0].tolist(), h[1].tolist()])
+    assert earlier["diagnosis"] == [
+        {
+            "code": "off_by_one",
+            "message": "Your rows are one time step off: row t-1 must hold h[t] (the homework's "
+            "h[1..T]); yours hold h[t-1] (h[0] included, h[T] left out).",
+        }
+    ]
+    later = judge(expected, [h[1].tolist(), h[2].tolist(), [0.0, 0.0]])
+    assert codes(later) == ["off_by_one"]
+    assert (
+        "yours hold h[t+1] (h[1] left out, a row of zeros last)" in later["diagnosis"][0]["message"]
+    )
+    for result in (earlier, later):
+        assert "2i-1+m" not in result["diagnosis"][0]["message"]
+
+
+def test_an_input_read_one_time_step_off_is_told_in_time_steps(rnn: str) -> None:
+    """x[t+1] in place of x[t] recomputes h: said as a time step, with the time hint."""
+    params, inputs = RNN_ARGS["params"], RNN_ARGS["inputs"]
+    x = np.array(inputs["x"])
+    later = np.vstack([x[1:], np.zeros((1, x.shape[1]))])  # x[t + 1], zero past the end
+    answer = gated_h(params, later, inputs["h0"])
+    result = judge(rnn_expected(rnn, "forward", select="h"), answer.tolist())
+    assert codes(result) == ["off_by_one"]
+    message = result["diagnosis"][0]["message"]
+    assert "computed with x[t] read one step later (x[t+1] in place of x[t])" in message
+    assert "1-based x[1..T] stored in the 0-based rows 0..T-1" in message
+    assert "2i-1+m" not in message and "position" not in message
+
+
+def test_the_states_one_row_off_start_with_the_given_h0(rnn: str) -> None:
+    """With h0 given, row 0 of the shifted states is h[0] = h0; a row of zeros is told so."""
+    h, _, _ = rnn_states()
+    h0 = np.array(RNN_ARGS["inputs"]["h0"])
+    expected = rnn_expected(rnn, "forward", select="h")
+    with_h0 = judge(expected, np.vstack([h0, h[:-1]]).tolist())
+    assert codes(with_h0) == ["off_by_one"]
+    assert "(h[0] included, h[T] left out)" in with_h0["diagnosis"][0]["message"]
+    with_zeros = judge(expected, np.vstack([np.zeros(3), h[:-1]]).tolist())
+    assert codes(with_zeros) == ["off_by_one"]
+    assert "(a row of zeros first, h[T] left out)" in with_zeros["diagnosis"][0]["message"]
+
+
+def test_gradients_through_time_one_step_off_get_the_time_hint(rnn: str) -> None:
+    backward = rnn_expected(rnn, "backward", grad_outputs={"h": RNN_UPSTREAM.tolist()})
+    grads = rnn_state_grads()
+    shifted = np.vstack([grads[1:], np.zeros((1, 3))])
+    result = judge({**backward, "select": "state_grads"}, shifted.tolist())
+    assert codes(result) == ["off_by_one"]
+    message = result["diagnosis"][0]["message"]
+    assert message.startswith("Your answer is the key read one time step later along T")
+    assert "2i-1+m" not in message
+
+
+def test_an_rnn_index_off_along_another_axis_has_no_convolution_hint(rnn: str) -> None:
+    """The hidden units m are no convolution's positions: no 2i-1+m for them either."""
+    h, _, _ = rnn_states()
+    result = judge(rnn_expected(rnn, "forward", select="h"), np.roll(h, -1, axis=1).tolist())
+    assert codes(result) == ["off_by_one"]
+    assert result["diagnosis"][0]["message"] == (
+        "Your answer is the key read one position later along m, wrapping around at the end "
+        "(a negative index): an off-by-one index (a 1-based index used with 0-based arrays?)."
+    )
+
+
+# A factor is named with every axis of its size, the ones the computation sums away included.
+
+
+def test_a_mean_over_the_output_positions_of_dl_dw_names_every_axis_of_that_size() -> None:
+    """1.1c-iv: dl/dW [F, C, K] = [1, 5, 3] sums over the L_out = 3 output positions; a mean
+    there was told "3 is the size of K" alone, wrong for every student (L_out = K = 3)."""
+    result = judge(BACKWARD_W, (seed_dl_dw() / 3).tolist())
+    assert result["diagnosis"] == [
+        {
+            "code": "constant_factor",
+            "message": "Your answer is 1/3 times the key: off by a constant factor of 1/3 (3 is "
+            "the size of K and of the output positions L_out: a sum or a mean over one of them, "
+            "or a term counted that many times?).",
+        }
+    ]
+    # 5 is the size of C alone: one axis named.
+    alone = judge(BACKWARD_W, (seed_dl_dw() / 5).tolist())["diagnosis"][0]["message"]
+    assert "(5 is the size of C: a sum or a mean over it," in alone
+    # A Jacobian sums nothing away; its own axes of the size are all named.
+    factor = judge(JACOBIAN_W, (3 * seed_dy_dw()).tolist())["diagnosis"][0]["message"]
+    assert "3 is the size of y:L_out and of weight:K: a sum or a mean over one of them" in factor
+
+
+def test_a_mean_over_time_of_an_rnn_gradient_names_the_time_steps(rnn: str) -> None:
+    """dl/dW_x [m, n] = [3, 2] sums over the T = 5 steps, an axis it does not have."""
+    backward = rnn_expected(rnn, "backward", grad_outputs={"h": RNN_UPSTREAM.tolist()})
+    right = direct_sum_for_w_x(rnn_state_grads())
+    result = judge({**backward, "select": "W_x"}, (right / 5).tolist())
+    assert codes(result) == ["constant_factor"]
+    assert (
+        "(5 is the size of the time steps T: a sum or a mean over it,"
+        in (result["diagnosis"][0]["message"])
+    )
+
+
+def test_a_factor_of_a_value_key_names_no_axis() -> None:
+    """A key given as a value does not say what it sums: its axis of the size may not be the
+    one (no axis is named rather than a guess)."""
+    key = np.arange(1.0, 10.0).reshape(3, 3)
+    message = judge({"op": "value", "value": key.tolist()}, (3 * key).tolist())["diagnosis"]
+    assert message == [
+        {
+            "code": "constant_factor",
+            "message": "Your answer is 3 times the key: off by a constant factor of 3.",
+        }
+    ]
+
+
+# Several mistakes that give the same answer are each told as one of them, none as a fact.
+
+
+def test_a_shape_that_two_mistakes_give_is_told_as_either() -> None:
+    """in 7, K 3, P 1, S 2: floor((7 + 1 - 3)/2) + 1 = 3 (the padding once) and
+    floor((7 + 2 - 3)/2) = 3 (no + 1): both were stated as facts."""
+    expected = {"op": "conv_shape", "input_size": [7], "kernel_size": 3, "padding": 1}
+    result = judge({**expected, "stride": 2}, [3])
+    assert result["correct"] is False
+    assert codes(result) == ["padding_counted_once", "plus_one_missing"]
+    lead = "Your answer fits 2 mistakes; if yours is this one, "
+    assert [d["message"] for d in result["diagnosis"]] == [
+        lead + "you counted the padding once (P instead of 2P): it is added on both sides.",
+        lead + "you left out the + 1: the first position of the kernel gives an output too.",
+    ]
+    # One mistake alone is said as before: P = 2, S = 1 is 9; once, 7; without + 1, 8.
+    alone = judge({**expected, "padding": 2, "stride": 1}, [7])
+    assert alone["diagnosis"] == [
+        {
+            "code": "padding_counted_once",
+            "message": "You counted the padding once (P instead of 2P): it is added on both sides.",
+        }
+    ]
+
+
+def test_a_tensor_that_two_mistakes_give_is_told_as_either() -> None:
+    """Within a loose tolerance, [-1, 1, -1, 1] is both [1, -1, 1, -1.05] with its sign flipped
+    and read one position later (wrapping around)."""
+    expected = {"op": "value", "value": [1.0, -1.0, 1.0, -1.05]}
+    result = judge(expected, [-1.0, 1.0, -1.0, 1.0], tolerance={"rtol": 0.1})
+    assert codes(result) == ["sign_flipped", "off_by_one"]
+    lead = "Your answer fits 2 mistakes; if yours is this one, "
+    assert all(d["message"].startswith(lead) for d in result["diagnosis"])
+    assert result["diagnosis"][0]["message"] == (
+        lead + "your answer is the negative of the key: the sign is flipped (a minus sign lost "
+        "or added, or the difference taken the other way round)."
+    )
