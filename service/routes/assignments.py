@@ -289,7 +289,7 @@ class SubmissionRequest(StrictBody):
         "malformed answer scores 0 with its reason; answers to problems the assignment does "
         "not have are listed in `ignored`. A question the assignment splits into problems "
         "(`1.3-4` of `cnn-rnn` into `1.3-4-loss` and `1.3-4-accuracy`) may be answered as an "
-        'object of its parts by suffix: `{"1.3-4": {"loss": 1.386, "accuracy": 0.25}}`.'
+        'object of its parts by suffix: `{"1.3-4": {"loss": <number>, "accuracy": <number>}}`.'
     )
 
 
