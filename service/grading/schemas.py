@@ -5,8 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SkipValidation, StringConstraints, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    Field,
+    SkipValidation,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
+from service.devices import DeviceName, DtypeName
 from service.grading.compare import RULE, PartialCredit, Tolerance
 from service.grading.formulas import NAMED
 from service.problems import NAME_THE_TAGS, TENSOR_NAME, ProblemDetails
@@ -234,6 +242,40 @@ class CheckRequest(StrictBody):
         "formula points) that are right; `steps`: the fraction of entries along the first "
         "axis (the time steps of an RNN output) that are right.",
     )
+    device: DeviceName | None = Field(
+        None,
+        description="`auto`, `cpu` or `cuda`: where the key of a model op is computed, as "
+        "`expected.device` says it (either place; not two different values). Shapes, values "
+        "and formulas compute no tensors and take it as given.",
+    )
+    dtype: DtypeName | None = Field(
+        None,
+        description="`float64` or `float32`: the precision the key of a model op is computed "
+        "in, as `expected.dtype` says it (either place; not two different values).",
+    )
+
+    @model_validator(mode="after")
+    def _compute_options_at_the_top(self) -> CheckRequest:
+        """API.md lets every compute request carry ``device`` and ``dtype`` at its top level;
+        for a check they say how ``expected`` is computed."""
+        expected = self.expected
+        if not isinstance(expected, ModelRequest):
+            return self
+        update: dict[str, str] = {}
+        for name in ("device", "dtype"):
+            top = getattr(self, name)
+            if top is None:
+                continue
+            inner = getattr(expected, name)
+            if name in expected.model_fields_set and inner != top:
+                raise ValueError(
+                    f"{name} is {top!r} here and {inner!r} in expected: give it once, or the "
+                    "same in both"
+                )
+            update[name] = top
+        if update:
+            self.expected = expected.model_copy(update=update)
+        return self
 
 
 class BatchRequest(StrictBody):
@@ -242,6 +284,25 @@ class BatchRequest(StrictBody):
     checks: list[SkipValidation[CheckRequest]] = Field(
         description="Judged in order; see /v1/info for the limit."
     )
+    device: DeviceName | None = Field(
+        None,
+        description="`auto`, `cpu` or `cuda`: the `device` of every check that gives none of "
+        "its own.",
+    )
+    dtype: DtypeName | None = Field(
+        None,
+        description="`float64` or `float32`: the `dtype` of every check that gives none of its "
+        "own.",
+    )
+
+    def checks_with_options(self) -> list[Any]:
+        """The checks as sent, each given the batch's ``device`` and ``dtype`` where it has
+        none at its top level (one in its ``expected`` still conflicts if it differs)."""
+        options = {name: getattr(self, name) for name in ("device", "dtype")}
+        options = {name: value for name, value in options.items() if value is not None}
+        if not options:
+            return list(self.checks)
+        return [{**options, **check} if isinstance(check, dict) else check for check in self.checks]
 
 
 class Diagnosis(BaseModel):

@@ -63,7 +63,7 @@ def check_batch(
                 {"loc": ["body", "checks"], "msg": "give at least one check", "type": "too_short"}
             ],
         )
-    results, keys = check_many(body.checks, settings, gate)
+    results, keys = check_many(body.checks_with_options(), settings, gate)
     failed = sum("error" in r for r in results)
     correct = sum(bool(r.get("correct")) for r in results)
     summary = {

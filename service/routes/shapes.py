@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from models.conv import MAX_SIZE, conv_output_size
 from models.errors import ModelError
+from service.devices import DeviceName, DtypeName
 from service.examples import CONV_SHAPE_EXAMPLES
 from service.problems import problem_responses
 from service.routing import DirectRoute, documented_body, validate_body
@@ -51,6 +52,15 @@ class ConvShapeRequest(StrictBody):
         "out = (in - 1) S - 2P + D(K - 1) + output_padding + 1, instead of a convolution's.",
     )
     output_padding: IntOrList = Field(0, description="Transposed convolutions only.")
+    device: DeviceName | None = Field(
+        None,
+        description="`auto`, `cpu` or `cuda`: taken, as by every request, but a shape is "
+        "integer arithmetic: it computes no tensor, on any device.",
+    )
+    dtype: DtypeName | None = Field(
+        None,
+        description="`float64` or `float32`: taken, as by every request; a shape has no precision.",
+    )
 
 
 class Step(BaseModel):

@@ -628,3 +628,53 @@ def test_a_bad_name_is_a_422_naming_it(
     assert response.status_code == 422, response.text
     problem = response.json()
     assert problem["errors"][0]["loc"] == loc and words in problem["detail"]
+
+
+# API.md: every compute request may carry device and dtype at its top level.
+TINY = {
+    "op": "forward",
+    "model": "conv1d",
+    "params": {"weight": [[[0.1]]]},
+    "inputs": {"x": [[0.2]]},
+}
+EXACT = {"rtol": 0, "atol": 0, "floor": 0}
+IN_FLOAT64 = [[0.1 * 0.2]]  # 0.020000000000000004; float32 computes 0.019999999552965164
+
+
+def test_device_and_dtype_at_the_top_of_a_check_say_how_its_key_is_computed(
+    client: TestClient,
+) -> None:
+    def correct(**top: Any) -> bool:
+        body = {"expected": TINY, "answer": IN_FLOAT64, "tolerance": EXACT, **top}
+        response = client.post("/v1/check", json=body)
+        assert response.status_code == 200, response.text
+        return bool(response.json()["correct"])
+
+    assert correct() and correct(dtype="float64", device="cpu")
+    assert not correct(dtype="float32")  # the key in float32 is another number
+    inside = {"expected": {**TINY, "dtype": "float32"}, "answer": IN_FLOAT64, "tolerance": EXACT}
+    assert client.post("/v1/check", json={**inside, "dtype": "float32"}).json()["correct"] is False
+    twice = client.post("/v1/check", json={**inside, "dtype": "float64"})
+    assert twice.status_code == 422
+    assert "dtype is 'float64' here and 'float32' in expected" in twice.json()["detail"]
+    # Shapes, values and formulas compute no tensors: the options are taken as given.
+    value = {"expected": {"op": "value", "value": [1]}, "answer": [1], "device": "cpu"}
+    assert client.post("/v1/check", json=value).json()["correct"] is True
+
+
+def test_device_and_dtype_at_the_top_of_a_batch_apply_to_each_check(client: TestClient) -> None:
+    own = {"expected": TINY, "answer": IN_FLOAT64, "tolerance": EXACT, "dtype": "float64"}
+    plain = {"expected": TINY, "answer": IN_FLOAT64, "tolerance": EXACT}
+    clash = {**plain, "expected": {**TINY, "dtype": "float64"}}
+    body = {"checks": [plain, own, clash], "dtype": "float32"}
+    results = client.post("/v1/check/batch", json=body).json()["results"]
+    assert results[0]["correct"] is False  # the batch's float32
+    assert results[1]["correct"] is True  # its own float64 wins
+    assert results[2]["error"]["status"] == 422  # float32 from the batch, float64 inside
+
+
+def test_a_shape_request_takes_device_and_dtype(client: TestClient) -> None:
+    body = {"input_size": [7], "kernel_size": 3, "device": "cpu", "dtype": "float32"}
+    assert client.post("/v1/shapes/conv", json=body).json()["output_size"] == [5]
+    wrong = client.post("/v1/shapes/conv", json={**body, "device": "gpu"})
+    assert wrong.status_code == 422 and "device" in wrong.json()["detail"]
