@@ -273,6 +273,9 @@ def _clean(text: str, where: str) -> tuple[str, int]:
     for index, char in enumerate(body, start=indent + 1):
         if not char.isascii():
             name = unicodedata.name(char, f"U+{ord(char):04X}")
+            hint = _bracket_hint(body)
+            if hint:
+                raise _refuse(f"the character {char!r} ({name}) is not allowed", where, index, hint)
             raise _refuse(
                 f"the character {char!r} ({name}) is not allowed; write formulas in ASCII "
                 "(letters, digits, + - * / // % ** and parentheses)",
@@ -286,7 +289,53 @@ def _clean(text: str, where: str) -> tuple[str, int]:
     return body, indent
 
 
-def _syntax(text: str, shift: int, where: str) -> ast.Expression:
+# The typeset floor and ceiling brackets, as pasted from a solution: each pair with the call to
+# write instead.
+_BRACKETS = (
+    ("\u230a\u230b", "floor(...) for \u230a...\u230b"),
+    ("\u2308\u2309", "ceil(...) for \u2308...\u2309"),
+)
+
+
+def _bracket_hint(text: str) -> str:
+    """The advice for the floor and ceiling brackets of ``text``; empty when it has none."""
+    calls = [call for pair, call in _BRACKETS if any(char in text for char in pair)]
+    if not calls:
+        return ""
+    return f"write {' and '.join(calls)}"
+
+
+# One "=" alone (not ==, <=, >= or !=): "H_out = floor(...)", an equation.
+_ASSIGNMENT = re.compile(r"(?<![=<>!])=(?!=)")
+# What an equation defines, as students write it: H_out, H_{out}, out, y.
+_DEFINED = re.compile(r"[A-Za-z][\w{}]{0,19}")
+
+
+def _equation_advice(left: str, right: str, sign: str) -> str:
+    """The advice for an equation ``left sign right``: give the expression alone, without the
+    name it defines (quoted when it is a name, on either side)."""
+    if _DEFINED.fullmatch(left.strip()):
+        return f"give only the right-hand side expression, without '{left.strip()} {sign}'"
+    if _DEFINED.fullmatch(right.strip()):
+        return f"give only the expression, without '{sign} {right.strip()}'"
+    return f"give only the expression, without the {sign}"
+
+
+def _equation_hint(text: str, allow_compare: bool) -> tuple[int, str, str] | None:
+    """For ``text`` written with a lone "=": its column (1-based), the message and the
+    advice; None when it has none. A formula is an expression alone, and a constraint
+    compares with ==."""
+    found = _ASSIGNMENT.search(text)
+    if found is None:
+        return None
+    column = found.start() + 1
+    if allow_compare:
+        return column, "'=' is not a comparison", "write == to compare"
+    advice = _equation_advice(text[: found.start()], text[found.end() :], "=")
+    return column, "the formula is an equation", advice
+
+
+def _syntax(text: str, shift: int, where: str, allow_compare: bool = False) -> ast.Expression:
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as error:
@@ -294,6 +343,10 @@ def _syntax(text: str, shift: int, where: str) -> ast.Expression:
         column = offset + shift if 0 < offset <= len(text) else len(text) + shift + 1
         place = "" if 0 < offset <= len(text) else " (the formula ends too early)"
         message = (error.msg or "invalid syntax").removesuffix(".")
+        equation = _equation_hint(text, allow_compare)
+        if equation is not None:
+            position, what, hint = equation
+            raise _refuse(f"syntax error: {what}", where, position + shift, hint) from None
         hint = _juxtaposition_hint(text, offset) if message == "invalid decimal literal" else ""
         if message.startswith("invalid syntax"):
             # "2 P" or "(H + 1) K": Python suggests a forgotten comma, which a formula has
@@ -356,11 +409,27 @@ def _check_tree(
             if not all(type(op) in _COMPARE for op in node.ops):
                 raise _refuse("only < <= > >= == != compare here", where, column)
             children = [node.left, *node.comparators]
+        elif isinstance(node, ast.Compare) and parent is None and _is_equation(node):
+            # "H_out == floor(...)": an equation written with Python's equality.
+            left = ast.get_source_segment(text, node.left) or ""
+            right = ast.get_source_segment(text, node.comparators[0]) or ""
+            sign = text.find("==", int(getattr(node.left, "end_col_offset", 0) or 0))
+            raise _refuse(
+                "the formula is an equation",
+                where,
+                sign + 1 + shift if sign >= 0 else column,
+                _equation_advice(left, right, "=="),
+            )
         else:
             raise _refuse(_not_allowed(node), where, column)
         # Left to right: the error reported is the first one in reading order.
         stack.extend((child, depth + 1, node) for child in reversed(children))
     return frozenset(used)
+
+
+def _is_equation(node: ast.Compare) -> bool:
+    """``a == b``: one ``==``, which a formula (not a constraint) has only as an equation."""
+    return len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)
 
 
 def _check_constant(value: Any, where: str, column: int) -> None:
@@ -458,7 +527,7 @@ def parse(
         FormulaError: a syntax error (with its column), a refused node, or a limit exceeded.
     """
     cleaned, shift = _clean(text, where)
-    tree = _syntax(cleaned, shift, where)
+    tree = _syntax(cleaned, shift, where, allow_compare)
     names = _check_tree(tree, cleaned, variables, where, shift, allow_compare)
     return Formula(text, names, _compile(tree.body, where, shift), ast.dump(tree.body))
 
