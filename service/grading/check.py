@@ -49,6 +49,7 @@ from service.grading.compare import (
 )
 from service.grading.diagnosis import MAX_DIAGNOSED_ELEMENTS, Diagnosis, Work, diagnose
 from service.grading.errors import InvalidAnswer
+from service.grading.formula_mistakes import with_mistakes
 from service.grading.formulas import FormulaKey, formula_key
 from service.grading.keys import TensorKey, model_key, value_key
 from service.grading.schemas import (
@@ -145,9 +146,12 @@ def compute_key(check: CheckRequest, settings: Settings, gate: ComputeGate) -> K
     if isinstance(expected, ConvShapeExpected):
         return shape_key(expected)
     if isinstance(expected, FormulaExpected):
-        return formula_key(
+        key = formula_key(
             expected.reference, expected.named, expected.variables, expected.constraints
         )
+        mistakes = expected.mistakes
+        declared = mistakes if isinstance(mistakes, str) else mistakes.model_dump()
+        return with_mistakes(key, declared, expected.named)
     if isinstance(expected, ValueExpected):
         return value_key(expected, settings)
     return model_key(expected, settings, gate)
@@ -302,7 +306,8 @@ class Engine:
                 "a formula answer is an expression string, e.g. 'floor(H/2)'", "answer"
             )
         tolerance = tolerance_of(slot.check)
-        agree, disagree = key.compare(answer, "answer", rtol=tolerance.rtol, atol=tolerance.atol)
+        judged = key.judge(answer, "answer", rtol=tolerance.rtol, atol=tolerance.atol)
+        agree, disagree = judged.agree, judged.disagree
         checked = len(key.points)
         correct = agree == checked
         report: dict[str, Any] = {
@@ -332,7 +337,9 @@ class Engine:
             )
         partial = slot.check.partial_credit
         score = 1.0 if correct else (agree / checked if partial != "none" else 0.0)
-        return _result(correct, score, report, [], tolerance.formula_echo(key.exact))
+        # A mistake agrees with the answer at every point, and a right answer has none.
+        found = [] if correct else [Diagnosis(code, said) for code, said in judged.diagnoses]
+        return _result(correct, score, report, found, tolerance.formula_echo(key.exact))
 
     def _decode(self, key: TensorKey, slot: Slot) -> tuple[np.ndarray, bool] | None:
         try:

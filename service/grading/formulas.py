@@ -16,9 +16,12 @@ Arithmetic is exact (``fractions.Fraction``) while the values are rational, whic
 wherever the variables are integers, unless ``sqrt`` of a non-square or a fractional power
 makes them real (then ``float``). Two formulas are equivalent when they agree at every point
 sampled from the variables' ranges (the whole grid when it is small; otherwise the corners,
-every variable at and next to its edges, and random points) where the reference is defined
-and its constraints hold. A reference whose values there are all whole numbers (sizes,
-counts) must be matched exactly; any other within the check's tolerance (``agrees``).
+every variable at and next to its edges, the grid of their plainest values, and random points)
+where the reference is defined and its constraints hold. A reference whose values there are
+all whole numbers (sizes, counts) must be matched exactly; any other within the check's
+tolerance (``agrees``). A wrong answer is shown the plainest point where it disagrees, and
+is diagnosed with the first of the key's ``mistakes`` (``formula_mistakes``) that it agrees
+with at every point, if one does.
 
 Example:
     >>> ref = parse("floor((H + 2*P - D*(K - 1) - 1)/S) + 1", ["H", "K", "P", "S", "D"])
@@ -44,6 +47,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from fractions import Fraction
+from functools import cached_property
 from typing import Any
 
 from service.grading.errors import FormulaError
@@ -273,6 +277,9 @@ def _clean(text: str, where: str) -> tuple[str, int]:
     for index, char in enumerate(body, start=indent + 1):
         if not char.isascii():
             name = unicodedata.name(char, f"U+{ord(char):04X}")
+            hint = _bracket_hint(body)
+            if hint:
+                raise _refuse(f"the character {char!r} ({name}) is not allowed", where, index, hint)
             raise _refuse(
                 f"the character {char!r} ({name}) is not allowed; write formulas in ASCII "
                 "(letters, digits, + - * / // % ** and parentheses)",
@@ -286,7 +293,53 @@ def _clean(text: str, where: str) -> tuple[str, int]:
     return body, indent
 
 
-def _syntax(text: str, shift: int, where: str) -> ast.Expression:
+# The typeset floor and ceiling brackets, as pasted from a solution: each pair with the call to
+# write instead.
+_BRACKETS = (
+    ("\u230a\u230b", "floor(...) for \u230a...\u230b"),
+    ("\u2308\u2309", "ceil(...) for \u2308...\u2309"),
+)
+
+
+def _bracket_hint(text: str) -> str:
+    """The advice for the floor and ceiling brackets of ``text``; empty when it has none."""
+    calls = [call for pair, call in _BRACKETS if any(char in text for char in pair)]
+    if not calls:
+        return ""
+    return f"write {' and '.join(calls)}"
+
+
+# One "=" alone (not ==, <=, >= or !=): "H_out = floor(...)", an equation.
+_ASSIGNMENT = re.compile(r"(?<![=<>!])=(?!=)")
+# What an equation defines, as students write it: H_out, H_{out}, out, y.
+_DEFINED = re.compile(r"[A-Za-z][\w{}]{0,19}")
+
+
+def _equation_advice(left: str, right: str, sign: str) -> str:
+    """The advice for an equation ``left sign right``: give the expression alone, without the
+    name it defines (quoted when it is a name, on either side)."""
+    if _DEFINED.fullmatch(left.strip()):
+        return f"give only the right-hand side expression, without '{left.strip()} {sign}'"
+    if _DEFINED.fullmatch(right.strip()):
+        return f"give only the expression, without '{sign} {right.strip()}'"
+    return f"give only the expression, without the {sign}"
+
+
+def _equation_hint(text: str, allow_compare: bool) -> tuple[int, str, str] | None:
+    """For ``text`` written with a lone "=": its column (1-based), the message and the
+    advice; None when it has none. A formula is an expression alone, and a constraint
+    compares with ==."""
+    found = _ASSIGNMENT.search(text)
+    if found is None:
+        return None
+    column = found.start() + 1
+    if allow_compare:
+        return column, "'=' is not a comparison", "write == to compare"
+    advice = _equation_advice(text[: found.start()], text[found.end() :], "=")
+    return column, "the formula is an equation", advice
+
+
+def _syntax(text: str, shift: int, where: str, allow_compare: bool = False) -> ast.Expression:
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as error:
@@ -294,6 +347,10 @@ def _syntax(text: str, shift: int, where: str) -> ast.Expression:
         column = offset + shift if 0 < offset <= len(text) else len(text) + shift + 1
         place = "" if 0 < offset <= len(text) else " (the formula ends too early)"
         message = (error.msg or "invalid syntax").removesuffix(".")
+        equation = _equation_hint(text, allow_compare)
+        if equation is not None:
+            position, what, hint = equation
+            raise _refuse(f"syntax error: {what}", where, position + shift, hint) from None
         hint = _juxtaposition_hint(text, offset) if message == "invalid decimal literal" else ""
         if message.startswith("invalid syntax"):
             # "2 P" or "(H + 1) K": Python suggests a forgotten comma, which a formula has
@@ -356,11 +413,27 @@ def _check_tree(
             if not all(type(op) in _COMPARE for op in node.ops):
                 raise _refuse("only < <= > >= == != compare here", where, column)
             children = [node.left, *node.comparators]
+        elif isinstance(node, ast.Compare) and parent is None and _is_equation(node):
+            # "H_out == floor(...)": an equation written with Python's equality.
+            left = ast.get_source_segment(text, node.left) or ""
+            right = ast.get_source_segment(text, node.comparators[0]) or ""
+            sign = text.find("==", int(getattr(node.left, "end_col_offset", 0) or 0))
+            raise _refuse(
+                "the formula is an equation",
+                where,
+                sign + 1 + shift if sign >= 0 else column,
+                _equation_advice(left, right, "=="),
+            )
         else:
             raise _refuse(_not_allowed(node), where, column)
         # Left to right: the error reported is the first one in reading order.
         stack.extend((child, depth + 1, node) for child in reversed(children))
     return frozenset(used)
+
+
+def _is_equation(node: ast.Compare) -> bool:
+    """``a == b``: one ``==``, which a formula (not a constraint) has only as an equation."""
+    return len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)
 
 
 def _check_constant(value: Any, where: str, column: int) -> None:
@@ -458,7 +531,7 @@ def parse(
         FormulaError: a syntax error (with its column), a refused node, or a limit exceeded.
     """
     cleaned, shift = _clean(text, where)
-    tree = _syntax(cleaned, shift, where)
+    tree = _syntax(cleaned, shift, where, allow_compare)
     names = _check_tree(tree, cleaned, variables, where, shift, allow_compare)
     return Formula(text, names, _compile(tree.body, where, shift), ast.dump(tree.body))
 
@@ -692,6 +765,11 @@ class Range:
     hi: Fraction
     integer: bool
 
+    @cached_property
+    def plain(self) -> int | Fraction:
+        """The value of least magnitude (0 where the range holds it)."""
+        return _exact(min(max(Fraction(0), self.lo), self.hi))
+
     def edges(self) -> list[Fraction]:
         if self.integer:
             return sorted({self.lo, min(self.lo + 1, self.hi), max(self.hi - 1, self.lo), self.hi})
@@ -732,9 +810,41 @@ def parse_ranges(variables: Mapping[str, Sequence[Any]], where: str) -> dict[str
     return ranges
 
 
+def _plain_values(bounds: Range, count: int) -> list[Fraction]:
+    """The ``count`` plainest values of a range: those of least magnitude (0, 1, 2... for
+    ``0..64``; 1, 2, 3... for ``1..64``); a real variable's one value of least magnitude."""
+    nearest = Fraction(bounds.plain)
+    if not bounds.integer:
+        return [nearest]
+    lo, hi, start = int(bounds.lo), int(bounds.hi), int(nearest)
+    near = range(max(lo, start - count), min(hi, start + count) + 1)
+    return [Fraction(v) for v in sorted(near, key=lambda v: (abs(v), -v))[:count]]
+
+
+def plainness(point: Point, ranges: Mapping[str, Range]) -> tuple[int, Number]:
+    """How far from an ordinary point ``point`` is, for choosing the counterexample a student
+    is shown: how many variables are off their plainest value (a dilation 1, a padding 0),
+    then how far off they are in all."""
+    off, distance = 0, Fraction(0)
+    for name, value in point.items():
+        bounds = ranges.get(name)
+        if bounds is None:
+            continue
+        plain, gap = bounds.plain, Fraction(0)
+        if isinstance(value, int) and isinstance(plain, int):
+            gap = Fraction(abs(value - plain))
+        else:  # a real variable's float as the fraction it is: exact, comparable with the rest
+            gap = abs(Fraction(value) - plain)
+        off += gap > 0
+        distance += gap
+    return off, _exact(distance)
+
+
 def sample_points(ranges: Mapping[str, Range], limit: int = MAX_POINTS) -> list[dict[str, Number]]:
     """Deterministic points of the ranges: the whole grid when it has at most ``limit``
-    points; otherwise the corners, each variable at and next to its edges, then random."""
+    points; otherwise the corners, each variable at and next to its edges, the grid of each
+    variable's plainest values (small sizes, a dilation 1, a padding 0: where a counterexample
+    is easiest to follow, and where off-by-one mistakes show), then random."""
     names = sorted(ranges)
     if math.prod(ranges[n].size() for n in names) <= limit:
         grids = [
@@ -753,6 +863,20 @@ def sample_points(ranges: Mapping[str, Range], limit: int = MAX_POINTS) -> list[
         for edge in ranges[name].edges():
             for _ in range(2):
                 points.append({n: ranges[n].draw(rng) for n in names} | {name: edge})
+    # As many plainest values of each variable as keep their grid within limit // 8 points;
+    # with too many variables for two each, the plainest point and each variable moved alone.
+    count = 1
+    while (count + 1) ** len(names) <= limit // 8:
+        count += 1
+    plain = [_plain_values(ranges[n], max(count, 3)) for n in names]
+    if count > 1:
+        grid = itertools.product(*[values[:count] for values in plain])
+        points += [dict(zip(names, values, strict=True)) for values in grid]
+    else:
+        base = {n: values[0] for n, values in zip(names, plain, strict=True)}
+        points.append(base)
+        for name, values in zip(names, plain, strict=True):
+            points += [base | {name: value} for value in values[1:]]
     seen: set[tuple[Fraction, ...]] = set()
     unique = []
     for point in points:
@@ -828,6 +952,27 @@ class Disagreement:
     reason: str
 
 
+@dataclass(frozen=True)
+class Mistake:
+    """A common wrong version of a reference (one mistake, or several made together) and what
+    it is: an answer that agrees with it wherever the reference is checked is diagnosed so."""
+
+    diagnoses: tuple[tuple[str, str], ...]
+    """The ``(code, message)`` of each mistake made, in the words a student is told."""
+    value: Callable[[Point], Any]
+    """Its value at a point of the key; None where it has none."""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """An answer against a key: how many points agree, where it does not (plainest points
+    first), and the diagnoses of the mistake it agrees with at every point, if any."""
+
+    agree: int
+    disagree: list[Disagreement]
+    diagnoses: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass
 class FormulaKey:
     """A reference formula evaluated once at its valid points, ready to judge many answers."""
@@ -843,40 +988,96 @@ class FormulaKey:
     shape formulas give): then answers must equal it exactly, whatever the tolerance. Decided
     for the whole reference rather than per point: ``H/3`` is 1 at ``H = 3``, and an answer
     ``H*0.3333333333333333`` within the tolerance elsewhere is within it there too."""
-    _cache: dict[tuple[str, float, float], tuple[int, list[Disagreement]]] = field(
-        default_factory=dict
-    )
+    mistakes: tuple[Mistake, ...] = ()
+    """The common wrong versions of the reference, simplest first, that a wrong answer is
+    compared with (``formula_mistakes``); none for a reference with no known mistakes."""
+    _cache: dict[tuple[str, float, float], Judgement] = field(default_factory=dict)
+    _mistaken: list[list[Any]] = field(default_factory=list, repr=False)
+    """Each mistake's values at the first points, as far as answers have needed them."""
 
     def compare(
         self, answer: str, where: str = "answer", *, rtol: float = 0.0, atol: float = 0.0
     ) -> tuple[int, list[Disagreement]]:
-        """How many valid points agree, and where they do not (simplest points first).
+        """How many valid points agree, and where they do not (plainest points first): see
+        ``judge``."""
+        judged = self.judge(answer, where, rtol=rtol, atol=atol)
+        return judged.agree, judged.disagree
+
+    def judge(
+        self, answer: str, where: str = "answer", *, rtol: float = 0.0, atol: float = 0.0
+    ) -> Judgement:
+        """How many valid points agree, where they do not, and the mistake a wrong answer
+        agrees with at every point.
 
         Values agree as ``agrees`` says: whole numbers exactly, others within ``rtol`` and
-        ``atol``. Answers that parse to the same tree (a class writes the same formula many
-        ways of spacing) are evaluated once per tolerance: the checks of one key may each
-        carry their own.
+        ``atol``; an answer agrees with a mistake by the same rule. Where they disagree, the
+        points are given plainest first (``plainness``): a counterexample with a dilation 1
+        and small sizes is one a student can follow. Answers that parse to the same tree (a
+        class writes the same formula many ways of spacing) are evaluated once per
+        tolerance: the checks of one key may each carry their own.
         """
         formula = parse(answer, self.ranges, where)
         cached = (formula.canonical, rtol, atol)
         if cached in self._cache:
             return self._cache[cached]
-        agree, disagree = 0, []
+        agree = 0
+        disagree: list[tuple[Point, Disagreement]] = []
+        given_values: list[Any] = []
         for point, expected in zip(self.points, self.values, strict=True):
             try:
                 given = formula(point)
             except Undefined as error:
-                disagree.append(_disagreement(point, expected, None, str(error)))
+                disagree.append((point, _disagreement(point, expected, None, str(error))))
+                given_values.append(None)
                 continue
+            given_values.append(given)
             if agrees(expected, given, rtol, atol, exact=self.exact):
                 agree += 1
             else:
-                disagree.append(_disagreement(point, expected, given, "different values"))
-        disagree.sort(key=lambda d: (sum(abs(float(v)) for v in d.point.values()), str(d.point)))
-        result = (agree, disagree[:3])
+                disagree.append((point, _disagreement(point, expected, given, "different values")))
+        disagree.sort(key=lambda d: (plainness(d[0], self.ranges), str(d[1].point)))
+        diagnoses: tuple[tuple[str, str], ...] = ()
+        if disagree:
+            diagnoses = self._mistake_of(given_values, rtol, atol)
+        result = Judgement(agree, [d for _, d in disagree[:3]], diagnoses)
         if len(self._cache) < 4096:
             self._cache[cached] = result
         return result
+
+    def _mistake_of(
+        self, given: Sequence[Any], rtol: float, atol: float
+    ) -> tuple[tuple[str, str], ...]:
+        """The diagnoses of the first (simplest) mistake that agrees with ``given`` (an
+        answer's values at the points, None where it has none) at every point; none when no
+        mistake does.
+
+        A mistake's values are computed as far as an answer needs them, and kept for the next
+        answer: most wrong answers part from most mistakes at the first few points. A mistake
+        that agrees with the reference everywhere (a ceil where every quotient is whole) is
+        never reached: the answer that agrees with it everywhere is right.
+        """
+        if len(self._mistaken) != len(self.mistakes):
+            self._mistaken = [[] for _ in self.mistakes]
+        for mistake, values in zip(self.mistakes, self._mistaken, strict=True):
+            for index, (point, answer) in enumerate(zip(self.points, given, strict=True)):
+                if index == len(values):
+                    values.append(_value_of(mistake, point))
+                value = values[index]
+                if answer is None or value is None:
+                    break
+                if not agrees(value, answer, rtol, atol, exact=self.exact):
+                    break
+            else:
+                return mistake.diagnoses
+        return ()
+
+
+def _value_of(mistake: Mistake, point: Point) -> Any:
+    """A mistake's value at a point; None where it has none."""
+    try:
+        return mistake.value(point)
+    except (ArithmeticError, ValueError):
+        return None
 
 
 def _disagreement(point: Point, expected: Any, given: Any, reason: str) -> Disagreement:

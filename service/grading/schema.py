@@ -62,7 +62,7 @@ ALLOWED_BY_OP: dict[str, frozenset[str]] = {
     "jacobian": frozenset({*_MODEL_KEYS, "of", "wrt"}),
     "state_jacobians": frozenset(_MODEL_KEYS),
     "value": frozenset({"op", "value", "label"}),
-    "formula": frozenset({"op", "reference", "named", "variables", "constraints"}),
+    "formula": frozenset({"op", "reference", "named", "variables", "constraints", "mistakes"}),
     "choice": frozenset({"op", "correct"}),
 }
 """Every key an op of ``expected`` takes: the fields of the endpoint it stands for (e.g. the

@@ -126,6 +126,23 @@ class ValueExpected(StrictBody):
     label: str | None = Field(None, max_length=80, description="What it is, for the report.")
 
 
+class FormulaMistakes(StrictBody):
+    """A family of mistakes whose formula's parts the variables play under other names."""
+
+    family: Literal["conv_output_size"] = Field(
+        description="`conv_output_size`: the convolution's output size of the homework's "
+        "1.1(b), with its parts H (the input size), K, P, S and D."
+    )
+    variables: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=8,
+        description='The variable that plays each part, by the part\'s letter (`{"H": "W"}`: '
+        "the input size is `W`). A part not named here is played by the variable of its "
+        "letter (the input size by `H`, `W` or `L`); padding, stride and dilation may be "
+        "absent (0, 1 and 1).",
+    )
+
+
 class FormulaExpected(StrictBody):
     """The key is a formula, compared with the answer on many points of the variables."""
 
@@ -165,6 +182,18 @@ class FormulaExpected(StrictBody):
         default_factory=list,
         max_length=8,
         description="Comparisons that must hold at a point for it to count, e.g. `H >= K`.",
+    )
+    mistakes: Literal["auto", "none", "conv_output_size"] | FormulaMistakes = Field(
+        "auto",
+        description="Which common mistakes a wrong answer is compared with, for a diagnosis "
+        "(an answer that agrees with a mistaken formula at every point checked is told what "
+        "it left out or changed): `auto` (the default) recognises the reference (a `named` "
+        "one, or one that is the convolution's output size), `none` diagnoses nothing, "
+        "`conv_output_size` declares the reference the convolution's output size of 1.1(b) "
+        "(the floor or the + 1 left out, a ceil, the padding counted once, the dilation or "
+        "the stride ignored, the transposed convolution's formula...; a reference that is "
+        'not is a 422), and `{"family": "conv_output_size", "variables": {"H": "W"}}` '
+        "declares it with the variables that play its parts.",
     )
 
 

@@ -16,11 +16,11 @@ several mistakes give the same size, each is told as one of them (``diagnosis.al
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from fractions import Fraction
+from typing import Any, Literal
 
 from models.conv import conv_output_size, explicit_padding, parse_padding
 from service.grading.compare import PartialCredit
@@ -66,41 +66,137 @@ class ShapeMistake:
     message: str
 
 
-def _counted_once(x: Dim) -> int | None:
-    if x.once is None:
-        return None
-    return (x.n + x.once - x.d * (x.k - 1) - 1) // x.s + 1
+Rounding = Literal["floor", "ceil", "none"]
 
 
-SHAPE_MISTAKES: tuple[ShapeMistake, ...] = (
-    ShapeMistake(
-        "ceil_instead_of_floor",
-        lambda x: math.ceil((x.n + x.padding - x.d * (x.k - 1) - 1) / x.s) + 1,
+@dataclass(frozen=True)
+class Slips:
+    """Changes that students make to the seed's ``floor((in + 2P - D(K - 1) - 1) / S) + 1``,
+    each a common mistake of its own (``CONV_SLIPS``); several may be made at once."""
+
+    rounding: Rounding = "floor"
+    padding_once: bool = False
+    dilation_ignored: bool = False
+    minus_one_missing: bool = False
+    stride_ignored: bool = False
+    plus_one_missing: bool = False
+
+    def __or__(self, other: Slips) -> Slips | None:
+        """Both sets of changes made together; None where they change the same thing two
+        ways (rounded up and not rounded at all)."""
+        if "floor" not in (self.rounding, other.rounding):
+            return None
+        merged = {name: getattr(self, name) or getattr(other, name) for name in _CHANGES}
+        rounding = other.rounding if self.rounding == "floor" else self.rounding
+        return Slips(rounding, **merged)
+
+
+_CHANGES = (
+    "padding_once",
+    "dilation_ignored",
+    "minus_one_missing",
+    "stride_ignored",
+    "plus_one_missing",
+)
+
+
+def slipped_size(x: Dim, slips: Slips) -> int | Fraction | None:
+    """The output size of one dimension by the seed's formula with ``slips`` made (none: the
+    right size), in exact arithmetic: a fraction where the rounding is left out. None where a
+    change has no meaning for this dimension (padding counted once where the sides differ)."""
+    padding = x.padding
+    if slips.padding_once:
+        if x.once is None:
+            return None
+        padding = x.once
+    span = (x.k - 1) if slips.dilation_ignored else x.d * (x.k - 1)
+    top = x.n + padding - span - (0 if slips.minus_one_missing else 1)
+    stride = 1 if slips.stride_ignored else x.s
+    steps: int | Fraction
+    if slips.rounding == "floor":
+        steps = top // stride
+    elif slips.rounding == "ceil":
+        steps = -(-top // stride)
+    else:
+        quotient = Fraction(top, stride)
+        steps = quotient.numerator if quotient.denominator == 1 else quotient
+    return steps + (0 if slips.plus_one_missing else 1)
+
+
+def transposed_size(x: Dim) -> int:
+    """The output size of a transposed convolution, ``(in - 1) S - 2P + D(K - 1) +
+    output_padding + 1``: what a student who takes one formula for the other gives."""
+    return (x.n - 1) * x.s - x.padding + x.d * (x.k - 1) + x.op + 1
+
+
+CONV_SLIPS: dict[str, tuple[Slips, str]] = {
+    "floor_missing": (
+        Slips(rounding="none"),
+        "You left out the floor: the kernel moves in whole steps of S, so the number of steps "
+        "after the first position is rounded down before adding 1 (a size is a whole number).",
+    ),
+    "ceil_instead_of_floor": (
+        Slips(rounding="ceil"),
         "You rounded up (ceil) where the formula rounds down (floor): a last window that does "
         "not fit inside the padded input gives no output.",
     ),
-    ShapeMistake(
-        "padding_counted_once",
-        _counted_once,
+    "padding_counted_once": (
+        Slips(padding_once=True),
         "You counted the padding once (P instead of 2P): it is added on both sides.",
     ),
-    ShapeMistake(
-        "dilation_ignored",
-        lambda x: (x.n + x.padding - (x.k - 1) - 1) // x.s + 1,
+    "dilation_ignored": (
+        Slips(dilation_ignored=True),
         "You ignored the dilation: a kernel of size K with dilation D spans D(K - 1) + 1 inputs.",
     ),
-    ShapeMistake(
-        "stride_ignored",
-        lambda x: x.n + x.padding - x.d * (x.k - 1),
+    "minus_one_missing": (
+        Slips(minus_one_missing=True),
+        "You left out the - 1: a kernel of size K with dilation D spans D(K - 1) + 1 inputs, "
+        "not D(K - 1), and all of them must fit inside the padded input.",
+    ),
+    "stride_ignored": (
+        Slips(stride_ignored=True),
         "You ignored the stride: the kernel moves S positions at a time, so divide by S "
         "(rounding down) before adding 1.",
     ),
-    ShapeMistake(
-        "plus_one_missing",
-        lambda x: (x.n + x.padding - x.d * (x.k - 1) - 1) // x.s,
+    "plus_one_missing": (
+        Slips(plus_one_missing=True),
         "You left out the + 1: the first position of the kernel gives an output too.",
     ),
+}
+"""The mistakes in the seed's convolution formula, by code: the change and what it is, in the
+homework's notation and without the formula itself (the message may reach a student)."""
+
+TRANSPOSED_FORMULA = (
+    "transposed_formula",
+    "You gave the size of a transposed convolution, (in - 1) S - 2P + D(K - 1) + 1, which "
+    "enlarges its input; a convolution slides the kernel over the padded input and divides by "
+    "the stride S instead of multiplying by it.",
 )
+"""The code and the message of the transposed convolution's formula given for a convolution's."""
+
+
+def _slipped(slips: Slips) -> Callable[[Dim], int | None]:
+    """A whole-numbered slip's size as ``ShapeMistake.size`` computes it."""
+
+    def size(x: Dim) -> int | None:
+        value = slipped_size(x, slips)
+        return None if value is None else int(value)
+
+    return size
+
+
+SHAPE_MISTAKES: tuple[ShapeMistake, ...] = tuple(
+    ShapeMistake(code, _slipped(CONV_SLIPS[code][0]), CONV_SLIPS[code][1])
+    for code in (
+        "ceil_instead_of_floor",
+        "padding_counted_once",
+        "dilation_ignored",
+        "stride_ignored",
+        "plus_one_missing",
+    )
+)
+"""The mistakes of a convolution's output shape (``floor_missing`` gives no whole size, and
+``minus_one_missing`` is a formula's)."""
 
 TRANSPOSED_MISTAKES: tuple[ShapeMistake, ...] = (
     # No ceil: the transposed formula rounds nothing.

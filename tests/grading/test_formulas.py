@@ -470,3 +470,56 @@ def test_report_values_are_shown_exactly_or_as_text(value: Any, shown: Any) -> N
     from service.grading.formulas import _show
 
     assert _show(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "message"),
+    [
+        (
+            "H_out = floor((H + 2*P - D*(K - 1) - 1)/S) + 1",
+            7,
+            "syntax error: the formula is an equation at column 7; give only the right-hand "
+            "side expression, without 'H_out ='",
+        ),
+        (
+            "  H_{out}=H",
+            10,
+            "syntax error: the formula is an equation at column 10; give only the right-hand "
+            "side expression, without 'H_{out} ='",
+        ),
+        (
+            "H_out == H + 1",
+            7,
+            "the formula is an equation at column 7; give only the right-hand side expression, "
+            "without 'H_out =='",
+        ),
+        (
+            "\u230a(H + 2*P - D*(K - 1) - 1)/S\u230b + 1",
+            1,
+            "the character '\u230a' (LEFT FLOOR) is not allowed at column 1; write floor(...) "
+            "for \u230a...\u230b",
+        ),
+        (
+            "\u2308H/S\u2309 + \u230aK/2\u230b",
+            1,
+            "the character '\u2308' (LEFT CEILING) is not allowed at column 1; write floor(...) "
+            "for \u230a...\u230b and ceil(...) for \u2308...\u2309",
+        ),
+    ],
+    ids=["equation", "subscript-equation", "double-equals", "floor-brackets", "ceil-brackets"],
+)
+def test_an_equation_or_typeset_brackets_are_told_what_to_write(
+    text: str, column: int, message: str
+) -> None:
+    with pytest.raises(FormulaError) as error:
+        parse(text, "HKPSD")
+    assert error.value.message == message and error.value.column == column
+
+
+def test_a_constraint_written_with_one_equals_is_told_to_compare() -> None:
+    with pytest.raises(FormulaError) as error:
+        parse("H = K", "HK", "constraints.0", allow_compare=True)
+    assert (
+        error.value.message
+        == "syntax error: '=' is not a comparison at column 3; write == to compare"
+    )

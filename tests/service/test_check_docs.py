@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from models.registry import MODELS
 from service.grading.diagnosis import MISTAKES
+from service.grading.formula_mistakes import ConvRoles, conv_mistakes
 from service.grading.shapes import SHAPE_MISTAKES
 from tests.grading import gated_rnn_model
 
@@ -39,6 +40,7 @@ def examples() -> list[tuple[str, dict[str, Any], str]]:
 
 
 EXAMPLES = examples()
+ROLE_LETTERS: dict[str, str | None] = {letter: letter for letter in "HKPSD"}
 
 
 @pytest.fixture
@@ -82,6 +84,7 @@ def test_every_diagnosis_has_an_example() -> None:
         .split(", ")
     }
     codes = {m.code for m in MISTAKES} | {m.code for m in SHAPE_MISTAKES}
+    codes |= {d[0][0] for d in (m.diagnoses for m in conv_mistakes(ConvRoles(ROLE_LETTERS)))}
     codes |= {"transposed", "jacobian_halves_swapped", "wrong_output", "channels_missing"}
     assert codes <= shown, codes - shown
 

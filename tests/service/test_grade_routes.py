@@ -214,6 +214,7 @@ def typical_mistake(problem: str, g: seed.Given) -> Any:
 
 
 DIAGNOSED = {
+    "1.1b": "floor_missing",  # and dilation_ignored: the two changes of its typical answer
     "1.1c-i": "off_by_one",
     "1.1c-ii": "jacobian_halves_swapped",
     "1.1c-iii": "wrong_argument",

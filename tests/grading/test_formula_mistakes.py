@@ -1,0 +1,233 @@
+"""Diagnoses of a wrong formula answer: the conv output-size formula of the seed's 1.1(b) made
+wrong the ways students make it wrong, told only where the answer agrees with the mistake at
+every point checked; and a plain counterexample."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from service.grading.check import CheckFailed, check_one
+from service.grading.formulas import formula_key, parse
+from service.grading.schemas import CheckRequest
+from service.settings import Settings
+from tests.grading.test_diagnosis import FORMULA_1_1B
+
+SETTINGS = Settings()
+NAMED_1_1B = {"op": "formula", "named": "conv_output_size"}
+DECLARED_1_1B = {**FORMULA_1_1B, "mistakes": "conv_output_size"}
+
+# Each wrong answer, the mistakes it is diagnosed with, in the order they are told.
+MISTAKEN: list[tuple[str, list[str]]] = [
+    ("(H + 2*P - D*(K - 1) - 1)/S + 1", ["floor_missing"]),
+    ("ceil((H + 2*P - D*(K - 1) - 1)/S) + 1", ["ceil_instead_of_floor"]),
+    ("floor((H + P - D*(K - 1) - 1)/S) + 1", ["padding_counted_once"]),
+    ("floor((H + 2*P - K)/S) + 1", ["dilation_ignored"]),  # the seed's 1.1(a) formula
+    ("floor((H + 2*P - D*(K - 1))/S) + 1", ["minus_one_missing"]),
+    ("H + 2*P - D*(K - 1)", ["stride_ignored"]),
+    ("(H + 2*P - D*(K - 1) - 1)//S", ["plus_one_missing"]),
+    ("(H - 1)*S - 2*P + D*(K - 1) + 1", ["transposed_formula"]),
+    # Two mistakes at once: 1.1(a)'s formula without its floor, the typical answer to 1.1(b).
+    ("(H - K + 2*P)/S + 1", ["floor_missing", "dilation_ignored"]),
+    ("floor((H + P - K)/S) + 1", ["padding_counted_once", "dilation_ignored"]),
+    ("(H + 2*P - D*(K - 1) - 1)/S", ["floor_missing", "plus_one_missing"]),
+]
+RIGHT = [
+    "floor((H + 2*P - D*(K - 1) - 1)/S) + 1",
+    "(H + 2*P - D*(K-1) - 1)//S + 1",
+    "floor((H - D*(K - 1) - 1 + 2*P)/S + 1)",
+]
+UNRELATED = ["H*K", "floor(H/S)", "H - K + 1", "floor((H + 2*P - D*K)/S) + 2", "0"]
+
+
+def oracle(h: int, k: int, p: int, s: int, d: int, codes: list[str]) -> Fraction | int:
+    """The seed's 1.1(b) with the mistakes of ``codes`` made, in plain arithmetic (the answers'
+    own check, independent of the service)."""
+    if codes == ["transposed_formula"]:
+        return (h - 1) * s - 2 * p + d * (k - 1) + 1
+    padding = p if "padding_counted_once" in codes else 2 * p
+    span = (k - 1) if "dilation_ignored" in codes else d * (k - 1)
+    top = h + padding - span - (0 if "minus_one_missing" in codes else 1)
+    stride = 1 if "stride_ignored" in codes else s
+    quotient = Fraction(top, stride)
+    if "floor_missing" not in codes:
+        quotient = Fraction(
+            math.ceil(quotient) if "ceil_instead_of_floor" in codes else math.floor(quotient)
+        )
+    return quotient + (0 if "plus_one_missing" in codes else 1)
+
+
+def check(expected: dict[str, Any], answer: str) -> dict[str, Any]:
+    request = CheckRequest.model_validate({"expected": expected, "answer": answer})
+    return check_one(request, SETTINGS)
+
+
+def codes(result: dict[str, Any]) -> list[str]:
+    return [d["code"] for d in result["diagnosis"]]
+
+
+def agrees_everywhere(answer: str, mistakes: list[str]) -> bool:
+    """Whether ``answer`` equals the oracle of ``mistakes`` at every point the key checks."""
+    key = formula_key(FORMULA_1_1B["reference"], None, FORMULA_1_1B["variables"], [])
+    formula = parse(answer, key.ranges)
+    valid = parse(FORMULA_1_1B["constraints"][0], key.ranges, allow_compare=True)
+    points = [p for p in key.points if valid(p)]
+    return all(formula(p) == oracle(*(int(p[n]) for n in "HKPSD"), codes=mistakes) for p in points)
+
+
+@pytest.mark.parametrize(("answer", "mistakes"), MISTAKEN, ids=[m[0] for m in MISTAKEN])
+def test_the_table_of_mistakes_is_right(answer: str, mistakes: list[str]) -> None:
+    """Each answer of the table is its mistakes made, at every point (checked independently)."""
+    assert agrees_everywhere(answer, mistakes)
+
+
+@pytest.mark.parametrize("expected", [FORMULA_1_1B, NAMED_1_1B, DECLARED_1_1B])
+@pytest.mark.parametrize(("answer", "mistakes"), MISTAKEN, ids=[m[0] for m in MISTAKEN])
+def test_each_mistake_is_diagnosed(
+    expected: dict[str, Any], answer: str, mistakes: list[str]
+) -> None:
+    result = check(expected, answer)
+    assert result["correct"] is False and result["score"] == 0
+    assert codes(result) == mistakes
+    together = "Your answer makes 2 mistakes together; this is one of them: you "
+    lead = "You " if len(mistakes) == 1 else together
+    assert all(d["message"].startswith(lead) for d in result["diagnosis"])
+    assert result["report"]["counterexample"]  # the report is as it was
+
+
+@pytest.mark.parametrize("answer", RIGHT)
+def test_right_answers_stay_right_with_no_diagnosis(answer: str) -> None:
+    result = check(DECLARED_1_1B, answer)
+    assert result["correct"] is True and result["diagnosis"] == []
+
+
+@pytest.mark.parametrize("answer", UNRELATED)
+def test_an_answer_that_is_no_known_mistake_gets_no_diagnosis(answer: str) -> None:
+    result = check(DECLARED_1_1B, answer)
+    assert result["correct"] is False and result["diagnosis"] == []
+
+
+@pytest.mark.parametrize(("answer", "mistakes"), MISTAKEN, ids=[m[0] for m in MISTAKEN])
+def test_a_mistake_that_differs_at_one_edge_is_not_claimed(
+    answer: str, mistakes: list[str]
+) -> None:
+    """The mistake with something added at H = 64 alone agrees with the mistake almost
+    everywhere, and is diagnosed with nothing: a diagnosis needs every point."""
+    near = f"{answer} + floor(H/64)"
+    assert not agrees_everywhere(near, mistakes)
+    result = check(DECLARED_1_1B, near)
+    assert result["correct"] is False and result["diagnosis"] == []
+
+
+def test_whatever_is_diagnosed_agrees_at_every_point() -> None:
+    answers = [a for a, _ in MISTAKEN] + RIGHT + UNRELATED
+    answers += [f"{a} - floor(K/8)" for a, _ in MISTAKEN] + [f"2*({a})" for a, _ in MISTAKEN]
+    told = 0
+    for answer in answers:
+        found = codes(check(FORMULA_1_1B, answer))
+        if found:
+            told += 1
+            assert agrees_everywhere(answer, found), (answer, found)
+    assert told == len(MISTAKEN)
+
+
+def test_the_counterexample_is_a_plain_point() -> None:
+    """The first point found was D=2, H=2, K=1, P=0, S=4: a dilation with a kernel of one,
+    which changes nothing, to show a floor left out."""
+    floor = check(FORMULA_1_1B, "(H - K + 2*P)/S + 1")["report"]["counterexample"]
+    assert floor["point"] == {"D": 1, "H": 2, "K": 1, "P": 0, "S": 2}
+    assert (floor["expected"], floor["given"]) == (1, 1.5)
+    padding = check(FORMULA_1_1B, "floor((H + P - D*(K - 1) - 1)/S) + 1")["report"]
+    assert padding["counterexample"]["point"] == {"D": 1, "H": 1, "K": 1, "P": 1, "S": 1}
+    # A dilation mistake shows only where D > 1 and K > 1: the plainest such point.
+    dilation = check(FORMULA_1_1B, "floor((H + 2*P - K)/S) + 1")["report"]["counterexample"]
+    assert dilation["point"]["D"] == 2 and dilation["point"]["K"] == 2
+    assert dilation["point"]["S"] == 1
+
+
+@pytest.mark.parametrize(
+    ("expected", "answer", "mistakes"),
+    [
+        # seed 1.1(c)(i), named: L is the input size, with no padding and no dilation
+        ({"op": "formula", "named": "conv1d_output_length"}, "(L - K)/S + 1", ["floor_missing"]),
+        (
+            {"op": "formula", "named": "conv1d_output_length"},
+            "(L - 1)*S + K",
+            ["transposed_formula"],
+        ),
+        # recognised by its values, with the width W as the input size
+        (
+            {
+                "op": "formula",
+                "reference": "(W + 2*P - K)//S + 1",
+                "variables": {"W": [1, 32], "K": [1, 5], "P": [0, 2], "S": [1, 3]},
+                "constraints": ["W + 2*P >= K"],
+            },
+            "(W + 2*P - K)//S",
+            ["plus_one_missing"],
+        ),
+        # declared, its variables named
+        (
+            {
+                "op": "formula",
+                "reference": "floor((n + 2*pad - dil*(k - 1) - 1)/st) + 1",
+                "variables": {
+                    "n": [1, 40],
+                    "k": [1, 5],
+                    "pad": [0, 2],
+                    "st": [1, 3],
+                    "dil": [1, 3],
+                },
+                "constraints": ["n + 2*pad >= dil*(k - 1) + 1"],
+                "mistakes": {
+                    "family": "conv_output_size",
+                    "variables": {"H": "n", "K": "k", "P": "pad", "S": "st", "D": "dil"},
+                },
+            },
+            "floor((n + pad - dil*(k - 1) - 1)/st) + 1",
+            ["padding_counted_once"],
+        ),
+    ],
+    ids=["conv1d-floor", "conv1d-transposed", "recognised-W", "declared-names"],
+)
+def test_other_conv_references_are_diagnosed(
+    expected: dict[str, Any], answer: str, mistakes: list[str]
+) -> None:
+    assert codes(check(expected, answer)) == mistakes
+
+
+def test_mistakes_none_diagnoses_nothing() -> None:
+    result = check({**FORMULA_1_1B, "mistakes": "none"}, "(H + 2*P - D*(K - 1) - 1)/S + 1")
+    assert result["correct"] is False and result["diagnosis"] == []
+
+
+def test_a_reference_of_another_kind_gets_no_conv_diagnosis() -> None:
+    """H - K + 2 is no convolution's size: its "plus one missing" is no such mistake."""
+    expected = {"op": "formula", "reference": "H - K + 2", "variables": {"H": [4, 64], "K": [1, 4]}}
+    assert check(expected, "H - K + 1")["diagnosis"] == []
+
+
+@pytest.mark.parametrize(
+    ("mistakes", "words"),
+    [
+        ("conv_output_size", "is not the convolution's output size"),
+        ({"family": "conv_output_size", "variables": {"Q": "H"}}, "'Q' is not a part"),
+        ({"family": "conv_output_size", "variables": {"K": "X"}}, "'X' is not a variable"),
+    ],
+    ids=["not-conv", "unknown-part", "unknown-variable"],
+)
+def test_a_declared_family_that_does_not_fit_is_the_keys_fault(mistakes: Any, words: str) -> None:
+    expected = {
+        "op": "formula",
+        "reference": "H - K + 2",
+        "variables": {"H": [4, 64], "K": [1, 4]},
+        "mistakes": mistakes,
+    }
+    with pytest.raises(CheckFailed) as failed:
+        check(expected, "H - K + 1")
+    assert failed.value.in_expected and failed.value.problem.status == 422
+    assert words in failed.value.problem.detail
+    assert failed.value.problem.detail.startswith("expected.mistakes")
