@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from service.grading.catalogue import Catalogue
-from service.grading.errors import InvalidAnswer
+from service.grading.errors import FormulaError, InvalidAnswer
+from service.grading.formulas import Undefined, parse
 from service.grading.schema import (
     AssignmentSpec,
     FeedbackLevel,
@@ -257,13 +258,19 @@ NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
 
 def number_text(answer: str) -> Any:
     """A number answer sent as text (``"1.386"``, from a form or a quoted CSV cell) as the
-    number; other text is left as it is, for the check to refuse in its words."""
+    number, and so is arithmetic on numbers alone (``"1/4"``, ``"sqrt(2)/2"``, in the syntax
+    of formula answers); other text is left as it is, for the check to refuse in its words."""
     text = answer.strip()
-    if len(text) <= 64 and NUMBER_TEXT.fullmatch(text):
+    if len(text) > 64:
+        return answer
+    if NUMBER_TEXT.fullmatch(text):
         value = float(text)
-        if math.isfinite(value):
-            return value
-    return answer
+        return value if math.isfinite(value) else answer
+    try:
+        value = float(parse(text, ())({}))
+    except (FormulaError, Undefined, OverflowError, TypeError, ValueError):
+        return answer
+    return value if math.isfinite(value) else answer
 
 
 PERCENT_TEXT = re.compile(rf"({NUMBER_TEXT.pattern})\s*%")

@@ -523,11 +523,23 @@ def test_a_number_answer_may_be_written_as_text(first: TestClient) -> None:
         ("log(4)", "malformed"),
         ("1e999", "malformed"),
         ("nan", "malformed"),
+        ("2**2000", "malformed"),
+        ("1/0", "malformed"),
     ]:
         response = first.post(
             check_path("1.3-4-loss"), json={"student_id": "alice", "answer": text}
         )
         assert response.status_code == 200, response.text
+        assert response.json()["status"] == status, (text, response.json())
+
+
+def test_a_number_answer_may_be_arithmetic_on_numbers(first: TestClient) -> None:
+    """A student may write chance accuracy for 4 classes as 1/4: arithmetic on numbers alone,
+    in the syntax of formula answers, is read as its value."""
+    for text, status in [("1/4", "correct"), ("(1 + 1)/8", "correct"), ("1/3", "incorrect")]:
+        response = first.post(
+            check_path("1.3-4-accuracy"), json={"student_id": "alice", "answer": text}
+        )
         assert response.json()["status"] == status, (text, response.json())
 
 
