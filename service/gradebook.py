@@ -105,7 +105,8 @@ def read_submission(path: Path, student_id: str | None = None) -> Submission:
 
     Raises:
         SubmissionError: the file cannot be read, is not a submission, or names no student
-            id, or one the service refuses (empty, over 200 characters, a control character).
+            id, or one the service refuses (empty, over 200 characters, a control character,
+            a space at either end).
     """
     submission = _read_submission(path, student_id)
     problem = id_problem(submission.student_id)
@@ -128,7 +129,7 @@ def id_problem(student_id: str) -> str | None:
 def _id_message(student_id: str, problem: str) -> str:
     return (
         f"{problem} ({student_id!r:.60}); the service accepts 1 to 200 characters, none of "
-        "them a control character"
+        "them a control character, and no space at either end"
     )
 
 

@@ -264,6 +264,7 @@ ODD_IDS = [
 
 def test_the_ids_refused_before_sending_are_those_the_service_refuses(real_url: str) -> None:
     ids = [*ODD_IDS, "z" * 201, "", "a\tb", "a\x7fb", "a\x85b", " spaced ", "\u00e9\u0301"]
+    ids += ["ada ", "\u2003ada", "ada\u00a0", "a\u00a0b", "a b"]
     with httpx.Client(base_url=real_url) as http:
         for student in ids:
             answer = http.post(
@@ -295,6 +296,8 @@ def test_one_submission_is_graded_under_any_id_the_service_accepts(
         ("x" * 201, "longer than 200 characters"),
         ("a\tb", "control character"),
         ("\udcfc.json", "not valid Unicode"),
+        ("student03@example.edu ", "begins or ends with a space"),
+        ("\u00a0ada", "begins or ends with a space"),
     ],
 )
 def test_one_submission_under_an_id_the_service_refuses_says_why(

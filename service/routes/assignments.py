@@ -28,7 +28,7 @@ from service.grading.schema import (
 )
 from service.grading.schemas import CHECK_TOLERANCE
 from service.grading.variants import Variant
-from service.problems import NO_CONTROL_CHARACTERS, Problem, problem_responses
+from service.problems import STUDENT_ID, Problem, problem_responses
 from service.ratelimit import RATE_LIMITED
 from service.responses import TensorJSONResponse
 from service.routing import FastJSONRoute
@@ -40,9 +40,10 @@ router = APIRouter(prefix="/v1/assignments", tags=["assignments"], route_class=F
 STUDENT_ID_RULES: dict[str, Any] = {
     "min_length": 1,
     "max_length": 200,
-    "pattern": NO_CONTROL_CHARACTERS,
+    "pattern": STUDENT_ID,
     "description": "The student's id, exactly as the grading script sends it (case matters): 1 "
-    "to 200 characters, no control characters or line breaks.",
+    "to 200 characters, no control characters or line breaks, and no space (or other white "
+    "space) at either end.",
     "examples": ["alice@example.edu"],
 }
 
@@ -216,7 +217,8 @@ ASSIGNMENT_ERROR = (
             403: ANOTHER_STUDENT,
             404: NO_ASSIGNMENT_OR_PROBLEM,
             422: "The `student_id` query parameter is missing or not valid "
-            "(`validation-error`): 1 to 200 characters, no control characters or line breaks.",
+            "(`validation-error`): 1 to 200 characters, no control characters or line breaks, "
+            "no space at either end.",
         },
     ),
 )

@@ -199,3 +199,28 @@ def test_a_number_is_given_as_a_0d_tensor(first: TestClient) -> None:
     m = variant(first, "1.2.1b", "alice")["given"]["m"]
     assert m["shape"] == [] and isinstance(m["data"], float)
     assert m["data"].is_integer() and 2 <= m["data"] <= 9
+
+
+@pytest.mark.parametrize(
+    "student", ["student03@example.edu ", " student03@example.edu", "ada\u00a0", "\u3000ada"]
+)
+def test_a_student_id_with_a_space_at_either_end_is_422_on_every_route(
+    first: TestClient, student: str
+) -> None:
+    """Ids are exact: a trailing space would give another student's variant (graded as
+    someone else, without a word). Refused, never trimmed or lowercased."""
+    read = first.get("/v1/assignments/cnn-rnn/problems/1.1a", params={"student_id": student})
+    checked = first.post(
+        "/v1/assignments/cnn-rnn/problems/1.1a/check", json={"student_id": student, "answer": "5x2"}
+    )
+    graded = first.post(
+        "/v1/assignments/cnn-rnn/grade", json={"student_id": student, "answers": {}}
+    )
+    for response, where in ((read, "query"), (checked, "body"), (graded, "body")):
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["errors"][0]["loc"] == [where, "student_id"]
+        assert "must not begin or end with a space" in problem["detail"]
+    # Spaces inside an id are a part of it, as any other character.
+    assert variant(first, "1.1a", "Ada Lovelace <ada@example.edu>")["student_id"].startswith("Ada")
