@@ -381,8 +381,9 @@ def print_summary(assignment: str, student_id: str, result: dict[str, Any]) -> N
         print(f"  {problem_key(test):<16} {test.get('score')} / {test.get('max_score')}{note}")
 
 
-def _problems(client: Any, assignment: str) -> list[dict[str, Any]]:
-    """The problems of ``assignment`` as the service lists them (id, title, points...).
+def _listed(client: Any, assignment: str) -> dict[str, Any]:
+    """``assignment`` as the service lists it: its problems (id, title, points...) and its
+    ``revision``.
 
     Raises:
         SubmissionError: the service has no such assignment (nobody is graded, nothing kept
@@ -394,8 +395,8 @@ def _problems(client: Any, assignment: str) -> list[dict[str, Any]]:
     if assignment not in listed:
         known = ", ".join(sorted(listed)) or "none"
         raise SubmissionError(f"the service has no assignment {assignment!r}; it has {known}")
-    problems: list[dict[str, Any]] = listed[assignment]["problems"]
-    return problems
+    found: dict[str, Any] = listed[assignment]
+    return found
 
 
 def _grade_class(args: argparse.Namespace) -> int:
@@ -406,14 +407,17 @@ def _grade_class(args: argparse.Namespace) -> int:
     report = gradebook.ClassReport()
     students = [s.student_id for s in submissions]
     answers = {s.student_id: s.answers for s in submissions}
+    revision: str | None = None
 
     def current(student: str, result: Mapping[str, Any]) -> bool:
-        return gradebook.graded_before(result, args.assignment, answers[student])
+        return gradebook.graded_before(result, args.assignment, answers[student], revision)
 
     with _client(args) as client:
-        listed = _problems(client, args.assignment)
-        problems = [str(p["id"]) for p in listed]
-        points = sum(float(p.get("points", 0)) for p in listed)
+        listed = _listed(client, args.assignment)
+        # A service older than `revision` lists none: results are then kept as before.
+        revision = listed["revision"] if isinstance(listed.get("revision"), str) else None
+        problems = [str(p["id"]) for p in listed["problems"]]
+        points = sum(float(p.get("points", 0)) for p in listed["problems"])
         if args.submission.suffix.lower() == ".csv":
             gradebook.unknown_columns(args.submission, submissions, problems)
         try:
@@ -426,6 +430,7 @@ def _grade_class(args: argparse.Namespace) -> int:
                 problems=problems,
                 regrade=args.regrade,
                 report=report,
+                revision=revision,
             )
         except KeyboardInterrupt:
             interrupted = True
@@ -447,6 +452,11 @@ def _grade_class(args: argparse.Namespace) -> int:
         f"{len(report.graded)} graded, {len(report.resumed)} already graded, "
         f"{len(report.failed)} failed; results in {args.out}, gradebook {path}"
     )
+    if report.regraded:
+        print(
+            f"  {len(report.regraded)} graded again because the assignment changed since their "
+            "result (its answer key, a tolerance or the variant secret: its revision differs)"
+        )
     for student, reason in sorted(report.failed.items()):
         print(f"  not graded: {student}: {reason}", file=sys.stderr)
     if report.failed:

@@ -80,6 +80,8 @@ class ClassReport:
     Attributes:
         graded: students graded by this run.
         resumed: students skipped because an earlier run had graded them.
+        regraded: students of ``graded`` (or ``failed``) whose earlier result graded the same
+            answers against another revision of the assignment (its key changed since).
         failed: students left ungraded (server or network failure), with the reason; a
             later run grades them.
         abandoned: the run was stopped (a second Ctrl-C) while answers were on their way:
@@ -88,6 +90,7 @@ class ClassReport:
 
     graded: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+    regraded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     abandoned: bool = False
 
@@ -271,8 +274,10 @@ def _hashed_name(student_id: str) -> str:
 
 STAMP = "tensorgrade"
 """The key, under a result's ``extra_data`` (Gradescope's field for data of one's own), of what
-was graded: the assignment and a digest of the answers, so that a later run takes the result
-again only for the same assignment and the same answers."""
+was graded: the assignment, its revision (``revision`` in ``GET /v1/assignments``: the answer
+key, tolerances and variant secret it was graded against) and a digest of the answers, so that
+a later run takes the result again only for the same answers to the same assignment, graded
+against the same key."""
 
 
 def answers_digest(answers: Mapping[str, Any]) -> str | None:
@@ -286,33 +291,80 @@ def answers_digest(answers: Mapping[str, Any]) -> str | None:
 
 
 def stamped(
-    result: Mapping[str, Any], assignment: str, answers: Mapping[str, Any], ignored: Sequence[str]
+    result: Mapping[str, Any],
+    assignment: str,
+    answers: Mapping[str, Any],
+    ignored: Sequence[str],
+    revision: str | None = None,
 ) -> dict[str, Any]:
-    """``result`` with what it grades under ``extra_data``: the assignment, the answers'
-    digest and the answers to problems the assignment does not have (``ignored``)."""
+    """``result`` with what it grades under ``extra_data``: the assignment, its revision (as
+    the service listed it; None for a service that lists none), the answers' digest and the
+    answers to problems the assignment does not have (``ignored``)."""
     extra = dict(result.get("extra_data") or {})
     extra[STAMP] = {
         "assignment": assignment,
+        "revision": revision,
         "answers_sha256": answers_digest(answers),
         "ignored": list(ignored),
     }
     return {**result, "extra_data": extra}
 
 
-def graded_before(
-    result: Mapping[str, Any] | None, assignment: str, answers: Mapping[str, Any]
-) -> bool:
-    """Whether ``result`` (an earlier run's) grades these answers to this assignment: a
-    result of another assignment, of answers since corrected, or of a run that did not record
-    them, is graded again."""
+def _stamp(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
     extra = result.get("extra_data") if result is not None else None
     mark = extra.get(STAMP) if isinstance(extra, dict) else None
+    return mark if isinstance(mark, dict) else None
+
+
+def _same_answers(mark: Mapping[str, Any], assignment: str, answers: Mapping[str, Any]) -> bool:
     digest = answers_digest(answers)
     return (
-        isinstance(mark, dict)
-        and digest is not None
+        digest is not None
         and mark.get("assignment") == assignment
         and mark.get("answers_sha256") == digest
+    )
+
+
+def graded_before(
+    result: Mapping[str, Any] | None,
+    assignment: str,
+    answers: Mapping[str, Any],
+    revision: str | None = None,
+) -> bool:
+    """Whether ``result`` (an earlier run's) grades these answers to this revision of this
+    assignment: a result of another assignment, of answers since corrected, of another
+    revision (the answer key, a tolerance or the variant secret changed since), or of a run
+    that did not record them (no stamp, or a stamp without a revision while the service
+    lists one), is graded again.
+
+    Args:
+        result: the earlier result, or None.
+        assignment: the assignment graded now.
+        answers: the answers graded now.
+        revision: the assignment's ``revision`` as the service lists it now (None: it lists
+            none, and only a result recorded without one is taken again).
+    """
+    mark = _stamp(result)
+    return (
+        mark is not None
+        and _same_answers(mark, assignment, answers)
+        and mark.get("revision") == revision
+    )
+
+
+def key_changed(
+    result: Mapping[str, Any] | None,
+    assignment: str,
+    answers: Mapping[str, Any],
+    revision: str | None,
+) -> bool:
+    """Whether ``result`` grades these very answers to this assignment, but against another
+    revision of it (or one not recorded): graded again only because the assignment changed."""
+    mark = _stamp(result)
+    return (
+        mark is not None
+        and _same_answers(mark, assignment, answers)
+        and mark.get("revision") != revision
     )
 
 
@@ -426,11 +478,12 @@ def grade_class(
     problems: Collection[str] | None = None,
     regrade: bool = False,
     report: ClassReport | None = None,
+    revision: str | None = None,
 ) -> ClassReport:
     """Grade every submission not graded yet, ``jobs`` at a time, writing each result.
 
     A result file of an earlier run is taken again (the student is not graded again) when it
-    grades the same answers to the same assignment (``graded_before``).
+    grades the same answers to the same revision of the assignment (``graded_before``).
 
     Args:
         client: the service's client (shared by the threads: httpx clients are thread-safe).
@@ -444,6 +497,8 @@ def grade_class(
         regrade: grade every student again, whatever the folder holds.
         report: filled as the run goes (so that a caller has it after an interrupt or a
             stop too); a new one by default.
+        revision: the assignment's ``revision`` as the service lists it (recorded in each
+            result; an earlier result of another revision is graded again).
 
     Returns:
         Who was graded, resumed and left ungraded.
@@ -456,14 +511,20 @@ def grade_class(
         student = submission.student_id
         if submission.unreadable is not None:
             report.failed[student] = submission.unreadable  # fixed, a later run grades it
-        elif not regrade and graded_before(
-            load_result(out / names[student]), assignment, submission.answers
-        ):
+            continue
+        earlier = None if regrade else load_result(out / names[student])
+        if graded_before(earlier, assignment, submission.answers, revision):
             report.resumed.append(student)
-        elif problem := id_problem(student):
+            continue
+        if key_changed(earlier, assignment, submission.answers, revision):
+            report.regraded.append(student)
+        if problem := id_problem(student):
             # Known before any request, and the same on every run: a result, not a failure.
             result = bad_id_result(student, problem)
-            write_json(out / names[student], stamped(result, assignment, submission.answers, []))
+            write_json(
+                out / names[student],
+                stamped(result, assignment, submission.answers, [], revision),
+            )
             report.graded.append(student)
         else:
             todo.append(submission)
@@ -487,7 +548,8 @@ def grade_class(
         if result is not None:
             ignored = sorted(set(submission.answers) - known) if known else []
             write_json(
-                out / names[student], stamped(result, assignment, submission.answers, ignored)
+                out / names[student],
+                stamped(result, assignment, submission.answers, ignored, revision),
             )
             report.graded.append(student)
         bar.advance(student, result is not None)

@@ -31,6 +31,7 @@ class FakeGrading:
         self.bodies: list[dict[str, Any]] = []
         self.fail_with: dict[str, int] = {}  # student id -> status answered instead
         self.answer_with: dict[str, Any] = {}  # student id -> JSON answered with a 200 instead
+        self.revision: str | None = "0" * 32  # the listed revision (None: a service without)
         self.app = self._build()
 
     def _build(self) -> FastAPI:
@@ -43,7 +44,10 @@ class FakeGrading:
                 {"id": pid, "title": title, "points": points}
                 for pid, (_, points, title) in KEY.items()
             ]
-            return JSONResponse({"assignments": [{"id": "cnn-rnn", "problems": problems}]})
+            listed: dict[str, Any] = {"id": "cnn-rnn", "problems": problems}
+            if self.revision is not None:
+                listed["revision"] = self.revision
+            return JSONResponse({"assignments": [listed]})
 
         @app.post("/v1/assignments/{assignment}/grade")
         async def grade(assignment: str, request: Request) -> Response:

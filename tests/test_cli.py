@@ -680,6 +680,57 @@ def test_a_result_is_kept_only_for_the_same_answers_to_the_same_assignment(
     capsys.readouterr()
 
 
+def test_a_result_graded_against_another_revision_of_the_assignment_is_graded_again(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new variant secret, or a changed tolerance or reference, changes the assignment's
+    revision: every result kept from before is stale, whatever the answers."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [2, 5]}})
+    out = tmp_path / "grades"
+    service.revision = "a" * 32
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    stamp = json.loads((out / "ada.json").read_text())["extra_data"]["tensorgrade"]
+    assert stamp["revision"] == "a" * 32
+    service.graded.clear()
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0  # the same key: kept
+    assert service.graded == [] and "0 graded, 2 already graded" in capsys.readouterr().out
+
+    service.revision = "b" * 32  # the answer key changed
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert sorted(service.graded) == ["ada", "ben"]
+    printed = capsys.readouterr().out
+    assert "2 graded, 0 already graded" in printed
+    assert "2 graded again because the assignment changed" in printed
+    stamp = json.loads((out / "ben.json").read_text())["extra_data"]["tensorgrade"]
+    assert stamp["revision"] == "b" * 32
+
+    # A result of an older run, stamped without a revision: graded again, once.
+    result = json.loads((out / "ada.json").read_text())
+    del result["extra_data"]["tensorgrade"]["revision"]
+    (out / "ada.json").write_text(json.dumps(result))
+    service.graded.clear()
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert service.graded == ["ada"]
+    capsys.readouterr()
+
+
+def test_a_stale_result_is_no_grade_in_the_gradebook_while_its_student_is_not_graded_again(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    service.revision = "c" * 32
+    service.fail_with = {"ada": 503}
+    assert main(class_argv(url, tmp_path / "subs", out, "--retries", "0")) == 1
+    rows = read_gradebook(out / gradebook.GRADEBOOK)
+    assert rows[0]["score"] == "" and rows[0]["note"].startswith("not graded yet: 503")
+    capsys.readouterr()
+
+
 def test_answers_to_problems_the_assignment_lacks_are_noted_in_the_gradebook(
     real_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -96,6 +96,16 @@ class AssignmentSummary(BaseModel):
     description: str = Field(description="What it covers and how to answer, in Markdown.")
     total_points: float = Field(description="The points of all its problems.")
     problems: list[ProblemSummary] = Field(description="Its problems, in the file's order.")
+    revision: str = Field(
+        description="What a grade of the assignment depends on besides the answers, as 32 hex "
+        "digits: a SHA-256 of the assignment as the server parsed it (references, tolerances, "
+        "given tensors, points) and of a fingerprint of the variant secret (an HMAC of a "
+        "constant under it, never the secret). Another secret, or a changed reference or "
+        "tolerance, gives another revision; every replica serving the same file with the same "
+        "secret gives the same one. A grading script that keeps results records it and grades "
+        "again when it changes.",
+        examples=["3f1c0e5a9b7d4e2f8a6c1b0d9e8f7a6b"],
+    )
 
 
 class AssignmentList(BaseModel):
@@ -170,7 +180,7 @@ def find_variant(request: Request, assignment: str, problem: str, student: str) 
         raise _not_found(error) from None
 
 
-def summary(assignment: AssignmentSpec) -> AssignmentSummary:
+def summary(assignment: AssignmentSpec, revision: str) -> AssignmentSummary:
     def problem(p: ProblemSpec) -> ProblemSummary:
         return ProblemSummary(id=p.id, title=p.title, points=p.points, answer_kind=p.answer_kind)
 
@@ -180,14 +190,18 @@ def summary(assignment: AssignmentSpec) -> AssignmentSummary:
         description=assignment.description,
         total_points=assignment.total_points,
         problems=[problem(p) for p in assignment.problems],
+        revision=revision,
     )
 
 
 @router.get("", summary="The assignments and their problems")
 async def list_assignments(request: Request) -> AssignmentList:
-    """Every assignment with its problems: id, title, points and answer kind."""
-    assignments = catalogue(request).assignments.values()
-    return AssignmentList(assignments=[summary(a) for a in assignments])
+    """Every assignment with its problems (id, title, points and answer kind) and its
+    `revision`, which changes when its answer key does."""
+    loaded = catalogue(request)
+    return AssignmentList(
+        assignments=[summary(a, loaded.revision(a.id)) for a in loaded.assignments.values()]
+    )
 
 
 ANOTHER_STUDENT = (
