@@ -22,7 +22,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -66,11 +66,14 @@ class Submission:
         answers: the answers, by problem id.
         unreadable: why the student's file of a class folder cannot be graded as it is (the
             class goes on; the student is left ungraded until the file is fixed).
+        source: where it was read (a class folder's file name, a class CSV's line), for
+            messages.
     """
 
     student_id: str
     answers: dict[str, Any]
     unreadable: str | None = None
+    source: str | None = None
 
 
 @dataclass
@@ -169,35 +172,62 @@ def read_class(path: Path) -> list[Submission]:
         submissions = _read_csv(path)
     else:
         raise SubmissionError(f"{path}: a class is a folder of .json files or a .csv file")
-    seen: set[str] = set()
+    seen: dict[str, str | None] = {}
     for submission in submissions:
-        if submission.student_id in seen:
-            raise SubmissionError(f"{path}: student {submission.student_id!r} appears twice")
-        seen.add(submission.student_id)
+        student = submission.student_id
+        if student in seen:
+            where = [w for w in (seen[student], submission.source) if w]
+            both = f": {' and '.join(where)}" if where else ""
+            raise SubmissionError(f"{path}: student {student!r} appears twice{both}")
+        seen[student] = submission.source
     return submissions
 
 
 def _read_folder_file(path: Path) -> Submission:
-    """The submission of one file of a class folder, for its ``student_id`` field, else for
-    its name (``<student id>.json``). A file that cannot be read leaves that student ungraded
-    with the reason: the rest of the class goes on."""
-    student = _folder_id(path)
+    """The submission of one file of a class folder: the student its name says
+    (``<student id>.json``).
+
+    A ``student_id`` field of the file (``{"student_id", "answers"}``) must name the same
+    student: the id of the name, or an id whose result file has this name (``result_names``:
+    ``o_brien@example.edu~<hash>.json``, for an id that no file name can hold, such as one
+    with a ``/``). A file whose field names another student is not graded: the student of its
+    name is left ungraded with a note that says so (neither student is graded with the other's
+    answers, and nobody disappears from the gradebook). So is a file that cannot be read; the
+    rest of the class goes on."""
+    named = path.stem
+    claimed = _field_id(path)
+    if claimed is not None and claimed != named and path.name != _hashed_name(claimed):
+        return Submission(named, {}, unreadable=_names_another(path, claimed), source=path.name)
+    student = claimed if claimed is not None else named
     try:
-        return _read_submission(path, student)
+        return replace(_read_submission(path, student), source=path.name)
     except SubmissionError as error:
-        return Submission(student, {}, unreadable=str(error))
+        return Submission(student, {}, unreadable=str(error), source=path.name)
 
 
-def _folder_id(path: Path) -> str:
-    """The id a file in a class folder is for: its ``student_id`` field, else its name (an id
-    may hold what no file name can, a ``/``)."""
+def _names_another(path: Path, claimed: str) -> str:
+    """Why a class folder's file whose ``student_id`` field disagrees with its name is not
+    graded."""
+    problem = id_problem(claimed)
+    shown = f"{claimed!r:.80}" + (f" ({problem})" if problem else "")
+    return (
+        f"{path}: the file names another student: its student_id field is {shown}, its name "
+        f"says {path.stem!r:.80}; not graded, so that nobody is graded with another's answers: "
+        "rename the file or correct the field"
+    )
+
+
+def _field_id(path: Path) -> str | None:
+    """The ``student_id`` field of a class folder's file of the form ``{"student_id",
+    "answers"}``, or None (no such field, an empty one, or a file that cannot be read:
+    ``_read_submission`` reports it properly)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return path.stem  # _read_submission reports the file properly
+        return None
     if isinstance(data, dict) and "answers" in data and isinstance(data.get("student_id"), str):
-        return str(data["student_id"]) or path.stem
-    return path.stem
+        return str(data["student_id"]) or None
+    return None
 
 
 def _read_csv(path: Path) -> list[Submission]:
@@ -227,7 +257,7 @@ def _read_csv(path: Path) -> list[Submission]:
             continue  # a spreadsheet's trailing row of empty cells
         if not student:
             raise SubmissionError(f"{path}:{line}: answers without a student_id: whose are they?")
-        submissions.append(Submission(student, answers))
+        submissions.append(Submission(student, answers, source=f"line {line}"))
     return submissions
 
 

@@ -231,7 +231,7 @@ def test_a_refusal_that_would_fail_everyone_stops_the_run(
 def test_class_inputs_are_checked(tmp_path: Path) -> None:
     table = tmp_path / "dup.csv"
     table.write_text("student_id,1.1a\nada,1\nada,2\n")
-    with pytest.raises(gradebook.SubmissionError, match="appears twice"):
+    with pytest.raises(gradebook.SubmissionError, match="'ada' appears twice: line 2 and line 3"):
         gradebook.read_class(table)
     nohead = tmp_path / "nohead.csv"
     nohead.write_text("name,1.1a\nada,1\n")
@@ -380,14 +380,72 @@ def test_files_that_start_with_a_byte_order_mark_are_read(
     folder = tmp_path / "subs"
     folder.mkdir()
     answers = {"student_id": "o'brien", "answers": {"1.1a": [5, 2]}}
-    (folder / "anything.json").write_text(BOM + json.dumps(answers), encoding="utf-8")
-    assert gradebook.read_class(folder) == [gradebook.Submission("o'brien", {"1.1a": [5, 2]})]
+    (folder / "o'brien.json").write_text(BOM + json.dumps(answers), encoding="utf-8")
+    assert gradebook.read_class(folder) == [
+        gradebook.Submission("o'brien", {"1.1a": [5, 2]}, source="o'brien.json")
+    ]
 
     check = tmp_path / "check.json"
     check.write_text(
         BOM + json.dumps({"expected": {"op": "value", "value": 3}, "answer": 3}), encoding="utf-8"
     )
     assert main(["check", "--url", url, str(check)]) == 0, capsys.readouterr().err
+
+
+def test_a_folder_file_whose_student_id_names_another_student_is_not_graded(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """student02's file says it is student00's: neither is graded with the other's answers,
+    and student02 keeps a row that says why."""
+    service, url = fake
+    folder = tmp_path / "subs"
+    write_class(folder, {"student00@example.edu": {"1.1a": [2, 5]}})
+    claimed = {"student_id": "student00@example.edu", "answers": {"1.1a": [5, 2]}}
+    (folder / "student02@example.edu.json").write_text(json.dumps(claimed))
+    padded = {"student_id": "student03@example.edu ", "answers": {"1.1a": [5, 2]}}
+    (folder / "student03@example.edu.json").write_text(json.dumps(padded))
+    out = tmp_path / "grades"
+    assert main(class_argv(url, folder, out)) == 1
+    assert service.bodies == [
+        {"student_id": "student00@example.edu", "answers": {"1.1a": [2, 5]}}
+    ]  # student00's own answers, once
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert list(rows) == [
+        "student00@example.edu",
+        "student02@example.edu",
+        "student03@example.edu",
+    ]
+    assert rows["student00@example.edu"]["score"] == "0.0"
+    note = rows["student02@example.edu"]["note"]
+    assert rows["student02@example.edu"]["score"] == ""
+    assert "the file names another student" in note and "'student00@example.edu'" in note
+    note = rows["student03@example.edu"]["note"]
+    assert "the file names another student" in note and "begins or ends with a space" in note
+    assert "not graded: student02@example.edu" in capsys.readouterr().err
+
+
+def test_a_folder_files_student_id_may_be_one_no_file_name_holds(tmp_path: Path) -> None:
+    """An id with a "/" names its file as its result file is named (``result_names``)."""
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    student = "cs101/ada@example.edu"
+    name = gradebook.result_names([student])[student]
+    submission = {"student_id": student, "answers": {"1.1a": [5, 2]}}
+    (folder / name).write_text(json.dumps(submission))
+    assert gradebook.read_class(folder) == [
+        gradebook.Submission(student, {"1.1a": [5, 2]}, source=name)
+    ]
+    # The same student twice: both files are named.
+    plain = "ada@example.edu"
+    (folder / f"{plain}.json").write_text(json.dumps({"1.1a": 1}))
+    (folder / gradebook._hashed_name(plain)).write_text(
+        json.dumps({"student_id": plain, "answers": {}})
+    )
+    with pytest.raises(gradebook.SubmissionError) as raised:
+        gradebook.read_class(folder)
+    message = str(raised.value)
+    assert f"student {plain!r} appears twice" in message
+    assert "ada@example.edu.json" in message and gradebook._hashed_name(plain) in message
 
 
 def test_progress_bar_on_a_terminal() -> None:
