@@ -10,7 +10,8 @@
 Client commands find the service at ``--url`` (default ``$TENSORGRADE_URL``, else
 http://127.0.0.1:8000) with the key ``--api-key`` (default ``$TENSORGRADE_API_KEY``).
 Exit status: 0 success (and, for ``check``, every answer correct), 1 a wrong answer or students
-left ungraded, 2 a usage error or a refusal by the service.
+left ungraded, 2 a usage error or a refusal by the service (for ``check``, also a check of a
+batch that the service could not judge: ``INVALID``, as the same check alone is refused).
 """
 
 from __future__ import annotations
@@ -312,11 +313,16 @@ def run_shape(args: argparse.Namespace) -> int:
 
 @_calling
 def run_check(args: argparse.Namespace) -> int:
+    """Exit status 0 when every check is correct; 2 when a check is invalid (its ``error``
+    in a batch, as the same check alone is refused with a 422); else 1 (a wrong answer)."""
     body = _read_json(args.file)
+    summary: Mapping[str, Any] | None = None
     with _client(args) as client:
         if "checks" in body:
-            results = client.check_batch(body["checks"])
-            answer: Any = {"results": results}
+            batch = client.check_batch(body["checks"])  # a list, with its summary beside
+            results: list[dict[str, Any]] = list(batch)
+            summary = batch.summary
+            answer: Any = {"results": results, "summary": summary}
         else:
             results = [
                 client.check(body["expected"], body["answer"], tolerance=body.get("tolerance"))
@@ -326,12 +332,34 @@ def run_check(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
     else:
         for number, result in enumerate(results, start=1):
-            verdict = "correct" if result.get("correct") else "WRONG"
-            print(f"check {number}: {verdict} (score {result.get('score')})")
-            for finding in result.get("diagnosis") or []:
-                # The service words each mistake as {"code", "message"}.
-                print(f"  - {finding.get('message') if isinstance(finding, dict) else finding}")
+            print_check(number, result)
+        if summary is not None and len(results) > 1:
+            print(
+                f"{summary.get('checks')} checks: {summary.get('correct')} correct, "
+                f"{summary.get('wrong')} wrong, {summary.get('invalid')} invalid"
+            )
+    if any("error" in r for r in results):
+        return 2
     return 0 if all(r.get("correct") for r in results) else 1
+
+
+def print_check(number: int, result: Mapping[str, Any]) -> None:
+    """One check's outcome: its verdict and the likely mistakes, or why it is invalid."""
+    error = result.get("error")
+    if error is not None:
+        # A check that could not be judged: a problem detail in its place, not a verdict.
+        detail = error.get("detail") if isinstance(error, dict) else error
+        print(f"check {number}: INVALID: {detail}")
+        for field in (error.get("errors") if isinstance(error, dict) else None) or []:
+            if isinstance(field, dict) and field.get("msg"):
+                where = ".".join(str(p) for p in field.get("loc", []))
+                print(f"  {where}: {field['msg']}" if where else f"  {field['msg']}")
+        return
+    verdict = "correct" if result.get("correct") else "WRONG"
+    print(f"check {number}: {verdict} (score {result.get('score')})")
+    for finding in result.get("diagnosis") or []:
+        # The service words each mistake as {"code", "message"}.
+        print(f"  - {finding.get('message') if isinstance(finding, dict) else finding}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -351,6 +351,38 @@ class Backward(Generic[T]):
     extras: dict[str, T] = field(default_factory=dict)
 
 
+class BatchResults(list[dict[str, Any]]):
+    """The answer of ``check_batch``: the results, one per check in order (each
+    ``{"correct", "score", ...}``, or ``{"error": <problem detail>}`` for a check that could not
+    be judged), as a list; and the batch's ``summary`` beside them.
+
+    Attributes:
+        summary: ``{"checks", "correct", "wrong", "invalid", "keys"}`` as the service answers
+            it (a service that answers none: the counts of the results, without ``keys``).
+    """
+
+    def __init__(self, results: Sequence[dict[str, Any]], summary: Mapping[str, Any]) -> None:
+        super().__init__(results)
+        self.summary: dict[str, Any] = dict(summary)
+
+    @property
+    def invalid(self) -> list[int]:
+        """The 0-based positions of the checks answered with an ``error``."""
+        return [i for i, result in enumerate(self) if "error" in result]
+
+
+def batch_summary(results: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """The counts the service's ``summary`` gives, worked out from the results."""
+    invalid = sum("error" in r for r in results)
+    correct = sum(bool(r.get("correct")) for r in results)
+    return {
+        "checks": len(results),
+        "correct": correct,
+        "wrong": len(results) - correct - invalid,
+        "invalid": invalid,
+    }
+
+
 def retry_after(response: httpx.Response) -> float | None:
     """Seconds the server asked to wait (``Retry-After`` in seconds or as a date), or None."""
     value = response.headers.get("retry-after")
@@ -580,13 +612,22 @@ class BaseClient(Generic[T]):
         body = self._check_body(expected, answer, tolerance)
         return self._call("POST", "/v1/check", body, fields=("correct", "score"))
 
-    def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> BatchResults:
         """``POST /v1/check/batch``: several checks (each ``{"expected", "answer",
-        "tolerance"?}``), answered in order."""
+        "tolerance"?}``), answered in order.
+
+        Returns:
+            The results in order, as a list (a check that could not be judged is
+            ``{"error": <problem detail>}`` in its place), with the batch's ``summary`` as
+            an attribute: ``results.summary["invalid"]``.
+        """
         body = {"checks": [self._check_to_wire(c, f"checks[{i}]") for i, c in enumerate(checks)]}
         answer = self._call("POST", "/v1/check/batch", body, fields=("results",))
         results: list[dict[str, Any]] = answer["results"]
-        return results
+        summary = answer.get("summary")
+        if not isinstance(summary, dict):
+            summary = batch_summary(results)
+        return BatchResults(results, summary)
 
     def grade(
         self,

@@ -10,6 +10,7 @@ told to fail some students.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -117,6 +118,21 @@ class FakeGrading:
         async def check_batch(request: Request) -> dict[str, Any]:
             body = await request.json()
             self.bodies.append(body)
-            return {"results": [one_check(c) for c in body["checks"]]}
+            results = []
+            for check in body["checks"]:
+                try:
+                    results.append(one_check(check))
+                except Problem as problem:  # in its place, as the contract says
+                    results.append({"error": problem.body()})
+            invalid = sum("error" in r for r in results)
+            correct = sum(bool(r.get("correct")) for r in results)
+            summary = {
+                "checks": len(results),
+                "correct": correct,
+                "wrong": len(results) - correct - invalid,
+                "invalid": invalid,
+                "keys": len({json.dumps(c["expected"], sort_keys=True) for c in body["checks"]}),
+            }
+            return {"results": results, "summary": summary}
 
         return app

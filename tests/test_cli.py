@@ -102,11 +102,43 @@ def test_check_one_and_many(
         "check 1: correct (score 1.0)",
         "check 2: WRONG (score 0.0)",
         "  - off by a constant factor",
+        "2 checks: 1 correct, 1 wrong, 0 invalid",
     ]
     bad = tmp_path / "bad.json"
     bad.write_text('{"answer": 1}')
     assert main(["check", "--url", url, str(bad)]) == 2
     assert "a check is" in capsys.readouterr().err
+
+
+def test_an_invalid_check_of_a_batch_is_told_as_invalid_with_its_detail(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A check the service could not judge answers an `error` (a problem detail) in its
+    place: it is no wrong answer with "score None". Exit status 2, as for the same check
+    alone (a 422)."""
+    _, url = fake
+    expected = {"op": "value", "value": 3}
+    checks = [
+        {"expected": expected, "answer": 3},
+        {"expected": expected, "answer": 6},
+        {"expected": {"op": "forward"}, "answer": 1},
+    ]
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps({"checks": checks}))
+    assert main(["check", "--url", url, str(many)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "  - off by a constant factor"
+    assert out[3] == "check 3: INVALID: this fake checks only `op: value`"
+    assert out[-1] == "3 checks: 1 correct, 1 wrong, 1 invalid"
+    assert "None" not in "\n".join(out)
+    assert main(["check", "--url", url, str(many), "--json"]) == 2
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["summary"]["invalid"] == 1 and "error" in answer["results"][2]
+    # The same check alone is a 422: a refusal, exit status 2.
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(checks[2]))
+    assert main(["check", "--url", url, str(one)]) == 2
+    assert "this fake checks only" in capsys.readouterr().err
 
 
 def test_grade_one_submission_prints_a_summary_and_writes_gradescope_results(

@@ -384,6 +384,10 @@ def test_check_check_batch_and_grade_follow_the_contract() -> None:
             ]
         )
         assert [r["correct"] for r in results] == [True, False]
+        # Still the list it always was, with the summary the route answers beside it.
+        assert isinstance(results, list) and len(results) == 2
+        assert results.summary == {"checks": 2, "correct": 1, "wrong": 1, "invalid": 0, "keys": 1}
+        assert results.invalid == []
         native = tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2], "1.1c-i": 4})
         assert native["total"] == 2.0
         gradescope = tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2]}, gradescope=True)
@@ -391,6 +395,32 @@ def test_check_check_batch_and_grade_follow_the_contract() -> None:
         with pytest.raises(ProblemError) as error:
             tg.grade("nope", "s1", {})
         assert error.value.status == 404
+
+
+def test_check_batch_answers_the_summary_and_where_the_invalid_checks_are(
+    tg: Client,
+) -> None:
+    """Against the real route: an invalid check is an `error` in its place, counted."""
+    expected = {"op": "value", "value": [1.0, 2.0]}
+    results = tg.check_batch(
+        [
+            {"expected": expected, "answer": [1.0, 2.0]},
+            {"expected": expected, "answer": [1.0, "two"]},
+            {"expected": expected, "answer": [2.0, 1.0]},
+        ]
+    )
+    assert len(results) == 3 and "error" in results[1]
+    assert results.summary == {"checks": 3, "correct": 1, "wrong": 1, "invalid": 1, "keys": 1}
+    assert results.invalid == [1]
+
+
+def test_check_batch_counts_the_results_of_a_service_that_answers_no_summary() -> None:
+    body = {"results": [{"correct": True, "score": 1.0}, {"error": {"status": 422}}]}
+    transport, _ = scripted(httpx.Response(200, json=body))
+    with Client("http://x", transport=transport) as tg:
+        results = tg.check_batch([{"expected": {"op": "value", "value": 1}, "answer": 1}] * 2)
+    assert results == body["results"]
+    assert results.summary == {"checks": 2, "correct": 1, "wrong": 0, "invalid": 1}
 
 
 def test_the_other_operations_answer_what_their_routes_answer(
