@@ -430,7 +430,9 @@ class BaseClient(Generic[T]):
             backoff: first wait in seconds when the server gave no ``Retry-After``; doubles on
                 each retry. Every wait, ``Retry-After`` too, gets a random extra of up to
                 ``JITTER`` of itself plus up to ``backoff``.
-            max_wait: the longest single wait, whatever ``Retry-After`` and the extra say.
+            max_wait: the longest single wait, whatever ``Retry-After`` and the extra say. A
+                wait it caps keeps its random extra below it: drawn between ``max_wait`` less
+                the extra's window and ``max_wait``.
             b64_threshold: tensors with more elements are sent as base64.
             transport: an httpx transport to send requests through (default:
                 ``StdlibTransport``, which hands ``https://`` to httpx's own, through the
@@ -860,9 +862,13 @@ class BaseClient(Generic[T]):
 
         The workers of a grading run told the same ``Retry-After`` (or failing on the same
         restart) would otherwise all retry at the same instant, and be refused together again.
+        The extra is drawn from a window of ``JITTER`` of the wait plus ``backoff``; where the
+        window would pass ``max_wait`` (``Retry-After: 60`` and more), it ends at
+        ``max_wait`` instead: the waits are still spread, never all ``max_wait``.
         """
-        extra = self._jitter() * (JITTER * wait + self.backoff)
-        return min(wait + extra, self.max_wait)
+        base = min(wait, self.max_wait)
+        spread = min(JITTER * base + self.backoff, self.max_wait)
+        return min(base, self.max_wait - spread) + self._jitter() * spread
 
 
 def _json_body(body: Any) -> bytes:

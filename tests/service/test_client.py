@@ -350,7 +350,8 @@ def test_waits_are_capped_and_retries_run_out_on_the_last_answer() -> None:
     client = Client("http://x", transport=transport, sleep=sleep, retries=1, max_wait=10)
     with client as tg, pytest.raises(ProblemError) as error:
         tg.info()
-    assert waits == [10] and error.value.status == 429 and error.value.detail == "slow down"
+    assert len(waits) == 1 and 10 - 1.0 - 0.5 <= waits[0] <= 10
+    assert error.value.status == 429 and error.value.detail == "slow down"
 
 
 def test_read_timeouts_and_other_statuses_are_not_retried() -> None:
@@ -642,6 +643,28 @@ def test_the_random_extra_is_random_by_default_and_capped() -> None:
     with client as tg:
         tg.health()
     assert waits == [4.2, 4.2]
+
+
+def test_waits_capped_by_max_wait_keep_their_random_extra() -> None:
+    """Workers told `Retry-After: 60` (or more) with `max_wait=60` must not all come back at
+    the 60th second: the capped waits are spread below the cap."""
+    drawn = random.Random(1).random
+    waits: list[float] = []
+    for _ in range(8):  # eight workers of a class run, one retry each
+        sleep, seen = recording()
+        transport = refused_then_ok("60", 1)
+        with Client("http://x", transport=transport, sleep=sleep, max_wait=60, jitter=drawn) as tg:
+            tg.health()
+        waits += seen
+    assert len(waits) == 8 and all(60 - 6.5 <= w <= 60 for w in waits), waits
+    assert len(set(waits)) == 8 and max(waits) - min(waits) > 1.0
+    # The least and the most extra: the window's two ends, never past the cap.
+    for jitter, expected in ((lambda: 0.0, 60 - 6.5), (lambda: 1.0, 60.0)):
+        sleep, seen = recording()
+        transport = refused_then_ok("3600", 1)
+        with Client("http://x", transport=transport, sleep=sleep, max_wait=60, jitter=jitter) as tg:
+            tg.health()
+        assert seen == [pytest.approx(expected)]
 
 
 # -- proxies from the environment -----------------------------------------------------------------
