@@ -268,12 +268,31 @@ def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
             if error.request_id:
                 print(f"  (request id {error.request_id})", file=sys.stderr)
         except httpx.HTTPError as error:
-            print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
+            print(f"error: {unreachable(error, args.url, args.timeout)}", file=sys.stderr)
         except (SubmissionError, GradingStopped, UnsendableError, CommandError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
         return 2
 
     return wrapped
+
+
+def unreachable(error: Exception, url: str, timeout: float) -> str:
+    """What an ``httpx.HTTPError`` says of the service, in words: not reached at all, or
+    reached but too slow to answer (the remedy differs: the URL, or patience)."""
+    import httpx
+
+    if isinstance(error, httpx.ReadTimeout):
+        return (
+            f"the service at {url} was reached but did not answer within {timeout:g} s "
+            "(--timeout): it may be busy, or the request too large; try again later, or "
+            "with a longer --timeout"
+        )
+    if isinstance(error, httpx.WriteTimeout):
+        return (
+            f"the service at {url} was reached but the request could not be sent in time: "
+            "it may be busy, or the request too large; try again later"
+        )
+    return f"cannot reach {url}: {str(error) or type(error).__name__}"
 
 
 def _one_or_many(values: Sequence[int]) -> int | list[int]:

@@ -627,6 +627,8 @@ def _outcome(
     except UnsendableError as error:
         # The submission holds what JSON cannot carry: the same on every run, so a result.
         return refused_result(str(error), {"detail": str(error)})
+    except httpx.ReadTimeout:
+        report.failed[student] = "the service was reached but did not answer in time (--timeout)"
     except httpx.HTTPError as error:
         report.failed[student] = f"{type(error).__name__}: {error}"
     else:

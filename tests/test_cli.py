@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,40 @@ def test_unreachable_service_is_a_clear_error(capsys: pytest.CaptureFixture[str]
     argv = ["shape", "--url", url, "--retries", "0", "--input-size", "5", "--kernel-size", "3"]
     assert main(argv) == 2
     assert f"cannot reach {url}" in capsys.readouterr().err
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A server that takes connections and never answers (a hung service)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_a_service_that_does_not_answer_in_time_is_not_called_unreachable(
+    silent_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    submission = tmp_path / "answers.json"
+    submission.write_text(json.dumps({"1.1a": [5, 2]}))
+    argv = ["grade", "--url", silent_url, "--assignment", "cnn-rnn", str(submission)]
+    assert main([*argv, "--student-id", "ada", "--timeout", "0.3", "--retries", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach" not in err
+    assert f"the service at {silent_url} was reached but did not answer within 0.3 s" in err
+
+
+def test_a_class_run_says_a_student_was_not_answered_in_time(
+    silent_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    out = tmp_path / "grades"
+    report = gradebook.ClassReport()
+    with BaseClient(silent_url, timeout=0.3, retries=0) as client:
+        gradebook.grade_class(client, "cnn-rnn", gradebook.read_class(tmp_path / "subs"), out,
+                              report=report)  # fmt: skip
+    assert report.failed == {
+        "ada": "the service was reached but did not answer in time (--timeout)"
+    }
+    capsys.readouterr()
 
 
 def test_healthcheck_exit_status(real_url: str) -> None:
