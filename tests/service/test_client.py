@@ -73,6 +73,80 @@ def test_health_and_info(tg: Client) -> None:
     assert tg.info()["torch_version"] == torch.__version__
 
 
+def test_ready_says_whether_the_server_is_ready_without_waiting_out_its_503(
+    tg: Client, client: TestClient
+) -> None:
+    assert client.get("/readyz").status_code == 200 and tg.ready() is True
+    warming = httpx.Response(
+        503,
+        headers={"Retry-After": "1"},
+        json={"type": "t", "title": "Service Unavailable", "status": 503, "detail": "warming up"},
+    )
+    transport, seen = scripted(warming)
+    sleep, waits = recording()
+    with Client("http://x", transport=transport, sleep=sleep) as warm:
+        assert warm.ready() is False
+    assert len(seen) == 1 and waits == []
+    transport, _ = scripted(httpx.Response(502, text="<html>bad gateway</html>"))
+    with Client("http://x", transport=transport) as proxied, pytest.raises(ProblemError):
+        proxied.ready()
+
+
+def test_loss_curve_plot_answers_the_image_bytes(tg: Client) -> None:
+    losses = [[1.41, 1.38, 1.35], [1.1, 0.9, 3.4]]
+    png = tg.loss_curve_plot(losses, num_classes=4)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    svg = tg.loss_curve_plot(losses, num_classes=4, format="svg")
+    assert b"<svg" in svg[:1000]
+    with pytest.raises(ProblemError) as error:
+        tg.loss_curve_plot([[]], num_classes=4)
+    assert error.value.status == 422
+    transport, _ = scripted(httpx.Response(200, json={"epoch_mean": [1.0]}))
+    with Client("http://x", transport=transport) as other, pytest.raises(UnexpectedResponse):
+        other.loss_curve_plot(losses, num_classes=4)
+
+
+def test_an_unreachable_service_raises_httpx_errors_not_problem_errors() -> None:
+    """As the README says: ProblemError is an answer of the service; no answer at all is an
+    httpx.HTTPError (after the retries)."""
+    transport, _ = scripted(httpx.ConnectError("refused"))
+    with Client("http://x", transport=transport, retries=0) as tg:
+        with pytest.raises(httpx.HTTPError) as raised:
+            tg.health()
+        assert not isinstance(raised.value, ProblemError)
+
+
+CLIENT_METHODS = {
+    "GET /healthz": "health",
+    "GET /readyz": "ready",
+    "GET /v1/info": "info",
+    "POST /v1/shapes/conv": "conv_shape",
+    "GET /v1/models": "models",
+    "POST /v1/models/{model}/forward": "forward",
+    "POST /v1/models/{model}/backward": "backward",
+    "POST /v1/models/{model}/jacobian": "jacobian",
+    "POST /v1/models/{model}/state-jacobians": "state_jacobians",
+    "POST /v1/check": "check",
+    "POST /v1/check/batch": "check_batch",
+    "POST /v1/diagnostics/loss-curve": "loss_curve",  # and loss_curve_plot for ?format=png
+    "POST /v1/experiments/temporal-order": "temporal_order",
+    "GET /v1/assignments": "assignments",
+    "GET /v1/assignments/{assignment}/problems/{problem}": "problem",
+    "POST /v1/assignments/{assignment}/problems/{problem}/check": "check_problem",
+    "POST /v1/assignments/{assignment}/grade": "grade",
+}
+
+
+def test_every_operation_but_the_metrics_has_its_method(client: TestClient) -> None:
+    """The README says so: each route of the API has a method of the client (`/metrics` is
+    for Prometheus to scrape)."""
+    paths = client.get("/openapi.json").json()["paths"]
+    operations = {f"{m.upper()} {path}" for path, ops in paths.items() for m in ops}
+    assert operations - {"GET /metrics"} == set(CLIENT_METHODS)
+    for name in [*CLIENT_METHODS.values(), "loss_curve_plot"]:
+        assert callable(getattr(Client, name, None)), name
+
+
 def test_conv_shape_is_the_seeds_1_1a(tg: Client) -> None:
     answer = tg.conv_shape([21, 12], [4, 5], stride=4, out_channels=8)
     # The seed's closed form: floor((21 - 4 + 0)/4) + 1 = 5, floor((12 - 5 + 0)/4) + 1 = 2.
