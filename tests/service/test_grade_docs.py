@@ -269,6 +269,23 @@ def test_run_autograder_grades_a_group_against_the_variant_its_answers_fit(
     assert "kept: ada@example.edu" in results["output"]
 
 
+def test_run_autograder_keeps_no_lesser_result_of_a_group_a_member_of_which_failed(
+    script: Path, url: str, tmp_path: Path
+) -> None:
+    """bob's variant is graded, ada's is refused (an id the service does not take): bob's
+    lesser result may not be the group's grade, since ada's variant is the one that fits."""
+    users = [{"email": "bob@example.edu"}, {"email": "ada@example.edu "}]
+    answers = answers_of(url, "ada@example.edu")
+    results = run(script, autograder(tmp_path, json.dumps(answers), users=users), url)
+    assert results["score"] == 0 and results["tests"] == []
+    assert "begins or ends with a space" in results["output"]
+    # A perfect result of one member stands, whatever became of the others.
+    users = [{"email": "ada@example.edu"}, {"email": "bob@example.edu "}]
+    (tmp_path / "2").mkdir()
+    results = run(script, autograder(tmp_path / "2", json.dumps(answers), users=users), url)
+    assert results["score"] == 44 and "kept: ada@example.edu" in results["output"]
+
+
 def test_run_autograder_gives_up_on_a_service_that_does_not_answer(
     script: Path, tmp_path: Path
 ) -> None:
