@@ -10,7 +10,8 @@
 Client commands find the service at ``--url`` (default ``$TENSORGRADE_URL``, else
 http://127.0.0.1:8000) with the key ``--api-key`` (default ``$TENSORGRADE_API_KEY``).
 Exit status: 0 success (and, for ``check``, every answer correct), 1 a wrong answer or students
-left ungraded, 2 a usage error or a refusal by the service.
+left ungraded, 2 a usage error or a refusal by the service (for ``check``, also a check of a
+batch that the service could not judge: ``INVALID``, as the same check alone is refused).
 """
 
 from __future__ import annotations
@@ -267,12 +268,31 @@ def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
             if error.request_id:
                 print(f"  (request id {error.request_id})", file=sys.stderr)
         except httpx.HTTPError as error:
-            print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
+            print(f"error: {unreachable(error, args.url, args.timeout)}", file=sys.stderr)
         except (SubmissionError, GradingStopped, UnsendableError, CommandError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
         return 2
 
     return wrapped
+
+
+def unreachable(error: Exception, url: str, timeout: float) -> str:
+    """What an ``httpx.HTTPError`` says of the service, in words: not reached at all, or
+    reached but too slow to answer (the remedy differs: the URL, or patience)."""
+    import httpx
+
+    if isinstance(error, httpx.ReadTimeout):
+        return (
+            f"the service at {url} was reached but did not answer within {timeout:g} s "
+            "(--timeout): it may be busy, or the request too large; try again later, or "
+            "with a longer --timeout"
+        )
+    if isinstance(error, httpx.WriteTimeout):
+        return (
+            f"the service at {url} was reached but the request could not be sent in time: "
+            "it may be busy, or the request too large; try again later"
+        )
+    return f"cannot reach {url}: {str(error) or type(error).__name__}"
 
 
 def _one_or_many(values: Sequence[int]) -> int | list[int]:
@@ -312,11 +332,16 @@ def run_shape(args: argparse.Namespace) -> int:
 
 @_calling
 def run_check(args: argparse.Namespace) -> int:
+    """Exit status 0 when every check is correct; 2 when a check is invalid (its ``error``
+    in a batch, as the same check alone is refused with a 422); else 1 (a wrong answer)."""
     body = _read_json(args.file)
+    summary: Mapping[str, Any] | None = None
     with _client(args) as client:
         if "checks" in body:
-            results = client.check_batch(body["checks"])
-            answer: Any = {"results": results}
+            batch = client.check_batch(body["checks"])  # a list, with its summary beside
+            results: list[dict[str, Any]] = list(batch)
+            summary = batch.summary
+            answer: Any = {"results": results, "summary": summary}
         else:
             results = [
                 client.check(body["expected"], body["answer"], tolerance=body.get("tolerance"))
@@ -326,12 +351,34 @@ def run_check(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
     else:
         for number, result in enumerate(results, start=1):
-            verdict = "correct" if result.get("correct") else "WRONG"
-            print(f"check {number}: {verdict} (score {result.get('score')})")
-            for finding in result.get("diagnosis") or []:
-                # The service words each mistake as {"code", "message"}.
-                print(f"  - {finding.get('message') if isinstance(finding, dict) else finding}")
+            print_check(number, result)
+        if summary is not None and len(results) > 1:
+            print(
+                f"{summary.get('checks')} checks: {summary.get('correct')} correct, "
+                f"{summary.get('wrong')} wrong, {summary.get('invalid')} invalid"
+            )
+    if any("error" in r for r in results):
+        return 2
     return 0 if all(r.get("correct") for r in results) else 1
+
+
+def print_check(number: int, result: Mapping[str, Any]) -> None:
+    """One check's outcome: its verdict and the likely mistakes, or why it is invalid."""
+    error = result.get("error")
+    if error is not None:
+        # A check that could not be judged: a problem detail in its place, not a verdict.
+        detail = error.get("detail") if isinstance(error, dict) else error
+        print(f"check {number}: INVALID: {detail}")
+        for field in (error.get("errors") if isinstance(error, dict) else None) or []:
+            if isinstance(field, dict) and field.get("msg"):
+                where = ".".join(str(p) for p in field.get("loc", []))
+                print(f"  {where}: {field['msg']}" if where else f"  {field['msg']}")
+        return
+    verdict = "correct" if result.get("correct") else "WRONG"
+    print(f"check {number}: {verdict} (score {result.get('score')})")
+    for finding in result.get("diagnosis") or []:
+        # The service words each mistake as {"code", "message"}.
+        print(f"  - {finding.get('message') if isinstance(finding, dict) else finding}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -381,8 +428,9 @@ def print_summary(assignment: str, student_id: str, result: dict[str, Any]) -> N
         print(f"  {problem_key(test):<16} {test.get('score')} / {test.get('max_score')}{note}")
 
 
-def _problems(client: Any, assignment: str) -> list[dict[str, Any]]:
-    """The problems of ``assignment`` as the service lists them (id, title, points...).
+def _listed(client: Any, assignment: str) -> dict[str, Any]:
+    """``assignment`` as the service lists it: its problems (id, title, points...) and its
+    ``revision``.
 
     Raises:
         SubmissionError: the service has no such assignment (nobody is graded, nothing kept
@@ -394,8 +442,8 @@ def _problems(client: Any, assignment: str) -> list[dict[str, Any]]:
     if assignment not in listed:
         known = ", ".join(sorted(listed)) or "none"
         raise SubmissionError(f"the service has no assignment {assignment!r}; it has {known}")
-    problems: list[dict[str, Any]] = listed[assignment]["problems"]
-    return problems
+    found: dict[str, Any] = listed[assignment]
+    return found
 
 
 def _grade_class(args: argparse.Namespace) -> int:
@@ -406,14 +454,17 @@ def _grade_class(args: argparse.Namespace) -> int:
     report = gradebook.ClassReport()
     students = [s.student_id for s in submissions]
     answers = {s.student_id: s.answers for s in submissions}
+    revision: str | None = None
 
     def current(student: str, result: Mapping[str, Any]) -> bool:
-        return gradebook.graded_before(result, args.assignment, answers[student])
+        return gradebook.graded_before(result, args.assignment, answers[student], revision)
 
     with _client(args) as client:
-        listed = _problems(client, args.assignment)
-        problems = [str(p["id"]) for p in listed]
-        points = sum(float(p.get("points", 0)) for p in listed)
+        listed = _listed(client, args.assignment)
+        # A service older than `revision` lists none: results are then kept as before.
+        revision = listed["revision"] if isinstance(listed.get("revision"), str) else None
+        problems = [str(p["id"]) for p in listed["problems"]]
+        points = sum(float(p.get("points", 0)) for p in listed["problems"])
         if args.submission.suffix.lower() == ".csv":
             gradebook.unknown_columns(args.submission, submissions, problems)
         try:
@@ -426,6 +477,7 @@ def _grade_class(args: argparse.Namespace) -> int:
                 problems=problems,
                 regrade=args.regrade,
                 report=report,
+                revision=revision,
             )
         except KeyboardInterrupt:
             interrupted = True
@@ -447,6 +499,11 @@ def _grade_class(args: argparse.Namespace) -> int:
         f"{len(report.graded)} graded, {len(report.resumed)} already graded, "
         f"{len(report.failed)} failed; results in {args.out}, gradebook {path}"
     )
+    if report.regraded:
+        print(
+            f"  {len(report.regraded)} graded again because the assignment changed since their "
+            "result (its answer key, a tolerance or the variant secret: its revision differs)"
+        )
     for student, reason in sorted(report.failed.items()):
         print(f"  not graded: {student}: {reason}", file=sys.stderr)
     if report.failed:

@@ -26,7 +26,9 @@ Every error of the service is raised as ``ProblemError`` with its status, title,
 field-level errors. A success whose body is not the service's answer (a proxy's or captive
 portal's page, JSON that is not an object, an object without the fields the operation always
 answers) is raised as ``UnexpectedResponse``, a ``ProblemError`` too. No error quotes the API
-key, even where the page that came back echoes it. Connection failures and 429/503 answers are
+key, even where the page that came back echoes it. A service that gives no answer at all (a
+connection refused or lost after the retries, a timeout) raises httpx's own ``httpx.HTTPError``,
+not a ``ProblemError``. Connection failures and 429/503 answers are
 retried, honouring ``Retry-After`` plus a random extra, so that the many workers of a grading
 run do not all come back at the same instant; every operation of the API is a pure
 computation, so a retry is safe. Plain-HTTP requests go through
@@ -71,6 +73,9 @@ B64_THRESHOLD = 1024
 """Tensors with more elements than this are sent as base64 rather than nested lists."""
 
 RETRIED_STATUSES = frozenset({429, 503})
+
+PLOT_MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml"}
+"""What ``loss_curve_plot`` asks for and accepts, by format (as ``service.plots`` answers)."""
 
 JITTER = 0.1
 """A retry waits what was asked plus a random extra of up to this share of it, plus up to
@@ -351,6 +356,38 @@ class Backward(Generic[T]):
     extras: dict[str, T] = field(default_factory=dict)
 
 
+class BatchResults(list[dict[str, Any]]):
+    """The answer of ``check_batch``: the results, one per check in order (each
+    ``{"correct", "score", ...}``, or ``{"error": <problem detail>}`` for a check that could not
+    be judged), as a list; and the batch's ``summary`` beside them.
+
+    Attributes:
+        summary: ``{"checks", "correct", "wrong", "invalid", "keys"}`` as the service answers
+            it (a service that answers none: the counts of the results, without ``keys``).
+    """
+
+    def __init__(self, results: Sequence[dict[str, Any]], summary: Mapping[str, Any]) -> None:
+        super().__init__(results)
+        self.summary: dict[str, Any] = dict(summary)
+
+    @property
+    def invalid(self) -> list[int]:
+        """The 0-based positions of the checks answered with an ``error``."""
+        return [i for i, result in enumerate(self) if "error" in result]
+
+
+def batch_summary(results: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """The counts the service's ``summary`` gives, worked out from the results."""
+    invalid = sum("error" in r for r in results)
+    correct = sum(bool(r.get("correct")) for r in results)
+    return {
+        "checks": len(results),
+        "correct": correct,
+        "wrong": len(results) - correct - invalid,
+        "invalid": invalid,
+    }
+
+
 def retry_after(response: httpx.Response) -> float | None:
     """Seconds the server asked to wait (``Retry-After`` in seconds or as a date), or None."""
     value = response.headers.get("retry-after")
@@ -398,7 +435,9 @@ class BaseClient(Generic[T]):
             backoff: first wait in seconds when the server gave no ``Retry-After``; doubles on
                 each retry. Every wait, ``Retry-After`` too, gets a random extra of up to
                 ``JITTER`` of itself plus up to ``backoff``.
-            max_wait: the longest single wait, whatever ``Retry-After`` and the extra say.
+            max_wait: the longest single wait, whatever ``Retry-After`` and the extra say. A
+                wait it caps keeps its random extra below it: drawn between ``max_wait`` less
+                the extra's window and ``max_wait``.
             b64_threshold: tensors with more elements are sent as base64.
             transport: an httpx transport to send requests through (default:
                 ``StdlibTransport``, which hands ``https://`` to httpx's own, through the
@@ -465,6 +504,22 @@ class BaseClient(Generic[T]):
     def health(self) -> dict[str, Any]:
         """``GET /healthz``: ``{"status": "ok"}`` while the server serves."""
         return self._call("GET", "/healthz", fields=("status",))
+
+    def ready(self) -> bool:
+        """``GET /readyz``: whether the server is ready (torch loaded, a warm-up computation
+        run): True on its 200, False on its 503 while it warms up (answered at once, not
+        waited out as other 503s are).
+
+        Raises:
+            ProblemError: any other answer (a proxy's error page, say).
+            httpx.HTTPError: the server cannot be reached (after the retries).
+        """
+        response = self._send("GET", "/readyz", None, None, retried=frozenset())
+        if response.status_code == 503:
+            return False
+        if response.status_code >= 400:
+            raise ProblemError.from_response(response, self._secret)
+        return True
 
     def info(self) -> dict[str, Any]:
         """``GET /v1/info``: version, torch version, devices, limits and auth mode."""
@@ -580,13 +635,22 @@ class BaseClient(Generic[T]):
         body = self._check_body(expected, answer, tolerance)
         return self._call("POST", "/v1/check", body, fields=("correct", "score"))
 
-    def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> BatchResults:
         """``POST /v1/check/batch``: several checks (each ``{"expected", "answer",
-        "tolerance"?}``), answered in order."""
+        "tolerance"?}``), answered in order.
+
+        Returns:
+            The results in order, as a list (a check that could not be judged is
+            ``{"error": <problem detail>}`` in its place), with the batch's ``summary`` as
+            an attribute: ``results.summary["invalid"]``.
+        """
         body = {"checks": [self._check_to_wire(c, f"checks[{i}]") for i, c in enumerate(checks)]}
         answer = self._call("POST", "/v1/check/batch", body, fields=("results",))
         results: list[dict[str, Any]] = answer["results"]
-        return results
+        summary = answer.get("summary")
+        if not isinstance(summary, dict):
+            summary = batch_summary(results)
+        return BatchResults(results, summary)
 
     def grade(
         self,
@@ -677,14 +741,36 @@ class BaseClient(Generic[T]):
     ) -> dict[str, Any]:
         """``POST /v1/diagnostics/loss-curve``: epoch means beside last-batch values, spikes
         and findings (the homework's part 1.3)."""
-        body = {
-            "batch_losses": [list(epoch) for epoch in batch_losses],
-            "batch_accuracies": (
-                None if batch_accuracies is None else [list(e) for e in batch_accuracies]
-            ),
-            "num_classes": num_classes,
-        }
+        body = _loss_curve_body(batch_losses, num_classes, batch_accuracies)
         return self._call("POST", "/v1/diagnostics/loss-curve", body, fields=("epoch_mean",))
+
+    def loss_curve_plot(
+        self,
+        batch_losses: Sequence[Sequence[float]],
+        num_classes: int,
+        *,
+        batch_accuracies: Sequence[Sequence[float]] | None = None,
+        format: Literal["png", "svg"] = "png",
+    ) -> bytes:
+        """``POST /v1/diagnostics/loss-curve?format=png`` (or ``svg``): the plot of both
+        curves, as the image file's bytes (write them to ``curve.png``).
+
+        Raises:
+            ProblemError: the service refused (e.g. a 422 for an empty epoch).
+            UnexpectedResponse: the answer is not an image of that format.
+        """
+        if format not in PLOT_MEDIA_TYPES:
+            raise ValueError(f"format must be png or svg, not {format!r}")
+        body = _loss_curve_body(batch_losses, num_classes, batch_accuracies)
+        path = "/v1/diagnostics/loss-curve"
+        response = self._send("POST", path, body, {"format": format})
+        if response.status_code >= 400:
+            raise ProblemError.from_response(response, self._secret)
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if media_type != PLOT_MEDIA_TYPES[format] or not response.content:
+            what = f"with no {PLOT_MEDIA_TYPES[format]} image"
+            raise UnexpectedResponse.of(response, f"POST {path}", what, self._secret)
+        return response.content
 
     def temporal_order(self, **options: Any) -> dict[str, Any]:
         """``POST /v1/experiments/temporal-order``: a bounded reference training run; the
@@ -784,8 +870,16 @@ class BaseClient(Generic[T]):
         return answer
 
     def _send(
-        self, method: str, path: str, body: Any, params: Mapping[str, str] | None
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: Mapping[str, str] | None,
+        *,
+        retried: Collection[int] = RETRIED_STATUSES,
     ) -> httpx.Response:
+        """The response to one request, after retrying connection failures and the
+        ``retried`` statuses (429 and 503 unless told otherwise)."""
         headers = {"X-Request-ID": uuid.uuid4().hex}  # the same id on every retry of this call
         content = None
         if body is not None:
@@ -807,7 +901,7 @@ class BaseClient(Generic[T]):
                     raise
                 wait = self.backoff * 2**attempt
             else:
-                if response.status_code not in RETRIED_STATUSES or attempt >= self.retries:
+                if response.status_code not in retried or attempt >= self.retries:
                     return response
                 asked = retry_after(response)
                 wait = asked if asked is not None else self.backoff * 2**attempt
@@ -819,9 +913,27 @@ class BaseClient(Generic[T]):
 
         The workers of a grading run told the same ``Retry-After`` (or failing on the same
         restart) would otherwise all retry at the same instant, and be refused together again.
+        The extra is drawn from a window of ``JITTER`` of the wait plus ``backoff``; where the
+        window would pass ``max_wait`` (``Retry-After: 60`` and more), it ends at
+        ``max_wait`` instead: the waits are still spread, never all ``max_wait``.
         """
-        extra = self._jitter() * (JITTER * wait + self.backoff)
-        return min(wait + extra, self.max_wait)
+        base = min(wait, self.max_wait)
+        spread = min(JITTER * base + self.backoff, self.max_wait)
+        return min(base, self.max_wait - spread) + self._jitter() * spread
+
+
+def _loss_curve_body(
+    batch_losses: Sequence[Sequence[float]],
+    num_classes: int,
+    batch_accuracies: Sequence[Sequence[float]] | None,
+) -> dict[str, Any]:
+    return {
+        "batch_losses": [list(epoch) for epoch in batch_losses],
+        "batch_accuracies": (
+            None if batch_accuracies is None else [list(e) for e in batch_accuracies]
+        ),
+        "num_classes": num_classes,
+    }
 
 
 def _json_body(body: Any) -> bytes:

@@ -22,7 +22,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -66,11 +66,14 @@ class Submission:
         answers: the answers, by problem id.
         unreadable: why the student's file of a class folder cannot be graded as it is (the
             class goes on; the student is left ungraded until the file is fixed).
+        source: where it was read (a class folder's file name, a class CSV's line), for
+            messages.
     """
 
     student_id: str
     answers: dict[str, Any]
     unreadable: str | None = None
+    source: str | None = None
 
 
 @dataclass
@@ -80,6 +83,8 @@ class ClassReport:
     Attributes:
         graded: students graded by this run.
         resumed: students skipped because an earlier run had graded them.
+        regraded: students of ``graded`` (or ``failed``) whose earlier result graded the same
+            answers against another revision of the assignment (its key changed since).
         failed: students left ungraded (server or network failure), with the reason; a
             later run grades them.
         abandoned: the run was stopped (a second Ctrl-C) while answers were on their way:
@@ -88,6 +93,7 @@ class ClassReport:
 
     graded: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+    regraded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     abandoned: bool = False
 
@@ -105,7 +111,8 @@ def read_submission(path: Path, student_id: str | None = None) -> Submission:
 
     Raises:
         SubmissionError: the file cannot be read, is not a submission, or names no student
-            id, or one the service refuses (empty, over 200 characters, a control character).
+            id, or one the service refuses (empty, over 200 characters, a control character,
+            a space at either end).
     """
     submission = _read_submission(path, student_id)
     problem = id_problem(submission.student_id)
@@ -128,7 +135,7 @@ def id_problem(student_id: str) -> str | None:
 def _id_message(student_id: str, problem: str) -> str:
     return (
         f"{problem} ({student_id!r:.60}); the service accepts 1 to 200 characters, none of "
-        "them a control character"
+        "them a control character, and no space at either end"
     )
 
 
@@ -165,35 +172,62 @@ def read_class(path: Path) -> list[Submission]:
         submissions = _read_csv(path)
     else:
         raise SubmissionError(f"{path}: a class is a folder of .json files or a .csv file")
-    seen: set[str] = set()
+    seen: dict[str, str | None] = {}
     for submission in submissions:
-        if submission.student_id in seen:
-            raise SubmissionError(f"{path}: student {submission.student_id!r} appears twice")
-        seen.add(submission.student_id)
+        student = submission.student_id
+        if student in seen:
+            where = [w for w in (seen[student], submission.source) if w]
+            both = f": {' and '.join(where)}" if where else ""
+            raise SubmissionError(f"{path}: student {student!r} appears twice{both}")
+        seen[student] = submission.source
     return submissions
 
 
 def _read_folder_file(path: Path) -> Submission:
-    """The submission of one file of a class folder, for its ``student_id`` field, else for
-    its name (``<student id>.json``). A file that cannot be read leaves that student ungraded
-    with the reason: the rest of the class goes on."""
-    student = _folder_id(path)
+    """The submission of one file of a class folder: the student its name says
+    (``<student id>.json``).
+
+    A ``student_id`` field of the file (``{"student_id", "answers"}``) must name the same
+    student: the id of the name, or an id whose result file has this name (``result_names``:
+    ``o_brien@example.edu~<hash>.json``, for an id that no file name can hold, such as one
+    with a ``/``). A file whose field names another student is not graded: the student of its
+    name is left ungraded with a note that says so (neither student is graded with the other's
+    answers, and nobody disappears from the gradebook). So is a file that cannot be read; the
+    rest of the class goes on."""
+    named = path.stem
+    claimed = _field_id(path)
+    if claimed is not None and claimed != named and path.name != _hashed_name(claimed):
+        return Submission(named, {}, unreadable=_names_another(path, claimed), source=path.name)
+    student = claimed if claimed is not None else named
     try:
-        return _read_submission(path, student)
+        return replace(_read_submission(path, student), source=path.name)
     except SubmissionError as error:
-        return Submission(student, {}, unreadable=str(error))
+        return Submission(student, {}, unreadable=str(error), source=path.name)
 
 
-def _folder_id(path: Path) -> str:
-    """The id a file in a class folder is for: its ``student_id`` field, else its name (an id
-    may hold what no file name can, a ``/``)."""
+def _names_another(path: Path, claimed: str) -> str:
+    """Why a class folder's file whose ``student_id`` field disagrees with its name is not
+    graded."""
+    problem = id_problem(claimed)
+    shown = f"{claimed!r:.80}" + (f" ({problem})" if problem else "")
+    return (
+        f"{path}: the file names another student: its student_id field is {shown}, its name "
+        f"says {path.stem!r:.80}; not graded, so that nobody is graded with another's answers: "
+        "rename the file or correct the field"
+    )
+
+
+def _field_id(path: Path) -> str | None:
+    """The ``student_id`` field of a class folder's file of the form ``{"student_id",
+    "answers"}``, or None (no such field, an empty one, or a file that cannot be read:
+    ``_read_submission`` reports it properly)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return path.stem  # _read_submission reports the file properly
+        return None
     if isinstance(data, dict) and "answers" in data and isinstance(data.get("student_id"), str):
-        return str(data["student_id"]) or path.stem
-    return path.stem
+        return str(data["student_id"]) or None
+    return None
 
 
 def _read_csv(path: Path) -> list[Submission]:
@@ -223,7 +257,7 @@ def _read_csv(path: Path) -> list[Submission]:
             continue  # a spreadsheet's trailing row of empty cells
         if not student:
             raise SubmissionError(f"{path}:{line}: answers without a student_id: whose are they?")
-        submissions.append(Submission(student, answers))
+        submissions.append(Submission(student, answers, source=f"line {line}"))
     return submissions
 
 
@@ -270,8 +304,10 @@ def _hashed_name(student_id: str) -> str:
 
 STAMP = "tensorgrade"
 """The key, under a result's ``extra_data`` (Gradescope's field for data of one's own), of what
-was graded: the assignment and a digest of the answers, so that a later run takes the result
-again only for the same assignment and the same answers."""
+was graded: the assignment, its revision (``revision`` in ``GET /v1/assignments``: the answer
+key, tolerances and variant secret it was graded against) and a digest of the answers, so that
+a later run takes the result again only for the same answers to the same assignment, graded
+against the same key."""
 
 
 def answers_digest(answers: Mapping[str, Any]) -> str | None:
@@ -285,33 +321,80 @@ def answers_digest(answers: Mapping[str, Any]) -> str | None:
 
 
 def stamped(
-    result: Mapping[str, Any], assignment: str, answers: Mapping[str, Any], ignored: Sequence[str]
+    result: Mapping[str, Any],
+    assignment: str,
+    answers: Mapping[str, Any],
+    ignored: Sequence[str],
+    revision: str | None = None,
 ) -> dict[str, Any]:
-    """``result`` with what it grades under ``extra_data``: the assignment, the answers'
-    digest and the answers to problems the assignment does not have (``ignored``)."""
+    """``result`` with what it grades under ``extra_data``: the assignment, its revision (as
+    the service listed it; None for a service that lists none), the answers' digest and the
+    answers to problems the assignment does not have (``ignored``)."""
     extra = dict(result.get("extra_data") or {})
     extra[STAMP] = {
         "assignment": assignment,
+        "revision": revision,
         "answers_sha256": answers_digest(answers),
         "ignored": list(ignored),
     }
     return {**result, "extra_data": extra}
 
 
-def graded_before(
-    result: Mapping[str, Any] | None, assignment: str, answers: Mapping[str, Any]
-) -> bool:
-    """Whether ``result`` (an earlier run's) grades these answers to this assignment: a
-    result of another assignment, of answers since corrected, or of a run that did not record
-    them, is graded again."""
+def _stamp(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
     extra = result.get("extra_data") if result is not None else None
     mark = extra.get(STAMP) if isinstance(extra, dict) else None
+    return mark if isinstance(mark, dict) else None
+
+
+def _same_answers(mark: Mapping[str, Any], assignment: str, answers: Mapping[str, Any]) -> bool:
     digest = answers_digest(answers)
     return (
-        isinstance(mark, dict)
-        and digest is not None
+        digest is not None
         and mark.get("assignment") == assignment
         and mark.get("answers_sha256") == digest
+    )
+
+
+def graded_before(
+    result: Mapping[str, Any] | None,
+    assignment: str,
+    answers: Mapping[str, Any],
+    revision: str | None = None,
+) -> bool:
+    """Whether ``result`` (an earlier run's) grades these answers to this revision of this
+    assignment: a result of another assignment, of answers since corrected, of another
+    revision (the answer key, a tolerance or the variant secret changed since), or of a run
+    that did not record them (no stamp, or a stamp without a revision while the service
+    lists one), is graded again.
+
+    Args:
+        result: the earlier result, or None.
+        assignment: the assignment graded now.
+        answers: the answers graded now.
+        revision: the assignment's ``revision`` as the service lists it now (None: it lists
+            none, and only a result recorded without one is taken again).
+    """
+    mark = _stamp(result)
+    return (
+        mark is not None
+        and _same_answers(mark, assignment, answers)
+        and mark.get("revision") == revision
+    )
+
+
+def key_changed(
+    result: Mapping[str, Any] | None,
+    assignment: str,
+    answers: Mapping[str, Any],
+    revision: str | None,
+) -> bool:
+    """Whether ``result`` grades these very answers to this assignment, but against another
+    revision of it (or one not recorded): graded again only because the assignment changed."""
+    mark = _stamp(result)
+    return (
+        mark is not None
+        and _same_answers(mark, assignment, answers)
+        and mark.get("revision") != revision
     )
 
 
@@ -425,11 +508,12 @@ def grade_class(
     problems: Collection[str] | None = None,
     regrade: bool = False,
     report: ClassReport | None = None,
+    revision: str | None = None,
 ) -> ClassReport:
     """Grade every submission not graded yet, ``jobs`` at a time, writing each result.
 
     A result file of an earlier run is taken again (the student is not graded again) when it
-    grades the same answers to the same assignment (``graded_before``).
+    grades the same answers to the same revision of the assignment (``graded_before``).
 
     Args:
         client: the service's client (shared by the threads: httpx clients are thread-safe).
@@ -443,6 +527,8 @@ def grade_class(
         regrade: grade every student again, whatever the folder holds.
         report: filled as the run goes (so that a caller has it after an interrupt or a
             stop too); a new one by default.
+        revision: the assignment's ``revision`` as the service lists it (recorded in each
+            result; an earlier result of another revision is graded again).
 
     Returns:
         Who was graded, resumed and left ungraded.
@@ -455,14 +541,20 @@ def grade_class(
         student = submission.student_id
         if submission.unreadable is not None:
             report.failed[student] = submission.unreadable  # fixed, a later run grades it
-        elif not regrade and graded_before(
-            load_result(out / names[student]), assignment, submission.answers
-        ):
+            continue
+        earlier = None if regrade else load_result(out / names[student])
+        if graded_before(earlier, assignment, submission.answers, revision):
             report.resumed.append(student)
-        elif problem := id_problem(student):
+            continue
+        if key_changed(earlier, assignment, submission.answers, revision):
+            report.regraded.append(student)
+        if problem := id_problem(student):
             # Known before any request, and the same on every run: a result, not a failure.
             result = bad_id_result(student, problem)
-            write_json(out / names[student], stamped(result, assignment, submission.answers, []))
+            write_json(
+                out / names[student],
+                stamped(result, assignment, submission.answers, [], revision),
+            )
             report.graded.append(student)
         else:
             todo.append(submission)
@@ -486,7 +578,8 @@ def grade_class(
         if result is not None:
             ignored = sorted(set(submission.answers) - known) if known else []
             write_json(
-                out / names[student], stamped(result, assignment, submission.answers, ignored)
+                out / names[student],
+                stamped(result, assignment, submission.answers, ignored, revision),
             )
             report.graded.append(student)
         bar.advance(student, result is not None)
@@ -534,6 +627,8 @@ def _outcome(
     except UnsendableError as error:
         # The submission holds what JSON cannot carry: the same on every run, so a result.
         return refused_result(str(error), {"detail": str(error)})
+    except httpx.ReadTimeout:
+        report.failed[student] = "the service was reached but did not answer in time (--timeout)"
     except httpx.HTTPError as error:
         report.failed[student] = f"{type(error).__name__}: {error}"
     else:

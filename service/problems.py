@@ -218,11 +218,19 @@ NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"
 """A text field of a request without control characters (a line break, a tab, NUL): such a
 text would be a second line in a log, a gradebook row or a CSV cell."""
 
+STUDENT_ID = r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$"
+"""A student id: no control characters (as ``NO_CONTROL_CHARACTERS``), and no white space at
+either end. Ids are exact (a variant is drawn from the id as sent), so ``"ada "`` would be
+another student than ``"ada"``: an id a script padded by mistake is refused, not graded as
+someone else."""
+
 TENSOR_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """A name a question gives a tensor, as an assignment file names its given tensors."""
 PATTERN_WORDS: dict[str, str] = {
     NO_CONTROL_CHARACTERS: "must hold no control characters or line breaks (no newline, tab "
     "or NUL)",
+    STUDENT_ID: "must hold no control characters or line breaks (no newline, tab or NUL), and "
+    "must not begin or end with a space (ids are exact: 'ada ' is not 'ada')",
     TENSOR_NAME: "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
     "a digit",
 }

@@ -50,8 +50,9 @@ def student_id_problem(student_id: str) -> str | None:
     """What makes ``student_id`` one the assignment routes refuse, or None when they accept it.
 
     The routes' rule (``STUDENT_ID_RULES`` in service/routes/assignments.py): 1 to 200
-    characters, none of them a control character. Anything else goes: e-mail addresses with
-    an apostrophe or accents, names with spaces.
+    characters, none of them a control character, and no white space at either end (ids are
+    exact: ``"ada "`` would be another student than ``"ada"``, with another variant). Anything
+    else goes: e-mail addresses with an apostrophe or accents, names with spaces inside.
     """
     if not student_id:
         return "the student_id is empty"
@@ -59,6 +60,8 @@ def student_id_problem(student_id: str) -> str | None:
         return f"the student_id is longer than {MAX_STUDENT_ID_LENGTH} characters"
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in student_id):
         return "the student_id holds a control character"
+    if student_id[0].isspace() or student_id[-1].isspace():
+        return "the student_id begins or ends with a space"
     return None
 
 

@@ -10,6 +10,7 @@ told to fail some students.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +32,7 @@ class FakeGrading:
         self.bodies: list[dict[str, Any]] = []
         self.fail_with: dict[str, int] = {}  # student id -> status answered instead
         self.answer_with: dict[str, Any] = {}  # student id -> JSON answered with a 200 instead
+        self.revision: str | None = "0" * 32  # the listed revision (None: a service without)
         self.app = self._build()
 
     def _build(self) -> FastAPI:
@@ -43,7 +45,10 @@ class FakeGrading:
                 {"id": pid, "title": title, "points": points}
                 for pid, (_, points, title) in KEY.items()
             ]
-            return JSONResponse({"assignments": [{"id": "cnn-rnn", "problems": problems}]})
+            listed: dict[str, Any] = {"id": "cnn-rnn", "problems": problems}
+            if self.revision is not None:
+                listed["revision"] = self.revision
+            return JSONResponse({"assignments": [listed]})
 
         @app.post("/v1/assignments/{assignment}/grade")
         async def grade(assignment: str, request: Request) -> Response:
@@ -113,6 +118,21 @@ class FakeGrading:
         async def check_batch(request: Request) -> dict[str, Any]:
             body = await request.json()
             self.bodies.append(body)
-            return {"results": [one_check(c) for c in body["checks"]]}
+            results = []
+            for check in body["checks"]:
+                try:
+                    results.append(one_check(check))
+                except Problem as problem:  # in its place, as the contract says
+                    results.append({"error": problem.body()})
+            invalid = sum("error" in r for r in results)
+            correct = sum(bool(r.get("correct")) for r in results)
+            summary = {
+                "checks": len(results),
+                "correct": correct,
+                "wrong": len(results) - correct - invalid,
+                "invalid": invalid,
+                "keys": len({json.dumps(c["expected"], sort_keys=True) for c in body["checks"]}),
+            }
+            return {"results": results, "summary": summary}
 
         return app

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,40 @@ def test_unreachable_service_is_a_clear_error(capsys: pytest.CaptureFixture[str]
     assert f"cannot reach {url}" in capsys.readouterr().err
 
 
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A server that takes connections and never answers (a hung service)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_a_service_that_does_not_answer_in_time_is_not_called_unreachable(
+    silent_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    submission = tmp_path / "answers.json"
+    submission.write_text(json.dumps({"1.1a": [5, 2]}))
+    argv = ["grade", "--url", silent_url, "--assignment", "cnn-rnn", str(submission)]
+    assert main([*argv, "--student-id", "ada", "--timeout", "0.3", "--retries", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach" not in err
+    assert f"the service at {silent_url} was reached but did not answer within 0.3 s" in err
+
+
+def test_a_class_run_says_a_student_was_not_answered_in_time(
+    silent_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    out = tmp_path / "grades"
+    report = gradebook.ClassReport()
+    with BaseClient(silent_url, timeout=0.3, retries=0) as client:
+        gradebook.grade_class(client, "cnn-rnn", gradebook.read_class(tmp_path / "subs"), out,
+                              report=report)  # fmt: skip
+    assert report.failed == {
+        "ada": "the service was reached but did not answer in time (--timeout)"
+    }
+    capsys.readouterr()
+
+
 def test_healthcheck_exit_status(real_url: str) -> None:
     assert main(["healthcheck", "--url", f"{real_url}/healthz"]) == 0
     assert main(["healthcheck", "--url", f"{real_url}/nothing"]) == 1
@@ -102,11 +137,43 @@ def test_check_one_and_many(
         "check 1: correct (score 1.0)",
         "check 2: WRONG (score 0.0)",
         "  - off by a constant factor",
+        "2 checks: 1 correct, 1 wrong, 0 invalid",
     ]
     bad = tmp_path / "bad.json"
     bad.write_text('{"answer": 1}')
     assert main(["check", "--url", url, str(bad)]) == 2
     assert "a check is" in capsys.readouterr().err
+
+
+def test_an_invalid_check_of_a_batch_is_told_as_invalid_with_its_detail(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A check the service could not judge answers an `error` (a problem detail) in its
+    place: it is no wrong answer with "score None". Exit status 2, as for the same check
+    alone (a 422)."""
+    _, url = fake
+    expected = {"op": "value", "value": 3}
+    checks = [
+        {"expected": expected, "answer": 3},
+        {"expected": expected, "answer": 6},
+        {"expected": {"op": "forward"}, "answer": 1},
+    ]
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps({"checks": checks}))
+    assert main(["check", "--url", url, str(many)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "  - off by a constant factor"
+    assert out[3] == "check 3: INVALID: this fake checks only `op: value`"
+    assert out[-1] == "3 checks: 1 correct, 1 wrong, 1 invalid"
+    assert "None" not in "\n".join(out)
+    assert main(["check", "--url", url, str(many), "--json"]) == 2
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["summary"]["invalid"] == 1 and "error" in answer["results"][2]
+    # The same check alone is a 422: a refusal, exit status 2.
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(checks[2]))
+    assert main(["check", "--url", url, str(one)]) == 2
+    assert "this fake checks only" in capsys.readouterr().err
 
 
 def test_grade_one_submission_prints_a_summary_and_writes_gradescope_results(
@@ -231,7 +298,7 @@ def test_a_refusal_that_would_fail_everyone_stops_the_run(
 def test_class_inputs_are_checked(tmp_path: Path) -> None:
     table = tmp_path / "dup.csv"
     table.write_text("student_id,1.1a\nada,1\nada,2\n")
-    with pytest.raises(gradebook.SubmissionError, match="appears twice"):
+    with pytest.raises(gradebook.SubmissionError, match="'ada' appears twice: line 2 and line 3"):
         gradebook.read_class(table)
     nohead = tmp_path / "nohead.csv"
     nohead.write_text("name,1.1a\nada,1\n")
@@ -264,6 +331,7 @@ ODD_IDS = [
 
 def test_the_ids_refused_before_sending_are_those_the_service_refuses(real_url: str) -> None:
     ids = [*ODD_IDS, "z" * 201, "", "a\tb", "a\x7fb", "a\x85b", " spaced ", "\u00e9\u0301"]
+    ids += ["ada ", "\u2003ada", "ada\u00a0", "a\u00a0b", "a b"]
     with httpx.Client(base_url=real_url) as http:
         for student in ids:
             answer = http.post(
@@ -295,6 +363,8 @@ def test_one_submission_is_graded_under_any_id_the_service_accepts(
         ("x" * 201, "longer than 200 characters"),
         ("a\tb", "control character"),
         ("\udcfc.json", "not valid Unicode"),
+        ("student03@example.edu ", "begins or ends with a space"),
+        ("\u00a0ada", "begins or ends with a space"),
     ],
 )
 def test_one_submission_under_an_id_the_service_refuses_says_why(
@@ -377,14 +447,72 @@ def test_files_that_start_with_a_byte_order_mark_are_read(
     folder = tmp_path / "subs"
     folder.mkdir()
     answers = {"student_id": "o'brien", "answers": {"1.1a": [5, 2]}}
-    (folder / "anything.json").write_text(BOM + json.dumps(answers), encoding="utf-8")
-    assert gradebook.read_class(folder) == [gradebook.Submission("o'brien", {"1.1a": [5, 2]})]
+    (folder / "o'brien.json").write_text(BOM + json.dumps(answers), encoding="utf-8")
+    assert gradebook.read_class(folder) == [
+        gradebook.Submission("o'brien", {"1.1a": [5, 2]}, source="o'brien.json")
+    ]
 
     check = tmp_path / "check.json"
     check.write_text(
         BOM + json.dumps({"expected": {"op": "value", "value": 3}, "answer": 3}), encoding="utf-8"
     )
     assert main(["check", "--url", url, str(check)]) == 0, capsys.readouterr().err
+
+
+def test_a_folder_file_whose_student_id_names_another_student_is_not_graded(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """student02's file says it is student00's: neither is graded with the other's answers,
+    and student02 keeps a row that says why."""
+    service, url = fake
+    folder = tmp_path / "subs"
+    write_class(folder, {"student00@example.edu": {"1.1a": [2, 5]}})
+    claimed = {"student_id": "student00@example.edu", "answers": {"1.1a": [5, 2]}}
+    (folder / "student02@example.edu.json").write_text(json.dumps(claimed))
+    padded = {"student_id": "student03@example.edu ", "answers": {"1.1a": [5, 2]}}
+    (folder / "student03@example.edu.json").write_text(json.dumps(padded))
+    out = tmp_path / "grades"
+    assert main(class_argv(url, folder, out)) == 1
+    assert service.bodies == [
+        {"student_id": "student00@example.edu", "answers": {"1.1a": [2, 5]}}
+    ]  # student00's own answers, once
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert list(rows) == [
+        "student00@example.edu",
+        "student02@example.edu",
+        "student03@example.edu",
+    ]
+    assert rows["student00@example.edu"]["score"] == "0.0"
+    note = rows["student02@example.edu"]["note"]
+    assert rows["student02@example.edu"]["score"] == ""
+    assert "the file names another student" in note and "'student00@example.edu'" in note
+    note = rows["student03@example.edu"]["note"]
+    assert "the file names another student" in note and "begins or ends with a space" in note
+    assert "not graded: student02@example.edu" in capsys.readouterr().err
+
+
+def test_a_folder_files_student_id_may_be_one_no_file_name_holds(tmp_path: Path) -> None:
+    """An id with a "/" names its file as its result file is named (``result_names``)."""
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    student = "cs101/ada@example.edu"
+    name = gradebook.result_names([student])[student]
+    submission = {"student_id": student, "answers": {"1.1a": [5, 2]}}
+    (folder / name).write_text(json.dumps(submission))
+    assert gradebook.read_class(folder) == [
+        gradebook.Submission(student, {"1.1a": [5, 2]}, source=name)
+    ]
+    # The same student twice: both files are named.
+    plain = "ada@example.edu"
+    (folder / f"{plain}.json").write_text(json.dumps({"1.1a": 1}))
+    (folder / gradebook._hashed_name(plain)).write_text(
+        json.dumps({"student_id": plain, "answers": {}})
+    )
+    with pytest.raises(gradebook.SubmissionError) as raised:
+        gradebook.read_class(folder)
+    message = str(raised.value)
+    assert f"student {plain!r} appears twice" in message
+    assert "ada@example.edu.json" in message and gradebook._hashed_name(plain) in message
 
 
 def test_progress_bar_on_a_terminal() -> None:
@@ -674,6 +802,57 @@ def test_a_result_is_kept_only_for_the_same_answers_to_the_same_assignment(
     service.graded.clear()
     assert main(class_argv(url, tmp_path / "subs", out, "--regrade")) == 0
     assert sorted(service.graded) == ["ada", "ben"]
+    capsys.readouterr()
+
+
+def test_a_result_graded_against_another_revision_of_the_assignment_is_graded_again(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new variant secret, or a changed tolerance or reference, changes the assignment's
+    revision: every result kept from before is stale, whatever the answers."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [2, 5]}})
+    out = tmp_path / "grades"
+    service.revision = "a" * 32
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    stamp = json.loads((out / "ada.json").read_text())["extra_data"]["tensorgrade"]
+    assert stamp["revision"] == "a" * 32
+    service.graded.clear()
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0  # the same key: kept
+    assert service.graded == [] and "0 graded, 2 already graded" in capsys.readouterr().out
+
+    service.revision = "b" * 32  # the answer key changed
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert sorted(service.graded) == ["ada", "ben"]
+    printed = capsys.readouterr().out
+    assert "2 graded, 0 already graded" in printed
+    assert "2 graded again because the assignment changed" in printed
+    stamp = json.loads((out / "ben.json").read_text())["extra_data"]["tensorgrade"]
+    assert stamp["revision"] == "b" * 32
+
+    # A result of an older run, stamped without a revision: graded again, once.
+    result = json.loads((out / "ada.json").read_text())
+    del result["extra_data"]["tensorgrade"]["revision"]
+    (out / "ada.json").write_text(json.dumps(result))
+    service.graded.clear()
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert service.graded == ["ada"]
+    capsys.readouterr()
+
+
+def test_a_stale_result_is_no_grade_in_the_gradebook_while_its_student_is_not_graded_again(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    service.revision = "c" * 32
+    service.fail_with = {"ada": 503}
+    assert main(class_argv(url, tmp_path / "subs", out, "--retries", "0")) == 1
+    rows = read_gradebook(out / gradebook.GRADEBOOK)
+    assert rows[0]["score"] == "" and rows[0]["note"].startswith("not graded yet: 503")
     capsys.readouterr()
 
 

@@ -10,10 +10,17 @@ with the mistake would be judged correct, so their variant is drawn again (the `
 redraw has a seed of its own), up to ``MAX_DRAWS`` draws. Which draw a student gets depends
 only on the secret, the file and the student, so it is the same on every replica; each worker
 remembers it once worked out (``MAX_REMEMBERED_DRAWS``).
+
+Each assignment has a ``revision`` (``assignment_revision``): what a grade of it depends on
+besides the answers, so that a grading script can tell that a result it kept was graded
+against another answer key and grade it again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import secrets
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -45,6 +52,9 @@ answer; where none does, the first draw is kept (start-up refuses a file for whi
 student gets none)."""
 MAX_REMEMBERED_DRAWS = 100_000
 """The students' draws a worker remembers (a few bytes each), forgotten all at once when full."""
+
+SECRET_FINGERPRINT_MESSAGE = b"tensorgrade/assignment-revision/v1"
+"""The constant whose HMAC under the variant secret stands for the secret in a revision."""
 
 
 class Screen(Protocol):
@@ -135,6 +145,7 @@ class Catalogue:
     screen: Screen | None = None
     """Screens variants for ``distinct_from`` (None: every student keeps the first draw)."""
     _draws: dict[tuple[str, str, str], int] = field(default_factory=dict, compare=False, repr=False)
+    _revisions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def assignment(self, assignment_id: str) -> AssignmentSpec:
         """The assignment, or ``UnknownName`` listing those there are."""
@@ -146,6 +157,14 @@ class Catalogue:
                 f"there is no assignment {assignment_id!r}; the assignments are {known}",
                 "assignment",
             ) from None
+
+    def revision(self, assignment_id: str) -> str:
+        """The assignment's ``assignment_revision`` (worked out once per worker)."""
+        revision = self._revisions.get(assignment_id)
+        if revision is None:
+            revision = assignment_revision(self.assignment(assignment_id), self.secret)
+            self._revisions[assignment_id] = revision
+        return revision
 
     def problem(self, assignment_id: str, problem_id: str) -> ProblemSpec:
         """The problem, or ``UnknownName`` listing the problems of the assignment."""
@@ -189,6 +208,34 @@ class Catalogue:
                 self._draws.clear()
             self._draws[remembered] = draw
         return draw
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """HMAC-SHA256 of a constant under the variant secret, in hex: it changes with the secret
+    and tells nothing of it (never the secret itself, nor a plain hash of it)."""
+    return hmac.new(secret, SECRET_FINGERPRINT_MESSAGE, hashlib.sha256).hexdigest()
+
+
+def assignment_revision(assignment: AssignmentSpec, secret: bytes) -> str:
+    """What a grade of ``assignment`` depends on besides the answers, as 32 hex digits.
+
+    The SHA-256 of the parsed assignment written canonically (every problem's reference,
+    tolerance, given tensors and points, defaults filled in) and of ``secret_fingerprint``:
+    a new secret (other variants), a changed tolerance or reference give another revision;
+    a file only reformatted (comments, spacing, quotes) gives the same. It is the same on
+    every replica that serves the same file with the same secret, and after a restart.
+
+    Keys keep the file's order: the given tensors are drawn in that order, so reordering them
+    changes every variant.
+    """
+    spec = json.dumps(
+        assignment.model_dump(),
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,  # a TOML date, should a file hold one
+    )
+    text = f"{spec}\n{secret_fingerprint(secret)}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def screened_group(assignment: AssignmentSpec, problem: ProblemSpec) -> list[ProblemSpec]:

@@ -28,7 +28,7 @@ from service.grading.schema import (
 )
 from service.grading.schemas import CHECK_TOLERANCE
 from service.grading.variants import Variant
-from service.problems import NO_CONTROL_CHARACTERS, Problem, problem_responses
+from service.problems import STUDENT_ID, Problem, problem_responses
 from service.ratelimit import RATE_LIMITED
 from service.responses import TensorJSONResponse
 from service.routing import FastJSONRoute
@@ -40,9 +40,10 @@ router = APIRouter(prefix="/v1/assignments", tags=["assignments"], route_class=F
 STUDENT_ID_RULES: dict[str, Any] = {
     "min_length": 1,
     "max_length": 200,
-    "pattern": NO_CONTROL_CHARACTERS,
+    "pattern": STUDENT_ID,
     "description": "The student's id, exactly as the grading script sends it (case matters): 1 "
-    "to 200 characters, no control characters or line breaks.",
+    "to 200 characters, no control characters or line breaks, and no space (or other white "
+    "space) at either end.",
     "examples": ["alice@example.edu"],
 }
 
@@ -95,6 +96,16 @@ class AssignmentSummary(BaseModel):
     description: str = Field(description="What it covers and how to answer, in Markdown.")
     total_points: float = Field(description="The points of all its problems.")
     problems: list[ProblemSummary] = Field(description="Its problems, in the file's order.")
+    revision: str = Field(
+        description="What a grade of the assignment depends on besides the answers, as 32 hex "
+        "digits: a SHA-256 of the assignment as the server parsed it (references, tolerances, "
+        "given tensors, points) and of a fingerprint of the variant secret (an HMAC of a "
+        "constant under it, never the secret). Another secret, or a changed reference or "
+        "tolerance, gives another revision; every replica serving the same file with the same "
+        "secret gives the same one. A grading script that keeps results records it and grades "
+        "again when it changes.",
+        examples=["3f1c0e5a9b7d4e2f8a6c1b0d9e8f7a6b"],
+    )
 
 
 class AssignmentList(BaseModel):
@@ -169,7 +180,7 @@ def find_variant(request: Request, assignment: str, problem: str, student: str) 
         raise _not_found(error) from None
 
 
-def summary(assignment: AssignmentSpec) -> AssignmentSummary:
+def summary(assignment: AssignmentSpec, revision: str) -> AssignmentSummary:
     def problem(p: ProblemSpec) -> ProblemSummary:
         return ProblemSummary(id=p.id, title=p.title, points=p.points, answer_kind=p.answer_kind)
 
@@ -179,14 +190,18 @@ def summary(assignment: AssignmentSpec) -> AssignmentSummary:
         description=assignment.description,
         total_points=assignment.total_points,
         problems=[problem(p) for p in assignment.problems],
+        revision=revision,
     )
 
 
 @router.get("", summary="The assignments and their problems")
 async def list_assignments(request: Request) -> AssignmentList:
-    """Every assignment with its problems: id, title, points and answer kind."""
-    assignments = catalogue(request).assignments.values()
-    return AssignmentList(assignments=[summary(a) for a in assignments])
+    """Every assignment with its problems (id, title, points and answer kind) and its
+    `revision`, which changes when its answer key does."""
+    loaded = catalogue(request)
+    return AssignmentList(
+        assignments=[summary(a, loaded.revision(a.id)) for a in loaded.assignments.values()]
+    )
 
 
 ANOTHER_STUDENT = (
@@ -216,7 +231,8 @@ ASSIGNMENT_ERROR = (
             403: ANOTHER_STUDENT,
             404: NO_ASSIGNMENT_OR_PROBLEM,
             422: "The `student_id` query parameter is missing or not valid "
-            "(`validation-error`): 1 to 200 characters, no control characters or line breaks.",
+            "(`validation-error`): 1 to 200 characters, no control characters or line breaks, "
+            "no space at either end.",
         },
     ),
 )

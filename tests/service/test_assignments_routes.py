@@ -4,7 +4,9 @@ instances that share the secret, different between students, never the key."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+from tests.grading.sample import SAMPLE
 from tests.keys import SECRET, STUDENT, key, keyed_settings
 
 API_IDS = {
@@ -76,6 +79,7 @@ def test_the_listing_has_every_problem_of_the_homework(first: TestClient) -> Non
     assert kinds["1.1a"] == "shape" and kinds["1.1b"] == "formula"
     assert kinds["1.2.1d-vanishing"] == "choice" and kinds["1.3-4-loss"] == "number"
     assert set(cnn_rnn["problems"][0]) == {"id", "title", "points", "answer_kind"}
+    assert re.fullmatch(r"[0-9a-f]{32}", cnn_rnn["revision"])
 
 
 def test_a_variant_has_the_statement_and_the_given_tensors(first: TestClient) -> None:
@@ -199,3 +203,78 @@ def test_a_number_is_given_as_a_0d_tensor(first: TestClient) -> None:
     m = variant(first, "1.2.1b", "alice")["given"]["m"]
     assert m["shape"] == [] and isinstance(m["data"], float)
     assert m["data"].is_integer() and 2 <= m["data"] <= 9
+
+
+@pytest.mark.parametrize(
+    "student", ["student03@example.edu ", " student03@example.edu", "ada\u00a0", "\u3000ada"]
+)
+def test_a_student_id_with_a_space_at_either_end_is_422_on_every_route(
+    first: TestClient, student: str
+) -> None:
+    """Ids are exact: a trailing space would give another student's variant (graded as
+    someone else, without a word). Refused, never trimmed or lowercased."""
+    read = first.get("/v1/assignments/cnn-rnn/problems/1.1a", params={"student_id": student})
+    checked = first.post(
+        "/v1/assignments/cnn-rnn/problems/1.1a/check", json={"student_id": student, "answer": "5x2"}
+    )
+    graded = first.post(
+        "/v1/assignments/cnn-rnn/grade", json={"student_id": student, "answers": {}}
+    )
+    for response, where in ((read, "query"), (checked, "body"), (graded, "body")):
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["errors"][0]["loc"] == [where, "student_id"]
+        assert "must not begin or end with a space" in problem["detail"]
+    # Spaces inside an id are a part of it, as any other character.
+    assert variant(first, "1.1a", "Ada Lovelace <ada@example.edu>")["student_id"].startswith("Ada")
+
+
+def revisions(client: TestClient) -> dict[str, str]:
+    listing = client.get("/v1/assignments").json()["assignments"]
+    return {a["id"]: a["revision"] for a in listing}
+
+
+def served(folder: Path, text: str, secret: str = SECRET) -> dict[str, str]:
+    folder.mkdir(exist_ok=True)
+    (folder / "sample.toml").write_text(text, encoding="utf-8")
+    settings = Settings(variant_secret=secret, assignments_dir=folder, builtin_assignments=False)
+    with TestClient(create_app(settings)) as client:
+        return revisions(client)
+
+
+def test_the_revision_is_the_same_on_every_replica_with_the_same_secret_and_file(
+    first: TestClient, second: TestClient
+) -> None:
+    assert revisions(first) == revisions(second)
+
+
+def test_the_revision_changes_with_the_secret_the_tolerance_and_the_reference(
+    tmp_path: Path, first: TestClient
+) -> None:
+    """A result kept by a grading script is stale when any of them changes: its revision
+    says so. Reformatting the file (a comment) keeps it."""
+    base = served(tmp_path / "base", SAMPLE)["sample"]
+    assert served(tmp_path / "comment", "# reviewed\n" + SAMPLE)["sample"] == base
+    changed = {
+        "secret": served(tmp_path / "secret", SAMPLE, secret=SECRET[::-1]),
+        "tolerance": served(
+            tmp_path / "tolerance",
+            SAMPLE.replace("tolerance = { rtol = 0, atol = 0.01 }", "tolerance = { atol = 0.1 }"),
+        ),
+        "reference": served(
+            tmp_path / "reference", SAMPLE.replace('correct = "b"', 'correct = "a"')
+        ),
+        "given": served(tmp_path / "given", SAMPLE.replace("low = -3\n", "low = -2\n")),
+    }
+    for what, listing in changed.items():
+        assert listing["sample"] != base, what
+    # Never the secret, nor anything of it a reader could check a guess against.
+    listing = first.get("/v1/assignments").text
+    assert SECRET not in listing and SECRET[:12] not in listing
+
+
+def test_the_revision_is_documented_in_the_openapi_schema(first: TestClient) -> None:
+    schemas = first.get("/openapi.json").json()["components"]["schemas"]
+    described = schemas["AssignmentSummary"]["properties"]["revision"]["description"]
+    assert "variant secret" in described and "HMAC" in described and "grades again" in described

@@ -73,6 +73,80 @@ def test_health_and_info(tg: Client) -> None:
     assert tg.info()["torch_version"] == torch.__version__
 
 
+def test_ready_says_whether_the_server_is_ready_without_waiting_out_its_503(
+    tg: Client, client: TestClient
+) -> None:
+    assert client.get("/readyz").status_code == 200 and tg.ready() is True
+    warming = httpx.Response(
+        503,
+        headers={"Retry-After": "1"},
+        json={"type": "t", "title": "Service Unavailable", "status": 503, "detail": "warming up"},
+    )
+    transport, seen = scripted(warming)
+    sleep, waits = recording()
+    with Client("http://x", transport=transport, sleep=sleep) as warm:
+        assert warm.ready() is False
+    assert len(seen) == 1 and waits == []
+    transport, _ = scripted(httpx.Response(502, text="<html>bad gateway</html>"))
+    with Client("http://x", transport=transport) as proxied, pytest.raises(ProblemError):
+        proxied.ready()
+
+
+def test_loss_curve_plot_answers_the_image_bytes(tg: Client) -> None:
+    losses = [[1.41, 1.38, 1.35], [1.1, 0.9, 3.4]]
+    png = tg.loss_curve_plot(losses, num_classes=4)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    svg = tg.loss_curve_plot(losses, num_classes=4, format="svg")
+    assert b"<svg" in svg[:1000]
+    with pytest.raises(ProblemError) as error:
+        tg.loss_curve_plot([[]], num_classes=4)
+    assert error.value.status == 422
+    transport, _ = scripted(httpx.Response(200, json={"epoch_mean": [1.0]}))
+    with Client("http://x", transport=transport) as other, pytest.raises(UnexpectedResponse):
+        other.loss_curve_plot(losses, num_classes=4)
+
+
+def test_an_unreachable_service_raises_httpx_errors_not_problem_errors() -> None:
+    """As the README says: ProblemError is an answer of the service; no answer at all is an
+    httpx.HTTPError (after the retries)."""
+    transport, _ = scripted(httpx.ConnectError("refused"))
+    with Client("http://x", transport=transport, retries=0) as tg:
+        with pytest.raises(httpx.HTTPError) as raised:
+            tg.health()
+        assert not isinstance(raised.value, ProblemError)
+
+
+CLIENT_METHODS = {
+    "GET /healthz": "health",
+    "GET /readyz": "ready",
+    "GET /v1/info": "info",
+    "POST /v1/shapes/conv": "conv_shape",
+    "GET /v1/models": "models",
+    "POST /v1/models/{model}/forward": "forward",
+    "POST /v1/models/{model}/backward": "backward",
+    "POST /v1/models/{model}/jacobian": "jacobian",
+    "POST /v1/models/{model}/state-jacobians": "state_jacobians",
+    "POST /v1/check": "check",
+    "POST /v1/check/batch": "check_batch",
+    "POST /v1/diagnostics/loss-curve": "loss_curve",  # and loss_curve_plot for ?format=png
+    "POST /v1/experiments/temporal-order": "temporal_order",
+    "GET /v1/assignments": "assignments",
+    "GET /v1/assignments/{assignment}/problems/{problem}": "problem",
+    "POST /v1/assignments/{assignment}/problems/{problem}/check": "check_problem",
+    "POST /v1/assignments/{assignment}/grade": "grade",
+}
+
+
+def test_every_operation_but_the_metrics_has_its_method(client: TestClient) -> None:
+    """The README says so: each route of the API has a method of the client (`/metrics` is
+    for Prometheus to scrape)."""
+    paths = client.get("/openapi.json").json()["paths"]
+    operations = {f"{m.upper()} {path}" for path, ops in paths.items() for m in ops}
+    assert operations - {"GET /metrics"} == set(CLIENT_METHODS)
+    for name in [*CLIENT_METHODS.values(), "loss_curve_plot"]:
+        assert callable(getattr(Client, name, None)), name
+
+
 def test_conv_shape_is_the_seeds_1_1a(tg: Client) -> None:
     answer = tg.conv_shape([21, 12], [4, 5], stride=4, out_channels=8)
     # The seed's closed form: floor((21 - 4 + 0)/4) + 1 = 5, floor((12 - 5 + 0)/4) + 1 = 2.
@@ -350,7 +424,8 @@ def test_waits_are_capped_and_retries_run_out_on_the_last_answer() -> None:
     client = Client("http://x", transport=transport, sleep=sleep, retries=1, max_wait=10)
     with client as tg, pytest.raises(ProblemError) as error:
         tg.info()
-    assert waits == [10] and error.value.status == 429 and error.value.detail == "slow down"
+    assert len(waits) == 1 and 10 - 1.0 - 0.5 <= waits[0] <= 10
+    assert error.value.status == 429 and error.value.detail == "slow down"
 
 
 def test_read_timeouts_and_other_statuses_are_not_retried() -> None:
@@ -384,6 +459,10 @@ def test_check_check_batch_and_grade_follow_the_contract() -> None:
             ]
         )
         assert [r["correct"] for r in results] == [True, False]
+        # Still the list it always was, with the summary the route answers beside it.
+        assert isinstance(results, list) and len(results) == 2
+        assert results.summary == {"checks": 2, "correct": 1, "wrong": 1, "invalid": 0, "keys": 1}
+        assert results.invalid == []
         native = tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2], "1.1c-i": 4})
         assert native["total"] == 2.0
         gradescope = tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2]}, gradescope=True)
@@ -391,6 +470,32 @@ def test_check_check_batch_and_grade_follow_the_contract() -> None:
         with pytest.raises(ProblemError) as error:
             tg.grade("nope", "s1", {})
         assert error.value.status == 404
+
+
+def test_check_batch_answers_the_summary_and_where_the_invalid_checks_are(
+    tg: Client,
+) -> None:
+    """Against the real route: an invalid check is an `error` in its place, counted."""
+    expected = {"op": "value", "value": [1.0, 2.0]}
+    results = tg.check_batch(
+        [
+            {"expected": expected, "answer": [1.0, 2.0]},
+            {"expected": expected, "answer": [1.0, "two"]},
+            {"expected": expected, "answer": [2.0, 1.0]},
+        ]
+    )
+    assert len(results) == 3 and "error" in results[1]
+    assert results.summary == {"checks": 3, "correct": 1, "wrong": 1, "invalid": 1, "keys": 1}
+    assert results.invalid == [1]
+
+
+def test_check_batch_counts_the_results_of_a_service_that_answers_no_summary() -> None:
+    body = {"results": [{"correct": True, "score": 1.0}, {"error": {"status": 422}}]}
+    transport, _ = scripted(httpx.Response(200, json=body))
+    with Client("http://x", transport=transport) as tg:
+        results = tg.check_batch([{"expected": {"op": "value", "value": 1}, "answer": 1}] * 2)
+    assert results == body["results"]
+    assert results.summary == {"checks": 2, "correct": 1, "wrong": 0, "invalid": 1}
 
 
 def test_the_other_operations_answer_what_their_routes_answer(
@@ -612,6 +717,28 @@ def test_the_random_extra_is_random_by_default_and_capped() -> None:
     with client as tg:
         tg.health()
     assert waits == [4.2, 4.2]
+
+
+def test_waits_capped_by_max_wait_keep_their_random_extra() -> None:
+    """Workers told `Retry-After: 60` (or more) with `max_wait=60` must not all come back at
+    the 60th second: the capped waits are spread below the cap."""
+    drawn = random.Random(1).random
+    waits: list[float] = []
+    for _ in range(8):  # eight workers of a class run, one retry each
+        sleep, seen = recording()
+        transport = refused_then_ok("60", 1)
+        with Client("http://x", transport=transport, sleep=sleep, max_wait=60, jitter=drawn) as tg:
+            tg.health()
+        waits += seen
+    assert len(waits) == 8 and all(60 - 6.5 <= w <= 60 for w in waits), waits
+    assert len(set(waits)) == 8 and max(waits) - min(waits) > 1.0
+    # The least and the most extra: the window's two ends, never past the cap.
+    for jitter, expected in ((lambda: 0.0, 60 - 6.5), (lambda: 1.0, 60.0)):
+        sleep, seen = recording()
+        transport = refused_then_ok("3600", 1)
+        with Client("http://x", transport=transport, sleep=sleep, max_wait=60, jitter=jitter) as tg:
+            tg.health()
+        assert seen == [pytest.approx(expected)]
 
 
 # -- proxies from the environment -----------------------------------------------------------------

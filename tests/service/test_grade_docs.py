@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -111,12 +112,20 @@ def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def autograder(tmp_path: Path, submission: str | None, email: str = "ada@example.edu") -> Path:
-    """A folder laid out as Gradescope's: submission, its metadata, the key in source/."""
+def autograder(
+    tmp_path: Path,
+    submission: str | None,
+    email: str = "ada@example.edu",
+    users: list[dict[str, Any]] | None = None,
+) -> Path:
+    """A folder laid out as Gradescope's: submission, its metadata (one user of ``email``, or
+    ``users``), the key in source/."""
     (tmp_path / "submission").mkdir()
     (tmp_path / "source").mkdir()
     (tmp_path / "source" / "tensorgrade.key").write_text(INSTRUCTOR + "\n")
-    metadata = {"users": [{"email": email, "name": "Ada", "sid": "1"}], "id": 7}
+    if users is None:
+        users = [{"email": email, "name": "Ada", "sid": "1"}]
+    metadata = {"users": users, "id": 7}
     (tmp_path / "submission_metadata.json").write_text(json.dumps(metadata))
     if submission is not None:
         (tmp_path / "submission" / "answers.json").write_text(submission)
@@ -216,6 +225,87 @@ def test_run_autograder_with_a_broken_file_says_why(script: Path, url: str, tmp_
     assert results["score"] == 0 and results["tests"] == []
     assert "cannot read a JSON submission" in results["output"]
     assert "correct it and submit again" in results["output"]  # the student's to fix
+
+
+@pytest.mark.parametrize(
+    "users",
+    [
+        [{"email": None, "name": "Ada"}],
+        [{"email": "", "name": "Ada"}],
+        [{"name": "Ada"}],
+        [{"email": 7}],
+        [],
+    ],
+    ids=["null", "empty", "missing", "not-text", "no-users"],
+)
+def test_run_autograder_never_grades_a_submission_without_an_email_as_a_student(
+    script: Path, url: str, tmp_path: Path, users: list[dict[str, Any]]
+) -> None:
+    """A null e-mail was printed `None` by Python and graded as the student "None": another
+    variant, a wrong score written as valid."""
+    submission = json.dumps(answers_of(url, "None"))  # right for "None", if it were graded
+    results = run(script, autograder(tmp_path, submission, users=users), url)
+    assert results["score"] == 0 and results["tests"] == []
+    assert "no student e-mail address" in results["output"]
+    assert "None" not in results["output"]
+
+
+def test_run_autograder_grades_a_group_against_the_variant_its_answers_fit(
+    script: Path, url: str, tmp_path: Path
+) -> None:
+    """A group's answers are one member's variant, not necessarily the first member's: each
+    member's variant is tried, the best kept, and the output names whose it is."""
+    users = [
+        {"email": None, "name": "Nobody"},
+        {"email": "bob@example.edu", "name": "Bob"},
+        {"email": "ada@example.edu", "name": "Ada"},
+    ]
+    submission = json.dumps(answers_of(url, "ada@example.edu"))
+    results = run(script, autograder(tmp_path, submission, users=users), url)
+    assert set(results) == TOP_LEVEL, results["output"]
+    assert all(set(t) == TEST_FIELDS for t in results["tests"])
+    assert results["score"] == 44 and all(t["status"] == "passed" for t in results["tests"])
+    assert "each of its 2 members" in results["output"]
+    assert "kept: ada@example.edu" in results["output"]
+
+
+def test_run_autograder_keeps_no_lesser_result_of_a_group_a_member_of_which_failed(
+    script: Path, url: str, tmp_path: Path
+) -> None:
+    """bob's variant is graded, ada's is refused (an id the service does not take): bob's
+    lesser result may not be the group's grade, since ada's variant is the one that fits."""
+    users = [{"email": "bob@example.edu"}, {"email": "ada@example.edu "}]
+    answers = answers_of(url, "ada@example.edu")
+    results = run(script, autograder(tmp_path, json.dumps(answers), users=users), url)
+    assert results["score"] == 0 and results["tests"] == []
+    assert "begins or ends with a space" in results["output"]
+    # A perfect result of one member stands, whatever became of the others.
+    users = [{"email": "ada@example.edu"}, {"email": "bob@example.edu "}]
+    (tmp_path / "2").mkdir()
+    results = run(script, autograder(tmp_path / "2", json.dumps(answers), users=users), url)
+    assert results["score"] == 44 and "kept: ada@example.edu" in results["output"]
+
+
+def test_run_autograder_gives_up_on_a_service_that_does_not_answer(
+    script: Path, tmp_path: Path
+) -> None:
+    """The recipe bounds the wait for an answer (`--timeout 60`), and a hung service is told
+    as reached but slow, not as unreachable (here with a timeout of 1 s, for the test)."""
+    assert "--timeout 60 " in script.read_text()
+    fast = script.with_name("run_autograder_fast")
+    fast.write_text(script.read_text().replace("--timeout 60 ", "--timeout 1 "))
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        results = run(fast, autograder(tmp_path, json.dumps({"1.1a": [5, 2]})), silent_url)
+    assert results["score"] == 0 and results["tests"] == []
+    assert "was reached but did not answer within 1 s" in results["output"]
+    assert "cannot reach" not in results["output"]
+
+
+def test_the_gradescope_recipe_names_the_python_it_needs() -> None:
+    section = documentation().split("#### A Gradescope autograder", 1)[1].split("\n### ", 1)[0]
+    assert "Python 3.11 or later" in section and "Ubuntu 24.04" in section
+    assert "supersedes" not in documentation()
 
 
 def test_the_answer_schema_of_the_assignment_routes_says_what_they_answer(
