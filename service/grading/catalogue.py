@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from models.errors import UnknownName
 from service.grading.schema import AssignmentSpec, ProblemSpec, Tolerance
-from service.grading.variants import Variant, make_variant
+from service.grading.variants import Variant, make_variant, variant_seed
 from service.settings import Settings
 
 BUILTIN_FOLDER = "assignments"
@@ -51,7 +51,8 @@ MAX_DRAWS = 8
 answer; where none does, the first draw is kept (start-up refuses a file for which the probe
 student gets none)."""
 MAX_REMEMBERED_DRAWS = 100_000
-"""The students' draws a worker remembers (a few bytes each), forgotten all at once when full."""
+"""The students' draws a worker remembers (about 100 bytes each, 10 MB in all), forgotten all at
+once when full."""
 
 SECRET_FINGERPRINT_MESSAGE = b"tensorgrade/assignment-revision/v1"
 """The constant whose HMAC under the variant secret stands for the secret in a revision."""
@@ -144,7 +145,7 @@ class Catalogue:
     secret: bytes
     screen: Screen | None = None
     """Screens variants for ``distinct_from`` (None: every student keeps the first draw)."""
-    _draws: dict[tuple[str, str, str], int] = field(default_factory=dict, compare=False, repr=False)
+    _draws: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
     _revisions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def assignment(self, assignment_id: str) -> AssignmentSpec:
@@ -199,7 +200,8 @@ class Catalogue:
         group = screened_group(self.assignments[assignment_id], problem)
         if not group or self.screen is None:
             return 0
-        remembered = (assignment_id, problem.variant_key, student)
+        # Remembered by the variant's seed (8 bytes), not by the student id (up to 200 chars).
+        remembered = variant_seed(self.secret, assignment_id, problem.variant_key, student)
         draw = self._draws.get(remembered)
         if draw is None:
             found = first_distinct_draw(self.secret, assignment_id, group, student, self.screen)

@@ -173,13 +173,39 @@ def spec_validator(settings: Settings) -> SpecValidator:
     return validate
 
 
+SCREEN_LIMITS = (
+    *KEY_LIMITS,
+    "max_tensor_elements",
+    "max_request_elements",
+    "compute_deadline_seconds",
+    "cpu_flops_per_second",
+)
+"""The settings a screened key is computed under at least at their defaults, so that which draw
+a student gets does not depend on a replica's configuration."""
+
+
+SCREEN_WAIT_SECONDS = 3600.0
+"""How long a screen waits for its own gate: in effect forever (it only queues behind other
+screens, each a few milliseconds)."""
+
+
 class VariantScreen:
     """``catalogue.Screen`` backed by the checking engine: computes a variant's key as a check
-    of it would (on the CPU, as ``spec_validator`` does) and makes each named mistake on it."""
+    of it would and makes each named mistake on it.
+
+    Which draw a student gets must be the same on every replica, at every load: so the key is
+    always computed on the CPU, under the default limits (or larger ones), and through a gate
+    of its own that never refuses (never the service's, whose 503 under load would look like
+    a key that cannot be computed). These keys are the instructors' own, checked at start-up.
+    """
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = key_settings(settings)
-        self.gate = ComputeGate.from_settings(self.settings)
+        raised = {
+            name: max(getattr(settings, name), Settings.model_fields[name].default)
+            for name in SCREEN_LIMITS
+        }
+        self.settings = settings.model_copy(update=raised)
+        self.gate = ComputeGate(capacity=2, queue_size=2**31, timeout=SCREEN_WAIT_SECONDS)
         self.codes = mistake_codes()
 
     def __call__(
@@ -189,7 +215,7 @@ class VariantScreen:
         key cannot be computed (the check of an answer then says why)."""
         try:
             request = CheckRequest.model_validate({"expected": dict(expected), "answer": None})
-            if getattr(request.expected, "device", None) == "auto":
+            if getattr(request.expected, "device", None) is not None:  # "cuda" too
                 on_cpu = request.expected.model_copy(update={"device": "cpu"})
                 request = request.model_copy(update={"expected": on_cpu})
             with unrecorded():  # no request asked for it: not counted in the compute metrics

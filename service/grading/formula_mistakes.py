@@ -161,7 +161,10 @@ def _is_conv_size(key: FormulaKey, roles: ConvRoles) -> tuple[bool, Point | None
     point where it is not."""
     right = Slips()
     for point, value in zip(key.points, key.values, strict=True):
-        size = slipped_size(roles.dim(point), right)
+        try:
+            size = slipped_size(roles.dim(point), right)
+        except ArithmeticError:  # a stride of 0 in the ranges: no convolution's size there
+            return False, point
         if size is None or not same_value(size, value):
             return False, point
     return True, None

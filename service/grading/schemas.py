@@ -296,7 +296,8 @@ class CheckRequest(StrictBody):
             if top is None:
                 continue
             inner = getattr(expected, name)
-            if name in expected.model_fields_set and inner != top:
+            chosen = name in expected.model_fields_set and inner != "auto"  # auto: no choice
+            if chosen and inner != top:
                 raise ValueError(
                     f"{name} is {top!r} here and {inner!r} in expected: give it once, or the "
                     "same in both"
@@ -331,7 +332,12 @@ class BatchRequest(StrictBody):
         options = {name: value for name, value in options.items() if value is not None}
         if not options:
             return list(self.checks)
-        return [{**options, **check} if isinstance(check, dict) else check for check in self.checks]
+        return [
+            {**check, **{n: v for n, v in options.items() if check.get(n) is None}}
+            if isinstance(check, dict)
+            else check
+            for check in self.checks
+        ]
 
 
 class Diagnosis(BaseModel):

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from service.budgets import check_count
 from service.deps import GateDep, SettingsDep
+from service.devices import resolve_device
 from service.grading.check import CheckFailed, check_many, check_one
 from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
 from service.grading.schemas import BatchRequest, BatchResponse, CheckRequest, CheckResponse
@@ -32,6 +33,8 @@ def check(
 ) -> Response:
     """A wrong answer is a 200 with `correct: false`; an answer that is not of the asked kind
     (ragged, strings, NaN, a formula that does not parse) is a 422."""
+    if body.device is not None:
+        resolve_device(body.device)  # "cuda" without a GPU: a 422 at `device`, whatever the op
     try:
         result = check_one(body, settings, gate)
     except CheckFailed as failure:
@@ -53,6 +56,8 @@ def check_batch(
     """Results in order; a check that cannot be judged gets an `error` (a problem detail) in
     its place and does not stop the others."""
     check_count(len(body.checks), "max_batch_checks", "checks", "checks", settings)
+    if body.device is not None:
+        resolve_device(body.device)
     if not body.checks:
         raise Problem(
             422,

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from models.conv import MAX_SIZE, conv_output_size
 from models.errors import ModelError
-from service.devices import DeviceName, DtypeName
+from service.devices import DeviceName, DtypeName, resolve_device
 from service.examples import CONV_SHAPE_EXAMPLES
 from service.problems import problem_responses
 from service.routing import DirectRoute, documented_body, validate_body
@@ -117,6 +117,8 @@ async def shapes_conv(request: Request) -> Response:
     # written by orjson without a model in between; this keeps the route near a bare
     # endpoint's throughput (see bench/).
     body = await validate_body(request, ConvShapeRequest)
+    if body.device == "cuda":
+        resolve_device(body.device)  # no GPU: refused as everywhere, though a shape needs none
     try:
         answer = conv_shape(body)
     except ModelError as error:

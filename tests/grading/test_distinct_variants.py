@@ -22,6 +22,7 @@ from service.grading.catalogue import (
 )
 from service.grading.checker import EngineCheck, VariantScreen, spec_validator
 from service.grading.grade import grade_problem
+from service.grading.rnn_mistakes import MAX_ATTENDED_PAIRS
 from service.grading.variants import Variant, make_variant
 from service.settings import Settings
 from tests.grading import seed_answers as seed
@@ -284,3 +285,67 @@ def test_zero_states_left_out_of_the_softmax_are_diagnosed(window: int | None) -
         else seed.attention_rnn_inf(args["Q"], args["K"], args["V"], args["x"])
     )
     assert judge(spec, right.tolist())["correct"]
+
+
+REDRAWN_1_2_2E = {
+    "student-24": 2,
+    "student-26": 1,
+    "student-33": 1,
+    "student-56": 1,
+    "student-71": 1,
+    "student-75": 1,
+    "student-82": 1,
+    "student-85": 1,
+    "student-86": 1,
+    "student-114": 1,
+}
+"""The students of the scan whose 1.2.2e is not their first draw, under the tests' secret."""
+
+
+def test_the_draws_of_known_students_are_pinned(catalogue: Catalogue) -> None:
+    """A change of a mistake's formula, of the screen or of the file redraws students who may
+    already have their numbers: this pins who gets which draw, so it cannot go unnoticed."""
+    for problem_id in ("1.1c-i", "1.2.1c", "1.2.1d-jacobian", "1.2.2c", "1.2.2d", "1.2.2f"):
+        problem = catalogue.problem("cnn-rnn", problem_id)
+        assert {catalogue.draw("cnn-rnn", problem, s) for s in STUDENTS} == {0}, problem_id
+    problem = catalogue.problem("cnn-rnn", "1.2.2e")
+    drawn = {s: catalogue.draw("cnn-rnn", problem, s) for s in STUDENTS}
+    assert {s: d for s, d in drawn.items() if d} == REDRAWN_1_2_2E
+
+
+def test_the_draw_does_not_depend_on_the_replicas_limits_or_load() -> None:
+    """A replica with tight limits, or whose compute slots are all taken, works out the same
+    draws: the screen computes under the default limits, through a gate of its own."""
+    tight = Settings(
+        variant_secret=SETTINGS.variant_secret,
+        compute_deadline_seconds=0.001,
+        cpu_flops_per_second=1,
+        max_concurrent_computations=1,
+        compute_queue_size=0,
+        compute_queue_timeout_seconds=0,
+    )
+    replica = catalogue_from_settings(tight, screen=VariantScreen(tight))
+    problem = replica.problem("cnn-rnn", "1.2.2e")
+    for student, draw in REDRAWN_1_2_2E.items():
+        assert replica.draw("cnn-rnn", problem, student) == draw, student
+
+
+def test_zero_states_are_not_recomputed_one_by_one_for_long_sequences() -> None:
+    """The candidate loops in Python over (step, past state) pairs: past MAX_ATTENDED_PAIRS it
+    is not made (it would hold a compute slot for seconds), and the check still judges."""
+    rng = np.random.default_rng(11)
+    steps = 80  # 80 * 80 pairs with every past state
+    args = {
+        "Q": rng.normal(0, 0.5, (2, 2, 2)),
+        "K": rng.normal(0, 0.5, (2, 2, 2)),
+        "V": rng.normal(0, 0.5, (2, 2, 2)),
+        "x": rng.normal(0, 1, (steps, 2)),
+    }
+    assert steps * steps > MAX_ATTENDED_PAIRS
+    spec = {**jacobians_spec(None, args), "op": "forward", "select": "h"}
+    result = judge(spec, attention_without_zero_states(args, None).tolist())
+    assert result["correct"] is False and "zero_states_left_out" not in codes(result)
+    short = {**args, "x": args["x"][:8]}
+    spec = {**jacobians_spec(None, short), "op": "forward", "select": "h"}
+    result = judge(spec, attention_without_zero_states(short, None).tolist())
+    assert "zero_states_left_out" in codes(result)

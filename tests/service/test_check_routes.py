@@ -678,3 +678,41 @@ def test_a_shape_request_takes_device_and_dtype(client: TestClient) -> None:
     assert client.post("/v1/shapes/conv", json=body).json()["output_size"] == [5]
     wrong = client.post("/v1/shapes/conv", json={**body, "device": "gpu"})
     assert wrong.status_code == 422 and "device" in wrong.json()["detail"]
+
+
+def test_cuda_at_the_top_is_refused_without_a_gpu_whatever_the_op(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    value = {"expected": {"op": "value", "value": [1]}, "answer": [1], "device": "cuda"}
+    for path, body in [
+        ("/v1/check", value),
+        ("/v1/check/batch", {"checks": [value], "device": "cuda"}),
+        ("/v1/shapes/conv", {"input_size": [7], "kernel_size": 3, "device": "cuda"}),
+    ]:
+        response = client.post(path, json=body)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["errors"][0]["loc"] == ["body", "device"], path
+
+
+def test_auto_in_expected_gives_way_and_a_null_takes_the_batchs(client: TestClient) -> None:
+    auto = {"expected": {**TINY, "device": "auto"}, "answer": IN_FLOAT64, "device": "cpu"}
+    assert client.post("/v1/check", json=auto).json()["correct"] is True
+    null = {"expected": TINY, "answer": IN_FLOAT64, "tolerance": EXACT, "dtype": None}
+    results = client.post("/v1/check/batch", json={"checks": [null], "dtype": "float32"}).json()
+    assert results["results"][0]["correct"] is False  # computed in the batch's float32
+
+
+def test_a_formula_whose_range_holds_a_zero_stride_is_judged(client: TestClient) -> None:
+    """The reference is compared with the conv output size to pick its mistakes; a stride of 0
+    in the ranges is no convolution, not a division by zero."""
+    reference = {
+        "op": "formula",
+        "reference": "H + K + S",
+        "variables": {"H": [1, 5], "K": [1, 3], "S": [0, 2]},
+    }
+    answer = client.post("/v1/check", json={"expected": reference, "answer": "H+K"})
+    assert answer.status_code == 200 and answer.json()["correct"] is False, answer.text
+    declared = {**reference, "mistakes": "conv_output_size"}
+    refused = client.post("/v1/check", json={"expected": declared, "answer": "H+K"})
+    assert refused.status_code == 422, refused.text

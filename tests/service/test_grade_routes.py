@@ -592,7 +592,10 @@ def test_the_seeds_question_ids_answer_their_split_problems(first: TestClient) -
     # A part's own id wins over the same part inside its question's object.
     mixed = grade(first, student, {"1.3-4": {"loss": 2.0}, "1.3-4-loss": right["1.3-4-loss"]})
     assert mixed["problems"]["1.3-4-loss"]["status"] == "correct"
-    for answer in (1.386, {"loss": 1.386, "typo": 0.25}):
+    # A null under the part's own id is no answer: the question's object answers it.
+    nulled = grade(first, student, {"1.3-4": {"loss": right["1.3-4-loss"]}, "1.3-4-loss": None})
+    assert nulled["problems"]["1.3-4-loss"]["status"] == "correct"
+    for answer in (1.386, {"loss": 1.386, "typo": 0.25}, {}):
         bare = grade(first, student, {"1.3-4": answer})
         assert bare["ignored"] == ["1.3-4"] and bare["total"] == 0
     read = first.get("/v1/assignments/cnn-rnn/problems/1.2.1d", params={"student_id": student})
