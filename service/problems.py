@@ -92,11 +92,34 @@ class Problem(Exception):
             "type": TYPE_BASE + self.kind,
             "title": self.title,
             "status": self.status,
-            "detail": self.detail,
+            "detail": _clipped(self.detail),
         }
         if self.errors is not None:
-            body["errors"] = self.errors
+            body["errors"] = [_clipped_error(e) for e in self.errors[:MAX_ERRORS]]
         return body
+
+
+MAX_TEXT = 2000
+"""The most characters of a problem's ``detail``, of an error's ``msg`` and of each part of its
+``loc``: a message quotes what was sent (a name, a padding string), and a 100k-character name
+would otherwise come back three times over."""
+MAX_ERRORS = 100
+"""The most field errors a problem lists."""
+
+
+def _clipped(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return f"{value[:MAX_TEXT]}... ({len(value) - MAX_TEXT} more characters)"
+    return value
+
+
+def _clipped_error(error: Any) -> Any:
+    if not isinstance(error, dict):
+        return error
+    clipped = {name: _clipped(value) for name, value in error.items()}
+    if isinstance(error.get("loc"), list):
+        clipped["loc"] = [_clipped(part) for part in error["loc"]]
+    return clipped
 
 
 def body_problem(message: str, kind: str, title: str, error_type: str) -> Problem:

@@ -292,3 +292,25 @@ def test_a_nested_window_k_is_named_by_its_kind(healthy: TestClient, depth: int)
     body = '{"config": {"k": @}, "params": {}, "inputs": {}}'.replace("@", nested(depth))
     answer = healthy.post("/v1/models/attention_rnn/forward", content=body, headers=JSON)
     assert_problem(422, answer, 'k must be an integer >= 1 or "inf", got a list')
+
+
+LONG = "q" * 100_000
+ECHOED = [
+    ("/v1/models/conv1d/forward", {**SEED, "inputs": {**SEED["inputs"], LONG: [[1]]}}),
+    ("/v1/models/conv1d/forward", {**SEED, "config": {"padding": LONG}}),
+    ("/v1/check", {"expected": {"op": "forward", "model": LONG}, "answer": 1}),
+    ("/v1/shapes/conv", {"input_size": [7], "kernel_size": 3, "padding": LONG}),
+    ("/v1/models/conv1d/forward", {**SEED, "config": {LONG: 1}}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), ECHOED, ids=range(len(ECHOED)))
+def test_a_long_name_is_not_echoed_in_full(
+    healthy: TestClient, path: str, body: dict[str, Any]
+) -> None:
+    """A message quotes what was sent; a 100k-character name came back three times over (in
+    `detail`, `msg` and `loc`). Each text is clipped, and says how much is left out."""
+    response = healthy.post(path, json=body)
+    assert response.status_code == 422, response.text[:300]
+    assert len(response.content) < 20_000, len(response.content)
+    assert LONG[:2001] not in response.text
