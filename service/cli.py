@@ -168,7 +168,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.logs import ensure_logging, log_config
-    from service.metrics import prepare_multiprocess_dir
+    from service.metrics import prepare_multiprocess_dir  # no torch: the supervisor has none
 
     settings = get_settings()
     try:  # here, once: each worker would fail at start-up and be restarted, forever
@@ -177,6 +177,14 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"tensorgrade: {error}", file=sys.stderr)
         return 2
     warnings = serve_warnings(settings, args.workers)
+    try:
+        problem = check_assignments(settings, args.workers)
+    except RuntimeError as error:  # the check itself failed: so would every worker
+        print(f"tensorgrade: {error}", file=sys.stderr)
+        return 1
+    if problem is not None:
+        print(f"tensorgrade: invalid configuration: {problem}", file=sys.stderr)
+        return 2
     if warnings:
         ensure_logging(settings.log_level)  # JSON on stderr, as every line of the service
         for warning in warnings:
@@ -194,6 +202,23 @@ def run_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
     return 0
+
+
+def check_assignments(settings: Settings, workers: int) -> str | None:
+    """Why the workers could not load the assignments, as one line; ``None`` when they can.
+
+    Checked here, once: each worker would fail at start-up and be restarted, forever. It
+    needs torch: in this process with one worker (which is this process), else in a child
+    process, so that the supervisor of several workers never holds torch.
+
+    Raises:
+        RuntimeError: the child process of the check failed otherwise.
+    """
+    from service import preflight
+
+    if workers == 1:
+        return preflight.assignments_problem(settings)
+    return preflight.assignments_problem_in_child()
 
 
 def run_healthcheck(args: argparse.Namespace) -> int:
