@@ -3,6 +3,7 @@ checks and sets up before its workers start."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,105 @@ def serve_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 
 def no_uvicorn(*args: Any, **kwargs: Any) -> None:
     pytest.fail("uvicorn started")
+
+
+def test_serve_hands_its_workers_one_variant_secret_when_none_is_set(
+    serve_env: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each worker would otherwise make a secret of its own, and a student would get another
+    variant from each: a right answer graded wrong about half the time."""
+    seen: list[str | None] = []
+    serve_env.setattr(uvicorn, "run", lambda *_, **__: seen.append(os.environ.get(SECRET_ENV)))
+    for _ in range(2):
+        assert cli.main(["serve", "--workers", "2"]) == 0
+    first, second = seen
+    assert first and second and len(first) >= 32
+    assert first != second  # a new one at every start: variants change at restart
+    assert SECRET_ENV not in os.environ  # the environment is left as it was
+    captured = capfd.readouterr()
+    output = captured.out + captured.err + caplog.text
+    assert first not in output and second not in output  # never logged
+    assert "TENSORGRADE_VARIANT_SECRET is not set" in output
+    assert "change at restart and differ between replicas" in output
+
+
+def test_serve_keeps_a_configured_variant_secret(serve_env: pytest.MonkeyPatch) -> None:
+    serve_env.setenv(SECRET_ENV, "v" * 32)
+    seen: list[str | None] = []
+    serve_env.setattr(uvicorn, "run", lambda *_, **__: seen.append(os.environ.get(SECRET_ENV)))
+    assert cli.main(["serve"]) == 0
+    assert seen == ["v" * 32] and os.environ[SECRET_ENV] == "v" * 32
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+def test_every_worker_gives_a_student_the_same_variant_in_open_mode(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in (SECRET_ENV, MULTIPROC_ENV)}
+    env |= {"TENSORGRADE_LOG_LEVEL": "warning", "TENSORGRADE_CHECK_RATE_LIMIT": ""}
+    log = tmp_path / "log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--workers", "2", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(process, base)
+        # Which worker answers a connection is the kernel's choice: the secret each worker
+        # was started with says for certain whether they agree.
+        secrets = {worker_environment(pid).get(SECRET_ENV.encode()) for pid in workers(process)}
+        assert len(workers(process)) == 2 and len(secrets) == 1 and None not in secrets
+        url = f"{base}/v1/assignments/cnn-rnn/problems/1.1c-i?student_id=ada"
+
+        def fetch(_: int) -> Any:
+            with urllib.request.urlopen(url, timeout=30) as answer:  # a new connection each
+                return json.loads(answer.read())["given"]
+
+        with ThreadPoolExecutor(8) as pool:  # at once: both workers accept connections
+            variants = {json.dumps(given, sort_keys=True) for given in pool.map(fetch, range(48))}
+        assert len(variants) == 1, "the workers gave one student different variants"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def workers(server: subprocess.Popen[bytes]) -> list[int]:
+    """The server's worker processes: its children started by multiprocessing's spawn."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == server.pid and b"spawn_main" in command:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def worker_environment(pid: int) -> dict[bytes, bytes]:
+    """The environment a process was started with."""
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(pair.split(b"=", 1) for pair in pairs if b"=" in pair)
+
+
+def wait_ready(process: subprocess.Popen[bytes], base: str) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("the service did not become ready")
 
 
 def test_the_supervisor_of_several_workers_never_imports_torch(tmp_path: Path) -> None:
