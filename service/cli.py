@@ -31,9 +31,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.limitstore import open_storage
-from service.settings import Settings, get_settings
+from service.settings import Settings, UnknownVariableError, check_environment, get_settings
 
-URL_ENV = "TENSORGRADE_URL"
+URL_ENV = "TENSORGRADE_URL"  # the two of settings.CLIENT_VARIABLES: the server ignores them
 API_KEY_ENV = "TENSORGRADE_API_KEY"
 VARIANT_SECRET_ENV = "TENSORGRADE_VARIANT_SECRET"
 
@@ -181,6 +181,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.metrics import prepare_multiprocess_dir  # no torch: the supervisor has none
 
     settings = get_settings()
+    try:
+        check_environment()  # a misspelt TENSORGRADE_INSTRUCTOR_KEY must not leave it open
+    except UnknownVariableError as error:
+        print(f"tensorgrade: invalid configuration: {error}", file=sys.stderr)
+        return 2
     try:  # here, once: each worker would fail at start-up and be restarted, forever
         open_storage(settings.rate_limit_storage.get_secret_value())
     except ValueError as error:

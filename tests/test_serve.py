@@ -19,7 +19,13 @@ import pytest
 import uvicorn
 
 from service import cli, preflight
-from service.settings import get_settings
+from service.app import create_app
+from service.settings import (
+    CLIENT_VARIABLES,
+    UnknownVariableError,
+    check_environment,
+    get_settings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_ENV = "TENSORGRADE_VARIANT_SECRET"
@@ -242,3 +248,44 @@ def test_a_failing_start_up_check_stops_serve_too(
     assert "the start-up check of the assignments exited with 1" in capsys.readouterr().err
     with pytest.raises(RuntimeError):
         preflight.assignments_problem_in_child()
+
+
+@pytest.mark.parametrize(
+    ("variable", "told"),
+    [
+        ("TENSORGRADE_INSTRUCTOR_KEY", "(did you mean TENSORGRADE_INSTRUCTOR_KEYS?)"),
+        ("tensorgrade_variant_secrets", "(did you mean TENSORGRADE_VARIANT_SECRET?)"),
+        ("TENSORGRADE_WORKER", "(did you mean TENSORGRADE_WORKERS?)"),
+        ("TENSORGRADE_NOTHING_LIKE_IT", "TENSORGRADE_NOTHING_LIKE_IT is not a setting"),
+        ("TENSORGRADE_GPU_SERVICE_HOST", "enableServiceLinks: false"),
+    ],
+)
+def test_a_misspelt_setting_stops_the_service(
+    serve_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    told: str,
+) -> None:
+    """Ignored, ``TENSORGRADE_INSTRUCTOR_KEY`` (singular) would start the service open: every
+    caller could read every answer. The value is never quoted (it may be a key)."""
+    value = "a-misspelt-key-0123456789"
+    serve_env.setenv(variable, value)
+    serve_env.setattr(uvicorn, "run", no_uvicorn)
+    assert cli.main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tensorgrade: invalid configuration: ") and told in err, err
+    assert len(err.strip().splitlines()) == 1 and value not in err
+    # And the app, as `uvicorn service.app:app` builds it from the environment.
+    with pytest.raises(UnknownVariableError, match=variable) as raised:
+        create_app()
+    assert value not in str(raised.value)
+
+
+def test_the_client_commands_variables_are_no_mistake(serve_env: pytest.MonkeyPatch) -> None:
+    assert {cli.URL_ENV, cli.API_KEY_ENV} == CLIENT_VARIABLES
+    for name in CLIENT_VARIABLES:
+        serve_env.setenv(name, "http://127.0.0.1:8000")
+    serve_env.setenv("TENSORGRADE_WORKERS", "1")
+    serve_env.setenv("OTHER_TENSORGRADE_THING", "1")  # another program's
+    check_environment()
+    create_app()
