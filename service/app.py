@@ -28,7 +28,7 @@ from service.problems import install_problem_handlers, problem_schemas
 from service.ratelimit import CheckLimiter, rate_limited
 from service.routes import assignments, check, diagnostics, health, metrics, models, shapes
 from service.routing import include_flat
-from service.settings import Settings, get_settings
+from service.settings import Settings, check_environment, get_settings
 
 logger = logging.getLogger("tensorgrade")
 
@@ -73,8 +73,15 @@ def warm_up() -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service with the given settings (read from the environment when omitted)."""
-    settings = settings or get_settings()
+    """Build the service with the given settings (read from the environment when omitted).
+
+    Raises:
+        UnknownVariableError: read from the environment, which holds a ``TENSORGRADE_*``
+            variable that is no setting (a misspelt key must not leave the service open).
+    """
+    if settings is None:
+        check_environment()
+        settings = get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

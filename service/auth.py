@@ -325,6 +325,8 @@ def startup_warnings(settings: Settings) -> list[str]:
     if settings.variant_secret is None:
         messages.append(
             "TENSORGRADE_VARIANT_SECRET is not set: student variants come from a random secret "
-            "and will change at restart (and differ between replicas)"
+            "and will change at restart (and differ between replicas, and between the workers "
+            "of `uvicorn --workers`, which grades right answers wrong: set it, or start the "
+            "service with `tensorgrade serve`, which shares one among its workers)"
         )
     return messages

@@ -20,20 +20,23 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from service.limitstore import open_storage
-from service.settings import Settings, get_settings
+from service.settings import Settings, UnknownVariableError, check_environment, get_settings
 
-URL_ENV = "TENSORGRADE_URL"
+URL_ENV = "TENSORGRADE_URL"  # the two of settings.CLIENT_VARIABLES: the server ignores them
 API_KEY_ENV = "TENSORGRADE_API_KEY"
+VARIANT_SECRET_ENV = "TENSORGRADE_VARIANT_SECRET"
 
 
 class CommandError(Exception):
@@ -162,6 +165,13 @@ def serve_warnings(settings: Settings, workers: int) -> list[str]:
             f"TENSORGRADE_CHECK_RATE_LIMIT ({settings.check_rate_limit}), and as many times "
             "more per replica; point TENSORGRADE_RATE_LIMIT_STORAGE at one Redis to share it"
         )
+    if settings.variant_secret is None:
+        # The workers are handed the secret made here, so they would not say it themselves.
+        warnings.append(
+            "TENSORGRADE_VARIANT_SECRET is not set: student variants come from a random secret "
+            f"made at start-up (shared by the {workers} worker{'s' if workers > 1 else ''} of "
+            "this server); they will change at restart and differ between replicas"
+        )
     return warnings
 
 
@@ -169,32 +179,82 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.logs import ensure_logging, log_config
-    from service.metrics import prepare_multiprocess_dir
+    from service.metrics import prepare_multiprocess_dir  # no torch: the supervisor has none
 
     settings = get_settings()
+    try:
+        check_environment()  # a misspelt TENSORGRADE_INSTRUCTOR_KEY must not leave it open
+    except UnknownVariableError as error:
+        print(f"tensorgrade: invalid configuration: {error}", file=sys.stderr)
+        return 2
     try:  # here, once: each worker would fail at start-up and be restarted, forever
         open_storage(settings.rate_limit_storage.get_secret_value())
     except ValueError as error:
         print(f"tensorgrade: {error}", file=sys.stderr)
         return 2
     warnings = serve_warnings(settings, args.workers)
-    if warnings:
-        ensure_logging(settings.log_level)  # JSON on stderr, as every line of the service
-        for warning in warnings:
-            logging.getLogger("tensorgrade").warning(warning)
-    prepare_multiprocess_dir()
-    uvicorn.run(
-        "service.app:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=settings.log_level,
-        log_config=log_config(settings.log_level),
-        access_log=False,  # the service logs each request itself, as JSON with its id
-        # On SIGTERM: stop accepting, let in-flight requests finish for this long.
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
-    )
+    with shared_variant_secret(settings):
+        # Read again: the workers see the secret made for them, and so does the check below.
+        get_settings.cache_clear()
+        try:
+            problem = check_assignments(get_settings(), args.workers)
+        except RuntimeError as error:  # the check itself failed: so would every worker
+            print(f"tensorgrade: {error}", file=sys.stderr)
+            return 1
+        if problem is not None:
+            print(f"tensorgrade: invalid configuration: {problem}", file=sys.stderr)
+            return 2
+        if warnings:
+            ensure_logging(settings.log_level)  # JSON on stderr, as every line of the service
+            for warning in warnings:
+                logging.getLogger("tensorgrade").warning(warning)
+        prepare_multiprocess_dir()
+        uvicorn.run(
+            "service.app:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level,
+            log_config=log_config(settings.log_level),
+            access_log=False,  # the service logs each request itself, as JSON with its id
+            # On SIGTERM: stop accepting, let in-flight requests finish for this long.
+            timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        )
     return 0
+
+
+@contextmanager
+def shared_variant_secret(settings: Settings) -> Iterator[None]:
+    """With no ``TENSORGRADE_VARIANT_SECRET``, one random secret for every worker of this
+    server, handed to them in the environment (each would otherwise make its own, and a
+    student would get another variant from each: a right answer graded wrong). Never logged;
+    the environment is as it was once the server is done."""
+    if settings.variant_secret is not None:
+        yield
+        return
+    os.environ[VARIANT_SECRET_ENV] = secrets.token_hex(32)
+    try:
+        yield
+    finally:
+        os.environ.pop(VARIANT_SECRET_ENV, None)
+        get_settings.cache_clear()
+
+
+def check_assignments(settings: Settings, workers: int) -> str | None:
+    """Why the workers could not load the assignments, as one line; ``None`` when they can.
+
+    Checked here, once: each worker would fail at start-up and be restarted, forever. It
+    needs torch: in this process with one worker (which is this process), else in a child
+    process, so that the supervisor of several workers never holds torch.
+
+    Raises:
+        RuntimeError: the child process of the check failed otherwise.
+    """
+    from service import preflight
+
+    if workers == 1:
+        return preflight.assignments_problem(settings)
+    return preflight.assignments_problem_in_child()
 
 
 def run_healthcheck(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ failing at start-up and being restarted forever.
 
 from __future__ import annotations
 
+import re
+
 from limits.errors import ConfigurationError
 from limits.storage import Storage, storage_from_string
 
@@ -19,12 +21,24 @@ def open_storage(uri: str) -> Storage:
         ValueError: the URI names no usable storage; the message names the setting and the
             scheme only (the URI may hold a password).
     """
+    scheme, separator, rest = uri.partition("://")
+    if not separator or not _SCHEME.fullmatch(scheme):
+        # Nothing of it is quoted: `redis//:password@host` holds a password and no scheme.
+        raise ValueError(
+            "TENSORGRADE_RATE_LIMIT_STORAGE: not a URL of the form scheme://... "
+            "(memory://, or redis://host:6379/0)"
+        )
     try:
         storage = storage_from_string(uri, wrap_exceptions=True)
     except ConfigurationError as error:
-        scheme = uri.split("://", 1)[0]
         reason = str(error).replace(uri, f"{scheme}://...")
+        if rest:
+            reason = reason.replace(rest, "...")
         raise ValueError(f"TENSORGRADE_RATE_LIMIT_STORAGE: {reason}") from None
     if not isinstance(storage, Storage):  # an async scheme (async+redis://): not for our limiter
-        raise ValueError(f"TENSORGRADE_RATE_LIMIT_STORAGE: {uri.split('://', 1)[0]}:// is async")
+        raise ValueError(f"TENSORGRADE_RATE_LIMIT_STORAGE: {scheme}:// is async")
     return storage
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+"""A URL's scheme (RFC 3986): what may be quoted of the setting."""

@@ -7,6 +7,9 @@ container image and the Kubernetes manifests do), and every worker writes its va
 files there that ``/metrics`` adds up. ``tensorgrade serve`` empties the directory at start-up,
 so a restarted server does not count the previous one's requests.
 
+Light on purpose (no torch): the supervisor of ``tensorgrade serve`` imports it for
+``prepare_multiprocess_dir``, and has no use for torch's few hundred megabytes.
+
 Labels are bounded by design: routes are templates (``/v1/models/{model}/forward``, never the
 raw path), models are registered names, statuses are numbers.
 """
@@ -19,8 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -30,6 +33,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    import torch
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -130,6 +136,8 @@ def compute_timer(model: str, operation: str, device: torch.device) -> Iterator[
     if not _RECORDED.get():
         return
     if device.type == "cuda":
+        import torch  # loaded already: the computation used it
+
         torch.cuda.synchronize(device)
     COMPUTE.labels(model, operation, device.type).observe(time.perf_counter() - start)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
@@ -11,6 +15,11 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.roster import RosterEntry, RosterError, load_roster
+
+ENV_PREFIX = "TENSORGRADE_"
+CLIENT_VARIABLES = frozenset({"TENSORGRADE_URL", "TENSORGRADE_API_KEY"})
+"""The ``TENSORGRADE_*`` variables that are no setting: the client commands read them
+(``service/cli.py``), and the server leaves them alone."""
 
 MIN_SECRET_LENGTH = 16
 PLACEHOLDER = "REPLACE-ME"
@@ -22,7 +31,7 @@ class Settings(BaseSettings):
 
     # hide_input_in_errors: a start-up error quotes no setting's value, since some are keys.
     model_config = SettingsConfigDict(
-        env_prefix="TENSORGRADE_",
+        env_prefix=ENV_PREFIX,
         extra="ignore",
         hide_input_in_errors=True,
         allow_inf_nan=False,  # 1e999 seconds is no limit: refused, not read as infinity
@@ -317,3 +326,57 @@ LIMIT_PREFIXES = (
 def get_settings() -> Settings:
     """Settings of this process, read once from the environment."""
     return Settings()
+
+
+class UnknownVariableError(ValueError):
+    """A ``TENSORGRADE_*`` environment variable that is no setting (a misspelt one would
+    otherwise be ignored: ``TENSORGRADE_INSTRUCTOR_KEY`` would leave the service open)."""
+
+
+def setting_variables() -> frozenset[str]:
+    """The environment variable of every setting (``TENSORGRADE_WORKERS``, ...)."""
+    return frozenset(f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields)
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``TENSORGRADE_*`` variable that is neither a setting nor a client variable.
+
+    Names are compared in capitals, as the settings read them. The message names the
+    variables, never their values (one may hold a key), with the nearest known name.
+
+    Raises:
+        UnknownVariableError: one or more such variables are set.
+    """
+    environ = os.environ if environ is None else environ
+    known = setting_variables() | CLIENT_VARIABLES
+    unknown = sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )
+    if not unknown:
+        return
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    reasons = []
+    for name in unknown:
+        if _SERVICE_LINK.search(name.upper()) or environ[name].startswith(_LINK_VALUES):
+            reasons.append(
+                f"{name} is not a setting (Kubernetes sets such variables in a pod for a Service "
+                "named like the service: give the pod enableServiceLinks: false)"
+            )
+            continue
+        suffix = name.upper().removeprefix(ENV_PREFIX)
+        close = difflib.get_close_matches(suffix, sorted(suffixes), n=1)
+        hint = f" (did you mean {suffixes[close[0]]}?)" if close else ""
+        reasons.append(f"{name} is not a setting{hint}")
+    raise UnknownVariableError(
+        "; ".join(reasons) + "; every setting is listed in the README's Configuration section"
+    )
+
+
+_SERVICE_LINK = re.compile(
+    r"_SERVICE_(HOST|PORT)(_\w+)?$|_PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?$"
+)
+"""The names of a Kubernetes (or Docker) service link's variables."""
+_LINK_VALUES = ("tcp://", "udp://", "sctp://")
+"""How a service link's ``<NAME>_PORT`` variable starts."""

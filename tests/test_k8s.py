@@ -162,6 +162,46 @@ def test_cpu_matches_workers_times_torch_threads(name: str) -> None:
     assert resources["requests"]["memory"] == resources["limits"]["memory"]
 
 
+# Resident memory measured on the CPU build (README, "Scaling out"), rounded up: the
+# supervisor of several workers (no torch), an idle worker (CPU build; CUDA build with its
+# CUDA context), and what one computation adds while it runs and its answer is written: about
+# 120 bytes per element of the request, or 60 per output element or Jacobian entry, whichever
+# is more (measured: 8M request elements +1,000 MiB; 16M output elements +930 MiB; half of
+# each, +460 to +510 MiB).
+SUPERVISOR_MIB = 64
+IDLE_WORKER_MIB = {"tensorgrade": 400, "tensorgrade-gpu": 1300}
+BYTES_PER_REQUEST_ELEMENT = 128
+BYTES_PER_OUTPUT_ELEMENT = 64
+
+
+def mebibytes(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(float(quantity[:-2]) * units[quantity[-2:]])
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_memory_holds_every_worker_running_its_largest_computations(name: str) -> None:
+    """Each worker may run MAX_CONCURRENT_COMPUTATIONS computations at the element budgets at
+    once; the pod must hold them all, or it is OOM-killed by the requests it accepts."""
+    env = effective_env(DEPLOYMENTS[name])
+    settings = Settings.model_validate(
+        {
+            k.removeprefix("TENSORGRADE_").lower(): v
+            for k, v in env.items()
+            if k in settings_variables()
+        }
+    )
+    largest = max(
+        settings.max_request_elements * BYTES_PER_REQUEST_ELEMENT,
+        max(settings.max_output_elements, settings.max_jacobian_elements)
+        * BYTES_PER_OUTPUT_ELEMENT,
+    )
+    worker = IDLE_WORKER_MIB[name] + settings.max_concurrent_computations * largest / 2**20
+    needed = settings.workers * worker + (SUPERVISOR_MIB if settings.workers > 1 else 0)
+    limit = mebibytes(container(DEPLOYMENTS[name])["resources"]["limits"]["memory"])
+    assert needed <= limit, f"{name}: {needed:.0f} MiB needed, {limit} MiB given"
+
+
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
 def test_runs_locked_down_as_the_images_user_with_writable_scratch(name: str) -> None:
     pod = DEPLOYMENTS[name]["spec"]["template"]["spec"]

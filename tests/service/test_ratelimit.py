@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from limits.errors import StorageError
 
 from service.app import create_app
+from service.limitstore import open_storage
 from service.middleware import BodyBudget
 from service.ratelimit import RATE_LIMITED
 from service.settings import Settings
@@ -89,6 +90,27 @@ def test_an_unknown_store_stops_start_up_without_printing_its_password() -> None
     with pytest.raises(ValueError, match="TENSORGRADE_RATE_LIMIT_STORAGE") as raised:
         create_app(Settings(rate_limit_storage=uri))
     assert "nosuchstore://..." in str(raised.value) and "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "redis//:s3cretPW@redis:6379/0",  # "://" left out: all of it was quoted as the scheme
+        "redis:/:s3cretPW@redis:6379/0",
+        ":s3cretPW@redis:6379/0",
+        "redis:s3cretPW@redis://x",
+        "",
+    ],
+)
+def test_a_store_that_is_no_url_is_refused_quoting_nothing_of_it(uri: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        open_storage(uri)
+    message = str(raised.value)
+    assert message == (
+        "TENSORGRADE_RATE_LIMIT_STORAGE: not a URL of the form scheme://... "
+        "(memory://, or redis://host:6379/0)"
+    )
+    assert "s3cret" not in message
 
 
 def test_info_reports_the_limit() -> None:
