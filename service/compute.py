@@ -74,6 +74,7 @@ def model_limits(settings: Settings) -> Limits:
         settings.max_hidden_size,
         settings.max_k,
         settings.max_tensor_elements,
+        settings.max_conv_workspace_bytes,
     )
 
 
