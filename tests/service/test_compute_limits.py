@@ -37,7 +37,7 @@ from service.costs import fixed_seconds, forward_flops
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.gate import ComputeGate
 from service.middleware import EXEMPT_PATHS
-from service.problems import Problem
+from service.problems import Problem, is_allocation_failure
 from service.schemas import JacobianRequest, ModelRequest
 from service.settings import Settings
 
@@ -155,8 +155,17 @@ def test_devices_have_separate_slots() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError()],
-    ids=["device", "host"],
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        MemoryError(),
+        # What torch's CPU allocator raises: a plain RuntimeError (a 500 before it was mapped).
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 28769288192 bytes. Error code 12 (Cannot allocate "
+            "memory)"
+        ),
+    ],
+    ids=["device", "host", "cpu-allocator"],
 )
 def test_out_of_memory_is_503_and_the_service_keeps_working(
     monkeypatch: pytest.MonkeyPatch, error: BaseException
@@ -177,6 +186,33 @@ def test_out_of_memory_is_503_and_the_service_keeps_working(
         # With one slot, a 200 here also shows that the failed computation gave its slot back.
         assert client.post("/v1/models/conv1d/forward", json=SEED).status_code == 200
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_runtime_error_that_is_not_an_allocation_is_still_a_500(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = get_model("conv1d")
+
+    def broken(config: Any, args: Any) -> Any:
+        raise RuntimeError("shapes cannot be multiplied (3x4 and 5x6)")
+
+    with TestClient(create_app(quiet()), raise_server_exceptions=False) as client:
+        monkeypatch.setitem(MODELS, "conv1d", dataclasses.replace(model, forward=broken))
+        response = client.post("/v1/models/conv1d/forward", json=SEED)
+        assert response.status_code == 500
+        assert "Retry-After" not in response.headers
+        assert response.json()["detail"].startswith("The service failed to answer")
+        monkeypatch.setitem(MODELS, "conv1d", model)
+        assert client.post("/v1/models/conv1d/forward", json=SEED).status_code == 200
+
+
+def test_a_real_allocation_failure_of_the_cpu_allocator_is_recognised() -> None:
+    """torch's own error, not a copy of its words: a tensor of 2**60 bytes, past any address
+    space, which the system refuses outright whatever its overcommit policy."""
+    with pytest.raises(RuntimeError) as caught:
+        torch.empty(2**57, dtype=torch.float64)
+    assert is_allocation_failure(caught.value)
+    assert not is_allocation_failure(RuntimeError("a bug"))
 
 
 @pytest.mark.parametrize(
