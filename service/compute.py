@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from models.autodiff import jacobian_chunk_count
+from models.autodiff import jacobian_chunk_count, saved_row_elements
 from models.errors import ShapeMismatch, UnknownName
 from models.limits import Limits
 from models.registry import ReferenceModel, get_model
@@ -313,7 +313,8 @@ def estimated_flops(prepared: Prepared, vector_jacobian_products: int = 0) -> in
 def estimated_fixed_seconds(prepared: Prepared, vector_jacobian_products: int) -> float:
     """The model's per-step costs for the operation (``service.costs.fixed_seconds``): no
     vector-Jacobian product is a forward pass (a closed form such as the state Jacobians
-    included), one a backward pass, more a Jacobian by ``jacrev`` in chunks of rows.
+    included), one a backward pass, more a Jacobian by ``jacrev`` in chunks of rows (sized as
+    ``models.autodiff`` sizes them), each chunk and each row at its cost.
 
     Args:
         prepared: the request.
@@ -331,8 +332,10 @@ def estimated_fixed_seconds(prepared: Prepared, vector_jacobian_products: int) -
     )
     shapes = prepared.arg_shapes
     arguments = sum(t.numel() for t in prepared.args.values())
-    chunks = jacobian_chunk_count(vector_jacobian_products, arguments)
-    return fixed_seconds(model.overhead(prepared.config, shapes), kind, chunks)
+    saved = saved_row_elements(model, prepared.config, shapes)
+    chunks = jacobian_chunk_count(vector_jacobian_products, arguments, saved)
+    overhead = model.overhead(prepared.config, shapes)
+    return fixed_seconds(overhead, kind, chunks, vector_jacobian_products)
 
 
 def estimated_seconds(

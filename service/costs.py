@@ -83,17 +83,20 @@ FORWARD_SHARE = 1 / 6
 """A forward pass's share of a forward and backward pass's fixed costs."""
 
 
-def fixed_seconds(overhead: Overhead | None, kind: Pass, chunks: int = 1) -> float:
+def fixed_seconds(overhead: Overhead | None, kind: Pass, chunks: int = 1, rows: int = 0) -> float:
     """Seconds of a model's fixed costs (``models.overhead``) for an operation.
 
     Args:
         overhead: the model's, or ``None`` (no fixed cost counted).
         kind: what autograd runs.
         chunks: for ``jacobian``, how many batches of rows ``jacrev`` runs.
+        rows: for ``jacobian``, how many rows they hold in all (one per output element).
 
     Example:
         >>> fixed_seconds(Overhead(backward=6.0, batched=30.0), "jacobian", chunks=2)
         61.0
+        >>> fixed_seconds(Overhead(6.0, 30.0, batched_row=0.5), "jacobian", chunks=2, rows=8)
+        65.0
     """
     if overhead is None:
         return 0.0
@@ -101,7 +104,9 @@ def fixed_seconds(overhead: Overhead | None, kind: Pass, chunks: int = 1) -> flo
         return FORWARD_SHARE * overhead.backward
     if kind == "backward":
         return overhead.backward
-    return FORWARD_SHARE * overhead.backward + chunks * overhead.batched
+    return (
+        FORWARD_SHARE * overhead.backward + chunks * overhead.batched + rows * overhead.batched_row
+    )
 
 
 def check_deadline(
