@@ -277,6 +277,7 @@ def computing(
     vector_jacobian_products: int = 0,
     closed_form: int = 0,
     closed_form_seconds: float = 0.0,
+    spent: float = 0.0,
 ) -> Iterator[None]:
     """Run the block as one computation: refused when its estimated time is over the deadline,
     then holding one of its device's slots (a 503 when none frees up).
@@ -288,6 +289,8 @@ def computing(
         closed_form: operations of a closed form run after the forward pass
             (``closed_form_flops``).
         closed_form_seconds: its per-step costs on the device (``closed_form_seconds``).
+        spent: seconds the request's computations before this one took, which the deadline
+            also covers (``service.costs.check_deadline``): a batch's keys share it.
 
     Example:
         ``with computing(prepared, settings, gate, vector_jacobian_products=1): ...``
@@ -297,6 +300,7 @@ def computing(
         prepared.device,
         settings,
         estimated_fixed_seconds(prepared, vector_jacobian_products) + closed_form_seconds,
+        spent,
     )
     with gate.slot(prepared.device):
         yield
