@@ -144,27 +144,92 @@ def flops(config: AttentionRNNConfig, shapes: Shapes) -> int:
 
 def overhead(config: AttentionRNNConfig, shapes: Shapes) -> Overhead:
     """The fixed costs of its passes: the loop over steps (with k = inf, over every pair of a
-    step and a past state); see ``models.overhead``."""
+    step and a past state); see ``models.overhead``. A Jacobian's batched passes cost per chunk
+    (each step and lag dispatched once, batched) and per row (the stacked past states, ``n``
+    per lag, of every step)."""
     seq_len, n = shapes["x"]
     steps = seq_len * 1.4 * STEP_SECONDS
     if config.k == "inf":
         pairs = _pairs(seq_len)
         return Overhead(
             backward=steps + pairs * (PAIR_SECONDS + n * PAIR_ELEMENT_SECONDS),
-            batched=3 * (steps + pairs * PAIR_SECONDS),  # measured 2.7 times at 512 steps
+            batched=1.5 * (steps + pairs * PAIR_SECONDS),
+            batched_row=pairs * n * PAIR_ROW_SECONDS,
         )
-    batched = seq_len * (BATCHED_STEP_SECONDS + config.k * BATCHED_LAG_SECONDS)
-    return Overhead(backward=steps + seq_len * config.k * 3e-6, batched=batched)
+    lags = seq_len * min(config.k, seq_len)
+    return Overhead(
+        backward=steps + seq_len * config.k * 3e-6,
+        batched=seq_len * BATCHED_STEP_SECONDS + lags * BATCHED_LAG_SECONDS,
+        batched_row=lags * row_lag_seconds(n),
+    )
 
 
-BATCHED_STEP_SECONDS = 1.5e-3
+BATCHED_STEP_SECONDS = 1.2e-3
 """A step of AttentionRNN(k)'s backward pass batched over one chunk of ``jacrev``'s rows, on
-top of its operations: measured 1.0 ms (k = 2, n = 8, 1,024 steps, 17 chunks: 18.4 s) and
-1.6 ms (k = 8, n = 4, 5 chunks: 8.3 s) per chunk and step."""
+top of its operations, however few rows the chunk holds: 0.6-0.8 ms measured per chunk and
+step (k = 2 and 8, 1,024 steps, a chunk of 8 rows, repeated), 1.2 ms with the lags' share
+in a first run (k = 32, 256 steps, 16 chunks against one); one thread, on a loaded
+machine."""
 
-BATCHED_LAG_SECONDS = 1.7e-5
-"""And per lag of the window: k = 256 (n = 1, 1,024 steps, one chunk) took 5.6 s, 5.5 ms a
-step, its past states stacked and their gradients split again at every step."""
+BATCHED_LAG_SECONDS = 1.2e-5
+"""And per lag of the window, its past state stacked and its gradient split off again at
+every step: 2.6 s per chunk for k = 256 over 1,024 steps (n = 1, 8 rows), 1.0e-5 a step and
+lag."""
+
+ROW_LAG_SECONDS = 8e-8
+"""Each row of a chunk, per step, lag and unit of n: the batched tensors of a step hold
+``n`` per lag and row, read and written several times forward and backward."""
+
+ROW_LAG_PRODUCT_SECONDS = 1e-8
+"""And per step, lag and n**2: the batched n x n products of the projections, slow for
+small matrices (the operation count, which the estimate also counts, is a fraction)."""
+
+ROW_LAG_SCALAR_SECONDS = 3e-8
+"""With n = 1 the products are scalar: a row costs 1-3e-8 s per step and lag (k = 16 and
+32 over 256 steps, k = 256 over 1,024), a fifth of what the terms above give."""
+
+PAIR_ROW_SECONDS = 1e-8
+"""AttentionRNN(inf): each row of a chunk per pair of a step and a past state and unit of n,
+beside the operations counted (``PAIR_ELEMENT_FLOPS``, 1e-8 s at the assumed rate): 0.8-3.2e-8
+s measured in all at 256, 512 and 768 steps (n = 2 and 8, chunks of 136 to 256 rows).
+
+A chunk of its batched pass costs 1.5 times the loop over the steps and the pairs
+(``PAIR_SECONDS``), however few rows it holds: measured 0.3-0.55 s at 256 steps, 1.6-2.3 s
+at 512, 3.5 s at 768 (chunks of 8 rows; once 2.7 times, for chunks of a thousand rows and
+more, whose rows' costs are now counted apart)."""
+
+
+def row_lag_seconds(n: int) -> float:
+    """Seconds a row of a batched AttentionRNN(k) pass costs per step and lag, for state size
+    ``n``: measured (one thread, 256 steps, k = 16 and 32, chunks of 8 and 200-256 rows, the
+    difference per row) 1.1-2.9e-8 s at n = 1, 1.3-1.7e-7 at n = 2, 2.8-3.7e-7 at n = 4,
+    7.6-9.6e-7 at n = 8, 3.0e-6 at n = 16 and 1.1e-5 at n = 32 (k = 2); at 1,024 steps
+    (k = 8, n = 4, chunks of 1,024 rows) 5e-7."""
+    if n == 1:
+        return ROW_LAG_SCALAR_SECONDS
+    return n * ROW_LAG_SECONDS + n * n * ROW_LAG_PRODUCT_SECONDS
+
+
+def batched_row_elements(config: AttentionRNNConfig, shapes: Shapes) -> int:
+    """Elements the batched backward pass of ``jacrev`` keeps alive per row of a chunk, for
+    ``models.autodiff`` to size the chunks by.
+
+    AttentionRNN(k): each step stacks up to k past states (``n`` each) and spreads its scores
+    and weights over ``k + 1`` entries; their gradients, one slice per row, live until the
+    states they belong to are reached. Counted as ``T * ((k + 1) * (n + 1/2) + 5 n)``;
+    measured per row (peak memory, chunks of 32 and 256-1,024 rows): 0.9-1.0 times
+    ``T (k + 1) n`` at k = 32 and 64 (n = 2 and 4, 256 to 1,024 steps, against Q and K),
+    1.2 against x, 1.4 at k = 256 and n = 1, 1.8-3.1 at k = 1 and 2 (n = 2 to 8), each
+    below the count.
+
+    AttentionRNN(inf): the weights and scores of every step, ``t + 1`` each, dominate:
+    measured 0.53-0.63 ``T**2`` per row (256 and 512 steps, n = 1 to 8), counted
+    ``T * (T + 2 n)``.
+    """
+    seq_len, n = shapes["x"]
+    if config.k == "inf":
+        return seq_len * (seq_len + 2 * n)
+    return seq_len * (((config.k + 1) * (2 * n + 1)) // 2 + 5 * n)
 
 
 PRODUCT_SPEEDUP = 6

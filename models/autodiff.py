@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch.func import jacrev
 
-from models.registry import ReferenceModel, Tensors
+from models.registry import ReferenceModel, Shapes, Tensors
 
 JacobianMethod = Literal["closed-form", "autograd"]
 
@@ -65,23 +65,44 @@ BATCH_ELEMENTS = 2**23
 in float64). ``jacrev`` builds one cotangent row per output element; all at once, a Jacobian
 of 65,536 outputs against a single weight would need a 65,536 x 65,536 basis (32 GiB)."""
 
+SAVED_ELEMENTS = 2**26
+"""Most elements the batched backward pass of one batch of rows may keep alive besides
+(512 MiB in float64): the gradients of the activations, one set per row, that a model's
+``batched_row_elements`` counts. AttentionRNN(k) keeps about ``T * (k + 1) * n`` per row: by
+``BATCH_ELEMENTS`` alone, dh/dQ of k = 256, n = 2 over 1,024 steps ran 1,168 rows at once
+and took 4.4 GB."""
+
 
 def jacobian_chunk_size(model: ReferenceModel, config: Any, args: Tensors, of: str) -> int:
-    """How many output rows one batch of ``jacrev`` computes, so a batch stays within
-    ``BATCH_ELEMENTS``: each row holds an output-sized cotangent and argument-sized results."""
+    """How many output rows one batch of ``jacrev`` computes: each row holds an output-sized
+    cotangent and argument-sized results, together within ``BATCH_ELEMENTS``, and what the
+    model's batched backward keeps per row, within ``SAVED_ELEMENTS``."""
     shapes = {name: tuple(t.shape) for name, t in args.items()}
     rows = math.prod(model.output_shapes(config, shapes)[of])
-    return _rows_per_chunk(rows, sum(t.numel() for t in args.values()))
+    arguments = sum(t.numel() for t in args.values())
+    return rows_per_chunk(rows, arguments, saved_row_elements(model, config, shapes))
 
 
-def _rows_per_chunk(rows: int, argument_elements: int) -> int:
-    return max(1, min(rows, BATCH_ELEMENTS // max(1, rows + argument_elements)))
+def saved_row_elements(model: ReferenceModel, config: Any, shapes: Shapes) -> int:
+    """Elements the model's batched backward keeps per row of a batch (0: not counted)."""
+    count = model.batched_row_elements
+    return count(config, shapes) if count is not None else 0
 
 
-def jacobian_chunk_count(rows: int, argument_elements: int) -> int:
+def rows_per_chunk(rows: int, argument_elements: int, saved_per_row: int = 0) -> int:
+    """Rows of one batch: all of them where they fit, else as many as the budgets allow (at
+    least one)."""
+    fits = min(rows, BATCH_ELEMENTS // max(1, rows + argument_elements))
+    if saved_per_row > 0:
+        fits = min(fits, SAVED_ELEMENTS // saved_per_row)
+    return max(1, fits)
+
+
+def jacobian_chunk_count(rows: int, argument_elements: int, saved_per_row: int = 0) -> int:
     """How many batches ``jacrev`` runs for a Jacobian of ``rows`` output elements against
-    arguments of ``argument_elements`` in all (``jacobian_chunk_size`` rows each)."""
-    return -(-max(1, rows) // _rows_per_chunk(max(1, rows), argument_elements))
+    arguments of ``argument_elements`` in all, its backward keeping ``saved_per_row`` elements
+    per row (``jacobian_chunk_size`` rows each)."""
+    return -(-max(1, rows) // rows_per_chunk(max(1, rows), argument_elements, saved_per_row))
 
 
 def autograd_jacobian(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.errors import InvalidConfig, LimitExceeded, ShapeMismatch
+from models.errors import InvalidConfig, LimitExceeded, ModelError, ShapeMismatch
 from models.limits import Limits
 
 Padding = tuple[int, ...] | str
@@ -353,7 +353,8 @@ def check_shape_limits(
     config: ConvConfig, shapes: Mapping[str, tuple[int, ...]], limits: Limits
 ) -> None:
     """Refuse a padding (or, with ``'same'``, a dilation) whose padded input is over the
-    per-tensor element budget, before anything is allocated.
+    per-tensor element budget, and a kernel whose unfolded input is over the workspace
+    budget, before anything is allocated.
 
     The padded input is a tensor the passes may build whole: the forward pass pads x itself
     when ``'same'`` pads one side more than the other, the closed-form dy/dweight reads
@@ -363,14 +364,19 @@ def check_shape_limits(
     the same limit as a tensor of the request, whatever the operation, so that a forward pass
     is refused exactly when its backward pass or Jacobian would be.
 
+    The matrix torch's CPU convolution unfolds x into (``conv_workspace_elements``) is held
+    to ``limits.max_conv_workspace_bytes`` the same way, for every operation.
+
     Raises:
-        LimitExceeded: the padded input would have more than ``limits.max_tensor_elements``.
+        LimitExceeded: the padded input would have more than ``limits.max_tensor_elements``,
+            or the unfolded input more than ``limits.max_conv_workspace_bytes``.
     """
     padded = padded_input_shape(config, shapes)
     if padded is None:
         return
     numel = math.prod(padded)
     if numel <= limits.max_tensor_elements:
+        _check_workspace(config, shapes, limits)
         return
     x, kernel = shapes["x"], shapes["weight"][2:]
     if config.padding == "same":
@@ -388,6 +394,62 @@ def check_shape_limits(
         f"(x is {list(x)}); the limit max_tensor_elements is {limits.max_tensor_elements:,}: "
         f"{change}",
         where,
+    )
+
+
+WORKSPACE_ITEMSIZE = 8
+"""Bytes an element of the unfolded input is counted at: a float64's, whatever the request's
+dtype, so that a request is refused alike on every device and in either dtype."""
+
+
+def conv_workspace_elements(
+    config: ConvConfig, shapes: Mapping[str, tuple[int, ...]]
+) -> int | None:
+    """Elements of the matrix torch's CPU convolution unfolds x into (im2col): one column of
+    ``C * prod(K)`` taps per output position, ``C * prod(K) * prod(out)`` in all, for the one
+    element of the batch (x is unbatched). ``None`` when the shapes do not fit together
+    (``conv_output_shapes`` says why).
+
+    torch builds it for float64 on the CPU (and for float32 where oneDNN is not used), in the
+    forward pass and again, one at a time, for each gradient of the backward pass; the
+    Jacobians are written in closed form (``conv_jacobians``) without it.
+    """
+    try:
+        y = conv_output_shapes(config, shapes)["y"]
+    except ModelError:
+        return None
+    return math.prod(shapes["weight"][1:]) * math.prod(y[1:])
+
+
+def _check_workspace(
+    config: ConvConfig, shapes: Mapping[str, tuple[int, ...]], limits: Limits
+) -> None:
+    """Refuse a convolution whose unfolded input is over ``max_conv_workspace_bytes``.
+
+    A body of a few megabytes (x ``[1, 700, 700]``, a 24 x 24 kernel) unfolds into 2 GB, and
+    a ``[1, 1000, 1000]`` x with a 64 x 64 kernel into 28.8 GB: the budgets on the tensors
+    sent do not bound it, the kernel's size multiplies it.
+    """
+    elements = conv_workspace_elements(config, shapes)
+    if elements is None:
+        return
+    size = elements * WORKSPACE_ITEMSIZE
+    if size <= limits.max_conv_workspace_bytes:
+        return
+    weight = shapes["weight"]
+    taps = math.prod(weight[1:])
+    positions = elements // taps
+    dims = config.dims
+    taps_symbol = "C*K" if dims == 1 else "C*KH*KW"
+    out_symbol = "L_out" if dims == 1 else "H_out*W_out"
+    raise LimitExceeded(
+        f"this conv{dims}d unfolds x {list(shapes['x'])} into a matrix of {taps_symbol} x "
+        f"{out_symbol} = {taps:,} x {positions:,} = {elements:,} elements (weight "
+        f"{list(weight)}, stride {list(config.stride)}, dilation {list(config.dilation)}), "
+        f"{size:,} bytes at {WORKSPACE_ITEMSIZE} bytes each; the limit "
+        f"max_conv_workspace_bytes is {limits.max_conv_workspace_bytes:,}: use a smaller "
+        "kernel or x, or a larger stride",
+        "params.weight",
     )
 
 

@@ -15,9 +15,12 @@ class Limits:
         max_k: largest window k of AttentionRNN(k).
         max_tensor_elements: most elements of one tensor, the request's own or one a pass
             builds from them (a conv's padded input).
+        max_conv_workspace_bytes: most bytes of the matrix torch's CPU convolution unfolds
+            its input into (im2col), ``C * prod(K) * prod(out)`` elements counted at 8 bytes.
     """
 
     max_sequence_length: int
     max_hidden_size: int
     max_k: int
     max_tensor_elements: int
+    max_conv_workspace_bytes: int

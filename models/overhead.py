@@ -28,7 +28,13 @@ class Overhead:
             repeats for every chunk. Measured per model (see each model's ``overhead``); a
             first figure, the whole backward pass per chunk, charged a Jacobian of the gated
             RNN of 1,024 steps against W_h (17 chunks, 5.4 s) 56 s.
+        batched_row: see below.
     """
 
     backward: float
     batched: float
+    batched_row: float = 0.0
+    """Seconds each row of ``jacrev``'s batched backward passes adds, whatever the batch it
+    is in: the batched tensors of every step hold a slice per row (AttentionRNN(k) stacks
+    ``k`` past states of ``n`` per row at every step), so their traffic grows with the rows
+    where ``batched`` does not."""

@@ -80,6 +80,10 @@ class ReferenceModel:
         overhead: the fixed costs of its passes (``Overhead``), for models whose time is
             mostly a Python loop over steps and autograd's bookkeeping rather than
             arithmetic; ``None`` where the arithmetic dominates.
+        batched_row_elements: elements its backward pass batched by ``jacrev`` keeps alive
+            per row of a batch (the gradients of its activations), from the config and the
+            declared shapes, so that ``models.autodiff`` sizes the batches within
+            ``SAVED_ELEMENTS``; ``None`` where the cotangents bound them already.
     """
 
     name: str
@@ -99,6 +103,7 @@ class ReferenceModel:
     state_jacobians_flops: Callable[[Any, Shapes], int] | None = None
     flops: Callable[[Any, Shapes], int] | None = None
     overhead: Callable[[Any, Shapes], Overhead] | None = None
+    batched_row_elements: Callable[[Any, Shapes], int] | None = None
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)
     check_config_limits: Callable[[Any, Limits], None] | None = None
     check_shape_limits: Callable[[Any, Shapes, Limits], None] | None = None
@@ -280,6 +285,7 @@ def _attention_rnn_model() -> ReferenceModel:
         state_jacobians_flops=attention_rnn.total_paths_flops,
         flops=attention_rnn.flops,
         overhead=attention_rnn.overhead,
+        batched_row_elements=attention_rnn.batched_row_elements,
         check_config_limits=attention_rnn.check_config_limits,
         check_shape_limits=attention_rnn.check_shape_limits,
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from models.autodiff import jacobian_chunk_count
+from models.autodiff import jacobian_chunk_count, saved_row_elements
 from models.errors import ShapeMismatch, UnknownName
 from models.limits import Limits
 from models.registry import ReferenceModel, get_model
@@ -74,6 +74,7 @@ def model_limits(settings: Settings) -> Limits:
         settings.max_hidden_size,
         settings.max_k,
         settings.max_tensor_elements,
+        settings.max_conv_workspace_bytes,
     )
 
 
@@ -276,6 +277,7 @@ def computing(
     vector_jacobian_products: int = 0,
     closed_form: int = 0,
     closed_form_seconds: float = 0.0,
+    spent: float = 0.0,
 ) -> Iterator[None]:
     """Run the block as one computation: refused when its estimated time is over the deadline,
     then holding one of its device's slots (a 503 when none frees up).
@@ -287,6 +289,8 @@ def computing(
         closed_form: operations of a closed form run after the forward pass
             (``closed_form_flops``).
         closed_form_seconds: its per-step costs on the device (``closed_form_seconds``).
+        spent: seconds the request's computations before this one took, which the deadline
+            also covers (``service.costs.check_deadline``): a batch's keys share it.
 
     Example:
         ``with computing(prepared, settings, gate, vector_jacobian_products=1): ...``
@@ -296,6 +300,7 @@ def computing(
         prepared.device,
         settings,
         estimated_fixed_seconds(prepared, vector_jacobian_products) + closed_form_seconds,
+        spent,
     )
     with gate.slot(prepared.device):
         yield
@@ -312,7 +317,8 @@ def estimated_flops(prepared: Prepared, vector_jacobian_products: int = 0) -> in
 def estimated_fixed_seconds(prepared: Prepared, vector_jacobian_products: int) -> float:
     """The model's per-step costs for the operation (``service.costs.fixed_seconds``): no
     vector-Jacobian product is a forward pass (a closed form such as the state Jacobians
-    included), one a backward pass, more a Jacobian by ``jacrev`` in chunks of rows.
+    included), one a backward pass, more a Jacobian by ``jacrev`` in chunks of rows (sized as
+    ``models.autodiff`` sizes them), each chunk and each row at its cost.
 
     Args:
         prepared: the request.
@@ -330,8 +336,10 @@ def estimated_fixed_seconds(prepared: Prepared, vector_jacobian_products: int) -
     )
     shapes = prepared.arg_shapes
     arguments = sum(t.numel() for t in prepared.args.values())
-    chunks = jacobian_chunk_count(vector_jacobian_products, arguments)
-    return fixed_seconds(model.overhead(prepared.config, shapes), kind, chunks)
+    saved = saved_row_elements(model, prepared.config, shapes)
+    chunks = jacobian_chunk_count(vector_jacobian_products, arguments, saved)
+    overhead = model.overhead(prepared.config, shapes)
+    return fixed_seconds(overhead, kind, chunks, vector_jacobian_products)
 
 
 def estimated_seconds(

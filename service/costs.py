@@ -83,17 +83,20 @@ FORWARD_SHARE = 1 / 6
 """A forward pass's share of a forward and backward pass's fixed costs."""
 
 
-def fixed_seconds(overhead: Overhead | None, kind: Pass, chunks: int = 1) -> float:
+def fixed_seconds(overhead: Overhead | None, kind: Pass, chunks: int = 1, rows: int = 0) -> float:
     """Seconds of a model's fixed costs (``models.overhead``) for an operation.
 
     Args:
         overhead: the model's, or ``None`` (no fixed cost counted).
         kind: what autograd runs.
         chunks: for ``jacobian``, how many batches of rows ``jacrev`` runs.
+        rows: for ``jacobian``, how many rows they hold in all (one per output element).
 
     Example:
         >>> fixed_seconds(Overhead(backward=6.0, batched=30.0), "jacobian", chunks=2)
         61.0
+        >>> fixed_seconds(Overhead(6.0, 30.0, batched_row=0.5), "jacobian", chunks=2, rows=8)
+        65.0
     """
     if overhead is None:
         return 0.0
@@ -101,11 +104,13 @@ def fixed_seconds(overhead: Overhead | None, kind: Pass, chunks: int = 1) -> flo
         return FORWARD_SHARE * overhead.backward
     if kind == "backward":
         return overhead.backward
-    return FORWARD_SHARE * overhead.backward + chunks * overhead.batched
+    return (
+        FORWARD_SHARE * overhead.backward + chunks * overhead.batched + rows * overhead.batched_row
+    )
 
 
 def check_deadline(
-    flops: int, device: torch.device, settings: Settings, fixed: float = 0.0
+    flops: int, device: torch.device, settings: Settings, fixed: float = 0.0, spent: float = 0.0
 ) -> None:
     """Refuse (422) a computation whose estimated time on ``device`` is over the deadline.
 
@@ -114,19 +119,28 @@ def check_deadline(
         device: where it would run.
         settings: the deadline and the throughputs assumed.
         fixed: seconds of per-step costs on top of the operations (``fixed_seconds``).
+        spent: seconds the request's computations before this one took (a batch of checks
+            shares one deadline among its keys): the computation must fit in what is left.
     """
     rate = throughput(device, settings)
     seconds = flops / rate + fixed
     deadline = settings.compute_deadline_seconds
-    if seconds <= deadline:
+    if spent + seconds <= deadline:
         return
-    hint = ", or ask for device 'cuda'" if device.type == "cpu" and cuda_available() else ""
-    steps = f" and {fixed:,.1f} s of per-step work (a loop over time steps)" if fixed else ""
-    message = (
-        f"this computation needs about {flops:.3g} floating-point operations{steps}, an "
-        f"estimated {seconds:,.0f} s on {device.type} at {rate:.3g} per second; the limit is "
-        f"{deadline:g} s. Send smaller tensors{hint}."
-    )
+    if seconds <= deadline:
+        message = (
+            f"this computation needs an estimated {seconds:,.1f} s on {device.type}, and the "
+            f"computations before it in this request took {spent:,.1f} s of the compute "
+            f"deadline ({deadline:g} s); send it in another request"
+        )
+    else:
+        hint = ", or ask for device 'cuda'" if device.type == "cpu" and cuda_available() else ""
+        steps = f" and {fixed:,.1f} s of per-step work (a loop over time steps)" if fixed else ""
+        message = (
+            f"this computation needs about {flops:.3g} floating-point operations{steps}, an "
+            f"estimated {seconds:,.0f} s on {device.type} at {rate:.3g} per second; the limit "
+            f"is {deadline:g} s. Send smaller tensors{hint}."
+        )
     raise body_problem(
         message, "over-compute-deadline", "Over the compute deadline", "compute_deadline"
     )

@@ -406,6 +406,27 @@ def _body_is_missing(exc: RequestValidationError) -> bool:
     )
 
 
+ALLOCATION_FAILURES = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "DefaultCPUAllocator: not enough memory",
+)
+"""What torch's CPU allocator says when the system refuses it memory (Linux; Windows), as a
+plain ``RuntimeError``: unlike a GPU's, a CPU allocation that fails is no
+``torch.OutOfMemoryError``."""
+
+
+def is_allocation_failure(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed for want of memory: a
+    ``torch.OutOfMemoryError``, a ``MemoryError``, or the ``RuntimeError`` of torch's CPU
+    allocator (``[enforce fail at alloc_cpu.cpp:...] DefaultCPUAllocator: can't allocate
+    memory: you tried to allocate 28769288192 bytes``)."""
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        words in str(error) for words in ALLOCATION_FAILURES
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Route every error of the app through problem details."""
 
@@ -456,6 +477,11 @@ def install_problem_handlers(app: FastAPI) -> None:
             )
         )
 
+    async def on_runtime_error(request: Request, exc: Exception) -> Response:
+        if is_allocation_failure(exc):
+            return await on_out_of_memory(request, exc)
+        raise exc  # on to on_unexpected, a logged 500
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         mark_logged(exc)  # uvicorn's own record of it, when Starlette re-raises, is dropped
@@ -469,6 +495,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(torch.OutOfMemoryError, on_out_of_memory)
     app.add_exception_handler(MemoryError, on_out_of_memory)
+    app.add_exception_handler(RuntimeError, on_runtime_error)
     app.add_exception_handler(Exception, on_unexpected)
 
 

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
             "padding may have."
         ),
     )
+    max_conv_workspace_bytes: int = Field(
+        512 * 2**20,
+        ge=1,
+        description=(
+            "Most bytes of the matrix a convolution unfolds its input into on the CPU "
+            "(C * prod(K) * prod(out) elements, counted at 8 bytes each)."
+        ),
+    )
     max_request_elements: int = Field(
         8_000_000, ge=1, description="Most elements all tensors of one request may declare."
     )

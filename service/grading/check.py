@@ -13,10 +13,15 @@ gets an ``error`` in its place and the others are judged.
 
 A model's key and its diagnoses are computed as the model endpoints compute: under the compute
 deadline (a key estimated too slow is a 422 like any key that cannot be computed) and in one of
-the device's slots (``service.gate``). The diagnoses of a request share the compute deadline as
-its formulas do: past it, the remaining wrong answers are judged but not diagnosed. A device
-that stays busy is a 503 for the whole request, single or batch: it says nothing about the
-checks, and the client retries them all.
+the device's slots (``service.gate``). A batch's model keys and formulas share one compute
+deadline: each key is computed only if its estimate fits in what the keys and formulas before
+it left of the deadline, and once their time reaches it the remaining ones are refused in
+their places (``over-compute-deadline``), so that many distinct keys, each within the deadline,
+cannot hold a worker for many times it. The diagnoses of a request share another: past it,
+the remaining wrong answers are judged but not diagnosed. A device that stays busy is a 503
+for the whole request, single or batch: it says nothing about the checks, and the client
+retries them all. A batch whose client has disconnected stops before its next key or formula
+(``ClientDisconnected``).
 """
 
 from __future__ import annotations
@@ -59,12 +64,16 @@ from service.grading.schemas import (
     ValueExpected,
 )
 from service.grading.shapes import ShapeKey, judge_shape, parse_shape_answer, shape_key
-from service.problems import Problem, from_model_error, validation_problem
+from service.problems import Problem, body_problem, from_model_error, validation_problem
 from service.settings import Settings
 from service.tensors import Budget, decode
 
 Key = TensorKey | ShapeKey | FormulaKey
 Result = dict[str, Any]
+
+
+class ClientDisconnected(Exception):
+    """The client of a batch went away: nobody will read the remaining results."""
 
 
 class CheckFailed(Exception):
@@ -136,11 +145,14 @@ def canonical(check: CheckRequest, index: int) -> bytes:
         return f"\0unshared {index}".encode()
 
 
-def compute_key(check: CheckRequest, settings: Settings, gate: ComputeGate) -> Key:
+def compute_key(
+    check: CheckRequest, settings: Settings, gate: ComputeGate, spent: float = 0.0
+) -> Key:
     """The key of a check's ``expected``; raises ``ModelError`` or ``Problem``.
 
     A model's key is computed under ``gate`` and the compute deadline, as the model endpoints
-    compute; the other keys (shapes, formulas, given values) take no device time.
+    compute, less the ``spent`` seconds the request's keys before it took; the other keys
+    (shapes, formulas, given values) take no device time.
     """
     expected = check.expected
     if isinstance(expected, ConvShapeExpected):
@@ -154,7 +166,13 @@ def compute_key(check: CheckRequest, settings: Settings, gate: ComputeGate) -> K
         return with_mistakes(key, declared, expected.named)
     if isinstance(expected, ValueExpected):
         return value_key(expected, settings)
-    return model_key(expected, settings, gate)
+    return model_key(expected, settings, gate, spent)
+
+
+def computes(check: CheckRequest) -> bool:
+    """Whether a check's key takes compute time (a model's key, a formula's evaluation) and so
+    counts against a batch's compute deadline; shapes and given values take next to none."""
+    return not isinstance(check.expected, ConvShapeExpected | ValueExpected)
 
 
 def tolerance_of(check: CheckRequest) -> Tolerance:
@@ -186,15 +204,28 @@ class Slot:
 class Engine:
     """Judges a list of checks in order, computing each distinct key once."""
 
-    def __init__(self, settings: Settings, gate: ComputeGate, *, batch: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        gate: ComputeGate,
+        *,
+        batch: bool,
+        disconnected: Callable[[], bool] | None = None,
+    ) -> None:
+        """``disconnected``: asked before each key or formula that takes compute time (at most
+        every ``POLL_SECONDS``), whether the client is gone; then ``run`` raises
+        ``ClientDisconnected`` and computes nothing more."""
         self.settings = settings
         self.gate = gate
         self.batch = batch
+        self.disconnected = disconnected
+        self.polled = 0.0
         self.budget: Budget = new_budget(settings)
         self.results: list[Result | None] = []
         self.keys = 0
         self.key_elements = 0
-        self.formula_seconds = 0.0
+        self.compute_seconds = 0.0
+        """Seconds the model keys and the formulas of the request have taken so far."""
         self.diagnosis_seconds = 0.0
 
     def _prefix(self, index: int) -> str:
@@ -223,33 +254,60 @@ class Engine:
         return [result for result in self.results if result is not None]
 
     def _run_group(self, slots: list[Slot]) -> None:
-        if not isinstance(slots[0].check.expected, FormulaExpected):
+        check = slots[0].check
+        if not computes(check):
             self._judge_group(slots)
             return
-        # Formulas are evaluated in Python at up to 400 points, a key and each answer: a batch
-        # of many distinct long formulas over wide ranges took 39 s for 200 checks. They run
-        # while the batch's formula time is within the compute deadline; the rest are refused.
+        self._stop_if_disconnected()
+        # Each distinct key has the whole deadline to itself at the model endpoints; a batch
+        # may hold thousands: 8 AttentionRNN(inf) backward keys, each within the deadline,
+        # took 80 s. Formulas are evaluated in Python at up to 400 points, a key and each
+        # answer: 200 distinct long formulas over wide ranges took 39 s. So they share the
+        # deadline: a model key is computed only if its estimate fits in what is left, and
+        # once the time taken reaches the deadline the rest are refused in their places.
         deadline = self.settings.compute_deadline_seconds
-        if self.formula_seconds > deadline:
-            problem = Problem(
-                422,
-                f"the formulas of this batch took more than the compute deadline ({deadline:g} "
-                "s) before this one was reached; send the remaining checks in another batch",
-                kind="over-compute-deadline",
-                title="Over the compute deadline",
+        if self.compute_seconds >= deadline:
+            problem = body_problem(
+                f"the keys and formulas of this batch before this check took "
+                f"{self.compute_seconds:,.1f} s, the whole compute deadline ({deadline:g} s); "
+                "send the remaining checks in another batch",
+                "over-compute-deadline",
+                "Over the compute deadline",
+                "compute_deadline",
             )
             for slot in slots:
                 self._fail(slot, problem, "expected")
+            return
+        if not isinstance(check.expected, FormulaExpected):
+            self._judge_group(slots, timed=True)
             return
         started = time.perf_counter()
         try:
             self._judge_group(slots)
         finally:
-            self.formula_seconds += time.perf_counter() - started
+            self.compute_seconds += time.perf_counter() - started
 
-    def _judge_group(self, slots: list[Slot]) -> None:
+    POLL_SECONDS = 0.1
+    """Longest the engine computes between two questions whether the client is still there
+    (each question is a trip to the event loop)."""
+
+    def _stop_if_disconnected(self) -> None:
+        if self.disconnected is None:
+            return
+        now = time.perf_counter()
+        if now - self.polled < self.POLL_SECONDS:
+            return
+        self.polled = now
+        if self.disconnected():
+            raise ClientDisconnected
+
+    def _judge_group(self, slots: list[Slot], *, timed: bool = False) -> None:
+        """Compute the group's key and judge its checks; ``timed``: the key's time counts
+        against the request's compute deadline (a model's key; a formula group is timed whole
+        by ``_run_group``)."""
+        started = time.perf_counter()
         try:
-            key = compute_key(slots[0].check, self.settings, self.gate)
+            key = compute_key(slots[0].check, self.settings, self.gate, self.compute_seconds)
             self._charge(key)
         except (Problem, ModelError) as error:
             if isinstance(error, Problem) and error.status == 503:
@@ -257,6 +315,9 @@ class Engine:
             for slot in slots:
                 self._fail(slot, error, "expected")
             return
+        finally:
+            if timed:
+                self.compute_seconds += time.perf_counter() - started
         self.keys += 1
         if isinstance(key, TensorKey):
             self._judge_tensors(key, slots)
@@ -468,7 +529,10 @@ def validate_checks(items: Sequence[Any]) -> list[CheckRequest | Problem]:
 
 
 def check_many(
-    checks: Sequence[Any], settings: Settings, gate: ComputeGate | None = None
+    checks: Sequence[Any],
+    settings: Settings,
+    gate: ComputeGate | None = None,
+    disconnected: Callable[[], bool] | None = None,
 ) -> tuple[list[Result], int]:
     """Judge checks in order; returns the results and how many distinct keys were computed.
 
@@ -477,9 +541,16 @@ def check_many(
             check gets its 422 problem as an ``error`` in its place.
         settings: as for ``check_one``.
         gate: as for ``check_one``.
+        disconnected: whether the client has gone away, asked between keys (see ``Engine``).
+
+    Raises:
+        ClientDisconnected: ``disconnected`` said so; nothing more was computed.
     """
     engine = Engine(
-        settings, gate if gate is not None else ComputeGate.from_settings(settings), batch=True
+        settings,
+        gate if gate is not None else ComputeGate.from_settings(settings),
+        batch=True,
+        disconnected=disconnected,
     )
     results = engine.run(validate_checks(checks))
     return results, engine.keys

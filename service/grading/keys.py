@@ -190,9 +190,14 @@ def _pick(select: str | None, tensors: Mapping[str, Any], what: str, model: str)
     return name
 
 
-def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) -> TensorKey:
+def model_key(
+    expected: ModelExpected, settings: Settings, gate: ComputeGate, spent: float = 0.0
+) -> TensorKey:
     """Compute the reference of a model op once, the way the model endpoints do: the same
     budgets, and under the same compute deadline and device slot (``computing``).
+
+    ``spent``: seconds the request's keys before this one took; the deadline covers them too
+    (a batch's keys share it), so a key estimated longer than what is left is refused.
 
     Raises:
         ModelError, GradingError, Problem: what the model endpoints would refuse, with
@@ -227,6 +232,7 @@ def model_key(expected: ModelExpected, settings: Settings, gate: ComputeGate) ->
             vector_jacobian_products=products,
             closed_form=closed_form_flops(prepared, expected.op, of, wrt),
             closed_form_seconds=closed_form_seconds(prepared, expected.op),
+            spent=spent,
         ),
         compute_timer(model.name, expected.op.replace("_", "-"), prepared.device),
     ):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+import anyio.from_thread
+from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
 from service.budgets import check_count
 from service.deps import GateDep, SettingsDep
 from service.devices import resolve_device
-from service.grading.check import CheckFailed, check_many, check_one
+from service.grading.check import CheckFailed, ClientDisconnected, check_many, check_one
 from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
 from service.grading.schemas import BatchRequest, BatchResponse, CheckRequest, CheckResponse
 from service.problems import Problem, problem_responses
@@ -52,9 +54,11 @@ def check_batch(
     body: Annotated[BatchRequest, Body(openapi_examples=BATCH_EXAMPLES)],
     settings: SettingsDep,
     gate: GateDep,
+    request: Request,
 ) -> Response:
     """Results in order; a check that cannot be judged gets an `error` (a problem detail) in
-    its place and does not stop the others."""
+    its place and does not stop the others. The model keys and formulas of a batch share one
+    compute deadline: those past it are refused in their places (`over-compute-deadline`)."""
     check_count(len(body.checks), "max_batch_checks", "checks", "checks", settings)
     if body.device is not None:
         resolve_device(body.device)
@@ -68,7 +72,11 @@ def check_batch(
                 {"loc": ["body", "checks"], "msg": "give at least one check", "type": "too_short"}
             ],
         )
-    results, keys = check_many(body.checks_with_options(), settings, gate)
+    try:
+        results, keys = check_many(body.checks_with_options(), settings, gate, gone(request))
+    except ClientDisconnected:
+        # Nobody reads this answer; 499 ("client closed request", nginx's) in the logs.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     failed = sum("error" in r for r in results)
     correct = sum(bool(r.get("correct")) for r in results)
     summary = {
@@ -79,3 +87,16 @@ def check_batch(
         "keys": keys,
     }
     return TensorJSONResponse({"results": results, "summary": summary})
+
+
+CLIENT_CLOSED_REQUEST = 499
+
+
+def gone(request: Request) -> Callable[[], bool]:
+    """Whether the client of ``request`` has disconnected, asked from the worker thread a sync
+    route runs in (a trip to the event loop, where the connection lives)."""
+
+    def disconnected() -> bool:
+        return anyio.from_thread.run(request.is_disconnected)
+
+    return disconnected

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pytest
 
+from models.registry import MODELS, get_model
 from service.gate import ComputeGate
 from service.grading import check as engine
 from service.grading.check import check_many, check_one
@@ -48,9 +50,11 @@ def test_a_mixed_batch_is_judged_in_order(monkeypatch: pytest.MonkeyPatch) -> No
     computed: list[str] = []
     compute_key = engine.compute_key
 
-    def counting(check: CheckRequest, settings: Settings, gate: ComputeGate) -> Any:
+    def counting(
+        check: CheckRequest, settings: Settings, gate: ComputeGate, spent: float = 0.0
+    ) -> Any:
         computed.append(check.expected.op)
-        return compute_key(check, settings, gate)
+        return compute_key(check, settings, gate, spent)
 
     monkeypatch.setattr(engine, "compute_key", counting)
     results, keys = check_many(mixed_batch(), SETTINGS)
@@ -163,3 +167,99 @@ def test_the_diagnoses_of_a_batch_share_the_compute_deadline() -> None:
     assert [(r["correct"], r["diagnosis"]) for r in results] == [(False, [])] * 2
     assert "diagnosis_skipped" not in results[0]["report"]  # it started, and said nothing
     assert "compute deadline" in results[1]["report"]["diagnosis_skipped"]
+
+
+class Clock:
+    """A ``time`` for the engine whose seconds pass only when a model's forward pass runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def conv_key(bias: float) -> dict[str, Any]:
+    """A conv1d forward key; each bias makes a distinct key."""
+    return {
+        "op": "forward",
+        "model": "conv1d",
+        "device": "cpu",
+        "params": {"weight": [[[1.0, 2.0]]], "bias": [bias]},
+        "inputs": {"x": [[1.0, 2.0, 3.0]]},
+    }
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Each conv1d forward pass takes 7 s on the engine's clock (none in fact)."""
+    clock = Clock()
+    model = get_model("conv1d")
+
+    def slow(config: Any, args: Any) -> Any:
+        clock.now += 7.0
+        return model.forward(config, args)
+
+    monkeypatch.setitem(MODELS, "conv1d", dataclasses.replace(model, forward=slow))
+    monkeypatch.setattr(engine, "time", clock)
+    return clock
+
+
+def test_the_model_keys_of_a_batch_share_the_compute_deadline(clock: Clock) -> None:
+    """Each distinct key had the whole deadline to itself: 8 AttentionRNN(inf) backward keys,
+    each within it, took 80 s in one batch. Now the keys' time adds up (7 s each here, of a
+    20 s deadline): past the deadline the remaining keys are refused in their places, and the
+    checks that compute nothing are still judged."""
+    right = [[[5.0 + b, 8.0 + b]] for b in range(5)]
+    batch = [request(conv_key(b), right[b]) for b in range(5)]
+    batch.append(request(SHAPE_1_1A, [5, 2]))
+    batch.append(request(conv_key(0), right[0]))  # the first key's again: computed already
+    results, keys = check_many(batch, Settings(compute_deadline_seconds=20.0))
+    assert [r.get("correct") for r in results[:3]] == [True, True, True]
+    assert keys == 4 and clock.now == 21.0  # the fourth check's key is the SHAPE one
+    for index in (3, 4):
+        error = results[index]["error"]
+        assert error["status"] == 422 and error["type"].endswith("/over-compute-deadline")
+        assert error["detail"].startswith(f"checks.{index}.expected: the keys and formulas")
+        assert "took 21.0 s, the whole compute deadline (20 s)" in error["detail"]
+        assert "another batch" in error["detail"]
+        assert error["errors"][0]["loc"][:4] == ["body", "checks", index, "expected"]
+    assert results[5]["correct"] is True and results[6]["correct"] is True
+
+
+def test_a_key_estimated_over_what_the_batch_has_left_is_refused_before_it_runs(
+    clock: Clock,
+) -> None:
+    """The estimate of each key is held to what the keys before it left of the deadline: with
+    14 s taken, a key estimated at 10 s is refused without running; alone it is computed."""
+    expected = conv_key(0.0)
+    flops = 2 * 2 * 1 * 2  # 2 numel(y) C prod(K): y [1, 2], C = 1, K = 2
+    settings = Settings(compute_deadline_seconds=20.0, cpu_flops_per_second=flops / 10.0)
+    assert check_one(request(expected, [[5.0, 8.0]]), settings)["correct"] is True
+    clock.now = 0.0
+    engine_ = engine.Engine(settings, ComputeGate.from_settings(settings), batch=True)
+    engine_.compute_seconds = 14.0
+    results = engine_.run([request(expected, [[5.0, 8.0]])])
+    assert clock.now == 0.0  # never ran
+    error = results[0]["error"]
+    assert error["type"].endswith("/over-compute-deadline")
+    assert "needs an estimated 10.0 s on cpu" in error["detail"]
+    assert "took 14.0 s of the compute deadline (20 s)" in error["detail"]
+
+
+def test_a_batch_stops_when_its_client_has_gone(clock: Clock) -> None:
+    """Asked before each key that computes: once the client is gone nothing more is computed."""
+    asked: list[float] = []
+
+    def gone() -> bool:
+        asked.append(clock.now)
+        return clock.now > 0  # gone during the first key
+
+    batch = [request(conv_key(b), [[5.0 + b, 8.0 + b]]) for b in range(3)]
+    engine_ = engine.Engine(
+        Settings(), ComputeGate.from_settings(Settings()), batch=True, disconnected=gone
+    )
+    engine_.POLL_SECONDS = 0.0
+    with pytest.raises(engine.ClientDisconnected):
+        engine_.run(batch)
+    assert clock.now == 7.0 and asked == [0.0, 7.0]

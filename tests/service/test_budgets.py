@@ -233,3 +233,102 @@ def test_the_padded_input_budget_is_the_tensor_budget_to_the_element(operation: 
         jacobians = torch.autograd.functional.jacobian(conv, (weight, x))
         expected = jacobians[0] if operation == "jacobian-weight" else jacobians[1]
         torch.testing.assert_close(wire(result["jacobian"]), expected)
+
+
+# x [1, 700, 700] with a 24 x 24 kernel: a 3.9 MB input (5.2 MB as b64 JSON) that torch's
+# float64 CPU convolution unfolds into 576 x 677 * 677 = 263,997,504 elements (2.1 GB); peak
+# memory rose by 2.0 GB. A [1, 1000, 1000] x with a 64 x 64 kernel asked for 28.8 GB.
+WORKSPACE = [
+    ([1, 1, 24, 24], [1, 700, 700], "576 x 458,329 = 263,997,504 elements", "2,111,980,032"),
+    ([1, 1, 64, 64], [1, 1000, 1000], "4,096 x 877,969 = 3,596,161,024", "28,769,288,192"),
+]
+
+
+@pytest.mark.usefixtures("no_compute")
+@pytest.mark.parametrize(
+    ("operation", "extra"),
+    [
+        ("forward", {}),
+        ("backward", None),
+        ("jacobian", {"of": "y", "wrt": "bias"}),
+    ],
+    ids=["forward", "backward", "dy/dbias"],
+)
+@pytest.mark.parametrize(("weight", "x", "matrix", "size"), WORKSPACE, ids=["24x24", "64x64"])
+def test_a_conv_whose_unfolded_input_is_over_the_workspace_budget_is_refused(
+    client: TestClient,
+    operation: str,
+    extra: dict[str, Any] | None,
+    weight: list[int],
+    x: list[int],
+    matrix: str,
+    size: str,
+) -> None:
+    """A 413 that gives the sizes and names the setting, before anything is allocated."""
+    out = [x[1] - weight[2] + 1, x[2] - weight[3] + 1]
+    body: dict[str, Any] = {
+        "device": "cpu",
+        "params": {"weight": b64_zeros(weight), "bias": [0.0]},
+        "inputs": {"x": b64_zeros(x)},
+    }
+    grads = {"grad_outputs": {"y": b64_zeros([1, *out])}}
+    response = client.post(
+        f"/v1/models/conv2d/{operation}", json={**body, **(grads if extra is None else extra)}
+    )
+    assert response.status_code == 413, response.text[:300]
+    problem = response.json()
+    assert problem["type"].endswith("/budget-exceeded")
+    assert matrix in problem["detail"] and f"{size} bytes" in problem["detail"]
+    limit = Settings().max_conv_workspace_bytes
+    assert limit == 512 * 2**20
+    assert f"max_conv_workspace_bytes is {limit:,}" in problem["detail"]
+    assert problem["errors"][0]["loc"] == ["body", "params", "weight"]
+
+
+@pytest.mark.usefixtures("no_compute")
+def test_a_check_whose_conv_key_unfolds_over_the_workspace_budget_is_refused(
+    client: TestClient,
+) -> None:
+    expected = {
+        "op": "forward",
+        "model": "conv2d",
+        "params": {"weight": b64_zeros([1, 1, 24, 24])},
+        "inputs": {"x": b64_zeros([1, 700, 700])},
+    }
+    response = client.post("/v1/check", json={"expected": expected, "answer": [[[0.0]]]})
+    assert response.status_code == 413, response.text[:300]
+    assert "max_conv_workspace_bytes" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("dims", "config", "weight", "x", "columns"),
+    [
+        (1, {}, [2, 3, 5], [3, 40], 3 * 5 * 36),
+        (1, {"stride": 3, "dilation": 2, "padding": 2}, [2, 3, 5], [3, 40], 3 * 5 * 12),
+        (2, {"padding": "same"}, [4, 2, 3, 4], [2, 9, 11], 2 * 12 * 99),
+        (2, {"stride": [2, 1], "padding": 1}, [1, 3, 3, 3], [3, 10, 7], 27 * 5 * 7),
+    ],
+)
+def test_the_conv_workspace_budget_is_held_to_the_byte(
+    dims: int, config: dict[str, Any], weight: list[int], x: list[int], columns: int
+) -> None:
+    """C * prod(K) * prod(out) elements at 8 bytes each: at the limit the forward and backward
+    passes are computed, one byte under it they are refused."""
+    body = {
+        "device": "cpu",
+        "config": config,
+        "params": {"weight": b64_zeros(weight)},
+        "inputs": {"x": b64_zeros(x)},
+    }
+    with TestClient(create_app(Settings(max_conv_workspace_bytes=8 * columns))) as fits:
+        answer = fits.post(f"/v1/models/conv{dims}d/forward", json=body)
+        assert answer.status_code == 200, answer.text
+        y = answer.json()["outputs"]["y"]["shape"]
+        grads = {"grad_outputs": {"y": b64_zeros(y)}}
+        backward = fits.post(f"/v1/models/conv{dims}d/backward", json={**body, **grads})
+        assert backward.status_code == 200, backward.text
+    with TestClient(create_app(Settings(max_conv_workspace_bytes=8 * columns - 1))) as tight:
+        for operation, extra in (("forward", {}), ("backward", grads)):
+            refused = tight.post(f"/v1/models/conv{dims}d/{operation}", json={**body, **extra})
+            assert refused.status_code == 413, refused.text
+            assert f"= {columns:,} elements" in refused.json()["detail"]

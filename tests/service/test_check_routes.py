@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import numpy as np
 import orjson
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from models.registry import MODELS
+from models.registry import MODELS, get_model
 from service.app import create_app
 from service.examples import BACKWARD_EXAMPLES
-from service.grading.check import check_many
+from service.grading.check import Engine, check_many
 from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
 from service.problems import json_path
 from service.settings import Settings
@@ -716,3 +719,87 @@ def test_a_formula_whose_range_holds_a_zero_stride_is_judged(client: TestClient)
     declared = {**reference, "mistakes": "conv_output_size"}
     refused = client.post("/v1/check", json={"expected": declared, "answer": "H+K"})
     assert refused.status_code == 422, refused.text
+
+
+def test_a_batch_whose_client_disconnects_stops_computing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route asks the connection between keys: a client gone during the first key's
+    computation gets no more keys computed for it (the answer, to nobody, is a 499)."""
+    model = get_model("conv1d")
+    computed: list[float] = []
+    gone = threading.Event()
+    leaves = [True]
+
+    def forward(config: Any, args: Any) -> Any:
+        computed.append(float(args["bias"][0]))
+        if leaves[0]:
+            gone.set()  # the client leaves while the first key is computed
+        return model.forward(config, args)
+
+    monkeypatch.setitem(MODELS, "conv1d", dataclasses.replace(model, forward=forward))
+    monkeypatch.setattr(Engine, "POLL_SECONDS", 0.0)
+    checks = [
+        {
+            "expected": {
+                "op": "forward",
+                "model": "conv1d",
+                "device": "cpu",
+                "params": {"weight": [[[1.0, 2.0]]], "bias": [float(b)]},
+                "inputs": {"x": [[1.0, 2.0, 3.0]]},
+            },
+            "answer": [[5.0 + b, 8.0 + b]],
+        }
+        for b in range(3)
+    ]
+    body = orjson.dumps({"checks": checks})
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/check/batch",
+        "raw_path": b"/v1/check/batch",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict[str, Any]] = []
+    app = create_app(Settings(builtin_assignments=False))
+
+    async def call() -> None:
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if pending:
+                return pending.pop()
+            if gone.is_set():
+                return {"type": "http.disconnect"}
+            await anyio.sleep_forever()  # cancelled at once by Request.is_disconnected
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    with TestClient(app) as client:  # its lifespan runs, and its portal is the app's loop
+        assert client.portal is not None
+        client.portal.call(call)
+    assert computed == [0.0]
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    # Connected to the end, the same batch computes every key.
+    gone.clear()
+    computed.clear()
+    leaves[0] = False
+    with TestClient(app) as client:
+        response = client.post(
+            "/v1/check/batch", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 200 and computed == [0.0, 1.0, 2.0]
+    assert [r["correct"] for r in response.json()["results"]] == [True] * 3

@@ -23,7 +23,12 @@ from models.attention_rnn import (
     total_paths_flops,
 )
 from models.attention_totals import log_total_norms
-from models.autodiff import jacobian_chunk_count, jacobian_chunk_size
+from models.autodiff import (
+    SAVED_ELEMENTS,
+    jacobian_chunk_count,
+    jacobian_chunk_size,
+    saved_row_elements,
+)
 from models.registry import MODELS, ArgSpec, ReferenceModel, get_model
 from service.app import create_app
 from service.compute import (
@@ -37,7 +42,7 @@ from service.costs import fixed_seconds, forward_flops
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.gate import ComputeGate
 from service.middleware import EXEMPT_PATHS
-from service.problems import Problem
+from service.problems import Problem, is_allocation_failure
 from service.schemas import JacobianRequest, ModelRequest
 from service.settings import Settings
 
@@ -155,8 +160,17 @@ def test_devices_have_separate_slots() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), MemoryError()],
-    ids=["device", "host"],
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        MemoryError(),
+        # What torch's CPU allocator raises: a plain RuntimeError (a 500 before it was mapped).
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 28769288192 bytes. Error code 12 (Cannot allocate "
+            "memory)"
+        ),
+    ],
+    ids=["device", "host", "cpu-allocator"],
 )
 def test_out_of_memory_is_503_and_the_service_keeps_working(
     monkeypatch: pytest.MonkeyPatch, error: BaseException
@@ -177,6 +191,33 @@ def test_out_of_memory_is_503_and_the_service_keeps_working(
         # With one slot, a 200 here also shows that the failed computation gave its slot back.
         assert client.post("/v1/models/conv1d/forward", json=SEED).status_code == 200
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_runtime_error_that_is_not_an_allocation_is_still_a_500(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = get_model("conv1d")
+
+    def broken(config: Any, args: Any) -> Any:
+        raise RuntimeError("shapes cannot be multiplied (3x4 and 5x6)")
+
+    with TestClient(create_app(quiet()), raise_server_exceptions=False) as client:
+        monkeypatch.setitem(MODELS, "conv1d", dataclasses.replace(model, forward=broken))
+        response = client.post("/v1/models/conv1d/forward", json=SEED)
+        assert response.status_code == 500
+        assert "Retry-After" not in response.headers
+        assert response.json()["detail"].startswith("The service failed to answer")
+        monkeypatch.setitem(MODELS, "conv1d", model)
+        assert client.post("/v1/models/conv1d/forward", json=SEED).status_code == 200
+
+
+def test_a_real_allocation_failure_of_the_cpu_allocator_is_recognised() -> None:
+    """torch's own error, not a copy of its words: a tensor of 2**60 bytes, past any address
+    space, which the system refuses outright whatever its overcommit policy."""
+    with pytest.raises(RuntimeError) as caught:
+        torch.empty(2**57, dtype=torch.float64)
+    assert is_allocation_failure(caught.value)
+    assert not is_allocation_failure(RuntimeError("a bug"))
 
 
 @pytest.mark.parametrize(
@@ -413,7 +454,9 @@ def test_per_step_costs_grow_with_the_work_of_each_model() -> None:
         rows = steps * 3
         size = jacobian_chunk_size(attention, inf, args, "h")
         elements = sum(t.numel() for t in args.values())
-        assert jacobian_chunk_count(rows, elements) == -(-rows // size)
+        shapes = {name: tuple(t.shape) for name, t in args.items()}
+        saved = saved_row_elements(attention, inf, shapes)
+        assert jacobian_chunk_count(rows, elements, saved) == -(-rows // size)
 
 
 def test_closed_form_state_jacobians_are_not_charged_as_autograd(client: TestClient) -> None:
@@ -474,8 +517,33 @@ def test_jacobians_that_finish_in_seconds_are_not_refused(
         ("attention_rnn", {"k": 8}, {n: (9, 4, 4) for n in "QKV"}, (1024, 4), "x", 8.3),
         ("attention_rnn", {"k": 256}, {n: (257, 1, 1) for n in "QKV"}, (1024, 1), "x", 5.6),
         ("attention_rnn", {"k": 2}, {n: (3, 8, 8) for n in "QKV"}, (1024, 8), "V", 18.4),
+        # Measured on a loaded machine, in batches sized by the arguments alone (which also
+        # took 1.7 to 4.4 GB): the estimates were 20.0, 17.0, 7.4, 7.7 and 19.2 s.
+        ("attention_rnn", {"k": 256}, {n: (257, 2, 2) for n in "QKV"}, (1024, 2), "Q", 74.5),
+        ("attention_rnn", {"k": 32}, {n: (33, 4, 4) for n in "QKV"}, (1024, 4), "K", 53.0),
+        ("attention_rnn", {"k": 64}, {n: (65, 2, 2) for n in "QKV"}, (1024, 2), "Q", 24.0),
+        ("attention_rnn", {"k": 256}, {n: (257, 1, 1) for n in "QKV"}, (1024, 1), "x", 13.0),
+        ("attention_rnn", {"k": "inf"}, {n: (2, 2, 2) for n in "QKV"}, (768, 2), "x", 23.0),
+        # One thread, functorch warmed up, batches sized as now (512 MiB each): 5.0-5.5 s,
+        # 2.6-2.9 s and 2.5-3.0 s.
+        ("attention_rnn", {"k": 64}, {n: (65, 2, 2) for n in "QKV"}, (512, 2), "Q", 5.5),
+        ("attention_rnn", {"k": 32}, {n: (33, 4, 4) for n in "QKV"}, (256, 4), "K", 2.9),
+        ("attention_rnn", {"k": 8}, {n: (9, 4, 4) for n in "QKV"}, (512, 4), "x", 3.0),
     ],
-    ids=["gated-dh/dx", "attention-k8-dh/dx", "attention-k256-dh/dx", "attention-k2-dh/dV"],
+    ids=[
+        "gated-dh/dx",
+        "attention-k8-dh/dx",
+        "attention-k256-dh/dx",
+        "attention-k2-dh/dV",
+        "attention-k256-n2-dh/dQ",
+        "attention-k32-n4-dh/dK",
+        "attention-k64-n2-dh/dQ",
+        "attention-k256-n1-dh/dx-loaded",
+        "attention-inf-n2-768-dh/dx",
+        "attention-k64-n2-512-dh/dQ",
+        "attention-k32-n4-256-dh/dK",
+        "attention-k8-n4-512-dh/dx",
+    ],
 )
 def test_recurrent_jacobians_are_estimated_at_least_at_their_measured_time(
     model: str,
@@ -485,10 +553,13 @@ def test_recurrent_jacobians_are_estimated_at_least_at_their_measured_time(
     wrt: str,
     seconds: float,
 ) -> None:
-    """Measured on an idle 2-core machine (computed here from the estimate, not run): each
-    chunk of jacrev's rows runs every step batched, dearer than its operation count. Before
-    the batched steps were charged these were estimated at 4.6, 1.9, 1.7 and 4.3 s; the last
-    had taken 88 s with another process on the machine (the deadline is 20 s)."""
+    """Measured (computed here from the estimate, not run): each chunk of jacrev's rows runs
+    every step batched, dearer than its operation count, and each row adds the traffic of its
+    slices of the batched tensors, which grows with n and the window. The first four on an
+    idle 2-core machine: before the batched steps were charged they were estimated at 4.6,
+    1.9, 1.7 and 4.3 s; the last had taken 88 s with another process on the machine (the
+    deadline is 20 s). With n > 1 against Q and K, before the rows were charged, the estimate
+    was a quarter to a third of the time."""
     body = {
         "config": config,
         "params": {name: b64_tensor(shape) for name, shape in params.items()},
@@ -500,6 +571,60 @@ def test_recurrent_jacobians_are_estimated_at_least_at_their_measured_time(
     prepared = prepare(model, JacobianRequest.model_validate(body), settings)
     rows = math.prod(prepared.output_shapes["h"])
     assert estimated_seconds(prepared, rows, settings) >= seconds
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "wrt"),
+    [(256, 2, "Q"), (32, 4, "K"), (64, 2, "Q"), (256, 1, "x"), ("inf", 2, "x"), (2, 8, "V")],
+)
+def test_jacobian_batches_keep_the_saved_activations_within_their_budget(
+    k: int | str, n: int, wrt: str
+) -> None:
+    """The batches of rows are sized by what the batched backward keeps per row, not by the
+    cotangents and arguments alone: at 1,024 steps these took 1.7 to 4.4 GB in one or two
+    batches. The estimate counts the batches so sized."""
+    width = 2 if k == "inf" else int(k) + 1
+    body = {
+        "config": {"k": k},
+        "params": {name: b64_tensor((width, n, n)) for name in "QKV"},
+        "inputs": {"x": b64_tensor((1024, n))},
+        "of": "h",
+        "wrt": wrt,
+    }
+    settings = Settings()
+    prepared = prepare("attention_rnn", JacobianRequest.model_validate(body), settings)
+    model, config, args = prepared.model, prepared.config, prepared.args
+    saved = saved_row_elements(model, config, prepared.arg_shapes)
+    chunk = jacobian_chunk_size(model, config, args, "h")
+    assert saved > 0 and chunk * saved <= SAVED_ELEMENTS
+    assert 8 * chunk * saved <= 512 * 2**20
+    rows, arguments = 1024 * n, sum(t.numel() for t in args.values())
+    assert jacobian_chunk_count(rows, arguments, saved) == -(-rows // chunk)
+
+
+def test_the_jacobian_estimate_grows_with_n_and_with_the_rows() -> None:
+    """AttentionRNN(k)'s batched rows cost per step, lag and n (and n**2, the products), on
+    top of each chunk's fixed cost: over 256 steps with k = 32, dh/dQ at n = 2 took 0.8 s and
+    dh/dK at n = 4 2.6-2.9 s (one thread, warm), where the estimate had grown by a fifth
+    (from 0.61 to 0.95 s). Twice the rows, each dearer: more than 2.4 times the estimate from
+    n = 2 to 4, and 4 times from 4 to 8."""
+    settings = Settings()
+
+    def estimate(k: int, n: int, steps: int = 256) -> float:
+        body = {
+            "config": {"k": k},
+            "params": {name: b64_tensor((k + 1, n, n)) for name in "QKV"},
+            "inputs": {"x": b64_tensor((steps, n))},
+            "of": "h",
+            "wrt": "Q",
+        }
+        prepared = prepare("attention_rnn", JacobianRequest.model_validate(body), settings)
+        return estimated_seconds(prepared, steps * n, settings)
+
+    for k in (8, 32):
+        two, four, eight = (estimate(k, n) for n in (2, 4, 8))
+        assert four > 2.4 * two and eight > 4 * four
+    assert estimate(32, 4) >= 2.9
 
 
 def test_closed_form_jacobians_are_estimated_as_the_fill_they_are(client: TestClient) -> None:
