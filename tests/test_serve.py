@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from bench.soak import workers
 from service import cli, preflight
 from service.app import create_app
 from service.settings import (
@@ -135,8 +136,9 @@ def test_every_worker_gives_a_student_the_same_variant_in_open_mode(tmp_path: Pa
         wait_ready(process, base)
         # Which worker answers a connection is the kernel's choice: the secret each worker
         # was started with says for certain whether they agree.
-        secrets = {worker_environment(pid).get(SECRET_ENV.encode()) for pid in workers(process)}
-        assert len(workers(process)) == 2 and len(secrets) == 1 and None not in secrets
+        found = workers(process.pid)
+        secrets = {worker_environment(pid).get(SECRET_ENV.encode()) for pid in found}
+        assert len(found) == 2 and len(secrets) == 1 and None not in secrets
         url = f"{base}/v1/assignments/cnn-rnn/problems/1.1c-i?student_id=ada"
 
         def fetch(_: int) -> Any:
@@ -149,21 +151,6 @@ def test_every_worker_gives_a_student_the_same_variant_in_open_mode(tmp_path: Pa
     finally:
         process.terminate()
         process.wait(timeout=60)
-
-
-def workers(server: subprocess.Popen[bytes]) -> list[int]:
-    """The server's worker processes: its children started by multiprocessing's spawn."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == server.pid and b"spawn_main" in command:
-                found.append(int(entry.name))
-    return sorted(found)
 
 
 def worker_environment(pid: int) -> dict[bytes, bytes]:

@@ -71,6 +71,7 @@ class ModelSource:
     """How long the key itself took to compute."""
     spent: float = 0.0
     """How long the diagnoses' recomputations have taken so far."""
+    _outputs: Tensors | None = field(default=None, repr=False, compare=False)
 
     @property
     def model(self) -> ReferenceModel:
@@ -117,10 +118,13 @@ class ModelSource:
         return on_cpu(result)
 
     def forward(self) -> Tensors:
-        """Every output of the model on the key's arguments."""
-        with torch.no_grad():
-            outputs = self.model.forward(self.prepared.config, self.prepared.args)
-        return {name: on_cpu(t) for name, t in outputs.items()}
+        """Every output of the model on the key's arguments (computed once: several mistakes
+        read ``h``, ``c`` or ``a``)."""
+        if self._outputs is None:
+            with torch.no_grad():
+                outputs = self.model.forward(self.prepared.config, self.prepared.args)
+            self._outputs = {name: on_cpu(t) for name, t in outputs.items()}
+        return self._outputs
 
 
 @dataclass

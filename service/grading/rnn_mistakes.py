@@ -145,18 +145,28 @@ def _attention_parts(key: TensorKey, shape: Shape) -> _AttentionStep | None:
     return _AttentionStep(h, before, a[:, 1], Q, K, V)
 
 
+class _AttentionStepMistake(Mistake):
+    """A mistake in AttentionRNN's dh[t]/dh[t-1], made on the seed's closed form by parts."""
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        parts = _attention_parts(key, shape)
+        if parts is not None:
+            yield from self.made(parts)
+
+    def made(self, parts: _AttentionStep) -> Iterator[Candidate]:
+        """The Jacobians with this mistake made."""
+        raise NotImplementedError
+
+
 @register
-class ScorePathMissing(Mistake):
+class ScorePathMissing(_AttentionStepMistake):
     """Only a_1[t] V_1 of AttentionRNN's dh[t]/dh[t-1] (seed 1.2.2(e)): the path through the
     value, without the one through the score w_1[t] and the softmax."""
 
     code = "score_path_missing"
     order = 23
 
-    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
-        parts = _attention_parts(key, shape)
-        if parts is None:
-            return
+    def made(self, parts: _AttentionStep) -> Iterator[Candidate]:
         yield Candidate(
             parts.value_path(),
             "This is only a_1[t] V_1, the path through the value v_1[t] = V_1 h[t-1]. h[t-1] "
@@ -166,17 +176,14 @@ class ScorePathMissing(Mistake):
 
 
 @register
-class ScoreGradientOneSided(Mistake):
+class ScoreGradientOneSided(_AttentionStepMistake):
     """AttentionRNN's dh[t]/dh[t-1] with dw_1[t]/dh[t-1] taken as Q_1^T K_1 h[t-1] (k_1[t]
     held fixed) or 2 Q_1^T K_1 h[t-1] (as if Q_1^T K_1 were symmetric)."""
 
     code = "score_gradient_one_sided"
     order = 24
 
-    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
-        parts = _attention_parts(key, shape)
-        if parts is None:
-            return
+    def made(self, parts: _AttentionStep) -> Iterator[Candidate]:
         product = parts.Q.T @ parts.K  # Q_1^T K_1
         yield Candidate(
             parts.jacobians(product),
@@ -193,17 +200,14 @@ class ScoreGradientOneSided(Mistake):
 
 
 @register
-class SoftmaxCouplingMissing(Mistake):
+class SoftmaxCouplingMissing(_AttentionStepMistake):
     """AttentionRNN's dh[t]/dh[t-1] with the softmax's derivative taken as da_1/dw_1 = a_1
     alone: v_1[t] where the seed has v_1[t] - h[t] (the other weights' change left out)."""
 
     code = "softmax_coupling_missing"
     order = 25
 
-    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
-        parts = _attention_parts(key, shape)
-        if parts is None:
-            return
+    def made(self, parts: _AttentionStep) -> Iterator[Candidate]:
         yield Candidate(
             parts.jacobians(parts.Q.T @ parts.K + parts.K.T @ parts.Q, centred=False),
             "When the score w_1[t] changes, the softmax moves every weight a_i[t], not a_1[t] "
