@@ -391,7 +391,7 @@ def temporal_order(
             f"this server already runs {settings.experiment_concurrency} experiment(s) at once; "
             "retry shortly",
             kind="busy",
-            title="Busy",
+            title="The service is busy",  # as the compute slots say it: one type, one title
             headers={"Retry-After": "5"},
         )
     try:

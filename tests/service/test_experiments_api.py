@@ -174,6 +174,9 @@ def test_a_busy_worker_answers_503(capped: TestClient) -> None:
         response = capped.post(PATH, json=TINY)
         _problem(response, 503)
         assert response.headers["retry-after"]
+        # One problem type, one title: the same as a busy device's (service/gate.py).
+        assert response.json()["type"].endswith("/busy")
+        assert response.json()["title"] == "The service is busy"
     finally:
         slots.release()
     assert capped.post(PATH, json=TINY).status_code == 200
