@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from fastapi.testclient import TestClient
+
+from service.app import create_app
 from service.settings import Settings
 
 INSTRUCTOR = "instructor-key-0123456789abcdef"
@@ -25,3 +30,12 @@ def keyed_settings(**overrides: Any) -> Settings:
 
 def key(value: str) -> dict[str, str]:
     return {"X-API-Key": value}
+
+
+@contextmanager
+def student_client() -> Iterator[TestClient]:
+    """The app with roles and no check rate limit (the tests send many checks), its client
+    sending the student key."""
+    with TestClient(create_app(keyed_settings(check_rate_limit=""))) as client:
+        client.headers.update(key(STUDENT))
+        yield client

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from service.grading.diagnosis import Candidate, Mistake, Shape, register
-from service.grading.keys import ModelSource, TensorKey, on_cpu
+from service.grading.keys import ModelSource, TensorKey, Tensors, on_cpu
 
 
 def _gated(key: TensorKey, op: str, select: str) -> ModelSource | None:
@@ -25,6 +25,19 @@ def _gated(key: TensorKey, op: str, select: str) -> ModelSource | None:
     return source if "c" in {spec.name for spec in source.model.outputs} else None
 
 
+def _gated_step(key: TensorKey, shape: Shape) -> tuple[ModelSource, Tensors] | None:
+    """The key's source and the model's outputs where the key is the one-step state Jacobians
+    dh[t]/dh[t-1] of a gated model and the answers have their shape (T, m, m); else None."""
+    source = _gated(key, "state_jacobians", "jacobians")
+    if source is None:
+        return None
+    outputs = source.forward()
+    gate = outputs["c"]  # (T, m)  c[t] of equation (1)
+    if gate.dim() != 2 or (*gate.shape, gate.shape[1]) != shape:
+        return None
+    return source, outputs
+
+
 @register
 class GatePathMissing(Mistake):
     """Only ``diag(c[t])`` of the gated RNN's dh[t]/dh[t-1] (seed 1.2.1(d)): the direct path,
@@ -34,14 +47,11 @@ class GatePathMissing(Mistake):
     order = 20
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
-        source = _gated(key, "state_jacobians", "jacobians")
-        if source is None:
-            return
-        gate = source.forward()["c"]  # (T, m)  c[t] of equation (1)
-        if gate.dim() != 2 or (*gate.shape, gate.shape[1]) != shape:
+        step = _gated_step(key, shape)
+        if step is None:
             return
         yield Candidate(
-            torch.diag_embed(gate),  # (T, m, m)  diag(c[t])
+            torch.diag_embed(step[1]["c"]),  # (T, m, m)  diag(c[t])
             "This is only diag(c[t]), the direct path of dh[t]/dh[t-1]. h[t] also depends on "
             "h[t-1] through the gate c[t] of equation (1), which depends on h[t-1] too: "
             "differentiate that path as well, it adds a second term.",
@@ -225,14 +235,12 @@ class GateDerivativeWrong(Mistake):
     order = 27
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
-        source = _gated(key, "state_jacobians", "jacobians")
-        if source is None:
+        step = _gated_step(key, shape)
+        if step is None:
             return
+        source, outputs = step
         args = source.prepared.args
-        outputs = source.forward()
         h, gate = outputs["h"], outputs["c"]  # (T, m) each
-        if gate.dim() != 2 or (*gate.shape, gate.shape[1]) != shape:
-            return
         x, w_h, w_x = (on_cpu(args[name]) for name in ("x", "W_h", "W_x"))
         start = on_cpu(args["h0"])[None] if "h0" in args else torch.zeros_like(h[:1])
         before = torch.cat([start, h[:-1]])  # h[t-1]

@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from tests.grading.test_diagnosis import FORMULA_1_1B
 from tests.grading.test_formula_mistakes import MISTAKEN, UNRELATED
-from tests.keys import STUDENT, key, keyed_settings
+from tests.keys import student_client
 
 CHECK_1_1B = "/v1/assignments/cnn-rnn/problems/1.1b/check"
 # The reference of 1.1(b) as a student could recover it from a message: spaces and * removed.
@@ -25,8 +24,7 @@ REFERENCE_FORMS = ("floor((H+2P-D(K-1)-1)/S)+1", "H+2P-D(K-1)-1", "(H+2P-D(K-1)-
 
 @pytest.fixture(scope="module")
 def student() -> Iterator[TestClient]:
-    with TestClient(create_app(keyed_settings(check_rate_limit=""))) as client:
-        client.headers.update(key(STUDENT))
+    with student_client() as client:
         yield client
 
 

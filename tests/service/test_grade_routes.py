@@ -22,7 +22,7 @@ from service.grading.grade import NUMBER_EXAMPLE
 from service.settings import Settings
 from tests.grading import seed_answers as seed
 from tests.grading.test_gradescope import TEST_FIELDS, TOP_LEVEL, VISIBILITIES
-from tests.keys import INSTRUCTOR, STUDENT, UNKNOWN, key, keyed_settings
+from tests.keys import INSTRUCTOR, STUDENT, UNKNOWN, key, keyed_settings, student_client
 
 STUDENTS = ("alice", "bob", "carol@example.edu")
 GRADE = "/v1/assignments/cnn-rnn/grade"
@@ -34,15 +34,13 @@ def check_path(problem: str) -> str:
 
 @pytest.fixture(scope="module")
 def first() -> Iterator[TestClient]:
-    with TestClient(create_app(keyed_settings(check_rate_limit=""))) as client:
-        client.headers.update(key(STUDENT))
+    with student_client() as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def replica() -> Iterator[TestClient]:
-    with TestClient(create_app(keyed_settings(check_rate_limit=""))) as client:
-        client.headers.update(key(STUDENT))
+    with student_client() as client:
         yield client
 
 

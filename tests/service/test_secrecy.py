@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.grading.catalogue import Catalogue
 from tests.grading import seed_answers as seed
-from tests.keys import INSTRUCTOR, STUDENT, key, keyed_settings
+from tests.keys import INSTRUCTOR, key, keyed_settings, student_client
 from tests.service.test_grade_routes import given, typical_mistake
 
 STUDENT_ID = "alice"
@@ -46,8 +46,7 @@ REFERENCE_FORMULA = ("D*(K - 1)", "D*(K-1)", "2*P - D")
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(keyed_settings(check_rate_limit=""))) as test_client:
-        test_client.headers.update(key(STUDENT))
+    with student_client() as test_client:
         yield test_client
 
 
