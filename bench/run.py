@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.metadata
+import importlib.util
 import math
 import os
 import platform
@@ -580,8 +582,17 @@ def machine(threads: int, device: str) -> str:
     gpu = f", {torch.cuda.get_device_name()}" if device == "cuda" else ""
     return (
         f"{os.cpu_count()} cores ({model}){gpu}, Python {platform.python_version()}, "
-        f"torch {torch.__version__}, {threads} torch thread(s) in the service and in-process"
+        f"torch {torch.__version__}, {server_stack()}, "
+        f"{threads} torch thread(s) in the service and in-process"
     )
+
+
+def server_stack() -> str:
+    """uvicorn's version and the HTTP parser and event loop it picks here ("auto", as both
+    servers are started): the throughput row depends on them more than on the app."""
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"uvicorn {importlib.metadata.version('uvicorn')} ({parser}, {loop})"
 
 
 def main(argv: list[str] | None = None) -> int:
