@@ -588,8 +588,9 @@ def machine(threads: int, device: str) -> str:
 
 
 def server_stack() -> str:
-    """uvicorn's version and the HTTP parser and event loop it picks here ("auto", as both
-    servers are started): the throughput row depends on them more than on the app."""
+    """uvicorn's version and the HTTP parser and event loop it picks here (the service's
+    protocol is httptools' where uvicorn's "auto" picks httptools, as for the baseline): the
+    throughput row depends on them more than on the app."""
     parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     return f"uvicorn {importlib.metadata.version('uvicorn')} ({parser}, {loop})"

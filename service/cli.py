@@ -178,6 +178,7 @@ def serve_warnings(settings: Settings, workers: int) -> list[str]:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.httpprotocol import http_protocol
     from service.logs import ensure_logging, log_config
     from service.metrics import prepare_multiprocess_dir  # no torch: the supervisor has none
 
@@ -214,6 +215,7 @@ def run_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=args.workers,
+            http=http_protocol(),  # httptools, with a bound on request heads (httpprotocol.py)
             log_level=settings.log_level,
             log_config=log_config(settings.log_level),
             access_log=False,  # the service logs each request itself, as JSON with its id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -9,9 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from starlette.types import ASGIApp
+
+from service.httpprotocol import http_protocol
 
 
 def free_port() -> int:
@@ -27,7 +31,10 @@ def uvicorn_thread(app: ASGIApp) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
+    # The HTTP protocol `tensorgrade serve` runs (service/httpprotocol.py), so that every test
+    # over real HTTP also exercises it.
+    config = uvicorn.Config(app, http=http_protocol(), log_config=None, access_log=False)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -64,3 +71,47 @@ class InProcess(httpx.BaseTransport):
         return httpx.Response(
             answer.status_code, headers=list(answer.headers.multi_items()), content=answer.content
         )
+
+
+class Answers:
+    """Reads HTTP answers off a socket one at a time, keeping what arrived of the next ones
+    (pipelined answers may come in one read)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.data = b""
+
+    def _more(self, what: str) -> None:
+        chunk = self.sock.recv(65536)
+        assert chunk, f"the connection closed {what}: {self.data[:200]!r}"
+        self.data += chunk
+
+    def next(self) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers (lower-case names) and body (by its Content-Length)."""
+        while b"\r\n\r\n" not in self.data:
+            self._more("before an answer")
+        head, _, self.data = self.data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
+        length = int(headers["content-length"])
+        while len(self.data) < length:
+            self._more("inside an answer's body")
+        body, self.data = self.data[:length], self.data[length:]
+        return int(status_line.split()[1]), headers, body
+
+
+def send_until_answered(sock: socket.socket, start: bytes, filler: bytes, most: int) -> int:
+    """Send ``start``, then ``filler`` again and again until the server answers or closes;
+    returns the bytes sent. Fails past ``most`` bytes: the server buffered them all."""
+    sock.sendall(start)
+    sent = len(start)
+    while sent < most:
+        readable, _, _ = select.select([sock], [], [], 0.05)
+        if readable:
+            return sent
+        try:
+            sock.sendall(filler)
+        except (BrokenPipeError, ConnectionResetError):
+            return sent
+        sent += len(filler)
+    pytest.fail(f"the server took {sent:,} bytes of a request head without answering")

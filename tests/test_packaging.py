@@ -38,23 +38,3 @@ def test_the_wheel_holds_py_typed_and_the_built_in_assignment(tmp_path: Path) ->
     (wheel,) = wheels.glob("tensorgrade-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"service/py.typed", "models/py.typed", "service/assignments/cnn-rnn.toml"} <= names
-
-
-def test_uvicorn_serves_with_its_c_parser_and_loop() -> None:
-    # `tensorgrade serve` leaves uvicorn's http and loop at "auto": with httptools and uvloop
-    # installed (dependencies of the project) uvicorn picks them, for about 1.5-2x the requests
-    # a worker answers; should either go missing, it would quietly serve on h11 and asyncio.
-    import uvicorn
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    config = uvicorn.Config("service.app:app", http="auto", loop="auto")
-    config.load()
-    assert config.http_protocol_class is HttpToolsProtocol
-    factory = config.get_loop_factory()
-    assert factory is not None
-    loop = factory()
-    try:
-        expected = "asyncio" if sys.platform == "win32" else "uvloop"
-        assert type(loop).__module__.split(".")[0] == expected
-    finally:
-        loop.close()
