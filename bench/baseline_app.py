@@ -45,6 +45,7 @@ def main() -> None:
         host=args.host,
         port=args.port,
         workers=1,
+        http="h11",  # as `tensorgrade serve`
         log_level=args.log_level,
     )
 

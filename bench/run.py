@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import importlib.metadata
-import importlib.util
 import math
 import os
 import platform
@@ -582,18 +581,9 @@ def machine(threads: int, device: str) -> str:
     gpu = f", {torch.cuda.get_device_name()}" if device == "cuda" else ""
     return (
         f"{os.cpu_count()} cores ({model}){gpu}, Python {platform.python_version()}, "
-        f"torch {torch.__version__}, {server_stack()}, "
+        f"torch {torch.__version__}, uvicorn {importlib.metadata.version('uvicorn')} (h11), "
         f"{threads} torch thread(s) in the service and in-process"
     )
-
-
-def server_stack() -> str:
-    """uvicorn's version and the HTTP parser and event loop it picks here (the service's
-    protocol is httptools' where uvicorn's "auto" picks httptools, as for the baseline): the
-    throughput row depends on them more than on the app."""
-    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    return f"uvicorn {importlib.metadata.version('uvicorn')} ({parser}, {loop})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -178,7 +178,6 @@ def serve_warnings(settings: Settings, workers: int) -> list[str]:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.httpprotocol import http_protocol
     from service.logs import ensure_logging, log_config
     from service.metrics import prepare_multiprocess_dir  # no torch: the supervisor has none
 
@@ -215,7 +214,11 @@ def run_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=args.workers,
-            http=http_protocol(),  # httptools, with a bound on request heads (httpprotocol.py)
+            # h11, never uvicorn's "auto", which takes httptools wherever it is installed: its
+            # protocol in uvicorn bounds neither the headers' size (an endless header grew a
+            # worker without limit) nor pipelined requests, and mishandles Upgrade requests
+            # (README, "What a request goes through").
+            http="h11",
             log_level=settings.log_level,
             log_config=log_config(settings.log_level),
             access_log=False,  # the service logs each request itself, as JSON with its id

@@ -15,8 +15,6 @@ import uvicorn
 from fastapi.testclient import TestClient
 from starlette.types import ASGIApp
 
-from service.httpprotocol import http_protocol
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -31,9 +29,8 @@ def uvicorn_thread(app: ASGIApp) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    # The HTTP protocol `tensorgrade serve` runs (service/httpprotocol.py), so that every test
-    # over real HTTP also exercises it.
-    config = uvicorn.Config(app, http=http_protocol(), log_config=None, access_log=False)
+    # h11, as `tensorgrade serve` runs it (service/cli.py), whatever else is installed.
+    config = uvicorn.Config(app, http="h11", log_config=None, access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -87,17 +84,29 @@ class Answers:
         self.data += chunk
 
     def next(self) -> tuple[int, dict[str, str], bytes]:
-        """Status, headers (lower-case names) and body (by its Content-Length)."""
+        """Status, headers (lower-case names) and body (by its Content-Length, or up to the
+        end of the connection without one)."""
         while b"\r\n\r\n" not in self.data:
             self._more("before an answer")
         head, _, self.data = self.data.partition(b"\r\n\r\n")
         status_line, *lines = head.decode("latin-1").split("\r\n")
         headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
+        if "content-length" not in headers:
+            self.data += self.rest()
+            body, self.data = self.data, b""
+            return int(status_line.split()[1]), headers, body
         length = int(headers["content-length"])
         while len(self.data) < length:
             self._more("inside an answer's body")
         body, self.data = self.data[:length], self.data[length:]
         return int(status_line.split()[1]), headers, body
+
+    def rest(self) -> bytes:
+        """What is left until the server closes the connection."""
+        data, self.data = self.data, b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        return data
 
 
 def send_until_answered(sock: socket.socket, start: bytes, filler: bytes, most: int) -> int:

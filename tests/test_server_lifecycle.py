@@ -214,5 +214,7 @@ def test_serve_passes_the_graceful_shutdown_setting(monkeypatch: pytest.MonkeyPa
     finally:
         get_settings.cache_clear()
     assert seen["timeout_graceful_shutdown"] == 7
-    # The rest of what serve sets up still holds: logs as JSON, no uvicorn access log.
+    # The rest of what serve sets up still holds: logs as JSON, no uvicorn access log, and
+    # h11, never "auto", which takes httptools wherever it is installed (test_http_protocol).
     assert seen["log_config"] == log_config(seen["log_level"]) and seen["access_log"] is False
+    assert seen["http"] == "h11"
