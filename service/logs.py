@@ -69,6 +69,20 @@ class LoggedByTheService(logging.Filter):
         return error is None or not getattr(error, LOGGED, False)
 
 
+class UpgradeIgnored(logging.Filter):
+    """Drops uvicorn's two warnings about a request that offers to switch protocols
+    (``Upgrade: h2c``, which Java's HttpClient sends with every request by default): the
+    service speaks HTTP/1.1 only, ignores the offer as HTTP allows and answers the request,
+    so there is nothing to warn about, and a client sending it would write two lines per
+    request (one telling the operator to install a WebSocket library the service has no use
+    for)."""
+
+    IGNORED = ("Unsupported upgrade request.", "No supported WebSocket library detected.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.IGNORED))
+
+
 def log_config(level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for uvicorn and the service, JSON on stderr.
 
@@ -83,7 +97,10 @@ def log_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
-        "filters": {"logged_by_the_service": {"()": f"{__name__}.LoggedByTheService"}},
+        "filters": {
+            "logged_by_the_service": {"()": f"{__name__}.LoggedByTheService"},
+            "upgrade_ignored": {"()": f"{__name__}.UpgradeIgnored"},
+        },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -97,10 +114,13 @@ def log_config(level: str) -> dict[str, Any]:
                 "handlers": ["stderr"],
                 "level": upper,
                 "propagate": False,
-                "filters": ["logged_by_the_service"],
+                "filters": ["logged_by_the_service", "upgrade_ignored"],
             },
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "tensorgrade": {"handlers": ["stderr"], "level": upper, "propagate": False},
+            # asyncio logs a protocol's failure itself (a connection uvicorn could not answer,
+            # such as a second answer to a request already answered): JSON, as every line.
+            "asyncio": {"handlers": ["stderr"], "level": upper, "propagate": False},
         },
     }
 

@@ -503,8 +503,8 @@ _DESCRIPTIONS = {
     400: (
         "The body could not be read to its end: the connection broke off while it was being "
         "sent. Not the answer to a malformed body, which is a 422 (`invalid-json`). A request "
-        "that is not valid HTTP at all, or whose request line and headers pass 16 KiB, is "
-        "refused by the server itself, with a plain-text 400."
+        "that is not valid HTTP at all, or whose request line and headers are still "
+        "unfinished after 16 KiB, is refused by the server itself, with a plain-text 400."
     ),
     401: "No API key, or an unknown one.",
     403: "The key's role may not call this operation.",

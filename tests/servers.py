@@ -92,9 +92,7 @@ class Answers:
         status_line, *lines = head.decode("latin-1").split("\r\n")
         headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
         if "content-length" not in headers:
-            self.data += self.rest()
-            body, self.data = self.data, b""
-            return int(status_line.split()[1]), headers, body
+            return int(status_line.split()[1]), headers, self.rest()
         length = int(headers["content-length"])
         while len(self.data) < length:
             self._more("inside an answer's body")
@@ -102,10 +100,14 @@ class Answers:
         return int(status_line.split()[1]), headers, body
 
     def rest(self) -> bytes:
-        """What is left until the server closes the connection."""
+        """What is left until the server closes the connection (or resets it: a server that
+        closes with bytes of ours unread resets the connection after its answer)."""
         data, self.data = self.data, b""
-        while chunk := self.sock.recv(65536):
-            data += chunk
+        try:
+            while chunk := self.sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
         return data
 
 

@@ -199,13 +199,13 @@ def test_log_config_makes_uvicorn_and_the_service_log_json() -> None:
     config = log_config("warning")
     logging.config.dictConfig(config)
     try:
-        for name in ("uvicorn", "tensorgrade"):
+        for name in ("uvicorn", "tensorgrade", "asyncio"):
             handler = logging.getLogger(name).handlers[0]
             assert isinstance(handler.formatter, JsonFormatter)
             assert logging.getLogger(name).level == logging.WARNING
         assert logging.getLogger("uvicorn.access").handlers == []
     finally:
-        for name in ("uvicorn", "uvicorn.access", "tensorgrade"):
+        for name in ("uvicorn", "uvicorn.access", "tensorgrade", "asyncio"):
             logger = logging.getLogger(name)
             logger.handlers.clear()
             logger.propagate = True
@@ -272,7 +272,7 @@ def test_uvicorn_does_not_log_a_500s_traceback_a_second_time() -> None:
     (the same traceback) is dropped. uvicorn's record of an error the handler never saw, and
     its other records, pass."""
     config = log_config("info")
-    assert config["loggers"]["uvicorn.error"]["filters"] == ["logged_by_the_service"]
+    assert config["loggers"]["uvicorn.error"]["filters"][0] == "logged_by_the_service"
     made = config["filters"]["logged_by_the_service"]["()"]
     module, name = made.rsplit(".", 1)
     drop = getattr(importlib.import_module(module), name)()
@@ -308,3 +308,26 @@ def test_the_start_up_check_of_the_assignments_is_not_counted_as_compute() -> No
         response = client.post("/v1/models/conv1d/forward", json=body)
         assert response.status_code == 200, response.text
     assert sample("tensorgrade_compute_duration_seconds_count", **labels) == before + 1
+
+
+def test_uvicorn_does_not_warn_of_an_upgrade_offer_the_service_ignores() -> None:
+    """A request offering ``Upgrade: h2c`` is answered as HTTP/1.1
+    (tests/test_http_protocol.py); uvicorn's two warnings about it are dropped, its other
+    warnings pass."""
+    config = log_config("info")
+    assert "upgrade_ignored" in config["loggers"]["uvicorn.error"]["filters"]
+    module, name = config["filters"]["upgrade_ignored"]["()"].rsplit(".", 1)
+    drop = getattr(importlib.import_module(module), name)()
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, message, None, None)
+
+    # uvicorn's words (uvicorn/protocols/http/h11_impl.py, _unsupported_upgrade_warning).
+    assert not drop.filter(record("Unsupported upgrade request."))
+    assert not drop.filter(
+        record(
+            'No supported WebSocket library detected. Please use "pip install '
+            "'uvicorn[standard]'\", or install 'websockets' or 'wsproto' manually."
+        )
+    )
+    assert drop.filter(record("Invalid HTTP request received."))
