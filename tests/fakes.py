@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
+from service.grading.check import batch_summary
 from service.problems import Problem, install_problem_handlers
 
 KEY: dict[str, tuple[Any, float, str]] = {
@@ -124,15 +125,7 @@ class FakeGrading:
                     results.append(one_check(check))
                 except Problem as problem:  # in its place, as the contract says
                     results.append({"error": problem.body()})
-            invalid = sum("error" in r for r in results)
-            correct = sum(bool(r.get("correct")) for r in results)
-            summary = {
-                "checks": len(results),
-                "correct": correct,
-                "wrong": len(results) - correct - invalid,
-                "invalid": invalid,
-                "keys": len({json.dumps(c["expected"], sort_keys=True) for c in body["checks"]}),
-            }
-            return {"results": results, "summary": summary}
+            keys = len({json.dumps(c["expected"], sort_keys=True) for c in body["checks"]})
+            return {"results": results, "summary": batch_summary(results, keys)}
 
         return app

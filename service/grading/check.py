@@ -531,6 +531,20 @@ def validate_checks(items: Sequence[Any]) -> list[CheckRequest | Problem]:
     return checked
 
 
+def batch_summary(results: list[Result], keys: int) -> dict[str, int]:
+    """The ``summary`` of a batch's answer: its checks counted by outcome (an invalid check is
+    one answered with an ``error``), and the distinct keys they were judged against."""
+    invalid = sum("error" in r for r in results)
+    correct = sum(bool(r.get("correct")) for r in results)
+    return {
+        "checks": len(results),
+        "correct": correct,
+        "wrong": len(results) - correct - invalid,
+        "invalid": invalid,
+        "keys": keys,
+    }
+
+
 def check_many(
     checks: Sequence[Any],
     settings: Settings,

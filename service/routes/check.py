@@ -12,7 +12,13 @@ from starlette.responses import Response
 from service.budgets import check_count
 from service.deps import GateDep, SettingsDep
 from service.devices import resolve_device
-from service.grading.check import CheckFailed, ClientDisconnected, check_many, check_one
+from service.grading.check import (
+    CheckFailed,
+    ClientDisconnected,
+    batch_summary,
+    check_many,
+    check_one,
+)
 from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
 from service.grading.schemas import BatchRequest, BatchResponse, CheckRequest, CheckResponse
 from service.problems import Problem, problem_responses
@@ -77,16 +83,7 @@ def check_batch(
     except ClientDisconnected:
         # Nobody reads this answer; 499 ("client closed request", nginx's) in the logs.
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    failed = sum("error" in r for r in results)
-    correct = sum(bool(r.get("correct")) for r in results)
-    summary = {
-        "checks": len(results),
-        "correct": correct,
-        "wrong": len(results) - correct - failed,
-        "invalid": failed,
-        "keys": keys,
-    }
-    return TensorJSONResponse({"results": results, "summary": summary})
+    return TensorJSONResponse({"results": results, "summary": batch_summary(results, keys)})
 
 
 CLIENT_CLOSED_REQUEST = 499
