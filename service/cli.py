@@ -194,8 +194,6 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     warnings = serve_warnings(settings, args.workers)
     with shared_variant_secret(settings):
-        # Read again: the workers see the secret made for them, and so does the check below.
-        get_settings.cache_clear()
         try:
             problem = check_assignments(get_settings(), args.workers)
         except RuntimeError as error:  # the check itself failed: so would every worker
@@ -233,11 +231,12 @@ def shared_variant_secret(settings: Settings) -> Iterator[None]:
     """With no ``TENSORGRADE_VARIANT_SECRET``, one random secret for every worker of this
     server, handed to them in the environment (each would otherwise make its own, and a
     student would get another variant from each: a right answer graded wrong). Never logged;
-    the environment is as it was once the server is done."""
+    the environment is as it was once the server is done. Settings read inside see it."""
     if settings.variant_secret is not None:
         yield
         return
     os.environ[VARIANT_SECRET_ENV] = secrets.token_hex(32)
+    get_settings.cache_clear()  # read again: the start-up check sees the workers' secret
     try:
         yield
     finally:

@@ -374,28 +374,17 @@ def graded_before(
         revision: the assignment's ``revision`` as the service lists it now (None: it lists
             none, and only a result recorded without one is taken again).
     """
-    mark = _stamp(result)
-    return (
-        mark is not None
-        and _same_answers(mark, assignment, answers)
-        and mark.get("revision") == revision
-    )
+    mark = _answers_stamp(result, assignment, answers)
+    return mark is not None and mark.get("revision") == revision
 
 
-def key_changed(
-    result: Mapping[str, Any] | None,
-    assignment: str,
-    answers: Mapping[str, Any],
-    revision: str | None,
-) -> bool:
-    """Whether ``result`` grades these very answers to this assignment, but against another
-    revision of it (or one not recorded): graded again only because the assignment changed."""
+def _answers_stamp(
+    result: Mapping[str, Any] | None, assignment: str, answers: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
+    """The stamp of ``result`` when it grades these very answers to this assignment (of
+    whichever revision), else None."""
     mark = _stamp(result)
-    return (
-        mark is not None
-        and _same_answers(mark, assignment, answers)
-        and mark.get("revision") != revision
-    )
+    return mark if mark is not None and _same_answers(mark, assignment, answers) else None
 
 
 def is_grade(result: object) -> bool:
@@ -543,10 +532,13 @@ def grade_class(
             report.failed[student] = submission.unreadable  # fixed, a later run grades it
             continue
         earlier = None if regrade else load_result(out / names[student])
-        if graded_before(earlier, assignment, submission.answers, revision):
+        # As graded_before, with the answers' digest worked out once: the same answers graded
+        # to another revision (or to none recorded) are graded again because the key changed.
+        mark = _answers_stamp(earlier, assignment, submission.answers)
+        if mark is not None and mark.get("revision") == revision:
             report.resumed.append(student)
             continue
-        if key_changed(earlier, assignment, submission.answers, revision):
+        if mark is not None:
             report.regraded.append(student)
         if problem := id_problem(student):
             # Known before any request, and the same on every run: a result, not a failure.

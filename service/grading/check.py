@@ -39,6 +39,7 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 
 from models.errors import ModelError
+from service.client import batch_summary as counted
 from service.compute import new_budget
 from service.gate import ComputeGate
 from service.grading import (
@@ -532,17 +533,10 @@ def validate_checks(items: Sequence[Any]) -> list[CheckRequest | Problem]:
 
 
 def batch_summary(results: list[Result], keys: int) -> dict[str, int]:
-    """The ``summary`` of a batch's answer: its checks counted by outcome (an invalid check is
-    one answered with an ``error``), and the distinct keys they were judged against."""
-    invalid = sum("error" in r for r in results)
-    correct = sum(bool(r.get("correct")) for r in results)
-    return {
-        "checks": len(results),
-        "correct": correct,
-        "wrong": len(results) - correct - invalid,
-        "invalid": invalid,
-        "keys": keys,
-    }
+    """The ``summary`` of a batch's answer: its checks counted by outcome (the client's count,
+    which it also works out from results alone), and the distinct keys they were judged
+    against."""
+    return {**counted(results), "keys": keys}
 
 
 def check_many(

@@ -53,11 +53,10 @@ KEY_LIMITS = ("max_jacobian_elements", "max_sequence_length", "max_hidden_size",
 """The settings that bound what a reference computes (never what an answer may hold)."""
 
 
-def key_settings(settings: Settings) -> Settings:
-    """``settings`` with each of ``KEY_LIMITS`` at least its default (see the module notes)."""
+def key_settings(settings: Settings, limits: Collection[str] = KEY_LIMITS) -> Settings:
+    """``settings`` with each of ``limits`` at least its default (see the module notes)."""
     raised = {
-        name: max(getattr(settings, name), Settings.model_fields[name].default)
-        for name in KEY_LIMITS
+        name: max(getattr(settings, name), Settings.model_fields[name].default) for name in limits
     }
     return settings.model_copy(update=raised)
 
@@ -200,11 +199,7 @@ class VariantScreen:
     """
 
     def __init__(self, settings: Settings) -> None:
-        raised = {
-            name: max(getattr(settings, name), Settings.model_fields[name].default)
-            for name in SCREEN_LIMITS
-        }
-        self.settings = settings.model_copy(update=raised)
+        self.settings = key_settings(settings, SCREEN_LIMITS)
         self.gate = ComputeGate(capacity=2, queue_size=2**31, timeout=SCREEN_WAIT_SECONDS)
         self.codes = mistake_codes()
 
