@@ -41,6 +41,7 @@ from pydantic import TypeAdapter, ValidationError
 from models.errors import ModelError
 from service.client import batch_summary as counted
 from service.compute import new_budget
+from service.devices import resolve_device
 from service.gate import ComputeGate
 from service.grading import (
     conv_mistakes,  # noqa: F401  (registers the conv mistakes)
@@ -248,6 +249,15 @@ class Engine:
                 self.results[index] = {"error": check.body()}
                 continue
             slot = Slot(index, check, self._prefix(index))
+            if check.device is not None:
+                # Every check, whatever its op: `"device": "cuda"` on a server without a GPU
+                # is refused where it was given, as the model endpoints refuse it, though a
+                # shape, a value or a formula would compute no tensor.
+                try:
+                    resolve_device(check.device)
+                except Problem as refused:
+                    self._fail(slot, refused, "")
+                    continue
             groups.setdefault(canonical(check, index), []).append(slot)
         for slots in groups.values():
             self._run_group(slots)

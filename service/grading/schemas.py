@@ -275,7 +275,7 @@ class CheckRequest(StrictBody):
         None,
         description="`auto`, `cpu` or `cuda`: where the key of a model op is computed, as "
         "`expected.device` says it (either place; not two different values). Shapes, values "
-        "and formulas compute no tensors and take it as given.",
+        "and formulas compute no tensors: `cuda` on a server without a GPU is still refused.",
     )
     dtype: DtypeName | None = Field(
         None,

@@ -41,8 +41,6 @@ def check(
 ) -> Response:
     """A wrong answer is a 200 with `correct: false`; an answer that is not of the asked kind
     (ragged, strings, NaN, a formula that does not parse) is a 422."""
-    if body.device is not None:
-        resolve_device(body.device)  # "cuda" without a GPU: a 422 at `device`, whatever the op
     try:
         result = check_one(body, settings, gate)
     except CheckFailed as failure:
@@ -67,6 +65,8 @@ def check_batch(
     compute deadline: those past it are refused in their places (`over-compute-deadline`)."""
     check_count(len(body.checks), "max_batch_checks", "checks", "checks", settings)
     if body.device is not None:
+        # The batch's own field, given to every check without one: refused once, for the
+        # whole request; a check's own `device` is refused in its place (``Engine.run``).
         resolve_device(body.device)
     if not body.checks:
         raise Problem(

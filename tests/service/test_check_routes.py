@@ -698,6 +698,50 @@ def test_cuda_at_the_top_is_refused_without_a_gpu_whatever_the_op(
         assert response.json()["errors"][0]["loc"] == ["body", "device"], path
 
 
+def test_a_checks_own_cuda_is_refused_in_its_place_in_a_batch_whatever_the_op(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As at /v1/check: a check's own `"device": "cuda"` without a GPU is an error at
+    `checks.N.device`, for a formula, a shape or a value as for a model's key, and the other
+    checks of the batch are judged."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    formula = {
+        "expected": {
+            "op": "formula",
+            "reference": "H - K + 1",
+            "variables": {"H": [3, 9], "K": [1, 3]},
+        },
+        "answer": "H - K + 1",
+    }
+    shape = {
+        "expected": {"op": "conv_shape", "input_size": [7], "kernel_size": 3},
+        "answer": [5],
+    }
+    value = {"expected": {"op": "value", "value": [1]}, "answer": [1]}
+    model = {"expected": TINY, "answer": IN_FLOAT64, "tolerance": EXACT}
+    checks = [
+        check
+        for plain in (formula, shape, value, model)
+        for check in ({**plain, "device": "cuda"}, {**plain, "device": "cpu"}, plain)
+    ]
+    response = client.post("/v1/check/batch", json={"checks": checks})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    for index, result in enumerate(results):
+        if index % 3 == 0:
+            error = result["error"]
+            assert error["status"] == 422 and error["type"].endswith("device-unavailable")
+            assert error["errors"][0]["loc"] == ["body", "checks", index, "device"], error
+            assert error["detail"].startswith(f"checks.{index}.device"), error["detail"]
+        else:
+            assert result["correct"] is True, (index, result)
+    assert response.json()["summary"]["invalid"] == 4
+    for plain in (formula, shape, model):
+        alone = client.post("/v1/check", json={**plain, "device": "cuda"})
+        assert alone.status_code == 422, alone.text
+        assert alone.json()["errors"][0]["loc"] == ["body", "device"]
+
+
 def test_auto_in_expected_gives_way_and_a_null_takes_the_batchs(client: TestClient) -> None:
     auto = {"expected": {**TINY, "device": "auto"}, "answer": IN_FLOAT64, "device": "cpu"}
     assert client.post("/v1/check", json=auto).json()["correct"] is True
