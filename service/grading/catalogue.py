@@ -222,10 +222,13 @@ def assignment_revision(assignment: AssignmentSpec, secret: bytes) -> str:
     """What a grade of ``assignment`` depends on besides the answers, as 32 hex digits.
 
     The SHA-256 of the parsed assignment written canonically (every problem's reference,
-    tolerance, given tensors and points, defaults filled in) and of ``secret_fingerprint``:
-    a new secret (other variants), a changed tolerance or reference give another revision;
-    a file only reformatted (comments, spacing, quotes) gives the same. It is the same on
-    every replica that serves the same file with the same secret, and after a restart.
+    tolerance, given tensors and points, defaults filled in), of ``secret_fingerprint`` and of
+    the numbers drawn for one student (``PROBE_STUDENT``'s first draw of every problem): a new
+    secret (other variants), a changed tolerance or reference give another revision, and so
+    does a torch whose random numbers differ (another version: every variant changes though
+    the file and the secret do not); a file only reformatted (comments, spacing, quotes) gives
+    the same. It is the same on every replica that serves the same file with the same secret
+    and torch, and after a restart.
 
     Keys keep the file's order: the given tensors are drawn in that order, so reordering them
     changes every variant.
@@ -236,7 +239,19 @@ def assignment_revision(assignment: AssignmentSpec, secret: bytes) -> str:
         ensure_ascii=False,
         default=str,  # a TOML date, should a file hold one
     )
-    text = f"{spec}\n{secret_fingerprint(secret)}"
+    drawn = json.dumps(
+        [
+            {
+                name: tensor.tolist()
+                for name, tensor in make_variant(
+                    secret, assignment.id, problem, PROBE_STUDENT
+                ).given.items()
+            }
+            for problem in assignment.problems
+        ],
+        separators=(",", ":"),
+    )
+    text = f"{spec}\n{secret_fingerprint(secret)}\n{drawn}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 

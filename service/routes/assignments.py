@@ -99,11 +99,12 @@ class AssignmentSummary(BaseModel):
     revision: str = Field(
         description="What a grade of the assignment depends on besides the answers, as 32 hex "
         "digits: a SHA-256 of the assignment as the server parsed it (references, tolerances, "
-        "given tensors, points) and of a fingerprint of the variant secret (an HMAC of a "
-        "constant under it, never the secret). Another secret, or a changed reference or "
-        "tolerance, gives another revision; every replica serving the same file with the same "
-        "secret gives the same one. A grading script that keeps results records it and grades "
-        "again when it changes.",
+        "given tensors, points), of a fingerprint of the variant secret (an HMAC of a "
+        "constant under it, never the secret) and of the numbers torch draws for one probe "
+        "student. Another secret, a changed reference or tolerance, or a torch that draws "
+        "other numbers gives another revision; every replica serving the same file with the "
+        "same secret and torch gives the same one. A grading script that keeps results "
+        "records it and grades again when it changes.",
         examples=["3f1c0e5a9b7d4e2f8a6c1b0d9e8f7a6b"],
     )
 

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.grading import variants
 from service.settings import Settings
 from tests.grading.sample import SAMPLE
 from tests.keys import SECRET, STUDENT, key, keyed_settings
@@ -272,6 +273,19 @@ def test_the_revision_changes_with_the_secret_the_tolerance_and_the_reference(
     # Never the secret, nor anything of it a reader could check a guess against.
     listing = first.get("/v1/assignments").text
     assert SECRET not in listing and SECRET[:12] not in listing
+
+
+def test_the_revision_changes_when_torch_draws_other_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every variant is drawn by torch's generator: a torch that draws other numbers for the
+    same seed (another version) gives every student other tensors, with the same file and
+    secret. Kept results are stale then, and the revision says so."""
+    base = served(tmp_path / "base", SAMPLE)["sample"]
+    assert served(tmp_path / "again", SAMPLE)["sample"] == base
+    drawn = variants.draw_given
+    monkeypatch.setattr(variants, "draw_given", lambda spec, gen: drawn(spec, gen) + 1)
+    assert served(tmp_path / "other-torch", SAMPLE)["sample"] != base
 
 
 def test_the_revision_is_documented_in_the_openapi_schema(first: TestClient) -> None:
