@@ -141,11 +141,14 @@ def parser() -> argparse.ArgumentParser:
     grade.add_argument("--assignment", required=True, help="e.g. cnn-rnn")
     grade.add_argument("--student-id", help="the student of a single submission file")
     grade.add_argument("--gradescope", type=Path, metavar="RESULTS_JSON", help="write it there")
-    grade.add_argument("--out", type=Path, default=Path("grades"), help="class results folder")
-    grade.add_argument("--jobs", type=int, default=4, help="class submissions graded at once")
+    # The class options default to None, so that one given with a single file is refused
+    # rather than ignored (``run_grade``); their defaults are CLASS_OUT and CLASS_JOBS.
+    grade.add_argument("--out", type=Path, help="class results folder (default: grades)")
+    grade.add_argument("--jobs", type=int, help="class submissions graded at once (default: 4)")
     grade.add_argument(
         "--regrade",
         action="store_true",
+        default=None,
         help="grade every student of a class again (by default a result of the same answers "
         "to the same assignment is kept)",
     )
@@ -464,11 +467,23 @@ def run_grade(args: argparse.Namespace) -> int:
     from service import gradebook
 
     if args.submission.is_dir() or args.submission.suffix.lower() == ".csv":
+        given = [flag for flag, value in SINGLE_FLAGS.items() if getattr(args, value) is not None]
+        if given:
+            raise CommandError(
+                f"{' and '.join(given)}: for one submission file; a class ({args.submission}) "
+                "writes each student's result to --out, named by its id"
+            )
         return _grade_class(args)
+    given = [flag for flag, value in CLASS_FLAGS.items() if getattr(args, value) is not None]
+    if given:
+        raise CommandError(
+            f"{' and '.join(given)}: for a class (a folder or a .csv); for one submission "
+            "file, --gradescope names the result's file"
+        )
     submission = gradebook.read_submission(args.submission, args.student_id)
     with _client(args) as client:
-        result = client.grade(
-            args.assignment, submission.student_id, submission.answers, gradescope=True
+        result = gradebook.grade_submission(
+            client, args.assignment, submission.student_id, submission.answers
         )
     if args.gradescope:
         gradebook.write_json(args.gradescope, result)
@@ -477,6 +492,15 @@ def run_grade(args: argparse.Namespace) -> int:
     else:
         print_summary(args.assignment, submission.student_id, result)
     return 0
+
+
+SINGLE_FLAGS = {"--student-id": "student_id", "--gradescope": "gradescope"}
+"""The options of ``grade`` for one submission file, by the attribute argparse gives them."""
+CLASS_FLAGS = {"--out": "out", "--jobs": "jobs", "--regrade": "regrade"}
+"""The options of ``grade`` for a class; None when not given (their defaults are applied by
+``_grade_class``)."""
+CLASS_OUT = Path("grades")
+CLASS_JOBS = 4
 
 
 def print_summary(assignment: str, student_id: str, result: dict[str, Any]) -> None:
@@ -513,6 +537,8 @@ def _listed(client: Any, assignment: str) -> dict[str, Any]:
 def _grade_class(args: argparse.Namespace) -> int:
     from service import gradebook
 
+    out: Path = args.out if args.out is not None else CLASS_OUT
+    jobs: int = args.jobs if args.jobs is not None else CLASS_JOBS
     submissions = gradebook.read_class(args.submission)
     interrupted = False
     report = gradebook.ClassReport()
@@ -521,7 +547,7 @@ def _grade_class(args: argparse.Namespace) -> int:
     revision: str | None = None
 
     def current(student: str, result: Mapping[str, Any]) -> bool:
-        return gradebook.graded_before(result, args.assignment, answers[student], revision)
+        return gradebook.graded_before(result, args.assignment, student, answers[student], revision)
 
     with _client(args) as client:
         listed = _listed(client, args.assignment)
@@ -536,20 +562,20 @@ def _grade_class(args: argparse.Namespace) -> int:
                 client,
                 args.assignment,
                 submissions,
-                args.out,
-                jobs=args.jobs,
+                out,
+                jobs=jobs,
                 problems=problems,
-                regrade=args.regrade,
+                regrade=bool(args.regrade),
                 report=report,
                 revision=revision,
             )
         except KeyboardInterrupt:
             interrupted = True
         except gradebook.GradingStopped:
-            gradebook.write_gradebook(args.out, students, report.failed, points, current)
+            gradebook.write_gradebook(out, students, report.failed, points, current)
             raise
     # Written even after an interrupt: the gradebook of whoever is graded so far.
-    path = gradebook.write_gradebook(args.out, students, report.failed, points, current)
+    path = gradebook.write_gradebook(out, students, report.failed, points, current)
     if interrupted:
         print(f"interrupted; gradebook so far: {path}. Run the same command to resume.")
         if report.abandoned:
@@ -561,7 +587,7 @@ def _grade_class(args: argparse.Namespace) -> int:
         return 130
     print(
         f"{len(report.graded)} graded, {len(report.resumed)} already graded, "
-        f"{len(report.failed)} failed; results in {args.out}, gradebook {path}"
+        f"{len(report.failed)} failed; results in {out}, gradebook {path}"
     )
     if report.regraded:
         print(

@@ -684,6 +684,19 @@ class BaseClient(Generic[T]):
         path = f"/v1/assignments/{assignment}/grade"
         return self._call("POST", path, body, params, fields=fields)
 
+    def unsendable_answers(self, answers: Mapping[str, Any]) -> dict[str, str]:
+        """Why each answer that JSON cannot carry cannot be sent, by problem id (``grade``
+        raises ``UnsendableError`` for the whole submission): a grading script leaves those
+        out and grades the rest."""
+        reasons = {}
+        for problem, answer in answers.items():
+            try:
+                where = _place("answers", problem)
+                _json_body({problem: answer_to_wire(answer, self.b64_threshold, where=where)})
+            except UnsendableError as error:
+                reasons[problem] = str(error)
+        return reasons
+
     def assignments(self) -> list[dict[str, Any]]:
         """``GET /v1/assignments``: every assignment with its problems (id, title, points)."""
         answer = self._call("GET", "/v1/assignments", fields=("assignments",))

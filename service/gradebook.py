@@ -47,6 +47,10 @@ GRADEBOOK = "gradebook.csv"
 # Answers the submission itself is at fault for: the result says why and is final. Any other
 # problem (a wrong key, an unknown assignment) is the same for every student: grading stops.
 SUBMISSION_FAULTS = frozenset({400, 413, 422})
+# Refusals of this one request that a later run may not meet: too many requests (429), a body
+# that arrived too slowly (408, TENSORGRADE_BODY_TIMEOUT_SECONDS). The student is left
+# ungraded with the reason, and the class goes on.
+PASSING_FAULTS = frozenset({408, 429})
 
 
 class SubmissionError(Exception):
@@ -164,7 +168,8 @@ def _read_submission(path: Path, student_id: str | None) -> Submission:
 def read_class(path: Path) -> list[Submission]:
     """Every submission of a class: a folder of ``<student id>.json`` files or a CSV file."""
     if path.is_dir():
-        files = sorted(path.glob("*.json"))
+        # .JSON too: a Windows or macOS user's file names keep whatever case was typed.
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() == ".json" and f.is_file())
         if not files:
             raise SubmissionError(f"{path}: no .json submissions in this folder")
         submissions = [_read_folder_file(f) for f in files]
@@ -235,7 +240,7 @@ def _read_csv(path: Path) -> list[Submission]:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = [cell.strip() for cell in next(reader, [])]
-            rows = [dict(zip(header, line, strict=False)) for line in reader]
+            lines = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise SubmissionError(f"{path}: cannot read the CSV: {error}") from None
     # Spreadsheets write ", 1.1a" as a header cell " 1.1a": read it as 1.1a. A column given
@@ -243,11 +248,25 @@ def _read_csv(path: Path) -> list[Submission]:
     repeated = sorted(name for name, n in Counter(h for h in header if h).items() if n > 1)
     if repeated:
         raise SubmissionError(f"{path}: the header names a column twice: {', '.join(repeated)}")
-    if not rows or "student_id" not in header:
+    if not lines or "student_id" not in header:
         raise SubmissionError(f"{path}: the CSV needs a header with a `student_id` column")
     submissions = []
-    for line, row in enumerate(rows, start=2):
+    for line, cells in enumerate(lines, start=2):
+        row = dict(zip(header, cells, strict=False))  # a short row: its last answers are blank
         student = (row.pop("student_id", "") or "").strip()
+        extra = [cell for cell in cells[len(header) :] if cell.strip()]
+        if extra and student:
+            # An unquoted comma inside a cell (`max(H, 1)`): every answer after it would be
+            # read under the next column's problem. That student waits for the line's fix.
+            submissions.append(
+                Submission(
+                    student,
+                    {},
+                    unreadable=_extra_cells(path, line, cells, header),
+                    source=f"line {line}",
+                )
+            )
+            continue
         answers = {
             problem: _cell(cell)
             for problem, cell in row.items()
@@ -259,6 +278,14 @@ def _read_csv(path: Path) -> list[Submission]:
             raise SubmissionError(f"{path}:{line}: answers without a student_id: whose are they?")
         submissions.append(Submission(student, answers, source=f"line {line}"))
     return submissions
+
+
+def _extra_cells(path: Path, line: int, cells: list[str], header: list[str]) -> str:
+    return (
+        f"{path}:{line}: {len(cells)} cells for the header's {len(header)} columns, so the "
+        "answers cannot be told apart (a cell holding a comma, such as max(H, 1), must be in "
+        "double quotes); not graded: correct the line and run again"
+    )
 
 
 def _cell(cell: str) -> Any:
@@ -304,10 +331,11 @@ def _hashed_name(student_id: str) -> str:
 
 STAMP = "tensorgrade"
 """The key, under a result's ``extra_data`` (Gradescope's field for data of one's own), of what
-was graded: the assignment, its revision (``revision`` in ``GET /v1/assignments``: the answer
-key, tolerances and variant secret it was graded against) and a digest of the answers, so that
-a later run takes the result again only for the same answers to the same assignment, graded
-against the same key."""
+was graded: the assignment, the student, its revision (``revision`` in ``GET /v1/assignments``:
+the answer key, tolerances and variant secret it was graded against) and a digest of the
+answers, so that a later run takes the result again only for the same answers of the same
+student to the same assignment, graded against the same key. The service writes the
+assignment, student, revision and ignored answers there itself; the digest is added here."""
 
 
 def answers_digest(answers: Mapping[str, Any]) -> str | None:
@@ -323,19 +351,34 @@ def answers_digest(answers: Mapping[str, Any]) -> str | None:
 def stamped(
     result: Mapping[str, Any],
     assignment: str,
+    student_id: str,
     answers: Mapping[str, Any],
     ignored: Sequence[str],
     revision: str | None = None,
 ) -> dict[str, Any]:
-    """``result`` with what it grades under ``extra_data``: the assignment, its revision (as
-    the service listed it; None for a service that lists none), the answers' digest and the
-    answers to problems the assignment does not have (``ignored``)."""
+    """``result`` with what it grades under ``extra_data``: the assignment, the student, the
+    revision it was graded against, the answers' digest and the answers to problems the
+    assignment does not have.
+
+    The revision and the ignored answers are the service's own record in ``result`` where it
+    gives one: a replica of another revision (mid-way through a redeploy) may have graded it,
+    and the service alone knows which answers it took (an object answering a split question's
+    parts). Else ``revision`` (as the service listed it; None for a service that lists none)
+    and ``ignored`` (worked out from the problems listed).
+    """
     extra = dict(result.get("extra_data") or {})
+    served = extra.get(STAMP)
+    served = served if isinstance(served, dict) else {}
+    graded_revision = served.get("revision")
+    served_ignored = served.get("ignored")
     extra[STAMP] = {
         "assignment": assignment,
-        "revision": revision,
+        "student_id": student_id,
+        "revision": graded_revision if isinstance(graded_revision, str) else revision,
         "answers_sha256": answers_digest(answers),
-        "ignored": list(ignored),
+        "ignored": (
+            [str(i) for i in served_ignored] if isinstance(served_ignored, list) else list(ignored)
+        ),
     }
     return {**result, "extra_data": extra}
 
@@ -346,11 +389,16 @@ def _stamp(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return mark if isinstance(mark, dict) else None
 
 
-def _same_answers(mark: Mapping[str, Any], assignment: str, answers: Mapping[str, Any]) -> bool:
+def _same_answers(
+    mark: Mapping[str, Any], assignment: str, student_id: str, answers: Mapping[str, Any]
+) -> bool:
     digest = answers_digest(answers)
     return (
         digest is not None
         and mark.get("assignment") == assignment
+        # The student too: on macOS and Windows `Ada.json` is the file `ada.json`, so an id
+        # corrected from ada to Ada would otherwise keep ada's grade, of ada's variant.
+        and mark.get("student_id") == student_id
         and mark.get("answers_sha256") == digest
     )
 
@@ -358,33 +406,40 @@ def _same_answers(mark: Mapping[str, Any], assignment: str, answers: Mapping[str
 def graded_before(
     result: Mapping[str, Any] | None,
     assignment: str,
+    student_id: str,
     answers: Mapping[str, Any],
     revision: str | None = None,
 ) -> bool:
-    """Whether ``result`` (an earlier run's) grades these answers to this revision of this
-    assignment: a result of another assignment, of answers since corrected, of another
-    revision (the answer key, a tolerance or the variant secret changed since), or of a run
-    that did not record them (no stamp, or a stamp without a revision while the service
-    lists one), is graded again.
+    """Whether ``result`` (an earlier run's) grades these answers of this student to this
+    revision of this assignment: a result of another assignment or student, of answers since
+    corrected, of another revision (the answer key, a tolerance or the variant secret changed
+    since), or of a run that did not record them (no stamp, or a stamp without a student or
+    a revision while the service lists one), is graded again.
 
     Args:
         result: the earlier result, or None.
         assignment: the assignment graded now.
+        student_id: the student graded now.
         answers: the answers graded now.
         revision: the assignment's ``revision`` as the service lists it now (None: it lists
             none, and only a result recorded without one is taken again).
     """
-    mark = _answers_stamp(result, assignment, answers)
+    mark = _answers_stamp(result, assignment, student_id, answers)
     return mark is not None and mark.get("revision") == revision
 
 
 def _answers_stamp(
-    result: Mapping[str, Any] | None, assignment: str, answers: Mapping[str, Any]
+    result: Mapping[str, Any] | None,
+    assignment: str,
+    student_id: str,
+    answers: Mapping[str, Any],
 ) -> Mapping[str, Any] | None:
-    """The stamp of ``result`` when it grades these very answers to this assignment (of
-    whichever revision), else None."""
+    """The stamp of ``result`` when it grades these very answers of this student to this
+    assignment (of whichever revision), else None."""
     mark = _stamp(result)
-    return mark if mark is not None and _same_answers(mark, assignment, answers) else None
+    if mark is None or not _same_answers(mark, assignment, student_id, answers):
+        return None
+    return mark
 
 
 def is_grade(result: object) -> bool:
@@ -412,6 +467,62 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(partial, path)
+
+
+def grade_submission(
+    client: BaseClient[Any], assignment: str, student_id: str, answers: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The Gradescope result of one student's answers.
+
+    An answer JSON cannot carry (text that is not valid Unicode, lists nested past the
+    client's bound) is not sent: its problem scores 0 ("no answer" to the service) and its
+    feedback says why, and the other answers are graded, as the service does for a malformed
+    answer. Otherwise one such answer would leave the whole submission ungraded.
+
+    Raises:
+        ProblemError, UnexpectedResponse, httpx.HTTPError: as ``BaseClient.grade`` does.
+        UnsendableError: the request cannot be sent for a reason of no single answer.
+    """
+    try:
+        return client.grade(assignment, student_id, answers, gradescope=True)
+    except UnsendableError:
+        unsent = client.unsendable_answers(answers)
+        if not unsent:
+            raise
+    sent = {problem: answer for problem, answer in answers.items() if problem not in unsent}
+    return with_unsent(client.grade(assignment, student_id, sent, gradescope=True), unsent)
+
+
+def with_unsent(result: Mapping[str, Any], unsent: Mapping[str, str]) -> dict[str, Any]:
+    """``result`` whose tests of the ``unsent`` problems (why each, by problem id) say that
+    their answer could not be sent; the others (an object answering a split question, an
+    unknown id) are named in its ``output``."""
+    tests = []
+    named = set()
+    for test in result.get("tests") or []:
+        reason = unsent.get(str(test.get("number"))) if isinstance(test, dict) else None
+        # Scored 0 as not answered; one with points was answered otherwise too (in an object
+        # of a split question's parts), and its feedback stands.
+        if reason is not None and not test.get("score"):
+            named.add(str(test.get("number")))
+            output = f"Not graded: your answer could not be sent to the grader: {reason}"
+            test = {**test, "output": output}
+        tests.append(test)
+    output = str(result.get("output") or "")
+    others = [f"{problem}: {reason}" for problem, reason in unsent.items() if problem not in named]
+    if others:
+        output += " Answers that could not be sent to the grader: " + "; ".join(others)
+    return {**result, "tests": tests, "output": output}
+
+
+def unknown_answers(answers: Mapping[str, Any], problems: Collection[str]) -> list[str]:
+    """The answers' ids that are no problem of ``problems`` nor a question split into some
+    of them (``1.3-4`` for ``1.3-4-loss``): those the service ignores."""
+    return sorted(
+        answer
+        for answer in answers
+        if answer not in problems and not any(p.startswith(f"{answer}-") for p in problems)
+    )
 
 
 def problem_result(error: ProblemError) -> dict[str, Any]:
@@ -534,7 +645,7 @@ def grade_class(
         earlier = None if regrade else load_result(out / names[student])
         # As graded_before, with the answers' digest worked out once: the same answers graded
         # to another revision (or to none recorded) are graded again because the key changed.
-        mark = _answers_stamp(earlier, assignment, submission.answers)
+        mark = _answers_stamp(earlier, assignment, student, submission.answers)
         if mark is not None and mark.get("revision") == revision:
             report.resumed.append(student)
             continue
@@ -545,7 +656,7 @@ def grade_class(
             result = bad_id_result(student, problem)
             write_json(
                 out / names[student],
-                stamped(result, assignment, submission.answers, [], revision),
+                stamped(result, assignment, student, submission.answers, [], revision),
             )
             report.graded.append(student)
         else:
@@ -556,8 +667,7 @@ def grade_class(
         bar.failed_before(student)
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     futures: dict[Future[dict[str, Any]], Submission] = {
-        pool.submit(client.grade, assignment, s.student_id, s.answers, gradescope=True): s
-        for s in todo
+        pool.submit(grade_submission, client, assignment, s.student_id, s.answers): s for s in todo
     }
     handled: set[Future[dict[str, Any]]] = set()
     known = set(problems) if problems else None
@@ -568,10 +678,10 @@ def grade_class(
         student = submission.student_id
         result = _outcome(future, student, report)
         if result is not None:
-            ignored = sorted(set(submission.answers) - known) if known else []
+            ignored = unknown_answers(submission.answers, known) if known else []
             write_json(
                 out / names[student],
-                stamped(result, assignment, submission.answers, ignored, revision),
+                stamped(result, assignment, student, submission.answers, ignored, revision),
             )
             report.graded.append(student)
         bar.advance(student, result is not None)
@@ -611,11 +721,16 @@ def _outcome(
         # Not the service answering (a proxy's page, a captive portal): the same for everyone.
         raise GradingStopped(str(error)) from error
     except ProblemError as error:
-        if error.status in SUBMISSION_FAULTS:
+        if error.status in SUBMISSION_FAULTS and not error.body:
+            # Not the service's problem detail: a proxy's page (nginx's 413 for a body over
+            # its own limit). Nothing the service judged: no grade; a later run retries.
+            report.failed[student] = f"answered by something other than the service: {error}"
+        elif error.status in SUBMISSION_FAULTS:
             return problem_result(error)
-        if error.status != 429 and error.status < 500:
+        elif error.status not in PASSING_FAULTS and error.status < 500:
             raise GradingStopped(str(error)) from error
-        report.failed[student] = str(error)  # busy or failing: a later run retries
+        else:
+            report.failed[student] = str(error)  # busy or failing: a later run retries
     except UnsendableError as error:
         # The submission holds what JSON cannot carry: the same on every run, so a result.
         return refused_result(str(error), {"detail": str(error)})

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from fastapi import FastAPI, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from service.grading.check import batch_summary
 from service.problems import Problem, install_problem_handlers
@@ -33,7 +33,9 @@ class FakeGrading:
         self.bodies: list[dict[str, Any]] = []
         self.fail_with: dict[str, int] = {}  # student id -> status answered instead
         self.answer_with: dict[str, Any] = {}  # student id -> JSON answered with a 200 instead
+        self.page_with: dict[str, int] = {}  # student id -> status of a proxy's HTML page
         self.revision: str | None = "0" * 32  # the listed revision (None: a service without)
+        self.graded_revision: str | None = None  # the grades' own, if not the listed one
         self.app = self._build()
 
     def _build(self) -> FastAPI:
@@ -60,6 +62,9 @@ class FakeGrading:
             student = body["student_id"]
             if student in self.answer_with:  # a proxy's answer, say: not a grade
                 return JSONResponse(self.answer_with[student])
+            if student in self.page_with:  # nginx's page for a body over its limit, say
+                status = self.page_with[student]
+                return HTMLResponse(f"<html><h1>{status} from a proxy</h1></html>", status)
             status = self.fail_with.get(student)
             if status is not None:
                 raise Problem(status, f"failing {student} on purpose", headers={"Retry-After": "0"})
@@ -72,8 +77,13 @@ class FakeGrading:
                 for pid, (answer, points, title) in KEY.items()
             }
             if request.query_params.get("format") == "gradescope":
+                revision = self.graded_revision or self.revision
+                graded = {"assignment": assignment, "student_id": student, "revision": revision}
+                # As the service records what it graded; one that lists no revision records none.
+                extra = {"extra_data": {"tensorgrade": {**graded, "ignored": []}}}
                 return JSONResponse(
                     {
+                        **(extra if revision is not None else {}),
                         "score": sum(s for s, _, _ in scores.values()),
                         "tests": [
                             {

@@ -615,25 +615,200 @@ def test_a_class_csvs_nan_cells_are_judged_as_nan(
     assert "answer is -Infinity" in ben["1.3-4-loss"]
 
 
-def test_a_submission_json_cannot_carry_is_that_students_result(
+def test_an_answer_json_cannot_carry_scores_0_and_the_others_are_graded(
     fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Text that is not valid Unicode in one answer: that answer is not sent and its problem
+    says why; the student's other answers are graded, in a class run and for one file."""
     service, url = fake
     write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
     # A JSON escape of half a UTF-16 pair: Python reads it, no UTF-8 writer can send it.
-    (tmp_path / "subs" / "ben.json").write_text('{"1.1a": "\\ud800"}')
+    (tmp_path / "subs" / "ben.json").write_text('{"1.1a": [5, 2], "1.1c-i": "\\ud800"}')
     out = tmp_path / "grades"
     argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs")]
     assert main([*argv, "--out", str(out)]) == 0
     capsys.readouterr()
-    assert service.graded == ["ada"]
+    assert sorted(service.graded) == ["ada", "ben"]
+    ben_sent = next(b["answers"] for b in service.bodies if b["student_id"] == "ben")
+    assert ben_sent == {"1.1a": [5, 2]}
     rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
     assert rows["ada"]["score"] == "2.0"
-    assert rows["ben"]["score"] == "0.0" and "cannot be sent as JSON" in rows["ben"]["note"]
+    assert rows["ben"]["score"] == "2.0" and rows["ben"]["1.1c-i"] == "0.0"
+    ben = {t["number"]: t for t in json.loads((out / "ben.json").read_text())["tests"]}
+    assert ben["1.1c-i"]["output"].startswith("Not graded: your answer could not be sent")
+    assert "cannot be sent as JSON" in ben["1.1c-i"]["output"]
+    assert ben["1.1a"]["output"] == "correct"
 
     single = ["grade", "--url", url, "--assignment", "cnn-rnn", str(tmp_path / "subs" / "ben.json")]
-    assert main([*single, "--student-id", "ben"]) == 2
-    assert "error: the request cannot be sent as JSON" in capsys.readouterr().err
+    results = tmp_path / "results.json"
+    assert main([*single, "--student-id", "ben", "--gradescope", str(results)]) == 0
+    assert json.loads(results.read_text())["score"] == 2.0
+    assert "could not be sent" in capsys.readouterr().out
+
+
+def test_gradescope_tests_of_unsent_answers_say_why_and_the_rest_in_the_output() -> None:
+    result = {
+        "score": 1.0,
+        "output": "cnn-rnn: 1 of 3 points for ben.",
+        "tests": [
+            {"number": "p1", "score": 0.0, "output": "No answer: 0 of 1 points."},
+            {"number": "p2", "score": 1.0, "output": "Correct."},  # answered in a split object
+        ],
+    }
+    marked = gradebook.with_unsent(result, {"p1": "bad text", "p2": "bad too", "q": "deep"})
+    assert marked["tests"][0]["output"].endswith("could not be sent to the grader: bad text")
+    assert marked["tests"][1] == result["tests"][1]
+    assert marked["output"].endswith("could not be sent to the grader: p2: bad too; q: deep")
+    assert marked["score"] == 1.0
+
+
+def test_a_csv_line_with_more_cells_than_the_header_leaves_its_student_ungraded(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unquoted comma in a formula shifts every answer after it into the next column:
+    that student is not graded with shifted answers; the others are."""
+    service, url = fake
+    table = tmp_path / "class.csv"
+    # ben's formula holds an unquoted comma; cat's trailing empty cells are a spreadsheet's.
+    table.write_text(
+        'student_id,1.1c-i,1.1a\nada,3,"[5, 2]"\nben,max(H, 1),"[5, 2]"\ncat,3,"[5, 2]",,\n'
+    )
+    out = tmp_path / "grades"
+    assert main(class_argv(url, table, out)) == 1
+    captured = capsys.readouterr()
+    assert "2 graded, 0 already graded, 1 failed" in captured.out
+    assert sorted(service.graded) == ["ada", "cat"]
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert "4 cells for the header's 3 columns" in rows["ben"]["note"]
+    assert "must be in double quotes" in rows["ben"]["note"] and rows["ben"]["score"] == ""
+
+
+def test_a_result_of_another_student_is_never_kept(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On macOS and Windows `Ada.json` is the file `ada.json`: an id corrected from ada to Ada
+    must not keep ada's grade, of ada's variant. (Copying the file stands in for that file
+    system here.)"""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    (tmp_path / "subs" / "ada.json").rename(tmp_path / "subs" / "Ada.json")
+    (out / "Ada.json").write_bytes((out / "ada.json").read_bytes())
+    service.graded.clear()
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert "1 graded, 0 already graded" in capsys.readouterr().out
+    assert service.graded == ["Ada"]
+    stamp = json.loads((out / "Ada.json").read_text())["extra_data"]["tensorgrade"]
+    assert stamp["student_id"] == "Ada"
+
+
+def test_the_revision_recorded_is_the_one_the_grade_was_graded_against(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """During a redeploy a replica of the old revision may grade after the new one was
+    listed: its result records the old one, and the next run grades the student again."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    out = tmp_path / "grades"
+    service.revision, service.graded_revision = "b" * 32, "a" * 32
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert (
+        json.loads((out / "ada.json").read_text())["extra_data"]["tensorgrade"]["revision"]
+        == "a" * 32
+    )
+    service.graded_revision = None
+    service.graded.clear()
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert service.graded == ["ada"]
+    assert "1 graded again because the assignment changed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_a_proxys_error_page_is_no_grade(
+    fake: tuple[FakeGrading, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    status: int,
+) -> None:
+    """A 413 page from a proxy in front of the service (nginx's limit on bodies) is not the
+    service refusing the submission: no grade of 0 is kept, the student is left ungraded with
+    the reason and retried by the next run, and the class goes on."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [5, 2]}})
+    service.page_with = {"ben": status}
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 1
+    captured = capsys.readouterr()
+    assert "1 graded, 0 already graded, 1 failed" in captured.out
+    assert "answered by something other than the service" in captured.err
+    assert not (out / "ben.json").exists()
+    service.page_with = {}
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert "1 graded, 1 already graded, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("status", [408, 429])
+def test_a_refusal_of_one_request_leaves_that_student_for_the_next_run(
+    fake: tuple[FakeGrading, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    status: int,
+) -> None:
+    """A body that arrived too slowly (408) or a key over its rate (429, once retries are
+    spent) says nothing of the other students: the class goes on."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [5, 2]}})
+    service.fail_with = {"ben": status}
+    out = tmp_path / "grades"
+    assert main([*class_argv(url, tmp_path / "subs", out), "--retries", "0"]) == 1
+    captured = capsys.readouterr()
+    assert "1 graded, 0 already graded, 1 failed" in captured.out
+    assert f"not graded: ben: {status}" in captured.err
+
+
+def test_json_files_of_a_class_folder_are_read_whatever_the_case_of_their_suffix(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    (tmp_path / "subs" / "bob.JSON").write_text('{"1.1a": [5, 2]}')
+    (tmp_path / "subs" / "notes.txt").write_text("not a submission")
+    assert main(class_argv(url, tmp_path / "subs", tmp_path / "grades")) == 0
+    assert sorted(service.graded) == ["ada", "bob"]
+
+
+def test_options_of_a_class_are_refused_for_one_file_and_the_other_way_round(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rather than ignored: a TA who passes --gradescope to a class run expects a file."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    base = ["grade", "--url", url, "--assignment", "cnn-rnn"]
+    one = str(tmp_path / "subs" / "ada.json")
+    for argv, told in [
+        ([*base, str(tmp_path / "subs"), "--gradescope", "r.json"], "--gradescope: for one"),
+        ([*base, str(tmp_path / "subs"), "--student-id", "ada"], "--student-id: for one"),
+        ([*base, one, "--student-id", "ada", "--out", "g"], "--out: for a class"),
+        ([*base, one, "--student-id", "ada", "--jobs", "2", "--regrade"], "--jobs and --regrade"),
+    ]:
+        assert main(argv) == 2, argv
+        assert told in capsys.readouterr().err, argv
+    assert service.graded == []
+
+
+def test_a_split_questions_answer_is_not_called_ignored(
+    real_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service takes `{"1.3-4": {"loss": ..., "accuracy": ...}}` as the answers of its two
+    parts: the gradebook's note must not say it was ignored."""
+    answers = {"1.3-4": {"loss": 1.386, "accuracy": 0.25}, "9.9": 1}
+    write_class(tmp_path / "subs", {"ada": answers})
+    out = tmp_path / "grades"
+    assert main(class_argv(real_url, tmp_path / "subs", out)) == 0, capsys.readouterr().err
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["ada"]["note"] == "answers to unknown problems ignored: 9.9"
+    assert gradebook.unknown_answers(answers, ["1.3-4-loss", "1.3-4-accuracy"]) == ["9.9"]
 
 
 @pytest.fixture
@@ -766,7 +941,8 @@ def test_class_csv_headers_are_trimmed_and_checked_against_the_assignment(
         ("student_id,1.1a,1.1a", "names a column twice: 1.1a"),
         ("student_id,9.9", "'9.9'; its problems are 1.1a, 1.1c-i"),
     ]:
-        table.write_text(f'{header}\nada,"[5, 2]","[5, 2]"\n')
+        cells = ",".join(['"[5, 2]"'] * header.count(","))  # one per column, as a line must
+        table.write_text(f"{header}\nada,{cells}\n")
         service.bodies.clear()
         assert main(class_argv(url, table, tmp_path / "other")) == 2
         assert told in capsys.readouterr().err

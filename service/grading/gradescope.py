@@ -3,7 +3,8 @@
 The fields follow Gradescope's autograder specification: top-level ``score``,
 ``execution_time`` (seconds), ``output``, ``visibility``, ``stdout_visibility`` and
 ``tests``, each test with ``name``, ``number``, ``score``, ``max_score``, ``status``
-(``passed`` / ``failed``), ``output`` and ``visibility``.
+(``passed`` / ``failed``), ``output`` and ``visibility``; and ``extra_data`` (data of one's own,
+which Gradescope keeps and does not show): what was graded (``graded``).
 """
 
 from __future__ import annotations
@@ -36,12 +37,29 @@ def output_of(result: ProblemResult) -> str:
     return "\n".join(lines)
 
 
+EXTRA_KEY = "tensorgrade"
+"""The key of ``graded`` under ``extra_data``."""
+
+
+def graded(grade: GradeResult, revision: str | None) -> dict[str, Any]:
+    """What a result grades, for a script that keeps results: the assignment, the student,
+    the revision of the assignment it was graded against (a replica of another revision may
+    answer during a redeploy) and the answers ignored (to no problem of the assignment)."""
+    return {
+        "assignment": grade.assignment,
+        "student_id": grade.student_id,
+        "revision": revision,
+        "ignored": list(grade.ignored),
+    }
+
+
 def gradescope_results(
     grade: GradeResult,
     *,
     execution_time: float,
     visibility: Visibility = "visible",
     stdout_visibility: Visibility = "hidden",
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """The ``results.json`` of one graded submission.
 
@@ -50,6 +68,7 @@ def gradescope_results(
         execution_time: seconds the grading took (rounded up to a whole second).
         visibility: when students see the results.
         stdout_visibility: when students see the autograder's standard output.
+        revision: the assignment's revision (``extra_data``).
 
     Returns:
         A JSON-ready mapping.
@@ -78,4 +97,5 @@ def gradescope_results(
             }
             for r in grade.results
         ],
+        "extra_data": {EXTRA_KEY: graded(grade, revision)},
     }

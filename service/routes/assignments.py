@@ -396,6 +396,24 @@ class GradescopeTest(BaseModel):
     visibility: Visibility = Field(description=f"The problem's. {VISIBILITY}")
 
 
+class GradedSubmission(BaseModel):
+    """What a result grades, for a grading script that keeps results (`tensorgrade grade`
+    grades a student again when any of it differs)."""
+
+    assignment: str = Field(description="The assignment's id.")
+    student_id: str = Field(description="The student whose variant was graded.")
+    revision: str = Field(
+        description="The assignment's `revision` the answers were graded against: the one "
+        "`GET /v1/assignments` lists, unless another replica's answered (mid-way through a "
+        "redeploy)."
+    )
+    ignored: list[str] = Field(description="Answers to problem ids the assignment does not have.")
+
+
+class GradescopeExtra(BaseModel):
+    tensorgrade: GradedSubmission
+
+
 class GradescopeResults(BaseModel):
     """Gradescope's `results.json` (`format=gradescope`)."""
 
@@ -413,6 +431,9 @@ class GradescopeResults(BaseModel):
         + VISIBILITY
     )
     tests: list[GradescopeTest] = Field(description="One per problem, in the file's order.")
+    extra_data: GradescopeExtra = Field(
+        description="Gradescope's field for data of one's own (kept, not shown to students)."
+    )
 
 
 def _graded(result: ProblemResult) -> dict[str, Any]:
@@ -550,6 +571,7 @@ def grade_submission(
                 execution_time=seconds,
                 visibility=options.visibility,
                 stdout_visibility=options.stdout_visibility,
+                revision=catalogue(request).revision(assignment),
             )
         )
     return TensorJSONResponse(_submission(graded, seconds))

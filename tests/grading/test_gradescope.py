@@ -12,7 +12,15 @@ from service.grading.gradescope import gradescope_results
 from service.grading.schema import Tolerance
 from tests.grading.sample import SAMPLE
 
-TOP_LEVEL = {"score", "execution_time", "output", "visibility", "stdout_visibility", "tests"}
+TOP_LEVEL = {
+    "score",
+    "execution_time",
+    "output",
+    "visibility",
+    "stdout_visibility",
+    "tests",
+    "extra_data",
+}
 TEST_FIELDS = {"name", "number", "score", "max_score", "status", "output", "visibility"}
 VISIBILITIES = {"visible", "hidden", "after_due_date", "after_published"}
 
@@ -59,6 +67,7 @@ def test_the_fields_and_their_types() -> None:
         assert isinstance(test["score"], float) and isinstance(test["max_score"], float)
         assert test["status"] in {"passed", "failed"}
         assert test["visibility"] in VISIBILITIES and isinstance(test["output"], str)
+    assert isinstance(results["extra_data"], dict)  # the spec's object of one's own
     json.dumps(results, allow_nan=False)  # plain JSON
 
 
@@ -92,3 +101,19 @@ def test_the_overall_output_names_the_total_and_ignored_answers() -> None:
     assert results["output"] == (
         "sample: 1 of 4.5 points for alice. Answers to unknown problems were ignored: q9."
     )
+
+
+def test_extra_data_records_what_was_graded() -> None:
+    """A script that keeps results grades again when any of it differs: the student (on
+    macOS `Ada.json` is `ada.json`), the revision (a replica of another one may have answered)
+    and the answers the service took (an object of a split question's parts is no unknown
+    answer)."""
+    results = gradescope_results(graded({"p2": "b", "q9": 1}), execution_time=0, revision="r1")
+    assert results["extra_data"] == {
+        "tensorgrade": {
+            "assignment": "sample",
+            "student_id": "alice",
+            "revision": "r1",
+            "ignored": ["q9"],
+        }
+    }
