@@ -324,6 +324,8 @@ def _word(kind: str, ctx: Mapping[str, Any], msg: str, given: Any = None) -> str
         return PATTERN_WORDS[ctx["pattern"]]
     if kind == "json_invalid" and "error" in ctx:
         return f"the body is not valid JSON: {ctx['error']}"
+    if kind == "value_error":  # a validator's own message: pydantic's prefix says nothing
+        return msg.removeprefix("Value error, ")
     return msg
 
 

@@ -10,7 +10,9 @@ from pydantic import (
     Field,
     SkipValidation,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -283,6 +285,23 @@ class CheckRequest(StrictBody):
         "in, as `expected.dtype` says it (either place; not two different values).",
     )
 
+    @field_validator("device", "dtype")
+    @classmethod
+    def _not_two_values(cls, top: str | None, info: ValidationInfo) -> str | None:
+        """A field validator, not the model's: the error is then located at the field
+        (``device``, ``dtype``) rather than at the whole check."""
+        expected = info.data.get("expected")  # validated before: declared first
+        name = info.field_name
+        if top is None or name is None or not isinstance(expected, ModelRequest):
+            return top
+        inner = getattr(expected, name)
+        if chosen(expected, name) and inner != top:
+            raise ValueError(
+                f"{name} is {top!r} here and {inner!r} in expected: give it once, or the "
+                "same in both"
+            )
+        return top
+
     @model_validator(mode="after")
     def _compute_options_at_the_top(self) -> CheckRequest:
         """API.md lets every compute request carry ``device`` and ``dtype`` at its top level;
@@ -290,22 +309,18 @@ class CheckRequest(StrictBody):
         expected = self.expected
         if not isinstance(expected, ModelRequest):
             return self
-        update: dict[str, str] = {}
-        for name in ("device", "dtype"):
-            top = getattr(self, name)
-            if top is None:
-                continue
-            inner = getattr(expected, name)
-            chosen = name in expected.model_fields_set and inner != "auto"  # auto: no choice
-            if chosen and inner != top:
-                raise ValueError(
-                    f"{name} is {top!r} here and {inner!r} in expected: give it once, or the "
-                    "same in both"
-                )
-            update[name] = top
+        update = {
+            name: top for name in ("device", "dtype") if (top := getattr(self, name)) is not None
+        }
         if update:
             self.expected = expected.model_copy(update=update)
         return self
+
+
+def chosen(expected: ModelRequest, name: str) -> bool:
+    """Whether ``expected`` chooses its ``device`` or ``dtype`` (``name``) itself: given, and
+    not ``auto``, which chooses nothing and gives way to a value at the top."""
+    return name in expected.model_fields_set and getattr(expected, name) != "auto"
 
 
 class BatchRequest(StrictBody):
@@ -326,18 +341,26 @@ class BatchRequest(StrictBody):
     )
 
     def checks_with_options(self) -> list[Any]:
-        """The checks as sent, each given the batch's ``device`` and ``dtype`` where it has
-        none at its top level (one in its ``expected`` still conflicts if it differs)."""
+        """The checks as sent, each given the batch's ``device`` and ``dtype`` where it gives
+        none of its own: neither at its top level nor in its ``expected`` (``auto`` there
+        chooses nothing, and takes the batch's)."""
         options = {name: getattr(self, name) for name in ("device", "dtype")}
         options = {name: value for name, value in options.items() if value is not None}
         if not options:
             return list(self.checks)
         return [
-            {**check, **{n: v for n, v in options.items() if check.get(n) is None}}
+            {**check, **{n: v for n, v in options.items() if not _gives(check, n)}}
             if isinstance(check, dict)
             else check
             for check in self.checks
         ]
+
+
+def _gives(check: dict[str, Any], name: str) -> bool:
+    """Whether a check as sent gives its own ``device`` or ``dtype`` (``name``)."""
+    expected = check.get("expected")
+    inner = expected.get(name) if isinstance(expected, dict) else None
+    return check.get(name) is not None or (inner is not None and inner != "auto")
 
 
 class Diagnosis(BaseModel):

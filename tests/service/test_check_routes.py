@@ -673,7 +673,18 @@ def test_device_and_dtype_at_the_top_of_a_batch_apply_to_each_check(client: Test
     results = client.post("/v1/check/batch", json=body).json()["results"]
     assert results[0]["correct"] is False  # the batch's float32
     assert results[1]["correct"] is True  # its own float64 wins
-    assert results[2]["error"]["status"] == 422  # float32 from the batch, float64 inside
+    assert results[2]["correct"] is True  # float64 in its expected: its own, as at the top
+
+
+def test_two_values_of_one_check_are_refused_at_the_field(client: TestClient) -> None:
+    """Given at the top of a check and in its expected, differently: a 422 located at the
+    top's field, in the validator's own words."""
+    body = {"expected": {**TINY, "dtype": "float32"}, "answer": IN_FLOAT64, "dtype": "float64"}
+    problem = client.post("/v1/check", json=body).json()
+    assert problem["errors"][0]["loc"] == ["body", "dtype"]
+    assert problem["errors"][0]["msg"] == (
+        "dtype is 'float64' here and 'float32' in expected: give it once, or the same in both"
+    )
 
 
 def test_a_shape_request_takes_device_and_dtype(client: TestClient) -> None:
