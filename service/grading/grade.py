@@ -349,18 +349,20 @@ def with_parts(assignment: AssignmentSpec, answers: Mapping[str, Any]) -> dict[s
     """``answers`` with the answer to a split question (API.md numbers questions as the seed
     does: ``1.2.1d``, ``1.3-4``) given as an object of its parts by suffix
     (``{"1.3-4": {"loss": 1.386, "accuracy": 0.25}}``) answering each part. A part answered
-    under its own id as well (not null) keeps that answer; any other answer to an unknown id
-    (an empty object too) stays as
-    it is (and is listed in ``ignored``)."""
+    under its own id as well (not null) keeps that answer. A suffix that is no part
+    (``"Loss"``, a typo) answers ``1.3-4-Loss``, which is listed in ``ignored`` while the
+    other parts are graded. Any other answer to an unknown id (an empty object, a bare
+    number to a split question) stays as it is (and is listed in ``ignored``)."""
     expanded = dict(answers)
     for question, answer in answers.items():
         parts = assignment.parts(question)
-        if not parts or not isinstance(answer, dict) or not answer or not set(answer) <= set(parts):
+        if not parts or not isinstance(answer, dict) or not answer:
             continue
         del expanded[question]
         for suffix, part_answer in answer.items():
-            if expanded.get(parts[suffix]) is None:  # not answered under its own id (or null)
-                expanded[parts[suffix]] = part_answer
+            part = parts.get(suffix, f"{question}-{suffix}")
+            if expanded.get(part) is None:  # not answered under its own id (or null)
+                expanded[part] = part_answer
     return expanded
 
 

@@ -306,7 +306,8 @@ class SubmissionRequest(StrictBody):
         "malformed answer scores 0 with its reason; answers to problems the assignment does "
         "not have are listed in `ignored`. A question the assignment splits into problems "
         "(`1.3-4` of `cnn-rnn` into `1.3-4-loss` and `1.3-4-accuracy`) may be answered as an "
-        'object of its parts by suffix: `{"1.3-4": {"loss": <number>, "accuracy": <number>}}`.'
+        'object of its parts by suffix: `{"1.3-4": {"loss": <number>, "accuracy": <number>}}`; '
+        "a suffix that is no part is listed in `ignored` as `1.3-4-<suffix>`."
     )
 
 

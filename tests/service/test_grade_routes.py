@@ -593,9 +593,16 @@ def test_the_seeds_question_ids_answer_their_split_problems(first: TestClient) -
     # A null under the part's own id is no answer: the question's object answers it.
     nulled = grade(first, student, {"1.3-4": {"loss": right["1.3-4-loss"]}, "1.3-4-loss": None})
     assert nulled["problems"]["1.3-4-loss"]["status"] == "correct"
-    for answer in (1.386, {"loss": 1.386, "typo": 0.25}, {}):
+    for answer in (1.386, {}):
         bare = grade(first, student, {"1.3-4": answer})
         assert bare["ignored"] == ["1.3-4"] and bare["total"] == 0
+    # A suffix that is no part (a typo, another case) is ignored under its own name; the
+    # other parts of the object are graded.
+    typo = {"1.3-4": {"loss": right["1.3-4-loss"], "Accuracy": right["1.3-4-accuracy"]}}
+    graded = grade(first, student, typo)
+    assert graded["ignored"] == ["1.3-4-Accuracy"]
+    assert graded["problems"]["1.3-4-loss"]["status"] == "correct"
+    assert graded["problems"]["1.3-4-accuracy"]["status"] == "missing"
     read = first.get("/v1/assignments/cnn-rnn/problems/1.2.1d", params={"student_id": student})
     assert read.status_code == 404
     assert (
