@@ -171,6 +171,22 @@ def compute_key(
     return model_key(expected, settings, gate, spent)
 
 
+def _device_refused(check: CheckRequest) -> tuple[Problem, str] | None:
+    """Why the device a check names at its top or in its ``expected`` is refused, and which
+    of the two fields (``""``: the top); None when it names none, or one there is."""
+    for field, device in (
+        ("", check.device),
+        ("expected", getattr(check.expected, "device", None)),
+    ):
+        if device is None:
+            continue
+        try:
+            resolve_device(device)
+        except Problem as refused:
+            return refused, field
+    return None
+
+
 def computes(check: CheckRequest) -> bool:
     """Whether a check's key takes compute time (a model's key, a formula's evaluation) and so
     counts against a batch's compute deadline; shapes and given values take next to none."""
@@ -249,15 +265,13 @@ class Engine:
                 self.results[index] = {"error": check.body()}
                 continue
             slot = Slot(index, check, self._prefix(index))
-            if check.device is not None:
-                # Every check, whatever its op: `"device": "cuda"` on a server without a GPU
-                # is refused where it was given, as the model endpoints refuse it, though a
-                # shape, a value or a formula would compute no tensor.
-                try:
-                    resolve_device(check.device)
-                except Problem as refused:
-                    self._fail(slot, refused, "")
-                    continue
+            # Every check, whatever its op: `"device": "cuda"` on a server without a GPU is
+            # refused where it was given, as the model endpoints refuse it, though a shape,
+            # a value or a formula would compute no tensor.
+            refused = _device_refused(check)
+            if refused is not None:
+                self._fail(slot, *refused)
+                continue
             groups.setdefault(canonical(check, index), []).append(slot)
         for slots in groups.values():
             self._run_group(slots)

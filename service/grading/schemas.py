@@ -120,7 +120,21 @@ class ConvShapeExpected(ConvShapeRequest):
     )
 
 
-class ValueExpected(StrictBody):
+class TakesComputeOptions(StrictBody):
+    """``device`` and ``dtype``, which every request may carry (API.md), in a key that
+    computes no tensor: taken, so that a client may put them in every ``expected`` alike."""
+
+    device: DeviceName | None = Field(
+        None,
+        description="`auto`, `cpu` or `cuda`: taken, as by every request, though this key "
+        "computes no tensor (`cuda` on a server without a GPU is still refused).",
+    )
+    dtype: DtypeName | None = Field(
+        None, description="`float64` or `float32`: taken, as by every request."
+    )
+
+
+class ValueExpected(TakesComputeOptions):
     """The key given directly."""
 
     op: Literal["value"] = Field(description="`value`: the key is given, in `value`.")
@@ -145,7 +159,7 @@ class FormulaMistakes(StrictBody):
     )
 
 
-class FormulaExpected(StrictBody):
+class FormulaExpected(TakesComputeOptions):
     """The key is a formula, compared with the answer on many points of the variables."""
 
     op: Literal["formula"] = Field(

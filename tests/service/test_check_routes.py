@@ -751,6 +751,20 @@ def test_a_checks_own_cuda_is_refused_in_its_place_in_a_batch_whatever_the_op(
         alone = client.post("/v1/check", json={**plain, "device": "cuda"})
         assert alone.status_code == 422, alone.text
         assert alone.json()["errors"][0]["loc"] == ["body", "device"]
+    # In expected, as every request may carry them: taken by a key that computes no tensor,
+    # and `cuda` refused there too.
+    inside = [
+        {**plain, "expected": {**plain["expected"], "device": device, "dtype": "float64"}}
+        for plain in (formula, shape, value, model)
+        for device in ("cuda", "cpu")
+    ]
+    results = client.post("/v1/check/batch", json={"checks": inside}).json()["results"]
+    for index, result in enumerate(results):
+        if index % 2 == 0:
+            loc = result["error"]["errors"][0]["loc"]
+            assert loc == ["body", "checks", index, "expected", "device"], result
+        else:
+            assert result["correct"] is True, (index, result)
 
 
 def test_auto_in_expected_gives_way_and_a_null_takes_the_batchs(client: TestClient) -> None:
