@@ -34,6 +34,8 @@ SYMBOLS = ("a", "b", "c", "d", "X", "Y", "B", "E")
 CLASSES = ("Q", "R", "S", "U")
 NUM_SYMBOLS = len(SYMBOLS)
 NUM_CLASSES = len(CLASSES)
+MIN_LENGTH = 4
+"""The shortest sequence there can be: E, X/Y at t1, X/Y at t2, B."""
 
 _INDEX = {symbol: i for i, symbol in enumerate(SYMBOLS)}
 _DISTRACTORS = torch.tensor([_INDEX[s] for s in "abcd"])
@@ -61,6 +63,15 @@ class TaskSpec:
                 raise InvalidConfig(
                     f"{name} [{low}, {high}] must be two positive integers, low <= high", name
                 )
+        # E, X/Y at t1, X/Y at t2 and B each take a position of their own: no t1 or t2 range
+        # fits a shorter sequence, so say so rather than ask for a t2_range that cannot be.
+        if self.length_range[0] < MIN_LENGTH:
+            raise InvalidConfig(
+                f"length_range starts at {self.length_range[0]}, but a sequence holds E, X/Y at "
+                f"t1, X/Y at t2 and B, each at a position of its own: start at {MIN_LENGTH} or "
+                "more",
+                "length_range",
+            )
         # Position 1 is E, so t1 starts at 2; t2 comes strictly after every t1.
         if self.t1_range[0] < 2:
             raise InvalidConfig(
@@ -79,7 +90,8 @@ class TaskSpec:
             raise InvalidConfig(
                 f"t2_range ends at {self.t2_range[1]}, but the shortest sequence "
                 f"(length {self.length_range[0]}) holds B there or earlier: make t2_range end "
-                f"before {self.length_range[0]}",
+                f"before {self.length_range[0]}, or length_range start after "
+                f"{self.t2_range[1]}",
                 "t2_range",
             )
 

@@ -795,7 +795,11 @@ def parse_ranges(variables: Mapping[str, Sequence[Any]], where: str) -> dict[str
     for name, bounds in variables.items():
         place = f"{where}.{name}"
         if not name.isidentifier() or not name.isascii() or name.startswith("_"):
-            raise _refuse(f"{name!r:.40} is not a variable name (letters, digits, _)", place)
+            raise _refuse(
+                f"{name!r:.40} is not a variable name (ASCII letters, digits and _, starting "
+                "with a letter)",
+                place,
+            )
         if name in FUNCTIONS or len(name) > 32:
             raise _refuse(f"{name!r} cannot be a variable name", place)
         if len(bounds) != 2 or not all(
@@ -1123,7 +1127,8 @@ def formula_key(
         for i, text in enumerate(all_constraints)
     ]
     points, values = [], []
-    for point in sample_points(ranges):
+    sampled = sample_points(ranges)
+    for point in sampled:
         try:
             if not all(check(point) for check in checks):
                 continue
@@ -1134,7 +1139,9 @@ def formula_key(
         values.append(value)
     if not points:
         raise _refuse(
-            "the reference is defined (and its constraints hold) at no point of the ranges",
+            f"the reference is defined (and its constraints hold) at none of the {len(sampled)} "
+            "points sampled from the ranges: narrow the ranges to where it is, or loosen the "
+            "constraints",
             "reference",
         )
     exact = all(is_integer(value) for value in values)

@@ -523,3 +523,22 @@ def test_a_constraint_written_with_one_equals_is_told_to_compare() -> None:
         error.value.message
         == "syntax error: '=' is not a comparison at column 3; write == to compare"
     )
+
+
+def test_a_reference_defined_at_no_sampled_point_says_the_points_were_sampled() -> None:
+    """Constraints that hold on a sliver of wide ranges: the points sampled miss it, which is
+    not the same as the reference being defined nowhere."""
+    names = "ABCDEFGH"
+    ranges = {name: [1, 10**9] for name in names}
+    chain = " > ".join(names)
+    with pytest.raises(FormulaError) as error:
+        formula_key("A + B", None, ranges, [chain])
+    assert "at none of the" in str(error.value) and "points sampled from the ranges" in str(
+        error.value
+    )
+
+
+def test_a_variable_name_is_told_what_it_may_be() -> None:
+    with pytest.raises(FormulaError) as error:
+        parse_ranges({"__class__": [1, 2]}, "variables")
+    assert "starting with a letter" in str(error.value)

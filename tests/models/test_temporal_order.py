@@ -93,6 +93,7 @@ def test_generation_is_seeded() -> None:
         ({"t1_range": (1, 4)}, "t1_range"),
         ({"t1_range": (3, 13), "t2_range": (12, 16)}, "t2_range"),
         ({"length_range": (16, 20), "t2_range": (12, 16)}, "t2_range"),
+        ({"length_range": (3, 20), "t1_range": (2, 2), "t2_range": (3, 3)}, "length_range"),
     ],
 )
 def test_impossible_task_specs_are_refused(kwargs: dict[str, tuple[int, int]], where: str) -> None:
