@@ -412,7 +412,7 @@ class GradedSubmission(BaseModel):
 
 
 class GradescopeExtra(BaseModel):
-    tensorgrade: GradedSubmission
+    tensorgrade: GradedSubmission = Field(description="What the result grades.")
 
 
 class GradescopeResults(BaseModel):
