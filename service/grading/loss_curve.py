@@ -33,7 +33,9 @@ from models.errors import ModelError
 # OUTLIER_MARGIN * log C: the margin keeps an epoch of nearly equal batches from being flagged
 # for a difference nobody would see on the plot. log C, the loss at chance, sets the scale.
 # Only above: a last batch below the others is what a loss falling within the epoch gives
-# (a two-sided test flagged over half of such curves of 2 to 3 batches an epoch).
+# (a two-sided test flagged over half of such curves of 2 to 3 batches an epoch). At least
+# two other batches: one has no standard deviation, and the margin alone would call the later
+# of two batches an outlier whenever batch noise makes it the higher by 0.25 log C.
 OUTLIER_SIGMAS = 3.0
 OUTLIER_MARGIN = 0.25
 # A reported value is above the initial loss when it exceeds it by more than this times log C,
@@ -231,6 +233,14 @@ def _jumps(
     return medians[epoch] - max(medians[epoch - 1], medians[epoch + 1]) > JUMP_MARGIN * log_c
 
 
+def _outlier(value: float, others_mean: float, others_sd: float | None, log_c: float) -> bool:
+    """Whether a batch loss is an outlier above the others (see ``OUTLIER_SIGMAS``); never
+    without their standard deviation (``others_sd`` is ``None`` with fewer than two)."""
+    if others_sd is None:
+        return False
+    return value - others_mean > max(OUTLIER_SIGMAS * others_sd, OUTLIER_MARGIN * log_c)
+
+
 def _spike(
     epoch: int,
     losses: Sequence[float],
@@ -245,10 +255,8 @@ def _spike(
     others_mean = _mean(others) if others else None
     others_sd = statistics.pstdev(others) if len(others) >= 2 else None
     reasons = []
-    if others_mean is not None:
-        threshold = max(OUTLIER_SIGMAS * (others_sd or 0.0), OUTLIER_MARGIN * log_c)
-        if last - others_mean > threshold:
-            reasons.append("last_batch_outlier")
+    if others_mean is not None and _outlier(last, others_mean, others_sd, log_c):
+        reasons.append("last_batch_outlier")
     if epoch > 0 and last > initial + ABOVE_INITIAL_MARGIN * log_c:
         reasons.append("above_initial_loss")
     # A jump of the training shows as a spike where the reported value jumps too (a last

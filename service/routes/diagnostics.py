@@ -62,9 +62,10 @@ class SpikeOut(BaseModel):
     reasons: list[Literal["last_batch_outlier", "above_initial_loss", "mean_jump"]] = Field(
         description="Why it stands out, one or more. `last_batch_outlier`: the last batch is "
         "more than 3 standard deviations of the epoch's other batches above their mean (and "
-        "by more than 0.25 log C). `above_initial_loss`: after epoch 0, the reported value "
-        "exceeds the initial loss (the larger of log C and epoch 0's mean) by more than 0.1 "
-        "log C. `mean_jump`: the epoch's median batch loss exceeds both neighbouring epochs' "
+        "by more than 0.25 log C; only with two other batches or more, which a standard "
+        "deviation needs). `above_initial_loss`: after epoch 0, the reported value exceeds the "
+        "initial loss (the larger of log C and epoch 0's mean) by more than 0.1 log C. "
+        "`mean_jump`: the epoch's median batch loss exceeds both neighbouring epochs' "
         "by more than 0.25 log C, and its reported value rises above theirs too."
     )
     true_class_probability: float = Field(

@@ -69,6 +69,27 @@ def test_last_batch_spikes_are_found_and_explained() -> None:
     assert "exp(-3.400)" in text and "-log p of the true class" in text
 
 
+@pytest.mark.parametrize(
+    "curve",
+    [
+        [[1.0, 2.0], [1.0]],
+        [[1.39, 1.38, 1.40], [1.0, 1.5], [0.8, 0.7, 0.75]],
+    ],
+)
+def test_a_last_batch_with_a_single_other_batch_is_no_outlier(curve: list[list[float]]) -> None:
+    """3 standard deviations of the epoch's other batches need two of them: one other batch
+    has no standard deviation, and which of two batches is the odd one nobody can say."""
+    d = diagnose(curve, 4)
+    assert d.spikes == [] and d.looks_like_last_batch_reporting is False
+    assert not any("last-batch reporting" in f for f in d.findings)
+    # Two other batches are enough: the same last batch beside a second one is an outlier.
+    epoch = next(e for e, losses in enumerate(curve) if len(losses) == 2)
+    grown = [list(losses) for losses in curve]
+    grown[epoch].insert(0, grown[epoch][0])
+    spike = diagnose(grown, 4).spike_details[0]
+    assert spike.reasons == ("last_batch_outlier",) and spike.others_sd == 0.0
+
+
 def test_a_spike_inside_the_epoch_is_not_a_reporting_spike() -> None:
     """Only the last batch is reported: an outlier earlier in the epoch moves the mean only."""
     curve = smooth_curve(6, 8, seed=3)
