@@ -241,6 +241,29 @@ def _outlier(value: float, others_mean: float, others_sd: float | None, log_c: f
     return value - others_mean > max(OUTLIER_SIGMAS * others_sd, OUTLIER_MARGIN * log_c)
 
 
+def _start(losses: Sequence[float], log_c: float) -> tuple[float, int | None]:
+    """Where the curve starts: epoch 0's mean loss, leaving out one batch that is an outlier
+    above the others by the last batch's rule (the last batch where it is one, as its spike
+    says; otherwise the highest), and that batch's index (``None`` where none is left out).
+
+    One batch of confident mistakes at 3.5 among batches at log 4 is no badly initialised
+    model, and it would raise the bar of ``above_initial_loss`` for every later epoch. Not the
+    median: that would move the start of every curve whose loss falls within epoch 0, where
+    the mean is what the fixed plot shows."""
+    highest = max(range(len(losses)), key=losses.__getitem__)
+    for b in dict.fromkeys((len(losses) - 1, highest)):
+        others = [*losses[:b], *losses[b + 1 :]]
+        if len(others) < 2:
+            break
+        others_mean = _mean(others)
+        # The margin first: it spares the standard deviation of an epoch of a million batches.
+        if losses[b] - others_mean > OUTLIER_MARGIN * log_c and _outlier(
+            losses[b], others_mean, statistics.pstdev(others), log_c
+        ):
+            return others_mean, b
+    return _mean(losses), None
+
+
 def _spike(
     epoch: int,
     losses: Sequence[float],
@@ -284,8 +307,14 @@ def _log_c(num_classes: int) -> str:
 
 
 def _initial_findings(
-    means: Sequence[float], acc_means: Sequence[float] | None, num_classes: int, rising: bool
+    means: Sequence[float],
+    left_out: tuple[int, float] | None,
+    acc_means: Sequence[float] | None,
+    num_classes: int,
+    rising: bool,
 ) -> list[str]:
+    """Epoch 0 beside log C and 1/C; ``means[0]`` is the start of the curve (``_start``), which
+    leaves out the batch ``left_out`` (its index and loss), if any."""
     log_c = math.log(num_classes)
     findings = [
         f"Before training, a model at chance gives each of the C = {num_classes} classes "
@@ -294,29 +323,34 @@ def _initial_findings(
     ]
     tolerance = max(INITIAL_LOSS_TOLERANCE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
     first = means[0]
+    mean = f"Epoch 0's mean loss {first:.3f}"
+    if left_out is not None:
+        mean += (
+            f" (leaving out batch {left_out[0]}, {left_out[1]:.3f}, far above the epoch's other "
+            "batches)"
+        )
     if abs(first - log_c) <= tolerance:
         findings.append(
-            f"Epoch 0's mean loss {first:.3f} is close to {_log_c(num_classes)}: the curve "
-            "starts at chance, as an untrained model should."
+            f"{mean} is close to {_log_c(num_classes)}: the curve starts at chance, as an "
+            "untrained model should."
         )
     elif first > log_c:
         findings.append(
-            f"Epoch 0's mean loss {first:.3f} is well above {_log_c(num_classes)}: an untrained "
-            "model should sit near chance. Look for large initial logits (weights initialised "
-            "too large), a loss summed instead of averaged over the batch, or a number of "
-            "classes other than num_classes."
+            f"{mean} is well above {_log_c(num_classes)}: an untrained model should sit near "
+            "chance. Look for large initial logits (weights initialised too large), a loss "
+            "summed instead of averaged over the batch, or a number of classes other than "
+            "num_classes."
         )
     elif rising:
         # Not "after some training": a curve that then rises is no trained model's loss.
         findings.append(
-            f"Epoch 0's mean loss {first:.3f} is well below {_log_c(num_classes)}, and the curve "
-            "rises from there instead of falling (see below)."
+            f"{mean} is well below {_log_c(num_classes)}, and the curve rises from there "
+            "instead of falling (see below)."
         )
     else:
         findings.append(
-            f"Epoch 0's mean loss {first:.3f} is well below {_log_c(num_classes)}: this first "
-            "row is already after some training (or the classes are far from balanced), so it "
-            "is not the model at chance."
+            f"{mean} is well below {_log_c(num_classes)}: this first row is already after some "
+            "training (or the classes are far from balanced), so it is not the model at chance."
         )
     if acc_means is not None:
         chance = 1 / num_classes
@@ -500,7 +534,10 @@ def diagnose(
     means = [_mean(losses) for losses in batch_losses]
     medians = [statistics.median(losses) for losses in batch_losses]
     lasts = [losses[-1] for losses in batch_losses]
-    initial = max(log_c, means[0])
+    first, left_out = _start(batch_losses[0], log_c)
+    initial = max(log_c, first)
+    # The curve as the findings read it: from where it starts (``_start``).
+    read = [first, *means[1:]]
     jumping = [_jumps(e, batch_losses, medians, log_c) for e in range(len(batch_losses))]
     details = [
         spike
@@ -525,15 +562,14 @@ def diagnose(
     if batch_accuracies is not None:
         acc_means = [_mean(accs) for accs in batch_accuracies]
         acc_lasts = [accs[-1] for accs in batch_accuracies]
-    flags = _curve_flags(batch_losses, means, num_classes)
-    findings = _initial_findings(means, acc_means, num_classes, bool(flags))
-    findings += _trend_findings(means, flags, num_classes)
+    flags = _curve_flags(batch_losses, read, num_classes)
+    dropped = None if left_out is None else (left_out, batch_losses[0][left_out])
+    findings = _initial_findings(read, dropped, acc_means, num_classes, bool(flags))
+    findings += _trend_findings(read, flags, num_classes)
     findings += _spike_findings(
         details, jumps, diverging, initial, num_classes, single_batches, flags
     )
-    findings += _learning_findings(
-        means, acc_means, num_classes, bool(details or unstable or flags)
-    )
+    findings += _learning_findings(read, acc_means, num_classes, bool(details or unstable or flags))
     return CurveDiagnosis(
         num_classes=num_classes,
         epoch_mean=means,
@@ -544,7 +580,7 @@ def diagnose(
         curve_flags=flags,
         expected_initial_loss=log_c,
         chance_accuracy=1 / num_classes,
-        initial_loss=means[0],
+        initial_loss=first,
         looks_like_last_batch_reporting=looks_like,
         accuracy_epoch_mean=acc_means,
         accuracy_last_batch=acc_lasts,

@@ -64,7 +64,7 @@ class SpikeOut(BaseModel):
         "more than 3 standard deviations of the epoch's other batches above their mean (and "
         "by more than 0.25 log C; only with two other batches or more, which a standard "
         "deviation needs). `above_initial_loss`: after epoch 0, the reported value exceeds the "
-        "initial loss (the larger of log C and epoch 0's mean) by more than 0.1 log C. "
+        "initial loss (the larger of log C and `initial_loss`) by more than 0.1 log C. "
         "`mean_jump`: the epoch's median batch loss exceeds both neighbouring epochs' "
         "by more than 0.25 log C, and its reported value rises above theirs too."
     )
@@ -87,7 +87,7 @@ class LossCurveResponse(BaseModel):
     curve_flags: list[CurveFlag] = Field(
         description="What the curve as a whole shows (none, one or both). `rising_loss`: in a "
         "curve of 3 epochs or more, the median of the last third of the epoch means (at least "
-        "two epochs) sits more than 0.25 log C above epoch 0's mean, and none of them below it: "
+        "two epochs) sits more than 0.25 log C above `initial_loss`, and none of them below it: "
         "the loss rises over training (divergence, from a learning rate too high or a sign "
         "error in the update; or another curve given as the loss). `looks_like_accuracy`: the "
         "same rise by more than 0.25, from an epoch 0 near 1/C (within 0.12, or 2/C for many "
@@ -95,7 +95,10 @@ class LossCurveResponse(BaseModel):
     )
     expected_initial_loss: float = Field(description="log C, the loss of a model at chance.")
     chance_accuracy: float = Field(description="1/C.")
-    initial_loss: float = Field(description="Epoch 0's mean loss, to compare with log C.")
+    initial_loss: float = Field(
+        description="Epoch 0's mean loss, to compare with log C: without one batch far above "
+        "the epoch's others (by the rule of `last_batch_outlier`), where there is one."
+    )
     looks_like_last_batch_reporting: bool | None = Field(
         description="Whether the last-batch curve has spikes the epoch means do not; null when "
         "every epoch has one batch, which cannot tell."

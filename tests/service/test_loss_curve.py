@@ -158,6 +158,72 @@ def test_first_epoch_far_from_chance_is_explained(first: float, words: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("curve", "left_out"),
+    [
+        ([[1.39, 1.38, 3.5], [1.0, 0.9, 0.8]], 2),  # the last batch: epoch 0's spike
+        ([[1.39, 3.5, 1.38, 1.40], [1.0, 0.9, 0.8]], 1),  # a batch within the epoch
+    ],
+)
+def test_one_outlying_batch_of_epoch_0_is_no_badly_initialised_model(
+    curve: list[list[float]], left_out: int
+) -> None:
+    """Batches at log 4 and one of confident mistakes: the curve starts at chance. The mean
+    with that batch (over 1.9) read as large initial logits, beside a finding that blamed the
+    same batch on last-batch reporting."""
+    d = diagnose(curve, 4)
+    others = [loss for b, loss in enumerate(curve[0]) if b != left_out]
+    assert d.initial_loss == pytest.approx(statistics.fmean(others), rel=1e-15)
+    assert d.epoch_mean[0] == pytest.approx(statistics.fmean(curve[0]))  # the plot's value
+    text = " ".join(d.findings)
+    assert (
+        f"Epoch 0's mean loss {d.initial_loss:.3f} (leaving out batch {left_out}, 3.500, far "
+        "above the epoch's other batches) is close to log 4 = 1.386" in text
+    ), d.findings
+    assert "well above log 4" not in text and "initialised too large" not in text
+    if left_out == len(curve[0]) - 1:
+        assert d.spike_details[0].epoch == 0
+        assert d.spike_details[0].reasons == ("last_batch_outlier",)
+
+
+def test_one_outlying_batch_of_epoch_0_does_not_raise_the_bar_of_later_spikes() -> None:
+    """Epoch 1 at 1.7 is above log 4 (by more than 0.1 log 4); against epoch 0's mean with its
+    outlier (2.09) it was not."""
+    d = diagnose([[1.39, 1.38, 3.5], [1.7, 1.7, 1.7], [0.8, 0.8, 0.8]], 4)
+    assert d.initial_loss == pytest.approx(1.385)
+    by_epoch = {s.epoch: s for s in d.spike_details}
+    assert by_epoch[1].reasons == ("above_initial_loss",)
+    assert d.unstable_epochs == [1]
+    assert any("stays above the initial loss log 4 = 1.386" in f for f in d.findings)
+
+
+def test_the_whole_curve_is_read_from_where_it_starts() -> None:
+    """The findings on the curve as a whole read epoch 0 as ``initial_loss`` too: one batch of
+    3.9 in epoch 0 neither hides a rise from log 4 nor a curve that never leaves it."""
+    first = [1.39, 3.9, 1.38, 1.40]
+    rising = diagnose([first, *([1.45 + 0.1 * e] * 3 for e in range(8))], 4)
+    assert rising.curve_flags == ["rising_loss"]
+    assert any("rises over training instead of falling: from 1.390" in f for f in rising.findings)
+    flat = diagnose([first, *([LOG4] * 3 for _ in range(8))], 4)
+    assert any("never leaves log 4" in f for f in flat.findings), flat.findings
+
+
+@pytest.mark.parametrize(
+    ("first", "start"),
+    [
+        ([2.5, 2.6, 2.4], 2.5),
+        ([1.39, 1.38, 3.5, 3.4], 2.4175),  # half the epoch high: no one outlying batch
+        ([2.5, 2.6, 2.4, 2.45, 2.55, 3.5], 2.5),  # high, and an outlier above that
+    ],
+)
+def test_an_epoch_0_that_is_high_is_still_well_above(first: list[float], start: float) -> None:
+    """One outlying batch is left out, no more: where the epoch is high, the start is too."""
+    d = diagnose([first, [0.5, 0.5, 0.5]], 4)
+    assert d.initial_loss == pytest.approx(start)
+    assert any(f"Epoch 0's mean loss {start:.3f}" in f for f in d.findings)
+    assert any("well above log 4" in f and "initialised too large" in f for f in d.findings)
+
+
+@pytest.mark.parametrize(
     ("losses", "accuracies", "classes", "where"),
     [
         ([], None, 4, "batch_losses"),
