@@ -47,6 +47,17 @@ ABOVE_INITIAL_MARGIN = 0.1
 # of at least TYPICAL_BATCHES batches, since the median of one or two is no typical batch.
 JUMP_MARGIN = 0.25
 TYPICAL_BATCHES = 3
+# A curve of one value per epoch, what students usually have, has no median batch: the curve's
+# own noise stands in for it. An epoch jumps when its value exceeds both neighbours' by more
+# than JUMP_MARGIN * log C, and its rise above their mean by more than JUMP_SIGMAS standard
+# deviations of the same rise at the other epochs: ROBUST_SD times its median absolute value,
+# which the few jumps among them do not move. That rise is noise (and a little curvature,
+# which makes the estimate cautious), where the differences between epochs are mostly the
+# trend. The epochs beside the jump are left out (its jump moves their rises), so one at
+# least two epochs away is needed. A smooth falling curve never rises above its neighbours;
+# one that zigzags by as much all along is that noisy (a margin alone flagged its every peak).
+JUMP_SIGMAS = 3.0
+ROBUST_SD = 1.4826  # standard deviation over median absolute deviation, for normal noise
 # How far the first epoch's mean loss may sit from log C (at least 0.15 nats, or this fraction
 # of log C for many classes) and its accuracy from 1/C, and still read as "at chance".
 INITIAL_LOSS_TOLERANCE = 0.1
@@ -96,7 +107,8 @@ class Spike:
         reasons: ``last_batch_outlier`` (far above the epoch's other batches),
             ``above_initial_loss`` (above log C and the first epoch's mean), or
             ``mean_jump`` (the epoch's median batch loss itself jumps above its neighbours',
-            and so does its reported value).
+            and so does its reported value; in a curve of one value per epoch, that value
+            jumps above its neighbours' by more than the curve's noise, see ``JUMP_SIGMAS``).
         true_class_probability: exp(-last_batch), the geometric mean over the last batch of
             the probability the model gave the true class.
     """
@@ -231,6 +243,53 @@ def _jumps(
     if not 0 < epoch < len(medians) - 1 or len(batch_losses[epoch]) < TYPICAL_BATCHES:
         return False
     return medians[epoch] - max(medians[epoch - 1], medians[epoch + 1]) > JUMP_MARGIN * log_c
+
+
+def _rise(values: Sequence[float], epoch: int) -> float:
+    """How far an epoch's value sits above the mean of its neighbours'."""
+    return values[epoch] - (values[epoch - 1] + values[epoch + 1]) / 2
+
+
+def _single_value_jumps(values: Sequence[float], log_c: float) -> list[bool]:
+    """For a curve of one value per epoch, whether each epoch's value jumps above both
+    neighbours' by more than the margin and the curve's noise (see ``JUMP_SIGMAS``)."""
+    n = len(values)
+    jumping = [False] * n
+    candidates = [
+        e
+        for e in range(1, n - 1)
+        if values[e] - max(values[e - 1], values[e + 1]) > JUMP_MARGIN * log_c
+    ]
+    if not candidates:
+        return jumping
+    # Every interior epoch's absolute rise, sorted once: each candidate's median leaves out at
+    # most three of them by rank, so a million epochs take one sort, not one per candidate.
+    rises = [abs(_rise(values, i)) for i in range(1, n - 1)]
+    order = sorted(range(len(rises)), key=rises.__getitem__)
+    ordered = [rises[i] for i in order]
+    rank = [0] * len(rises)
+    for r, i in enumerate(order):
+        rank[i] = r
+    for e in candidates:
+        beside = sorted(rank[i - 1] for i in (e - 1, e, e + 1) if 0 < i < n - 1)
+        if len(beside) < len(ordered):
+            noise = ROBUST_SD * _median_without(ordered, beside)
+            jumping[e] = _rise(values, e) > JUMP_SIGMAS * noise
+    return jumping
+
+
+def _median_without(ordered: Sequence[float], left_out: Sequence[int]) -> float:
+    """The median of the sorted ``ordered`` without the values at the sorted ranks
+    ``left_out`` (fewer than all of them)."""
+    kept = len(ordered) - len(left_out)
+
+    def at(k: int) -> float:
+        for r in left_out:  # each rank left out at or below k moves the k-th kept one up
+            if r <= k:
+                k += 1
+        return ordered[k]
+
+    return (at((kept - 1) // 2) + at(kept // 2)) / 2
 
 
 def _outlier(value: float, others_mean: float, others_sd: float | None, log_c: float) -> bool:
@@ -424,7 +483,8 @@ def _spike_findings(
             "loss.item() over every batch and report the mean, the epoch_mean curve here "
             "(problem 3)."
         )
-    unstable = set(jumps) | set(diverging)
+    # One value an epoch cannot tell a jump of the training from one batch reported.
+    unstable = set(diverging) | (set() if single_batches else set(jumps))
     # Above the initial loss with the rest of the epoch below it: one batch of confident
     # mistakes. Where the whole epoch is above it, the training itself is (below); where the
     # whole curve rises, the rise is (its own finding), unless the last batch is an outlier.
@@ -447,7 +507,16 @@ def _spike_findings(
             f"average over that batch, worse than the 1/{num_classes} of guessing (seed 1.3, "
             "problem 2)."
         )
-    if jumps:
+    if jumps and single_batches:
+        findings.append(
+            f"At {_epochs(list(jumps))} the loss jumps above the epochs beside it, by more than "
+            "0.25 log C and by more than the curve's epoch-to-epoch noise elsewhere. With "
+            "one value an epoch, either the training itself jumps there (if these are epoch "
+            "means: clip the gradient norm, lower the learning rate (or decay it) or use larger "
+            "batches; seed 1.3, problem 3) or one unrepresentative batch was reported (if they "
+            "are last batches; problem 1)."
+        )
+    elif jumps:
         findings.append(
             f"At {_epochs(list(jumps))} the typical (median) batch loss itself jumps above the "
             "epochs beside it: the training itself jumps, whatever the reporting shows. Clip "
@@ -538,7 +607,11 @@ def diagnose(
     initial = max(log_c, first)
     # The curve as the findings read it: from where it starts (``_start``).
     read = [first, *means[1:]]
-    jumping = [_jumps(e, batch_losses, medians, log_c) for e in range(len(batch_losses))]
+    single_batches = all(len(losses) == 1 for losses in batch_losses)
+    if single_batches:
+        jumping = _single_value_jumps(lasts, log_c)
+    else:
+        jumping = [_jumps(e, batch_losses, medians, log_c) for e in range(len(batch_losses))]
     details = [
         spike
         for e, losses in enumerate(batch_losses)
@@ -555,8 +628,8 @@ def diagnose(
         and (medians[e] if len(losses) >= TYPICAL_BATCHES else min(losses))
         > initial + ABOVE_INITIAL_MARGIN * log_c
     ]
-    unstable = sorted(set(jumps) | set(diverging))
-    single_batches = all(len(losses) == 1 for losses in batch_losses)
+    # The training's own, which a curve of one value an epoch cannot tell from the reporting.
+    unstable = sorted(set(diverging) | (set() if single_batches else set(jumps)))
     looks_like = None if single_batches else any("last_batch_outlier" in s.reasons for s in details)
     acc_means = acc_lasts = None
     if batch_accuracies is not None:

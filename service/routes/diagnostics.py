@@ -66,7 +66,10 @@ class SpikeOut(BaseModel):
         "deviation needs). `above_initial_loss`: after epoch 0, the reported value exceeds the "
         "initial loss (the larger of log C and `initial_loss`) by more than 0.1 log C. "
         "`mean_jump`: the epoch's median batch loss exceeds both neighbouring epochs' "
-        "by more than 0.25 log C, and its reported value rises above theirs too."
+        "by more than 0.25 log C, and its reported value rises above theirs too; in a curve of "
+        "one value per epoch, that value exceeds both neighbours' by more than 0.25 log C, and "
+        "its rise above their mean is more than 3 standard deviations of the same rise at the "
+        "epochs not beside it."
     )
     true_class_probability: float = Field(
         description="exp(-last_batch): the batch's geometric-mean probability of the true class."

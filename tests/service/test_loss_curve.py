@@ -114,7 +114,8 @@ def test_true_class_probability_of_a_confident_mistake() -> None:
 
 def test_single_value_epochs_flag_values_above_the_initial_loss() -> None:
     """One loss per epoch: a value above the initial loss is a spike, but nothing can say
-    whether the training jumped or one batch was reported (no "mean_jump", no instability)."""
+    whether the training jumped or one batch was reported (no instability). No "mean_jump"
+    either: beside the middle one of 5 epochs no epoch is left to measure the noise with."""
     d = diagnose([[1.39], [1.1], [2.6], [0.7], [0.6]], 4)
     assert d.spikes == [2]
     assert d.spike_details[0].reasons == ("above_initial_loss",)
@@ -122,6 +123,47 @@ def test_single_value_epochs_flag_values_above_the_initial_loss() -> None:
     assert d.looks_like_last_batch_reporting is None
     assert any("cannot be told apart" in f for f in d.findings)
     assert not any("is the training" in f for f in d.findings)
+
+
+def test_a_jump_in_a_curve_of_one_value_per_epoch_is_a_mean_jump() -> None:
+    """What students usually have: one value an epoch. Epoch 3 rises 0.5 above both
+    neighbours where the rest of the curve falls smoothly: the jump the same values get with
+    3 batches an epoch, though it cannot say whether the training or one batch jumped."""
+    values = [1.39, 1.0, 0.8, 1.3, 0.5]
+    d = diagnose([[v] for v in values], 4)
+    assert d.spikes == [3] and d.spike_details[0].reasons == ("mean_jump",)
+    assert d.unstable_epochs == []
+    text = " ".join(d.findings)
+    assert "At epoch 3 the loss jumps above the epochs beside it" in text
+    assert "either the training itself jumps there" in text
+    assert "one unrepresentative batch was reported" in text and "No spikes" not in text
+    batches = diagnose([[v] * 3 for v in values], 4)
+    assert batches.spikes == [3] and batches.spike_details[0].reasons == ("mean_jump",)
+    assert batches.unstable_epochs == [3]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_jump_in_a_long_curve_of_one_value_per_epoch_is_found(seed: int) -> None:
+    curve = smooth_curve(30, 1, seed)
+    curve[12] = [curve[12][0] + 0.6]
+    d = diagnose(curve, 4)
+    assert d.spikes == [12] and d.spike_details[0].reasons == ("mean_jump",)
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("epochs", [5, 10, 40])
+def test_a_smooth_falling_curve_of_one_value_per_epoch_has_no_jump(seed: int, epochs: int) -> None:
+    d = diagnose(smooth_curve(epochs, 1, seed), 4)
+    assert d.spikes == [] and any(f.startswith("No spikes") for f in d.findings)
+
+
+def test_a_curve_that_zigzags_all_along_has_no_jump() -> None:
+    """Every other epoch 0.4 above both neighbours: that is the curve's noise, no jump of one
+    epoch. With 3 equal batches an epoch, each peak is a jump of the medians."""
+    values = [1.39, 0.9, 1.3, 0.8, 1.25, 0.75, 1.2, 0.7, 1.15, 0.65]
+    d = diagnose([[v] for v in values], 4)
+    assert d.spikes == [] and any(f.startswith("No spikes") for f in d.findings)
+    assert diagnose([[v] * 3 for v in values], 4).unstable_epochs == [2, 4, 6, 8]
 
 
 def test_a_jump_of_the_whole_epoch_is_instability() -> None:
