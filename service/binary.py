@@ -41,11 +41,16 @@ def read_safetensors_answer(body: bytes) -> dict[str, Any]:
     Returns:
         The answer with its tensors as (read-only) numpy arrays at their dotted paths and its
         other fields decoded from the header's JSON ``__metadata__``, e.g.
-        ``{"jacobian": array(...), "of": "y", "wrt": "x", "method": "closed-form"}``.
+        ``{"jacobian": array(...), "of": "y", "wrt": "x", "method": "closed-form"}``. A
+        tensor's count of non-finite entries (``"outputs.y.nonfinite": "4"`` in the header, a
+        field of the tensor's object in the JSON form) cannot sit on an array: the counts are
+        gathered under ``nonfinite`` by the tensor's dotted name, ``{"outputs.y": 4}``, and
+        ``nonfinite`` is absent when every tensor is finite.
 
     Raises:
         ValueError: the body is not a safetensors file (too short, a header that is not JSON,
-            a dtype numpy lacks, byte ranges that do not fit the body or the shape).
+            a dtype numpy lacks, byte ranges that do not fit the body or the shape), or its
+            metadata puts a field inside a value that is not an object.
     """
     if len(body) < 8:
         raise ValueError("not a safetensors file: shorter than the 8 bytes of its header length")
@@ -84,8 +89,16 @@ def _tensor(body: bytes, start: int, name: str, info: dict[str, Any]) -> np.ndar
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def _put(tree: dict[str, Any], path: str, value: Any) -> None:
+def _put(answer: dict[str, Any], path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
+    tree = answer
+    for depth, key in enumerate(parents):
+        node = tree.setdefault(key, {})
+        if isinstance(node, np.ndarray) and depth == len(parents) - 1 and leaf == "nonfinite":
+            answer.setdefault("nonfinite", {})[".".join(parents)] = value
+            return
+        if not isinstance(node, dict):
+            owner = ".".join(parents[: depth + 1])
+            raise ValueError(f"{path}: a field inside {owner}, which is not an object")
+        tree = node
     tree[leaf] = value

@@ -8,9 +8,9 @@ A route builds its answer as a mapping whose leaves are torch tensors and plain 
 - ``safetensors``: the whole body is one safetensors file (``application/octet-stream``)
   holding every tensor under its path in the answer, nested names joined by ``.``
   (``grads.weight``); every other field is in the header's ``__metadata__`` under its path,
-  its value written as JSON (``"of": "\\"y\\""``, ``"steps": "[1, 2]"``). No base64 and no
-  text: the fast path for large Jacobians. ``read_safetensors_answer`` (``service.binary``)
-  reverses it.
+  its value written as JSON (``"of": "\\"y\\""``, ``"steps": "[1, 2]"``), a tensor's
+  ``nonfinite`` count too (``"outputs.y.nonfinite": "4"``). No base64 and no text: the fast
+  path for large Jacobians. ``read_safetensors_answer`` (``service.binary``) reverses it.
 """
 
 from __future__ import annotations
@@ -168,12 +168,32 @@ def _flatten(
     that would keep the (large) tensors alive until the garbage collector's next pass.
     """
     if isinstance(value, torch.Tensor):
-        tensors[path] = _as_array(value)
+        array = tensors[path] = _as_array(value)
+        nonfinite = _nonfinite_count(array)
+        if nonfinite:
+            # The count the JSON and b64 forms carry in the tensor's object, under the dotted
+            # name that field has there: a safetensors answer says so as explicitly.
+            metadata[f"{path}.nonfinite"] = str(nonfinite)
     elif isinstance(value, Mapping) and value:
         for key, item in value.items():
             _flatten(item, f"{path}.{key}" if path else str(key), tensors, metadata)
     else:
         metadata[path] = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _nonfinite_count(array: npt.NDArray[Any]) -> int:
+    """How many entries of ``array`` are NaN or infinite.
+
+    A finite sum proves every entry finite (one NaN or infinity makes the sum NaN or
+    infinite), in one read of the array and without the boolean mask of ``np.isfinite``:
+    this runs on every safetensors answer, 32 MB Jacobians included. Only a sum that is not
+    finite (a non-finite entry, or finite ones whose sum overflowed) is counted entry by entry.
+    """
+    with np.errstate(all="ignore"):  # an overflowing sum is expected here, not a fault
+        total = array.sum()
+    if np.isfinite(total):
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
 def _as_array(tensor: torch.Tensor) -> npt.NDArray[Any]:

@@ -140,6 +140,15 @@ def test_safetensors_keeps_nested_fields_empty_sections_and_non_finite_values() 
     assert back["outputs"]["steps"] == 2 and back["grads"] == {}
     assert back["norms"] == [1.5, 2.0] and back["verdict"] == "exploding"
     assert back["outputs"]["h"][0, 0] == 1.0 and np.isnan(back["outputs"]["h"][0, 1])
+    assert back["nonfinite"] == {"outputs.h": 1}  # "outputs.h.nonfinite" in the header
+
+
+def test_finite_values_whose_sum_overflows_are_not_counted_non_finite() -> None:
+    # The count starts from the tensor's sum, which overflows here with every entry finite.
+    big = torch.tensor([1e308, 1e308, -1.0], dtype=torch.float64)
+    body = to_safetensors({"y": big})
+    assert body == safetensors.numpy.save({"y": big.numpy()})  # no metadata at all
+    assert "nonfinite" not in read_safetensors_answer(body)
 
 
 def test_the_file_is_the_one_the_safetensors_library_writes() -> None:
@@ -218,6 +227,11 @@ def _with_header(header: dict[str, Any], data: bytes = b"") -> bytes:
          "do not hold (2,) of F64"),
         (_with_header({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"0" * 4),
          "bytes 0-8"),
+        (_with_header({"__metadata__": {"of": '"y"', "of.x": "1"}}),
+         "of.x: a field inside of, which is not an object"),
+        (_with_header({"t": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]},
+                       "__metadata__": {"t.shape": "[1]"}}, b"0" * 8),
+         "t.shape: a field inside t, which is not an object"),
     ],
 )  # fmt: skip
 def test_a_body_that_is_not_safetensors_is_a_clear_error(body: bytes, words: str) -> None:

@@ -299,6 +299,27 @@ def test_safetensors_answers_are_the_arrays_of_the_json_answers(client: TestClie
         np.testing.assert_array_equal(jac[0, i][:, 2 * i : 2 * i + 3], W[0])
 
 
+def test_safetensors_answers_with_non_finite_entries_read_as_the_json_ones(
+    client: TestClient,
+) -> None:
+    # Products of 1e200 overflow: the answer carries its counts ("outputs.y.nonfinite" in the
+    # header), which the client reads past, extras and all.
+    w, x = np.array([[[1e200, 1e200]]]), np.array([[1e200, 1.0, -1e200, 1e200, 1.0, 1.0]])
+    g = np.array([[1e200, 1.0, 1.0, 1.0, 1.0]])
+    transport = InProcess(client)
+    with (
+        Client("http://testserver", transport=transport) as as_json,
+        Client("http://testserver", transport=transport, encoding="safetensors") as binary,
+    ):
+        expected = as_json.backward("conv1d", {"weight": w}, {"x": x}, {"y": g}, device="cpu")
+        got = binary.backward("conv1d", {"weight": w}, {"x": x}, {"y": g}, device="cpu")
+    assert got.extras == {} and set(got.grads) == {"weight", "x"}
+    assert not np.isfinite(got.outputs["y"]).all() and not np.isfinite(got.grads["weight"]).all()
+    for want, have in ((expected.outputs, got.outputs), (expected.grads, got.grads)):
+        for name in want:
+            np.testing.assert_array_equal(have[name], want[name])
+
+
 def test_torch_client_gets_writable_tensors_from_safetensors(client: TestClient) -> None:
     with TorchClient(
         "http://testserver", transport=InProcess(client), encoding="safetensors"

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import base64
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+import safetensors
 import torch
 from fastapi.testclient import TestClient
 
 from models import gradient_flow
 from models.errors import ModelError
+from service.binary import read_safetensors_answer
 
 # Products of 1e200 overflow a float64: each output is +inf, -inf, a finite value, or
 # inf - inf = NaN, as the IEEE rules say. Where one product is +inf and the other -inf (y[2]),
@@ -89,6 +92,46 @@ def test_b64_answers_carry_the_ieee_values_and_the_count(
     np.testing.assert_array_equal(np.isnan(values), expected.isnan().numpy().ravel())
     np.testing.assert_array_equal(np.isposinf(values), expected.isposinf().numpy().ravel())
     np.testing.assert_array_equal(np.isneginf(values), expected.isneginf().numpy().ravel())
+
+
+@pytest.mark.parametrize("op", ["forward", "backward"])
+def test_safetensors_answers_carry_the_count_in_the_metadata(
+    client: TestClient, op: str, tmp_path: Path
+) -> None:
+    body: dict[str, Any] = dict(BODY)
+    if op == "backward":
+        body["grad_outputs"] = {"y": [[1e200, 1.0, 1.0, 1.0, 1.0]]}
+    as_json = client.post(f"/v1/models/conv1d/{op}", json=body).json()
+    counts = {
+        f"{section}.{name}": tensor["nonfinite"]
+        for section in ("outputs", "grads")
+        for name, tensor in as_json.get(section, {}).items()
+        if "nonfinite" in tensor
+    }
+    assert counts["outputs.y"] == 4 and (op == "forward" or counts["grads.weight"] >= 1)
+    response = client.post(f"/v1/models/conv1d/{op}", json={**body, "encoding": "safetensors"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    # Read by the safetensors library itself: the count under the field's dotted name.
+    path = tmp_path / "answer.safetensors"
+    path.write_bytes(response.content)
+    with safetensors.safe_open(str(path), framework="numpy") as opened:
+        metadata = opened.metadata() or {}
+        y = opened.get_tensor("outputs.y")
+    assert {k: v for k, v in metadata.items() if k.endswith(".nonfinite")} == {
+        f"{name}.nonfinite": str(count) for name, count in counts.items()
+    }
+    assert int((~np.isfinite(y)).sum()) == 4
+    answer = read_safetensors_answer(response.content)
+    assert answer["nonfinite"] == counts
+    np.testing.assert_array_equal(answer["outputs"]["y"], y)
+
+
+def test_a_finite_safetensors_answer_has_no_count(client: TestClient) -> None:
+    body = {"params": {"weight": [[[2.0, 1.0]]]}, "inputs": {"x": [[1.0, 2.0, 3.0]]}}
+    response = client.post("/v1/models/conv1d/forward", json={**body, "encoding": "safetensors"})
+    assert response.status_code == 200
+    assert "nonfinite" not in read_safetensors_answer(response.content)
 
 
 def test_an_exploding_gradient_is_explicit_too(client: TestClient) -> None:
