@@ -355,15 +355,7 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
             # A line break or a space (as some encoders wrap their output) is named rather
             # than counted as bytes: the size would then be wrong for no visible reason.
             _check_base64_alphabet(encoded, where)
-            # Each 4 characters are 3 bytes, less one per "=" of padding at the end.
-            decoded_guess = (
-                len(encoded) * 3 // 4 - len(encoded[-2:]) + len(encoded[-2:].rstrip("="))
-            )
-            raise _invalid(
-                where,
-                f"`b64` holds about {decoded_guess} bytes but shape {list(shape)} of {datatype} "
-                f"needs {expected_bytes}",
-            )
+            raise _invalid(where, _b64_length_fault(encoded, expected_bytes, shape, datatype))
         try:
             raw = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
@@ -378,6 +370,42 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     _check_finite(array, where)
     return array
+
+
+def _b64_length_fault(
+    encoded: str, expected_bytes: int, shape: tuple[int, ...], datatype: str
+) -> str:
+    """What is wrong with a base64 string whose length does not fit ``expected_bytes``.
+
+    Padded base64 is a multiple of 4 characters, each 4 of them 3 bytes less one per ``=``
+    at the end. A string of another length is no whole number of bytes: counting its bytes
+    would come out at the size needed (the padding dropped, as some encoders do) and read as
+    "holds 40 bytes but needs 40". Such a string is said to be missing its padding, or cut
+    short, or too long, instead.
+    """
+    needs = f"shape {list(shape)} of {datatype} needs {expected_bytes} bytes"
+    if len(encoded) % 4 == 0:
+        held = len(encoded) * 3 // 4 - len(encoded[-2:]) + len(encoded[-2:].rstrip("="))
+        return f"`b64` holds about {held} bytes but {needs}"
+    padding = -expected_bytes % 3  # the "=" at the end of the base64 of expected_bytes
+    chars = 4 * math.ceil(expected_bytes / 3)
+    data = encoded.rstrip("=")
+    if len(data) == chars - padding and len(encoded) < chars:
+        fault = (
+            "its `=` padding is missing"
+            if data == encoded
+            else f"its `=` padding is incomplete ({len(encoded) - len(data)} of {padding}), as "
+            "if the string were cut short"
+        )
+    elif len(encoded) < chars:
+        fault = "the string is cut short, or characters are missing"
+    else:
+        fault = "the string has characters too many"
+    ending = f", `{'=' * padding}` included" if padding else ""
+    return (
+        f"`b64` has {len(encoded)} characters, not a multiple of 4 as base64 is: {fault}; "
+        f"{needs}, {chars} characters of base64{ending}"
+    )
 
 
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")

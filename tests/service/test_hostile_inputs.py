@@ -141,6 +141,13 @@ SHAPED: list[tuple[str, str, dict[str, Any], int, str]] = [
         "needs 280",
     ),
     (
+        "base64 without its padding",
+        "conv1d/forward",
+        with_(inputs={"x": {"shape": [5, 7], "b64": b64(b"\x00" * 280).rstrip("=")}}),
+        422,
+        "`b64` has 374 characters, not a multiple of 4 as base64 is: its `=` padding is missing",
+    ),
+    (
         "base64 of NaN bytes",
         "conv1d/forward",
         with_(inputs={"x": {"shape": [1], "b64": b64(b"\x00" * 6 + b"\xf8\x7f")}}),

@@ -96,6 +96,37 @@ def refused(value: Any, b: Budget | None = None) -> Problem:
         ({"shape": [1, 2], "b64": "AAAAAAAAAAA="}, 422, "holds about 8 bytes"),  # "=" pads
         ({"shape": [1, 2], "b64": "AAAAAAAAAA=="}, 422, "holds about 7 bytes"),
         ({"shape": [1], "b64": "!!!!!!!!!!!="}, 422, "not valid base64: '!' at position 0"),
+        # Not a multiple of 4 characters: the fault named, not a byte count (base64 of 40
+        # bytes is 56 characters ending in "==").
+        (
+            {"shape": [1, 5], "b64": b64([1, 2, 3, 4, 5]).rstrip("=")},
+            422,
+            "`b64` has 54 characters, not a multiple of 4 as base64 is: its `=` padding is "
+            "missing; shape [1, 5] of FP64 needs 40 bytes, 56 characters of base64, `==` included",
+        ),
+        (
+            {"shape": [1, 5], "b64": b64([1, 2, 3, 4, 5])[:-1]},
+            422,
+            "`b64` has 55 characters, not a multiple of 4 as base64 is: its `=` padding is "
+            "incomplete (1 of 2), as if the string were cut short; shape [1, 5] of FP64 needs "
+            "40 bytes",
+        ),
+        (
+            {"shape": [1, 5], "b64": b64([1, 2, 3, 4, 5])[:-3]},
+            422,
+            "53 characters, not a multiple of 4 as base64 is: the string is cut short, or "
+            "characters are missing",
+        ),
+        (
+            {"shape": [1, 5], "b64": b64([1, 2, 3, 4, 5]) + "A"},
+            422,
+            "57 characters, not a multiple of 4 as base64 is: the string has characters too many",
+        ),
+        (
+            {"shape": [1, 6], "datatype": "FP32", "b64": b64([1, 2, 3, 4, 5, 6], "<f4")[:-1]},
+            422,
+            "31 characters, not a multiple of 4 as base64 is: the string is cut short",
+        ),
         # A wrapped or spaced string: its size is off by the whitespace, which is named.
         (
             {"shape": [2], "b64": b64([1, 2])[:8] + " " + b64([1, 2])[8:]},
