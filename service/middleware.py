@@ -9,6 +9,10 @@ without any per-route work. For each HTTP request, in this order:
   logs one JSON line for it (``service.telemetry``), whatever answered: a route, a guard below,
   or a 500;
 - a body whose ``Content-Length`` is over the limit is refused with a 413 at once, unread;
+- a body sent with a content coding (``Content-Encoding: gzip``, anything but ``identity``)
+  to a route that takes a body is refused with a 415 at once, unread (once the caller's key
+  is admitted): the service decodes no coding, and would otherwise read the compressed bytes
+  as JSON;
 - a request that arrives while the worker already holds its limit of requests is answered 503
   (with ``Retry-After``) before its body is read: whatever the load, a worker holds at most that
   many bodies and answers in memory. The health probes and metrics are exempt, so an
@@ -56,7 +60,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.auth import edge_caller, edge_identity, forbidden
 from service.deadlines import BodyDeadlines, BodyTimeout
 from service.mediatypes import is_json as is_json  # here since the guard decides with it
-from service.problems import Problem, ProblemException, body_problem, problem_response
+from service.problems import (
+    Problem,
+    ProblemException,
+    body_problem,
+    problem_response,
+    unsupported_coding,
+)
 from service.ratelimit import CHARGED, charge
 from service.requestid import accept_request_id, set_request_id
 from service.telemetry import record_request_done
@@ -197,6 +207,22 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
 
 _REQUEST_ID = b"x-request-id"
 _CACHE_CONTROL = b"cache-control"
+_CONTENT_ENCODING = b"content-encoding"
+_BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+"""Methods whose routes read no body (``HEAD`` is a ``GET`` by the time the guards run)."""
+
+
+def content_coding(header: bytes | None) -> str | None:
+    """The first content coding of a ``Content-Encoding`` header other than ``identity`` (the
+    body as it is), or None when there is none: RFC 9110 lists the codings in the order they
+    were applied, comma-separated, in any case."""
+    if not header:
+        return None
+    for coding in header.decode("latin-1").split(","):
+        coding = coding.strip()
+        if coding and coding.lower() != "identity":
+            return coding
+    return None
 
 
 def _overloaded(holding: str) -> Problem:
@@ -294,7 +320,7 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        content_type = content_length = incoming_id = None
+        content_type = content_length = incoming_id = content_encoding = None
         for name, value in scope["headers"]:  # one pass over the headers, for every guard
             if name == b"content-type":
                 content_type = value
@@ -302,6 +328,10 @@ class EdgeMiddleware:
                 content_length = value
             elif name == _REQUEST_ID:
                 incoming_id = value
+            elif name == _CONTENT_ENCODING:  # sent twice, the codings of both lines count
+                content_encoding = (
+                    value if content_encoding is None else b",".join((content_encoding, value))
+                )
         request_id = accept_request_id(incoming_id.decode("latin-1") if incoming_id else None)
         set_request_id(request_id)
         start = time.perf_counter()
@@ -336,7 +366,13 @@ class EdgeMiddleware:
 
         try:
             await self._guard(
-                scope, receive, send_with_id, content_type, content_length, lambda: started
+                scope,
+                receive,
+                send_with_id,
+                content_type,
+                content_length,
+                content_encoding,
+                lambda: started,
             )
         finally:
             record_request_done(
@@ -350,6 +386,7 @@ class EdgeMiddleware:
         send: Send,
         content_type: bytes | None,
         content_length: bytes | None,
+        content_encoding: bytes | None,
         started: Callable[[], bool],
     ) -> None:
         if content_length is not None and content_length.isdigit():
@@ -385,6 +422,15 @@ class EdgeMiddleware:
                 json_body = False  # the router's 404, 405 or 307 reads no body
             else:
                 limited = scope["method"] == "POST" and _rate_limited(app, scope)
+        coding = content_coding(content_encoding)
+        if coding is not None:
+            json_body = False  # coded bytes are not JSON: never parsed
+            # Here, after the key checks (a caller who may not call the route learns nothing
+            # of its body), and only where a route takes a body: a path no route answers
+            # stays the router's 404 or 405.
+            if scope["method"] not in _BODILESS_METHODS and _has_route(scope.get("app"), scope):
+                await problem_response(unsupported_coding(coding))(scope, receive, send)
+                return
         counted = scope["path"] not in EXEMPT_PATHS
         if counted:
             if self.in_flight >= self.max_in_flight:

@@ -16,8 +16,9 @@ from service.auth import API_KEY_HEADER
 from service.middleware import EXEMPT_PATHS
 from service.problems import problem_responses
 
-BODY_STATUSES = (400, 408, 413, 422)
-"""What any operation that reads a body may answer: unreadable, too slow, too large, not JSON."""
+BODY_STATUSES = (400, 408, 413, 415, 422)
+"""What any operation that reads a body may answer: unreadable, too slow, too large, coded
+(compressed), not JSON."""
 
 
 def declare_edge_statuses(schema: dict[str, Any]) -> None:

@@ -393,6 +393,28 @@ def not_json(content_type: str | None) -> Problem | None:
     return body_problem(message, "not-json", "The body is not JSON", "not_json")
 
 
+def unsupported_coding(coding: str) -> Problem:
+    """The 415 of a body sent with a content coding (``Content-Encoding: gzip``): the service
+    decodes none, and parsing the coded bytes as JSON would blame a byte of the compression
+    (``byte 0x8b``) instead of the coding. ``Accept-Encoding`` says which coding would do
+    (RFC 9110, 15.5.16).
+
+    Args:
+        coding: the coding as the request named it.
+    """
+    message = (
+        f"the request body is sent with `Content-Encoding: {coding}`, which this service does "
+        "not decode; send the body uncompressed, without Content-Encoding (or with `identity`)"
+    )
+    return Problem(
+        415,
+        message,
+        kind="unsupported-content-encoding",
+        title="The body's content coding is not supported",
+        headers={"Accept-Encoding": "identity"},
+    )
+
+
 def empty_body() -> Problem:
     """The 422 of a JSON body with nothing in it: not JSON, as the guard says of any other body
     that is not (``middleware.json_problem``), whichever route it reaches."""
@@ -524,6 +546,10 @@ _DESCRIPTIONS = {
         "Content-Type is not `application/json`), or a field or parameter is not valid "
         "(`validation-error`, or a kind of the operation's own). The detail says what to "
         "change, `errors` where."
+    ),
+    415: (
+        "The body was sent with a content coding (`Content-Encoding: gzip`...), which the "
+        "service does not decode: send it uncompressed (`unsupported-content-encoding`)."
     ),
     429: "Too many requests for this key; retry after the time in Retry-After.",
     503: (

@@ -246,6 +246,20 @@ def test_the_key_rule_is_applied_before_a_refused_body_is_explained(
     assert unknown_path.status_code == 404
 
 
+def test_the_key_rule_is_applied_before_a_coded_body_is_refused(keyed: TestClient) -> None:
+    """A body sent with ``Content-Encoding: gzip``: 401 without a key, 403 for a student
+    outside /v1/assignments, and only an admitted caller hears of the coding (the 415)."""
+    posts = [path for method, path in operations(keyed) if method == "POST"]
+    coded = {"content-type": "application/json", "content-encoding": "gzip"}
+    for path in posts:
+        for who, expected in ((None, 401), (STUDENT, 403), (INSTRUCTOR, 415)):
+            if who == STUDENT and path.startswith(STUDENT_PREFIX):
+                expected = 415
+            headers = {**coded, **(key(who) if who else {})}
+            response = keyed.post(path, content=b"\x1f\x8b\x08", headers=headers)
+            assert response.status_code == expected, (path, who, response.text[:200])
+
+
 def test_open_mode_lets_every_caller_in(client: TestClient) -> None:
     assert client.get("/v1/models").status_code == 200
     assert client.get("/v1/models", headers=key(UNKNOWN)).status_code == 200

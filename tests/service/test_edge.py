@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import importlib
 import json
 import pkgutil
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -216,7 +218,86 @@ def test_every_operation_with_a_body_declares_the_edge_statuses(client: TestClie
     for path, operations in client.get("/openapi.json").json()["paths"].items():
         for method, operation in operations.items():
             if "requestBody" in operation:
-                assert {"400", "408", "413", "422"} <= set(operation["responses"]), (method, path)
+                statuses = {"400", "408", "413", "415", "422"}
+                assert statuses <= set(operation["responses"]), (method, path)
+
+
+PATH_VALUES = {"model": "conv1d", "assignment": "cnn-rnn", "problem": "1.1a"}
+
+
+def paths_with_a_body(client: TestClient) -> list[tuple[str, str]]:
+    """(method, concrete path) of every operation that takes a body."""
+    return sorted(
+        (method.upper(), re.sub(r"\{(\w+)[^}]*\}", lambda m: PATH_VALUES.get(m[1], "x"), path))
+        for path, operations in client.get("/openapi.json").json()["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("GZIP", "GZIP"),
+        ("deflate, gzip", "deflate"),
+        ("identity, gzip", "gzip"),  # identity is the body as it is: gzip is the coding
+    ],
+)
+def test_a_coded_body_is_415_on_every_route_with_a_body(
+    client: TestClient, header: str, named: str
+) -> None:
+    """The service decodes no content coding: a gzip body was read as JSON and blamed on its
+    byte 0x8b. Every route that takes a body says what is wrong instead, and how to send it."""
+    body = gzip.compress(orjson.dumps({"input_size": [5], "kernel_size": 3}))
+    operations = paths_with_a_body(client)
+    assert len(operations) > 5
+    for method, path in operations:
+        for content_type in ("application/json", "text/plain"):
+            headers = {"content-type": content_type, "content-encoding": header}
+            response = client.request(method, path, content=body, headers=headers)
+            assert response.status_code == 415, (method, path, response.text[:200])
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["accept-encoding"] == "identity"  # RFC 9110, 15.5.16
+            problem = response.json()
+            assert (
+                problem["type"] == "https://tensorgrade.dev/problems/unsupported-content-encoding"
+            )
+            assert problem["detail"] == (
+                f"the request body is sent with `Content-Encoding: {named}`, which this service "
+                "does not decode; send the body uncompressed, without Content-Encoding (or with "
+                "`identity`)"
+            )
+
+
+def test_a_coded_body_is_refused_unread_and_a_path_no_route_answers_stays_404(
+    client: TestClient,
+) -> None:
+    scope = http_scope("application/json")
+    scope["headers"] = [*scope["headers"], (b"content-encoding", b"gzip")]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        raise AssertionError("the coded body was read")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    anyio.run(client.app, scope, receive, send)
+    assert sent[0]["status"] == 415
+    headers = {**JSON, "content-encoding": "gzip"}
+    assert client.post("/v1/nowhere", content=b"\x1f\x8b", headers=headers).status_code == 404
+    assert client.put("/v1/check", content=b"\x1f\x8b", headers=headers).status_code == 405
+    # A route without a body: nothing coded to refuse.
+    assert client.get("/v1/models", headers=headers).status_code == 200
+
+
+def test_identity_is_the_body_as_it_is(client: TestClient) -> None:
+    headers = {**JSON, "content-encoding": "identity"}
+    body = orjson.dumps({"input_size": [5], "kernel_size": 3})
+    response = client.post("/v1/shapes/conv", content=body, headers=headers)
+    assert response.status_code == 200 and response.json()["output_size"] == [3]
 
 
 def http_scope(content_type: str, path: str = "/v1/shapes/conv") -> dict[str, Any]:
