@@ -29,6 +29,12 @@ without any per-route work. For each HTTP request, in this order:
 - any body that has not fully arrived within the time limit is a 408, so a client trickling
   bytes cannot hold a connection and its buffer forever (``service/deadlines.py``).
 
+Besides, a query string whose percent-escapes decode to bytes that are not UTF-8
+(``?student_id=%FF``) is found here, on the raw bytes: Starlette decodes each one to U+FFFD,
+so ``%FF`` and ``%FE`` would read as the same student id. Its 422 is left in the scope
+(``QUERY_PROBLEM``) and answered by the route once its key rule has admitted the caller, as
+a refused body is.
+
 Why one layer and not one middleware per concern: each ASGI layer costs a call, a closure
 over ``receive`` or ``send`` and a header scan on every request, and the service answers
 thousands of small requests (``/v1/shapes/conv``) whose own work is a few microseconds. One
@@ -51,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote_to_bytes
 
 import anyio
 import orjson
@@ -66,6 +73,7 @@ from service.problems import (
     body_problem,
     problem_response,
     unsupported_coding,
+    validation_problem,
 )
 from service.ratelimit import CHARGED, charge
 from service.requestid import accept_request_id, set_request_id
@@ -156,6 +164,42 @@ RAW_JSON = "tensorgrade.raw_json"
 
 JSON_PROBLEM = "tensorgrade.json_problem"
 """Scope key of the 422 ``Problem`` of a JSON body the strict parser refused."""
+
+
+QUERY_PROBLEM = "tensorgrade.query_problem"
+"""Scope key of the 422 ``Problem`` of a query parameter that is not UTF-8."""
+
+
+def query_problem(query_string: bytes) -> Problem | None:
+    """The 422 of the first query parameter whose name or value is not UTF-8 once its
+    percent-escapes are decoded, located at it (``["query", "student_id"]``); None when all are.
+
+    Read from the raw query string as Starlette splits it (on ``&``, ``+`` a space), because
+    Starlette itself decodes with ``errors="replace"``: every invalid byte becomes U+FFFD.
+    Only an escape can decode to such a byte (Starlette reads the raw bytes as Latin-1), so a
+    query without ``%``, nearly every one, costs one scan.
+    """
+    if b"%" not in query_string:
+        return None
+    for field in query_string.split(b"&"):
+        if b"%" not in field:
+            continue
+        raw_name, _, raw_value = field.partition(b"=")
+        name = unquote_to_bytes(raw_name.replace(b"+", b" "))
+        value = unquote_to_bytes(raw_value.replace(b"+", b" "))
+        shown = name.decode("utf-8", "replace")
+        for text, what in ((name, "its name is not"), (value, "not")):
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError as error:
+                msg = (
+                    f"{what} valid UTF-8 once its percent-escapes are decoded (0x"
+                    f"{text[error.start]:02X} at byte {error.start}): percent-encode the text's "
+                    "UTF-8 bytes (`é` is `%C3%A9`)"
+                )
+                error_at = {"loc": ["query", shown], "msg": msg, "type": "string_unicode"}
+                return validation_problem([error_at])
+    return None
 
 
 def _not_utf8(body: bytes) -> str:
@@ -389,6 +433,9 @@ class EdgeMiddleware:
         content_encoding: bytes | None,
         started: Callable[[], bool],
     ) -> None:
+        bad_query = query_problem(scope.get("query_string", b""))
+        if bad_query is not None:  # for the route to answer, after its key rule
+            scope[QUERY_PROBLEM] = bad_query
         if content_length is not None and content_length.isdigit():
             declared = int(content_length)
             if declared > self.max_bytes:

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.middleware import JSON_PROBLEM, PARSED_JSON, RAW_JSON, json_problem
+from service.middleware import JSON_PROBLEM, PARSED_JSON, QUERY_PROBLEM, RAW_JSON, json_problem
 from service.problems import ProblemException, empty_body, not_json
 
 
@@ -83,6 +83,9 @@ class FastJSONRoute(APIRoute):
     answered 422 before the route's API key rule had a say. When the guard refused the body,
     the handler runs the rule's checks first: no key is a 401, a student key on an
     instructor's route a 403, and only an admitted caller learns what is wrong with the body.
+    A query parameter the guard found not to be UTF-8 (``QUERY_PROBLEM``) is answered the same
+    way, before the endpoint runs: FastAPI would hand it the text Starlette decoded, each
+    invalid byte made U+FFFD.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -90,9 +93,11 @@ class FastJSONRoute(APIRoute):
         checks = request_checks(_effective_dependant(self))
 
         async def fast_json_handler(request: Request) -> Response:
-            if JSON_PROBLEM in request.scope:
+            if JSON_PROBLEM in request.scope or QUERY_PROBLEM in request.scope:
                 for check in checks:
                     check.admit(request)
+                if QUERY_PROBLEM in request.scope:
+                    raise ProblemException(request.scope[QUERY_PROBLEM])
             return await handler(FastJSONRequest(request.scope, request.receive))
 
         return fast_json_handler
@@ -132,6 +137,8 @@ class DirectRoute(FastJSONRoute):
                 return await fastapis(request)  # overrides are FastAPI's to apply (tests)
             for check in checks:
                 check.admit(request)
+            if QUERY_PROBLEM in request.scope:  # as FastJSONRoute answers it
+                raise ProblemException(request.scope[QUERY_PROBLEM])
             response: Response = await endpoint(FastJSONRequest(request.scope, request.receive))
             return response
 

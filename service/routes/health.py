@@ -12,8 +12,11 @@ from service import __version__
 from service.deps import SettingsDep
 from service.devices import available_devices
 from service.problems import Problem, problem_responses
+from service.routing import FastJSONRoute
 
-router = APIRouter(tags=["health"])
+# FastJSONRoute although no route here takes a body: it answers a query that is not UTF-8
+# (service/routing.py), as every other route does.
+router = APIRouter(tags=["health"], route_class=FastJSONRoute)
 
 
 class Status(BaseModel):

@@ -6,8 +6,11 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from service import metrics
+from service.routing import FastJSONRoute
 
-router = APIRouter(tags=["health"])
+# FastJSONRoute although no route here takes a body: it answers a query that is not UTF-8
+# (service/routing.py), as every other route does.
+router = APIRouter(tags=["health"], route_class=FastJSONRoute)
 
 
 @router.get(

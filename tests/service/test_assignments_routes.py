@@ -200,6 +200,27 @@ def test_a_missing_or_bad_student_id_is_422(first: TestClient, params: dict[str,
     assert response.json()["errors"][0]["loc"] == ["query", "student_id"]
 
 
+@pytest.mark.parametrize("escaped", ["%FF", "%FE", "ada%C3", "%C3%28"])
+def test_a_student_id_that_is_not_utf8_is_422_at_the_parameter(
+    first: TestClient, escaped: str
+) -> None:
+    """Decoded leniently, every invalid escape became U+FFFD: %FF and %FE were the same id,
+    and got the same variant. Refused as the same bytes in a JSON body are."""
+    response = first.get(f"/v1/assignments/cnn-rnn/problems/1.1a?student_id={escaped}")
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["errors"][0]["loc"] == ["query", "student_id"]
+    assert problem["detail"].startswith(
+        "query.student_id: not valid UTF-8 once its percent-escapes are decoded (0x"
+    )
+
+
+def test_a_student_id_escaped_as_utf8_is_its_text(first: TestClient) -> None:
+    body = first.get("/v1/assignments/cnn-rnn/problems/1.1a?student_id=%C3%A9l%C3%A8ve+1").json()
+    assert body["student_id"] == "élève 1"
+
+
 def test_a_number_is_given_as_a_0d_tensor(first: TestClient) -> None:
     m = variant(first, "1.2.1b", "alice")["given"]["m"]
     assert m["shape"] == [] and isinstance(m["data"], float)

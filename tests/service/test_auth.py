@@ -260,6 +260,33 @@ def test_the_key_rule_is_applied_before_a_coded_body_is_refused(keyed: TestClien
             assert response.status_code == expected, (path, who, response.text[:200])
 
 
+def test_the_key_rule_is_applied_before_a_query_that_is_not_utf8_is_refused(
+    keyed: TestClient,
+) -> None:
+    """``?student_id=%FF`` on every operation: 401 without a key and 403 for a student outside
+    /v1/assignments where the key rule says so; the 422 only for a caller the rule admits."""
+    docs = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}  # FastAPI's own pages
+    documented = [(method, path) for method, path in operations(keyed) if path not in docs]
+    assert len(documented) > 10
+    for method, path in documented:
+        for who in (None, STUDENT, INSTRUCTOR):
+            if path in PUBLIC:
+                expected = 422
+            elif who is None:
+                expected = 401
+            elif who == STUDENT and not path.startswith(STUDENT_PREFIX):
+                expected = 403
+            else:
+                expected = 422
+            response = keyed.request(
+                method,
+                f"{path}?student_id=%FF",
+                json={} if method == "POST" else None,
+                headers=key(who) if who else {},
+            )
+            assert response.status_code == expected, (method, path, who, response.text[:200])
+
+
 def test_open_mode_lets_every_caller_in(client: TestClient) -> None:
     assert client.get("/v1/models").status_code == 200
     assert client.get("/v1/models", headers=key(UNKNOWN)).status_code == 200

@@ -300,6 +300,49 @@ def test_identity_is_the_body_as_it_is(client: TestClient) -> None:
     assert response.status_code == 200 and response.json()["output_size"] == [3]
 
 
+def every_operation(client: TestClient) -> list[tuple[str, str]]:
+    """(method, concrete path) of every operation of the OpenAPI schema."""
+    return sorted(
+        (method.upper(), re.sub(r"\{(\w+)[^}]*\}", lambda m: PATH_VALUES.get(m[1], "x"), path))
+        for path, operations in client.get("/openapi.json").json()["paths"].items()
+        for method in operations
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "loc", "words"),
+    [
+        ("student_id=%FF", ["query", "student_id"], "not valid UTF-8 once its percent-escapes"),
+        ("a=1&format=json%E9", ["query", "format"], "(0xE9 at byte 4)"),
+        ("%FEname=1", ["query", "\ufffdname"], "its name is not valid UTF-8"),
+    ],
+)
+def test_a_query_that_is_not_utf8_is_422_on_every_operation(
+    client: TestClient, query: str, loc: list[str], words: str
+) -> None:
+    operations = every_operation(client)
+    assert {("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/v1/shapes/conv")} <= set(
+        operations
+    )
+    for method, path in operations:
+        body = {} if method == "POST" else None
+        response = client.request(method, f"{path}?{query}", json=body)
+        assert response.status_code == 422, (method, path, response.text[:200])
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["errors"][0]["loc"] == loc, (method, path)
+        assert words in problem["detail"], (method, path)
+    head = client.head(f"/v1/assignments/cnn-rnn/problems/1.1a?{query}")
+    assert head.status_code == 422 and head.content == b""
+
+
+def test_a_query_that_is_not_utf8_on_a_path_no_route_answers_stays_404(
+    client: TestClient,
+) -> None:
+    assert client.get("/v1/nowhere?student_id=%FF").status_code == 404
+    assert client.put("/v1/check?student_id=%FF", json={}).status_code == 405
+
+
 def http_scope(content_type: str, path: str = "/v1/shapes/conv") -> dict[str, Any]:
     return {
         "type": "http",
