@@ -13,7 +13,8 @@ zeros would match it whatever its cause, so it explains nothing (such an answer 
 Wrong answers that share a key and a shape are stacked, so each candidate is computed once
 and compared with all of them in one operation. Only wrong answers are diagnosed: a correct
 answer never gets a diagnosis. Where several mistakes each give an answer, none is stated as
-a fact: each is told as one of them (``alternatives``, which the shape checks use too).
+a fact: each is told as one of them (``alternatives``, which the shape checks use too; two
+mistakes of one code, in one diagnosis, through ``Candidate.alike``).
 
 The work is bounded (``Work``): each candidate is a key-sized tensor made and compared, so a
 diagnosis makes candidates worth at most ``MAX_DIAGNOSIS_ELEMENTS`` elements, and none past a
@@ -67,11 +68,18 @@ class Diagnosis:
 
 @dataclass(frozen=True)
 class Candidate:
-    """The key with one mistake made; ``code`` overrides the mistake's own when given."""
+    """The key with one mistake made; ``code`` overrides the mistake's own when given.
+
+    ``alike``: the result of another mistake of the same code that can give the same numbers
+    (the states one row off, and x read one step earlier, where h[0] = 0). An answer that
+    matches both within the tolerance is told ``alike.message``, which says it is one of the
+    two: nothing tells which one the student made.
+    """
 
     tensor: torch.Tensor
     message: str
     code: str | None = None
+    alike: Candidate | None = None
 
 
 class Seen:
@@ -197,10 +205,28 @@ class Mistake:
             hits = torch.nonzero(within(answers, tensor, tolerance, scale)).reshape(-1).tolist()
             if hits:
                 seen.add(tensor)
+            both = _also_matched(candidate.alike, answers, hits, tolerance, scale)
             for n in hits:
                 if found[n] is None:
-                    found[n] = Diagnosis(candidate.code or self.code, candidate.message)
+                    told = candidate.alike if n in both and candidate.alike else candidate
+                    found[n] = Diagnosis(candidate.code or self.code, told.message)
         return found
+
+
+def _also_matched(
+    alike: Candidate | None,
+    answers: torch.Tensor,
+    hits: list[int],
+    tolerance: Tolerance,
+    scale: float,
+) -> set[int]:
+    """Those of the answers ``hits`` that ``alike`` (another mistake's result) matches too."""
+    if alike is None or not hits or alike.tensor.shape != answers.shape[1:]:
+        return set()
+    if not bool(torch.isfinite(alike.tensor).all()):
+        return set()
+    matched = within(answers[hits], alike.tensor, tolerance, scale).tolist()
+    return {n for n, hit in zip(hits, matched, strict=True) if hit}
 
 
 def _zeros(tensor: torch.Tensor, tolerance: Tolerance, scale: float) -> bool:
@@ -754,10 +780,11 @@ class OffByOne(Mistake):
     Along time: the homework's 1-based ``h[1..T]`` stored in the 0-based rows ``0..T-1``
     one row off (row t-1 holding h[t-1], h[0] included, instead of h[t]).
 
-    First the key shifted by one step along a time axis (a student's rows one step off; with
-    h[0] = 0 it is also the reference with x read one step earlier, and the rows are the
-    likelier story); then the reference recomputed with an input read one position or step
-    later or earlier; then the key shifted by one along each other axis.
+    First the key shifted by one step along a time axis (a student's rows one step off); then
+    the reference recomputed with an input read one position or step later or earlier; then
+    the key shifted by one along each other axis. With h[0] = 0 the states one row off (h[0]
+    included) are also the reference with x read one step earlier: an answer that both give
+    is told as one of the two, neither as a fact (``Candidate.alike``).
     """
 
     code = "off_by_one"
@@ -779,9 +806,12 @@ class OffByOne(Mistake):
             return
         axes = [axis for axis, size in enumerate(shape) if size >= 2]
         timed = [axis for axis in axes if _symbol(key.axis(axis)) in TIME_AXES]
+        # Each recomputation once: the states one row off compare with x read one step
+        # earlier before that is yielded as a candidate of its own.
+        reads: dict[tuple[str, int, int], Candidate | None] = {}
         for axis in timed:
-            yield from self._shifted_steps(key, axis)
-        yield from self._shifted_inputs(key)
+            yield from self._shifted_steps(key, axis, reads)
+        yield from self._shifted_inputs(key, reads)
         hint = self.plain_hint if _recurrent(key) else self.hint
         for axis in axes:
             if axis in timed:
@@ -799,7 +829,9 @@ class OffByOne(Mistake):
                     f"wrapping around at the end (a negative index): {hint}.",
                 )
 
-    def _shifted_steps(self, key: TensorKey, axis: int) -> Iterator[Candidate]:
+    def _shifted_steps(
+        self, key: TensorKey, axis: int, reads: dict[tuple[str, int, int], Candidate | None]
+    ) -> Iterator[Candidate]:
         """The key one time step off along ``axis``: in the homework's terms where the rows
         are the steps of a tensor the question names (row t-1 holds h[t])."""
         tensor = key.tensor
@@ -830,14 +862,18 @@ class OffByOne(Mistake):
         )
         earlier = _shift(tensor, 0, -1, wrap=False)
         initial = _initial_state(key)
+        # The states one row off are the reference with x read one step earlier wherever the
+        # step on x[0] = 0 from h[0] gives h[0] again (h[0] = 0): which one the student did,
+        # nothing tells. Compared by the tolerance, as the answers are.
+        read = self._read_earlier(key, reads) if initial is not None else None
         if initial is not None:
             first = earlier.clone()
             first[0] = initial
-            yield Candidate(first, f"{rows} {item}[t-1] ({item}[0] included, {item}[T] left out).")
+            message = f"{rows} {item}[t-1] ({item}[0] included, {item}[T] left out)."
+            yield Candidate(first, message, alike=_one_of(message, read))
         if initial is None or bool(initial.any()):
-            yield Candidate(
-                earlier, f"{rows} {item}[t-1] (a row of zeros first, {item}[T] left out)."
-            )
+            message = f"{rows} {item}[t-1] (a row of zeros first, {item}[T] left out)."
+            yield Candidate(earlier, message, alike=_one_of(message, read))
         yield Candidate(
             _shift(tensor, 0, 1, wrap=False),
             f"{rows} {item}[t+1] ({item}[1] left out, a row of zeros last).",
@@ -853,7 +889,9 @@ class OffByOne(Mistake):
             "the end).",
         )
 
-    def _shifted_inputs(self, key: TensorKey) -> Iterator[Candidate]:
+    def _shifted_inputs(
+        self, key: TensorKey, reads: dict[tuple[str, int, int], Candidate | None]
+    ) -> Iterator[Candidate]:
         source = key.source
         if source is None:
             return
@@ -861,30 +899,76 @@ class OffByOne(Mistake):
         for spec in source.model.inputs:
             if spec.name not in args:
                 continue
-            called = key.called(spec.name)
             for axis, symbol in enumerate(spec.shape):
                 timed = symbol in TIME_AXES
                 if not (timed or symbol in POSITION_AXES) or args[spec.name].shape[axis] < 2:
                     continue
                 for delta in (1, -1):
-                    shifted = _shift(args[spec.name], axis, delta, wrap=False)
-                    tensor = source.compute({**args, spec.name: shifted})
-                    if tensor is None:
-                        continue
-                    where = "later" if delta > 0 else "earlier"
-                    if timed:
-                        message = (
-                            f"Your answer is the reference computed with {called}[t] read one "
-                            f"step {where} ({called}[t{delta:+d}] in place of {called}[t]): "
-                            f"{self.time_hint(called)}."
-                        )
-                    else:
-                        message = (
-                            f"Your answer is the reference computed with {called} read one "
-                            f"position {where} along {symbol} (its index off by {delta:+d}): "
-                            f"{self.hint}."
-                        )
-                    yield Candidate(tensor, message)
+                    candidate = self._read(key, spec.name, axis, delta, reads)
+                    if candidate is not None:
+                        yield candidate
+
+    def _read_earlier(
+        self, key: TensorKey, reads: dict[tuple[str, int, int], Candidate | None]
+    ) -> Candidate | None:
+        """The reference with the time-stepped input (x) read one step earlier, if any."""
+        source = key.source
+        if source is None:
+            return None
+        for spec in source.model.inputs:
+            given = source.prepared.args.get(spec.name)
+            if given is None:
+                continue
+            for axis, symbol in enumerate(spec.shape):
+                if symbol in TIME_AXES and given.shape[axis] >= 2:
+                    return self._read(key, spec.name, axis, -1, reads)
+        return None
+
+    def _read(
+        self,
+        key: TensorKey,
+        name: str,
+        axis: int,
+        delta: int,
+        reads: dict[tuple[str, int, int], Candidate | None],
+    ) -> Candidate | None:
+        """The reference recomputed with input ``name`` read ``delta`` along ``axis`` (made
+        once per diagnosis: ``reads``); None where it cannot be computed."""
+        if (name, axis, delta) in reads:
+            return reads[name, axis, delta]
+        source = key.source
+        assert source is not None
+        args = source.prepared.args
+        symbol = source.model.argument(name).shape[axis]
+        tensor = source.compute({**args, name: _shift(args[name], axis, delta, wrap=False)})
+        called = key.called(name)
+        where = "later" if delta > 0 else "earlier"
+        if symbol in TIME_AXES:
+            message = (
+                f"Your answer is the reference computed with {called}[t] read one "
+                f"step {where} ({called}[t{delta:+d}] in place of {called}[t]): "
+                f"{self.time_hint(called)}."
+            )
+        else:
+            message = (
+                f"Your answer is the reference computed with {called} read one "
+                f"position {where} along {symbol} (its index off by {delta:+d}): "
+                f"{self.hint}."
+            )
+        made = None if tensor is None else Candidate(tensor, message)
+        reads[name, axis, delta] = made
+        return made
+
+
+def _one_of(message: str, other: Candidate | None) -> Candidate | None:
+    """``other`` told together with the mistake of ``message``, as one of the two."""
+    if other is None:
+        return None
+    return Candidate(
+        other.tensor,
+        f"Your answer fits 2 mistakes one time step off, one of these: {_lowered(message)} "
+        f"Or {_lowered(other.message)}",
+    )
 
 
 def _symbol(name: str) -> str:

@@ -22,7 +22,7 @@ from service.grading.compare import Tolerance
 from service.grading.keys import ModelSource, TensorKey, model_key
 from service.grading.schemas import CheckRequest, ForwardExpected
 from service.settings import Settings
-from tests.grading import gated_rnn_model
+from tests.grading import gated_rnn_model, seed_answers
 
 SETTINGS = Settings()
 X = np.array(SEED_X_5x7, dtype=np.float64)  # (C=5, L=7)
@@ -721,20 +721,32 @@ def gated_h(params: dict[str, Any], x: Any, h0: Any = None) -> np.ndarray:
     return np.array(states)
 
 
+ROWS_EARLIER = (
+    "your rows are one time step off: row t-1 must hold h[t] (the homework's h[1..T]); yours "
+    "hold h[t-1] (h[0] included, h[T] left out)."
+)
+X_EARLIER = (
+    "your answer is the reference computed with x[t] read one step earlier (x[t-1] in place "
+    "of x[t]): an off-by-one time index, such as the homework's 1-based x[1..T] stored in the "
+    "0-based rows 0..T-1 (row t-1 holds x[t])."
+)
+ROWS_OR_X_EARLIER = (
+    f"Your answer fits 2 mistakes one time step off, one of these: {ROWS_EARLIER} Or {X_EARLIER}"
+)
+
+
 def test_rows_one_time_step_off_are_told_in_time_steps() -> None:
     """[h[0], h[1], h[2]] for h[1..3] (h[0] = 0) was told "x read one position earlier along
-    T ... such as the seed's 1-based 2i-1+m used with 0-based arrays", a convolution's hint."""
+    T ... such as the seed's 1-based 2i-1+m used with 0-based arrays", a convolution's hint.
+    With h[0] = 0 those rows are also h computed with x[t-1] in place of x[t] (the step on
+    x[0] = 0 from h[0] = 0 stays at 0): they were told as a fact, now as one of the two."""
     expected = {"op": "forward", "model": "gated_rnn", "select": "h", "params": GATED_PARAMS}
     expected = {**expected, "inputs": {"x": GATED_X}}
     h = gated_h(GATED_PARAMS, GATED_X)
+    x_earlier = np.vstack([np.zeros((1, 2)), np.array(GATED_X)[:-1]])
+    np.testing.assert_allclose(gated_h(GATED_PARAMS, x_earlier)[1:], h[:-1], rtol=1e-14)
     earlier = judge(expected, [[0.0, 0.0], h[0].tolist(), h[1].tolist()])
-    assert earlier["diagnosis"] == [
-        {
-            "code": "off_by_one",
-            "message": "Your rows are one time step off: row t-1 must hold h[t] (the homework's "
-            "h[1..T]); yours hold h[t-1] (h[0] included, h[T] left out).",
-        }
-    ]
+    assert earlier["diagnosis"] == [{"code": "off_by_one", "message": ROWS_OR_X_EARLIER}]
     later = judge(expected, [h[1].tolist(), h[2].tolist(), [0.0, 0.0]])
     assert codes(later) == ["off_by_one"]
     assert (
@@ -756,6 +768,52 @@ def test_an_input_read_one_time_step_off_is_told_in_time_steps(rnn: str) -> None
     assert "computed with x[t] read one step later (x[t+1] in place of x[t])" in message
     assert "1-based x[1..T] stored in the 0-based rows 0..T-1" in message
     assert "2i-1+m" not in message and "position" not in message
+
+
+def test_the_two_stories_of_one_step_earlier_are_told_as_one_of_these(rnn: str) -> None:
+    """Where h0 is absent or zeros, the states one row off (h[0] = 0 first) and h computed
+    with x read one step earlier are the same numbers: either answer is told as one of the
+    two. With h0 != 0 they differ, and each is told as the mistake it is."""
+    params, inputs = RNN_ARGS["params"], RNN_ARGS["inputs"]
+    x = np.array(inputs["x"])
+    x_earlier = np.vstack([np.zeros((1, x.shape[1])), x[:-1]])
+    absent = rnn_expected(rnn, "forward", select="h", inputs={"x": inputs["x"]})
+    zeros = rnn_expected(rnn, "forward", select="h", inputs={**inputs, "h0": [0.0] * 3})
+    h = gated_h(params, x)
+    for expected in (absent, zeros):
+        for answer in (np.vstack([np.zeros(3), h[:-1]]), gated_h(params, x_earlier)):
+            result = judge(expected, answer.tolist())
+            assert result["diagnosis"] == [{"code": "off_by_one", "message": ROWS_OR_X_EARLIER}]
+    given = rnn_expected(rnn, "forward", select="h")
+    read_earlier = judge(given, gated_h(params, x_earlier, inputs["h0"]).tolist())
+    assert read_earlier["diagnosis"] == [
+        {"code": "off_by_one", "message": X_EARLIER[0].upper() + X_EARLIER[1:]}
+    ]
+    h = gated_h(params, x, inputs["h0"])
+    rows = judge(given, np.vstack([inputs["h0"], h[:-1]]).tolist())
+    assert rows["diagnosis"] == [
+        {"code": "off_by_one", "message": ROWS_EARLIER[0].upper() + ROWS_EARLIER[1:]}
+    ]
+
+
+def test_attention_rnn_states_one_row_off_are_told_as_one_of_these() -> None:
+    """AttentionRNN(3) (the assignment's 1.2.2c): h[t] = 0 for t < 1, so the states one row
+    off are also h computed with x read one step earlier."""
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.uniform(-1, 1, size=(4, 2, 2)).round(1) for _ in range(3))
+    x = rng.uniform(-1, 1, size=(5, 2)).round(1)
+    params = {"Q": q.tolist(), "K": k.tolist(), "V": v.tolist()}
+    expected = {"op": "forward", "model": "attention_rnn", "config": {"k": 3}, "select": "h"}
+    expected = {**expected, "params": params, "inputs": {"x": x.tolist()}}
+    h, _ = seed_answers.attention_rnn(q, k, v, x, 3)
+    assert judge(expected, h.tolist())["correct"]
+    x_earlier = np.vstack([np.zeros((1, 2)), x[:-1]])
+    for answer in (
+        np.vstack([np.zeros(2), h[:-1]]),
+        seed_answers.attention_rnn(q, k, v, x_earlier, 3)[0],
+    ):
+        result = judge(expected, answer.tolist())
+        assert result["diagnosis"] == [{"code": "off_by_one", "message": ROWS_OR_X_EARLIER}]
 
 
 def test_the_states_one_row_off_start_with_the_given_h0(rnn: str) -> None:
