@@ -328,8 +328,38 @@ def _lowered(sentence: str) -> str:
     return sentence
 
 
+AXIS_WORDS = {
+    "L": "the length L",
+    "H": "the height H",
+    "W": "the width W",
+    "L_out": "the length L_out",
+    "H_out": "the height H_out",
+    "W_out": "the width W_out",
+    "F": "the filters F",
+    "C": "the channels C",
+    "K": "the kernel taps K",
+    "KH": "the kernel rows KH",
+    "KW": "the kernel columns KW",
+    "T": "the time steps T",
+    "m": "the hidden units m",
+    "n": "the features n",
+    "k+1": "the k+1 attended terms",
+}
+"""How a sentence names an axis of one of a Jacobian's tensors, by its symbol."""
+
+
+def _axis(key: TensorKey, index: int) -> str:
+    """An axis as a student reads it. A Jacobian's axes are labelled with their tensor
+    (``x:L``), a label of the service's, not the homework's: said in words, "the length L of
+    x"; any other axis by its symbol alone (``L_out``, ``T``), as the homework names it."""
+    tensor, _, symbol = key.axis(index).rpartition(":")
+    if not tensor:
+        return symbol
+    return f"{AXIS_WORDS.get(symbol, f'the axis {symbol}')} of {tensor}"
+
+
 def _names(key: TensorKey, axes: tuple[int, ...]) -> str:
-    return ", ".join(key.axis(a) for a in axes)
+    return ", ".join(_axis(key, a) for a in axes)
 
 
 def _gradient(key: TensorKey, name: str) -> str:
@@ -565,7 +595,7 @@ def _sized(key: TensorKey, size: int) -> list[str] | None:
         return None
     named: list[str] = []
     for axis, n in enumerate(key.tensor.shape):
-        name = key.axis(axis)
+        name = _axis(key, axis)
         if n == size and name not in named:
             named.append(name)
     for symbol, sizes in summed.items():
@@ -697,8 +727,8 @@ class AxesPermuted(Mistake):
             a, b = swapped
             return Candidate(
                 permuted,
-                f"Your answer is the key transposed: axes {a} ({key.axis(a)}) and {b} "
-                f"({key.axis(b)}) are swapped.",
+                f"Your answer is the key transposed: axes {a} ({_axis(key, a)}) and {b} "
+                f"({_axis(key, b)}) are swapped.",
                 "transposed",
             )
         return Candidate(
@@ -820,12 +850,12 @@ class OffByOne(Mistake):
                 where = "later" if delta > 0 else "earlier"
                 yield Candidate(
                     _shift(key.tensor, axis, delta, wrap=False),
-                    f"Your answer is the key read one position {where} along {key.axis(axis)}: "
+                    f"Your answer is the key read one position {where} along {_axis(key, axis)}: "
                     f"{hint}.",
                 )
                 yield Candidate(
                     _shift(key.tensor, axis, delta, wrap=True),
-                    f"Your answer is the key read one position {where} along {key.axis(axis)}, "
+                    f"Your answer is the key read one position {where} along {_axis(key, axis)}, "
                     f"wrapping around at the end (a negative index): {hint}.",
                 )
 
@@ -837,7 +867,7 @@ class OffByOne(Mistake):
         tensor = key.tensor
         item = _stepped(key) if axis == 0 else None
         if item is None:
-            name = key.axis(axis)
+            name = _axis(key, axis)
             for delta in (1, -1):
                 where = "later" if delta > 0 else "earlier"
                 ends = (
@@ -1023,7 +1053,7 @@ class SummedAxis(Mistake):
         for axis in range(tensor.dim()):
             if tuple(tensor.shape[:axis] + tensor.shape[axis + 1 :]) != shape:
                 continue
-            name = key.axis(axis)
+            name = _axis(key, axis)
             yield Candidate(
                 tensor.sum(dim=axis),
                 f"Your answer is the key summed over axis {axis} ({name}): that axis was summed "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -305,10 +306,45 @@ def test_the_diagnosis_says_what_the_mistake_is_in_the_models_terms() -> None:
     wrong = judge(JACOBIAN_W, seed_dy_dx().tolist())["diagnosis"][0]
     assert "dy/dx" in wrong["message"] and "dy/dweight" in wrong["message"]
     factor = judge(JACOBIAN_W, (3 * seed_dy_dw()).tolist())["diagnosis"][0]
-    assert "3 times" in factor["message"] and "y:L_out" in factor["message"]
+    assert "3 times" in factor["message"] and "the length L_out of y" in factor["message"]
     shifted = judge(JACOBIAN_W, seed_dy_dw(base=0).tolist())["diagnosis"][0]
     assert "x read one position later along L" in shifted["message"]
     assert "2i-1+m" in shifted["message"]
+    transposed = judge(BACKWARD_W, seed_dl_dw().transpose(0, 2, 1).tolist())["diagnosis"][0]
+    assert "axes 1 (C) and 2 (K)" in transposed["message"]
+
+
+def test_a_jacobians_axes_are_named_in_words_not_by_their_label() -> None:
+    """1.1c-iii's dy/dx read one position off along x was told "along x:L", the service's
+    label of that axis rather than anything the homework writes: every diagnosis that names
+    an axis of a Jacobian says it in words."""
+    expected = {**JACOBIAN_X, **NAMED_W}
+    key = seed_dy_dx()  # [F, L_out, C, L] = [1, 3, 5, 7]
+    earlier = np.zeros_like(key)
+    earlier[..., 1:] = key[..., :-1]
+    told = {
+        "shifted": judge(expected, earlier.tolist()),
+        "transposed": judge(expected, key.transpose(0, 1, 3, 2).tolist()),
+        "permuted": judge(expected, key.transpose(1, 0, 3, 2).tolist()),
+        "factor": judge(expected, (3 * key).tolist()),
+    }
+    messages = {name: result["diagnosis"][0]["message"] for name, result in told.items()}
+    assert messages["shifted"] == (
+        "Your answer is the key read one position earlier along the length L of x: an "
+        "off-by-one index, such as the seed's 1-based 2i-1+m used with 0-based arrays."
+    )
+    assert messages["transposed"] == (
+        "Your answer is the key transposed: axes 2 (the channels C of x) and 3 (the length L "
+        "of x) are swapped."
+    )
+    assert (
+        "yours are (the length L_out of y, the filters F of y, the length L of x, the "
+        in (messages["permuted"])
+    )
+    assert "3 is the size of the length L_out of y" in messages["factor"]
+    for message in messages.values():
+        assert not re.search(r"\b(x|y|W):\w", message), message  # no label such as x:L
+    # An axis of any other key is named by its symbol, as the homework names it.
     transposed = judge(BACKWARD_W, seed_dl_dw().transpose(0, 2, 1).tolist())["diagnosis"][0]
     assert "axes 1 (C) and 2 (K)" in transposed["message"]
 
@@ -686,7 +722,7 @@ def test_the_key_and_its_diagnoses_use_the_questions_names() -> None:
     assert halves["report"]["label"] == "dy/dW"
     assert "shape of W followed by the shape of y" in halves["diagnosis"][0]["message"]
     factor = judge({**JACOBIAN_W, **NAMED_W}, (3 * seed_dy_dw()).tolist())
-    assert "y:L_out" in factor["diagnosis"][0]["message"]
+    assert "the length L_out of y" in factor["diagnosis"][0]["message"]
     backward = judge({**BACKWARD_W, **NAMED_W}, seed_dl_dx().tolist())
     assert backward["report"]["label"] == "dl/dW"
     assert backward["diagnosis"][0]["message"] == "This is dl/dx; the question asks for dl/dW."
@@ -871,7 +907,10 @@ def test_a_mean_over_the_output_positions_of_dl_dw_names_every_axis_of_that_size
     assert "(5 is the size of C: a sum or a mean over it," in alone
     # A Jacobian sums nothing away; its own axes of the size are all named.
     factor = judge(JACOBIAN_W, (3 * seed_dy_dw()).tolist())["diagnosis"][0]["message"]
-    assert "3 is the size of y:L_out and of weight:K: a sum or a mean over one of them" in factor
+    assert (
+        "3 is the size of the length L_out of y and of the kernel taps K of weight: a sum or a "
+        "mean over one of them" in factor
+    )
 
 
 def test_a_mean_over_time_of_an_rnn_gradient_names_the_time_steps(rnn: str) -> None:
