@@ -17,6 +17,7 @@ few whole-tensor operations, so a class of answers costs little more than one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from service.grading.formulas import FLOAT_ATOL
+from service.jsonout import nonfinite_name
 
 PartialCredit = Literal["none", "elements", "steps"]
 
@@ -241,13 +243,18 @@ def judge(
                     "index": index,
                     "expected": key_l[i],
                     "given": float(row[i]),
-                    "abs_error": float(diff_np[n, i]),
+                    "abs_error": _error(float(diff_np[n, i])),
                 }
                 for i, index in zip(bad_at, _unravel(bad_at, shape), strict=True)
             ]
+            largest = (
+                f"{max_abs_l[n]:.4g}"
+                if math.isfinite(max_abs_l[n])
+                else "Infinity (the difference overflows a float64)"
+            )
             report["message"] = (
                 f"{wrong} of {elements} elements of {label} are outside the tolerance; the "
-                f"largest error is {worst['value']:.4g} at {worst['index']} "
+                f"largest error is {largest} at {worst['index']} "
                 f"(expected {worst['expected']:.6g}, got {worst['given']:.6g})"
             )
         score = _score(correct, partial, wrong, elements, steps_ok_l[n], steps)
@@ -256,7 +263,14 @@ def judge(
 
 
 def _where(value: float, index: list[int], expected: float, given: Any) -> dict[str, Any]:
-    return {"value": value, "index": index, "expected": expected, "given": float(given)}
+    return {"value": _error(value), "index": index, "expected": expected, "given": float(given)}
+
+
+def _error(value: float) -> float | str:
+    """An error as the report writes it. Answer and key are finite, but their difference (or
+    its ratio to a tiny key) may overflow a float64: that is written ``"Infinity"``, as the
+    service writes every non-finite number, never the ``null`` JSON writers make of it."""
+    return value if math.isfinite(value) else nonfinite_name(value)
 
 
 def _score(

@@ -106,6 +106,27 @@ def test_the_report_says_how_many_are_wrong_by_how_much_and_where() -> None:
     assert "2 of 6 elements" in report["message"] and "[1, 2]" in report["message"]
 
 
+def test_an_error_that_overflows_a_float64_is_written_infinity() -> None:
+    """1e308 answered -1e308: the difference, 2e308, is past a float64's range. The errors
+    were inf, which JSON writes as null (the message alone said "inf")."""
+    report = judge(1e308, -1e308)["report"]
+    assert report["max_abs_error"] == {
+        "value": "Infinity",
+        "index": [],
+        "expected": 1e308,
+        "given": -1e308,
+    }
+    assert report["max_rel_error"]["value"] == "Infinity"
+    assert report["first_mismatches"][0]["abs_error"] == "Infinity"
+    assert (
+        "the largest error is Infinity (the difference overflows a float64)" in (report["message"])
+    )
+    # A finite difference over a tiny key may overflow alone: only the relative error does.
+    tiny = judge([1e-300, 1.0], [1e10, 1.0])["report"]
+    assert tiny["max_abs_error"]["value"] == 1e10 and tiny["max_rel_error"]["value"] == "Infinity"
+    assert tiny["first_mismatches"][0]["abs_error"] == 1e10
+
+
 def test_first_mismatches_are_the_first_five_in_row_major_order() -> None:
     report = judge([0.0] * 12, [1.0] * 12)["report"]
     assert [m["index"] for m in report["first_mismatches"]] == [[0], [1], [2], [3], [4]]

@@ -150,6 +150,16 @@ def test_an_exploding_gradient_is_explicit_too(client: TestClient) -> None:
     np.testing.assert_array_equal(as_floats(grads["weight"]["data"]), w.grad.numpy().ravel())
 
 
+def test_a_checks_error_that_overflows_is_written_infinity_not_null(client: TestClient) -> None:
+    """Key and answer are finite, their difference is not: the report's errors were null."""
+    body = {"expected": {"op": "value", "value": 1e308}, "answer": -1e308}
+    response = client.post("/v1/check", json=body)
+    assert response.status_code == 200, response.text
+    report = orjson.loads(response.content)["report"]
+    assert report["max_abs_error"]["value"] == report["max_rel_error"]["value"] == "Infinity"
+    assert report["first_mismatches"][0]["abs_error"] == "Infinity"
+
+
 def test_finite_answers_carry_no_nonfinite_field(client: TestClient) -> None:
     body = {"params": {"weight": [[[1.0, 2.0]]]}, "inputs": {"x": [[1.0, 2.0, 3.0]]}}
     y = client.post("/v1/models/conv1d/forward", json=body).json()["outputs"]["y"]
