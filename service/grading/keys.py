@@ -269,13 +269,38 @@ def model_key(
 
 
 def _check_names(model: ReferenceModel, names: Mapping[str, str]) -> None:
-    """Every renamed tensor is one of the model's: a misspelt key would rename nothing."""
+    """Every renamed tensor is one of the model's (a misspelt key would rename nothing), and
+    every tensor keeps a name of its own: the label and the diagnoses name tensors by these
+    names alone, so weight called x would make dy/dx of the Jacobian against x answered for
+    dy/dweight read "This is dy/dx, ...; the question asks for dy/dx". A name is refused if it
+    is another tensor's name here or the model's own name of another tensor (a swap, weight
+    called x and x called weight, reads as the question about the other one)."""
+    kinds = {
+        **{spec.name: "output" for spec in model.outputs},
+        **{spec.name: "input" for spec in model.inputs},
+        **{spec.name: "parameter" for spec in model.params},
+    }
     known = [spec.name for spec in (*model.arguments, *model.outputs)]
     for name in names:
         if name not in known:
             raise UnknownName(
                 f"{model.name} has no argument or output {name!r} to name; it has "
                 f"{', '.join(known)}",
+                f"names.{name}",
+            )
+    for name, called in names.items():
+        for other in known:
+            if other == name:
+                continue
+            if called == other:
+                why = f"that is {model.name}'s own name of its {kinds[other]} {other}"
+            elif called == names.get(other):
+                why = f"{other} is called that too (names.{other})"
+            else:
+                continue
+            raise GradingError(
+                f"{name} cannot be called {called!r}: {why}, and the label and the diagnoses "
+                "would name the two alike; give each tensor a name of its own",
                 f"names.{name}",
             )
 

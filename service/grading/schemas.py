@@ -41,8 +41,9 @@ Names = Annotated[
         max_length=MAX_NAMES,
         description="What the question calls the model's arguments and outputs, by their "
         'names here (`{"weight": "W"}`): the label and the diagnoses use these names '
-        "(dy/dW, not dy/dweight). An assignment's problems name them after their given "
-        "tensors.",
+        "(dy/dW, not dy/dweight). Each tensor keeps a name of its own: another tensor's name "
+        "here, or the model's own name of another tensor, is refused. An assignment's problems "
+        "name them after their given tensors.",
     ),
 ]
 

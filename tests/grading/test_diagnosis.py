@@ -738,6 +738,28 @@ def test_a_name_for_a_tensor_the_model_does_not_have_is_refused() -> None:
     assert problem.detail.startswith("expected.names.wieght: conv1d has no argument or output")
 
 
+def test_a_name_that_another_tensor_has_is_refused() -> None:
+    """weight called x made dy/dweight's label dy/dx, and dy/dx answered for it was told "This
+    is dy/dx, the Jacobian against x; the question asks for dy/dx, against x"."""
+    for names, why in [
+        ({"weight": "x"}, "that is conv1d's own name of its input x"),
+        ({"weight": "y"}, "that is conv1d's own name of its output y"),
+        ({"weight": "W", "x": "W"}, "x is called that too (names.x)"),
+        ({"weight": "x", "x": "weight"}, "that is conv1d's own name of its input x"),
+    ]:
+        with pytest.raises(CheckFailed) as failed:
+            judge({**JACOBIAN_W, "names": names}, seed_dy_dx().tolist())
+        problem = failed.value.problem
+        assert problem.status == 422
+        called = names["weight"]
+        assert problem.detail == (
+            f"expected.names.weight: weight cannot be called {called!r}: {why}, and the label "
+            "and the diagnoses would name the two alike; give each tensor a name of its own"
+        )
+    # Names of their own, and a tensor called by its own name, are still what they were.
+    assert judge({**JACOBIAN_W, "names": {"weight": "weight", "y": "f"}}, 0)["correct"] is False
+
+
 # An index one time step off is told in time steps, not with the convolution's 2i-1+m.
 
 GATED_PARAMS = {"W_c": [[0.5, -1.0], [1.0, 0.3]], "W_h": [[0.2, 0.1], [-0.4, 0.6]]}

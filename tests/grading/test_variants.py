@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 import pytest
 import torch
 
-from service.grading.catalogue import parse_assignment
+from service.grading.catalogue import AssignmentFileError, load_catalogue, parse_assignment
+from service.grading.checker import spec_validator
 from service.grading.schema import GivenSpec
 from service.grading.variants import draw_given, given_names, make_variant, resolve, variant_seed
+from service.settings import Settings
 from tests.grading.sample import SAMPLE
 
 SECRET = b"a-secret-of-thirty-two-bytes-...."
@@ -171,3 +174,18 @@ def test_an_assignment_file_may_name_a_models_tensors_itself(
     problem = parse_assignment(NAMED_JACOBIAN.replace("NAMES", names), "named.toml").problems[0]
     variant = make_variant(SECRET, "named", problem, "alice")
     assert variant.expected["names"] == expected
+
+
+def test_an_assignment_file_that_names_two_tensors_alike_does_not_load(tmp_path: Path) -> None:
+    """y called W beside the weight given as W: the feedback would say dW/dW."""
+    (tmp_path / "named.toml").write_text(NAMED_JACOBIAN.replace("NAMES", '{ y = "W" }'))
+    validate = spec_validator(Settings())
+    with pytest.raises(AssignmentFileError) as raised:
+        load_catalogue([(tmp_path, "mine")], SECRET, validate)
+    assert str(raised.value) == (
+        "mine/named.toml: problems[0] (j).expected: names.weight: weight cannot be called 'W': "
+        "y is called that too (names.y), and the label and the diagnoses would name the two "
+        "alike; give each tensor a name of its own"
+    )
+    (tmp_path / "named.toml").write_text(NAMED_JACOBIAN.replace("NAMES", '{ y = "f_W" }'))
+    assert load_catalogue([(tmp_path, "mine")], SECRET, validate).assignments

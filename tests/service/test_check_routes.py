@@ -621,8 +621,23 @@ def test_a_product_written_as_on_paper_is_told_to_multiply(
     [
         ({"weight": "W W"}, ["body", "expected", "names", "weight"], "must be 1 to 64 letters"),
         ({"wieght": "W"}, ["body", "expected", "names", "wieght"], "has no argument or output"),
+        (
+            {"weight": "x"},
+            ["body", "expected", "names", "weight"],
+            "weight cannot be called 'x': that is conv1d's own name of its input x",
+        ),
+        (
+            {"weight": "f", "y": "f"},
+            ["body", "expected", "names", "weight"],
+            "weight cannot be called 'f': y is called that too (names.y)",
+        ),
+        (
+            {"weight": "x", "x": "weight"},
+            ["body", "expected", "names", "weight"],
+            "that is conv1d's own name of its input x",
+        ),
     ],
-    ids=["not-a-name", "unknown-tensor"],
+    ids=["not-a-name", "unknown-tensor", "another-tensors-own-name", "a-name-twice", "swapped"],
 )
 def test_a_bad_name_is_a_422_naming_it(
     client: TestClient, names: dict[str, str], loc: list[str], words: str
