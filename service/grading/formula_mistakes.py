@@ -7,7 +7,11 @@ The one family today is the convolution's output size of the seed's 1.1(b),
 ``floor((H + 2P - D(K - 1) - 1) / S) + 1``, whose mistakes are those the conv-shape checker
 knows (``shapes.CONV_SLIPS``: the formula changed in one place), the transposed convolution's
 formula given instead, and two of the changes made together (the floor and the dilation left
-out, as the seed's 1.1(a) formula copied for 1.1(b) gives).
+out, as the seed's 1.1(a) formula copied for 1.1(b) gives). As ceil(N/S) = floor((N - 1)/S)
++ 1, a ceil with the + 1 left out is the same formula as the - 1 taken twice: the ceil pair is
+told to an answer that writes ceil, the one change to any other (``FormulaKey.judge``). Where
+several mistakes (or several pairs) give the same formula, each is told as one of them
+(``formulas.told``).
 
 An answer is diagnosed with a mistake only where it agrees with the mistaken formula at every
 point the answer is checked at (``FormulaKey.judge``); the messages name the mistake in the
@@ -130,11 +134,16 @@ def _size(roles: ConvRoles, slips: Slips) -> Any:
     return lambda point: slipped_size(roles.dim(point), slips)
 
 
+def _writes(slips: Slips) -> frozenset[str]:
+    """What an answer that makes ``slips`` writes that the reference does not: a ceil."""
+    return frozenset({"ceil"}) if slips.rounding == "ceil" else frozenset()
+
+
 def conv_mistakes(roles: ConvRoles) -> tuple[Mistake, ...]:
     """The conv formula's mistakes with these roles: each change alone, the transposed
     convolution's formula, then each two changes made together (simplest first)."""
     singles = [
-        Mistake(((code, message),), _size(roles, slips))
+        Mistake(((code, message),), _size(roles, slips), _writes(slips))
         for code, (slips, message) in CONV_SLIPS.items()
     ]
     transposed = Mistake((TRANSPOSED_FORMULA,), lambda point: transposed_size(roles.dim(point)))
@@ -144,16 +153,9 @@ def conv_mistakes(roles: ConvRoles) -> tuple[Mistake, ...]:
     ):
         both = a | b
         if both is not None:
-            told = ((first, _together(said_a)), (second, _together(said_b)))
-            pairs.append(Mistake(told, _size(roles, both)))
+            told = ((first, said_a), (second, said_b))
+            pairs.append(Mistake(told, _size(roles, both), _writes(both)))
     return (*singles, transposed, *pairs)
-
-
-def _together(message: str) -> str:
-    """The message of one of two mistakes an answer makes at once, saying so: several
-    diagnoses of one answer are otherwise read as alternatives, each of which gives it."""
-    lowered = message[0].lower() + message[1:] if message.startswith("You ") else message
-    return f"Your answer makes 2 mistakes together; this is one of them: {lowered}"
 
 
 def _is_conv_size(key: FormulaKey, roles: ConvRoles) -> tuple[bool, Point | None]:

@@ -246,6 +246,8 @@ class Formula:
     evaluate: Evaluator = field(repr=False, compare=False)
     canonical: str = field(default="", repr=False, compare=False)
     """The parsed tree as text: the same for ``H+1`` and ``(H) + 1``."""
+    calls: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    """The functions it calls (``floor``, ``ceil``, ...)."""
 
     def __call__(self, point: Point) -> Any:
         """The value at ``point``; raises ``Undefined`` where there is none."""
@@ -533,7 +535,12 @@ def parse(
     cleaned, shift = _clean(text, where)
     tree = _syntax(cleaned, shift, where, allow_compare)
     names = _check_tree(tree, cleaned, variables, where, shift, allow_compare)
-    return Formula(text, names, _compile(tree.body, where, shift), ast.dump(tree.body))
+    calls = frozenset(
+        node.func.id
+        for node in ast.walk(tree.body)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    )
+    return Formula(text, names, _compile(tree.body, where, shift), ast.dump(tree.body), calls)
 
 
 def _exact(value: int | Fraction) -> int | Fraction:
@@ -962,15 +969,61 @@ class Mistake:
     it is: an answer that agrees with it wherever the reference is checked is diagnosed so."""
 
     diagnoses: tuple[tuple[str, str], ...]
-    """The ``(code, message)`` of each mistake made, in the words a student is told."""
+    """The ``(code, message)`` of each mistake made, each message as said of that mistake
+    alone (``told`` words them as a student is told them)."""
     value: Callable[[Point], Any]
     """Its value at a point of the key; None where it has none."""
+    writes: frozenset[str] = frozenset()
+    """The functions an answer that makes it writes where the reference does not (``ceil``
+    for a rounding up): two mistakes can give the same formula, one by writing such a
+    function and the other without (ceil(N/S) is floor((N - 1)/S) + 1), and the answer's own
+    calls tell which it made."""
+
+
+def told(found: Sequence[tuple[tuple[str, str], ...]]) -> tuple[tuple[str, str], ...]:
+    """The diagnoses of the mistakes an answer agrees with, each as ``Mistake.diagnoses``,
+    as they are told: one mistake as it is; several made together each saying so (they are
+    otherwise read as alternatives); and where several mistakes (or several ways of making
+    the same number of them) each give the answer, none stated as a fact, as the other
+    checks tell theirs (``diagnosis.alternatives``): only one of them can be the student's,
+    and nothing tells which. A mistake that every way makes is still told as made.
+
+    Example:
+        >>> told([(("a", "You did A."),), (("b", "You did B."),)])[1]
+        ('b', 'Your answer fits 2 mistakes; if yours is this one, you did B.')
+    """
+    if not found:
+        return ()
+    if len(found) == 1 and len(found[0]) == 1:
+        return found[0]
+    made, ways = len(found[0]), len(found)
+    everywhere = set.intersection(*({code for code, _ in way} for way in found))
+    result: list[tuple[str, str]] = []
+    # What every way makes first: it is told as made, the rest as what may have been.
+    in_order = [d for way in found for d in way if d[0] in everywhere]
+    in_order += [d for way in found for d in way if d[0] not in everywhere]
+    for code, message in in_order:
+        if any(code == seen for seen, _ in result):
+            continue  # made every way: told once
+        if made == 1:
+            lead = f"Your answer fits {ways} mistakes; if yours is this one, "
+        elif code in everywhere:
+            lead = f"Your answer makes {made} mistakes together; this is one of them: "
+        else:
+            lead = (
+                f"Your answer makes {made} mistakes together, and {ways} ways of making them "
+                "fit it; if this is one of yours, "
+            )
+        lowered = message[0].lower() + message[1:] if message.startswith("You ") else message
+        result.append((code, lead + lowered))
+    return tuple(result)
 
 
 @dataclass(frozen=True)
 class Judgement:
     """An answer against a key: how many points agree, where it does not (plainest points
-    first), and the diagnoses of the mistake it agrees with at every point, if any."""
+    first), and the diagnoses of the mistakes it agrees with at every point, if any, as they
+    are told (``told``)."""
 
     agree: int
     disagree: list[Disagreement]
@@ -1042,27 +1095,46 @@ class FormulaKey:
         disagree.sort(key=lambda d: (plainness(d[0], self.ranges), str(d[1].point)))
         diagnoses: tuple[tuple[str, str], ...] = ()
         if disagree:
-            diagnoses = self._mistake_of(given_values, rtol, atol)
+            diagnoses = self._mistake_of(given_values, formula.calls, rtol, atol)
         result = Judgement(agree, [d for _, d in disagree[:3]], diagnoses)
         if len(self._cache) < 4096:
             self._cache[cached] = result
         return result
 
     def _mistake_of(
-        self, given: Sequence[Any], rtol: float, atol: float
+        self, given: Sequence[Any], calls: frozenset[str], rtol: float, atol: float
     ) -> tuple[tuple[str, str], ...]:
-        """The diagnoses of the first (simplest) mistake that agrees with ``given`` (an
-        answer's values at the points, None where it has none) at every point; none when no
-        mistake does.
+        """The diagnoses, as told, of the likeliest mistakes that agree with ``given`` (an
+        answer's values at the points, None where it has none; ``calls``, the functions it
+        calls) at every point: the first that does, and every other as likely that does too
+        (``told`` words them as alternatives); none when no mistake does.
 
-        A mistake's values are computed as far as an answer needs them, and kept for the next
-        answer: most wrong answers part from most mistakes at the first few points. A mistake
-        that agrees with the reference everywhere (a ceil where every quotient is whole) is
-        never reached: the answer that agrees with it everywhere is right.
+        Likeliest is first those made by writing a function the answer writes (a ceil, for
+        an answer that calls ceil), then the fewest mistakes made: the same formula is one
+        mistake for an answer without a ceil and two for one with it (``floor((N - 2)/S) +
+        1``, the 1 taken away twice, is ``ceil((N - 1)/S)``, a ceil with the + 1 left out),
+        and the student is told what they wrote. A mistake's values are computed as far as an
+        answer needs them, and kept for the next answer: most wrong answers part from most
+        mistakes at the first few points. A mistake that agrees with the reference everywhere
+        (a ceil where every quotient is whole) is never reached: the answer that agrees with
+        it everywhere is right.
         """
         if len(self._mistaken) != len(self.mistakes):
             self._mistaken = [[] for _ in self.mistakes]
-        for mistake, values in zip(self.mistakes, self._mistaken, strict=True):
+
+        def likeliness(mistake: Mistake) -> tuple[bool, int]:
+            written = bool(mistake.writes) and mistake.writes <= calls
+            return not written, len(mistake.diagnoses)
+
+        # Stable: the order of the key's mistakes (simplest first) within each likeliness.
+        ranked = sorted(
+            zip(self.mistakes, self._mistaken, strict=True), key=lambda m: likeliness(m[0])
+        )
+        found: list[tuple[tuple[str, str], ...]] = []
+        rank: tuple[bool, int] | None = None
+        for mistake, values in ranked:
+            if rank is not None and likeliness(mistake) != rank:
+                break  # less likely than those found
             for index, (point, answer) in enumerate(zip(self.points, given, strict=True)):
                 if index == len(values):
                     values.append(_value_of(mistake, point))
@@ -1072,8 +1144,9 @@ class FormulaKey:
                 if not agrees(value, answer, rtol, atol, exact=self.exact):
                     break
             else:
-                return mistake.diagnoses
-        return ()
+                found.append(mistake.diagnoses)
+                rank = likeliness(mistake)
+        return told(found)
 
 
 def _value_of(mistake: Mistake, point: Point) -> Any:

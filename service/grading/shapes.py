@@ -78,15 +78,19 @@ class Slips:
     padding_once: bool = False
     dilation_ignored: bool = False
     minus_one_missing: bool = False
+    minus_one_extra: bool = False
     stride_ignored: bool = False
     plus_one_missing: bool = False
+    plus_one_extra: bool = False
 
     def __or__(self, other: Slips) -> Slips | None:
         """Both sets of changes made together; None where they change the same thing two
-        ways (rounded up and not rounded at all)."""
+        ways (rounded up and not rounded at all, the - 1 left out and taken twice)."""
         if "floor" not in (self.rounding, other.rounding):
             return None
         merged = {name: getattr(self, name) or getattr(other, name) for name in _CHANGES}
+        if any(merged[a] and merged[b] for a, b in _EXCLUSIVE):
+            return None
         rounding = other.rounding if self.rounding == "floor" else self.rounding
         return Slips(rounding, **merged)
 
@@ -95,9 +99,16 @@ _CHANGES = (
     "padding_once",
     "dilation_ignored",
     "minus_one_missing",
+    "minus_one_extra",
     "stride_ignored",
     "plus_one_missing",
+    "plus_one_extra",
 )
+_EXCLUSIVE = (
+    ("minus_one_missing", "minus_one_extra"),
+    ("plus_one_missing", "plus_one_extra"),
+)
+"""Changes to the same term, which one answer cannot make both of."""
 
 
 def slipped_size(x: Dim, slips: Slips) -> int | Fraction | None:
@@ -110,7 +121,8 @@ def slipped_size(x: Dim, slips: Slips) -> int | Fraction | None:
             return None
         padding = x.once
     span = (x.k - 1) if slips.dilation_ignored else x.d * (x.k - 1)
-    top = x.n + padding - span - (0 if slips.minus_one_missing else 1)
+    taken = 0 if slips.minus_one_missing else 2 if slips.minus_one_extra else 1
+    top = x.n + padding - span - taken
     stride = 1 if slips.stride_ignored else x.s
     steps: int | Fraction
     if slips.rounding == "floor":
@@ -120,7 +132,8 @@ def slipped_size(x: Dim, slips: Slips) -> int | Fraction | None:
     else:
         quotient = Fraction(top, stride)
         steps = quotient.numerator if quotient.denominator == 1 else quotient
-    return steps + (0 if slips.plus_one_missing else 1)
+    added = 0 if slips.plus_one_missing else 2 if slips.plus_one_extra else 1
+    return steps + added
 
 
 def transposed_size(x: Dim) -> int:
@@ -162,9 +175,22 @@ CONV_SLIPS: dict[str, tuple[Slips, str]] = {
         Slips(plus_one_missing=True),
         "You left out the + 1: the first position of the kernel gives an output too.",
     ),
+    "minus_one_extra": (
+        Slips(minus_one_extra=True),
+        "You took away 1 too many: a kernel of size K with dilation D spans D(K - 1) + 1 "
+        "inputs, and taking that span away once keeps it inside the padded input; another - 1 "
+        "leaves out the last place where it fits.",
+    ),
+    "plus_one_extra": (
+        Slips(plus_one_extra=True),
+        "You added 1 too many: the + 1 counts the first position of the kernel, which gives "
+        "one output, not two.",
+    ),
 }
 """The mistakes in the seed's convolution formula, by code: the change and what it is, in the
-homework's notation and without the formula itself (the message may reach a student)."""
+homework's notation and without the formula itself (the message may reach a student). Several
+that give one answer are told in this order (the 1 taken away or added twice last, so that
+the answers the others give are told them as before)."""
 
 TRANSPOSED_FORMULA = (
     "transposed_formula",
@@ -196,7 +222,7 @@ SHAPE_MISTAKES: tuple[ShapeMistake, ...] = tuple(
     )
 )
 """The mistakes of a convolution's output shape (``floor_missing`` gives no whole size, and
-``minus_one_missing`` is a formula's)."""
+``minus_one_missing``, ``minus_one_extra`` and ``plus_one_extra`` are a formula's)."""
 
 TRANSPOSED_MISTAKES: tuple[ShapeMistake, ...] = (
     # No ceil: the transposed formula rounds nothing.

@@ -34,6 +34,10 @@ MISTAKEN: list[tuple[str, list[str]]] = [
     ("(H - K + 2*P)/S + 1", ["floor_missing", "dilation_ignored"]),
     ("floor((H + P - K)/S) + 1", ["padding_counted_once", "dilation_ignored"]),
     ("(H + 2*P - D*(K - 1) - 1)/S", ["floor_missing", "plus_one_missing"]),
+    # One slip, not the ceil and the + 1 left out, that give the same values.
+    ("floor((H + 2*P - D*(K - 1) - 2)/S) + 1", ["minus_one_extra"]),
+    ("floor((H + 2*P - (D*(K - 1) + 1) - 1)/S) + 1", ["minus_one_extra"]),  # 1.1(b)'s forms mixed
+    ("floor((H + 2*P - D*(K - 1) - 1)/S) + 2", ["plus_one_extra"]),
 ]
 RIGHT = [
     "floor((H + 2*P - D*(K - 1) - 1)/S) + 1",
@@ -50,14 +54,15 @@ def oracle(h: int, k: int, p: int, s: int, d: int, codes: list[str]) -> Fraction
         return (h - 1) * s - 2 * p + d * (k - 1) + 1
     padding = p if "padding_counted_once" in codes else 2 * p
     span = (k - 1) if "dilation_ignored" in codes else d * (k - 1)
-    top = h + padding - span - (0 if "minus_one_missing" in codes else 1)
+    minus = 0 if "minus_one_missing" in codes else 2 if "minus_one_extra" in codes else 1
+    top = h + padding - span - minus
     stride = 1 if "stride_ignored" in codes else s
     quotient = Fraction(top, stride)
     if "floor_missing" not in codes:
         quotient = Fraction(
             math.ceil(quotient) if "ceil_instead_of_floor" in codes else math.floor(quotient)
         )
-    return quotient + (0 if "plus_one_missing" in codes else 1)
+    return quotient + (0 if "plus_one_missing" in codes else 2 if "plus_one_extra" in codes else 1)
 
 
 def check(expected: dict[str, Any], answer: str) -> dict[str, Any]:
@@ -134,6 +139,51 @@ def test_whatever_is_diagnosed_agrees_at_every_point() -> None:
     assert told == len(MISTAKEN)
 
 
+def test_the_same_values_are_told_as_the_answer_writes_them() -> None:
+    """ceil(N/S) = floor((N - 1)/S) + 1: the 1 taken away twice gives the values of a ceil
+    with the + 1 left out, and was told as those two mistakes to an answer with no ceil."""
+    for expected in (NAMED_1_1B, DECLARED_1_1B):
+        floor = check(expected, "floor((H + 2*P - D*(K - 1) - 2)/S) + 1")
+        assert codes(floor) == ["minus_one_extra"]
+        assert floor["diagnosis"][0]["message"].startswith("You took away 1 too many: ")
+        ceil = check(expected, "ceil((H + 2*P - D*(K - 1) - 1)/S)")
+        assert codes(ceil) == ["ceil_instead_of_floor", "plus_one_missing"]
+        # ceil(N/S) + 1 is floor((N - 1)/S) + 2: the + 1 added twice, where no ceil is written.
+        assert codes(check(expected, "floor((H + 2*P - D*(K - 1) - 1)/S) + 2")) == [
+            "plus_one_extra"
+        ]
+        again = check(expected, "ceil((H + 2*P - D*(K - 1))/S) + 1")
+        assert codes(again) == ["ceil_instead_of_floor", "minus_one_missing"]
+    # Rounding up written another way is still told as a ceil, one mistake before two.
+    trick = check(NAMED_1_1B, "(H + 2*P - D*(K - 1) - 1 + S - 1)//S + 1")
+    assert codes(trick) == ["ceil_instead_of_floor"]
+
+
+def test_pairs_that_give_the_same_formula_are_told_as_either() -> None:
+    """With the stride ignored, the 1 taken away twice and the + 1 left out give the same
+    formula: the stride is told as made, the other as one of two."""
+    result = check(NAMED_1_1B, "H + 2*P - D*(K - 1) - 1")
+    assert codes(result) == ["stride_ignored", "plus_one_missing", "minus_one_extra"]
+    messages = [d["message"] for d in result["diagnosis"]]
+    assert messages[0].startswith(
+        "Your answer makes 2 mistakes together; this is one of them: you ignored the stride"
+    )
+    either = "Your answer makes 2 mistakes together, and 2 ways of making them fit it; if "
+    assert messages[1].startswith(either + "this is one of yours, you left out the + 1")
+    assert messages[2].startswith(either + "this is one of yours, you took away 1 too many")
+    assert agrees_everywhere("H + 2*P - D*(K - 1) - 1", ["stride_ignored", "plus_one_missing"])
+    assert agrees_everywhere("H + 2*P - D*(K - 1) - 1", ["stride_ignored", "minus_one_extra"])
+
+
+def test_single_mistakes_that_give_the_same_formula_are_told_as_either() -> None:
+    """Without a stride, H - K is both the + 1 left out and the 1 taken away twice."""
+    expected = {"op": "formula", "reference": "H - K + 1", "variables": {"H": [1, 40], "K": [1, 6]}}
+    result = check({**expected, "constraints": ["H >= K"]}, "H - K")
+    assert codes(result) == ["plus_one_missing", "minus_one_extra"]
+    lead = "Your answer fits 2 mistakes; if yours is this one, you "
+    assert all(d["message"].startswith(lead) for d in result["diagnosis"])
+
+
 def test_the_counterexample_is_a_plain_point() -> None:
     """The first point found was D=2, H=2, K=1, P=0, S=4: a dilation with a kernel of one,
     which changes nothing, to show a floor left out."""
@@ -158,6 +208,12 @@ def test_the_counterexample_is_a_plain_point() -> None:
             "(L - 1)*S + K",
             ["transposed_formula"],
         ),
+        (
+            {"op": "formula", "named": "conv1d_output_length"},
+            "floor((L - K - 1)/S) + 1",
+            ["minus_one_extra"],
+        ),
+        ({"op": "formula", "named": "conv1d_output_length"}, "(L - K)//S + 2", ["plus_one_extra"]),
         # recognised by its values, with the width W as the input size
         (
             {
@@ -191,7 +247,14 @@ def test_the_counterexample_is_a_plain_point() -> None:
             ["padding_counted_once"],
         ),
     ],
-    ids=["conv1d-floor", "conv1d-transposed", "recognised-W", "declared-names"],
+    ids=[
+        "conv1d-floor",
+        "conv1d-transposed",
+        "conv1d-minus-one-extra",
+        "conv1d-plus-one-extra",
+        "recognised-W",
+        "declared-names",
+    ],
 )
 def test_other_conv_references_are_diagnosed(
     expected: dict[str, Any], answer: str, mistakes: list[str]
