@@ -207,8 +207,9 @@ class FormulaExpected(TakesComputeOptions):
         "it left out or changed): `auto` (the default) recognises the reference (a `named` "
         "one, or one that is the convolution's output size), `none` diagnoses nothing, "
         "`conv_output_size` declares the reference the convolution's output size of 1.1(b) "
-        "(the floor or the + 1 left out, a ceil, the padding counted once, the dilation or "
-        "the stride ignored, the transposed convolution's formula...; a reference that is "
+        "(the floor, the padding or the + 1 left out, a ceil, the padding counted once, the "
+        "- 1 taken or the + 1 added twice, the dilation or the stride ignored, the transposed "
+        "convolution's formula...; a reference that is "
         'not is a 422), and `{"family": "conv_output_size", "variables": {"H": "W"}}` '
         "declares it with the variables that play its parts.",
     )

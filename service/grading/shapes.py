@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -76,6 +76,7 @@ class Slips:
 
     rounding: Rounding = "floor"
     padding_once: bool = False
+    padding_ignored: bool = False
     dilation_ignored: bool = False
     minus_one_missing: bool = False
     minus_one_extra: bool = False
@@ -85,7 +86,8 @@ class Slips:
 
     def __or__(self, other: Slips) -> Slips | None:
         """Both sets of changes made together; None where they change the same thing two
-        ways (rounded up and not rounded at all, the - 1 left out and taken twice)."""
+        ways (rounded up and not rounded at all, the padding counted once and left out, the
+        - 1 left out and taken twice)."""
         if "floor" not in (self.rounding, other.rounding):
             return None
         merged = {name: getattr(self, name) or getattr(other, name) for name in _CHANGES}
@@ -97,6 +99,7 @@ class Slips:
 
 _CHANGES = (
     "padding_once",
+    "padding_ignored",
     "dilation_ignored",
     "minus_one_missing",
     "minus_one_extra",
@@ -105,6 +108,7 @@ _CHANGES = (
     "plus_one_extra",
 )
 _EXCLUSIVE = (
+    ("padding_once", "padding_ignored"),
     ("minus_one_missing", "minus_one_extra"),
     ("plus_one_missing", "plus_one_extra"),
 )
@@ -115,7 +119,7 @@ def slipped_size(x: Dim, slips: Slips) -> int | Fraction | None:
     """The output size of one dimension by the seed's formula with ``slips`` made (none: the
     right size), in exact arithmetic: a fraction where the rounding is left out. None where a
     change has no meaning for this dimension (padding counted once where the sides differ)."""
-    padding = x.padding
+    padding = 0 if slips.padding_ignored else x.padding
     if slips.padding_once:
         if x.once is None:
             return None
@@ -156,6 +160,11 @@ CONV_SLIPS: dict[str, tuple[Slips, str]] = {
     "padding_counted_once": (
         Slips(padding_once=True),
         "You counted the padding once (P instead of 2P): it is added on both sides.",
+    ),
+    "padding_ignored": (
+        Slips(padding_ignored=True),
+        "You left out the padding: P is added on both sides of the input, 2P in all, before "
+        "the kernel slides over it.",
     ),
     "dilation_ignored": (
         Slips(dilation_ignored=True),
@@ -211,18 +220,38 @@ def _slipped(slips: Slips) -> Callable[[Dim], int | None]:
     return size
 
 
-SHAPE_MISTAKES: tuple[ShapeMistake, ...] = tuple(
-    ShapeMistake(code, _slipped(CONV_SLIPS[code][0]), CONV_SLIPS[code][1])
-    for code in (
-        "ceil_instead_of_floor",
-        "padding_counted_once",
-        "dilation_ignored",
-        "stride_ignored",
-        "plus_one_missing",
-    )
+def _odd_padding_left_out(x: Dim) -> int | None:
+    """The size with the padding of the side before the input on both sides: "same" with an
+    odd D(K - 1) read as the same P on each side, one short in all; None where the sides are
+    padded alike (no odd one to leave out)."""
+    if x.before == x.after:
+        return None
+    return _slipped(Slips())(replace(x, after=x.before))
+
+
+def _from_slip(code: str) -> ShapeMistake:
+    slips, message = CONV_SLIPS[code]
+    return ShapeMistake(code, _slipped(slips), message)
+
+
+SHAPE_MISTAKES: tuple[ShapeMistake, ...] = (
+    _from_slip("ceil_instead_of_floor"),
+    _from_slip("padding_counted_once"),
+    _from_slip("padding_ignored"),
+    ShapeMistake(
+        "odd_padding_left_out",
+        _odd_padding_left_out,
+        'Your padding is one short: "same" pads D(K - 1) in all, and where that is odd, one '
+        "more after the input than before it.",
+    ),
+    _from_slip("dilation_ignored"),
+    _from_slip("stride_ignored"),
+    _from_slip("plus_one_missing"),
 )
-"""The mistakes of a convolution's output shape (``floor_missing`` gives no whole size, and
-``minus_one_missing``, ``minus_one_extra`` and ``plus_one_extra`` are a formula's)."""
+"""The mistakes of a convolution's output shape, in the order several that give one size are
+told in (``floor_missing`` gives no whole size, and ``minus_one_missing``, ``minus_one_extra``
+and ``plus_one_extra`` are a formula's). ``odd_padding_left_out`` is a shape's alone: a
+formula's P pads both sides alike."""
 
 TRANSPOSED_MISTAKES: tuple[ShapeMistake, ...] = (
     # No ceil: the transposed formula rounds nothing.
@@ -231,6 +260,12 @@ TRANSPOSED_MISTAKES: tuple[ShapeMistake, ...] = (
         lambda x: (x.n - 1) * x.s - x.before + x.d * (x.k - 1) + x.op + 1,
         "You counted the padding once (P instead of 2P): a transposed convolution removes it "
         "from both ends of its output.",
+    ),
+    ShapeMistake(
+        "padding_ignored",
+        lambda x: (x.n - 1) * x.s + x.d * (x.k - 1) + x.op + 1,
+        "You left out the padding: a transposed convolution removes P from both ends of its "
+        "output, 2P in all.",
     ),
     ShapeMistake(
         "dilation_ignored",

@@ -262,6 +262,12 @@ MISTAKES: list[tuple[str, dict[str, Any], Any, str]] = [
         "padding_counted_once",
     ),
     (
+        "padding-ignored",
+        {"op": "conv_shape", "input_size": [32, 20], "kernel_size": 3, "padding": 2},
+        [32 - 3 + 1, 20 - 3 + 1],
+        "padding_ignored",
+    ),
+    (
         "dilation-ignored",
         {"op": "conv_shape", "input_size": [32], "kernel_size": 3, "padding": 1, "dilation": 2},
         [shape_size(32, 3, p=1)],
@@ -278,11 +284,13 @@ MISTAKES: list[tuple[str, dict[str, Any], Any, str]] = [
     ("same-plus-one", SHAPE_SAME, [10 - 1], "plus_one_missing"),
     ("same-padding-once", SHAPE_SAME, [10 + 2 - 4], "padding_counted_once"),
     ("same-dilation", SHAPE_SAME, [shape_size(10, 3, p=2)], "dilation_ignored"),
+    ("same-padding-ignored", SHAPE_SAME, [10 - 4], "padding_ignored"),
     # Transposed: (in - 1) S - 2P + D(K - 1) + output_padding + 1 = 8 - 2 + 4 + 1 + 1 = 12.
     ("transposed-padding-once", SHAPE_TRANSPOSED, [8 - 1 + 4 + 1 + 1], "padding_counted_once"),
     ("transposed-dilation", SHAPE_TRANSPOSED, [8 - 2 + 2 + 1 + 1], "dilation_ignored"),
     ("transposed-stride", SHAPE_TRANSPOSED, [4 - 2 + 4 + 1 + 1], "stride_ignored"),
     ("transposed-plus-one", SHAPE_TRANSPOSED, [8 - 2 + 4 + 1], "plus_one_missing"),
+    ("transposed-padding-ignored", SHAPE_TRANSPOSED, [8 + 4 + 1 + 1], "padding_ignored"),
 ]
 
 
@@ -695,11 +703,13 @@ def test_a_one_number_answer_of_zero_is_just_wrong() -> None:
 def test_same_padding_diagnoses_only_what_stays_a_mistake() -> None:
     """With "same" (stride 1) a ceil or an ignored stride gives the right size: no mistake to
     find. With an odd D(K - 1) the two sides differ (1 and 2 for K = 4): there is no one P
-    that could have been counted once, so that mistake is not guessed at."""
+    that could have been counted once, so that mistake is not guessed at; 1 on each side, the
+    odd one left out, gives one less, as the + 1 left out does."""
     same = {"op": "conv_shape", "input_size": [10], "kernel_size": 4, "padding": "same"}
     assert judge(same, [10])["correct"] is True
-    assert codes(judge(same, [9])) == ["plus_one_missing"]
+    assert codes(judge(same, [9])) == ["odd_padding_left_out", "plus_one_missing"]
     assert codes(judge(same, [10 + 1 - 3])) == []  # 1 once, or 2 once minus one: no story
+    assert codes(judge(same, [10 - 3])) == ["padding_ignored"]
 
 
 def test_transposed_shapes_are_not_diagnosed_with_the_convolutions_rounding() -> None:
@@ -963,16 +973,19 @@ def test_a_factor_of_a_value_key_names_no_axis() -> None:
 # Several mistakes that give the same answer are each told as one of them, none as a fact.
 
 
-def test_a_shape_that_two_mistakes_give_is_told_as_either() -> None:
-    """in 7, K 3, P 1, S 2: floor((7 + 1 - 3)/2) + 1 = 3 (the padding once) and
-    floor((7 + 2 - 3)/2) = 3 (no + 1): both were stated as facts."""
+def test_a_shape_that_several_mistakes_give_is_told_as_each() -> None:
+    """in 7, K 3, P 1, S 2: floor((7 + 1 - 3)/2) + 1 = 3 (the padding once),
+    floor((7 - 3)/2) + 1 = 3 (no padding) and floor((7 + 2 - 3)/2) = 3 (no + 1): all were
+    stated as facts, then the padding left out was not told at all."""
     expected = {"op": "conv_shape", "input_size": [7], "kernel_size": 3, "padding": 1}
     result = judge({**expected, "stride": 2}, [3])
     assert result["correct"] is False
-    assert codes(result) == ["padding_counted_once", "plus_one_missing"]
-    lead = "Your answer fits 2 mistakes; if yours is this one, "
+    assert codes(result) == ["padding_counted_once", "padding_ignored", "plus_one_missing"]
+    lead = "Your answer fits 3 mistakes; if yours is this one, "
     assert [d["message"] for d in result["diagnosis"]] == [
         lead + "you counted the padding once (P instead of 2P): it is added on both sides.",
+        lead + "you left out the padding: P is added on both sides of the input, 2P in all, "
+        "before the kernel slides over it.",
         lead + "you left out the + 1: the first position of the kernel gives an output too.",
     ]
     # One mistake alone is said as before: P = 2, S = 1 is 9; once, 7; without + 1, 8.
@@ -983,6 +996,50 @@ def test_a_shape_that_two_mistakes_give_is_told_as_either() -> None:
             "message": "You counted the padding once (P instead of 2P): it is added on both sides.",
         }
     ]
+
+
+@pytest.mark.parametrize(
+    ("expected", "answer", "mistakes"),
+    [
+        # floor((32 - 4 - 1)/2) + 1 = 14 without the padding, floor((32 + 2 - 4 - 1)/2) = 14
+        # without the + 1: "You left out the + 1" was said as a fact.
+        (
+            {"input_size": [32], "kernel_size": 3, "padding": 1, "stride": 2, "dilation": 2},
+            [14],
+            ["padding_ignored", "plus_one_missing"],
+        ),
+        (
+            {"input_size": [12], "kernel_size": 5, "padding": 2, "stride": 4},
+            [2],
+            ["padding_ignored", "plus_one_missing"],
+        ),
+        # "same" pads 1 before and 2 after: 1 on each side gives 7, as the + 1 left out does.
+        (
+            {"input_size": [8], "kernel_size": 4, "padding": "same"},
+            [7],
+            ["odd_padding_left_out", "plus_one_missing"],
+        ),
+        (
+            {"input_size": [33], "kernel_size": 3, "padding": 1, "stride": 2},
+            [16],
+            ["padding_counted_once", "padding_ignored", "plus_one_missing"],
+        ),
+        # Alone, as a fact: 1 padded on each side of 32 gives 32; without it, 30.
+        ({"input_size": [32], "kernel_size": 3, "padding": 1}, [30], ["padding_ignored"]),
+    ],
+    ids=["dilated", "strided", "same-odd", "three", "alone"],
+)
+def test_padding_left_out_is_told_with_the_others_that_give_the_size(
+    expected: dict[str, Any], answer: list[int], mistakes: list[str]
+) -> None:
+    result = judge({"op": "conv_shape", **expected}, answer)
+    assert result["correct"] is False
+    assert codes(result) == mistakes
+    lead = f"Your answer fits {len(mistakes)} mistakes; if yours is this one, "
+    if len(mistakes) == 1:
+        lead = ""
+    assert all(d["message"].startswith(lead) for d in result["diagnosis"])
+    assert all("padding" in d["message"] for d in result["diagnosis"] if "padding" in d["code"])
 
 
 def test_a_tensor_that_two_mistakes_give_is_told_as_either() -> None:

@@ -25,6 +25,7 @@ MISTAKEN: list[tuple[str, list[str]]] = [
     ("(H + 2*P - D*(K - 1) - 1)/S + 1", ["floor_missing"]),
     ("ceil((H + 2*P - D*(K - 1) - 1)/S) + 1", ["ceil_instead_of_floor"]),
     ("floor((H + P - D*(K - 1) - 1)/S) + 1", ["padding_counted_once"]),
+    ("floor((H - D*(K - 1) - 1)/S) + 1", ["padding_ignored"]),
     ("floor((H + 2*P - K)/S) + 1", ["dilation_ignored"]),  # the seed's 1.1(a) formula
     ("floor((H + 2*P - D*(K - 1))/S) + 1", ["minus_one_missing"]),
     ("H + 2*P - D*(K - 1)", ["stride_ignored"]),
@@ -33,6 +34,7 @@ MISTAKEN: list[tuple[str, list[str]]] = [
     # Two mistakes at once: 1.1(a)'s formula without its floor, the typical answer to 1.1(b).
     ("(H - K + 2*P)/S + 1", ["floor_missing", "dilation_ignored"]),
     ("floor((H + P - K)/S) + 1", ["padding_counted_once", "dilation_ignored"]),
+    ("floor((H - K)/S) + 1", ["padding_ignored", "dilation_ignored"]),  # 1.1(a)'s, unpadded
     ("(H + 2*P - D*(K - 1) - 1)/S", ["floor_missing", "plus_one_missing"]),
     # One slip, not the ceil and the + 1 left out, that give the same values.
     ("floor((H + 2*P - D*(K - 1) - 2)/S) + 1", ["minus_one_extra"]),
@@ -52,7 +54,7 @@ def oracle(h: int, k: int, p: int, s: int, d: int, codes: list[str]) -> Fraction
     own check, independent of the service)."""
     if codes == ["transposed_formula"]:
         return (h - 1) * s - 2 * p + d * (k - 1) + 1
-    padding = p if "padding_counted_once" in codes else 2 * p
+    padding = p if "padding_counted_once" in codes else 0 if "padding_ignored" in codes else 2 * p
     span = (k - 1) if "dilation_ignored" in codes else d * (k - 1)
     minus = 0 if "minus_one_missing" in codes else 2 if "minus_one_extra" in codes else 1
     top = h + padding - span - minus
