@@ -15,7 +15,8 @@ several mistakes (or several pairs) give the same formula, each is told as one o
 
 An answer is diagnosed with a mistake only where it agrees with the mistaken formula at every
 point the answer is checked at (``FormulaKey.judge``); the messages name the mistake in the
-homework's notation and never state the reference.
+homework's notation, with the variables of the formula asked (``shapes.Notation``), and never
+state the reference.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from service.grading.errors import FormulaError
 from service.grading.formulas import FormulaKey, Mistake, Point, Range, same_value
 from service.grading.shapes import (
     CONV_SLIPS,
-    TRANSPOSED_FORMULA,
     Dim,
+    Notation,
     Slips,
     slipped_size,
+    transposed_formula,
     transposed_size,
 )
 
@@ -80,6 +82,12 @@ class ConvRoles:
             if len(self._dims) < 4096:
                 self._dims[values] = found
         return found
+
+    def notation(self) -> Notation:
+        """The messages' names for the parts: the variables that play them."""
+        names = self.names
+        assert names["H"] is not None and names["K"] is not None  # _resolve refuses less
+        return Notation(names["H"], names["K"], names["P"], names["S"], names["D"])
 
 
 def _resolve(
@@ -141,16 +149,24 @@ def _writes(slips: Slips) -> frozenset[str]:
 
 def conv_mistakes(roles: ConvRoles) -> tuple[Mistake, ...]:
     """The conv formula's mistakes with these roles: each change alone, the transposed
-    convolution's formula, then each two changes made together (simplest first)."""
-    singles = [
-        Mistake(((code, message),), _size(roles, slips), _writes(slips))
-        for code, (slips, message) in CONV_SLIPS.items()
+    convolution's formula, then each two changes made together (simplest first).
+
+    A change to a part no variable plays (the padding of 1.1(c)'s ``floor((L - K)/S) + 1``)
+    changes nothing and is left out, and the messages name the formula's own variables: a
+    student asked about L, K and S is told of no padding or dilation."""
+    notation = roles.notation()
+    played = {role for role, name in roles.names.items() if name is not None}
+    slips = [
+        (code, slip.slips, slip.message(notation))
+        for code, slip in CONV_SLIPS.items()
+        if slip.parts <= played
     ]
-    transposed = Mistake((TRANSPOSED_FORMULA,), lambda point: transposed_size(roles.dim(point)))
+    singles = [Mistake(((code, said),), _size(roles, s), _writes(s)) for code, s, said in slips]
+    transposed = Mistake(
+        (transposed_formula(notation),), lambda point: transposed_size(roles.dim(point))
+    )
     pairs = []
-    for (first, (a, said_a)), (second, (b, said_b)) in itertools.combinations(
-        CONV_SLIPS.items(), 2
-    ):
+    for (first, a, said_a), (second, b, said_b) in itertools.combinations(slips, 2):
         both = a | b
         if both is not None:
             told = ((first, said_a), (second, said_b))

@@ -146,51 +146,126 @@ def transposed_size(x: Dim) -> int:
     return (x.n - 1) * x.s - x.padding + x.d * (x.k - 1) + x.op + 1
 
 
-CONV_SLIPS: dict[str, tuple[Slips, str]] = {
-    "floor_missing": (
+@dataclass(frozen=True)
+class Notation:
+    """The names a message gives the parts of the convolution formula: the homework's letters
+    (a shape's mistakes), or the variables of a formula that plays them, None for a part the
+    formula does not have (1.1(c)'s ``floor((L - K)/S) + 1`` has no P and no D)."""
+
+    input: str = "in"
+    K: str = "K"
+    P: str | None = "P"
+    S: str | None = "S"
+    D: str | None = "D"
+
+    def words(self) -> dict[str, str]:
+        """The phrases of ``ConvSlip.text`` in this notation (a part it lacks as absent:
+        no padding, stride 1, no dilation), never naming a part it lacks."""
+        k = self.K
+        span = _times(self.D, f"({k} - 1)") if self.D else f"{k} - 1"
+        spanned = f"{span} + 1" if self.D else k
+        kernel = f"a kernel of size {k}" + (f" with dilation {self.D}" if self.D else "")
+        transposed = _times(f"({self.input} - 1)", self.S) if self.S else f"{self.input} - 1"
+        transposed += f" - {_times('2', self.P)}" if self.P else ""
+        transposed += f" + {spanned}"
+        return {
+            "K": k,
+            "P": self.P or "",
+            "2P": _times("2", self.P) if self.P else "",
+            "S": self.S or "",
+            "span": span,
+            "spanned": spanned,
+            "kernel": kernel,
+            "input": "the padded input" if self.P else "the input",
+            # The seed's - D(K - 1) - 1 has a - 1 to leave out; 1.1(c)'s - K has none.
+            "short": "You left out the - 1" if self.D else f"You took away only {k} - 1",
+            "transposed": transposed,
+            "divided": (
+                f" and divides by the stride {self.S} instead of multiplying by it"
+                if self.S
+                else ", which shrinks it"
+            ),
+        }
+
+
+def _times(factor: str, name: str) -> str:
+    """``factor`` times ``name`` as the homework writes it (``2P``, ``D(K - 1)``, ``(in - 1)
+    S``), with a ``*`` where a name is longer than a letter (``2*pad``): ``2pad`` reads as one
+    name."""
+    plain = all(len(x) == 1 or x.isdigit() or x.startswith("(") for x in (factor, name))
+    if not plain:
+        return f"{factor}*{name}"
+    return f"{factor} {name}" if factor.endswith(")") else f"{factor}{name}"
+
+
+LETTERS = Notation()
+"""The homework's letters, every part present: the notation of a shape's mistakes."""
+
+
+@dataclass(frozen=True)
+class ConvSlip:
+    """One change to the seed's formula: the change, what it is (``text``, in the phrases of
+    ``Notation.words``), and the parts it changes, without which it changes nothing."""
+
+    slips: Slips
+    text: str
+    parts: frozenset[str] = frozenset()
+
+    def message(self, notation: Notation = LETTERS) -> str:
+        """What the change is, in ``notation``."""
+        return self.text.format_map(notation.words())
+
+
+CONV_SLIPS: dict[str, ConvSlip] = {
+    "floor_missing": ConvSlip(
         Slips(rounding="none"),
-        "You left out the floor: the kernel moves in whole steps of S, so the number of steps "
+        "You left out the floor: the kernel moves in whole steps of {S}, so the number of steps "
         "after the first position is rounded down before adding 1 (a size is a whole number).",
+        frozenset("S"),
     ),
-    "ceil_instead_of_floor": (
+    "ceil_instead_of_floor": ConvSlip(
         Slips(rounding="ceil"),
         "You rounded up (ceil) where the formula rounds down (floor): a last window that does "
-        "not fit inside the padded input gives no output.",
+        "not fit inside {input} gives no output.",
+        frozenset("S"),
     ),
-    "padding_counted_once": (
+    "padding_counted_once": ConvSlip(
         Slips(padding_once=True),
-        "You counted the padding once (P instead of 2P): it is added on both sides.",
+        "You counted the padding once ({P} instead of {2P}): it is added on both sides.",
+        frozenset("P"),
     ),
-    "padding_ignored": (
+    "padding_ignored": ConvSlip(
         Slips(padding_ignored=True),
-        "You left out the padding: P is added on both sides of the input, 2P in all, before "
+        "You left out the padding: {P} is added on both sides of the input, {2P} in all, before "
         "the kernel slides over it.",
+        frozenset("P"),
     ),
-    "dilation_ignored": (
+    "dilation_ignored": ConvSlip(
         Slips(dilation_ignored=True),
-        "You ignored the dilation: a kernel of size K with dilation D spans D(K - 1) + 1 inputs.",
+        "You ignored the dilation: {kernel} spans {spanned} inputs.",
+        frozenset("D"),
     ),
-    "minus_one_missing": (
+    "minus_one_missing": ConvSlip(
         Slips(minus_one_missing=True),
-        "You left out the - 1: a kernel of size K with dilation D spans D(K - 1) + 1 inputs, "
-        "not D(K - 1), and all of them must fit inside the padded input.",
+        "{short}: {kernel} spans {spanned} inputs, not {span}, and all of them must fit inside "
+        "{input}.",
     ),
-    "stride_ignored": (
+    "stride_ignored": ConvSlip(
         Slips(stride_ignored=True),
-        "You ignored the stride: the kernel moves S positions at a time, so divide by S "
+        "You ignored the stride: the kernel moves {S} positions at a time, so divide by {S} "
         "(rounding down) before adding 1.",
+        frozenset("S"),
     ),
-    "plus_one_missing": (
+    "plus_one_missing": ConvSlip(
         Slips(plus_one_missing=True),
         "You left out the + 1: the first position of the kernel gives an output too.",
     ),
-    "minus_one_extra": (
+    "minus_one_extra": ConvSlip(
         Slips(minus_one_extra=True),
-        "You took away 1 too many: a kernel of size K with dilation D spans D(K - 1) + 1 "
-        "inputs, and taking that span away once keeps it inside the padded input; another - 1 "
-        "leaves out the last place where it fits.",
+        "You took away 1 too many: {kernel} spans {spanned} inputs, and taking that span away "
+        "once keeps it inside {input}; another - 1 leaves out the last place where it fits.",
     ),
-    "plus_one_extra": (
+    "plus_one_extra": ConvSlip(
         Slips(plus_one_extra=True),
         "You added 1 too many: the + 1 counts the first position of the kernel, which gives "
         "one output, not two.",
@@ -201,13 +276,15 @@ homework's notation and without the formula itself (the message may reach a stud
 that give one answer are told in this order (the 1 taken away or added twice last, so that
 the answers the others give are told them as before)."""
 
-TRANSPOSED_FORMULA = (
-    "transposed_formula",
-    "You gave the size of a transposed convolution, (in - 1) S - 2P + D(K - 1) + 1, which "
-    "enlarges its input; a convolution slides the kernel over the padded input and divides by "
-    "the stride S instead of multiplying by it.",
-)
-"""The code and the message of the transposed convolution's formula given for a convolution's."""
+
+def transposed_formula(notation: Notation = LETTERS) -> tuple[str, str]:
+    """The code and the message of the transposed convolution's formula given for a
+    convolution's, in ``notation``."""
+    text = (
+        "You gave the size of a transposed convolution, {transposed}, which enlarges its "
+        "input; a convolution slides the kernel over {input}{divided}."
+    )
+    return "transposed_formula", text.format_map(notation.words())
 
 
 def _slipped(slips: Slips) -> Callable[[Dim], int | None]:
@@ -230,8 +307,8 @@ def _odd_padding_left_out(x: Dim) -> int | None:
 
 
 def _from_slip(code: str) -> ShapeMistake:
-    slips, message = CONV_SLIPS[code]
-    return ShapeMistake(code, _slipped(slips), message)
+    slip = CONV_SLIPS[code]
+    return ShapeMistake(code, _slipped(slip.slips), slip.message())
 
 
 SHAPE_MISTAKES: tuple[ShapeMistake, ...] = (

@@ -5,14 +5,16 @@ every point checked; and a plain counterexample."""
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 from typing import Any
 
 import pytest
 
 from service.grading.check import CheckFailed, check_one
+from service.grading.formula_mistakes import with_mistakes
 from service.grading.formulas import formula_key, parse
-from service.grading.schemas import CheckRequest
+from service.grading.schemas import CheckRequest, FormulaExpected
 from service.settings import Settings
 from tests.grading.test_diagnosis import FORMULA_1_1B
 
@@ -262,6 +264,88 @@ def test_other_conv_references_are_diagnosed(
     expected: dict[str, Any], answer: str, mistakes: list[str]
 ) -> None:
     assert codes(check(expected, answer)) == mistakes
+
+
+CONV1D = {"op": "formula", "named": "conv1d_output_length"}
+W_PADDED = {
+    "op": "formula",
+    "reference": "(W + 2*P - K)//S + 1",
+    "variables": {"W": [1, 32], "K": [1, 5], "P": [0, 2], "S": [1, 3]},
+    "constraints": ["W + 2*P >= K"],
+}
+RENAMED = {
+    "op": "formula",
+    "reference": "floor((n + 2*pad - dil*(k - 1) - 1)/st) + 1",
+    "variables": {"n": [1, 40], "k": [1, 5], "pad": [0, 2], "st": [1, 3], "dil": [1, 3]},
+    "constraints": ["n + 2*pad >= dil*(k - 1) + 1"],
+    "mistakes": {
+        "family": "conv_output_size",
+        "variables": {"H": "n", "K": "k", "P": "pad", "S": "st", "D": "dil"},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("expected", "letters", "words"),
+    [
+        (CONV1D, {"L", "K", "S"}, {"padd", "dilation"}),
+        (W_PADDED, {"W", "K", "P", "S"}, {"dilation"}),
+        (RENAMED, set(), set()),
+    ],
+    ids=["conv1d", "no-dilation", "renamed"],
+)
+def test_the_messages_name_only_the_formulas_variables(
+    expected: dict[str, Any], letters: set[str], words: set[str]
+) -> None:
+    """1.1(c)'s floor((L - K)/S) + 1 was told of "dilation D" and "the padded input"."""
+    request = CheckRequest.model_validate({"expected": expected, "answer": "0"}).expected
+    assert isinstance(request, FormulaExpected)
+    key = formula_key(request.reference, request.named, request.variables, request.constraints)
+    mistakes = request.mistakes
+    declared = mistakes if isinstance(mistakes, str) else mistakes.model_dump()
+    key = with_mistakes(key, declared, request.named)
+    told = [m for mistake in key.mistakes for _, m in mistake.diagnoses]
+    assert len(told) > 10
+    for message in told:
+        assert set(re.findall(r"\b[A-Z]\b", message)) <= letters, message
+        assert not any(word in message for word in words), message
+
+
+@pytest.mark.parametrize(
+    ("expected", "answer", "message"),
+    [
+        (
+            CONV1D,
+            "floor((L - K + 1)/S) + 1",
+            "You took away only K - 1: a kernel of size K spans K inputs, not K - 1, and all of "
+            "them must fit inside the input.",
+        ),
+        (
+            CONV1D,
+            "floor((L - K - 1)/S) + 1",
+            "You took away 1 too many: a kernel of size K spans K inputs, and taking that span "
+            "away once keeps it inside the input; another - 1 leaves out the last place where "
+            "it fits.",
+        ),
+        (
+            CONV1D,
+            "(L - 1)*S + K",
+            "You gave the size of a transposed convolution, (L - 1) S + K, which enlarges its "
+            "input; a convolution slides the kernel over the input and divides by the stride S "
+            "instead of multiplying by it.",
+        ),
+        (
+            RENAMED,
+            "floor((n + pad - dil*(k - 1) - 1)/st) + 1",
+            "You counted the padding once (pad instead of 2*pad): it is added on both sides.",
+        ),
+    ],
+    ids=["conv1d-minus-one", "conv1d-minus-one-extra", "conv1d-transposed", "renamed-padding"],
+)
+def test_a_mistake_is_told_in_the_formulas_variables(
+    expected: dict[str, Any], answer: str, message: str
+) -> None:
+    assert [d["message"] for d in check(expected, answer)["diagnosis"]] == [message]
 
 
 def test_mistakes_none_diagnoses_nothing() -> None:
