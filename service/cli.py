@@ -64,6 +64,22 @@ def settings_problem(error: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(reasons)
 
 
+def _within(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an int from ``low`` to ``high``, as the setting of the same name
+    allows (``--port 70000`` ended in a traceback, ``--workers 0`` in one worker)."""
+
+    def read(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
+        return value
+
+    return read
+
+
 def parser() -> argparse.ArgumentParser:
     settings = get_settings()
     root = argparse.ArgumentParser(
@@ -73,8 +89,12 @@ def parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default=settings.host, help="default: %(default)s")
-    serve.add_argument("--port", type=int, default=settings.port, help="default: %(default)s")
-    serve.add_argument("--workers", type=int, default=settings.workers, help="default: %(default)s")
+    serve.add_argument(
+        "--port", type=_within(1, 65535), default=settings.port, help="default: %(default)s"
+    )
+    serve.add_argument(
+        "--workers", type=_within(1, 64), default=settings.workers, help="default: %(default)s"
+    )
     serve.set_defaults(run=run_serve)
 
     health = commands.add_parser(
@@ -196,7 +216,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"tensorgrade: {error}", file=sys.stderr)
         return 2
     warnings = serve_warnings(settings, args.workers)
-    with shared_variant_secret(settings):
+    with served_as(args), shared_variant_secret(settings):
         try:
             problem = check_assignments(get_settings(), args.workers)
         except RuntimeError as error:  # the check itself failed: so would every worker
@@ -209,7 +229,11 @@ def run_serve(args: argparse.Namespace) -> int:
             ensure_logging(settings.log_level)  # JSON on stderr, as every line of the service
             for warning in warnings:
                 logging.getLogger("tensorgrade").warning(warning)
-        prepare_multiprocess_dir()
+        try:
+            prepare_multiprocess_dir()
+        except ValueError as error:
+            print(f"tensorgrade: invalid configuration: {error}", file=sys.stderr)
+            return 2
         uvicorn.run(
             "service.app:app",
             host=args.host,
@@ -227,6 +251,35 @@ def run_serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         )
     return 0
+
+
+SERVED_AS = {
+    "host": "TENSORGRADE_HOST",
+    "port": "TENSORGRADE_PORT",
+    "workers": "TENSORGRADE_WORKERS",
+}
+"""The options of ``serve`` that the workers read as settings, by the variable they read."""
+
+
+@contextmanager
+def served_as(args: argparse.Namespace) -> Iterator[None]:
+    """``serve``'s ``--host``, ``--port`` and ``--workers`` as the settings of its workers (in
+    their environment): a worker divides the cores among ``workers`` for its torch threads,
+    and ``--workers 4`` on 16 cores otherwise gave each of the 4 all 16. The environment is as
+    it was once the server is done; settings read inside see them."""
+    before = {name: os.environ.get(name) for name in SERVED_AS.values()}
+    for option, name in SERVED_AS.items():
+        os.environ[name] = str(getattr(args, option))
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()
 
 
 @contextmanager

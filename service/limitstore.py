@@ -30,7 +30,9 @@ def open_storage(uri: str) -> Storage:
         )
     try:
         storage = storage_from_string(uri, wrap_exceptions=True)
-    except ConfigurationError as error:
+    except (ConfigurationError, ValueError) as error:
+        # ValueError: the Redis client's own, for a URL it cannot read (a port that is no
+        # number); said under the setting's name, as the library's own errors are.
         reason = str(error).replace(uri, f"{scheme}://...")
         if rest:
             reason = reason.replace(rest, "...")

@@ -76,14 +76,24 @@ def prepare_multiprocess_dir() -> None:
 
     Call once before the workers start (``tensorgrade serve`` does); never from a worker, which
     would delete its siblings' counts.
+
+    Raises:
+        ValueError: the folder cannot be made or emptied (a read-only file system); the
+            message names the variable and why.
     """
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         return
     path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    except OSError as error:
+        raise ValueError(
+            f"{MULTIPROC_ENV}={directory}: cannot make or empty it ({error.strerror or error}); "
+            "point it at a writable folder (in a container, a tmpfs or an emptyDir)"
+        ) from None
 
 
 # The labelled children of REQUESTS and LATENCY by (method, route, status): looking them up

@@ -166,6 +166,12 @@ JSON_PROBLEM = "tensorgrade.json_problem"
 """Scope key of the 422 ``Problem`` of a JSON body the strict parser refused."""
 
 
+CLIENT_GONE = "tensorgrade.client_gone"
+"""Scope key set when the client disconnected before its body was whole: the request is counted
+and logged as a 499 (nginx's "client closed request"), not as the 500 of a request the app
+never answered, nor as the 400 FastAPI answers a body it could not read whole."""
+CLIENT_CLOSED_REQUEST = 499
+
 QUERY_PROBLEM = "tensorgrade.query_problem"
 """Scope key of the 422 ``Problem`` of a query parameter that is not UTF-8."""
 
@@ -419,6 +425,8 @@ class EdgeMiddleware:
                 lambda: started,
             )
         finally:
+            if scope.get(CLIENT_GONE):  # whatever the app answered, nobody read it
+                status = CLIENT_CLOSED_REQUEST
             record_request_done(
                 scope, path, method, root_path, status, time.perf_counter() - start, request_id
             )
@@ -507,7 +515,8 @@ class EdgeMiddleware:
             if json_body:
                 await self._json(scope, receive, send, deadlines, deadline, held)
             else:
-                await self.app(scope, self._counting(receive, deadlines, deadline, held), send)
+                counting = self._counting(scope, receive, deadlines, deadline, held)
+                await self.app(scope, counting, send)
         except (BodyTooLarge, BodyTimeout, BodyBusy) as error:
             if started():
                 raise
@@ -533,6 +542,7 @@ class EdgeMiddleware:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    scope[CLIENT_GONE] = True
                     return
                 chunk = message.get("body", b"")
                 received += len(chunk)
@@ -570,7 +580,12 @@ class EdgeMiddleware:
             held.size = received
 
     def _counting(
-        self, receive: Receive, deadlines: BodyDeadlines, deadline: float, held: Held
+        self,
+        scope: Scope,
+        receive: Receive,
+        deadlines: BodyDeadlines,
+        deadline: float,
+        held: Held,
     ) -> Callable[[], Awaitable[Message]]:
         """``receive`` for a body the app reads itself: counted against the limit, and timed
         until the body is complete (after that, receive only waits for a disconnect)."""
@@ -589,6 +604,8 @@ class EdgeMiddleware:
                     raise BodyTooLarge(self.max_bytes)
                 self._hold(held, received)
                 complete = not message.get("more_body", False)
+            elif message["type"] == "http.disconnect":
+                scope[CLIENT_GONE] = True
             return message
 
         return counting_receive

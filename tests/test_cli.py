@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import socket
 from collections.abc import Iterator
@@ -858,6 +859,52 @@ def test_serve_stops_before_the_workers_on_a_storage_it_cannot_use(
     assert main(["serve", "--workers", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tensorgrade: TENSORGRADE_RATE_LIMIT_STORAGE: ") and "password" not in err
+
+
+def test_serve_hands_its_options_to_the_workers(
+    fresh_settings: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker divides the cores among the workers for its torch threads: --workers must
+    reach it (with 4 workers on 16 cores each took all 16). The environment is as it was
+    afterwards."""
+    seen: list[Settings] = []
+    fresh_settings.delenv("TENSORGRADE_WORKERS", raising=False)
+    fresh_settings.setattr("service.cli.check_assignments", lambda settings, workers: None)
+    fresh_settings.setattr("uvicorn.run", lambda *a, **k: seen.append(get_settings()))
+    assert main(["serve", "--workers", "3", "--port", "8123"]) == 0
+    assert (seen[0].workers, seen[0].port) == (3, 8123)
+    assert "TENSORGRADE_WORKERS" not in os.environ and get_settings().workers == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "told"),
+    [("--port=70000", "70000 is not from 1 to 65535"), ("--workers=0", "0 is not from 1 to 64")],
+)
+def test_serve_refuses_options_its_settings_would(
+    option: str, told: str, fresh_settings: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fresh_settings.setattr("service.cli.check_assignments", lambda settings, workers: None)
+    fresh_settings.setattr("uvicorn.run", lambda *a, **k: pytest.fail("uvicorn started"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", option])
+    assert stopped.value.code == 2 and told in capsys.readouterr().err
+
+
+def test_serve_stops_with_one_line_on_a_metrics_folder_it_cannot_make(
+    fresh_settings: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A read-only file system (a container run --read-only without a tmpfs) ended in a
+    traceback."""
+    fresh_settings.setenv("PROMETHEUS_MULTIPROC_DIR", "/proc/tensorgrade-metrics")
+    fresh_settings.setattr("service.cli.check_assignments", lambda settings, workers: None)
+    fresh_settings.setattr("uvicorn.run", lambda *a, **k: pytest.fail("uvicorn started"))
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "tensorgrade: invalid configuration: PROMETHEUS_MULTIPROC_DIR=/proc/tensorgrade-metrics: "
+        "cannot make or empty it"
+    )
+    assert "Traceback" not in err
 
 
 def test_log_levels_are_read_in_either_case() -> None:

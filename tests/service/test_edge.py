@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import importlib
 import json
+import logging
 import pkgutil
 import re
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ import orjson
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -673,3 +676,38 @@ def test_api_answers_are_never_kept_by_a_shared_cache() -> None:
         assert "no-store" not in client.get("/openapi.json").headers.get("cache-control", "")
     with TestClient(create_app(keyed_settings()), root_path="/api") as behind:
         assert behind.get("/api/v1/info").headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(("content_type", "path"), BY_TYPE)
+def test_a_client_gone_before_its_body_is_whole_is_a_499_not_a_500(
+    content_type: str, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that closed its connection mid-body reads no answer (FastAPI sends a 400 to
+    nobody where it reads the body itself); counted as a 500, it set off the alerts on server
+    errors whenever clients gave up."""
+    app = create_app(Settings())
+    pending: list[Message] = [
+        {"type": "http.request", "body": b'{"input_size": [', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        with anyio.fail_after(30):
+            with contextlib.suppress(ClientDisconnect):  # the app's own, where it reads
+                await app(http_scope(content_type, path), receive, send)
+
+    with caplog.at_level(logging.INFO, logger="tensorgrade.access"):
+        anyio.run(main)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] in ([], [400])
+    access = [r for r in caplog.records if r.name == "tensorgrade.access"]
+    assert [r.getMessage() for r in access] == [f"POST {path} 499"]

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from limits.errors import StorageError
 
+from service import limitstore
 from service.app import create_app
 from service.limitstore import open_storage
 from service.middleware import BodyBudget
@@ -192,3 +193,21 @@ def test_an_unreachable_store_at_the_edge_is_503(monkeypatch: pytest.MonkeyPatch
         headers = {**key(STUDENT), "content-type": "application/json"}
         refused = client.post(CHECK_1_1A, content=b"{not json", headers=headers)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+
+
+def test_a_redis_url_its_client_cannot_read_is_told_under_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Redis client's own ValueError (a port that is no number) reached the console as it
+    was, without the setting's name."""
+    uri = "redis://:s3cretPW@127.0.0.1:notaport/0"
+
+    def unreadable(given: str, **options: object) -> None:
+        raise ValueError(f"Port could not be cast to integer value as 'notaport' in {given}")
+
+    monkeypatch.setattr(limitstore, "storage_from_string", unreadable)
+    with pytest.raises(ValueError) as error:
+        limitstore.open_storage(uri)
+    told = str(error.value)
+    assert told.startswith("TENSORGRADE_RATE_LIMIT_STORAGE: Port could not be cast")
+    assert "s3cretPW" not in told
