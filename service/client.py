@@ -113,7 +113,7 @@ class ProblemError(Exception):
     """An RFC 9457 problem detail answered by the service (or a non-JSON error, likewise).
 
     Attributes:
-        status: the HTTP status.
+        status: the problem detail's status, or the HTTP status where it gives no integer.
         title: the kind of problem, in words.
         detail: what went wrong in this request and what to change.
         errors: field-level problems (``loc``, ``msg``, ``type``), or None.
@@ -165,8 +165,13 @@ class ProblemError(Exception):
                 text[:500] or "(no body)",
                 request_id=request_id,
             )
+        status = body.get("status")
+        if not isinstance(status, int) or isinstance(status, bool):
+            # A page of something else that has a "detail" too ({"status": "error", ...}): the
+            # status that came back is the one to go by.
+            status = response.status_code
         return cls(
-            int(body.get("status", response.status_code)),
+            status,
             str(body.get("title", response.reason_phrase)),
             str(body["detail"]),
             errors=body.get("errors"),

@@ -1019,3 +1019,25 @@ def test_the_assignments_listing_is_checked_like_every_other_answer() -> None:
     with Client("http://x", transport=transport) as tg, pytest.raises(UnexpectedResponse) as error:
         tg.assignments()
     assert "without assignments" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"status": "error", "detail": "upstream down"},
+        {"status": None, "detail": "upstream down"},
+        {"status": 502.5, "detail": "upstream down"},
+        {"status": True, "detail": "upstream down"},
+        {"status": [502], "detail": "upstream down"},
+        {"detail": "upstream down"},
+    ],
+)
+def test_an_error_whose_body_has_no_integer_status_is_raised_with_the_http_status(
+    body: dict[str, object],
+) -> None:
+    """A JSON error page of something else that has a "detail" (a gateway's, say) is still a
+    ProblemError, not a ValueError or TypeError from reading its "status"."""
+    client = Client("http://x", transport=answering(httpx.Response(502, json=body)))
+    with client as tg, pytest.raises(ProblemError) as error:
+        tg.info()
+    assert error.value.status == 502 and error.value.detail == "upstream down"
