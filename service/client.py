@@ -26,7 +26,8 @@ Every error of the service is raised as ``ProblemError`` with its status, title,
 field-level errors. A success whose body is not the service's answer (a proxy's or captive
 portal's page, JSON that is not an object, an object without the fields the operation always
 answers) is raised as ``UnexpectedResponse``, a ``ProblemError`` too. No error quotes the API
-key, even where the page that came back echoes it. A service that gives no answer at all (a
+key, even where the page that came back echoes it (escaped as JSON, HTML or a URL writes it
+too). A service that gives no answer at all (a
 connection refused or lost after the retries, a timeout) raises httpx's own ``httpx.HTTPError``,
 not a ``ProblemError``. Connection failures and 429/503 answers are
 retried, honouring ``Retry-After`` plus a random extra, so that the many workers of a grading
@@ -41,9 +42,12 @@ host).
 from __future__ import annotations
 
 import base64
+import functools
+import html.entities
 import json
 import math
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -1014,12 +1018,38 @@ def _check_api_key(key: str) -> None:
 
 
 def _redacted(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` (as written, or escaped in JSON) replaced."""
+    """``text`` with every occurrence of ``secret`` replaced, however the page that echoes it
+    wrote it: as it is, escaped in JSON, in HTML or in a URL (``%26``, ``+`` for a space).
+    Each character may be written in any of its forms, so a page mixing them is covered too."""
     if not secret:
         return text
-    for form in (secret, json.dumps(secret)[1:-1]):
-        text = text.replace(form, "[the API key]")
-    return text
+    return _secret_pattern(secret).sub("[the API key]", text)
+
+
+@functools.lru_cache(maxsize=4)
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    """What matches ``secret`` written in any of the forms ``_redacted`` names."""
+    return re.compile("".join(_char_forms(char) for char in secret))
+
+
+def _char_forms(char: str) -> str:
+    """A pattern matching ``char`` (printable ASCII: ``_check_api_key`` sees to it) as it is
+    or escaped: a JSON escape, an HTML character reference, a percent-encoding."""
+    code = ord(char)
+    # Hex digits and the x of &#x are either case; the rest as written (entity names are).
+    forms = [
+        re.escape(char),
+        rf"\\u(?i:0*{code:x})",  # \u0026, as JSON writers that escape <, > and & write it
+        rf"&#0*{code};",
+        rf"&#(?i:x0*{code:x});",
+        rf"%(?i:{code:02x})",
+    ]
+    if char in '"\\/':
+        forms.append(re.escape("\\" + char))  # \" and \\ (JSON), \/ (some writers)
+    if char == " ":
+        forms.append(r"\+")  # a form's encoding of a space
+    forms += [re.escape(f"&{name}") for name, value in html.entities.html5.items() if value == char]
+    return f"(?:{'|'.join(forms)})"
 
 
 def _ints(value: int | Sequence[int]) -> int | list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import gc
+import html
 import http.client
 import json
 import random
@@ -1041,3 +1042,34 @@ def test_an_error_whose_body_has_no_integer_status_is_raised_with_the_http_statu
     with client as tg, pytest.raises(ProblemError) as error:
         tg.info()
     assert error.value.status == 502 and error.value.detail == "upstream down"
+
+
+ODD_KEY = "tg-a&b<c>\"d'e f+g/h%i\\j"
+"""A key (printable ASCII) with every character that HTML, URLs or JSON escape."""
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        html.escape(ODD_KEY),  # &amp; &lt; &gt; &quot; &#x27;
+        html.escape(ODD_KEY, quote=False),
+        ODD_KEY.replace("&", "&#38;").replace("<", "&#x3C;").replace("'", "&apos;"),
+        urllib.parse.quote(ODD_KEY, safe=""),  # %26 %3C ... %20
+        urllib.parse.quote(ODD_KEY, safe="").lower(),  # %2b as well as %2B
+        urllib.parse.quote_plus(ODD_KEY),  # + for the space
+        urllib.parse.quote(ODD_KEY),  # the / left as it is
+        json.dumps(ODD_KEY)[1:-1],
+        json.dumps(ODD_KEY)[1:-1].replace("&", "\\u0026").replace("/", "\\/"),  # Go's writer
+    ],
+)
+@pytest.mark.parametrize("status", [200, 502])
+def test_no_error_quotes_the_key_escaped_in_html_a_url_or_json(echoed: str, status: int) -> None:
+    """A portal's or proxy's page that echoes the request writes the key as its format does."""
+    assert echoed != ODD_KEY
+    page = httpx.Response(status, html=f"<html><a href='/login?key={echoed}'>{echoed}</a></html>")
+    client = Client("http://x", api_key=ODD_KEY, transport=answering(page))
+    with client as tg, pytest.raises(ProblemError) as error:
+        tg.health()
+    message = str(error.value)
+    assert echoed not in message and message.count("[the API key]") == 2, message
+    assert "/login?key=[the API key]" in message
