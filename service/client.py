@@ -516,18 +516,28 @@ class BaseClient(Generic[T]):
 
     def ready(self) -> bool:
         """``GET /readyz``: whether the server is ready (torch loaded, a warm-up computation
-        run): True on its 200, False on its 503 while it warms up (answered at once, not
-        waited out as other 503s are).
+        run): True on its ``{"status": "ready"}``, False on its 503 while it warms up (a
+        problem detail, answered at once, not waited out as other 503s are).
 
         Raises:
-            ProblemError: any other answer (a proxy's error page, say).
+            ProblemError: any other error, as ``health`` raises it (a proxy's error page,
+                a 503 that is not a problem detail).
+            UnexpectedResponse: a success (or a redirect) that is not ``{"status": "ready"}``,
+                as ``health`` raises it: a captive portal's page, ``{}``, a 204.
             httpx.HTTPError: the server cannot be reached (after the retries).
         """
         response = self._send("GET", "/readyz", None, None, retried=frozenset())
-        if response.status_code == 503:
-            return False
         if response.status_code >= 400:
-            raise ProblemError.from_response(response, self._secret)
+            problem = ProblemError.from_response(response, self._secret)
+            # The service's own 503 is a problem detail; a proxy's "no upstream" page is not,
+            # and says nothing of whether the service is warming up.
+            if response.status_code == 503 and problem.body:
+                return False
+            raise problem
+        answer = self._answer(response, "GET /readyz", ("status",))
+        if answer["status"] != "ready":
+            what = f"with status {answer['status']!r}, not 'ready'"
+            raise UnexpectedResponse.of(response, "GET /readyz", what, self._secret)
         return True
 
     def info(self) -> dict[str, Any]:
@@ -867,7 +877,17 @@ class BaseClient(Generic[T]):
         response = self._send(method, path, body, params)
         if response.status_code >= 400:
             raise ProblemError.from_response(response, self._secret)
-        request = f"{method} {path}"
+        return self._answer(response, f"{method} {path}", fields)
+
+    def _answer(
+        self, response: httpx.Response, request: str, fields: Collection[str]
+    ) -> dict[str, Any]:
+        """The answer a success (or a redirect) to ``request`` (``GET /healthz``) carries: a
+        non-empty JSON object holding ``fields`` (or a safetensors body).
+
+        Raises:
+            UnexpectedResponse: the body is no such answer.
+        """
         answer: Any
         if response.headers.get("content-type", "").startswith("application/octet-stream"):
             try:

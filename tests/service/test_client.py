@@ -1073,3 +1073,42 @@ def test_no_error_quotes_the_key_escaped_in_html_a_url_or_json(echoed: str, stat
     message = str(error.value)
     assert echoed not in message and message.count("[the API key]") == 2, message
     assert "/login?key=[the API key]" in message
+
+
+@pytest.mark.parametrize(
+    ("response", "what"),
+    [
+        (httpx.Response(200, html=PORTAL), "with a body that is not JSON"),
+        (httpx.Response(204), "with a body that is not JSON"),
+        (httpx.Response(302, headers={"Location": "/login"}), "with a body that is not JSON"),
+        (httpx.Response(200, json=[1, 2]), "with JSON that is not an object"),
+        (httpx.Response(200, json={}), "with an empty object"),
+        (httpx.Response(200, json={"state": "ready"}), "without status"),
+        (httpx.Response(200, json={"status": "ok"}), "with status 'ok', not 'ready'"),
+    ],
+)
+def test_ready_is_true_only_on_the_services_readiness_answer(
+    response: httpx.Response, what: str
+) -> None:
+    """A captive portal's 200 is not a ready service: ready() raises as health() does."""
+    with Client("http://x", transport=answering(response)) as tg:
+        with pytest.raises(UnexpectedResponse) as error:
+            tg.ready()
+        assert str(error.value).startswith(f"{response.status_code} Not the service's answer")
+        assert f"GET /readyz was answered {what} (" in str(error.value)
+        if "status 'ok'" not in what:  # /healthz's own answer, which health() takes
+            with pytest.raises(UnexpectedResponse):
+                tg.health()
+
+
+def test_ready_is_false_on_the_services_503_and_raises_on_a_proxys() -> None:
+    warming = create_app(Settings())  # its lifespan not run: torch is not warmed up
+    with Client("http://testserver", transport=InProcess(TestClient(warming))) as tg:
+        assert tg.ready() is False
+    page = httpx.Response(503, html="<html>503 Service Temporarily Unavailable</html>")
+    with Client("http://x", transport=answering(page), retries=0) as tg:
+        with pytest.raises(ProblemError) as error:
+            tg.ready()
+        assert error.value.status == 503 and "Temporarily Unavailable" in error.value.detail
+        with pytest.raises(ProblemError):
+            tg.health()
