@@ -746,13 +746,20 @@ class BaseClient(Generic[T]):
 
     def problem(self, assignment: str, problem: str, student_id: str) -> dict[str, Any]:
         """``GET /v1/assignments/{a}/problems/{p}?student_id=``: the statement and the given
-        tensors of the student's variant (never the answer)."""
-        return self._call(
+        tensors of the student's variant (never the answer); ``given`` holds them as this
+        client's tensor type, by name."""
+        answer = self._call(
             "GET",
             f"/v1/assignments/{assignment}/problems/{problem}",
             params={"student_id": student_id},
-            fields=("statement",),
+            fields=("statement", "given"),
         )
+        given = answer["given"]
+        if isinstance(given, Mapping):
+            answer["given"] = {
+                n: self.tensor(t) if _is_wire_tensor(t) else t for n, t in given.items()
+            }
+        return answer
 
     def check_problem(
         self, assignment: str, problem: str, student_id: str, answer: Any

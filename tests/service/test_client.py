@@ -1112,3 +1112,22 @@ def test_ready_is_false_on_the_services_503_and_raises_on_a_proxys() -> None:
         assert error.value.status == 503 and "Temporarily Unavailable" in error.value.detail
         with pytest.raises(ProblemError):
             tg.health()
+
+
+def test_problem_answers_the_given_tensors_as_this_clients_tensor_type(client: TestClient) -> None:
+    wire = client.get("/v1/assignments/cnn-rnn/problems/1.1c-i?student_id=s1").json()["given"]
+    assert set(wire) == {"x", "W"}
+    transport = InProcess(client)
+    with Client("http://testserver", transport=transport) as tg:
+        given = tg.problem("cnn-rnn", "1.1c-i", "s1")["given"]
+    assert set(given) == set(wire)
+    for name, tensor in given.items():
+        assert isinstance(tensor, np.ndarray) and tensor.dtype == np.float64
+        np.testing.assert_array_equal(tensor, np.array(wire[name]["data"]))
+        assert list(tensor.shape) == wire[name]["shape"]
+    with TorchClient("http://testserver", transport=transport) as torch_tg:
+        as_torch = torch_tg.problem("cnn-rnn", "1.1c-i", "s1")["given"]
+    assert all(isinstance(t, torch.Tensor) for t in as_torch.values())
+    torch.testing.assert_close(as_torch["W"], torch.from_numpy(given["W"]))
+    with Client("http://testserver", transport=transport) as tg:
+        assert tg.problem("cnn-rnn", "1.1a", "s1")["given"] == {}  # a shape: no tensors
