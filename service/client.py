@@ -9,10 +9,12 @@
                             config={"stride": 2})                        # shape (1, 3, 1, 5, 3)
 
 Tensors go in as numpy arrays, torch tensors, nested lists or numbers; large ones travel as
-base64 of their bytes (exact, and no text to parse). Tensors come back as numpy arrays
-(``Client``) or torch tensors (``TorchClient``), always exact: answers are asked for in base64,
-or with ``encoding="safetensors"`` as one binary safetensors body, the fast way for large
-Jacobians (``Client`` then answers read-only views of the body, with no copy)::
+base64 of their bytes (exact, and no text to parse); torch's 16-bit and 8-bit floats (bfloat16
+among them, which numpy lacks) as float32, which holds their values exactly. Tensors come back
+as numpy arrays (``Client``) or torch tensors (``TorchClient``), always exact: answers are
+asked for in base64, or with ``encoding="safetensors"`` as one binary safetensors body, the
+fast way for large Jacobians (``Client`` then answers read-only views of the body, with no
+copy)::
 
     with Client(url, encoding="safetensors") as tg:
         dy_dx = tg.jacobian("conv1d", {"weight": w}, {"x": x}, of="y", wrt="x")
@@ -244,8 +246,7 @@ def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD, *, where: str = "the
 
 def _to_wire(value: Any, b64_threshold: int, where: str, depth: int) -> Any:
     """``to_wire`` of a value inside ``depth`` lists or mappings."""
-    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor; no torch import
-        value = value.detach().cpu().numpy()
+    value = _numpy_of(value)
     if isinstance(value, np.ndarray | np.generic):
         array = np.asarray(value)
         # JSON has no NaN or infinity (a writer makes them null): the bytes carry them exactly,
@@ -267,6 +268,19 @@ def _to_wire(value: Any, b64_threshold: int, where: str, depth: int) -> Any:
     if isinstance(value, list | tuple) and any(_holds_tensor(item) for item in value):
         return [_to_wire(item, b64_threshold, where, depth + 1) for item in value]
     return value
+
+
+def _numpy_of(value: Any) -> Any:
+    """A torch tensor as a numpy array; any other value as it is. Torch is not imported: a
+    script that sends numpy arrays only does not pay for loading it."""
+    if not (hasattr(value, "detach") and hasattr(value, "numpy")):
+        return value
+    tensor = value.detach().cpu()
+    if tensor.is_floating_point() and tensor.element_size() < 4:
+        # numpy has no bfloat16 nor float8 types (torch refuses to convert them): float32
+        # holds every value of these, and of float16, exactly.
+        tensor = tensor.float()
+    return tensor.numpy()
 
 
 def answer_to_wire(

@@ -1131,3 +1131,20 @@ def test_problem_answers_the_given_tensors_as_this_clients_tensor_type(client: T
     torch.testing.assert_close(as_torch["W"], torch.from_numpy(given["W"]))
     with Client("http://testserver", transport=transport) as tg:
         assert tg.problem("cnn-rnn", "1.1a", "s1")["given"] == {}  # a shape: no tensors
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn])
+def test_torch_tensors_of_16_and_8_bit_floats_travel_as_float32(
+    tg: Client, dtype: torch.dtype
+) -> None:
+    """numpy has no bfloat16 or float8 (torch refuses to convert them); float32 holds them."""
+    small = torch.tensor([[1.5, -2.25], [0.125, 3.0]], dtype=dtype)
+    assert to_wire(small) == [[1.5, -2.25], [0.125, 3.0]]
+    large = torch.linspace(-4, 4, 1100).to(dtype)
+    wire = to_wire(large)
+    assert wire["datatype"] == "FP32" and wire["shape"] == [1100]
+    np.testing.assert_array_equal(from_wire(wire), large.float().numpy())  # every value exact
+    # Judged by the service as the values they are.
+    expected = {"op": "value", "value": large.double().numpy()}
+    assert tg.check(expected, large, tolerance={"rtol": 0, "atol": 0})["correct"] is True
+    assert tg.check({"op": "value", "value": [1.5, -2.25]}, small[0])["correct"] is True
