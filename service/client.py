@@ -22,7 +22,9 @@ copy)::
 Non-finite numbers are never sent as ``null`` (what JSON writers make of them). In an answer
 they are written ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, the service's own spelling, so the
 service judges the answer as holding NaN or an infinity; a numpy array or torch tensor holding
-them travels as base64 of its bytes; anywhere else ``UnsendableError`` names the entry.
+them travels as base64 of its bytes; anywhere else ``UnsendableError`` names the entry. A numpy
+scalar or a 0-d array or tensor is a number wherever it is: ``[np.int64(5), np.int64(2)]`` is
+``[5, 2]``, and so in a config, a tolerance or a loss curve.
 
 Every error of the service is raised as ``ProblemError`` with its status, title, detail and
 field-level errors. A success whose body is not the service's answer (a proxy's or captive
@@ -44,6 +46,9 @@ host).
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime
+import enum
 import functools
 import html.entities
 import json
@@ -52,10 +57,10 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeAlias, TypeVar
 
 import httpx
 import numpy as np
@@ -109,10 +114,23 @@ RETRIED_ERRORS: tuple[type[Exception], ...] = (
     httpx.RemoteProtocolError,
 )
 
+_ORJSON_NATIVE = (datetime.date, datetime.time, uuid.UUID, enum.Enum)
+"""Types orjson writes that JSON has no type of (besides dataclasses)."""
+
 _WIRE_DATATYPES = {np.dtype("float32"): ("FP32", "<f4"), np.dtype("float64"): ("FP64", "<f8")}
 
 Array = npt.NDArray[Any]
 T = TypeVar("T")
+
+Int: TypeAlias = "int | np.integer[Any]"
+Ints: TypeAlias = "Int | Sequence[Int] | Array | torch.Tensor"
+"""An int, or one per dimension; numpy's and torch's too."""
+Number: TypeAlias = "float | np.number[Any] | Array | torch.Tensor"
+"""A number: Python's, a numpy scalar, a 0-d array or tensor."""
+Curve: TypeAlias = (
+    "Sequence[Sequence[Number]] | Sequence[Array | torch.Tensor] | Array | torch.Tensor"
+)
+"""Epochs of batch values: nested sequences, a sequence of 1-D arrays or tensors, a 2-D one."""
 
 
 class ProblemError(Exception):
@@ -235,8 +253,8 @@ def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD, *, where: str = "the
         where: what the value is, for an error's message (``params``, ``answers["1.1a"]``).
 
     Returns:
-        JSON-ready data: small tensors as nested lists, large ones as
-        ``{"shape", "datatype", "b64"}``.
+        JSON-ready data: numpy scalars and 0-d arrays or tensors as the numbers they are,
+        small tensors as nested lists, large ones as ``{"shape", "datatype", "b64"}``.
 
     Raises:
         UnsendableError: the value nests lists or mappings more than ``MAX_NESTING`` deep.
@@ -249,6 +267,11 @@ def _to_wire(value: Any, b64_threshold: int, where: str, depth: int) -> Any:
     value = _numpy_of(value)
     if isinstance(value, np.ndarray | np.generic):
         array = np.asarray(value)
+        if array.ndim == 0:
+            # A number, whatever holds it (np.int64(5), a 0-d tensor): sent as the number it
+            # is, so that a field taking a number reads one, and its NaN follows the rules of
+            # numbers (spelled out in an answer, refused before sending elsewhere).
+            return array.item()
         # JSON has no NaN or infinity (a writer makes them null): the bytes carry them exactly,
         # and the service then says which element is not finite.
         finite = array.dtype.kind != "f" or bool(np.isfinite(array).all())
@@ -259,10 +282,7 @@ def _to_wire(value: Any, b64_threshold: int, where: str, depth: int) -> Any:
         return {"shape": list(array.shape), "datatype": datatype, "b64": raw}
     if isinstance(value, Mapping | list | tuple) and depth >= MAX_NESTING:
         # Checked on the way down, so that the recursion below stays far from Python's limit.
-        raise UnsendableError(
-            f"{where} nests lists or mappings more than {MAX_NESTING} levels deep, which this "
-            "client does not send (no tensor nests that deep): give a tensor, a number or text"
-        )
+        raise _too_deep(where)
     if isinstance(value, Mapping):
         return {key: _to_wire(item, b64_threshold, where, depth + 1) for key, item in value.items()}
     if isinstance(value, list | tuple) and any(_holds_tensor(item) for item in value):
@@ -270,10 +290,53 @@ def _to_wire(value: Any, b64_threshold: int, where: str, depth: int) -> Any:
     return value
 
 
+def _too_deep(where: str) -> UnsendableError:
+    return UnsendableError(
+        f"{where} nests lists or mappings more than {MAX_NESTING} levels deep, which this "
+        "client does not send (no tensor nests that deep): give a tensor, a number or text"
+    )
+
+
+def _plain(value: Any, where: str, depth: int = 0) -> Any:
+    """A request value for a field that takes numbers, not tensors (a config, a tolerance, a
+    loss curve, the sizes of ``conv_shape``): numpy scalars and 0-d arrays or tensors as the
+    Python numbers they are, other arrays and tensors as nested lists, tuples as lists.
+
+    Raises:
+        UnsendableError: the value nests lists or mappings more than ``MAX_NESTING`` deep.
+    """
+    value = _numpy_of(value)
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, Mapping | list | tuple) and depth >= MAX_NESTING:
+        raise _too_deep(where)
+    if isinstance(value, Mapping):
+        return {key: _plain(item, where, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item, where, depth + 1) for item in value]
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    """An iterable other than an array, a tensor, text or a mapping (a range, a deque, a
+    generator) as a list, which JSON can write; anything else as it is."""
+    if isinstance(value, Iterable) and not (
+        isinstance(value, str | bytes | Mapping | list | tuple | np.ndarray | np.generic)
+        or _is_tensor(value)
+    ):
+        return list(value)
+    return value
+
+
+def _is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor, asked without importing torch."""
+    return hasattr(value, "detach") and hasattr(value, "numpy")
+
+
 def _numpy_of(value: Any) -> Any:
     """A torch tensor as a numpy array; any other value as it is. Torch is not imported: a
     script that sends numpy arrays only does not pay for loading it."""
-    if not (hasattr(value, "detach") and hasattr(value, "numpy")):
+    if not _is_tensor(value):
         return value
     tensor = value.detach().cpu()
     if tensor.is_floating_point() and tensor.element_size() < 4:
@@ -334,6 +397,36 @@ def _first_nonfinite(value: Any, where: str = "") -> tuple[str, float] | None:
     return None
 
 
+def _first_unwritable(value: Any, where: str = "") -> tuple[str, str] | None:
+    """The first entry of ``value`` that orjson cannot write, with where it is and what it
+    is (``"a set"``); None where none of these is found."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        node, place = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode()
+            except UnicodeEncodeError:
+                return place, "text that is not valid Unicode"
+        elif isinstance(node, bool | float | None):
+            pass
+        elif isinstance(node, int):
+            if not -(2**63) <= node < 2**64:
+                return place, "an integer outside 64 bits"
+        elif isinstance(node, dict):
+            keys = [key for key in node if not isinstance(key, str)]
+            if keys:
+                return place, f"a mapping with a key that is not text ({keys[0]!r})"
+            stack.extend(reversed([(v, _place(place, k)) for k, v in node.items()]))
+        elif isinstance(node, list | tuple):
+            stack.extend(reversed([(v, f"{place}[{i}]") for i, v in enumerate(node)]))
+        elif not isinstance(node, _ORJSON_NATIVE) and not dataclasses.is_dataclass(node):
+            return place, f"a {type(node).__module__}.{type(node).__qualname__}".replace(
+                "a builtins.", "a "
+            )
+    return None
+
+
 def _place(parent: str, key: Any) -> str:
     if not parent:
         return str(key)
@@ -341,7 +434,9 @@ def _place(parent: str, key: Any) -> str:
 
 
 def _holds_tensor(value: Any) -> bool:
-    return isinstance(value, np.ndarray | Mapping | list | tuple) or hasattr(value, "detach")
+    """Whether ``value`` is, or may hold, what JSON cannot write as it is: an array, a numpy
+    scalar, a tensor."""
+    return isinstance(value, np.ndarray | np.generic | Mapping | list | tuple) or _is_tensor(value)
 
 
 def from_wire(tensor: Mapping[str, Any] | Array) -> Array:
@@ -560,35 +655,37 @@ class BaseClient(Generic[T]):
 
     def conv_shape(
         self,
-        input_size: Sequence[int],
-        kernel_size: int | Sequence[int],
+        input_size: Ints,
+        kernel_size: Ints,
         *,
-        stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] | Literal["valid", "same"] = 0,
-        dilation: int | Sequence[int] = 1,
-        in_channels: int | None = None,
-        out_channels: int | None = None,
+        stride: Ints = 1,
+        padding: Ints | Literal["valid", "same"] = 0,
+        dilation: Ints = 1,
+        in_channels: Int | None = None,
+        out_channels: Int | None = None,
         transposed: bool = False,
-        output_padding: int | Sequence[int] = 0,
+        output_padding: Ints = 0,
     ) -> dict[str, Any]:
         """``POST /v1/shapes/conv``: a convolution's output size with the worked steps.
+
+        Each size is an int or a sequence of them (one per dimension); numpy's and torch's
+        ints, arrays and tensors are taken too.
 
         Returns:
             ``{"output_size", "output_shape", "steps"}``.
         """
-        body: dict[str, Any] = {
-            "input_size": list(input_size),
-            "kernel_size": _ints(kernel_size),
-            "stride": _ints(stride),
-            "padding": padding if isinstance(padding, str) else _ints(padding),
-            "dilation": _ints(dilation),
+        sizes = {
+            "input_size": input_size,
+            "kernel_size": kernel_size,
+            "stride": stride,
+            "padding": padding,
+            "dilation": dilation,
             "transposed": transposed,
-            "output_padding": _ints(output_padding),
+            "output_padding": output_padding,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
         }
-        if in_channels is not None:
-            body["in_channels"] = in_channels
-        if out_channels is not None:
-            body["out_channels"] = out_channels
+        body = {k: _plain(_as_list(v), k) for k, v in sizes.items() if v is not None}
         return self._call(
             "POST", "/v1/shapes/conv", body, fields=("output_size", "output_shape", "steps")
         )
@@ -725,7 +822,8 @@ class BaseClient(Generic[T]):
         for problem, answer in answers.items():
             try:
                 where = _place("answers", problem)
-                _json_body({problem: answer_to_wire(answer, self.b64_threshold, where=where)})
+                wire = answer_to_wire(answer, self.b64_threshold, where=where)
+                _json_body({"answers": {problem: wire}})  # an error names answers["1.1a"]...
             except UnsendableError as error:
                 reasons[problem] = str(error)
         return reasons
@@ -787,10 +885,10 @@ class BaseClient(Generic[T]):
 
     def loss_curve(
         self,
-        batch_losses: Sequence[Sequence[float]],
-        num_classes: int,
+        batch_losses: Curve,
+        num_classes: Int,
         *,
-        batch_accuracies: Sequence[Sequence[float]] | None = None,
+        batch_accuracies: Curve | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/diagnostics/loss-curve``: epoch means beside last-batch values, spikes
         and findings (the homework's part 1.3)."""
@@ -799,10 +897,10 @@ class BaseClient(Generic[T]):
 
     def loss_curve_plot(
         self,
-        batch_losses: Sequence[Sequence[float]],
-        num_classes: int,
+        batch_losses: Curve,
+        num_classes: Int,
         *,
-        batch_accuracies: Sequence[Sequence[float]] | None = None,
+        batch_accuracies: Curve | None = None,
         format: Literal["png", "svg"] = "png",
     ) -> bytes:
         """``POST /v1/diagnostics/loss-curve?format=png`` (or ``svg``): the plot of both
@@ -828,7 +926,8 @@ class BaseClient(Generic[T]):
     def temporal_order(self, **options: Any) -> dict[str, Any]:
         """``POST /v1/experiments/temporal-order``: a bounded reference training run; the
         options are the body's fields (``epochs``, ``cell``, ``seed``...)."""
-        return self._call("POST", "/v1/experiments/temporal-order", dict(options))
+        body = _plain(dict(options), "the options")
+        return self._call("POST", "/v1/experiments/temporal-order", body)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -841,7 +940,7 @@ class BaseClient(Generic[T]):
         dtype: str,
     ) -> dict[str, Any]:
         return {
-            "config": dict(config or {}),
+            "config": _plain(dict(config or {}), "config"),
             "params": to_wire(params, self.b64_threshold, where="params"),
             "inputs": to_wire(inputs, self.b64_threshold, where="inputs"),
             "device": device,
@@ -857,7 +956,7 @@ class BaseClient(Generic[T]):
             "answer": answer_to_wire(answer, self.b64_threshold, where="answer"),
         }
         if tolerance is not None:
-            body["tolerance"] = dict(tolerance)
+            body["tolerance"] = _plain(dict(tolerance), "tolerance")
         return body
 
     def _check_to_wire(self, check: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -986,17 +1085,22 @@ class BaseClient(Generic[T]):
 
 
 def _loss_curve_body(
-    batch_losses: Sequence[Sequence[float]],
-    num_classes: int,
-    batch_accuracies: Sequence[Sequence[float]] | None,
+    batch_losses: Curve, num_classes: Int, batch_accuracies: Curve | None
 ) -> dict[str, Any]:
     return {
-        "batch_losses": [list(epoch) for epoch in batch_losses],
-        "batch_accuracies": (
-            None if batch_accuracies is None else [list(e) for e in batch_accuracies]
-        ),
-        "num_classes": num_classes,
+        "batch_losses": _curve(batch_losses, "batch_losses"),
+        "batch_accuracies": _curve(batch_accuracies, "batch_accuracies"),
+        "num_classes": _plain(num_classes, "num_classes"),
     }
+
+
+def _curve(curve: Any, where: str) -> Any:
+    """A curve (epochs of batch values) as lists of numbers: a 2-D array or tensor, a list of
+    1-D ones, lists of numpy scalars or 0-d tensors, any iterable of iterables."""
+    epochs = _as_list(curve)
+    if isinstance(epochs, list | tuple):
+        epochs = [_as_list(epoch) for epoch in epochs]
+    return _plain(epochs, where)
 
 
 def _json_body(body: Any) -> bytes:
@@ -1004,7 +1108,14 @@ def _json_body(body: Any) -> bytes:
     try:
         content = orjson.dumps(body)
     except orjson.JSONEncodeError as error:  # text with a lone surrogate, a set...
-        raise UnsendableError(f"the request cannot be sent as JSON: {error}") from None
+        # orjson's message names the type, not the entry: find it, for the caller to fix.
+        unwritable = _first_unwritable(body)
+        if unwritable is None:
+            raise UnsendableError(f"the request cannot be sent as JSON: {error}") from None
+        where, what = unwritable
+        raise UnsendableError(
+            f"{where or 'the body'} is {what}, which cannot be sent as JSON ({error})"
+        ) from None
     # orjson writes NaN and infinities as null, and the service would read "no value" where
     # the caller meant NaN. A null in the bytes is rare (an absent option): only then look.
     if b"null" in content:
@@ -1091,10 +1202,6 @@ def _char_forms(char: str) -> str:
         forms.append(r"\+")  # a form's encoding of a space
     forms += [re.escape(f"&{name}") for name, value in html.entities.html5.items() if value == char]
     return f"(?:{'|'.join(forms)})"
-
-
-def _ints(value: int | Sequence[int]) -> int | list[int]:
-    return value if isinstance(value, int) else list(value)
 
 
 def _is_wire_tensor(value: Any) -> bool:

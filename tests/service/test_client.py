@@ -1148,3 +1148,176 @@ def test_torch_tensors_of_16_and_8_bit_floats_travel_as_float32(
     expected = {"op": "value", "value": large.double().numpy()}
     assert tg.check(expected, large, tolerance={"rtol": 0, "atol": 0})["correct"] is True
     assert tg.check({"op": "value", "value": [1.5, -2.25]}, small[0])["correct"] is True
+
+
+# -- numpy scalars, 0-d arrays and tensors: the numbers they are -----------------------------
+
+
+def body_sent(transport: InProcess) -> object:
+    return orjson.loads(transport.requests[-1].content)
+
+
+I64, F32, T0 = np.int64, np.float32, torch.tensor  # T0(1.5): a 0-d tensor
+
+AS_NUMPY: list[tuple[str, Callable[[Client], object], Callable[[Client], object]]] = [
+    (
+        "check",
+        lambda tg: tg.check({"op": "value", "value": [5, 2]}, [I64(5), I64(2)]),
+        lambda tg: tg.check({"op": "value", "value": [5, 2]}, [5, 2]),
+    ),
+    (
+        "check: expected and tolerance",
+        lambda tg: tg.check(
+            {"op": "value", "value": [np.float64(0.5), T0(2.0)]},
+            [T0(0.5), 2.0],
+            tolerance={"rtol": F32(0.25), "atol": np.array(0.0)},
+        ),
+        lambda tg: tg.check(
+            {"op": "value", "value": [0.5, 2.0]}, [0.5, 2.0], tolerance={"rtol": 0.25, "atol": 0.0}
+        ),
+    ),
+    (
+        "check_problem",
+        lambda tg: tg.check_problem("cnn-rnn", "1.1a", "s1", [I64(5), I64(2)]),
+        lambda tg: tg.check_problem("cnn-rnn", "1.1a", "s1", [5, 2]),
+    ),
+    (
+        "grade",
+        lambda tg: tg.grade(
+            "cnn-rnn", "s1", {"1.1a": (np.int32(5), I64(2)), "1.3-4-loss": F32(1.5)}
+        ),
+        lambda tg: tg.grade("cnn-rnn", "s1", {"1.1a": [5, 2], "1.3-4-loss": 1.5}),
+    ),
+    (
+        "loss_curve: a 2-D array",
+        lambda tg: tg.loss_curve(np.array([[1.4, 1.3], [1.0, 0.9]]), 4),
+        lambda tg: tg.loss_curve([[1.4, 1.3], [1.0, 0.9]], 4),
+    ),
+    (
+        "loss_curve: a tensor, a numpy int, accuracies as 1-D arrays of unequal epochs",
+        lambda tg: tg.loss_curve(
+            torch.tensor([[1.4, 1.3], [1.0, 0.9]], dtype=torch.float64),
+            I64(4),
+            batch_accuracies=np.array([[0.25, 0.5], [0.75, 1.0]]),
+        ),
+        lambda tg: tg.loss_curve(
+            [[1.4, 1.3], [1.0, 0.9]], 4, batch_accuracies=[[0.25, 0.5], [0.75, 1.0]]
+        ),
+    ),
+    (
+        "loss_curve: epochs of unequal length as 1-D arrays and tensors",
+        lambda tg: tg.loss_curve(
+            [np.array([1.4, 1.3]), torch.tensor([1.0], dtype=torch.float64)],
+            4,
+            batch_accuracies=[F32([0.25, 0.5]), (T0(0.75),)],
+        ),
+        lambda tg: tg.loss_curve([[1.4, 1.3], [1.0]], 4, batch_accuracies=[[0.25, 0.5], [0.75]]),
+    ),
+    (
+        "loss_curve: 0-d tensors",
+        lambda tg: tg.loss_curve([[T0(1.5), T0(1.25)], (F32(1.0), np.float64(0.5))], 4),
+        lambda tg: tg.loss_curve([[1.5, 1.25], [1.0, 0.5]], 4),
+    ),
+    (
+        "conv_shape: an array",
+        lambda tg: tg.conv_shape(np.array([21, 12]), [4, 5]),
+        lambda tg: tg.conv_shape([21, 12], [4, 5]),
+    ),
+    (
+        "conv_shape: numpy and torch ints",
+        lambda tg: tg.conv_shape(
+            (I64(21), T0(12)),
+            I64(4),
+            stride=T0(4),
+            padding=range(2),
+            dilation=torch.tensor([1, 2]),
+            in_channels=np.int16(3),
+            out_channels=I64(8),
+            output_padding=np.array([0, 0]),
+        ),
+        lambda tg: tg.conv_shape(
+            [21, 12],
+            4,
+            stride=4,
+            padding=[0, 1],
+            dilation=[1, 2],
+            in_channels=3,
+            out_channels=8,
+            output_padding=[0, 0],
+        ),
+    ),
+    (
+        "forward: a config",
+        lambda tg: tg.forward("conv1d", {"weight": W}, {"x": X}, config={"stride": I64(2)}),
+        lambda tg: tg.forward("conv1d", {"weight": W}, {"x": X}, config={"stride": 2}),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("as_numpy", "as_python"), [case[1:] for case in AS_NUMPY], ids=[case[0] for case in AS_NUMPY]
+)
+def test_numpy_scalars_and_0d_tensors_are_sent_as_the_numbers_they_are(
+    client: TestClient,
+    as_numpy: Callable[[Client], object],
+    as_python: Callable[[Client], object],
+) -> None:
+    """The same request, the same answer, as with the plain Python numbers."""
+    transport = InProcess(client)
+    with Client("http://testserver", transport=transport) as tg:
+        expected = as_python(tg)
+        plain = body_sent(transport)
+        got = as_numpy(tg)
+        assert body_sent(transport) == plain
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and set(got) == set(expected)
+        for key in expected:
+            if isinstance(expected[key], np.ndarray):
+                np.testing.assert_array_equal(got[key], expected[key])
+            elif key not in ("request_id", "execution_time"):
+                assert got[key] == expected[key], key
+
+
+def test_temporal_order_options_are_sent_as_plain_numbers() -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"initial": {}}))
+    seen: list[httpx.Request] = []
+    recorder = httpx.MockTransport(lambda r: seen.append(r) or transport.handle_request(r))
+    with Client("http://x", transport=recorder) as tg:
+        tg.temporal_order(epochs=I64(2), seed=T0(0), learning_rate=F32(0.5))
+    assert orjson.loads(seen[0].content) == {"epochs": 2, "seed": 0, "learning_rate": 0.5}
+
+
+def test_numpy_scalars_keep_the_rules_of_non_finite_numbers(tg: Client) -> None:
+    """An answer's NaN is spelled out, as a float's is; elsewhere it is refused before sending,
+    naming the entry."""
+    for nan in (np.float64("nan"), F32("nan"), T0(float("nan"))):
+        judged = tg.check_problem("cnn-rnn", "1.3-4-loss", "s1", nan)
+        assert judged["status"] == "malformed"
+        assert "answer is NaN; only finite numbers" in judged["feedback"]["reason"]
+    judged = tg.check_problem("cnn-rnn", "1.1a", "s1", [I64(5), T0(float("inf"))])
+    assert judged["status"] == "malformed"
+    with pytest.raises(UnsendableError, match=r"^batch_losses\[0\]\[1\] is NaN, which JSON"):
+        tg.loss_curve(np.array([[1.4, np.nan]]), 4)
+    with pytest.raises(UnsendableError, match=r'^config\["stride"\] is Infinity, which JSON'):
+        tg.forward("conv1d", {"weight": W}, {"x": X}, config={"stride": np.float64("inf")})
+
+
+def test_what_json_cannot_write_is_refused_naming_the_entry() -> None:
+    transport, seen = scripted()
+    with Client("http://x", transport=transport) as tg:
+        with pytest.raises(UnsendableError, match=r"^batch_losses\[0\]\[1\] is a set, which"):
+            tg.loss_curve([[1.4, {1.3}]], 4)
+        with pytest.raises(UnsendableError, match=r'^config\["stride"\] is a complex, which'):
+            tg.forward("conv1d", {"weight": W}, {"x": X}, config={"stride": 1 + 2j})
+        with pytest.raises(
+            UnsendableError, match=r"^answer\[1\] is text that is not valid Unicode"
+        ):
+            tg.check({"op": "value", "value": 1}, ["a", "\udcfc"])
+        with pytest.raises(UnsendableError, match="cannot be sent as JSON"):
+            tg.conv_shape([7], 3, in_channels=2**70)
+        unsent = tg.unsendable_answers({"1.1a": [5, 2], "1.1c-i": [[1.0], {"b": {2}}]})
+    assert seen == []
+    assert unsent == {
+        "1.1c-i": 'answers["1.1c-i"][1]["b"] is a set, which cannot be sent as JSON '
+        "(Type is not JSON serializable: set)"
+    }
