@@ -8,13 +8,13 @@
         dy_dw = tg.jacobian("conv1d", {"weight": w}, {"x": x}, of="y", wrt="weight",
                             config={"stride": 2})                        # shape (1, 3, 1, 5, 3)
 
-Tensors go in as numpy arrays, torch tensors, nested lists or numbers; large ones travel as
-base64 of their bytes (exact, and no text to parse); torch's 16-bit and 8-bit floats (bfloat16
-among them, which numpy lacks) as float32, which holds their values exactly. Tensors come back
-as numpy arrays (``Client``) or torch tensors (``TorchClient``), always exact: answers are
-asked for in base64, or with ``encoding="safetensors"`` as one binary safetensors body, the
-fast way for large Jacobians (``Client`` then answers read-only views of the body, with no
-copy)::
+Tensors go in as numpy arrays, torch tensors, nested lists or numbers (a list of arrays of
+one shape is one tensor); large ones travel as base64 of their bytes (exact, and no text to
+parse); torch's 16-bit and 8-bit floats (bfloat16 among them, which numpy lacks) as float32,
+which holds their values exactly. Tensors come back as numpy arrays (``Client``) or torch
+tensors (``TorchClient``), always exact: answers are asked for in base64, or with
+``encoding="safetensors"`` as one binary safetensors body, the fast way for large Jacobians
+(``Client`` then answers read-only views of the body, with no copy)::
 
     with Client(url, encoding="safetensors") as tg:
         dy_dx = tg.jacobian("conv1d", {"weight": w}, {"x": x}, of="y", wrt="x")
@@ -264,30 +264,91 @@ def to_wire(value: Any, b64_threshold: int = B64_THRESHOLD, *, where: str = "the
 
 def _to_wire(value: Any, b64_threshold: int, where: str, depth: int) -> Any:
     """``to_wire`` of a value inside ``depth`` lists or mappings."""
+    kind, gathered = _gathered(value, b64_threshold, where, depth)
+    return _array_to_wire(gathered, b64_threshold) if kind == _ARRAY else gathered
+
+
+_PURE, _ARRAY, _MIXED = "pure", "array", "mixed"
+"""What ``_gathered`` made of a value: JSON-ready as given (Python's numbers, text, lists of
+them); one numeric numpy array; JSON-ready data made from arrays (a mapping, a list that does
+not stack)."""
+
+_PLAIN_TYPES = frozenset({float, int, str, bool, type(None)})
+
+
+def _gathered(value: Any, b64_threshold: int, where: str, depth: int) -> tuple[str, Any]:
+    """``value`` with what it is (``_PURE``, ``_ARRAY``, ``_MIXED``), in one pass up from its
+    entries: a torch tensor or numpy value as a numeric array, and so a list or tuple whose
+    entries are arrays, tensors or numbers of one shape, one of them at least numpy's or
+    torch's: one tensor, whose wire form is chosen as a whole. Sent entry by entry, each past
+    ``b64_threshold`` would go as base64 inside a list, which the service reads as numbers.
+
+    Raises:
+        UnsendableError: the value nests lists or mappings more than ``MAX_NESTING`` deep.
+    """
+    if type(value) in _PLAIN_TYPES:  # most entries of a nested list: no further look
+        return _PURE, value
     value = _numpy_of(value)
     if isinstance(value, np.ndarray | np.generic):
         array = np.asarray(value)
-        if array.ndim == 0:
-            # A number, whatever holds it (np.int64(5), a 0-d tensor): sent as the number it
-            # is, so that a field taking a number reads one, and its NaN follows the rules of
-            # numbers (spelled out in an answer, refused before sending elsewhere).
-            return array.item()
-        # JSON has no NaN or infinity (a writer makes them null): the bytes carry them exactly,
-        # and the service then says which element is not finite.
-        finite = array.dtype.kind != "f" or bool(np.isfinite(array).all())
-        if (array.size <= b64_threshold and finite) or array.dtype.kind not in "iuf":
-            return array.tolist()
-        datatype, layout = _WIRE_DATATYPES.get(array.dtype, ("FP64", "<f8"))
-        raw = base64.b64encode(np.ascontiguousarray(array, dtype=layout).tobytes()).decode()
-        return {"shape": list(array.shape), "datatype": datatype, "b64": raw}
+        return (_ARRAY, array) if array.dtype.kind in "iuf" else (_MIXED, array.tolist())
     if isinstance(value, Mapping | list | tuple) and depth >= MAX_NESTING:
         # Checked on the way down, so that the recursion below stays far from Python's limit.
         raise _too_deep(where)
     if isinstance(value, Mapping):
-        return {key: _to_wire(item, b64_threshold, where, depth + 1) for key, item in value.items()}
-    if isinstance(value, list | tuple) and any(_holds_tensor(item) for item in value):
-        return [_to_wire(item, b64_threshold, where, depth + 1) for item in value]
-    return value
+        return _MIXED, {
+            key: _to_wire(v, b64_threshold, where, depth + 1) for key, v in value.items()
+        }
+    if not isinstance(value, list | tuple):
+        return _PURE, value
+    entries = [_gathered(item, b64_threshold, where, depth + 1) for item in value]
+    kinds = {kind for kind, _ in entries}
+    if kinds <= {_PURE}:  # Python's own values: sent as written, NaN and ragged rows too
+        return _PURE, value
+    if _MIXED not in kinds:
+        stacked = _stacked([entry for _, entry in entries])
+        if stacked is not None:
+            return _ARRAY, stacked
+    # Ragged, or holding text or mappings: a list, its arrays as nested lists, so that the
+    # service answers what it answers of such a list (a 422 naming the entry).
+    return _MIXED, [entry.tolist() if kind == _ARRAY else entry for kind, entry in entries]
+
+
+def _stacked(entries: list[Any]) -> Array | None:
+    """The entries (arrays, and Python numbers or lists of them) as one numeric array, or
+    None where they are not of one shape or not all numbers."""
+    arrays = []
+    for entry in entries:
+        if not isinstance(entry, np.ndarray):
+            if isinstance(entry, bool | str) or entry is None:
+                return None
+            try:
+                entry = np.asarray(entry)
+            except ValueError:  # a ragged list
+                return None
+            if entry.dtype.kind not in "iuf":
+                return None
+        arrays.append(entry)
+    if any(array.shape != arrays[0].shape for array in arrays):
+        return None
+    return np.stack(arrays)
+
+
+def _array_to_wire(array: Array, b64_threshold: int) -> Any:
+    """A numeric array in the wire form: a number, nested lists, or base64 of its bytes."""
+    if array.ndim == 0:
+        # A number, whatever holds it (np.int64(5), a 0-d tensor): sent as the number it is,
+        # so that a field taking a number reads one, and its NaN follows the rules of numbers
+        # (spelled out in an answer, refused before sending elsewhere).
+        return array.item()
+    # JSON has no NaN or infinity (a writer makes them null): the bytes carry them exactly,
+    # and the service then says which element is not finite.
+    finite = array.dtype.kind != "f" or bool(np.isfinite(array).all())
+    if array.size <= b64_threshold and finite:
+        return array.tolist()
+    datatype, layout = _WIRE_DATATYPES.get(array.dtype, ("FP64", "<f8"))
+    raw = base64.b64encode(np.ascontiguousarray(array, dtype=layout).tobytes()).decode()
+    return {"shape": list(array.shape), "datatype": datatype, "b64": raw}
 
 
 def _too_deep(where: str) -> UnsendableError:
@@ -431,12 +492,6 @@ def _place(parent: str, key: Any) -> str:
     if not parent:
         return str(key)
     return f"{parent}[{json.dumps(key) if isinstance(key, str) else key}]"
-
-
-def _holds_tensor(value: Any) -> bool:
-    """Whether ``value`` is, or may hold, what JSON cannot write as it is: an array, a numpy
-    scalar, a tensor."""
-    return isinstance(value, np.ndarray | np.generic | Mapping | list | tuple) or _is_tensor(value)
 
 
 def from_wire(tensor: Mapping[str, Any] | Array) -> Array:

@@ -1321,3 +1321,53 @@ def test_what_json_cannot_write_is_refused_naming_the_entry() -> None:
         "1.1c-i": 'answers["1.1c-i"][1]["b"] is a set, which cannot be sent as JSON '
         "(Type is not JSON serializable: set)"
     }
+
+
+# -- lists of arrays: one tensor ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [3, 1100])  # under and over the base64 threshold
+@pytest.mark.parametrize(
+    "rows",
+    [
+        lambda n: [np.ones(n), np.arange(n, dtype=np.float64)],
+        lambda n: (torch.ones(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64)),
+        lambda n: [np.ones(n), torch.arange(n, dtype=torch.float64)],
+        lambda n: [[np.float64(1.0)] * n, np.arange(n)],  # numpy scalars, ints
+        lambda n: [[1.0] * n, np.arange(n, dtype=np.float32)],  # a Python list among arrays
+    ],
+    ids=["arrays", "tensors", "both", "scalars", "with-a-list"],
+)
+def test_a_list_of_same_shaped_arrays_is_one_tensor_whatever_its_size(
+    client: TestClient, rows: Callable[[int], object], n: int
+) -> None:
+    """It is judged the same, small or large: one tensor, not one per entry."""
+    expected = {"op": "value", "value": np.stack([np.ones(n), np.arange(n)])}
+    transport = InProcess(client)
+    with Client("http://testserver", transport=transport) as tg:
+        judged = tg.check(expected, rows(n))
+        assert judged["correct"] is True, judged
+        answer = orjson.loads(transport.requests[-1].content)["answer"]
+        if n > 1024:
+            assert answer["shape"] == [2, n] and "b64" in answer
+        else:
+            assert answer == [[1.0] * n, list(range(n))]
+        # So in every tensor the client sends: params and inputs too.
+        rows_of_x = [X[c] for c in range(5)]
+        y = tg.forward("conv1d", {"weight": [W[0]]}, {"x": rows_of_x}, config={"stride": 2})["y"]
+        np.testing.assert_array_equal(y, tg.forward("conv1d", {"weight": W}, {"x": X},
+                                                    config={"stride": 2})["y"])  # fmt: skip
+
+
+@pytest.mark.parametrize("n", [3, 1100])
+def test_a_ragged_list_of_arrays_reaches_the_service_as_a_list(tg: Client, n: int) -> None:
+    """The service answers it as it answers the same ragged list of numbers."""
+    expected = {"op": "value", "value": np.ones((2, n))}
+    ragged = [np.ones(n), np.ones(n - 1)]
+    with pytest.raises(ProblemError) as as_lists:
+        tg.check(expected, [row.tolist() for row in ragged])
+    with pytest.raises(ProblemError) as as_arrays:
+        tg.check(expected, ragged)
+    assert as_arrays.value.status == as_lists.value.status == 422
+    assert as_arrays.value.detail == as_lists.value.detail
+    assert as_arrays.value.errors == as_lists.value.errors
