@@ -320,7 +320,9 @@ def _stacked(entries: list[Any]) -> Array | None:
     arrays = []
     for entry in entries:
         if not isinstance(entry, np.ndarray):
-            if isinstance(entry, bool | str) or entry is None:
+            if _holds_non_number(entry):
+                # A boolean (np.asarray makes [True, 2.0] the numbers [1.0, 2.0]) or text:
+                # sent as written, for the service to refuse.
                 return None
             try:
                 entry = np.asarray(entry)
@@ -331,7 +333,22 @@ def _stacked(entries: list[Any]) -> Array | None:
         arrays.append(entry)
     if any(array.shape != arrays[0].shape for array in arrays):
         return None
-    return np.stack(arrays)
+    stacked = np.stack(arrays)
+    if stacked.dtype.kind == "f" and all(array.dtype.kind in "iu" for array in arrays):
+        # Integers only, made floats by numpy (uint64 beside int64; 2**63 beside an int64):
+        # past 2**53 they would change. Sent entry by entry instead, each exact.
+        return None
+    return stacked
+
+
+def _holds_non_number(value: Any, depth: int = 0) -> bool:
+    """Whether a plain entry (a Python value, or lists of them) holds anything but numbers:
+    a boolean, text, None, a mapping. ``_gathered`` bounded its depth on the way down."""
+    if isinstance(value, bool) or not isinstance(value, int | float | list | tuple):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_holds_non_number(item, depth + 1) for item in value)
+    return False
 
 
 def _array_to_wire(array: Array, b64_threshold: int) -> Any:
@@ -680,24 +697,22 @@ class BaseClient(Generic[T]):
 
     def ready(self) -> bool:
         """``GET /readyz``: whether the server is ready (torch loaded, a warm-up computation
-        run): True on its ``{"status": "ready"}``, False on its 503 while it warms up (a
-        problem detail, answered at once, not waited out as other 503s are).
+        run): True on its ``{"status": "ready"}``, False on a 503 while it warms up (answered
+        at once, not waited out as other 503s are): its own problem detail, or the page of a
+        proxy or load balancer with no ready server behind it ("no healthy upstream"), which
+        is what a caller behind an ingress sees while every pod warms up.
 
         Raises:
-            ProblemError: any other error, as ``health`` raises it (a proxy's error page,
-                a 503 that is not a problem detail).
+            ProblemError: any other error, as ``health`` raises it (a proxy's error page).
             UnexpectedResponse: a success (or a redirect) that is not ``{"status": "ready"}``,
                 as ``health`` raises it: a captive portal's page, ``{}``, a 204.
             httpx.HTTPError: the server cannot be reached (after the retries).
         """
         response = self._send("GET", "/readyz", None, None, retried=frozenset())
+        if response.status_code == 503:
+            return False
         if response.status_code >= 400:
-            problem = ProblemError.from_response(response, self._secret)
-            # The service's own 503 is a problem detail; a proxy's "no upstream" page is not,
-            # and says nothing of whether the service is warming up.
-            if response.status_code == 503 and problem.body:
-                return False
-            raise problem
+            raise ProblemError.from_response(response, self._secret)
         answer = self._answer(response, "GET /readyz", ("status",))
         if answer["status"] != "ready":
             what = f"with status {answer['status']!r}, not 'ready'"

@@ -441,9 +441,12 @@ class EdgeMiddleware:
         content_encoding: bytes | None,
         started: Callable[[], bool],
     ) -> None:
-        bad_query = query_problem(scope.get("query_string", b""))
-        if bad_query is not None:  # for the route to answer, after its key rule
-            scope[QUERY_PROBLEM] = bad_query
+        # Not the probes' and metrics': they read no parameter, and a stray one from a probe's
+        # configuration must not make a healthy worker fail its probes.
+        if scope["path"] not in EXEMPT_PATHS:
+            bad_query = query_problem(scope.get("query_string", b""))
+            if bad_query is not None:  # for the route to answer, after its key rule
+                scope[QUERY_PROBLEM] = bad_query
         if content_length is not None and content_length.isdigit():
             declared = int(content_length)
             if declared > self.max_bytes:

@@ -303,14 +303,19 @@ def _outlier(value: float, others_mean: float, others_sd: float | None, log_c: f
 def _start(losses: Sequence[float], log_c: float) -> tuple[float, int | None]:
     """Where the curve starts: epoch 0's mean loss, leaving out one batch that is an outlier
     above the others by the last batch's rule (the last batch where it is one, as its spike
-    says; otherwise the highest), and that batch's index (``None`` where none is left out).
+    says; otherwise the highest, but never batch 0), and that batch's index (``None`` where
+    none is left out).
 
     One batch of confident mistakes at 3.5 among batches at log 4 is no badly initialised
-    model, and it would raise the bar of ``above_initial_loss`` for every later epoch. Not the
-    median: that would move the start of every curve whose loss falls within epoch 0, where
-    the mean is what the fixed plot shows."""
+    model, and it would raise the bar of ``above_initial_loss`` for every later epoch. Never
+    batch 0: measured the closest to the initialisation, a batch 0 far above the rest is the
+    very symptom of large initial logits that the start is read for. Not the median: that
+    would move the start of every curve whose loss falls within epoch 0, where the mean is
+    what the fixed plot shows."""
     highest = max(range(len(losses)), key=losses.__getitem__)
     for b in dict.fromkeys((len(losses) - 1, highest)):
+        if b == 0:
+            continue
         others = [*losses[:b], *losses[b + 1 :]]
         if len(others) < 2:
             break

@@ -299,10 +299,11 @@ def _slipped(slips: Slips) -> Callable[[Dim], int | None]:
 
 def _odd_padding_left_out(x: Dim) -> int | None:
     """The size with the padding of the side before the input on both sides: "same" with an
-    odd D(K - 1) read as the same P on each side, one short in all; None where the sides are
-    padded alike (no odd one to leave out)."""
+    odd D(K - 1) read as the same P on each side, one short in all. Where the sides are padded
+    alike, the right size: another dimension may be the odd one, and a shape none of whose
+    dimensions is odd equals the key, which is no mistake."""
     if x.before == x.after:
-        return None
+        return _slipped(Slips())(x)
     return _slipped(Slips())(replace(x, after=x.before))
 
 

@@ -710,6 +710,10 @@ def test_same_padding_diagnoses_only_what_stays_a_mistake() -> None:
     assert codes(judge(same, [9])) == ["odd_padding_left_out", "plus_one_missing"]
     assert codes(judge(same, [10 + 1 - 3])) == []  # 1 once, or 2 once minus one: no story
     assert codes(judge(same, [10 - 3])) == ["padding_ignored"]
+    # In 2-D with one side odd, the other evenly padded: that dimension is right, not a reason
+    # to leave the mistake untold.
+    two = {"op": "conv_shape", "input_size": [8, 8], "kernel_size": [4, 3], "padding": "same"}
+    assert codes(judge(two, [7, 8])) == ["odd_padding_left_out"]
 
 
 def test_transposed_shapes_are_not_diagnosed_with_the_convolutions_rounding() -> None:

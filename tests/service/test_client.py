@@ -1101,17 +1101,32 @@ def test_ready_is_true_only_on_the_services_readiness_answer(
                 tg.health()
 
 
-def test_ready_is_false_on_the_services_503_and_raises_on_a_proxys() -> None:
+def test_ready_is_false_on_any_503_and_raises_on_other_errors() -> None:
+    """A warming service answers its own 503; behind an ingress, while every pod warms up,
+    callers see the ingress's 503 page ("no healthy upstream") instead. Both are "not ready
+    yet": a script waiting on ready() must not stop on the second."""
     warming = create_app(Settings())  # its lifespan not run: torch is not warmed up
     with Client("http://testserver", transport=InProcess(TestClient(warming))) as tg:
         assert tg.ready() is False
-    page = httpx.Response(503, html="<html>503 Service Temporarily Unavailable</html>")
+    page = httpx.Response(503, text="no healthy upstream")
     with Client("http://x", transport=answering(page), retries=0) as tg:
-        with pytest.raises(ProblemError) as error:
-            tg.ready()
-        assert error.value.status == 503 and "Temporarily Unavailable" in error.value.detail
+        assert tg.ready() is False
         with pytest.raises(ProblemError):
             tg.health()
+    gateway = httpx.Response(502, html="<html>502 Bad Gateway</html>")
+    with Client("http://x", transport=answering(gateway), retries=0) as tg:
+        with pytest.raises(ProblemError) as error:
+            tg.ready()
+        assert error.value.status == 502 and "Bad Gateway" in error.value.detail
+
+
+def test_a_list_is_stacked_only_where_its_numbers_stay_what_they_are() -> None:
+    """np.asarray makes [True, 2.0] the numbers [1.0, 2.0], and uint64 beside int64 floats:
+    such lists go entry by entry, so that the service refuses the boolean, and large
+    integers stay exact."""
+    assert answer_to_wire([[True, 2.0], np.array([1.0, 2.0])]) == [[True, 2.0], [1.0, 2.0]]
+    assert answer_to_wire([np.uint64(2**64 - 1), 1]) == [2**64 - 1, 1]
+    assert answer_to_wire([[1.0, 2.0], np.array([1.0, 2.0])]) == [[1.0, 2.0], [1.0, 2.0]]
 
 
 def test_problem_answers_the_given_tensors_as_this_clients_tensor_type(client: TestClient) -> None:

@@ -255,6 +255,9 @@ def test_the_whole_curve_is_read_from_where_it_starts() -> None:
         ([2.5, 2.6, 2.4], 2.5),
         ([1.39, 1.38, 3.5, 3.4], 2.4175),  # half the epoch high: no one outlying batch
         ([2.5, 2.6, 2.4, 2.45, 2.55, 3.5], 2.5),  # high, and an outlier above that
+        # Batch 0, the nearest the initialisation, far above the rest: large initial logits,
+        # the very thing the start is read for; never left out.
+        ([4.0, 1.5, 1.45, 1.4], 2.0875),
     ],
 )
 def test_an_epoch_0_that_is_high_is_still_well_above(first: list[float], start: float) -> None:
