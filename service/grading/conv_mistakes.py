@@ -12,10 +12,13 @@ from service.grading.diagnosis import Candidate, Mistake, Shape, register
 from service.grading.keys import TensorKey
 
 CONV_MODELS = frozenset({"conv1d", "conv2d", "conv3d"})
-FLIPPABLE_OPS = frozenset({"forward", "jacobian"})
-"""The ops whose key changes with the kernel's order: the output and the Jacobians (that
-against the input holds the kernel; the one against the weight, which holds only the input,
-comes out the same and is skipped as indistinct)."""
+FLIPPABLE_OPS = frozenset({"forward", "jacobian", "backward"})
+"""The ops whose key changes with the kernel's order: the output, the Jacobians and the
+gradients. Those against the input hold the kernel and are recomputed with it flipped; those
+against the weight hold only the input, which a flipped convolution reads backwards along the
+kernel's axes: y[i] = sum_m W[m] x[i + K - 1 - m], so dy[i]/dW[m] = x[i + K - 1 - m] is the
+key with its kernel axes reversed (recomputed with the weight flipped, it would come out the
+same)."""
 
 
 @register
@@ -35,10 +38,15 @@ class KernelFlipped(Mistake):
         weight = source.prepared.args.get("weight")
         if weight is None or weight.dim() < 3:
             return
-        flipped = weight.flip(dims=tuple(range(2, weight.dim())))  # every kernel axis
-        tensor = source.compute({**source.prepared.args, "weight": flipped})
-        if tensor is None:
-            return
+        if _against_weight(source.op, source.wrt, source.select):
+            # The kernel's axes are the last of the key (the weight's shape ends it).
+            tensor = key.tensor.flip(dims=tuple(range(-(weight.dim() - 2), 0)))
+        else:
+            flipped = weight.flip(dims=tuple(range(2, weight.dim())))  # every kernel axis
+            computed = source.compute({**source.prepared.args, "weight": flipped})
+            if computed is None:
+                return
+            tensor = computed
         called = key.called("weight")
         yield Candidate(
             tensor,
@@ -47,3 +55,8 @@ class KernelFlipped(Mistake):
             f"{called}[m] x[i + m] with the kernel in order, not the flipped kernel of a "
             "signal-processing convolution.",
         )
+
+
+def _against_weight(op: str, wrt: str, select: str) -> bool:
+    """Whether the key is dy/dW or dl/dW: a Jacobian against the weight, or its gradient."""
+    return (op == "jacobian" and wrt == "weight") or (op == "backward" and select == "weight")

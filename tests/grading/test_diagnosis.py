@@ -1058,3 +1058,41 @@ def test_a_tensor_that_two_mistakes_give_is_told_as_either() -> None:
         lead + "your answer is the negative of the key: the sign is flipped (a minus sign lost "
         "or added, or the difference taken the other way round)."
     )
+
+
+def flipped_conv_derivatives(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dy/dW, dl/dW and dl/dx of a signal-processing convolution, the kernel read backwards:
+    y[i] = sum_c sum_m W[c, m] x[c, 2i + 2 - m] (0-based, K = 3), by plain loops."""
+    dy_dw = np.zeros((1, 3, 1, 5, 3))
+    dl_dx = np.zeros((5, 7))
+    for i in range(3):
+        for c in range(5):
+            for m in range(3):
+                dy_dw[0, i, 0, c, m] = X[c, 2 * i + 2 - m]
+                dl_dx[c, 2 * i + 2 - m] += UPSTREAM[0, i] * weight[0, c, m]
+    dl_dw = np.einsum("i,icm->cm", UPSTREAM[0], dy_dw[0, :, 0])[None]
+    return dy_dw, dl_dw, dl_dx
+
+
+# The seed's kernel [-1, 0, 1] read backwards is its negative, which the sign explains first:
+# dl/dx is tried with a kernel that is not.
+LOPSIDED = np.array([[[1.0, 2.0, 0.5]] * 5])
+
+
+@pytest.mark.parametrize("which", ["dy/dW", "dl/dW", "dl/dx"])
+def test_a_flipped_kernel_is_told_against_the_weight_too(which: str) -> None:
+    """Seed 1.1(c)(ii) and (iv) by a student who convolves as in signal processing: the
+    derivatives against W hold only x, read backwards along the kernel; recomputing them with
+    the weight flipped gave the key itself, and the mistake went untold. dl/dx (a gradient
+    was not tried at all) is recomputed with the kernel flipped."""
+    dy_dw, dl_dw, _ = flipped_conv_derivatives(W)
+    _, _, dl_dx = flipped_conv_derivatives(LOPSIDED)
+    lopsided = {**BACKWARD_X, "params": {"weight": LOPSIDED.tolist()}}
+    expected, answer = {
+        "dy/dW": (JACOBIAN_W, dy_dw),
+        "dl/dW": (BACKWARD_W, dl_dw),
+        "dl/dx": (lopsided, dl_dx),
+    }[which]
+    result = judge(expected, answer.tolist())
+    assert result["correct"] is False
+    assert codes(result) == ["kernel_flipped"], result["diagnosis"]
