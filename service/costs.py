@@ -135,12 +135,20 @@ def check_deadline(
         )
     else:
         hint = ", or ask for device 'cuda'" if device.type == "cpu" and cuda_available() else ""
-        steps = f" and {fixed:,.1f} s of per-step work (a loop over time steps)" if fixed else ""
+        steps = (
+            f" and {_seconds(fixed)} s of per-step work (a loop over time steps)" if fixed else ""
+        )
         message = (
             f"this computation needs about {flops:.3g} floating-point operations{steps}, an "
-            f"estimated {seconds:,.0f} s on {device.type} at {rate:.3g} per second; the limit "
-            f"is {deadline:g} s. Send smaller tensors{hint}."
+            f"estimated {_seconds(seconds)} s on {device.type} at {rate:.3g} per second; the "
+            f"limit is {deadline:g} s. Send smaller tensors{hint}."
         )
     raise body_problem(
         message, "over-compute-deadline", "Over the compute deadline", "compute_deadline"
     )
+
+
+def _seconds(value: float) -> str:
+    """Seconds as a message gives them: whole ones past 10, else two significant digits (a
+    deadline set in milliseconds read "an estimated 0 s ... the limit is 1e-05 s")."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"

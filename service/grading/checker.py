@@ -167,7 +167,17 @@ def spec_validator(settings: Settings) -> SpecValidator:
             where = f"{error.where}: " if error.where else ""
             raise ValueError(f"{where}{error.message}") from None
         except Problem as error:
-            raise ValueError(error.detail) from None
+            detail = error.detail
+            if error.kind == "over-compute-deadline":
+                # Told to the operator at start-up, not to a client: the setting is theirs.
+                # The advice to a client ("Send smaller tensors") gives way to the operator's.
+                head = detail.split(". Send smaller tensors")[0].removesuffix(".")
+                detail = (
+                    f"{head}; an assignment's key must compute within "
+                    f"TENSORGRADE_COMPUTE_DEADLINE_SECONDS ({settings.compute_deadline_seconds:g} "
+                    "s); raise it, or give the problem smaller tensors"
+                )
+            raise ValueError(detail) from None
 
     return validate
 

@@ -176,3 +176,14 @@ def test_the_seeds_loss_is_within_the_tolerance_of_1_3_4() -> None:
         "correct"
     ]
     assert not check(variant.expected, 1.4, variant.problem.tolerance)["correct"]
+
+
+def test_a_key_over_the_compute_deadline_at_start_up_names_the_setting() -> None:
+    """Said to the operator, whose setting it is: "Send smaller tensors" is a client's
+    advice, and an estimate of "0 s" beside a limit of 1e-05 s read as a contradiction."""
+    validate = spec_validator(Settings(compute_deadline_seconds=1e-9))
+    with pytest.raises(ValueError) as error:
+        validate(CONV)
+    told = str(error.value)
+    assert "TENSORGRADE_COMPUTE_DEADLINE_SECONDS (1e-09 s); raise it" in told, told
+    assert "Send smaller tensors" not in told and "an estimated 0 s" not in told
