@@ -140,6 +140,8 @@ def student_report(report: Mapping[str, Any]) -> dict[str, Any]:
         told["counterexample"] = {"point": example.get("point"), "given": example.get("given")}
     # Whether the whole answer is right, which the verdict says anyway.
     correct = not report.get("mismatched") and not report.get("points_disagreeing")
+    if kind == "shape":  # a shape's report counts no mismatches: its answer is the key or not
+        correct = report.get("given") == report.get("expected")
     told["message"] = _message(told, correct)
     return told
 
@@ -173,7 +175,12 @@ def _message(told: Mapping[str, Any], correct: bool) -> str:
                 f" (where your formula gives {given})" if given is not None else ""
             )
         return text
-    return f"the answer {told.get('given')} is not the {told.get('label', 'size')} asked for"
+    what = f"the {told.get('label', 'size')} asked for"
+    return (
+        f"the answer {told.get('given')} is {what}"
+        if correct
+        else (f"the answer {told.get('given')} is not {what}")
+    )
 
 
 ONE_ELEMENT_HINTS = frozenset({"constant_factor"})

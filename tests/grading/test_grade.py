@@ -276,6 +276,13 @@ def test_the_student_report_of_each_kind(report: dict[str, Any], told: dict[str,
     assert student_report(report) == told
 
 
+def test_a_right_shapes_report_says_it_is_right() -> None:
+    """Gradescope showed "Correct: 1 of 1 points." above "The answer [5, 2] is not the output
+    size asked for"."""
+    right = {"kind": "shape", "label": "output size", "expected": [5, 2], "given": [5, 2]}
+    assert student_report(right)["message"] == "the answer [5, 2] is the output size asked for"
+
+
 def test_a_ratio_to_a_one_number_key_is_not_a_diagnosis_for_the_student() -> None:
     # "6/5 times the key" of the number 0.25 says the key is 0.25
     ratio = {"code": "constant_factor", "message": "Your answer is 6/5 times the key"}
