@@ -276,6 +276,21 @@ def first_distinct_draw(
     return None
 
 
+def _read_text(path: Traversable | Path, file: str) -> str:
+    """A file's text, UTF-8 as TOML requires; a byte-order mark (which Windows editors write)
+    is no part of it. Otherwise an ``AssignmentFileError`` that names the file: the decoder's
+    own message named none."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise AssignmentFileError(
+            file,
+            "",
+            f"not UTF-8 text (byte 0x{error.object[error.start]:02X} at offset {error.start}): "
+            "save it as UTF-8, as TOML requires",
+        ) from None
+
+
 def load_catalogue(
     sources: Iterable[tuple[Traversable, str]],
     secret: bytes,
@@ -303,7 +318,7 @@ def load_catalogue(
     for folder, label in sources:
         for path in _files(folder):
             file = f"{label}/{path.name}"
-            assignment = parse_assignment(path.read_text(encoding="utf-8"), file)
+            assignment = parse_assignment(_read_text(path, file), file)
             if assignment.id in assignments:
                 raise AssignmentFileError(
                     file,

@@ -278,3 +278,15 @@ def test_the_built_in_files_ship_as_package_data() -> None:
     for path in shipped:
         relative = path.relative_to(ROOT / "service").as_posix()
         assert any(fnmatch(relative, pattern) for pattern in patterns), relative
+
+
+def test_a_file_that_is_not_utf8_is_named_and_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """A statement saved as Latin-1 ("é" as 0xE9) stopped start-up with the decoder's message
+    alone, naming no file; a BOM (Windows editors) made the TOML "invalid at line 1"."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "latin.toml").write_bytes(SAMPLE.replace("A drawn", "Un é").encode("latin-1"))
+    with pytest.raises(AssignmentFileError, match=r"a/latin.toml: not UTF-8 text \(byte 0xE9 "):
+        load_catalogue([(tmp_path / "a", "a")], b"s" * 32)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bom.toml").write_bytes(b"\xef\xbb\xbf" + SAMPLE.encode("utf-8"))
+    assert list(load_catalogue([(tmp_path / "b", "b")], b"s" * 32).assignments) == ["sample"]
