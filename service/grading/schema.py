@@ -78,9 +78,11 @@ OPS_BY_KIND: dict[str, frozenset[str]] = {
 
 
 class FileModel(BaseModel):
-    """A table of an assignment file: unknown keys are errors, so a typo never passes silently."""
+    """A table of an assignment file: unknown keys are errors, so a typo never passes silently;
+    and values are of their key's type, never converted (strict): ``rtol = true`` was read as
+    1.0, which passed every answer, and ``points = "2"`` as 2.0."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Tolerance(FileModel):

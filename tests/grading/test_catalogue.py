@@ -170,6 +170,19 @@ WRONG_FILES = [
         "greater than 0",
         id="points",
     ),
+    # Never converted: rtol = true read as 1.0 passed every answer.
+    pytest.param(
+        replace("tolerance = { rtol = 0, atol = 0.01 }", "tolerance = { rtol = true }"),
+        "problems[2] (p3).tolerance.rtol",
+        "valid number",
+        id="tolerance-of-a-bool",
+    ),
+    pytest.param(
+        replace("points = 2\n", 'points = "2"\n'),
+        "problems[0] (p1).points",
+        "valid number",
+        id="points-as-text",
+    ),
 ]
 
 
