@@ -325,8 +325,7 @@ def load_catalogue(
                     "id",
                     f"assignment {assignment.id!r} is also defined in {origin[assignment.id]}",
                 )
-            if validate_spec is not None:
-                _validate_specs(assignment, file, secret, validate_spec)
+            _validate_specs(assignment, file, secret, validate_spec)
             if screen is not None:
                 _validate_distinct(assignment, file, secret, screen)
             assignments[assignment.id] = assignment
@@ -335,16 +334,57 @@ def load_catalogue(
 
 
 def _validate_specs(
-    assignment: AssignmentSpec, file: str, secret: bytes, validate_spec: SpecValidator
+    assignment: AssignmentSpec, file: str, secret: bytes, validate_spec: SpecValidator | None
 ) -> None:
+    """Each problem's key, for the probe student: one an answer of its kind can match, and
+    (with ``validate_spec``) one the checking engine computes."""
     for index, problem in enumerate(assignment.problems):
         variant = make_variant(secret, assignment.id, problem, PROBE_STUDENT)
         try:
-            validate_spec(variant.expected)
+            fault = unanswerable(problem.answer_kind, variant.expected)
+            if fault is not None:
+                raise ValueError(fault)
+            if validate_spec is not None:
+                validate_spec(variant.expected)
         except ValueError as error:
             raise AssignmentFileError(
                 file, f"problems[{index}] ({problem.id}).expected", str(error)
             ) from None
+
+
+def unanswerable(kind: str, expected: Mapping[str, Any]) -> str | None:
+    """Why no answer of ``kind`` can match a key given as a ``value`` (resolved for a
+    student), or None: a shape's sizes are whole numbers of at least 0 (a size drawn without
+    ``integer = true`` is 2.856..., which "3" misses and "2.856" is refused as no size), and a
+    number's key is one number."""
+    if expected.get("op") != "value":
+        return None
+    value = expected.get("value")
+    if kind == "shape":
+        sizes = value if isinstance(value, list) else [value]
+        if not all(
+            isinstance(size, int | float)
+            and not isinstance(size, bool)
+            and float(size).is_integer()
+            and size >= 0
+            for size in sizes
+        ):
+            return (
+                f"value: {json.dumps(value)[:60]} is no shape: a shape's key is a list of whole "
+                "numbers of at least 0, which a student can answer (draw its sizes with "
+                "integer = true)"
+            )
+    if kind == "number" and isinstance(value, list) and _count(value) != 1:
+        return (
+            f"value: {json.dumps(value)[:60]} is not one number, which a number's answer is "
+            'compared with: give one number, or answer_kind = "tensor"'
+        )
+    return None
+
+
+def _count(value: Any) -> int:
+    """The numbers in a nested list."""
+    return sum(_count(item) for item in value) if isinstance(value, list) else 1
 
 
 def _validate_distinct(

@@ -303,3 +303,28 @@ def test_a_file_that_is_not_utf8_is_named_and_a_byte_order_mark_is_read(tmp_path
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "bom.toml").write_bytes(b"\xef\xbb\xbf" + SAMPLE.encode("utf-8"))
     assert list(load_catalogue([(tmp_path / "b", "b")], b"s" * 32).assignments) == ["sample"]
+
+
+@pytest.mark.parametrize(
+    ("text", "told"),
+    [
+        (replace('value = { given = "c" }', 'value = [{ given = "c" }, 1]'), "is not one number"),
+        (
+            replace('answer_kind = "number"', 'answer_kind = "shape"').replace(
+                "value = 4\ninteger = true", "value = 2.5"
+            ),
+            "2.5 is no shape",
+        ),
+    ],
+    ids=["number-of-two", "shape-of-a-fraction"],
+)
+def test_a_key_no_answer_of_its_kind_can_match_stops_start_up(
+    tmp_path: Path, text: str, told: str
+) -> None:
+    """A number's key of two numbers, a shape's of sizes that are no whole numbers (drawn
+    without integer = true): every student's answer would be wrong, silently."""
+    write(tmp_path, "sample.toml", text)
+    with pytest.raises(AssignmentFileError) as raised:
+        load_catalogue([(tmp_path, "a")], b"s" * 32)
+    assert str(raised.value).startswith("a/sample.toml: problems[2] (p3).expected: value: ")
+    assert told in str(raised.value)
