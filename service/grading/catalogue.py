@@ -69,6 +69,9 @@ class Screen(Protocol):
     ) -> list[str]:
         """Those of ``codes`` that are indistinct from the answer of ``expected``."""
 
+    def applicable(self, expected: Mapping[str, Any], codes: Collection[str]) -> list[str]:
+        """Those of ``codes`` an answer to ``expected`` can make at all."""
+
 
 class AssignmentFileError(Exception):
     """An assignment file that cannot be served, with the file and the key at fault."""
@@ -405,6 +408,18 @@ def _validate_distinct(
         if problem.answer_kind != "tensor":
             raise AssignmentFileError(
                 file, where, "only a tensor answer is screened for mistakes (answer_kind)"
+            )
+        # A mistake this key's answer cannot make (a recurrent one on a convolution) would be
+        # screened for in vain: the file would promise what no draw checks.
+        probe = make_variant(secret, assignment.id, problem, PROBE_STUDENT)
+        made = set(screen.applicable(probe.expected, problem.distinct_from))
+        never = [code for code in problem.distinct_from if code not in made]
+        if never:
+            raise AssignmentFileError(
+                file,
+                where,
+                f"{never[0]!r} is no mistake an answer to this problem can make (it gives no "
+                "answer of the key's shape for its op and model); remove it",
             )
         group = screened_group(assignment, problem)
         if first_distinct_draw(secret, assignment.id, group, PROBE_STUDENT, screen) is None:

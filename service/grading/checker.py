@@ -35,7 +35,7 @@ from service.gate import ComputeGate
 from service.grading import compare
 from service.grading.catalogue import SpecValidator
 from service.grading.check import CheckFailed, check_one, compute_key
-from service.grading.diagnosis import indistinct, mistake_codes
+from service.grading.diagnosis import applicable, indistinct, mistake_codes
 from service.grading.grade import MalformedAnswer
 from service.grading.keys import TensorKey
 from service.grading.schema import Tolerance
@@ -218,6 +218,22 @@ class VariantScreen:
     ) -> list[str]:
         """Those of ``codes`` an answer could make and still be judged correct; none where the
         key cannot be computed (the check of an answer then says why)."""
+        key = self._key(expected)
+        if key is None:
+            return []
+        judged = compare.Tolerance(tolerance.rtol, tolerance.atol, tolerance.floor)
+        return indistinct(key, judged, codes)
+
+    def applicable(self, expected: Mapping[str, Any], codes: Collection[str]) -> list[str]:
+        """Those of ``codes`` an answer to ``expected`` can make at all (``diagnosis.
+        applicable``); all of them where the key cannot be computed here (the key's own check
+        says why)."""
+        key = self._key(expected)
+        return list(codes) if key is None else applicable(key, codes)
+
+    def _key(self, expected: Mapping[str, Any]) -> TensorKey | None:
+        """The key of ``expected`` on the CPU, or None where it is no tensor or cannot be
+        computed."""
         try:
             request = CheckRequest.model_validate({"expected": dict(expected), "answer": None})
             if getattr(request.expected, "device", None) is not None:  # "cuda" too
@@ -226,8 +242,5 @@ class VariantScreen:
             with unrecorded():  # no request asked for it: not counted in the compute metrics
                 key = compute_key(request, self.settings, self.gate)
         except (ValidationError, ModelError, Problem):
-            return []
-        if not isinstance(key, TensorKey):
-            return []
-        judged = compare.Tolerance(tolerance.rtol, tolerance.atol, tolerance.floor)
-        return indistinct(key, judged, codes)
+            return None
+        return key if isinstance(key, TensorKey) else None

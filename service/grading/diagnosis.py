@@ -273,6 +273,22 @@ def indistinct(key: TensorKey, tolerance: Tolerance, codes: Collection[str]) -> 
     return found
 
 
+def applicable(key: TensorKey, codes: Collection[str]) -> list[str]:
+    """Those of ``codes`` whose mistake, made on this key, gives an answer of its shape at all:
+    the others (a recurrent mistake on a convolution's key) can never be screened for by
+    ``distinct_from``, nor told."""
+    shape = tuple(key.tensor.shape)
+    found: set[str] = set()
+    for mistake in MISTAKES:
+        if not set(codes) & {mistake.code, *mistake.also}:
+            continue
+        for candidate in mistake.candidates(key, shape):
+            code = candidate.code or mistake.code
+            if code in codes and tuple(candidate.tensor.shape) == shape:
+                found.add(code)
+    return sorted(found)
+
+
 def diagnose(
     key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, work: Work | None = None
 ) -> list[list[Diagnosis]]:

@@ -194,6 +194,12 @@ def test_an_assignment_file_may_name_mistakes_to_tell_apart(tmp_path: Path) -> N
             f"none of {MAX_DRAWS} draws for a probe student tells these mistakes from the answer",
             id="never-distinct",
         ),
+        pytest.param(
+            # A recurrent model's mistake on this problem's value key: screened for in vain.
+            with_distinct('distinct_from = ["direct_gradients_only"]'),
+            "'direct_gradients_only' is no mistake an answer to this problem can make",
+            id="never-made",
+        ),
     ],
 )
 def test_a_wrong_distinct_from_stops_the_load(tmp_path: Path, text: str, message: str) -> None:
