@@ -41,7 +41,7 @@ from service.grading.keys import TensorKey
 from service.grading.schema import Tolerance
 from service.grading.schemas import CheckRequest
 from service.metrics import unrecorded
-from service.problems import Problem
+from service.problems import Problem, json_path
 from service.settings import Settings
 
 logger = logging.getLogger("tensorgrade")
@@ -72,11 +72,15 @@ def key_failure(detail: str) -> Problem:
     )
 
 
-def _describe(error: ValidationError) -> str:
-    """A pydantic error as ``where: what`` (the first one, and how many more there are)."""
+def _describe(error: ValidationError, body: Mapping[str, Any]) -> str:
+    """A pydantic error of ``body`` as ``where: what`` (the first one, and how many more there
+    are), ``where`` a path into ``body`` itself (``expected.dtype``, not pydantic's
+    ``expected.forward.dtype``, which names a member of the union it tried)."""
     errors = error.errors()
     first = errors[0]
-    where = ".".join(str(part) for part in first["loc"])
+    where = ".".join(
+        str(part) for part in json_path(first["loc"], body, first["type"] == "missing")
+    )
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {first['msg']}{more}"
 
@@ -84,20 +88,15 @@ def _describe(error: ValidationError) -> str:
 def _request(expected: Mapping[str, Any], answer: Any, tolerance: Tolerance) -> CheckRequest:
     """The body of ``POST /v1/check`` for one answer. The answer is free-form (the engine
     judges it), so a validation error here is the spec's or the tolerance's."""
+    body = {
+        "expected": dict(expected),
+        "answer": answer,
+        "tolerance": {"rtol": tolerance.rtol, "atol": tolerance.atol, "floor": tolerance.floor},
+    }
     try:
-        return CheckRequest.model_validate(
-            {
-                "expected": dict(expected),
-                "answer": answer,
-                "tolerance": {
-                    "rtol": tolerance.rtol,
-                    "atol": tolerance.atol,
-                    "floor": tolerance.floor,
-                },
-            }
-        )
+        return CheckRequest.model_validate(body)
     except ValidationError as error:
-        raise key_failure(_describe(error)) from None
+        raise key_failure(_describe(error, body)) from None
 
 
 class EngineCheck:
@@ -149,10 +148,12 @@ def spec_validator(settings: Settings) -> SpecValidator:
     def validate(expected: Mapping[str, Any]) -> None:
         if expected.get("op") == CHOICE_OP:
             return
+        body = {"expected": dict(expected), "answer": None}
         try:
-            request = CheckRequest.model_validate({"expected": dict(expected), "answer": None})
+            request = CheckRequest.model_validate(body)
         except ValidationError as error:
-            raise ValueError(_describe(error)) from None
+            # Under the file's own key, which ends in `.expected` already.
+            raise ValueError(_describe(error, body).removeprefix("expected.")) from None
         if getattr(request.expected, "device", None) == "auto":
             # Checked on the CPU: a key that computes there computes on a GPU too, and on a
             # GPU host the check would otherwise create a CUDA context in every worker at

@@ -213,7 +213,7 @@ class ProblemSpec(FileModel):
     @classmethod
     def _check_given_names(cls, given: dict[str, GivenSpec]) -> dict[str, GivenSpec]:
         for name in given:
-            if not re.match(ID_PATTERN, name):
+            if not re.fullmatch(ID_PATTERN, name):  # match's $ lets a final newline pass
                 raise ValueError(f"given tensor name {name!r} does not match {ID_PATTERN}")
         return given
 

@@ -14,7 +14,7 @@ from service.app import create_app
 from service.grading.catalogue import AssignmentFileError, catalogue_from_settings
 from service.grading.checker import EngineCheck, spec_validator
 from service.grading.grade import MalformedAnswer
-from service.grading.schema import Tolerance
+from service.grading.schema import ProblemSpec, Tolerance
 from service.problems import Problem
 from service.settings import Settings
 from tests.grading import seed_answers as seed
@@ -187,3 +187,27 @@ def test_a_key_over_the_compute_deadline_at_start_up_names_the_setting() -> None
     told = str(error.value)
     assert "TENSORGRADE_COMPUTE_DEADLINE_SECONDS (1e-09 s); raise it" in told, told
     assert "Send smaller tensors" not in told and "an estimated 0 s" not in told
+
+
+def test_a_wrong_expected_is_told_by_its_own_path_in_the_file() -> None:
+    """Not pydantic's, which names the union member it tried (``expected.forward.dtype``),
+    nor ``expected`` twice under the file's key ``problems[0] (p1).expected``."""
+    validate = spec_validator(SETTINGS)
+    with pytest.raises(ValueError) as error:
+        validate({**CONV, "dtype": "float16"})
+    assert str(error.value) == "dtype: Input should be 'float64' or 'float32'"
+
+
+def test_a_given_name_with_a_final_newline_is_refused() -> None:
+    with pytest.raises(ValueError, match="given tensor name 'x\\\\n' does not match"):
+        ProblemSpec.model_validate(
+            {
+                "id": "p1",
+                "title": "t",
+                "statement": "s",
+                "points": 1,
+                "answer_kind": "tensor",
+                "given": {"x\n": {"value": [1.0]}},
+                "expected": {"op": "value", "value": {"given": "x\n"}},
+            }
+        )
