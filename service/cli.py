@@ -25,7 +25,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +64,13 @@ def settings_problem(error: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(reasons)
 
 
-def _within(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: an int from ``low`` to ``high``, as the setting of the same name
-    allows (``--port 70000`` ended in a traceback, ``--workers 0`` in one worker)."""
+def _as_setting(name: str) -> Callable[[str], int]:
+    """An argparse type: an int within the bounds of the setting ``name`` (``Field(ge=...,
+    le=...)`` in ``Settings``), which the option stands for (``--port 70000`` ended in a
+    traceback, ``--workers 0`` in one worker)."""
+    metadata = Settings.model_fields[name].metadata
+    low = next(m.ge for m in metadata if hasattr(m, "ge"))
+    high = next(m.le for m in metadata if hasattr(m, "le"))
 
     def read(text: str) -> int:
         try:
@@ -90,10 +94,13 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default=settings.host, help="default: %(default)s")
     serve.add_argument(
-        "--port", type=_within(1, 65535), default=settings.port, help="default: %(default)s"
+        "--port", type=_as_setting("port"), default=settings.port, help="default: %(default)s"
     )
     serve.add_argument(
-        "--workers", type=_within(1, 64), default=settings.workers, help="default: %(default)s"
+        "--workers",
+        type=_as_setting("workers"),
+        default=settings.workers,
+        help="default: %(default)s",
     )
     serve.set_defaults(run=run_serve)
 
@@ -262,14 +269,12 @@ SERVED_AS = {
 
 
 @contextmanager
-def served_as(args: argparse.Namespace) -> Iterator[None]:
-    """``serve``'s ``--host``, ``--port`` and ``--workers`` as the settings of its workers (in
-    their environment): a worker divides the cores among ``workers`` for its torch threads,
-    and ``--workers 4`` on 16 cores otherwise gave each of the 4 all 16. The environment is as
-    it was once the server is done; settings read inside see them."""
-    before = {name: os.environ.get(name) for name in SERVED_AS.values()}
-    for option, name in SERVED_AS.items():
-        os.environ[name] = str(getattr(args, option))
+def workers_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in the environment the workers inherit, and read again by the settings
+    here (the start-up check sees what the workers will); the environment is as it was once
+    the server is done."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     get_settings.cache_clear()
     try:
         yield
@@ -282,22 +287,23 @@ def served_as(args: argparse.Namespace) -> Iterator[None]:
         get_settings.cache_clear()
 
 
-@contextmanager
-def shared_variant_secret(settings: Settings) -> Iterator[None]:
+def served_as(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """``serve``'s ``--host``, ``--port`` and ``--workers`` as the settings of its workers: a
+    worker divides the cores among ``workers`` for its torch threads, and ``--workers 4`` on
+    16 cores otherwise gave each of the 4 all 16."""
+    return workers_environment(
+        {name: str(getattr(args, option)) for option, name in SERVED_AS.items()}
+    )
+
+
+def shared_variant_secret(settings: Settings) -> AbstractContextManager[None]:
     """With no ``TENSORGRADE_VARIANT_SECRET``, one random secret for every worker of this
     server, handed to them in the environment (each would otherwise make its own, and a
-    student would get another variant from each: a right answer graded wrong). Never logged;
-    the environment is as it was once the server is done. Settings read inside see it."""
+    student would get another variant from each: a right answer graded wrong). Never
+    logged."""
     if settings.variant_secret is not None:
-        yield
-        return
-    os.environ[VARIANT_SECRET_ENV] = secrets.token_hex(32)
-    get_settings.cache_clear()  # read again: the start-up check sees the workers' secret
-    try:
-        yield
-    finally:
-        os.environ.pop(VARIANT_SECRET_ENV, None)
-        get_settings.cache_clear()
+        return nullcontext()
+    return workers_environment({VARIANT_SECRET_ENV: secrets.token_hex(32)})
 
 
 def check_assignments(settings: Settings, workers: int) -> str | None:

@@ -341,13 +341,13 @@ def _stacked(entries: list[Any]) -> Array | None:
     return stacked
 
 
-def _holds_non_number(value: Any, depth: int = 0) -> bool:
+def _holds_non_number(value: Any) -> bool:
     """Whether a plain entry (a Python value, or lists of them) holds anything but numbers:
     a boolean, text, None, a mapping. ``_gathered`` bounded its depth on the way down."""
     if isinstance(value, bool) or not isinstance(value, int | float | list | tuple):
         return True
     if isinstance(value, list | tuple):
-        return any(_holds_non_number(item, depth + 1) for item in value)
+        return any(_holds_non_number(item) for item in value)
     return False
 
 

@@ -469,8 +469,7 @@ def encode(tensor: torch.Tensor, encoding: TensorEncoding = "json") -> dict[str,
     array = tensor.to(device="cpu", dtype=torch.float32 if datatype == "FP32" else torch.float64)
     numpy_array = array.contiguous().numpy()
     out: dict[str, Any] = {"shape": list(numpy_array.shape), "datatype": datatype}
-    finite = np.isfinite(numpy_array)
-    nonfinite = int(numpy_array.size - np.count_nonzero(finite))
+    nonfinite = nonfinite_count(numpy_array)
     if encoding == "b64":
         # The buffer of the contiguous little-endian array is encoded as is: no tobytes() copy.
         raw = np.ascontiguousarray(numpy_array, dtype=NUMPY_DTYPES[datatype])
@@ -483,6 +482,21 @@ def encode(tensor: torch.Tensor, encoding: TensorEncoding = "json") -> dict[str,
     if nonfinite:
         out["nonfinite"] = nonfinite
     return out
+
+
+def nonfinite_count(array: npt.NDArray[Any]) -> int:
+    """How many entries of ``array`` are NaN or infinite.
+
+    A finite sum proves every entry finite (one NaN or infinity makes the sum NaN or
+    infinite), in one read of the array and without the boolean mask of ``np.isfinite``:
+    this runs on every answer's tensors, 32 MB Jacobians included. Only a sum that is not
+    finite (a non-finite entry, or finite ones whose sum overflowed) is counted entry by entry.
+    """
+    with np.errstate(all="ignore"):  # an overflowing sum is expected here, not a fault
+        total = array.sum()
+    if np.isfinite(total):
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
 def _with_nonfinite_strings(array: npt.NDArray[Any]) -> Any:

@@ -258,35 +258,32 @@ def indistinct(key: TensorKey, tolerance: Tolerance, codes: Collection[str]) -> 
     An assignment file's ``distinct_from`` names such mistakes; a student's variant for which
     one of them is indistinct is drawn again (``grading/catalogue.py``).
     """
-    shape, scale = tuple(key.tensor.shape), key_scale(key.tensor)
+    scale = key_scale(key.tensor)
     found: list[str] = []
-    for mistake in MISTAKES:
-        if not set(codes) & {mistake.code, *mistake.also}:
-            continue
-        for candidate in mistake.candidates(key, shape):
-            code = candidate.code or mistake.code
-            tensor = candidate.tensor
-            if code not in codes or code in found or tuple(tensor.shape) != shape:
-                continue
-            if bool(within(tensor[None], key.tensor, tolerance, scale)[0]):  # judged so
-                found.append(code)
+    for code, tensor in _made(key, codes):
+        if code not in found and bool(within(tensor[None], key.tensor, tolerance, scale)[0]):
+            found.append(code)  # judged so
     return found
 
 
-def applicable(key: TensorKey, codes: Collection[str]) -> list[str]:
-    """Those of ``codes`` whose mistake, made on this key, gives an answer of its shape at all:
-    the others (a recurrent mistake on a convolution's key) can never be screened for by
-    ``distinct_from``, nor told."""
+def _made(key: TensorKey, codes: Collection[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each of ``codes`` with the answer its mistake gives on this key, of the key's shape
+    (the answers ``distinct_from`` screens), in the mistakes' order."""
     shape = tuple(key.tensor.shape)
-    found: set[str] = set()
     for mistake in MISTAKES:
         if not set(codes) & {mistake.code, *mistake.also}:
             continue
         for candidate in mistake.candidates(key, shape):
             code = candidate.code or mistake.code
             if code in codes and tuple(candidate.tensor.shape) == shape:
-                found.add(code)
-    return sorted(found)
+                yield code, candidate.tensor
+
+
+def applicable(key: TensorKey, codes: Collection[str]) -> list[str]:
+    """Those of ``codes`` whose mistake, made on this key, gives an answer of its shape at all:
+    the others (a recurrent mistake on a convolution's key) can never be screened for by
+    ``distinct_from``, nor told."""
+    return sorted({code for code, _ in _made(key, codes)})
 
 
 def diagnose(
