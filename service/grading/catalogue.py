@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from models.errors import UnknownName
-from service.grading.schema import AssignmentSpec, ProblemSpec, Tolerance
+from service.grading.schema import AssignmentSpec, ProblemSpec, Tolerance, given_references
 from service.grading.variants import Variant, make_variant, variant_seed
 from service.settings import Settings
 
@@ -125,7 +125,7 @@ def parse_assignment(text: str, file: str) -> AssignmentSpec:
     except tomllib.TOMLDecodeError as error:
         raise AssignmentFileError(file, "", f"not valid TOML: {error}") from None
     try:
-        return AssignmentSpec.model_validate(data)
+        assignment = AssignmentSpec.model_validate(data)
     except ValidationError as error:
         found = [
             (_key(e["loc"], data), e["msg"].removeprefix("Value error, ")) for e in error.errors()
@@ -133,6 +133,49 @@ def parse_assignment(text: str, file: str) -> AssignmentSpec:
         key, message = found[0]
         more = "".join(f"\n  {k}: {m}" for k, m in found[1:])
         raise AssignmentFileError(file, key, message + more) from None
+    _check_givens_used(assignment, file)
+    return assignment
+
+
+def _check_givens_used(assignment: AssignmentSpec, file: str) -> None:
+    """Every given tensor is referred to by an ``expected`` of its variant, or marked
+    ``statement_only``, and only then.
+
+    A tensor the student is given but no reference uses is most often a forgotten reference:
+    a bias declared and left out of ``params`` makes every student who adds it wrong, and
+    nothing else would show it before the grades do.
+    """
+    groups: dict[str, list[tuple[int, ProblemSpec]]] = {}
+    for index, problem in enumerate(assignment.problems):
+        groups.setdefault(problem.variant_key, []).append((index, problem))
+    for key, group in groups.items():
+        used: dict[str, str] = {}
+        for _, problem in group:
+            for where, name in given_references(problem.expected, "expected"):
+                used.setdefault(name, f"{where} of {problem.id!r}")
+        # Problems of one variant declare their common tensors alike, so each is seen once.
+        seen: set[str] = set()
+        for index, problem in group:
+            for name, spec in problem.given.items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                at = f"problems[{index}] ({problem.id}).given.{name}"
+                shared = f" of variant {key!r}" if len(group) > 1 else ""
+                if spec.statement_only and name in used:
+                    raise AssignmentFileError(
+                        file,
+                        f"{at}.statement_only",
+                        f"{used[name]} refers to {name!r}; remove `statement_only`",
+                    )
+                if not spec.statement_only and name not in used:
+                    raise AssignmentFileError(
+                        file,
+                        at,
+                        f"no `expected`{shared} refers to {name!r} "
+                        f'(`{{ given = "{name}" }}`): refer to it where the reference uses it, '
+                        "or set `statement_only = true` if only the statement does",
+                    )
 
 
 def _files(folder: Traversable) -> list[Traversable]:
@@ -221,6 +264,9 @@ def secret_fingerprint(secret: bytes) -> str:
     return hmac.new(secret, SECRET_FINGERPRINT_MESSAGE, hashlib.sha256).hexdigest()
 
 
+_NOT_GRADED: dict[str, Any] = {"problems": {"__all__": {"given": {"__all__": {"statement_only"}}}}}
+
+
 def assignment_revision(assignment: AssignmentSpec, secret: bytes) -> str:
     """What a grade of ``assignment`` depends on besides the answers, as 32 hex digits.
 
@@ -237,7 +283,8 @@ def assignment_revision(assignment: AssignmentSpec, secret: bytes) -> str:
     changes every variant.
     """
     spec = json.dumps(
-        assignment.model_dump(),
+        # A given's `statement_only` changes no grade (start-up refuses it on a tensor in use).
+        assignment.model_dump(exclude=_NOT_GRADED),
         separators=(",", ":"),
         ensure_ascii=False,
         default=str,  # a TOML date, should a file hold one

@@ -114,6 +114,15 @@ class GivenSpec(FileModel):
     std: float = Field(1.0, gt=0, allow_inf_nan=False)
     integer: bool = False
     decimals: int | None = Field(None, ge=0, le=6)
+    statement_only: bool = Field(
+        False,
+        description=(
+            "Shown to the student, but no reference uses it (a size the statement asks about, "
+            "a distractor). Without it, a given tensor that no `expected` of its variant "
+            "refers to stops start-up: it is usually a forgotten reference (a bias declared "
+            "but left out of `params`)."
+        ),
+    )
 
     @field_validator("shape")
     @classmethod

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.grading.catalogue import (
     AssignmentFileError,
+    assignment_revision,
     catalogue_from_settings,
     load_catalogue,
     parse_assignment,
@@ -39,6 +40,28 @@ def replace(old: str, new: str) -> str:
     assert old in SAMPLE, old
     return SAMPLE.replace(old, new, 1)
 
+
+SHARING_P1 = """
+[[problems]]
+id = "p4"
+variant = "p1"
+title = "The same tensor"
+statement = "Give `v` again."
+points = 1
+answer_kind = "tensor"
+
+[problems.given.v]
+shape = [2, 3]
+distribution = "uniform"
+low = -3
+high = 3
+integer = true
+
+[problems.expected]
+op = "value"
+value = { given = "v" }
+"""
+"""A problem drawing p1's tensor: p4's own ``v`` is p1's."""
 
 WRONG_FILES = [
     pytest.param(
@@ -182,6 +205,29 @@ WRONG_FILES = [
         "problems[0] (p1).points",
         "valid number",
         id="points-as-text",
+    ),
+    # A bias declared and left out of the reference: every student who adds it would be wrong.
+    pytest.param(
+        replace("[problems.expected]", "[problems.given.b]\nvalue = 1\n\n[problems.expected]"),
+        "problems[0] (p1).given.b",
+        "no `expected` refers to 'b' (`{ given = \"b\" }`): refer to it where the reference "
+        "uses it, or set `statement_only = true` if only the statement does",
+        id="given-never-used",
+    ),
+    pytest.param(
+        replace("integer = true\n", "integer = true\nstatement_only = true\n"),
+        "problems[0] (p1).given.v.statement_only",
+        "expected.value of 'p1' refers to 'v'; remove `statement_only`",
+        id="statement-only-but-used",
+    ),
+    pytest.param(
+        SAMPLE
+        + SHARING_P1.replace(
+            "[problems.expected]", "[problems.given.w]\nvalue = 1\n\n[problems.expected]"
+        ),
+        "problems[3] (p4).given.w",
+        "no `expected` of variant 'p1' refers to 'w'",
+        id="given-never-used-by-its-variant",
     ),
 ]
 
@@ -328,3 +374,26 @@ def test_a_key_no_answer_of_its_kind_can_match_stops_start_up(
         load_catalogue([(tmp_path, "a")], b"s" * 32)
     assert str(raised.value).startswith("a/sample.toml: problems[2] (p3).expected: value: ")
     assert told in str(raised.value)
+
+
+def test_a_given_used_by_another_problem_of_its_variant_or_marked_statement_only_is_taken() -> None:
+    """Only the variant as a whole must use a tensor (p4 declares p1's ``v`` to draw its own
+    ``w`` after it), and a tensor for the statement alone is taken when marked so; the mark
+    changes no grade, so it leaves the revision as it is."""
+    uses_w_only = SHARING_P1.replace(
+        "[problems.expected]", "[problems.given.w]\nvalue = 1\n\n[problems.expected]"
+    ).replace('value = { given = "v" }', 'value = { given = "w" }')
+    assert [p.id for p in parse_assignment(SAMPLE + uses_w_only, "s.toml").problems][-1] == "p4"
+
+    marked = parse_assignment(
+        replace(
+            "[problems.expected]",
+            "[problems.given.n]\nvalue = 3\nstatement_only = true\n\n[problems.expected]",
+        ),
+        "s.toml",
+    )
+    assert marked.problems[0].given["n"].statement_only
+    unmarked = marked.model_copy(deep=True)
+    unmarked.problems[0].given["n"].statement_only = False
+    secret = b"s" * 32
+    assert assignment_revision(marked, secret) == assignment_revision(unmarked, secret)
