@@ -3,7 +3,8 @@
 Three request forms are accepted:
 
 1. a rectangular nested list of numbers (a bare number is a 0-d tensor);
-2. ``{"shape": [...], "data": [...flat, row-major...], "datatype": "FP64" | "FP32"}``;
+2. ``{"shape": [...], "data": [...flat, row-major...], "datatype": "FP64" | "FP32"}``
+   (``data`` may also be nested as ``shape``, as answers write it);
 3. ``{"shape": [...], "datatype": "FP64" | "FP32", "b64": "<little-endian row-major bytes>"}``.
 
 Budgets are checked from the *declared* shape (the nested list's extent along its first
@@ -58,8 +59,8 @@ TENSOR_JSON_SCHEMA: dict[str, Any] = {
     "title": "Tensor",
     "description": (
         "A tensor: a rectangular nested list of numbers (a bare number is 0-d), "
-        '{"shape", "data"} with flat row-major data, or {"shape", "datatype", "b64"} with '
-        "base64 of little-endian row-major bytes."
+        '{"shape", "data"} with flat row-major data (or nested as the shape), or '
+        '{"shape", "datatype", "b64"} with base64 of little-endian row-major bytes.'
     ),
     "anyOf": [
         {"type": "number"},
@@ -69,10 +70,11 @@ TENSOR_JSON_SCHEMA: dict[str, Any] = {
             "properties": {
                 "shape": _SHAPE_SCHEMA,
                 "data": {
-                    "type": "array",
-                    "items": {"type": "number"},
+                    "anyOf": [_NESTED_LIST_SCHEMA, {"type": "number"}],
                     "description": "Every entry, flat, in row-major order: as many as the "
-                    "shape's sizes multiply to.",
+                    "shape's sizes multiply to. Nested as `shape` (a bare number for `[]`) "
+                    "is taken too: the form answers write, so a tensor read from an answer "
+                    "can be sent back as it came.",
                 },
                 "datatype": _DATATYPE_SCHEMA,
             },
@@ -336,16 +338,12 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
     if ("data" in value) == ("b64" in value):
         raise _invalid(where, "a tensor object needs exactly one of `data` or `b64`")
     if "data" in value:
-        data = value["data"]
-        if not isinstance(data, list):
-            raise _invalid(where, "`data` must be a flat list of numbers")
-        if len(data) != numel:
-            raise _invalid(
-                where, f"`data` has {len(data)} numbers but shape {list(shape)} needs {numel}"
-            )
-        flat = decode(data, where + ".data", Budget(numel, numel, 1))
-        advice = "scale it down, or send the tensor as FP64"
-        array = _narrow(flat.reshape(shape), dtype, where, advice)
+        array = _narrow(
+            _object_data(value["data"], shape, where, budget.max_rank),
+            dtype,
+            where,
+            "scale it down, or send the tensor as FP64",
+        )
     else:
         encoded = value["b64"]
         if not isinstance(encoded, str):
@@ -370,6 +368,40 @@ def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDA
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     _check_finite(array, where)
     return array
+
+
+def _object_data(
+    data: Any, shape: tuple[int, ...], where: str, max_rank: int
+) -> npt.NDArray[np.float64]:
+    """The entries of a tensor object's ``data``, shaped as ``shape``.
+
+    Flat and row-major (API.md), or nested as ``shape`` and, for a 0-d tensor, a bare number:
+    the forms the service's own answers write, so a tensor read from an answer (a student's
+    given ``W``, a model's output) can be sent back as it came.
+    """
+    numel = math.prod(shape)
+    if not shape and not isinstance(data, list):
+        return decode(data, where + ".data", Budget(1, 1, 0))
+    if not isinstance(data, list):
+        raise _invalid(
+            where,
+            f"`data` must be a list of numbers (flat, or nested as `shape`), got {_kind(data)}",
+        )
+    if len(shape) > 1 and data and isinstance(data[0], list):
+        # Compared before decoding: a mismatch is told as one, not as a budget overrun.
+        extent = _nested_extent(data, where + ".data", max_rank)
+        if extent != shape:
+            raise _invalid(
+                where,
+                f"`data` is nested as {list(extent)} but `shape` is {list(shape)}: nest "
+                "it as the shape, or give every entry in one flat list",
+            )
+        return decode(data, where + ".data", Budget(numel, numel, len(shape)))
+    if len(data) != numel:
+        raise _invalid(
+            where, f"`data` has {len(data)} numbers but shape {list(shape)} needs {numel}"
+        )
+    return decode(data, where + ".data", Budget(numel, numel, 1)).reshape(shape)
 
 
 def _b64_length_fault(

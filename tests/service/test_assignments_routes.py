@@ -101,6 +101,25 @@ def test_a_variant_has_the_statement_and_the_given_tensors(first: TestClient) ->
     assert body["given_descriptions"]["x"].startswith("the input")
 
 
+def test_a_variants_tensors_are_sent_to_a_model_as_they_came(first: TestClient) -> None:
+    """A student's given tensors, pasted as they came into a backward pass, give what the
+    same numbers as nested lists give: the answer's own tensor form is a request form too."""
+    given = variant(first, "1.1c-iv", "alice")["given"]
+    plain = given_values({"given": given})
+    bodies = [
+        {
+            "config": {"stride": 2},
+            "params": {"weight": tensors["W"]},
+            "inputs": {"x": tensors["x"]},
+            "grad_outputs": {"y": tensors["dl_dy"]},
+        }
+        for tensors in (given, {n: a.tolist() for n, a in plain.items()})
+    ]
+    answers = [first.post("/v1/models/conv1d/backward", json=body) for body in bodies]
+    assert [a.status_code for a in answers] == [200, 200], answers[0].text
+    assert answers[0].json()["grads"] == answers[1].json()["grads"]
+
+
 def test_a_variant_never_holds_the_key(first: TestClient) -> None:
     for problem in problem_ids(first):
         body = variant(first, problem, "alice")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import torch
 
@@ -28,6 +30,7 @@ def b64(values: list[float], dtype: str = "<f8") -> str:
         {"shape": [2, 2], "data": [1, 2, 3, 4]},
         {"shape": [2, 2], "data": [1.0, 2.0, 3.0, 4.0], "datatype": "FP64"},
         {"shape": [2, 2], "datatype": "FP64", "b64": b64([1, 2, 3, 4])},
+        {"shape": [2, 2], "data": [[1, 2], [3, 4]]},  # nested, as answers write it
     ],
 )
 def test_the_three_forms_decode_to_the_same_array(value: Any) -> None:
@@ -54,6 +57,20 @@ def test_response_forms_round_trip() -> None:
     as_b64 = encode(tensor, "b64")
     assert "data" not in as_b64
     np.testing.assert_array_equal(decode(as_b64, "x", budget()), tensor.numpy())
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (2, 3), (2, 1, 3)])
+def test_an_answers_tensor_is_taken_back_as_it_came(shape: tuple[int, ...]) -> None:
+    """A tensor read from an answer (a student's given ``W``, a model's output) is sent back
+    as is: its ``data`` nested as its shape, a bare number for a 0-d tensor."""
+    tensor = torch.arange(1, 1 + math.prod(shape), dtype=torch.float32).reshape(shape) / 4
+    for encoding in ("json", "b64"):
+        sent = orjson.loads(
+            orjson.dumps(encode(tensor, encoding), option=orjson.OPT_SERIALIZE_NUMPY)
+        )
+        array = decode(sent, "params.weight", budget())
+        assert array.dtype == np.float32 and array.shape == shape
+        np.testing.assert_array_equal(array, tensor.numpy())
 
 
 def test_non_finite_results_are_explicit_strings_not_nulls() -> None:
@@ -91,6 +108,18 @@ def refused(value: Any, b: Budget | None = None) -> Problem:
             "`data` has 3 numbers but shape [2, 2] needs 4",
         ),
         ({"shape": [2], "data": [1, "x"]}, 422, "is a string"),
+        (
+            {"shape": [3, 2], "data": [[1, 2, 3], [4, 5, 6]]},
+            422,
+            "`data` is nested as [2, 3] but `shape` is [3, 2]: nest it as the shape, or give "
+            "every entry in one flat list",
+        ),
+        # Told as a mismatch, not as 30 elements over a budget of 15.
+        ({"shape": [1, 5, 3], "data": [[[1, 2, 3]] * 5] * 2}, 422, "nested as [2, 5, 3]"),
+        ({"shape": [2, 2], "data": [[1, 2], [3]]}, 422, "params.weight.data[1] has 1 entries"),
+        ({"shape": [2, 2], "data": [[1, 2], [3, True]]}, 422, "data[1][1] is a boolean"),
+        ({"shape": [2], "data": 3}, 422, "`data` must be a list of numbers (flat, or nested"),
+        ({"shape": [], "data": "x"}, 422, "got a string"),
         ({"shape": [2], "data": [1, float("nan")]}, 422, "only finite"),
         ({"shape": [2, 2], "b64": b64([1, 2, 3])}, 422, "needs 32"),
         ({"shape": [1, 2], "b64": "AAAAAAAAAAA="}, 422, "holds about 8 bytes"),  # "=" pads
