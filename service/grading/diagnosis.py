@@ -83,19 +83,22 @@ class Candidate:
 
 
 class Seen:
-    """Candidates already matched with some answer of a stack."""
+    """Candidates already matched with some answer of a stack, by the family of the mistake
+    that matched them (``Mistake.family``)."""
 
     def __init__(self) -> None:
-        self.tensors: list[torch.Tensor] = []
+        self.tensors: list[tuple[str, torch.Tensor]] = []
 
-    def has(self, tensor: torch.Tensor) -> bool:
+    def has(self, tensor: torch.Tensor, family: str) -> bool:
         return any(
-            t.shape == tensor.shape and torch.allclose(t, tensor, rtol=1e-12, atol=1e-300)
-            for t in self.tensors
+            of == family
+            and t.shape == tensor.shape
+            and torch.allclose(t, tensor, rtol=1e-12, atol=1e-300)
+            for of, t in self.tensors
         )
 
-    def add(self, tensor: torch.Tensor) -> None:
-        self.tensors.append(tensor)
+    def add(self, tensor: torch.Tensor, family: str) -> None:
+        self.tensors.append((family, tensor))
 
 
 class Work:
@@ -167,6 +170,19 @@ class Mistake:
     share: ClassVar[float] = 1.0
     """The most of what is left of the diagnosis' budget this mistake may spend: one with many
     candidates leaves the rest to the mistakes after it."""
+    family: ClassVar[str | None] = None
+    """Mistakes of one family describe one kind of change to the key (how its numbers are laid
+    out, by what factor they are scaled): a candidate equal to one that an earlier mistake of
+    the family matched is that answer described again (a column-major read that is a
+    transpose), and is skipped. Mistakes of other families (or of none) that give the same
+    numbers are each told, as one of several (``alternatives``): with a stride of 1 and
+    "same" padding the kernel flipped gives dy/dx with its halves swapped, and nothing tells
+    which mistake the student made."""
+
+    @property
+    def kin(self) -> str:
+        """The family it is skipped within: its own, or the mistake alone."""
+        return self.family or self.code
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         """The key with this mistake made, shaped like the answers (``shape``)."""
@@ -177,9 +193,9 @@ class Mistake:
     ) -> list[Diagnosis | None]:
         """For each stacked answer, this mistake's diagnosis if the answer makes it.
 
-        ``seen`` holds the candidates that earlier mistakes matched: one that equals them is
-        the same answer explained again (a column-major read that is a transpose) and is
-        skipped; the ones this mistake matches are added. Candidates are tried while ``work``
+        ``seen`` holds the candidates that earlier mistakes matched: one that equals those of
+        this mistake's family is the same answer described again and is skipped; the ones this
+        mistake matches are added. Candidates are tried while ``work``
         affords them.
         """
         found: list[Diagnosis | None] = [None] * answers.shape[0]
@@ -200,11 +216,11 @@ class Mistake:
                 # x read one position off where the only nonzero input falls off the end, a
                 # sum whose terms cancel: zeros, which an unfilled answer matches as well.
                 continue
-            if seen.has(tensor):
+            if seen.has(tensor, self.kin):
                 continue
             hits = torch.nonzero(within(answers, tensor, tolerance, scale)).reshape(-1).tolist()
             if hits:
-                seen.add(tensor)
+                seen.add(tensor, self.kin)
             both = _also_matched(candidate.alike, answers, hits, tolerance, scale)
             for n in hits:
                 if found[n] is None:
@@ -478,6 +494,7 @@ class WrongArgument(Mistake):
 class SignFlipped(Mistake):
     code = "sign_flipped"
     order = 30
+    family = "scale"
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         yield Candidate(
@@ -505,6 +522,7 @@ class ConstantFactor(Mistake):
 
     code = "constant_factor"
     order = 31
+    family = "scale"
 
     def match(
         self, key: TensorKey, answers: torch.Tensor, tolerance: Tolerance, seen: Seen, work: Work
@@ -538,11 +556,11 @@ class ConstantFactor(Mistake):
                 break
             target = float(factor) * key.tensor
             # The tolerance scales with the factor: the candidate's own magnitude.
-            if seen.has(target):
+            if seen.has(target, self.kin):
                 continue
             hits = within(answers[rows], target, tolerance, scale * abs(float(factor)))
             if bool(hits.any()):
-                seen.add(target)
+                seen.add(target, self.kin)
             message = self._message(factor, key)
             for n, hit in zip(rows, hits.tolist(), strict=True):
                 if hit:
@@ -664,6 +682,7 @@ class AxesPermuted(Mistake):
 
     code = "axes_permuted"
     order = 40
+    family = "layout"
     also = ("jacobian_halves_swapped", "transposed")
     share = 0.5
 
@@ -761,6 +780,7 @@ def _swap(rank: int, a: int, b: int) -> tuple[int, ...]:
 class Reshaped(Mistake):
     code = "reshaped"
     order = 50
+    family = "layout"
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         tensor = key.tensor
@@ -779,6 +799,7 @@ class ColumnMajor(Mistake):
 
     code = "column_major"
     order = 51
+    family = "layout"
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         tensor = key.tensor
@@ -1066,6 +1087,8 @@ class SummedAxis(Mistake):
         for axis in range(tensor.dim()):
             if tuple(tensor.shape[:axis] + tensor.shape[axis + 1 :]) != shape:
                 continue
+            if tensor.shape[axis] == 1:
+                continue  # nothing to sum: the axis dropped is the key reshaped (above)
             name = _axis(key, axis)
             yield Candidate(
                 tensor.sum(dim=axis),

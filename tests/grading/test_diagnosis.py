@@ -236,7 +236,7 @@ MISTAKES: list[tuple[str, dict[str, Any], Any, str]] = [
         conv2d_y().flatten(order="F").reshape(2, 3, 4).tolist(),
         "column_major",
     ),
-    ("sign", JACOBIAN_X, (-seed_dy_dx()).tolist(), "sign_flipped"),
+    ("sign", {"op": "forward", **CONV2D}, (-conv2d_y()).tolist(), "sign_flipped"),
     ("factor-2", BACKWARD_W, (2 * seed_dl_dw()).tolist(), "constant_factor"),
     ("factor-half", FORWARD, (seed_y() / 2).tolist(), "constant_factor"),
     ("factor-N", JACOBIAN_W, (3 * seed_dy_dw()).tolist(), "constant_factor"),
@@ -1074,8 +1074,8 @@ def flipped_conv_derivatives(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return dy_dw, dl_dw, dl_dx
 
 
-# The seed's kernel [-1, 0, 1] read backwards is its negative, which the sign explains first:
-# dl/dx is tried with a kernel that is not.
+# The seed's kernel [-1, 0, 1] read backwards is its negative (told as either, below): dl/dx
+# is tried with a kernel that is not.
 LOPSIDED = np.array([[[1.0, 2.0, 0.5]] * 5])
 
 
@@ -1096,3 +1096,42 @@ def test_a_flipped_kernel_is_told_against_the_weight_too(which: str) -> None:
     result = judge(expected, answer.tolist())
     assert result["correct"] is False
     assert codes(result) == ["kernel_flipped"], result["diagnosis"]
+
+
+@pytest.mark.parametrize(
+    ("expected", "answer", "codes_told"),
+    [
+        # The seed's kernel [-1, 0, 1] read backwards is its negative.
+        (JACOBIAN_X, -seed_dy_dx(), ["sign_flipped", "kernel_flipped"]),
+        # Stride 1 and "same" padding of an odd kernel: dy/dx with the kernel read backwards
+        # is dy/dx with its halves swapped (y's position and x's trade places).
+        (
+            {
+                "op": "jacobian",
+                "model": "conv1d",
+                "config": {"padding": 1},
+                "params": {"weight": [[[1.0, 2.0, 3.0]]]},
+                "inputs": {"x": [[1.0, 2.0, 3.0, 4.0]]},
+                "of": "y",
+                "wrt": "x",
+            },
+            np.array(
+                [[[[2, 1, 0, 0]], [[3, 2, 1, 0]], [[0, 3, 2, 1]], [[0, 0, 3, 2]]]], dtype=float
+            ),
+            ["jacobian_halves_swapped", "kernel_flipped"],
+        ),
+    ],
+    ids=["seed-kernel-negated", "same-padding-halves"],
+)
+def test_a_flipped_kernel_that_another_mistake_also_gives_is_told_as_either(
+    expected: dict[str, Any], answer: np.ndarray, codes_told: list[str]
+) -> None:
+    """Two different mistakes that give one answer are both told, neither as a fact: the
+    student told only "the halves are swapped" transposes, scores, and never learns that the
+    layer is a cross-correlation. (A mistake that merely describes an answer again, a
+    column-major read that is a transpose, is still told once.)"""
+    result = judge(expected, answer.tolist())
+    assert result["correct"] is False
+    assert codes(result) == codes_told, result["diagnosis"]
+    lead = "Your answer fits 2 mistakes; if yours is this one, "
+    assert all(d["message"].startswith(lead) for d in result["diagnosis"])
