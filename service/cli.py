@@ -428,6 +428,9 @@ def _one_or_many(values: Sequence[int]) -> int | list[int]:
 @_calling
 def run_shape(args: argparse.Namespace) -> int:
     padding: Any = args.padding[0] if args.padding[0] in ("valid", "same") else None
+    if padding is not None and len(args.padding) > 1:
+        print(f"error: --padding {padding} takes no other value", file=sys.stderr)
+        return 2
     if padding is None:
         try:
             padding = _one_or_many([int(p) for p in args.padding])

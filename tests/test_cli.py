@@ -61,6 +61,9 @@ def test_shape_json_and_padding_words(real_url: str, capsys: pytest.CaptureFixtu
     assert json.loads(capsys.readouterr().out)["output_size"] == [32]
     assert main([*argv, "--padding", "lots"]) == 2
     assert "--padding takes ints" in capsys.readouterr().err
+    # A value after the word was dropped without a word: this ran as "same".
+    assert main([*argv, "--padding", "same", "1"]) == 2
+    assert "error: --padding same takes no other value" in capsys.readouterr().err
 
 
 def test_shape_reports_the_services_problem(
