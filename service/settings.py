@@ -97,7 +97,10 @@ class Settings(BaseSettings):
     experiment_max_seconds: float = Field(
         60.0,
         gt=0,
-        description="Wall time of one experiment; training stops there and the answer says so.",
+        description=(
+            "Wall time of one experiment; training stops at the first batch after it and the "
+            "answer says so."
+        ),
     )
     experiment_concurrency: int = Field(
         1, ge=1, description="Experiments one worker runs at once; more are answered 503."

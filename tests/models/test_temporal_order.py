@@ -120,6 +120,46 @@ def test_gated_rnn_follows_equations_1_and_2() -> None:
             torch.testing.assert_close(states[i, t], h, rtol=1e-12, atol=1e-12)
 
 
+def graph_nodes(output: torch.Tensor) -> list[str]:
+    """The names of every node of ``output``'s autograd graph."""
+    names, stack, visited = [], [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_gated_rnn_backward_is_linear_in_the_length() -> None:
+    """The per-step inputs are split once: indexing them per step put one select in the graph
+    for each step, whose backward fills a zero tensor of the whole sequence, T^2 work (a
+    training step at the experiment's caps took 5 s, past its time limit). The gradient is
+    the one a plain loop over the equations gives."""
+    gen = torch.Generator().manual_seed(1)
+    cell = GatedRNN(3, 4).double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    x = torch.randn(2, 6, 3, generator=gen, dtype=torch.float64)
+    states = cell(x)
+    nodes = graph_nodes(states)
+    assert "SelectBackward0" not in nodes and nodes.count("UnbindBackward0") == 2
+    (grad,) = torch.autograd.grad(states.sum(), cell.W_h)
+    w_c, w_h, w_x = (p.detach().clone().requires_grad_() for p in (cell.W_c, cell.W_h, cell.W_x))
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(2):
+        h = torch.zeros(4, dtype=torch.float64)
+        for t in range(6):
+            c = torch.sigmoid(w_c @ x[i, t] + w_h @ h)
+            h = c * h + (1 - c) * (w_x @ x[i, t])
+            total = total + h.sum()
+    (oracle,) = torch.autograd.grad(total, w_h)
+    torch.testing.assert_close(grad, oracle, rtol=1e-12, atol=1e-12)
+
+
 def test_gated_rnn_closed_form_with_half_gates() -> None:
     """W_c = W_h = 0 makes every gate 1/2, so h[T] = sum_t 2^-(T-t+1) W_x x[t]."""
     cell = GatedRNN(3, 2).double()

@@ -77,11 +77,20 @@ def test_run_reports_initial_and_per_epoch_curves(capped: TestClient) -> None:
 
 
 def test_epoch_rows_feed_the_loss_curve_diagnosis(capped: TestClient) -> None:
+    """As the README pipes them: the untrained model's loss as epoch 0, so that the
+    diagnosis' epoch n is the run's epoch n and its initial loss the untrained model's (the
+    first trained epoch was read as the untrained model, every epoch told one too early)."""
     run = capped.post(PATH, json=TINY).json()
-    curve = {"batch_losses": [e["train_batch_losses"] for e in run["epochs"]], "num_classes": 4}
-    diagnosis = capped.post("/v1/diagnostics/loss-curve", json=curve).json()
-    assert diagnosis["epoch_mean"] == pytest.approx([e["train_loss_mean"] for e in run["epochs"]])
-    assert diagnosis["last_batch"] == [e["train_loss_last_batch"] for e in run["epochs"]]
+    rows = [[run["initial"]["loss"]]] + [e["train_batch_losses"] for e in run["epochs"]]
+    diagnosis = capped.post(
+        "/v1/diagnostics/loss-curve", json={"batch_losses": rows, "num_classes": 4}
+    ).json()
+    assert diagnosis["initial_loss"] == run["initial"]["loss"]
+    trained = run["epochs"]
+    assert diagnosis["epoch_mean"][1:] == pytest.approx([e["train_loss_mean"] for e in trained])
+    assert diagnosis["last_batch"][1:] == [e["train_loss_last_batch"] for e in trained]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "jq '{batch_losses: ([[.initial.loss]] + [.epochs[].train_batch_losses])" in readme
 
 
 def test_float32_and_clipping(capped: TestClient) -> None:
