@@ -6,7 +6,9 @@ and some spikes rose above the initial loss log 4 because cross-entropy costs -l
 true class, which a confident wrong prediction makes larger than chance does (problem 2).
 
 Given every batch's loss of every epoch, this module computes both curves (epoch means and
-last batches), finds the spikes of the last-batch curve, and explains them in those terms. It
+last batches), finds the spikes of the last-batch curve, and explains them in those terms, or
+as the training's own where the epoch's typical batch jumps or several of its batches spike
+(a learning rate too high; problem 3's clipping). It
 also reads the curve as a whole: a loss that rises over training (divergence, or another
 curve given as the loss), in particular one that rises from 1/C within [0, 1], which is the
 accuracy curve (problem 4 reads the loss at log C and the accuracy at 1/C).
@@ -58,6 +60,19 @@ TYPICAL_BATCHES = 3
 # one that zigzags by as much all along is that noisy (a margin alone flagged its every peak).
 JUMP_SIGMAS = 3.0
 ROBUST_SD = 1.4826  # standard deviation over median absolute deviation, for normal noise
+# An epoch spikes again and again when several of its batches, not one, sit far above both its
+# typical (median) batch and the initial loss: by more than SPIKING_MARGIN * log C. One such
+# batch is the seed's case, confident mistakes that the last-batch curve shows when it is the
+# last (problems 1 and 2); several in one epoch are the training thrown off again and again, a
+# learning rate too high, which the epoch mean carries too. The median alone hides them (Adam
+# at lr = 1 had 2 to 9 of 19 batches at 2 to 44, and a median of 0). Above the initial loss as
+# well: in every healthy run, epoch 1's first batches, still near log C while the rest of the
+# epoch has learned, sit far above its median. Several: at least SPIKING_BATCHES, and at least
+# SPIKING_SHARE of the epoch's batches, since the loss of small batches has a heavy tail
+# (healthy runs of 128 batches of 8 had up to 5 such batches in an epoch, 4%).
+SPIKING_MARGIN = 0.25
+SPIKING_BATCHES = 2
+SPIKING_SHARE = 0.05
 # How far the first epoch's mean loss may sit from log C (at least 0.15 nats, or this fraction
 # of log C for many classes) and its accuracy from 1/C, and still read as "at chance".
 INITIAL_LOSS_TOLERANCE = 0.1
@@ -82,6 +97,8 @@ DETAILED_SPIKES = 1000
 # far below this; the bound keeps every sum and square of the analysis finite (a million
 # losses of 1e100 sum to 1e106, their squares to 1e206), where 1e308 would overflow.
 MAX_LOSS = 1e100
+# A loss from this on is written in a general format (1.673e+07) in the findings.
+LARGE_LOSS = 1e6
 
 
 CurveFlag = Literal["rising_loss", "looks_like_accuracy"]
@@ -245,6 +262,25 @@ def _jumps(
     return medians[epoch] - max(medians[epoch - 1], medians[epoch + 1]) > JUMP_MARGIN * log_c
 
 
+def _spiking_batches(losses: Sequence[float], median: float, initial: float, log_c: float) -> int:
+    """How many of an epoch's batches sit far above both its median batch and the initial loss
+    (see ``SPIKING_MARGIN``)."""
+    bar = max(median, initial) + SPIKING_MARGIN * log_c
+    return sum(loss > bar for loss in losses)
+
+
+def _spiking(
+    epoch: int, losses: Sequence[float], median: float, initial: float, log_c: float
+) -> bool:
+    """Whether several batches of the epoch, not one, spike far above the rest and the initial
+    loss (after epoch 0, in epochs of ``TYPICAL_BATCHES`` batches or more; see
+    ``SPIKING_MARGIN``)."""
+    if epoch == 0 or len(losses) < TYPICAL_BATCHES:
+        return False
+    several = max(SPIKING_BATCHES, SPIKING_SHARE * len(losses))
+    return _spiking_batches(losses, median, initial, log_c) >= several
+
+
 def _rise(values: Sequence[float], epoch: int) -> float:
     """How far an epoch's value sits above the mean of its neighbours'."""
     return values[epoch] - (values[epoch - 1] + values[epoch + 1]) / 2
@@ -366,6 +402,12 @@ def _epochs(indices: Sequence[int]) -> str:
     return f"epochs {shown}"
 
 
+def _nats(value: float) -> str:
+    """A loss in a sentence: three decimals, or a general format for a value so large that its
+    decimals would fill the line (1e+100, not 101 digits)."""
+    return f"{value:.3f}" if value < LARGE_LOSS else f"{value:.4g}"
+
+
 def _log_c(num_classes: int) -> str:
     return f"log {num_classes} = {math.log(num_classes):.3f}"
 
@@ -473,9 +515,13 @@ def _spike_findings(
     num_classes: int,
     single_batches: bool,
     flags: Sequence[CurveFlag],
+    spiking: Sequence[int],
 ) -> list[str]:
     findings = []
-    outliers = [s for s in details if "last_batch_outlier" in s.reasons]
+    # In an epoch whose batches spike again and again, the last batch is one of many: that is
+    # the training's (``_spiking_findings``), not the reporting's alone.
+    spiked = set(spiking)
+    outliers = [s for s in details if "last_batch_outlier" in s.reasons and s.epoch not in spiked]
     if outliers:
         worst = max(outliers, key=lambda s: s.last_batch - (s.others_mean or 0.0))
         findings.append(
@@ -489,7 +535,7 @@ def _spike_findings(
             "(problem 3)."
         )
     # One value an epoch cannot tell a jump of the training from one batch reported.
-    unstable = set(diverging) | (set() if single_batches else set(jumps))
+    unstable = set(diverging) | spiked | (set() if single_batches else set(jumps))
     # Above the initial loss with the rest of the epoch below it: one batch of confident
     # mistakes. Where the whole epoch is above it, the training itself is (below); where the
     # whole curve rises, the rise is (its own finding), unless the last batch is an outlier.
@@ -550,6 +596,43 @@ def _spike_findings(
     return findings
 
 
+def _spiking_findings(
+    batch_losses: Sequence[Sequence[float]],
+    spiking: Sequence[int],
+    medians: Sequence[float],
+    means: Sequence[float],
+    details: Sequence[Spike],
+    initial: float,
+    num_classes: int,
+) -> list[str]:
+    """Epochs whose batches spike again and again: the learning rate, not the reporting."""
+    if not spiking:
+        return []
+    log_c = math.log(num_classes)
+    worst = max(spiking, key=means.__getitem__)
+    losses = batch_losses[worst]
+    count = _spiking_batches(losses, medians[worst], initial, log_c)
+    findings = [
+        f"At {_epochs(spiking)} several batches, not one, sit far above the epoch's typical "
+        f"(median) batch and above {_initial_named(initial, num_classes)} (epoch {worst}: "
+        f"{count} of {len(losses)} batches, up to {_nats(max(losses))}, where the median is "
+        f"{_nats(medians[worst])}; the epoch's mean {_nats(means[worst])}). That is no "
+        "unrepresentative batch reported, but the training thrown off again and again within "
+        "the epoch: the learning rate is too high. Lower it (or decay it) and clip the gradient "
+        "norm (seed 1.3, problem 3); the epoch mean carries these spikes too, so reporting it "
+        "instead of the last batch will not smooth them away. (Batches that are not shuffled, "
+        "each of one class, throw the training off the same way.)"
+    ]
+    spiked = set(spiking)
+    last = [s.epoch for s in details if "last_batch_outlier" in s.reasons and s.epoch in spiked]
+    if last:
+        findings.append(
+            f"At {_epochs(last)} the last batch is one of those spikes: the last-batch curve "
+            "shows it, but it is not last-batch reporting alone (above)."
+        )
+    return findings
+
+
 def _learning_findings(
     means: Sequence[float],
     acc_means: Sequence[float] | None,
@@ -593,8 +676,9 @@ def diagnose(
     Returns:
         The epoch means and last-batch values; the spikes of the last-batch curve (epochs,
         0-based) with their reasons (the first ``DETAILED_SPIKES`` detailed); the epochs whose
-        typical (median) batch loss itself jumps or exceeds the initial loss
-        (``unstable_epochs``, epochs of ``TYPICAL_BATCHES`` batches or more); what the curve
+        typical (median) batch loss itself jumps or exceeds the initial loss, or whose batches
+        spike again and again (``unstable_epochs``, epochs of ``TYPICAL_BATCHES`` batches or
+        more; see ``SPIKING_MARGIN``); what the curve
         as a whole shows (``curve_flags``: ``rising_loss``, ``looks_like_accuracy``); log C and
         1/C; whether the last-batch curve looks like last-batch reporting (``None`` when
         every epoch has a single batch, which cannot tell); and findings in words.
@@ -633,9 +717,20 @@ def diagnose(
         and (medians[e] if len(losses) >= TYPICAL_BATCHES else min(losses))
         > initial + ABOVE_INITIAL_MARGIN * log_c
     ]
+    spiking = [
+        e
+        for e, losses in enumerate(batch_losses)
+        if _spiking(e, losses, medians[e], initial, log_c)
+    ]
     # The training's own, which a curve of one value an epoch cannot tell from the reporting.
-    unstable = sorted(set(diverging) | (set() if single_batches else set(jumps)))
-    looks_like = None if single_batches else any("last_batch_outlier" in s.reasons for s in details)
+    unstable = sorted(set(diverging) | set(spiking) | (set() if single_batches else set(jumps)))
+    # A last batch far above its epoch's others, where they do not spike again and again.
+    spiked = set(spiking)
+    looks_like = (
+        None
+        if single_batches
+        else any("last_batch_outlier" in s.reasons and s.epoch not in spiked for s in details)
+    )
     acc_means = acc_lasts = None
     if batch_accuracies is not None:
         acc_means = [_mean(accs) for accs in batch_accuracies]
@@ -645,7 +740,10 @@ def diagnose(
     findings = _initial_findings(read, dropped, acc_means, num_classes, bool(flags))
     findings += _trend_findings(read, flags, num_classes)
     findings += _spike_findings(
-        details, jumps, diverging, initial, num_classes, single_batches, flags
+        details, jumps, diverging, initial, num_classes, single_batches, flags, spiking
+    )
+    findings += _spiking_findings(
+        batch_losses, spiking, medians, means, details, initial, num_classes
     )
     findings += _learning_findings(read, acc_means, num_classes, bool(details or unstable or flags))
     return CurveDiagnosis(

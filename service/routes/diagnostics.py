@@ -85,7 +85,11 @@ class LossCurveResponse(BaseModel):
         description="Each spike with its values and reasons (the first 1,000 spikes)."
     )
     unstable_epochs: list[int] = Field(
-        description="Epochs where the typical batch loss itself jumps: training, not reporting."
+        description="Epochs where the training itself is unstable, not the reporting: the "
+        "typical batch loss (the median; both batches of a 2-batch epoch) jumps above both "
+        "neighbouring epochs' or stays above the initial loss, or several batches (at least 2, "
+        "and 1 in 20 of the epoch's) sit more than 0.25 log C above both the epoch's median "
+        "and the initial loss. Never from one value an epoch, which cannot tell."
     )
     curve_flags: list[CurveFlag] = Field(
         description="What the curve as a whole shows (none, one or both). `rising_loss`: in a "
@@ -103,8 +107,9 @@ class LossCurveResponse(BaseModel):
         "the epoch's others (by the rule of `last_batch_outlier`), where there is one."
     )
     looks_like_last_batch_reporting: bool | None = Field(
-        description="Whether the last-batch curve has spikes the epoch means do not; null when "
-        "every epoch has one batch, which cannot tell."
+        description="Whether the last-batch curve has spikes the epoch means do not (a "
+        "`last_batch_outlier` in an epoch whose batches do not spike again and again); null "
+        "when every epoch has one batch, which cannot tell."
     )
     accuracy_epoch_mean: list[float] | None = Field(
         description="Mean of each epoch's batch accuracies; null without `batch_accuracies`."

@@ -514,3 +514,64 @@ def test_the_seed_curves_have_no_curve_flags() -> None:
     rise: only given as the loss do they read as an accuracy curve."""
     assert diagnose(SEED_BATCH_LOSSES, 4, SEED_BATCH_ACCURACIES).curve_flags == []
     assert "looks_like_accuracy" in diagnose(SEED_BATCH_ACCURACIES, 4).curve_flags
+
+
+# Adam at lr = 1, every batch of its first 4 epochs (4 classes, 19 batches an epoch).
+ADAM_LR_1 = [
+    [float(loss) for loss in epoch.split()]
+    for epoch in (
+        "1.54 1.56 1.41 1.55 1.5 1.51 1.5 1.57 1.46 1.47 1.43 1.39 1.52 1.54 1.45 1.42 1.46 1.49 "
+        "1.37",
+        "1.32 43.61 8.58 4.97 0.0 1.97 3.07 0.0 0.0 0.0 0.0 0.0 0.0 0.69 11.96 0.0 1.07 0.0 0.0",
+        "0.01 0.0 0.0 1.84 0.0 0.0 0.0 0.0 0.0 0.0 0.0 0.0 0.62 0.0 0.0 0.0 0.0 2.53 13.7",
+        "0.0 0.0 0.0 0.0 0.0 0.0 13.38 0.0 5.73 0.0 0.0 0.0 0.0 0.0 0.0 0.0 0.0 0.0 0.0",
+    )
+]
+
+
+def test_several_spiking_batches_in_an_epoch_are_a_learning_rate_too_high() -> None:
+    """Each epoch's median batch is 0, which hid batches of 2 to 44 (epoch 1's mean is 4.07
+    against a start of 1.48): the training thrown off again and again, not one batch reported.
+    Epoch 2's last batch (13.7) is one of them, and was called last-batch reporting alone."""
+    d = diagnose(ADAM_LR_1, 4)
+    assert d.unstable_epochs == [1, 2, 3]
+    assert d.looks_like_last_batch_reporting is False
+    text = " ".join(d.findings)
+    assert "At epochs 1, 2, 3 several batches, not one, sit far above the epoch's typical" in text
+    assert "(epoch 1: 6 of 19 batches, up to 43.610, where the median is 0.000" in text
+    assert "the learning rate is too high" in text and "clip the gradient norm" in text
+    assert "At epoch 2 the last batch is one of those spikes" in text
+    assert "This is last-batch reporting" not in text
+    assert "confident wrong prediction" not in text
+
+
+@pytest.mark.parametrize("last", [3.4, 40.0])
+def test_one_outlying_batch_an_epoch_is_still_last_batch_reporting(last: float) -> None:
+    """The homework's case, however high its one batch: not the training's instability."""
+    curve = [list(losses) for losses in SEED_BATCH_LOSSES]
+    curve[3][-1] = last
+    d = diagnose(curve, 4)
+    assert d.spikes == [3, 6, 9] and d.unstable_epochs == []
+    assert d.looks_like_last_batch_reporting is True
+    text = " ".join(d.findings)
+    assert "This is last-batch reporting" in text and "several batches" not in text
+
+
+@pytest.mark.parametrize(("high", "unstable"), [(6, []), (7, [1])])
+def test_a_few_high_batches_among_many_are_the_heavy_tail_of_small_batches(
+    high: int, unstable: list[int]
+) -> None:
+    """Batches of 8 have a heavy tail: a healthy epoch of 128 of them had up to 5 above the
+    initial loss. Several means one in 20 of the epoch's batches (7 of 128) as well as two."""
+    epoch = [0.4] * (128 - high) + [2.5] * high
+    random.Random(0).shuffle(epoch)
+    d = diagnose([[LOG4] * 128, epoch, [0.35] * 128], 4)
+    assert d.unstable_epochs == unstable
+
+
+def test_the_first_batches_of_epoch_1_still_near_chance_are_no_spikes() -> None:
+    """The loss falls within epoch 1: its first batches sit far above its median, but not
+    above the initial loss."""
+    first = [LOG4 + 0.05, LOG4 - 0.02, LOG4 + 0.08, 1.2, 0.9]
+    d = diagnose([[LOG4] * 20, first + [0.6] * 15, [0.5] * 20], 4)
+    assert d.unstable_epochs == [] and d.spikes == []
