@@ -85,6 +85,16 @@ INITIAL_ACCURACY_TOLERANCE_OF_CHANCE = 2.0  # for many classes: within 2/C of 1/
 # flat curve (epoch 0 low by chance) is not. At least RISE_MIN_EPOCHS epochs: two make no trend.
 RISE_MARGIN = 0.25
 RISE_MIN_EPOCHS = 3
+# With one value an epoch, a value above the initial loss may be one batch of confident
+# mistakes (the last batch reported) or the whole epoch's mean. The findings offer the second
+# reading, a diverging training, where the curve climbs into that value over RISE_MIN_EPOCHS
+# epochs or more from its latest minimum, the epoch before it already CLIMB_MARGIN * log C
+# above that minimum (a flat curve and then one jump is no climb; SGD whose learning rate
+# doubled every epoch went 0.58, 0.60, 0.65, 0.92, then 7.13), or where the value explodes
+# past EXPLODED_LOSS * log C: a true class given less than C^-10 on (geometric) average, which
+# takes logits blown up (the seed's confident mistakes reached 3 to 4, about 2.5 log 4).
+CLIMB_MARGIN = 0.1
+EXPLODED_LOSS = 10.0
 # The same rise in the units of an accuracy, a quarter of [0, 1], from about 1/C (within the
 # tolerance of "near chance" above) and with every value in [0, 1]: the accuracy curve. Not in
 # log C: at C = 1000, 0.25 log C is 1.7, more than any accuracy can rise.
@@ -500,6 +510,51 @@ def _trend_findings(
     ]
 
 
+def _climbs(values: Sequence[float], epoch: int, low: int, peak: float, log_c: float) -> bool:
+    """Whether the values climb into ``epoch`` from ``low``, their latest minimum before it (see
+    ``EXPLODED_LOSS``): over ``RISE_MIN_EPOCHS`` epochs or more, to an epoch just before it more
+    than ``CLIMB_MARGIN`` log C above that minimum, and to a top above ``peak``, the highest
+    value between them (a curve that jumped and falls back is no climb)."""
+    climbed = values[epoch - 1] - values[low] > CLIMB_MARGIN * log_c
+    return epoch - low >= RISE_MIN_EPOCHS and climbed and values[epoch] > peak
+
+
+def _divergence_reading(values: Sequence[float], epochs: Sequence[int], log_c: float) -> str:
+    """For a curve of one value an epoch, the reading of its values above the initial loss at
+    ``epochs`` (ascending, after epoch 0) as epoch means, where the curve climbs into one or it
+    explodes (see ``EXPLODED_LOSS``); "" where neither."""
+    # The latest minimum before the epoch and the highest value since, in one pass.
+    low, peak, scanned = 0, -math.inf, 1
+    for epoch in epochs:
+        for e in range(scanned, epoch):
+            if values[e] <= values[low]:
+                low, peak = e, -math.inf
+            else:
+                peak = max(peak, values[e])
+        scanned = max(scanned, epoch)
+        climbs = _climbs(values, epoch, low, peak, log_c)
+        exploded = values[epoch] > EXPLODED_LOSS * log_c
+        if not climbs and not exploded:
+            continue
+        how = "explodes"
+        if climbs:
+            how = f"climbs for {epoch - low} epochs from {_nats(values[low])} at epoch {low}"
+            how += " and explodes" if exploded else ""
+        how += f" to {_nats(values[epoch])} at epoch {epoch}"
+        if exploded:
+            how += (
+                f" (more than {EXPLODED_LOSS:g} log C: a probability of the true class below "
+                f"C^-{EXPLODED_LOSS:g} on average, which takes logits blown up)"
+            )
+        return (
+            " With one value an epoch, this may also be the epoch's mean: if these are epoch "
+            f"means, the loss {how}, the whole epoch doing worse than an untrained model, so "
+            "the training diverges. Lower the learning rate (or decay it), or clip the gradient "
+            "norm (seed 1.3, problem 3)."
+        )
+    return ""
+
+
 def _initial_named(initial: float, num_classes: int) -> str:
     """The initial loss a finding compares with: log C, or epoch 0's mean where it is higher."""
     if initial > math.log(num_classes):
@@ -516,7 +571,9 @@ def _spike_findings(
     single_batches: bool,
     flags: Sequence[CurveFlag],
     spiking: Sequence[int],
+    values: Sequence[float],
 ) -> list[str]:
+    """The spikes of the reported curve ``values`` (the last batches) and the training's own."""
     findings = []
     # In an epoch whose batches spike again and again, the last batch is one of many: that is
     # the training's (``_spiking_findings``), not the reporting's alone.
@@ -548,15 +605,17 @@ def _spike_findings(
     ]
     if above:
         worst = max(above, key=lambda s: s.last_batch)
+        epochs = [s.epoch for s in above]
+        log_c = math.log(num_classes)
         findings.append(
-            f"At {_epochs([s.epoch for s in above])} the reported loss rises above "
+            f"At {_epochs(epochs)} the reported loss rises above "
             f"{_initial_named(initial, num_classes)} (epoch {worst.epoch}: "
             f"{worst.last_batch:.3f}). Cross-entropy costs -log p of the true class: guessing at "
             "chance costs log C, but a confident wrong prediction costs more; "
             f"{worst.last_batch:.3f} means the model gave the true class a probability of "
             f"exp(-{worst.last_batch:.3f}) = {worst.true_class_probability:.3g} on (geometric) "
             f"average over that batch, worse than the 1/{num_classes} of guessing (seed 1.3, "
-            "problem 2)."
+            "problem 2)." + (_divergence_reading(values, epochs, log_c) if single_batches else "")
         )
     if jumps and single_batches:
         findings.append(
@@ -740,7 +799,7 @@ def diagnose(
     findings = _initial_findings(read, dropped, acc_means, num_classes, bool(flags))
     findings += _trend_findings(read, flags, num_classes)
     findings += _spike_findings(
-        details, jumps, diverging, initial, num_classes, single_batches, flags, spiking
+        details, jumps, diverging, initial, num_classes, single_batches, flags, spiking, lasts
     )
     findings += _spiking_findings(
         batch_losses, spiking, medians, means, details, initial, num_classes

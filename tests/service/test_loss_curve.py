@@ -575,3 +575,54 @@ def test_the_first_batches_of_epoch_1_still_near_chance_are_no_spikes() -> None:
     first = [LOG4 + 0.05, LOG4 - 0.02, LOG4 + 0.08, 1.2, 0.9]
     d = diagnose([[LOG4] * 20, first + [0.6] * 15, [0.5] * 20], 4)
     assert d.unstable_epochs == [] and d.spikes == []
+
+
+@pytest.mark.parametrize(
+    ("values", "reading"),
+    [
+        # Falling to 0.55, climbing back for 6 epochs, then exploding.
+        (
+            [1.46, 1.29, 1.01, 0.77, 0.62, 0.56, 0.55, 0.57, 0.64, 0.89, 0.85, 1.23, 167.35],
+            "the loss climbs for 6 epochs from 0.550 at epoch 6 and explodes to 167.350 at "
+            "epoch 12 (more than 10 log C",
+        ),
+        # SGD whose learning rate doubled every epoch: a climb, no explosion.
+        (
+            [1.46, 1.29, 0.98, 0.71, 0.58, 0.6, 0.65, 0.92, 7.13],
+            "the loss climbs for 4 epochs from 0.580 at epoch 4 to 7.130 at epoch 8, the whole",
+        ),
+        # An explosion out of a falling curve: no climb.
+        (
+            [1.39, 1.2, 1.0, 0.9, 0.8, 0.75, 0.7, 60.0, 0.65, 0.6],
+            "the loss explodes to 60.000 at epoch 7 (more than 10 log C",
+        ),
+    ],
+)
+def test_one_value_an_epoch_that_climbs_or_explodes_may_be_divergence(
+    values: list[float], reading: str
+) -> None:
+    """With one value an epoch, a value above the initial loss reached by a climb over several
+    epochs, or exploding, is offered both readings: one batch of confident mistakes, and if
+    these are epoch means, the training diverging."""
+    d = diagnose([[v] for v in values], 4)
+    text = " ".join(d.findings)
+    assert "a confident wrong prediction costs more" in text
+    assert "if these are epoch means, " + reading in text, d.findings
+    assert "so the training diverges. Lower the learning rate" in text
+    assert d.unstable_epochs == []  # one value an epoch still cannot tell
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1.39, 1.1, 2.6, 0.7, 0.6],
+        [1.39, 0.6, 0.58, 0.61, 0.59, 0.6, 2.0, 0.55],  # flat, then one jump: no climb
+        [1.46, 0.9, 0.7, 3.0, 2.5, 2.0, 0.6, 0.5],  # a jump falling back: no climb
+    ],
+)
+def test_one_value_an_epoch_above_the_initial_loss_alone_is_one_reading(
+    values: list[float],
+) -> None:
+    d = diagnose([[v] for v in values], 4)
+    assert any("a confident wrong prediction costs more" in f for f in d.findings)
+    assert not any("if these are epoch means, the loss" in f for f in d.findings), d.findings
