@@ -626,3 +626,35 @@ def test_one_value_an_epoch_above_the_initial_loss_alone_is_one_reading(
     d = diagnose([[v] for v in values], 4)
     assert any("a confident wrong prediction costs more" in f for f in d.findings)
     assert not any("if these are epoch means, the loss" in f for f in d.findings), d.findings
+
+
+@pytest.mark.parametrize(
+    ("first", "classes", "above"), [(1.46, 4, False), (1.55, 4, True), (1.58, 4, True)]
+)
+def test_pytorchs_default_initialisation_starts_at_chance(
+    first: float, classes: int, above: bool
+) -> None:
+    """Random initial logits put an untrained model a little above log C, never below by
+    much: a default-initialised linear classifier of 4 classes started at 1.46 to 1.58. Past
+    the tolerance below (0.15), the finding says why it is above."""
+    d = diagnose([[first], [1.1], [0.8]], classes)
+    text = " ".join(d.findings)
+    assert f"Epoch 0's mean loss {first:.3f} is close to log {classes}" in text, d.findings
+    assert ("a little above it, as random initial weights put it" in text) is above
+    assert "well above" not in text and "initialised too large" not in text
+
+
+@pytest.mark.parametrize(("first", "words"), [(3.78, "well above"), (53.6, "well above")])
+def test_weights_initialised_too_large_are_still_named(first: float, words: str) -> None:
+    """Weights 4 and 10 times PyTorch's default: 3.78 and 53.6 for 4 classes."""
+    d = diagnose([[first], [1.1], [0.8]], 4)
+    assert any(words in f and "initialised too large" in f for f in d.findings), d.findings
+
+
+@pytest.mark.parametrize(("first", "close"), [(1.4, True), (1.24, True), (1.23, False)])
+def test_below_log_c_the_tolerance_stays_narrow(first: float, close: bool) -> None:
+    """The homework's 1.4 is close to log 4 without a word on the initial weights; 0.15 below
+    log 4 is still the limit below."""
+    d = diagnose([[first], [1.1], [0.8]], 4)
+    assert any("is close to log 4" in f for f in d.findings) is close
+    assert not any("random initial weights" in f for f in d.findings)
