@@ -11,7 +11,8 @@ as the training's own where the epoch's typical batch jumps or several of its ba
 (a learning rate too high; problem 3's clipping). It
 also reads the curve as a whole: a loss that rises over training (divergence, or another
 curve given as the loss), in particular one that rises from 1/C within [0, 1], which is the
-accuracy curve (problem 4 reads the loss at log C and the accuracy at 1/C).
+accuracy curve (problem 4 reads the loss at log C and the accuracy at 1/C), as is one that
+rises within [0, 1] from above 1/C for 3 classes or more, whose loss starts above 1.
 Pure Python: no HTTP and no torch.
 
 Example:
@@ -108,6 +109,11 @@ EXPLODED_LOSS = 10.0
 # tolerance of "near chance" above) and with every value in [0, 1]: the accuracy curve. Not in
 # log C: at C = 1000, 0.25 log C is 1.7, more than any accuracy can rise.
 ACCURACY_RISE_MARGIN = 0.25
+# Without an epoch 0 at chance (logged from epoch 1, or after some training), the same rise
+# with most epochs above the first, where log C > 1 (3 classes or more): no untrained model's
+# loss lies in [0, 1] there, and one that got below 1 and then climbs by a quarter within it
+# is rarer than the accuracy logged as the loss. Not at C = 2, whose loss (log 2 = 0.69) lies
+# in [0, 1] all along: there only a start near 1/2 tells.
 # At most this many epochs are named in a finding and detailed in ``spike_details``: a million
 # epochs of alternating spikes made a 114 MB answer (``spikes`` still lists them all).
 LISTED_EPOCHS = 12
@@ -122,8 +128,9 @@ LARGE_LOSS = 1e6
 
 CurveFlag = Literal["rising_loss", "looks_like_accuracy"]
 """What the curve as a whole shows (``CurveDiagnosis.curve_flags``): ``rising_loss``, it rises
-over training by more than ``RISE_MARGIN`` log C; ``looks_like_accuracy``, it rises from about
-1/C by more than ``ACCURACY_RISE_MARGIN`` and never leaves [0, 1]."""
+over training by more than ``RISE_MARGIN`` log C; ``looks_like_accuracy``, it rises by more
+than ``ACCURACY_RISE_MARGIN`` from about 1/C (or, for 3 classes or more, with most epochs above
+the first) and never leaves [0, 1]."""
 
 
 class CurveError(ModelError):
@@ -262,12 +269,23 @@ def _curve_flags(
     if _rises(means, RISE_MARGIN * math.log(num_classes)):
         flags.append("rising_loss")
     if (
-        abs(means[0] - 1 / num_classes) <= _chance_tolerance(num_classes)
+        (_near_chance(means[0], num_classes) or _rises_from_above_chance(means, num_classes))
         and _rises(means, ACCURACY_RISE_MARGIN)
         and all(loss <= 1 for losses in batch_losses for loss in losses)
     ):
         flags.append("looks_like_accuracy")
     return flags
+
+
+def _near_chance(accuracy: float, num_classes: int) -> bool:
+    return abs(accuracy - 1 / num_classes) <= _chance_tolerance(num_classes)
+
+
+def _rises_from_above_chance(means: Sequence[float], num_classes: int) -> bool:
+    """The start of an accuracy curve without an epoch 0 at chance: 3 classes or more, and most
+    epochs above the first (see ``ACCURACY_RISE_MARGIN``)."""
+    above = sum(mean > means[0] for mean in means[1:])
+    return math.log(num_classes) > 1 and above > (len(means) - 1) / 2
 
 
 def _jumps(
@@ -504,7 +522,7 @@ def _trend_findings(
     late = _late(means)
     level = statistics.median(late)
     late_epochs = f"epochs {len(means) - len(late)}-{len(means) - 1}"
-    if "looks_like_accuracy" in flags:
+    if "looks_like_accuracy" in flags and _near_chance(means[0], num_classes):
         return [
             f"These values rise from {means[0]:.3g} at epoch 0, about 1/{num_classes} = "
             f"{1 / num_classes:.3g} (chance accuracy for {num_classes} classes), to {level:.3g} "
@@ -514,6 +532,20 @@ def _trend_findings(
             "loss starts at log C, the accuracy at 1/C). If these are losses after all, the "
             "loss rises over training: the training diverges (a learning rate too high, or a "
             "sign error in the update)."
+        ]
+    if "looks_like_accuracy" in flags:
+        return [
+            f"These values rise from {means[0]:.3g} at epoch 0 to {level:.3g} (the median of "
+            f"{late_epochs}), most epochs above the first, and never leave [0, 1]: this looks "
+            "like accuracy, not the cross-entropy loss, which for "
+            f"{num_classes} classes starts near {_log_c(num_classes)}, above 1, and falls. "
+            "The curve has no epoch 0 of the untrained model, whose accuracy would sit near "
+            f"1/{num_classes} = {1 / num_classes:.3g}: it starts after some training. Check "
+            "which column you plotted or logged as the loss (seed 1.3, problem 4: the loss "
+            "starts at log C, the accuracy at 1/C). If these are losses after all, the loss "
+            "rises over training: on a test (validation) set the model overfits; on the "
+            "training set the training diverges (a learning rate too high, or a sign error in "
+            "the update)."
         ]
     rise = (level - means[0]) / math.log(num_classes)
     return [

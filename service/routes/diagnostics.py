@@ -98,7 +98,8 @@ class LossCurveResponse(BaseModel):
         "the loss rises over training (divergence, from a learning rate too high or a sign "
         "error in the update; or another curve given as the loss). `looks_like_accuracy`: the "
         "same rise by more than 0.25, from an epoch 0 near 1/C (within 0.12, or 2/C for many "
-        "classes), with every value in [0, 1]: the accuracy curve given as the loss."
+        "classes) or, for 3 classes or more (whose loss starts at log C > 1), with most epochs "
+        "above the first, and every value in [0, 1]: the accuracy curve given as the loss."
     )
     expected_initial_loss: float = Field(description="log C, the loss of a model at chance.")
     chance_accuracy: float = Field(description="1/C.")

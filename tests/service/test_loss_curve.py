@@ -658,3 +658,42 @@ def test_below_log_c_the_tolerance_stays_narrow(first: float, close: bool) -> No
     d = diagnose([[first], [1.1], [0.8]], 4)
     assert any("is close to log 4" in f for f in d.findings) is close
     assert not any("random initial weights" in f for f in d.findings)
+
+
+ACCURACY_FROM_EPOCH_1 = [0.52, 0.73, 0.76, 0.78, 0.79, 0.79, 0.79, 0.8]
+
+
+@pytest.mark.parametrize("batches", [1, 4])
+def test_an_accuracy_curve_without_an_epoch_0_at_chance_is_named(batches: int) -> None:
+    """Accuracies logged from epoch 1 (0.52 to 0.80, 4 classes): no loss of 3 classes or more
+    starts below 1 and climbs within [0, 1], where it read as a healthy loss."""
+    rng = random.Random(0)
+    curve = [[a + rng.uniform(-0.01, 0.01) for _ in range(batches)] for a in ACCURACY_FROM_EPOCH_1]
+    d = diagnose(curve, 4)
+    assert d.curve_flags == ["looks_like_accuracy"]
+    text = " ".join(d.findings)
+    assert "most epochs above the first, and never leave [0, 1]: this looks like accuracy" in text
+    assert "for 4 classes starts near log 4 = 1.386, above 1, and falls" in text
+    assert "The curve has no epoch 0 of the untrained model" in text
+    assert "Check which column you plotted or logged as the loss" in text
+    assert "already after some training (or the classes" not in text and "No spikes" not in text
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_small_noisy_loss_is_no_accuracy(seed: int) -> None:
+    """A trained model's loss near 0.02 that wobbles, and one near 0.3 that creeps up by 0.15
+    (a validation loss beginning to overfit), stay losses."""
+    rng = random.Random(seed)
+    small = [[0.02 * (1 + rng.uniform(-0.5, 0.5))] for _ in range(12)]
+    creeping = [[0.3 + 0.15 * e / 11 + rng.uniform(-0.02, 0.02)] for e in range(12)]
+    for curve in (small, creeping):
+        d = diagnose(curve, 4)
+        assert "looks_like_accuracy" not in d.curve_flags, curve
+        assert not any("looks like accuracy" in f for f in d.findings)
+
+
+def test_a_binary_loss_rising_within_0_1_is_no_accuracy_without_a_start_at_one_half() -> None:
+    """log 2 = 0.69: a loss of 2 classes lies in [0, 1] all along, so only a start near 1/2
+    tells an accuracy; 0.3 rising to 0.65 is a loss that rises."""
+    d = diagnose([[0.3 + 0.05 * e] for e in range(8)], 2)
+    assert d.curve_flags == ["rising_loss"]
