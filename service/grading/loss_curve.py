@@ -109,6 +109,14 @@ EXPLODED_LOSS = 10.0
 # tolerance of "near chance" above) and with every value in [0, 1]: the accuracy curve. Not in
 # log C: at C = 1000, 0.25 log C is 1.7, more than any accuracy can rise.
 ACCURACY_RISE_MARGIN = 0.25
+# A curve that falls and then climbs back: RISE_MIN_EPOCHS epochs or more after its minimum
+# (after epoch 0: the curve fell first), the late epochs (all after the minimum) have a median
+# more than REBOUND_MARGIN * log C above it, or JUMP_SIGMAS times the curve's noise where that
+# is more (as ``mean_jump`` measures it), and none is back at the minimum. A test curve that
+# does this overfits; a training curve is unstable or broken. Less than RISE_MARGIN: from 1.00
+# back to 1.18 of 4 classes (0.13 log C) is no noise of a smooth curve, while the noise
+# margin keeps a flat, noisy curve's lowest epoch from being taken for a turn.
+REBOUND_MARGIN = 0.1
 # Without an epoch 0 at chance (logged from epoch 1, or after some training), the same rise
 # with most epochs above the first, where log C > 1 (3 classes or more): no untrained model's
 # loss lies in [0, 1] there, and one that got below 1 and then climbs by a quarter within it
@@ -126,11 +134,12 @@ MAX_LOSS = 1e100
 LARGE_LOSS = 1e6
 
 
-CurveFlag = Literal["rising_loss", "looks_like_accuracy"]
+CurveFlag = Literal["rising_loss", "looks_like_accuracy", "rising_after_minimum"]
 """What the curve as a whole shows (``CurveDiagnosis.curve_flags``): ``rising_loss``, it rises
 over training by more than ``RISE_MARGIN`` log C; ``looks_like_accuracy``, it rises by more
 than ``ACCURACY_RISE_MARGIN`` from about 1/C (or, for 3 classes or more, with most epochs above
-the first) and never leaves [0, 1]."""
+the first) and never leaves [0, 1]; ``rising_after_minimum``, neither, but it falls and then
+climbs back above its minimum (see ``REBOUND_MARGIN``)."""
 
 
 class CurveError(ModelError):
@@ -274,7 +283,23 @@ def _curve_flags(
         and all(loss <= 1 for losses in batch_losses for loss in losses)
     ):
         flags.append("looks_like_accuracy")
+    if not flags and _rebound(means, math.log(num_classes)) is not None:
+        flags.append("rising_after_minimum")
     return flags
+
+
+def _rebound(means: Sequence[float], log_c: float) -> int | None:
+    """The epoch of the minimum that the curve climbs back from (see ``REBOUND_MARGIN``), or
+    None where it does not."""
+    low = min(range(len(means)), key=means.__getitem__)  # the first, where several tie
+    late = _late(means)
+    if low == 0 or len(means) - 1 - low < RISE_MIN_EPOCHS or len(means) - len(late) <= low:
+        return None
+    rises = [abs(_rise(means, e)) for e in range(1, len(means) - 1)]
+    noise = ROBUST_SD * statistics.median(rises)
+    margin = max(REBOUND_MARGIN * log_c, JUMP_SIGMAS * noise)
+    climbed = statistics.median(late) - means[low] > margin and min(late) > means[low]
+    return low if climbed else None
 
 
 def _near_chance(accuracy: float, num_classes: int) -> bool:
@@ -516,12 +541,26 @@ def _initial_findings(
 def _trend_findings(
     means: Sequence[float], flags: Sequence[CurveFlag], num_classes: int
 ) -> list[str]:
-    """The curve as a whole: an accuracy curve given as the loss, or a loss that rises."""
+    """The curve as a whole: an accuracy curve given as the loss, or a loss that rises (from
+    the start, or after a minimum)."""
     if not flags:
         return []
     late = _late(means)
     level = statistics.median(late)
     late_epochs = f"epochs {len(means) - len(late)}-{len(means) - 1}"
+    if "rising_after_minimum" in flags:
+        low = min(range(len(means)), key=means.__getitem__)
+        return [
+            f"The loss falls to {_nats(means[low])} at epoch {low}, then climbs back: "
+            f"{_nats(level)} (the median of {late_epochs}), "
+            f"{(level - means[low]) / math.log(num_classes):.2g} log C above its minimum. For a "
+            "test (validation) curve this is overfitting: the model keeps fitting the training "
+            f"set and generalises worse; keep the weights of epoch {low} (early stopping), or "
+            "regularise (weight decay, dropout, more data). For a training curve it is "
+            "instability, a learning rate too high for this stage of training (lower it or "
+            "decay it, clip the gradient norm; seed 1.3, problem 3), or a bug in the training "
+            "loop."
+        ]
     if "looks_like_accuracy" in flags and _near_chance(means[0], num_classes):
         return [
             f"These values rise from {means[0]:.3g} at epoch 0, about 1/{num_classes} = "
@@ -644,12 +683,14 @@ def _spike_findings(
     # Above the initial loss with the rest of the epoch below it: one batch of confident
     # mistakes. Where the whole epoch is above it, the training itself is (below); where the
     # whole curve rises, the rise is (its own finding), unless the last batch is an outlier.
+    # (A climb back from a minimum stays below the initial loss: a value above it is more.)
+    rises = "rising_loss" in flags or "looks_like_accuracy" in flags
     above = [
         s
         for s in details
         if "above_initial_loss" in s.reasons
         and s.epoch not in unstable
-        and (not flags or "last_batch_outlier" in s.reasons)
+        and (not rises or "last_batch_outlier" in s.reasons)
     ]
     if above:
         worst = max(above, key=lambda s: s.last_batch)
@@ -844,7 +885,8 @@ def diagnose(
         acc_lasts = [accs[-1] for accs in batch_accuracies]
     flags = _curve_flags(batch_losses, read, num_classes)
     dropped = None if left_out is None else (left_out, batch_losses[0][left_out])
-    findings = _initial_findings(read, dropped, acc_means, num_classes, bool(flags))
+    rising = "rising_loss" in flags or "looks_like_accuracy" in flags
+    findings = _initial_findings(read, dropped, acc_means, num_classes, rising)
     findings += _trend_findings(read, flags, num_classes)
     findings += _spike_findings(
         details, jumps, diverging, initial, num_classes, single_batches, flags, spiking, lasts

@@ -92,14 +92,20 @@ class LossCurveResponse(BaseModel):
         "and the initial loss. Never from one value an epoch, which cannot tell."
     )
     curve_flags: list[CurveFlag] = Field(
-        description="What the curve as a whole shows (none, one or both). `rising_loss`: in a "
+        description="What the curve as a whole shows (none, or one or two of them). "
+        "`rising_loss`: in a "
         "curve of 3 epochs or more, the median of the last third of the epoch means (at least "
         "two epochs) sits more than 0.25 log C above `initial_loss`, and none of them below it: "
         "the loss rises over training (divergence, from a learning rate too high or a sign "
         "error in the update; or another curve given as the loss). `looks_like_accuracy`: the "
         "same rise by more than 0.25, from an epoch 0 near 1/C (within 0.12, or 2/C for many "
         "classes) or, for 3 classes or more (whose loss starts at log C > 1), with most epochs "
-        "above the first, and every value in [0, 1]: the accuracy curve given as the loss."
+        "above the first, and every value in [0, 1]: the accuracy curve given as the loss. "
+        "`rising_after_minimum`, only without those two: the epoch means fall to a minimum "
+        "after epoch 0 and climb back, 3 epochs or more after it, the last third of them (all "
+        "after it) with a median more than 0.1 log C above it (or 3 times the curve's "
+        "epoch-to-epoch noise, where that is more) and none back at it: overfitting for a test "
+        "curve; for a training curve, instability (the learning rate) or a bug."
     )
     expected_initial_loss: float = Field(description="log C, the loss of a model at chance.")
     chance_accuracy: float = Field(description="1/C.")

@@ -58,9 +58,9 @@ def test_an_accuracy_curve_sent_as_the_loss_is_flagged(client: TestClient) -> No
 def test_openapi_documents_the_curve_flags(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()["components"]["schemas"]["LossCurveResponse"]
     flags = schema["properties"]["curve_flags"]
-    assert flags["items"]["enum"] == ["rising_loss", "looks_like_accuracy"]
-    assert "`rising_loss`" in flags["description"]
-    assert "`looks_like_accuracy`" in flags["description"]
+    assert flags["items"]["enum"] == ["rising_loss", "looks_like_accuracy", "rising_after_minimum"]
+    for flag in flags["items"]["enum"]:
+        assert f"`{flag}`" in flags["description"]
 
 
 def test_png_plot(client: TestClient) -> None:
@@ -206,3 +206,10 @@ def test_a_plot_of_more_epochs_than_it_can_show_is_a_413(client: TestClient) -> 
     assert client.post(PATH, json=too_many).status_code == 200
     enough = {"batch_losses": [[1.0]] * 50, "num_classes": 4}
     assert client.post(PATH, params={"format": "svg"}, json=enough).status_code == 200
+
+
+def test_a_loss_that_falls_and_climbs_back_is_flagged(client: TestClient) -> None:
+    curve = [[v] for v in [1.42, 1.23, 1.09, 1.01, 1.0, 1.02, 1.06, 1.1, 1.14, 1.18, 1.22]]
+    body = client.post(PATH, json={"batch_losses": curve, "num_classes": 4}).json()
+    assert body["curve_flags"] == ["rising_after_minimum"]
+    assert any("this is overfitting" in f for f in body["findings"])

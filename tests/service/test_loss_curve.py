@@ -697,3 +697,39 @@ def test_a_binary_loss_rising_within_0_1_is_no_accuracy_without_a_start_at_one_h
     tells an accuracy; 0.3 rising to 0.65 is a loss that rises."""
     d = diagnose([[0.3 + 0.05 * e] for e in range(8)], 2)
     assert d.curve_flags == ["rising_loss"]
+
+
+FALL_THEN_RISE = [1.42, 1.23, 1.09, 1.01, 1.0, 1.02, 1.06, 1.1, 1.14, 1.18, 1.22]
+
+
+@pytest.mark.parametrize("batches", [1, 5])
+def test_a_loss_that_falls_and_climbs_back_is_overfitting_or_instability(batches: int) -> None:
+    """1.42 down to 1.00 at epoch 4, back up to 1.22: below epoch 0 all along, so no
+    rising_loss, but the late epochs sit well above the minimum."""
+    d = diagnose([[v] * batches for v in FALL_THEN_RISE], 4)
+    assert d.curve_flags == ["rising_after_minimum"]
+    text = " ".join(d.findings)
+    assert "The loss falls to 1.000 at epoch 4, then climbs back: 1.180 (the median of " in text
+    assert "For a test (validation) curve this is overfitting" in text
+    assert "keep the weights of epoch 4 (early stopping)" in text
+    assert "For a training curve it is instability" in text and "a bug" in text
+    assert "No spikes" not in text and "well below" not in text
+
+
+def test_a_climb_back_with_a_late_explosion_keeps_both_findings() -> None:
+    values = [1.46, 1.29, 1.01, 0.77, 0.62, 0.56, 0.55, 0.57, 0.64, 0.89, 0.85, 1.23, 167.35]
+    d = diagnose([[v] for v in values], 4)
+    assert d.curve_flags == ["rising_after_minimum"]
+    assert any("then climbs back" in f for f in d.findings)
+    assert any("if these are epoch means, the loss climbs" in f for f in d.findings)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("batches", [1, 8])
+def test_noise_around_a_plateau_is_no_climb_back(seed: int, batches: int) -> None:
+    """A falling curve that levels off with noise: its lowest epoch is the noise's, and the
+    late epochs sit within it."""
+    rng = random.Random(seed)
+    levels = [0.3 + (LOG4 - 0.3) * math.exp(-e / 2) for e in range(15)]
+    curve = [[v * (1 + rng.uniform(-0.05, 0.05)) for _ in range(batches)] for v in levels]
+    assert diagnose(curve, 4).curve_flags == []
