@@ -803,8 +803,11 @@ def _learning_findings(
             return []
     return [
         f"The mean loss never leaves {_log_c(num_classes)}: the model predicts no better than "
-        "chance in any epoch, so it has not learned the task (yet). More epochs, or a shorter "
-        "task (as in the seed's experiment), may change that."
+        "chance in any epoch, so it has not learned the task (yet). The usual causes first: a "
+        "learning rate too low, or a training loop that never updates the weights "
+        "(optimizer.step() missing, or optimizer.zero_grad() missing so that the gradients "
+        "pile up); check that the parameters change from one step to the next. Otherwise more "
+        "epochs, or a shorter task (as in the seed's experiment), may change that."
     ]
 
 

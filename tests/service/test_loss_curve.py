@@ -364,6 +364,10 @@ def test_the_initial_loss_named_is_the_one_compared_with() -> None:
 def test_a_curve_that_never_leaves_chance_says_the_model_has_not_learned() -> None:
     d = diagnose([[LOG4 * (1 + 0.01 * (b % 3 - 1)) for b in range(5)] for _ in range(10)], 4)
     assert any("never leaves log 4" in f for f in d.findings)
+    said = next(f for f in d.findings if "never leaves log 4" in f)
+    # The usual causes before "more epochs".
+    assert said.index("a learning rate too low") < said.index("more epochs")
+    assert "optimizer.step() missing" in said and "optimizer.zero_grad() missing" in said
     assert not any("never leaves" in f for f in diagnose(smooth_curve(10, 8, seed=1), 4).findings)
 
 
