@@ -165,6 +165,9 @@ RAW_JSON = "tensorgrade.raw_json"
 JSON_PROBLEM = "tensorgrade.json_problem"
 """Scope key of the 422 ``Problem`` of a JSON body the strict parser refused."""
 
+NON_FINITE = "non-finite-number"
+"""The kind of that problem where the body holds ``NaN``, ``Infinity`` or an overflowing number."""
+
 
 CLIENT_GONE = "tensorgrade.client_gone"
 """Scope key set when the client disconnected before its body was whole: the request is counted
@@ -237,13 +240,13 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
             f"`{token}` at line {error.lineno} column {column} is not a JSON number: only "
             "finite numbers are accepted, so send a finite value instead"
         )
-        kind = "non-finite-number"
+        kind = NON_FINITE
     elif error.msg.startswith("number is infinity"):
         message = (
             f"the number at {where} is too large for a float64 (it would be infinite): "
             "only finite numbers are accepted"
         )
-        kind = "non-finite-number"
+        kind = NON_FINITE
     elif error.msg.startswith("str is not valid UTF-8"):  # not the BOM's own message
         message, kind = _not_utf8(body), "invalid-json"
     elif error.msg.startswith("depth limit"):

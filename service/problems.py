@@ -304,6 +304,15 @@ NAME_THE_TAGS = WrapValidator(_name_the_tags)
 NAME_THE_TAGS]``) so that an object without the tag is told which tags exist."""
 
 
+BOUND_WORDS = {
+    "greater_than": ("gt", "greater than"),
+    "greater_than_equal": ("ge", "greater than or equal to"),
+    "less_than": ("lt", "less than"),
+    "less_than_equal": ("le", "less than or equal to"),
+}
+"""pydantic's errors of a number's bound: the key of the bound in ``ctx``, and its words."""
+
+
 def _word(kind: str, ctx: Mapping[str, Any], msg: str, given: Any = None) -> str:
     """pydantic's message for an error, or words that say what to change where its own are
     not for a client: the tags of a union, a pattern's meaning.
@@ -326,6 +335,12 @@ def _word(kind: str, ctx: Mapping[str, Any], msg: str, given: Any = None) -> str
         return f"the body is not valid JSON: {ctx['error']}"
     if kind == "value_error":  # a validator's own message: pydantic's prefix says nothing
         return msg.removeprefix("Value error, ")
+    if kind in BOUND_WORDS:
+        key, words = BOUND_WORDS[kind]
+        bound = ctx.get(key)
+        # pydantic writes a float bound out in full: 1e100 as a 101-digit integer.
+        if isinstance(bound, float) and "e" in repr(bound):
+            return f"Input should be {words} {bound!r}"
     return msg
 
 

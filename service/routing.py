@@ -38,8 +38,15 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.middleware import JSON_PROBLEM, PARSED_JSON, QUERY_PROBLEM, RAW_JSON, json_problem
-from service.problems import ProblemException, empty_body, not_json
+from service.middleware import (
+    JSON_PROBLEM,
+    NON_FINITE,
+    PARSED_JSON,
+    QUERY_PROBLEM,
+    RAW_JSON,
+    json_problem,
+)
+from service.problems import Problem, ProblemException, empty_body, not_json
 
 
 class FastJSONRequest(Request):
@@ -76,6 +83,41 @@ def parse_json(body: bytes) -> Any:
         raise ProblemException(json_problem(body, error)) from None
 
 
+EndpointT = TypeVar("EndpointT", bound=Callable[..., Any])
+
+_NON_FINITE_HINTS: dict[Callable[..., Any], str] = {}
+"""What a non-finite number means in a route's body, by endpoint (``non_finite_hint``)."""
+
+
+def non_finite_hint(hint: str) -> Callable[[EndpointT], EndpointT]:
+    """Mark an endpoint whose refusal of a body's non-finite number (``NaN``, ``Infinity``, a
+    number too large for a float64: ``middleware.json_problem``) adds ``hint``, what such a
+    number means there (a loss that is NaN: a training that diverged). The words of the guard
+    are kept, the hint follows them; put this under the route's decorator."""
+
+    def mark(endpoint: EndpointT) -> EndpointT:
+        _NON_FINITE_HINTS[endpoint] = hint
+        return endpoint
+
+    return mark
+
+
+def _hinted(problem: Problem, hint: str) -> Problem:
+    """The guard's problem with ``hint`` after its detail and after its error's message."""
+    errors = [
+        {**error, "msg": f"{error['msg']}. {hint}"} if error.get("msg") == problem.detail else error
+        for error in problem.errors or []
+    ]
+    return Problem(
+        problem.status,
+        f"{problem.detail}. {hint}",
+        kind=problem.kind,
+        title=problem.title,
+        errors=errors,
+        headers=problem.headers,
+    )
+
+
 class FastJSONRoute(APIRoute):
     """An ``APIRoute`` whose handler sees a ``FastJSONRequest``.
 
@@ -85,12 +127,14 @@ class FastJSONRoute(APIRoute):
     instructor's route a 403, and only an admitted caller learns what is wrong with the body.
     A query parameter the guard found not to be UTF-8 (``QUERY_PROBLEM``) is answered the same
     way, before the endpoint runs: FastAPI would hand it the text Starlette decoded, each
-    invalid byte made U+FFFD.
+    invalid byte made U+FFFD. A non-finite number in the body of an endpoint marked with
+    ``non_finite_hint`` is answered with the guard's words and the hint.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         checks = request_checks(_effective_dependant(self))
+        hint = _NON_FINITE_HINTS.get(self.endpoint)
 
         async def fast_json_handler(request: Request) -> Response:
             if JSON_PROBLEM in request.scope or QUERY_PROBLEM in request.scope:
@@ -98,6 +142,9 @@ class FastJSONRoute(APIRoute):
                     check.admit(request)
                 if QUERY_PROBLEM in request.scope:
                     raise ProblemException(request.scope[QUERY_PROBLEM])
+                problem = request.scope.get(JSON_PROBLEM)
+                if hint is not None and problem is not None and problem.kind == NON_FINITE:
+                    raise ProblemException(_hinted(problem, hint))
             return await handler(FastJSONRequest(request.scope, request.receive))
 
         return fast_json_handler

@@ -492,10 +492,10 @@ def _initial_findings(
     below = max(INITIAL_LOSS_TOLERANCE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
     above = max(INITIAL_LOSS_TOLERANCE_ABOVE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
     first = means[0]
-    mean = f"Epoch 0's mean loss {first:.3f}"
+    mean = f"Epoch 0's mean loss {_nats(first)}"
     if left_out is not None:
         mean += (
-            f" (leaving out batch {left_out[0]}, {left_out[1]:.3f}, far above the epoch's other "
+            f" (leaving out batch {left_out[0]}, {_nats(left_out[1])}, far above the epoch's other "
             "batches)"
         )
     if -below <= first - log_c <= above:
@@ -588,8 +588,8 @@ def _trend_findings(
         ]
     rise = (level - means[0]) / math.log(num_classes)
     return [
-        f"The loss rises over training instead of falling: from {means[0]:.3f} at epoch 0 to "
-        f"{level:.3f} (the median of {late_epochs}), {rise:.2g} log C higher. A loss that "
+        f"The loss rises over training instead of falling: from {_nats(means[0])} at epoch 0 "
+        f"to {_nats(level)} (the median of {late_epochs}), {rise:.2g} log C higher. A loss that "
         "rises steadily is divergence: a learning rate too high (lower it, or clip the "
         "gradient norm; seed 1.3, problem 3), or a sign error in the update (p += lr * grad "
         "climbs the loss; the step is p -= lr * grad). Or the curve is not the training loss: "
@@ -645,7 +645,7 @@ def _divergence_reading(values: Sequence[float], epochs: Sequence[int], log_c: f
 def _initial_named(initial: float, num_classes: int) -> str:
     """The initial loss a finding compares with: log C, or epoch 0's mean where it is higher."""
     if initial > math.log(num_classes):
-        return f"the initial loss (epoch 0's mean, {initial:.3f})"
+        return f"the initial loss (epoch 0's mean, {_nats(initial)})"
     return f"the initial loss {_log_c(num_classes)}"
 
 
@@ -671,12 +671,12 @@ def _spike_findings(
         findings.append(
             f"At {_epochs([s.epoch for s in outliers])} the last batch's loss sits far above "
             f"the epoch's other batches (epoch {worst.epoch}: last batch "
-            f"{worst.last_batch:.3f}, the others {worst.others_mean:.3f} on average, epoch mean "
-            f"{worst.epoch_mean:.3f}). This is last-batch reporting: a train() or test() that "
-            "returns loss.item() of the last batch plots one batch, whose difficulty and class "
-            "mix change from epoch to epoch, not the epoch (seed 1.3, problem 1). Accumulate "
-            "loss.item() over every batch and report the mean, the epoch_mean curve here "
-            "(problem 3)."
+            f"{_nats(worst.last_batch)}, the others {_nats(worst.others_mean or 0.0)} on "
+            f"average, epoch mean {_nats(worst.epoch_mean)}). This is last-batch reporting: a "
+            "train() or test() that returns loss.item() of the last batch plots one batch, whose "
+            "difficulty and class mix change from epoch to epoch, not the epoch (seed 1.3, "
+            "problem 1). Accumulate loss.item() over every batch and report the mean, the "
+            "epoch_mean curve here (problem 3)."
         )
     # One value an epoch cannot tell a jump of the training from one batch reported.
     unstable = set(diverging) | spiked | (set() if single_batches else set(jumps))
@@ -699,10 +699,10 @@ def _spike_findings(
         findings.append(
             f"At {_epochs(epochs)} the reported loss rises above "
             f"{_initial_named(initial, num_classes)} (epoch {worst.epoch}: "
-            f"{worst.last_batch:.3f}). Cross-entropy costs -log p of the true class: guessing at "
-            "chance costs log C, but a confident wrong prediction costs more; "
-            f"{worst.last_batch:.3f} means the model gave the true class a probability of "
-            f"exp(-{worst.last_batch:.3f}) = {worst.true_class_probability:.3g} on (geometric) "
+            f"{_nats(worst.last_batch)}). Cross-entropy costs -log p of the true class: "
+            "guessing at chance costs log C, but a confident wrong prediction costs more; "
+            f"{_nats(worst.last_batch)} means the model gave the true class a probability of "
+            f"exp(-{_nats(worst.last_batch)}) = {worst.true_class_probability:.3g} on (geometric) "
             f"average over that batch, worse than the 1/{num_classes} of guessing (seed 1.3, "
             "problem 2)." + (_divergence_reading(values, epochs, log_c) if single_batches else "")
         )

@@ -213,3 +213,60 @@ def test_a_loss_that_falls_and_climbs_back_is_flagged(client: TestClient) -> Non
     body = client.post(PATH, json={"batch_losses": curve, "num_classes": 4}).json()
     assert body["curve_flags"] == ["rising_after_minimum"]
     assert any("this is overfitting" in f for f in body["findings"])
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_non_finite_loss_is_said_to_mean_a_diverged_training(
+    client: TestClient, number: str
+) -> None:
+    """Besides asking for finite values: a NaN loss is what a diverged training logs."""
+    content = f'{{"batch_losses": [[1.39], [0.9, {number}]], "num_classes": 4}}'
+    response = client.post(PATH, content=content, headers={"content-type": "application/json"})
+    problem = _problem(response)
+    assert problem["type"].endswith("/non-finite-number")
+    assert "only finite numbers are accepted" in problem["detail"]
+    assert "usually means the training diverged: lower the learning rate" in problem["detail"]
+    assert problem["errors"][0]["msg"] == problem["detail"]
+
+
+def test_the_hint_of_a_non_finite_loss_is_the_loss_curves_own(client: TestClient) -> None:
+    content = '{"learning_rate": NaN}'
+    response = client.post(
+        "/v1/experiments/temporal-order",
+        content=content,
+        headers={"content-type": "application/json"},
+    )
+    problem = _problem(response)
+    assert problem["type"].endswith("/non-finite-number")
+    assert "training diverged" not in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "nested"),
+    [
+        ({"batch_losses": [1.4, 1.2, 1.0]}, "batch_losses", "[[1.4], [1.2], [1.0]]"),
+        (
+            {"batch_losses": [[1.4], [1.2]], "batch_accuracies": [0.25, 0.5]},
+            "batch_accuracies",
+            "[[0.25], [0.5], [0.7]]",
+        ),
+    ],
+)
+def test_a_flat_list_is_told_one_list_per_epoch(
+    client: TestClient, body: dict[str, Any], field: str, nested: str
+) -> None:
+    problem = _problem(client.post(PATH, json=body | {"num_classes": 4}))
+    assert problem["errors"][0]["loc"] == ["body", field, 0]
+    assert problem["errors"][0]["type"] == "list_type"
+    assert f"{field} takes one list per epoch" in problem["detail"]
+    assert f"{nested} for one value per epoch" in problem["detail"]
+
+
+def test_the_bound_of_a_loss_reads_1e100(client: TestClient) -> None:
+    """Not the 101 digits pydantic writes for the float 1e100, in the 422 or the findings."""
+    problem = _problem(client.post(PATH, json={"batch_losses": [[1e101]], "num_classes": 4}))
+    assert problem["detail"].endswith("less than or equal to 1e+100"), problem["detail"]
+    body = client.post(PATH, json={"batch_losses": [[1.4], [1e100]], "num_classes": 4}).json()
+    text = " ".join(body["findings"])
+    assert "(epoch 1: 1e+100)" in text and "exp(-1e+100)" in text
+    assert not re.search(r"\d{20}", text), text
