@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -117,6 +118,13 @@ ACCURACY_RISE_MARGIN = 0.25
 # back to 1.18 of 4 classes (0.13 log C) is no noise of a smooth curve, while the noise
 # margin keeps a flat, noisy curve's lowest epoch from being taken for a turn.
 REBOUND_MARGIN = 0.1
+# A curve that zigzags: at least ZIGZAG_STEPS steps from epoch to epoch, ZIGZAG_SHARE of them
+# turning back from the step before, a median step of more than JUMP_MARGIN * log C, and peaks
+# (a median of them) back at chance, within the tolerance below log C. The training undoes
+# what it learned every other epoch: a learning rate too high. No spike of one epoch (its
+# noise is the whole curve's), so only a finding says so.
+ZIGZAG_STEPS = 5
+ZIGZAG_SHARE = 0.8
 # Without an epoch 0 at chance (logged from epoch 1, or after some training), the same rise
 # with most epochs above the first, where log C > 1 (3 classes or more): no untrained model's
 # loss lies in [0, 1] there, and one that got below 1 and then climbs by a quarter within it
@@ -781,6 +789,34 @@ def _spiking_findings(
     return findings
 
 
+def _zigzag_findings(means: Sequence[float], num_classes: int) -> list[str]:
+    """A curve that swings up and down every epoch, back to chance each time (see
+    ``ZIGZAG_STEPS``)."""
+    steps = [after - before for before, after in itertools.pairwise(means)]
+    if len(steps) < ZIGZAG_STEPS:
+        return []
+    log_c = math.log(num_classes)
+    turns = sum((a > 0) != (b > 0) for a, b in itertools.pairwise(steps))
+    swing = statistics.median(abs(step) for step in steps)
+    peaks = [means[e] for e in range(1, len(means) - 1) if means[e - 1] < means[e] > means[e + 1]]
+    tolerance = max(INITIAL_LOSS_TOLERANCE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
+    if (
+        turns < ZIGZAG_SHARE * (len(steps) - 1)
+        or swing <= JUMP_MARGIN * log_c
+        or not peaks
+        or statistics.median(peaks) < log_c - tolerance
+    ):
+        return []
+    return [
+        f"The loss swings up and down from epoch to epoch, by {swing:.2f} nats (the median "
+        f"step), and its peaks keep coming back to the loss at chance, {_log_c(num_classes)}: "
+        "the training "
+        "undoes what it learned again and again. Swings this large that return to chance point "
+        "to a learning rate too high: lower it (or decay it), or clip the gradient norm (seed "
+        "1.3, problem 3)."
+    ]
+
+
 def _learning_findings(
     means: Sequence[float],
     acc_means: Sequence[float] | None,
@@ -897,6 +933,7 @@ def diagnose(
     findings += _spiking_findings(
         batch_losses, spiking, medians, means, details, initial, num_classes
     )
+    findings += _zigzag_findings(read, num_classes)
     findings += _learning_findings(read, acc_means, num_classes, bool(details or unstable or flags))
     return CurveDiagnosis(
         num_classes=num_classes,

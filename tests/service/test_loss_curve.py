@@ -737,3 +737,25 @@ def test_noise_around_a_plateau_is_no_climb_back(seed: int, batches: int) -> Non
     levels = [0.3 + (LOG4 - 0.3) * math.exp(-e / 2) for e in range(15)]
     curve = [[v * (1 + rng.uniform(-0.05, 0.05)) for _ in range(batches)] for v in levels]
     assert diagnose(curve, 4).curve_flags == []
+
+
+def test_a_loss_that_swings_back_to_chance_every_epoch_points_to_the_learning_rate() -> None:
+    """Between about 0.7 and 1.4 every epoch: no spike of one epoch (the whole curve is that
+    noisy), but swings of half a nat back to chance are a learning rate too high."""
+    values = [1.39, 0.9, 1.3, 0.7, 1.4, 0.8, 1.35, 0.75, 1.3, 0.8, 1.35, 0.7]
+    d = diagnose([[v] for v in values], 4)
+    assert d.spikes == [] and d.curve_flags == []
+    text = " ".join(d.findings)
+    assert "The loss swings up and down from epoch to epoch, by 0.55 nats" in text
+    assert "peaks keep coming back to the loss at chance, log 4 = 1.386" in text
+    assert "point to a learning rate too high" in text
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("batches", [1, 8])
+def test_noise_is_no_swing_back_to_chance(seed: int, batches: int) -> None:
+    """A smooth falling curve, and a flat one at chance with noise of 0.1 log C each way."""
+    rng = random.Random(seed)
+    flat = [[LOG4 * (1 + rng.uniform(-0.1, 0.1)) for _ in range(batches)] for _ in range(12)]
+    for curve in (smooth_curve(12, batches, seed), flat):
+        assert not any("swings up and down" in f for f in diagnose(curve, 4).findings)
