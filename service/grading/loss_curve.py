@@ -8,11 +8,12 @@ true class, which a confident wrong prediction makes larger than chance does (pr
 Given every batch's loss of every epoch, this module computes both curves (epoch means and
 last batches), finds the spikes of the last-batch curve, and explains them in those terms, or
 as the training's own where the epoch's typical batch jumps or several of its batches spike
-(a learning rate too high; problem 3's clipping). It
-also reads the curve as a whole: a loss that rises over training (divergence, or another
-curve given as the loss), in particular one that rises from 1/C within [0, 1], which is the
-accuracy curve (problem 4 reads the loss at log C and the accuracy at 1/C), as is one that
-rises within [0, 1] from above 1/C for 3 classes or more, whose loss starts above 1.
+(a learning rate too high; problem 3's clipping). It also reads the curve as a whole: a loss
+that rises over training (divergence, or another curve given as the loss), in particular one
+that rises from 1/C within [0, 1], which is the accuracy curve (problem 4 reads the loss at
+log C and the accuracy at 1/C), as is one that rises within [0, 1] from above 1/C for 3
+classes or more, whose loss starts above 1; a loss that falls and climbs back (overfitting,
+or instability); and one that swings back to chance every epoch.
 Pure Python: no HTTP and no torch.
 
 Example:
@@ -110,6 +111,11 @@ EXPLODED_LOSS = 10.0
 # tolerance of "near chance" above) and with every value in [0, 1]: the accuracy curve. Not in
 # log C: at C = 1000, 0.25 log C is 1.7, more than any accuracy can rise.
 ACCURACY_RISE_MARGIN = 0.25
+# Without an epoch 0 at chance (logged from epoch 1, or after some training), the same rise
+# with most epochs above the first, where log C > 1 (3 classes or more): no untrained model's
+# loss lies in [0, 1] there, and one that got below 1 and then climbs by a quarter within it
+# is rarer than the accuracy logged as the loss. Not at C = 2, whose loss (log 2 = 0.69) lies
+# in [0, 1] all along: there only a start near 1/2 tells.
 # A curve that falls and then climbs back: RISE_MIN_EPOCHS epochs or more after its minimum
 # (after epoch 0: the curve fell first), the late epochs (all after the minimum) have a median
 # more than REBOUND_MARGIN * log C above it, or JUMP_SIGMAS times the curve's noise where that
@@ -125,11 +131,6 @@ REBOUND_MARGIN = 0.1
 # noise is the whole curve's), so only a finding says so.
 ZIGZAG_STEPS = 5
 ZIGZAG_SHARE = 0.8
-# Without an epoch 0 at chance (logged from epoch 1, or after some training), the same rise
-# with most epochs above the first, where log C > 1 (3 classes or more): no untrained model's
-# loss lies in [0, 1] there, and one that got below 1 and then climbs by a quarter within it
-# is rarer than the accuracy logged as the loss. Not at C = 2, whose loss (log 2 = 0.69) lies
-# in [0, 1] all along: there only a start near 1/2 tells.
 # At most this many epochs are named in a finding and detailed in ``spike_details``: a million
 # epochs of alternating spikes made a 114 MB answer (``spikes`` still lists them all).
 LISTED_EPOCHS = 12
@@ -691,7 +692,8 @@ def _spike_findings(
     # Above the initial loss with the rest of the epoch below it: one batch of confident
     # mistakes. Where the whole epoch is above it, the training itself is (below); where the
     # whole curve rises, the rise is (its own finding), unless the last batch is an outlier.
-    # (A climb back from a minimum stays below the initial loss: a value above it is more.)
+    # A climb back from a minimum is no rise from the start: a value above the initial loss
+    # there is still said.
     rises = "rising_loss" in flags or "looks_like_accuracy" in flags
     above = [
         s
@@ -810,10 +812,9 @@ def _zigzag_findings(means: Sequence[float], num_classes: int) -> list[str]:
     return [
         f"The loss swings up and down from epoch to epoch, by {swing:.2f} nats (the median "
         f"step), and its peaks keep coming back to the loss at chance, {_log_c(num_classes)}: "
-        "the training "
-        "undoes what it learned again and again. Swings this large that return to chance point "
-        "to a learning rate too high: lower it (or decay it), or clip the gradient norm (seed "
-        "1.3, problem 3)."
+        "the training undoes what it learned again and again. Swings this large that return to "
+        "chance point to a learning rate too high: lower it (or decay it), or clip the gradient "
+        "norm (seed 1.3, problem 3)."
     ]
 
 
@@ -865,9 +866,9 @@ def diagnose(
         0-based) with their reasons (the first ``DETAILED_SPIKES`` detailed); the epochs whose
         typical (median) batch loss itself jumps or exceeds the initial loss, or whose batches
         spike again and again (``unstable_epochs``, epochs of ``TYPICAL_BATCHES`` batches or
-        more; see ``SPIKING_MARGIN``); what the curve
-        as a whole shows (``curve_flags``: ``rising_loss``, ``looks_like_accuracy``); log C and
-        1/C; whether the last-batch curve looks like last-batch reporting (``None`` when
+        more; see ``SPIKING_MARGIN``); what the curve as a whole shows (``curve_flags``:
+        ``rising_loss``, ``looks_like_accuracy``, ``rising_after_minimum``); log C and 1/C;
+        whether the last-batch curve looks like last-batch reporting (``None`` when
         every epoch has a single batch, which cannot tell); and findings in words.
 
     Raises:
