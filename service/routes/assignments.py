@@ -155,8 +155,10 @@ class ProblemVariant(BaseModel):
     )
     feedback: FeedbackLevel = Field(
         description="What a check of an answer tells the student: `verdict` (correct or not, "
-        "the score, and why an answer is malformed), `report` (also the answer's shape and how "
-        "many elements or points disagree), or `diagnosis` (also the likely mistakes)."
+        "the score, and why an answer is malformed), `report` (also what was read of the "
+        "answer: a tensor's shape and whether it is the one asked for, a shape's sizes, a "
+        "formula's points checked and one point where it disagrees; never how many elements "
+        "or points are wrong), or `diagnosis` (also the likely mistakes)."
     )
     student_id: str = Field(description="Whose variant this is, as asked.")
     given: dict[str, TensorOut] = Field(description="This student's given tensors by name.")
@@ -316,6 +318,21 @@ class Mistake(BaseModel):
     message: str = Field(description="The mistake in words; it never quotes the key.")
 
 
+REPORT = (
+    "Levels `report` and `diagnosis`: what was read of the answer, by its `kind`, and a "
+    "`message` in words. `tensor`: `label` (what the answer is), `shape_matches`, `given_shape` "
+    "(the answer's shape), `elements` (the answer's number of elements, where its shape is the "
+    "one asked for) and `read_as_scalar` (a one-element answer read as a number); `shape`: "
+    "`label` and `given` (the sizes read); `formula`: `points_checked` and, when it is wrong, "
+    "a `counterexample` (`point`, one point where it disagrees, and `given`, the value the "
+    "answer's own formula has there). Never how many elements or points are wrong (with every "
+    "other element far off, that count would tell whether the one element tried is right), a "
+    "value of the key, an error size, the key's shape where the answer's differs, or where a "
+    "mismatch is."
+)
+"""What a student's report holds: the allow-list of ``grading.grade.STUDENT_FIELDS``, in words."""
+
+
 class Feedback(BaseModel):
     """What the student is told, at the problem's feedback level."""
 
@@ -324,12 +341,7 @@ class Feedback(BaseModel):
         "`malformed answer`."
     )
     reason: str | None = Field(None, description="Why a malformed answer cannot be judged.")
-    report: dict[str, Any] | None = Field(
-        None,
-        description="Levels `report` and `diagnosis`: the answer's shape, how many elements "
-        "(or formula points) disagree and a message; never a value of the key, an error size or "
-        "where a mismatch is.",
-    )
+    report: dict[str, Any] | None = Field(None, description=REPORT)
     diagnosis: list[Mistake] | None = Field(
         None, description="Level `diagnosis`: the likely mistakes."
     )

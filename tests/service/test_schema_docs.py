@@ -4,6 +4,7 @@ that works, and what the descriptions claim is what the service does."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.examples import STATE_JACOBIAN_EXAMPLES
 from service.grading.compare import Tolerance as CheckTolerance
+from service.grading.grade import STUDENT_FIELDS
 from service.grading.schema import Tolerance as FileTolerance
 
 UNDESCRIBED: dict[str, str] = {}
@@ -177,3 +179,32 @@ def test_every_tensor_a_state_jacobians_check_may_select_is_selectable(
         given = answer[name]["data"]  # an answer's tensor is nested, as a student writes it
         checked = client.post("/v1/check", json={"expected": expected, "answer": given})
         assert checked.status_code == 200 and checked.json()["correct"] is True, name
+
+
+def test_the_report_of_a_student_is_described_field_by_field_and_counts_no_mistake(
+    client: TestClient, schema: dict[str, Any]
+) -> None:
+    schemas = schema["components"]["schemas"]
+    report = schemas["Feedback"]["properties"]["report"]["description"]
+    level = schemas["ProblemVariant"]["properties"]["feedback"]["description"]
+    told = {"kind", "message", "counterexample", "point", "given"}
+    for field in told.union(*STUDENT_FIELDS.values(), STUDENT_FIELDS):
+        assert f"`{field}`" in report, field
+    # A student is never told how many elements or points are wrong (STUDENT_FIELDS).
+    for text in (report, level):
+        for clause in re.findall(r"[^.;(]*how many[^.;)]*", text):
+            assert "never" in clause.lower(), clause
+    # And what a wrong answer's report holds is what is described.
+    answers = {
+        "1.1b": "floor((H + 2*P - K)/S) + 1",  # a formula: a counterexample
+        "1.1c-i": [[0.0, 0.0, 0.0]],  # a tensor of the shape asked for
+        "1.1c-ii": [0.0],  # a tensor of another shape
+    }
+    for problem, answer in answers.items():
+        url = f"/v1/assignments/cnn-rnn/problems/{problem}/check"
+        checked = client.post(url, json={"student_id": "alice", "answer": answer}).json()
+        assert checked["status"] == "incorrect", checked
+        got = checked["feedback"]["report"]
+        assert got and set(got) | set(got.get("counterexample", {})) <= told.union(
+            *STUDENT_FIELDS.values()
+        ), got
