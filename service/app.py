@@ -23,7 +23,7 @@ from service.grading.catalogue import catalogue_from_settings
 from service.grading.checker import VariantScreen, spec_validator
 from service.logs import ensure_logging
 from service.middleware import EdgeMiddleware
-from service.openapi import declare_edge_statuses, declare_roles
+from service.openapi import declare_edge_statuses, declare_roles, prefill_path_parameters
 from service.problems import install_problem_handlers, problem_schemas
 from service.ratelimit import CheckLimiter, rate_limited
 from service.routes import assignments, check, diagnostics, health, metrics, models, shapes
@@ -169,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             schema.setdefault("components", {}).setdefault("schemas", {}).update(problem_schemas())
             declare_edge_statuses(schema)
             declare_roles(schema)
+            prefill_path_parameters(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -8,6 +8,37 @@ from __future__ import annotations
 
 from typing import Any
 
+PATH_PARAMETERS = "x-path-parameters"
+"""The member of a body example that names the path it is for (``{"model": "conv1d"}``).
+
+Swagger UI's "Try it out" sends the body example chosen to the path its fields hold, whatever
+the example is for: a conv1d body sent to attention_rnn is a 422. So each example of a route
+with several paths says which to pick, in its summary for the reader and here for a program;
+the path parameters of the first are pre-filled to match (``openapi.prefill_path_parameters``),
+so that Execute with nothing changed answers 200."""
+
+
+def for_path(summary: str, value: Any, description: str, **parameters: str) -> dict[str, Any]:
+    """A named body example for the path whose parameters are ``parameters``: its summary
+    begins by saying what to pick in each ("Pick model conv1d: ...")."""
+    picks = ", ".join(f"{name} {chosen}" for name, chosen in parameters.items())
+    return {
+        "summary": f"Pick {picks}: {summary}",
+        "description": description,
+        "value": value,
+        PATH_PARAMETERS: parameters,
+    }
+
+
+def for_model(model: str, summary: str, value: dict[str, Any]) -> dict[str, Any]:
+    """A named body example of a model route, for ``model``."""
+    description = (
+        f"A body for `{model}`: choose `{model}` in the `model` field, where the request is "
+        "sent (each model has params and inputs of its own, and another model answers 422)."
+    )
+    return for_path(summary, value, description, model=model)
+
+
 # Seed 1.1(c): x in R^{5 x 7} (5 channels, length 7), one filter of kernel 3, stride 2.
 SEED_X_5x7 = [[(c + n) % 4 - 1 for n in range(7)] for c in range(5)]
 SEED_W_1x5x3 = [[[(c * 3 + m) % 3 - 1 for m in range(3)] for c in range(5)]]
@@ -83,71 +114,85 @@ _ATTENTION_RNN_INF = {
 _DL_DH_4x2 = [[0.1, -0.2], [0.0, 0.3], [-0.1, 0.1], [1.0, 0.5]]
 
 FORWARD_EXAMPLES: dict[str, dict[str, Any]] = {
-    "seed-1.1c-i": {
-        "summary": "Seed 1.1(c)(i) (POST to conv1d): C = 5, L = 7, K = 3, stride 2 -> y [1, 3]",
-        "value": _SEED_CONV1D,
-    },
-    "gated-rnn": {
-        "summary": "Seed 1.2.1 (POST to gated_rnn): m = 2, n = 3, T = 4 -> h, c [4, 2]",
-        "value": _GATED_RNN,
-    },
-    "attention-rnn-2": {
-        "summary": "Seed 1.2.2 (POST to attention_rnn): AttentionRNN(2), n = 2, T = 4 -> a [4, 3]",
-        "value": _ATTENTION_RNN_2,
-    },
-    "attention-rnn-inf": {
-        "summary": "Seed 1.2.2(d) (POST to attention_rnn): AttentionRNN(inf) -> a, w [4, 5]",
-        "value": _ATTENTION_RNN_INF,
-    },
+    "seed-1.1c-i": for_model(
+        "conv1d",
+        "Seed 1.1(c)(i): C = 5, L = 7, K = 3, stride 2 -> y [1, 3]",
+        _SEED_CONV1D,
+    ),
+    "gated-rnn": for_model(
+        "gated_rnn",
+        "Seed 1.2.1: m = 2, n = 3, T = 4 -> h, c [4, 2]",
+        _GATED_RNN,
+    ),
+    "attention-rnn-2": for_model(
+        "attention_rnn",
+        "Seed 1.2.2: AttentionRNN(2), n = 2, T = 4 -> a [4, 3]",
+        _ATTENTION_RNN_2,
+    ),
+    "attention-rnn-inf": for_model(
+        "attention_rnn",
+        "Seed 1.2.2(d): AttentionRNN(inf) -> a, w [4, 5]",
+        _ATTENTION_RNN_INF,
+    ),
 }
 
 BACKWARD_EXAMPLES: dict[str, dict[str, Any]] = {
-    "seed-1.1c-iv": {
-        "summary": "Seed 1.1(c)(iv) (POST to conv1d): dl/dW = sum_i dl/dy[i] x[c, 2i-1+m]",
-        "value": {**_SEED_CONV1D, "grad_outputs": {"y": [[1, -2, 3]]}},
-    },
-    "gated-rnn": {
-        "summary": "Seed 1.2.1(c) (POST to gated_rnn): dl/dW_x and state_grads from dl/dh",
-        "value": {**_GATED_RNN, "grad_outputs": {"h": _DL_DH_4x2}},
-    },
-    "attention-rnn-2": {
-        "summary": "Seed 1.2.2(f) (POST to attention_rnn): AttentionRNN(2), state_grads from dl/dh",
-        "value": {**_ATTENTION_RNN_2, "grad_outputs": {"h": _DL_DH_4x2}},
-    },
+    "seed-1.1c-iv": for_model(
+        "conv1d",
+        "Seed 1.1(c)(iv): dl/dW = sum_i dl/dy[i] x[c, 2i-1+m]",
+        {**_SEED_CONV1D, "grad_outputs": {"y": [[1, -2, 3]]}},
+    ),
+    "gated-rnn": for_model(
+        "gated_rnn",
+        "Seed 1.2.1(c): dl/dW_x and state_grads from dl/dh",
+        {**_GATED_RNN, "grad_outputs": {"h": _DL_DH_4x2}},
+    ),
+    "attention-rnn-2": for_model(
+        "attention_rnn",
+        "Seed 1.2.2(f): AttentionRNN(2), state_grads from dl/dh",
+        {**_ATTENTION_RNN_2, "grad_outputs": {"h": _DL_DH_4x2}},
+    ),
 }
 
 JACOBIAN_EXAMPLES: dict[str, dict[str, Any]] = {
-    "seed-1.1c-ii": {
-        "summary": "Seed 1.1(c)(ii) (POST to conv1d): dy/dW, shape [1, 3, 1, 5, 3]",
-        "value": {**_SEED_CONV1D, "of": "y", "wrt": "weight"},
-    },
-    "seed-1.1c-iii": {
-        "summary": "Seed 1.1(c)(iii) (POST to conv1d): dy/dx, shape [1, 3, 5, 7]",
-        "value": {**_SEED_CONV1D, "of": "y", "wrt": "x"},
-    },
-    "gated-rnn": {
-        "summary": "Seed 1.2.1 (POST to gated_rnn): dh/dW_x, shape [T, m, m, n] = [4, 2, 2, 3]",
-        "value": {**_GATED_RNN, "of": "h", "wrt": "W_x"},
-    },
-    "attention-rnn-2": {
-        "summary": "Seed 1.2.2 (POST to attention_rnn): da/dx for AttentionRNN(2), [4, 3, 4, 2]",
-        "value": {**_ATTENTION_RNN_2, "of": "a", "wrt": "x"},
-    },
+    "seed-1.1c-ii": for_model(
+        "conv1d",
+        "Seed 1.1(c)(ii): dy/dW, shape [1, 3, 1, 5, 3]",
+        {**_SEED_CONV1D, "of": "y", "wrt": "weight"},
+    ),
+    "seed-1.1c-iii": for_model(
+        "conv1d",
+        "Seed 1.1(c)(iii): dy/dx, shape [1, 3, 5, 7]",
+        {**_SEED_CONV1D, "of": "y", "wrt": "x"},
+    ),
+    "gated-rnn": for_model(
+        "gated_rnn",
+        "Seed 1.2.1: dh/dW_x, shape [T, m, m, n] = [4, 2, 2, 3]",
+        {**_GATED_RNN, "of": "h", "wrt": "W_x"},
+    ),
+    "attention-rnn-2": for_model(
+        "attention_rnn",
+        "Seed 1.2.2: da/dx for AttentionRNN(2), [4, 3, 4, 2]",
+        {**_ATTENTION_RNN_2, "of": "a", "wrt": "x"},
+    ),
 }
 
 STATE_JACOBIAN_EXAMPLES: dict[str, dict[str, Any]] = {
-    "gated-rnn": {
-        "summary": "Seed 1.2.1(d) (POST to gated_rnn): dh[t]/dh[t-1] and the verdict",
-        "value": _GATED_RNN,
-    },
-    "attention-rnn-2": {
-        "summary": "Seed 1.2.2(e) (POST to attention_rnn): dh[t]/dh[t-1] of AttentionRNN(2)",
-        "value": _ATTENTION_RNN_2,
-    },
-    "attention-rnn-inf": {
-        "summary": "Seed 1.2.2(d)-(e) (POST to attention_rnn): AttentionRNN(inf)",
-        "value": _ATTENTION_RNN_INF,
-    },
+    "gated-rnn": for_model(
+        "gated_rnn",
+        "Seed 1.2.1(d): dh[t]/dh[t-1] and the verdict",
+        _GATED_RNN,
+    ),
+    "attention-rnn-2": for_model(
+        "attention_rnn",
+        "Seed 1.2.2(e): dh[t]/dh[t-1] of AttentionRNN(2)",
+        _ATTENTION_RNN_2,
+    ),
+    "attention-rnn-inf": for_model(
+        "attention_rnn",
+        "Seed 1.2.2(d)-(e): AttentionRNN(inf)",
+        _ATTENTION_RNN_INF,
+    ),
 }
 
 # Seed 1.3: a 4-class curve (Q, R, S, U) that starts at log 4 ~ 1.386 and whose last batches

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.auth import API_KEY_HEADER
+from service.examples import PATH_PARAMETERS
 from service.middleware import EXEMPT_PATHS
 from service.problems import problem_responses
 
@@ -73,3 +74,43 @@ def declare_roles(schema: dict[str, Any]) -> None:
             note = ROLE_NOTES[operation_roles(operation)]
             description = operation.get("description", "")
             operation["description"] = f"{note}\n\n{description}" if description else note
+
+
+def first_body_example(operation: dict[str, Any]) -> dict[str, Any]:
+    """The body example Swagger UI shows first (and sends when nothing is picked), or ``{}``."""
+    content = operation.get("requestBody", {}).get("content", {})
+    examples = content.get("application/json", {}).get("examples", {})
+    first: dict[str, Any] = next(iter(examples.values()), {})
+    return first
+
+
+def prefill_path_parameters(schema: dict[str, Any]) -> None:
+    """Give each path parameter the value the operation's first body example is for
+    (``examples.PATH_PARAMETERS``), so that "Try it out", then Execute with nothing changed,
+    sends that body where it belongs.
+
+    Swagger UI 5 fills a parameter from its own ``example`` (or the first of its
+    ``examples``), else selects the first value of an enum: ``attention_rnn``, for a conv1d
+    body. The value goes in the parameter's ``example``: Swagger UI ignores the schema's
+    ``examples`` and does not apply the parameter's ``examples`` to an enum's list, and a
+    ``default`` would say that the path may go without it.
+
+    Raises:
+        ValueError: the example names a value the parameter does not offer (not in its enum,
+            or not the first of its own examples): the page would send it elsewhere.
+    """
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            wanted = first_body_example(operation).get(PATH_PARAMETERS, {})
+            for parameter in operation.get("parameters", ()):
+                value = wanted.get(parameter["name"]) if parameter["in"] == "path" else None
+                if value is None:
+                    continue
+                own = [example["value"] for example in parameter.get("examples", {}).values()]
+                enum = parameter.get("schema", {}).get("enum", [value])
+                if (own and own[0] != value) or value not in enum:
+                    raise ValueError(f"{parameter['name']} {value!r} is not offered first")
+                if not own:
+                    parameter["example"] = value

@@ -8,6 +8,7 @@ render. Machines without the browser (CI starts without one) get it installed he
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import urllib.request
@@ -22,13 +23,15 @@ from fastapi import Security
 from fastapi.security import APIKeyHeader
 
 from service.app import create_app
+from service.examples import PATH_PARAMETERS
 from service.settings import Settings
+from tests.browser import Browser, Page
 from tests.servers import uvicorn_thread
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = [
+OFFLINE = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -39,14 +42,15 @@ FLAGS = [
     "--disable-sync",
     # No network but this machine: any request to another host fails to resolve.
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    "--virtual-time-budget=10000",
 ]
+FLAGS = [*OFFLINE, "--virtual-time-budget=10000"]
+"""For ``--dump-dom``: the page's scripts run for up to 10 s of virtual time first."""
 # The shape of the key-protected routes to come, to show "Authorize" renders with the docs.
 ApiKey = Annotated[str | None, Security(APIKeyHeader(name="X-API-Key", auto_error=False))]
 ASSET_TAGS = {"script": "src", "link": "href", "img": "src", "iframe": "src", "source": "src"}
 
 
-class Page(HTMLParser):
+class Dom(HTMLParser):
     """What a test needs of a page: asset URLs, elements' attributes, and the text."""
 
     def __init__(self, html: str) -> None:
@@ -98,7 +102,14 @@ def server() -> Iterator[str]:
         yield url
 
 
-def render(chromium: Path, url: str, profile: Path) -> Page:
+@pytest.fixture(scope="module")
+def browser(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    driven = Browser(chromium, OFFLINE, tmp_path_factory.mktemp("profile"))
+    yield driven
+    driven.close()
+
+
+def render(chromium: Path, url: str, profile: Path) -> Dom:
     profile.mkdir()
     result = subprocess.run(
         [str(chromium), *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
@@ -107,7 +118,7 @@ def render(chromium: Path, url: str, profile: Path) -> Page:
         timeout=90,
     )
     assert result.returncode == 0 and result.stdout, result.stderr[-2000:]
-    return Page(result.stdout)
+    return Dom(result.stdout)
 
 
 def fetch(url: str) -> tuple[int, bytes]:
@@ -116,8 +127,6 @@ def fetch(url: str) -> tuple[int, bytes]:
 
 
 def openapi(server: str) -> dict[str, Any]:
-    import json
-
     schema: dict[str, Any] = json.loads(fetch(f"{server}/openapi.json")[1])
     return schema
 
@@ -136,7 +145,7 @@ def test_swagger_ui_renders_every_operation_with_its_examples(
 ) -> None:
     schema = openapi(server)
     assert schema["openapi"].startswith("3.1")
-    served = Page(fetch(f"{server}/docs")[1].decode())
+    served = Dom(fetch(f"{server}/docs")[1].decode())
     assert served.assets, "the page references its script and stylesheet"
     assert_assets_are_served_locally(server, f"{server}/docs", served.assets)
 
@@ -159,7 +168,7 @@ def test_redoc_renders_every_operation_and_its_named_examples(
     chromium: Path, server: str, tmp_path: Path
 ) -> None:
     schema = openapi(server)
-    served = Page(fetch(f"{server}/redoc")[1].decode())
+    served = Dom(fetch(f"{server}/redoc")[1].decode())
     assert served.assets
     assert_assets_are_served_locally(server, f"{server}/redoc", served.assets)
 
@@ -175,3 +184,43 @@ def test_redoc_renders_every_operation_and_its_named_examples(
             if len(examples) > 1:  # ReDoc names examples in a menu; a lone one is just shown
                 for example in examples.values():
                     assert example["summary"] in text, (path, example["summary"])
+
+
+def execute_unchanged(page: Page, block: str) -> tuple[str, str]:
+    """Open an operation of Swagger UI, press "Try it out", then Execute with nothing
+    changed: the request's URL and the status answered, as the page shows them."""
+    found = f"document.getElementById({json.dumps(block)})"
+    for button in ("button.opblock-summary-control", ".try-out__btn", "button.execute"):
+        page.wait_for(f"!!{found}?.querySelector({json.dumps(button)})")
+        page.evaluate(f"{found}.querySelector({json.dumps(button)}).click()")
+    status = page.wait_for(
+        f"{found}.querySelector('.live-responses-table tr.response .response-col_status')"
+        "?.innerText"
+    )
+    url = page.evaluate(f"{found}.querySelector('.request-url pre')?.innerText")
+    return str(url), str(status).strip()
+
+
+def test_try_it_out_then_execute_sends_the_first_example_where_it_belongs(
+    browser: Browser, server: str
+) -> None:
+    # Swagger UI sends the body example shown first to the path its fields hold: the model
+    # and the problem its parameters pre-fill must be the ones that example is for.
+    schema = openapi(server)
+    page = browser.open(f"{server}/docs")
+    page.wait_for("document.querySelectorAll('.opblock').length")
+    tried = []
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            examples = content.get("application/json", {}).get("examples", {})
+            first = next(iter(examples.values()), {})
+            if PATH_PARAMETERS not in first:
+                continue
+            block = f"operations-{operation['tags'][0]}-{operation['operationId']}"
+            url, status = execute_unchanged(page, block)
+            for value in first[PATH_PARAMETERS].values():
+                assert f"/{value}/" in urlparse(url).path, (path, url)
+            assert status == "200", (path, url, status)
+            tried.append(path)
+    assert len(tried) == 4, tried  # the four model routes

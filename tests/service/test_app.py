@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app, torch_threads
+from service.examples import PATH_PARAMETERS
 from service.settings import Settings
 
 
@@ -102,19 +104,72 @@ def check_every_example(client: TestClient) -> None:
             continue
         examples = post["requestBody"]["content"]["application/json"].get("examples", {})
         for name, example in examples.items():
-            # Model examples name the model their body is for: "(POST to conv1d)".
-            model = re.search(r"POST to (\w+)", example["summary"])
-            if "{model}" in path:
-                assert model, (path, name)
-            url = path.replace("{model}", model.group(1) if model else "")
-            # Assignment examples are for cnn-rnn, and name their problem first: "1.1a: ...".
-            problem = re.match(r"([\w.-]+): ", example["summary"])
-            if "{problem}" in path:
-                assert problem, (path, name)
-            url = url.replace("{assignment}", "cnn-rnn")
-            url = url.replace("{problem}", problem.group(1) if problem else "")
+            url = path.format(**(prefilled(post) | example.get(PATH_PARAMETERS, {})))
             response = client.post(url, json=example["value"])
             assert response.status_code == 200, (path, name, response.text)
+
+
+def prefilled(operation: dict[str, Any]) -> dict[str, Any]:
+    """The values Swagger UI 5 puts in an operation's path parameters on "Try it out": the
+    parameter's own `example`, else the first of its `examples`, else its enum's first."""
+    values = {}
+    for parameter in operation.get("parameters", ()):
+        if parameter["in"] != "path":
+            continue
+        own = [example["value"] for example in parameter.get("examples", {}).values()]
+        offered = [parameter["example"]] if "example" in parameter else own
+        values[parameter["name"]] = (offered or parameter["schema"].get("enum", [None]))[0]
+    return values
+
+
+def offered(parameter: dict[str, Any]) -> list[Any]:
+    """What a parameter offers to pick: its enum, else its examples."""
+    own = [example["value"] for example in parameter.get("examples", {}).values()]
+    return list(parameter["schema"].get("enum", own))
+
+
+def body_examples(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(path, operation, its body examples) of every operation with path parameters and
+    named body examples."""
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            examples = content.get("application/json", {}).get("examples", {})
+            if examples and "{" in path:
+                yield path, operation, examples
+
+
+def test_every_body_example_says_which_path_to_pick(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    seen = set()
+    for path, operation, examples in body_examples(schema):
+        for parameter in operation["parameters"]:
+            choices = offered(parameter)
+            if parameter["in"] != "path" or len(choices) < 2:
+                continue  # nothing to pick: the one value offered is the one filled in
+            seen.add(path)
+            for name, example in examples.items():
+                value = example[PATH_PARAMETERS][parameter["name"]]
+                assert value in choices, (path, name, value)
+                assert example["summary"].startswith(f"Pick {parameter['name']} {value}: ")
+                assert f"`{value}`" in example["description"], (path, name)
+    assert seen == {
+        "/v1/models/{model}/forward",
+        "/v1/models/{model}/backward",
+        "/v1/models/{model}/jacobian",
+        "/v1/models/{model}/state-jacobians",
+    }
+
+
+def test_try_it_out_fills_the_path_the_first_body_example_is_for(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    for path, operation, examples in body_examples(schema):
+        first = next(iter(examples.values()))
+        filled = prefilled(operation)
+        assert filled | first.get(PATH_PARAMETERS, {}) == filled, path
+        # And Execute with nothing changed is answered.
+        response = client.post(path.format(**filled), json=first["value"])
+        assert response.status_code == 200, (path, response.text)
 
 
 MALFORMED_BODIES = {
