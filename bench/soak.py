@@ -4,7 +4,7 @@ Starts ``tensorgrade serve --workers 2`` on a free loopback port, with an instru
 student key and a variant secret made for the run, and builds the mix from the served OpenAPI
 schema: every operation with each of its named examples, every value of an enumerated path or
 query parameter, and the assignments and problems the server lists (a check example goes to
-the problem its summary names, ``"1.1a: ..."``).
+the problem it names under ``x-path-parameters``, ``{"problem": "1.1a"}``).
 
 Calibration sends each of these requests once. An example sent to a model it was not written
 for gets the refusal the operation declares (404: no recurrent state on a convolution, 422: a
@@ -207,6 +207,10 @@ def json_call(label: str, path: str, body: Any, expected: set[int], weight: floa
     return Call(label, "POST", path, encoded, frozenset(expected), weight)
 
 
+PATH_PARAMETERS = "x-path-parameters"
+"""The member of a body example naming the path parameters it is for (``service.examples``)."""
+
+
 def schema_operations(schema: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """Each operation of the schema: path, method and its object."""
     for path, operations in schema["paths"].items():
@@ -215,22 +219,23 @@ def schema_operations(schema: dict[str, Any]) -> Iterator[tuple[str, str, dict[s
 
 
 def examples(operation: dict[str, Any]) -> list[tuple[str, str, Any]]:
-    """The operation's named JSON examples (name, summary, value); one without a body if none."""
+    """The operation's named JSON examples (name, the problem it is for or "", value); one
+    without a body if none."""
     content = operation.get("requestBody", {}).get("content", {})
     named = content.get("application/json", {}).get("examples", {})
-    return [(name, e.get("summary", ""), e["value"]) for name, e in named.items()] or [
-        ("", "", None)
-    ]
+    return [
+        (name, e.get(PATH_PARAMETERS, {}).get("problem", ""), e["value"])
+        for name, e in named.items()
+    ] or [("", "", None)]
 
 
-def places(listing: Listing, summary: str, with_problem: bool) -> list[tuple[str, str]]:
-    """(assignment, problem) pairs for a path: every problem, or the one the example's summary
-    names before a colon (``"1.1a: the output size..."``) where it names a listed one."""
+def places(listing: Listing, problem: str, with_problem: bool) -> list[tuple[str, str]]:
+    """(assignment, problem) pairs for a path: every problem, or the one the example is for
+    where it names a listed one."""
     if not with_problem:
         return [(assignment, "") for assignment in listing]
     pairs = [(a, p) for a, problems in listing.items() for p in problems]
-    named = summary.split(":", 1)[0].strip() if ":" in summary else ""
-    return [(a, p) for a, p in pairs if p == named] if named else pairs
+    return [(a, p) for a, p in pairs if p == problem] if problem else pairs
 
 
 def query_options(operation: dict[str, Any]) -> list[str]:
@@ -251,7 +256,7 @@ def query_options(operation: dict[str, Any]) -> list[str]:
 
 
 def concrete_paths(
-    path: str, operation: dict[str, Any], summary: str, listing: Listing
+    path: str, operation: dict[str, Any], problem: str, listing: Listing
 ) -> tuple[list[str], bool]:
     """The path with every parameter filled, and whether an enumerated path parameter took
     more than one value (an example then meets models it was not written for)."""
@@ -263,7 +268,7 @@ def concrete_paths(
             paths = [p.replace(mark, quote(str(v), safe="")) for p in paths for v in options]
             several = several or len(options) > 1
     if "{assignment}" in path:
-        pairs = places(listing, summary, "{problem}" in path)
+        pairs = places(listing, problem, "{problem}" in path)
         paths = [
             p.replace("{assignment}", quote(a, safe="")).replace("{problem}", quote(q, safe=""))
             for p in paths
@@ -296,11 +301,11 @@ def candidates(schema: dict[str, Any], listing: Listing) -> list[Call]:
         # Routes that declare no 403 admit students (API.md "Roles").
         key: Key = "either" if operation.get("security") and 403 not in declared else "instructor"
         named = examples(operation)
-        for name, summary, value in named:
+        for name, problem, value in named:
             body, per_student = student_body(value)
-            paths, several = concrete_paths(path, operation, summary, listing)
+            paths, several = concrete_paths(path, operation, problem, listing)
             if not paths:
-                print(f"{label}: example {name} left out, its summary names no listed problem")
+                print(f"{label}: example {name} left out, it names no listed problem")
             refusals = frozenset(REFUSALS & declared if several else set())
             for concrete in paths:
                 calls.append(

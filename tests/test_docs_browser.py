@@ -223,4 +223,4 @@ def test_try_it_out_then_execute_sends_the_first_example_where_it_belongs(
                 assert f"/{value}/" in urlparse(url).path, (path, url)
             assert status == "200", (path, url, status)
             tried.append(path)
-    assert len(tried) == 4, tried  # the four model routes
+    assert len(tried) == 5, tried  # the four model routes and the check of an answer

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from models.errors import UnknownName
 from service.auth import CallerDep, require_own
 from service.deps import SettingsDep
+from service.examples import for_path
 from service.grading.catalogue import Catalogue
 from service.grading.checker import EngineCheck
 from service.grading.grade import GradeResult, ProblemResult, Status, grade_problem
@@ -68,7 +69,17 @@ ProblemId = Annotated[
     Path(
         description="A problem's id within the assignment (`problems` in `GET "
         "/v1/assignments`); another is a 404.",
-        openapi_examples={"1.1a": {"summary": "Homework 1.1(a)", "value": "1.1a"}},
+        # One for each problem the answer examples of the check route are for: Swagger UI
+        # sends the answer picked to the problem this field holds. Its menu shows the
+        # summaries only, so each begins with the id the answer examples name.
+        openapi_examples={
+            "1.1a": {"summary": "1.1a: homework 1.1(a), a shape", "value": "1.1a"},
+            "1.1b": {"summary": "1.1b: homework 1.1(b), a formula", "value": "1.1b"},
+            "1.3-4-loss": {
+                "summary": "1.3-4-loss: homework 1.3, question 4, a loss",
+                "value": "1.3-4-loss",
+            },
+        },
     ),
 ]
 
@@ -463,19 +474,31 @@ def _graded(result: ProblemResult) -> dict[str, Any]:
 # Wrong answers, each a common mistake: these routes are the students', and their examples are
 # public in /docs. A right answer here would be the key of a problem that is the same for every
 # student; a wrong one shows what the check answers, without giving the key away.
+# Each names its problem: Swagger UI sends the answer to the problem in the `problem` field,
+# and an answer of another problem's kind is judged `malformed` there.
 ANSWER_EXAMPLES = {
-    "shape": {
-        "summary": "1.1a: rounded up instead of down (wrong)",
-        "value": {"student_id": "alice@example.edu", "answer": "6x3"},
-    },
-    "formula": {
-        "summary": "1.1b: a formula without the dilation (wrong; the feedback shows a point)",
-        "value": {"student_id": "alice@example.edu", "answer": "floor((H + 2*P - K)/S) + 1"},
-    },
-    "number": {
-        "summary": "1.3-4-loss: a number (wrong)",
-        "value": {"student_id": "alice@example.edu", "answer": 0.693},
-    },
+    "shape": for_path(
+        "a shape rounded up instead of down (wrong)",
+        {"student_id": "alice@example.edu", "answer": "6x3"},
+        "For problem `1.1a`: pick it in the `problem` field. Answered with status "
+        "`incorrect`, score 0 (1.1a's feedback is the verdict alone).",
+        problem="1.1a",
+    ),
+    "formula": for_path(
+        "a formula without the dilation (wrong; the feedback shows a point)",
+        {"student_id": "alice@example.edu", "answer": "floor((H + 2*P - K)/S) + 1"},
+        "For problem `1.1b`: pick it in the `problem` field. Answered with status "
+        "`incorrect`, score 0; the report's `counterexample` is a point where the formula "
+        "disagrees, and the diagnosis names `dilation_ignored`.",
+        problem="1.1b",
+    ),
+    "number": for_path(
+        "a number (wrong)",
+        {"student_id": "alice@example.edu", "answer": 0.693},
+        "For problem `1.3-4-loss`: pick it in the `problem` field. Answered with status "
+        "`incorrect`, score 0 (its feedback is the verdict alone).",
+        problem="1.3-4-loss",
+    ),
 }
 SUBMISSION_EXAMPLES = {
     "cnn-rnn": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -151,6 +152,9 @@ def test_every_body_example_says_which_path_to_pick(client: TestClient) -> None:
             for name, example in examples.items():
                 value = example[PATH_PARAMETERS][parameter["name"]]
                 assert value in choices, (path, name, value)
+                # A menu of the parameter's own examples shows their summaries alone.
+                own = parameter.get("examples", {}).values()
+                assert all(e["summary"].startswith(f"{e['value']}: ") for e in own), path
                 assert example["summary"].startswith(f"Pick {parameter['name']} {value}: ")
                 assert f"`{value}`" in example["description"], (path, name)
     assert seen == {
@@ -158,6 +162,7 @@ def test_every_body_example_says_which_path_to_pick(client: TestClient) -> None:
         "/v1/models/{model}/backward",
         "/v1/models/{model}/jacobian",
         "/v1/models/{model}/state-jacobians",
+        "/v1/assignments/{assignment}/problems/{problem}/check",
     }
 
 
@@ -170,6 +175,24 @@ def test_try_it_out_fills_the_path_the_first_body_example_is_for(client: TestCli
         # And Execute with nothing changed is answered.
         response = client.post(path.format(**filled), json=first["value"])
         assert response.status_code == 200, (path, response.text)
+
+
+def test_each_answer_example_sent_to_its_problem_answers_what_it_promises(
+    client: TestClient,
+) -> None:
+    path = "/v1/assignments/{assignment}/problems/{problem}/check"
+    operation = client.get("/openapi.json").json()["paths"][path]["post"]
+    examples = operation["requestBody"]["content"]["application/json"]["examples"]
+    for name, example in examples.items():
+        url = path.format(**(prefilled(operation) | example[PATH_PARAMETERS]))
+        checked = client.post(url, json=example["value"]).json()
+        promised = example["description"]
+        assert f"status `{checked['status']}`" in promised, (name, checked)
+        assert f"score {checked['score']:g}" in promised, (name, checked)
+        report = checked["feedback"].get("report") or {}
+        assert ("`counterexample`" in promised) == ("counterexample" in report), (name, checked)
+        named = set(re.findall(r"diagnosis names `(\w+)`", promised))
+        assert named == {m["code"] for m in checked["feedback"].get("diagnosis") or ()}, name
 
 
 MALFORMED_BODIES = {
