@@ -7,7 +7,8 @@ without any per-route work. For each HTTP request, in this order:
 - it gives the request an id (``X-Request-ID`` honoured when plain, else generated; echoed in
   the answer and in problem details), and when the answer is done counts it in the metrics and
   logs one JSON line for it (``service.telemetry``), whatever answered: a route, a guard below,
-  or a 500;
+  or a 500; an answer of the API gets ``Cache-Control: no-store``, an HTML page (the docs) a
+  Content-Security-Policy that keeps the browser on this server (``PAGE_POLICY``);
 - a body whose ``Content-Length`` is over the limit is refused with a 413 at once, unread;
 - a body sent with a content coding (``Content-Encoding: gzip``, anything but ``identity``)
   to a route that takes a body is refused with a 415 at once, unread (once the caller's key
@@ -56,7 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
 import anyio
@@ -261,6 +262,25 @@ def json_problem(body: bytes, error: orjson.JSONDecodeError) -> Problem:
 _REQUEST_ID = b"x-request-id"
 _CACHE_CONTROL = b"cache-control"
 _CONTENT_ENCODING = b"content-encoding"
+_CONTENT_TYPE = b"content-type"
+_CONTENT_SECURITY_POLICY = b"content-security-policy"
+
+PAGE_POLICY = (
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
+"""The Content-Security-Policy of every HTML page the service answers (/docs, /redoc): the
+browser fetches nothing from another host.
+
+The pages' bundles are served by the app, but a bundle may still reach out by itself: ReDoc's
+sidebar shows Redocly's logo from cdn.redoc.ly, and ReDoc has no option to leave it out. A
+policy is kept by the browser whatever a bundle does, this one or the next version, before any
+request is made, where hiding an element or patching a bundle would follow one release. The
+logo, refused, is left out of the page (ReDoc drops it when it fails to load), and the browser
+notes the refusal in its console. Inline scripts and styles are the pages' own (Swagger UI's
+start-up script, both bundles' styles), data: images the bundles' icons, and a blob: worker
+ReDoc's search."""
+
 _BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 """Methods whose routes read no body (``HEAD`` is a ``GET`` by the time the guards run)."""
 
@@ -335,6 +355,14 @@ async def _charge(app: object, scope: Scope) -> Problem | None:
     if refused is None:
         scope.setdefault("state", {})[CHARGED] = True
     return refused
+
+
+def _is_html(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer's headers say it is an HTML page."""
+    return any(
+        name.lower() == _CONTENT_TYPE and value.lower().startswith(b"text/html")
+        for name, value in headers
+    )
 
 
 class EdgeMiddleware:
@@ -413,6 +441,8 @@ class EdgeMiddleware:
                     # An answer of the API is for its caller alone (a variant, feedback, a
                     # reference): no shared cache may keep it and hand it to another.
                     added.append((_CACHE_CONTROL, b"no-store"))
+                elif not api and _CONTENT_SECURITY_POLICY not in names and _is_html(headers):
+                    added.append((_CONTENT_SECURITY_POLICY, PAGE_POLICY))
                 if added:  # a new list: the response's own may be sent again
                     message = {**message, "headers": [*headers, *added]}
             await send(message)

@@ -152,6 +152,18 @@ class Page:
             raise ProtocolError(json.dumps(result["exceptionDetails"])[:2000])
         return result["result"].get("value")
 
+    def settle(self, quiet: float = 1.5, timeout: float = 30) -> None:
+        """Wait until the tab has made no new request for ``quiet`` seconds."""
+        deadline = time.monotonic() + timeout
+        seen, since = -1, time.monotonic()
+        while time.monotonic() - since < quiet:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the tab still made requests after {timeout} s")
+            count = len(self.received("Network.requestWillBeSent"))
+            if count != seen:
+                seen, since = count, time.monotonic()
+            time.sleep(0.1)
+
     def wait_for(self, expression: str, timeout: float = 60) -> Any:
         """The first truthy value of ``expression`` (a value JSON can hold: ``!!`` makes an
         element a boolean), evaluated every 0.1 s."""

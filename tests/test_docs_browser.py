@@ -224,3 +224,42 @@ def test_try_it_out_then_execute_sends_the_first_example_where_it_belongs(
             assert status == "200", (path, url, status)
             tried.append(path)
     assert len(tried) == 5, tried  # the four model routes and the check of an answer
+
+
+RENDERED = {
+    "/docs": "document.querySelectorAll('.opblock').length",
+    "/redoc": "document.querySelectorAll('[data-section-id]').length",
+}
+"""A script that is truthy once the page has rendered the operations."""
+
+
+def left_the_origin(page: Page, origin: str) -> list[str]:
+    """The URLs of every request the tab made to another host than ``origin`` and the
+    browser did not refuse before sending (a Content-Security-Policy's ``blockedReason``)."""
+    refused = {
+        failed["requestId"]
+        for failed in page.received("Network.loadingFailed")
+        if failed.get("blockedReason") == "csp"
+    }
+    left = []
+    for sent in page.received("Network.requestWillBeSent"):
+        url = urlparse(sent["request"]["url"].removeprefix("blob:"))
+        if url.scheme == "data" or sent["requestId"] in refused:
+            continue  # held in the page itself, or never sent
+        if url.netloc != origin:
+            left.append(sent["request"]["url"])
+    return left
+
+
+@pytest.mark.parametrize("path", list(RENDERED))
+def test_the_page_makes_no_request_to_another_host(
+    browser: Browser, server: str, path: str
+) -> None:
+    # Every request the browser makes, its bundles' own included (ReDoc's sidebar asks
+    # cdn.redoc.ly for Redocly's logo), not only the assets the page's HTML names.
+    page = browser.open(f"{server}{path}")
+    page.wait_for(RENDERED[path])
+    page.settle()
+    sent = [r["request"]["url"] for r in page.received("Network.requestWillBeSent")]
+    assert f"{server}/openapi.json" in sent, sent  # the recording sees the page's requests
+    assert left_the_origin(page, urlparse(server).netloc) == []

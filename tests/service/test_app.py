@@ -57,6 +57,16 @@ def test_unknown_path_and_method_are_problems(client: TestClient) -> None:
     assert wrong.status_code == 405 and wrong.json()["status"] == 405
 
 
+def test_the_docs_pages_keep_the_browser_on_this_server(client: TestClient) -> None:
+    for page in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        policy = client.get(page).headers["content-security-policy"]
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["default-src"] == "'self'", page
+        for sources in directives.values():  # no host but this one, in any directive
+            assert not re.search(r"https?:|\*", sources), (page, sources)
+    assert "content-security-policy" not in client.get("/v1/info").headers
+
+
 def test_every_operation_declares_its_errors_as_problem_details(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert "ProblemDetails" in schema["components"]["schemas"]
