@@ -540,15 +540,19 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 _DESCRIPTIONS = {
     400: (
-        "The body could not be read to its end: the connection broke off while it was being "
-        "sent. Not the answer to a malformed body, which is a 422 (`invalid-json`). A request "
-        "that is not valid HTTP at all, or whose request line and headers are still "
-        "unfinished after 16 KiB, is refused by the server itself, with a plain-text 400."
+        "The body could not be read to its end (`bad-request`): the connection broke off while "
+        "it was being sent. Not the answer to a malformed body, which is a 422 "
+        "(`invalid-json`). A request that is not valid HTTP at all, or whose request line and "
+        "headers are still unfinished after 16 KiB, is refused by the server itself, with a "
+        "plain-text 400."
     ),
-    401: "No API key, or an unknown one.",
-    403: "The key's role may not call this operation.",
-    404: "The path names something this service does not have; the detail says what.",
-    408: "The request body did not arrive within the time limit.",
+    401: "No API key, or an unknown one (`unauthorized`).",
+    403: "The key's role may not call this operation (`forbidden`).",
+    404: (
+        "The path names something this service does not have (`not-found`: no route has the "
+        "path, or a kind of the operation's own); the detail says what."
+    ),
+    408: "The request body did not arrive within the time limit (`body-timeout`).",
     413: (
         "The body is larger than the byte limit (`body-too-large`), or the request declares "
         "more than a budget allows (`budget-exceeded`: elements, sizes, counts); the detail "
@@ -566,12 +570,38 @@ _DESCRIPTIONS = {
         "The body was sent with a content coding (`Content-Encoding: gzip`...), which the "
         "service does not decode: send it uncompressed (`unsupported-content-encoding`)."
     ),
-    429: "Too many requests for this key; retry after the time in Retry-After.",
+    429: "Too many requests for this key (`rate-limited`); retry after the time in Retry-After.",
     503: (
-        "The service cannot answer this now (warming up, overloaded, no device slot free, or "
-        "out of memory); retry after the time in Retry-After."
+        "The service cannot answer this now: the worker holds its limit of requests or of "
+        "large bodies (`overloaded`), no device slot or experiment slot is free (`busy`), the "
+        "device ran out of memory (`out-of-memory`), or it is warming up or cannot reach the "
+        "rate-limit store (`service-unavailable`); retry after the time in Retry-After."
     ),
 }
+
+RETRY_AFTER = {
+    "description": "Seconds to wait before sending the request again.",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": 'The key\'s scheme: `APIKey header="X-API-Key"`.',
+            "schema": {"type": "string"},
+        }
+    },
+    415: {
+        "Accept-Encoding": {
+            "description": "The content coding the service reads: `identity` (none).",
+            "schema": {"type": "string"},
+        }
+    },
+    429: {"Retry-After": RETRY_AFTER},
+    503: {"Retry-After": RETRY_AFTER},
+}
+"""The headers every answer of a status carries, as each operation's OpenAPI entry declares
+them: a client may rely on them (``tests/service/test_app.py`` holds each to an answer)."""
 
 
 def shared_description(status: int) -> str:
@@ -596,6 +626,7 @@ def problem_responses(
             "description": own.get(status) or shared_description(status),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}},
         }
+        | ({"headers": _HEADERS[status]} if status in _HEADERS else {})
         for status in (*statuses, *(s for s in own if s not in statuses))
     }
 

@@ -182,7 +182,9 @@ def catalogue(request: Request) -> Catalogue:
 
 
 def _not_found(error: UnknownName) -> Problem:
-    kind = f"unknown-{error.where}"
+    """The 404 of an id the catalogue does not have: its assignment or its problem (the types
+    are spelt out, so that every type the service answers can be listed from its code)."""
+    kind = "unknown-assignment" if error.where == "assignment" else "unknown-problem"
     return Problem(404, error.message, kind=kind, title=f"No such {error.where}")
 
 

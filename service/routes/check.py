@@ -21,18 +21,29 @@ from service.grading.check import (
 )
 from service.grading.examples import BATCH_EXAMPLES, CHECK_EXAMPLES
 from service.grading.schemas import BatchRequest, BatchResponse, CheckRequest, CheckResponse
-from service.problems import Problem, problem_responses
+from service.problems import Problem, problem_responses, shared_description
 from service.responses import TensorJSONResponse
 from service.routing import FastJSONRoute
 
 router = APIRouter(prefix="/v1/check", tags=["check"], route_class=FastJSONRoute)
+
+NOT_JUDGED = (
+    f"{shared_description(422)} Here also: an answer not of the kind `expected` asks for "
+    "(`invalid-answer`: a string for a number, a formula that does not parse; "
+    "`invalid-tensor`: a ragged list, a wrong element count), an `expected` that cannot be "
+    "computed (`invalid-request`: a missing argument, shapes that do not fit together; "
+    '`unknown-name`: a name its model does not have), `"device": "cuda"` on a server '
+    "without one (`device-unavailable`), or a key estimated over the compute deadline "
+    "(`over-compute-deadline`). In a batch, a check's own fault is its `error` among the "
+    "results, not a 422 of the whole batch."
+)
 
 
 @router.post(
     "",
     summary="Judge one answer: correct, score, a report and the likely mistakes",
     response_model=CheckResponse,
-    responses=problem_responses(413, 422),
+    responses=problem_responses(413, 422, described={422: NOT_JUDGED}),
 )
 def check(
     body: Annotated[CheckRequest, Body(openapi_examples=CHECK_EXAMPLES)],
@@ -52,7 +63,7 @@ def check(
     "/batch",
     summary="Judge many answers in order; checks that share `expected` compute it once",
     response_model=BatchResponse,
-    responses=problem_responses(413, 422),
+    responses=problem_responses(413, 422, described={422: NOT_JUDGED}),
 )
 def check_batch(
     body: Annotated[BatchRequest, Body(openapi_examples=BATCH_EXAMPLES)],

@@ -28,7 +28,7 @@ from service.examples import (
     STATE_JACOBIAN_EXAMPLES,
 )
 from service.metrics import compute_timer
-from service.problems import Problem, problem_responses
+from service.problems import Problem, problem_responses, shared_description
 from service.responses import binary_answer_responses, tensor_answer
 from service.routing import FastJSONRoute
 from service.schemas import (
@@ -48,7 +48,18 @@ from service.schemas import (
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=FastJSONRoute)
 
 NO_MODEL = "No model of this name (`unknown-model`); see `GET /v1/models`."
-COMPUTE_ERRORS = problem_responses(404, 413, 422, 503, described={404: NO_MODEL})
+NOT_COMPUTABLE = (
+    f"{shared_description(422)} Here also: a tensor that is not one (`invalid-tensor`: "
+    "ragged, a wrong element count, a null entry, bad base64), a name the model does not "
+    "have (`unknown-name`: a param, an input, an output in `grad_outputs`, `of`, `wrt`), a "
+    "request it cannot compute (`invalid-request`: a missing argument, shapes that do not "
+    'fit together, a config value out of range), `"device": "cuda"` on a server without '
+    "one (`device-unavailable`), or an estimate over the compute deadline "
+    "(`over-compute-deadline`)."
+)
+COMPUTE_ERRORS = problem_responses(
+    404, 413, 422, 503, described={404: NO_MODEL, 422: NOT_COMPUTABLE}
+)
 
 RECURRENT = sorted(name for name, model in MODELS.items() if model.state_jacobians is not None)
 """The models with a recurrent state: the only ones with state Jacobians."""

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app, torch_threads
 from service.examples import PATH_PARAMETERS
 from service.settings import Settings
+from tests.keys import INSTRUCTOR, STUDENT, key, keyed_settings
 
 
 def test_healthz(client: TestClient) -> None:
@@ -65,6 +66,38 @@ def test_the_docs_pages_keep_the_browser_on_this_server(client: TestClient) -> N
         for sources in directives.values():  # no host but this one, in any directive
             assert not re.search(r"https?:|\*", sources), (page, sources)
     assert "content-security-policy" not in client.get("/v1/info").headers
+
+
+def test_the_headers_a_status_is_declared_with_are_the_ones_its_answers_carry() -> None:
+    app = create_app(keyed_settings(check_rate_limit="1/minute"))
+    cold = TestClient(app)  # no lifespan has run: /readyz answers 503 until it is warm
+    responses = [
+        (status, set(response.get("headers", {})))
+        for operations in cold.get("/openapi.json").json()["paths"].values()
+        for operation in operations.values()
+        for status, response in operation["responses"].items()
+    ]
+    declared = dict(responses)
+    # Every operation that declares a status declares the same headers with it.
+    assert all(names == declared[status] for status, names in responses)
+    retried = {status for status, names in declared.items() if "Retry-After" in names}
+    assert {"429", "503"} <= retried
+    check = "/v1/assignments/cnn-rnn/problems/1.1a/check"
+    answer = {"student_id": "alice", "answer": "5x2"}
+    answers = {
+        "503": cold.get("/readyz"),
+        "401": cold.post("/v1/models/conv1d/forward", json={}),
+        "415": cold.post(
+            "/v1/models/conv1d/forward",
+            content=b"{}",
+            headers={**key(INSTRUCTOR), "content-encoding": "gzip"},
+        ),
+        "429": [cold.post(check, json=answer, headers=key(STUDENT)) for _ in range(2)][-1],
+    }
+    for status, answered in answers.items():
+        assert answered.status_code == int(status), answered.text
+        assert {name.lower() for name in declared[status]} <= set(answered.headers), status
+    assert set(answers) == {status for status, names in declared.items() if names}
 
 
 def test_every_operation_declares_its_errors_as_problem_details(client: TestClient) -> None:
