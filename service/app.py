@@ -39,10 +39,22 @@ Jacobians of reference models, on CPU or GPU, in float64 by default; checking an
 a diagnosis of common mistakes; grading assignments with per-student variants (Gradescope's
 results.json among the outputs); loss-curve diagnostics.
 
-Authorize with an `X-API-Key` when the server has keys configured (see `/v1/info`).
+{keys}
 
 Errors are RFC 9457 problem details (`application/problem+json`).
 """
+
+KEYS = {
+    "open": """\
+**This server runs without keys** (`auth` is `open` in `/v1/info`): every caller may call \
+every operation, as an instructor would, with no need to Authorize. Answer checks are \
+rate-limited per client address (the limits are in `/v1/info`).""",
+    "keys": """\
+Authorize with an `X-API-Key`. An instructor key may call every operation, and its answer \
+checks are not rate-limited; a student key reads problem variants and checks answers \
+(`/v1/assignments/...`), its checks limited per key (the limits are in `/v1/info`).""",
+}
+"""What the docs say first of keys, by the server's `auth` (``KeyRing.open``)."""
 
 
 SWAGGER_UI_PARAMETERS: dict[str, Any] = {
@@ -104,10 +116,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ensure_logging(settings.log_level)
     # /docs and /redoc with Swagger UI and ReDoc served from the installed package, not a CDN:
     # the course's network often has no internet.
+    keyring = KeyRing.from_settings(settings)
     app = FastAPIOffline(
         title="tensorgrade",
         version=__version__,
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(keys=KEYS["open" if keyring.open else "keys"]),
         lifespan=lifespan,
         swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
         # Off unless asked for: FastAPI otherwise looks up the global OpenTelemetry providers
@@ -117,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = threading.Event()
-    app.state.keyring = KeyRing.from_settings(settings)
+    app.state.keyring = keyring
     app.state.check_limiter = CheckLimiter.from_settings(settings)
     app.state.catalogue = catalogue_from_settings(
         settings, spec_validator(settings), VariantScreen(settings)
@@ -168,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(problem_schemas())
             declare_edge_statuses(schema)
-            declare_roles(schema)
+            declare_roles(schema, open_server=keyring.open)
             prefill_path_parameters(schema)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -46,8 +46,20 @@ ROLE_NOTES: dict[frozenset[str], str] = {
     ),
     frozenset({"instructor", "student"}): f"**Student or instructor key** (`{API_KEY_HEADER}`).",
 }
-"""What an operation's text says of the key it needs, by the roles its rule admits. A server
-with no key configured runs open: every caller acts as an instructor (`auth` in /v1/info)."""
+"""What an operation's text says of the key it needs, by the roles its rule admits, on a
+server with keys configured."""
+
+OPEN = "**No key needed: this server runs without keys**, so every caller may call it"
+OPEN_ROLE_NOTES: dict[frozenset[str], str] = {
+    frozenset(): "**No key needed.**",
+    frozenset({"instructor"}): f"{OPEN} (with keys configured, an instructor key only).",
+    frozenset({"instructor", "student"}): (
+        f"{OPEN} (with keys configured, a student or instructor key)."
+    ),
+}
+"""The same on a server with no key configured, which runs open: every caller acts as an
+instructor (`auth` is `open` in /v1/info), and a note that asked for a key would send a reader
+to look for one in vain."""
 
 
 def operation_roles(operation: dict[str, Any]) -> frozenset[str]:
@@ -61,17 +73,19 @@ def operation_roles(operation: dict[str, Any]) -> frozenset[str]:
     )
 
 
-def declare_roles(schema: dict[str, Any]) -> None:
-    """Begin every operation's description with the key it needs (``ROLE_NOTES``).
+def declare_roles(schema: dict[str, Any], *, open_server: bool = False) -> None:
+    """Begin every operation's description with the key it needs on this server
+    (``ROLE_NOTES``, or ``OPEN_ROLE_NOTES`` where ``open_server``: no key is configured).
 
     Raises:
         KeyError: an operation's roles have no note: a new rule, to be worded here.
     """
+    notes = OPEN_ROLE_NOTES if open_server else ROLE_NOTES
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             if not isinstance(operation, dict):
                 continue
-            note = ROLE_NOTES[operation_roles(operation)]
+            note = notes[operation_roles(operation)]
             description = operation.get("description", "")
             operation["description"] = f"{note}\n\n{description}" if description else note
 

@@ -570,7 +570,11 @@ _DESCRIPTIONS = {
         "The body was sent with a content coding (`Content-Encoding: gzip`...), which the "
         "service does not decode: send it uncompressed (`unsupported-content-encoding`)."
     ),
-    429: "Too many requests for this key (`rate-limited`); retry after the time in Retry-After.",
+    429: (
+        "Too many answer checks (`rate-limited`) with this student key, or from this client "
+        "address on a server without keys; retry after the time in Retry-After. Instructor "
+        "keys are not limited."
+    ),
     503: (
         "The service cannot answer this now: the worker holds its limit of requests or of "
         "large bodies (`overloaded`), no device slot or experiment slot is free (`busy`), the "

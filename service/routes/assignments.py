@@ -548,8 +548,9 @@ def check_answer(
 ) -> Response:
     """The answer is judged against `student_id`'s variant, within the problem's tolerance; the
     feedback follows the problem's level (`verdict`, `report` or `diagnosis`). A wrong or
-    malformed answer is a 200 that says so; the limit per key is in /v1/info. A student's own
-    key may name only its own student id (403 otherwise)."""
+    malformed answer is a 200 that says so. Checks are rate-limited per student key (per client
+    address on a server without keys; instructor keys are not limited), at the limits in
+    /v1/info. A student's own key may name only its own student id (403 otherwise)."""
     require_own(who, body.student_id)
     variant = find_variant(request, assignment, problem, body.student_id)
     result = grade_problem(variant, body.answer, EngineCheck(settings, request.app.state.gate))
@@ -586,8 +587,9 @@ def grade_submission(
 ) -> Response:
     """Every problem of the assignment for `student_id`: a missing answer scores 0 ("no
     answer"), a malformed one scores 0 and says why, and neither stops the others. Counts as
-    one check against the limit per key. A student's own key may name only its own student id
-    (403 otherwise)."""
+    one check against the rate limit of a student key (of a client address on a server without
+    keys; instructor keys are not limited). A student's own key may name only its own student
+    id (403 otherwise)."""
     require_own(who, body.student_id)
     start = time.perf_counter()
     try:

@@ -5,6 +5,7 @@ so a route added later is held to the same rule."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -402,6 +403,47 @@ def test_every_operations_text_names_the_key_it_really_needs(keyed: TestClient) 
             student = call(keyed, method.upper(), path, key(STUDENT))
             assert notes[note](none, student), (method, template, note, none, student)
     assert seen == set(notes)
+
+
+def test_an_open_servers_operations_say_that_every_caller_may_call_them(
+    client: TestClient,
+) -> None:
+    # No key is configured: every caller acts as an instructor, and the text says so, rather
+    # than asking for a key the reader cannot get.
+    schema = client.get("/openapi.json").json()
+    assert "**This server runs without keys**" in schema["info"]["description"]
+    assert "Authorize with" not in schema["info"]["description"]
+    for template, methods in schema["paths"].items():
+        path = re.sub(r"\{(\w+)[^}]*\}", lambda m: PATH_VALUES.get(m[1], "x"), template)
+        for method, operation in methods.items():
+            text = operation["description"]
+            assert "Needs an instructor key" not in text and "Student or instructor" not in text
+            if operation.get("security"):
+                assert text.startswith("**No key needed: this server runs without keys**")
+            assert call(client, method.upper(), path, {}) not in (401, 403), (method, template)
+
+
+def test_a_keyed_servers_docs_ask_for_a_key_and_say_whom_the_limit_spares(
+    keyed: TestClient,
+) -> None:
+    schema = keyed.get("/openapi.json").json()
+    assert "Authorize with an `X-API-Key`" in schema["info"]["description"]
+    assert "runs without keys" not in json.dumps(schema)
+    # Instructor keys are not rate-limited (test_ratelimit.py): the docs of the limit say so.
+    assert (
+        "instructor key may call every operation, and its answer checks are not"
+        in (schema["info"]["description"])
+    )
+    limited = [
+        operation
+        for methods in schema["paths"].values()
+        for operation in methods.values()
+        if "429" in operation["responses"]
+    ]
+    assert len(limited) == 2  # the check of an answer and the grade of a submission
+    for operation in limited:
+        assert "Instructor keys are not limited" in operation["responses"]["429"]["description"]
+        assert "instructor keys are not limited" in operation["description"]
 
 
 def test_a_students_key_is_looked_up_once_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
