@@ -21,6 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.examples import PATH_PARAMETERS
 from service.grading.catalogue import Catalogue
 from tests.grading import seed_answers as seed
 from tests.keys import INSTRUCTOR, key, keyed_settings, student_client
@@ -249,7 +250,7 @@ def test_the_public_examples_of_the_students_routes_answer_nothing_right(
     submissions = examples(base + "/grade")
     assert checks and submissions
     for example in checks:
-        problem = example["summary"].split(":")[0]  # "1.1a: ...": the problem it answers
+        problem = example[PATH_PARAMETERS]["problem"]  # the problem it answers
         checked = client.post(
             f"/v1/assignments/cnn-rnn/problems/{problem}/check",
             json=example["value"],
