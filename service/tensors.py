@@ -314,10 +314,20 @@ def _holds_bool(value: list[Any], rank: int) -> bool:
     return bool in set(map(type, leaves))
 
 
+_KINDS = {
+    str: "a string",
+    bool: "a boolean",
+    type(None): "null",
+    int: "a number",
+    float: "a number",
+    dict: "an object",
+    list: "a list",
+}
+"""A JSON value's kind as a message names it (Python's type names are not the client's)."""
+
+
 def _kind(value: Any) -> str:
-    return {str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
+    return _KINDS.get(type(value), type(value).__name__)
 
 
 def _decode_object(value: dict[str, Any], where: str, budget: Budget) -> npt.NDArray[Any]:
@@ -380,15 +390,18 @@ def _object_data(
     given ``W``, a model's output) can be sent back as it came.
     """
     numel = math.prod(shape)
-    if not shape and not isinstance(data, list):
-        return decode(data, where + ".data", Budget(1, 1, 0))
     if not isinstance(data, list):
-        raise _invalid(
-            where,
-            f"`data` must be a list of numbers (flat, or nested as `shape`), got {_kind(data)}",
-        )
-    if len(shape) > 1 and data and isinstance(data[0], list):
-        # Compared before decoding: a mismatch is told as one, not as a budget overrun.
+        if shape or not _is_number(data):
+            bare = "" if shape else ", or a bare number for shape []"
+            raise _invalid(
+                where,
+                f"`data` must be a list of numbers (flat, or nested as `shape`{bare}), "
+                f"got {_kind(data)}",
+            )
+        data = [data]  # a 0-d tensor's number, as answers write it
+    if data and isinstance(data[0], list):
+        # Nested, at any rank: compared with the shape before decoding, so that a mismatch is
+        # told as one, not as a budget overrun or a count of numbers.
         extent = _nested_extent(data, where + ".data", max_rank)
         if extent != shape:
             raise _invalid(

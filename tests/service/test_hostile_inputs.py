@@ -4,6 +4,7 @@ healthy after it (it still answers /healthz and computes the seed's convolution)
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -184,6 +185,13 @@ SHAPED: list[tuple[str, str, dict[str, Any], int, str]] = [
         with_(inputs={"x": [[True] * 7] * 5}),
         422,
         "a boolean",
+    ),
+    (
+        "tensor objects nested 400 deep as data",  # recursed to a 500
+        "conv1d/forward",
+        with_(inputs={"x": functools.reduce(lambda v, _: {"shape": [], "data": v}, range(400), 3)}),
+        422,
+        "got an object",
     ),
 ]
 

@@ -120,6 +120,11 @@ def refused(value: Any, b: Budget | None = None) -> Problem:
         ({"shape": [2, 2], "data": [[1, 2], [3, True]]}, 422, "data[1][1] is a boolean"),
         ({"shape": [2], "data": 3}, 422, "`data` must be a list of numbers (flat, or nested"),
         ({"shape": [], "data": "x"}, 422, "got a string"),
+        # A tensor object is no 0-d tensor's number: nested ones recursed to a 500.
+        ({"shape": [], "data": {"shape": [], "data": 3}}, 422, "got an object"),
+        ({"shape": [2], "data": [[1], [2]]}, 422, "`data` is nested as [2, 1] but `shape` is [2]"),
+        ({"shape": [], "data": [[5]]}, 422, "`data` is nested as [1, 1] but `shape` is []"),
+        ({"shape": [4], "data": [[1, 2], [3, 4]]}, 422, "is nested as [2, 2] but `shape` is [4]"),
         ({"shape": [2], "data": [1, float("nan")]}, 422, "only finite"),
         ({"shape": [2, 2], "b64": b64([1, 2, 3])}, 422, "needs 32"),
         ({"shape": [1, 2], "b64": "AAAAAAAAAAA="}, 422, "holds about 8 bytes"),  # "=" pads
@@ -184,6 +189,16 @@ def test_bad_tensors_are_refused_with_where_and_why(value: Any, status: int, wor
     assert problem.status == status
     assert words in problem.detail
     assert problem.detail.startswith("params.weight")
+
+
+def test_tensor_objects_nested_as_data_are_refused_without_recursing() -> None:
+    """A tensor object as a 0-d tensor's ``data``, nested 400 deep, was decoded object by
+    object until Python's recursion limit: a 500 any caller could send."""
+    value: Any = 3
+    for _ in range(400):
+        value = {"shape": [], "data": value}
+    problem = refused(value)
+    assert problem.status == 422 and "got an object" in problem.detail
 
 
 def test_the_request_budget_adds_up_tensors() -> None:
