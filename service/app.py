@@ -120,7 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPIOffline(
         title="tensorgrade",
         version=__version__,
-        description=DESCRIPTION.format(keys=KEYS["open" if keyring.open else "keys"]),
+        # replace, not format: a brace in the text (a JSON example) stays text.
+        description=DESCRIPTION.replace("{keys}", KEYS["open" if keyring.open else "keys"]),
         lifespan=lifespan,
         swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
         # Off unless asked for: FastAPI otherwise looks up the global OpenTelemetry providers
