@@ -93,10 +93,33 @@ def non_finite_hint(hint: str) -> Callable[[EndpointT], EndpointT]:
     """Mark an endpoint whose refusal of a body's non-finite number (``NaN``, ``Infinity``, a
     number too large for a float64: ``middleware.json_problem``) adds ``hint``, what such a
     number means there (a loss that is NaN: a training that diverged). The words of the guard
-    are kept, the hint follows them; put this under the route's decorator."""
+    are kept, the hint follows them. Above or under the route's decorator alike: the route
+    looks the hint up when it refuses a body, not when it is built (``APIRouter.post`` returns
+    the endpoint it registered, which this marks either way)."""
 
     def mark(endpoint: EndpointT) -> EndpointT:
         _NON_FINITE_HINTS[endpoint] = hint
+        return endpoint
+
+    return mark
+
+
+ErrorWords = Callable[[Sequence[Any], Any], list[Any] | None]
+"""Rewrites a route's body errors (pydantic's, ``loc`` from ``body``) given the parsed body,
+or returns None to keep them."""
+
+_ERROR_WORDS: dict[Callable[..., Any], ErrorWords] = {}
+"""Each endpoint's words for its body's validation errors (``body_error_words``)."""
+
+
+def body_error_words(words: ErrorWords) -> Callable[[EndpointT], EndpointT]:
+    """Mark an endpoint whose body's validation errors ``words`` may reword (a flat list where
+    a list of lists is expected: say the shape it takes). Only a refused body is reworded, so
+    a valid one pays nothing, where a validator on the field would run on every value. Above or
+    under the route's decorator alike, as ``non_finite_hint``."""
+
+    def mark(endpoint: EndpointT) -> EndpointT:
+        _ERROR_WORDS[endpoint] = words
         return endpoint
 
     return mark
@@ -128,13 +151,14 @@ class FastJSONRoute(APIRoute):
     A query parameter the guard found not to be UTF-8 (``QUERY_PROBLEM``) is answered the same
     way, before the endpoint runs: FastAPI would hand it the text Starlette decoded, each
     invalid byte made U+FFFD. A non-finite number in the body of an endpoint marked with
-    ``non_finite_hint`` is answered with the guard's words and the hint.
+    ``non_finite_hint`` is answered with the guard's words and the hint, and the validation
+    errors of a body refused by an endpoint marked with ``body_error_words`` are reworded.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         checks = request_checks(_effective_dependant(self))
-        hint = _NON_FINITE_HINTS.get(self.endpoint)
+        endpoint = self.endpoint
 
         async def fast_json_handler(request: Request) -> Response:
             if JSON_PROBLEM in request.scope or QUERY_PROBLEM in request.scope:
@@ -143,9 +167,19 @@ class FastJSONRoute(APIRoute):
                 if QUERY_PROBLEM in request.scope:
                     raise ProblemException(request.scope[QUERY_PROBLEM])
                 problem = request.scope.get(JSON_PROBLEM)
+                # Looked up now, not when the handler is built: a mark put above the route's
+                # decorator comes after the route, and would otherwise be silently ignored.
+                hint = _NON_FINITE_HINTS.get(endpoint)
                 if hint is not None and problem is not None and problem.kind == NON_FINITE:
                     raise ProblemException(_hinted(problem, hint))
-            return await handler(FastJSONRequest(request.scope, request.receive))
+            try:
+                return await handler(FastJSONRequest(request.scope, request.receive))
+            except RequestValidationError as error:
+                words = _ERROR_WORDS.get(endpoint)
+                errors = None if words is None else words(error.errors(), error.body)
+                if errors is None:
+                    raise
+                raise RequestValidationError(errors, body=error.body) from None
 
         return fast_json_handler
 

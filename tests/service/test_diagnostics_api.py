@@ -16,6 +16,8 @@ from matplotlib.image import imread
 from service.app import create_app
 from service.examples import SEED_BATCH_ACCURACIES, SEED_BATCH_LOSSES
 from service.plots import MAX_PLOTTED_EPOCHS
+from service.routes.diagnostics import LossCurveRequest
+from service.routing import FastJSONRoute, non_finite_hint
 from service.settings import Settings
 
 PATH = "/v1/diagnostics/loss-curve"
@@ -229,6 +231,46 @@ def test_a_non_finite_loss_is_said_to_mean_a_diverged_training(
     assert problem["errors"][0]["msg"] == problem["detail"]
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"batch_losses": [[1.39], [0.9]], "batch_accuracies": [[0.25], [NaN]], "num_classes": 4}',
+        '{"batch_losses": [[1.39], [0.9]], "num_classes": Infinity}',
+    ],
+)
+def test_the_non_finite_hint_covers_every_value_of_the_curve(
+    client: TestClient, content: str
+) -> None:
+    """A NaN accuracy or an infinite class count is no NaN loss: the hint says a value."""
+    response = client.post(PATH, content=content, headers={"content-type": "application/json"})
+    problem = _problem(response)
+    assert "A NaN or infinite value in a loss curve usually means" in problem["detail"]
+    assert "A loss that is NaN" not in problem["detail"]
+
+
+@pytest.mark.parametrize("above", [True, False])
+def test_the_non_finite_hint_holds_above_or_under_the_routes_decorator(above: bool) -> None:
+    """Put above the route's decorator, the mark comes after the route built its handler,
+    which read the hint then: it was silently ignored (an included router builds its handlers
+    again, which hid it there)."""
+    app = create_app(Settings())
+    app.router.route_class = FastJSONRoute  # the route is built here, and never included
+
+    def endpoint(body: dict[str, float]) -> dict[str, float]:
+        return body
+
+    if above:
+        non_finite_hint("the hint")(app.post("/p")(endpoint))
+    else:
+        app.post("/p")(non_finite_hint("the hint")(endpoint))
+    with TestClient(app) as test_client:
+        response = test_client.post(
+            "/p", content='{"x": NaN}', headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 422
+    assert response.json()["detail"].endswith(". the hint"), response.json()["detail"]
+
+
 def test_the_hint_of_a_non_finite_loss_is_the_loss_curves_own(client: TestClient) -> None:
     content = '{"learning_rate": NaN}'
     response = client.post(
@@ -260,6 +302,19 @@ def test_a_flat_list_is_told_one_list_per_epoch(
     assert problem["errors"][0]["type"] == "list_type"
     assert f"{field} takes one list per epoch" in problem["detail"]
     assert f"{nested} for one value per epoch" in problem["detail"]
+
+
+def test_only_a_number_in_place_of_a_row_is_told_one_list_per_epoch(client: TestClient) -> None:
+    """A row that is a string is no flat curve: pydantic's own words; and the flat-list words
+    follow every row of a flat list, without a validator that runs on valid bodies."""
+    problem = _problem(client.post(PATH, json={"batch_losses": ["a"], "num_classes": 4}))
+    assert problem["errors"][0]["type"] == "list_type"
+    assert "one list per epoch" not in problem["detail"]
+    problem = _problem(client.post(PATH, json={"batch_losses": [[1.4], 1.2], "num_classes": 4}))
+    assert problem["errors"][0]["loc"] == ["body", "batch_losses", 1]
+    assert "batch_losses takes one list per epoch" in problem["detail"]
+    for name in ("batch_losses", "batch_accuracies"):
+        assert "Validator" not in repr(LossCurveRequest.model_fields[name].annotation)
 
 
 def test_the_bound_of_a_loss_reads_1e100(client: TestClient) -> None:
