@@ -129,8 +129,10 @@ class LossCurveResponse(BaseModel):
         description="Epochs where the training itself is unstable, not the reporting: the "
         "typical batch loss (the median; both batches of a 2-batch epoch) jumps above both "
         "neighbouring epochs' or stays above the initial loss, or several batches (at least 2, "
-        "and 1 in 20 of the epoch's) sit more than 0.25 log C above both the epoch's median "
-        "and the initial loss. Never from one value an epoch, which cannot tell."
+        "and 1 in 20 of the epoch's) sit more than 0.5 log C above both the epoch's median "
+        "and the initial loss, and more than 10 robust standard deviations of the epoch's "
+        "batches (1.4826 times their median absolute deviation) above its median. Never from "
+        "one value an epoch, which cannot tell."
     )
     curve_flags: list[CurveFlag] = Field(
         description="What the curve as a whole shows (none, or one or two of them). "
