@@ -154,8 +154,9 @@ CurveFlag = Literal["rising_loss", "looks_like_accuracy", "rising_after_minimum"
 """What the curve as a whole shows (``CurveDiagnosis.curve_flags``): ``rising_loss``, it rises
 over training by more than ``RISE_MARGIN`` log C; ``looks_like_accuracy``, it rises by more
 than ``ACCURACY_RISE_MARGIN`` from about 1/C (or, for 3 classes or more, with most epochs above
-the first) and never leaves [0, 1]; ``rising_after_minimum``, neither, but it falls and then
-climbs back above its minimum (see ``REBOUND_MARGIN``)."""
+the first) and never leaves [0, 1], and no accuracies other than these values were sent beside
+them; ``rising_after_minimum``, neither, but it falls and then climbs back above its minimum
+(see ``REBOUND_MARGIN``)."""
 
 
 class CurveError(ModelError):
@@ -288,13 +289,20 @@ def _rises(means: Sequence[float], margin: float) -> bool:
 
 
 def _curve_flags(
-    batch_losses: Sequence[Sequence[float]], means: Sequence[float], num_classes: int
+    batch_losses: Sequence[Sequence[float]],
+    means: Sequence[float],
+    num_classes: int,
+    batch_accuracies: Sequence[Sequence[float]] | None,
 ) -> list[CurveFlag]:
     flags: list[CurveFlag] = []
     if _rises(means, RISE_MARGIN * math.log(num_classes)):
         flags.append("rising_loss")
+    # Accuracies sent beside the losses, and other than them: the losses are no accuracy
+    # curve, whatever their values (a validation loss of 10 classes that overfits within
+    # [0, 1] read as one, and hid its climb back).
     if (
-        (_near_chance(means[0], num_classes) or _rises_from_above_chance(means, num_classes))
+        (batch_accuracies is None or _same_curve(batch_accuracies, batch_losses))
+        and (_near_chance(means[0], num_classes) or _rises_from_above_chance(means, num_classes))
         and _rises(means, ACCURACY_RISE_MARGIN)
         and all(loss <= 1 for losses in batch_losses for loss in losses)
     ):
@@ -302,6 +310,11 @@ def _curve_flags(
     if not flags and _rebound(means, math.log(num_classes)) is not None:
         flags.append("rising_after_minimum")
     return flags
+
+
+def _same_curve(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> bool:
+    """Whether two curves hold the same values (the accuracies sent as the losses too)."""
+    return len(a) == len(b) and all(list(x) == list(y) for x, y in zip(a, b, strict=True))
 
 
 def _rebound(means: Sequence[float], log_c: float) -> int | None:
@@ -935,7 +948,7 @@ def diagnose(
     if batch_accuracies is not None:
         acc_means = [_mean(accs) for accs in batch_accuracies]
         acc_lasts = [accs[-1] for accs in batch_accuracies]
-    flags = _curve_flags(batch_losses, read, num_classes)
+    flags = _curve_flags(batch_losses, read, num_classes, batch_accuracies)
     dropped = None if left_out is None else (left_out, batch_losses[0][left_out])
     rising = "rising_loss" in flags or "looks_like_accuracy" in flags
     findings = _initial_findings(read, dropped, acc_means, num_classes, rising)

@@ -828,3 +828,24 @@ def test_noise_is_no_swing_back_to_chance(seed: int, batches: int) -> None:
     flat = [[LOG4 * (1 + rng.uniform(-0.1, 0.1)) for _ in range(batches)] for _ in range(12)]
     for curve in (smooth_curve(12, batches, seed), flat):
         assert not any("swings up and down" in f for f in diagnose(curve, 4).findings)
+
+
+OVERFITTING_FROM_EPOCH_1 = [0.45, 0.40, 0.47, 0.55, 0.65, 0.75, 0.85, 0.95, 0.99]
+ITS_ACCURACIES = [0.86, 0.88, 0.88, 0.87, 0.87, 0.86, 0.86, 0.85, 0.85]
+
+
+def test_losses_sent_beside_their_accuracies_are_not_read_as_accuracy() -> None:
+    """A validation loss of 10 classes logged from epoch 1 that overfits within [0, 1]: alone
+    it may be an accuracy curve, but beside the accuracies sent it is the loss, which falls
+    and climbs back. It read as accuracy, which hid the climb."""
+    curve = [[v] for v in OVERFITTING_FROM_EPOCH_1]
+    accuracies = [[a] for a in ITS_ACCURACIES]
+    d = diagnose(curve, 10, accuracies)
+    assert d.curve_flags == ["rising_after_minimum"]
+    text = " ".join(d.findings)
+    assert "looks like accuracy" not in text
+    assert "The loss falls to 0.400 at epoch 1, then climbs back" in text
+    assert "this is overfitting" in text
+    # Alone, or with the same values sent as the accuracies, it is still read as accuracy.
+    assert diagnose(curve, 10).curve_flags == ["looks_like_accuracy"]
+    assert diagnose(curve, 10, curve).curve_flags == ["looks_like_accuracy"]
