@@ -133,9 +133,10 @@ ACCURACY_RISE_MARGIN = 0.25
 REBOUND_MARGIN = 0.1
 # A curve that zigzags: at least ZIGZAG_STEPS steps from epoch to epoch, ZIGZAG_SHARE of them
 # turning back from the step before, a median step of more than JUMP_MARGIN * log C, and peaks
-# (a median of them) back at chance, within the tolerance below log C. The training undoes
-# what it learned every other epoch: a learning rate too high. No spike of one epoch (its
-# noise is the whole curve's), so only a finding says so.
+# (a median of them) back at chance, within the tolerance of "at chance" below and above
+# log C (peaks of 3 to 4 nats at C = 4 are far above chance, not back at it). The training
+# undoes what it learned every other epoch: a learning rate too high. No spike of one epoch
+# (its noise is the whole curve's), so only a finding says so, and "No spikes" is not said.
 ZIGZAG_STEPS = 5
 ZIGZAG_SHARE = 0.8
 # At most this many epochs are named in a finding and detailed in ``spike_details``: a million
@@ -693,8 +694,11 @@ def _spike_findings(
     flags: Sequence[CurveFlag],
     spiking: Sequence[int],
     values: Sequence[float],
+    zigzag: bool,
 ) -> list[str]:
-    """The spikes of the reported curve ``values`` (the last batches) and the training's own."""
+    """The spikes of the reported curve ``values`` (the last batches) and the training's own;
+    "No spikes" only where nothing, a zigzag of the whole curve (``zigzag``) included, is
+    found."""
     findings = []
     # In an epoch whose batches spike again and again, the last batch is one of many: that is
     # the training's (``_spiking_findings``), not the reporting's alone.
@@ -766,7 +770,7 @@ def _spike_findings(
             "does worse than an untrained model, so the training diverges. Lower the learning "
             "rate (or clip the gradient norm) (seed 1.3, problem 3)."
         )
-    if not details and not unstable and not flags:
+    if not details and not unstable and not flags and not zigzag:
         findings.append(
             "No spikes: no epoch's last batch rises far above its other batches, and no "
             "reported value rises above the initial loss."
@@ -826,12 +830,13 @@ def _zigzag_findings(means: Sequence[float], num_classes: int) -> list[str]:
     turns = sum((a > 0) != (b > 0) for a, b in itertools.pairwise(steps))
     swing = statistics.median(abs(step) for step in steps)
     peaks = [means[e] for e in range(1, len(means) - 1) if means[e - 1] < means[e] > means[e + 1]]
-    tolerance = max(INITIAL_LOSS_TOLERANCE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
+    below = max(INITIAL_LOSS_TOLERANCE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
+    above = max(INITIAL_LOSS_TOLERANCE_ABOVE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
     if (
         turns < ZIGZAG_SHARE * (len(steps) - 1)
         or swing <= JUMP_MARGIN * log_c
         or not peaks
-        or statistics.median(peaks) < log_c - tolerance
+        or not -below <= statistics.median(peaks) - log_c <= above
     ):
         return []
     return [
@@ -953,13 +958,23 @@ def diagnose(
     rising = "rising_loss" in flags or "looks_like_accuracy" in flags
     findings = _initial_findings(read, dropped, acc_means, num_classes, rising)
     findings += _trend_findings(read, flags, num_classes)
+    zigzag = _zigzag_findings(read, num_classes)
     findings += _spike_findings(
-        details, jumps, diverging, initial, num_classes, single_batches, flags, spiking, lasts
+        details,
+        jumps,
+        diverging,
+        initial,
+        num_classes,
+        single_batches,
+        flags,
+        spiking,
+        lasts,
+        bool(zigzag),
     )
     findings += _spiking_findings(
         batch_losses, spiking, medians, means, details, initial, num_classes
     )
-    findings += _zigzag_findings(read, num_classes)
+    findings += zigzag
     findings += _learning_findings(read, acc_means, num_classes, bool(details or unstable or flags))
     return CurveDiagnosis(
         num_classes=num_classes,

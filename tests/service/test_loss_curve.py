@@ -818,6 +818,19 @@ def test_a_loss_that_swings_back_to_chance_every_epoch_points_to_the_learning_ra
     assert "The loss swings up and down from epoch to epoch, by 0.55 nats" in text
     assert "peaks keep coming back to the loss at chance, log 4 = 1.386" in text
     assert "point to a learning rate too high" in text
+    # Beside "the training undoes what it learned again and again", "No spikes" was a
+    # contradiction.
+    assert "No spikes" not in text
+
+
+@pytest.mark.parametrize("batches", [1, 4])
+def test_a_zigzag_whose_peaks_are_far_above_chance_is_not_said_to_return_to_chance(
+    batches: int,
+) -> None:
+    """Peaks of 3 to 4 nats at C = 4 are far above log 4, not "back to the loss at chance"."""
+    values = [1.39, 0.5, 3.0, 0.4, 3.5, 0.5, 4.0]
+    d = diagnose([[v] * batches for v in values], 4)
+    assert not any("swings up and down" in f for f in d.findings)
 
 
 @pytest.mark.parametrize("seed", range(10))
