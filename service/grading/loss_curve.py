@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -276,6 +277,15 @@ def _chance_tolerance(num_classes: int) -> float:
     return min(INITIAL_ACCURACY_TOLERANCE, INITIAL_ACCURACY_TOLERANCE_OF_CHANCE / num_classes)
 
 
+def _chance_loss_band(log_c: float) -> tuple[float, float]:
+    """How far a loss may sit below and above log C and still be "at chance" (see
+    ``INITIAL_LOSS_TOLERANCE``)."""
+    return (
+        max(INITIAL_LOSS_TOLERANCE_MIN, INITIAL_LOSS_TOLERANCE * log_c),
+        max(INITIAL_LOSS_TOLERANCE_ABOVE_MIN, INITIAL_LOSS_TOLERANCE * log_c),
+    )
+
+
 def _late(means: Sequence[float]) -> Sequence[float]:
     """The late epochs a trend is read from: the last third, at least two."""
     return means[-max(2, len(means) // 3) :]
@@ -525,8 +535,7 @@ def _initial_findings(
         f"probability 1/C = {1 / num_classes:.3g}, so its cross-entropy is -log(1/C) = "
         f"{_log_c(num_classes)} and its accuracy 1/C = {100 / num_classes:.3g}%."
     ]
-    below = max(INITIAL_LOSS_TOLERANCE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
-    above = max(INITIAL_LOSS_TOLERANCE_ABOVE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
+    below, above = _chance_loss_band(log_c)
     first = means[0]
     mean = f"Epoch 0's mean loss {_nats(first)}"
     if left_out is not None:
@@ -685,25 +694,55 @@ def _initial_named(initial: float, num_classes: int) -> str:
     return f"the initial loss {_log_c(num_classes)}"
 
 
-def _spike_findings(
-    details: Sequence[Spike],
-    jumps: Sequence[int],
-    diverging: Sequence[int],
-    initial: float,
-    num_classes: int,
-    single_batches: bool,
-    flags: Sequence[CurveFlag],
-    spiking: Sequence[int],
-    values: Sequence[float],
-    zigzag: bool,
-) -> list[str]:
-    """The spikes of the reported curve ``values`` (the last batches) and the training's own;
-    "No spikes" only where nothing, a zigzag of the whole curve (``zigzag``) included, is
-    found."""
+@dataclass(frozen=True)
+class _Reading:
+    """What ``diagnose`` found in the batches, as its findings read it.
+
+    Attributes:
+        details: the spikes of the reported (last-batch) curve.
+        jumps: the epochs whose typical batch (or single value) jumps above its neighbours'.
+        diverging: the epochs whose typical batch stays above the initial loss.
+        spiking: the epochs whose batches spike again and again (``SPIKING_MARGIN``).
+        unstable: the training's own epochs (``CurveDiagnosis.unstable_epochs``).
+        initial: the initial loss spikes are compared with: log C or epoch 0's mean.
+        num_classes: C.
+        single_batches: every epoch has a single batch.
+        flags: what the curve as a whole shows.
+        lasts: the reported curve, each epoch's last batch.
+    """
+
+    details: Sequence[Spike]
+    jumps: Sequence[int]
+    diverging: Sequence[int]
+    spiking: Sequence[int]
+    unstable: frozenset[int]
+    initial: float
+    num_classes: int
+    single_batches: bool
+    flags: Sequence[CurveFlag]
+    lasts: Sequence[float]
+
+    @functools.cached_property
+    def spiked(self) -> frozenset[int]:
+        """``spiking`` as a set."""
+        return frozenset(self.spiking)
+
+    @property
+    def rising(self) -> bool:
+        """The curve rises from the start (a loss, or an accuracy given as one)."""
+        return "rising_loss" in self.flags or "looks_like_accuracy" in self.flags
+
+
+def _spike_findings(reading: _Reading, *, zigzag: bool) -> list[str]:
+    """The spikes of the reported curve (the last batches) and the training's own; "No spikes"
+    only where nothing, a zigzag of the whole curve (``zigzag``) included, is found."""
+    details, jumps, diverging = reading.details, reading.jumps, reading.diverging
+    initial, num_classes, flags = reading.initial, reading.num_classes, reading.flags
+    single_batches, unstable = reading.single_batches, reading.unstable
     findings = []
     # In an epoch whose batches spike again and again, the last batch is one of many: that is
     # the training's (``_spiking_findings``), not the reporting's alone.
-    spiked = set(spiking)
+    spiked = reading.spiked
     outliers = [s for s in details if "last_batch_outlier" in s.reasons and s.epoch not in spiked]
     if outliers:
         worst = max(outliers, key=lambda s: s.last_batch - (s.others_mean or 0.0))
@@ -717,14 +756,12 @@ def _spike_findings(
             "problem 1). Accumulate loss.item() over every batch and report the mean, the "
             "epoch_mean curve here (problem 3)."
         )
-    # One value an epoch cannot tell a jump of the training from one batch reported.
-    unstable = set(diverging) | spiked | (set() if single_batches else set(jumps))
     # Above the initial loss with the rest of the epoch below it: one batch of confident
     # mistakes. Where the whole epoch is above it, the training itself is (below); where the
     # whole curve rises, the rise is (its own finding), unless the last batch is an outlier.
     # A climb back from a minimum is no rise from the start: a value above the initial loss
     # there is still said.
-    rises = "rising_loss" in flags or "looks_like_accuracy" in flags
+    rises = reading.rising
     above = [
         s
         for s in details
@@ -744,7 +781,8 @@ def _spike_findings(
             f"{_nats(worst.last_batch)} means the model gave the true class a probability of "
             f"exp(-{_nats(worst.last_batch)}) = {worst.true_class_probability:.3g} on (geometric) "
             f"average over that batch, worse than the 1/{num_classes} of guessing (seed 1.3, "
-            "problem 2)." + (_divergence_reading(values, epochs, log_c) if single_batches else "")
+            "problem 2)."
+            + (_divergence_reading(reading.lasts, epochs, log_c) if single_batches else "")
         )
     if jumps and single_batches:
         findings.append(
@@ -763,7 +801,8 @@ def _spike_findings(
             "(seed 1.3, problem 3)."
         )
     # An accuracy curve's values above log 2 are no divergence (its finding says both readings).
-    rising = [] if "looks_like_accuracy" in flags else [e for e in diverging if e not in set(jumps)]
+    jumped = set(jumps)
+    rising = [] if "looks_like_accuracy" in flags else [e for e in diverging if e not in jumped]
     if rising:
         findings.append(
             f"At {_epochs(rising)} the typical (median) batch loss itself stays above "
@@ -785,15 +824,13 @@ def _spike_findings(
 
 
 def _spiking_findings(
+    reading: _Reading,
     batch_losses: Sequence[Sequence[float]],
-    spiking: Sequence[int],
     medians: Sequence[float],
     means: Sequence[float],
-    details: Sequence[Spike],
-    initial: float,
-    num_classes: int,
 ) -> list[str]:
     """Epochs whose batches spike again and again: the learning rate, not the reporting."""
+    spiking, initial, num_classes = reading.spiking, reading.initial, reading.num_classes
     if not spiking:
         return []
     log_c = math.log(num_classes)
@@ -811,8 +848,10 @@ def _spiking_findings(
         "instead of the last batch will not smooth them away. (Batches that are not shuffled, "
         "each of one class, throw the training off the same way.)"
     ]
-    spiked = set(spiking)
-    last = [s.epoch for s in details if "last_batch_outlier" in s.reasons and s.epoch in spiked]
+    spiked = reading.spiked
+    last = [
+        s.epoch for s in reading.details if "last_batch_outlier" in s.reasons and s.epoch in spiked
+    ]
     if last:
         findings.append(
             f"At {_epochs(last)} the last batch is one of those spikes: the last-batch curve "
@@ -839,8 +878,7 @@ def _zigzag_findings(means: Sequence[float], num_classes: int) -> list[str]:
         return []
     inner = values[1:-1]
     peaks = inner[(values[:-2] < inner) & (inner > values[2:])]
-    below = max(INITIAL_LOSS_TOLERANCE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
-    above = max(INITIAL_LOSS_TOLERANCE_ABOVE_MIN, INITIAL_LOSS_TOLERANCE * log_c)
+    below, above = _chance_loss_band(log_c)
     if not peaks.size or not -below <= float(np.median(peaks)) - log_c <= above:
         return []
     return [
@@ -944,10 +982,26 @@ def diagnose(
         for e, losses in enumerate(batch_losses)
         if _spiking(e, losses, medians[e], initial, log_c)
     ]
-    # The training's own, which a curve of one value an epoch cannot tell from the reporting.
-    unstable = sorted(set(diverging) | set(spiking) | (set() if single_batches else set(jumps)))
+    flags = _curve_flags(batch_losses, read, num_classes, batch_accuracies)
+    reading = _Reading(
+        details=details,
+        jumps=jumps,
+        diverging=diverging,
+        spiking=spiking,
+        # The training's own, which a curve of one value an epoch cannot tell from the
+        # reporting.
+        unstable=frozenset(diverging)
+        | frozenset(spiking)
+        | frozenset(() if single_batches else jumps),
+        initial=initial,
+        num_classes=num_classes,
+        single_batches=single_batches,
+        flags=flags,
+        lasts=lasts,
+    )
+    unstable = sorted(reading.unstable)
     # A last batch far above its epoch's others, where they do not spike again and again.
-    spiked = set(spiking)
+    spiked = reading.spiked
     looks_like = (
         None
         if single_batches
@@ -957,27 +1011,12 @@ def diagnose(
     if batch_accuracies is not None:
         acc_means = [_mean(accs) for accs in batch_accuracies]
         acc_lasts = [accs[-1] for accs in batch_accuracies]
-    flags = _curve_flags(batch_losses, read, num_classes, batch_accuracies)
     dropped = None if left_out is None else (left_out, batch_losses[0][left_out])
-    rising = "rising_loss" in flags or "looks_like_accuracy" in flags
-    findings = _initial_findings(read, dropped, acc_means, num_classes, rising)
+    findings = _initial_findings(read, dropped, acc_means, num_classes, reading.rising)
     findings += _trend_findings(read, flags, num_classes)
     zigzag = _zigzag_findings(read, num_classes)
-    findings += _spike_findings(
-        details,
-        jumps,
-        diverging,
-        initial,
-        num_classes,
-        single_batches,
-        flags,
-        spiking,
-        lasts,
-        bool(zigzag),
-    )
-    findings += _spiking_findings(
-        batch_losses, spiking, medians, means, details, initial, num_classes
-    )
+    findings += _spike_findings(reading, zigzag=bool(zigzag))
+    findings += _spiking_findings(reading, batch_losses, medians, means)
     findings += zigzag
     findings += _learning_findings(read, acc_means, num_classes, bool(details or unstable or flags))
     return CurveDiagnosis(
