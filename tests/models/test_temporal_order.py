@@ -103,14 +103,20 @@ def test_impossible_task_specs_are_refused(kwargs: dict[str, tuple[int, int]], w
     assert error.value.where == where
 
 
-def test_gated_rnn_follows_equations_1_and_2() -> None:
-    """Batched cell vs the equations evaluated one sequence and one step at a time."""
-    gen = torch.Generator().manual_seed(0)
+def random_cell(seed: int, steps: int) -> tuple[GatedRNN, torch.Tensor]:
+    """A float64 gated cell (3 inputs, 4 units) with normal weights, and a batch of 2
+    sequences of ``steps`` steps, both from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
     cell = GatedRNN(3, 4).double()
     with torch.no_grad():
         for p in cell.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
-    x = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64)
+    return cell, torch.randn(2, steps, 3, generator=gen, dtype=torch.float64)
+
+
+def test_gated_rnn_follows_equations_1_and_2() -> None:
+    """Batched cell vs the equations evaluated one sequence and one step at a time."""
+    cell, x = random_cell(0, 5)
     states = cell(x)
     for i in range(2):
         h = torch.zeros(4, dtype=torch.float64)
@@ -138,12 +144,7 @@ def test_gated_rnn_backward_is_linear_in_the_length() -> None:
     for each step, whose backward fills a zero tensor of the whole sequence, T^2 work (a
     training step at the experiment's caps took 5 s, past its time limit). The gradient is
     the one a plain loop over the equations gives."""
-    gen = torch.Generator().manual_seed(1)
-    cell = GatedRNN(3, 4).double()
-    with torch.no_grad():
-        for p in cell.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
-    x = torch.randn(2, 6, 3, generator=gen, dtype=torch.float64)
+    cell, x = random_cell(1, 6)
     states = cell(x)
     nodes = graph_nodes(states)
     assert "SelectBackward0" not in nodes and nodes.count("UnbindBackward0") == 2
