@@ -41,7 +41,12 @@ def replace(old: str, new: str) -> str:
     return SAMPLE.replace(old, new, 1)
 
 
-SHARING_P1 = """
+P1_EXPECTED = SAMPLE.index("[problems.expected]")
+P1_GIVEN_AND_EXPECTED = (
+    SAMPLE[SAMPLE.index("[problems.given.v]") : P1_EXPECTED]
+    + SAMPLE[P1_EXPECTED:].split("[[problems]]")[0]
+)
+SHARING_P1 = f"""
 [[problems]]
 id = "p4"
 variant = "p1"
@@ -50,18 +55,8 @@ statement = "Give `v` again."
 points = 1
 answer_kind = "tensor"
 
-[problems.given.v]
-shape = [2, 3]
-distribution = "uniform"
-low = -3
-high = 3
-integer = true
-
-[problems.expected]
-op = "value"
-value = { given = "v" }
-"""
-"""A problem drawing p1's tensor: p4's own ``v`` is p1's."""
+{P1_GIVEN_AND_EXPECTED}"""
+"""A problem drawing p1's tensor: p4's own ``v`` is p1's, given and expected as p1 has them."""
 
 WRONG_FILES = [
     pytest.param(
