@@ -309,12 +309,16 @@ def _curve_flags(
     flags: list[CurveFlag] = []
     if _rises(means, RISE_MARGIN * math.log(num_classes)):
         flags.append("rising_loss")
-    # Accuracies sent beside the losses, and other than them: the losses are no accuracy
-    # curve, whatever their values (a validation loss of 10 classes that overfits within
-    # [0, 1] read as one, and hid its climb back).
+    # Without an epoch 0 at chance, a curve that climbs within [0, 1] is as much a loss that
+    # overfits (a validation loss of 10 classes) as an accuracy: with accuracies sent beside
+    # it, it reads as accuracy only if they climb too (the test accuracy plotted as the loss,
+    # the training accuracy beside it). A start at chance is accuracy whatever is beside it.
+    from_above = _rises_from_above_chance(means, num_classes) and (
+        batch_accuracies is None
+        or _rises([_mean(row) for row in batch_accuracies], ACCURACY_RISE_MARGIN)
+    )
     if (
-        (batch_accuracies is None or _same_curve(batch_accuracies, batch_losses))
-        and (_near_chance(means[0], num_classes) or _rises_from_above_chance(means, num_classes))
+        (_near_chance(means[0], num_classes) or from_above)
         and _rises(means, ACCURACY_RISE_MARGIN)
         and all(loss <= 1 for losses in batch_losses for loss in losses)
     ):
@@ -322,11 +326,6 @@ def _curve_flags(
     if not flags and _rebound(means, math.log(num_classes)) is not None:
         flags.append("rising_after_minimum")
     return flags
-
-
-def _same_curve(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> bool:
-    """Whether two curves hold the same values (the accuracies sent as the losses too)."""
-    return len(a) == len(b) and all(list(x) == list(y) for x, y in zip(a, b, strict=True))
 
 
 def _rebound(means: Sequence[float], log_c: float) -> int | None:

@@ -6,7 +6,7 @@ import io
 import math
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from service.app import create_app
 from service.examples import SEED_BATCH_ACCURACIES, SEED_BATCH_LOSSES
 from service.plots import MAX_PLOTTED_EPOCHS
 from service.routes.diagnostics import LossCurveRequest
-from service.routing import FastJSONRoute, non_finite_hint
+from service.routing import FastJSONRoute, body_error_words, non_finite_hint
 from service.settings import Settings
 
 PATH = "/v1/diagnostics/loss-curve"
@@ -269,6 +269,29 @@ def test_the_non_finite_hint_holds_above_or_under_the_routes_decorator(above: bo
         )
     assert response.status_code == 422
     assert response.json()["detail"].endswith(". the hint"), response.json()["detail"]
+
+
+@pytest.mark.parametrize("above", [True, False])
+def test_body_error_words_hold_above_or_under_the_routes_decorator(above: bool) -> None:
+    """As the non-finite hint: the words are looked up when a body is refused, so a mark put
+    after the route was built still rewords its errors."""
+    app = create_app(Settings())
+    app.router.route_class = FastJSONRoute
+
+    def endpoint(body: dict[str, float]) -> dict[str, float]:
+        return body
+
+    def words(errors: Sequence[Any], body: Any) -> list[Any]:
+        return [{**error, "msg": "reworded"} for error in errors]
+
+    if above:
+        body_error_words(words)(app.post("/p")(endpoint))
+    else:
+        app.post("/p")(body_error_words(words)(endpoint))
+    with TestClient(app) as test_client:
+        response = test_client.post("/p", json={"x": "not a number"})
+    assert response.status_code == 422
+    assert "reworded" in response.text, response.text
 
 
 def test_the_hint_of_a_non_finite_loss_is_the_loss_curves_own(client: TestClient) -> None:

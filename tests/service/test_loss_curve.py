@@ -862,3 +862,18 @@ def test_losses_sent_beside_their_accuracies_are_not_read_as_accuracy() -> None:
     # Alone, or with the same values sent as the accuracies, it is still read as accuracy.
     assert diagnose(curve, 10).curve_flags == ["looks_like_accuracy"]
     assert diagnose(curve, 10, curve).curve_flags == ["looks_like_accuracy"]
+
+
+@pytest.mark.parametrize("num_classes", [2, 10])
+def test_an_accuracy_curve_beside_other_accuracies_that_climb_is_still_accuracy(
+    num_classes: int,
+) -> None:
+    """The test accuracy plotted as the loss, the training accuracy (or the same, rounded
+    otherwise) sent beside it: both climb, so the curve is read as accuracy, not as a loss
+    that diverges (which told the student to lower the learning rate)."""
+    chance = 1 / num_classes
+    test_accuracy = [chance, chance + 0.15, chance + 0.25, chance + 0.32, chance + 0.38]
+    for beside in ([a + 1e-9 for a in test_accuracy], [a + 0.04 for a in test_accuracy]):
+        d = diagnose([[a] for a in test_accuracy], num_classes, [[a] for a in beside])
+        assert "looks_like_accuracy" in d.curve_flags, (beside, d.curve_flags)
+        assert any("looks like accuracy" in f for f in d.findings)
