@@ -327,6 +327,14 @@ def test_a_flat_list_is_told_one_list_per_epoch(
     assert f"{nested} for one value per epoch" in problem["detail"]
 
 
+def test_a_long_flat_list_is_told_once_with_the_count_of_the_others(client: TestClient) -> None:
+    """Only the errors a problem lists are reworded and worded; the count says the rest."""
+    problem = _problem(client.post(PATH, json={"batch_losses": [1.0] * 5000, "num_classes": 4}))
+    assert problem["detail"].endswith("(and 4999 more)")
+    assert len(problem["errors"]) == 100
+    assert all("one list per epoch" in error["msg"] for error in problem["errors"])
+
+
 def test_only_a_number_in_place_of_a_row_is_told_one_list_per_epoch(client: TestClient) -> None:
     """A row that is a string is no flat curve: pydantic's own words; and the flat-list words
     follow every row of a flat list, without a validator that runs on valid bodies."""
