@@ -96,12 +96,7 @@ def non_finite_hint(hint: str) -> Callable[[EndpointT], EndpointT]:
     are kept, the hint follows them. Above or under the route's decorator alike: the route
     looks the hint up when it refuses a body, not when it is built (``APIRouter.post`` returns
     the endpoint it registered, which this marks either way)."""
-
-    def mark(endpoint: EndpointT) -> EndpointT:
-        _NON_FINITE_HINTS[endpoint] = hint
-        return endpoint
-
-    return mark
+    return _marker(_NON_FINITE_HINTS, hint)
 
 
 ErrorWords = Callable[[Sequence[Any], Any], list[Any] | None]
@@ -117,9 +112,20 @@ def body_error_words(words: ErrorWords) -> Callable[[EndpointT], EndpointT]:
     a list of lists is expected: say the shape it takes). Only a refused body is reworded, so
     a valid one pays nothing, where a validator on the field would run on every value. Above or
     under the route's decorator alike, as ``non_finite_hint``."""
+    return _marker(_ERROR_WORDS, words)
+
+
+MarkT = TypeVar("MarkT")
+
+
+def _marker(
+    marks: dict[Callable[..., Any], MarkT], value: MarkT
+) -> Callable[[EndpointT], EndpointT]:
+    """A decorator that records ``value`` for the endpoint it decorates in ``marks``, which
+    ``FastJSONRoute`` reads when it refuses a body."""
 
     def mark(endpoint: EndpointT) -> EndpointT:
-        _ERROR_WORDS[endpoint] = words
+        marks[endpoint] = value
         return endpoint
 
     return mark

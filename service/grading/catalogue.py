@@ -33,7 +33,13 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from models.errors import UnknownName
-from service.grading.schema import AssignmentSpec, ProblemSpec, Tolerance, given_references
+from service.grading.schema import (
+    AssignmentSpec,
+    ProblemSpec,
+    Tolerance,
+    given_references,
+    variant_groups,
+)
 from service.grading.variants import Variant, make_variant, variant_seed
 from service.settings import Settings
 
@@ -145,10 +151,7 @@ def _check_givens_used(assignment: AssignmentSpec, file: str) -> None:
     a bias declared and left out of ``params`` makes every student who adds it wrong, and
     nothing else would show it before the grades do.
     """
-    groups: dict[str, list[tuple[int, ProblemSpec]]] = {}
-    for index, problem in enumerate(assignment.problems):
-        groups.setdefault(problem.variant_key, []).append((index, problem))
-    for key, group in groups.items():
+    for key, group in variant_groups(assignment.problems).items():
         used: dict[str, str] = {}
         for _, problem in group:
             for where, name in given_references(problem.expected, "expected"):

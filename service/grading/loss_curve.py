@@ -157,8 +157,8 @@ CurveFlag = Literal["rising_loss", "looks_like_accuracy", "rising_after_minimum"
 """What the curve as a whole shows (``CurveDiagnosis.curve_flags``): ``rising_loss``, it rises
 over training by more than ``RISE_MARGIN`` log C; ``looks_like_accuracy``, it rises by more
 than ``ACCURACY_RISE_MARGIN`` from about 1/C (or, for 3 classes or more, with most epochs above
-the first) and never leaves [0, 1], and no accuracies other than these values were sent beside
-them; ``rising_after_minimum``, neither, but it falls and then climbs back above its minimum
+the first, where the accuracies sent beside it, if any, rise too) and never leaves [0, 1];
+``rising_after_minimum``, neither, but it falls and then climbs back above its minimum
 (see ``REBOUND_MARGIN``)."""
 
 
@@ -304,7 +304,7 @@ def _curve_flags(
     batch_losses: Sequence[Sequence[float]],
     means: Sequence[float],
     num_classes: int,
-    batch_accuracies: Sequence[Sequence[float]] | None,
+    acc_means: Sequence[float] | None,
 ) -> list[CurveFlag]:
     flags: list[CurveFlag] = []
     if _rises(means, RISE_MARGIN * math.log(num_classes)):
@@ -314,8 +314,7 @@ def _curve_flags(
     # it, it reads as accuracy only if they climb too (the test accuracy plotted as the loss,
     # the training accuracy beside it). A start at chance is accuracy whatever is beside it.
     from_above = _rises_from_above_chance(means, num_classes) and (
-        batch_accuracies is None
-        or _rises([_mean(row) for row in batch_accuracies], ACCURACY_RISE_MARGIN)
+        acc_means is None or _rises(acc_means, ACCURACY_RISE_MARGIN)
     )
     if (
         (_near_chance(means[0], num_classes) or from_above)
@@ -981,7 +980,11 @@ def diagnose(
         for e, losses in enumerate(batch_losses)
         if _spiking(e, losses, medians[e], initial, log_c)
     ]
-    flags = _curve_flags(batch_losses, read, num_classes, batch_accuracies)
+    acc_means = acc_lasts = None
+    if batch_accuracies is not None:
+        acc_means = [_mean(accs) for accs in batch_accuracies]
+        acc_lasts = [accs[-1] for accs in batch_accuracies]
+    flags = _curve_flags(batch_losses, read, num_classes, acc_means)
     reading = _Reading(
         details=details,
         jumps=jumps,
@@ -1006,10 +1009,6 @@ def diagnose(
         if single_batches
         else any("last_batch_outlier" in s.reasons and s.epoch not in spiked for s in details)
     )
-    acc_means = acc_lasts = None
-    if batch_accuracies is not None:
-        acc_means = [_mean(accs) for accs in batch_accuracies]
-        acc_lasts = [accs[-1] for accs in batch_accuracies]
     dropped = None if left_out is None else (left_out, batch_losses[0][left_out])
     findings = _initial_findings(read, dropped, acc_means, num_classes, reading.rising)
     findings += _trend_findings(read, flags, num_classes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -328,16 +328,14 @@ class AssignmentSpec(FileModel):
     @classmethod
     def _check_problems(cls, problems: list[ProblemSpec]) -> list[ProblemSpec]:
         first: dict[str, int] = {}
-        groups: dict[str, list[ProblemSpec]] = {}
         for index, problem in enumerate(problems):
             if problem.id in first:
                 raise ValueError(
                     f"problems[{index}] has the id {problem.id!r} of problems[{first[problem.id]}]"
                 )
             first[problem.id] = index
-            groups.setdefault(problem.variant_key, []).append(problem)
-        for key, group in groups.items():
-            _check_shared_variant(key, group)
+        for key, group in variant_groups(problems).items():
+            _check_shared_variant(key, [problem for _, problem in group])
         return problems
 
     @property
@@ -355,6 +353,14 @@ class AssignmentSpec(FileModel):
             return {}
         prefix = f"{question}-"
         return {p.id.removeprefix(prefix): p.id for p in self.problems if p.id.startswith(prefix)}
+
+
+def variant_groups(problems: Sequence[ProblemSpec]) -> dict[str, list[tuple[int, ProblemSpec]]]:
+    """The problems by the seed they draw from (``variant_key``), each with its index."""
+    groups: dict[str, list[tuple[int, ProblemSpec]]] = {}
+    for index, problem in enumerate(problems):
+        groups.setdefault(problem.variant_key, []).append((index, problem))
+    return groups
 
 
 def _check_shared_variant(key: str, group: list[ProblemSpec]) -> None:

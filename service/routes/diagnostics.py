@@ -18,7 +18,7 @@ from service.devices import DeviceName, DtypeName, resolve_device, resolve_dtype
 from service.examples import LOSS_CURVE_EXAMPLES, TEMPORAL_ORDER_EXAMPLES
 from service.grading.loss_curve import MAX_LOSS, CurveFlag, diagnose
 from service.plots import MAX_PLOTTED_EPOCHS, MEDIA_TYPES, render
-from service.problems import MAX_ERRORS, Problem, problem_responses, shared_description
+from service.problems import Problem, problem_responses, shared_description
 from service.routing import FastJSONRoute, body_error_words, non_finite_hint
 from service.schemas import DEVICE, DTYPE, StrictBody
 from service.settings import Settings
@@ -44,7 +44,7 @@ def _one_list_per_epoch(errors: Sequence[Any], body: Any) -> list[Any] | None:
     cost a valid body of a million epochs 0.3 s."""
     reworded = False
     out = []
-    for error in errors[:MAX_ERRORS]:  # those a problem lists; the rest as they are, below
+    for error in errors:  # one a list at most: the curves stop at their first (fail_fast)
         loc = tuple(error.get("loc", ()))
         given = error.get("input")
         if (
@@ -66,7 +66,7 @@ def _one_list_per_epoch(errors: Sequence[Any], body: Any) -> list[Any] | None:
             }
             reworded = True
         out.append(error)
-    return [*out, *errors[MAX_ERRORS:]] if reworded else None
+    return out if reworded else None
 
 
 MAX_CLASSES = 10**9
