@@ -41,21 +41,32 @@ def _gated_step(key: TensorKey, shape: Shape) -> tuple[ModelSource, Tensors] | N
 @register
 class GatePathMissing(Mistake):
     """Only ``diag(c[t])`` of the gated RNN's dh[t]/dh[t-1] (seed 1.2.1(d)): the direct path,
-    without the path through the gate ``diag(h[t-1] - W_x x[t]) diag(sigma'(z[t])) W_h``."""
+    without the path through the gate ``diag(h[t-1] - W_x x[t]) diag(sigma'(z[t])) W_h``; in
+    dl/dW_x (1.2.1(c)), the gradient carried back through that direct path alone."""
 
     code = "gate_path_missing"
     order = 20
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         step = _gated_step(key, shape)
-        if step is None:
+        if step is not None:
+            yield Candidate(
+                torch.diag_embed(step[1]["c"]),  # (T, m, m)  diag(c[t])
+                "This is only diag(c[t]), the direct path of dh[t]/dh[t-1]. h[t] also depends "
+                "on h[t-1] through the gate c[t] of equation (1), which depends on h[t-1] too: "
+                "differentiate that path as well, it adds a second term.",
+            )
             return
-        yield Candidate(
-            torch.diag_embed(step[1]["c"]),  # (T, m, m)  diag(c[t])
-            "This is only diag(c[t]), the direct path of dh[t]/dh[t-1]. h[t] also depends on "
-            "h[t-1] through the gate c[t] of equation (1), which depends on h[t-1] too: "
-            "differentiate that path as well, it adds a second term.",
-        )
+        steps = _GatedSteps.of_backward(key, shape)
+        if steps is not None:
+            yield Candidate(
+                steps.w_x_gradient(torch.zeros_like(steps.gate)),
+                "Your gradient flows back from h[t] to h[t-1] only through diag(c[t]), the "
+                "direct path. h[t] also depends on h[t-1] through the gate c[t] of equation (1), "
+                "which depends on h[t-1] too: dh[t]/dh[t-1] has a second term, "
+                "diag(h[t-1] - W_x x[t]) diag(sigma'(z[t])) W_h, and the gradient through time "
+                "goes back through both.",
+            )
 
 
 @register
@@ -226,40 +237,119 @@ class SoftmaxCouplingMissing(_AttentionStepMistake):
         )
 
 
+@dataclass(frozen=True)
+class _GatedSteps:
+    """A gated RNN's run, as the mistakes with its derivatives recompute it from the seed's
+    formulas: the gates c[t], the states h[t-1] before each step, the inputs and weights."""
+
+    gate: torch.Tensor  # (T, m)  c[t]
+    before: torch.Tensor  # (T, m)  h[t-1]
+    x: torch.Tensor  # (T, n)
+    w_c: torch.Tensor  # (m, n)
+    w_h: torch.Tensor  # (m, m)
+    w_x: torch.Tensor  # (m, n)
+    direct: torch.Tensor | None  # (T, m)  the loss's direct dl/dh[t], for a backward key
+
+    @classmethod
+    def of(cls, source: ModelSource, direct: torch.Tensor | None) -> _GatedSteps | None:
+        args = source.prepared.args
+        if not {"x", "W_c", "W_h", "W_x"} <= args.keys():
+            return None
+        outputs = source.forward()
+        h, gate = outputs["h"], outputs["c"]  # (T, m) each
+        x, w_c, w_h, w_x = (on_cpu(args[name]) for name in ("x", "W_c", "W_h", "W_x"))
+        start = on_cpu(args["h0"])[None] if "h0" in args else torch.zeros_like(h[:1])
+        return cls(gate, torch.cat([start, h[:-1]]), x, w_c, w_h, w_x, direct)
+
+    @classmethod
+    def of_backward(cls, key: TensorKey, shape: Shape) -> _GatedSteps | None:
+        """The run behind a key dl/dW_x of a gated model whose loss gives direct gradients of
+        h alone (the seed's 1.2.1(c)), where the answers have its shape (m, n); else None."""
+        source = _gated(key, "backward", "W_x")
+        if source is None or set(source.grad_outputs) != {"h"}:
+            return None
+        direct = on_cpu(source.grad_outputs["h"])
+        if direct.dim() != 2 or len(direct) > MAX_BACKPROPAGATED_STEPS:
+            return None  # a loop in Python over the steps: for the homework's sizes only
+        steps = cls.of(source, direct)
+        if steps is None or tuple(steps.w_x.shape) != shape or direct.shape != steps.gate.shape:
+            return None
+        return steps
+
+    @property
+    def spread(self) -> torch.Tensor:
+        """h[t-1] - W_x x[t] (T, m): how h[t] moves with the gate, dh[t]/dc[t]."""
+        return self.before - self.x @ self.w_x.T
+
+    def step_jacobians(self, slope: torch.Tensor) -> torch.Tensor:
+        """dh[t]/dh[t-1] (T, m, m) with ``slope`` standing for sigma'(z[t]):
+        diag(c[t]) + diag(h[t-1] - W_x x[t]) diag(slope[t]) W_h."""
+        return torch.diag_embed(self.gate) + (self.spread * slope)[:, :, None] * self.w_h
+
+    def w_x_gradient(self, slope: torch.Tensor) -> torch.Tensor:
+        """dl/dW_x (m, n) by backpropagation through time with ``slope`` for sigma'(z[t]):
+        ``sum_t (g[t] * (1 - c[t])) x[t]^T`` over the total gradients g[t] = dl/dh[t] + the
+        gradient carried back from h[t+1] through dh[t+1]/dh[t]."""
+        if self.direct is None:
+            raise ValueError("the run of a state-Jacobian key has no loss to backpropagate")
+        jacobians = self.step_jacobians(slope)
+        carry = torch.zeros_like(self.gate[0])
+        grad = torch.zeros_like(self.w_x)
+        for t in reversed(range(len(self.gate))):
+            total = self.direct[t] + carry
+            grad += torch.outer(total * (1 - self.gate[t]), self.x[t])
+            carry = jacobians[t].T @ total
+        return grad
+
+    def wrong_slopes(self) -> Iterator[tuple[torch.Tensor, str]]:
+        """What students take for sigma'(z[t]) = c[t] (1 - c[t]), each with what is wrong."""
+        yield (
+            1 - self.gate**2,
+            "The gate c[t] = sigma(z[t]) is a sigmoid, whose derivative is c[t] (1 - c[t]); "
+            "your answer uses 1 - c[t]^2, the derivative of tanh.",
+        )
+        yield (
+            self.gate,
+            "Your answer uses sigma(z[t]) = c[t] where the chain rule needs the derivative "
+            "sigma'(z[t]) = c[t] (1 - c[t]).",
+        )
+        alone = torch.sigmoid(self.x @ self.w_c.T)  # sigma(W_c x[t])
+        yield (
+            alone * (1 - alone),
+            "Your answer takes the sigmoid's derivative at W_c x[t] alone. The gate's "
+            "pre-activation is z[t] = W_c x[t] + W_h h[t-1], so its derivative is "
+            "sigma'(z[t]) = c[t] (1 - c[t]), the term W_h h[t-1] included.",
+        )
+        twice = torch.sigmoid(self.gate)  # sigma(c[t])
+        yield (
+            twice * (1 - twice),
+            "Your answer applies the sigmoid twice: sigma(c[t]) (1 - sigma(c[t])). c[t] is "
+            "already sigma(z[t]), so the derivative is sigma'(z[t]) = c[t] (1 - c[t]).",
+        )
+
+
 @register
 class GateDerivativeWrong(Mistake):
-    """The gated RNN's dh[t]/dh[t-1] (seed 1.2.1(d)) with the sigmoid's derivative sigma'(z[t])
-    = c[t] (1 - c[t]) taken as tanh's, 1 - c[t]^2, or as the sigmoid itself, c[t]."""
+    """The gated RNN's dh[t]/dh[t-1] (seed 1.2.1(d)), or dl/dW_x through time (1.2.1(c)),
+    with the sigmoid's derivative sigma'(z[t]) = c[t] (1 - c[t]) taken as tanh's, 1 - c[t]^2,
+    as the sigmoid itself, c[t], at W_c x[t] without W_h h[t-1], or at c[t] (the sigmoid
+    applied twice)."""
 
     code = "gate_derivative_wrong"
     order = 27
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         step = _gated_step(key, shape)
-        if step is None:
+        if step is not None:
+            steps = _GatedSteps.of(step[0], None)
+            if steps is not None:
+                for slope, message in steps.wrong_slopes():
+                    yield Candidate(steps.step_jacobians(slope), message)
             return
-        source, outputs = step
-        args = source.prepared.args
-        h, gate = outputs["h"], outputs["c"]  # (T, m) each
-        x, w_h, w_x = (on_cpu(args[name]) for name in ("x", "W_h", "W_x"))
-        start = on_cpu(args["h0"])[None] if "h0" in args else torch.zeros_like(h[:1])
-        before = torch.cat([start, h[:-1]])  # h[t-1]
-        spread = before - x @ w_x.T  # h[t-1] - W_x x[t]
-
-        def jacobians(slope: torch.Tensor) -> torch.Tensor:
-            # diag(c[t]) + diag(h[t-1] - W_x x[t]) diag(slope[t]) W_h
-            return torch.diag_embed(gate) + (spread * slope)[:, :, None] * w_h
-
-        yield Candidate(
-            jacobians(1 - gate**2),
-            "The gate c[t] = sigma(z[t]) is a sigmoid, whose derivative is c[t] (1 - c[t]); "
-            "your answer uses 1 - c[t]^2, the derivative of tanh.",
-        )
-        yield Candidate(
-            jacobians(gate),
-            "Your answer uses sigma(z[t]) = c[t] where the chain rule needs the derivative "
-            "sigma'(z[t]) = c[t] (1 - c[t]).",
-        )
+        steps = _GatedSteps.of_backward(key, shape)
+        if steps is not None:
+            for slope, message in steps.wrong_slopes():
+                yield Candidate(steps.w_x_gradient(slope), message)
 
 
 @register
@@ -291,6 +381,10 @@ class ZeroStatesLeftOut(Mistake):
             "the value 0.",
         )
 
+
+MAX_BACKPROPAGATED_STEPS = 256
+"""The most time steps the gated RNN's mistakes in dl/dW_x backpropagate one by one (a loop in
+Python, about 0.1 ms a step for the five mistakes together), far above the homework's T = 4."""
 
 MAX_ATTENDED_PAIRS = 4096
 """The most (step, past state) pairs ``ZeroStatesLeftOut`` recomputes one by one (about 10 ms

@@ -101,17 +101,27 @@ def gated_rnn(
     return np.array(hs), np.array(cs), np.array(zs)
 
 
+GATE_SLOPES = ("sigmoid'", "tanh'", "sigmoid", "sigmoid' of W_c x", "sigmoid' of c", "none")
+"""What stands for the gate's derivative s'(z[t]) in ``gated_state_jacobians``: the right one,
+then the typical mistakes (tanh's derivative 1 - c^2, the sigmoid c itself, s' taken at
+W_c x[t] without W_h h[t-1], s' taken at c[t]: the sigmoid applied twice; none: the path
+through the gate left out)."""
+
+
 def gated_state_jacobians(
-    w_c: np.ndarray, w_h: np.ndarray, w_x: np.ndarray, x: np.ndarray
+    w_c: np.ndarray, w_h: np.ndarray, w_x: np.ndarray, x: np.ndarray, slope: str = "sigmoid'"
 ) -> np.ndarray:
     """Seed 1.2.1(d): dh[t]/dh[t-1] = diag(c[t]) + diag(h[t-1] - W_x x[t]) diag(s'(z[t])) W_h,
-    s' the derivative of the sigmoid."""
+    s' the derivative of the sigmoid (or what ``slope`` of ``GATE_SLOPES`` says instead)."""
     h, c, z = gated_rnn(w_c, w_h, w_x, x)
     h_before = np.vstack([np.zeros(h.shape[1]), h[:-1]])
-    slope = sigmoid(z) * (1 - sigmoid(z))
+    argument = {"sigmoid' of W_c x": x @ w_c.T, "sigmoid' of c": c}.get(slope, z)
+    derivative = {"tanh'": 1 - c**2, "sigmoid": c, "none": 0 * c}.get(
+        slope, sigmoid(argument) * (1 - sigmoid(argument))
+    )
     return np.array(
         [
-            np.diag(c[t]) + np.diag(h_before[t] - w_x @ x[t]) @ np.diag(slope[t]) @ w_h
+            np.diag(c[t]) + np.diag(h_before[t] - w_x @ x[t]) @ np.diag(derivative[t]) @ w_h
             for t in range(len(x))
         ]
     )
@@ -126,12 +136,18 @@ def gated_gate_path_missing(
 
 
 def gated_grad_w_x(
-    w_c: np.ndarray, w_h: np.ndarray, w_x: np.ndarray, x: np.ndarray, direct: np.ndarray
+    w_c: np.ndarray,
+    w_h: np.ndarray,
+    w_x: np.ndarray,
+    x: np.ndarray,
+    direct: np.ndarray,
+    slope: str = "sigmoid'",
 ) -> np.ndarray:
     """Seed 1.2.1(c): dl/dW_x = sum_t (dl/dh[t] * (1 - c[t])) x[t]^T, with dl/dh[t] the total
-    gradient through time of 1.2.1(d): dl/dh[t] = direct[t] + dl/dh[t+1] dh[t+1]/dh[t]."""
+    gradient through time of 1.2.1(d): dl/dh[t] = direct[t] + dl/dh[t+1] dh[t+1]/dh[t] (those
+    Jacobians made with ``slope``, the gate's derivative or a mistake for it)."""
     _, c, _ = gated_rnn(w_c, w_h, w_x, x)
-    jacobians = gated_state_jacobians(w_c, w_h, w_x, x)
+    jacobians = gated_state_jacobians(w_c, w_h, w_x, x, slope)
     total = np.zeros_like(direct)
     for t in reversed(range(len(x))):
         total[t] = direct[t] + (total[t + 1] @ jacobians[t + 1] if t + 1 < len(x) else 0)

@@ -99,7 +99,9 @@ def leaks(text: str, numbers: list[float]) -> list[tuple[str, float]]:
         found += [(token, v) for v in numbers if abs(value - abs(v)) <= place / 2 + 1e-12]
     for v in numbers:
         for shown in (repr(v), f"{v:.6g}", f"{v:.4g}", f"{abs(v):.4g}", f"{v:.4f}"):
-            if shown in text:
+            # A format that rounds to fewer than 3 digits ("0.5" for 0.49995) tells no more
+            # than a given number of one decimal printed beside it.
+            if shown in text and significant(shown.lstrip("-"))[0] >= 3:
                 found.append((shown, v))
     return found
 
