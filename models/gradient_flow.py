@@ -62,7 +62,8 @@ class GradientFlow:
     def answer(
         self, jacobians: torch.Tensor, reason: str, terms: Mapping[str, float]
     ) -> dict[str, Any]:
-        """The state-jacobians answer: tensors, the verdict, its reason and its terms."""
+        """The state-jacobians answer: tensors, the verdict, its reason (with ``uneven``'s
+        sentence where one step makes the whole change) and its terms."""
         return {
             "jacobians": jacobians,
             "spectral_norms": self.spectral_norms,
@@ -71,7 +72,7 @@ class GradientFlow:
             "log_product_norms": self.log_product_norms,
             "growth_factor": self.growth_factor,
             "verdict": self.verdict,
-            "reason": reason,
+            "reason": reason + uneven(self.log_product_norms),
             "terms": dict(terms),
             "vanishing_below": VANISHING_BELOW,
             "exploding_above": EXPLODING_ABOVE,
@@ -219,4 +220,32 @@ def lead(kind: str, growth: float, steps: int) -> str:
     return (
         f"Neither vanishing nor exploding: ||dh[t]/dh[1]||_2 changes by a factor of about "
         f"{growth:.3g} per step (within [{VANISHING_BELOW}, {EXPLODING_ABOVE}])"
+    )
+
+
+def uneven(log_norms: torch.Tensor) -> str:
+    """A sentence for the reason where one step makes all of the change the growth factor
+    reports and the other steps together go the other way (an empty string otherwise): rho
+    is the rate over the whole sequence, and then no step changes the norm at that rate
+    (norms that grow to 19 by t = 5 and fall to 1e-7 at t = 6 are *vanishing* at 0.04 per
+    step, and only that one step shrinks them).
+
+    Example:
+        >>> logs = torch.tensor([1.0, 2.0, 4.0, 8.0, 1e-7], dtype=torch.float64).log()
+        >>> uneven(logs)[:60]
+        ' That rate is of the whole sequence, and one step makes it: '
+    """
+    steps = log_norms.double().diff()  # (T-1,)  log of dh[t]/dh[1]'s change at t = 2..T
+    if len(steps) < 2 or not bool(torch.isfinite(steps).all()):
+        return ""
+    whole = float(steps.sum())
+    largest = int(steps.abs().argmax())
+    rest = whole - float(steps[largest])
+    if rest * whole >= 0 or abs(rest) < math.log(EXPLODING_ABOVE):
+        return ""
+    return (
+        f" That rate is of the whole sequence, and one step makes it: ||dh[t]/dh[1]||_2 "
+        f"changes by a factor of {math.exp(float(steps[largest])):.3g} at t = {largest + 2} "
+        f"alone, while the other steps together {'grow' if rest > 0 else 'shrink'} it by a "
+        f"factor of {math.exp(rest):.3g}."
     )

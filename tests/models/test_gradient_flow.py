@@ -150,3 +150,41 @@ def test_a_zero_step_after_huge_ones_is_minus_infinity_not_nan() -> None:
 def test_a_growth_factor_that_is_not_a_number_is_refused_not_neither() -> None:
     with pytest.raises(ModelError, match="not a number"):
         gradient_flow.verdict(math.nan)
+
+
+def diagonal_steps(factors: list[float]) -> torch.Tensor:
+    """One-step Jacobians a * I (2 x 2): the product norm of dh[t]/dh[1] is the product of
+    the factors of steps 2..t, whatever the first."""
+    return torch.stack([f * torch.eye(2, dtype=torch.float64) for f in factors])
+
+
+def test_a_verdict_that_one_step_makes_is_said_to_be_so() -> None:
+    """Norms that grow to 16 by t = 5 and fall to 1.6e-7 at t = 6: *vanishing* by the rule
+    (rho = 0.043), but only that step shrinks them, and the reason says so."""
+    flow = gradient_flow.analyse(diagonal_steps([0.5, 2, 2, 2, 2, 1e-8]))
+    assert flow.verdict == "vanishing"
+    reason = flow.answer(torch.zeros(0), "Vanishing: ...", {})["reason"]
+    assert reason.startswith("Vanishing: ...")
+    assert "changes by a factor of 1e-08 at t = 6 alone" in reason
+    assert "the other steps together grow it by a factor of 16." in reason
+    # And the same for a first step that makes it: the norms then recover, slowly.
+    flow = gradient_flow.analyse(diagonal_steps([1, 0.01, 1.5, 1.5]))
+    assert flow.verdict == "vanishing"
+    assert "0.01 at t = 2 alone" in gradient_flow.uneven(flow.log_product_norms)
+    assert "grow it by a factor of 2.25" in gradient_flow.uneven(flow.log_product_norms)
+
+
+@pytest.mark.parametrize(
+    "factors",
+    [
+        [1, 0.5, 0.5, 0.5],  # steady
+        [1, 0.5, 0.4, 1.05],  # a little back the other way: within the verdict's band
+        [1, 2, 2, 0.9],  # exploding; the one step back is small
+        [1, 0.5],  # one step: nothing to compare it with
+        [1, 0, 2, 2],  # an exact zero: no step after it changes anything
+    ],
+)
+def test_steady_norms_get_no_such_sentence(factors: list[float]) -> None:
+    assert (
+        gradient_flow.uneven(gradient_flow.analyse(diagonal_steps(factors)).log_product_norms) == ""
+    )
