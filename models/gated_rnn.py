@@ -155,8 +155,11 @@ def gated_rnn(
     offsets = state_offsets.unbind(0) if state_offsets is not None else None
     hs, cs = [], []
     for t in range(x.shape[0]):
-        c_t = torch.sigmoid(gate_in[t] + W_h @ h_prev)  # (m,)  eq (1)
-        h_t = c_t * h_prev + (1 - c_t) * candidate[t]  # (m,)  eq (2)
+        z_t = gate_in[t] + W_h @ h_prev  # (m,)
+        c_t = torch.sigmoid(z_t)  # (m,)  eq (1)
+        # 1 - c[t] as sigmoid(-z[t]): the same number, but exact where the gate saturates
+        # (at z = 40, 1 - c rounds to 0 where the true 4.2e-18 scales W_x x[t] into h[t]).
+        h_t = c_t * h_prev + torch.sigmoid(-z_t) * candidate[t]  # (m,)  eq (2)
         if offsets is not None:
             h_t = h_t + offsets[t]
         hs.append(h_t)
@@ -216,7 +219,10 @@ def step_jacobians(
         h, c = gated_rnn(W_c, W_h, W_x, x, h0)  # (T, m), (T, m)
         m = W_h.shape[0]
         h_prev = torch.cat([(h0 if h0 is not None else x.new_zeros(m))[None], h[:-1]])  # (T, m)
-        sigma_prime = c * (1 - c)  # (T, m)  sigma'(z[t]) = sigma(z)(1 - sigma(z))
+        z = x @ W_c.T + h_prev @ W_h.T  # (T, m)  the gates' arguments z[t]
+        # sigma'(z[t]) = sigma(z)(1 - sigma(z)), with 1 - sigma(z) as sigma(-z) (exact where
+        # the gate saturates, as in the forward pass).
+        sigma_prime = c * torch.sigmoid(-z)  # (T, m)
         direct = torch.diag_embed(c)  # (T, m, m)  diag(c[t])
         gate_scale = (h_prev - x @ W_x.T) * sigma_prime  # (T, m)  (h[t-1] - W_x x[t]) sigma'
         through_gate = gate_scale[:, :, None] * W_h  # (T, m, m)  diag(.) diag(sigma') W_h

@@ -339,3 +339,44 @@ def test_the_terms_leave_out_the_step_from_h0_which_no_product_holds() -> None:
     assert answer["terms"]["indirect_path_norm"] < 1e-6
     assert "so the direct path dominates" in answer["reason"]
     assert answer["growth_factor"] == pytest.approx(float(jacobians[1].abs()))
+
+
+@pytest.mark.parametrize("z", [20.0, 30.0, 40.0])
+def test_a_saturated_gate_keeps_the_small_numbers_it_lets_through(z: float) -> None:
+    """W_c = z, W_h = 1/2, W_x = 1, x = [1, 1], h[0] = 0: h[1] = 1 - sigma(z) = sigma(-z),
+    about 4e-18 at z = 40, where 1 - sigma(z) rounds to 0 in float64. The seed's equations
+    written out in that form (sigma(-z) = 1 / (1 + e^z) loses nothing) are the oracle, for
+    h and for dh[2]/dW_x, to a few units in the last place."""
+
+    def sigmoid(v: float) -> float:
+        return 1 / (1 + math.exp(-v))
+
+    h1 = sigmoid(-z)
+    z2 = z + 0.5 * h1
+    c2 = sigmoid(z2)
+    h2 = c2 * h1 + sigmoid(-z2)
+    # d/dW_x of h[2] = c[2] h[1] + (1 - c[2]) W_x x[2], c[2] = sigma(z + h[1] / 2):
+    dh1 = sigmoid(-z)
+    dh2 = c2 * dh1 + sigmoid(-z2) + (h1 - 1) * c2 * sigmoid(-z2) * 0.5 * dh1
+
+    f64 = torch.float64
+    w_x = torch.ones(1, 1, dtype=f64, requires_grad=True)
+    h, _ = gated_rnn.gated_rnn(
+        torch.full((1, 1), z, dtype=f64),
+        torch.full((1, 1), 0.5, dtype=f64),
+        w_x,
+        torch.ones(2, 1, dtype=f64),
+    )
+    assert h[:, 0].tolist() == pytest.approx([h1, h2], rel=1e-14, abs=0)
+    (grad,) = torch.autograd.grad(h[1, 0], w_x)
+    assert float(grad) == pytest.approx(dh2, rel=1e-14, abs=0)
+    jacobians, _ = gated_rnn.step_jacobians(
+        torch.full((1, 1), z, dtype=f64),
+        torch.full((1, 1), 0.5, dtype=f64),
+        torch.ones(1, 1, dtype=f64),
+        torch.ones(2, 1, dtype=f64),
+    )
+    # dh[2]/dh[1] = c[2] + (h[1] - 1) sigma'(z[2]) / 2
+    assert float(jacobians[1, 0, 0]) == pytest.approx(
+        c2 + (h1 - 1) * c2 * sigmoid(-z2) * 0.5, rel=1e-15, abs=0
+    )
