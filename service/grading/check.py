@@ -20,7 +20,9 @@ their places (``over-compute-deadline``), so that many distinct keys, each withi
 cannot hold a worker for many times it. The diagnoses of a request share another: past it,
 the remaining wrong answers are judged but not diagnosed. A device that stays busy is a 503
 for the whole request, single or batch: it says nothing about the checks, and the client
-retries them all. A batch whose client has disconnected stops before its next key or formula
+retries them all. The answers to one formula share that deadline too: each is evaluated at
+up to 400 points, and past the deadline the rest of them are refused in their places. A batch
+whose client has disconnected stops before its next key, formula or formula answer
 (``ClientDisconnected``).
 """
 
@@ -230,9 +232,9 @@ class Engine:
         batch: bool,
         disconnected: Callable[[], bool] | None = None,
     ) -> None:
-        """``disconnected``: asked before each key or formula that takes compute time (at most
-        every ``POLL_SECONDS``), whether the client is gone; then ``run`` raises
-        ``ClientDisconnected`` and computes nothing more."""
+        """``disconnected``: asked before each key, formula or formula answer that takes
+        compute time (at most every ``POLL_SECONDS``), whether the client is gone; then
+        ``run`` raises ``ClientDisconnected`` and computes nothing more."""
         self.settings = settings
         self.gate = gate
         self.batch = batch
@@ -290,27 +292,29 @@ class Engine:
         # answer: 200 distinct long formulas over wide ranges took 39 s. So they share the
         # deadline: a model key is computed only if its estimate fits in what is left, and
         # once the time taken reaches the deadline the rest are refused in their places.
-        deadline = self.settings.compute_deadline_seconds
-        if self.compute_seconds >= deadline:
-            problem = body_problem(
-                f"the keys and formulas of this batch before this check took "
-                f"{self.compute_seconds:,.1f} s, the whole compute deadline ({deadline:g} s); "
-                "send the remaining checks in another batch",
-                "over-compute-deadline",
-                "Over the compute deadline",
-                "compute_deadline",
-            )
+        # The answers of one formula key are evaluated one by one, and count as well: 5,000
+        # answers to one long reference took 243 s when only the groups were held to it.
+        problem = self._over_deadline()
+        if problem is not None:
             for slot in slots:
                 self._fail(slot, problem, "expected")
             return
-        if not isinstance(check.expected, FormulaExpected):
-            self._judge_group(slots, timed=True)
-            return
-        started = time.perf_counter()
-        try:
-            self._judge_group(slots)
-        finally:
-            self.compute_seconds += time.perf_counter() - started
+        self._judge_group(slots, timed=True)
+
+    def _over_deadline(self) -> Problem | None:
+        """The ``over-compute-deadline`` problem of the checks left once the keys and formulas
+        of the request have taken the whole compute deadline; None while some is left."""
+        deadline = self.settings.compute_deadline_seconds
+        if self.compute_seconds < deadline:
+            return None
+        return body_problem(
+            f"the keys and formulas of this batch before this check took "
+            f"{self.compute_seconds:,.1f} s, the whole compute deadline ({deadline:g} s); "
+            "send the remaining checks in another batch",
+            "over-compute-deadline",
+            "Over the compute deadline",
+            "compute_deadline",
+        )
 
     POLL_SECONDS = 1.0
     """Longest the engine computes between two questions whether the client is still there.
@@ -331,8 +335,8 @@ class Engine:
 
     def _judge_group(self, slots: list[Slot], *, timed: bool = False) -> None:
         """Compute the group's key and judge its checks; ``timed``: the key's time counts
-        against the request's compute deadline (a model's key; a formula group is timed whole
-        by ``_run_group``)."""
+        against the request's compute deadline (a model's key, a formula), and so does each
+        formula answer's (see ``_judge_each``)."""
         started = time.perf_counter()
         try:
             key = compute_key(slots[0].check, self.settings, self.gate, self.compute_seconds)
@@ -352,7 +356,7 @@ class Engine:
         elif isinstance(key, ShapeKey):
             self._judge_each(slots, lambda slot: self._judge_shape(key, slot))
         else:
-            self._judge_each(slots, lambda slot: self._judge_formula(key, slot))
+            self._judge_each(slots, lambda slot: self._judge_formula(key, slot), timed=timed)
 
     def _charge(self, key: Key) -> None:
         """Bound the keys of one batch together, as one Jacobian is bounded: many distinct
@@ -376,12 +380,30 @@ class Engine:
             return nullcontext()
         return self.gate.slot(key.source.prepared.device)
 
-    def _judge_each(self, slots: list[Slot], judge_one: Callable[[Slot], Result]) -> None:
-        for slot in slots:
+    def _judge_each(
+        self, slots: list[Slot], judge_one: Callable[[Slot], Result], *, timed: bool = False
+    ) -> None:
+        """Judge a group's checks one by one. ``timed`` (a formula's answers, each evaluated at
+        up to 400 points): each answer's time counts against the compute deadline, and after
+        the first, each is judged only while some of the deadline is left and the client is
+        still there; once the deadline is taken the rest are refused in their places, as the
+        groups after them are."""
+        for position, slot in enumerate(slots):
+            if timed and position > 0:
+                self._stop_if_disconnected()
+                problem = self._over_deadline()
+                if problem is not None:
+                    for rest in slots[position:]:
+                        self._fail(rest, problem, "expected")
+                    return
+            started = time.perf_counter()
             try:
                 self.results[slot.index] = judge_one(slot)
             except (Problem, ModelError) as error:
                 self._fail(slot, error, "")
+            finally:
+                if timed:
+                    self.compute_seconds += time.perf_counter() - started
 
     def _judge_shape(self, key: ShapeKey, slot: Slot) -> Result:
         given = parse_shape_answer(slot.check.answer, "answer")

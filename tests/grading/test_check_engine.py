@@ -263,3 +263,86 @@ def test_a_batch_stops_when_its_client_has_gone(clock: Clock) -> None:
     with pytest.raises(engine.ClientDisconnected):
         engine_.run(batch)
     assert clock.now == 7.0 and asked == [0.0, 7.0]
+
+
+FORMULA = {"op": "formula", "reference": "H + 2*P", "variables": {"H": [1, 64], "P": [0, 4]}}
+
+
+def formula_batch() -> list[CheckRequest]:
+    """Ten answers to one formula (the even ones right), a shape, another formula's answer."""
+    batch = [request(FORMULA, "H + 2*P" if i % 2 == 0 else f"H + {i}*P") for i in range(10)]
+    batch.append(request(SHAPE_1_1A, [5, 2]))
+    batch.append(request({**FORMULA, "reference": "H + P"}, "P + H"))
+    return batch
+
+
+@pytest.fixture
+def slow_formulas(monkeypatch: pytest.MonkeyPatch) -> tuple[Clock, list[int]]:
+    """Each formula answer takes 3 s on the engine's clock (none in fact); the places judged."""
+    clock = Clock()
+    judged: list[int] = []
+    judge = engine.Engine._judge_formula
+
+    def slow(self: engine.Engine, key: Any, slot: engine.Slot) -> Any:
+        judged.append(slot.index)
+        clock.now += 3.0
+        return judge(self, key, slot)
+
+    monkeypatch.setattr(engine.Engine, "_judge_formula", slow)
+    monkeypatch.setattr(engine, "time", clock)
+    return clock, judged
+
+
+def test_the_answers_to_one_formula_share_the_compute_deadline(
+    slow_formulas: tuple[Clock, list[int]],
+) -> None:
+    """The deadline was looked at only between keys: 5,000 answers to one long reference took
+    243 s. Now each answer's time counts (3 s here, of a 20 s deadline): past the deadline the
+    remaining answers are refused in their places, as the keys after them are, and the checks
+    that compute nothing are still judged."""
+    clock, judged = slow_formulas
+    results, keys = check_many(formula_batch(), Settings(compute_deadline_seconds=20.0))
+    assert judged == list(range(7)) and clock.now == 21.0 and keys == 2
+    assert [r["correct"] for r in results[:7]] == [i % 2 == 0 for i in range(7)]
+    for index in (7, 8, 9, 11):
+        error = results[index]["error"]
+        assert error["status"] == 422 and error["type"].endswith("/over-compute-deadline")
+        assert error["title"] == "Over the compute deadline"
+        assert error["detail"].startswith(f"checks.{index}.expected: the keys and formulas")
+        assert "took 21.0 s, the whole compute deadline (20 s)" in error["detail"]
+        assert "another batch" in error["detail"]
+        assert error["errors"][0]["loc"][:4] == ["body", "checks", index, "expected"]
+    assert results[10]["correct"] is True
+
+
+def test_formula_answers_within_the_deadline_are_all_judged(
+    slow_formulas: tuple[Clock, list[int]],
+) -> None:
+    """Within the deadline a formula batch is judged as before, each check as it is alone."""
+    clock, judged = slow_formulas
+    batch = formula_batch()
+    results, keys = check_many(batch, Settings(compute_deadline_seconds=40.0))
+    assert judged == [*range(10), 11] and clock.now == 33.0 and keys == 3
+    assert all("error" not in result for result in results)
+    assert results == [check_one(check, SETTINGS) for check in batch]
+
+
+def test_a_formula_group_stops_when_its_client_has_gone(
+    slow_formulas: tuple[Clock, list[int]],
+) -> None:
+    """Asked before each formula answer too: a group of many answers to one reference stops
+    at the next answer once the client is gone."""
+    clock, judged = slow_formulas
+    asked: list[float] = []
+
+    def gone() -> bool:
+        asked.append(clock.now)
+        return clock.now > 0  # gone during the first answer
+
+    engine_ = engine.Engine(
+        Settings(), ComputeGate.from_settings(Settings()), batch=True, disconnected=gone
+    )
+    engine_.POLL_SECONDS = 0.0
+    with pytest.raises(engine.ClientDisconnected):
+        engine_.run(formula_batch())
+    assert judged == [0] and asked == [0.0, 3.0]
