@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
 from service.settings import Settings
+from tests.keys import SECRET
 
 SEED = {"config": {"stride": 2}, "params": {"weight": SEED_W_1x5x3}, "inputs": {"x": SEED_X_5x7}}
 JSON = {"content-type": "application/json"}
@@ -329,3 +330,62 @@ def test_a_long_name_is_not_echoed_in_full(
     assert response.status_code == 422, response.text[:300]
     assert len(response.content) < 20_000, len(response.content)
     assert LONG[:2001] not in response.text
+
+
+@pytest.fixture(scope="module")
+def student_routes() -> Iterator[TestClient]:
+    """A service with a variant secret, so that its student routes are open."""
+    with TestClient(create_app(Settings(variant_secret=SECRET))) as client:
+        yield client
+
+
+DEEP_TENSORS = {
+    "shape": '{"shape": @, "b64": ""}',
+    "a size in shape": '{"shape": [1, @], "b64": ""}',
+    "datatype": '{"shape": [1, 1], "datatype": @, "data": [1]}',
+    "an entry of data": '{"shape": [1, 2], "data": [1, @]}',
+}
+
+
+@pytest.mark.parametrize("depth", [1000, 3000])
+@pytest.mark.parametrize("place", sorted(DEEP_TENSORS))
+def test_a_tensor_nested_a_thousand_levels_deep_is_a_4xx_on_every_route(
+    healthy: TestClient, student_routes: TestClient, place: str, depth: int
+) -> None:
+    """A list ~1000 levels deep in a tensor object's ``shape`` or ``datatype`` was quoted with
+    ``repr`` (a RecursionError): a 500 from a 2 KB body, on every route that reads a tensor,
+    and a batch failed whole. Below the parser's 1024 levels it is an invalid tensor now;
+    past them, the body is refused as JSON."""
+    tensor = DEEP_TENSORS[place].replace("@", nested(depth))
+    bodies = {
+        "/v1/models/conv1d/forward": (
+            f'{{"params": {{"weight": {tensor}}}, "inputs": {{"x": [[1]]}}}}'
+        ),
+        "/v1/check": f'{{"expected": {{"op": "value", "value": [[1]]}}, "answer": {tensor}}}',
+    }
+    for path, body in bodies.items():
+        assert_problem(422, healthy.post(path, content=body, headers=JSON), "")
+    key = f'{{"expected": {{"op": "value", "value": {tensor}}}, "answer": [[1]]}}'
+    assert_problem(422, healthy.post("/v1/check", content=key, headers=JSON), "")
+    batch = healthy.post("/v1/check/batch", content=f'{{"checks": [{key}]}}', headers=JSON)
+    if depth < 1024:
+        assert batch.status_code == 200, batch.text[:300]
+        error = batch.json()["results"][0]["error"]
+        assert error["status"] == 422 and error["title"] == "A tensor is not valid"
+    else:
+        assert_problem(422, batch, "nested more than 1024 levels")
+    student = '{"student_id": "ada", "answer": @}'.replace("@", tensor)
+    answers = '{"student_id": "ada", "answers": {"1.1c-i": @}}'.replace("@", tensor)
+    for path, body in (
+        ("/v1/assignments/cnn-rnn/problems/1.1c-i/check", student),
+        ("/v1/assignments/cnn-rnn/grade", answers),
+    ):
+        response = student_routes.post(path, content=body, headers=JSON)
+        if depth < 1024:  # a student's malformed answer is graded as one, not refused
+            assert response.status_code == 200, response.text[:300]
+            graded = response.json()
+            graded = graded["problems"]["1.1c-i"] if "problems" in graded else graded
+            assert graded["status"] == "malformed", graded
+            assert "answer" in graded["feedback"]["reason"], graded
+        else:
+            assert_problem(422, response, "nested more than 1024 levels")

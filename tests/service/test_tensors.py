@@ -201,6 +201,93 @@ def test_tensor_objects_nested_as_data_are_refused_without_recursing() -> None:
     assert problem.status == 422 and "got an object" in problem.detail
 
 
+def deep(levels: int) -> Any:
+    """A list nested ``levels`` deep: past what ``repr`` can write before Python's limit."""
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("levels", [1000, 3000, 100_000])
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        ("shape", "`shape` must be a list of non-negative integers; a list is not one"),
+        ("a size in shape", "`shape` must be a list of non-negative integers; a list is not one"),
+        ("datatype", "`datatype` must be FP64 or FP32, got a list"),
+        ("an entry of data", "params.weight.data[1] is a list where a number was expected"),
+        ("an entry of a list", "params.weight[0][1] is a list where a number was expected"),
+    ],
+)
+def test_a_value_nested_past_the_recursion_limit_is_refused_by_its_kind(
+    where: str, words: str, levels: int
+) -> None:
+    """A list a thousand levels deep in a tensor's ``shape`` or ``datatype`` was quoted with
+    ``repr``, which raised RecursionError: a 500 from a 2 KB body. It is named by its kind."""
+    value = {
+        "shape": {"shape": deep(levels), "b64": ""},
+        "a size in shape": {"shape": [1, deep(levels)], "b64": ""},
+        "datatype": {"shape": [1], "datatype": deep(levels), "data": [1]},
+        "an entry of data": {"shape": [2], "data": [1, deep(levels)]},
+        "an entry of a list": [[1, deep(levels)]],
+    }[where]
+    problem = refused(value)
+    assert problem.status == 422 and words in problem.detail, problem.detail
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"shape": [1, list(range(2_000_000))], "b64": ""},
+        {"shape": [1, "3" * 2_000_000], "b64": ""},
+        {"shape": [1], "datatype": "F" * 2_000_000, "data": [1]},
+        {"shape": [1], "datatype": {str(i): i for i in range(100_000)}, "data": [1]},
+        [[1, "x" * 2_000_000]],
+        [[1, {str(i): i for i in range(100_000)}]],
+    ],
+    ids=["list in shape", "string in shape", "datatype", "object datatype", "string", "object"],
+)
+def test_a_huge_value_is_quoted_in_a_few_characters(value: Any) -> None:
+    """What a message quotes is cut before it is written: the repr of a 2M-entry list in
+    ``shape`` was built in full (a second for 20M) to show its first 40 characters."""
+    problem = refused(value)
+    assert problem.status == 422
+    assert len(problem.detail) < 200, problem.detail
+
+
+@pytest.mark.parametrize("rows", [3, 1_000_000])
+def test_a_ragged_last_row_is_named_as_in_a_small_list(rows: int) -> None:
+    """The place of a defect was written for every entry on the way to it (15 s and 1 GB for
+    4M rows); only the defect's own place is written now, the message as before."""
+    value: list[Any] = [[0]] * (rows - 1) + [[0, 0]]
+    problem = refused(value, Budget(10**7, 10**7, 4))
+    assert problem.detail == (
+        f"params.weight: ragged list: params.weight[{rows - 1}] has 2 entries but 1 were "
+        "expected from the first row at that depth"
+    )
+    value = [0] * rows + [None]
+    assert refused(value, Budget(10**7, 10**7, 4)).detail == (
+        f"params.weight[{rows}] is null, not a number"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ([[1, "NaN"], [2]], "params.weight[0][1] is NaN"),  # before the ragged row
+        ([[1, 2], [3]], "params.weight[1] has 1 entries but 2"),
+        ([[1, 2], 3, [4, None]], "params.weight[1] is a number where a list of 2"),
+        ([[[1], [2]], [[3], [4, 5]]], "params.weight[1][1] has 2 entries but 1"),
+        ([[1, 2], [3, True]], "params.weight[1][1] is a boolean True, not a number"),
+        ([[1.0, 2**60], [3, None]], "params.weight[0][1] is an integer too large"),
+        ([[1e300, 2], [3, {"a": 1}]], "params.weight[1][1] is an object, not a number"),
+    ],
+)
+def test_the_first_defect_in_row_major_order_is_named(value: Any, words: str) -> None:
+    assert words in refused(value).detail
+
+
 def test_the_request_budget_adds_up_tensors() -> None:
     b = budget()
     decode([0.0] * 100, "params.a", b)
