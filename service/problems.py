@@ -283,14 +283,22 @@ def _name_the_tags(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     try:
         return handler(value)
     except ValidationError as error:
-        found = [e for e in error.errors() if e["type"] == "union_tag_not_found" and not e["loc"]]
-        if not found or not isinstance(value, dict):
+        # An object without the tag fails with that one error: any other failure (a million
+        # wrong entries of a member's field) is raised as it is, without building its errors.
+        if not isinstance(value, dict) or error.error_count() != 1:
+            raise
+        found = [
+            e
+            for e in error.errors(include_url=False)
+            if e["type"] == "union_tag_not_found" and not e["loc"]
+        ]
+        if not found:
             raise
         ctx = found[0].get("ctx") or {}
         try:
             handler({**value, _tag_name(ctx): "\x00"})
         except ValidationError as probe:
-            for e in probe.errors():
+            for e in probe.errors(include_url=False)[:MAX_ERRORS]:
                 if e["type"] == "union_tag_invalid" and not e["loc"] and e.get("ctx"):
                     named = {**ctx, "expected_tags": e["ctx"]["expected_tags"]}
                     raise PydanticCustomError(
@@ -345,7 +353,11 @@ def _word(kind: str, ctx: Mapping[str, Any], msg: str, given: Any = None) -> str
 
 
 def validation_problem(
-    raw_errors: Sequence[Mapping[str, Any]], skip: int = 0, body: Any = _NO_BODY
+    raw_errors: Sequence[Mapping[str, Any]],
+    skip: int = 0,
+    body: Any = _NO_BODY,
+    total: int | None = None,
+    listed: int = MAX_ERRORS,
 ) -> Problem:
     """The 422 of pydantic's validation errors: the first located in the detail, all listed.
 
@@ -355,11 +367,13 @@ def validation_problem(
             ``checks.3.answer`` rather than ``body.checks.3.answer``).
         body: the parsed body the errors are of, when known: their ``loc`` under ``body``
             then leave out the names of unions' members (``json_path``).
+        total: how many errors there are, where ``raw_errors`` holds only the first of them.
+        listed: the most errors listed (worded).
     """
     errors = []
     # Only the errors a problem lists are worded: a flat list of 2 million numbers where lists
     # were expected makes 2 million errors, and wording every one kept a worker 40 s.
-    for err in raw_errors[:MAX_ERRORS]:
+    for err in raw_errors[:listed]:
         loc = [part for part in err.get("loc", ()) if isinstance(part, str | int)]
         if body is not _NO_BODY and loc[:1] == ["body"]:
             loc = ["body", *json_path(loc[1:], body, err.get("type") == "missing")]
@@ -370,7 +384,8 @@ def validation_problem(
         errors.append({"loc": loc, "msg": msg, "type": kind})
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"][skip:]) or "the body"
-    more = f" (and {len(raw_errors) - 1} more)" if len(raw_errors) > 1 else ""
+    count = len(raw_errors) if total is None else total
+    more = f" (and {count - 1} more)" if count > 1 else ""
     return Problem(
         422,
         f"{where}: {first['msg']}{more}",

@@ -379,12 +379,10 @@ async def validate_body(request: Request, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate_json(body)
     except ValidationError as error:
-        if any(e["type"] == "json_invalid" for e in error.errors()):
+        raw = error.errors(include_url=False, include_context=True)
+        if any(e["type"] == "json_invalid" for e in raw):
             parse_json(body)  # raises the guard's problem, which says what and where
-        errors = [
-            {**e, "loc": ("body", *e["loc"])}
-            for e in error.errors(include_url=False, include_context=True)
-        ]
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in raw]
         # The body the edge parsed, for the errors' paths (see problems.json_path).
         raise RequestValidationError(errors, body=request.scope.get(PARSED_JSON)) from None
 

@@ -549,6 +549,10 @@ def check_one(check: CheckRequest, settings: Settings, gate: ComputeGate | None 
     return engine.run([check])[0]
 
 
+MAX_CHECK_ERRORS = 10
+"""The most errors listed for one invalid check of a batch (its detail counts them all): a batch
+of thousands of checks, each wrong in many fields, would otherwise answer tens of megabytes."""
+
 _CHECK = TypeAdapter(CheckRequest)
 _CHECKS = TypeAdapter(list[CheckRequest])
 
@@ -570,11 +574,19 @@ def validate_checks(items: Sequence[Any]) -> list[CheckRequest | Problem]:
         except ValidationError as error:
             located = [
                 {**e, "loc": ("body", "checks", index, *e["loc"])}
-                for e in error.errors(include_url=False)
+                for e in error.errors(include_url=False)[:MAX_CHECK_ERRORS]
             ]
             # The batch's items only, as its body: each one's errors are located in it.
             body = {"checks": {index: item}}
-            checked.append(validation_problem(located, skip=1, body=body))
+            checked.append(
+                validation_problem(
+                    located,
+                    skip=1,
+                    body=body,
+                    total=error.error_count(),
+                    listed=MAX_CHECK_ERRORS,
+                )
+            )
     return checked
 
 

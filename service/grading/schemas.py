@@ -18,7 +18,7 @@ from pydantic import (
 
 from service.devices import DeviceName, DtypeName
 from service.grading.compare import RULE, PartialCredit, Tolerance
-from service.grading.formulas import NAMED
+from service.grading.formulas import MAX_VARIABLES, NAMED
 from service.problems import NAME_THE_TAGS, TENSOR_NAME, ProblemDetails
 from service.routes.shapes import ConvShapeRequest
 from service.schemas import (
@@ -28,6 +28,7 @@ from service.schemas import (
     StateJacobiansResponse,
     StrictBody,
     TensorOut,
+    at_most,
 )
 from service.tensors import TensorIn
 
@@ -36,6 +37,7 @@ MAX_NAMES = 16
 
 Names = Annotated[
     dict[str, Annotated[str, StringConstraints(pattern=NAME_PATTERN)]],
+    at_most(MAX_NAMES),
     Field(
         default_factory=dict,
         max_length=MAX_NAMES,
@@ -150,7 +152,7 @@ class FormulaMistakes(StrictBody):
         description="`conv_output_size`: the convolution's output size of the homework's "
         "1.1(b), with its parts H (the input size), K, P, S and D."
     )
-    variables: dict[str, str] = Field(
+    variables: Annotated[dict[str, str], at_most(8)] = Field(
         default_factory=dict,
         max_length=8,
         description='The variable that plays each part, by the part\'s letter (`{"H": "W"}`: '
@@ -158,6 +160,16 @@ class FormulaMistakes(StrictBody):
         "letter (the input size by `H`, `W` or `L`); padding, stride and dilation may be "
         "absent (0, 1 and 1).",
     )
+
+
+MAX_LISTED_VARIABLES = 4 * MAX_VARIABLES
+"""The most variables a formula key may list before its ranges are read: the service's own
+limit (``MAX_VARIABLES``, worded by ``formulas``) is checked after, so a few too many are told
+that limit; a million are refused here, before a million ranges are validated."""
+
+Range = Annotated[list[int | float], Field(max_length=16, fail_fast=True)]
+"""A variable's range as sent: ``formulas`` tells a range that is not two numbers what it is;
+a list of a million is refused here, at its first wrong entry or past 16."""
 
 
 class FormulaExpected(TakesComputeOptions):
@@ -189,7 +201,7 @@ class FormulaExpected(TakesComputeOptions):
         )
         + ".",
     )
-    variables: dict[str, list[int | float]] | None = Field(
+    variables: Annotated[dict[str, Range], at_most(MAX_LISTED_VARIABLES)] | None = Field(
         None,
         description="Each variable's range [lowest, highest]; integer bounds make an integer "
         "variable. A `named` reference brings a range for each of its variables: a variable "
@@ -198,6 +210,7 @@ class FormulaExpected(TakesComputeOptions):
     constraints: list[str] = Field(
         default_factory=list,
         max_length=8,
+        fail_fast=True,
         description="Comparisons that must hold at a point for it to count, e.g. `H >= K`.",
     )
     mistakes: Literal["auto", "none", "conv_output_size"] | FormulaMistakes = Field(

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, FastAPI, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from pydantic import BaseModel, Field, Strict
 from starlette.responses import Response
 
@@ -17,6 +17,7 @@ from service.deps import SettingsDep
 from service.devices import DeviceName, DtypeName, resolve_device, resolve_dtype
 from service.examples import LOSS_CURVE_EXAMPLES, TEMPORAL_ORDER_EXAMPLES
 from service.grading.loss_curve import MAX_LOSS, CurveFlag, diagnose
+from service.middleware import PARSED_JSON
 from service.plots import MAX_PLOTTED_EPOCHS, MEDIA_TYPES, render
 from service.problems import Problem, problem_responses, shared_description
 from service.routing import FastJSONRoute, body_error_words, non_finite_hint
@@ -188,8 +189,31 @@ _PLOT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _within_value_budget(values: int, settings: Settings) -> None:
+    """Refuse a curve of more values than the settings allow (a 413)."""
+    if values > settings.loss_curve_max_values:
+        raise Problem(
+            413,
+            f"batch_losses holds {values:,} values; the limit is "
+            f"{settings.loss_curve_max_values:,}",
+            kind="budget-exceeded",
+            title="Over the element budget",
+        )
+
+
+def _curve_within_budget(request: Request, settings: SettingsDep) -> None:
+    """The value budget checked on the body as parsed, before it is validated: pydantic reads
+    every value of a curve first, and 60 million of them (120 MB) held the worker 6 s before
+    the 413 (the route checks the validated curve again, for a body not parsed here)."""
+    parsed = request.scope.get(PARSED_JSON)
+    rows = parsed.get("batch_losses") if isinstance(parsed, dict) else None
+    if isinstance(rows, list):
+        _within_value_budget(sum(len(row) for row in rows if isinstance(row, list)), settings)
+
+
 @router.post(
     "/v1/diagnostics/loss-curve",
+    dependencies=[Depends(_curve_within_budget)],
     tags=["diagnostics"],
     summary="Diagnose a loss curve: epoch means vs last batches, spikes, log C and 1/C",
     response_model=LossCurveResponse,
@@ -213,15 +237,7 @@ def loss_curve(
     ] = "json",
 ) -> Any:
     """Epoch means beside last-batch values, the spikes and what explains them (seed 1.3)."""
-    values = sum(len(epoch) for epoch in body.batch_losses)
-    if values > settings.loss_curve_max_values:
-        raise Problem(
-            413,
-            f"batch_losses holds {values:,} values; the limit is "
-            f"{settings.loss_curve_max_values:,}",
-            kind="budget-exceeded",
-            title="Over the element budget",
-        )
+    _within_value_budget(sum(len(epoch) for epoch in body.batch_losses), settings)
     if fmt != "json" and len(body.batch_losses) > MAX_PLOTTED_EPOCHS:
         raise Problem(
             413,

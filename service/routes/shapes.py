@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request
@@ -20,11 +20,17 @@ from service.schemas import StrictBody
 # DirectRoute: thousands of these per grading run, each a few integer operations (see routing).
 router = APIRouter(prefix="/v1/shapes", tags=["shapes"], route_class=DirectRoute)
 
-IntOrList = int | list[int]
+MAX_LISTED_DIMS = 16
+"""The most sizes a list of ``ConvShapeRequest`` may hold before its entries are read: a
+convolution has 1 to 3 spatial dimensions, which ``conv_output_size`` words for a few too many;
+a list of a million is refused here, at its first wrong entry or past this many."""
+
+Sizes = Annotated[list[int], Field(max_length=MAX_LISTED_DIMS, fail_fast=True)]
+IntOrList = int | Sizes
 
 
 class ConvShapeRequest(StrictBody):
-    input_size: list[int] = Field(description="Spatial sizes only, 1 to 3 of them.")
+    input_size: Sizes = Field(description="Spatial sizes only, 1 to 3 of them.")
     kernel_size: IntOrList = Field(description="An int for every dimension, or one per dimension.")
     stride: IntOrList = Field(
         1, description="S: an int for every dimension, or one per dimension; at least 1."
