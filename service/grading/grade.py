@@ -73,6 +73,11 @@ class ProblemResult:
         return self.status == "correct"
 
 
+MAX_IGNORED_LISTED = 100
+"""The most ignored answers a grade lists (its JSON counts them all in ``ignored_count``): a
+submission of a million unknown ids was answered with every one of them, 17 MB."""
+
+
 @dataclass(frozen=True)
 class GradeResult:
     """The grade of a submission."""

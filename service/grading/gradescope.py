@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from service.grading.grade import GradeResult, ProblemResult
+from service.grading.grade import MAX_IGNORED_LISTED, GradeResult, ProblemResult
 from service.grading.schema import Visibility
 
 
@@ -49,7 +49,7 @@ def graded(grade: GradeResult, revision: str | None) -> dict[str, Any]:
         "assignment": grade.assignment,
         "student_id": grade.student_id,
         "revision": revision,
-        "ignored": list(grade.ignored),
+        "ignored": grade.ignored[:MAX_IGNORED_LISTED],
     }
 
 
@@ -78,7 +78,10 @@ def gradescope_results(
         f"for {grade.student_id}."
     )
     if grade.ignored:
-        output += f" Answers to unknown problems were ignored: {', '.join(grade.ignored)}."
+        listed = ", ".join(grade.ignored[:MAX_IGNORED_LISTED])
+        more = len(grade.ignored) - MAX_IGNORED_LISTED
+        listed += f" and {more:,} more" if more > 0 else ""
+        output += f" Answers to unknown problems were ignored: {listed}."
     return {
         "score": _number(grade.score),
         "execution_time": max(0, math.ceil(execution_time)),

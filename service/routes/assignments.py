@@ -16,7 +16,13 @@ from service.deps import SettingsDep
 from service.examples import for_path
 from service.grading.catalogue import Catalogue
 from service.grading.checker import EngineCheck
-from service.grading.grade import GradeResult, ProblemResult, Status, grade_problem
+from service.grading.grade import (
+    MAX_IGNORED_LISTED,
+    GradeResult,
+    ProblemResult,
+    Status,
+    grade_problem,
+)
 from service.grading.grade import grade_submission as grade_answers
 from service.grading.gradescope import gradescope_results
 from service.grading.schema import (
@@ -401,7 +407,13 @@ class SubmissionGrade(BaseModel):
     total: float = Field(description="Points earned over every problem.")
     points: float = Field(description="What the assignment is worth.")
     problems: dict[str, GradedProblem] = Field(description="Each problem, in the file's order.")
-    ignored: list[str] = Field(description="Answers to problem ids the assignment does not have.")
+    ignored: list[str] = Field(
+        description="Answers to problem ids the assignment does not have, sorted: the first "
+        f"{MAX_IGNORED_LISTED} of them (`ignored_count` counts them all)."
+    )
+    ignored_count: int = Field(
+        description="How many answers were to problem ids the assignment does not have."
+    )
     execution_time: float = Field(description="Seconds the grading took.")
 
 
@@ -433,7 +445,10 @@ class GradedSubmission(BaseModel):
         "`GET /v1/assignments` lists, unless another replica's answered (mid-way through a "
         "redeploy)."
     )
-    ignored: list[str] = Field(description="Answers to problem ids the assignment does not have.")
+    ignored: list[str] = Field(
+        description="Answers to problem ids the assignment does not have, sorted: the first "
+        f"{MAX_IGNORED_LISTED} of them."
+    )
 
 
 class GradescopeExtra(BaseModel):
@@ -624,6 +639,7 @@ def _submission(graded: GradeResult, seconds: float) -> dict[str, Any]:
         "total": round(graded.score, 6),
         "points": round(graded.max_score, 6),
         "problems": {result.problem: _graded(result) for result in graded.results},
-        "ignored": graded.ignored,
+        "ignored": graded.ignored[:MAX_IGNORED_LISTED],
+        "ignored_count": len(graded.ignored),
         "execution_time": round(seconds, 3),
     }

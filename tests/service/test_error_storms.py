@@ -138,3 +138,16 @@ def test_a_loss_curve_over_the_budget_is_refused_before_its_values(
     body = {"batch_losses": [[None] * 1000] * (MANY // 1000), "num_classes": 4}
     problem = refused(post(small_budget, "/v1/diagnostics/loss-curve", body), status=413)
     assert problem["detail"] == "batch_losses holds 200,000 values; the limit is 1,000"
+
+
+def test_a_submission_of_many_unknown_ids_lists_a_few(client: TestClient) -> None:
+    answers = {f"x{i:06d}": 1 for i in range(MANY)}
+    body = {"student_id": "alice", "answers": answers}
+    response = post(client, "/v1/assignments/cnn-rnn/grade", body)
+    assert response.status_code == 200, response.text[:500]
+    graded = response.json()
+    assert graded["ignored"] == [f"x{i:06d}" for i in range(100)]
+    assert graded["ignored_count"] == MANY
+    gradescope = post(client, "/v1/assignments/cnn-rnn/grade?format=gradescope", body).json()
+    assert gradescope["extra_data"]["tensorgrade"]["ignored"] == graded["ignored"]
+    assert gradescope["output"].endswith("x000099 and 199,900 more.")
