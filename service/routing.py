@@ -47,6 +47,7 @@ from service.middleware import (
     json_problem,
 )
 from service.problems import Problem, ProblemException, empty_body, not_json
+from service.schemas import too_many_unknown_keys
 
 
 class FastJSONRequest(Request):
@@ -376,6 +377,15 @@ async def validate_body(request: Request, model: type[ModelT]) -> ModelT:
         body = await request.body()
     if not body:
         raise ProblemException(empty_body())  # in the words of every other route
+    parsed = request.scope.get(PARSED_JSON)
+    if isinstance(parsed, dict):
+        # The body as the edge parsed it: an object of too many unknown keys is refused here,
+        # in the words of StrictBody's check, before pydantic parses it again (2 million keys
+        # cost it 2.5 s) only to refuse it the same way.
+        words = too_many_unknown_keys(parsed, model.model_fields)
+        if words is not None:
+            error = {"type": "extra_forbidden", "loc": ("body",), "msg": words, "input": parsed}
+            raise RequestValidationError([error], body=parsed)
     try:
         return model.model_validate_json(body)
     except ValidationError as error:

@@ -30,7 +30,7 @@ _SHOWN_UNKNOWN_KEYS = 5
 _SHOWN_KEY_CHARACTERS = 40
 
 
-def _too_many_unknown_keys(data: dict[Any, Any], fields: dict[str, Any]) -> str | None:
+def too_many_unknown_keys(data: dict[Any, Any], fields: dict[str, Any]) -> str | None:
     """The words of an object of more than ``MAX_UNKNOWN_KEYS`` fields that ``fields`` does not
     have, or None when it has no more than that."""
     if len(data) <= MAX_UNKNOWN_KEYS:
@@ -61,7 +61,7 @@ class StrictBody(BaseModel):
     @classmethod
     def _few_unknown_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            words = _too_many_unknown_keys(data, cls.model_fields)
+            words = too_many_unknown_keys(data, cls.model_fields)
             if words is not None:
                 raise PydanticCustomError("extra_forbidden", "{words}", {"words": words})
         return data
