@@ -366,9 +366,14 @@ def with_parts(assignment: AssignmentSpec, answers: Mapping[str, Any]) -> dict[s
     other parts are graded. Any other answer to an unknown id (an empty object, a bare
     number to a split question) stays as it is (and is listed in ``ignored``)."""
     expanded = dict(answers)
+    # The ids some problem's id starts with, before a "-": only those can be split questions,
+    # and the others are passed over without looking through every problem for each.
+    split = {p.id[:at] for p in assignment.problems for at, c in enumerate(p.id) if c == "-"}
     for question, answer in answers.items():
+        if question not in split or not isinstance(answer, dict) or not answer:
+            continue
         parts = assignment.parts(question)
-        if not parts or not isinstance(answer, dict) or not answer:
+        if not parts:
             continue
         del expanded[question]
         for suffix, part_answer in answer.items():
