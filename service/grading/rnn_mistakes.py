@@ -240,10 +240,10 @@ class SoftmaxCouplingMissing(_AttentionStepMistake):
 @dataclass(frozen=True)
 class _GatedSteps:
     """A gated RNN's run, as the mistakes with its derivatives recompute it from the seed's
-    formulas: the gates c[t], the states h[t-1] before each step, the inputs and weights."""
+    formulas: the gates c[t], how each step moves with its gate, the inputs and weights."""
 
     gate: torch.Tensor  # (T, m)  c[t]
-    before: torch.Tensor  # (T, m)  h[t-1]
+    spread: torch.Tensor  # (T, m)  h[t-1] - W_x x[t]: how h[t] moves with the gate, dh/dc
     x: torch.Tensor  # (T, n)
     w_c: torch.Tensor  # (m, n)
     w_h: torch.Tensor  # (m, m)
@@ -259,7 +259,8 @@ class _GatedSteps:
         h, gate = outputs["h"], outputs["c"]  # (T, m) each
         x, w_c, w_h, w_x = (on_cpu(args[name]) for name in ("x", "W_c", "W_h", "W_x"))
         start = on_cpu(args["h0"])[None] if "h0" in args else torch.zeros_like(h[:1])
-        return cls(gate, torch.cat([start, h[:-1]]), x, w_c, w_h, w_x, direct)
+        spread = torch.cat([start, h[:-1]]) - x @ w_x.T  # h[t-1] - W_x x[t]
+        return cls(gate, spread, x, w_c, w_h, w_x, direct)
 
     @classmethod
     def of_backward(cls, key: TensorKey, shape: Shape) -> _GatedSteps | None:
@@ -275,11 +276,6 @@ class _GatedSteps:
         if steps is None or tuple(steps.w_x.shape) != shape or direct.shape != steps.gate.shape:
             return None
         return steps
-
-    @property
-    def spread(self) -> torch.Tensor:
-        """h[t-1] - W_x x[t] (T, m): how h[t] moves with the gate, dh[t]/dc[t]."""
-        return self.before - self.x @ self.w_x.T
 
     def step_jacobians(self, slope: torch.Tensor) -> torch.Tensor:
         """dh[t]/dh[t-1] (T, m, m) with ``slope`` standing for sigma'(z[t]):

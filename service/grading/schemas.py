@@ -145,6 +145,11 @@ class ValueExpected(TakesComputeOptions):
     label: str | None = Field(None, max_length=80, description="What it is, for the report.")
 
 
+MAX_ROLES = 8
+"""The most roles ``FormulaMistakes.variables`` may name (the conv formula has five: H, K, P,
+S and D)."""
+
+
 class FormulaMistakes(StrictBody):
     """A family of mistakes whose formula's parts the variables play under other names."""
 
@@ -152,9 +157,9 @@ class FormulaMistakes(StrictBody):
         description="`conv_output_size`: the convolution's output size of the homework's "
         "1.1(b), with its parts H (the input size), K, P, S and D."
     )
-    variables: Annotated[dict[str, str], at_most(8)] = Field(
+    variables: Annotated[dict[str, str], at_most(MAX_ROLES)] = Field(
         default_factory=dict,
-        max_length=8,
+        max_length=MAX_ROLES,  # for the schema; at_most refuses more before reading them
         description='The variable that plays each part, by the part\'s letter (`{"H": "W"}`: '
         "the input size is `W`). A part not named here is played by the variable of its "
         "letter (the input size by `H`, `W` or `L`); padding, stride and dilation may be "
