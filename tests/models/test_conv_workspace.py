@@ -34,7 +34,10 @@ def test_the_counted_workspace_is_the_largest_block_torch_allocates(
         name: torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_(True)
         for name, shape in shapes.items()
     }
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiled:
+    # acc_events: some torch releases warn without it (the tests turn warnings into errors).
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, acc_events=True
+    ) as profiled:
         y = conv.conv_forward(parsed, args)["y"]
         torch.autograd.grad(y, list(args.values()), torch.ones_like(y))
     largest = max(event.cpu_memory_usage for event in profiled.events())

@@ -17,6 +17,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from models.registry import MODELS, get_model
+from service import devices
 from service.app import create_app
 from service.examples import BACKWARD_EXAMPLES
 from service.grading.check import Engine, check_many
@@ -712,7 +713,7 @@ def test_a_shape_request_takes_device_and_dtype(client: TestClient) -> None:
 def test_cuda_at_the_top_is_refused_without_a_gpu_whatever_the_op(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)  # also on a GPU host
     value = {"expected": {"op": "value", "value": [1]}, "answer": [1], "device": "cuda"}
     for path, body in [
         ("/v1/check", value),
@@ -730,7 +731,7 @@ def test_a_checks_own_cuda_is_refused_in_its_place_in_a_batch_whatever_the_op(
     """As at /v1/check: a check's own `"device": "cuda"` without a GPU is an error at
     `checks.N.device`, for a formula, a shape or a value as for a model's key, and the other
     checks of the batch are judged."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)  # also on a GPU host
     formula = {
         "expected": {
             "op": "formula",

@@ -566,6 +566,7 @@ def test_recurrent_jacobians_are_estimated_at_least_at_their_measured_time(
         "inputs": {"x": b64_tensor(x)},
         "of": "h",
         "wrt": wrt,
+        "device": "cpu",  # measured on a CPU; "auto" would be the GPU on a GPU host
     }
     settings = Settings()
     prepared = prepare(model, JacobianRequest.model_validate(body), settings)
@@ -719,6 +720,7 @@ def test_the_state_jacobians_per_step_cost_on_a_gpu_covers_what_was_measured(
         width = 2 if k == "inf" else int(k or 1) + 1
         body = {"config": {"k": k}, "params": {p: zeros(width, m, m) for p in "QKV"}}
     body["inputs"] = {"x": zeros(steps, m)}
+    body["device"] = "cpu"  # "auto" would be the GPU on a GPU host
     prepared = prepare(model, ModelRequest.model_validate(body), Settings())
     assert closed_form_seconds(prepared, "state-jacobians") == 0.0  # the CPU: operations
     on_gpu = dataclasses.replace(prepared, device=torch.device("cuda"))

@@ -304,7 +304,7 @@ def test_the_start_up_check_of_the_assignments_is_not_counted_as_compute() -> No
     before = sample("tensorgrade_compute_duration_seconds_count", **labels)
     with TestClient(create_app(Settings())) as client:
         assert sample("tensorgrade_compute_duration_seconds_count", **labels) == before
-        body = {"params": {"weight": [[[1.0]]]}, "inputs": {"x": [[1.0]]}}
+        body = {"params": {"weight": [[[1.0]]]}, "inputs": {"x": [[1.0]]}, "device": "cpu"}
         response = client.post("/v1/models/conv1d/forward", json=body)
         assert response.status_code == 200, response.text
     assert sample("tensorgrade_compute_duration_seconds_count", **labels) == before + 1
