@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
+from starlette.routing import BaseRoute
 
 from service import __version__, memory
 from service.auth import INSTRUCTORS, STUDENTS, KeyRing, startup_warnings
@@ -159,6 +160,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limited_routes = tuple(
         route for router in every_router for route in router.routes if rate_limited(route)
     )
+    # And the routes that take smaller bodies than the service's limit, with theirs.
+    app.state.body_limits = route_body_limits(every_router, settings.route_body_limits())
     app.state.rate_limited_prefixes = tuple(
         {route.path.split("{", 1)[0] for route in app.state.rate_limited_routes}
     )
@@ -189,6 +192,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def route_body_limits(
+    routers: Iterable[APIRouter], limits: Mapping[str, int]
+) -> tuple[tuple[BaseRoute, str, int], ...]:
+    """Each route named in ``limits`` (``"METHOD path"``) with its name and limit, for the
+    edge. A name that no route has stops the start-up: a route renamed must not silently
+    take bodies of any size again."""
+    found = tuple(
+        (route, name, limits[name])
+        for router in routers
+        for route in router.routes
+        for method in sorted(getattr(route, "methods", None) or ())
+        if (name := f"{method} {getattr(route, 'path', '')}") in limits
+    )
+    missing = set(limits) - {name for _, name, _ in found}
+    if missing:
+        raise RuntimeError(f"body limits for routes that do not exist: {sorted(missing)}")
+    return found
 
 
 app = create_app()

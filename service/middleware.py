@@ -78,6 +78,7 @@ from service.problems import (
 )
 from service.ratelimit import CHARGED, charge
 from service.requestid import accept_request_id, set_request_id
+from service.settings import SMALL_BODY_BYTES
 from service.telemetry import record_request_done
 
 
@@ -147,10 +148,9 @@ class BodyTooLarge(ProblemException):
     when it surfaces outside them (the JSON guard reading), the edge middleware does.
     """
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            _too_large(f"the request body is larger than the limit of {limit:,} bytes; send less")
-        )
+    def __init__(self, limit: int, route: str | None = None) -> None:
+        whose = f"the {limit:,} bytes {route} takes" if route else f"the limit of {limit:,} bytes"
+        super().__init__(_too_large(f"the request body is larger than {whose}; send less"))
 
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -316,6 +316,36 @@ def _has_route(app: object, scope: Scope) -> bool:
     request the edge may refuse: the router does it again for the others)."""
     router = getattr(app, "router", None)
     return any(route.matches(scope)[0] is Match.FULL for route in getattr(router, "routes", ()))
+
+
+SMALL_BODY = SMALL_BODY_BYTES
+"""Bodies declared larger than this, or not declared (chunked), are checked against the limit
+of their route before they are read: the limit of a route that takes less than the service's
+(``Settings.route_body_limits``, none smaller than this unless the service's own is), or none
+at all where no route answers the path."""
+
+
+class BodyLimit:
+    """The body limit in force for one request, and the route it is the limit of (``None``
+    for the service's limit)."""
+
+    __slots__ = ("bytes", "route")
+
+    def __init__(self, limit: int, route: str | None = None) -> None:
+        self.bytes = limit
+        self.route = route
+
+
+def _route_body_limit(app: object, scope: Scope, default: int) -> BodyLimit | None:
+    """The body limit of the route that answers this method and path: its own where the app
+    lists one (``state.body_limits``), else ``default``; ``None`` where no route answers (the
+    router's 404 or 405, which reads no body, so none is read or parsed for it)."""
+    if getattr(app, "router", None) is None:  # an app without routes of its own to look up
+        return BodyLimit(default)
+    for route, name, limit in getattr(getattr(app, "state", None), "body_limits", ()):
+        if route.matches(scope)[0] is Match.FULL:
+            return BodyLimit(limit, name)
+    return BodyLimit(default) if _has_route(app, scope) else None
 
 
 def _instructors_only(app: object, scope: Scope) -> bool:
@@ -522,6 +552,24 @@ class EdgeMiddleware:
             if scope["method"] not in _BODILESS_METHODS and _has_route(scope.get("app"), scope):
                 await problem_response(unsupported_coding(coding))(scope, receive, send)
                 return
+        limit = BodyLimit(self.max_bytes)
+        declared = int(content_length) if content_length and content_length.isdigit() else 0
+        # Only for a body that may be large: a small one is cheaper to read than to route.
+        if scope["method"] not in _BODILESS_METHODS and (
+            declared > SMALL_BODY or content_length is None
+        ):
+            found = _route_body_limit(scope.get("app"), scope, self.max_bytes)
+            if found is None:
+                json_body = False  # the router's 404 or 405 reads none of it
+            else:
+                limit = found
+                if declared > limit.bytes:  # after the key checks: the route is the caller's
+                    problem = _too_large(
+                        f"the request body declares {declared:,} bytes; {limit.route} takes "
+                        f"at most {limit.bytes:,}"
+                    )
+                    await problem_response(problem)(scope, receive, send)
+                    return
         counted = scope["path"] not in EXEMPT_PATHS
         if counted:
             if self.in_flight >= self.max_in_flight:
@@ -538,7 +586,6 @@ class EdgeMiddleware:
         deadline = loop.time() + self.timeout
         held = Held()
         try:
-            declared = int(content_length) if content_length and content_length.isdigit() else 0
             if declared >= LARGE_BODY:  # taken before a byte is read, or refused unread
                 if not self.bodies.take(declared):
                     raise BodyBusy(self.bodies.held)
@@ -549,9 +596,9 @@ class EdgeMiddleware:
                     await problem_response(refused)(scope, receive, send)
                     return
             if json_body:
-                await self._json(scope, receive, send, deadlines, deadline, held)
+                await self._json(scope, receive, send, deadlines, deadline, held, limit)
             else:
-                counting = self._counting(scope, receive, deadlines, deadline, held)
+                counting = self._counting(scope, receive, deadlines, deadline, held, limit)
                 await self.app(scope, counting, send)
         except (BodyTooLarge, BodyTimeout, BodyBusy) as error:
             if started():
@@ -570,6 +617,7 @@ class EdgeMiddleware:
         deadlines: BodyDeadlines,
         deadline: float,
         held: Held,
+        limit: BodyLimit,
     ) -> None:
         """Read the body whole within the deadline, parse it strictly, and hand it on."""
         chunks: list[bytes] = []
@@ -582,8 +630,8 @@ class EdgeMiddleware:
                     return
                 chunk = message.get("body", b"")
                 received += len(chunk)
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit.bytes:
+                    raise BodyTooLarge(limit.bytes, limit.route)
                 self._hold(held, received)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
@@ -622,6 +670,7 @@ class EdgeMiddleware:
         deadlines: BodyDeadlines,
         deadline: float,
         held: Held,
+        limit: BodyLimit,
     ) -> Callable[[], Awaitable[Message]]:
         """``receive`` for a body the app reads itself: counted against the limit, and timed
         until the body is complete (after that, receive only waits for a disconnect)."""
@@ -636,8 +685,8 @@ class EdgeMiddleware:
                 message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit.bytes:
+                    raise BodyTooLarge(limit.bytes, limit.route)
                 self._hold(held, received)
                 complete = not message.get("more_body", False)
             elif message["type"] == "http.disconnect":

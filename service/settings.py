@@ -321,6 +321,32 @@ class Settings(BaseSettings):
             return self.max_body_bytes
         return self.max_request_elements * 25 + 4 * 2**20
 
+    def route_body_limits(self) -> dict[str, int]:
+        """The routes whose bodies cannot need ``body_limit``, by ``"METHOD path"``: the
+        largest body each takes, where that is less than ``body_limit``.
+
+        Their bodies are parsed at the edge like any other, before the route could say that
+        they are far too large: 60 MB of a shape request held a worker's event loop 10 s
+        before its 422. A shape or an experiment is a few numbers (``SMALL_BODY_BYTES``); a
+        loss curve is at most ``loss_curve_max_values`` losses and as many accuracies.
+        """
+        curve = 2 * self.loss_curve_max_values * CURVE_BYTES_PER_VALUE + SMALL_BODY_BYTES
+        limits = {
+            "POST /v1/shapes/conv": SMALL_BODY_BYTES,
+            "POST /v1/experiments/temporal-order": SMALL_BODY_BYTES,
+            "POST /v1/diagnostics/loss-curve": curve,
+        }
+        return {route: limit for route, limit in limits.items() if limit < self.body_limit}
+
+
+SMALL_BODY_BYTES = 64 * 1024
+"""The body limit of a route whose request is a few numbers (a conv's shape, an experiment's
+ranges): such a body takes well under 2 KiB, pretty-printed."""
+
+CURVE_BYTES_PER_VALUE = 32
+"""A loss curve's bytes per value: a float64's 24 characters, its separator and brackets,
+and the indent of a pretty-printer that puts each value on a line of its own."""
+
 
 LIMIT_PREFIXES = (
     "max_",

@@ -33,6 +33,10 @@ class Info(BaseModel):
         "else the cores divided among the workers)."
     )
     limits: dict[str, Any] = Field(description="Every budget a request is checked against.")
+    body_limits: dict[str, int] = Field(
+        description="The routes that take smaller bodies than `limits.max_body_bytes`, by "
+        '`"METHOD path"`: the largest body in bytes each takes (413 `body-too-large` past it).'
+    )
     auth: Literal["open", "keys"] = Field(
         description="`open` when no API key is configured (every caller acts as an "
         "instructor), `keys` otherwise."
@@ -68,5 +72,6 @@ async def info(request: Request, settings: SettingsDep) -> Info:
         default_device="cuda" if len(devices) > 1 else "cpu",
         torch_threads=torch.get_num_threads(),
         limits=settings.limits(),
+        body_limits=settings.route_body_limits(),
         auth="open" if request.app.state.keyring.open else "keys",
     )

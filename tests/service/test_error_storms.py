@@ -15,6 +15,7 @@ from service.app import create_app
 from service.settings import Settings
 
 MANY = 200_000
+SHAPE_MANY = 10_000  # a shape's body takes at most 64 KiB
 JSON = {"content-type": "application/json"}
 
 
@@ -53,10 +54,11 @@ ROUTES = [
 
 @pytest.mark.parametrize("path", ROUTES)
 def test_a_body_of_many_unknown_keys_is_one_error(client: TestClient, path: str) -> None:
-    problem = refused(post(client, path, unknown_keys()))
+    count = 5_000 if path == "/v1/shapes/conv" else MANY  # a shape's body takes 64 KiB
+    problem = refused(post(client, path, unknown_keys(count)))
     (error,) = problem["errors"]
     assert error["loc"] == ["body"] and error["type"] == "extra_forbidden"
-    assert "200,000 fields this object does not have (`0`, `1`, `2`" in error["msg"]
+    assert f"{count:,} fields this object does not have (`0`, `1`, `2`" in error["msg"]
     assert error["msg"] in problem["detail"]
 
 
@@ -116,13 +118,14 @@ def test_a_batch_check_lists_few_errors(client: TestClient) -> None:
 
 @pytest.mark.parametrize("field", ["input_size", "kernel_size", "stride", "padding", "dilation"])
 def test_a_conv_list_of_many_wrong_values_is_short(client: TestClient, field: str) -> None:
-    body = {"input_size": [8], "kernel_size": 3, field: [None] * MANY}
+    body = {"input_size": [8], "kernel_size": 3, field: [None] * SHAPE_MANY}
     problem = refused(post(client, "/v1/shapes/conv", body), most=3)
     assert all(e["loc"][:2] == ["body", field] for e in problem["errors"])
 
 
 def test_a_conv_list_of_many_sizes_is_short(client: TestClient) -> None:
-    problem = refused(post(client, "/v1/shapes/conv", {"input_size": [8] * MANY, "kernel_size": 3}))
+    body = {"input_size": [8] * SHAPE_MANY, "kernel_size": 3}
+    problem = refused(post(client, "/v1/shapes/conv", body))
     assert problem["errors"][0]["loc"] == ["body", "input_size"]
 
 
@@ -135,9 +138,21 @@ def small_budget() -> Iterator[TestClient]:
 def test_a_loss_curve_over_the_budget_is_refused_before_its_values(
     small_budget: TestClient,
 ) -> None:
+    body = {"batch_losses": [[None] * 1000] * 20, "num_classes": 4}  # 120 kB: under 129,536
+    problem = refused(post(small_budget, "/v1/diagnostics/loss-curve", body), status=413)
+    assert problem["detail"] == "batch_losses holds 20,000 values; the limit is 1,000"
+
+
+def test_a_loss_curve_body_larger_than_its_budget_is_refused_unread(
+    small_budget: TestClient,
+) -> None:
+    """1,000 values and as many accuracies take at most 2 * 1,000 * 32 bytes and 64 KiB."""
     body = {"batch_losses": [[None] * 1000] * (MANY // 1000), "num_classes": 4}
     problem = refused(post(small_budget, "/v1/diagnostics/loss-curve", body), status=413)
-    assert problem["detail"] == "batch_losses holds 200,000 values; the limit is 1,000"
+    assert problem["type"].endswith("/body-too-large")
+    assert problem["detail"].endswith(
+        "bytes; POST /v1/diagnostics/loss-curve takes at most 129,536"
+    ), problem["detail"]
 
 
 def test_a_submission_of_many_unknown_ids_lists_a_few(client: TestClient) -> None:
