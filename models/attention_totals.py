@@ -17,6 +17,10 @@ The lags reaching h[0] and before read zero states, which no h[1] moves. Each D[
 as a matrix whose largest entry is 1 and the log of its scale, so that a sum of terms of very
 different sizes neither overflows nor underflows over a long sequence (the same reason
 ``gradient_flow.log_product_norms`` scales its products).
+
+``v_i[t] - h[t]`` is not formed by subtracting h[t]: where the attention saturates, h[t] is
+the favoured value plus a remainder many orders of magnitude smaller, which the difference
+would keep only to the rounding of h[t] (``output_gaps``).
 """
 
 from __future__ import annotations
@@ -28,13 +32,44 @@ from models.errors import ModelError
 Window = int | str
 
 
+def output_gaps(values: torch.Tensor, a_row: torch.Tensor) -> torch.Tensor:
+    """``v_i - h`` for each value of one step, where ``h = sum_j a_j v_j`` and the a_j sum to 1.
+
+    With p the index of the largest weight, ``v_i - h = (v_i - v_p) - sum_j a_j (v_j - v_p)``:
+    the same number, with no difference of two nearly equal large vectors. Subtracting h
+    directly would, when the attention saturates on p, leave of ``v_p - h`` (the small
+    remainder the other weights make) only what the rounding of h kept: a relative error of
+    eps |v_p| / |v_p - h| (1e-5 at scores of 2e10). Here ``v_p - h`` is
+    ``sum_{j != p} a_j (v_p - v_j)``, small weights times differences of the values, and the
+    other gaps add the value's own distance to v_p.
+
+    Args:
+        values: ``[width, n]``, every value the step weighs, zero states included.
+        a_row: ``[width]``, their weights.
+
+    Returns:
+        ``[width, n]``.
+    """
+    pivot = values[a_row.argmax()]  # (n,)  the value of the largest weight
+    apart = values - pivot  # (width, n)  v_j - v_p, exactly 0 at p
+    remainder = (a_row[:, None] * apart).sum(dim=0)  # (n,)  h - v_p
+    return apart - remainder
+
+
 def log_total_norms(
-    Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, h: torch.Tensor, a: torch.Tensor, k: Window
+    Q: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    x: torch.Tensor,
+    h: torch.Tensor,
+    a: torch.Tensor,
+    k: Window,
 ) -> torch.Tensor:
     """log ||dh[t]/dh[1]||_2 for t = 1..T, every path included (0 at entry 0).
 
     Args:
         Q, K, V: ``[k+1, n, n]`` (``[2, n, n]`` for ``k = "inf"``).
+        x: ``[T, n]``, the inputs, whose values v_0[t] are among those h[t] weighs.
         h: ``[T, n]``, the states of the forward pass.
         a: its attention weights, ``[T, width]``: entry i of row t-1 weighs h[t-i] (both
             layouts).
@@ -49,6 +84,7 @@ def log_total_norms(
     # Per lag i (one shared matrix with inf): M_i = Q_i^T K_i + K_i^T Q_i and V_i.
     m_all = Q[1:].transpose(1, 2) @ K[1:] + K[1:].transpose(1, 2) @ Q[1:]  # (k or 1, n, n)
     v_all = V[1:]  # (k or 1, n, n)
+    inputs = x @ V[0].T  # (T, n)  v_0[t] = V_0 x[t]
     scaled = torch.empty((seq_len, n, n), dtype=h.dtype, device=h.device)  # D[t] / scale
     logs = torch.empty(seq_len, dtype=torch.float64, device=h.device)  # log of each scale
     scaled[0] = torch.eye(n, dtype=h.dtype, device=h.device)
@@ -70,15 +106,17 @@ def log_total_norms(
         else:
             coef = weights * (logs[past] - top).exp().to(h.dtype)  # (reach,)
             if shared:
-                total = torch.einsum(
-                    "s,si,sk->ik", coef, values[past] - h[t], rows[past]
-                ) + torch.einsum("s,sik->ik", coef, through_v[past])  # (n, n)
+                gaps = _lag_gaps(inputs[t], values[past], a[t])  # (reach, n)
+                total = torch.einsum("s,si,sk->ik", coef, gaps, rows[past]) + torch.einsum(
+                    "s,sik->ik", coef, through_v[past]
+                )  # (n, n)
             else:
                 m_lags, v_lags = m_all[:reach].flip(0), v_all[:reach].flip(0)  # oldest first
                 states, ds = h[past], scaled[past]  # (reach, n), (reach, n, n)
                 r = torch.einsum("si,sij,sjk->sk", states, m_lags, ds)  # (reach, n)
                 v = torch.einsum("sij,sj->si", v_lags, states)  # (reach, n)
-                total = torch.einsum("s,si,sk->ik", coef, v - h[t], r) + torch.einsum(
+                gaps = _lag_gaps(inputs[t], v, a[t])  # (reach, n)
+                total = torch.einsum("s,si,sk->ik", coef, gaps, r) + torch.einsum(
                     "s,sij,sjk->ik", coef, v_lags, ds
                 )  # (n, n)
             size = total.abs().max()
@@ -99,3 +137,19 @@ def log_total_norms(
     norms = torch.linalg.matrix_norm(scaled, ord=2).double()  # (T,)  in [1, n], or 0
     result: torch.Tensor = (logs + norms.log()).to(h.dtype)
     return result
+
+
+def _lag_gaps(
+    input_value: torch.Tensor, lag_values: torch.Tensor, a_row: torch.Tensor
+) -> torch.Tensor:
+    """``v_i[t] - h[t]`` for the lags that read a state, oldest first as ``lag_values``.
+
+    ``input_value`` is v_0[t]; ``a_row`` the step's row of weights, whose lags past the
+    states read zero states (value 0) or are inf's padding (weight 0).
+    """
+    reach, n = lag_values.shape
+    rest = torch.zeros(
+        (a_row.shape[0] - 1 - reach, n), dtype=lag_values.dtype, device=lag_values.device
+    )
+    values = torch.cat([input_value[None], lag_values.flip(0), rest])  # (width, n)  a's order
+    return output_gaps(values, a_row)[1 : reach + 1].flip(0)  # (reach, n)

@@ -3,6 +3,7 @@ re-implementation, and the seed's closed forms 1.2.2(e) and 1.2.2(f)."""
 
 from __future__ import annotations
 
+import mpmath
 import pytest
 import torch
 
@@ -232,6 +233,98 @@ def test_step_jacobians_are_seed_1_2_2e_and_agree_with_autograd_and_differences(
         )
         torch.testing.assert_close(jacobians[t - 1], auto, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(jacobians[t - 1], numeric, rtol=1e-6, atol=1e-8)
+
+
+def saturated_case(k: Window) -> dict[str, torch.Tensor]:
+    """Three steps of integers whose scores float64 holds exactly (below 2**53), so that its
+    softmax weights are as good as a 60-digit one's and only the Jacobian's own rounding is
+    left to measure. Steps 1 and 2 are one-hot in float64 (the other scores >= 1e9 below),
+    h[1] = (4e4, 4e4) and h[2] = V_1 h[1] = (1.2e5, 8e4). At step 3 the score of h[t-1] is
+    |h[2]|^2 = 2.08e10 and x[3]'s, x_1 x_2 with these Q_0 and K_0, is 25 below it: a_1[3] is
+    1 - 1.4e-11, and v_1[3] - h[3] is 1.4e-11 (v_1[3] - v_0[3]), a hundred-thousandth of
+    v_1[3] = (3.2e5, 1.6e5), yet its score path is half the Jacobian."""
+    n, count = 2, 2 if k == "inf" else int(k) + 1
+    eye = torch.eye(n, dtype=F64)
+    firsts = {
+        "Q": torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=F64),
+        "K": torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=F64),
+        "V": torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=F64),
+    }
+    previous = {"Q": eye, "K": eye, "V": torch.tensor([[2.0, 1.0], [0.0, 2.0]], dtype=F64)}
+    older = {"Q": eye, "K": eye, "V": eye}  # h[t-2] with k >= 2: a weight of exactly 0
+    args = {
+        name: torch.stack([firsts[name], previous[name]] + [older[name]] * (count - 2))
+        for name in ("Q", "K", "V")
+    }
+    last_score = 120000.0**2 + 80000.0**2 - 25  # w_0[3] = w_1[3] - 25
+    args["x"] = torch.tensor([[40000.0, 30000.0], [0.0, 0.0], [1.0, last_score]], dtype=F64)
+    return args
+
+
+def mp_step_jacobians(args: dict[str, torch.Tensor], k: Window) -> torch.Tensor:
+    """dh[t]/dh[t-1] by the seed's 1.2.2(e) in 60-digit arithmetic, from equations (3)-(8)
+    run again at that precision (the float64 inputs are exact there), each step's formula
+    checked against a central difference of h[t] in h[t-1] at the same precision."""
+    with mpmath.workdps(60):
+        Q, K, V = ([mpmath.matrix(m.tolist()) for m in args[name]] for name in ("Q", "K", "V"))
+        xs = [mpmath.matrix(row.tolist()) for row in args["x"]]
+        seq_len, n = args["x"].shape
+        zero = mpmath.matrix(n, 1)
+
+        def step(t: int, states: dict[int, mpmath.matrix]) -> tuple[list, list, mpmath.matrix]:
+            count = t + 1 if k == "inf" else int(k) + 1
+            sources = [xs[t - 1]] + [states.get(t - i, zero) for i in range(1, count)]
+            index = [i if k != "inf" else min(i, 1) for i in range(count)]
+            scores = [(Q[p] * s).T * (K[p] * s) for p, s in zip(index, sources, strict=True)]
+            top = max(score[0] for score in scores)
+            exps = [mpmath.exp(score[0] - top) for score in scores]
+            weights = [e / mpmath.fsum(exps) for e in exps]
+            values = [V[p] * s for p, s in zip(index, sources, strict=True)]
+            h = zero
+            for weight, value in zip(weights, values, strict=True):
+                h = h + weight * value
+            return weights, values, h
+
+        states: dict[int, mpmath.matrix] = {}
+        jacobians = []
+        for t in range(1, seq_len + 1):
+            weights, values, h = step(t, states)
+            h_prev = states.get(t - 1, zero)
+            m1 = Q[1].T * K[1] + K[1].T * Q[1]
+            jac = weights[1] * (values[1] - h) * (h_prev.T * m1) + weights[1] * V[1]
+            for j in range(n):  # column j of the Jacobian by a central difference
+                delta = zero.copy()
+                delta[j] = mpmath.mpf("1e-25")
+                plus = step(t, states | {t - 1: h_prev + delta})[2]
+                minus = step(t, states | {t - 1: h_prev - delta})[2]
+                for i in range(n):
+                    numeric = (plus[i] - minus[i]) / (2 * delta[j])
+                    assert abs(numeric - jac[i, j]) <= mpmath.mpf("1e-30") * (1 + abs(jac[i, j]))
+            states[t] = h
+            jacobians.append([[float(jac[i, j]) for j in range(n)] for i in range(n)])
+    return torch.tensor(jacobians, dtype=F64)
+
+
+@pytest.mark.parametrize("k", [1, 2, "inf"])
+def test_step_jacobians_keep_their_accuracy_when_attention_saturates_on_large_states(
+    k: Window,
+) -> None:
+    """v_1[t] - h[t] formed from the values, not by subtracting the rounded h[t] from v_1[t],
+    which here left a relative error of 9e-6 in dh[3]/dh[2]'s entries and 2.4e-6 in the norm
+    of dh[3]/dh[1], against 60-digit arithmetic."""
+    args = saturated_case(k)
+    _, a, _ = attention_rnn.attention_rnn(args["Q"], args["K"], args["V"], args["x"], k)
+    assert float(a[2, 1]) > 1 - 1e-10 and float(a[2, 0]) > 1e-11  # saturated, not one-hot
+    jacobians, _ = attention_rnn.step_jacobians(args["Q"], args["K"], args["V"], args["x"], k)
+    expected = mp_step_jacobians(args, k)
+    value_path = a[2, 1] * args["V"][1]
+    score_path = expected[2] - value_path
+    assert float(score_path.norm()) > 0.3 * float(value_path.norm())  # both paths count
+    torch.testing.assert_close(jacobians, expected, rtol=1e-12, atol=0)
+    # dh[t]/dh[1] through every path (one at these steps: a_2[3] is 0) inherits its accuracy.
+    answer = attention_rnn.state_jacobians(attention_rnn.parse_config({"k": k}), args)
+    total = torch.linalg.matrix_norm(expected[2] @ expected[1], ord=2)
+    assert float(answer["product_norms"][2]) == pytest.approx(float(total), rel=1e-12)
 
 
 @pytest.mark.parametrize("k", WINDOWS)

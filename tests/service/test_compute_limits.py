@@ -675,7 +675,7 @@ def test_the_state_jacobians_count_the_paths_to_older_states(
     x = torch.randn(seq_len, n, generator=gen, dtype=torch.float64)
     h, a, _ = attention_rnn(Q, K, V, x, k)  # type: ignore[arg-type]
     with FlopCounterMode(display=False) as counter:
-        log_total_norms(Q, K, V, h, a, k)
+        log_total_norms(Q, K, V, x, h, a, k)
     estimate = total_paths_flops(parse_config({"k": k}), {"x": (seq_len, n)})
     counted = counter.get_total_flops()
     assert counted // (2 * PRODUCT_SPEEDUP) <= estimate <= counted
