@@ -25,15 +25,23 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import operator
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from models.errors import ModelError
+
+_Floats = npt.NDArray[np.float64]
+_Ints = npt.NDArray[np.int64]
+_Bools = npt.NDArray[np.bool_]
 
 # A last batch is an outlier of its epoch when it sits more than OUTLIER_SIGMAS standard
 # deviations of the epoch's other batches above their mean, and by more than
@@ -229,6 +237,35 @@ def _check(
         raise CurveError(
             "batch_losses has no epochs; give one list of batch losses per epoch", "batch_losses"
         )
+    if not (all(map(len, batch_losses)) and _floats_within(batch_losses, 0, MAX_LOSS)):
+        _check_losses(batch_losses)
+    if batch_accuracies is None:
+        return
+    if len(batch_accuracies) != len(batch_losses):
+        raise CurveError(
+            f"batch_accuracies has {len(batch_accuracies)} epochs but batch_losses has "
+            f"{len(batch_losses)}; give one accuracy per batch loss",
+            "batch_accuracies",
+        )
+    if _floats_within(batch_accuracies, 0, 1) and list(map(len, batch_accuracies)) == list(
+        map(len, batch_losses)
+    ):
+        return
+    _check_accuracies(batch_accuracies, batch_losses)
+
+
+def _floats_within(rows: Sequence[Sequence[float]], low: float, high: float) -> bool:
+    """Whether every value of ``rows`` is a float in [low, high] (NaN is not), checked in numpy:
+    the loops that say which value is wrong run only where one is (or where another type than
+    float, an int, needs Python's own comparison)."""
+    values = list(itertools.chain.from_iterable(rows))
+    if not set(map(type, values)) <= {float}:
+        return False
+    array = np.array(values, dtype=np.float64)
+    return bool(np.all((array >= low) & (array <= high)))
+
+
+def _check_losses(batch_losses: Sequence[Sequence[float]]) -> None:
     for e, losses in enumerate(batch_losses):
         if not losses:
             raise CurveError(
@@ -242,14 +279,11 @@ def _check(
                     f"finite number >= 0 (and at most {MAX_LOSS:g} here)",
                     f"batch_losses.{e}.{b}",
                 )
-    if batch_accuracies is None:
-        return
-    if len(batch_accuracies) != len(batch_losses):
-        raise CurveError(
-            f"batch_accuracies has {len(batch_accuracies)} epochs but batch_losses has "
-            f"{len(batch_losses)}; give one accuracy per batch loss",
-            "batch_accuracies",
-        )
+
+
+def _check_accuracies(
+    batch_accuracies: Sequence[Sequence[float]], batch_losses: Sequence[Sequence[float]]
+) -> None:
     for e, (accs, losses) in enumerate(zip(batch_accuracies, batch_losses, strict=True)):
         if len(accs) != len(losses):
             raise CurveError(
@@ -297,11 +331,11 @@ def _rises(means: Sequence[float], margin: float) -> bool:
     if len(means) < RISE_MIN_EPOCHS:
         return False
     late = _late(means)
-    return statistics.median(late) - means[0] > margin and min(late) > means[0]
+    return _median(late) - means[0] > margin and min(late) > means[0]
 
 
 def _curve_flags(
-    batch_losses: Sequence[Sequence[float]],
+    values: _Floats,
     means: Sequence[float],
     num_classes: int,
     acc_means: Sequence[float] | None,
@@ -319,7 +353,7 @@ def _curve_flags(
     if (
         (_near_chance(means[0], num_classes) or from_above)
         and _rises(means, ACCURACY_RISE_MARGIN)
-        and all(loss <= 1 for losses in batch_losses for loss in losses)
+        and bool(np.all(values <= 1))  # every batch loss
     ):
         flags.append("looks_like_accuracy")
     if not flags and _rebound(means, math.log(num_classes)) is not None:
@@ -330,14 +364,15 @@ def _curve_flags(
 def _rebound(means: Sequence[float], log_c: float) -> int | None:
     """The epoch of the minimum that the curve climbs back from (see ``REBOUND_MARGIN``), or
     None where it does not."""
-    low = min(range(len(means)), key=means.__getitem__)  # the first, where several tie
+    values = np.asarray(means, dtype=np.float64)
+    low = int(np.argmin(values))  # the first, where several tie
     late = _late(means)
     if low == 0 or len(means) - 1 - low < RISE_MIN_EPOCHS or len(means) - len(late) <= low:
         return None
-    rises = [abs(_rise(means, e)) for e in range(1, len(means) - 1)]
-    noise = ROBUST_SD * statistics.median(rises)
+    rises = np.abs(values[1:-1] - (values[:-2] + values[2:]) / 2)  # ``_rise`` of each epoch
+    noise = ROBUST_SD * _median(rises)
     margin = max(REBOUND_MARGIN * log_c, JUMP_SIGMAS * noise)
-    climbed = statistics.median(late) - means[low] > margin and min(late) > means[low]
+    climbed = _median(late) - means[low] > margin and min(late) > means[low]
     return low if climbed else None
 
 
@@ -348,90 +383,13 @@ def _near_chance(accuracy: float, num_classes: int) -> bool:
 def _rises_from_above_chance(means: Sequence[float], num_classes: int) -> bool:
     """The start of an accuracy curve without an epoch 0 at chance: 3 classes or more, and most
     epochs above the first (see ``ACCURACY_RISE_MARGIN``)."""
-    above = sum(mean > means[0] for mean in means[1:])
+    above = int(np.count_nonzero(np.asarray(means[1:], dtype=np.float64) > means[0]))
     return math.log(num_classes) > 1 and above > (len(means) - 1) / 2
-
-
-def _jumps(
-    epoch: int, batch_losses: Sequence[Sequence[float]], medians: Sequence[float], log_c: float
-) -> bool:
-    """Whether the epoch's typical (median) batch loss jumps above both neighbours' (only for
-    epochs of ``TYPICAL_BATCHES`` batches or more: a single batch's median is no typical one;
-    and not for the last epoch, whose rise above the one before may be a trend as well)."""
-    if not 0 < epoch < len(medians) - 1 or len(batch_losses[epoch]) < TYPICAL_BATCHES:
-        return False
-    return medians[epoch] - max(medians[epoch - 1], medians[epoch + 1]) > JUMP_MARGIN * log_c
-
-
-def _spiking_batches(losses: Sequence[float], median: float, initial: float, log_c: float) -> int:
-    """How many of an epoch's batches sit far above both its median batch and the initial loss,
-    and above the epoch's own spread (see ``SPIKING_MARGIN``)."""
-    bar = max(median, initial) + SPIKING_MARGIN * log_c
-    high = [loss for loss in losses if loss > bar]
-    if not high:
-        return 0
-    spread = ROBUST_SD * statistics.median(abs(loss - median) for loss in losses)
-    bar = max(bar, median + SPIKING_SIGMAS * spread)
-    return sum(loss > bar for loss in high)
-
-
-def _spiking(
-    epoch: int, losses: Sequence[float], median: float, initial: float, log_c: float
-) -> bool:
-    """Whether several batches of the epoch, not one, spike far above the rest and the initial
-    loss (after epoch 0, in epochs of ``TYPICAL_BATCHES`` batches or more; see
-    ``SPIKING_MARGIN``)."""
-    if epoch == 0 or len(losses) < TYPICAL_BATCHES:
-        return False
-    several = max(SPIKING_BATCHES, SPIKING_SHARE * len(losses))
-    return _spiking_batches(losses, median, initial, log_c) >= several
 
 
 def _rise(values: Sequence[float], epoch: int) -> float:
     """How far an epoch's value sits above the mean of its neighbours'."""
     return values[epoch] - (values[epoch - 1] + values[epoch + 1]) / 2
-
-
-def _single_value_jumps(values: Sequence[float], log_c: float) -> list[bool]:
-    """For a curve of one value per epoch, whether each epoch's value jumps above both
-    neighbours' by more than the margin and the curve's noise (see ``JUMP_SIGMAS``)."""
-    n = len(values)
-    jumping = [False] * n
-    candidates = [
-        e
-        for e in range(1, n - 1)
-        if values[e] - max(values[e - 1], values[e + 1]) > JUMP_MARGIN * log_c
-    ]
-    if not candidates:
-        return jumping
-    # Every interior epoch's absolute rise, sorted once: each candidate's median leaves out at
-    # most three of them by rank, so a million epochs take one sort, not one per candidate.
-    rises = [abs(_rise(values, i)) for i in range(1, n - 1)]
-    order = sorted(range(len(rises)), key=rises.__getitem__)
-    ordered = [rises[i] for i in order]
-    rank = [0] * len(rises)
-    for r, i in enumerate(order):
-        rank[i] = r
-    for e in candidates:
-        beside = sorted(rank[i - 1] for i in (e - 1, e, e + 1) if 0 < i < n - 1)
-        if len(beside) < len(ordered):
-            noise = ROBUST_SD * _median_without(ordered, beside)
-            jumping[e] = _rise(values, e) > JUMP_SIGMAS * noise
-    return jumping
-
-
-def _median_without(ordered: Sequence[float], left_out: Sequence[int]) -> float:
-    """The median of the sorted ``ordered`` without the values at the sorted ranks
-    ``left_out`` (fewer than all of them)."""
-    kept = len(ordered) - len(left_out)
-
-    def at(k: int) -> float:
-        for r in left_out:  # each rank left out at or below k moves the k-th kept one up
-            if r <= k:
-                k += 1
-        return ordered[k]
-
-    return (at((kept - 1) // 2) + at(kept // 2)) / 2
 
 
 def _outlier(value: float, others_mean: float, others_sd: float | None, log_c: float) -> bool:
@@ -454,7 +412,8 @@ def _start(losses: Sequence[float], log_c: float) -> tuple[float, int | None]:
     very symptom of large initial logits that the start is read for. Not the median: that
     would move the start of every curve whose loss falls within epoch 0, where the mean is
     what the fixed plot shows."""
-    highest = max(range(len(losses)), key=losses.__getitem__)
+    values = np.asarray(losses, dtype=np.float64)
+    highest = int(np.argmax(values))  # the first, as max() takes it
     for b in dict.fromkeys((len(losses) - 1, highest)):
         if b == 0:
             continue
@@ -464,38 +423,325 @@ def _start(losses: Sequence[float], log_c: float) -> tuple[float, int | None]:
         others_mean = _mean(others)
         # The margin first: it spares the standard deviation of an epoch of a million batches.
         if losses[b] - others_mean > OUTLIER_MARGIN * log_c and _outlier(
-            losses[b], others_mean, statistics.pstdev(others), log_c
+            losses[b], others_mean, _pstdev(np.delete(values, b)), log_c
         ):
             return others_mean, b
     return _mean(losses), None
 
 
-def _spike(
-    epoch: int,
-    losses: Sequence[float],
+# Every epoch's statistics in numpy, a row length at a time: one epoch at a time in Python, a
+# million batch losses took seconds (statistics.pstdev's exact fractions alone 8 s for 100,000
+# epochs of 10 batches). Each gives the very floats of the rule it replaces, the comparisons
+# made in the same order; where a float estimate decides, the exact value settles the close
+# calls.
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Every batch loss in one array, epoch after epoch, and where each epoch's row lies."""
+
+    values: _Floats
+    lengths: _Ints
+    starts: _Ints
+
+    @classmethod
+    def of(cls, batch_losses: Sequence[Sequence[float]]) -> _Rows:
+        lengths = np.fromiter(map(len, batch_losses), dtype=np.int64, count=len(batch_losses))
+        values = np.array(list(itertools.chain.from_iterable(batch_losses)), dtype=np.float64)
+        starts = np.zeros_like(lengths)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        return cls(values, lengths, starts)
+
+    @property
+    def lasts(self) -> _Floats:
+        last: _Floats = self.values[self.starts + self.lengths - 1]
+        return last
+
+    def others(self, epoch: int) -> _Floats:
+        """The epoch's batches before the last."""
+        start = int(self.starts[epoch])
+        return self.values[start : start + int(self.lengths[epoch]) - 1]
+
+    def blocks(self) -> Iterator[tuple[_Ints, _Floats]]:
+        """The epochs of each row length, and their rows as one matrix: numpy works on rows of
+        equal length, and a million values come in at most 1,414 lengths."""
+        order = np.argsort(self.lengths, kind="stable")
+        bounds = np.flatnonzero(np.diff(self.lengths[order])) + 1
+        for epochs in np.split(order, bounds):
+            length = int(self.lengths[epochs[0]])
+            yield epochs, self.values[self.starts[epochs, None] + np.arange(length)]
+
+
+def _sorted_medians(ordered: _Floats) -> _Floats:
+    """The median of each sorted row as ``statistics.median`` takes it: the middle value, or
+    (a + b) / 2 of the two middle ones."""
+    mid = ordered.shape[1] // 2
+    if ordered.shape[1] % 2:
+        return ordered[:, mid]
+    return (ordered[:, mid - 1] + ordered[:, mid]) / 2
+
+
+def _median(values: Sequence[float] | _Floats) -> float:
+    """``statistics.median`` of floats, sorted by numpy."""
+    return float(_sorted_medians(np.sort(np.asarray(values, dtype=np.float64))[None, :])[0])
+
+
+@dataclass(frozen=True)
+class _EpochStats:
+    """Per epoch (arrays indexed by epoch; NaN where the epoch has too few batches):
+
+    Attributes:
+        medians: the median batch loss.
+        lows: the lowest batch loss.
+        spiking: how many batches spike far above the rest (see ``SPIKING_MARGIN``).
+        others_sd: the standard deviation of the batches before the last, a float estimate
+            (two passes), with at least two of them.
+        others_max: the highest of those batches.
+    """
+
+    medians: _Floats
+    lows: _Floats
+    spiking: _Ints
+    others_sd: _Floats
+    others_max: _Floats
+
+
+def _epoch_stats(rows: _Rows, initial: float, log_c: float) -> _EpochStats:
+    n = rows.lengths.size
+    medians, lows = np.empty(n), np.empty(n)
+    others_sd, others_max = np.full(n, np.nan), np.full(n, np.nan)
+    spiking = np.zeros(n, dtype=np.int64)
+    for epochs, block in rows.blocks():
+        ordered = np.sort(block, axis=1)
+        medians[epochs] = _sorted_medians(ordered)
+        lows[epochs] = ordered[:, 0]
+        if block.shape[1] >= TYPICAL_BATCHES:
+            spiking[epochs] = _spiking_counts(ordered, medians[epochs], initial, log_c)
+            others = block[:, :-1]
+            deviations = others - others.mean(axis=1, keepdims=True)
+            others_sd[epochs] = np.sqrt((deviations * deviations).mean(axis=1))
+            others_max[epochs] = others.max(axis=1)
+    return _EpochStats(medians, lows, spiking, others_sd, others_max)
+
+
+def _spiking_counts(ordered: _Floats, medians: _Floats, initial: float, log_c: float) -> _Ints:
+    """How many of each epoch's batches (sorted rows) sit far above both its median batch and
+    the initial loss, and above the epoch's own spread (see ``SPIKING_MARGIN``). The spread, a
+    second sort, only for the epochs with a batch above the first bar."""
+    counts = np.zeros(len(ordered), dtype=np.int64)
+    bar = np.maximum(medians, initial) + SPIKING_MARGIN * log_c
+    high = np.flatnonzero(ordered[:, -1] > bar)
+    if not high.size:
+        return counts
+    deviations = np.sort(np.abs(ordered[high] - medians[high, None]), axis=1)
+    spread = ROBUST_SD * _sorted_medians(deviations)
+    bar = np.maximum(bar[high], medians[high] + SPIKING_SIGMAS * spread)
+    counts[high] = np.count_nonzero(ordered[high] > bar[:, None], axis=1)
+    return counts
+
+
+def _others_means(batch_losses: Sequence[Sequence[float]], lengths: _Ints) -> _Floats:
+    """The mean of each epoch's batches before the last, as ``_mean`` takes it (math.fsum, a
+    correctly rounded sum that numpy's does not match); 0 where there are none."""
+    sums = np.fromiter(
+        map(math.fsum, map(operator.itemgetter(slice(None, -1)), batch_losses)),
+        dtype=np.float64,
+        count=len(batch_losses),
+    )
+    counts = lengths - 1
+    return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+
+
+def _outliers(
+    rows: _Rows,
+    stats: _EpochStats,
+    others_means: _Floats,
+    log_c: float,
+) -> _Bools:
+    """Whether each epoch's last batch is an outlier above the others (``_outlier``), the
+    standard deviation estimated in floats, and exact (``_pstdev``) where the estimate is too
+    close to the bar to tell: its error is far below 1e-7 of the values compared."""
+    rise = rows.lasts - others_means
+    candidates = (rows.lengths >= 3) & (rise > OUTLIER_MARGIN * log_c)
+    bar = OUTLIER_SIGMAS * stats.others_sd
+    outlier = candidates & (rise > bar)
+    close = candidates & (np.abs(rise - bar) <= 1e-7 * (np.abs(rise) + bar + stats.others_max))
+    for e in np.flatnonzero(close).tolist():
+        outlier[e] = rise[e] > OUTLIER_SIGMAS * _pstdev(rows.others(e))
+    return outlier
+
+
+# The reasons of a spike, by the bits of ``_spikes``: 1, 2 and 4 for these in this order.
+_REASON_NAMES = ("last_batch_outlier", "above_initial_loss", "mean_jump")
+_REASONS = {
+    code: tuple(name for bit, name in enumerate(_REASON_NAMES) if code >> bit & 1)
+    for code in range(1, 8)
+}
+
+
+def _spikes(
+    rows: _Rows,
+    batch_losses: Sequence[Sequence[float]],
+    stats: _EpochStats,
     means: Sequence[float],
     lasts: Sequence[float],
-    jump: bool,
+    jumping: _Bools,
     initial: float,
     log_c: float,
-) -> Spike | None:
-    last = losses[-1]
-    others = losses[:-1]
-    others_mean = _mean(others) if others else None
-    others_sd = statistics.pstdev(others) if len(others) >= 2 else None
-    reasons = []
-    if others_mean is not None and _outlier(last, others_mean, others_sd, log_c):
-        reasons.append("last_batch_outlier")
-    if epoch > 0 and last > initial + ABOVE_INITIAL_MARGIN * log_c:
-        reasons.append("above_initial_loss")
+) -> list[Spike]:
+    """The spikes of the reported (last-batch) curve, each epoch's reasons in numpy."""
+    last = rows.lasts
+    others_means = _others_means(batch_losses, rows.lengths)
+    outlier = _outliers(rows, stats, others_means, log_c)
+    above = (np.arange(len(last)) > 0) & (last > initial + ABOVE_INITIAL_MARGIN * log_c)
     # A jump of the training shows as a spike where the reported value jumps too (a last
-    # batch that dips in a jumping epoch is no spike of the plot).
-    reported = [lasts[i] for i in (epoch - 1, epoch + 1) if 0 <= i < len(lasts)]
-    if jump and last > max(reported):
-        reasons.append("mean_jump")
-    if not reasons:
-        return None
-    return Spike(epoch, last, means[epoch], others_mean, others_sd, tuple(reasons), math.exp(-last))
+    # batch that dips in a jumping epoch is no spike of the plot). The first and last epochs
+    # never jump, so the missing neighbour's -inf decides nothing.
+    beside = np.maximum(np.append(-np.inf, last[:-1]), np.append(last[1:], -np.inf))
+    mean_jump = jumping & (last > beside)
+    # Each epoch's reasons as bits (one per reason, in ``_REASONS``' order), read as lists: a
+    # million spikes is a million Spikes, without numpy's slower element access.
+    codes = outlier * 1 + above * 2 + mean_jump * 4
+    epochs = np.flatnonzero(codes)
+    details: list[Spike] = []
+    for e, code, others_mean, length in zip(
+        epochs.tolist(),
+        codes[epochs].tolist(),
+        others_means[epochs].tolist(),
+        rows.lengths[epochs].tolist(),
+        strict=True,
+    ):
+        others_sd = None
+        if length >= 3:
+            # Exact where an answer shows it; past that, the estimate (no answer shows it).
+            exact = len(details) < DETAILED_SPIKES
+            others_sd = _pstdev(rows.others(e)) if exact else float(stats.others_sd[e])
+        last_batch = lasts[e]
+        details.append(
+            Spike(
+                e,
+                last_batch,
+                means[e],
+                others_mean if length >= 2 else None,
+                others_sd,
+                _REASONS[code],
+                math.exp(-last_batch),
+            )
+        )
+    return details
+
+
+def _pstdev(values: _Floats) -> float:
+    """``statistics.pstdev`` of floats, the same float (the correctly rounded root of the exact
+    variance), from exact sums that math.fsum finds instead of a fraction per value. Values
+    below 2**-400, whose squares' rounding errors fall below the smallest float, take
+    statistics' way."""
+    if np.any((values > 0) & (values < 2.0**-400)):
+        return float(statistics.pstdev(values.tolist()))
+    squares = values * values
+    n = len(values)
+    sx = _exact_sum(values)
+    sxx = _exact_sum(np.concatenate((squares, _square_errors(values, squares))))
+    variance = (n * sxx - sx * sx) / n / n
+    return _sqrt_of_fraction(variance.numerator, variance.denominator)
+
+
+def _square_errors(values: _Floats, squares: _Floats) -> _Floats:
+    """What rounding took from each square: x * x == squares + errors exactly (Dekker's
+    product, with Veltkamp's split of x into two halves whose products are exact)."""
+    scaled = 134217729.0 * values  # 2**27 + 1
+    high = scaled - (scaled - values)
+    low = values - high
+    return low * low - (((squares - high * high) - low * high) - high * low)
+
+
+def _exact_sum(values: _Floats) -> Fraction:
+    """The exact sum of floats: math.fsum rounds it once, so the sum is what it returns plus
+    the exact sum of what it left over, found the same way (each round takes 53 more bits)."""
+    items = values.tolist()
+    total = Fraction(0)
+    while part := math.fsum(items):
+        total += Fraction(part)
+        items.append(-part)
+    return total
+
+
+def _sqrt_of_fraction(n: int, m: int) -> float:
+    """The square root of n/m, correctly rounded, as ``statistics`` computes it: the root
+    rounded to an integer of 2 * 53 + 3 bits with round-to-odd, then to a float."""
+    q = (n.bit_length() - m.bit_length() - 109) // 2
+    if q >= 0:
+        return float(_isqrt_to_odd(n, m << 2 * q) << q)
+    return _isqrt_to_odd(n << -2 * q, m) / (1 << -q)
+
+
+def _isqrt_to_odd(n: int, m: int) -> int:
+    """The square root of n/m rounded to an integer, round-to-odd."""
+    a = math.isqrt(n // m)
+    return a | (a * a * m != n)
+
+
+def _single_value_jumps(values: _Floats, log_c: float) -> _Bools:
+    """For a curve of one value per epoch, whether each epoch's value jumps above both
+    neighbours' by more than the margin and the curve's noise (see ``JUMP_SIGMAS``)."""
+    n = len(values)
+    jumping = np.zeros(n, dtype=bool)
+    if n < 3:
+        return jumping
+    inner, before, after = values[1:-1], values[:-2], values[2:]
+    candidates = np.flatnonzero(inner - np.maximum(before, after) > JUMP_MARGIN * log_c) + 1
+    if not candidates.size:
+        return jumping
+    rises = inner - (before + after) / 2  # ``_rise`` of every interior epoch
+    noise = ROBUST_SD * _medians_without_neighbours(np.abs(rises), candidates)
+    jumping[candidates] = rises[candidates - 1] > JUMP_SIGMAS * noise
+    return jumping
+
+
+def _medians_without_neighbours(rises: _Floats, candidates: _Ints) -> _Floats:
+    """For each candidate epoch, the median of every interior epoch's absolute rise (``rises``,
+    of epochs 1 to n - 2) but its own and its neighbours': one sort, and each median found by
+    rank, moving past the (at most three) ranks left out. NaN where none is left."""
+    m = len(rises)
+    order = np.argsort(rises, kind="stable")
+    ordered = rises[order]
+    rank = np.empty(m, dtype=np.int64)
+    rank[order] = np.arange(m)
+    # The ranks left out, sorted; a rank past every index where the neighbour is no interior
+    # epoch (the first and last epochs have no rise).
+    past = m + 3
+    index = candidates - 1
+    left_out = np.stack(
+        (
+            np.where(index >= 1, rank[np.maximum(index - 1, 0)], past),
+            rank[index],
+            np.where(index <= m - 2, rank[np.minimum(index + 1, m - 1)], past),
+        ),
+        axis=1,
+    )
+    left_out.sort(axis=1)
+    kept = m - np.count_nonzero(left_out < past, axis=1)
+
+    def at(k: _Ints) -> _Floats:
+        for r in left_out.T:  # each rank left out at or below k moves the k-th kept one up
+            k = k + (r <= k)
+        return ordered[np.minimum(k, m - 1)]
+
+    medians = (at((kept - 1) // 2) + at(kept // 2)) / 2
+    return np.where(kept > 0, medians, np.nan)
+
+
+def _median_jumps(medians: _Floats, lengths: _Ints, log_c: float) -> _Bools:
+    """Whether each epoch's typical (median) batch loss jumps above both neighbours' (only for
+    epochs of ``TYPICAL_BATCHES`` batches or more: a single batch's median is no typical one;
+    and not for the first or last epoch, whose rise above the one before may be a trend)."""
+    jumping = np.zeros(len(medians), dtype=bool)
+    if len(medians) >= 3:
+        beside = np.maximum(medians[:-2], medians[2:])
+        jumping[1:-1] = (lengths[1:-1] >= TYPICAL_BATCHES) & (
+            medians[1:-1] - beside > JUMP_MARGIN * log_c
+        )
+    return jumping
 
 
 def _epochs(indices: Sequence[int]) -> str:
@@ -589,10 +835,10 @@ def _trend_findings(
     if not flags:
         return []
     late = _late(means)
-    level = statistics.median(late)
+    level = _median(late)
     late_epochs = f"epochs {len(means) - len(late)}-{len(means) - 1}"
     if "rising_after_minimum" in flags:
-        low = min(range(len(means)), key=means.__getitem__)
+        low = int(np.argmin(np.asarray(means, dtype=np.float64)))  # the first, as min() takes
         return [
             f"The loss falls to {_nats(means[low])} at epoch {low}, then climbs back: "
             f"{_nats(level)} (the median of {late_epochs}), "
@@ -824,6 +1070,7 @@ def _spike_findings(reading: _Reading, *, zigzag: bool) -> list[str]:
 def _spiking_findings(
     reading: _Reading,
     batch_losses: Sequence[Sequence[float]],
+    counts: _Ints,
     medians: Sequence[float],
     means: Sequence[float],
 ) -> list[str]:
@@ -831,10 +1078,9 @@ def _spiking_findings(
     spiking, initial, num_classes = reading.spiking, reading.initial, reading.num_classes
     if not spiking:
         return []
-    log_c = math.log(num_classes)
     worst = max(spiking, key=means.__getitem__)
     losses = batch_losses[worst]
-    count = _spiking_batches(losses, medians[worst], initial, log_c)
+    count = int(counts[worst])
     findings = [
         f"At {_epochs(spiking)} several batches, not one, sit far above the epoch's typical "
         f"(median) batch and above {_initial_named(initial, num_classes)} (epoch {worst}: "
@@ -901,7 +1147,11 @@ def _learning_findings(
     if (
         flagged
         or len(means) < 3
-        or any(abs(m - log_c) > INITIAL_LOSS_TOLERANCE * log_c for m in means)
+        or bool(
+            np.any(
+                np.abs(np.asarray(means, dtype=np.float64) - log_c) > INITIAL_LOSS_TOLERANCE * log_c
+            )
+        )
     ):
         return []
     if acc_means is not None:
@@ -947,44 +1197,40 @@ def diagnose(
     """
     _check(batch_losses, batch_accuracies, num_classes)
     log_c = math.log(num_classes)
-    means = [_mean(losses) for losses in batch_losses]
-    medians = [statistics.median(losses) for losses in batch_losses]
-    lasts = [losses[-1] for losses in batch_losses]
+    rows = _Rows.of(batch_losses)
+    sums = np.fromiter(map(math.fsum, batch_losses), dtype=np.float64, count=len(batch_losses))
+    means = (sums / rows.lengths).tolist()  # ``_mean`` of each epoch
+    lasts = list(map(operator.itemgetter(-1), batch_losses))
     first, left_out = _start(batch_losses[0], log_c)
     initial = max(log_c, first)
     # The curve as the findings read it: from where it starts (``_start``).
     read = [first, *means[1:]]
-    single_batches = all(len(losses) == 1 for losses in batch_losses)
+    single_batches = bool(np.all(rows.lengths == 1))
+    stats = _epoch_stats(rows, initial, log_c)
+    medians = stats.medians.tolist()
     if single_batches:
-        jumping = _single_value_jumps(lasts, log_c)
+        jumping = _single_value_jumps(rows.lasts, log_c)
     else:
-        jumping = [_jumps(e, batch_losses, medians, log_c) for e in range(len(batch_losses))]
-    details = [
-        spike
-        for e, losses in enumerate(batch_losses)
-        if (spike := _spike(e, losses, means, lasts, jumping[e], initial, log_c)) is not None
-    ]
-    jumps = [e for e, jump in enumerate(jumping) if jump]
+        jumping = _median_jumps(stats.medians, rows.lengths, log_c)
+    details = _spikes(rows, batch_losses, stats, means, lasts, jumping, initial, log_c)
+    jumps = np.flatnonzero(jumping).tolist()
+    after_0 = np.arange(len(batch_losses)) > 0
     # The typical batch: the median, or with two batches the lower one (both high is the
     # whole epoch; one batch per epoch cannot tell the reporting from the training).
-    diverging = [
-        e
-        for e, losses in enumerate(batch_losses)
-        if e > 0
-        and len(losses) >= 2
-        and (medians[e] if len(losses) >= TYPICAL_BATCHES else min(losses))
-        > initial + ABOVE_INITIAL_MARGIN * log_c
-    ]
-    spiking = [
-        e
-        for e, losses in enumerate(batch_losses)
-        if _spiking(e, losses, medians[e], initial, log_c)
-    ]
+    typical = np.where(rows.lengths >= TYPICAL_BATCHES, stats.medians, stats.lows)
+    diverging = np.flatnonzero(
+        after_0 & (rows.lengths >= 2) & (typical > initial + ABOVE_INITIAL_MARGIN * log_c)
+    ).tolist()
+    # Several spiking batches: at least SPIKING_BATCHES, and SPIKING_SHARE of the epoch's.
+    several = np.maximum(SPIKING_BATCHES, SPIKING_SHARE * rows.lengths)
+    spiking = np.flatnonzero(
+        after_0 & (rows.lengths >= TYPICAL_BATCHES) & (stats.spiking >= several)
+    ).tolist()
     acc_means = acc_lasts = None
     if batch_accuracies is not None:
-        acc_means = [_mean(accs) for accs in batch_accuracies]
+        acc_means = list(map(_mean, batch_accuracies))
         acc_lasts = [accs[-1] for accs in batch_accuracies]
-    flags = _curve_flags(batch_losses, read, num_classes, acc_means)
+    flags = _curve_flags(rows.values, read, num_classes, acc_means)
     reading = _Reading(
         details=details,
         jumps=jumps,
@@ -1014,7 +1260,7 @@ def diagnose(
     findings += _trend_findings(read, flags, num_classes)
     zigzag = _zigzag_findings(read, num_classes)
     findings += _spike_findings(reading, zigzag=bool(zigzag))
-    findings += _spiking_findings(reading, batch_losses, medians, means)
+    findings += _spiking_findings(reading, batch_losses, stats.spiking, medians, means)
     findings += zigzag
     findings += _learning_findings(read, acc_means, num_classes, bool(details or unstable or flags))
     return CurveDiagnosis(
