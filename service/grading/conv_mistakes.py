@@ -6,8 +6,10 @@ read in order. A student who learned the convolution of signal processing flips 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
+from models.conv import ConvConfig
 from service.grading.diagnosis import Candidate, Mistake, Shape, register
 from service.grading.keys import TensorKey
 
@@ -60,3 +62,90 @@ class KernelFlipped(Mistake):
 def _against_weight(op: str, wrt: str, select: str) -> bool:
     """Whether the key is dy/dW or dl/dW: a Jacobian against the weight, or its gradient."""
     return (op == "jacobian" and wrt == "weight") or (op == "backward" and select == "weight")
+
+
+SETTINGS_OPS = frozenset({"forward", "jacobian"})
+"""The ops recomputed with a setting left out: the others are given tensors (``backward``'s
+gradient of y) shaped for the layer's own settings."""
+
+
+@register
+class SettingIgnored(Mistake):
+    """A stride, padding or dilation of the layer left out: the output (or its Jacobian) of
+    the layer at stride 1, without padding or without dilation, which has another shape than
+    the key (seed 1.1(c): the output of the stride-2 layer has 3 positions, not 5). A wrong
+    shape is otherwise only told it is wrong."""
+
+    code = "stride_ignored"
+    also = ("padding_ignored", "dilation_ignored", "settings_ignored")
+    order = 46
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        source = key.source
+        if source is None or source.model.name not in CONV_MODELS:
+            return
+        config = source.prepared.config
+        if source.op not in SETTINGS_OPS or shape == tuple(key.tensor.shape):
+            return  # a setting left out changes the shape (where it changes anything)
+        ones = (1,) * config.dims
+        left_out = {
+            "stride": {"stride": ones} if config.stride != ones else {},
+            "padding": {"padding": "valid"}
+            if config.padding not in ("valid", (0,) * config.dims)
+            else {},
+            "dilation": {"dilation": ones} if config.dilation != ones else {},
+        }
+        changes = [(name, change) for name, change in left_out.items() if change]
+        if len(changes) > 1:  # all of them, as in a layer with no settings at all
+            every = {k: v for _, change in changes for k, v in change.items()}
+            changes.append(("settings", every))
+        for name, change in changes:
+            other = dataclasses.replace(config, **change)
+            if source.selected_shape(other) != shape:
+                continue
+            tensor = source.compute_config(other)
+            if tensor is not None:
+                message = _left_out_message(name, config, [n for n, _ in changes[:-1]])
+                yield Candidate(tensor, message, f"{name}_ignored")
+
+
+def _settings(config: ConvConfig) -> dict[str, str]:
+    """The layer's settings as the messages name them (one number for equal dimensions)."""
+
+    def shown(values: tuple[int, ...] | str) -> str:
+        if isinstance(values, str):
+            return repr(values)
+        return str(values[0]) if len(set(values)) == 1 else str(list(values))
+
+    return {
+        "stride": f"stride {shown(config.stride)}",
+        "padding": f"padding {shown(config.padding)}",
+        "dilation": f"dilation {shown(config.dilation)}",
+    }
+
+
+def _left_out_message(name: str, config: ConvConfig, names: list[str]) -> str:
+    """What leaving out the setting ``name`` (``settings``: every one of ``names``) did."""
+    settings = _settings(config)
+    if name == "stride":
+        why = (
+            f"the layer moves its kernel {settings['stride'].removeprefix('stride ')} "
+            "positions at a time, so it has fewer outputs"
+        )
+        return f"Your answer is the reference computed with stride 1: {why} ({settings['stride']})."
+    if name == "padding":
+        return (
+            "Your answer is the reference computed without padding: the layer pads its input "
+            f"with zeros first ({settings['padding']}), so its kernel also covers the borders."
+        )
+    if name == "dilation":
+        return (
+            "Your answer is the reference computed without dilation: the layer spaces its "
+            f"kernel's taps apart ({settings['dilation']})."
+        )
+    shown = [settings[n] for n in names]
+    used = ", ".join(shown[:-1]) + f" and {shown[-1]}"
+    return (
+        "Your answer is the reference computed as if the layer had no stride, padding or "
+        f"dilation: this layer has {used}."
+    )

@@ -8,6 +8,7 @@ exactly what the model endpoints answer, for any registered model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -84,20 +85,51 @@ class ModelSource:
         deadline = self.settings.compute_deadline_seconds
         return self.seconds + self.spent + estimate <= deadline
 
-    def compute(self, args: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    def compute(
+        self, args: Mapping[str, torch.Tensor], prepared: Prepared | None = None, scale: float = 1
+    ) -> torch.Tensor | None:
         """The same op and selection on other arguments (``None`` if it cannot be computed,
-        or would take longer than what is left of the deadline: it takes as long as the key)."""
-        if not self._affordable(self.seconds):
+        or would take longer than what is left of the deadline: it takes as long as the key,
+        ``scale`` times that where it answers ``scale`` times the elements), of ``prepared``
+        where given (another config of the model)."""
+        if not self._affordable(self.seconds * scale):
             return None
         started = time.perf_counter()
+        prepared = prepared or self.prepared
         try:
-            tensors = _run(self.op, self.prepared, dict(args), self.of, self.wrt, self.grad_outputs)
+            tensors = _run(self.op, prepared, dict(args), self.of, self.wrt, self.grad_outputs)
         except (ModelError, RuntimeError):
             return None
         finally:
             self.spent += time.perf_counter() - started
         tensor = tensors.get(self.select)
         return None if tensor is None else on_cpu(tensor)
+
+    def compute_config(self, config: Any) -> torch.Tensor | None:
+        """The same op and selection with another config of the model (a conv's stride left
+        out, say), on the key's arguments; ``None`` as ``compute``, and where the op's other
+        tensors (the gradients ``backward`` is given) fit only the key's config. The caller
+        compares the result's shape with an answer's (``selected_shape``) first: the answer
+        bounds what this computes."""
+        shape = self.selected_shape(config)
+        if shape is None:
+            return None
+        scale = max(1.0, math.prod(shape) / max(1, self.tensors[self.select].numel()))
+        changed = dataclasses.replace(self.prepared, config=config)
+        return self.compute(self.prepared.args, changed, scale)
+
+    def selected_shape(self, config: Any) -> tuple[int, ...] | None:
+        """The shape ``compute_config`` would answer, from the declared shapes alone (``None``
+        where the config does not fit them, or the op is not one it computes)."""
+        try:
+            outputs = self.model.output_shapes(config, self.prepared.arg_shapes)
+        except ModelError:
+            return None
+        if self.op == "forward":
+            return outputs.get(self.select)
+        if self.op == "jacobian" and self.of in outputs:
+            return outputs[self.of] + self.prepared.arg_shapes[self.wrt]
+        return None
 
     def jacobian(self, of: str, wrt: str) -> torch.Tensor | None:
         """d(of)/d(wrt) on the key's arguments, or ``None`` when over budget, estimated longer
