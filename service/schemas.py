@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import islice
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -85,6 +85,12 @@ def at_most(limit: int) -> BeforeValidator:
     return BeforeValidator(check)
 
 
+MAX_NAMES = 64
+"""The most entries of a model request's ``config``, ``params``, ``inputs`` and
+``grad_outputs``, refused before they are read: no model takes more than a few, and a million
+names took 1-4 s to refuse one by one."""
+
+
 class ComputeOptions(StrictBody):
     device: DeviceName = Field("auto", description=DEVICE)
     dtype: DtypeName = Field("float64", description=DTYPE)
@@ -111,18 +117,22 @@ def _config_keys() -> str:
 class ModelRequest(ComputeOptions):
     """The arguments of a reference model: its config, params and inputs."""
 
-    config: dict[str, Any] = Field(
+    config: Annotated[dict[str, Any], at_most(MAX_NAMES)] = Field(
         default_factory=dict,
         description=f"The model's config; a key missing takes its default. Keys by model: "
         f"{_config_keys()}; each with its default and schema under `config` in "
         "`GET /v1/models`. Any other key is a 422.",
     )
-    params: dict[str, TensorIn] = Field(default_factory=dict, description="Parameters by name.")
-    inputs: dict[str, TensorIn] = Field(default_factory=dict, description="Inputs by name.")
+    params: Annotated[dict[str, TensorIn], at_most(MAX_NAMES)] = Field(
+        default_factory=dict, description="Parameters by name."
+    )
+    inputs: Annotated[dict[str, TensorIn], at_most(MAX_NAMES)] = Field(
+        default_factory=dict, description="Inputs by name."
+    )
 
 
 class BackwardRequest(ModelRequest):
-    grad_outputs: dict[str, TensorIn] = Field(
+    grad_outputs: Annotated[dict[str, TensorIn], at_most(MAX_NAMES)] = Field(
         description="Upstream gradient dl/d(output) for one or more outputs, each of its shape."
     )
 
