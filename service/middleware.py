@@ -318,13 +318,6 @@ def _has_route(app: object, scope: Scope) -> bool:
     return any(route.matches(scope)[0] is Match.FULL for route in getattr(router, "routes", ()))
 
 
-SMALL_BODY = SMALL_BODY_BYTES
-"""Bodies declared larger than this, or not declared (chunked), are checked against the limit
-of their route before they are read: the limit of a route that takes less than the service's
-(``Settings.route_body_limits``, none smaller than this unless the service's own is), or none
-at all where no route answers the path."""
-
-
 class BodyLimit:
     """The body limit in force for one request, and the route it is the limit of (``None``
     for the service's limit)."""
@@ -554,9 +547,11 @@ class EdgeMiddleware:
                 return
         limit = BodyLimit(self.max_bytes)
         declared = int(content_length) if content_length and content_length.isdigit() else 0
-        # Only for a body that may be large: a small one is cheaper to read than to route.
+        # A body declared larger than the smallest route limit, or not declared (chunked), is
+        # held to its route's limit before it is read (``Settings.route_body_limits``), and not
+        # read at all where no route answers: a small one is cheaper to read than to route.
         if scope["method"] not in _BODILESS_METHODS and (
-            declared > SMALL_BODY or content_length is None
+            declared > SMALL_BODY_BYTES or content_length is None
         ):
             found = _route_body_limit(scope.get("app"), scope, self.max_bytes)
             if found is None:

@@ -325,9 +325,9 @@ class Settings(BaseSettings):
         """The routes whose bodies cannot need ``body_limit``, by ``"METHOD path"``: the
         largest body each takes, where that is less than ``body_limit``.
 
-        Their bodies are parsed at the edge like any other, before the route could say that
-        they are far too large: 60 MB of a shape request held a worker's event loop 10 s
-        before its 422. A shape or an experiment is a few numbers (``SMALL_BODY_BYTES``); a
+        Every body is parsed at the edge before its route runs, so a route's own checks came
+        too late for a body far too large: 60 MB of a shape request held a worker's event loop
+        10 s before its 422. A shape or an experiment is a few numbers (``SMALL_BODY_BYTES``); a
         loss curve is at most ``loss_curve_max_values`` losses and as many accuracies.
         """
         curve = 2 * self.loss_curve_max_values * CURVE_BYTES_PER_VALUE + SMALL_BODY_BYTES
