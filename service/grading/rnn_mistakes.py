@@ -221,6 +221,27 @@ class ScoreGradientOneSided(_AttentionStepMistake):
 
 
 @register
+class ScoreGradientKeyOnly(_AttentionStepMistake):
+    """AttentionRNN's dh[t]/dh[t-1] with dw_1[t]/dh[t-1] taken as K_1^T Q_1 h[t-1] (q_1[t]
+    held fixed): the mirror of ``score_gradient_one_sided``'s first candidate.
+
+    A code of its own rather than a third candidate of ``score_gradient_one_sided``: the
+    built-in 1.2.2e screens its variants against that code (``distinct_from``), and a new
+    candidate there would redraw students who already have their numbers."""
+
+    code = "score_gradient_key_only"
+    order = 24
+
+    def made(self, parts: _AttentionStep) -> Iterator[Candidate]:
+        yield Candidate(
+            parts.jacobians(parts.K.T @ parts.Q),
+            "The score w_1[t] = q_1[t]^T k_1[t] depends on h[t-1] through both q_1[t] = Q_1 "
+            "h[t-1] and k_1[t] = K_1 h[t-1]; your answer differentiates it through k_1[t] "
+            "only, as if q_1[t] were fixed.",
+        )
+
+
+@register
 class SoftmaxCouplingMissing(_AttentionStepMistake):
     """AttentionRNN's dh[t]/dh[t-1] with the softmax's derivative taken as da_1/dw_1 = a_1
     alone: v_1[t] where the seed has v_1[t] - h[t] (the other weights' change left out)."""

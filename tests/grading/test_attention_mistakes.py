@@ -1,0 +1,102 @@
+"""More typical wrong answers of AttentionRNN(2) (seed 1.2.2(e)-(f)), each diagnosed for every
+student's variant of the built-in assignment where it differs from the right answer.
+
+The wrong answers are the seed's formulas with one step changed, written here in numpy (with
+the seed's own forward pass and partials from ``seed_answers``), never by the service's
+mistake code. None of these mistakes is screened for (``distinct_from``): a variant on which
+one coincides with the right answer keeps its draw, and that answer is simply judged right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from service.grading.catalogue import Catalogue, catalogue_from_settings
+from service.grading.checker import EngineCheck, VariantScreen, spec_validator
+from service.grading.grade import ProblemResult, grade_problem
+from service.settings import Settings
+from tests.grading import seed_answers as seed
+
+SETTINGS = Settings(variant_secret="a secret of the tests, 32 chars")
+STUDENTS = [f"student-{n}" for n in range(150)]
+WINDOW = 2  # AttentionRNN(2): 1.2.2e and 1.2.2f
+
+Given = dict[str, np.ndarray]
+
+
+def key_only_jacobians(g: Given) -> np.ndarray:
+    """1.2.2(e) with dw_1[t]/dh[t-1] taken through k_1[t] = K_1 h[t-1] alone (q_1[t] fixed):
+    d(q^T K_1 h)/dh = q^T K_1 = h[t-1]^T Q_1^T K_1, the row vector; as a column K_1^T Q_1 h."""
+    q, k, v, x = g["Q"], g["K"], g["V"], g["x"]
+    h, a = seed.attention_rnn(q, k, v, x, WINDOW)
+    before = np.vstack([np.zeros(x.shape[1]), h[:-1]])  # h[t-1], h[0] = 0
+    return np.array(
+        [
+            a[t, 1] * np.outer(v[1] @ before[t] - h[t], before[t] @ q[1].T @ k[1]) + a[t, 1] * v[1]
+            for t in range(len(x))
+        ]
+    )
+
+
+WRONG: dict[str, tuple[str, str, Callable[[Given], np.ndarray]]] = {
+    # mistake: (problem, diagnosis code, the wrong answer)
+    "score through k_1 only": ("1.2.2e", "score_gradient_key_only", key_only_jacobians),
+}
+"""Each typical wrong answer: its problem, the code it must be diagnosed with, and how it is
+computed from the student's given tensors."""
+
+COINCIDING = {
+    # student-91's states are small (|h| < 0.11): the score path, quadratic in h, is within
+    # the tolerance whichever side it is differentiated on
+    "score through k_1 only": 1,
+}
+"""Of the 150 students, for how many the mistake's answer is within the tolerance of the right
+one (judged right, so never diagnosed): the draws are not screened for these mistakes."""
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Catalogue:
+    return catalogue_from_settings(SETTINGS, spec_validator(SETTINGS), VariantScreen(SETTINGS))
+
+
+def told(result: ProblemResult) -> list[str]:
+    return [d["code"] for d in result.feedback.get("diagnosis", [])]
+
+
+@pytest.mark.parametrize("mistake", WRONG)
+def test_a_typical_mistake_is_diagnosed_for_every_student(
+    catalogue: Catalogue, mistake: str
+) -> None:
+    problem_id, code, wrong = WRONG[mistake]
+    check = EngineCheck(SETTINGS)
+    coinciding = []
+    for student in STUDENTS:
+        variant = catalogue.variant("cnn-rnn", problem_id, student)
+        given = {name: tensor.numpy() for name, tensor in variant.given.items()}
+        right = grade_problem(variant, seed.answer_to(problem_id, given), check)
+        assert right.status == "correct" and right.score == right.max_score, student
+        assert told(right) == [], student
+        answer = wrong(given)
+        result = grade_problem(variant, answer.tolist(), check)
+        if result.status == "correct":
+            coinciding.append(student)  # the mistake changes nothing the tolerance sees
+            continue
+        assert result.status == "incorrect" and result.score == 0, (student, result)
+        assert code in told(result), (student, result.feedback)
+    assert len(coinciding) == COINCIDING[mistake], coinciding
+
+
+@pytest.mark.parametrize("mistake", WRONG)
+def test_the_diagnosis_says_what_was_done(catalogue: Catalogue, mistake: str) -> None:
+    problem_id, code, wrong = WRONG[mistake]
+    variant = catalogue.variant("cnn-rnn", problem_id, STUDENTS[0])
+    given = {name: tensor.numpy() for name, tensor in variant.given.items()}
+    result = grade_problem(variant, wrong(given).tolist(), EngineCheck(SETTINGS))
+    message = next(d["message"] for d in result.feedback["diagnosis"] if d["code"] == code)
+    said = {
+        "score_gradient_key_only": "as if q_1[t] were fixed",
+    }
+    assert said[code] in message, message
