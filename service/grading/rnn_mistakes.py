@@ -259,6 +259,110 @@ class SoftmaxCouplingMissing(_AttentionStepMistake):
 
 
 @dataclass(frozen=True)
+class _AttentionLags:
+    """AttentionRNN's run behind a key dl/dh[t] through time (seed 1.2.2(f)), with every
+    partial dh[t]/dh[t-i] the recursion carries back through: the states are numbered 0..T,
+    h[0] = 0 included, so that the gradient can also be carried back to h[0]."""
+
+    partials: list[torch.Tensor]  # entry i-1: (T-i+1, n, n), row s is dh[s+i]/dh[s], s >= 0
+    direct: torch.Tensor  # (T, n)  the loss's direct dl/dh[t], row t-1
+
+    @classmethod
+    def of(cls, key: TensorKey) -> _AttentionLags | None:
+        """The run of a key ``state_grads`` of ``attention_rnn`` whose loss gives direct
+        gradients of h alone (the seed's 1.2.2(f)); else None."""
+        source = key.source
+        if source is None or source.model.name != "attention_rnn":
+            return None
+        if source.op != "backward" or source.select != "state_grads":
+            return None
+        if set(source.grad_outputs) != {"h"}:
+            return None  # the paths through a and w are another recursion
+        direct = on_cpu(source.grad_outputs["h"])
+        outputs = source.forward()
+        h, a = outputs["h"], outputs["a"]  # (T, n), (T, k+1 or T+1)
+        if h.dim() != 2 or direct.shape != h.shape or key.tensor.shape != h.shape:
+            return None
+        window = source.prepared.config.k
+        steps, n = h.shape
+        lags = steps if window == "inf" else min(int(window), steps)
+        if steps * lags > MAX_ATTENDED_PAIRS or steps * lags * n * n > MAX_PARTIAL_ELEMENTS:
+            return None  # one Jacobian per (step, lag) pair: for the homework's sizes only
+        Q, K, V = (on_cpu(source.prepared.args[name]) for name in ("Q", "K", "V"))
+        states = torch.cat([torch.zeros_like(h[:1]), h])  # (T+1, n)  h[0] = 0, h[1], ..., h[T]
+        partials = []
+        for i in range(1, lags + 1):
+            p = 1 if window == "inf" else i  # inf shares index 1 between the past states
+            before = states[: steps + 1 - i]  # (T-i+1, n)  h[t-i] for t = i..T, h[0] first
+            after = states[i:]  # h[t]
+            spread = before @ V[p].T - after  # v_i[t] - h[t]: the softmax moves every weight
+            score = before @ (Q[p].T @ K[p] + K[p].T @ Q[p])  # dw_i[t]/dh[t-i], a row
+            weight = a[i - 1 :, i, None, None]  # a_i[t] for t = i..T
+            partials.append(weight * (spread[:, :, None] * score[:, None, :] + V[p]))
+        return cls(partials, direct)
+
+    def totals(self, lags: int | None = None, transposed: bool = True) -> torch.Tensor:
+        """dl/dh[s] for s = 0..T (T+1, n), by the seed's recursion dl/dh[s] = direct +
+        sum_i dl/dh[s+i] dh[s+i]/dh[s]: over the lags up to ``lags`` (None: all), each
+        partial applied as the chain rule has it (the row vector times the Jacobian, J^T on
+        a column) when ``transposed``, else as J times the column. h[0] has no direct term."""
+        steps, n = self.direct.shape
+        total = torch.zeros(steps + 1, n, dtype=self.direct.dtype)
+        used = self.partials[: len(self.partials) if lags is None else lags]
+        for s in reversed(range(steps + 1)):
+            carried = self.direct[s - 1].clone() if s >= 1 else torch.zeros_like(total[0])
+            for i, partial in enumerate(used, start=1):
+                if s + i <= steps:
+                    jacobian = partial[s]  # dh[s+i]/dh[s]
+                    later = total[s + i]
+                    carried += jacobian.T @ later if transposed else jacobian @ later
+            total[s] = carried
+        return total
+
+
+@register
+class LagPathsMissing(Mistake):
+    """AttentionRNN's dl/dh[t] through time (seed 1.2.2(f)) carried back along the chain
+    h[t+1] -> h[t] alone: the paths of the lags i >= 2 (h[t] -> h[t+i] directly, the lag-2
+    path of AttentionRNN(2)) left out."""
+
+    code = "lag_paths_missing"
+    order = 29
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        run = _AttentionLags.of(key)
+        if run is None or tuple(key.tensor.shape) != shape:
+            return
+        yield Candidate(
+            run.totals(lags=1)[1:],
+            "Your gradient flows back only along the chain h[t+1] -> h[t]. In AttentionRNN(k) "
+            "each of h[t+1], ..., h[t+k] attends to h[t] directly (through the query, key and "
+            "value it projects h[t] with): dl/dh[t] sums a path from every later state whose "
+            "window holds h[t], each through its own dh[t+i]/dh[t].",
+        )
+
+
+@register
+class JacobiansNotTransposed(Mistake):
+    """AttentionRNN's dl/dh[t] through time (seed 1.2.2(f)) with each dh[t+i]/dh[t] applied
+    to the later gradient as J times the column, where the chain rule has its transpose."""
+
+    code = "jacobians_not_transposed"
+    order = 29
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        run = _AttentionLags.of(key)
+        if run is None or tuple(key.tensor.shape) != shape:
+            return
+        yield Candidate(
+            run.totals(transposed=False)[1:],
+            "Your answer carries the gradient back as J dl/dh[t+i], with J = dh[t+i]/dh[t]. "
+            "The chain rule gives the row vector dl/dh[t+i] times J, which as a column is "
+            "J^T dl/dh[t+i]: use the transpose of each Jacobian.",
+        )
+
+
+@dataclass(frozen=True)
 class _GatedSteps:
     """A gated RNN's run, as the mistakes with its derivatives recompute it from the seed's
     formulas: the gates c[t], how each step moves with its gate, the inputs and weights."""
@@ -403,9 +507,14 @@ MAX_BACKPROPAGATED_STEPS = 256
 """The most time steps the gated RNN's mistakes in dl/dW_x backpropagate one by one (a loop in
 Python, about 0.1 ms a step for the five mistakes together), far above the homework's T = 4."""
 
+MAX_PARTIAL_ELEMENTS = 4_000_000
+"""The most elements of the partials dh[t]/dh[t-i] the mistakes in AttentionRNN's dl/dh[t]
+recompute (one n x n Jacobian per step and lag), far above the homework's 5 x 2 x 2 x 2."""
+
 MAX_ATTENDED_PAIRS = 4096
 """The most (step, past state) pairs ``ZeroStatesLeftOut`` recomputes one by one (about 10 ms
-per thousand): T = 64 with every past state, far above the homework's T = 4."""
+per thousand), and the mistakes in AttentionRNN's dl/dh[t] carry the gradient back through:
+T = 64 with every past state, far above the homework's T = 4."""
 
 
 def _attend_existing_states(

@@ -19,6 +19,8 @@ from service.grading.checker import EngineCheck, VariantScreen, spec_validator
 from service.grading.grade import ProblemResult, grade_problem
 from service.settings import Settings
 from tests.grading import seed_answers as seed
+from tests.grading.test_diagnosis import codes, judge
+from tests.grading.test_distinct_variants import attention_args, jacobians_spec
 
 SETTINGS = Settings(variant_secret="a secret of the tests, 32 chars")
 STUDENTS = [f"student-{n}" for n in range(150)]
@@ -41,9 +43,32 @@ def key_only_jacobians(g: Given) -> np.ndarray:
     )
 
 
+def backward(g: Given, lags: int, transposed: bool, window: int = WINDOW) -> np.ndarray:
+    """dl/dh[s] for s = 0..T (h[0] = 0 in row 0, with no direct term): the seed's 1.2.2(f),
+    dl/dh[s] = direct + sum_{i <= lags} dl/dh[s+i] dh[s+i]/dh[s], each partial the seed's
+    1.2.2(e) (``attention_partial``), applied as J^T on the column (the row vector times J)
+    when ``transposed``, else as J times the column."""
+    q, k, v, x, direct = g["Q"], g["K"], g["V"], g["x"], g["dl_dh"]
+    steps = len(x)
+    total = np.zeros((steps + 1, x.shape[1]))  # row s for h[s]
+    for s in reversed(range(steps + 1)):
+        carried = direct[s - 1].copy() if s >= 1 else np.zeros(x.shape[1])
+        for i in range(1, lags + 1):
+            if s + i > steps:
+                continue
+            # attention_partial numbers its rows 0-based: h[s+i] is row s+i-1
+            partial = seed.attention_partial(q, k, v, x, window, s + i - 1, i)
+            later = total[s + i]
+            carried += later @ partial if transposed else partial @ later
+        total[s] = carried
+    return total
+
+
 WRONG: dict[str, tuple[str, str, Callable[[Given], np.ndarray]]] = {
     # mistake: (problem, diagnosis code, the wrong answer)
     "score through k_1 only": ("1.2.2e", "score_gradient_key_only", key_only_jacobians),
+    "lag-2 path missing": ("1.2.2f", "lag_paths_missing", lambda g: backward(g, 1, True)[1:]),
+    "J for J^T": ("1.2.2f", "jacobians_not_transposed", lambda g: backward(g, WINDOW, False)[1:]),
 }
 """Each typical wrong answer: its problem, the code it must be diagnosed with, and how it is
 computed from the student's given tensors."""
@@ -52,6 +77,8 @@ COINCIDING = {
     # student-91's states are small (|h| < 0.11): the score path, quadratic in h, is within
     # the tolerance whichever side it is differentiated on
     "score through k_1 only": 1,
+    "lag-2 path missing": 0,
+    "J for J^T": 0,
 }
 """Of the 150 students, for how many the mistake's answer is within the tolerance of the right
 one (judged right, so never diagnosed): the draws are not screened for these mistakes."""
@@ -98,5 +125,38 @@ def test_the_diagnosis_says_what_was_done(catalogue: Catalogue, mistake: str) ->
     message = next(d["message"] for d in result.feedback["diagnosis"] if d["code"] == code)
     said = {
         "score_gradient_key_only": "as if q_1[t] were fixed",
+        "lag_paths_missing": "only along the chain h[t+1] -> h[t]",
+        "jacobians_not_transposed": "use the transpose of each Jacobian",
     }
     assert said[code] in message, message
+
+
+def test_the_gradient_through_time_of_a_wider_window_is_diagnosed() -> None:
+    """AttentionRNN(3), with states of order 1: the chain alone leaves out the lags 2 and 3;
+    every partial is the seed's, as for k = 2."""
+    window = 3
+    args = attention_args(window)
+    args["dl_dh"] = np.random.default_rng(1).normal(0, 1, args["x"].shape)
+    spec = {
+        **jacobians_spec(window, args),
+        "op": "backward",
+        "select": "state_grads",
+        "grad_outputs": {"h": args["dl_dh"].tolist()},
+    }
+    right = backward(args, window, True, window)
+    np.testing.assert_allclose(
+        right[1:],
+        seed.attention_state_grads(
+            args["Q"], args["K"], args["V"], args["x"], window, args["dl_dh"]
+        ),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    result = judge(spec, right[1:].tolist())
+    assert result["correct"] and result["diagnosis"] == []
+    for answer, code in (
+        (backward(args, 1, True, window)[1:], "lag_paths_missing"),
+        (backward(args, window, False, window)[1:], "jacobians_not_transposed"),
+    ):
+        result = judge(spec, answer.tolist())
+        assert result["correct"] is False and code in codes(result), (code, result)
