@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.grading.diagnosis import Candidate, Mistake, Shape, register
+from service.grading.diagnosis import TIME_AXES, Candidate, Mistake, Shape, register
 from service.grading.keys import ModelSource, TensorKey, Tensors, on_cpu
 
 
@@ -501,6 +501,54 @@ class ZeroStatesLeftOut(Mistake):
             "They take part: each has the score q^T k = 0 and so the weight e^0 / sum, and "
             "the value 0.",
         )
+
+
+@register
+class InitialStateRow(Mistake):
+    """A recurrent model's answer with one row per step h[t] (the states, their one-step
+    Jacobians, dl/dh[t] through time) given one row too many: h[0] = 0, the initial state,
+    counted as a step in row 0. Without it the answer is told only that its shape is wrong."""
+
+    code = "initial_state_row"
+    order = 29
+
+    def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
+        source = key.source
+        tensor = key.tensor
+        if source is None or tensor.dim() < 1 or shape != (len(tensor) + 1, *tensor.shape[1:]):
+            return
+        stepped = any(TIME_AXES & set(spec.shape) for spec in source.model.inputs)
+        if not stepped or "h" not in {spec.name for spec in source.model.outputs}:
+            return  # not a recurrent model's states: no h[0]
+        zero = torch.zeros_like(tensor[:1])
+        told = (
+            "h[0] is the initial state, given rather than computed by a step: the question "
+            "asks for t = 1, ..., T, with row t-1 for step t, and h[0] has no row."
+        )
+        if source.op == "forward" and source.select == "h":
+            given = source.prepared.args.get("h0")
+            start = zero if given is None else on_cpu(given).reshape(zero.shape)
+            yield Candidate(
+                torch.cat([start, tensor]),
+                f"Your answer has one row too many: its row 0 is h[0]. {told}",
+            )
+        elif source.op == "state_jacobians" and source.select == "jacobians":
+            yield Candidate(
+                torch.cat([zero, tensor]),
+                "Your answer has one Jacobian too many: a zero one first, for h[0]. " + told,
+            )
+        elif source.op == "backward" and source.select == "state_grads":
+            run = _AttentionLags.of(key)
+            if run is not None:
+                yield Candidate(
+                    run.totals(),
+                    "Your answer has one row too many: its row 0 is dl/dh[0], the gradient "
+                    f"carried back to the initial state. {told}",
+                )
+            yield Candidate(
+                torch.cat([zero, tensor]),
+                f"Your answer has one row too many: a row of zeros first, for h[0]. {told}",
+            )
 
 
 MAX_BACKPROPAGATED_STEPS = 256

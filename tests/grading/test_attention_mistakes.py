@@ -69,6 +69,33 @@ WRONG: dict[str, tuple[str, str, Callable[[Given], np.ndarray]]] = {
     "score through k_1 only": ("1.2.2e", "score_gradient_key_only", key_only_jacobians),
     "lag-2 path missing": ("1.2.2f", "lag_paths_missing", lambda g: backward(g, 1, True)[1:]),
     "J for J^T": ("1.2.2f", "jacobians_not_transposed", lambda g: backward(g, WINDOW, False)[1:]),
+    "1.2.2e with an h[0] row": (
+        "1.2.2e",
+        "initial_state_row",
+        lambda g: np.concatenate([np.zeros((1, 2, 2)), np.asarray(seed.answer_to("1.2.2e", g))]),
+    ),
+    "1.2.2f with dl/dh[0] in row 0": (
+        "1.2.2f",
+        "initial_state_row",
+        lambda g: backward(g, WINDOW, True),
+    ),
+    "1.2.2f with a zero row 0": (
+        "1.2.2f",
+        "initial_state_row",
+        lambda g: np.concatenate([np.zeros((1, 2)), np.asarray(seed.answer_to("1.2.2f", g))]),
+    ),
+    "1.2.2c with h[0] in row 0": (
+        "1.2.2c",
+        "initial_state_row",
+        lambda g: np.concatenate([np.zeros((1, 2)), np.asarray(seed.answer_to("1.2.2c", g))]),
+    ),
+    "1.2.1d-jacobian with an h[0] row": (
+        "1.2.1d-jacobian",
+        "initial_state_row",
+        lambda g: np.concatenate(
+            [np.zeros((1, 3, 3)), np.asarray(seed.answer_to("1.2.1d-jacobian", g))]
+        ),
+    ),
 }
 """Each typical wrong answer: its problem, the code it must be diagnosed with, and how it is
 computed from the student's given tensors."""
@@ -79,6 +106,11 @@ COINCIDING = {
     "score through k_1 only": 1,
     "lag-2 path missing": 0,
     "J for J^T": 0,
+    "1.2.2e with an h[0] row": 0,
+    "1.2.2f with dl/dh[0] in row 0": 0,
+    "1.2.2f with a zero row 0": 0,
+    "1.2.2c with h[0] in row 0": 0,
+    "1.2.1d-jacobian with an h[0] row": 0,
 }
 """Of the 150 students, for how many the mistake's answer is within the tolerance of the right
 one (judged right, so never diagnosed): the draws are not screened for these mistakes."""
@@ -127,6 +159,7 @@ def test_the_diagnosis_says_what_was_done(catalogue: Catalogue, mistake: str) ->
         "score_gradient_key_only": "as if q_1[t] were fixed",
         "lag_paths_missing": "only along the chain h[t+1] -> h[t]",
         "jacobians_not_transposed": "use the transpose of each Jacobian",
+        "initial_state_row": "h[0] has no row",
     }
     assert said[code] in message, message
 
@@ -157,6 +190,7 @@ def test_the_gradient_through_time_of_a_wider_window_is_diagnosed() -> None:
     for answer, code in (
         (backward(args, 1, True, window)[1:], "lag_paths_missing"),
         (backward(args, window, False, window)[1:], "jacobians_not_transposed"),
+        (right, "initial_state_row"),
     ):
         result = judge(spec, answer.tolist())
         assert result["correct"] is False and code in codes(result), (code, result)
