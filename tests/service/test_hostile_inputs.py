@@ -178,7 +178,7 @@ SHAPED: list[tuple[str, str, dict[str, Any], int, str]] = [
         "conv1d/forward",
         with_(params={f"p{i}": [1.0] for i in range(100_000)}),
         422,
-        "unknown param",
+        "at most 64 items",  # refused by their count before they are read
     ),
     (
         "bool where a number is expected",
