@@ -542,6 +542,8 @@ def run_grade(args: argparse.Namespace) -> int:
             f"{' and '.join(given)}: for a class (a folder or a .csv); for one submission "
             "file, --gradescope names the result's file"
         )
+    if args.gradescope:
+        gradebook.refuse_overwrite(args.gradescope, args.submission)
     submission = gradebook.read_submission(args.submission, args.student_id)
     with _client(args) as client:
         result = gradebook.grade_submission(
@@ -601,6 +603,7 @@ def _grade_class(args: argparse.Namespace) -> int:
 
     out: Path = args.out if args.out is not None else CLASS_OUT
     jobs: int = args.jobs if args.jobs is not None else CLASS_JOBS
+    gradebook.refuse_overwrite(out, args.submission)
     submissions = gradebook.read_class(args.submission)
     interrupted = False
     report = gradebook.ClassReport()

@@ -165,6 +165,22 @@ def _read_submission(path: Path, student_id: str | None) -> Submission:
     return Submission(student, answers)
 
 
+def refuse_overwrite(out: Path, submission: Path) -> None:
+    """Refuse results written where they would replace the submissions: ``--out`` the class
+    folder itself (each ``<id>.json`` result over the student's ``<id>.json``, and the next
+    run grading the results as submissions), or one result file the submission file.
+
+    Raises:
+        SubmissionError: saying which.
+    """
+    if out.exists() and submission.exists() and out.resolve() == submission.resolve():
+        what = "the class folder" if submission.is_dir() else "the submission file"
+        raise SubmissionError(
+            f"{out}: the results would replace the submissions: it is {what}; write them "
+            "elsewhere (a folder inside the class folder is fine)"
+        )
+
+
 def read_class(path: Path) -> list[Submission]:
     """Every submission of a class: a folder of ``<student id>.json`` files or a CSV file."""
     if path.is_dir():
@@ -235,7 +251,13 @@ def _field_id(path: Path) -> str | None:
     return None
 
 
+CSV_CELL_LIMIT = 256 * 2**20
+"""The largest CSV cell read (the csv module's own limit, 128 KiB, stopped a whole class at
+one long answer); larger than any body the service takes."""
+
+
 def _read_csv(path: Path) -> list[Submission]:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_CELL_LIMIT))
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -636,6 +658,13 @@ def grade_class(
     out.mkdir(parents=True, exist_ok=True)
     names = result_names(s.student_id for s in submissions)
     report = report if report is not None else ClassReport()
+    if regrade:
+        # Every earlier result goes before any request: a student whose request fails now is
+        # "not graded yet" in the gradebook, and a later run (with or without --regrade)
+        # grades them, rather than their earlier result standing as if it were this run's.
+        for submission in submissions:
+            with contextlib.suppress(FileNotFoundError):
+                (out / names[submission.student_id]).unlink()
     todo = []
     for submission in submissions:
         student = submission.student_id
@@ -721,9 +750,10 @@ def _outcome(
         # Not the service answering (a proxy's page, a captive portal): the same for everyone.
         raise GradingStopped(str(error)) from error
     except ProblemError as error:
-        if error.status in SUBMISSION_FAULTS and not error.body:
+        if error.status in SUBMISSION_FAULTS and not _from_service(error):
             # Not the service's problem detail: a proxy's page (nginx's 413 for a body over
-            # its own limit). Nothing the service judged: no grade; a later run retries.
+            # its own limit, or a gateway's {"status": "error", "detail": ...}). Nothing the
+            # service judged: no grade; a later run retries.
             report.failed[student] = f"answered by something other than the service: {error}"
         elif error.status in SUBMISSION_FAULTS:
             return problem_result(error)
@@ -744,6 +774,14 @@ def _outcome(
         # A proxy's page, an empty object: nothing to keep as a grade; a later run retries.
         report.failed[student] = "the service's answer is not a Gradescope result"
     return None
+
+
+def _from_service(error: ProblemError) -> bool:
+    """Whether a refusal is the service's own problem detail (RFC 9457, with the integer
+    ``status`` it answered with), not a page of something in front of it that also has a
+    ``detail``."""
+    status = error.body.get("status") if error.body else None
+    return isinstance(status, int) and not isinstance(status, bool)
 
 
 def unknown_columns(

@@ -34,6 +34,7 @@ class FakeGrading:
         self.fail_with: dict[str, int] = {}  # student id -> status answered instead
         self.answer_with: dict[str, Any] = {}  # student id -> JSON answered with a 200 instead
         self.page_with: dict[str, int] = {}  # student id -> status of a proxy's HTML page
+        self.gateway_with: dict[str, int] = {}  # student id -> status of a gateway's JSON
         self.revision: str | None = "0" * 32  # the listed revision (None: a service without)
         self.graded_revision: str | None = None  # the grades' own, if not the listed one
         self.app = self._build()
@@ -65,6 +66,9 @@ class FakeGrading:
             if student in self.page_with:  # nginx's page for a body over its limit, say
                 status = self.page_with[student]
                 return HTMLResponse(f"<html><h1>{status} from a proxy</h1></html>", status)
+            if student in self.gateway_with:  # a gateway's refusal: JSON, not a problem detail
+                detail = {"status": "error", "detail": "body too large for the gateway"}
+                return JSONResponse(detail, self.gateway_with[student])
             status = self.fail_with.get(student)
             if status is not None:
                 raise Problem(status, f"failing {student} on purpose", headers={"Retry-After": "0"})

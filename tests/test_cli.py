@@ -1171,3 +1171,126 @@ def test_serve_warns_of_a_rate_limit_counted_per_worker_and_of_shared_keys_besid
         instructor_keys=INSTRUCTOR, student_key_file=roster, variant_secret=SECRET
     )
     assert startup_warnings(only_roster) == []
+
+
+def test_a_gateways_json_refusal_is_no_grade(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`{"status": "error", "detail": ...}` with a 413 is a gateway's, not the service's
+    problem detail (whose status is the integer it answered): no grade of 0 is kept."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [5, 2]}})
+    service.gateway_with = {"ben": 413}
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 1
+    captured = capsys.readouterr()
+    assert "1 graded, 0 already graded, 1 failed" in captured.out
+    assert "answered by something other than the service" in captured.err
+    assert not (out / "ben.json").exists()
+    service.gateway_with = {}
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert "1 graded, 1 already graded, 0 failed" in capsys.readouterr().out
+
+
+def test_results_that_would_replace_the_submissions_are_refused(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each <id>.json result over the student's <id>.json submission lost every answer, and
+    the next run graded the results as submissions: 0 for the whole class."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    before = (tmp_path / "subs" / "ada.json").read_text()
+    assert main(class_argv(url, tmp_path / "subs", tmp_path / "subs" / ".")) == 2
+    assert "the results would replace the submissions" in capsys.readouterr().err
+    one = tmp_path / "subs" / "ada.json"
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(one), "--gradescope", str(one)]
+    assert main(argv) == 2
+    assert "it is the submission file" in capsys.readouterr().err
+    assert (tmp_path / "subs" / "ada.json").read_text() == before and service.graded == []
+    # A folder inside the class folder is fine: the class is its .json files alone.
+    assert main(class_argv(url, tmp_path / "subs", tmp_path / "subs" / "grades")) == 0
+    assert main(class_argv(url, tmp_path / "subs", tmp_path / "subs" / "grades")) == 0
+    assert "0 graded, 1 already graded" in capsys.readouterr().out
+
+
+def test_a_regrade_that_fails_a_student_leaves_no_earlier_grade_standing(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An earlier result of a student the regrade could not grade was listed as their grade
+    with no note, and the next run (as the run advises) kept it as already graded."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [5, 2]}})
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    service.fail_with = {"ben": 503}
+    assert main([*class_argv(url, tmp_path / "subs", out), "--regrade", "--retries", "0"]) == 1
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert rows["ada"]["score"] == "2.0"
+    assert rows["ben"]["score"] == "" and rows["ben"]["note"].startswith("not graded yet: 503")
+    assert not (out / "ben.json").exists()
+    service.fail_with = {}
+    service.graded.clear()
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    assert service.graded == ["ben"]
+    capsys.readouterr()
+
+
+def test_a_csv_cell_larger_than_the_csv_modules_limit_is_read(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One cell over 131,072 characters stopped the whole class."""
+    service, url = fake
+    table = tmp_path / "class.csv"
+    formula = "H + " * 50_000 + "1"
+    table.write_text(f'student_id,1.1a\nada,"[5, 2]"\nben,"{formula}"\n')
+    assert main(class_argv(url, table, tmp_path / "grades")) == 0
+    assert {b["student_id"]: b["answers"]["1.1a"] for b in service.bodies} == {
+        "ada": [5, 2],
+        "ben": formula,
+    }
+    capsys.readouterr()
+
+
+NUMBERED_CHOICES = """
+id = "quiz"
+title = "Options that are numbers or booleans"
+
+[[problems]]
+id = "q1"
+title = "Which one?"
+statement = "Pick 1, 2 or 3."
+points = 1
+answer_kind = "choice"
+choices = [{ id = "1", text = "one" }, { id = "2", text = "two" }, { id = "3", text = "3" }]
+expected = { op = "choice", correct = "2" }
+
+[[problems]]
+id = "q2"
+title = "True or false?"
+statement = "Is it?"
+points = 1
+answer_kind = "choice"
+choices = [{ id = "true", text = "yes" }, { id = "false", text = "no" }]
+expected = { op = "choice", correct = "false" }
+"""
+
+
+def test_a_csv_class_answering_numbered_or_boolean_options_is_graded_right(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cell `2` or `false` reads as JSON, a number or a boolean: the service took only text
+    for an option's id, and every right answer scored 0 as malformed."""
+    folder = tmp_path / "assignments"
+    folder.mkdir()
+    (folder / "quiz.toml").write_text(NUMBERED_CHOICES)
+    settings = Settings(assignments_dir=folder, builtin_assignments=False, variant_secret=SECRET)
+    table = tmp_path / "quiz.csv"
+    table.write_text('student_id,q1,q2\nada,2,false\nben,"2","FALSE"\ncy,3,true\n')
+    out = tmp_path / "grades"
+    with uvicorn_thread(create_app(settings)) as url:
+        argv = ["grade", "--url", url, "--assignment", "quiz", str(table), "--out", str(out)]
+        assert main(argv) == 0
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert [rows[s]["score"] for s in ("ada", "ben", "cy")] == ["2.0", "2.0", "0.0"]
+    assert rows["cy"]["note"] == ""
+    capsys.readouterr()

@@ -254,14 +254,28 @@ def _result(
 
 
 def check_choice(problem: ProblemSpec, answer: Any) -> ProblemResult:
-    """A choice answer is one option's id (case and surrounding blanks do not matter)."""
+    """A choice answer is one option's id (case and surrounding blanks do not matter); a
+    number or a boolean is the id it spells (``choice_text``)."""
     ids = [choice.id for choice in problem.choices]
+    answer = choice_text(answer)
     if not isinstance(answer, str) or answer.strip().lower() not in {i.lower() for i in ids}:
         return _result(
             problem, "malformed", 0.0, why=f"answer with the id of one option: {', '.join(ids)}"
         )
     correct = answer.strip().lower() == str(problem.expected["correct"]).lower()
     return _result(problem, "correct" if correct else "incorrect", float(correct))
+
+
+def choice_text(answer: Any) -> Any:
+    """A number or a boolean as the option id it spells: ``2`` is ``"2"``, ``false`` is
+    ``"false"``. Options numbered 1, 2, 3 or named true and false are answered so in JSON,
+    and a class's CSV cell ``2`` or ``false`` reads as JSON like every other cell: as text
+    the right answer was refused as malformed. Other answers are left as they are."""
+    if isinstance(answer, bool):
+        return "true" if answer else "false"
+    if isinstance(answer, int | float) and math.isfinite(answer):
+        return str(answer)
+    return answer
 
 
 NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")

@@ -141,6 +141,54 @@ def test_choices_are_ids_whatever_their_case() -> None:
     assert grade_problem(variant, 2, ExactCheck()).status == "malformed"
 
 
+NUMBERED = """
+id = "numbered"
+title = "Options that are numbers or booleans"
+
+[[problems]]
+id = "q1"
+title = "Which one?"
+statement = "Pick 1, 2 or 3."
+points = 1
+answer_kind = "choice"
+choices = [{ id = "1", text = "one" }, { id = "2", text = "two" }, { id = "3", text = "3" }]
+expected = { op = "choice", correct = "2" }
+
+[[problems]]
+id = "q2"
+title = "True or false?"
+statement = "Is it?"
+points = 1
+answer_kind = "choice"
+choices = [{ id = "true", text = "yes" }, { id = "false", text = "no" }]
+expected = { op = "choice", correct = "false" }
+"""
+
+
+@pytest.mark.parametrize(
+    ("problem", "answer", "status"),
+    [
+        ("q1", 2, "correct"),
+        ("q1", "2", "correct"),
+        ("q1", 3, "incorrect"),
+        ("q1", 4, "malformed"),
+        ("q1", 2.5, "malformed"),
+        ("q2", False, "correct"),
+        ("q2", " FALSE ", "correct"),
+        ("q2", True, "incorrect"),
+        ("q2", 0, "malformed"),  # 0 is no boolean: the id it spells is "0"
+    ],
+)
+def test_a_choice_answered_as_a_number_or_boolean_is_the_id_it_spells(
+    problem: str, answer: Any, status: str
+) -> None:
+    """A class's CSV cell `2` or `false` reads as JSON like every other cell: as text the
+    right answer was refused as malformed."""
+    numbered = Catalogue({"numbered": parse_assignment(NUMBERED, "numbered.toml")}, SECRET)
+    variant = numbered.variant("numbered", problem, "alice")
+    assert grade_problem(variant, answer, ExactCheck()).status == status
+
+
 def test_feedback_follows_each_problems_level() -> None:
     wrong = {"p1": [[9, 9, 9], [9, 9, 9]], "p2": "a", "p3": [[0]]}
     p1, p2, p3 = grade_submission(catalogue(), "sample", "alice", wrong, ExactCheck()).results
