@@ -299,7 +299,8 @@ STUDENT_ANSWER_SCHEMA: dict[str, Any] = {
         '`{"shape", "data"}` or `{"shape", "datatype", "b64"}`); `number`, a number, or the '
         'text of one (`"0.693"`); `shape`, a list of sizes (`[16, 16]`), one size (`16`) '
         'or a string such as `"16x16"`; `formula`, an expression string; `choice`, the id of an '
-        "option (`choices` of the problem; case does not matter). `null` is no answer: status "
+        "option (`choices` of the problem; case does not matter; a number or a boolean is the id "
+        'it spells, `2` for `"2"`). `null` is no answer: status '
         "`missing`, score 0. Any other value is judged, not refused: a 200 with status "
         "`malformed`, score 0, and `feedback.reason` saying what to change; in a submission "
         "the other answers are still graded."
