@@ -625,9 +625,10 @@ class BaseClient(Generic[T]):
             backoff: first wait in seconds when the server gave no ``Retry-After``; doubles on
                 each retry. Every wait, ``Retry-After`` too, gets a random extra of up to
                 ``JITTER`` of itself plus up to ``backoff``.
-            max_wait: the longest single wait, whatever ``Retry-After`` and the extra say. A
-                wait it caps keeps its random extra below it: drawn between ``max_wait`` less
-                the extra's window and ``max_wait``.
+            max_wait: the longest ``Retry-After`` waited out (an answer asking for more is
+                answered at once, as the error it is: a retry sooner would be refused
+                again), and the longest backoff; a backoff it caps keeps its random extra
+                below it.
             b64_threshold: tensors with more elements are sent as base64.
             transport: an httpx transport to send requests through (default:
                 ``StdlibTransport``, which hands ``https://`` to httpx's own, through the
@@ -1131,25 +1132,31 @@ class BaseClient(Generic[T]):
             except RETRIED_ERRORS:
                 if attempt >= self.retries:
                     raise
-                wait = self.backoff * 2**attempt
+                asked = None
             else:
                 if response.status_code not in retried or attempt >= self.retries:
                     return response
                 asked = retry_after(response)
-                wait = asked if asked is not None else self.backoff * 2**attempt
+                if asked is not None and asked > self.max_wait:
+                    # Sooner is refused again (the service's 429 names the very second its
+                    # window resets): the caller hears of it now rather than after the retries.
+                    return response
             attempt += 1
-            self._sleep(self._jittered(wait))
+            self._sleep(self._waited(asked, attempt))
 
-    def _jittered(self, wait: float) -> float:
-        """``wait`` plus a random extra, at most ``max_wait``.
+    def _waited(self, asked: float | None, attempt: int) -> float:
+        """How long to wait before retry ``attempt``: what the server asked (``Retry-After``,
+        never less: before it, the retry is refused again) or else ``backoff`` doubling each
+        time, at most ``max_wait``; and a random extra on top.
 
         The workers of a grading run told the same ``Retry-After`` (or failing on the same
         restart) would otherwise all retry at the same instant, and be refused together again.
-        The extra is drawn from a window of ``JITTER`` of the wait plus ``backoff``; where the
-        window would pass ``max_wait`` (``Retry-After: 60`` and more), it ends at
-        ``max_wait`` instead: the waits are still spread, never all ``max_wait``.
+        The extra is drawn from a window of ``JITTER`` of the wait plus ``backoff``: above
+        what the server asked, and for a backoff capped by ``max_wait``, below the cap.
         """
-        base = min(wait, self.max_wait)
+        if asked is not None:
+            return asked + self._jitter() * (JITTER * asked + self.backoff)
+        base = min(self.backoff * 2.0 ** (attempt - 1), self.max_wait)
         spread = min(JITTER * base + self.backoff, self.max_wait)
         return min(base, self.max_wait - spread) + self._jitter() * spread
 

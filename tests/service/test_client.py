@@ -436,9 +436,9 @@ def test_connection_errors_are_retried_with_backoff_then_raised() -> None:
     assert len(seen) == 3
 
 
-def test_waits_are_capped_and_retries_run_out_on_the_last_answer() -> None:
+def test_retries_run_out_on_the_last_answer() -> None:
     transport, _ = scripted(
-        httpx.Response(429, headers={"Retry-After": "3600"}),
+        httpx.Response(429, headers={"Retry-After": "10"}),
         httpx.Response(429, json={"type": "t", "title": "Too Many Requests", "status": 429,
                                   "detail": "slow down"}),
     )  # fmt: skip
@@ -446,8 +446,23 @@ def test_waits_are_capped_and_retries_run_out_on_the_last_answer() -> None:
     client = Client("http://x", transport=transport, sleep=sleep, retries=1, max_wait=10)
     with client as tg, pytest.raises(ProblemError) as error:
         tg.info()
-    assert len(waits) == 1 and 10 - 1.0 - 0.5 <= waits[0] <= 10
+    assert len(waits) == 1 and 10 <= waits[0] <= 10 + 1.0 + 0.5
     assert error.value.status == 429 and error.value.detail == "slow down"
+
+
+def test_a_retry_after_past_max_wait_is_the_error_at_once() -> None:
+    """A retry before the time asked is refused again: waiting `max_wait` and retrying spent
+    the retries (4 minutes of them against the service's 60 s rate window) for nothing."""
+    transport, seen = scripted(
+        httpx.Response(429, headers={"Retry-After": "3600"}, json={"type": "t", "status": 429,
+                       "title": "Too Many Requests", "detail": "come back in an hour"}),
+    )  # fmt: skip
+    sleep, waits = recording()
+    client = Client("http://x", transport=transport, sleep=sleep, max_wait=60)
+    with client as tg, pytest.raises(ProblemError) as error:
+        tg.info()
+    assert waits == [] and len(seen) == 1
+    assert error.value.status == 429 and error.value.detail == "come back in an hour"
 
 
 def test_read_timeouts_and_other_statuses_are_not_retried() -> None:
@@ -734,16 +749,17 @@ def test_the_random_extra_is_random_by_default_and_capped() -> None:
         tg.health()
     assert all(4.0 <= wait <= 4.9 for wait in waits) and len(set(waits)) > 1
     sleep, waits = recording()
-    transport = refused_then_ok("4", 2)
-    client = Client("http://x", transport=transport, sleep=sleep, max_wait=4.2, jitter=lambda: 1.0)
+    transport = refused_then_ok(None, 4)
+    client = Client("http://x", transport=transport, sleep=sleep, max_wait=2.2, jitter=lambda: 1.0)
     with client as tg:
         tg.health()
-    assert waits == [4.2, 4.2]
+    assert waits == pytest.approx([1.05, 1.6, 2.2, 2.2])  # a backoff capped: the extra below
 
 
-def test_waits_capped_by_max_wait_keep_their_random_extra() -> None:
-    """Workers told `Retry-After: 60` (or more) with `max_wait=60` must not all come back at
-    the 60th second: the capped waits are spread below the cap."""
+def test_a_retry_after_is_never_cut_short_and_its_waits_are_spread_above_it() -> None:
+    """The service's 429 says `Retry-After: 60` when its rate window resets 60 s later: the
+    waits were spread below the cap (53.5-60 s), every retry came too early and was refused
+    again. Workers told the same wait still must not all come back at the same instant."""
     drawn = random.Random(1).random
     waits: list[float] = []
     for _ in range(8):  # eight workers of a class run, one retry each
@@ -752,12 +768,12 @@ def test_waits_capped_by_max_wait_keep_their_random_extra() -> None:
         with Client("http://x", transport=transport, sleep=sleep, max_wait=60, jitter=drawn) as tg:
             tg.health()
         waits += seen
-    assert len(waits) == 8 and all(60 - 6.5 <= w <= 60 for w in waits), waits
+    assert len(waits) == 8 and all(60 <= w <= 60 + 6.5 for w in waits), waits
     assert len(set(waits)) == 8 and max(waits) - min(waits) > 1.0
-    # The least and the most extra: the window's two ends, never past the cap.
-    for jitter, expected in ((lambda: 0.0, 60 - 6.5), (lambda: 1.0, 60.0)):
+    # The least and the most extra: the window's two ends.
+    for jitter, expected in ((lambda: 0.0, 60.0), (lambda: 1.0, 60 + 6.5)):
         sleep, seen = recording()
-        transport = refused_then_ok("3600", 1)
+        transport = refused_then_ok("60", 1)
         with Client("http://x", transport=transport, sleep=sleep, max_wait=60, jitter=jitter) as tg:
             tg.health()
         assert seen == [pytest.approx(expected)]
