@@ -418,6 +418,11 @@ def unreachable(error: Exception, url: str, timeout: float) -> str:
             f"the service at {url} was reached but the request could not be sent in time: "
             "it may be busy, or the request too large; try again later"
         )
+    if "before answering" in str(error):
+        return (
+            f"the service at {url} was reached but closed the connection before answering "
+            "(it may have restarted, or a worker stopped); try again"
+        )
     return f"cannot reach {url}: {str(error) or type(error).__name__}"
 
 

@@ -17,9 +17,12 @@ the proxy.
 
 Connections are kept alive and reused, one request at a time each, from a small pool that is
 safe to share between threads. A kept-alive connection that the server closed while it was
-idle (uvicorn closes them after 5 s) fails on its next use; such a request is sent again once
-on a fresh connection, as urllib3 does (every operation of the API is a pure computation, so
-sending it twice is safe).
+idle (uvicorn closes them after 5 s) fails on its next use, at once; such a request is sent
+again once on a fresh connection, as urllib3 does (every operation of the API is a pure
+computation, so sending it twice is safe). A connection closed later than ``STALE_WINDOW``
+after the request was sent was not stale: the server had the request (a worker that died
+while computing, say), and the failure is raised as "closed the connection before answering",
+for the client's retries alone to count.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import base64
 import http.client
 import threading
+import time
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +40,11 @@ import httpx
 # Failures that mean "the server closed the connection", e.g. a kept-alive one while it was idle.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 _DROPPED_HEADERS = frozenset({b"transfer-encoding", b"content-length"})
+
+STALE_WINDOW = 1.0
+"""Seconds after the request was sent within which a closed connection is taken for a stale
+kept-alive one (the server's close arrives within a round trip), and the request is sent
+again on a fresh connection."""
 
 
 def environment_proxy(url: httpx.URL | str) -> str | None:
@@ -208,12 +217,17 @@ def _exchange(
             connection.putheader(name.decode("latin-1"), value)
         connection.endheaders(body or None)
         stage = "read"
+        sent = time.monotonic()
         _set_timeout(connection, timeouts.get("read"))
         response = connection.getresponse()
         content = response.read()  # a known length: one buffer, filled by the socket
-    except _STALE:
+    except _STALE as error:
         if stage == "connect":
             raise httpx.ConnectError("connection reset", request=request) from None
+        if stage == "read" and time.monotonic() - sent > STALE_WINDOW:
+            raise httpx.RemoteProtocolError(
+                f"the server closed the connection before answering: {error}", request=request
+            ) from error
         raise
     except TimeoutError as error:
         kind = {

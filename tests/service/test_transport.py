@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from service import transport
+from service.client import Client
 from service.transport import StdlibTransport
 
 Handler = Callable[[socket.socket, bytes], None]
@@ -197,3 +199,49 @@ def test_other_schemes_go_to_the_other_transport() -> None:
     with httpx.Client(transport=transport) as client:
         assert client.get("https://example.test/x").text == "tls"
     assert seen == ["https://example.test/x"]
+
+
+def close_after(seconds: float) -> Handler:
+    """Take the request, then close the connection without an answer: a worker that died
+    while computing."""
+
+    def handle(conn: socket.socket, _: bytes) -> None:
+        threading.Event().wait(seconds)
+        conn.close()
+
+    return handle
+
+
+def test_a_connection_closed_long_after_the_request_was_sent_is_not_sent_again() -> None:
+    """A reused connection that fails at once is a stale kept-alive one, and the request goes
+    again on a fresh connection; one closed after the server held the request a while was not
+    stale: sent again, a POST reached the server twice per call (and 6 times with the
+    client's retries on top)."""
+    late = transport.STALE_WINDOW + 0.3
+    with (
+        raw_server(ok(b"one"), close_after(late), ok(b"three")) as (url, requests, connections),
+        httpx.Client(transport=StdlibTransport()) as client,
+    ):
+        assert client.get(url + "/a").content == b"one"
+        with pytest.raises(
+            httpx.RemoteProtocolError, match="closed the connection before answering"
+        ):
+            client.post(url + "/b", content=b"{}")
+        assert len(requests) == 2  # not sent again
+        assert client.get(url + "/c").content == b"three"
+    assert connections == [1, 1, 2]
+
+
+def test_a_client_call_reaches_the_server_at_most_once_per_retry() -> None:
+    """1 + retries sends, as documented, also on a kept-alive connection."""
+    late = transport.STALE_WINDOW + 0.1
+    healthy = answer(b'{"status": "ok"}', b"Content-Type: application/json")
+    handlers = [lambda conn, _: conn.sendall(healthy), *[close_after(late)] * 4]
+    with (
+        raw_server(*handlers) as (url, requests, _),
+        Client(url, retries=2, sleep=lambda _: None) as tg,
+    ):
+        assert tg.health() == {"status": "ok"}
+        with pytest.raises(httpx.RemoteProtocolError):
+            tg.health()
+    assert len(requests) == 1 + 3
