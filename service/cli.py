@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -108,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
         "healthcheck", help="exit 0 if the local service answers /healthz (container probe)"
     )
     health.add_argument("--url", default=f"http://127.0.0.1:{settings.port}/healthz")
-    health.add_argument("--timeout", type=float, default=3.0)
+    health.add_argument("--timeout", type=positive_seconds, default=3.0)
     health.set_defaults(run=run_healthcheck)
 
     keys = commands.add_parser(
@@ -132,10 +133,13 @@ def parser() -> argparse.ArgumentParser:
     )
     client.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help="X-API-Key")
     client.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for one answer"
+        "--timeout", type=positive_seconds, default=300.0, help="seconds to wait for one answer"
     )
     client.add_argument(
-        "--retries", type=int, default=4, help="retries on connection failures and 429/503"
+        "--retries",
+        type=count_of("retries", 0),
+        default=4,
+        help="retries on connection failures and 429/503",
     )
     client.add_argument("--json", action="store_true", help="print the service's JSON answer")
 
@@ -171,7 +175,9 @@ def parser() -> argparse.ArgumentParser:
     # The class options default to None, so that one given with a single file is refused
     # rather than ignored (``run_grade``); their defaults are CLASS_OUT and CLASS_JOBS.
     grade.add_argument("--out", type=Path, help="class results folder (default: grades)")
-    grade.add_argument("--jobs", type=int, help="class submissions graded at once (default: 4)")
+    grade.add_argument(
+        "--jobs", type=count_of("jobs", 1), help="class submissions graded at once (default: 4)"
+    )
     grade.add_argument(
         "--regrade",
         action="store_true",
@@ -363,11 +369,54 @@ def run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_seconds(text: str) -> float:
+    """An option's seconds: a finite number above 0 (argparse says so, exit status 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def count_of(what: str, least: int) -> Callable[[str], int]:
+    """An option's count: an integer of at least ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {least}, got {value}")
+        return value
+
+    return parse
+
+
+def _checked_url(url: str) -> str:
+    """The service's URL, refused in words where it cannot be one (an httpx traceback, or
+    "connection refused" for a port past 65535, before)."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        raise CommandError(f"--url {url!r} is not a URL: {error}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise CommandError(f"--url {url!r}: give the service's http:// or https:// URL")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise CommandError(f"--url {url!r}: the port must be 1 to 65535, got {parsed.port}")
+    return url
+
+
 def _client(args: argparse.Namespace) -> Any:
     import httpx
 
     from service.client import Client
 
+    _checked_url(args.url)
     timeout = httpx.Timeout(connect=5.0, read=args.timeout, write=60.0, pool=args.timeout)
     try:  # the client drops the \r\n that $(cat key) keeps of a key file saved on Windows
         return Client(args.url, args.api_key, timeout=timeout, retries=args.retries)
@@ -526,6 +575,15 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise SubmissionError(f"{path}: cannot read JSON: {error}") from None
     if not isinstance(data, dict) or not ("checks" in data or {"expected", "answer"} <= set(data)):
         raise SubmissionError(f'{path}: a check is {{"expected", "answer"}} or {{"checks": [...]}}')
+    checks = data.get("checks")
+    if "checks" in data and not (
+        isinstance(checks, list) and all(isinstance(c, dict) for c in checks)
+    ):
+        raise SubmissionError(f'{path}: "checks" is a list of {{"expected", "answer"}} objects')
+    if "checks" not in data and not isinstance(data["expected"], dict):
+        raise SubmissionError(f'{path}: "expected" is an object (the key: {{"op": ...}})')
+    if data.get("tolerance") is not None and not isinstance(data["tolerance"], dict):
+        raise SubmissionError(f'{path}: "tolerance" is an object ({{"rtol", "atol"}})')
     return data
 
 

@@ -488,7 +488,11 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        os.replace(partial, path)
+    except OSError:  # ``path`` a folder, say: the error says so, and nothing is left behind
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def grade_submission(

@@ -1294,3 +1294,73 @@ def test_a_csv_class_answering_numbered_or_boolean_options_is_graded_right(
     assert [rows[s]["score"] for s in ("ada", "ben", "cy")] == ["2.0", "2.0", "0.0"]
     assert rows["cy"]["note"] == ""
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"checks": 5}, '"checks" is a list of'),
+        ({"checks": "ab"}, '"checks" is a list of'),
+        ({"checks": [1, 2]}, '"checks" is a list of'),
+        ({"expected": [1], "answer": [1]}, '"expected" is an object'),
+        (
+            {"expected": {"op": "value", "value": [5, 2]}, "answer": [5, 2], "tolerance": [1, 2]},
+            '"tolerance" is an object',
+        ),
+    ],
+)
+def test_a_malformed_checks_file_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: object, said: str
+) -> None:
+    """Each was a TypeError or AttributeError traceback with exit status 1, which the README
+    gives a wrong answer."""
+    path = tmp_path / "checks.json"
+    path.write_text(json.dumps(body))
+    assert main(["check", str(path), "--url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--url", "http://[::1"], "is not a URL"),
+        (["--url", "http://127.0.0.1:99999"], "the port must be 1 to 65535"),
+        (["--url", "ftp://example.org"], "give the service's http:// or https:// URL"),
+    ],
+)
+def test_a_url_that_cannot_be_the_services_is_a_message(
+    capsys: pytest.CaptureFixture[str], option: list[str], said: str
+) -> None:
+    assert main(["shape", "--input-size", "7", "--kernel-size", "3", *option]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--timeout", "-1"], ["--timeout", "0"], ["--timeout", "nan"], ["--retries", "-1"]],
+)
+def test_option_values_out_of_range_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], option: list[str]
+) -> None:
+    """`--timeout -1` was a ValueError traceback from the socket, and in a class run it
+    escaped before the gradebook was written."""
+    with pytest.raises(SystemExit) as stop:
+        main(["shape", "--input-size", "7", "--kernel-size", "3", *option])
+    assert stop.value.code == 2
+    assert f"argument {option[0]}" in capsys.readouterr().err
+
+
+def test_a_gradescope_file_that_cannot_be_written_leaves_nothing_behind(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, url = fake
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps({"1.1a": [5, 2]}))
+    folder = tmp_path / "results"
+    folder.mkdir()
+    argv = ["grade", "--url", url, "--assignment", "cnn-rnn", str(answers)]
+    assert main([*argv, "--student-id", "ada", "--gradescope", str(folder)]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.json", "results"]
