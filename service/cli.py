@@ -658,6 +658,15 @@ def _listed(client: Any, assignment: str) -> dict[str, Any]:
         known = ", ".join(sorted(listed)) or "none"
         raise SubmissionError(f"the service has no assignment {assignment!r}; it has {known}")
     found: dict[str, Any] = listed[assignment]
+    problems = found.get("problems")
+    if not isinstance(problems, list) or not all(
+        isinstance(p, dict) and "id" in p for p in problems
+    ):
+        # Something in the service's place, or a service of another version: nothing to
+        # grade against (a KeyError traceback, before).
+        raise SubmissionError(
+            f"the service's listing of {assignment!r} has no problems with ids; check --url"
+        )
     return found
 
 

@@ -37,6 +37,7 @@ class FakeGrading:
         self.gateway_with: dict[str, int] = {}  # student id -> status of a gateway's JSON
         self.revision: str | None = "0" * 32  # the listed revision (None: a service without)
         self.graded_revision: str | None = None  # the grades' own, if not the listed one
+        self.listed: dict[str, Any] | None = None  # the assignment as listed, if not the key's
         self.app = self._build()
 
     def _build(self) -> FastAPI:
@@ -52,6 +53,8 @@ class FakeGrading:
             listed: dict[str, Any] = {"id": "cnn-rnn", "problems": problems}
             if self.revision is not None:
                 listed["revision"] = self.revision
+            if self.listed is not None:  # something else in the service's place
+                listed = self.listed
             return JSONResponse({"assignments": [listed]})
 
         @app.post("/v1/assignments/{assignment}/grade")

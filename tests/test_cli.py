@@ -1364,3 +1364,18 @@ def test_a_gradescope_file_that_cannot_be_written_leaves_nothing_behind(
     assert main([*argv, "--student-id", "ada", "--gradescope", str(folder)]) == 2
     assert "error:" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.json", "results"]
+
+
+@pytest.mark.parametrize("listed", [{"id": "cnn-rnn"}, {"id": "cnn-rnn", "problems": [{}]}])
+def test_a_listing_without_problems_is_a_message_not_a_traceback(
+    fake: tuple[FakeGrading, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    listed: dict[str, Any],
+) -> None:
+    service, url = fake
+    service.listed = listed
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}})
+    assert main(class_argv(url, tmp_path / "subs", tmp_path / "grades")) == 2
+    err = capsys.readouterr().err
+    assert "has no problems with ids" in err and "Traceback" not in err
