@@ -395,7 +395,7 @@ def count_of(what: str, least: int) -> Callable[[str], int]:
     return parse
 
 
-def _checked_url(url: str) -> str:
+def _checked_url(url: str) -> None:
     """The service's URL, refused in words where it cannot be one (an httpx traceback, or
     "connection refused" for a port past 65535, before)."""
     import httpx
@@ -408,7 +408,6 @@ def _checked_url(url: str) -> str:
         raise CommandError(f"--url {url!r}: give the service's http:// or https:// URL")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise CommandError(f"--url {url!r}: the port must be 1 to 65535, got {parsed.port}")
-    return url
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -456,6 +455,8 @@ def unreachable(error: Exception, url: str, timeout: float) -> str:
     reached but too slow to answer (the remedy differs: the URL, or patience)."""
     import httpx
 
+    from service.transport import ClosedBeforeAnswer
+
     if isinstance(error, httpx.ReadTimeout):
         return (
             f"the service at {url} was reached but did not answer within {timeout:g} s "
@@ -467,7 +468,7 @@ def unreachable(error: Exception, url: str, timeout: float) -> str:
             f"the service at {url} was reached but the request could not be sent in time: "
             "it may be busy, or the request too large; try again later"
         )
-    if "before answering" in str(error):
+    if isinstance(error, ClosedBeforeAnswer):
         return (
             f"the service at {url} was reached but closed the connection before answering "
             "(it may have restarted, or a worker stopped); try again"

@@ -41,6 +41,13 @@ import httpx
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 _DROPPED_HEADERS = frozenset({b"transfer-encoding", b"content-length"})
 
+
+class ClosedBeforeAnswer(httpx.RemoteProtocolError):
+    """The server had the request, and closed the connection without answering it (a worker
+    that stopped while computing, say): no stale kept-alive connection, so not sent again
+    here; the client's retries count it."""
+
+
 STALE_WINDOW = 1.0
 """Seconds after the request was sent within which a closed connection is taken for a stale
 kept-alive one (the server's close arrives within a round trip), and the request is sent
@@ -225,7 +232,7 @@ def _exchange(
         if stage == "connect":
             raise httpx.ConnectError("connection reset", request=request) from None
         if stage == "read" and time.monotonic() - sent > STALE_WINDOW:
-            raise httpx.RemoteProtocolError(
+            raise ClosedBeforeAnswer(
                 f"the server closed the connection before answering: {error}", request=request
             ) from error
         raise

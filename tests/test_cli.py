@@ -1379,3 +1379,13 @@ def test_a_listing_without_problems_is_a_message_not_a_traceback(
     assert main(class_argv(url, tmp_path / "subs", tmp_path / "grades")) == 2
     err = capsys.readouterr().err
     assert "has no problems with ids" in err and "Traceback" not in err
+
+
+def test_a_connection_closed_after_the_request_is_not_told_as_unreachable() -> None:
+    from service.cli import unreachable
+    from service.transport import ClosedBeforeAnswer
+
+    error = ClosedBeforeAnswer("the server closed the connection before answering: reset")
+    said = unreachable(error, "http://127.0.0.1:8000", 60)
+    assert said.startswith("the service at http://127.0.0.1:8000 was reached but closed")
+    assert "cannot reach" not in said

@@ -273,7 +273,9 @@ def choice_text(answer: Any) -> Any:
     the right answer was refused as malformed. Other answers are left as they are."""
     if isinstance(answer, bool):
         return "true" if answer else "false"
-    if isinstance(answer, int | float) and math.isfinite(answer):
+    if isinstance(answer, float) and math.isfinite(answer):
+        return str(answer)
+    if isinstance(answer, int) and abs(answer) < 10**18:  # no id is longer; str() has limits
         return str(answer)
     return answer
 

@@ -114,7 +114,8 @@ class ModelSource:
         shape = self.selected_shape(config)
         if shape is None:
             return None
-        scale = max(1.0, math.prod(shape) / max(1, self.tensors[self.select].numel()))
+        key = self.tensors.get(self.select)
+        scale = max(1.0, math.prod(shape) / max(1, key.numel() if key is not None else 1))
         changed = dataclasses.replace(self.prepared, config=config)
         return self.compute(self.prepared.args, changed, scale)
 
