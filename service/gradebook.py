@@ -19,6 +19,8 @@ import json
 import os
 import re
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -495,6 +497,65 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
         raise
 
 
+COMEBACK_SECONDS = 120.0
+"""How long a class run waits for a service that stopped taking connections after it had
+answered (a restart, a redeploy) before it leaves the rest of the class ungraded."""
+
+
+class Comeback:
+    """The wait, shared by the workers of a class run, for a service that stopped taking
+    connections: the first worker refused polls ``/readyz`` (one at a time: the others wait
+    behind it and find it back, or given up); past ``patience`` seconds of it, every worker
+    gives up at once. A service restarting (15-20 s to be ready again) left a whole queue
+    ungraded within seconds, each student after the client's own retries (about 8 s)."""
+
+    def __init__(
+        self,
+        client: BaseClient[Any],
+        patience: float = COMEBACK_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._patience = patience
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._given_up = False
+
+    def wait(self) -> bool:
+        """Whether the service is ready again (polled for at most ``patience`` seconds)."""
+        with self._lock:
+            if self._given_up:
+                return False
+            deadline = self._clock() + self._patience
+            while True:
+                with contextlib.suppress(httpx.HTTPError, ProblemError):
+                    if self._client.ready():
+                        return True
+                if self._clock() >= deadline:
+                    self._given_up = True
+                    return False
+                self._sleep(1.0)
+
+
+def grade_patiently(
+    comeback: Comeback,
+    client: BaseClient[Any],
+    assignment: str,
+    student_id: str,
+    answers: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``grade_submission``, sent once more when the service had stopped taking connections
+    and came back (``Comeback``)."""
+    try:
+        return grade_submission(client, assignment, student_id, answers)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        if not comeback.wait():
+            raise
+    return grade_submission(client, assignment, student_id, answers)
+
+
 def grade_submission(
     client: BaseClient[Any], assignment: str, student_id: str, answers: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -635,6 +696,7 @@ def grade_class(
     regrade: bool = False,
     report: ClassReport | None = None,
     revision: str | None = None,
+    comeback: Comeback | None = None,
 ) -> ClassReport:
     """Grade every submission not graded yet, ``jobs`` at a time, writing each result.
 
@@ -655,6 +717,8 @@ def grade_class(
             stop too); a new one by default.
         revision: the assignment's ``revision`` as the service lists it (recorded in each
             result; an earlier result of another revision is graded again).
+        comeback: how the run waits for a service that stops taking connections (a
+            ``Comeback`` of ``COMEBACK_SECONDS`` by default).
 
     Returns:
         Who was graded, resumed and left ungraded.
@@ -699,8 +763,10 @@ def grade_class(
     for student in report.failed:
         bar.failed_before(student)
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    comeback = comeback if comeback is not None else Comeback(client)
     futures: dict[Future[dict[str, Any]], Submission] = {
-        pool.submit(grade_submission, client, assignment, s.student_id, s.answers): s for s in todo
+        pool.submit(grade_patiently, comeback, client, assignment, s.student_id, s.answers): s
+        for s in todo
     }
     handled: set[Future[dict[str, Any]]] = set()
     known = set(problems) if problems else None

@@ -1389,3 +1389,67 @@ def test_a_connection_closed_after_the_request_is_not_told_as_unreachable() -> N
     said = unreachable(error, "http://127.0.0.1:8000", 60)
     assert said.startswith("the service at http://127.0.0.1:8000 was reached but closed")
     assert "cannot reach" not in said
+
+
+class Restarting:
+    """A client of a service that stops taking connections after ``answered`` grades and is
+    ready again after ``down`` polls of /readyz (forever down with ``down=None``)."""
+
+    def __init__(self, answered: int, down: int | None) -> None:
+        self.answered, self.down = answered, down
+        self.graded: list[str] = []
+        self.polls = 0
+
+    def grade(self, assignment: str, student: str, answers: object, **_: object) -> object:
+        if len(self.graded) >= self.answered and not self.back():
+            raise httpx.ConnectError("connection refused")
+        self.graded.append(student)
+        return {"score": 1.0, "tests": [{"number": "1.1a", "score": 1.0, "max_score": 1.0}]}
+
+    def back(self) -> bool:
+        return self.down is not None and self.polls > self.down
+
+    def ready(self) -> bool:
+        self.polls += 1
+        if not self.back():
+            raise httpx.ConnectError("connection refused")
+        return True
+
+
+def test_a_service_that_restarts_mid_run_is_waited_for(tmp_path: Path) -> None:
+    """A restart left the rest of the queue ungraded within seconds (82 of 196 students)."""
+    client = Restarting(answered=3, down=4)
+    class_ = [gradebook.Submission(f"s{i}", {"1.1a": [5, 2]}) for i in range(10)]
+    comeback = gradebook.Comeback(client, patience=60, sleep=lambda _: None)  # type: ignore[arg-type]
+    report = gradebook.grade_class(
+        client,  # type: ignore[arg-type]
+        "cnn-rnn",
+        class_,
+        tmp_path,
+        jobs=3,
+        comeback=comeback,
+    )
+    assert sorted(report.graded) == sorted(s.student_id for s in class_) and not report.failed
+    assert client.polls == 5
+
+
+def test_a_service_gone_for_good_is_given_up_on_once(tmp_path: Path) -> None:
+    client = Restarting(answered=2, down=None)
+    ticks = iter(range(0, 10_000, 10))
+    comeback = gradebook.Comeback(
+        client,  # type: ignore[arg-type]
+        patience=60,
+        sleep=lambda _: None,
+        clock=lambda: float(next(ticks)),
+    )
+    class_ = [gradebook.Submission(f"s{i}", {"1.1a": [5, 2]}) for i in range(10)]
+    report = gradebook.grade_class(
+        client,  # type: ignore[arg-type]
+        "cnn-rnn",
+        class_,
+        tmp_path,
+        jobs=3,
+        comeback=comeback,
+    )
+    assert len(report.graded) == 2 and len(report.failed) == 8
+    assert client.polls == 6  # one wait of 60 s (a poll each 10 s here), then none
