@@ -517,18 +517,22 @@ class Comeback:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
-        self._patience = patience
+        self.patience = patience
         self._sleep = sleep
         self._clock = clock
         self._lock = threading.Lock()
         self._given_up = False
+
+    @property
+    def given_up(self) -> bool:
+        return self._given_up
 
     def wait(self) -> bool:
         """Whether the service is ready again (polled for at most ``patience`` seconds)."""
         with self._lock:
             if self._given_up:
                 return False
-            deadline = self._clock() + self._patience
+            deadline = self._clock() + self.patience
             while True:
                 with contextlib.suppress(httpx.HTTPError, ProblemError):
                     if self._client.ready():
@@ -547,7 +551,12 @@ def grade_patiently(
     answers: Mapping[str, Any],
 ) -> dict[str, Any]:
     """``grade_submission``, sent once more when the service had stopped taking connections
-    and came back (``Comeback``)."""
+    and came back (``Comeback``); not sent at all once the run gave up waiting for it."""
+    if comeback.given_up:
+        raise httpx.ConnectError(
+            f"the service stopped taking connections during this run and was not back within "
+            f"{comeback.patience:g} s"
+        )
     try:
         return grade_submission(client, assignment, student_id, answers)
     except (httpx.ConnectError, httpx.ConnectTimeout):
