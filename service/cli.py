@@ -594,6 +594,7 @@ def run_grade(args: argparse.Namespace) -> int:
 
     if args.submission.is_dir() or args.submission.suffix.lower() == ".csv":
         given = [flag for flag, value in SINGLE_FLAGS.items() if getattr(args, value) is not None]
+        given += ["--json"] if args.json else []  # a class's answers are its result files
         if given:
             raise CommandError(
                 f"{' and '.join(given)}: for one submission file; a class ({args.submission}) "

@@ -793,6 +793,7 @@ def test_options_of_a_class_are_refused_for_one_file_and_the_other_way_round(
     for argv, told in [
         ([*base, str(tmp_path / "subs"), "--gradescope", "r.json"], "--gradescope: for one"),
         ([*base, str(tmp_path / "subs"), "--student-id", "ada"], "--student-id: for one"),
+        ([*base, str(tmp_path / "subs"), "--json"], "--json: for one"),
         ([*base, one, "--student-id", "ada", "--out", "g"], "--out: for a class"),
         ([*base, one, "--student-id", "ada", "--jobs", "2", "--regrade"], "--jobs and --regrade"),
     ]:
