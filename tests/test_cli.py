@@ -26,6 +26,7 @@ from service.cli import main, serve_warnings
 from service.client import BaseClient
 from service.settings import Settings, get_settings
 from tests.fakes import FakeGrading
+from tests.grading.test_grade import NUMBERED
 from tests.keys import INSTRUCTOR, SECRET, STUDENT, keyed_settings
 from tests.servers import uvicorn_thread
 
@@ -1252,30 +1253,6 @@ def test_a_csv_cell_larger_than_the_csv_modules_limit_is_read(
     capsys.readouterr()
 
 
-NUMBERED_CHOICES = """
-id = "quiz"
-title = "Options that are numbers or booleans"
-
-[[problems]]
-id = "q1"
-title = "Which one?"
-statement = "Pick 1, 2 or 3."
-points = 1
-answer_kind = "choice"
-choices = [{ id = "1", text = "one" }, { id = "2", text = "two" }, { id = "3", text = "3" }]
-expected = { op = "choice", correct = "2" }
-
-[[problems]]
-id = "q2"
-title = "True or false?"
-statement = "Is it?"
-points = 1
-answer_kind = "choice"
-choices = [{ id = "true", text = "yes" }, { id = "false", text = "no" }]
-expected = { op = "choice", correct = "false" }
-"""
-
-
 def test_a_csv_class_answering_numbered_or_boolean_options_is_graded_right(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1283,13 +1260,13 @@ def test_a_csv_class_answering_numbered_or_boolean_options_is_graded_right(
     for an option's id, and every right answer scored 0 as malformed."""
     folder = tmp_path / "assignments"
     folder.mkdir()
-    (folder / "quiz.toml").write_text(NUMBERED_CHOICES)
+    (folder / "numbered.toml").write_text(NUMBERED)
     settings = Settings(assignments_dir=folder, builtin_assignments=False, variant_secret=SECRET)
     table = tmp_path / "quiz.csv"
     table.write_text('student_id,q1,q2\nada,2,false\nben,"2","FALSE"\ncy,3,true\n')
     out = tmp_path / "grades"
     with uvicorn_thread(create_app(settings)) as url:
-        argv = ["grade", "--url", url, "--assignment", "quiz", str(table), "--out", str(out)]
+        argv = ["grade", "--url", url, "--assignment", "numbered", str(table), "--out", str(out)]
         assert main(argv) == 0
     rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
     assert [rows[s]["score"] for s in ("ada", "ben", "cy")] == ["2.0", "2.0", "0.0"]

@@ -17,6 +17,7 @@ from service.app import create_app, route_body_limits
 from service.routes import diagnostics, shapes
 from service.settings import SMALL_BODY_BYTES, Settings
 from tests.keys import STUDENT, key, keyed_settings
+from tests.service.test_edge import http_scope
 
 JSON = {"content-type": "application/json"}
 SHAPE = {"input_size": [7], "kernel_size": 3}
@@ -32,23 +33,9 @@ def asgi_post(app: Any, path: str, body: bytes, *, declare: bool = True) -> tupl
     """POST ``body`` to ``app`` in chunks of 16 KiB, its length declared or not (chunked):
     the status, how many chunks the app (with its edge) asked for, and the answer's body."""
     chunks = [body[i : i + 16384] for i in range(0, len(body), 16384)] or [b""]
-    headers = [(b"content-type", b"application/json"), (b"host", b"testserver")]
+    scope = http_scope("application/json", path)
     if declare:
-        headers.append((b"content-length", str(len(body)).encode()))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1234),
-        "server": ("testserver", 80),
-    }
+        scope["headers"].append((b"content-length", str(len(body)).encode()))
     asked = 0
     sent: list[Message] = []
 
