@@ -511,7 +511,9 @@ class EdgeMiddleware:
                 )
                 await problem_response(problem)(scope, receive, send)
                 return
-        json_body = is_json(content_type)
+        # A GET (HEAD, DELETE, ...) route reads no body: one sent anyway is never parsed (20 MB
+        # of JSON sent with GET /healthz held the event loop 3 s).
+        json_body = is_json(content_type) and scope["method"] not in _BODILESS_METHODS
         limited = False  # a check counted against the rate limit, before its body is read
         if json_body or scope["method"] == "POST":
             # A caller without a key (keys configured) never has its body read or parsed (see
@@ -529,7 +531,7 @@ class EdgeMiddleware:
                     return
                 json_body = False
             elif caller == "student" and _instructors_only(app, scope):
-                # Any method: a GET sent with a JSON body would otherwise have it parsed.
+                # Before its body is read.
                 await problem_response(forbidden())(scope, receive, send)
                 return
             elif caller == "student" and not _has_route(app, scope):

@@ -29,11 +29,14 @@ def client() -> Iterator[TestClient]:
         yield test_client
 
 
-def asgi_post(app: Any, path: str, body: bytes, *, declare: bool = True) -> tuple[int, int, bytes]:
-    """POST ``body`` to ``app`` in chunks of 16 KiB, its length declared or not (chunked):
-    the status, how many chunks the app (with its edge) asked for, and the answer's body."""
+def asgi_post(
+    app: Any, path: str, body: bytes, *, declare: bool = True, method: str = "POST"
+) -> tuple[int, int, bytes]:
+    """POST (or ``method``) ``body`` to ``app`` in chunks of 16 KiB, its length declared or
+    not (chunked): the status, how many chunks the app (with its edge) asked for, and the
+    answer's body."""
     chunks = [body[i : i + 16384] for i in range(0, len(body), 16384)] or [b""]
-    scope = http_scope("application/json", path)
+    scope = {**http_scope("application/json", path), "method": method}
     if declare:
         scope["headers"].append((b"content-length", str(len(body)).encode()))
     asked = 0
@@ -189,3 +192,12 @@ def test_a_limit_for_a_route_that_does_not_exist_stops_the_start_up() -> None:
     assert [(name, limit) for _, name, limit in found] == [("POST /v1/shapes/conv", 10)]
     with pytest.raises(RuntimeError, match="POST /v1/shapes/convolution"):
         route_body_limits(routers, {"POST /v1/shapes/convolution": 10})
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/info", "/v1/assignments"])
+def test_a_json_body_sent_with_a_get_is_never_read(client: TestClient, path: str) -> None:
+    """No GET route reads a body: 20 MB of JSON sent with GET /healthz (the probe, exempt from
+    the limit of requests in flight) held the event loop 3 s, parsed."""
+    body = json.dumps({"x": [[]] * 50_000}).encode()
+    status, asked, _ = asgi_post(client.app, path, body, method="GET")
+    assert (status, asked) == (200, 0)
