@@ -61,6 +61,10 @@ def parse_config(config: Mapping[str, Any]) -> AttentionRNNConfig:
     k = config.get("k", 2)
     if k == "inf":
         return AttentionRNNConfig("inf")
+    if isinstance(k, float) and k.is_integer() and k >= 2.0**64:
+        # An integer too long for 64 bits arrives as a float (the JSON parser's reading): far
+        # over any window, which ``check_config_limits`` then says, not "must be an integer".
+        k = int(k)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         # As the JSON it came as: null, true, 2.0 (not Python's None, True); a list or an
         # object by its kind (one nested 1000 levels deep cannot be written back).
@@ -75,7 +79,8 @@ def parse_config(config: Mapping[str, Any]) -> AttentionRNNConfig:
 def check_config_limits(config: AttentionRNNConfig, limits: Limits) -> None:
     """Refuse a window k over the limit, before any tensor is decoded."""
     if config.k != "inf" and config.k > limits.max_k:
-        raise LimitExceeded(f"k = {config.k} is over the limit max_k = {limits.max_k}", "config.k")
+        shown = config.k if config.k < 2**64 else f"{config.k:.3g}"  # read as a float: inexact
+        raise LimitExceeded(f"k = {shown} is over the limit max_k = {limits.max_k}", "config.k")
 
 
 def projections(config: AttentionRNNConfig) -> int:

@@ -374,6 +374,9 @@ BAD_INPUTS = [
     ("attention_rnn", "forward", _set(ATTENTION, "config.k", True), 422, '"inf", got true'),
     ("attention_rnn", "forward", _set(ATTENTION, "config.k", None), 422, '"inf", got null'),
     ("attention_rnn", "forward", _set(ATTENTION, "config.k", 10**12), 413, "max_k = 256"),
+    # Past 64 bits the JSON parser reads an integer as a float: still over the limit.
+    ("attention_rnn", "forward", _set(ATTENTION, "config.k", 10**30), 413, "k = 1e+30 is over"),
+    ("attention_rnn", "forward", _set(ATTENTION, "config.k", 1e30), 413, "k = 1e+30 is over"),
     (
         "attention_rnn",
         "forward",
