@@ -344,22 +344,31 @@ class LagPathsMissing(Mistake):
 
 @register
 class JacobiansNotTransposed(Mistake):
-    """AttentionRNN's dl/dh[t] through time (seed 1.2.2(f)) with each dh[t+i]/dh[t] applied
-    to the later gradient as J times the column, where the chain rule has its transpose."""
+    """AttentionRNN's dl/dh[t] through time (seed 1.2.2(f)), or the gated RNN's dl/dW_x
+    (1.2.1(c)), with each dh[t+i]/dh[t] applied to the later gradient as J times the column,
+    where the chain rule has its transpose."""
 
     code = "jacobians_not_transposed"
     order = 29
 
     def candidates(self, key: TensorKey, shape: Shape) -> Iterator[Candidate]:
         run = _AttentionLags.of(key)
-        if run is None or tuple(key.tensor.shape) != shape:
+        if run is not None and tuple(key.tensor.shape) == shape:
+            yield Candidate(
+                run.totals(transposed=False)[1:],
+                "Your answer carries the gradient back as J dl/dh[t+i], with J = "
+                "dh[t+i]/dh[t]. The chain rule gives the row vector dl/dh[t+i] times J, which "
+                "as a column is J^T dl/dh[t+i]: use the transpose of each Jacobian.",
+            )
             return
-        yield Candidate(
-            run.totals(transposed=False)[1:],
-            "Your answer carries the gradient back as J dl/dh[t+i], with J = dh[t+i]/dh[t]. "
-            "The chain rule gives the row vector dl/dh[t+i] times J, which as a column is "
-            "J^T dl/dh[t+i]: use the transpose of each Jacobian.",
-        )
+        steps = _GatedSteps.of_backward(key, shape)
+        if steps is not None:
+            yield Candidate(
+                steps.w_x_gradient(steps.gate * (1 - steps.gate), transposed=False),
+                "Your answer carries the gradient back through time as J dl/dh[t], with J = "
+                "dh[t]/dh[t-1]. The chain rule gives the row vector dl/dh[t] times J, which as "
+                "a column is J^T dl/dh[t]: use the transpose of each Jacobian.",
+            )
 
 
 @dataclass(frozen=True)
@@ -407,10 +416,11 @@ class _GatedSteps:
         diag(c[t]) + diag(h[t-1] - W_x x[t]) diag(slope[t]) W_h."""
         return torch.diag_embed(self.gate) + (self.spread * slope)[:, :, None] * self.w_h
 
-    def w_x_gradient(self, slope: torch.Tensor) -> torch.Tensor:
+    def w_x_gradient(self, slope: torch.Tensor, transposed: bool = True) -> torch.Tensor:
         """dl/dW_x (m, n) by backpropagation through time with ``slope`` for sigma'(z[t]):
         ``sum_t (g[t] * (1 - c[t])) x[t]^T`` over the total gradients g[t] = dl/dh[t] + the
-        gradient carried back from h[t+1] through dh[t+1]/dh[t]."""
+        gradient carried back from h[t+1] through dh[t+1]/dh[t] (as the chain rule has it,
+        J^T g, when ``transposed``; else J g)."""
         if self.direct is None:
             raise ValueError("the run of a state-Jacobian key has no loss to backpropagate")
         jacobians = self.step_jacobians(slope)
@@ -419,7 +429,7 @@ class _GatedSteps:
         for t in reversed(range(len(self.gate))):
             total = self.direct[t] + carry
             grad += torch.outer(total * (1 - self.gate[t]), self.x[t])
-            carry = jacobians[t].T @ total
+            carry = (jacobians[t].T if transposed else jacobians[t]) @ total
         return grad
 
     def wrong_slopes(self) -> Iterator[tuple[torch.Tensor, str]]:

@@ -435,3 +435,28 @@ def test_zero_states_are_not_recomputed_one_by_one_for_long_sequences() -> None:
     spec = {**jacobians_spec(None, short), "op": "forward", "select": "h"}
     result = judge(spec, attention_without_zero_states(short, None).tolist())
     assert "zero_states_left_out" in codes(result)
+
+
+def gated_grad_w_x_untransposed(g: dict[str, np.ndarray]) -> np.ndarray:
+    """A typical wrong 1.2.1(c): the gradient carried back as J dl/dh[t+1] where the chain
+    rule has J^T (the row vector dl/dh[t+1] times J)."""
+    _, c, _ = seed.gated_rnn(g["W_c"], g["W_h"], g["W_x"], g["x"])
+    jacobians = seed.gated_state_jacobians(g["W_c"], g["W_h"], g["W_x"], g["x"])
+    total = np.zeros_like(g["dl_dh"])
+    for t in reversed(range(len(g["x"]))):
+        later = jacobians[t + 1] @ total[t + 1] if t + 1 < len(g["x"]) else 0
+        total[t] = g["dl_dh"][t] + later
+    return np.sum([np.outer(total[t] * (1 - c[t]), g["x"][t]) for t in range(len(g["x"]))], 0)
+
+
+def test_1_2_1c_with_j_for_j_transposed_is_diagnosed_for_every_student(
+    catalogue: Catalogue,
+) -> None:
+    check = EngineCheck(SETTINGS)
+    for student in STUDENTS[:60]:
+        variant = catalogue.variant("cnn-rnn", "1.2.1c", student)
+        given = {name: tensor.numpy() for name, tensor in variant.given.items()}
+        result = grade_problem(variant, gated_grad_w_x_untransposed(given).tolist(), check)
+        assert (result.status, result.score) == ("incorrect", 0.0), student
+        codes_told = [d["code"] for d in result.feedback["diagnosis"]]
+        assert "jacobians_not_transposed" in codes_told, (student, result.feedback)
