@@ -333,12 +333,19 @@ class LagPathsMissing(Mistake):
         run = _AttentionLags.of(key)
         if run is None or tuple(key.tensor.shape) != shape:
             return
-        yield Candidate(
-            run.totals(lags=1)[1:],
+        chain = (
             "Your gradient flows back only along the chain h[t+1] -> h[t]. In AttentionRNN(k) "
             "each of h[t+1], ..., h[t+k] attends to h[t] directly (through the query, key and "
             "value it projects h[t] with): dl/dh[t] sums a path from every later state whose "
-            "window holds h[t], each through its own dh[t+i]/dh[t].",
+            "window holds h[t], each through its own dh[t+i]/dh[t]."
+        )
+        yield Candidate(run.totals(lags=1)[1:], chain)
+        # Both mistakes of 1.2.2(f) at once: neither alone gives the answer.
+        yield Candidate(
+            run.totals(lags=1, transposed=False)[1:],
+            f"{chain} And it carries the gradient back as J dl/dh[t+1], with J = "
+            "dh[t+1]/dh[t], where the chain rule has J^T dl/dh[t+1] (the row vector "
+            "dl/dh[t+1] times J).",
         )
 
 

@@ -69,6 +69,11 @@ WRONG: dict[str, tuple[str, str, Callable[[Given], np.ndarray]]] = {
     "score through k_1 only": ("1.2.2e", "score_gradient_key_only", key_only_jacobians),
     "lag-2 path missing": ("1.2.2f", "lag_paths_missing", lambda g: backward(g, 1, True)[1:]),
     "J for J^T": ("1.2.2f", "jacobians_not_transposed", lambda g: backward(g, WINDOW, False)[1:]),
+    "the chain alone, and J for J^T": (
+        "1.2.2f",
+        "lag_paths_missing",
+        lambda g: backward(g, 1, False)[1:],
+    ),
     "1.2.2e with an h[0] row": (
         "1.2.2e",
         "initial_state_row",
@@ -106,6 +111,7 @@ COINCIDING = {
     "score through k_1 only": 1,
     "lag-2 path missing": 0,
     "J for J^T": 0,
+    "the chain alone, and J for J^T": 0,
     "1.2.2e with an h[0] row": 0,
     "1.2.2f with dl/dh[0] in row 0": 0,
     "1.2.2f with a zero row 0": 0,
@@ -194,3 +200,15 @@ def test_the_gradient_through_time_of_a_wider_window_is_diagnosed() -> None:
     ):
         result = judge(spec, answer.tolist())
         assert result["correct"] is False and code in codes(result), (code, result)
+
+
+def test_both_mistakes_of_1_2_2f_at_once_are_both_told(catalogue: Catalogue) -> None:
+    """The chain alone carried back through J where J^T belongs: neither mistake alone gives
+    the answer, which was told only "incorrect"."""
+    problem_id, _, wrong = WRONG["the chain alone, and J for J^T"]
+    variant = catalogue.variant("cnn-rnn", problem_id, STUDENTS[0])
+    given = {name: tensor.numpy() for name, tensor in variant.given.items()}
+    result = grade_problem(variant, wrong(given).tolist(), EngineCheck(SETTINGS))
+    (diagnosis,) = result.feedback["diagnosis"]
+    assert diagnosis["code"] == "lag_paths_missing"
+    assert "only along the chain" in diagnosis["message"] and "J^T" in diagnosis["message"]
