@@ -579,10 +579,22 @@ def batch_summary(results: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """Seconds the server asked to wait (``Retry-After`` in seconds or as a date), or None."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
+    """Seconds the server asked to wait (``Retry-After`` in seconds or as a date), or None.
+
+    Sent twice (a proxy adding its own), httpx joins the two with a comma: the longer wait
+    is taken (read as no wait at all, the retry came too early)."""
+    waits = []
+    for value in response.headers.get_list("retry-after"):
+        wait = _seconds(value)  # a number, or a date (which holds a comma of its own)
+        if wait is None:  # "5, 30": two on one line
+            parts = [part for part in map(_seconds, value.split(",")) if part is not None]
+            wait = max(parts, default=None)
+        if wait is not None:
+            waits.append(wait)
+    return max(waits, default=None)
+
+
+def _seconds(value: str) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
@@ -1137,7 +1149,7 @@ class BaseClient(Generic[T]):
                 if response.status_code not in retried or attempt >= self.retries:
                     return response
                 asked = retry_after(response)
-                if asked is not None and asked > self.max_wait:
+                if asked is not None and not (math.isfinite(asked) and asked <= self.max_wait):
                     # Sooner is refused again (the service's 429 names the very second its
                     # window resets): the caller hears of it now rather than after the retries.
                     return response
@@ -1156,7 +1168,7 @@ class BaseClient(Generic[T]):
         """
         if asked is not None:
             return asked + self._jitter() * (JITTER * asked + self.backoff)
-        base = min(self.backoff * 2.0 ** (attempt - 1), self.max_wait)
+        base = min(self.backoff * 2.0 ** min(attempt - 1, 64), self.max_wait)
         spread = min(JITTER * base + self.backoff, self.max_wait)
         return min(base, self.max_wait - spread) + self._jitter() * spread
 

@@ -167,6 +167,11 @@ def _read_submission(path: Path, student_id: str | None) -> Submission:
     return Submission(student, answers)
 
 
+BEFORE_REGRADE = "before-regrade"
+"""The folder of a class's results where ``--regrade`` moves each earlier result before it
+grades again (the last run's only: each result replaces the one there)."""
+
+
 def refuse_overwrite(out: Path, submission: Path) -> None:
     """Refuse results written where they would replace the submissions: ``--out`` the class
     folder itself (each ``<id>.json`` result over the student's ``<id>.json``, and the next
@@ -735,13 +740,19 @@ def grade_class(
     out.mkdir(parents=True, exist_ok=True)
     names = result_names(s.student_id for s in submissions)
     report = report if report is not None else ClassReport()
+    set_aside: dict[str, Path] = {}
     if regrade:
-        # Every earlier result goes before any request: a student whose request fails now is
-        # "not graded yet" in the gradebook, and a later run (with or without --regrade)
-        # grades them, rather than their earlier result standing as if it were this run's.
+        # Every earlier result goes aside before any request: a student whose request fails
+        # now is "not graded yet" in the gradebook, and a later run (with or without
+        # --regrade) grades them, rather than their earlier result standing as if it were
+        # this run's. A run the service stops at once (a key refused) puts them back.
+        aside = out / BEFORE_REGRADE
+        aside.mkdir(exist_ok=True)
         for submission in submissions:
+            name = names[submission.student_id]
             with contextlib.suppress(FileNotFoundError):
-                (out / names[submission.student_id]).unlink()
+                os.replace(out / name, aside / name)
+                set_aside[submission.student_id] = aside / name
     todo = []
     for submission in submissions:
         student = submission.student_id
@@ -797,6 +808,13 @@ def grade_class(
     try:
         for future in as_completed(futures):
             keep(future)
+    except GradingStopped:
+        # Refused for everyone: the earlier results of those this run did not grade stand.
+        for student, path in set_aside.items():
+            if student not in report.graded:
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path, out / names[student])
+        raise
     except KeyboardInterrupt:
         running = sum(1 for f in futures if f.running())
         if running:

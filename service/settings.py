@@ -343,9 +343,10 @@ SMALL_BODY_BYTES = 64 * 1024
 """The body limit of a route whose request is a few numbers (a conv's shape, an experiment's
 ranges): such a body takes well under 2 KiB, pretty-printed."""
 
-CURVE_BYTES_PER_VALUE = 32
+CURVE_BYTES_PER_VALUE = 48
 """A loss curve's bytes per value: a float64's 24 characters, its separator and brackets,
-and the indent of a pretty-printer that puts each value on a line of its own."""
+and the indent of a pretty-printer that puts each value on a line of its own (12 spaces at
+an indent of 4, and a CRLF: 32 bytes a value refused such a curve at the value cap)."""
 
 
 LIMIT_PREFIXES = (

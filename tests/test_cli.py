@@ -1230,10 +1230,29 @@ def test_a_regrade_that_fails_a_student_leaves_no_earlier_grade_standing(
     assert rows["ada"]["score"] == "2.0"
     assert rows["ben"]["score"] == "" and rows["ben"]["note"].startswith("not graded yet: 503")
     assert not (out / "ben.json").exists()
+    assert (out / gradebook.BEFORE_REGRADE / "ben.json").exists()  # aside, not lost
     service.fail_with = {}
     service.graded.clear()
     assert main(class_argv(url, tmp_path / "subs", out)) == 0
     assert service.graded == ["ben"]
+    capsys.readouterr()
+
+
+def test_a_regrade_the_service_stops_at_once_leaves_the_earlier_results(
+    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key refused for every student (401, 403) stops the run: the earlier results, set
+    aside before it, were lost with it."""
+    service, url = fake
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [2, 5]}})
+    out = tmp_path / "grades"
+    assert main(class_argv(url, tmp_path / "subs", out)) == 0
+    before = {p.name: p.read_text() for p in out.glob("*.json")}
+    service.fail_with = {"ada": 403, "ben": 403}
+    assert main([*class_argv(url, tmp_path / "subs", out), "--regrade", "--jobs", "1"]) == 2
+    assert {p.name: p.read_text() for p in out.glob("*.json")} == before
+    rows = {r["student_id"]: r for r in read_gradebook(out / gradebook.GRADEBOOK)}
+    assert (rows["ada"]["score"], rows["ben"]["score"]) == ("2.0", "0.0")
     capsys.readouterr()
 
 

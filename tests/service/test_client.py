@@ -39,6 +39,7 @@ from service.client import (
     UnsendableError,
     answer_to_wire,
     from_wire,
+    retry_after,
     to_wire,
 )
 from service.examples import SEED_W_1x5x3, SEED_X_5x7
@@ -1402,3 +1403,30 @@ def test_a_ragged_list_of_arrays_reaches_the_service_as_a_list(tg: Client, n: in
     assert as_arrays.value.status == as_lists.value.status == 422
     assert as_arrays.value.detail == as_lists.value.detail
     assert as_arrays.value.errors == as_lists.value.errors
+
+
+@pytest.mark.parametrize(
+    ("headers", "asked"),
+    [
+        ([("Retry-After", "5"), ("Retry-After", "30")], 30.0),
+        ([("Retry-After", "5, 30")], 30.0),
+        ([("Retry-After", "7")], 7.0),
+    ],
+)
+def test_a_retry_after_sent_twice_is_the_longer_wait(
+    headers: list[tuple[str, str]], asked: float
+) -> None:
+    """A proxy that adds its own: httpx joins the two with a comma, which read as no number
+    at all, and the client retried after its short backoff, too early."""
+    assert retry_after(httpx.Response(503, headers=headers)) == asked
+
+
+def test_an_endless_or_unreadable_wait_is_the_error_at_once_and_backoffs_stay_finite() -> None:
+    transport, seen = scripted(httpx.Response(503, headers={"Retry-After": "1e400"}))
+    sleep, waits = recording()
+    client = Client("http://x", transport=transport, sleep=sleep, max_wait=float("inf"))
+    with client as tg, pytest.raises(ProblemError):
+        tg.info()
+    assert waits == [] and len(seen) == 1
+    with Client("http://x", transport=scripted()[0], max_wait=60, jitter=lambda: 0.0) as tg:
+        assert tg._waited(None, 2000) == 60 - 0.1 * 60 - 0.5  # finite: no OverflowError

@@ -138,7 +138,7 @@ def small_budget() -> Iterator[TestClient]:
 def test_a_loss_curve_over_the_budget_is_refused_before_its_values(
     small_budget: TestClient,
 ) -> None:
-    body = {"batch_losses": [[None] * 1000] * 20, "num_classes": 4}  # 120 kB: under 129,536
+    body = {"batch_losses": [[None] * 1000] * 20, "num_classes": 4}  # 120 kB: under 161,536
     problem = refused(post(small_budget, "/v1/diagnostics/loss-curve", body), status=413)
     assert problem["detail"] == "batch_losses holds 20,000 values; the limit is 1,000"
 
@@ -146,12 +146,12 @@ def test_a_loss_curve_over_the_budget_is_refused_before_its_values(
 def test_a_loss_curve_body_larger_than_its_budget_is_refused_unread(
     small_budget: TestClient,
 ) -> None:
-    """1,000 values and as many accuracies take at most 2 * 1,000 * 32 bytes and 64 KiB."""
+    """1,000 values and as many accuracies take at most 2 * 1,000 * 48 bytes and 64 KiB."""
     body = {"batch_losses": [[None] * 1000] * (MANY // 1000), "num_classes": 4}
     problem = refused(post(small_budget, "/v1/diagnostics/loss-curve", body), status=413)
     assert problem["type"].endswith("/body-too-large")
     assert problem["detail"].endswith(
-        "bytes; POST /v1/diagnostics/loss-curve takes at most 129,536"
+        "bytes; POST /v1/diagnostics/loss-curve takes at most 161,536"
     ), problem["detail"]
 
 
