@@ -874,11 +874,18 @@ def _outcome(
 
 
 def _from_service(error: ProblemError) -> bool:
-    """Whether a refusal is the service's own problem detail (RFC 9457, with the integer
-    ``status`` it answered with), not a page of something in front of it that also has a
-    ``detail``."""
-    status = error.body.get("status") if error.body else None
-    return isinstance(status, int) and not isinstance(status, bool)
+    """Whether a refusal is the service's own problem detail (RFC 9457: a ``type`` URI and
+    the integer ``status`` it answered with), not the JSON of something in front of it that
+    also has a ``detail`` (``{"status": "error"}``) or an integer ``status`` (a Spring
+    gateway's ``{"timestamp", "status", "error", "path"}``)."""
+    body = error.body or {}
+    status = body.get("status")
+    return (
+        isinstance(status, int)
+        and not isinstance(status, bool)
+        and isinstance(body.get("type"), str)
+        and isinstance(body.get("title"), str)
+    )
 
 
 def unknown_columns(

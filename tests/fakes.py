@@ -35,6 +35,7 @@ class FakeGrading:
         self.answer_with: dict[str, Any] = {}  # student id -> JSON answered with a 200 instead
         self.page_with: dict[str, int] = {}  # student id -> status of a proxy's HTML page
         self.gateway_with: dict[str, int] = {}  # student id -> status of a gateway's JSON
+        self.spring_gateway = False  # that JSON with an integer status
         self.revision: str | None = "0" * 32  # the listed revision (None: a service without)
         self.graded_revision: str | None = None  # the grades' own, if not the listed one
         self.listed: dict[str, Any] | None = None  # the assignment as listed, if not the key's
@@ -70,8 +71,11 @@ class FakeGrading:
                 status = self.page_with[student]
                 return HTMLResponse(f"<html><h1>{status} from a proxy</h1></html>", status)
             if student in self.gateway_with:  # a gateway's refusal: JSON, not a problem detail
-                detail = {"status": "error", "detail": "body too large for the gateway"}
-                return JSONResponse(detail, self.gateway_with[student])
+                status = self.gateway_with[student]
+                detail: dict[str, Any] = {"status": "error", "detail": "too large for the gateway"}
+                if self.spring_gateway:  # an integer status, as Spring's error pages have
+                    detail = {"status": status, "error": "Payload Too Large", "detail": "big"}
+                return JSONResponse(detail, status)
             status = self.fail_with.get(student)
             if status is not None:
                 raise Problem(status, f"failing {student} on purpose", headers={"Retry-After": "0"})

@@ -1175,12 +1175,18 @@ def test_serve_warns_of_a_rate_limit_counted_per_worker_and_of_shared_keys_besid
     assert startup_warnings(only_roster) == []
 
 
+@pytest.mark.parametrize("spring", [False, True])
 def test_a_gateways_json_refusal_is_no_grade(
-    fake: tuple[FakeGrading, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake: tuple[FakeGrading, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    spring: bool,
 ) -> None:
     """`{"status": "error", "detail": ...}` with a 413 is a gateway's, not the service's
-    problem detail (whose status is the integer it answered): no grade of 0 is kept."""
+    problem detail (a `type`, a `title` and the integer status it answered), and so is a
+    Spring gateway's page with an integer status: no grade of 0 is kept."""
     service, url = fake
+    service.spring_gateway = spring
     write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [5, 2]}})
     service.gateway_with = {"ben": 413}
     out = tmp_path / "grades"

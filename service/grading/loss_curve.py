@@ -566,8 +566,13 @@ def _outliers(
     bar = OUTLIER_SIGMAS * stats.others_sd
     outlier = candidates & (rise > bar)
     close = candidates & (np.abs(rise - bar) <= 1e-7 * (np.abs(rise) + bar + stats.others_max))
+    exact: dict[bytes, float] = {}  # epochs of the same batches (a quantised curve) share one
     for e in np.flatnonzero(close).tolist():
-        outlier[e] = rise[e] > OUTLIER_SIGMAS * _pstdev(rows.others(e))
+        others = rows.others(e)
+        key = others.tobytes()
+        if key not in exact:
+            exact[key] = _pstdev(others)
+        outlier[e] = rise[e] > OUTLIER_SIGMAS * exact[key]
     return outlier
 
 
@@ -631,12 +636,17 @@ def _spikes(
     return details
 
 
+SHORT_ROW = 32
+"""Below this many values ``statistics.pstdev`` is the faster exact one (18 us for 2 values
+against 21 us; 73 us for 100 against 40 us)."""
+
+
 def _pstdev(values: _Floats) -> float:
     """``statistics.pstdev`` of floats, the same float (the correctly rounded root of the exact
     variance), from exact sums that math.fsum finds instead of a fraction per value. Values
     below 2**-400, whose squares' rounding errors fall below the smallest float, take
-    statistics' way."""
-    if np.any((values > 0) & (values < 2.0**-400)):
+    statistics' way, and so do fewer than ``SHORT_ROW`` values, for which it is faster."""
+    if len(values) < SHORT_ROW or np.any((values > 0) & (values < 2.0**-400)):
         return float(statistics.pstdev(values.tolist()))
     squares = values * values
     n = len(values)
