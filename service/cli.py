@@ -473,6 +473,12 @@ def unreachable(error: Exception, url: str, timeout: float) -> str:
             f"the service at {url} was reached but closed the connection before answering "
             "(it may have restarted, or a worker stopped); try again"
         )
+    if isinstance(error, httpx.WriteError):
+        # A connection was made: the service (or a proxy before it) was there to close it.
+        return (
+            f"the service at {url} was reached but closed the connection while the request "
+            "was being sent (it may have restarted); try again"
+        )
     return f"cannot reach {url}: {str(error) or type(error).__name__}"
 
 

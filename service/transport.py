@@ -17,41 +17,36 @@ the proxy.
 
 Connections are kept alive and reused, one request at a time each, from a small pool that is
 safe to share between threads. A kept-alive connection that the server closed while it was
-idle (uvicorn closes them after 5 s) fails on its next use, at once; such a request is sent
-again once on a fresh connection, as urllib3 does (every operation of the API is a pure
-computation, so sending it twice is safe). A connection closed later than ``STALE_WINDOW``
-after the request was sent was not stale: the server had the request (a worker that died
-while computing, say), and the failure is raised as "closed the connection before answering",
-for the client's retries alone to count.
+idle (uvicorn closes them after 5 s) is readable at once (its end of stream): it is dropped
+before use and the request goes on a fresh connection, sent once. A connection that fails
+after the request went out is never sent on again here: the server may have had the request
+(a worker that died while computing, say), so the failure is raised ("closed the connection
+before answering") for the client's retries alone to count, and one call reaches the server
+at most ``1 + retries`` times. The rare stale connection closed in the instant between that
+check and the request is such a failure too, and its retry is counted likewise.
 """
 
 from __future__ import annotations
 
 import base64
 import http.client
+import select
 import threading
-import time
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-# Failures that mean "the server closed the connection", e.g. a kept-alive one while it was idle.
+# Failures that mean "the server closed the connection".
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 _DROPPED_HEADERS = frozenset({b"transfer-encoding", b"content-length"})
 
 
 class ClosedBeforeAnswer(httpx.RemoteProtocolError):
-    """The server had the request, and closed the connection without answering it (a worker
-    that stopped while computing, say): no stale kept-alive connection, so not sent again
-    here; the client's retries count it."""
-
-
-STALE_WINDOW = 1.0
-"""Seconds after the request was sent within which a closed connection is taken for a stale
-kept-alive one (the server's close arrives within a round trip), and the request is sent
-again on a fresh connection."""
+    """The server had the request (all of it was sent), and closed the connection without
+    answering it (a worker that stopped while computing, say): not sent again here, for the
+    client's retries to count."""
 
 
 def environment_proxy(url: httpx.URL | str) -> str | None:
@@ -148,24 +143,13 @@ class StdlibTransport(httpx.BaseTransport):
             target = f"http://{request.url.netloc.decode('ascii')}{path}"
             headers += self._proxy_headers
         connection = self._take(key)
-        # A reused connection may have been closed by the server while idle: one more try.
-        tries = 2 if connection.sock is not None else 1
-        while True:
-            tries -= 1
-            try:
-                answer = _exchange(connection, request, target, headers, body, timeouts)
-            except _STALE as error:
-                connection.close()
-                if tries:
-                    continue
-                raise httpx.RemoteProtocolError(
-                    f"the server closed the connection: {error}", request=request
-                ) from error
-            except BaseException:
-                connection.close()
-                raise
-            self._give_back(key, connection)
-            return answer
+        try:
+            answer = _exchange(connection, request, target, headers, body, timeouts)
+        except BaseException:
+            connection.close()
+            raise
+        self._give_back(key, connection)
+        return answer
 
     def close(self) -> None:
         """Close every idle connection (and httpx's transport, if it was used)."""
@@ -179,12 +163,17 @@ class StdlibTransport(httpx.BaseTransport):
             other.close()
 
     def _take(self, key: tuple[str, int]) -> http.client.HTTPConnection:
-        with self._lock:
-            pool = self._idle.get(key)
-            if pool:
-                return pool.pop()
-        host, port = key
-        return http.client.HTTPConnection(host, port)
+        """An idle connection to ``key`` that is still open, else a new one (not connected)."""
+        while True:
+            with self._lock:
+                pool = self._idle.get(key)
+                connection = pool.pop() if pool else None
+            if connection is None:
+                host, port = key
+                return http.client.HTTPConnection(host, port)
+            if not _dropped(connection):
+                return connection
+            connection.close()
 
     def _give_back(self, key: tuple[str, int], connection: http.client.HTTPConnection) -> None:
         if connection.sock is None:  # the answer said Connection: close
@@ -208,6 +197,7 @@ def _exchange(
     """One request for ``target`` (its request line's) and its answer on ``connection``;
     errors mapped to httpx's."""
     stage = "connect"
+    read_timeout = timeouts.get("read")
     try:
         if connection.sock is None:
             connection.timeout = timeouts.get("connect")
@@ -224,18 +214,20 @@ def _exchange(
             connection.putheader(name.decode("latin-1"), value)
         connection.endheaders(body or None)
         stage = "read"
-        sent = time.monotonic()
-        _set_timeout(connection, timeouts.get("read"))
+        _set_timeout(connection, read_timeout)
         response = connection.getresponse()
         content = response.read()  # a known length: one buffer, filled by the socket
     except _STALE as error:
         if stage == "connect":
             raise httpx.ConnectError("connection reset", request=request) from None
-        if stage == "read" and time.monotonic() - sent > STALE_WINDOW:
-            raise ClosedBeforeAnswer(
-                f"the server closed the connection before answering: {error}", request=request
+        if stage == "write":
+            raise httpx.WriteError(
+                f"the server closed the connection while the request was sent: {error}",
+                request=request,
             ) from error
-        raise
+        raise ClosedBeforeAnswer(
+            f"the server closed the connection before answering: {error}", request=request
+        ) from error
     except TimeoutError as error:
         kind = {
             "connect": httpx.ConnectTimeout,
@@ -267,3 +259,20 @@ def _exchange(
 def _set_timeout(connection: http.client.HTTPConnection, seconds: float | None) -> None:
     if connection.sock is not None:
         connection.sock.settimeout(seconds)
+
+
+def _dropped(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept-alive connection can no longer carry a request: closed by the
+    server (readable: its end of stream, or a reset) or by us. An idle HTTP/1.1 connection has
+    nothing to read, so anything readable means it is done, as urllib3 judges too."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    try:
+        if hasattr(select, "poll"):  # no limit on descriptor numbers, unlike select()
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True

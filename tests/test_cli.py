@@ -1394,6 +1394,17 @@ def test_a_connection_closed_after_the_request_is_not_told_as_unreachable() -> N
     assert "cannot reach" not in said
 
 
+def test_a_connection_closed_while_the_request_was_sent_is_not_told_as_unreachable() -> None:
+    import httpx
+
+    from service.cli import unreachable
+
+    error = httpx.WriteError("the server closed the connection while the request was sent")
+    said = unreachable(error, "http://127.0.0.1:8000", 60)
+    assert said.startswith("the service at http://127.0.0.1:8000 was reached but closed")
+    assert "cannot reach" not in said
+
+
 class Restarting:
     """A client of a service that stops taking connections after ``answered`` grades and is
     ready again after ``down`` polls of /readyz (forever down with ``down=None``)."""
