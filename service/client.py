@@ -632,6 +632,8 @@ class BaseClient(Generic[T]):
             api_key: sent as ``X-API-Key``; None for a server that runs open. Surrounding
                 whitespace is dropped (a key read from a file keeps its line break).
             timeout: seconds, or an ``httpx.Timeout`` for connect/read/write/pool apart.
+                Over ``http://`` the read timeout bounds the whole answer, from the request
+                sent to its last byte; over ``https://`` (httpx's transport) each read.
             retries: how many times a request is retried after a connection failure or a
                 429/503 answer (0: never).
             backoff: first wait in seconds when the server gave no ``Retry-After``; doubles on

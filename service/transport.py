@@ -24,14 +24,22 @@ after the request went out is never sent on again here: the server may have had 
 before answering") for the client's retries alone to count, and one call reaches the server
 at most ``1 + retries`` times. The rare stale connection closed in the instant between that
 check and the request is such a failure too, and its retry is counted likewise.
+
+The read timeout bounds the whole answer, status line, headers and body, from the moment the
+request was sent: a server that trickles its answer a few bytes at a time cannot hold the
+caller past it (a bound on each read alone would let it, for as long as it likes).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
+import io
 import select
+import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -214,6 +222,14 @@ def _exchange(
             connection.putheader(name.decode("latin-1"), value)
         connection.endheaders(body or None)
         stage = "read"
+        # Set for every request: the connection keeps it for the next one.
+        connection.response_class = (
+            http.client.HTTPResponse
+            if read_timeout is None
+            else functools.partial(  # type: ignore[assignment]
+                _DeadlineResponse, deadline=time.monotonic() + read_timeout
+            )
+        )
         _set_timeout(connection, read_timeout)
         response = connection.getresponse()
         content = response.read()  # a known length: one buffer, filled by the socket
@@ -276,3 +292,45 @@ def _dropped(connection: http.client.HTTPConnection) -> bool:
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
         return True
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An ``HTTPResponse`` that reads its status line, headers and body by ``deadline`` (a
+    ``time.monotonic()`` instant), or raises ``TimeoutError``."""
+
+    def __init__(self, sock: socket.socket, *args: Any, deadline: float, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        # The socket's own reader, kept: it holds the socket open for the body after the
+        # connection closes it (an answer that says Connection: close hands it over so).
+        raw = self.fp.detach()
+        self.fp = io.BufferedReader(_DeadlineReader(raw, sock, deadline))
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's bytes, each read waiting at most until ``deadline``: the socket's own
+    timeout bounds one read, and a server sending a byte just before each ran out would
+    otherwise hold the caller without end. Reads go straight into the caller's buffer, as
+    ``socket.makefile`` does, so a large body is still read in one piece."""
+
+    def __init__(self, raw: Any, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._raw = raw
+        self._sock = sock
+        self._deadline = deadline
+        self._per_read = sock.gettimeout()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the whole answer did not arrive within the read timeout")
+        wait = left if self._per_read is None else min(left, self._per_read)
+        self._sock.settimeout(wait)
+        read: int = self._raw.readinto(buffer)
+        return read
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,46 @@ def test_a_service_that_does_not_answer_in_time_is_not_called_unreachable(
     err = capsys.readouterr().err
     assert "cannot reach" not in err
     assert f"the service at {silent_url} was reached but did not answer within 0.3 s" in err
+
+
+@pytest.fixture
+def trickling_url() -> Iterator[str]:
+    """A server that answers every request, 40 bytes every 0.25 s: no read waits long, the
+    whole answer (about 2 s) does."""
+    body = json.dumps({"status": "ok", "padding": "x" * 180}).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    data = head.encode() + b"\r\n\r\n" + body
+
+    def serve(server: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                for start in range(0, len(data), 40):
+                    threading.Event().wait(0.25)
+                    try:
+                        conn.sendall(data[start : start + 40])
+                    except OSError:
+                        break
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        threading.Thread(target=serve, args=(server,), daemon=True).start()
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_timeout_bounds_the_whole_answer_of_a_trickling_service(
+    trickling_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --timeout 1 a 243-byte answer sent 40 bytes every 0.5 s was waited out (3.3 s)."""
+    started = time.monotonic()
+    argv = ["shape", "--url", trickling_url, "--input-size", "5", "--kernel-size", "3"]
+    assert main([*argv, "--timeout", "1", "--retries", "0"]) == 2
+    assert time.monotonic() - started < 1.8
+    err = capsys.readouterr().err
+    assert f"the service at {trickling_url} was reached but did not answer within 1 s" in err
 
 
 def test_a_class_run_says_a_student_was_not_answered_in_time(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -160,6 +161,22 @@ def test_an_answer_that_says_close_is_not_pooled() -> None:
     assert connections == [1, 2]
 
 
+def test_a_large_answer_that_says_close_is_read_whole() -> None:
+    """The connection closes its socket as soon as the head says so: the body is still read
+    from it (more than the head's read took in), by the deadline too."""
+    body = b"z" * 3_000_000
+
+    def closing(conn: socket.socket, _: bytes) -> None:
+        conn.sendall(answer(body, b"Connection: close"))
+        conn.close()
+
+    with (
+        raw_server(closing) as (url, _, _),
+        httpx.Client(transport=StdlibTransport(), timeout=5.0) as client,
+    ):
+        assert client.get(url).content == body
+
+
 def test_a_chunked_answer_is_read_whole() -> None:
     def chunked(conn: socket.socket, _: bytes) -> None:
         conn.sendall(
@@ -248,3 +265,44 @@ def test_a_client_call_reaches_the_server_at_most_once_per_retry() -> None:
         with pytest.raises(ClosedBeforeAnswer):
             tg.health()
     assert len(requests) == 1 + 3
+
+
+def trickle(body: bytes, piece: int, every: float) -> Handler:
+    """Answer ``piece`` bytes at a time, ``every`` seconds apart: each read is quick, the
+    whole answer slow."""
+
+    def handle(conn: socket.socket, _: bytes) -> None:
+        data = answer(body)
+        for start in range(0, len(data), piece):
+            threading.Event().wait(every)
+            try:
+                conn.sendall(data[start : start + piece])
+            except OSError:  # the client gave up
+                return
+
+    return handle
+
+
+def test_the_read_timeout_bounds_the_whole_answer() -> None:
+    """A server sending 40 bytes every 0.25 s never lets one read wait 1 s, and took 2 s
+    for a 243-byte answer with a timeout of 1 s: the caller is held no longer than asked."""
+    with (
+        raw_server(trickle(b"x" * 200, 40, 0.25)) as (url, _, _),
+        httpx.Client(transport=StdlibTransport(), timeout=1.0) as client,
+    ):
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            client.get(url)
+        assert time.monotonic() - started < 1.5
+
+
+def test_an_answer_within_the_read_timeout_keeps_its_connection() -> None:
+    """Read by a deadline or with none, answers arrive whole and the connection is kept."""
+    with (
+        raw_server(trickle(b"y" * 100, 40, 0.01), ok(b"two"), ok(b"three")) as (url, _, used),
+        httpx.Client(transport=StdlibTransport(), timeout=5.0) as client,
+    ):
+        assert client.get(url + "/a").content == b"y" * 100
+        assert client.get(url + "/b", timeout=None).content == b"two"
+        assert client.get(url + "/c").content == b"three"
+    assert used == [1, 1, 1]
