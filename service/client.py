@@ -1126,7 +1126,13 @@ class BaseClient(Generic[T]):
         retried: Collection[int] = RETRIED_STATUSES,
     ) -> httpx.Response:
         """The response to one request, after retrying connection failures and the
-        ``retried`` statuses (429 and 503 unless told otherwise)."""
+        ``retried`` statuses (429 and 503 unless told otherwise).
+
+        Raises:
+            ProblemError: a ``retried`` status asking (``Retry-After``) for a wait longer than
+                ``max_wait``, at once: its message says how long.
+            httpx.HTTPError: the connection failed (after the retries, for those retried).
+        """
         headers = {"X-Request-ID": uuid.uuid4().hex}  # the same id on every retry of this call
         content = None
         if body is not None:
@@ -1154,9 +1160,20 @@ class BaseClient(Generic[T]):
                 if asked is not None and not (math.isfinite(asked) and asked <= self.max_wait):
                     # Sooner is refused again (the service's 429 names the very second its
                     # window resets): the caller hears of it now rather than after the retries.
-                    return response
+                    raise self._not_waited(response, asked)
             attempt += 1
             self._sleep(self._waited(asked, attempt))
+
+    def _not_waited(self, response: httpx.Response, asked: float) -> ProblemError:
+        """The error of a 429 or 503 whose ``Retry-After`` is past ``max_wait``, its message
+        saying how long the server asked to wait: a page that does not say it (a proxy's, a
+        503 "retry after the time in Retry-After") would leave the caller guessing when."""
+        error = ProblemError.from_response(response, self._secret)
+        error.args = (
+            f"{error}; the server asked to wait {math.ceil(asked)} s before a retry, longer "
+            f"than max_wait ({self.max_wait:g} s), so it was not retried",
+        )
+        return error
 
     def _waited(self, asked: float | None, attempt: int) -> float:
         """How long to wait before retry ``attempt``: what the server asked (``Retry-After``,

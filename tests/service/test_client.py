@@ -466,6 +466,24 @@ def test_a_retry_after_past_max_wait_is_the_error_at_once() -> None:
     assert error.value.status == 429 and error.value.detail == "come back in an hour"
 
 
+def test_a_retry_after_past_max_wait_says_how_long_the_server_asked_to_wait() -> None:
+    """A 503 saying "retry after the time in Retry-After" (or a proxy's page) left the caller
+    of a Retry-After not waited out with no word of when to come back."""
+    transport, seen = scripted(
+        httpx.Response(503, headers={"Retry-After": "90"}, json={"type": "t", "status": 503,
+                       "title": "Busy", "detail": "retry after the time in Retry-After"}),
+    )  # fmt: skip
+    sleep, waits = recording()
+    client = Client("http://x", transport=transport, sleep=sleep, max_wait=60)
+    with client as tg, pytest.raises(ProblemError) as error:
+        tg.info()
+    assert waits == [] and len(seen) == 1
+    assert error.value.status == 503 and error.value.detail == "retry after the time in Retry-After"
+    assert "the server asked to wait 90 s before a retry, longer than max_wait (60 s)" in str(
+        error.value
+    )
+
+
 def test_read_timeouts_and_other_statuses_are_not_retried() -> None:
     transport, seen = scripted(httpx.ReadTimeout("slow"))
     client = Client("http://x", transport=transport, sleep=recording()[0])
