@@ -369,14 +369,22 @@ def run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_SECONDS = 86400.0
+"""The longest ``--timeout``: a day. No answer is worth a longer wait, and a socket refuses a
+timeout past what the platform's time_t holds (``--timeout 1e10`` was an OverflowError)."""
+
+
 def positive_seconds(text: str) -> float:
-    """An option's seconds: a finite number above 0 (argparse says so, exit status 2)."""
+    """An option's seconds: a number above 0, at most ``MAX_SECONDS`` (argparse says so,
+    exit status 2)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}, got {text!r}"
+        )
     return value
 
 

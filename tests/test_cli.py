@@ -1384,7 +1384,13 @@ def test_a_url_that_cannot_be_the_services_is_a_message(
 
 @pytest.mark.parametrize(
     "option",
-    [["--timeout", "-1"], ["--timeout", "0"], ["--timeout", "nan"], ["--retries", "-1"]],
+    [
+        ["--timeout", "-1"],
+        ["--timeout", "0"],
+        ["--timeout", "nan"],
+        ["--timeout", "1e10"],  # an OverflowError traceback from the socket
+        ["--retries", "-1"],
+    ],
 )
 def test_option_values_out_of_range_are_usage_errors(
     capsys: pytest.CaptureFixture[str], option: list[str]
