@@ -594,6 +594,11 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(waits, default=None)
 
 
+def _ceiled(seconds: float) -> str:
+    """Seconds as a message says them: whole, rounded up (``inf`` for a wait without end)."""
+    return str(math.ceil(seconds)) if math.isfinite(seconds) else "inf"
+
+
 def _seconds(value: str) -> float | None:
     try:
         return max(0.0, float(value))
@@ -1170,7 +1175,7 @@ class BaseClient(Generic[T]):
         503 "retry after the time in Retry-After") would leave the caller guessing when."""
         error = ProblemError.from_response(response, self._secret)
         error.args = (
-            f"{error}; the server asked to wait {math.ceil(asked)} s before a retry, longer "
+            f"{error}; the server asked to wait {_ceiled(asked)} s before a retry, longer "
             f"than max_wait ({self.max_wait:g} s), so it was not retried",
         )
         return error
