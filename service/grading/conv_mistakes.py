@@ -64,11 +64,6 @@ def _against_weight(op: str, wrt: str, select: str) -> bool:
     return (op == "jacobian" and wrt == "weight") or (op == "backward" and select == "weight")
 
 
-SETTINGS_OPS = frozenset({"forward", "jacobian"})
-"""The ops recomputed with a setting left out: the others are given tensors (``backward``'s
-gradient of y) shaped for the layer's own settings."""
-
-
 @register
 class SettingIgnored(Mistake):
     """A stride, padding or dilation of the layer left out: the output (or its Jacobian) of
@@ -85,7 +80,7 @@ class SettingIgnored(Mistake):
         if source is None or source.model.name not in CONV_MODELS:
             return
         config = source.prepared.config
-        if source.op not in SETTINGS_OPS or shape == tuple(key.tensor.shape):
+        if shape == tuple(key.tensor.shape):
             return  # a setting left out changes the shape (where it changes anything)
         ones = (1,) * config.dims
         left_out = {
@@ -101,9 +96,9 @@ class SettingIgnored(Mistake):
             changes.append(("settings", every))
         for name, change in changes:
             other = dataclasses.replace(config, **change)
-            if source.selected_shape(other) != shape:
+            if source.selected_shape(other) != shape:  # None for the ops it cannot redo
                 continue
-            tensor = source.compute_config(other)
+            tensor = source.compute_config(other, shape)
             if tensor is not None:
                 message = _left_out_message(name, config, [n for n, _ in changes[:-1]])
                 yield Candidate(tensor, message, f"{name}_ignored")

@@ -73,6 +73,8 @@ class ModelSource:
     spent: float = 0.0
     """How long the diagnoses' recomputations have taken so far."""
     _outputs: Tensors | None = field(default=None, repr=False, compare=False)
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """What several mistakes derive from the key's run alike, worked out once (by name)."""
 
     @property
     def model(self) -> ReferenceModel:
@@ -105,15 +107,11 @@ class ModelSource:
         tensor = tensors.get(self.select)
         return None if tensor is None else on_cpu(tensor)
 
-    def compute_config(self, config: Any) -> torch.Tensor | None:
+    def compute_config(self, config: Any, shape: tuple[int, ...]) -> torch.Tensor | None:
         """The same op and selection with another config of the model (a conv's stride left
-        out, say), on the key's arguments; ``None`` as ``compute``, and where the op's other
-        tensors (the gradients ``backward`` is given) fit only the key's config. The caller
-        compares the result's shape with an answer's (``selected_shape``) first: the answer
-        bounds what this computes."""
-        shape = self.selected_shape(config)
-        if shape is None:
-            return None
+        out, say), on the key's arguments; ``None`` as ``compute``. ``shape`` is what
+        ``selected_shape`` says it answers, which the caller has compared with an answer's
+        first: the answer bounds what this computes."""
         key = self.tensors.get(self.select)
         scale = max(1.0, math.prod(shape) / max(1, key.numel() if key is not None else 1))
         changed = dataclasses.replace(self.prepared, config=config)
@@ -121,7 +119,8 @@ class ModelSource:
 
     def selected_shape(self, config: Any) -> tuple[int, ...] | None:
         """The shape ``compute_config`` would answer, from the declared shapes alone (``None``
-        where the config does not fit them, or the op is not one it computes)."""
+        where the config does not fit them, or the op is not ``forward`` or ``jacobian``: the
+        others are given tensors, ``backward``'s gradient of y, shaped for the key's config)."""
         try:
             outputs = self.model.output_shapes(config, self.prepared.arg_shapes)
         except ModelError:

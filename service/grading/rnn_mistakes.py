@@ -270,12 +270,20 @@ class _AttentionLags:
     @classmethod
     def of(cls, key: TensorKey) -> _AttentionLags | None:
         """The run of a key ``state_grads`` of ``attention_rnn`` whose loss gives direct
-        gradients of h alone (the seed's 1.2.2(f)); else None."""
+        gradients of h alone (the seed's 1.2.2(f)); else None. Worked out once per key: three
+        mistakes read it."""
         source = key.source
         if source is None or source.model.name != "attention_rnn":
             return None
         if source.op != "backward" or source.select != "state_grads":
             return None
+        if "attention_lags" not in source.derived:
+            source.derived["attention_lags"] = cls._run(key, source)
+        run: _AttentionLags | None = source.derived["attention_lags"]
+        return run
+
+    @classmethod
+    def _run(cls, key: TensorKey, source: ModelSource) -> _AttentionLags | None:
         if set(source.grad_outputs) != {"h"}:
             return None  # the paths through a and w are another recursion
         direct = on_cpu(source.grad_outputs["h"])

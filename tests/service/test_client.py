@@ -451,37 +451,29 @@ def test_retries_run_out_on_the_last_answer() -> None:
     assert error.value.status == 429 and error.value.detail == "slow down"
 
 
-def test_a_retry_after_past_max_wait_is_the_error_at_once() -> None:
+@pytest.mark.parametrize(
+    ("status", "asked", "detail"),
+    [(429, 3600, "come back in an hour"), (503, 90, "retry after the time in Retry-After")],
+)
+def test_a_retry_after_past_max_wait_is_the_error_at_once_saying_how_long(
+    status: int, asked: int, detail: str
+) -> None:
     """A retry before the time asked is refused again: waiting `max_wait` and retrying spent
-    the retries (4 minutes of them against the service's 60 s rate window) for nothing."""
+    the retries (4 minutes of them against the service's 60 s rate window) for nothing. And a
+    503 saying "retry after the time in Retry-After" (or a proxy's page) left the caller of a
+    Retry-After not waited out with no word of when to come back."""
+    body = {"type": "t", "status": status, "title": "Refused", "detail": detail}
     transport, seen = scripted(
-        httpx.Response(429, headers={"Retry-After": "3600"}, json={"type": "t", "status": 429,
-                       "title": "Too Many Requests", "detail": "come back in an hour"}),
-    )  # fmt: skip
-    sleep, waits = recording()
-    client = Client("http://x", transport=transport, sleep=sleep, max_wait=60)
-    with client as tg, pytest.raises(ProblemError) as error:
-        tg.info()
-    assert waits == [] and len(seen) == 1
-    assert error.value.status == 429 and error.value.detail == "come back in an hour"
-
-
-def test_a_retry_after_past_max_wait_says_how_long_the_server_asked_to_wait() -> None:
-    """A 503 saying "retry after the time in Retry-After" (or a proxy's page) left the caller
-    of a Retry-After not waited out with no word of when to come back."""
-    transport, seen = scripted(
-        httpx.Response(503, headers={"Retry-After": "90"}, json={"type": "t", "status": 503,
-                       "title": "Busy", "detail": "retry after the time in Retry-After"}),
-    )  # fmt: skip
-    sleep, waits = recording()
-    client = Client("http://x", transport=transport, sleep=sleep, max_wait=60)
-    with client as tg, pytest.raises(ProblemError) as error:
-        tg.info()
-    assert waits == [] and len(seen) == 1
-    assert error.value.status == 503 and error.value.detail == "retry after the time in Retry-After"
-    assert "the server asked to wait 90 s before a retry, longer than max_wait (60 s)" in str(
-        error.value
+        httpx.Response(status, headers={"Retry-After": str(asked)}, json=body)
     )
+    sleep, waits = recording()
+    client = Client("http://x", transport=transport, sleep=sleep, max_wait=60)
+    with client as tg, pytest.raises(ProblemError) as error:
+        tg.info()
+    assert waits == [] and len(seen) == 1
+    assert error.value.status == status and error.value.detail == detail
+    told = f"the server asked to wait {asked} s before a retry, longer than max_wait (60 s)"
+    assert told in str(error.value)
 
 
 def test_read_timeouts_and_other_statuses_are_not_retried() -> None:
