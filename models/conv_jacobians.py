@@ -19,7 +19,6 @@ length 128, 16 filters of kernel 5 (dy/dx has 4M entries) it is tens of times fa
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from models.conv import ConvConfig, explicit_padding
+from models.zeroed_buffers import Strided, Taken, contiguous_strides, take_zeroed
 
 
 def conv_jacobian(
@@ -77,8 +77,28 @@ Placement = tuple[torch.Tensor, torch.Tensor]
 with the filter dimension first (the source's may be 1); ``view[f]`` lies in ``jac[f]``."""
 
 
-def fill(jac: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
+def new_jacobian(like: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, Taken | None]:
+    """A contiguous tensor for a Jacobian of ``shape``, in ``like``'s dtype and device.
+
+    Returns:
+        A recycled buffer (see ``models.zeroed_buffers``) and its lease, or a fresh
+        uninitialised tensor and ``None``.
+    """
+    taken = take_zeroed(shape, like)
+    if taken is None:
+        return like.new_empty(tuple(shape)), None
+    return taken.tensor, taken
+
+
+def fill(
+    jac: torch.Tensor, placements: Sequence[Placement], recycled: Taken | None = None
+) -> torch.Tensor:
     """Zero ``jac`` and write each placement.
+
+    A recycled Jacobian (``recycled`` given, see ``new_jacobian``) is zeros outside the
+    regions its previous holder wrote: those are set back to zero, unless they are the very
+    regions written now (the same shapes and settings), and the placements are written. That
+    costs the entries that are not zero, a few percent of the whole pass described next.
 
     The Jacobians are mostly zeros, and writing them is nearly all the work: a pass over
     memory, bound by its bandwidth. So the fill uses the worker's intra-op threads, as every
@@ -94,12 +114,24 @@ def fill(jac: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
     pass each. Either way the result records no autograd graph.
 
     Args:
-        jac: the Jacobian, uninitialised, its first dimension the filters.
+        jac: the Jacobian, uninitialised (or recycled), its first dimension the filters.
         placements: where its entries that are not zero go.
+        recycled: the lease of a recycled ``jac``, or ``None`` for a fresh tensor.
 
     Returns:
         ``jac``, filled.
     """
+    if recycled is not None:
+        recycled.will_write(
+            [
+                (tuple(view.shape), view.stride(), int(view.storage_offset()))
+                for view, _ in placements
+            ]
+        )
+        with torch.no_grad():
+            for target, values in placements:
+                target.copy_(values)
+        return jac
     one_thread = torch.get_num_threads() == 1
     if one_thread and jac.device.type == "cpu" and jac.dtype in _NUMPY_DTYPES:
         try:
@@ -186,7 +218,7 @@ def jacobian_wrt_weight(
     patches = windows(x, kernel, stride, dilation, pads)  # (1, *O, C, *K)
     dims = len(kernel)
     out = patches.shape[1 : 1 + dims]
-    jac = weight.new_empty((filters, *out, filters, *patches.shape[1 + dims :]))
+    jac, recycled = new_jacobian(weight, (filters, *out, filters, *patches.shape[1 + dims :]))
     # The f = g diagonal, a strided view (F, *O, C, *K): f moves along both filter dimensions.
     steps = jac.stride()
     diagonal = jac.as_strided(
@@ -194,7 +226,7 @@ def jacobian_wrt_weight(
         (steps[0] + steps[1 + dims], *steps[1 : 1 + dims], *steps[2 + dims :]),
         jac.storage_offset(),
     )
-    return fill(jac, [(diagonal, patches)])
+    return fill(jac, [(diagonal, patches)], recycled)
 
 
 def jacobian_wrt_bias(
@@ -229,17 +261,14 @@ def jacobian_wrt_input(
         tuple(dilation),
         tuple((left, right) for left, right in pads),
     )
-    jac = weight.new_empty(shape)  # contiguous, as the placements assume
+    jac, recycled = new_jacobian(weight, shape)  # contiguous, as the placements assume
     base = weight.storage_offset()
     placements = [
         (jac.as_strided(*view), weight.as_strided(size, steps, base + offset))
         for view, (size, steps, offset) in parts
     ]
-    return fill(jac, placements)
+    return fill(jac, placements, recycled)
 
-
-Strided = tuple[tuple[int, ...], tuple[int, ...], int]
-"""A strided view's ``(size, stride, storage offset)``, in elements."""
 
 InputPlan = tuple[tuple[int, ...], tuple[tuple[Strided, Strided], ...]]
 """dy/dx's shape, and each placement as (its view of the contiguous Jacobian, the view of
@@ -299,8 +328,7 @@ def _input_plan(key: PlanKey) -> InputPlan:
     dims = len(kernel)
     out = output_size(size, kernel, stride, dilation, pads)
     shape = (filters, *out, channels, *size)
-    # A contiguous tensor's strides, as torch lays them out (an empty dimension counts as 1).
-    strides = [math.prod(max(1, n) for n in shape[d + 1 :]) for d in range(len(shape))]
+    strides = contiguous_strides(shape)
     o_steps = [strides[1 + d] + stride[d] * strides[2 + dims + d] for d in range(dims)]
     p_steps = [strides[2 + dims + d] for d in range(dims)]
     parts: list[tuple[Strided, Strided]] = []

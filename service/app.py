@@ -17,6 +17,7 @@ from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 from starlette.routing import BaseRoute
 
+from models import zeroed_buffers
 from service import __version__, memory
 from service.auth import INSTRUCTORS, STUDENTS, KeyRing, startup_warnings
 from service.gate import ComputeGate
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(torch_threads(settings))
         memory.tune_allocator(settings.malloc_arena_max, settings.malloc_mmap_threshold_bytes)
+        zeroed_buffers.BUFFERS.max_bytes = settings.jacobian_buffer_bytes
         for message in startup_warnings(settings):
             logger.warning(message)
 

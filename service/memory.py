@@ -4,7 +4,7 @@ A large Jacobian passes through several buffers of tens of megabytes (the tensor
 the response body). glibc's allocator keeps such freed blocks for reuse, which is right during
 a burst of requests but leaves an idle worker holding hundreds of megabytes: each thread of
 the thread pool gets an arena of its own, and the free space of those arenas is never handed
-back. Two measures, glibc only (elsewhere both are no-ops):
+back. Two measures (the allocator's are glibc only, elsewhere no-ops):
 
 1. at start-up, few arenas (``TENSORGRADE_MALLOC_ARENA_MAX``, 2), so freed blocks land where
    ``malloc_trim`` can return them (the request threads share them; the GIL serialises them
@@ -12,8 +12,9 @@ back. Two measures, glibc only (elsewhere both are no-ops):
    available but off by default: at 1 MiB every large answer faulted in fresh pages (the
    4M-entry Jacobian over HTTP took 2.5 times as long), while with the idle trim below the
    workers' memory levels off in the soak test (``bench/soak.py``) without it;
-2. once no large answer has been produced for ``IDLE_SECONDS``, ``malloc_trim(0)`` gives the
-   free pages back to the operating system.
+2. once no large answer has been produced for ``IDLE_SECONDS``, the recycled Jacobian buffers
+   not in use are let go (``models.zeroed_buffers``) and ``malloc_trim(0)`` gives the free
+   pages back to the operating system.
 
 And one for the garbage collector: ``freeze_startup_objects`` after the warm-up.
 """
@@ -26,6 +27,8 @@ import ctypes.util
 import gc
 import time
 from functools import lru_cache
+
+from models import zeroed_buffers
 
 IDLE_SECONDS = 1.0
 LARGE_BYTES = 4 << 20
@@ -119,4 +122,6 @@ async def trim_when_idle(idle_seconds: float = IDLE_SECONDS) -> None:
         since = _pending_since
         if since is not None and time.monotonic() - since >= idle_seconds:
             clear_pending()
+            # The recycled Jacobian buffers are kept through a burst of requests, not after.
+            zeroed_buffers.BUFFERS.release_free()
             await asyncio.to_thread(release_free_memory)

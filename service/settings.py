@@ -177,6 +177,14 @@ class Settings(BaseSettings):
         description="Blocks this large or larger are returned to the system when freed; 0 keeps "
         "glibc's moving threshold.",
     )
+    jacobian_buffer_bytes: int = Field(
+        64 << 20,
+        ge=0,
+        le=2**34,
+        description="Bytes of zeroed buffers a worker keeps to write the next large conv "
+        "Jacobian of the same size into, so its zeros are not written again (0: none); "
+        "let go once the worker is idle.",
+    )
     opentelemetry: bool = Field(
         False,
         description=(

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from models import autodiff
 from models.registry import MODELS, ReferenceModel
+from models.zeroed_buffers import recycling
 from service.compute import (
     check_jacobian_budget,
     check_state_jacobian_budget,
@@ -167,7 +168,11 @@ def jacobian(
     check_jacobian_budget(prepared, body.of, body.wrt, settings)
     rows = vector_jacobian_products(prepared, "jacobian", body.of, body.wrt)
     closed = closed_form_flops(prepared, "jacobian", body.of, body.wrt)
-    with computing(prepared, settings, gate, vector_jacobian_products=rows, closed_form=closed):
+    # Recycled buffers: the answer is only read (encoded, or its memory sent) after this.
+    with (
+        computing(prepared, settings, gate, vector_jacobian_products=rows, closed_form=closed),
+        recycling(),
+    ):
         with compute_timer(prepared.model.name, "jacobian", prepared.device):
             result, method = autodiff.jacobian(
                 prepared.model, prepared.config, prepared.args, body.of, body.wrt
