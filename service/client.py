@@ -665,8 +665,12 @@ class BaseClient(Generic[T]):
 
         Raises:
             ValueError: the API key holds a control character or a character outside ASCII
-                (the message does not quote the key).
+                (the message does not quote the key); a timeout is not a number of seconds
+                above 0 and at most ``MAX_TIMEOUT`` (or None, no limit); ``retries`` is not
+                an integer of at least 0; ``backoff`` is not a number of seconds of at least 0,
+                or ``max_wait`` neither that nor ``math.inf``.
         """
+        _check_settings(timeout, retries, backoff, max_wait)
         headers = {"User-Agent": f"tensorgrade-client/{__version__}"}
         # A key read from a file ends with its line break ("\r\n" on Windows), which httpx
         # would refuse with an error quoting the key: that message can reach a traceback in
@@ -1259,6 +1263,49 @@ class TorchClient(BaseClient["torch.Tensor"]):
         array = from_wire(wire)
         # A tensor owns writable memory: a read-only view of a safetensors body is copied.
         return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+MAX_TIMEOUT = 86400.0
+"""The longest timeout: a day. No answer is worth a longer wait, and a socket refuses one past
+what the platform's time_t holds (``timeout=1e10`` was an OverflowError from the socket at the
+first request)."""
+
+
+def _check_settings(
+    timeout: httpx.Timeout | float, retries: int, backoff: float, max_wait: float
+) -> None:
+    """Refuse, when the client is made, what would fail or misbehave at its first request.
+
+    Raises:
+        ValueError: naming the argument and what it must be.
+    """
+    parts = (
+        {"connect": timeout.connect, "read": timeout.read, "write": timeout.write}
+        | {"pool": timeout.pool}
+        if isinstance(timeout, httpx.Timeout)
+        else {"": timeout}
+    )
+    for part, value in parts.items():
+        if value is None:
+            continue  # httpx's own "no limit"
+        if not (_is_number(value) and 0 < value <= MAX_TIMEOUT):
+            name = f"the {part} timeout" if part else "timeout"
+            raise ValueError(
+                f"{name} must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, "
+                f"got {value!r}"
+            )
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an integer of at least 0, got {retries!r}")
+    if not (_is_number(backoff) and backoff >= 0):
+        raise ValueError(f"backoff must be a number of seconds of at least 0, got {backoff!r}")
+    # inf is allowed: every Retry-After is waited out, however long (the backoff stays finite).
+    if not (_is_number(max_wait) or max_wait == math.inf) or max_wait < 0:
+        raise ValueError(f"max_wait must be a number of seconds of at least 0, got {max_wait!r}")
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_api_key(key: str) -> None:

@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import numpy as np
@@ -28,9 +29,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from service import cli
 from service.app import create_app
 from service.client import (
     MAX_NESTING,
+    MAX_TIMEOUT,
     Backward,
     Client,
     ProblemError,
@@ -1013,6 +1016,54 @@ def test_a_key_with_control_characters_is_refused_without_quoting_it(key: str) -
     message = str(error.value)
     assert "printable ASCII" in message
     assert KEY not in message and KEY[:5] not in message and KEY[5:] not in message
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        # 1e10 was an OverflowError from the socket at the first request, not when made.
+        ({"timeout": 1e10}, r"^timeout must be a number of seconds above 0 and at most 86400"),
+        ({"timeout": 0}, r"^timeout must be .* got 0$"),
+        ({"timeout": -1.0}, r"^timeout must be .* got -1.0$"),
+        ({"timeout": float("nan")}, r"^timeout must be .* got nan$"),
+        ({"timeout": True}, r"^timeout must be .* got True$"),
+        ({"timeout": "30"}, r"^timeout must be .* got '30'$"),
+        ({"timeout": httpx.Timeout(5.0, read=1e10)}, r"^the read timeout must be .* got 1"),
+        ({"timeout": httpx.Timeout(5.0, pool=0)}, r"^the pool timeout must be .* got 0$"),
+        ({"retries": -1}, r"^retries must be an integer of at least 0, got -1$"),
+        ({"retries": 2.0}, r"^retries must be an integer of at least 0, got 2.0$"),
+        ({"backoff": -0.5}, r"^backoff must be a number of seconds of at least 0, got -0.5$"),
+        ({"backoff": float("inf")}, r"^backoff must be .* got inf$"),
+        ({"max_wait": float("nan")}, r"^max_wait must be .* got nan$"),
+        ({"max_wait": -1}, r"^max_wait must be a number of seconds of at least 0, got -1$"),
+    ],
+)
+def test_settings_that_would_fail_at_the_first_request_are_refused_when_made(
+    settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Client("http://x", **settings)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"timeout": None},  # httpx's "no limit", whole or per phase
+        {"timeout": httpx.Timeout(5.0, read=None)},
+        {"timeout": 86400},
+        {"max_wait": float("inf")},  # every Retry-After waited out
+        {"retries": 0, "backoff": 0, "max_wait": 0},
+    ],
+)
+def test_limits_and_no_limits_are_taken(settings: dict[str, Any]) -> None:
+    with Client(
+        "http://x", transport=scripted(httpx.Response(200, json={"status": "ok"}))[0], **settings
+    ) as tg:
+        assert tg.health() == {"status": "ok"}
+
+
+def test_the_client_and_the_cli_refuse_the_same_longest_timeout() -> None:
+    assert MAX_TIMEOUT == cli.MAX_SECONDS
 
 
 @pytest.mark.parametrize(
