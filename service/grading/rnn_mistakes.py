@@ -258,6 +258,25 @@ class SoftmaxCouplingMissing(_AttentionStepMistake):
         )
 
 
+@register
+class ValueMatrixTransposed(_AttentionStepMistake):
+    """AttentionRNN's dh[t]/dh[t-1] with a_1[t] V_1^T for the value path's a_1[t] V_1: the
+    Jacobian of v_1[t] = V_1 h[t-1] taken as V_1^T (the gradient's layout, not the
+    Jacobian's). Where V_1 is symmetric the two are the same answer, judged right."""
+
+    code = "value_matrix_transposed"
+    order = 25
+
+    def made(self, parts: _AttentionStep) -> Iterator[Candidate]:
+        right = parts.jacobians(parts.Q.T @ parts.K + parts.K.T @ parts.Q)
+        yield Candidate(
+            right - parts.value_path() + parts.weight[:, None, None] * parts.V.T,
+            "The path through the value v_1[t] = V_1 h[t-1] adds a_1[t] V_1: the Jacobian "
+            "of V_1 h with respect to h is V_1 itself (row i holds the derivatives of entry "
+            "i). Your answer has V_1^T there, the layout of a gradient, not of a Jacobian.",
+        )
+
+
 @dataclass(frozen=True)
 class _AttentionLags:
     """AttentionRNN's run behind a key dl/dh[t] through time (seed 1.2.2(f)), with every

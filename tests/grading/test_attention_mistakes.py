@@ -43,6 +43,14 @@ def key_only_jacobians(g: Given) -> np.ndarray:
     )
 
 
+def value_transposed_jacobians(g: Given) -> np.ndarray:
+    """1.2.2(e) with a_1[t] V_1^T where the path through v_1[t] = V_1 h[t-1] adds a_1[t] V_1."""
+    q, k, v, x = g["Q"], g["K"], g["V"], g["x"]
+    _, a = seed.attention_rnn(q, k, v, x, WINDOW)
+    right = np.asarray(seed.answer_to("1.2.2e", g))
+    return right + a[:, 1, None, None] * (v[1].T - v[1])
+
+
 def backward(g: Given, lags: int, transposed: bool, window: int = WINDOW) -> np.ndarray:
     """dl/dh[s] for s = 0..T (h[0] = 0 in row 0, with no direct term): the seed's 1.2.2(f),
     dl/dh[s] = direct + sum_{i <= lags} dl/dh[s+i] dh[s+i]/dh[s], each partial the seed's
@@ -67,6 +75,7 @@ def backward(g: Given, lags: int, transposed: bool, window: int = WINDOW) -> np.
 WRONG: dict[str, tuple[str, str, Callable[[Given], np.ndarray]]] = {
     # mistake: (problem, diagnosis code, the wrong answer)
     "score through k_1 only": ("1.2.2e", "score_gradient_key_only", key_only_jacobians),
+    "V_1^T for V_1": ("1.2.2e", "value_matrix_transposed", value_transposed_jacobians),
     "lag-2 path missing": ("1.2.2f", "lag_paths_missing", lambda g: backward(g, 1, True)[1:]),
     "J for J^T": ("1.2.2f", "jacobians_not_transposed", lambda g: backward(g, WINDOW, False)[1:]),
     "the chain alone, and J for J^T": (
@@ -109,6 +118,8 @@ COINCIDING = {
     # student-91's states are small (|h| < 0.11): the score path, quadratic in h, is within
     # the tolerance whichever side it is differentiated on
     "score through k_1 only": 1,
+    # V_1 drawn symmetric: its two off-diagonal entries are equal at one decimal
+    "V_1^T for V_1": 6,
     "lag-2 path missing": 0,
     "J for J^T": 0,
     "the chain alone, and J for J^T": 0,
@@ -163,6 +174,7 @@ def test_the_diagnosis_says_what_was_done(catalogue: Catalogue, mistake: str) ->
     message = next(d["message"] for d in result.feedback["diagnosis"] if d["code"] == code)
     said = {
         "score_gradient_key_only": "as if q_1[t] were fixed",
+        "value_matrix_transposed": "Your answer has V_1^T there",
         "lag_paths_missing": "only along the chain h[t+1] -> h[t]",
         "jacobians_not_transposed": "use the transpose of each Jacobian",
         "initial_state_row": "h[0] has no row",
