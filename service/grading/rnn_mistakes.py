@@ -351,7 +351,8 @@ class _AttentionLags:
 class LagPathsMissing(Mistake):
     """AttentionRNN's dl/dh[t] through time (seed 1.2.2(f)) carried back along the chain
     h[t+1] -> h[t] alone: the paths of the lags i >= 2 (h[t] -> h[t+i] directly, the lag-2
-    path of AttentionRNN(2)) left out."""
+    path of AttentionRNN(2)) left out; for a wider window, also the longest lag alone, or
+    every lag past 2, left out."""
 
     code = "lag_paths_missing"
     order = 29
@@ -367,6 +368,23 @@ class LagPathsMissing(Mistake):
             "window holds h[t], each through its own dh[t+i]/dh[t]."
         )
         yield Candidate(run.totals(lags=1)[1:], chain)
+        # A wider window, AttentionRNN(k) with k >= 3: the longest lag left out, or every lag
+        # past 2 (the homework's k = 2 taken for k). Two candidates at most, whatever k: each
+        # is a pass over every (step, lag) pair.
+        # Lag T reaches h[0] alone, which has no row in the answer.
+        window = min(len(run.partials), run.direct.shape[0] - 1)
+        for kept in sorted({2, window - 1}):
+            if 2 <= kept < window:
+                left_out = (
+                    f"lag {window}" if kept == window - 1 else f"the lags {kept + 1} to {window}"
+                )
+                yield Candidate(
+                    run.totals(lags=kept)[1:],
+                    f"Your gradient carries dl/dh[t] back through the lags 1 to {kept} only: "
+                    f"{left_out} left out. In AttentionRNN(k) each of h[t+1], ..., h[t+k] "
+                    "attends to h[t] directly, so dl/dh[t] sums a path from every one of them, "
+                    "each through its own dh[t+i]/dh[t].",
+                )
         # Both mistakes of 1.2.2(f) at once: neither alone gives the answer.
         yield Candidate(
             run.totals(lags=1, transposed=False)[1:],

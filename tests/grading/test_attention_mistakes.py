@@ -207,6 +207,7 @@ def test_the_gradient_through_time_of_a_wider_window_is_diagnosed() -> None:
     assert result["correct"] and result["diagnosis"] == []
     for answer, code in (
         (backward(args, 1, True, window)[1:], "lag_paths_missing"),
+        (backward(args, 2, True, window)[1:], "lag_paths_missing"),  # lag 3 left out
         (backward(args, window, False, window)[1:], "jacobians_not_transposed"),
         (right, "initial_state_row"),
     ):
@@ -224,3 +225,27 @@ def test_both_mistakes_of_1_2_2f_at_once_are_both_told(catalogue: Catalogue) -> 
     (diagnosis,) = result.feedback["diagnosis"]
     assert diagnosis["code"] == "lag_paths_missing"
     assert "only along the chain" in diagnosis["message"] and "J^T" in diagnosis["message"]
+
+
+@pytest.mark.parametrize(
+    ("kept", "said"),
+    [(2, "through the lags 1 to 2 only: the lags 3 to 4 left out"), (3, "only: lag 4 left out")],
+)
+def test_a_wide_window_with_lags_left_out_is_told_which(kept: int, said: str) -> None:
+    """AttentionRNN(4) over 5 steps: every lag past 2 left out (the homework's k = 2 taken
+    for k), or the longest alone."""
+    window = 4
+    args = attention_args(window)
+    args["dl_dh"] = np.random.default_rng(2).normal(0, 1, args["x"].shape)
+    spec = {
+        **jacobians_spec(window, args),
+        "op": "backward",
+        "select": "state_grads",
+        "grad_outputs": {"h": args["dl_dh"].tolist()},
+    }
+    right = backward(args, window, True, window)[1:]
+    assert judge(spec, right.tolist())["correct"]
+    result = judge(spec, backward(args, kept, True, window)[1:].tolist())
+    assert result["correct"] is False
+    messages = [d["message"] for d in result["diagnosis"] if d["code"] == "lag_paths_missing"]
+    assert len(messages) == 1 and said in messages[0], result["diagnosis"]
