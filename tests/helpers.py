@@ -1,10 +1,14 @@
-"""Independent oracles shared by the tests: central finite differences."""
+"""Shared by the tests: central finite differences (an independent oracle), and a run of the
+idle memory trimmer."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import torch
+
+from service import memory
 
 
 def finite_difference_jacobian(
@@ -22,3 +26,18 @@ def finite_difference_jacobian(
         minus = fn((flat - step).reshape(x.shape))
         columns.append(((plus - minus) / (2 * eps)).reshape(-1))
     return torch.stack(columns, dim=-1).reshape(*out_shape, *x.shape)
+
+
+def run_idle_trimmer(idle_seconds: float = 0.01, most_seconds: float = 2.0) -> None:
+    """Run the idle trimmer (``memory.trim_when_idle``) until it has trimmed what was pending,
+    or for ``most_seconds``."""
+
+    async def run_briefly() -> None:
+        task = asyncio.create_task(memory.trim_when_idle(idle_seconds=idle_seconds))
+        for _ in range(int(most_seconds / 0.01)):
+            await asyncio.sleep(0.01)
+            if not memory.trim_pending():
+                break
+        task.cancel()
+
+    asyncio.run(run_briefly())

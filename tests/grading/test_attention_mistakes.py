@@ -10,6 +10,7 @@ one coincides with the right answer keeps its draw, and that answer is simply ju
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,18 +183,25 @@ def test_the_diagnosis_says_what_was_done(catalogue: Catalogue, mistake: str) ->
     assert said[code] in message, message
 
 
-def test_the_gradient_through_time_of_a_wider_window_is_diagnosed() -> None:
-    """AttentionRNN(3), with states of order 1: the chain alone leaves out the lags 2 and 3;
-    every partial is the seed's, as for k = 2."""
-    window = 3
+def state_grads_case(window: int, seed_: int) -> tuple[Given, dict[str, Any]]:
+    """AttentionRNN(window)'s tensors with states of order 1, random direct gradients
+    ``dl_dh``, and the spec of dl/dh[t] through time (1.2.2(f)) on them."""
     args = attention_args(window)
-    args["dl_dh"] = np.random.default_rng(1).normal(0, 1, args["x"].shape)
+    args["dl_dh"] = np.random.default_rng(seed_).normal(0, 1, args["x"].shape)
     spec = {
         **jacobians_spec(window, args),
         "op": "backward",
         "select": "state_grads",
         "grad_outputs": {"h": args["dl_dh"].tolist()},
     }
+    return args, spec
+
+
+def test_the_gradient_through_time_of_a_wider_window_is_diagnosed() -> None:
+    """AttentionRNN(3), with states of order 1: the chain alone leaves out the lags 2 and 3;
+    every partial is the seed's, as for k = 2."""
+    window = 3
+    args, spec = state_grads_case(window, 1)
     right = backward(args, window, True, window)
     np.testing.assert_allclose(
         right[1:],
@@ -235,14 +243,7 @@ def test_a_wide_window_with_lags_left_out_is_told_which(kept: int, said: str) ->
     """AttentionRNN(4) over 5 steps: every lag past 2 left out (the homework's k = 2 taken
     for k), or the longest alone."""
     window = 4
-    args = attention_args(window)
-    args["dl_dh"] = np.random.default_rng(2).normal(0, 1, args["x"].shape)
-    spec = {
-        **jacobians_spec(window, args),
-        "op": "backward",
-        "select": "state_grads",
-        "grad_outputs": {"h": args["dl_dh"].tolist()},
-    }
+    args, spec = state_grads_case(window, 2)
     right = backward(args, window, True, window)[1:]
     assert judge(spec, right.tolist())["correct"]
     result = judge(spec, backward(args, kept, True, window)[1:].tolist())

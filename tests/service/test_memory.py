@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import gc
 import sys
@@ -13,6 +12,7 @@ from fastapi.testclient import TestClient
 from service import memory
 from service.app import create_app
 from service.settings import Settings
+from tests.helpers import run_idle_trimmer
 
 GLIBC = sys.platform == "linux" and memory._glibc() is not None
 
@@ -30,15 +30,7 @@ def test_the_trimmer_releases_once_the_worker_is_idle() -> None:
     memory.clear_pending()
     memory.note_large_answer(memory.LARGE_BYTES)
 
-    async def run_briefly() -> None:
-        task = asyncio.create_task(memory.trim_when_idle(idle_seconds=0.01))
-        for _ in range(200):
-            await asyncio.sleep(0.01)
-            if not memory.trim_pending():
-                break
-        task.cancel()
-
-    asyncio.run(run_briefly())
+    run_idle_trimmer()
     assert not memory.trim_pending()
 
 

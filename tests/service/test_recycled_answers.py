@@ -4,7 +4,6 @@ idle worker lets the buffers go."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +20,7 @@ from service import memory
 from service.app import create_app
 from service.binary import read_safetensors_answer
 from service.settings import Settings
+from tests.helpers import run_idle_trimmer
 
 # dy/dx has 8 x 60 x 8 x 64 = 245,760 entries (1.9 MiB), dy/dW 8 x 60 x 8 x 8 x 5: both are
 # large enough for the process's pool.
@@ -103,13 +103,5 @@ def test_an_idle_worker_lets_the_buffers_go(pool: ZeroedBuffers) -> None:
     assert pool.held_bytes > 0
     memory.note_large_answer(memory.LARGE_BYTES)
 
-    async def run_briefly() -> None:
-        task = asyncio.create_task(memory.trim_when_idle(idle_seconds=0.01))
-        for _ in range(200):
-            await asyncio.sleep(0.01)
-            if not memory.trim_pending():
-                break
-        task.cancel()
-
-    asyncio.run(run_briefly())
+    run_idle_trimmer()
     assert pool.held_bytes == 0
