@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
+
+import torch
 
 from models.conv import ConvConfig
 from service.grading.diagnosis import Candidate, Mistake, Shape, register
-from service.grading.keys import TensorKey
+from service.grading.keys import ModelSource, TensorKey
 
 CONV_MODELS = frozenset({"conv1d", "conv2d", "conv3d"})
 FLIPPABLE_OPS = frozenset({"forward", "jacobian", "backward"})
@@ -37,26 +40,37 @@ class KernelFlipped(Mistake):
             return
         if source.op not in FLIPPABLE_OPS or shape != tuple(key.tensor.shape):
             return
-        weight = source.prepared.args.get("weight")
-        if weight is None or weight.dim() < 3:
-            return
-        if _against_weight(source.op, source.wrt, source.select):
-            # The kernel's axes are the last of the key (the weight's shape ends it).
-            tensor = key.tensor.flip(dims=tuple(range(-(weight.dim() - 2), 0)))
-        else:
-            flipped = weight.flip(dims=tuple(range(2, weight.dim())))  # every kernel axis
-            computed = source.compute({**source.prepared.args, "weight": flipped})
-            if computed is None:
-                return
-            tensor = computed
-        called = key.called("weight")
-        yield Candidate(
-            tensor,
-            f"Your answer is the reference computed with the kernel of {called} read "
-            "backwards: a convolution layer computes a cross-correlation, sum_m "
-            f"{called}[m] x[i + m] with the kernel in order, not the flipped kernel of a "
-            "signal-processing convolution.",
-        )
+        tensor = _flipped(source, key.tensor)
+        if tensor is not None:
+            yield Candidate(tensor, _flipped_message(key.called("weight")))
+
+
+def _flipped(
+    source: ModelSource, reference: torch.Tensor, config: Any = None
+) -> torch.Tensor | None:
+    """``reference`` (the key, or the key recomputed with ``config``) as a convolution that
+    reads its kernel backwards gives it; ``None`` without a weight, or where it cannot be
+    recomputed."""
+    weight = source.prepared.args.get("weight")
+    if weight is None or weight.dim() < 3:
+        return None
+    if _against_weight(source.op, source.wrt, source.select):
+        # The kernel's axes are the last of the key (the weight's shape ends it).
+        return reference.flip(dims=tuple(range(-(weight.dim() - 2), 0)))
+    flipped = weight.flip(dims=tuple(range(2, weight.dim())))  # every kernel axis
+    args = {**source.prepared.args, "weight": flipped}
+    if config is None:
+        return source.compute(args)
+    return source.compute_config(config, tuple(reference.shape), args)
+
+
+def _flipped_message(called: str) -> str:
+    return (
+        f"Your answer is the reference computed with the kernel of {called} read "
+        "backwards: a convolution layer computes a cross-correlation, sum_m "
+        f"{called}[m] x[i + m] with the kernel in order, not the flipped kernel of a "
+        "signal-processing convolution."
+    )
 
 
 def _against_weight(op: str, wrt: str, select: str) -> bool:
@@ -99,9 +113,19 @@ class SettingIgnored(Mistake):
             if source.selected_shape(other) != shape:  # None for the ops it cannot redo
                 continue
             tensor = source.compute_config(other, shape)
-            if tensor is not None:
-                message = _left_out_message(name, config, [n for n, _ in changes[:-1]])
-                yield Candidate(tensor, message, f"{name}_ignored")
+            if tensor is None:
+                continue
+            message = _left_out_message(name, config, [n for n, _ in changes[:-1]])
+            yield Candidate(tensor, message, f"{name}_ignored")
+            # Both at once: the setting left out and the kernel flipped (a signal-processing
+            # convolution at stride 1, say); neither alone gives the answer.
+            if source.op in FLIPPABLE_OPS:
+                both = _flipped(source, tensor, other)
+                if both is not None:
+                    flip = _flipped_message(key.called("weight")).removeprefix(
+                        "Your answer is the reference computed with "
+                    )
+                    yield Candidate(both, f"{message} It also takes {flip}", f"{name}_ignored")
 
 
 def _settings(config: ConvConfig) -> dict[str, str]:

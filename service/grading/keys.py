@@ -107,15 +107,17 @@ class ModelSource:
         tensor = tensors.get(self.select)
         return None if tensor is None else on_cpu(tensor)
 
-    def compute_config(self, config: Any, shape: tuple[int, ...]) -> torch.Tensor | None:
+    def compute_config(
+        self, config: Any, shape: tuple[int, ...], args: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
         """The same op and selection with another config of the model (a conv's stride left
-        out, say), on the key's arguments; ``None`` as ``compute``. ``shape`` is what
-        ``selected_shape`` says it answers, which the caller has compared with an answer's
-        first: the answer bounds what this computes."""
+        out, say), on the key's arguments or ``args``; ``None`` as ``compute``. ``shape`` is
+        what ``selected_shape`` says it answers, which the caller has compared with an
+        answer's first: the answer bounds what this computes."""
         key = self.tensors.get(self.select)
         scale = max(1.0, math.prod(shape) / max(1, key.numel() if key is not None else 1))
         changed = dataclasses.replace(self.prepared, config=config)
-        return self.compute(self.prepared.args, changed, scale)
+        return self.compute(self.prepared.args if args is None else args, changed, scale)
 
     def selected_shape(self, config: Any) -> tuple[int, ...] | None:
         """The shape ``compute_config`` would answer, from the declared shapes alone (``None``

@@ -80,6 +80,32 @@ def test_the_stride_left_out_of_1_1c_is_diagnosed_for_every_student(
         assert "stride 1" in diagnosis["message"] and "(stride 2)" in diagnosis["message"]
 
 
+FLIPPED = {
+    # a signal-processing convolution: the kernel read backwards (its last axis reversed)
+    "1.1c-i": lambda x, w, s: conv(x, w[..., ::-1], s, 0, 1),
+    "1.1c-ii": lambda x, w, s: jacobian(lambda v: conv(x, v[..., ::-1], s, 0, 1), w),
+    "1.1c-iii": lambda x, w, s: jacobian(lambda v: conv(v, w[..., ::-1], s, 0, 1), x),
+}
+
+
+@pytest.mark.parametrize("problem_id", FLIPPED)
+def test_the_stride_left_out_with_the_kernel_flipped_is_told_both(
+    catalogue: Catalogue, problem_id: str
+) -> None:
+    """Both mistakes at once, of a student who convolves as in signal processing and forgets
+    the stride: told only that the shape was wrong before."""
+    check = EngineCheck(SETTINGS)
+    for student in STUDENTS[:10]:
+        variant = catalogue.variant("cnn-rnn", problem_id, student)
+        x, w = variant.given["x"].numpy(), variant.given["W"].numpy()
+        wrong = grade_problem(variant, FLIPPED[problem_id](x, w, 1).tolist(), check)
+        assert (wrong.status, wrong.score) == ("incorrect", 0.0), student
+        (diagnosis,) = wrong.feedback["diagnosis"]
+        assert diagnosis["code"] == "stride_ignored", (student, wrong.feedback)
+        message = diagnosis["message"]
+        assert "stride 1" in message and "read backwards" in message, message
+
+
 def conv2d_spec(op: str, x: np.ndarray, w: np.ndarray, **extra: Any) -> dict[str, Any]:
     return {
         "op": op,
