@@ -18,10 +18,11 @@ or kept by a caller, is never handed out again. Where torch lacks the count, not
 recycled.
 
 Recycling happens only inside ``recycling()``, which the Jacobian route enters around its
-computation and encoding. Elsewhere (answer keys kept for grading, tests, the GPU) a Jacobian
-is a fresh tensor as before. A buffer's holder names every region it writes
-(``Taken.will_write``) before writing it: anything written elsewhere would be left behind for
-the next Jacobian, so a recycled Jacobian must not be written to in place after it is built.
+computation and encoding, and only on the CPU. Elsewhere (answer keys kept for grading, the
+tests) and on a GPU, a Jacobian is a fresh tensor as before. A buffer's holder names every
+region it writes (``Taken.will_write``) before writing it: anything written elsewhere would be
+left behind for the next Jacobian, so a recycled Jacobian must not be written to in place
+after it is built.
 """
 
 from __future__ import annotations

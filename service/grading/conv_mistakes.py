@@ -42,7 +42,8 @@ class KernelFlipped(Mistake):
             return
         tensor = _flipped(source, key.tensor)
         if tensor is not None:
-            yield Candidate(tensor, _flipped_message(key.called("weight")))
+            reason = _flipped_reason(key.called("weight"))
+            yield Candidate(tensor, f"Your answer is the reference computed with {reason}")
 
 
 def _flipped(
@@ -64,12 +65,12 @@ def _flipped(
     return source.compute_config(config, tuple(reference.shape), args)
 
 
-def _flipped_message(called: str) -> str:
+def _flipped_reason(called: str) -> str:
+    """What a flipped kernel is, and why it is wrong, for a diagnosis's message."""
     return (
-        f"Your answer is the reference computed with the kernel of {called} read "
-        "backwards: a convolution layer computes a cross-correlation, sum_m "
-        f"{called}[m] x[i + m] with the kernel in order, not the flipped kernel of a "
-        "signal-processing convolution."
+        f"the kernel of {called} read backwards: a convolution layer computes a "
+        f"cross-correlation, sum_m {called}[m] x[i + m] with the kernel in order, not the "
+        "flipped kernel of a signal-processing convolution."
     )
 
 
@@ -122,10 +123,8 @@ class SettingIgnored(Mistake):
             if source.op in FLIPPABLE_OPS:
                 both = _flipped(source, tensor, other)
                 if both is not None:
-                    flip = _flipped_message(key.called("weight")).removeprefix(
-                        "Your answer is the reference computed with "
-                    )
-                    yield Candidate(both, f"{message} It also takes {flip}", f"{name}_ignored")
+                    reason = _flipped_reason(key.called("weight"))
+                    yield Candidate(both, f"{message} It also takes {reason}", f"{name}_ignored")
 
 
 def _settings(config: ConvConfig) -> dict[str, str]:

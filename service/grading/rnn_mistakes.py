@@ -370,8 +370,8 @@ class LagPathsMissing(Mistake):
         yield Candidate(run.totals(lags=1)[1:], chain)
         # A wider window, AttentionRNN(k) with k >= 3: the longest lag left out, or every lag
         # past 2 (the homework's k = 2 taken for k). Two candidates at most, whatever k: each
-        # is a pass over every (step, lag) pair.
-        # Lag T reaches h[0] alone, which has no row in the answer.
+        # is a pass over every (step, lag) pair. Lag T reaches h[0] alone, which has no row
+        # in the answer: the longest lag that counts is T - 1.
         window = min(len(run.partials), run.direct.shape[0] - 1)
         for kept in sorted({2, window - 1}):
             if 2 <= kept < window:
