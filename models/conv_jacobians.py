@@ -81,8 +81,8 @@ def new_jacobian(like: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor
     """A contiguous tensor for a Jacobian of ``shape``, in ``like``'s dtype and device.
 
     Returns:
-        A recycled buffer (see ``models.zeroed_buffers``) and its lease, or a fresh
-        uninitialised tensor and ``None``.
+        A buffer of the pool (see ``models.zeroed_buffers``) and its lease, or a tensor of
+        its own, uninitialised, and ``None``.
     """
     taken = take_zeroed(shape, like)
     if taken is None:
@@ -95,10 +95,11 @@ def fill(
 ) -> torch.Tensor:
     """Zero ``jac`` and write each placement.
 
-    A recycled Jacobian (``recycled`` given, see ``new_jacobian``) is zeros outside the
-    regions its previous holder wrote: those are set back to zero, unless they are the very
-    regions written now (the same shapes and settings), and the placements are written. That
-    costs the entries that are not zero, a few percent of the whole pass described next.
+    A recycled Jacobian (``recycled`` given and not ``fresh``, see ``new_jacobian``) is zeros
+    outside the regions its previous holder wrote: those are set back to zero, unless they
+    are the very regions written now (the same shapes and settings), and the placements are
+    written. That costs the entries that are not zero, a few percent of the whole pass
+    described next, which a new buffer of the pool takes like any new tensor.
 
     The Jacobians are mostly zeros, and writing them is nearly all the work: a pass over
     memory, bound by its bandwidth. So the fill uses the worker's intra-op threads, as every
@@ -116,7 +117,7 @@ def fill(
     Args:
         jac: the Jacobian, uninitialised (or recycled), its first dimension the filters.
         placements: where its entries that are not zero go.
-        recycled: the lease of a recycled ``jac``, or ``None`` for a fresh tensor.
+        recycled: ``jac``'s lease, where the pool gave it, or ``None``.
 
     Returns:
         ``jac``, filled.
@@ -128,10 +129,11 @@ def fill(
                 for view, _ in placements
             ]
         )
-        with torch.no_grad():
-            for target, values in placements:
-                target.copy_(values)
-        return jac
+        if not recycled.fresh:
+            with torch.no_grad():
+                for target, values in placements:
+                    target.copy_(values)
+            return jac
     one_thread = torch.get_num_threads() == 1
     if one_thread and jac.device.type == "cpu" and jac.dtype in _NUMPY_DTYPES:
         try:

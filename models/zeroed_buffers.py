@@ -1,5 +1,5 @@
-"""Zeroed buffers kept between Jacobians of the same size, so a mostly-zero Jacobian costs
-its entries that are not zero, not its size.
+"""Buffers kept between Jacobians of the same size, so a mostly-zero Jacobian costs its
+entries that are not zero, not its size.
 
 A conv layer's Jacobian is nearly all zeros: dy/dx of the benchmark's conv1d has 4M entries
 of which 4% are not zero, dy/dW 6%. Written into fresh memory, its zeros are most of the
@@ -14,8 +14,14 @@ A buffer is reused only when nothing else refers to its memory. The pool keeps t
 storage and counts the references to it (``torch._C._storage_Use_Count``): every tensor,
 view, numpy array or memoryview derived from a Jacobian keeps its storage referenced, so a
 Jacobian still being encoded or sent (a safetensors answer sends the tensor's own memory),
-or kept by a caller, is never handed out again. Where torch lacks the count, nothing is
-recycled.
+or kept by a caller, is never handed out again; nor while anything holds the storage's own
+Python object, which torch hands to whoever asks a tensor of it for its storage. Where torch
+lacks the count, nothing is recycled.
+
+A new buffer is written whole by its first holder, as any new tensor is. The pool never lets
+a buffer go to make room for another (that would free tens of megabytes in a request's
+time): a size it has no room for is a tensor of its own, and the idle trimmer lets go of the
+buffers not taken for a second (``release_free``).
 
 Recycling happens only inside ``recycling()``, which the Jacobian route enters around its
 computation and encoding, and only on the CPU. Elsewhere (answer keys kept for grading, the
@@ -28,7 +34,9 @@ after it is built.
 from __future__ import annotations
 
 import math
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -61,35 +69,50 @@ class _Buffer:
     numel: int
     written: list[Strided] = field(default_factory=list)
     """The regions the last holder wrote: all else is zeros."""
-    last_taken: int = 0
+    last_taken: float = 0.0
+    """When it was last handed out (``time.monotonic()``)."""
+    alone: int = 0
+    """The Python references to ``storage`` while only the pool holds it (``python_refs``)."""
 
     @property
     def nbytes(self) -> int:
         return self.storage.nbytes()
 
+    def python_refs(self) -> int:
+        return sys.getrefcount(self.storage)
+
     def free(self, count: Callable[[int], int]) -> bool:
-        """Whether only the pool refers to the memory (its own storage object)."""
-        return count(self.storage._cdata) == 1
+        """Whether only the pool refers to the memory.
+
+        Every tensor, view or array of it counts on the storage itself. Torch keeps one Python
+        object per storage, though, and hands this very one to whoever asks a Jacobian for its
+        storage (``untyped_storage()``, ``storage()``): such a holder counts only as a Python
+        reference to it.
+        """
+        return count(self.storage._cdata) == 1 and self.python_refs() <= self.alone
 
 
 @dataclass
 class Taken:
-    """A buffer handed out: ``tensor`` is zeros outside the regions its last holder wrote,
-    which ``will_write`` sets back to zero (or leaves, where they are the ones about to be
-    written whole again)."""
+    """A buffer handed out. A new one (``fresh``) is uninitialised: its holder writes all of
+    it, zeros included, as into any new tensor. A recycled one is zeros outside the regions
+    its last holder wrote, which ``will_write`` sets back to zero (or leaves, where they are
+    the ones about to be written whole again)."""
 
     tensor: torch.Tensor
     _buffer: _Buffer
+    fresh: bool
 
     def will_write(self, regions: Sequence[Strided]) -> None:
-        """Make the tensor zeros outside ``regions``, which the caller then writes whole.
+        """Make a recycled tensor zeros outside ``regions``, which the caller then writes
+        whole (a fresh one: its caller writes the zeros too); recorded for the next holder.
 
         The same Jacobian shape and settings write the same regions each time, so those
         are simply overwritten: only the entries that are not zero are touched, once.
         """
         buffer = self._buffer
         regions = list(regions)
-        if buffer.written != regions:
+        if not self.fresh and buffer.written != regions:
             for size, stride, offset in buffer.written:
                 self.tensor.as_strided(size, stride, offset).zero_()
         # Recorded before anything is written: a write cut short is still wiped next time.
@@ -97,7 +120,8 @@ class Taken:
 
 
 class ZeroedBuffers:
-    """A bounded pool of zeroed CPU buffers, reused by size and dtype; safe across threads.
+    """A bounded pool of CPU buffers for Jacobians, reused by size and dtype (zeros but where
+    their last holder wrote); safe across threads.
 
     Args:
         max_bytes: most bytes kept in all (0: keep none).
@@ -109,7 +133,6 @@ class ZeroedBuffers:
         self.min_bytes = min_bytes
         self._buffers: list[_Buffer] = []
         self._lock = threading.Lock()
-        self._clock = 0
 
     @property
     def held_bytes(self) -> int:
@@ -118,7 +141,8 @@ class ZeroedBuffers:
             return sum(buffer.nbytes for buffer in self._buffers)
 
     def take(self, shape: Sequence[int], like: torch.Tensor) -> Taken | None:
-        """A contiguous tensor of ``shape`` in ``like``'s dtype, from the pool.
+        """A contiguous tensor of ``shape`` in ``like``'s dtype, from the pool (new, or
+        recycled: see ``Taken``).
 
         Returns:
             The tensor (call ``Taken.will_write`` before writing it), or ``None`` where the
@@ -140,22 +164,23 @@ class ZeroedBuffers:
         ):
             return None
         with self._lock:
-            self._clock += 1
             buffer = self._free_buffer(like.dtype, numel, count)
+            fresh = buffer is None
             if buffer is None:
-                buffer = self._new_buffer(like.dtype, numel, nbytes, count)
+                buffer = self._new_buffer(like.dtype, numel, nbytes)
                 if buffer is None:
                     return None
-            buffer.last_taken = self._clock
+            buffer.last_taken = time.monotonic()
             # Taken while the lock is held: from here on the storage counts this tensor, so no
             # other thread can take the buffer.
             tensor = torch.empty(0, dtype=like.dtype).set_(
                 buffer.storage, 0, tuple(shape), contiguous_strides(shape)
             )
-        return Taken(tensor, buffer)
+        return Taken(tensor, buffer, fresh)
 
-    def release_free(self) -> int:
-        """Let go of every buffer not in use (an idle worker gives the memory back).
+    def release_free(self, unused_for: float = 0.0) -> int:
+        """Let go of the buffers not in use and not taken for ``unused_for`` seconds (those of
+        sizes no longer asked for, or every one once the worker is idle).
 
         Returns:
             The bytes let go.
@@ -163,39 +188,36 @@ class ZeroedBuffers:
         count = _use_count
         if count is None:
             return 0
+        since = time.monotonic() - unused_for
         with self._lock:
-            kept = [buffer for buffer in self._buffers if not buffer.free(count)]
-            released = sum(buffer.nbytes for buffer in self._buffers) - sum(
-                buffer.nbytes for buffer in kept
-            )
+            kept = [b for b in self._buffers if b.last_taken > since or not b.free(count)]
+            released = sum(b.nbytes for b in self._buffers) - sum(b.nbytes for b in kept)
             self._buffers = kept
         return released
 
     def _free_buffer(
         self, dtype: torch.dtype, numel: int, count: Callable[[int], int]
     ) -> _Buffer | None:
+        """A buffer of this size not in use, if the pool has one."""
         for buffer in self._buffers:
             if buffer.dtype == dtype and buffer.numel == numel and buffer.free(count):
                 return buffer
         return None
 
-    def _new_buffer(
-        self, dtype: torch.dtype, numel: int, nbytes: int, count: Callable[[int], int]
-    ) -> _Buffer | None:
-        """A new zeroed buffer, making room by letting go of the least recently taken free
-        ones; ``None`` where the buffers in use leave no room."""
-        held = sum(buffer.nbytes for buffer in self._buffers)
-        for buffer in sorted(self._buffers, key=lambda b: b.last_taken):
-            if held + nbytes <= self.max_bytes:
-                break
-            if buffer.free(count):
-                self._buffers.remove(buffer)
-                held -= buffer.nbytes
-        if held + nbytes > self.max_bytes:
+    def _new_buffer(self, dtype: torch.dtype, numel: int, nbytes: int) -> _Buffer | None:
+        """A new buffer, or ``None`` where the buffers kept leave no room for it.
+
+        No buffer is let go to make room: that would free tens of megabytes inside a request
+        (and two sizes over the limit together would evict each other at every one of them).
+        A size no longer asked for is let go by the idle trimmer (``release_free``).
+        """
+        if sum(buffer.nbytes for buffer in self._buffers) + nbytes > self.max_bytes:
             return None
-        storage = torch.zeros(numel, dtype=dtype).untyped_storage()
-        buffer = _Buffer(storage, dtype, numel)
+        # Uninitialised: its first holder writes it whole, as it would a tensor of its own
+        # (zeroing it here and writing the entries after would cost a second pass).
+        buffer = _Buffer(torch.empty(numel, dtype=dtype).untyped_storage(), dtype, numel)
         self._buffers.append(buffer)
+        buffer.alone = buffer.python_refs()  # no other name for the storage left here
         return buffer
 
 
@@ -214,8 +236,8 @@ BUFFERS = ZeroedBuffers()
 
 @contextmanager
 def recycling() -> Iterator[None]:
-    """Within this block (this thread or task), large CPU Jacobians are written into recycled
-    zeroed buffers. Enter it only where no Jacobian built inside is written to in place."""
+    """Within this block (this thread or task), large CPU Jacobians are written into the
+    pool's buffers. Enter it only where no Jacobian built inside is written to in place."""
     token = _recycling.set(True)
     try:
         yield
@@ -224,5 +246,5 @@ def recycling() -> Iterator[None]:
 
 
 def take_zeroed(shape: Sequence[int], like: torch.Tensor) -> Taken | None:
-    """``BUFFERS.take``: a recycled zeroed tensor, or ``None`` (allocate as usual)."""
+    """``BUFFERS.take``: a buffer of the pool, or ``None`` (allocate as usual)."""
     return BUFFERS.take(shape, like)

@@ -12,9 +12,9 @@ back. Two measures (the allocator's are glibc only, elsewhere no-ops):
    available but off by default: at 1 MiB every large answer faulted in fresh pages (the
    4M-entry Jacobian over HTTP took 2.5 times as long), while with the idle trim below the
    workers' memory levels off in the soak test (``bench/soak.py``) without it;
-2. once no large answer has been produced for ``IDLE_SECONDS``, the recycled Jacobian buffers
-   not in use are let go (``models.zeroed_buffers``) and ``malloc_trim(0)`` gives the free
-   pages back to the operating system.
+2. the recycled Jacobian buffers (``models.zeroed_buffers``) not taken for ``IDLE_SECONDS``
+   are let go, and once no large answer has been produced for as long, ``malloc_trim(0)``
+   gives the free pages back to the operating system.
 
 And one for the garbage collector: ``freeze_startup_objects`` after the warm-up.
 """
@@ -116,12 +116,16 @@ def release_free_memory() -> bool:
 
 
 async def trim_when_idle(idle_seconds: float = IDLE_SECONDS) -> None:
-    """Forever: release free memory once no large answer was built for ``idle_seconds``."""
+    """Forever: let go of the recycled Jacobian buffers not taken for ``idle_seconds``, and
+    once no large answer was built for as long (or a buffer was let go), release free
+    memory."""
     while True:
         await asyncio.sleep(idle_seconds)
         since = _pending_since
-        if since is not None and time.monotonic() - since >= idle_seconds:
+        # The recycled Jacobian buffers are kept through a burst of requests, not after (those
+        # of 1 to 4 MiB mark no large answer, but may be TENSORGRADE_JACOBIAN_BUFFER_BYTES in
+        # all), and a size no longer asked for is let go, to make room for others.
+        released = zeroed_buffers.BUFFERS.release_free(unused_for=idle_seconds) > 0
+        if released or (since is not None and time.monotonic() - since >= idle_seconds):
             clear_pending()
-            # The recycled Jacobian buffers are kept through a burst of requests, not after.
-            zeroed_buffers.BUFFERS.release_free()
             await asyncio.to_thread(release_free_memory)

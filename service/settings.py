@@ -181,9 +181,9 @@ class Settings(BaseSettings):
         64 << 20,
         ge=0,
         le=2**34,
-        description="Bytes of zeroed buffers a worker keeps to write the next large conv "
-        "Jacobian of the same size into, so its zeros are not written again (0: none); "
-        "let go once the worker is idle.",
+        description="Bytes of buffers a worker keeps to write the next large conv Jacobian "
+        "of the same size into, so its zeros are not written again (0: none); each let go "
+        "once not taken for a second.",
     )
     opentelemetry: bool = Field(
         False,

@@ -28,15 +28,18 @@ def finite_difference_jacobian(
     return torch.stack(columns, dim=-1).reshape(*out_shape, *x.shape)
 
 
-def run_idle_trimmer(idle_seconds: float = 0.01, most_seconds: float = 2.0) -> None:
-    """Run the idle trimmer (``memory.trim_when_idle``) until it has trimmed what was pending,
-    or for ``most_seconds``."""
+def run_idle_trimmer(
+    done: Callable[[], bool] | None = None, idle_seconds: float = 0.01, most_seconds: float = 2.0
+) -> None:
+    """Run the idle trimmer (``memory.trim_when_idle``) until ``done()`` (default: until it
+    has trimmed what was pending), or for ``most_seconds``."""
+    finished = done or (lambda: not memory.trim_pending())
 
     async def run_briefly() -> None:
         task = asyncio.create_task(memory.trim_when_idle(idle_seconds=idle_seconds))
         for _ in range(int(most_seconds / 0.01)):
             await asyncio.sleep(0.01)
-            if not memory.trim_pending():
+            if finished():
                 break
         task.cancel()
 

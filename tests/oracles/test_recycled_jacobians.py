@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -189,13 +190,18 @@ def test_the_pool_keeps_within_its_bytes_and_lets_go_of_free_buffers() -> None:
         assert pool.take((100,), like) is None  # both in use, no room for a third
         assert pool.held_bytes == 1600
         del a
-        c = pool.take((50,), like)  # a smaller size: the free buffer is let go for it
-        assert c is not None and pool.held_bytes == 1200
-        assert pool.release_free() == 0  # b and c are in use
-        del b
-        assert pool.release_free() == 800
-        del c
-        assert pool.release_free() == 400 and pool.held_bytes == 0
+        # No room for another size: nothing is let go inside a take (it would free memory
+        # in a request's time), and the caller allocates as usual.
+        assert pool.take((50,), like) is None and pool.held_bytes == 1600
+        again = pool.take((10, 10), like)  # the free one, of the same size
+        assert again is not None and not again.fresh
+        del again
+        assert pool.release_free(unused_for=60) == 0  # taken just now: kept a while
+        assert pool.release_free() == 800  # b is in use
+        c = pool.take((50,), like)
+        assert c is not None and c.fresh and pool.held_bytes == 1200
+        del b, c
+        assert pool.release_free() == 1200 and pool.held_bytes == 0
 
 
 def test_threads_recycling_at_once_each_get_their_own_answers(pool: ZeroedBuffers) -> None:
@@ -219,3 +225,53 @@ def test_threads_recycling_at_once_each_get_their_own_answers(pool: ZeroedBuffer
         thread.join()
     assert failures == []
     assert 0 < pool.held_bytes <= 4 * 480 * 8
+
+
+def test_a_new_buffer_is_written_whole_whatever_its_memory_held(
+    pool: ZeroedBuffers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new buffer is uninitialised memory, written zeros and all like a tensor of its own:
+    here it holds NaN from the start, as reused memory may hold anything."""
+    new_buffer = ZeroedBuffers._new_buffer
+
+    def poisoned(self: ZeroedBuffers, *args: Any) -> Any:
+        buffer = new_buffer(self, *args)
+        if buffer is not None:
+            torch.empty(0, dtype=buffer.dtype).set_(buffer.storage).fill_(float("nan"))
+        return buffer
+
+    monkeypatch.setattr(ZeroedBuffers, "_new_buffer", poisoned)
+    for threads in (1, 2):
+        configured = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for name, config, shapes in SAME_SIZE[:2]:
+                args = make_args(shapes, threads)
+                for wrt in ("x", "weight"):
+                    jac = closed(name, config, args, wrt)
+                    oracle = autograd_jacobian(name, config, args, wrt)
+                    torch.testing.assert_close(jac, oracle, rtol=1e-12, atol=1e-12)
+                    del jac
+                pool.release_free()  # the next layer's buffers are new again
+        finally:
+            torch.set_num_threads(configured)
+
+
+@pytest.mark.parametrize("kind", ["untyped", "typed"])
+def test_a_buffer_whose_storage_alone_is_held_is_not_handed_out(
+    pool: ZeroedBuffers, kind: str
+) -> None:
+    """Torch hands the pool's own storage object to whoever asks a Jacobian for its storage:
+    holding it adds no count on the storage, only a Python reference."""
+    name, config, shapes = SAME_SIZE[0]
+    first = closed(name, config, make_args(shapes, 1), "x")
+    kept = first.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # TypedStorage is deprecated
+        storage = first.untyped_storage() if kind == "untyped" else first.storage()
+    del first
+    other = closed(name, config, make_args(shapes, 2), "x")
+    assert not torch.equal(other, kept)
+    untyped = storage.untyped() if kind == "typed" else storage
+    seen = torch.empty(0, dtype=torch.float64).set_(untyped)
+    assert torch.equal(seen[: kept.numel()].reshape(kept.shape), kept)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
 from models import zeroed_buffers
+from models.conv import ConvConfig
+from models.conv_jacobians import conv_jacobian
 from models.zeroed_buffers import ZeroedBuffers
 from service import memory
 from service.app import create_app
@@ -98,10 +100,29 @@ def test_the_pool_size_is_a_setting_and_zero_turns_it_off(pool: ZeroedBuffers) -
 
 
 def test_an_idle_worker_lets_the_buffers_go(pool: ZeroedBuffers) -> None:
+    """Jacobians of 1 to 4 MiB, as here (1.9 and 1.2 MiB), mark no large answer to trim
+    after: the buffers they leave are let go all the same."""
+    memory.clear_pending()
     with TestClient(create_app(Settings())) as client:
         answer(client, 1, "x", "safetensors")
-    assert pool.held_bytes > 0
-    memory.note_large_answer(memory.LARGE_BYTES)
+        answer(client, 1, "weight", "safetensors")
+    assert pool.held_bytes > 0 and not memory.trim_pending()
+    run_idle_trimmer(lambda: pool.held_bytes == 0)
+    assert pool.held_bytes == 0
 
-    run_idle_trimmer()
+
+def test_a_buffer_in_use_is_kept_when_the_others_are_let_go(pool: ZeroedBuffers) -> None:
+    with TestClient(create_app(Settings())) as client:
+        answer(client, 1, "x", "safetensors")
+        weight, x = layer(2)
+        with zeroed_buffers.recycling():
+            held = conv_jacobian(
+                ConvConfig(1, (1,), (0,), (1,)), {"weight": weight, "x": x}, "y", "weight"
+            )
+    assert held is not None
+    in_use = held.numel() * 8
+    run_idle_trimmer(lambda: pool.held_bytes == in_use)
+    assert pool.held_bytes == in_use
+    del held
+    run_idle_trimmer(lambda: pool.held_bytes == 0)
     assert pool.held_bytes == 0
