@@ -428,7 +428,7 @@ def _client(args: argparse.Namespace) -> Any:
     try:  # the client drops the \r\n that $(cat key) keeps of a key file saved on Windows
         return Client(args.url, args.api_key, timeout=timeout, retries=args.retries)
     except ValueError as error:  # a key no header can carry; the message never quotes it
-        raise CommandError(f"the API key: {error}") from None
+        raise CommandError(str(error)) from None
 
 
 def _calling(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

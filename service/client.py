@@ -53,6 +53,7 @@ import functools
 import html.entities
 import json
 import math
+import numbers
 import random
 import re
 import time
@@ -60,7 +61,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeAlias, TypeGuard, TypeVar
 
 import httpx
 import numpy as np
@@ -667,8 +668,8 @@ class BaseClient(Generic[T]):
             ValueError: the API key holds a control character or a character outside ASCII
                 (the message does not quote the key); a timeout is not a number of seconds
                 above 0 and at most ``MAX_TIMEOUT`` (or None, no limit); ``retries`` is not
-                an integer of at least 0; ``backoff`` is not a number of seconds of at least 0,
-                or ``max_wait`` neither that nor ``math.inf``.
+                an integer of at least 0; ``backoff`` is not a number of seconds from 0 to
+                ``MAX_TIMEOUT``, or ``max_wait`` neither at least 0 nor ``math.inf``.
         """
         _check_settings(timeout, retries, backoff, max_wait)
         headers = {"User-Agent": f"tensorgrade-client/{__version__}"}
@@ -1166,7 +1167,7 @@ class BaseClient(Generic[T]):
                 if response.status_code not in retried or attempt >= self.retries:
                     return response
                 asked = retry_after(response)
-                if asked is not None and not (math.isfinite(asked) and asked <= self.max_wait):
+                if asked is not None and not asked <= self._longest_wait:
                     # Sooner is refused again (the service's 429 names the very second its
                     # window resets): the caller hears of it now rather than after the retries.
                     raise self._not_waited(response, asked)
@@ -1178,11 +1179,23 @@ class BaseClient(Generic[T]):
         saying how long the server asked to wait: a page that does not say it (a proxy's, a
         503 "retry after the time in Retry-After") would leave the caller guessing when."""
         error = ProblemError.from_response(response, self._secret)
+        limit = (
+            f"max_wait ({self.max_wait:g} s)"
+            if self.max_wait <= MAX_TIMEOUT
+            else f"a day ({MAX_TIMEOUT:g} s), the longest wait"
+        )
         error.args = (
             f"{error}; the server asked to wait {_ceiled(asked)} s before a retry, longer "
-            f"than max_wait ({self.max_wait:g} s), so it was not retried",
+            f"than {limit}, so it was not retried",
         )
         return error
+
+    @property
+    def _longest_wait(self) -> float:
+        """``max_wait``, and never past a day: ``time.sleep`` refuses what the platform's
+        time_t cannot hold (``max_wait=inf`` with a huge ``Retry-After`` was an
+        OverflowError)."""
+        return min(self.max_wait, MAX_TIMEOUT)
 
     def _waited(self, asked: float | None, attempt: int) -> float:
         """How long to wait before retry ``attempt``: what the server asked (``Retry-After``,
@@ -1196,9 +1209,10 @@ class BaseClient(Generic[T]):
         """
         if asked is not None:
             return asked + self._jitter() * (JITTER * asked + self.backoff)
-        base = min(self.backoff * 2.0 ** min(attempt - 1, 64), self.max_wait)
-        spread = min(JITTER * base + self.backoff, self.max_wait)
-        return min(base, self.max_wait - spread) + self._jitter() * spread
+        longest = self._longest_wait
+        base = min(self.backoff * 2.0 ** min(attempt - 1, 64), longest)
+        spread = min(JITTER * base + self.backoff, longest)
+        return min(base, longest - spread) + self._jitter() * spread
 
 
 def _loss_curve_body(
@@ -1272,40 +1286,65 @@ first request)."""
 
 
 def _check_settings(
-    timeout: httpx.Timeout | float, retries: int, backoff: float, max_wait: float
+    timeout: httpx.Timeout | float | None, retries: int, backoff: float, max_wait: float
 ) -> None:
     """Refuse, when the client is made, what would fail or misbehave at its first request.
 
     Raises:
         ValueError: naming the argument and what it must be.
     """
-    parts = (
-        {"connect": timeout.connect, "read": timeout.read, "write": timeout.write}
-        | {"pool": timeout.pool}
-        if isinstance(timeout, httpx.Timeout)
-        else {"": timeout}
-    )
-    for part, value in parts.items():
+    parts: dict[str, object]
+    if isinstance(timeout, httpx.Timeout | tuple):
+        try:
+            phases = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"timeout must be seconds, an httpx.Timeout or a tuple of 4, got {timeout!r}"
+            ) from None
+        parts = {
+            "the connect timeout": phases.connect,
+            "the read timeout": phases.read,
+            "the write timeout": phases.write,
+            "the pool timeout": phases.pool,
+        }
+    else:
+        parts = {"timeout": timeout}
+    for name, value in parts.items():
         if value is None:
             continue  # httpx's own "no limit"
-        if not (_is_number(value) and 0 < value <= MAX_TIMEOUT):
-            name = f"the {part} timeout" if part else "timeout"
+        if not (_is_seconds(value) and 0 < float(value) <= MAX_TIMEOUT):
             raise ValueError(
                 f"{name} must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, "
-                f"got {value!r}"
+                f"got {_shown(value)}"
             )
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an integer of at least 0, got {retries!r}")
-    if not (_is_number(backoff) and backoff >= 0):
-        raise ValueError(f"backoff must be a number of seconds of at least 0, got {backoff!r}")
-    # inf is allowed: every Retry-After is waited out, however long (the backoff stays finite).
-    if not (_is_number(max_wait) or max_wait == math.inf) or max_wait < 0:
-        raise ValueError(f"max_wait must be a number of seconds of at least 0, got {max_wait!r}")
+    if not (isinstance(retries, numbers.Integral) and not isinstance(retries, bool)) or retries < 0:
+        raise ValueError(f"retries must be an integer of at least 0, got {_shown(retries)}")
+    if not (_is_seconds(backoff) and 0 <= backoff <= MAX_TIMEOUT):
+        raise ValueError(
+            f"backoff must be a number of seconds of at least 0 and at most {MAX_TIMEOUT:g}, "
+            f"got {_shown(backoff)}"
+        )
+    # inf is allowed: every Retry-After up to a day is waited out (the backoff stays finite).
+    if not ((_is_seconds(max_wait) or max_wait == math.inf) and max_wait >= 0):
+        raise ValueError(
+            f"max_wait must be a number of seconds of at least 0, got {_shown(max_wait)}"
+        )
 
 
-def _is_number(value: object) -> bool:
-    """A finite int or float, not a bool."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _shown(value: object) -> str:
+    """A value as an error message quotes it: its repr, cut short (an int of 400 digits)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _is_seconds(value: object) -> TypeGuard[numbers.Real]:
+    """A finite real number (a numpy scalar too), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past what a float holds
+        return False
 
 
 def _check_api_key(key: str) -> None:

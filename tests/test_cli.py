@@ -1161,7 +1161,7 @@ def test_a_key_from_a_file_never_shows_in_the_output(
     captured = capsys.readouterr()
     assert "secret-key" not in captured.out + captured.err
     if status:
-        assert captured.err.startswith("error: the API key: ")
+        assert captured.err.startswith("error: the API key holds ")
         assert len(captured.err.strip().splitlines()) == 1
 
 

@@ -1032,8 +1032,15 @@ def test_a_key_with_control_characters_is_refused_without_quoting_it(key: str) -
         ({"timeout": httpx.Timeout(5.0, pool=0)}, r"^the pool timeout must be .* got 0$"),
         ({"retries": -1}, r"^retries must be an integer of at least 0, got -1$"),
         ({"retries": 2.0}, r"^retries must be an integer of at least 0, got 2.0$"),
-        ({"backoff": -0.5}, r"^backoff must be a number of seconds of at least 0, got -0.5$"),
+        ({"backoff": -0.5}, r"^backoff must be a number of seconds of at least 0 .* got -0.5$"),
         ({"backoff": float("inf")}, r"^backoff must be .* got inf$"),
+        # time.sleep refuses a wait past what time_t holds: 1e300 doubled at each retry
+        ({"backoff": 1e300}, r"^backoff must be .* at most 86400, got 1e\+300$"),
+        (
+            {"timeout": 10**400},
+            r"^timeout must be .* got 1000000000000000000000000000000000000\.\.\.$",
+        ),
+        ({"timeout": (5.0, 0, 1.0, 1.0)}, r"^the read timeout must be .* got 0$"),
         ({"max_wait": float("nan")}, r"^max_wait must be .* got nan$"),
         ({"max_wait": -1}, r"^max_wait must be a number of seconds of at least 0, got -1$"),
     ],
@@ -1053,6 +1060,8 @@ def test_settings_that_would_fail_at_the_first_request_are_refused_when_made(
         {"timeout": 86400},
         {"max_wait": float("inf")},  # every Retry-After waited out
         {"retries": 0, "backoff": 0, "max_wait": 0},
+        {"timeout": (5.0, 300.0, 60.0, 30.0)},  # httpx's tuple: connect, read, write, pool
+        {"timeout": np.float32(5), "retries": np.int64(3), "backoff": np.float32(0.5)},
     ],
 )
 def test_limits_and_no_limits_are_taken(settings: dict[str, Any]) -> None:
@@ -1491,3 +1500,20 @@ def test_an_endless_or_unreadable_wait_is_the_error_at_once_and_backoffs_stay_fi
     assert waits == [] and len(seen) == 1
     with Client("http://x", transport=scripted()[0], max_wait=60, jitter=lambda: 0.0) as tg:
         assert tg._waited(None, 2000) == 60 - 0.1 * 60 - 0.5  # finite: no OverflowError
+
+
+def test_with_max_wait_inf_a_wait_past_a_day_is_the_error_at_once() -> None:
+    """time.sleep refuses 1e10 s (an OverflowError at the first retry): a day is the most."""
+    transport, seen = scripted(httpx.Response(503, headers={"Retry-After": "10000000000"}))
+    sleep, waits = recording()
+    client = Client("http://x", transport=transport, sleep=sleep, max_wait=float("inf"))
+    with client as tg, pytest.raises(ProblemError, match=r"longer than a day \(86400 s\)"):
+        tg.info()
+    assert waits == [] and len(seen) == 1
+    sleep, waits = recording()
+    transport = scripted(*[httpx.Response(503)] * 3, httpx.Response(200, json={"status": "ok"}))[0]
+    with Client(
+        "http://x", transport=transport, sleep=sleep, max_wait=float("inf"), backoff=86400
+    ) as tg:
+        assert tg.health() == {"status": "ok"}
+    assert len(waits) == 3 and max(waits) <= 86400  # each backoff capped at a day
