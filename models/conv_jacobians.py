@@ -122,18 +122,24 @@ def fill(
     Returns:
         ``jac``, filled.
     """
-    if recycled is not None:
-        recycled.will_write(
-            [
-                (tuple(view.shape), view.stride(), int(view.storage_offset()))
-                for view, _ in placements
-            ]
-        )
-        if not recycled.fresh:
-            with torch.no_grad():
-                for target, values in placements:
-                    target.copy_(values)
-            return jac
+    if recycled is None:
+        return _fill_whole(jac, placements)
+    regions = [
+        (tuple(view.shape), view.stride(), int(view.storage_offset())) for view, _ in placements
+    ]
+    if recycled.fresh:
+        _fill_whole(jac, placements)
+        recycled.written_whole(regions)  # only now: a fill cut short leaves it as new
+        return jac
+    recycled.will_write(regions)
+    with torch.no_grad():
+        for target, values in placements:
+            target.copy_(values)
+    return jac
+
+
+def _fill_whole(jac: torch.Tensor, placements: Sequence[Placement]) -> torch.Tensor:
+    """``fill`` of a tensor written whole, zeros included (see there)."""
     one_thread = torch.get_num_threads() == 1
     if one_thread and jac.device.type == "cpu" and jac.dtype in _NUMPY_DTYPES:
         try:
@@ -155,7 +161,7 @@ def fill(
     # no_grad, whose Python is a tenth of a small Jacobian's time.
     if torch.is_grad_enabled() and any(values.requires_grad for _, values in placements):
         with torch.no_grad():
-            return fill(jac, placements)
+            return _fill_whole(jac, placements)
     jac.zero_()
     for target, values in placements:
         target.copy_(values)  # broadcast over the filters where the source has one

@@ -68,7 +68,8 @@ class _Buffer:
     dtype: torch.dtype
     numel: int
     written: list[Strided] = field(default_factory=list)
-    """The regions the last holder wrote: all else is zeros."""
+    """The regions the last holder wrote, all else zeros; the whole buffer (``whole``) until
+    a holder has written it all."""
     last_taken: float = 0.0
     """When it was last handed out (``time.monotonic()``)."""
     alone: int = 0
@@ -77,6 +78,11 @@ class _Buffer:
     @property
     def nbytes(self) -> int:
         return self.storage.nbytes()
+
+    @property
+    def whole(self) -> list[Strided]:
+        """Every element, as the one region of a flat view."""
+        return [((self.numel,), (1,), 0)]
 
     def python_refs(self) -> int:
         return sys.getrefcount(self.storage)
@@ -94,10 +100,10 @@ class _Buffer:
 
 @dataclass
 class Taken:
-    """A buffer handed out. A new one (``fresh``) is uninitialised: its holder writes all of
-    it, zeros included, as into any new tensor. A recycled one is zeros outside the regions
-    its last holder wrote, which ``will_write`` sets back to zero (or leaves, where they are
-    the ones about to be written whole again)."""
+    """A buffer handed out. A new one (``fresh``: never written whole, uninitialised) is
+    written all of it, zeros included, as any new tensor, and then ``written_whole`` says so.
+    A recycled one is zeros outside the regions its last holder wrote, which ``will_write``
+    sets back to zero (or leaves, where they are the ones about to be written again)."""
 
     tensor: torch.Tensor
     _buffer: _Buffer
@@ -105,18 +111,26 @@ class Taken:
 
     def will_write(self, regions: Sequence[Strided]) -> None:
         """Make a recycled tensor zeros outside ``regions``, which the caller then writes
-        whole (a fresh one: its caller writes the zeros too); recorded for the next holder.
+        whole, and record them for the next holder.
 
         The same Jacobian shape and settings write the same regions each time, so those
         are simply overwritten: only the entries that are not zero are touched, once.
         """
         buffer = self._buffer
         regions = list(regions)
-        if not self.fresh and buffer.written != regions:
-            for size, stride, offset in buffer.written:
+        if buffer.written != regions:
+            # Both recorded until the old ones are zeros: a wipe cut short is redone.
+            buffer.written = [*buffer.written, *regions]
+            for size, stride, offset in buffer.written[: -len(regions) or None]:
                 self.tensor.as_strided(size, stride, offset).zero_()
         # Recorded before anything is written: a write cut short is still wiped next time.
         buffer.written = regions
+
+    def written_whole(self, regions: Sequence[Strided]) -> None:
+        """A fresh tensor is now written whole, zeros outside ``regions``. Until this is
+        said, the next holder takes the buffer as new (a fill cut short leaves whatever the
+        memory held)."""
+        self._buffer.written = list(regions)
 
 
 class ZeroedBuffers:
@@ -165,11 +179,11 @@ class ZeroedBuffers:
             return None
         with self._lock:
             buffer = self._free_buffer(like.dtype, numel, count)
-            fresh = buffer is None
             if buffer is None:
                 buffer = self._new_buffer(like.dtype, numel, nbytes)
                 if buffer is None:
                     return None
+            fresh = buffer.written == buffer.whole
             buffer.last_taken = time.monotonic()
             # Taken while the lock is held: from here on the storage counts this tensor, so no
             # other thread can take the buffer.
@@ -216,6 +230,7 @@ class ZeroedBuffers:
         # Uninitialised: its first holder writes it whole, as it would a tensor of its own
         # (zeroing it here and writing the entries after would cost a second pass).
         buffer = _Buffer(torch.empty(numel, dtype=dtype).untyped_storage(), dtype, numel)
+        buffer.written = buffer.whole
         self._buffers.append(buffer)
         buffer.alone = buffer.python_refs()  # no other name for the storage left here
         return buffer

@@ -117,15 +117,16 @@ def release_free_memory() -> bool:
 
 async def trim_when_idle(idle_seconds: float = IDLE_SECONDS) -> None:
     """Forever: let go of the recycled Jacobian buffers not taken for ``idle_seconds``, and
-    once no large answer was built for as long (or a buffer was let go), release free
-    memory."""
+    release free memory once no large answer was built (nor a buffer let go) for as long."""
     while True:
         await asyncio.sleep(idle_seconds)
-        since = _pending_since
         # The recycled Jacobian buffers are kept through a burst of requests, not after (those
         # of 1 to 4 MiB mark no large answer, but may be TENSORGRADE_JACOBIAN_BUFFER_BYTES in
-        # all), and a size no longer asked for is let go, to make room for others.
-        released = zeroed_buffers.BUFFERS.release_free(unused_for=idle_seconds) > 0
-        if released or (since is not None and time.monotonic() - since >= idle_seconds):
+        # all), and a size no longer asked for is let go, to make room for others. Their
+        # memory is handed back with the rest once the worker is idle, not in a burst.
+        if zeroed_buffers.BUFFERS.release_free(unused_for=idle_seconds):
+            note_large_answer(LARGE_BYTES)
+        since = _pending_since
+        if since is not None and time.monotonic() - since >= idle_seconds:
             clear_pending()
             await asyncio.to_thread(release_free_memory)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import zeroed_buffers
+from models import conv_jacobians, zeroed_buffers
 from models.conv_jacobians import conv_jacobian
 from models.registry import get_model
 from models.zeroed_buffers import ZeroedBuffers, recycling
@@ -189,6 +189,7 @@ def test_the_pool_keeps_within_its_bytes_and_lets_go_of_free_buffers() -> None:
         assert a is not None and b is not None
         assert pool.take((100,), like) is None  # both in use, no room for a third
         assert pool.held_bytes == 1600
+        a.written_whole([])  # as a fill does once it has written all of it
         del a
         # No room for another size: nothing is let go inside a take (it would free memory
         # in a request's time), and the caller allocates as usual.
@@ -202,6 +203,12 @@ def test_the_pool_keeps_within_its_bytes_and_lets_go_of_free_buffers() -> None:
         assert c is not None and c.fresh and pool.held_bytes == 1200
         del b, c
         assert pool.release_free() == 1200 and pool.held_bytes == 0
+        # A buffer taken but never written whole is new again for its next holder.
+        d = pool.take((100,), like)
+        assert d is not None and d.fresh
+        del d
+        e = pool.take((100,), like)
+        assert e is not None and e.fresh
 
 
 def test_threads_recycling_at_once_each_get_their_own_answers(pool: ZeroedBuffers) -> None:
@@ -255,6 +262,36 @@ def test_a_new_buffer_is_written_whole_whatever_its_memory_held(
                 pool.release_free()  # the next layer's buffers are new again
         finally:
             torch.set_num_threads(configured)
+
+
+def test_a_fill_cut_short_leaves_the_buffer_new_for_the_next_jacobian(
+    pool: ZeroedBuffers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first fill of a new buffer (NaN here, as reused memory may hold anything) fails
+    half-way: the next Jacobian of that size must not take the rest of it for zeros."""
+    new_buffer = ZeroedBuffers._new_buffer
+
+    def poisoned(self: ZeroedBuffers, *args: Any) -> Any:
+        buffer = new_buffer(self, *args)
+        if buffer is not None:
+            torch.empty(0, dtype=buffer.dtype).set_(buffer.storage).fill_(float("nan"))
+        return buffer
+
+    monkeypatch.setattr(ZeroedBuffers, "_new_buffer", poisoned)
+    name, config, shapes = SAME_SIZE[1]
+    args = make_args(shapes, 4)
+    fill_whole = conv_jacobians._fill_whole
+
+    def cut_short(jac: torch.Tensor, placements: Any) -> torch.Tensor:
+        jac.view(-1)[: jac.numel() // 3] = 0.0  # a third written, then a failure
+        raise RuntimeError("cut short")
+
+    monkeypatch.setattr(conv_jacobians, "_fill_whole", cut_short)
+    with pytest.raises(RuntimeError, match="cut short"):
+        closed(name, config, args, "x")
+    monkeypatch.setattr(conv_jacobians, "_fill_whole", fill_whole)
+    jac = closed(name, config, args, "x")
+    torch.testing.assert_close(jac, autograd_jacobian(name, config, args, "x"))
 
 
 @pytest.mark.parametrize("kind", ["untyped", "typed"])
