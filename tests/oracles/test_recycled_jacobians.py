@@ -234,11 +234,9 @@ def test_threads_recycling_at_once_each_get_their_own_answers(pool: ZeroedBuffer
     assert 0 < pool.held_bytes <= 4 * 480 * 8
 
 
-def test_a_new_buffer_is_written_whole_whatever_its_memory_held(
-    pool: ZeroedBuffers, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A new buffer is uninitialised memory, written zeros and all like a tensor of its own:
-    here it holds NaN from the start, as reused memory may hold anything."""
+def poison_new_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every new buffer of a pool holds NaN from the start, as reused memory may hold
+    anything."""
     new_buffer = ZeroedBuffers._new_buffer
 
     def poisoned(self: ZeroedBuffers, *args: Any) -> Any:
@@ -248,6 +246,14 @@ def test_a_new_buffer_is_written_whole_whatever_its_memory_held(
         return buffer
 
     monkeypatch.setattr(ZeroedBuffers, "_new_buffer", poisoned)
+
+
+def test_a_new_buffer_is_written_whole_whatever_its_memory_held(
+    pool: ZeroedBuffers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new buffer is uninitialised memory, written zeros and all like a tensor of its own:
+    here it holds NaN from the start, as reused memory may hold anything."""
+    poison_new_buffers(monkeypatch)
     for threads in (1, 2):
         configured = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -269,15 +275,7 @@ def test_a_fill_cut_short_leaves_the_buffer_new_for_the_next_jacobian(
 ) -> None:
     """The first fill of a new buffer (NaN here, as reused memory may hold anything) fails
     half-way: the next Jacobian of that size must not take the rest of it for zeros."""
-    new_buffer = ZeroedBuffers._new_buffer
-
-    def poisoned(self: ZeroedBuffers, *args: Any) -> Any:
-        buffer = new_buffer(self, *args)
-        if buffer is not None:
-            torch.empty(0, dtype=buffer.dtype).set_(buffer.storage).fill_(float("nan"))
-        return buffer
-
-    monkeypatch.setattr(ZeroedBuffers, "_new_buffer", poisoned)
+    poison_new_buffers(monkeypatch)
     name, config, shapes = SAME_SIZE[1]
     args = make_args(shapes, 4)
     fill_whole = conv_jacobians._fill_whole
