@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -782,15 +782,24 @@ def test_a_proxys_error_page_is_no_grade(
     service refusing the submission: no grade of 0 is kept, the student is left ungraded with
     the reason and retried by the next run, and the class goes on."""
     service, url = fake
-    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [5, 2]}})
     service.page_with = {"ben": status}
+    ben_is_left_for_the_next_run(url, tmp_path, capsys, service.page_with.clear)
+
+
+def ben_is_left_for_the_next_run(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], answer_again: Callable[[], Any]
+) -> None:
+    """A class of ada and ben where ben's answer is not the service's: ada is graded, ben
+    is left ungraded with the reason (no grade of 0 kept), and once ``answer_again()`` the
+    next run grades ben alone."""
+    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [5, 2]}})
     out = tmp_path / "grades"
     assert main(class_argv(url, tmp_path / "subs", out)) == 1
     captured = capsys.readouterr()
     assert "1 graded, 0 already graded, 1 failed" in captured.out
     assert "answered by something other than the service" in captured.err
     assert not (out / "ben.json").exists()
-    service.page_with = {}
+    answer_again()
     assert main(class_argv(url, tmp_path / "subs", out)) == 0
     assert "1 graded, 1 already graded, 0 failed" in capsys.readouterr().out
 
@@ -1229,17 +1238,8 @@ def test_a_gateways_json_refusal_is_no_grade(
     Spring gateway's page with an integer status: no grade of 0 is kept."""
     service, url = fake
     service.spring_gateway = spring
-    write_class(tmp_path / "subs", {"ada": {"1.1a": [5, 2]}, "ben": {"1.1a": [5, 2]}})
     service.gateway_with = {"ben": 413}
-    out = tmp_path / "grades"
-    assert main(class_argv(url, tmp_path / "subs", out)) == 1
-    captured = capsys.readouterr()
-    assert "1 graded, 0 already graded, 1 failed" in captured.out
-    assert "answered by something other than the service" in captured.err
-    assert not (out / "ben.json").exists()
-    service.gateway_with = {}
-    assert main(class_argv(url, tmp_path / "subs", out)) == 0
-    assert "1 graded, 1 already graded, 0 failed" in capsys.readouterr().out
+    ben_is_left_for_the_next_run(url, tmp_path, capsys, service.gateway_with.clear)
 
 
 def test_results_that_would_replace_the_submissions_are_refused(
